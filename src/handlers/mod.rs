@@ -1,0 +1,11 @@
+//! The top of the stack (SeKVM layers 30-34): MemHandler, FaultHandler, TrapDispatcher and
+//! TrapHandler. The dispatchers are pure functions of the trap syndrome, the saved registers and
+//! the state below them, so their specs and refinement tests run on the host; `trap_handler` is
+//! the glue that the vectors call and that performs the machine effects.
+
+pub mod esr;
+pub mod inject;
+pub mod psci;
+pub mod trap_dispatcher;
+#[cfg(target_os = "none")]
+pub mod trap_handler;

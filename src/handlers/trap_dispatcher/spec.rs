@@ -1,0 +1,156 @@
+//! The executable spec of TrapDispatcher, in SeKVM's style (`TrapDispatcher/Spec.v`): a pure
+//! function from an abstract state to `Option<state>`. `None` means the caller broke the
+//! dispatcher's precondition (it was called while the host was not running); bad host input is
+//! never `None`: it is an SMCCC error in x0, or an UNDEF. Once `halt` is set, nothing changes.
+//!
+//! The spec is written against the architecture and the ABI (explicit function-id ranges, PSCI
+//! rules) rather than against the implementation's table, so the refinement tests in `tests.rs`
+//! compare two independent statements of the same behaviour.
+
+use crate::cpus::{CoreState, HostEntry};
+use crate::handlers::esr::{class, ec, imm16};
+use crate::machine::MAX_CPUS;
+use corevisor_abi::{host_call, psci, Status, ABI_VERSION};
+
+/// What happens next on the trapping core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The host runs on.
+    Host,
+    /// An UNDEF is injected into the host for the instruction at this address.
+    UndefAt(u64),
+    PowerOff(u64),
+    Reset,
+    CpuOff,
+}
+
+/// One core as the spec sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbsCore {
+    pub state: CoreState,
+    pub posted: Option<HostEntry>,
+}
+
+/// The part of SeKVM's `RData` that TrapDispatcher reads and writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsState {
+    pub halt: bool,
+    /// The host's general registers.
+    pub x: [u64; 31],
+    /// Where the host resumes.
+    pub pc: u64,
+    pub cores: [AbsCore; MAX_CPUS],
+    pub next: Next,
+    /// Parked cores are woken to look for work.
+    pub wake: bool,
+}
+
+fn ret(mut s: AbsState, x0: u64, values: [u64; 3]) -> AbsState {
+    s.x[0] = x0;
+    s.x[1..4].copy_from_slice(&values);
+    s
+}
+
+fn ret_status(s: AbsState, status: Status) -> AbsState {
+    ret(s, status.as_reg(), [0; 3])
+}
+
+/// `host_trap_dispatcher_spec`: the host trapped with syndrome `esr`.
+pub fn host_trap_spec(esr: u64, s: &AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> Option<AbsState> {
+    if s.halt {
+        return Some(s.clone());
+    }
+    if s.next != Next::Host {
+        return None;
+    }
+    let mut s = s.clone();
+    match (class(esr), imm16(esr)) {
+        (ec::HVC64, 0) => Some(host_hvc_spec(s)),
+        (ec::HVC64, _) => {
+            s.next = Next::UndefAt(s.pc.wrapping_sub(4));
+            Some(s)
+        }
+        (ec::SMC64, 0) if is_psci_id(s.x[0] as u32) => {
+            s.pc = s.pc.wrapping_add(4);
+            Some(psci_spec(s, host_may_run_at))
+        }
+        _ => {
+            s.next = Next::UndefAt(s.pc);
+            Some(s)
+        }
+    }
+}
+
+/// `host_hvc_dispatcher_spec`: the host's hypercall in w0.
+pub fn host_hvc_spec(s: AbsState) -> AbsState {
+    let (function, status_arg) = (s.x[0] as u32, s.x[1]);
+    match function {
+        host_call::VERSION => ret(s, 0, [ABI_VERSION, 0, 0]),
+        host_call::NULL => {
+            let keep = [s.x[1], s.x[2], s.x[3]];
+            ret(s, 0, keep)
+        }
+        host_call::SYSTEM_OFF if status_arg <= 255 => AbsState { next: Next::PowerOff(status_arg), ..s },
+        host_call::SYSTEM_OFF => ret_status(s, Status::InvalidParameters),
+        _ => ret_status(s, Status::NotSupported),
+    }
+}
+
+fn is_psci_id(function: u32) -> bool {
+    (0x8400_0000..=0x8400_001F).contains(&function) || (0xC400_0000..=0xC400_001F).contains(&function)
+}
+
+fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState {
+    let function = s.x[0] as u32;
+    let (a1, a2, a3) = (s.x[1], s.x[2], s.x[3]);
+    let keep = [a1, a2, a3];
+    let implemented = [
+        psci::VERSION,
+        psci::FEATURES,
+        psci::CPU_ON_32,
+        psci::CPU_ON_64,
+        psci::CPU_OFF,
+        psci::AFFINITY_INFO_32,
+        psci::AFFINITY_INFO_64,
+        psci::SYSTEM_OFF,
+        psci::SYSTEM_RESET,
+    ];
+    let target = (a1 < MAX_CPUS as u64).then_some(a1 as usize);
+    match function {
+        psci::VERSION => ret(s, psci::PSCI_VERSION_1_1, keep),
+        psci::FEATURES if a1 <= u32::MAX as u64 && implemented.contains(&(a1 as u32)) => ret(s, 0, keep),
+        psci::FEATURES => ret(s, Status::NotSupported.as_reg(), keep),
+        psci::CPU_ON_32 | psci::CPU_ON_64 => {
+            let Some(core) = target else { return ret(s, Status::InvalidParameters.as_reg(), keep) };
+            if a2 % 4 != 0 || !host_may_run_at(a2) {
+                return ret(s, Status::InvalidAddress.as_reg(), keep);
+            }
+            let x0 = match s.cores[core].state {
+                CoreState::Parked => {
+                    s.cores[core] = AbsCore { state: CoreState::OnPending, posted: Some(HostEntry { entry: a2, context: a3 }) };
+                    s.wake = true;
+                    Status::Success
+                }
+                CoreState::Host => Status::AlreadyOn,
+                CoreState::Claimed | CoreState::OnPending => Status::OnPending,
+                CoreState::Offline => Status::InvalidParameters,
+            };
+            ret(s, x0.as_reg(), keep)
+        }
+        psci::AFFINITY_INFO_32 | psci::AFFINITY_INFO_64 => match target {
+            Some(core) if a2 == 0 => {
+                let x0 = match s.cores[core].state {
+                    CoreState::Host => 0,
+                    CoreState::Claimed | CoreState::OnPending => 2,
+                    CoreState::Offline | CoreState::Parked => 1,
+                };
+                ret(s, x0, keep)
+            }
+            _ => ret(s, Status::InvalidParameters.as_reg(), keep),
+        },
+        psci::CPU_OFF => AbsState { next: Next::CpuOff, ..s },
+        psci::SYSTEM_OFF => AbsState { next: Next::PowerOff(0), ..s },
+        psci::SYSTEM_RESET => AbsState { next: Next::Reset, ..s },
+        _ => ret(s, Status::NotSupported.as_reg(), keep),
+    }
+}

@@ -1,0 +1,217 @@
+//! Refinement tests: the executable form of the seed's `host_hvc_dispatcher_spec_ref` and
+//! `vm_exit_dispatcher_spec_ref`. Random sequences of host traps run through the real dispatcher
+//! and through the spec from the same start; after every step the concrete state, abstracted,
+//! must equal the spec's (the relation is the identity, as SeKVM's `relate_RData` is here).
+
+use super::spec::{host_trap_spec, AbsCore, AbsState, Next};
+use super::*;
+use crate::cpus::{CoreState, HostEntry};
+use crate::machine::MAX_CPUS;
+use corevisor_abi::psci;
+use proptest::prelude::*;
+
+const HOST_RAM: core::ops::Range<u64> = 0x4400_0000..0x8000_0000;
+
+fn host_may_run_at(pa: u64) -> bool {
+    HOST_RAM.contains(&pa)
+}
+
+/// Builds the concrete state the abstract one describes.
+fn concretize(s: &AbsState) -> (TrapFrame, CoreTable) {
+    let cores = CoreTable::new();
+    for (core, abs) in s.cores.iter().enumerate() {
+        match abs.state {
+            CoreState::Offline | CoreState::Claimed => {}
+            CoreState::Parked => cores.mark_parked(core),
+            CoreState::Host => cores.mark_host(core),
+            CoreState::OnPending => {
+                cores.mark_parked(core);
+                cores.request_on(core, abs.posted.unwrap()).unwrap();
+            }
+        }
+    }
+    (TrapFrame { x: s.x, elr: s.pc, spsr: 0x3C5 }, cores)
+}
+
+/// The abstraction function: concrete frame, core table and exit → abstract state.
+fn abstraction(frame: &TrapFrame, cores: &CoreTable, exit: HostExit) -> AbsState {
+    let next = match exit {
+        HostExit::Resume | HostExit::ResumeAndWake => Next::Host,
+        HostExit::Undef { pc, .. } => Next::UndefAt(pc),
+        HostExit::SystemOff { status } => Next::PowerOff(status),
+        HostExit::SystemReset => Next::Reset,
+        HostExit::CpuOff => Next::CpuOff,
+    };
+    let cores = core::array::from_fn(|c| AbsCore { state: cores.state(c), posted: cores.pending_entry(c) });
+    AbsState { halt: false, x: frame.x, pc: frame.elr, cores, next, wake: exit == HostExit::ResumeAndWake }
+}
+
+fn step_impl(esr: u64, s: &AbsState) -> AbsState {
+    let (mut frame, cores) = concretize(s);
+    let env = HostEnv { cores: &cores, host_may_run_at: &host_may_run_at };
+    let exit = host_trap_dispatcher(esr, &mut frame, &env);
+    abstraction(&frame, &cores, exit)
+}
+
+const ESR_HVC0: u64 = 0x5A00_0000;
+const ESR_SMC0: u64 = 0x5E00_0000;
+
+fn any_esr() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => Just(ESR_HVC0),
+        3 => Just(ESR_SMC0),
+        1 => any::<u16>().prop_map(|imm| ESR_HVC0 | imm as u64),
+        1 => any::<u16>().prop_map(|imm| ESR_SMC0 | imm as u64),
+        1 => any::<u32>().prop_map(|esr| esr as u64),
+    ]
+}
+
+fn any_function() -> impl Strategy<Value = u64> {
+    let known = vec![
+        host_call::VERSION,
+        host_call::NULL,
+        host_call::SYSTEM_OFF,
+        psci::VERSION,
+        psci::FEATURES,
+        psci::CPU_ON_32,
+        psci::CPU_ON_64,
+        psci::CPU_OFF,
+        psci::AFFINITY_INFO_64,
+        psci::SYSTEM_OFF,
+        psci::SYSTEM_RESET,
+        0x8400_0011,
+    ];
+    prop_oneof![
+        6 => proptest::sample::select(known).prop_map(|f| f as u64),
+        2 => (0u32..0x40).prop_map(|n| (HYP_CALL_BASE + n) as u64),
+        1 => (proptest::sample::select(vec![host_call::VERSION, psci::CPU_ON_64]), any::<u32>())
+            .prop_map(|(f, high)| (high as u64) << 32 | f as u64),
+        1 => any::<u64>(),
+    ]
+}
+
+fn any_arg() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => 0u64..(MAX_CPUS as u64 + 2),
+        2 => 0u64..300,
+        2 => HOST_RAM.prop_map(|a| a & !3),
+        1 => Just(0x4008_0000u64),
+        1 => HOST_RAM.start..HOST_RAM.start + 64,
+        1 => any::<u64>(),
+    ]
+}
+
+fn any_core() -> impl Strategy<Value = AbsCore> {
+    prop_oneof![
+        Just(CoreState::Offline),
+        Just(CoreState::Parked),
+        Just(CoreState::Host),
+        Just(CoreState::OnPending)
+    ]
+    .prop_map(|state| AbsCore {
+        state,
+        posted: (state == CoreState::OnPending).then_some(HostEntry { entry: 0x4400_0000, context: 1 }),
+    })
+}
+
+fn any_state() -> impl Strategy<Value = AbsState> {
+    (proptest::array::uniform8(any_core()), any::<[u64; 4]>(), (0x4400_0000u64..0x4500_0000).prop_map(|pc| pc & !3))
+        .prop_map(|(cores, low, pc)| {
+            let mut x = [0u64; 31];
+            x[..4].copy_from_slice(&low);
+            AbsState { halt: false, x, pc, cores, next: Next::Host, wake: false }
+        })
+}
+
+fn any_trap() -> impl Strategy<Value = (u64, [u64; 4])> {
+    (any_esr(), any_function(), any_arg(), any_arg(), any_arg()).prop_map(|(esr, f, a, b, c)| (esr, [f, a, b, c]))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// host_trap_dispatcher refines host_trap_spec over sequences of 64 traps.
+    #[test]
+    fn host_trap_dispatcher_refines_its_spec(start in any_state(), traps in proptest::collection::vec(any_trap(), 64)) {
+        let mut abs = start;
+        for (esr, regs) in traps {
+            abs.x[..4].copy_from_slice(&regs);
+            abs.next = Next::Host;
+            abs.wake = false;
+            let expected = host_trap_spec(esr, &abs, &host_may_run_at).expect("the host is running");
+            let actual = step_impl(esr, &abs);
+            prop_assert_eq!(&actual, &expected, "esr {:#x} regs {:x?}", esr, regs);
+            abs = actual;
+        }
+    }
+
+    /// The dispatcher never touches registers beyond x0..x3 and always resumes the host at a
+    /// defined place: bad input is an answer, not a crash.
+    #[test]
+    fn host_traps_only_change_result_registers(s in any_state(), (esr, regs) in any_trap(), high in any::<[u64; 27]>()) {
+        let mut s = s;
+        s.x[..4].copy_from_slice(&regs);
+        s.x[4..].copy_from_slice(&high);
+        let after = step_impl(esr, &s);
+        prop_assert_eq!(&after.x[4..], &s.x[4..]);
+    }
+
+    /// Any guest exit is answered with an UNDEF at the trapping instruction, never a panic.
+    #[test]
+    fn unknown_guest_exits_inject_undef(esr in any::<u32>(), pc in any::<u64>()) {
+        let mut frame = TrapFrame { elr: pc, ..TrapFrame::default() };
+        let exit = vm_exit_dispatcher(esr as u64, &mut frame);
+        let expected = if esr::class(esr as u64) == ec::HVC64 { pc.wrapping_sub(4) } else { pc };
+        prop_assert_eq!(exit, VmExit::Undef { pc: expected });
+    }
+}
+
+#[test]
+fn the_spec_is_a_noop_once_halted_and_undefined_when_the_host_is_not_running() {
+    let mut s = AbsState {
+        halt: true,
+        x: [0; 31],
+        pc: 0x4400_0000,
+        cores: [AbsCore { state: CoreState::Offline, posted: None }; MAX_CPUS],
+        next: Next::Host,
+        wake: false,
+    };
+    assert_eq!(host_trap_spec(ESR_HVC0, &s, &host_may_run_at), Some(s.clone()));
+    s.halt = false;
+    s.next = Next::PowerOff(0);
+    assert_eq!(host_trap_spec(ESR_HVC0, &s, &host_may_run_at), None);
+}
+
+#[test]
+fn named_host_calls_behave_as_documented() {
+    let cores = CoreTable::new();
+    let env = HostEnv { cores: &cores, host_may_run_at: &host_may_run_at };
+    let mut frame = TrapFrame::default();
+    frame.x[0] = host_call::VERSION as u64;
+    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::Resume);
+    assert_eq!((frame.x[0], frame.x[1]), (0, ABI_VERSION));
+
+    frame.x[0] = HYP_CALL_BASE as u64 + 0xFFF;
+    host_trap_dispatcher(ESR_HVC0, &mut frame, &env);
+    assert_eq!(frame.x[0], Status::NotSupported.as_reg());
+
+    frame.x[0] = host_call::SYSTEM_OFF as u64;
+    frame.x[1] = 256;
+    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::Resume);
+    assert_eq!(frame.x[0], Status::InvalidParameters.as_reg());
+    frame.x[0] = host_call::SYSTEM_OFF as u64;
+    frame.x[1] = 3;
+    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::SystemOff { status: 3 });
+
+    frame.x[0] = 0xC200_0001;
+    frame.elr = 0x4400_1000;
+    assert_eq!(
+        host_trap_dispatcher(ESR_SMC0, &mut frame, &env),
+        HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::Smc(0xC200_0001) }
+    );
+    frame.elr = 0x4400_1004;
+    assert_eq!(
+        host_trap_dispatcher(ESR_HVC0 | 1, &mut frame, &env),
+        HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::HvcImmediate(1) }
+    );
+}

@@ -1,0 +1,27 @@
+//! KCore: corevisor's trusted EL2 core.
+//!
+//! The modules mirror SeKVM's KCore layer stack; each layer calls only the layers below it:
+//!
+//! | module | SeKVM layers |
+//! |---|---|
+//! | [`machine`] | AbstractMachine: registers, barriers, TLB/cache, raw memory, UART, firmware |
+//! | [`handlers`] | TrapDispatcher (`host_hvc_dispatcher`, `vm_exit_dispatcher`), TrapHandler glue |
+//!
+//! Outside the stack: [`platform`] (what the DTB or the board says the machine is), [`cpus`]
+//! (which core runs what), the console logger and the boot sequence (`init`).
+//! Everything but the machine layer's hardware half and the boot glue builds and is tested on the
+//! host.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod board;
+pub mod cpus;
+pub mod handlers;
+pub mod machine;
+pub mod platform;
+
+#[cfg(target_os = "none")]
+mod console;
+#[cfg(target_os = "none")]
+mod init;

@@ -1,0 +1,51 @@
+//! Core identity, waiting and entering a lower exception level.
+
+use super::super::TrapFrame;
+use aarch64_cpu::{asm, registers::*};
+use tock_registers::interfaces::Readable;
+
+/// This core's index, MPIDR_EL1.Aff0 (boot.S gives each index its own stack).
+pub fn index() -> usize {
+    (MPIDR_EL1.get() & 0xff) as usize
+}
+
+/// This core's MPIDR_EL1 affinity value (Aff3..Aff0), as PSCI names cores.
+pub fn mpidr_affinity() -> u64 {
+    MPIDR_EL1.get() & 0xff_00ff_ffff
+}
+
+/// The current exception level (2 for KCore).
+pub fn current_el() -> u64 {
+    CurrentEL.get() >> 2 & 3
+}
+
+/// Waits for an event (`sev` from another core, or an interrupt).
+pub fn wait_for_event() {
+    asm::wfe();
+}
+
+/// Wakes every core waiting in [`wait_for_event`]; the stores before it are made visible first.
+pub fn send_event() {
+    asm::barrier::dsb(asm::barrier::ISH);
+    asm::sev();
+}
+
+/// Stops this core for good: interrupts masked, waiting forever.
+pub fn park() -> ! {
+    loop {
+        asm::wfe();
+    }
+}
+
+extern "C" {
+    fn enter_lower_el(frame: *const TrapFrame) -> !;
+}
+
+/// Leaves KCore on this core: restores `frame` into the registers and `eret`s into the lower
+/// exception level it describes. The EL2 stack below the frame is abandoned; the next trap on this
+/// core starts a fresh frame there.
+pub fn enter_lower(frame: &TrapFrame) -> ! {
+    // SAFETY: `enter_lower_el` only reads the 33 words of `frame` and never returns; the frame's
+    // SPSR selects a lower EL, so eret cannot re-enter KCore's code at EL2.
+    unsafe { enter_lower_el(frame) }
+}

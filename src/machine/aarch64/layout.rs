@@ -1,0 +1,40 @@
+//! Where the linker put KCore's pieces (symbols from linker.ld).
+
+use core::ptr::addr_of;
+
+extern "C" {
+    static __kcore_start: u8;
+    static __kcore_end: u8;
+    static __heap_start: u8;
+    static __heap_end: u8;
+    static __pt_pool_start: u8;
+    static __pt_pool_end: u8;
+    static _secondary_start: u8;
+}
+
+/// A physical range `[start, end)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Everything KCore owns: image, BSS, stacks, heap and page-table pool.
+pub fn kcore() -> Region {
+    Region { start: addr_of!(__kcore_start) as u64, end: addr_of!(__kcore_end) as u64 }
+}
+
+/// The heap's backing memory.
+pub fn heap() -> Region {
+    Region { start: addr_of!(__heap_start) as u64, end: addr_of!(__heap_end) as u64 }
+}
+
+/// The pages reserved for KCore's own stage-1 tables.
+pub fn page_table_pool() -> Region {
+    Region { start: addr_of!(__pt_pool_start) as u64, end: addr_of!(__pt_pool_end) as u64 }
+}
+
+/// The physical address where secondary cores enter KCore.
+pub fn secondary_entry() -> u64 {
+    addr_of!(_secondary_start) as u64
+}

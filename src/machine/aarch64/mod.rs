@@ -1,0 +1,14 @@
+//! The real machine layer: Armv8-A at EL2.
+
+core::arch::global_asm!(include_str!("boot.S"));
+core::arch::global_asm!(include_str!("vectors.S"));
+
+pub mod cpu;
+pub mod firmware;
+pub mod heap;
+pub mod layout;
+pub mod mmu;
+pub mod pl011;
+pub mod phys;
+pub mod regs;
+pub mod semihosting;

@@ -1,0 +1,66 @@
+//! Raw physical memory (SeKVM's `pt_load`/`pt_store`, `clear_phys_page`, cache maintenance).
+//!
+//! KCore's EL2 stage-1 is an identity map, so a physical address is also KCore's virtual address.
+//! These are trusted primitives: the layers above decide which addresses are theirs to touch
+//! (KCore's own region, the page-table pool, memory the ownership table gives them), and pass
+//! only those. Before the MMU is on they go straight to memory.
+
+use core::arch::asm;
+
+/// Cache line size used for maintenance by address; the smallest line on Armv8-A cores we run on.
+const CACHE_LINE: u64 = 64;
+
+/// Stores a 64-bit word at physical address `pa` (8-byte aligned).
+pub fn write_u64(pa: u64, value: u64) {
+    debug_assert!(pa % 8 == 0);
+    // SAFETY: the caller owns `pa` (module contract); it is aligned and mapped (identity map, or
+    // MMU off).
+    unsafe { core::ptr::write_volatile(pa as *mut u64, value) }
+}
+
+/// Loads the 64-bit word at physical address `pa` (8-byte aligned).
+pub fn read_u64(pa: u64) -> u64 {
+    debug_assert!(pa % 8 == 0);
+    // SAFETY: as for `write_u64`.
+    unsafe { core::ptr::read_volatile(pa as *const u64) }
+}
+
+/// Copies `bytes` to physical address `pa`.
+pub fn copy_to(pa: u64, bytes: &[u8]) {
+    // SAFETY: the caller owns `[pa, pa + bytes.len())`, which does not overlap KCore's image
+    // (module contract), so it cannot alias `bytes`.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), pa as *mut u8, bytes.len()) }
+}
+
+/// Fills `[pa, pa + len)` with zeros, 8 bytes at a time (both 8-byte aligned).
+pub fn zero(pa: u64, len: u64) {
+    debug_assert!(pa % 8 == 0 && len % 8 == 0);
+    (pa..pa + len).step_by(8).for_each(|word| write_u64(word, 0));
+}
+
+/// Reads `len` bytes at physical address `pa` as a byte slice that lives as long as KCore
+/// does. Used for firmware tables (the DTB) that nothing writes after boot.
+pub fn static_bytes(pa: u64, len: usize) -> &'static [u8] {
+    // SAFETY: the caller names a range of RAM that stays mapped and unwritten while KCore runs
+    // (module contract).
+    unsafe { core::slice::from_raw_parts(pa as *const u8, len) }
+}
+
+/// Cleans and invalidates the data cache over `[pa, pa + len)` to the point of coherency, so a
+/// core or a table walker with caches off sees what was written.
+pub fn clean_invalidate_dcache(pa: u64, len: u64) {
+    let mut line = pa & !(CACHE_LINE - 1);
+    while line < pa + len {
+        // SAFETY: cache maintenance by address changes no memory contents.
+        unsafe { asm!("dc civac, {}", in(reg) line, options(nostack)) };
+        line += CACHE_LINE;
+    }
+    // SAFETY: a barrier has no memory effects of its own.
+    unsafe { asm!("dsb sy", options(nostack)) };
+}
+
+/// Makes newly written code visible to instruction fetch on every core.
+pub fn sync_icache() {
+    // SAFETY: invalidating the instruction caches changes no memory contents.
+    unsafe { asm!("dsb ish", "ic ialluis", "dsb ish", "isb", options(nostack)) };
+}

@@ -1,0 +1,45 @@
+//! The register frame that the vector assembly saves on every trap.
+
+/// General-purpose registers of the interrupted context plus its ELR_EL2 and SPSR_EL2.
+/// The layout is fixed by `vectors.S` (`save_frame`): x0..x30, elr, spsr.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrapFrame {
+    pub x: [u64; 31],
+    pub elr: u64,
+    pub spsr: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == 33 * 8);
+
+/// Which vector entry was taken; the numbering is fixed by `vectors.S`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrapKind {
+    Sync,
+    Irq,
+    Fiq,
+    SError,
+}
+
+impl TrapKind {
+    /// Decodes the kind number that `vectors.S` passes in x1.
+    pub fn from_vector(kind: u64) -> TrapKind {
+        match kind {
+            0 => TrapKind::Sync,
+            1 => TrapKind::Irq,
+            2 => TrapKind::Fiq,
+            _ => TrapKind::SError,
+        }
+    }
+}
+
+impl TrapFrame {
+    /// A frame that enters EL1h at `entry` with all interrupts masked and `x0 = arg`.
+    pub fn el1_entry(entry: u64, arg: u64) -> TrapFrame {
+        /// SPSR_EL2: EL1h (M = 0b0101) with D, A, I, F masked.
+        const SPSR_EL1H_MASKED: u64 = 0x3C5;
+        let mut frame = TrapFrame { elr: entry, spsr: SPSR_EL1H_MASKED, ..TrapFrame::default() };
+        frame.x[0] = arg;
+        frame
+    }
+}
