@@ -90,7 +90,9 @@ impl CoreTable {
 
     /// How many cores are online (in KCore or in the host).
     pub fn online(&self) -> usize {
-        (0..MAX_CPUS).filter(|&c| self.state(c) != CoreState::Offline).count()
+        (0..MAX_CPUS)
+            .filter(|&c| self.state(c) != CoreState::Offline)
+            .count()
     }
 
     /// Posts a host entry for a parked core. The caller then wakes the cores (`sev`).
@@ -117,8 +119,10 @@ impl CoreTable {
     /// The host entry posted for `core`, if any; the core is then the host's.
     pub fn take_work(&self, core: usize) -> Option<HostEntry> {
         (self.state(core) == CoreState::OnPending).then(|| {
-            let work =
-                HostEntry { entry: self.entry[core].load(Ordering::Relaxed), context: self.context[core].load(Ordering::Relaxed) };
+            let work = HostEntry {
+                entry: self.entry[core].load(Ordering::Relaxed),
+                context: self.context[core].load(Ordering::Relaxed),
+            };
             self.mark_host(core);
             work
         })
@@ -148,7 +152,10 @@ pub fn index_of_mpidr(mpidr: u64) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const ENTRY: HostEntry = HostEntry { entry: 0x4400_1000, context: 7 };
+    const ENTRY: HostEntry = HostEntry {
+        entry: 0x4400_1000,
+        context: 7,
+    };
 
     #[test]
     fn cpu_on_hands_a_parked_core_its_entry_once() {

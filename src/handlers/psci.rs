@@ -26,7 +26,12 @@ pub fn is_psci(function: u32) -> bool {
 
 /// Answers the host's PSCI `function` with arguments x1..x3. `host_may_run_at(pa)` says whether
 /// the host may start a core at `pa` (host memory, not KCore's).
-pub fn host_psci(function: u32, args: [u64; 3], cores: &CoreTable, host_may_run_at: &dyn Fn(u64) -> bool) -> PsciOutcome {
+pub fn host_psci(
+    function: u32,
+    args: [u64; 3],
+    cores: &CoreTable,
+    host_may_run_at: &dyn Fn(u64) -> bool,
+) -> PsciOutcome {
     use PsciOutcome::Return;
     let status = |s: Status| Return(s.as_reg());
     match function {
@@ -49,7 +54,9 @@ pub fn host_psci(function: u32, args: [u64; 3], cores: &CoreTable, host_may_run_
         },
         psci::CPU_ON_32 | psci::CPU_ON_64 => {
             let (target, entry, context) = (args[0], args[1], args[2]);
-            let Some(core) = index_of_mpidr(target) else { return status(Status::InvalidParameters) };
+            let Some(core) = index_of_mpidr(target) else {
+                return status(Status::InvalidParameters);
+            };
             if entry % 4 != 0 || !host_may_run_at(entry) {
                 return status(Status::InvalidAddress);
             }
@@ -97,17 +104,35 @@ mod tests {
         let cores = CoreTable::new();
         cores.mark_parked(1);
         let on = |target, entry| host_psci(psci::CPU_ON_64, [target, entry, 9], &cores, &host_ram);
-        assert_eq!(on(0x100, 0x4400_0000), PsciOutcome::Return(Status::InvalidParameters.as_reg()));
-        assert_eq!(on(2, 0x4400_0000), PsciOutcome::Return(Status::InvalidParameters.as_reg()));
-        assert_eq!(on(1, 0x4008_0000), PsciOutcome::Return(Status::InvalidAddress.as_reg()));
-        assert_eq!(on(1, 0x4400_0002), PsciOutcome::Return(Status::InvalidAddress.as_reg()));
+        assert_eq!(
+            on(0x100, 0x4400_0000),
+            PsciOutcome::Return(Status::InvalidParameters.as_reg())
+        );
+        assert_eq!(
+            on(2, 0x4400_0000),
+            PsciOutcome::Return(Status::InvalidParameters.as_reg())
+        );
+        assert_eq!(
+            on(1, 0x4008_0000),
+            PsciOutcome::Return(Status::InvalidAddress.as_reg())
+        );
+        assert_eq!(
+            on(1, 0x4400_0002),
+            PsciOutcome::Return(Status::InvalidAddress.as_reg())
+        );
         assert_eq!(on(1, 0x4400_0000), PsciOutcome::CpuOnPosted);
-        assert_eq!(on(1, 0x4400_0000), PsciOutcome::Return(Status::OnPending.as_reg()));
+        assert_eq!(
+            on(1, 0x4400_0000),
+            PsciOutcome::Return(Status::OnPending.as_reg())
+        );
         let info = |target| host_psci(psci::AFFINITY_INFO_64, [target, 0, 0], &cores, &host_ram);
         assert_eq!(info(1), PsciOutcome::Return(2));
         cores.take_work(1);
         assert_eq!(info(1), PsciOutcome::Return(psci::AFFINITY_ON));
-        assert_eq!(on(1, 0x4400_0000), PsciOutcome::Return(Status::AlreadyOn.as_reg()));
+        assert_eq!(
+            on(1, 0x4400_0000),
+            PsciOutcome::Return(Status::AlreadyOn.as_reg())
+        );
         assert_eq!(info(3), PsciOutcome::Return(psci::AFFINITY_OFF));
     }
 

@@ -52,7 +52,8 @@ _secondary_start:
     b.hs    boot_park
     adr_l   x1, __stacks_start
     add     x2, x19, #1
-    add     sp, x1, x2, lsl #STACK_SHIFT
+    lsl     x2, x2, #STACK_SHIFT
+    add     sp, x1, x2
     adr_l   x1, __kcore_vectors
     msr     vbar_el2, x1
     isb

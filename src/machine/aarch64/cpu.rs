@@ -38,14 +38,16 @@ pub fn park() -> ! {
 }
 
 extern "C" {
-    fn enter_lower_el(frame: *const TrapFrame) -> !;
+    fn enter_lower_el(frame: *const TrapFrame, stack_top: u64) -> !;
 }
 
 /// Leaves KCore on this core: restores `frame` into the registers and `eret`s into the lower
-/// exception level it describes. The EL2 stack below the frame is abandoned; the next trap on this
-/// core starts a fresh frame there.
+/// exception level it describes. This core's EL2 stack starts afresh, so nothing of the caller's
+/// stack survives; the next trap on this core pushes its frame just below the top.
 pub fn enter_lower(frame: &TrapFrame) -> ! {
-    // SAFETY: `enter_lower_el` only reads the 33 words of `frame` and never returns; the frame's
-    // SPSR selects a lower EL, so eret cannot re-enter KCore's code at EL2.
-    unsafe { enter_lower_el(frame) }
+    let stack_top = super::layout::stack_top(index());
+    // SAFETY: `enter_lower_el` copies the 33 words of `frame` to the top of this core's own stack
+    // (copying downwards, so an overlapping source below it is read before it is overwritten),
+    // and never returns; the frame's SPSR selects a lower EL, so eret leaves EL2.
+    unsafe { enter_lower_el(frame, stack_top) }
 }

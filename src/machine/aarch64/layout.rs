@@ -10,6 +10,15 @@ extern "C" {
     static __pt_pool_start: u8;
     static __pt_pool_end: u8;
     static _secondary_start: u8;
+    static __stacks_start: u8;
+}
+
+/// Size of each core's EL2 stack; must match linker.ld and boot.S.
+const STACK_SIZE: u64 = 64 * 1024;
+
+/// The top of core `core`'s EL2 stack (boot.S gives core i the i-th slot).
+pub fn stack_top(core: usize) -> u64 {
+    addr_of!(__stacks_start) as u64 + (core as u64 + 1) * STACK_SIZE
 }
 
 /// A physical range `[start, end)`.
@@ -21,17 +30,26 @@ pub struct Region {
 
 /// Everything KCore owns: image, BSS, stacks, heap and page-table pool.
 pub fn kcore() -> Region {
-    Region { start: addr_of!(__kcore_start) as u64, end: addr_of!(__kcore_end) as u64 }
+    Region {
+        start: addr_of!(__kcore_start) as u64,
+        end: addr_of!(__kcore_end) as u64,
+    }
 }
 
 /// The heap's backing memory.
 pub fn heap() -> Region {
-    Region { start: addr_of!(__heap_start) as u64, end: addr_of!(__heap_end) as u64 }
+    Region {
+        start: addr_of!(__heap_start) as u64,
+        end: addr_of!(__heap_end) as u64,
+    }
 }
 
 /// The pages reserved for KCore's own stage-1 tables.
 pub fn page_table_pool() -> Region {
-    Region { start: addr_of!(__pt_pool_start) as u64, end: addr_of!(__pt_pool_end) as u64 }
+    Region {
+        start: addr_of!(__pt_pool_start) as u64,
+        end: addr_of!(__pt_pool_end) as u64,
+    }
 }
 
 /// The physical address where secondary cores enter KCore.

@@ -8,7 +8,7 @@ pub mod firmware;
 pub mod heap;
 pub mod layout;
 pub mod mmu;
-pub mod pl011;
 pub mod phys;
+pub mod pl011;
 pub mod regs;
 pub mod semihosting;

@@ -29,6 +29,10 @@ pub struct Pl011 {
     registers: &'static Registers,
 }
 
+// SAFETY: the registers are MMIO at a fixed address, not memory owned by one core; any core may
+// drive the UART, and the console serialises access behind its lock.
+unsafe impl Send for Pl011 {}
+
 impl Pl011 {
     /// The PL011 at `base`. The firmware (or QEMU) has already set the baud rate and enabled it;
     /// KCore only transmits.

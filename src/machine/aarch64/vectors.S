@@ -92,9 +92,16 @@ restore_frame_and_eret:
     add     sp, sp, #FRAME_SIZE
     eret
 
-// Enters the host (or any lower EL) for the first time on this core: the frame at x0 becomes the
-// lower EL's registers. Used for the hand-off to KServ and for host CPU_ON.
+// Enters a lower EL on this core with a fresh EL2 stack: copies the frame at x0 to the top of
+// the stack whose top is x1 (highest word first, so a source frame just below it is safe), makes
+// that the stack, and returns through it. Used for the hand-off to KServ and for host CPU_ON.
 .global enter_lower_el
 enter_lower_el:
-    mov     sp, x0
+    sub     x2, x1, #FRAME_SIZE
+    mov     x3, #(33 * 8)
+1:  sub     x3, x3, #8
+    ldr     x4, [x0, x3]
+    str     x4, [x2, x3]
+    cbnz    x3, 1b
+    mov     sp, x2
     b       restore_frame_and_eret

@@ -1,0 +1,93 @@
+//! The console: KCore's `log` backend on the PL011. Lines read `[LEVEL][cpuN] message`.
+
+use crate::machine::{cpu, pl011::Pl011, sync::TicketLock};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+use log::{LevelFilter, Log, Metadata, Record};
+
+static UART: TicketLock<Option<Pl011>> = TicketLock::new(None);
+/// The console's base address, for writing without the lock on the way to a halt.
+static UART_BASE: AtomicU64 = AtomicU64::new(0);
+static LOGGER: Logger = Logger;
+
+struct Logger;
+
+struct UartWriter<'a>(&'a Pl011);
+
+impl Write for UartWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.0.write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let uart = UART.lock();
+        if let Some(uart) = uart.as_ref() {
+            // Writing to the UART cannot fail; a formatting error only truncates the line.
+            let _ = writeln!(
+                UartWriter(uart),
+                "[{}][cpu{}] {}",
+                record.level(),
+                cpu::index(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {
+        if let Some(uart) = UART.lock().as_ref() {
+            uart.flush();
+        }
+    }
+}
+
+/// Starts logging to the PL011 at `uart_base`. Call once, with the MMU on.
+pub fn init(uart_base: u64, level: LevelFilter) {
+    *UART.lock() = Some(Pl011::new(uart_base));
+    UART_BASE.store(uart_base, Ordering::Release);
+    // Only fails if a logger is already set, and this runs once.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// The log level named by `loglevel=` in the boot arguments; `info` when absent or unknown.
+pub fn level_from_bootargs(bootargs: &str) -> (LevelFilter, Option<&str>) {
+    match corevisor_abi::bootargs::value(bootargs, corevisor_abi::bootargs::LOG_LEVEL) {
+        Some(name) => match name.parse() {
+            Ok(level) => (level, None),
+            Err(_) => (LevelFilter::Info, Some(name)),
+        },
+        None => (LevelFilter::Info, None),
+    }
+}
+
+/// Writes a message even when the console lock is held by a core that cannot release it (a
+/// panic on the lock holder). Used only on the way to halting.
+pub fn emergency_write(args: core::fmt::Arguments) {
+    for _ in 0..1_000_000 {
+        if let Some(uart) = UART.try_lock() {
+            if let Some(uart) = uart.as_ref() {
+                let _ = UartWriter(uart).write_fmt(args);
+                uart.flush();
+            }
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    // The lock never came free: write anyway, interleaving is better than silence.
+    let base = match UART_BASE.load(Ordering::Acquire) {
+        0 => crate::board::BOARD.uart_base,
+        base => base,
+    };
+    let fallback = Pl011::new(base);
+    let _ = UartWriter(&fallback).write_fmt(args);
+}

@@ -1,0 +1,153 @@
+//! KCore's boot sequence, on every core. Outside the layer stack: it builds the machine state the
+//! layers start from, then hands the boot core to the host and parks the others.
+//!
+//! Order matters on the boot core: the EL2 MMU goes on before anything takes a lock (exclusives
+//! on Device memory hang on real Cortex-A72s), then the heap, the DTB, the console, the
+//! secondary cores, and finally the host.
+
+mod el2_map;
+mod host;
+mod panic;
+pub mod power;
+mod secondaries;
+
+use crate::board::BOARD;
+use crate::cpus::CoreTable;
+use crate::machine::{cpu, heap, layout, mmu, phys};
+use crate::platform::{dtb_total_size, Platform, Source};
+use alloc::{boxed::Box, vec::Vec};
+use log::{error, info, warn};
+
+/// Every core's state, shared by the boot sequence and the PSCI mediation.
+pub static CORES: CoreTable = CoreTable::new();
+
+/// The machine as discovered at boot; read-only afterwards.
+static PLATFORM: spin::Once<Platform> = spin::Once::new();
+
+/// The platform description (after boot).
+pub fn platform() -> &'static Platform {
+    PLATFORM
+        .get()
+        .expect("the platform is discovered before any trap")
+}
+
+/// The boot core's Rust entry, from boot.S, with the DTB address the firmware passed in x0.
+#[no_mangle]
+extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
+    mmu::enable_el2(el2_map::build(BOARD));
+    let heap_bytes = heap::init();
+    let (platform, dtb_problem) = discover(dtb_pa);
+    let (level, bad_level) = crate::console::level_from_bootargs(&platform.bootargs);
+    let bad_level = bad_level.map(alloc::string::String::from);
+    crate::console::init(platform.uart_base, level);
+    let platform = PLATFORM.call_once(|| platform);
+
+    info!(
+        "corevisor {} (KCore) on {}: running at EL{}",
+        env!("CARGO_PKG_VERSION"),
+        BOARD.name,
+        cpu::current_el()
+    );
+    if let Some(problem) = dtb_problem {
+        warn!("{problem}; using the {} board description", BOARD.name);
+    }
+    if let Some(name) = bad_level {
+        warn!("unknown loglevel={name}; using info");
+    }
+    report_platform(platform);
+    check_heap(heap_bytes);
+    check_layout(platform);
+
+    CORES.mark_parked(0);
+    info!("cpu0 online at EL2, MMU on");
+    secondaries::start_all(platform);
+    host::enter_kserv(platform, &CORES)
+}
+
+/// A secondary core's Rust entry, from boot.S.
+#[no_mangle]
+extern "C" fn kcore_secondary_main(core: usize) -> ! {
+    mmu::enable_el2(layout::page_table_pool().start);
+    CORES.mark_parked(core);
+    info!("cpu{core} online at EL2, MMU on");
+    wait_for_work(core)
+}
+
+/// Waits in KCore until the host gives this core work (PSCI CPU_ON), then enters the host.
+pub fn wait_for_work(core: usize) -> ! {
+    loop {
+        if let Some(work) = CORES.take_work(core) {
+            host::configure_core(platform());
+            info!("cpu{core} enters the host at {:#x}", work.entry);
+            cpu::enter_lower(&crate::machine::TrapFrame::el1_entry(
+                work.entry,
+                work.context,
+            ));
+        }
+        cpu::wait_for_event();
+    }
+}
+
+/// Reads the DTB at `dtb_pa` if there is one; otherwise, or if it is unusable, the board's
+/// description. The second value says why the DTB was not used, for the log.
+fn discover(dtb_pa: u64) -> (Platform, Option<alloc::string::String>) {
+    let fallback = |why| (Platform::from_board(BOARD), Some(why));
+    if dtb_pa == 0 || dtb_pa % 8 != 0 || !BOARD.in_ram_window(dtb_pa) {
+        return fallback(alloc::format!("no DTB passed (x0 = {dtb_pa:#x})"));
+    }
+    let header: [u8; 8] = phys::static_bytes(dtb_pa, 8).try_into().unwrap_or_default();
+    let Some(size) = dtb_total_size(&header) else {
+        return fallback(alloc::format!("no DTB at {dtb_pa:#x} (bad magic)"));
+    };
+    match Platform::from_dtb(phys::static_bytes(dtb_pa, size), dtb_pa, BOARD) {
+        Ok(platform) => (platform, None),
+        Err(e) => fallback(alloc::format!("the DTB at {dtb_pa:#x} is unusable: {e:?}")),
+    }
+}
+
+fn report_platform(p: &Platform) {
+    let source = match p.source {
+        Source::Dtb => "DTB",
+        Source::BoardFallback => "board description",
+    };
+    info!(
+        "platform from the {source}: {} cpus, uart {:#x}, gic {:x?}",
+        p.cpus.len(),
+        p.uart_base,
+        p.gic
+    );
+    for r in &p.ram {
+        info!("RAM {:#x}..{:#x} ({} MiB)", r.base, r.end(), r.size >> 20);
+    }
+    if let Some(initrd) = p.initrd {
+        info!("initrd {:#x}..{:#x}", initrd.base, initrd.end());
+    }
+    if !p.bootargs.is_empty() {
+        info!("bootargs: {}", p.bootargs);
+    }
+}
+
+/// Allocates, writes and frees through the heap, and checks what comes back.
+fn check_heap(heap_bytes: usize) {
+    let values: Vec<u64> = (0..4096u64).map(|i| i * 3).collect();
+    let boxed = Box::new(values.iter().sum::<u64>());
+    let expected = 3 * 4095 * 4096 / 2;
+    if *boxed != expected || values.len() != 4096 {
+        panic!("heap check failed: sum {} != {expected}", *boxed);
+    }
+    info!("heap ok: {} KiB", heap_bytes / 1024);
+}
+
+/// KCore's region must not overlap what the firmware handed over (DTB, initrd).
+fn check_layout(p: &Platform) {
+    let kcore = layout::kcore();
+    info!("KCore occupies {:#x}..{:#x}", kcore.start, kcore.end);
+    for (what, range) in [("DTB", p.dtb), ("initrd", p.initrd)] {
+        if let Some(r) = range {
+            if r.base < kcore.end && kcore.start < r.end() {
+                error!("the {what} at {:#x}..{:#x} overlaps KCore", r.base, r.end());
+                panic!("boot layout: the {what} overlaps KCore's region");
+            }
+        }
+    }
+}
