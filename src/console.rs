@@ -33,13 +33,7 @@ impl Log for Logger {
         let uart = UART.lock();
         if let Some(uart) = uart.as_ref() {
             // Writing to the UART cannot fail; a formatting error only truncates the line.
-            let _ = writeln!(
-                UartWriter(uart),
-                "[{}][cpu{}] {}",
-                record.level(),
-                cpu::index(),
-                record.args()
-            );
+            let _ = writeln!(UartWriter(uart), "[{}][cpu{}] {}", record.level(), cpu::index(), record.args());
         }
     }
 

@@ -90,9 +90,7 @@ impl CoreTable {
 
     /// How many cores are online (in KCore or in the host).
     pub fn online(&self) -> usize {
-        (0..MAX_CPUS)
-            .filter(|&c| self.state(c) != CoreState::Offline)
-            .count()
+        (0..MAX_CPUS).filter(|&c| self.state(c) != CoreState::Offline).count()
     }
 
     /// Posts a host entry for a parked core. The caller then wakes the cores (`sev`).
@@ -152,10 +150,7 @@ pub fn index_of_mpidr(mpidr: u64) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const ENTRY: HostEntry = HostEntry {
-        entry: 0x4400_1000,
-        context: 7,
-    };
+    const ENTRY: HostEntry = HostEntry { entry: 0x4400_1000, context: 7 };
 
     #[test]
     fn cpu_on_hands_a_parked_core_its_entry_once() {

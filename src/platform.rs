@@ -47,8 +47,7 @@ pub enum DtbError {
 /// The total size of a DTB from its header, if `header` starts with a DTB.
 pub fn dtb_total_size(header: &[u8; 8]) -> Option<usize> {
     let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    (magic == FDT_MAGIC)
-        .then(|| u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
+    (magic == FDT_MAGIC).then(|| u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
 }
 
 impl Platform {
@@ -58,9 +57,7 @@ impl Platform {
             .map(|i| Cpu {
                 mpidr: i as u64,
                 release_addr: match board.cpu_bring_up {
-                    corevisor_boards::CpuBringUp::SpinTable { release_addrs } => {
-                        release_addrs.get(i).copied()
-                    }
+                    corevisor_boards::CpuBringUp::SpinTable { release_addrs } => release_addrs.get(i).copied(),
                     corevisor_boards::CpuBringUp::Psci => None,
                 },
             })
@@ -100,27 +97,13 @@ impl Platform {
             .filter(|node| node.name.split('@').next() == Some("cpu"))
             .filter_map(|node| {
                 let mpidr = node.property("reg")?.as_usize()? as u64;
-                let release_addr = node
-                    .property("cpu-release-addr")
-                    .and_then(|p| p.as_usize())
-                    .map(|a| a as u64);
-                Some(Cpu {
-                    mpidr,
-                    release_addr,
-                })
+                let release_addr = node.property("cpu-release-addr").and_then(|p| p.as_usize()).map(|a| a as u64);
+                Some(Cpu { mpidr, release_addr })
             })
             .collect();
         let chosen = fdt.find_node("/chosen");
-        let chosen_u64 = |name| {
-            chosen
-                .and_then(|c| c.property(name))
-                .and_then(|p| p.as_usize())
-                .map(|v| v as u64)
-        };
-        let initrd = match (
-            chosen_u64("linux,initrd-start"),
-            chosen_u64("linux,initrd-end"),
-        ) {
+        let chosen_u64 = |name| chosen.and_then(|c| c.property(name)).and_then(|p| p.as_usize()).map(|v| v as u64);
+        let initrd = match (chosen_u64("linux,initrd-start"), chosen_u64("linux,initrd-end")) {
             (Some(start), Some(end)) if end > start => Some(PhysRange::new(start, end - start)),
             _ => None,
         };
@@ -129,11 +112,7 @@ impl Platform {
             ram,
             uart_base: find_device_reg(&fdt, &["arm,pl011"], 0).unwrap_or(board.uart_base),
             gic: find_gic(&fdt).unwrap_or(board.gic),
-            cpus: if cpus.is_empty() {
-                Platform::from_board(board).cpus
-            } else {
-                cpus
-            },
+            cpus: if cpus.is_empty() { Platform::from_board(board).cpus } else { cpus },
             initrd,
             bootargs: fdt.chosen().bootargs().unwrap_or("").into(),
             dtb: Some(PhysRange::new(dtb_pa, fdt.total_size() as u64)),
@@ -148,19 +127,11 @@ impl Platform {
 
 fn find_gic(fdt: &Fdt) -> Option<Gic> {
     if let Some(gicd) = find_device_reg(fdt, &["arm,gic-v3"], 0) {
-        return Some(Gic::V3 {
-            gicd,
-            gicr: find_device_reg(fdt, &["arm,gic-v3"], 1)?,
-        });
+        return Some(Gic::V3 { gicd, gicr: find_device_reg(fdt, &["arm,gic-v3"], 1)? });
     }
     let v2 = &["arm,gic-400", "arm,cortex-a15-gic", "arm,cortex-a9-gic"];
     let reg = |i| find_device_reg(fdt, v2, i);
-    Some(Gic::V2 {
-        gicd: reg(0)?,
-        gicc: reg(1)?,
-        gich: reg(2).unwrap_or(0),
-        gicv: reg(3).unwrap_or(0),
-    })
+    Some(Gic::V2 { gicd: reg(0)?, gicc: reg(1)?, gich: reg(2).unwrap_or(0), gicv: reg(3).unwrap_or(0) })
 }
 
 /// The CPU physical address of register window `index` of the first node compatible with one
@@ -182,8 +153,7 @@ fn find_device_reg(fdt: &Fdt, compatible: &[&str], index: usize) -> Option<u64> 
 }
 
 fn is_compatible(node: &FdtNode, compatible: &[&str]) -> bool {
-    node.compatible()
-        .is_some_and(|c| c.all().any(|name| compatible.contains(&name)))
+    node.compatible().is_some_and(|c| c.all().any(|name| compatible.contains(&name)))
 }
 
 fn node_reg(node: &FdtNode, index: usize) -> Option<u64> {
@@ -200,11 +170,7 @@ fn translate(bus: &FdtNode, parent_cells: usize, bus_addr: u64) -> Option<u64> {
     let cells = bus.cell_sizes();
     let (child_cells, size_cells) = (cells.address_cells, cells.size_cells);
     let entry_cells = child_cells + parent_cells + size_cells;
-    let cells: Vec<u32> = ranges
-        .value
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let cells: Vec<u32> = ranges.value.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
     let read = |cells: &[u32]| cells.iter().fold(0u64, |acc, &c| acc << 32 | c as u64);
     cells.chunks_exact(entry_cells).find_map(|entry| {
         let child = read(&entry[..child_cells]);

@@ -36,11 +36,7 @@ pub fn undef(frame: &mut TrapFrame, pc: u64, vbar_el1: u64) -> El1Exception {
         _ if m & M_AARCH32 != 0 => 0x600,
         _ => 0x200,
     };
-    let injected = El1Exception {
-        esr: ESR_UNDEF,
-        elr: pc,
-        spsr: frame.spsr,
-    };
+    let injected = El1Exception { esr: ESR_UNDEF, elr: pc, spsr: frame.spsr };
     frame.elr = vbar_el1 + offset;
     frame.spsr = SPSR_HANDLER;
     injected
@@ -52,36 +48,19 @@ mod tests {
 
     #[test]
     fn undef_from_el1h_enters_the_current_el_spx_vector() {
-        let mut frame = TrapFrame {
-            elr: 0x4400_2004,
-            spsr: 0x3C5,
-            ..TrapFrame::default()
-        };
+        let mut frame = TrapFrame { elr: 0x4400_2004, spsr: 0x3C5, ..TrapFrame::default() };
         let injected = undef(&mut frame, 0x4400_2000, 0x4400_8000);
-        assert_eq!(
-            injected,
-            El1Exception {
-                esr: ESR_UNDEF,
-                elr: 0x4400_2000,
-                spsr: 0x3C5
-            }
-        );
+        assert_eq!(injected, El1Exception { esr: ESR_UNDEF, elr: 0x4400_2000, spsr: 0x3C5 });
         assert_eq!(frame.elr, 0x4400_8200);
         assert_eq!(frame.spsr, 0x3C5);
     }
 
     #[test]
     fn undef_from_el0_enters_the_lower_el_vector() {
-        let mut frame = TrapFrame {
-            spsr: 0x0,
-            ..TrapFrame::default()
-        };
+        let mut frame = TrapFrame { spsr: 0x0, ..TrapFrame::default() };
         undef(&mut frame, 0x1000, 0x8000);
         assert_eq!(frame.elr, 0x8400);
-        let mut frame = TrapFrame {
-            spsr: 0x4,
-            ..TrapFrame::default()
-        };
+        let mut frame = TrapFrame { spsr: 0x4, ..TrapFrame::default() };
         undef(&mut frame, 0x1000, 0x8000);
         assert_eq!(frame.elr, 0x8000);
     }

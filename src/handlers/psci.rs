@@ -104,35 +104,17 @@ mod tests {
         let cores = CoreTable::new();
         cores.mark_parked(1);
         let on = |target, entry| host_psci(psci::CPU_ON_64, [target, entry, 9], &cores, &host_ram);
-        assert_eq!(
-            on(0x100, 0x4400_0000),
-            PsciOutcome::Return(Status::InvalidParameters.as_reg())
-        );
-        assert_eq!(
-            on(2, 0x4400_0000),
-            PsciOutcome::Return(Status::InvalidParameters.as_reg())
-        );
-        assert_eq!(
-            on(1, 0x4008_0000),
-            PsciOutcome::Return(Status::InvalidAddress.as_reg())
-        );
-        assert_eq!(
-            on(1, 0x4400_0002),
-            PsciOutcome::Return(Status::InvalidAddress.as_reg())
-        );
+        assert_eq!(on(0x100, 0x4400_0000), PsciOutcome::Return(Status::InvalidParameters.as_reg()));
+        assert_eq!(on(2, 0x4400_0000), PsciOutcome::Return(Status::InvalidParameters.as_reg()));
+        assert_eq!(on(1, 0x4008_0000), PsciOutcome::Return(Status::InvalidAddress.as_reg()));
+        assert_eq!(on(1, 0x4400_0002), PsciOutcome::Return(Status::InvalidAddress.as_reg()));
         assert_eq!(on(1, 0x4400_0000), PsciOutcome::CpuOnPosted);
-        assert_eq!(
-            on(1, 0x4400_0000),
-            PsciOutcome::Return(Status::OnPending.as_reg())
-        );
+        assert_eq!(on(1, 0x4400_0000), PsciOutcome::Return(Status::OnPending.as_reg()));
         let info = |target| host_psci(psci::AFFINITY_INFO_64, [target, 0, 0], &cores, &host_ram);
         assert_eq!(info(1), PsciOutcome::Return(2));
         cores.take_work(1);
         assert_eq!(info(1), PsciOutcome::Return(psci::AFFINITY_ON));
-        assert_eq!(
-            on(1, 0x4400_0000),
-            PsciOutcome::Return(Status::AlreadyOn.as_reg())
-        );
+        assert_eq!(on(1, 0x4400_0000), PsciOutcome::Return(Status::AlreadyOn.as_reg()));
         assert_eq!(info(3), PsciOutcome::Return(psci::AFFINITY_OFF));
     }
 

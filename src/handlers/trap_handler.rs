@@ -3,9 +3,7 @@
 //! registers back, injecting an exception, waking cores, or powering off.
 
 use super::inject;
-use super::trap_dispatcher::{
-    host_trap_dispatcher, vm_exit_dispatcher, Forbidden, HostEnv, HostExit, VmExit,
-};
+use super::trap_dispatcher::{host_trap_dispatcher, vm_exit_dispatcher, Forbidden, HostEnv, HostExit, VmExit};
 use crate::init::{power, wait_for_work, CORES};
 use crate::machine::{cpu, regs, TrapFrame, TrapKind, MAX_CPUS};
 use core::fmt;
@@ -71,20 +69,14 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     match (TrapKind::from_vector(kind), running) {
         (TrapKind::Sync, HOST) => host_sync(core, frame),
         (TrapKind::Sync, _) => guest_sync(frame),
-        (other, _) => warn!(
-            "unexpected {other:?} exception from EL1 (ESR {:#x}); ignored",
-            regs::esr_el2()
-        ),
+        (other, _) => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
     }
     HANDLING[core].store(KCORE, Ordering::Relaxed);
 }
 
 fn host_sync(core: usize, frame: &mut TrapFrame) {
     let host_may_run_at = HOST_MAY_RUN_AT.get().copied().unwrap_or(|_| false);
-    let env = HostEnv {
-        cores: &CORES,
-        host_may_run_at: &host_may_run_at,
-    };
+    let env = HostEnv { cores: &CORES, host_may_run_at: &host_may_run_at };
     match host_trap_dispatcher(regs::esr_el2(), frame, &env) {
         HostExit::Resume => {}
         HostExit::ResumeAndWake => cpu::send_event(),
@@ -113,10 +105,7 @@ fn guest_sync(frame: &mut TrapFrame) {
     let esr = regs::esr_el2();
     match vm_exit_dispatcher(esr, frame) {
         VmExit::Undef { pc } => {
-            warn!(
-                "guest exit EC {:#x} at {pc:#x}: injecting UNDEF into the guest",
-                super::esr::class(esr)
-            );
+            warn!("guest exit EC {:#x} at {pc:#x}: injecting UNDEF into the guest", super::esr::class(esr));
             inject_undef(frame, pc);
         }
     }
@@ -131,10 +120,7 @@ fn inject_undef(frame: &mut TrapFrame, pc: u64) {
 /// and halts.
 #[no_mangle]
 extern "C" fn kcore_fault_handler(frame: &mut TrapFrame, kind: u64) -> ! {
-    error!(
-        "KCore took a {:?} exception at EL2",
-        TrapKind::from_vector(kind)
-    );
+    error!("KCore took a {:?} exception at EL2", TrapKind::from_vector(kind));
     for (i, pair) in frame.x.chunks(2).enumerate() {
         match pair {
             [a, b] => error!("  x{:<2} = {a:#018x}  x{:<2} = {b:#018x}", 2 * i, 2 * i + 1),

@@ -33,10 +33,7 @@ pub fn build(board: &Board) -> u64 {
     let pool = layout::page_table_pool();
     let root = pool.start;
     let used = (1 + FINE_GIB) * PAGE_SIZE;
-    assert!(
-        pool.start + used <= pool.end,
-        "page-table pool too small for the boot map"
-    );
+    assert!(pool.start + used <= pool.end, "page-table pool too small for the boot map");
     phys::zero(root, used);
     for l1 in 0..ENTRIES {
         let base = l1 * GIB;

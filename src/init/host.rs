@@ -38,11 +38,7 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
     }
     let image = PhysRange::new(BOARD.kserv_base, KSERV_IMAGE.len() as u64);
     if let Err(problem) = check_kserv_placement(platform, image) {
-        error!(
-            "cannot load KServ at {:#x}..{:#x}: {problem}",
-            image.base,
-            image.end()
-        );
+        error!("cannot load KServ at {:#x}..{:#x}: {problem}", image.base, image.end());
         super::power::system_off(1);
     }
     phys::copy_to(image.base, KSERV_IMAGE);
@@ -53,11 +49,7 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
     configure_core(platform);
     cores.mark_host(cpu::index());
     let dtb = platform.dtb.map_or(0, |d| d.base);
-    info!(
-        "entering KServ at {:#x} at EL1 ({} KiB, x0 = {dtb:#x})",
-        image.base,
-        image.size / 1024
-    );
+    info!("entering KServ at {:#x} at EL1 ({} KiB, x0 = {dtb:#x})", image.base, image.size / 1024);
     cpu::enter_lower(&TrapFrame::el1_entry(image.base, dtb))
 }
 

@@ -26,9 +26,7 @@ static PLATFORM: spin::Once<Platform> = spin::Once::new();
 
 /// The platform description (after boot).
 pub fn platform() -> &'static Platform {
-    PLATFORM
-        .get()
-        .expect("the platform is discovered before any trap")
+    PLATFORM.get().expect("the platform is discovered before any trap")
 }
 
 /// The boot core's Rust entry, from boot.S, with the DTB address the firmware passed in x0.
@@ -42,12 +40,7 @@ extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
     crate::console::init(platform.uart_base, level);
     let platform = PLATFORM.call_once(|| platform);
 
-    info!(
-        "corevisor {} (KCore) on {}: running at EL{}",
-        env!("CARGO_PKG_VERSION"),
-        BOARD.name,
-        cpu::current_el()
-    );
+    info!("corevisor {} (KCore) on {}: running at EL{}", env!("CARGO_PKG_VERSION"), BOARD.name, cpu::current_el());
     if let Some(problem) = dtb_problem {
         warn!("{problem}; using the {} board description", BOARD.name);
     }
@@ -79,10 +72,7 @@ pub fn wait_for_work(core: usize) -> ! {
         if let Some(work) = CORES.take_work(core) {
             host::configure_core(platform());
             info!("cpu{core} enters the host at {:#x}", work.entry);
-            cpu::enter_lower(&crate::machine::TrapFrame::el1_entry(
-                work.entry,
-                work.context,
-            ));
+            cpu::enter_lower(&crate::machine::TrapFrame::el1_entry(work.entry, work.context));
         }
         cpu::wait_for_event();
     }
@@ -110,12 +100,7 @@ fn report_platform(p: &Platform) {
         Source::Dtb => "DTB",
         Source::BoardFallback => "board description",
     };
-    info!(
-        "platform from the {source}: {} cpus, uart {:#x}, gic {:x?}",
-        p.cpus.len(),
-        p.uart_base,
-        p.gic
-    );
+    info!("platform from the {source}: {} cpus, uart {:#x}, gic {:x?}", p.cpus.len(), p.uart_base, p.gic);
     for r in &p.ram {
         info!("RAM {:#x}..{:#x} ({} MiB)", r.base, r.end(), r.size >> 20);
     }

@@ -9,14 +9,9 @@ use crate::machine::{cpu, regs};
 fn panic(info: &core::panic::PanicInfo) -> ! {
     let core = cpu::index();
     emergency_write(format_args!("\n[PANIC][cpu{core}] KCore {info}\n"));
-    emergency_write(format_args!(
-        "[PANIC][cpu{core}] while handling: {}\n",
-        trap_handler::principal_name(core)
-    ));
+    emergency_write(format_args!("[PANIC][cpu{core}] while handling: {}\n", trap_handler::principal_name(core)));
     for (name, value) in regs::snapshot() {
-        emergency_write(format_args!(
-            "[PANIC][cpu{core}]   {name:<9} = {value:#018x}\n"
-        ));
+        emergency_write(format_args!("[PANIC][cpu{core}]   {name:<9} = {value:#018x}\n"));
     }
     trap_handler::halt_all_cores();
     super::power::halt_after_panic()

@@ -34,10 +34,7 @@ pub fn system_reset() -> ! {
     if BOARD.firmware_psci {
         firmware::smc(psci::SYSTEM_RESET, [0; 3]);
     }
-    error!(
-        "{} has no reset KCore can use; powering off instead",
-        BOARD.name
-    );
+    error!("{} has no reset KCore can use; powering off instead", BOARD.name);
     system_off(0)
 }
 

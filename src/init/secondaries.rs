@@ -18,17 +18,9 @@ const ONLINE_POLLS: u64 = 50_000_000;
 pub fn start_all(platform: &Platform) {
     let entry = layout::secondary_entry();
     let mut started = 0;
-    for cpu in platform
-        .cpus
-        .iter()
-        .filter(|c| c.mpidr != cpu::mpidr_affinity())
-    {
+    for cpu in platform.cpus.iter().filter(|c| c.mpidr != cpu::mpidr_affinity()) {
         let Some(core) = index_of_mpidr(cpu.mpidr) else {
-            warn!(
-                "cpu with MPIDR {:#x} is beyond KCore's {} cores; left off",
-                cpu.mpidr,
-                crate::machine::MAX_CPUS
-            );
+            warn!("cpu with MPIDR {:#x} is beyond KCore's {} cores; left off", cpu.mpidr, crate::machine::MAX_CPUS);
             continue;
         };
         let ok = match (BOARD.cpu_bring_up, cpu.release_addr) {
@@ -60,9 +52,8 @@ pub fn start_all(platform: &Platform) {
     }
     let online = CORES.online();
     if online < expected {
-        let missing: alloc::vec::Vec<usize> = (0..crate::machine::MAX_CPUS)
-            .filter(|&c| CORES.state(c) == CoreState::Offline)
-            .collect();
+        let missing: alloc::vec::Vec<usize> =
+            (0..crate::machine::MAX_CPUS).filter(|&c| CORES.state(c) == CoreState::Offline).collect();
         warn!("only {online} of {expected} cpus came online; offline: {missing:?}");
     } else {
         info!("all {online} cpus online");

@@ -21,11 +21,7 @@ unsafe impl<T: Send> Send for TicketLock<T> {}
 
 impl<T> TicketLock<T> {
     pub const fn new(data: T) -> Self {
-        TicketLock {
-            next_ticket: AtomicU32::new(0),
-            now_serving: AtomicU32::new(0),
-            data: UnsafeCell::new(data),
-        }
+        TicketLock { next_ticket: AtomicU32::new(0), now_serving: AtomicU32::new(0), data: UnsafeCell::new(data) }
     }
 
     /// Takes a ticket and spins until it is served (SeKVM `wait_lock`).
@@ -41,12 +37,7 @@ impl<T> TicketLock<T> {
     pub fn try_lock(&self) -> Option<TicketGuard<'_, T>> {
         let serving = self.now_serving.load(Ordering::Acquire);
         self.next_ticket
-            .compare_exchange(
-                serving,
-                serving.wrapping_add(1),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
+            .compare_exchange(serving, serving.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| TicketGuard { lock: self })
     }

@@ -38,11 +38,7 @@ impl TrapFrame {
     pub fn el1_entry(entry: u64, arg: u64) -> TrapFrame {
         /// SPSR_EL2: EL1h (M = 0b0101) with D, A, I, F masked.
         const SPSR_EL1H_MASKED: u64 = 0x3C5;
-        let mut frame = TrapFrame {
-            elr: entry,
-            spsr: SPSR_EL1H_MASKED,
-            ..TrapFrame::default()
-        };
+        let mut frame = TrapFrame { elr: entry, spsr: SPSR_EL1H_MASKED, ..TrapFrame::default() };
         frame.x[0] = arg;
         frame
     }

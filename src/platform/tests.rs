@@ -9,16 +9,14 @@ fn virt_like_dtb(with_memory: bool) -> Vec<u8> {
     w.property_u32("#address-cells", 2).unwrap();
     w.property_u32("#size-cells", 2).unwrap();
     let chosen = w.begin_node("chosen").unwrap();
-    w.property_string("bootargs", "scenario=boot loglevel=debug")
-        .unwrap();
+    w.property_string("bootargs", "scenario=boot loglevel=debug").unwrap();
     w.property_u64("linux,initrd-start", 0x4800_0000).unwrap();
     w.property_u64("linux,initrd-end", 0x4810_0000).unwrap();
     w.end_node(chosen).unwrap();
     if with_memory {
         let memory = w.begin_node("memory@40000000").unwrap();
         w.property_string("device_type", "memory").unwrap();
-        w.property_array_u64("reg", &[0x4000_0000, 0x4000_0000])
-            .unwrap();
+        w.property_array_u64("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
         w.end_node(memory).unwrap();
     }
     let cpus = w.begin_node("cpus").unwrap();
@@ -33,17 +31,12 @@ fn virt_like_dtb(with_memory: bool) -> Vec<u8> {
     }
     w.end_node(cpus).unwrap();
     let uart = w.begin_node("pl011@9000000").unwrap();
-    w.property_string_list(
-        "compatible",
-        vec!["arm,pl011".into(), "arm,primecell".into()],
-    )
-    .unwrap();
+    w.property_string_list("compatible", vec!["arm,pl011".into(), "arm,primecell".into()]).unwrap();
     w.property_array_u64("reg", &[0x0900_0000, 0x1000]).unwrap();
     w.end_node(uart).unwrap();
     let gic = w.begin_node("intc@8000000").unwrap();
     w.property_string("compatible", "arm,gic-v3").unwrap();
-    w.property_array_u64("reg", &[0x0800_0000, 0x1_0000, 0x080A_0000, 0xF6_0000])
-        .unwrap();
+    w.property_array_u64("reg", &[0x0800_0000, 0x1_0000, 0x080A_0000, 0xF6_0000]).unwrap();
     w.end_node(gic).unwrap();
     w.end_node(root).unwrap();
     w.finish().unwrap()
@@ -77,14 +70,9 @@ fn rpi4_like_dtb() -> Vec<u8> {
     w.property_string("compatible", "simple-bus").unwrap();
     w.property_u32("#address-cells", 1).unwrap();
     w.property_u32("#size-cells", 1).unwrap();
-    w.property_array_u32("ranges", &[0x7e00_0000, 0x0, 0xfe00_0000, 0x0180_0000])
-        .unwrap();
+    w.property_array_u32("ranges", &[0x7e00_0000, 0x0, 0xfe00_0000, 0x0180_0000]).unwrap();
     let uart = w.begin_node("serial@7e201000").unwrap();
-    w.property_string_list(
-        "compatible",
-        vec!["arm,pl011".into(), "arm,primecell".into()],
-    )
-    .unwrap();
+    w.property_string_list("compatible", vec!["arm,pl011".into(), "arm,primecell".into()]).unwrap();
     w.property_array_u32("reg", &[0x7e20_1000, 0x200]).unwrap();
     w.end_node(uart).unwrap();
     w.end_node(soc).unwrap();
@@ -92,20 +80,7 @@ fn rpi4_like_dtb() -> Vec<u8> {
     w.property_string("compatible", "arm,gic-400").unwrap();
     w.property_array_u32(
         "reg",
-        &[
-            0,
-            0xff84_1000,
-            0x1000,
-            0,
-            0xff84_2000,
-            0x2000,
-            0,
-            0xff84_4000,
-            0x2000,
-            0,
-            0xff84_6000,
-            0x2000,
-        ],
+        &[0, 0xff84_1000, 0x1000, 0, 0xff84_2000, 0x2000, 0, 0xff84_4000, 0x2000, 0, 0xff84_6000, 0x2000],
     )
     .unwrap();
     w.end_node(gic).unwrap();
@@ -119,19 +94,10 @@ fn virt_dtb_gives_ram_cpus_uart_gic_initrd_and_bootargs() {
     let p = Platform::from_dtb(&blob, 0x4000_0000, &qemu_virt::BOARD).unwrap();
     assert_eq!(p.source, Source::Dtb);
     assert_eq!(p.ram, vec![PhysRange::new(0x4000_0000, 0x4000_0000)]);
-    assert_eq!(
-        p.cpus.iter().map(|c| c.mpidr).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
-    );
+    assert_eq!(p.cpus.iter().map(|c| c.mpidr).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     assert!(p.cpus.iter().all(|c| c.release_addr.is_none()));
     assert_eq!(p.uart_base, 0x0900_0000);
-    assert_eq!(
-        p.gic,
-        Gic::V3 {
-            gicd: 0x0800_0000,
-            gicr: 0x080A_0000
-        }
-    );
+    assert_eq!(p.gic, Gic::V3 { gicd: 0x0800_0000, gicr: 0x080A_0000 });
     assert_eq!(p.initrd, Some(PhysRange::new(0x4800_0000, 0x10_0000)));
     assert_eq!(p.bootargs, "scenario=boot loglevel=debug");
     assert_eq!(p.dtb, Some(PhysRange::new(0x4000_0000, blob.len() as u64)));
@@ -143,15 +109,7 @@ fn rpi4_dtb_translates_the_uart_through_soc_ranges() {
     let blob = rpi4_like_dtb();
     let p = Platform::from_dtb(&blob, 0x2eff_0000, &rpi4::BOARD).unwrap();
     assert_eq!(p.uart_base, 0xfe20_1000);
-    assert_eq!(
-        p.gic,
-        Gic::V2 {
-            gicd: 0xff84_1000,
-            gicc: 0xff84_2000,
-            gich: 0xff84_4000,
-            gicv: 0xff84_6000
-        }
-    );
+    assert_eq!(p.gic, Gic::V2 { gicd: 0xff84_1000, gicc: 0xff84_2000, gich: 0xff84_4000, gicv: 0xff84_6000 });
     assert_eq!(
         p.cpus.iter().map(|c| c.release_addr).collect::<Vec<_>>(),
         vec![Some(0xd8), Some(0xe0), Some(0xe8), Some(0xf0)]
@@ -162,24 +120,15 @@ fn rpi4_dtb_translates_the_uart_through_soc_ranges() {
 
 #[test]
 fn a_dtb_without_memory_is_refused() {
-    assert_eq!(
-        Platform::from_dtb(&virt_like_dtb(false), 0, &qemu_virt::BOARD),
-        Err(DtbError::NoMemory)
-    );
+    assert_eq!(Platform::from_dtb(&virt_like_dtb(false), 0, &qemu_virt::BOARD), Err(DtbError::NoMemory));
 }
 
 #[test]
 fn garbage_is_not_a_dtb() {
-    assert!(matches!(
-        Platform::from_dtb(&[0u8; 64], 0, &qemu_virt::BOARD),
-        Err(DtbError::Invalid(_))
-    ));
+    assert!(matches!(Platform::from_dtb(&[0u8; 64], 0, &qemu_virt::BOARD), Err(DtbError::Invalid(_))));
     assert_eq!(dtb_total_size(&[0; 8]), None);
     let blob = virt_like_dtb(true);
-    assert_eq!(
-        dtb_total_size(blob[..8].try_into().unwrap()),
-        Some(blob.len())
-    );
+    assert_eq!(dtb_total_size(blob[..8].try_into().unwrap()), Some(blob.len()));
 }
 
 #[test]

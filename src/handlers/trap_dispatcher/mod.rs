@@ -60,26 +60,17 @@ pub fn host_trap_dispatcher(esr: u64, frame: &mut TrapFrame, env: &HostEnv) -> H
     match esr::class(esr) {
         ec::HVC64 if esr::imm16(esr) == 0 => host_hvc_dispatcher(frame),
         // ELR_EL2 points after an HVC; the UNDEF belongs to the HVC itself.
-        ec::HVC64 => HostExit::Undef {
-            pc: frame.elr.wrapping_sub(4),
-            reason: Forbidden::HvcImmediate(esr::imm16(esr)),
-        },
+        ec::HVC64 => {
+            HostExit::Undef { pc: frame.elr.wrapping_sub(4), reason: Forbidden::HvcImmediate(esr::imm16(esr)) }
+        }
         ec::SMC64 => {
             // A trapped SMC leaves ELR_EL2 on the SMC.
             let function = frame.x[0] as u32;
             if esr::imm16(esr) != 0 || !psci::is_psci(function) {
-                return HostExit::Undef {
-                    pc: frame.elr,
-                    reason: Forbidden::Smc(function),
-                };
+                return HostExit::Undef { pc: frame.elr, reason: Forbidden::Smc(function) };
             }
             frame.elr = frame.elr.wrapping_add(4);
-            match psci::host_psci(
-                function,
-                [frame.x[1], frame.x[2], frame.x[3]],
-                env.cores,
-                env.host_may_run_at,
-            ) {
+            match psci::host_psci(function, [frame.x[1], frame.x[2], frame.x[3]], env.cores, env.host_may_run_at) {
                 PsciOutcome::Return(x0) => {
                     frame.x[0] = x0;
                     HostExit::Resume
@@ -93,10 +84,7 @@ pub fn host_trap_dispatcher(esr: u64, frame: &mut TrapFrame, env: &HostEnv) -> H
                 PsciOutcome::SystemReset => HostExit::SystemReset,
             }
         }
-        class => HostExit::Undef {
-            pc: frame.elr,
-            reason: Forbidden::Class(class),
-        },
+        class => HostExit::Undef { pc: frame.elr, reason: Forbidden::Class(class) },
     }
 }
 
@@ -161,9 +149,7 @@ pub enum VmExit {
 /// unknown trap gets an UNDEF, never a panic.
 pub fn vm_exit_dispatcher(esr: u64, frame: &mut TrapFrame) -> VmExit {
     match esr::class(esr) {
-        ec::HVC64 => VmExit::Undef {
-            pc: frame.elr.wrapping_sub(4),
-        },
+        ec::HVC64 => VmExit::Undef { pc: frame.elr.wrapping_sub(4) },
         _ => VmExit::Undef { pc: frame.elr },
     }
 }

@@ -56,11 +56,7 @@ fn ret_status(s: AbsState, status: Status) -> AbsState {
 }
 
 /// `host_trap_dispatcher_spec`: the host trapped with syndrome `esr`.
-pub fn host_trap_spec(
-    esr: u64,
-    s: &AbsState,
-    host_may_run_at: &dyn Fn(u64) -> bool,
-) -> Option<AbsState> {
+pub fn host_trap_spec(esr: u64, s: &AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> Option<AbsState> {
     if s.halt {
         return Some(s.clone());
     }
@@ -94,18 +90,14 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
             let keep = [s.x[1], s.x[2], s.x[3]];
             ret(s, 0, keep)
         }
-        host_call::SYSTEM_OFF if status_arg <= 255 => AbsState {
-            next: Next::PowerOff(status_arg),
-            ..s
-        },
+        host_call::SYSTEM_OFF if status_arg <= 255 => AbsState { next: Next::PowerOff(status_arg), ..s },
         host_call::SYSTEM_OFF => ret_status(s, Status::InvalidParameters),
         _ => ret_status(s, Status::NotSupported),
     }
 }
 
 fn is_psci_id(function: u32) -> bool {
-    (0x8400_0000..=0x8400_001F).contains(&function)
-        || (0xC400_0000..=0xC400_001F).contains(&function)
+    (0x8400_0000..=0x8400_001F).contains(&function) || (0xC400_0000..=0xC400_001F).contains(&function)
 }
 
 fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState {
@@ -126,9 +118,7 @@ fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState
     let target = (a1 < MAX_CPUS as u64).then_some(a1 as usize);
     match function {
         psci::VERSION => ret(s, psci::PSCI_VERSION_1_1, keep),
-        psci::FEATURES if a1 <= u32::MAX as u64 && implemented.contains(&(a1 as u32)) => {
-            ret(s, 0, keep)
-        }
+        psci::FEATURES if a1 <= u32::MAX as u64 && implemented.contains(&(a1 as u32)) => ret(s, 0, keep),
         psci::FEATURES => ret(s, Status::NotSupported.as_reg(), keep),
         psci::CPU_ON_32 | psci::CPU_ON_64 => {
             let Some(core) = target else {
@@ -139,13 +129,8 @@ fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState
             }
             let x0 = match s.cores[core].state {
                 CoreState::Parked => {
-                    s.cores[core] = AbsCore {
-                        state: CoreState::OnPending,
-                        posted: Some(HostEntry {
-                            entry: a2,
-                            context: a3,
-                        }),
-                    };
+                    s.cores[core] =
+                        AbsCore { state: CoreState::OnPending, posted: Some(HostEntry { entry: a2, context: a3 }) };
                     s.wake = true;
                     Status::Success
                 }
@@ -166,18 +151,9 @@ fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState
             }
             _ => ret(s, Status::InvalidParameters.as_reg(), keep),
         },
-        psci::CPU_OFF => AbsState {
-            next: Next::CpuOff,
-            ..s
-        },
-        psci::SYSTEM_OFF => AbsState {
-            next: Next::PowerOff(0),
-            ..s
-        },
-        psci::SYSTEM_RESET => AbsState {
-            next: Next::Reset,
-            ..s
-        },
+        psci::CPU_OFF => AbsState { next: Next::CpuOff, ..s },
+        psci::SYSTEM_OFF => AbsState { next: Next::PowerOff(0), ..s },
+        psci::SYSTEM_RESET => AbsState { next: Next::Reset, ..s },
         _ => ret(s, Status::NotSupported.as_reg(), keep),
     }
 }

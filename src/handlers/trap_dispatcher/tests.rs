@@ -30,14 +30,7 @@ fn concretize(s: &AbsState) -> (TrapFrame, CoreTable) {
             }
         }
     }
-    (
-        TrapFrame {
-            x: s.x,
-            elr: s.pc,
-            spsr: 0x3C5,
-        },
-        cores,
-    )
+    (TrapFrame { x: s.x, elr: s.pc, spsr: 0x3C5 }, cores)
 }
 
 /// The abstraction function: concrete frame, core table and exit → abstract state.
@@ -49,26 +42,13 @@ fn abstraction(frame: &TrapFrame, cores: &CoreTable, exit: HostExit) -> AbsState
         HostExit::SystemReset => Next::Reset,
         HostExit::CpuOff => Next::CpuOff,
     };
-    let cores = core::array::from_fn(|c| AbsCore {
-        state: cores.state(c),
-        posted: cores.pending_entry(c),
-    });
-    AbsState {
-        halt: false,
-        x: frame.x,
-        pc: frame.elr,
-        cores,
-        next,
-        wake: exit == HostExit::ResumeAndWake,
-    }
+    let cores = core::array::from_fn(|c| AbsCore { state: cores.state(c), posted: cores.pending_entry(c) });
+    AbsState { halt: false, x: frame.x, pc: frame.elr, cores, next, wake: exit == HostExit::ResumeAndWake }
 }
 
 fn step_impl(esr: u64, s: &AbsState) -> AbsState {
     let (mut frame, cores) = concretize(s);
-    let env = HostEnv {
-        cores: &cores,
-        host_may_run_at: &host_may_run_at,
-    };
+    let env = HostEnv { cores: &cores, host_may_run_at: &host_may_run_at };
     let exit = host_trap_dispatcher(esr, &mut frame, &env);
     abstraction(&frame, &cores, exit)
 }
@@ -122,44 +102,24 @@ fn any_arg() -> impl Strategy<Value = u64> {
 }
 
 fn any_core() -> impl Strategy<Value = AbsCore> {
-    prop_oneof![
-        Just(CoreState::Offline),
-        Just(CoreState::Parked),
-        Just(CoreState::Host),
-        Just(CoreState::OnPending)
-    ]
-    .prop_map(|state| AbsCore {
-        state,
-        posted: (state == CoreState::OnPending).then_some(HostEntry {
-            entry: 0x4400_0000,
-            context: 1,
-        }),
-    })
+    prop_oneof![Just(CoreState::Offline), Just(CoreState::Parked), Just(CoreState::Host), Just(CoreState::OnPending)]
+        .prop_map(|state| AbsCore {
+            state,
+            posted: (state == CoreState::OnPending).then_some(HostEntry { entry: 0x4400_0000, context: 1 }),
+        })
 }
 
 fn any_state() -> impl Strategy<Value = AbsState> {
-    (
-        proptest::array::uniform8(any_core()),
-        any::<[u64; 4]>(),
-        (0x4400_0000u64..0x4500_0000).prop_map(|pc| pc & !3),
-    )
+    (proptest::array::uniform8(any_core()), any::<[u64; 4]>(), (0x4400_0000u64..0x4500_0000).prop_map(|pc| pc & !3))
         .prop_map(|(cores, low, pc)| {
             let mut x = [0u64; 31];
             x[..4].copy_from_slice(&low);
-            AbsState {
-                halt: false,
-                x,
-                pc,
-                cores,
-                next: Next::Host,
-                wake: false,
-            }
+            AbsState { halt: false, x, pc, cores, next: Next::Host, wake: false }
         })
 }
 
 fn any_trap() -> impl Strategy<Value = (u64, [u64; 4])> {
-    (any_esr(), any_function(), any_arg(), any_arg(), any_arg())
-        .prop_map(|(esr, f, a, b, c)| (esr, [f, a, b, c]))
+    (any_esr(), any_function(), any_arg(), any_arg(), any_arg()).prop_map(|(esr, f, a, b, c)| (esr, [f, a, b, c]))
 }
 
 proptest! {
@@ -207,17 +167,11 @@ fn the_spec_is_a_noop_once_halted_and_undefined_when_the_host_is_not_running() {
         halt: true,
         x: [0; 31],
         pc: 0x4400_0000,
-        cores: [AbsCore {
-            state: CoreState::Offline,
-            posted: None,
-        }; MAX_CPUS],
+        cores: [AbsCore { state: CoreState::Offline, posted: None }; MAX_CPUS],
         next: Next::Host,
         wake: false,
     };
-    assert_eq!(
-        host_trap_spec(ESR_HVC0, &s, &host_may_run_at),
-        Some(s.clone())
-    );
+    assert_eq!(host_trap_spec(ESR_HVC0, &s, &host_may_run_at), Some(s.clone()));
     s.halt = false;
     s.next = Next::PowerOff(0);
     assert_eq!(host_trap_spec(ESR_HVC0, &s, &host_may_run_at), None);
@@ -226,16 +180,10 @@ fn the_spec_is_a_noop_once_halted_and_undefined_when_the_host_is_not_running() {
 #[test]
 fn named_host_calls_behave_as_documented() {
     let cores = CoreTable::new();
-    let env = HostEnv {
-        cores: &cores,
-        host_may_run_at: &host_may_run_at,
-    };
+    let env = HostEnv { cores: &cores, host_may_run_at: &host_may_run_at };
     let mut frame = TrapFrame::default();
     frame.x[0] = host_call::VERSION as u64;
-    assert_eq!(
-        host_trap_dispatcher(ESR_HVC0, &mut frame, &env),
-        HostExit::Resume
-    );
+    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::Resume);
     assert_eq!((frame.x[0], frame.x[1]), (0, ABI_VERSION));
 
     frame.x[0] = HYP_CALL_BASE as u64 + 0xFFF;
@@ -244,33 +192,21 @@ fn named_host_calls_behave_as_documented() {
 
     frame.x[0] = host_call::SYSTEM_OFF as u64;
     frame.x[1] = 256;
-    assert_eq!(
-        host_trap_dispatcher(ESR_HVC0, &mut frame, &env),
-        HostExit::Resume
-    );
+    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::Resume);
     assert_eq!(frame.x[0], Status::InvalidParameters.as_reg());
     frame.x[0] = host_call::SYSTEM_OFF as u64;
     frame.x[1] = 3;
-    assert_eq!(
-        host_trap_dispatcher(ESR_HVC0, &mut frame, &env),
-        HostExit::SystemOff { status: 3 }
-    );
+    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::SystemOff { status: 3 });
 
     frame.x[0] = 0xC200_0001;
     frame.elr = 0x4400_1000;
     assert_eq!(
         host_trap_dispatcher(ESR_SMC0, &mut frame, &env),
-        HostExit::Undef {
-            pc: 0x4400_1000,
-            reason: Forbidden::Smc(0xC200_0001)
-        }
+        HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::Smc(0xC200_0001) }
     );
     frame.elr = 0x4400_1004;
     assert_eq!(
         host_trap_dispatcher(ESR_HVC0 | 1, &mut frame, &env),
-        HostExit::Undef {
-            pc: 0x4400_1000,
-            reason: Forbidden::HvcImmediate(1)
-        }
+        HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::HvcImmediate(1) }
     );
 }

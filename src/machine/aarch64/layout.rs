@@ -30,26 +30,17 @@ pub struct Region {
 
 /// Everything KCore owns: image, BSS, stacks, heap and page-table pool.
 pub fn kcore() -> Region {
-    Region {
-        start: addr_of!(__kcore_start) as u64,
-        end: addr_of!(__kcore_end) as u64,
-    }
+    Region { start: addr_of!(__kcore_start) as u64, end: addr_of!(__kcore_end) as u64 }
 }
 
 /// The heap's backing memory.
 pub fn heap() -> Region {
-    Region {
-        start: addr_of!(__heap_start) as u64,
-        end: addr_of!(__heap_end) as u64,
-    }
+    Region { start: addr_of!(__heap_start) as u64, end: addr_of!(__heap_end) as u64 }
 }
 
 /// The pages reserved for KCore's own stage-1 tables.
 pub fn page_table_pool() -> Region {
-    Region {
-        start: addr_of!(__pt_pool_start) as u64,
-        end: addr_of!(__pt_pool_end) as u64,
-    }
+    Region { start: addr_of!(__pt_pool_start) as u64, end: addr_of!(__pt_pool_end) as u64 }
 }
 
 /// The physical address where secondary cores enter KCore.

@@ -19,29 +19,13 @@ pub fn enable_el2(root: u64) {
     const TCR_SH0_INNER: u64 = 0b11 << 12;
     const TCR_ORGN0_WB: u64 = 0b01 << 10;
     const TCR_IRGN0_WB: u64 = 0b01 << 8;
-    TCR_EL2.set(
-        TCR_RES1 | TCR_PS_40_BITS | TCR_SH0_INNER | TCR_ORGN0_WB | TCR_IRGN0_WB | (64 - VA_BITS),
-    );
+    TCR_EL2.set(TCR_RES1 | TCR_PS_40_BITS | TCR_SH0_INNER | TCR_ORGN0_WB | TCR_IRGN0_WB | (64 - VA_BITS));
     TTBR0_EL2.set(root);
     barrier::dsb(barrier::ISH);
     barrier::isb(barrier::SY);
     // SAFETY: invalidating EL2's TLB entries and the I-cache has no memory effects.
-    unsafe {
-        core::arch::asm!(
-            "tlbi alle2",
-            "dsb ish",
-            "ic iallu",
-            "dsb ish",
-            "isb",
-            options(nostack)
-        )
-    };
-    SCTLR_EL2.modify(
-        SCTLR_EL2::M::Enable
-            + SCTLR_EL2::C::Cacheable
-            + SCTLR_EL2::I::Cacheable
-            + SCTLR_EL2::SA::Enable,
-    );
+    unsafe { core::arch::asm!("tlbi alle2", "dsb ish", "ic iallu", "dsb ish", "isb", options(nostack)) };
+    SCTLR_EL2.modify(SCTLR_EL2::M::Enable + SCTLR_EL2::C::Cacheable + SCTLR_EL2::I::Cacheable + SCTLR_EL2::SA::Enable);
     barrier::isb(barrier::SY);
 }
 

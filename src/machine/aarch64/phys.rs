@@ -35,9 +35,7 @@ pub fn copy_to(pa: u64, bytes: &[u8]) {
 /// Fills `[pa, pa + len)` with zeros, 8 bytes at a time (both 8-byte aligned).
 pub fn zero(pa: u64, len: u64) {
     debug_assert!(pa % 8 == 0 && len % 8 == 0);
-    (pa..pa + len)
-        .step_by(8)
-        .for_each(|word| write_u64(word, 0));
+    (pa..pa + len).step_by(8).for_each(|word| write_u64(word, 0));
 }
 
 /// Reads `len` bytes at physical address `pa` as a byte slice that lives as long as KCore
