@@ -19,11 +19,7 @@ fn main() {
     if rpi4 && virt && target.ends_with("-none-softfloat") {
         panic!("select exactly one board: build with --no-default-features --features rpi4");
     }
-    let board = if rpi4 {
-        &corevisor_boards::rpi4::BOARD
-    } else {
-        &corevisor_boards::qemu_virt::BOARD
-    };
+    let board = if rpi4 { &corevisor_boards::rpi4::BOARD } else { &corevisor_boards::qemu_virt::BOARD };
     fs::write(
         out.join("memory.ld"),
         format!(
