@@ -57,7 +57,7 @@ pub fn host_psci(
             let Some(core) = index_of_mpidr(target) else {
                 return status(Status::InvalidParameters);
             };
-            if entry % 4 != 0 || !host_may_run_at(entry) {
+            if !entry.is_multiple_of(4) || !host_may_run_at(entry) {
                 return status(Status::InvalidAddress);
             }
             match cores.request_on(core, HostEntry { entry, context }) {

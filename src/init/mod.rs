@@ -82,7 +82,7 @@ pub fn wait_for_work(core: usize) -> ! {
 /// description. The second value says why the DTB was not used, for the log.
 fn discover(dtb_pa: u64) -> (Platform, Option<alloc::string::String>) {
     let fallback = |why| (Platform::from_board(BOARD), Some(why));
-    if dtb_pa == 0 || dtb_pa % 8 != 0 || !BOARD.in_ram_window(dtb_pa) {
+    if dtb_pa == 0 || !dtb_pa.is_multiple_of(8) || !BOARD.in_ram_window(dtb_pa) {
         return fallback(alloc::format!("no DTB passed (x0 = {dtb_pa:#x})"));
     }
     let header: [u8; 8] = phys::static_bytes(dtb_pa, 8).try_into().unwrap_or_default();

@@ -10,6 +10,7 @@ use corevisor_abi::psci;
 use log::error;
 
 /// Exit status of a QEMU run that ended in a KCore panic.
+#[cfg(feature = "semihosting")]
 pub const PANIC_EXIT_STATUS: u32 = 101;
 
 /// Ends the machine's run; `status` is the host's exit status (0 = success).

@@ -124,7 +124,7 @@ fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState
             let Some(core) = target else {
                 return ret(s, Status::InvalidParameters.as_reg(), keep);
             };
-            if a2 % 4 != 0 || !host_may_run_at(a2) {
+            if !a2.is_multiple_of(4) || !host_may_run_at(a2) {
                 return ret(s, Status::InvalidAddress.as_reg(), keep);
             }
             let x0 = match s.cores[core].state {

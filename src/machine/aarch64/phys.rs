@@ -12,7 +12,7 @@ const CACHE_LINE: u64 = 64;
 
 /// Stores a 64-bit word at physical address `pa` (8-byte aligned).
 pub fn write_u64(pa: u64, value: u64) {
-    debug_assert!(pa % 8 == 0);
+    debug_assert!(pa.is_multiple_of(8));
     // SAFETY: the caller owns `pa` (module contract); it is aligned and mapped (identity map, or
     // MMU off).
     unsafe { core::ptr::write_volatile(pa as *mut u64, value) }
@@ -20,7 +20,7 @@ pub fn write_u64(pa: u64, value: u64) {
 
 /// Loads the 64-bit word at physical address `pa` (8-byte aligned).
 pub fn read_u64(pa: u64) -> u64 {
-    debug_assert!(pa % 8 == 0);
+    debug_assert!(pa.is_multiple_of(8));
     // SAFETY: as for `write_u64`.
     unsafe { core::ptr::read_volatile(pa as *const u64) }
 }
@@ -34,7 +34,7 @@ pub fn copy_to(pa: u64, bytes: &[u8]) {
 
 /// Fills `[pa, pa + len)` with zeros, 8 bytes at a time (both 8-byte aligned).
 pub fn zero(pa: u64, len: u64) {
-    debug_assert!(pa % 8 == 0 && len % 8 == 0);
+    debug_assert!(pa.is_multiple_of(8) && len.is_multiple_of(8));
     (pa..pa + len).step_by(8).for_each(|word| write_u64(word, 0));
 }
 
