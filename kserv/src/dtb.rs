@@ -1,0 +1,118 @@
+//! What KServ needs from the DTB: the boot arguments and the console UART. Without a heap, so
+//! only the fdt crate's borrowing reader.
+
+use fdt::{node::FdtNode, Fdt};
+
+/// The DTB header magic, big-endian.
+pub const MAGIC: u32 = 0xd00d_feed;
+
+/// The boot arguments and the UART's physical address, if the DTB names them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BootInfo<'a> {
+    pub bootargs: &'a str,
+    pub uart: Option<u64>,
+}
+
+/// The total size a DTB header announces, if `header` starts with the DTB magic.
+pub fn total_size(header: [u8; 8]) -> Option<usize> {
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    (magic == MAGIC).then(|| u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
+}
+
+/// Reads the boot information from a DTB blob.
+pub fn read(blob: &[u8]) -> Option<BootInfo<'_>> {
+    let fdt = Fdt::new(blob).ok()?;
+    let bootargs = fdt.find_node("/chosen").and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("");
+    Some(BootInfo { bootargs, uart: find_pl011(&fdt) })
+}
+
+/// The PL011 at the root or one bus below it, translated through that bus's `ranges`.
+fn find_pl011(fdt: &Fdt) -> Option<u64> {
+    let is_pl011 = |n: &FdtNode| n.compatible().is_some_and(|c| c.all().any(|s| s == "arm,pl011"));
+    let first_reg = |n: &FdtNode| n.reg()?.next().map(|r| r.starting_address as u64);
+    let root_cells = fdt.root().cell_sizes().address_cells;
+    for child in fdt.find_node("/")?.children() {
+        if is_pl011(&child) {
+            return first_reg(&child);
+        }
+        if let Some(uart) = child.children().find(is_pl011) {
+            return translate(&child, root_cells, first_reg(&uart)?);
+        }
+    }
+    None
+}
+
+/// Maps a bus address to the parent's address space through `bus`'s `ranges`.
+fn translate(bus: &FdtNode, parent_cells: usize, addr: u64) -> Option<u64> {
+    let ranges = bus.property("ranges")?.value;
+    if ranges.is_empty() {
+        return Some(addr);
+    }
+    let cells = bus.cell_sizes();
+    let entry_bytes = 4 * (cells.address_cells + parent_cells + cells.size_cells);
+    let read = |bytes: &[u8]| {
+        bytes.chunks_exact(4).fold(0u64, |acc, c| acc << 32 | u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+    };
+    ranges.chunks_exact(entry_bytes).find_map(|entry| {
+        let (child, rest) = entry.split_at(4 * cells.address_cells);
+        let (parent, size) = rest.split_at(4 * parent_cells);
+        let (child, parent, size) = (read(child), read(parent), read(size));
+        (addr >= child && addr - child < size).then(|| parent + (addr - child))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_fdt::FdtWriter;
+
+    fn dtb(uart_under_soc: bool) -> Vec<u8> {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 1).unwrap();
+        let chosen = w.begin_node("chosen").unwrap();
+        w.property_string("bootargs", "scenario=boot").unwrap();
+        w.end_node(chosen).unwrap();
+        if uart_under_soc {
+            let soc = w.begin_node("soc").unwrap();
+            w.property_u32("#address-cells", 1).unwrap();
+            w.property_u32("#size-cells", 1).unwrap();
+            w.property_array_u32(
+                "ranges",
+                &[0x7c00_0000, 0, 0xfc00_0000, 0x0100_0000, 0x7e00_0000, 0, 0xfe00_0000, 0x0180_0000],
+            )
+            .unwrap();
+            let uart = w.begin_node("serial@7e201000").unwrap();
+            w.property_string("compatible", "arm,pl011").unwrap();
+            w.property_array_u32("reg", &[0x7e20_1000, 0x200]).unwrap();
+            w.end_node(uart).unwrap();
+            w.end_node(soc).unwrap();
+        } else {
+            let uart = w.begin_node("pl011@9000000").unwrap();
+            w.property_string("compatible", "arm,pl011").unwrap();
+            w.property_array_u32("reg", &[0, 0x0900_0000, 0x1000]).unwrap();
+            w.end_node(uart).unwrap();
+        }
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn reads_bootargs_and_a_root_uart() {
+        let blob = dtb(false);
+        assert_eq!(read(&blob), Some(BootInfo { bootargs: "scenario=boot", uart: Some(0x0900_0000) }));
+        assert_eq!(total_size(blob[..8].try_into().unwrap()), Some(blob.len()));
+    }
+
+    #[test]
+    fn translates_a_uart_behind_the_second_soc_range() {
+        assert_eq!(read(&dtb(true)).unwrap().uart, Some(0xfe20_1000));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(read(&[0; 64]), None);
+        assert_eq!(total_size([0; 8]), None);
+    }
+}
