@@ -6,6 +6,8 @@
 //! inline assembly. Its API is safe: each primitive states the hardware fact that makes it sound.
 //! On the host (`cargo test`) only the architecture-independent parts build.
 
+#[cfg(test)]
+pub mod model;
 pub mod sync;
 mod trap_frame;
 
@@ -20,3 +22,23 @@ pub use aarch64::*;
 pub const MAX_CPUS: usize = 8;
 /// Page size of every translation regime KCore builds (4 KiB granule).
 pub const PAGE_SIZE: u64 = 4096;
+
+/// The trusted primitives that the page-table and memory layers use, so that the same layer code
+/// runs on the CPU ([`Aarch64`]) and, in host tests, on [`model::ModelMachine`].
+/// Physical addresses are KCore's virtual addresses (KCore's stage-1 is an identity map).
+pub trait Machine {
+    /// Loads the 64-bit word at `pa` (8-byte aligned), which the caller owns.
+    fn read_u64(&self, pa: u64) -> u64;
+    /// Stores a 64-bit word at `pa` (8-byte aligned), which the caller owns.
+    fn write_u64(&self, pa: u64, value: u64);
+    /// Fills the 4 KiB page at `pa` with zeros (SeKVM `clear_phys_page`).
+    fn zero_page(&self, pa: u64);
+    /// Removes stage-2 TLB entries for `ipa` under `vmid`, on every core.
+    fn flush_stage2_ipa(&self, vmid: u16, ipa: u64);
+    /// Removes every stage-2 TLB entry of `vmid`, on every core.
+    fn flush_stage2_vmid(&self, vmid: u16);
+    /// Removes every EL2 stage-1 TLB entry, on every core.
+    fn flush_el2_all(&self);
+    /// Makes table writes visible to the table walkers before they are relied on.
+    fn publish(&self);
+}

@@ -12,3 +12,31 @@ pub mod phys;
 pub mod pl011;
 pub mod regs;
 pub mod semihosting;
+pub mod tlb;
+
+/// The real machine.
+pub struct Aarch64;
+
+impl super::Machine for Aarch64 {
+    fn read_u64(&self, pa: u64) -> u64 {
+        phys::read_u64(pa)
+    }
+    fn write_u64(&self, pa: u64, value: u64) {
+        phys::write_u64(pa, value)
+    }
+    fn zero_page(&self, pa: u64) {
+        phys::zero(pa, super::PAGE_SIZE)
+    }
+    fn flush_stage2_ipa(&self, vmid: u16, ipa: u64) {
+        tlb::stage2_ipa(vmid, ipa)
+    }
+    fn flush_stage2_vmid(&self, vmid: u16) {
+        tlb::stage2_vmid(vmid)
+    }
+    fn flush_el2_all(&self) {
+        tlb::el2_all()
+    }
+    fn publish(&self) {
+        tlb::publish()
+    }
+}

@@ -1,0 +1,229 @@
+//! Page tables (SeKVM layers 5-8: PTAlloc, PTWalk, NPTWalk, NPTOps): walking, mapping,
+//! unmapping and splitting 4 KiB-granule tables, with break-before-make and TLB maintenance by
+//! VMID. The same code builds every stage-2 table (host and VMs) and KCore's own EL2 stage-1.
+//!
+//! Tables start at level 1 (39-bit input addresses) and map 1 GiB blocks at level 1, 2 MiB blocks
+//! at level 2 and 4 KiB pages at level 3. Every operation either succeeds or leaves the
+//! translation the table describes unchanged: an exhausted pool is an error, never a torn table.
+
+pub mod descriptor;
+pub mod pool;
+#[cfg(test)]
+mod tests;
+
+use crate::machine::Machine;
+use descriptor::{decode, index, leaf, level_size, table, Attrs, Entry, Regime, FIRST_LEVEL, INPUT_LIMIT, LAST_LEVEL};
+use pool::{PagePool, PoolExhausted};
+
+/// Why a page-table operation was refused. The table is unchanged in every case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PtError {
+    /// No page left in the principal's pool for a table.
+    PoolExhausted,
+    /// Address or level not aligned to the mapping size, or outside the input range.
+    BadRange,
+    /// Something is already mapped (a leaf or a table) where the mapping would go.
+    Occupied,
+    /// Nothing is mapped there.
+    NotMapped,
+}
+
+impl From<PoolExhausted> for PtError {
+    fn from(_: PoolExhausted) -> PtError {
+        PtError::PoolExhausted
+    }
+}
+
+/// A leaf translation: the block or page that covers an input address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Input address where the leaf starts.
+    pub input: u64,
+    /// Output address where it starts.
+    pub output: u64,
+    pub level: u8,
+    pub attrs: Attrs,
+}
+
+impl Leaf {
+    pub fn size(&self) -> u64 {
+        level_size(self.level)
+    }
+    /// The output address of `input`, which this leaf covers.
+    pub fn translate(&self, input: u64) -> u64 {
+        self.output + (input - self.input)
+    }
+}
+
+/// One principal's translation table and the pool its table pages come from.
+pub struct PageTable {
+    regime: Regime,
+    root: u64,
+    pool: PagePool,
+}
+
+/// Where a walk stopped: the entry's physical address, its level, and what it holds.
+struct Slot {
+    at: u64,
+    level: u8,
+    entry: Entry,
+}
+
+impl PageTable {
+    /// An empty table whose root comes from `pool`.
+    pub fn new(machine: &impl Machine, regime: Regime, mut pool: PagePool) -> Result<PageTable, PtError> {
+        let root = pool.alloc(machine)?;
+        Ok(PageTable { regime, root, pool })
+    }
+
+    /// The root table's physical address (for TTBR/VTTBR).
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    pub fn pool(&self) -> &PagePool {
+        &self.pool
+    }
+
+    /// Follows the table towards `addr`, stopping at the first leaf, invalid entry, or `stop`.
+    fn descend(&self, machine: &impl Machine, addr: u64, stop: u8) -> Slot {
+        let mut base = self.root;
+        let mut level = FIRST_LEVEL;
+        loop {
+            let at = base + index(addr, level) * 8;
+            let entry = decode(self.regime, level, machine.read_u64(at));
+            match entry {
+                Entry::Table(next) if level < stop => {
+                    base = next;
+                    level += 1;
+                }
+                _ => return Slot { at, level, entry },
+            }
+        }
+    }
+
+    /// The leaf that translates `addr`, if any (SeKVM `walk_npt`).
+    pub fn walk(&self, machine: &impl Machine, addr: u64) -> Option<Leaf> {
+        if addr >= INPUT_LIMIT {
+            return None;
+        }
+        match self.descend(machine, addr, LAST_LEVEL) {
+            Slot { level, entry: Entry::Leaf(output, attrs), .. } => {
+                Some(Leaf { input: addr & !(level_size(level) - 1), output, level, attrs })
+            }
+            _ => None,
+        }
+    }
+
+    /// Maps `[addr, addr + level_size(level))` to `pa` (SeKVM `set_npt`/`map_s2pt`). The slot
+    /// must be empty: nothing may be mapped there, and no table may hang there.
+    pub fn map(&mut self, machine: &impl Machine, addr: u64, pa: u64, level: u8, attrs: Attrs) -> Result<(), PtError> {
+        if !(FIRST_LEVEL..=LAST_LEVEL).contains(&level) {
+            return Err(PtError::BadRange);
+        }
+        let size = level_size(level);
+        if !addr.is_multiple_of(size)
+            || !pa.is_multiple_of(size)
+            || addr >= INPUT_LIMIT
+            || pa >= descriptor::OUTPUT_LIMIT
+        {
+            return Err(PtError::BadRange);
+        }
+        // Check before allocating anything: a refused map must not consume pool pages.
+        let slot = self.descend(machine, addr, level);
+        match slot.entry {
+            Entry::Leaf(..) => return Err(PtError::Occupied),
+            Entry::Table(_) if slot.level == level => return Err(PtError::Occupied),
+            _ => {}
+        }
+        let needed = (level - slot.level) as u64;
+        if self.pool.free() < needed {
+            return Err(PtError::PoolExhausted);
+        }
+        let mut at = slot.at;
+        for table_level in slot.level..level {
+            let next = self.pool.alloc(machine)?;
+            machine.publish();
+            machine.write_u64(at, table(next));
+            at = next + index(addr, table_level + 1) * 8;
+        }
+        machine.publish();
+        machine.write_u64(at, leaf(self.regime, level, pa, attrs));
+        machine.publish();
+        Ok(())
+    }
+
+    /// Removes the leaf that translates `addr` (the whole block), with break-before-make, and
+    /// returns it.
+    pub fn unmap(&mut self, machine: &impl Machine, addr: u64) -> Result<Leaf, PtError> {
+        let found = self.walk(machine, addr).ok_or(PtError::NotMapped)?;
+        let slot = self.descend(machine, addr, LAST_LEVEL);
+        self.break_entry(machine, slot.at, found.input);
+        Ok(found)
+    }
+
+    /// Replaces the block that translates `addr` by a next-level table of blocks (or pages) with
+    /// the same output and attributes. Translation is unchanged; the TLB is flushed between the
+    /// break and the make.
+    pub fn split(&mut self, machine: &impl Machine, addr: u64) -> Result<(), PtError> {
+        let found = self.walk(machine, addr).ok_or(PtError::NotMapped)?;
+        if found.level == LAST_LEVEL {
+            return Err(PtError::BadRange);
+        }
+        let next = self.pool.alloc(machine)?;
+        let child = found.level + 1;
+        for i in 0..512 {
+            let entry = leaf(self.regime, child, found.output + i * level_size(child), found.attrs);
+            machine.write_u64(next + i * 8, entry);
+        }
+        let slot = self.descend(machine, addr, LAST_LEVEL);
+        self.break_entry(machine, slot.at, found.input);
+        machine.write_u64(slot.at, table(next));
+        machine.publish();
+        Ok(())
+    }
+
+    /// Makes sure the 4 KiB page at `addr` is not mapped, splitting any block around it so the
+    /// rest stays mapped (SeKVM `clear_pfn_host`). Returns whether it had been mapped.
+    pub fn clear_page(&mut self, machine: &impl Machine, addr: u64) -> Result<bool, PtError> {
+        let addr = addr & !0xfff;
+        loop {
+            match self.walk(machine, addr) {
+                None => return Ok(false),
+                Some(found) if found.level == LAST_LEVEL => {
+                    self.unmap(machine, addr)?;
+                    return Ok(true);
+                }
+                Some(_) => self.split(machine, addr)?,
+            }
+        }
+    }
+
+    /// Break: invalidate the entry, then flush the TLB for the input address it mapped.
+    fn break_entry(&self, machine: &impl Machine, at: u64, input: u64) {
+        machine.write_u64(at, 0);
+        match self.regime {
+            Regime::Stage2 { vmid } => machine.flush_stage2_ipa(vmid, input),
+            Regime::El2 => machine.flush_el2_all(),
+        }
+    }
+
+    /// Every leaf, in input-address order (the abstraction used by the specs and the invariant
+    /// checker).
+    pub fn leaves(&self, machine: &impl Machine) -> alloc::vec::Vec<Leaf> {
+        let mut out = alloc::vec::Vec::new();
+        self.collect(machine, self.root, FIRST_LEVEL, 0, &mut out);
+        out
+    }
+
+    fn collect(&self, machine: &impl Machine, base: u64, level: u8, input: u64, out: &mut alloc::vec::Vec<Leaf>) {
+        for i in 0..512 {
+            let addr = input + i * level_size(level);
+            match decode(self.regime, level, machine.read_u64(base + i * 8)) {
+                Entry::Invalid => {}
+                Entry::Table(next) => self.collect(machine, next, level + 1, addr, out),
+                Entry::Leaf(output, attrs) => out.push(Leaf { input: addr, output, level, attrs }),
+            }
+        }
+    }
+}
