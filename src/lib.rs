@@ -19,6 +19,7 @@ pub mod board;
 pub mod cpus;
 pub mod handlers;
 pub mod machine;
+pub mod memory;
 pub mod page_table;
 pub mod platform;
 

@@ -1,0 +1,67 @@
+//! The SeKVM invariants, checkable at run time (debug builds check them after every hypercall)
+//! and in property tests:
+//! - `host_iso`: the host maps only RAM it owns, pages a VM shares with it, and MMIO that is not
+//!   KCore's;
+//! - `host_flatmap`: the host's stage-2 is the identity;
+//! - `vm_iso`: a VM maps only RAM it owns, at the gfn the ownership table records (so no page is
+//!   mapped by two VMs);
+//! - well-formedness: leaves never overlap.
+
+use super::pages::Owner;
+use super::HostMemory;
+use crate::machine::{Machine, PAGE_SIZE};
+use crate::page_table::descriptor::MemType;
+use crate::page_table::{Leaf, PageTable};
+
+/// A broken invariant, with the leaf that breaks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    HostIso(Leaf),
+    HostFlatmap(Leaf),
+    VmIso { vmid: u16, leaf: Leaf },
+    Overlap(Leaf),
+}
+
+/// Checks every invariant over the host's table and the given VM tables.
+pub fn check(m: &impl Machine, mem: &HostMemory, vms: &[(u16, &PageTable)]) -> Result<(), Violation> {
+    let leaves = mem.host_s2.leaves(m);
+    well_formed(&leaves)?;
+    for &leaf in &leaves {
+        if leaf.input != leaf.output {
+            return Err(Violation::HostFlatmap(leaf));
+        }
+        let regions = mem.db.regions();
+        let ok = if regions.no_ram(leaf.output, leaf.size()) {
+            leaf.attrs.mem == MemType::Device && !mem.overlaps_protected(leaf.output, leaf.size())
+        } else if leaf.size() == PAGE_SIZE {
+            mem.db.get(leaf.output).is_some_and(|p| p.owner == Owner::Host || p.count > 0)
+        } else {
+            mem.db.host_owns_block(leaf.output, leaf.size())
+        };
+        if !ok {
+            return Err(Violation::HostIso(leaf));
+        }
+    }
+    for &(vmid, table) in vms {
+        let leaves = table.leaves(m);
+        well_formed(&leaves)?;
+        for leaf in leaves {
+            for offset in (0..leaf.size()).step_by(PAGE_SIZE as usize) {
+                let (gpa, pa) = (leaf.input + offset, leaf.output + offset);
+                if let Some(page) = mem.db.get(pa) {
+                    if page.owner != Owner::Vm(vmid) || page.gfn != gpa >> 12 {
+                        return Err(Violation::VmIso { vmid, leaf });
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn well_formed(leaves: &[Leaf]) -> Result<(), Violation> {
+    match leaves.windows(2).find(|w| w[0].input + w[0].size() > w[1].input) {
+        Some(w) => Err(Violation::Overlap(w[1])),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,215 @@
+//! Memory (SeKVM layers 13-17): RAM regions, the page index, per-page ownership, and the
+//! ownership transitions that keep every principal to its own pages. Every transition checks its
+//! preconditions and returns an error when one fails; none succeeds silently.
+//!
+//! [`HostMemory`] holds the ownership table together with the host's stage-2 table, because every
+//! transition that takes a page from the host must also unmap it there (`clear_pfn_host`). The
+//! two are guarded by one lock, `s2page` (see `handlers::trap_handler` for the lock order).
+
+pub mod invariants;
+pub mod pages;
+pub mod regions;
+#[cfg(test)]
+mod tests;
+
+use crate::machine::{Machine, PAGE_SIZE};
+use crate::page_table::descriptor::{level_size, Attrs, LAST_LEVEL};
+use crate::page_table::{Leaf, PageTable, PtError};
+use alloc::vec::Vec;
+use corevisor_boards::PhysRange;
+use pages::{Owner, PageDb, PageInfo};
+
+/// How many times a VM may share one page with the host at once.
+pub const MAX_SHARE_COUNT: u16 = 100;
+
+/// Why an ownership transition or a host mapping was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemError {
+    /// The address is not RAM (or, for MMIO, is RAM).
+    NotRam,
+    IsRam,
+    /// The page belongs to someone else.
+    NotOwned(Owner),
+    /// The page is shared with the host and cannot change hands.
+    Shared,
+    /// The page is not shared.
+    NotShared,
+    /// The share count is at its maximum.
+    ShareLimit,
+    /// The MMIO range is KCore's.
+    Protected,
+    PageTable(PtError),
+}
+
+impl From<PtError> for MemError {
+    fn from(e: PtError) -> MemError {
+        MemError::PageTable(e)
+    }
+}
+
+/// Host block mapping policy: the largest block whose whole range the host owns, or 4 KiB only
+/// (for comparison in `cargo xtask bench`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostMapPolicy {
+    LargestBlock,
+    PagesOnly,
+}
+
+/// The ownership table and the host's stage-2 table (identity-mapped on demand).
+pub struct HostMemory {
+    pub db: PageDb,
+    pub host_s2: PageTable,
+    /// MMIO that is KCore's (for example the GICv2 virtual interface control): never host-mapped.
+    pub protected_mmio: Vec<PhysRange>,
+    pub policy: HostMapPolicy,
+}
+
+impl HostMemory {
+    pub fn new(db: PageDb, host_s2: PageTable, protected_mmio: Vec<PhysRange>) -> HostMemory {
+        HostMemory { db, host_s2, protected_mmio, policy: HostMapPolicy::LargestBlock }
+    }
+
+    fn overlaps_protected(&self, base: u64, size: u64) -> bool {
+        self.protected_mmio.iter().any(|r| base < r.end() && r.base < base + size)
+    }
+
+    /// Serves a host stage-2 fault at `ipa` (SeKVM `map_page_host`, with blocks): maps the
+    /// largest block around it that the host may have, identity-mapped. RAM the host owns is
+    /// Normal memory; a page a VM shares is mapped alone; MMIO is Device. Anything else is refused.
+    pub fn map_page_host(&mut self, m: &impl Machine, ipa: u64) -> Result<Leaf, MemError> {
+        if let Some(leaf) = self.host_s2.walk(m, ipa) {
+            return Ok(leaf); // another core mapped it first
+        }
+        let levels: &[u8] = match self.policy {
+            HostMapPolicy::LargestBlock => &[1, 2, 3],
+            HostMapPolicy::PagesOnly => &[3],
+        };
+        let attrs = match self.db.get(ipa) {
+            Some(page) if page.owner == Owner::Host => Attrs::RAM,
+            Some(page) if page.count > 0 => {
+                let base = ipa & !(PAGE_SIZE - 1);
+                self.host_s2.map(m, base, base, LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM })?;
+                return Ok(self.host_s2.walk(m, ipa).expect("just mapped"));
+            }
+            Some(page) => return Err(MemError::NotOwned(page.owner)),
+            None if self.overlaps_protected(ipa, 1) => return Err(MemError::Protected),
+            None => Attrs::DEVICE,
+        };
+        for &level in levels {
+            let size = level_size(level);
+            let base = ipa & !(size - 1);
+            let allowed = match attrs.mem {
+                crate::page_table::descriptor::MemType::Normal => self.db.host_owns_block(base, size),
+                crate::page_table::descriptor::MemType::Device => {
+                    self.db.regions().no_ram(base, size) && !self.overlaps_protected(base, size)
+                }
+            };
+            if !allowed {
+                continue;
+            }
+            match self.host_s2.map(m, base, base, level, attrs) {
+                Ok(()) => return Ok(self.host_s2.walk(m, ipa).expect("just mapped")),
+                // A table already hangs here (an earlier split): try a smaller block.
+                Err(PtError::Occupied) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(MemError::PageTable(PtError::Occupied))
+    }
+
+    /// Gives a host page to KCore (SeKVM `protect_el2_mem`), unmapping it from the host.
+    pub fn give_to_kcore(&mut self, m: &impl Machine, range: PhysRange) -> Result<(), MemError> {
+        for pa in (range.base..range.end()).step_by(PAGE_SIZE as usize) {
+            self.take_from_host(m, pa, Owner::KCore, pa >> 12)?;
+        }
+        Ok(())
+    }
+
+    /// The shared step of every transition away from the host: the page must be the host's and
+    /// unshared; it is unmapped from the host's stage-2 before it changes owner.
+    fn take_from_host(&mut self, m: &impl Machine, pa: u64, owner: Owner, gfn: u64) -> Result<(), MemError> {
+        let page = self.db.get(pa).ok_or(MemError::NotRam)?;
+        if page.owner != Owner::Host {
+            return Err(MemError::NotOwned(page.owner));
+        }
+        if page.count > 0 {
+            return Err(MemError::Shared);
+        }
+        self.host_s2.clear_page(m, pa)?;
+        self.db.set(pa, PageInfo { owner, count: 0, gfn });
+        Ok(())
+    }
+
+    /// Gives the host page `pfn` to VM `vmid` at `gfn` (SeKVM `assign_pfn_to_vm`). Assigning a
+    /// page the VM already has at the same gfn is accepted.
+    pub fn assign_pfn_to_vm(&mut self, m: &impl Machine, vmid: u16, gfn: u64, pfn: u64) -> Result<(), MemError> {
+        let pa = pfn << 12;
+        match self.db.get(pa) {
+            Some(p) if p.owner == Owner::Vm(vmid) && p.gfn == gfn => Ok(()),
+            _ => self.take_from_host(m, pa, Owner::Vm(vmid), gfn),
+        }
+    }
+
+    /// Takes page `pfn` back from VM `vmid`, scrubs it, and returns it to the host (SeKVM
+    /// `clear_vm_page`). The host maps it again on its next fault.
+    pub fn clear_vm_page(&mut self, m: &impl Machine, vmid: u16, pfn: u64) -> Result<(), MemError> {
+        let pa = pfn << 12;
+        let page = self.db.get(pa).ok_or(MemError::NotRam)?;
+        if page.owner != Owner::Vm(vmid) {
+            return Err(MemError::NotOwned(page.owner));
+        }
+        if page.count > 0 {
+            // Shared pages are mapped in the host: unmap before the page is scrubbed and handed
+            // back, so the host's next access faults and gets a fresh mapping.
+            self.host_s2.clear_page(m, pa)?;
+        }
+        m.zero_page(pa);
+        self.db.set(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
+        Ok(())
+    }
+
+    /// VM `vmid` shares its page `pfn` with the host (SeKVM `grant_vm_page`).
+    pub fn grant_vm_page(&mut self, vmid: u16, pfn: u64) -> Result<(), MemError> {
+        let pa = pfn << 12;
+        let page = self.db.get(pa).ok_or(MemError::NotRam)?;
+        if page.owner != Owner::Vm(vmid) {
+            return Err(MemError::NotOwned(page.owner));
+        }
+        if page.count >= MAX_SHARE_COUNT {
+            return Err(MemError::ShareLimit);
+        }
+        self.db.set(pa, PageInfo { count: page.count + 1, ..page });
+        Ok(())
+    }
+
+    /// VM `vmid` takes back one share of page `pfn` (SeKVM `revoke_vm_page`); at zero shares the
+    /// host loses its mapping.
+    pub fn revoke_vm_page(&mut self, m: &impl Machine, vmid: u16, pfn: u64) -> Result<(), MemError> {
+        let pa = pfn << 12;
+        let page = self.db.get(pa).ok_or(MemError::NotRam)?;
+        if page.owner != Owner::Vm(vmid) {
+            return Err(MemError::NotOwned(page.owner));
+        }
+        if page.count == 0 {
+            return Err(MemError::NotShared);
+        }
+        if page.count == 1 {
+            self.host_s2.clear_page(m, pa)?;
+        }
+        self.db.set(pa, PageInfo { count: page.count - 1, ..page });
+        Ok(())
+    }
+
+    /// Maps MMIO page `pa` at `gpa` in a VM's stage-2 (SeKVM `map_vm_io`): never RAM, never
+    /// KCore's MMIO.
+    pub fn map_vm_io(&self, m: &impl Machine, vm_s2: &mut PageTable, gpa: u64, pa: u64) -> Result<(), MemError> {
+        if self.db.get(pa).is_some() {
+            return Err(MemError::IsRam);
+        }
+        if self.overlaps_protected(pa, PAGE_SIZE) {
+            return Err(MemError::Protected);
+        }
+        vm_s2.map(m, gpa & !(PAGE_SIZE - 1), pa & !(PAGE_SIZE - 1), LAST_LEVEL, Attrs::DEVICE)?;
+        Ok(())
+    }
+}

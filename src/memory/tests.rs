@@ -1,0 +1,173 @@
+//! Random ownership transitions and host faults over the model machine, with the invariant
+//! checker after every step; and companions that plant known bugs and show the checker catches
+//! them.
+
+use super::invariants::{check, Violation};
+use super::pages::{Owner, PageDb, PageInfo};
+use super::regions::MemRegions;
+use super::*;
+use crate::machine::model::ModelMachine;
+use crate::page_table::descriptor::Regime;
+use crate::page_table::pool::PagePool;
+use proptest::prelude::*;
+
+const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x4000_0000);
+const GICH: PhysRange = PhysRange::new(0x0803_0000, 0x1_0000);
+const POOL: u64 = 0x1_0000_0000;
+
+fn host_memory(m: &ModelMachine, policy: HostMapPolicy) -> HostMemory {
+    let db = PageDb::new(MemRegions::new(&[RAM]).unwrap());
+    let host_s2 = PageTable::new(m, Regime::Stage2 { vmid: 0 }, PagePool::new(POOL, 600)).unwrap();
+    let mut mem = HostMemory::new(db, host_s2, vec![GICH]);
+    mem.policy = policy;
+    // KCore's own region, as at boot.
+    mem.give_to_kcore(m, PhysRange::new(0x4008_0000, 0x0100_0000)).unwrap();
+    mem
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    HostFault(u64),
+    Assign { vmid: u16, gfn: u64, pfn: u64 },
+    Clear { vmid: u16, pfn: u64 },
+    Grant { vmid: u16, pfn: u64 },
+    Revoke { vmid: u16, pfn: u64 },
+}
+
+fn any_pfn() -> impl Strategy<Value = u64> {
+    // A few 2 MiB regions of RAM, including KCore's, so transitions collide.
+    (prop_oneof![Just(0x4000_0u64), Just(0x4020_0), Just(0x4060_0), Just(0x7fe0_0)], 0u64..16).prop_map(|(b, i)| b + i)
+}
+
+fn any_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop_oneof![
+            3 => any_pfn().prop_map(|pfn| pfn << 12),
+            1 => (0x0800_0000u64..0x0a00_0000).prop_map(|a| a & !7),
+            1 => (RAM.base..RAM.end()).prop_map(|a| a & !7),
+        ].prop_map(Op::HostFault),
+        3 => (1u16..4, 0u64..64, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
+        1 => (1u16..4, any_pfn()).prop_map(|(vmid, pfn)| Op::Clear { vmid, pfn }),
+        2 => (1u16..4, any_pfn()).prop_map(|(vmid, pfn)| Op::Grant { vmid, pfn }),
+        2 => (1u16..4, any_pfn()).prop_map(|(vmid, pfn)| Op::Revoke { vmid, pfn }),
+    ]
+}
+
+/// Applies `op`, checking what it must do to the ownership table.
+fn apply(m: &ModelMachine, mem: &mut HostMemory, op: &Op) -> Result<(), TestCaseError> {
+    match *op {
+        Op::HostFault(ipa) => {
+            let page = mem.db.get(ipa);
+            let result = mem.map_page_host(m, ipa);
+            let may = match page {
+                Some(p) => p.owner == Owner::Host || p.count > 0,
+                None => !GICH.contains(ipa),
+            };
+            prop_assert_eq!(result.is_ok(), may, "fault at {:#x} on {:?}: {:?}", ipa, page, result);
+            if let Ok(leaf) = result {
+                prop_assert_eq!(leaf.translate(ipa), ipa);
+            }
+        }
+        Op::Assign { vmid, gfn, pfn } => {
+            let before = mem.db.get(pfn << 12).unwrap();
+            let result = mem.assign_pfn_to_vm(m, vmid, gfn, pfn);
+            let allowed = (before.owner == Owner::Host && before.count == 0)
+                || (before.owner == Owner::Vm(vmid) && before.gfn == gfn);
+            prop_assert_eq!(result.is_ok(), allowed, "{:?} on {:?}: {:?}", op, before, result);
+            if allowed {
+                prop_assert!(mem.host_s2.walk(m, pfn << 12).is_none(), "the host still maps an assigned page");
+            }
+        }
+        Op::Clear { vmid, pfn } => {
+            let before = mem.db.get(pfn << 12).unwrap();
+            m.write_u64(pfn << 12, 0xdead_beef);
+            let result = mem.clear_vm_page(m, vmid, pfn);
+            prop_assert_eq!(result.is_ok(), before.owner == Owner::Vm(vmid));
+            if result.is_ok() {
+                prop_assert_eq!(m.read_u64(pfn << 12), 0, "a reclaimed page was not scrubbed");
+                prop_assert_eq!(mem.db.get(pfn << 12).unwrap(), PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
+            }
+        }
+        Op::Grant { vmid, pfn } => {
+            let before = mem.db.get(pfn << 12).unwrap();
+            let result = mem.grant_vm_page(vmid, pfn);
+            prop_assert_eq!(result.is_ok(), before.owner == Owner::Vm(vmid) && before.count < MAX_SHARE_COUNT);
+        }
+        Op::Revoke { vmid, pfn } => {
+            let before = mem.db.get(pfn << 12).unwrap();
+            let result = mem.revoke_vm_page(m, vmid, pfn);
+            prop_assert_eq!(result.is_ok(), before.owner == Owner::Vm(vmid) && before.count > 0);
+            if result.is_ok() && before.count == 1 {
+                prop_assert!(mem.host_s2.walk(m, pfn << 12).is_none(), "the host keeps an unshared page");
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn transitions_keep_every_invariant(block in any::<bool>(), ops in proptest::collection::vec(any_op(), 50..80)) {
+        let m = ModelMachine::new();
+        let policy = if block { HostMapPolicy::LargestBlock } else { HostMapPolicy::PagesOnly };
+        let mut mem = host_memory(&m, policy);
+        for op in &ops {
+            apply(&m, &mut mem, op)?;
+            prop_assert_eq!(check(&m, &mem, &[]), Ok(()), "after {:?}", op);
+        }
+    }
+}
+
+#[test]
+fn host_faults_map_the_largest_host_owned_block() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    // KCore sits in the first 2 MiB blocks: pages there, 2 MiB blocks elsewhere in that GiB.
+    assert_eq!(mem.map_page_host(&m, 0x4000_1000).unwrap().level, 3);
+    assert_eq!(mem.map_page_host(&m, 0x4000_0000 + (32 << 20)).unwrap().level, 2);
+    assert_eq!(mem.map_page_host(&m, 0x0900_0000).unwrap().attrs, Attrs::DEVICE);
+    assert_eq!(mem.map_page_host(&m, 0x0900_0000).unwrap().level, 2);
+    assert_eq!(mem.map_page_host(&m, 0x4008_0000), Err(MemError::NotOwned(Owner::KCore)));
+    assert_eq!(mem.map_page_host(&m, GICH.base), Err(MemError::Protected));
+    // A page inside a mapped 2 MiB block changes owner: the block is split, the rest stays.
+    mem.assign_pfn_to_vm(&m, 1, 0, (0x4000_0000 + (32 << 20) + 0x5000) >> 12).unwrap();
+    assert!(mem.host_s2.walk(&m, 0x4000_0000 + (32 << 20) + 0x5000).is_none());
+    assert_eq!(mem.host_s2.walk(&m, 0x4000_0000 + (32 << 20) + 0x6000).unwrap().level, 3);
+    assert_eq!(check(&m, &mem, &[]), Ok(()));
+}
+
+#[test]
+fn vm_iso_holds_for_owned_pages_and_catches_a_foreign_one() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    let mut vm = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL + (1 << 30), 8)).unwrap();
+    mem.assign_pfn_to_vm(&m, 1, 0x10, 0x5000_0).unwrap();
+    vm.map(&m, 0x10 << 12, 0x5000_0000, 3, Attrs::RAM).unwrap();
+    mem.map_vm_io(&m, &mut vm, 0x0900_0000, 0x0900_0000).unwrap();
+    assert_eq!(mem.map_vm_io(&m, &mut vm, 0x0a00_0000, 0x4000_0000), Err(MemError::IsRam));
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+    // Planted bug: the VM maps a host page it was never given.
+    vm.map(&m, 0x11 << 12, 0x5000_1000, 3, Attrs::RAM).unwrap();
+    assert!(matches!(check(&m, &mem, &[(1, &vm)]), Err(Violation::VmIso { vmid: 1, .. })));
+}
+
+#[test]
+fn the_checker_catches_a_transition_that_forgets_clear_pfn_host() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    let pa = 0x4200_0000;
+    mem.map_page_host(&m, pa).unwrap();
+    // Planted bug: assign_pfn_to_vm without unmapping the page from the host first.
+    mem.db.set(pa, PageInfo { owner: Owner::Vm(2), count: 0, gfn: 0 });
+    assert!(matches!(check(&m, &mem, &[]), Err(Violation::HostIso(_))));
+}
+
+#[test]
+fn the_checker_catches_a_non_identity_host_mapping() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    mem.host_s2.map(&m, 0x4200_0000, 0x4200_1000, 3, Attrs::RAM).unwrap();
+    assert!(matches!(check(&m, &mem, &[]), Err(Violation::HostFlatmap(_))));
+}
