@@ -36,7 +36,7 @@ enum Op {
 
 fn any_pfn() -> impl Strategy<Value = u64> {
     // A few 2 MiB regions of RAM, including KCore's, so transitions collide.
-    (prop_oneof![Just(0x4000_0u64), Just(0x4020_0), Just(0x4060_0), Just(0x7fe0_0)], 0u64..16).prop_map(|(b, i)| b + i)
+    (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x40600), Just(0x7fe00)], 0u64..16).prop_map(|(b, i)| b + i)
 }
 
 fn any_op() -> impl Strategy<Value = Op> {
@@ -143,7 +143,7 @@ fn vm_iso_holds_for_owned_pages_and_catches_a_foreign_one() {
     let m = ModelMachine::new();
     let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
     let mut vm = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL + (1 << 30), 8)).unwrap();
-    mem.assign_pfn_to_vm(&m, 1, 0x10, 0x5000_0).unwrap();
+    mem.assign_pfn_to_vm(&m, 1, 0x10, 0x50000).unwrap();
     vm.map(&m, 0x10 << 12, 0x5000_0000, 3, Attrs::RAM).unwrap();
     mem.map_vm_io(&m, &mut vm, 0x0900_0000, 0x0900_0000).unwrap();
     assert_eq!(mem.map_vm_io(&m, &mut vm, 0x0a00_0000, 0x4000_0000), Err(MemError::IsRam));
