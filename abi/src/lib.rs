@@ -29,6 +29,9 @@ pub mod host_call {
     pub const NULL: u32 = hyp_call(1);
     /// Powers the machine off. x1 is the host's exit status: 0 means the host's run passed.
     pub const SYSTEM_OFF: u32 = hyp_call(2);
+    /// The host's own stage-2 fault counts: x1 = faults KCore mapped, x2 = faults it refused
+    /// (each refused one was an abort injected into the host).
+    pub const HOST_STATS: u32 = hyp_call(3);
 }
 
 /// The ABI version that [`host_call::VERSION`] reports.

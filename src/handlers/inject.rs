@@ -28,6 +28,34 @@ const SPSR_HANDLER: u64 = 0x3C0 | M_EL1H;
 /// vector base is `vbar_el1`. Updates `frame` to enter the EL1 handler and returns what the EL1
 /// exception registers must hold.
 pub fn undef(frame: &mut TrapFrame, pc: u64, vbar_el1: u64) -> El1Exception {
+    enter_el1(frame, ESR_UNDEF, pc, vbar_el1)
+}
+
+/// DFSC/IFSC of a synchronous external abort, not on a translation table walk.
+const FSC_EXTERNAL_ABORT: u64 = 0b01_0000;
+/// ESR ISS.WnR: the aborted access was a write.
+const ISS_WNR: u64 = 1 << 6;
+const EC_IABT_LOWER: u64 = 0x20;
+const EC_IABT_SAME: u64 = 0x21;
+const EC_DABT_LOWER: u64 = 0x24;
+const EC_DABT_SAME: u64 = 0x25;
+
+/// Injects a synchronous external abort for the access at `pc` (an instruction fetch if
+/// `instruction`), the way a bus error would have been taken at EL1. `esr_el2` is the trapped
+/// syndrome, whose WnR bit carries over. The caller also sets FAR_EL1 to the faulting address.
+pub fn external_abort(frame: &mut TrapFrame, pc: u64, instruction: bool, esr_el2: u64, vbar_el1: u64) -> El1Exception {
+    let from_el0 = frame.spsr & 0x1f == M_EL0T;
+    let class = match (instruction, from_el0) {
+        (true, true) => EC_IABT_LOWER,
+        (true, false) => EC_IABT_SAME,
+        (false, true) => EC_DABT_LOWER,
+        (false, false) => EC_DABT_SAME,
+    };
+    let wnr = if instruction { 0 } else { esr_el2 & ISS_WNR };
+    enter_el1(frame, class << 26 | ESR_UNDEF | wnr | FSC_EXTERNAL_ABORT, pc, vbar_el1)
+}
+
+fn enter_el1(frame: &mut TrapFrame, esr: u64, pc: u64, vbar_el1: u64) -> El1Exception {
     let m = frame.spsr & 0x1f;
     let offset = match m {
         M_EL1T => 0x000,
@@ -36,7 +64,7 @@ pub fn undef(frame: &mut TrapFrame, pc: u64, vbar_el1: u64) -> El1Exception {
         _ if m & M_AARCH32 != 0 => 0x600,
         _ => 0x200,
     };
-    let injected = El1Exception { esr: ESR_UNDEF, elr: pc, spsr: frame.spsr };
+    let injected = El1Exception { esr, elr: pc, spsr: frame.spsr };
     frame.elr = vbar_el1 + offset;
     frame.spsr = SPSR_HANDLER;
     injected
@@ -53,6 +81,18 @@ mod tests {
         assert_eq!(injected, El1Exception { esr: ESR_UNDEF, elr: 0x4400_2000, spsr: 0x3C5 });
         assert_eq!(frame.elr, 0x4400_8200);
         assert_eq!(frame.spsr, 0x3C5);
+    }
+
+    #[test]
+    fn a_denied_host_write_becomes_a_data_abort_at_el1() {
+        let mut frame = TrapFrame { elr: 0x4400_3000, spsr: 0x3C5, ..TrapFrame::default() };
+        // DABT_LOW, WnR, stage-2 translation fault level 1.
+        let injected = external_abort(&mut frame, 0x4400_3000, false, 0x9200_0045, 0x4400_8000);
+        assert_eq!(injected.esr, 0x9600_0050);
+        assert_eq!(injected.elr, 0x4400_3000);
+        assert_eq!(frame.elr, 0x4400_8200);
+        let mut frame = TrapFrame { spsr: 0x3C5, ..TrapFrame::default() };
+        assert_eq!(external_abort(&mut frame, 0, true, 0x8200_0005, 0).esr, 0x8600_0010);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the glue that the vectors call and that performs the machine effects.
 
 pub mod esr;
+pub mod fault_handler;
 pub mod inject;
 pub mod psci;
 pub mod trap_dispatcher;

@@ -2,10 +2,14 @@
 //! being handled, asks the dispatchers what the trap means, and carries out their answer: writing
 //! registers back, injecting an exception, waking cores, or powering off.
 
+use super::fault_handler::{fault_ipa, handle_host_stage2_fault};
 use super::inject;
-use super::trap_dispatcher::{host_trap_dispatcher, vm_exit_dispatcher, Forbidden, HostEnv, HostExit, VmExit};
+use super::trap_dispatcher::{
+    host_trap_dispatcher, vm_exit_dispatcher, Forbidden, HostEnv, HostExit, VmExit, HOST_STATS,
+};
 use crate::init::{power, wait_for_work, CORES};
-use crate::machine::{cpu, regs, TrapFrame, TrapKind, MAX_CPUS};
+use crate::machine::{cpu, regs, sync::TicketLock, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
+use crate::memory::HostMemory;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use log::{error, info, warn};
@@ -23,9 +27,19 @@ static RUNNING: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(HOST) }; MAX_CPUS]
 static HALTED: AtomicBool = AtomicBool::new(false);
 static HOST_MAY_RUN_AT: spin::Once<fn(u64) -> bool> = spin::Once::new();
 
-/// Tells the trap handler where the host may start cores. Called once before the host runs.
-pub fn install(host_may_run_at: fn(u64) -> bool) {
+/// The `s2page` lock: the ownership table together with the host's stage-2 table.
+///
+/// Lock order (a core holding one lock only takes locks below it in this list):
+/// 1. `s2page` (this lock);
+/// 2. a VM's page-table lock (when VMs exist);
+/// 3. the console lock (logging is allowed under any lock).
+static S2PAGE: TicketLock<Option<HostMemory>> = TicketLock::new(None);
+
+/// Tells the trap handler where the host may start cores, and hands it the host's memory
+/// state. Called once before the host runs.
+pub fn install(host_may_run_at: fn(u64) -> bool, host_memory: HostMemory) {
     HOST_MAY_RUN_AT.call_once(|| host_may_run_at);
+    *S2PAGE.lock() = Some(host_memory);
 }
 
 /// Stops every core at its next entry to KCore.
@@ -67,7 +81,10 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     let running = RUNNING[core].load(Ordering::Relaxed);
     HANDLING[core].store(running, Ordering::Relaxed);
     match (TrapKind::from_vector(kind), running) {
-        (TrapKind::Sync, HOST) => host_sync(core, frame),
+        (TrapKind::Sync, HOST) => {
+            host_sync(core, frame);
+            check_invariants();
+        }
         (TrapKind::Sync, _) => guest_sync(frame),
         (other, _) => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
     }
@@ -92,11 +109,49 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
             info!("host SYSTEM_RESET");
             power::system_reset()
         }
+        HostExit::Stage2Fault => host_stage2_fault(frame),
         HostExit::CpuOff => {
             info!("cpu{core} leaves the host (PSCI CPU_OFF)");
             HANDLING[core].store(KCORE, Ordering::Relaxed);
             CORES.host_cpu_off(core);
             wait_for_work(core)
+        }
+    }
+}
+
+/// Maps the host's access on demand, or refuses it with an external abort.
+fn host_stage2_fault(frame: &mut TrapFrame) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let (esr, far) = (regs::esr_el2(), regs::far_el2());
+    let ipa = fault_ipa(regs::hpfar_el2(), far);
+    let result = match S2PAGE.lock().as_mut() {
+        Some(memory) => handle_host_stage2_fault(&Aarch64, memory, ipa),
+        None => panic!("host stage-2 fault at {ipa:#x} before the host's memory was set up"),
+    };
+    match result {
+        Ok(()) => {
+            HOST_STATS.mapped.fetch_add(1, Relaxed);
+        }
+        Err(e) => {
+            HOST_STATS.refused.fetch_add(1, Relaxed);
+            let instruction = super::esr::class(esr) == super::esr::ec::IABT_LOW;
+            let pc = frame.elr;
+            warn!("host access to {ipa:#x} at {pc:#x} refused ({e:?}): injecting an external abort into the host");
+            let injected = inject::external_abort(frame, pc, instruction, esr, regs::vbar_el1());
+            regs::set_el1_exception_state(injected.esr, injected.elr, injected.spsr);
+            regs::set_far_el1(far);
+        }
+    }
+}
+
+/// Debug builds (and `check-invariants` builds) check SeKVM's invariants after every host trap;
+/// a violation is a KCore bug and halts.
+fn check_invariants() {
+    if cfg!(any(debug_assertions, feature = "check-invariants")) {
+        if let Some(memory) = S2PAGE.lock().as_ref() {
+            if let Err(violation) = crate::memory::invariants::check(&Aarch64, memory, &[]) {
+                panic!("invariant broken after a host trap: {violation:?}");
+            }
         }
     }
 }

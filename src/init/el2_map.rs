@@ -28,11 +28,14 @@ fn block(board: &Board, pa: u64) -> u64 {
     }
 }
 
+/// Pool pages the boot map uses: the root and one level-2 table per fine GiB.
+pub const PAGES_USED: u64 = 1 + FINE_GIB;
+
 /// Writes the table into the pool and returns the root's physical address.
 pub fn build(board: &Board) -> u64 {
     let pool = layout::page_table_pool();
     let root = pool.start;
-    let used = (1 + FINE_GIB) * PAGE_SIZE;
+    let used = PAGES_USED * PAGE_SIZE;
     assert!(pool.start + used <= pool.end, "page-table pool too small for the boot map");
     phys::zero(root, used);
     for l1 in 0..ENTRIES {

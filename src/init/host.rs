@@ -3,10 +3,18 @@
 
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
-use crate::machine::{cpu, layout, phys, regs, TrapFrame};
+use crate::machine::{cpu, layout, phys, regs, Aarch64, Machine, TrapFrame, PAGE_SIZE};
+use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory};
+use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
+use core::sync::atomic::{AtomicU64, Ordering};
 use corevisor_boards::{Gic, PhysRange};
 use log::{error, info};
+
+/// VTTBR_EL2 while the host runs: its stage-2 root, VMID 0.
+static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
+/// The host's VMID.
+const HOST_VMID: u16 = 0;
 
 /// KServ's raw image (empty when the image was built without one).
 static KSERV_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kserv.bin"));
@@ -17,17 +25,45 @@ const HCR_RW: u64 = 1 << 31;
 const HCR_TSC: u64 = 1 << 19;
 const HCR_APK: u64 = 1 << 40;
 const HCR_API: u64 = 1 << 41;
-pub const HCR_HOST: u64 = HCR_RW | HCR_TSC | HCR_APK | HCR_API;
+/// Stage-2 translation on: the host only reaches what KCore maps for it.
+const HCR_VM: u64 = 1 << 0;
+pub const HCR_HOST: u64 = HCR_RW | HCR_TSC | HCR_APK | HCR_API | HCR_VM;
 
-/// Sets this core's EL2 controls for running the host.
+/// Sets this core's EL2 controls for running the host, behind its stage-2.
 pub fn configure_core(platform: &Platform) {
+    regs::enable_stage2(HOST_VTTBR.load(Ordering::Acquire));
     regs::configure_host_traps(HCR_HOST, matches!(platform.gic, Gic::V3 { .. }));
+}
+
+/// Builds the host's memory state (SeKVM `ENABLE_S2_TRANS` / `protect_el2_mem`): every page of
+/// RAM starts as the host's, the board's KCore slot becomes KCore's, and the host's stage-2 starts
+/// empty (it is filled on demand). Its tables come from KCore's page-table pool, after the pages
+/// of KCore's own boot map.
+fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
+    let regions = MemRegions::new(&platform.ram)?;
+    let pool = layout::page_table_pool();
+    let first = pool.start + super::el2_map::PAGES_USED * PAGE_SIZE;
+    let host_pool = PagePool::new(first, (pool.end - first) / PAGE_SIZE);
+    let host_s2 = PageTable::new(&Aarch64, Regime::Stage2 { vmid: HOST_VMID }, host_pool)
+        .map_err(|_| "no page for the host's stage-2 root")?;
+    let protected = match platform.gic {
+        // The GICv2 virtual interface control is the hypervisor's.
+        Gic::V2 { gich, .. } if gich != 0 => alloc::vec![PhysRange::new(gich, 0x2000)],
+        _ => alloc::vec![],
+    };
+    let mut memory = HostMemory::new(PageDb::new(regions), host_s2, protected);
+    if corevisor_abi::bootargs::value(&platform.bootargs, "corevisor.host_s2") == Some("pages") {
+        memory.policy = HostMapPolicy::PagesOnly;
+    }
+    memory
+        .give_to_kcore(&Aarch64, PhysRange::new(BOARD.kcore_base, BOARD.kcore_size))
+        .map_err(|_| "KCore's slot is not host RAM")?;
+    Ok(memory)
 }
 
 /// Whether the host may run code at `pa`: RAM that is not KCore's.
 pub fn host_may_run_at(pa: u64) -> bool {
-    let kcore = layout::kcore();
-    super::platform().is_ram(pa) && !(kcore.start..kcore.end).contains(&pa)
+    super::platform().is_ram(pa) && !(BOARD.kcore_base..BOARD.kcore_base + BOARD.kcore_size).contains(&pa)
 }
 
 /// Loads KServ and enters it on this core. Never returns.
@@ -45,8 +81,24 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
     // KServ starts with its caches off: its image must be in memory, not only in KCore's cache.
     phys::clean_invalidate_dcache(image.base, image.size);
     phys::sync_icache();
-    crate::handlers::trap_handler::install(host_may_run_at);
+    let memory = match host_memory(platform) {
+        Ok(memory) => memory,
+        Err(problem) => {
+            error!("cannot set up the host's stage-2: {problem}");
+            super::power::system_off(1);
+        }
+    };
+    info!(
+        "host stage-2 on: {} MiB of RAM, KCore owns {:#x}..{:#x}, {:?} mapping",
+        memory.db.regions().pages() >> 8,
+        BOARD.kcore_base,
+        BOARD.kcore_base + BOARD.kcore_size,
+        memory.policy
+    );
+    HOST_VTTBR.store(memory.host_s2.root() | (HOST_VMID as u64) << 48, Ordering::Release);
+    crate::handlers::trap_handler::install(host_may_run_at, memory);
     configure_core(platform);
+    Aarch64.flush_stage2_vmid(HOST_VMID);
     cores.mark_host(cpu::index());
     let dtb = platform.dtb.map_or(0, |d| d.base);
     info!("entering KServ at {:#x} at EL1 ({} KiB, x0 = {dtb:#x})", image.base, image.size / 1024);
@@ -55,7 +107,6 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
 
 /// KServ must fit its board slot, lie in RAM, and overlap neither KCore nor the firmware's data.
 fn check_kserv_placement(platform: &Platform, image: PhysRange) -> Result<(), &'static str> {
-    let kcore = layout::kcore();
     let overlaps = |r: PhysRange| r.base < image.end() && image.base < r.end();
     if image.size > BOARD.kserv_size {
         return Err("the image is larger than the board's KServ slot");
@@ -63,7 +114,7 @@ fn check_kserv_placement(platform: &Platform, image: PhysRange) -> Result<(), &'
     if !platform.is_ram(image.base) || !platform.is_ram(image.end() - 1) {
         return Err("the slot is not in RAM");
     }
-    if overlaps(PhysRange::new(kcore.start, kcore.end - kcore.start)) {
+    if overlaps(PhysRange::new(BOARD.kcore_base, BOARD.kcore_size)) {
         return Err("the slot overlaps KCore");
     }
     if platform.dtb.is_some_and(overlaps) || platform.initrd.is_some_and(overlaps) {

@@ -123,13 +123,15 @@ fn check_heap(heap_bytes: usize) {
     info!("heap ok: {} KiB", heap_bytes / 1024);
 }
 
-/// KCore's region must not overlap what the firmware handed over (DTB, initrd).
+/// KCore's slot must not overlap what the firmware handed over (DTB, initrd): the host needs
+/// those, and KCore keeps the whole slot.
 fn check_layout(p: &Platform) {
     let kcore = layout::kcore();
-    info!("KCore occupies {:#x}..{:#x}", kcore.start, kcore.end);
+    let slot_end = BOARD.kcore_base + BOARD.kcore_size;
+    info!("KCore occupies {:#x}..{:#x} of its slot {:#x}..{slot_end:#x}", kcore.start, kcore.end, BOARD.kcore_base);
     for (what, range) in [("DTB", p.dtb), ("initrd", p.initrd)] {
         if let Some(r) = range {
-            if r.base < kcore.end && kcore.start < r.end() {
+            if r.base < slot_end && BOARD.kcore_base < r.end() {
                 error!("the {what} at {:#x}..{:#x} overlaps KCore", r.base, r.end());
                 panic!("boot layout: the {what} overlaps KCore's region");
             }

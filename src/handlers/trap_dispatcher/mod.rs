@@ -46,6 +46,8 @@ pub enum HostExit {
     SystemReset,
     /// This core leaves the host and waits in KCore again.
     CpuOff,
+    /// The host touched memory its stage-2 does not map: the FaultHandler decides.
+    Stage2Fault,
 }
 
 /// What the host dispatcher needs to know about the rest of KCore.
@@ -84,6 +86,7 @@ pub fn host_trap_dispatcher(esr: u64, frame: &mut TrapFrame, env: &HostEnv) -> H
                 PsciOutcome::SystemReset => HostExit::SystemReset,
             }
         }
+        ec::DABT_LOW | ec::IABT_LOW => HostExit::Stage2Fault,
         class => HostExit::Undef { pc: frame.elr, reason: Forbidden::Class(class) },
     }
 }
@@ -92,11 +95,12 @@ pub fn host_trap_dispatcher(esr: u64, frame: &mut TrapFrame, env: &HostEnv) -> H
 type HostHvcHandler = fn(&mut TrapFrame) -> HostExit;
 
 /// Host hypercalls, indexed by function number (`function id - HYP_CALL_BASE`).
-static HOST_HVC_TABLE: [HostHvcHandler; 3] = [hvc_version, hvc_null, hvc_system_off];
+static HOST_HVC_TABLE: [HostHvcHandler; 4] = [hvc_version, hvc_null, hvc_system_off, hvc_host_stats];
 
 const _: () = assert!(host_call::VERSION - HYP_CALL_BASE == 0);
 const _: () = assert!(host_call::NULL - HYP_CALL_BASE == 1);
 const _: () = assert!(host_call::SYSTEM_OFF - HYP_CALL_BASE == 2);
+const _: () = assert!(host_call::HOST_STATS - HYP_CALL_BASE == 3);
 
 /// Serves the host's hypercall in x0 (SeKVM `host_hvc_dispatcher`). SMCCC passes the function
 /// id in w0, so the upper half of x0 is ignored. An unknown id gets NOT_SUPPORTED.
@@ -124,6 +128,21 @@ fn hvc_version(frame: &mut TrapFrame) -> HostExit {
 fn hvc_null(frame: &mut TrapFrame) -> HostExit {
     frame.x[0] = Status::Success.as_reg();
     HostExit::Resume
+}
+
+/// Counts the host's stage-2 faults that KCore served (mapped) and refused (aborted).
+pub struct HostStats {
+    pub mapped: core::sync::atomic::AtomicU64,
+    pub refused: core::sync::atomic::AtomicU64,
+}
+
+/// The host's own fault statistics: what it did, nothing about anyone else.
+pub static HOST_STATS: HostStats =
+    HostStats { mapped: core::sync::atomic::AtomicU64::new(0), refused: core::sync::atomic::AtomicU64::new(0) };
+
+fn hvc_host_stats(frame: &mut TrapFrame) -> HostExit {
+    use core::sync::atomic::Ordering::Relaxed;
+    set_result(frame, HypResult::success([HOST_STATS.mapped.load(Relaxed), HOST_STATS.refused.load(Relaxed), 0]))
 }
 
 /// The largest exit status SYSTEM_OFF carries: a process exit status is one byte.

@@ -22,6 +22,8 @@ pub enum Next {
     PowerOff(u64),
     Reset,
     CpuOff,
+    /// The host's access missed its stage-2: the FaultHandler maps it or aborts it.
+    Stage2Fault,
 }
 
 /// One core as the spec sees it.
@@ -74,6 +76,10 @@ pub fn host_trap_spec(esr: u64, s: &AbsState, host_may_run_at: &dyn Fn(u64) -> b
             s.pc = s.pc.wrapping_add(4);
             Some(psci_spec(s, host_may_run_at))
         }
+        (ec::DABT_LOW | ec::IABT_LOW, _) => {
+            s.next = Next::Stage2Fault;
+            Some(s)
+        }
         _ => {
             s.next = Next::UndefAt(s.pc);
             Some(s)
@@ -92,6 +98,11 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
         }
         host_call::SYSTEM_OFF if status_arg <= 255 => AbsState { next: Next::PowerOff(status_arg), ..s },
         host_call::SYSTEM_OFF => ret_status(s, Status::InvalidParameters),
+        // The statistics are not part of the abstract state: the spec only fixes the status.
+        host_call::HOST_STATS => {
+            let keep = [s.x[1], s.x[2], s.x[3]];
+            ret(s, 0, keep)
+        }
         _ => ret_status(s, Status::NotSupported),
     }
 }

@@ -35,6 +35,35 @@ pub fn set_el1_exception_state(esr: u64, elr: u64, spsr: u64) {
     SPSR_EL1.set(spsr);
 }
 
+/// The faulting address an injected abort reports.
+pub fn set_far_el1(far: u64) {
+    FAR_EL1.set(far);
+}
+
+/// Turns on stage-2 translation for EL1 with `vttbr` (table root and VMID): VTCR_EL2 for a
+/// 39-bit IPA space starting at level 1, 4 KiB granule, inner-shareable write-back walks, 40-bit
+/// output addresses.
+pub fn enable_stage2(vttbr: u64) {
+    const VTCR_RES1: u64 = 1 << 31;
+    const VTCR_PS_40_BITS: u64 = 0b010 << 16;
+    const VTCR_SH0_INNER: u64 = 0b11 << 12;
+    const VTCR_ORGN0_WB: u64 = 0b01 << 10;
+    const VTCR_IRGN0_WB: u64 = 0b01 << 8;
+    const VTCR_SL0_LEVEL1: u64 = 0b01 << 6;
+    const VTCR_T0SZ_39_BITS: u64 = 25;
+    VTCR_EL2.set(
+        VTCR_RES1
+            | VTCR_PS_40_BITS
+            | VTCR_SH0_INNER
+            | VTCR_ORGN0_WB
+            | VTCR_IRGN0_WB
+            | VTCR_SL0_LEVEL1
+            | VTCR_T0SZ_39_BITS,
+    );
+    VTTBR_EL2.set(vttbr);
+    barrier::isb(barrier::SY);
+}
+
 /// EL2 controls for running the host: HCR_EL2, the timer and PMU access, FP not trapped,
 /// identity ID registers, and (on GICv3) system-register access to the GIC for EL1.
 pub fn configure_host_traps(hcr: u64, gic_v3: bool) {
