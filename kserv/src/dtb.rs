@@ -6,11 +6,28 @@ use fdt::{node::FdtNode, Fdt};
 /// The DTB header magic, big-endian.
 pub const MAGIC: u32 = 0xd00d_feed;
 
-/// The boot arguments and the UART's physical address, if the DTB names them.
+/// The most RAM regions KServ keeps track of.
+pub const MAX_RAM_REGIONS: usize = 4;
+
+/// The boot arguments, the UART's physical address, RAM and the GIC distributor, as far as the
+/// DTB names them.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BootInfo<'a> {
     pub bootargs: &'a str,
     pub uart: Option<u64>,
+    /// `(base, size)` of each RAM region.
+    pub ram: [Option<(u64, u64)>; MAX_RAM_REGIONS],
+    pub gic: Option<GicInfo>,
+}
+
+/// The GIC's first two register frames: distributor and CPU interface (v2) or redistributors (v3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GicInfo {
+    pub v3: bool,
+    pub gicd: u64,
+    pub second: u64,
+    /// GICv2 only: the virtual interface control frame, which is KCore's.
+    pub gich: Option<u64>,
 }
 
 /// The total size a DTB header announces, if `header` starts with the DTB magic.
@@ -23,7 +40,20 @@ pub fn total_size(header: [u8; 8]) -> Option<usize> {
 pub fn read(blob: &[u8]) -> Option<BootInfo<'_>> {
     let fdt = Fdt::new(blob).ok()?;
     let bootargs = fdt.find_node("/chosen").and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("");
-    Some(BootInfo { bootargs, uart: find_pl011(&fdt) })
+    let mut ram = [None; MAX_RAM_REGIONS];
+    let regions = fdt.find_node("/memory").and_then(|m| m.reg()).into_iter().flatten();
+    for (slot, r) in ram.iter_mut().zip(regions) {
+        *slot = r.size.map(|size| (r.starting_address as u64, size as u64));
+    }
+    Some(BootInfo { bootargs, uart: find_pl011(&fdt), ram, gic: find_gic(&fdt) })
+}
+
+fn find_gic(fdt: &Fdt) -> Option<GicInfo> {
+    let v3 = fdt.find_compatible(&["arm,gic-v3"]);
+    let node = v3.or_else(|| fdt.find_compatible(&["arm,gic-400", "arm,cortex-a15-gic"]))?;
+    let mut reg = node.reg()?.map(|r| r.starting_address as u64);
+    let (gicd, second) = (reg.next()?, reg.next()?);
+    Some(GicInfo { v3: v3.is_some(), gicd, second, gich: if v3.is_some() { None } else { reg.next() } })
 }
 
 /// The PL011 at the root or one bus below it, translated through that bus's `ranges`.
@@ -74,6 +104,14 @@ mod tests {
         let chosen = w.begin_node("chosen").unwrap();
         w.property_string("bootargs", "scenario=boot").unwrap();
         w.end_node(chosen).unwrap();
+        let memory = w.begin_node("memory@40000000").unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        w.property_array_u32("reg", &[0, 0x4000_0000, 0x4000_0000]).unwrap();
+        w.end_node(memory).unwrap();
+        let gic = w.begin_node("interrupt-controller@ff841000").unwrap();
+        w.property_string("compatible", "arm,gic-400").unwrap();
+        w.property_array_u32("reg", &[0, 0xff84_1000, 0x1000, 0, 0xff84_2000, 0x2000, 0, 0xff84_4000, 0x2000]).unwrap();
+        w.end_node(gic).unwrap();
         if uart_under_soc {
             let soc = w.begin_node("soc").unwrap();
             w.property_u32("#address-cells", 1).unwrap();
@@ -101,7 +139,13 @@ mod tests {
     #[test]
     fn reads_bootargs_and_a_root_uart() {
         let blob = dtb(false);
-        assert_eq!(read(&blob), Some(BootInfo { bootargs: "scenario=boot", uart: Some(0x0900_0000) }));
+        let info = read(&blob).unwrap();
+        assert_eq!((info.bootargs, info.uart), ("scenario=boot", Some(0x0900_0000)));
+        assert_eq!(info.ram, [Some((0x4000_0000, 0x4000_0000)), None, None, None]);
+        assert_eq!(
+            info.gic,
+            Some(GicInfo { v3: false, gicd: 0xff84_1000, second: 0xff84_2000, gich: Some(0xff84_4000) })
+        );
         assert_eq!(total_size(blob[..8].try_into().unwrap()), Some(blob.len()));
     }
 

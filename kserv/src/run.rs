@@ -2,10 +2,12 @@
 //! power off with the result.
 
 use crate::arch::{console, cpu, exceptions, hvc, mmu, pmu};
+use crate::dtb::{BootInfo, GicInfo, MAX_RAM_REGIONS};
 use crate::kprintln;
-use crate::scenario::{stats, Scenario};
+use crate::scenario::{kcore_probes, stats, Scenario};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use corevisor_abi::{bootargs, host_call, psci, HypResult, Status, ABI_VERSION, HYP_CALL_BASE};
+use corevisor_boards::Gic;
 
 #[cfg(feature = "rpi4")]
 const BOARD: &corevisor_boards::Board = &corevisor_boards::rpi4::BOARD;
@@ -28,11 +30,54 @@ extern "C" fn kserv_main(dtb_pa: u64) -> ! {
         finish(name, Err("KServ is not running at EL1"));
     }
     kprintln!("running at EL1 on {}", BOARD.name);
+    let env = Env::new(info.as_ref(), args);
     let outcome = match Scenario::from_name(name) {
-        Some(scenario) => run(scenario),
+        Some(scenario) => run(scenario, &env),
         None => Err("unknown scenario"),
     };
     finish(name, outcome)
+}
+
+/// What the scenarios know about the machine: from the DTB, else from the board.
+struct Env<'a> {
+    ram: [Option<(u64, u64)>; MAX_RAM_REGIONS],
+    gic: GicInfo,
+    bootargs: &'a str,
+}
+
+impl<'a> Env<'a> {
+    fn new(info: Option<&BootInfo>, bootargs: &'a str) -> Env<'a> {
+        let mut ram = info.map_or([None; MAX_RAM_REGIONS], |i| i.ram);
+        if ram[0].is_none() {
+            for (slot, r) in ram.iter_mut().zip(BOARD.ram_fallback) {
+                *slot = Some((r.base, r.size));
+            }
+        }
+        let gic = info.and_then(|i| i.gic).unwrap_or(match BOARD.gic {
+            Gic::V2 { gicd, gicc, gich, .. } => GicInfo { v3: false, gicd, second: gicc, gich: Some(gich) },
+            Gic::V3 { gicd, gicr } => GicInfo { v3: true, gicd, second: gicr, gich: None },
+        });
+        Env { ram, gic, bootargs }
+    }
+
+    /// Every page of RAM that is the host's: all of RAM but KCore's slot.
+    fn host_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let kcore = BOARD.kcore_base..BOARD.kcore_base + BOARD.kcore_size;
+        self.ram
+            .iter()
+            .flatten()
+            .flat_map(|&(base, size)| (base..base + size).step_by(4096))
+            .filter(move |pa| !kcore.contains(pa))
+    }
+}
+
+/// The host's stage-2 fault counts so far: (mapped, refused).
+fn host_stats() -> Result<(u64, u64), &'static str> {
+    let r = hvc::hyp_call(host_call::HOST_STATS, [0; 6]);
+    if r.status != Status::Success.as_reg() {
+        return Err("HOST_STATS failed");
+    }
+    Ok((r.values[0], r.values[1]))
 }
 
 fn read_dtb(dtb_pa: u64) -> Option<crate::dtb::BootInfo<'static>> {
@@ -60,7 +105,7 @@ pub fn finish(name: &str, outcome: Outcome) -> ! {
     cpu::park()
 }
 
-fn run(scenario: Scenario) -> Outcome {
+fn run(scenario: Scenario, env: &Env) -> Outcome {
     match scenario {
         Scenario::Demo => {
             kprintln!("hello from the host; KCore's ABI is {}", version()?);
@@ -73,8 +118,101 @@ fn run(scenario: Scenario) -> Outcome {
         }
         Scenario::HvcUnknown => hvc_unknown(),
         Scenario::HostUndef => host_undef(),
-        Scenario::Bench => bench(),
+        Scenario::HostReadsKcore => host_reads_kcore(),
+        Scenario::HostMapsAllRam => {
+            let (pages, faults) = touch_all_host_ram(env)?;
+            kprintln!("touched {pages} pages of host RAM with {faults} stage-2 faults, none refused");
+            Ok(())
+        }
+        Scenario::HostDeviceAccess => host_device_access(env),
+        Scenario::Bench => bench(env),
     }
+}
+
+/// Reads and writes all over KCore's slot: every access must come back as an external abort at
+/// the accessing instruction, with FAR naming the address, and KCore must count each refusal.
+fn host_reads_kcore() -> Outcome {
+    let (_, refused_before) = host_stats()?;
+    exceptions::expect_abort(true);
+    let mut attempts = 0;
+    for pa in kcore_probes(BOARD.kcore_base, BOARD.kcore_size) {
+        let (value, load_at) = hvc::probe_read(pa);
+        attempts += 1;
+        let (count, elr, far) = exceptions::aborts();
+        if count != attempts || elr != load_at || far != pa || value != 0 {
+            exceptions::expect_abort(false);
+            kprintln!("read of KCore at {pa:#x} was not aborted (value {value:#x})");
+            return Err("the host read KCore's memory");
+        }
+        let store_at = hvc::probe_write(pa, 0x5a5a_5a5a_5a5a_5a5a);
+        attempts += 1;
+        let (count, elr, far) = exceptions::aborts();
+        if count != attempts || elr != store_at || far != pa {
+            exceptions::expect_abort(false);
+            kprintln!("write to KCore at {pa:#x} was not aborted");
+            return Err("the host wrote KCore's memory");
+        }
+    }
+    exceptions::expect_abort(false);
+    let (_, refused_after) = host_stats()?;
+    if refused_after - refused_before != attempts {
+        return Err("KCore's count of refused accesses does not match");
+    }
+    kprintln!("{attempts} of {attempts} accesses to KCore's code, data, stacks, heap and page tables aborted");
+    version().map(|_| ())
+}
+
+/// Reads and writes back one word of every page the host owns. Returns (pages, faults).
+fn touch_all_host_ram(env: &Env) -> Result<(u64, u64), &'static str> {
+    let (mapped_before, refused_before) = host_stats()?;
+    let mut pages = 0;
+    for pa in env.host_pages() {
+        let (value, _) = hvc::probe_read(pa);
+        hvc::probe_write(pa, value);
+        pages += 1;
+    }
+    let (mapped_after, refused_after) = host_stats()?;
+    if refused_after != refused_before {
+        return Err("KCore refused an access to host RAM");
+    }
+    Ok((pages, mapped_after - mapped_before))
+}
+
+/// The host drives its devices directly: the GIC's distributor and CPU interface (or
+/// redistributor and system registers) answer, and the UART prints every line. On GICv2 the
+/// virtual interface control frame is KCore's and must abort.
+fn host_device_access(env: &Env) -> Outcome {
+    const ARM_IMPLEMENTER: u32 = 0x43b;
+    let gicd_iidr = hvc::read_mmio_u32(env.gic.gicd + 0x008);
+    if gicd_iidr & 0xfff != ARM_IMPLEMENTER {
+        return Err("GICD_IIDR does not read as an Arm GIC");
+    }
+    if env.gic.v3 {
+        let gicr_iidr = hvc::read_mmio_u32(env.gic.second + 0x004);
+        let sre = hvc::icc_sre_el1();
+        kprintln!("GICv3: GICD_IIDR {gicd_iidr:#x}, GICR_IIDR {gicr_iidr:#x}, ICC_SRE_EL1 {sre:#x}");
+        if gicr_iidr & 0xfff != ARM_IMPLEMENTER {
+            return Err("GICR_IIDR does not read as an Arm GIC");
+        }
+    } else {
+        let gicc_iidr = hvc::read_mmio_u32(env.gic.second + 0x0fc);
+        kprintln!("GICv2: GICD_IIDR {gicd_iidr:#x}, GICC_IIDR {gicc_iidr:#x}");
+        if gicc_iidr & 0xfff != ARM_IMPLEMENTER {
+            return Err("GICC_IIDR does not read as an Arm GIC");
+        }
+        if let Some(gich) = env.gic.gich.filter(|&g| g != 0) {
+            exceptions::expect_abort(true);
+            let (_, at) = hvc::probe_read(gich);
+            let (count, elr, _) = exceptions::aborts();
+            exceptions::expect_abort(false);
+            if count != 1 || elr != at {
+                return Err("the host reached the GICv2 virtual interface control");
+            }
+            kprintln!("GICH at {gich:#x} is KCore's: access aborted");
+        }
+    }
+    kprintln!("UART and GIC reachable from the host");
+    Ok(())
 }
 
 struct Version(u64);
@@ -171,7 +309,7 @@ fn boot() -> Outcome {
 
 const BENCH_SAMPLES: usize = 16;
 
-fn bench() -> Outcome {
+fn bench(env: &Env) -> Outcome {
     if !pmu::inst_retired_supported() {
         return Err("the PMU does not count INST_RETIRED (run QEMU with -icount shift=0,sleep=off)");
     }
@@ -191,6 +329,28 @@ fn bench() -> Outcome {
         return Err("the EL2 counter did not move");
     }
     kprintln!("bench null-hvc el2_instructions={} min={} max={} samples={BENCH_SAMPLES}", s.median, s.min, s.max);
+
+    // One host stage-2 fault each: the first access to 2 MiB blocks at the top of RAM, which
+    // nothing has touched yet.
+    let (top_base, top_size) = env.ram.iter().flatten().copied().max_by_key(|r| r.0).ok_or("no RAM")?;
+    for (i, sample) in samples.iter_mut().enumerate() {
+        let pa = top_base + top_size - (i as u64 + 1) * (2 << 20);
+        let (mapped_before, _) = host_stats()?;
+        let before = pmu::read_counter();
+        hvc::probe_read(pa);
+        let after = pmu::read_counter();
+        let (mapped_after, _) = host_stats()?;
+        if mapped_after != mapped_before + 1 {
+            return Err("a bench access to fresh host RAM did not take exactly one stage-2 fault");
+        }
+        *sample = after - before;
+    }
+    let s = stats(&mut samples).ok_or("no samples")?;
+    kprintln!("bench host-s2-fault el2_instructions={} min={} max={} samples={BENCH_SAMPLES}", s.median, s.min, s.max);
+
+    let (pages, faults) = touch_all_host_ram(env)?;
+    let policy = bootargs::value(env.bootargs, "corevisor.host_s2").unwrap_or("blocks");
+    kprintln!("bench host-ram-faults faults={faults} pages={pages} policy={policy}");
     Ok(())
 }
 

@@ -9,16 +9,22 @@ pub enum Scenario {
     HvcVersion,
     HvcUnknown,
     HostUndef,
+    HostReadsKcore,
+    HostMapsAllRam,
+    HostDeviceAccess,
     Bench,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
         Scenario::HvcUnknown,
         Scenario::HostUndef,
+        Scenario::HostReadsKcore,
+        Scenario::HostMapsAllRam,
+        Scenario::HostDeviceAccess,
         Scenario::Bench,
     ];
 
@@ -29,6 +35,9 @@ impl Scenario {
             Scenario::HvcVersion => "hvc-version",
             Scenario::HvcUnknown => "hvc-unknown",
             Scenario::HostUndef => "host-undef",
+            Scenario::HostReadsKcore => "host-reads-kcore",
+            Scenario::HostMapsAllRam => "host-maps-all-ram",
+            Scenario::HostDeviceAccess => "host-device-access",
             Scenario::Bench => "bench",
         }
     }
@@ -36,6 +45,14 @@ impl Scenario {
     pub fn from_name(name: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
     }
+}
+
+/// Addresses in KCore's slot `[base, base + size)` that the host probes: every 64 KiB of the
+/// first MiB (code, data, BSS, the EL2 stacks) and then every MiB (heap, page-table pool).
+pub fn kcore_probes(base: u64, size: u64) -> impl Iterator<Item = u64> {
+    const KIB64: u64 = 64 << 10;
+    const MIB: u64 = 1 << 20;
+    (0..16).map(move |i| base + i * KIB64).chain((1..size / MIB).map(move |i| base + i * MIB))
 }
 
 /// Median, minimum and maximum of benchmark samples.
@@ -62,6 +79,16 @@ mod tests {
             assert_eq!(Scenario::from_name(s.name()), Some(s));
         }
         assert_eq!(Scenario::from_name("nope"), None);
+    }
+
+    #[test]
+    fn kcore_probes_cover_the_slot_without_leaving_it() {
+        let probes: Vec<u64> = kcore_probes(0x4008_0000, 0x0200_0000).collect();
+        assert_eq!(probes.len(), 16 + 31);
+        assert_eq!(probes[0], 0x4008_0000);
+        assert_eq!(probes[15], 0x4008_0000 + 15 * 0x1_0000);
+        assert!(probes.iter().all(|&p| (0x4008_0000..0x4208_0000).contains(&p)));
+        assert_eq!(*probes.last().unwrap(), 0x4008_0000 + 31 * 0x10_0000);
     }
 
     #[test]

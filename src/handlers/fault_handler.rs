@@ -4,6 +4,7 @@
 
 use crate::machine::Machine;
 use crate::memory::{HostMemory, MemError};
+use crate::page_table::Leaf;
 
 /// The faulting IPA of a stage-2 abort: HPFAR_EL2.FIPA (bits 43:4 hold IPA bits 47:12) plus the
 /// page offset from FAR_EL2.
@@ -12,8 +13,8 @@ pub fn fault_ipa(hpfar: u64, far: u64) -> u64 {
 }
 
 /// Serves the host's stage-2 fault at `ipa` (SeKVM `handle_host_stage2_fault`).
-pub fn handle_host_stage2_fault(m: &impl Machine, mem: &mut HostMemory, ipa: u64) -> Result<(), MemError> {
-    mem.map_page_host(m, ipa).map(|_| ())
+pub fn handle_host_stage2_fault(m: &impl Machine, mem: &mut HostMemory, ipa: u64) -> Result<Leaf, MemError> {
+    mem.map_page_host(m, ipa)
 }
 
 #[cfg(test)]

@@ -88,7 +88,8 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
         (TrapKind::Sync, _) => guest_sync(frame),
         (other, _) => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
     }
-    HANDLING[core].store(KCORE, Ordering::Relaxed);
+    // HANDLING keeps naming the last trap's principal: after the host is up, KCore runs only in
+    // traps (and in `wait_for_work`, which resets it).
 }
 
 fn host_sync(core: usize, frame: &mut TrapFrame) {
@@ -129,7 +130,8 @@ fn host_stage2_fault(frame: &mut TrapFrame) {
         None => panic!("host stage-2 fault at {ipa:#x} before the host's memory was set up"),
     };
     match result {
-        Ok(()) => {
+        Ok(leaf) => {
+            log::trace!("host stage-2 fault at {ipa:#x}: mapped {:#x} at level {}", leaf.input, leaf.level);
             HOST_STATS.mapped.fetch_add(1, Relaxed);
         }
         Err(e) => {

@@ -77,9 +77,6 @@ impl HostMemory {
     /// largest block around it that the host may have, identity-mapped. RAM the host owns is
     /// Normal memory; a page a VM shares is mapped alone; MMIO is Device. Anything else is refused.
     pub fn map_page_host(&mut self, m: &impl Machine, ipa: u64) -> Result<Leaf, MemError> {
-        if let Some(leaf) = self.host_s2.walk(m, ipa) {
-            return Ok(leaf); // another core mapped it first
-        }
         let levels: &[u8] = match self.policy {
             HostMapPolicy::LargestBlock => &[1, 2, 3],
             HostMapPolicy::PagesOnly => &[3],
@@ -88,8 +85,7 @@ impl HostMemory {
             Some(page) if page.owner == Owner::Host => Attrs::RAM,
             Some(page) if page.count > 0 => {
                 let base = ipa & !(PAGE_SIZE - 1);
-                self.host_s2.map(m, base, base, LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM })?;
-                return Ok(self.host_s2.walk(m, ipa).expect("just mapped"));
+                return self.map_host_leaf(m, ipa, base, LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM });
             }
             Some(page) => return Err(MemError::NotOwned(page.owner)),
             None if self.overlaps_protected(ipa, 1) => return Err(MemError::Protected),
@@ -107,14 +103,29 @@ impl HostMemory {
             if !allowed {
                 continue;
             }
-            match self.host_s2.map(m, base, base, level, attrs) {
-                Ok(()) => return Ok(self.host_s2.walk(m, ipa).expect("just mapped")),
+            match self.map_host_leaf(m, ipa, base, level, attrs) {
                 // A table already hangs here (an earlier split): try a smaller block.
-                Err(PtError::Occupied) => continue,
-                Err(e) => return Err(e.into()),
+                Err(MemError::PageTable(PtError::Occupied)) if level < LAST_LEVEL => continue,
+                result => return result,
             }
         }
         Err(MemError::PageTable(PtError::Occupied))
+    }
+
+    /// Maps a host leaf; if the slot is taken because `ipa` is already mapped (another core
+    /// served the same fault first), that mapping is the answer.
+    fn map_host_leaf(
+        &mut self,
+        m: &impl Machine,
+        ipa: u64,
+        base: u64,
+        level: u8,
+        attrs: Attrs,
+    ) -> Result<Leaf, MemError> {
+        match self.host_s2.map_leaf(m, base, base, level, attrs) {
+            Err(PtError::Occupied) => self.host_s2.walk(m, ipa).ok_or(MemError::PageTable(PtError::Occupied)),
+            result => Ok(result?),
+        }
     }
 
     /// Gives a host page to KCore (SeKVM `protect_el2_mem`), unmapping it from the host.

@@ -118,6 +118,18 @@ impl PageTable {
     /// Maps `[addr, addr + level_size(level))` to `pa` (SeKVM `set_npt`/`map_s2pt`). The slot
     /// must be empty: nothing may be mapped there, and no table may hang there.
     pub fn map(&mut self, machine: &impl Machine, addr: u64, pa: u64, level: u8, attrs: Attrs) -> Result<(), PtError> {
+        self.map_leaf(machine, addr, pa, level, attrs).map(|_| ())
+    }
+
+    /// [`map`](Self::map), returning the new leaf.
+    pub fn map_leaf(
+        &mut self,
+        machine: &impl Machine,
+        addr: u64,
+        pa: u64,
+        level: u8,
+        attrs: Attrs,
+    ) -> Result<Leaf, PtError> {
         if !(FIRST_LEVEL..=LAST_LEVEL).contains(&level) {
             return Err(PtError::BadRange);
         }
@@ -150,7 +162,7 @@ impl PageTable {
         machine.publish();
         machine.write_u64(at, leaf(self.regime, level, pa, attrs));
         machine.publish();
-        Ok(())
+        Ok(Leaf { input: addr, output: pa, level, attrs })
     }
 
     /// Removes the leaf that translates `addr` (the whole block), with break-before-make, and

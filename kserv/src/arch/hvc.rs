@@ -55,3 +55,40 @@ pub fn forbidden_hvc_immediate() -> u64 {
     unsafe { asm!("adr {pc}, 1f", "1: hvc #1", pc = out(reg) pc, options(nostack)) };
     pc
 }
+
+/// Loads the word at `pa` (KServ's map is the identity). Returns the value read (0 if the load
+/// aborted and was skipped) and the address of the load instruction.
+pub fn probe_read(pa: u64) -> (u64, u64) {
+    let (value, pc): (u64, u64);
+    // SAFETY: a load from an address KServ may not own: if it aborts, exceptions.rs skips it and
+    // `value` keeps the 0 it was set to; if not, it only reads.
+    unsafe {
+        asm!("mov {v}, #0", "adr {pc}, 1f", "1: ldr {v}, [{a}]", v = out(reg) value, pc = out(reg) pc, a = in(reg) pa, options(nostack))
+    };
+    (value, pc)
+}
+
+/// Stores `value` at `pa`. Returns the address of the store instruction.
+pub fn probe_write(pa: u64, value: u64) -> u64 {
+    let pc: u64;
+    // SAFETY: a store to memory that is KServ's to write (callers write back what they read) or
+    // that KCore refuses (the abort is skipped by exceptions.rs).
+    unsafe {
+        asm!("adr {pc}, 1f", "1: str {v}, [{a}]", pc = out(reg) pc, v = in(reg) value, a = in(reg) pa, options(nostack))
+    };
+    pc
+}
+
+/// Reads a 32-bit device register.
+pub fn read_mmio_u32(pa: u64) -> u32 {
+    // SAFETY: `pa` is a register of a device the host owns (the GIC), read with a volatile access.
+    unsafe { core::ptr::read_volatile(pa as *const u32) }
+}
+
+/// ICC_SRE_EL1: the GICv3 CPU interface's system-register enable, which KCore lets EL1 use.
+pub fn icc_sre_el1() -> u64 {
+    let value: u64;
+    // SAFETY: reading ICC_SRE_EL1 has no side effects.
+    unsafe { asm!("mrs {}, S3_0_C12_C12_5", out(reg) value, options(nomem, nostack)) };
+    value
+}
