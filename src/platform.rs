@@ -79,8 +79,7 @@ impl Platform {
     pub fn from_dtb(blob: &[u8], dtb_pa: u64, board: &Board) -> Result<Platform, DtbError> {
         let fdt = Fdt::new(blob).map_err(|e| DtbError::Invalid(alloc::format!("{e:?}")))?;
         // fdt's `memory()` and `cpus()` panic when the node is missing: look the nodes up instead.
-        let ram: Vec<PhysRange> = fdt
-            .find_node("/memory")
+        let ram: Vec<PhysRange> = root_child(&fdt, "memory")
             .and_then(|memory| memory.reg())
             .into_iter()
             .flatten()
@@ -90,8 +89,7 @@ impl Platform {
         if ram.is_empty() {
             return Err(DtbError::NoMemory);
         }
-        let cpus: Vec<Cpu> = fdt
-            .find_node("/cpus")
+        let cpus: Vec<Cpu> = root_child(&fdt, "cpus")
             .into_iter()
             .flat_map(|cpus| cpus.children())
             .filter(|node| node.name.split('@').next() == Some("cpu"))
@@ -101,7 +99,7 @@ impl Platform {
                 Some(Cpu { mpidr, release_addr })
             })
             .collect();
-        let chosen = fdt.find_node("/chosen");
+        let chosen = root_child(&fdt, "chosen");
         let chosen_u64 = |name| chosen.and_then(|c| c.property(name)).and_then(|p| p.as_usize()).map(|v| v as u64);
         let initrd = match (chosen_u64("linux,initrd-start"), chosen_u64("linux,initrd-end")) {
             (Some(start), Some(end)) if end > start => Some(PhysRange::new(start, end - start)),
@@ -114,7 +112,7 @@ impl Platform {
             gic: find_gic(&fdt).unwrap_or(board.gic),
             cpus: if cpus.is_empty() { Platform::from_board(board).cpus } else { cpus },
             initrd,
-            bootargs: fdt.chosen().bootargs().unwrap_or("").into(),
+            bootargs: chosen.and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("").into(),
             dtb: Some(PhysRange::new(dtb_pa, fdt.total_size() as u64)),
         })
     }
@@ -123,6 +121,14 @@ impl Platform {
     pub fn is_ram(&self, pa: u64) -> bool {
         self.ram.iter().any(|r| r.contains(pa))
     }
+}
+
+/// The root's child called `name` (or `name@unit`). fdt 0.1.5's path lookup misses nodes in some
+/// blobs (QEMU's rewritten raspi4b DTB among them), so children are matched here.
+fn root_child<'b, 'a>(fdt: &'b Fdt<'a>, name: &str) -> Option<FdtNode<'b, 'a>> {
+    fdt.find_node("/")?
+        .children()
+        .find(|n| n.name == name || n.name.split_once('@').is_some_and(|(base, _)| base == name))
 }
 
 fn find_gic(fdt: &Fdt) -> Option<Gic> {

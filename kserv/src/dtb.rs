@@ -39,13 +39,22 @@ pub fn total_size(header: [u8; 8]) -> Option<usize> {
 /// Reads the boot information from a DTB blob.
 pub fn read(blob: &[u8]) -> Option<BootInfo<'_>> {
     let fdt = Fdt::new(blob).ok()?;
-    let bootargs = fdt.find_node("/chosen").and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("");
+    let bootargs =
+        root_child(&fdt, "chosen").and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("");
     let mut ram = [None; MAX_RAM_REGIONS];
-    let regions = fdt.find_node("/memory").and_then(|m| m.reg()).into_iter().flatten();
+    let regions = root_child(&fdt, "memory").and_then(|m| m.reg()).into_iter().flatten();
     for (slot, r) in ram.iter_mut().zip(regions) {
         *slot = r.size.map(|size| (r.starting_address as u64, size as u64));
     }
     Some(BootInfo { bootargs, uart: find_pl011(&fdt), ram, gic: find_gic(&fdt) })
+}
+
+/// The root's child called `name` (or `name@unit`); fdt 0.1.5's path lookup misses nodes in
+/// QEMU's rewritten raspi4b DTB.
+fn root_child<'b, 'a>(fdt: &'b Fdt<'a>, name: &str) -> Option<FdtNode<'b, 'a>> {
+    fdt.find_node("/")?
+        .children()
+        .find(|n| n.name == name || n.name.split_once('@').is_some_and(|(base, _)| base == name))
 }
 
 fn find_gic(fdt: &Fdt) -> Option<GicInfo> {

@@ -141,3 +141,15 @@ fn board_fallback_uses_the_spin_table_on_the_pi() {
     let v = Platform::from_board(&qemu_virt::BOARD);
     assert!(v.cpus.iter().all(|c| c.release_addr.is_none()));
 }
+
+/// The DTB QEMU `raspi4b` hands over after rewriting the one xtask generates (`-M
+/// raspi4b,dumpdtb=`): fdt's own `/memory` lookup fails on it.
+#[test]
+fn qemu_raspi4b_dtb_is_read_in_full() {
+    let blob = include_bytes!("testdata/qemu-raspi4b.dtb");
+    let p = Platform::from_dtb(blob, 0x800_0000, &rpi4::BOARD).unwrap();
+    assert_eq!(p.ram, vec![PhysRange::new(0, 0x3c00_0000)]);
+    assert_eq!(p.bootargs, "scenario=boot");
+    assert_eq!(p.uart_base, 0xfe20_1000);
+    assert_eq!(p.cpus.len(), 4);
+}

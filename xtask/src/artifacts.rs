@@ -1,0 +1,114 @@
+//! Building the images: KServ first, then KCore with KServ embedded (see docs/boot-contract.md).
+
+use corevisor_boards::Board;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Both programs build for the soft-float target: EL2 code never touches FP/SIMD.
+pub const TARGET: &str = "aarch64-unknown-none-softfloat";
+
+/// What the image is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// QEMU scenario runs: semihosting exit, invariants checked after every host trap.
+    Test,
+    /// `cargo xtask bench`: semihosting, nothing extra on the measured paths.
+    Bench,
+    /// Real hardware: no semihosting (its `hlt` would be an UNDEF there).
+    Hardware,
+}
+
+impl Flavor {
+    fn features(self) -> &'static str {
+        match self {
+            Flavor::Test => ",semihosting,check-invariants",
+            Flavor::Bench => ",semihosting",
+            Flavor::Hardware => "",
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::Test => "test",
+            Flavor::Bench => "bench",
+            Flavor::Hardware => "hw",
+        }
+    }
+}
+
+/// The files a build produces.
+pub struct Artifacts {
+    pub kserv: PathBuf,
+    /// KCore's raw image with KServ inside: QEMU's `-kernel`, the Pi's `kernel8.img`.
+    pub image: PathBuf,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Runs cargo in the workspace root with `env` set; an error names the command.
+pub fn cargo(args: &[&str], env: &[(&str, &Path)]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command.args(args).current_dir(root());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let status = command.status().map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// `rust-objcopy` from the toolchain's llvm-tools component.
+fn objcopy() -> Result<PathBuf, String> {
+    let output = Command::new("rustc").args(["--print", "sysroot"]).current_dir(root()).output();
+    let sysroot = output.map_err(|e| format!("cannot run rustc: {e}"))?;
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    let host = Command::new("rustc").args(["-vV"]).output().map_err(|e| e.to_string())?;
+    let host = String::from_utf8_lossy(&host.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .ok_or("rustc -vV names no host")?;
+    let path = Path::new(&sysroot).join("lib/rustlib").join(host).join("bin/rust-objcopy");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} is missing: run `rustup component add llvm-tools`", path.display()))
+    }
+}
+
+fn to_raw(elf: &Path, raw: &Path) -> Result<(), String> {
+    let status =
+        Command::new(objcopy()?).args(["-O", "binary"]).arg(elf).arg(raw).status().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("objcopy of {} failed", elf.display()))
+    }
+}
+
+/// Builds KServ and KCore for `board`.
+pub fn build(board: &Board, flavor: Flavor) -> Result<Artifacts, String> {
+    let dir = root().join("target/xtask").join(format!("{}-{}", board.name, flavor.name()));
+    let dir_arg = dir.to_str().ok_or("non-UTF-8 target directory")?;
+    let release = dir.join(TARGET).join("release");
+    let common = ["--release", "--target", TARGET, "--no-default-features", "--target-dir", dir_arg];
+
+    let mut kserv_args = vec!["build", "-p", "kserv", "--features", board.name];
+    kserv_args.extend(common);
+    cargo(&kserv_args, &[])?;
+    let kserv = dir.join("kserv.bin");
+    to_raw(&release.join("kserv"), &kserv)?;
+
+    let features = format!("{}{}", board.name, flavor.features());
+    let mut kcore_args = vec!["build", "-p", "corevisor", "--features", &features];
+    kcore_args.extend(common);
+    cargo(&kcore_args, &[("COREVISOR_KSERV_BIN", &kserv)])?;
+    let image = dir.join(if board.name == "rpi4" { "kernel8.img" } else { "corevisor.bin" });
+    to_raw(&release.join("corevisor"), &image)?;
+    Ok(Artifacts { kserv, image })
+}

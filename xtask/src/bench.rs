@@ -1,0 +1,99 @@
+//! `cargo xtask bench`: exact EL2 instruction counts from the PMU (INST_RETIRED filtered to EL2)
+//! under `-icount shift=0,sleep=off`, where QEMU counts every instruction and repeats exactly.
+
+use crate::artifacts::{self, Flavor};
+use crate::qemu::{self, Qemu};
+use crate::scenarios::Variant;
+use std::time::Duration;
+
+/// Per-operation EL2 instruction counts and their targets.
+const TARGETS: &[(&str, &str, u64)] =
+    &[("null-hvc", "host null hypercall round trip", 120), ("host-s2-fault", "host stage-2 fault (2 MiB block)", 400)];
+
+/// A parsed `kserv: bench NAME key=value ...` line.
+#[derive(Debug, PartialEq)]
+pub struct BenchLine<'a> {
+    pub name: &'a str,
+    pub fields: Vec<(&'a str, u64)>,
+}
+
+impl BenchLine<'_> {
+    fn get(&self, key: &str) -> Option<u64> {
+        self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
+/// The bench lines of a console log (numeric fields only).
+pub fn parse(console: &str) -> Vec<BenchLine<'_>> {
+    console
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("kserv: bench "))
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            let name = words.next()?;
+            let fields =
+                words.filter_map(|w| w.split_once('=')).filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect();
+            Some(BenchLine { name, fields })
+        })
+        .collect()
+}
+
+fn bench_run(qemu: &Qemu, extra_args: &str) -> Result<String, String> {
+    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
+    let mut command = qemu::command(qemu, Variant::VirtGicV3, &artifacts, &format!("scenario=bench {extra_args}"))?;
+    command.args(["-icount", "shift=0,sleep=off"]);
+    let run = qemu::run_captured(command, Duration::from_secs(600))?;
+    if run.status != Some(0) || !run.console.contains("kserv: scenario bench: PASS") {
+        return Err(format!("the bench run failed (status {:?}):\n{}", run.status, run.console));
+    }
+    Ok(run.console)
+}
+
+pub fn run(qemu: &Qemu) -> Result<(), String> {
+    let blocks = bench_run(qemu, "")?;
+    let pages = bench_run(qemu, "corevisor.host_s2=pages")?;
+    let (blocks, pages) = (parse(&blocks), parse(&pages));
+    println!("EL2 instructions (PMU INST_RETIRED, EL2 only, -icount shift=0,sleep=off; QEMU virt, GICv3):");
+    println!("{:<44} {:>8} {:>8} {:>8} {:>8}  status", "figure", "median", "min", "max", "target");
+    for (name, label, target) in TARGETS {
+        let line = blocks.iter().find(|l| l.name == *name).ok_or(format!("no `bench {name}` figure"))?;
+        let median = line.get("el2_instructions").ok_or(format!("`bench {name}` has no el2_instructions"))?;
+        let status = if median <= *target { "met" } else { "MISSED" };
+        let (min, max) = (line.get("min").unwrap_or(median), line.get("max").unwrap_or(median));
+        println!("{label:<44} {median:>8} {min:>8} {max:>8} {:>8}  {status}", format!("<= {target}"));
+    }
+    if let Some(line) = pages.iter().find(|l| l.name == "host-s2-fault") {
+        let median = line.get("el2_instructions").unwrap_or(0);
+        println!("{:<44} {median:>8}", "host stage-2 fault (4 KiB-only, new table)");
+    }
+    let faults = |lines: &[BenchLine]| {
+        let line = lines.iter().find(|l| l.name == "host-ram-faults")?;
+        Some((line.get("faults")?, line.get("pages")?))
+    };
+    let (with_blocks, pages_touched) = faults(&blocks).ok_or("no `bench host-ram-faults` figure")?;
+    let (with_pages, _) = faults(&pages).ok_or("no `bench host-ram-faults` figure (4 KiB-only)")?;
+    println!();
+    println!("host stage-2 faults to touch all {pages_touched} host pages:");
+    println!("  largest-block mapping: {with_blocks:>8}");
+    println!("  4 KiB-only mapping:    {with_pages:>8}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bench_lines_and_ignores_the_rest() {
+        let console = "[INFO][cpu0] boot\nkserv: bench null-hvc el2_instructions=119 min=119 max=120 samples=16\r\n\
+                       kserv: bench host-ram-faults faults=989 pages=253952 policy=blocks\nkserv: bench broken\n";
+        let lines = parse(console);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].name, "null-hvc");
+        assert_eq!(lines[0].get("el2_instructions"), Some(119));
+        assert_eq!(lines[0].get("max"), Some(120));
+        assert_eq!(lines[1].get("faults"), Some(989));
+        assert_eq!(lines[1].get("policy"), None);
+        assert!(lines[2].fields.is_empty());
+    }
+}

@@ -1,0 +1,156 @@
+//! Finding (or installing) a QEMU with `raspi4b`, and running it.
+
+use crate::artifacts::{root, Artifacts};
+use crate::scenarios::Variant;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const QEMU: &str = "qemu-system-aarch64";
+/// QEMU 9 added `raspi4b`.
+const MIN_MAJOR: u32 = 9;
+
+pub struct Qemu {
+    pub path: PathBuf,
+}
+
+/// The QEMU major version in `qemu-system-aarch64 --version` output.
+fn major_version(version_output: &str) -> Option<u32> {
+    let rest = version_output.split("version ").nth(1)?;
+    rest.split('.').next()?.trim().parse().ok()
+}
+
+fn usable() -> Option<Qemu> {
+    let version = Command::new(QEMU).arg("--version").output().ok()?;
+    let major = major_version(&String::from_utf8_lossy(&version.stdout))?;
+    let machines = Command::new(QEMU).args(["-M", "help"]).output().ok()?;
+    let has_raspi4b = String::from_utf8_lossy(&machines.stdout).lines().any(|l| l.starts_with("raspi4b "));
+    (major >= MIN_MAJOR && has_raspi4b).then(|| Qemu { path: PathBuf::from(QEMU) })
+}
+
+const BACKPORTS: &str = r#"uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null)
+[ -n "$uri" ] || uri=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list)
+echo "deb $uri bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list
+apt-get update && apt-get install -y -t bookworm-backports qemu-system-arm"#;
+const PLAIN: &str = "apt-get update && apt-get install -y qemu-system-arm";
+
+/// The install commands for this OS, if it is one we know.
+fn install_script() -> Option<&'static str> {
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |k: &str| os.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim_matches('"').to_string());
+    match (field("ID=")?.as_str(), field("VERSION_ID=").unwrap_or_default().as_str()) {
+        ("debian", "12") => Some(BACKPORTS),
+        ("debian", v) if v.parse::<u32>().is_ok_and(|v| v >= 13) => Some(PLAIN),
+        ("ubuntu", v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| m >= 24) => {
+            Some(PLAIN)
+        }
+        _ => None,
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A QEMU 9+ with `raspi4b`: found on PATH, or installed (as root on Debian/Ubuntu).
+pub fn ensure() -> Result<Qemu, String> {
+    if let Some(qemu) = usable() {
+        return Ok(qemu);
+    }
+    let Some(script) = install_script() else {
+        return Err(format!("need {QEMU} {MIN_MAJOR}+ with machine raspi4b; install QEMU 9 or later and retry"));
+    };
+    if !is_root() {
+        return Err(format!("need {QEMU} {MIN_MAJOR}+ with machine raspi4b; as root, run:\n{script}"));
+    }
+    println!("xtask: installing QEMU with raspi4b:\n{script}");
+    let status = Command::new("sh")
+        .args(["-ec", script])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("installing QEMU failed ({status})"));
+    }
+    usable().ok_or_else(|| "QEMU installed, but still no usable qemu-system-aarch64 with raspi4b".into())
+}
+
+/// The QEMU command line that boots `artifacts` on `variant` with `append` as kernel arguments.
+pub fn command(qemu: &Qemu, variant: Variant, artifacts: &Artifacts, append: &str) -> Result<Command, String> {
+    let mut c = Command::new(&qemu.path);
+    c.current_dir(root());
+    match variant {
+        Variant::VirtGicV3 | Variant::VirtGicV2 => {
+            let gic = if variant == Variant::VirtGicV3 { 3 } else { 2 };
+            c.args(["-M", &format!("{},gic-version={gic}", corevisor_boards::qemu_virt::BOARD.qemu_machine)]);
+            c.args(["-cpu", "cortex-a72", "-smp", "4", "-m", "1G"]);
+        }
+        Variant::Raspi4b => {
+            let dtb = root().join("target/xtask/raspi4b.dtb");
+            let blob = crate::dtb::raspi4b().map_err(|e| format!("raspi4b DTB: {e}"))?;
+            std::fs::create_dir_all(dtb.parent().unwrap()).map_err(|e| e.to_string())?;
+            std::fs::write(&dtb, blob).map_err(|e| e.to_string())?;
+            c.args(["-M", corevisor_boards::rpi4::BOARD.qemu_machine, "-dtb"]).arg(dtb);
+        }
+    }
+    c.args(["-nographic", "-semihosting", "-no-reboot", "-kernel"]).arg(&artifacts.image);
+    c.args(["-append", append]);
+    Ok(c)
+}
+
+/// How a captured run ended.
+pub struct Captured {
+    /// The exit status, or `None` when the hang guard killed QEMU.
+    pub status: Option<i32>,
+    pub console: String,
+}
+
+/// Runs `command` with its output captured and stdin closed. `guard` only stops a hung QEMU;
+/// a run that reaches it has failed.
+pub fn run_captured(mut command: Command, guard: Duration) -> Result<Captured, String> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(status.code().unwrap_or(-1));
+        }
+        if start.elapsed() > guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let console = out.join().unwrap_or_default() + &err.join().unwrap_or_default();
+    Ok(Captured { status, console })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_major_version() {
+        assert_eq!(major_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\n"), Some(10));
+        assert_eq!(major_version("QEMU emulator version 7.2.15"), Some(7));
+        assert_eq!(major_version("nonsense"), None);
+    }
+}

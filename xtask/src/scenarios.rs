@@ -1,0 +1,222 @@
+//! The QEMU scenarios: each is a fresh QEMU run that passes only on exit status 0 and the
+//! console lines it must print. Later issues add rows to [`SCENARIOS`].
+
+use crate::artifacts::{self, Artifacts, Flavor};
+use crate::qemu::{self, Qemu};
+use std::time::Duration;
+
+/// The machines every scenario runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    VirtGicV3,
+    VirtGicV2,
+    Raspi4b,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::VirtGicV3, Variant::VirtGicV2, Variant::Raspi4b];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::VirtGicV3 => "virt-gicv3",
+            Variant::VirtGicV2 => "virt-gicv2",
+            Variant::Raspi4b => "raspi4b",
+        }
+    }
+
+    fn board(self) -> &'static corevisor_boards::Board {
+        match self {
+            Variant::Raspi4b => &corevisor_boards::rpi4::BOARD,
+            _ => &corevisor_boards::qemu_virt::BOARD,
+        }
+    }
+
+    fn gic_v2(self) -> bool {
+        self != Variant::VirtGicV3
+    }
+}
+
+/// A scenario and the console lines (substrings) it must print.
+pub struct Scenario {
+    pub name: &'static str,
+    pub lines: &'static [&'static str],
+    /// Lines required only on GICv2 machines.
+    pub gic_v2_lines: &'static [&'static str],
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "boot",
+        lines: &[
+            "[INFO][cpu0] cpu0 online at EL2, MMU on",
+            "[INFO][cpu1] cpu1 online at EL2, MMU on",
+            "[INFO][cpu2] cpu2 online at EL2, MMU on",
+            "[INFO][cpu3] cpu3 online at EL2, MMU on",
+            "all 4 cpus online",
+            "heap ok:",
+            "platform from the DTB",
+            "host stage-2 on:",
+            "entering KServ at",
+            "kserv: running at EL1",
+            "kserv: cpu1 up at EL1",
+            "kserv: scenario boot: PASS",
+            "host SYSTEM_OFF, status 0",
+        ],
+        gic_v2_lines: &[],
+    },
+    Scenario {
+        name: "hvc-version",
+        lines: &["kserv: VERSION returned 0.1", "kserv: scenario hvc-version: PASS"],
+        gic_v2_lines: &[],
+    },
+    Scenario {
+        name: "hvc-unknown",
+        lines: &[
+            "unknown host hypercall 0xc6000fff: NOT_SUPPORTED",
+            "kserv: hypercall 0xc6000fff returned NOT_SUPPORTED",
+            "kserv: hypercall 0xc7000001 returned NOT_SUPPORTED",
+            "kserv: scenario hvc-unknown: PASS",
+        ],
+        gic_v2_lines: &[],
+    },
+    Scenario {
+        name: "host-undef",
+        lines: &[
+            "host trap SMC 0xc2000001 at",
+            "host trap HVC #0x1 at",
+            "injecting UNDEF into the host",
+            "kserv: UNDEF taken at",
+            "kserv: scenario host-undef: PASS",
+        ],
+        gic_v2_lines: &[],
+    },
+    Scenario {
+        name: "host-reads-kcore",
+        lines: &[
+            "injecting an external abort into the host",
+            "kserv: 94 of 94 accesses to KCore's code, data, stacks, heap and page tables aborted",
+            "kserv: scenario host-reads-kcore: PASS",
+        ],
+        gic_v2_lines: &[],
+    },
+    Scenario {
+        name: "host-maps-all-ram",
+        lines: &["pages of host RAM with", "stage-2 faults, none refused", "kserv: scenario host-maps-all-ram: PASS"],
+        gic_v2_lines: &[],
+    },
+    Scenario {
+        name: "host-device-access",
+        lines: &["kserv: UART and GIC reachable from the host", "kserv: scenario host-device-access: PASS"],
+        gic_v2_lines: &["is KCore's: access aborted"],
+    },
+];
+
+/// Lines that fail any run where they appear.
+const FORBIDDEN: &[&str] = &["panicked", "[PANIC]", "[ERROR]"];
+
+/// Everything wrong with a run: its exit status, missing lines, forbidden lines.
+pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    match status {
+        None => problems.push("timed out (killed by the hang guard)".to_string()),
+        Some(0) => {}
+        Some(code) => problems.push(format!("QEMU exited with status {code}")),
+    }
+    let v2 = if variant.gic_v2() { scenario.gic_v2_lines } else { &[] };
+    for line in scenario.lines.iter().chain(v2) {
+        if !console.contains(line) {
+            problems.push(format!("missing line: {line}"));
+        }
+    }
+    for line in console.lines() {
+        let failed_scenario = line.contains("kserv: scenario") && line.contains("FAIL");
+        if failed_scenario || FORBIDDEN.iter().any(|f| line.contains(f)) {
+            problems.push(format!("forbidden line: {}", line.trim_end()));
+        }
+    }
+    problems
+}
+
+/// A generous bound for one run; runs take a few seconds.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// Runs the named scenarios (all when `names` is empty) on the variant (all when `None`).
+pub fn qemu_test(qemu: &Qemu, names: &[String], variant: Option<&str>) -> Result<(), String> {
+    let scenarios: Vec<&Scenario> =
+        SCENARIOS.iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)).collect();
+    if let Some(unknown) = names.iter().find(|n| !SCENARIOS.iter().any(|s| s.name == n.as_str())) {
+        return Err(format!("unknown scenario {unknown}"));
+    }
+    let variants: Vec<Variant> = match variant {
+        None => Variant::ALL.to_vec(),
+        Some(v) => vec![*Variant::ALL.iter().find(|x| x.name() == v).ok_or(format!("unknown variant {v}"))?],
+    };
+    let mut images: Vec<(&str, Artifacts)> = Vec::new();
+    for v in &variants {
+        if !images.iter().any(|(b, _)| *b == v.board().name) {
+            images.push((v.board().name, artifacts::build(v.board(), Flavor::Test)?));
+        }
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for v in &variants {
+        let image = &images.iter().find(|(b, _)| *b == v.board().name).unwrap().1;
+        for s in &scenarios {
+            let command = qemu::command(qemu, *v, image, &format!("scenario={}", s.name))?;
+            let run = qemu::run_captured(command, HANG_GUARD)?;
+            let problems = check(s, *v, run.status, &run.console);
+            if problems.is_empty() {
+                passed += 1;
+                println!("PASS {} [{}]", s.name, v.name());
+            } else {
+                failed += 1;
+                println!("FAIL {} [{}]", s.name, v.name());
+                problems.iter().for_each(|p| println!("    {p}"));
+                let lines: Vec<&str> = run.console.lines().collect();
+                println!("    --- last console lines ---");
+                lines[lines.len().saturating_sub(40)..].iter().for_each(|l| println!("    | {l}"));
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} QEMU scenario run(s) failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version() -> &'static Scenario {
+        SCENARIOS.iter().find(|s| s.name == "hvc-version").unwrap()
+    }
+
+    const GOOD: &str = "kserv: VERSION returned 0.1\nkserv: scenario hvc-version: PASS\n";
+
+    #[test]
+    fn a_run_passes_only_with_status_zero_and_every_line() {
+        assert!(check(version(), Variant::VirtGicV3, Some(0), GOOD).is_empty());
+        assert_eq!(check(version(), Variant::VirtGicV3, Some(1), GOOD).len(), 1);
+        assert_eq!(check(version(), Variant::VirtGicV3, None, GOOD), vec!["timed out (killed by the hang guard)"]);
+        let missing = check(version(), Variant::VirtGicV3, Some(0), "kserv: scenario hvc-version: PASS\n");
+        assert_eq!(missing, vec!["missing line: kserv: VERSION returned 0.1"]);
+    }
+
+    #[test]
+    fn a_fail_or_panic_line_fails_the_run() {
+        let fail = format!("{GOOD}kserv: scenario other: FAIL: reason\n");
+        assert_eq!(check(version(), Variant::VirtGicV3, Some(0), &fail).len(), 1);
+        let panic = format!("{GOOD}[PANIC][cpu0] KCore panicked at src/x.rs\n");
+        assert!(!check(version(), Variant::VirtGicV3, Some(0), &panic).is_empty());
+    }
+
+    #[test]
+    fn gic_v2_lines_are_required_on_gic_v2_only() {
+        let device = SCENARIOS.iter().find(|s| s.name == "host-device-access").unwrap();
+        let out = "kserv: UART and GIC reachable from the host\nkserv: scenario host-device-access: PASS\n";
+        assert!(check(device, Variant::VirtGicV3, Some(0), out).is_empty());
+        assert_eq!(check(device, Variant::Raspi4b, Some(0), out).len(), 1);
+    }
+}
