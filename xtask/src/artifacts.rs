@@ -26,11 +26,13 @@ impl Flavor {
             Flavor::Hardware => "",
         }
     }
-    fn name(self) -> &'static str {
+    /// The suffix of the flavor's target directory: each (board, flavor) pair builds in its own
+    /// directory, so switching between them does not rebuild (docs/boot-contract.md).
+    fn dir_suffix(self) -> &'static str {
         match self {
-            Flavor::Test => "test",
-            Flavor::Bench => "bench",
-            Flavor::Hardware => "hw",
+            Flavor::Test => "",
+            Flavor::Bench => "-bench",
+            Flavor::Hardware => "-hw",
         }
     }
 }
@@ -93,7 +95,7 @@ fn to_raw(elf: &Path, raw: &Path) -> Result<(), String> {
 
 /// Builds KServ and KCore for `board`.
 pub fn build(board: &Board, flavor: Flavor) -> Result<Artifacts, String> {
-    let dir = root().join("target/xtask").join(format!("{}-{}", board.name, flavor.name()));
+    let dir = root().join("target/xtask").join(format!("{}{}", board.name, flavor.dir_suffix()));
     let dir_arg = dir.to_str().ok_or("non-UTF-8 target directory")?;
     let release = dir.join(TARGET).join("release");
     let common = ["--release", "--target", TARGET, "--no-default-features", "--target-dir", dir_arg];
@@ -108,7 +110,7 @@ pub fn build(board: &Board, flavor: Flavor) -> Result<Artifacts, String> {
     let mut kcore_args = vec!["build", "-p", "corevisor", "--features", &features];
     kcore_args.extend(common);
     cargo(&kcore_args, &[("COREVISOR_KSERV_BIN", &kserv)])?;
-    let image = dir.join(if board.name == "rpi4" { "kernel8.img" } else { "corevisor.bin" });
+    let image = dir.join("corevisor.bin");
     to_raw(&release.join("corevisor"), &image)?;
     Ok(Artifacts { kserv, image })
 }

@@ -19,22 +19,35 @@ struct Args {
 }
 
 /// Options that take no value.
-const FLAGS: &[&str] = &["--gdb", "--hw"];
+const FLAGS: &[&str] = &["gdb", "hw"];
+/// Options that take one (`--name value` or `--name=value`).
+const VALUED: &[&str] = &["board", "gic", "scenario", "variant", "out"];
 
 impl Args {
+    /// Splits the command's arguments; an unknown option is an error rather than silently ignored,
+    /// so a typo such as `--bord rpi4` cannot quietly build the default board.
     fn parse(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         let mut args = Args::default();
         let mut raw = raw.into_iter();
         while let Some(arg) = raw.next() {
-            if let Some(name) = arg.strip_prefix("--") {
-                if FLAGS.contains(&arg.as_str()) {
-                    args.options.push((name.into(), None));
-                } else {
-                    let value = raw.next().ok_or_else(|| format!("{arg} needs a value"))?;
-                    args.options.push((name.into(), Some(value)));
-                }
-            } else {
+            let Some(option) = arg.strip_prefix("--") else {
                 args.words.push(arg);
+                continue;
+            };
+            let (name, inline) = match option.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (option, None),
+            };
+            if FLAGS.contains(&name) && inline.is_none() {
+                args.options.push((name.into(), None));
+            } else if VALUED.contains(&name) {
+                let value = match inline {
+                    Some(value) => value,
+                    None => raw.next().ok_or_else(|| format!("{arg} needs a value"))?,
+                };
+                args.options.push((name.into(), Some(value)));
+            } else {
+                return Err(format!("unknown option {arg}"));
             }
         }
         Ok(args)
@@ -78,12 +91,20 @@ fn main() -> ExitCode {
             let flavor = if args.flag("hw") { Flavor::Hardware } else { Flavor::Test };
             artifacts::build(b, flavor).map(|a| println!("KServ: {}\nKCore: {}", a.kserv.display(), a.image.display()))
         }),
-        "run" => run(&args),
+        // `run` ends with QEMU's own status, so a scenario's verdict reaches the shell.
+        "run" => match run(&args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         "image" => image(&args),
         "qemu-test" => qemu::ensure().and_then(|q| scenarios::qemu_test(&q, &args.words, args.value("variant"))),
         "test" => test(),
         "bench" => qemu::ensure().and_then(|q| bench::run(&q)),
         "lint" => lint(),
+        "" | "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
         _ => Err(format!("unknown command {command:?}\n{USAGE}")),
     };
     match result {
@@ -95,15 +116,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
-    let qemu = qemu::ensure()?;
+/// The QEMU variant `run` boots: the Pi board has one, virt has a GICv2 and a GICv3 flavour.
+fn run_variant(args: &Args) -> Result<(&'static corevisor_boards::Board, scenarios::Variant), String> {
     let board = args.board()?;
     let variant = match (board.name, args.value("gic")) {
-        ("rpi4", _) => scenarios::Variant::Raspi4b,
+        ("rpi4", None | Some("2")) => scenarios::Variant::Raspi4b,
+        ("rpi4", Some(other)) => return Err(format!("--gic {other}: the rpi4 board has a GICv2 (GIC-400)")),
         (_, Some("2")) => scenarios::Variant::VirtGicV2,
         (_, None | Some("3")) => scenarios::Variant::VirtGicV3,
         (_, Some(other)) => return Err(format!("--gic {other}: 2 or 3")),
     };
+    Ok((board, variant))
+}
+
+/// Boots one scenario with the console on this terminal; returns QEMU's exit status.
+fn run(args: &Args) -> Result<u8, String> {
+    let (board, variant) = run_variant(args)?;
+    let qemu = qemu::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Test)?;
     let scenario = args.value("scenario").unwrap_or("demo");
     let mut command = qemu::command(&qemu, variant, &artifacts, &format!("scenario={scenario}"))?;
@@ -112,11 +141,8 @@ fn run(args: &Args) -> Result<(), String> {
         command.args(["-s", "-S"]);
     }
     let status = command.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("QEMU exited with {status}"))
-    }
+    // A signal-killed QEMU has no code: report it as a plain failure.
+    Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
 }
 
 fn image(args: &Args) -> Result<(), String> {
@@ -135,10 +161,15 @@ fn image(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Host tests, then the QEMU scenarios. Both always run, so one failure does not hide the other.
 fn test() -> Result<(), String> {
     let qemu = qemu::ensure()?;
-    artifacts::cargo(&["test", "--workspace"], &[])?;
-    scenarios::qemu_test(&qemu, &[], None)
+    let host = artifacts::cargo(&["test", "--workspace"], &[]);
+    let scenarios = scenarios::qemu_test(&qemu, &[], None);
+    match (host, scenarios) {
+        (Ok(()), Ok(())) => Ok(()),
+        (host, scenarios) => Err([host.err(), scenarios.err()].into_iter().flatten().collect::<Vec<_>>().join("; ")),
+    }
 }
 
 fn lint() -> Result<(), String> {
@@ -174,13 +205,36 @@ fn lint() -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn parse(words: &[&str]) -> Result<Args, String> {
+        Args::parse(words.iter().map(|w| w.to_string()))
+    }
+
     #[test]
     fn parses_words_options_and_flags() {
-        let args = Args::parse(["boot", "--variant", "raspi4b", "--gdb", "hvc-version"].map(String::from)).unwrap();
+        let args = parse(&["boot", "--variant", "raspi4b", "--gdb", "hvc-version"]).unwrap();
         assert_eq!(args.words, vec!["boot", "hvc-version"]);
         assert_eq!(args.value("variant"), Some("raspi4b"));
         assert!(args.flag("gdb") && !args.flag("hw"));
-        assert!(Args::parse(["--board".to_string()]).is_err());
-        assert!(Args::parse(["--board".into(), "pi5".into()]).unwrap().board().is_err());
+        assert_eq!(parse(&["--board=rpi4", "--hw"]).unwrap().board().unwrap().name, "rpi4");
+        assert_eq!(parse(&[]).unwrap().board().unwrap().name, "qemu-virt");
+        assert_eq!(parse(&["--out", "a", "--out", "b"]).unwrap().value("out"), Some("b"));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        assert!(parse(&["--board"]).is_err());
+        assert!(parse(&["--bord", "rpi4"]).is_err());
+        assert!(parse(&["--gdb=yes"]).is_err());
+        assert!(parse(&["--board", "pi5"]).unwrap().board().is_err());
+    }
+
+    #[test]
+    fn picks_the_run_variant() {
+        let variant = |words: &[&str]| run_variant(&parse(words).unwrap()).map(|(_, v)| v);
+        assert_eq!(variant(&[]), Ok(scenarios::Variant::VirtGicV3));
+        assert_eq!(variant(&["--gic", "2"]), Ok(scenarios::Variant::VirtGicV2));
+        assert_eq!(variant(&["--board", "rpi4"]), Ok(scenarios::Variant::Raspi4b));
+        assert!(variant(&["--gic", "4"]).is_err());
+        assert!(variant(&["--board", "rpi4", "--gic", "3"]).is_err());
     }
 }
