@@ -55,6 +55,35 @@ impl Leaf {
     }
 }
 
+/// Levels-1 entries whose GiB is mapped with 2 MiB blocks by [`identity_map`]: the first 4 GiB,
+/// where RAM and devices meet (the Pi's peripherals start at 0xFC00_0000). Above, 1 GiB blocks.
+pub const IDENTITY_FINE_GIB: u64 = 4;
+/// Pool pages [`identity_map`] uses: the root and one level-2 table per fine GiB.
+pub const IDENTITY_MAP_PAGES: u64 = 1 + IDENTITY_FINE_GIB;
+
+/// KCore's own EL2 stage-1 at boot: an identity map of the whole input range, Normal memory where
+/// `is_ram` says RAM may be and Device (never executable) elsewhere. It uses no lock and no heap,
+/// so it runs with the MMU off; its root is the pool's first page.
+pub fn identity_map(
+    machine: &impl Machine,
+    pool: PagePool,
+    is_ram: impl Fn(u64) -> bool,
+) -> Result<PageTable, PtError> {
+    let mut table = PageTable::new(machine, Regime::El2, pool)?;
+    let attrs = |pa| if is_ram(pa) { Attrs::RAM } else { Attrs::DEVICE };
+    for gib in 0..INPUT_LIMIT / level_size(1) {
+        let base = gib * level_size(1);
+        if gib < IDENTITY_FINE_GIB {
+            for block in (base..base + level_size(1)).step_by(level_size(2) as usize) {
+                table.map(machine, block, block, 2, attrs(block))?;
+            }
+        } else {
+            table.map(machine, base, base, 1, attrs(base))?;
+        }
+    }
+    Ok(table)
+}
+
 /// One principal's translation table and the pool its table pages come from.
 pub struct PageTable {
     regime: Regime,

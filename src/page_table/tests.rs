@@ -195,3 +195,27 @@ fn misaligned_or_out_of_range_maps_are_refused() {
     assert_eq!(pt.map(&m, 1 << 39, 0, 1, Attrs::RAM), Err(PtError::BadRange));
     assert_eq!(pt.map(&m, 0, 0, 4, Attrs::RAM), Err(PtError::BadRange));
 }
+
+#[test]
+fn the_boot_identity_map_uses_five_pages_and_splits_ram_from_devices() {
+    let m = ModelMachine::new();
+    let board = &corevisor_boards::rpi4::BOARD;
+    let pt = identity_map(&m, PagePool::new(POOL_BASE, IDENTITY_MAP_PAGES), |pa| board.in_ram_window(pa)).unwrap();
+    assert_eq!(pt.root(), POOL_BASE);
+    assert_eq!(pt.pool().free(), 0);
+    let kcore = pt.walk(&m, 0x8_0000).unwrap();
+    assert_eq!((kcore.translate(0x8_0000), kcore.level, kcore.attrs), (0x8_0000, 2, Attrs::RAM));
+    let uart = pt.walk(&m, 0xFE20_1000).unwrap();
+    assert_eq!((uart.translate(0xFE20_1000), uart.attrs), (0xFE20_1000, Attrs::DEVICE));
+    let high = pt.walk(&m, 0x1_2345_6000).unwrap();
+    assert_eq!((high.level, high.attrs), (1, Attrs::RAM));
+    assert_eq!(pt.walk(&m, 0x40_0000_0000).unwrap().attrs, Attrs::DEVICE);
+    assert_eq!(pt.leaves(&m).len(), 4 * 512 + 508);
+}
+
+#[test]
+fn the_boot_identity_map_needs_all_five_pages() {
+    let m = ModelMachine::new();
+    let result = identity_map(&m, PagePool::new(POOL_BASE, IDENTITY_MAP_PAGES - 1), |_| true);
+    assert_eq!(result.err(), Some(PtError::PoolExhausted));
+}

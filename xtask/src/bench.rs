@@ -54,7 +54,7 @@ pub fn run(qemu: &Qemu) -> Result<(), String> {
     let pages = bench_run(qemu, "corevisor.host_s2=pages")?;
     let (blocks, pages) = (parse(&blocks), parse(&pages));
     println!("EL2 instructions (PMU INST_RETIRED, EL2 only, -icount shift=0,sleep=off; QEMU virt, GICv3):");
-    println!("{:<44} {:>8} {:>8} {:>8} {:>8}  status", "figure", "median", "min", "max", "target");
+    println!("{:<44} {:>8} {:>8} {:>8} {:>8}  status", "figure", "EL2 instr", "min", "max", "target");
     for (name, label, target) in TARGETS {
         let line = blocks.iter().find(|l| l.name == *name).ok_or(format!("no `bench {name}` figure"))?;
         let median = line.get("el2_instructions").ok_or(format!("`bench {name}` has no el2_instructions"))?;

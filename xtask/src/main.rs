@@ -145,19 +145,25 @@ fn run(args: &Args) -> Result<u8, String> {
     Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
 }
 
+/// The SD-card files for a real Pi 4: a no-semihosting image (its `hlt` would be an UNDEF on
+/// hardware) and the firmware's `config.txt`.
 fn image(args: &Args) -> Result<(), String> {
-    let board = args.board()?;
+    let board = if args.value("board").is_some() { args.board()? } else { &corevisor_boards::rpi4::BOARD };
     if board.name != "rpi4" {
-        return Err("image is for --board rpi4".into());
+        return Err("image is for --board rpi4 (QEMU virt boots with `cargo xtask run`)".into());
     }
     let artifacts = artifacts::build(board, Flavor::Hardware)?;
-    let out = std::path::PathBuf::from(args.value("out").unwrap_or("target/rpi4-sd"));
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    std::fs::copy(&artifacts.image, out.join("kernel8.img")).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("config.txt"), corevisor_boards::rpi4::CONFIG_TXT).map_err(|e| e.to_string())?;
-    println!("wrote {}/kernel8.img and {}/config.txt", out.display(), out.display());
+    let out = args.value("out").map_or_else(|| artifacts::root().join("target/rpi4-sd"), std::path::PathBuf::from);
+    let io = |e: std::io::Error| format!("{}: {e}", out.display());
+    std::fs::create_dir_all(&out).map_err(io)?;
+    std::fs::copy(&artifacts.image, out.join("kernel8.img")).map_err(io)?;
+    std::fs::write(out.join("config.txt"), corevisor_boards::rpi4::CONFIG_TXT).map_err(io)?;
+    println!("SD card files in {}:", out.display());
+    println!("  kernel8.img  corevisor (KCore with KServ inside), no semihosting");
+    println!("  config.txt   arm_64bit=1, enable_uart=1, kernel=kernel8.img");
     println!("copy both onto the FAT boot partition of a Raspberry Pi 4 SD card that holds the firmware");
-    println!("(start4.elf, fixup4.dat, bcm2711-rpi-4-b.dtb); the console is the PL011 on GPIO 14/15, 115200 baud");
+    println!("(start4.elf, fixup4.dat, bcm2711-rpi-4-b.dtb), e.g. `cp {}/* /media/$USER/bootfs/`;", out.display());
+    println!("the console is the PL011 on GPIO 14/15 at 115200 baud");
     Ok(())
 }
 
@@ -172,33 +178,33 @@ fn test() -> Result<(), String> {
     }
 }
 
+/// rustfmt, host clippy, then clippy for each board's bare-metal build. Every step runs, so CI
+/// shows all of them at once; the result fails if any did.
 fn lint() -> Result<(), String> {
-    artifacts::cargo(&["fmt", "--all", "--", "--check"], &[])?;
-    artifacts::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    let mut steps: Vec<Vec<String>> = vec![
+        ["fmt", "--all", "--", "--check"].map(String::from).to_vec(),
+        ["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"].map(String::from).to_vec(),
+    ];
     for board in corevisor_boards::ALL {
         let dir = format!("target/xtask/clippy-{}", board.name);
-        for package in ["kserv", "corevisor"] {
-            artifacts::cargo(
-                &[
-                    "clippy",
-                    "-p",
-                    package,
-                    "--target",
-                    artifacts::TARGET,
-                    "--no-default-features",
-                    "--features",
-                    board.name,
-                    "--target-dir",
-                    &dir,
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
-                &[],
-            )?;
-        }
+        let features = board.name;
+        steps.push(
+            ["clippy", "-p", "corevisor", "-p", "kserv", "--target", artifacts::TARGET, "--no-default-features"]
+                .into_iter()
+                .chain(["--features", features, "--target-dir", &dir, "--", "-D", "warnings"])
+                .map(String::from)
+                .collect(),
+        );
     }
-    Ok(())
+    let failures: Vec<String> = steps
+        .iter()
+        .filter_map(|step| artifacts::cargo(&step.iter().map(String::as_str).collect::<Vec<_>>(), &[]).err())
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n"))
+    }
 }
 
 #[cfg(test)]
