@@ -20,6 +20,7 @@ pub mod cpus;
 pub mod handlers;
 pub mod machine;
 pub mod memory;
+pub mod mutation;
 pub mod page_table;
 pub mod platform;
 

@@ -13,6 +13,7 @@ pub mod regions;
 mod tests;
 
 use crate::machine::{Machine, PAGE_SIZE};
+use crate::mutation::{planted, Mutation};
 use crate::page_table::descriptor::{level_size, Attrs, LAST_LEVEL};
 use crate::page_table::{Leaf, PageTable, PtError};
 use alloc::vec::Vec;
@@ -95,7 +96,10 @@ impl HostMemory {
             let size = level_size(level);
             let base = ipa & !(size - 1);
             let allowed = match attrs.mem {
-                crate::page_table::descriptor::MemType::Normal => self.db.host_owns_block(base, size),
+                crate::page_table::descriptor::MemType::Normal => {
+                    self.db.host_owns_block(base, size)
+                        || (planted(Mutation::HostBlockWithoutOwnershipCheck) && self.db.regions().all_ram(base, size))
+                }
                 crate::page_table::descriptor::MemType::Device => {
                     self.db.regions().no_ram(base, size) && !self.overlaps_protected(base, size)
                 }
@@ -146,7 +150,9 @@ impl HostMemory {
         if page.count > 0 {
             return Err(MemError::Shared);
         }
-        self.host_s2.clear_page(m, pa)?;
+        if !planted(Mutation::SkipClearPfnHost) {
+            self.host_s2.clear_page(m, pa)?;
+        }
         self.db.set(pa, PageInfo { owner, count: 0, gfn });
         Ok(())
     }
@@ -157,6 +163,10 @@ impl HostMemory {
         let pa = pfn << 12;
         match self.db.get(pa) {
             Some(p) if p.owner == Owner::Vm(vmid) && p.gfn == gfn => Ok(()),
+            Some(p) if planted(Mutation::AssignStealsFromAnotherVm) && matches!(p.owner, Owner::Vm(_)) => {
+                self.db.set(pa, PageInfo { owner: Owner::Vm(vmid), count: 0, gfn });
+                Ok(())
+            }
             _ => self.take_from_host(m, pa, Owner::Vm(vmid), gfn),
         }
     }
@@ -174,7 +184,9 @@ impl HostMemory {
             // back, so the host's next access faults and gets a fresh mapping.
             self.host_s2.clear_page(m, pa)?;
         }
-        m.zero_page(pa);
+        if !planted(Mutation::SkipScrub) {
+            m.zero_page(pa);
+        }
         self.db.set(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
         Ok(())
     }

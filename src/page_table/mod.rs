@@ -9,9 +9,12 @@
 pub mod descriptor;
 pub mod pool;
 #[cfg(test)]
+pub mod spec;
+#[cfg(test)]
 mod tests;
 
 use crate::machine::Machine;
+use crate::mutation::{planted, Mutation};
 use descriptor::{decode, index, leaf, level_size, table, Attrs, Entry, Regime, FIRST_LEVEL, INPUT_LIMIT, LAST_LEVEL};
 use pool::{PagePool, PoolExhausted};
 
@@ -214,7 +217,8 @@ impl PageTable {
         let next = self.pool.alloc(machine)?;
         let child = found.level + 1;
         for i in 0..512 {
-            let entry = leaf(self.regime, child, found.output + i * level_size(child), found.attrs);
+            let shift = if i == 511 && planted(Mutation::SplitShiftsLastPage) { level_size(LAST_LEVEL) } else { 0 };
+            let entry = leaf(self.regime, child, found.output + i * level_size(child) + shift, found.attrs);
             machine.write_u64(next + i * 8, entry);
         }
         let slot = self.descend(machine, addr, LAST_LEVEL);
@@ -258,12 +262,36 @@ impl PageTable {
     }
 
     fn collect(&self, machine: &impl Machine, base: u64, level: u8, input: u64, out: &mut alloc::vec::Vec<Leaf>) {
+        self.visit(machine, base, level, input, &mut |leaf| out.push(leaf), &mut |_, _, _| {});
+    }
+
+    /// Every table below the root as `(level, first input address, physical address)`.
+    pub fn tables(&self, machine: &impl Machine) -> alloc::vec::Vec<(u8, u64, u64)> {
+        let mut out = alloc::vec::Vec::new();
+        self.visit(machine, self.root, FIRST_LEVEL, 0, &mut |_| {}, &mut |level, input, pa| {
+            out.push((level, input, pa))
+        });
+        out
+    }
+
+    fn visit(
+        &self,
+        machine: &impl Machine,
+        base: u64,
+        level: u8,
+        input: u64,
+        on_leaf: &mut dyn FnMut(Leaf),
+        on_table: &mut dyn FnMut(u8, u64, u64),
+    ) {
         for i in 0..512 {
             let addr = input + i * level_size(level);
             match decode(self.regime, level, machine.read_u64(base + i * 8)) {
                 Entry::Invalid => {}
-                Entry::Table(next) => self.collect(machine, next, level + 1, addr, out),
-                Entry::Leaf(output, attrs) => out.push(Leaf { input: addr, output, level, attrs }),
+                Entry::Table(next) => {
+                    on_table(level + 1, addr, next);
+                    self.visit(machine, next, level + 1, addr, on_leaf, on_table);
+                }
+                Entry::Leaf(output, attrs) => on_leaf(Leaf { input: addr, output, level, attrs }),
             }
         }
     }

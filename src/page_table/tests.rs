@@ -158,6 +158,67 @@ proptest! {
     }
 }
 
+/// Runs `ops` on the table and on its spec side by side; fails on the first step where the
+/// results or the abstract states differ (SeKVM's `relate_npt` as an equality check).
+fn refines(pool_pages: u64, ops: &[Op]) -> Result<(), TestCaseError> {
+    use super::spec::*;
+    let m = ModelMachine::new();
+    let mut pt = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL_BASE, pool_pages)).unwrap();
+    let mut abs = AbsNpt::of(&pt, &m);
+    for op in ops {
+        let same = match *op {
+            Op::Map { addr, pa, level, attrs } => {
+                let (next, expected) = map_spec(&abs, addr, pa, level, attrs).unwrap();
+                abs = next;
+                pt.map(&m, addr, pa, level, attrs) == expected
+            }
+            Op::Unmap { addr } => {
+                let (next, expected) = unmap_spec(&abs, addr).unwrap();
+                abs = next;
+                pt.unmap(&m, addr) == expected
+            }
+            Op::Split { addr } => {
+                let (next, expected) = split_spec(&abs, addr).unwrap();
+                abs = next;
+                pt.split(&m, addr) == expected
+            }
+            Op::ClearPage { addr } => {
+                let (next, expected) = clear_page_spec(&abs, addr).unwrap();
+                abs = next;
+                pt.clear_page(&m, addr) == expected
+            }
+        };
+        prop_assert!(same, "result differs from the spec at {:?}", op);
+        prop_assert_eq!(&AbsNpt::of(&pt, &m), &abs, "state differs from the spec after {:?}", op);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// NPTOps refines its spec: every result and every abstract state agree, step by step.
+    #[test]
+    fn page_table_operations_refine_their_specs(pool_pages in 2u64..24, ops in proptest::collection::vec(any_op(), 50..80)) {
+        refines(pool_pages, &ops)?;
+    }
+}
+
+/// Companion: with a split that maps its last page one page off, refinement fails.
+#[test]
+fn refinement_catches_a_split_that_shifts_a_page() {
+    use crate::mutation::{with, Mutation};
+    let ops =
+        [Op::Map { addr: 0x4000_0000, pa: 0x8000_0000, level: 2, attrs: Attrs::RAM }, Op::Split { addr: 0x4000_0000 }];
+    assert!(refines(8, &ops).is_ok());
+    assert!(with(Mutation::SplitShiftsLastPage, || refines(8, &ops)).is_err());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+    let found = with(Mutation::SplitShiftsLastPage, || {
+        runner.run(&(2u64..24, proptest::collection::vec(any_op(), 50..80)), |(pool, ops)| refines(pool, &ops))
+    });
+    assert!(found.is_err(), "the refinement property did not catch the planted bug");
+}
+
 #[test]
 fn break_before_make_flushes_the_tlb_by_vmid() {
     let m = ModelMachine::new();

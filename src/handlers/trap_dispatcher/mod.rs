@@ -150,7 +150,7 @@ pub const MAX_EXIT_STATUS: u64 = 255;
 
 fn hvc_system_off(frame: &mut TrapFrame) -> HostExit {
     let status = frame.x[1];
-    if status > MAX_EXIT_STATUS {
+    if status > MAX_EXIT_STATUS && !crate::mutation::planted(crate::mutation::Mutation::SkipSystemOffRangeCheck) {
         return set_result(frame, HypResult::status(Status::InvalidParameters));
     }
     HostExit::SystemOff { status }

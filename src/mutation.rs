@@ -1,0 +1,52 @@
+//! Planted bugs for the companion tests of every property (issue 6): each property test has a
+//! twin that plants one known bug and shows the property catches it. In anything but `cargo
+//! test` builds, [`planted`] is the constant `false` and the planted branches compile away.
+
+/// The bugs that can be planted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// MemManager takes a page from the host without unmapping it there (`clear_pfn_host`).
+    SkipClearPfnHost,
+    /// `clear_vm_page` hands a page back to the host without scrubbing it.
+    SkipScrub,
+    /// The host dispatcher skips SYSTEM_OFF's range check.
+    SkipSystemOffRangeCheck,
+    /// Splitting a block maps its last page one page off.
+    SplitShiftsLastPage,
+    /// The host fault handler maps a block without checking that the host owns all of it.
+    HostBlockWithoutOwnershipCheck,
+    /// `assign_pfn_to_vm` accepts a page that another VM already owns.
+    AssignStealsFromAnotherVm,
+}
+
+#[cfg(test)]
+mod active {
+    use super::Mutation;
+    use std::cell::Cell;
+
+    thread_local! {
+        static PLANTED: Cell<Option<Mutation>> = const { Cell::new(None) };
+    }
+
+    pub fn planted(m: Mutation) -> bool {
+        PLANTED.with(|p| p.get() == Some(m))
+    }
+
+    /// Runs `f` with `m` planted on this thread.
+    pub fn with<T>(m: Mutation, f: impl FnOnce() -> T) -> T {
+        PLANTED.with(|p| p.set(Some(m)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        PLANTED.with(|p| p.set(None));
+        result.unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+#[cfg(test)]
+pub use active::{planted, with};
+
+/// Whether bug `m` is planted: never, outside `cargo test`.
+#[cfg(not(test))]
+#[inline(always)]
+pub const fn planted(_m: Mutation) -> bool {
+    false
+}
