@@ -20,6 +20,16 @@ pub enum Mutation {
 }
 
 #[cfg(test)]
+pub use active::{planted, with};
+
+/// Whether bug `m` is planted: never, outside `cargo test`.
+#[cfg(not(test))]
+#[inline(always)]
+pub const fn planted(_m: Mutation) -> bool {
+    false
+}
+
+#[cfg(test)]
 mod active {
     use super::Mutation;
     use std::cell::Cell;
@@ -41,12 +51,3 @@ mod active {
     }
 }
 
-#[cfg(test)]
-pub use active::{planted, with};
-
-/// Whether bug `m` is planted: never, outside `cargo test`.
-#[cfg(not(test))]
-#[inline(always)]
-pub const fn planted(_m: Mutation) -> bool {
-    false
-}

@@ -60,7 +60,7 @@ pub fn map_spec(npt: &AbsNpt, addr: u64, pa: u64, level: u8, attrs: Attrs) -> Op
         return unchanged(PtError::BadRange);
     }
     let size = level_size(level);
-    if addr % size != 0 || pa % size != 0 || addr >= INPUT_LIMIT || pa >= OUTPUT_LIMIT {
+    if !addr.is_multiple_of(size) || !pa.is_multiple_of(size) || addr >= INPUT_LIMIT || pa >= OUTPUT_LIMIT {
         return unchanged(PtError::BadRange);
     }
     // Descend: a leaf on the way is in the way; the walk stops at the first missing table.
