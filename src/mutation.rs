@@ -50,4 +50,3 @@ mod active {
         result.unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 }
-
