@@ -26,6 +26,11 @@ impl ModelMachine {
         ModelMachine::default()
     }
 
+    /// Every non-zero word of memory in `range`, by address.
+    pub fn words(&self, range: std::ops::Range<u64>) -> BTreeMap<u64, u64> {
+        self.memory.borrow().range(range).map(|(&a, &v)| (a, v)).collect()
+    }
+
     /// The TLB maintenance done so far, oldest first; clears the log.
     pub fn take_flushes(&self) -> Vec<Flush> {
         std::mem::take(&mut self.flushes.borrow_mut())

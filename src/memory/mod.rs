@@ -8,7 +8,13 @@
 
 pub mod invariants;
 pub mod pages;
+#[cfg(test)]
+mod refinement;
 pub mod regions;
+#[cfg(test)]
+pub mod spec;
+#[cfg(test)]
+pub mod system;
 #[cfg(test)]
 mod tests;
 
@@ -172,12 +178,23 @@ impl HostMemory {
     }
 
     /// Takes page `pfn` back from VM `vmid`, scrubs it, and returns it to the host (SeKVM
-    /// `clear_vm_page`). The host maps it again on its next fault.
-    pub fn clear_vm_page(&mut self, m: &impl Machine, vmid: u16, pfn: u64) -> Result<(), MemError> {
+    /// `clear_vm_page`). The VM loses its mapping first (SeKVM relies on the VM being powered off
+    /// instead), so no VM ever maps a page it does not own. The host maps it again on its next
+    /// fault.
+    pub fn clear_vm_page(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &mut PageTable,
+        vmid: u16,
+        pfn: u64,
+    ) -> Result<(), MemError> {
         let pa = pfn << 12;
         let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Vm(vmid) {
             return Err(MemError::NotOwned(page.owner));
+        }
+        if vm_s2.walk(m, page.gfn << 12).is_some_and(|leaf| leaf.translate(page.gfn << 12) == pa) {
+            vm_s2.clear_page(m, page.gfn << 12)?;
         }
         if page.count > 0 {
             // Shared pages are mapped in the host: unmap before the page is scrubbed and handed
@@ -220,6 +237,23 @@ impl HostMemory {
             self.host_s2.clear_page(m, pa)?;
         }
         self.db.set(pa, PageInfo { count: page.count - 1, ..page });
+        Ok(())
+    }
+
+    /// Maps page `pfn`, which VM `vmid` owns at `gfn`, into the VM's stage-2 (SeKVM `map_pfn_vm`).
+    pub fn map_pfn_vm(
+        &self,
+        m: &impl Machine,
+        vm_s2: &mut PageTable,
+        vmid: u16,
+        gfn: u64,
+        pfn: u64,
+    ) -> Result<(), MemError> {
+        let page = self.db.get(pfn << 12).ok_or(MemError::NotRam)?;
+        if page.owner != Owner::Vm(vmid) || page.gfn != gfn {
+            return Err(MemError::NotOwned(page.owner));
+        }
+        vm_s2.map(m, gfn << 12, pfn << 12, LAST_LEVEL, Attrs::RAM)?;
         Ok(())
     }
 

@@ -81,7 +81,9 @@ fn apply(m: &ModelMachine, mem: &mut HostMemory, op: &Op) -> Result<(), TestCase
         Op::Clear { vmid, pfn } => {
             let before = mem.db.get(pfn << 12).unwrap();
             m.write_u64(pfn << 12, 0xdead_beef);
-            let result = mem.clear_vm_page(m, vmid, pfn);
+            // These sequences have no VM tables: the VM maps nothing.
+            let mut vm_s2 = PageTable::new(m, Regime::Stage2 { vmid }, PagePool::new(POOL + (1 << 30), 1)).unwrap();
+            let result = mem.clear_vm_page(m, &mut vm_s2, vmid, pfn);
             prop_assert_eq!(result.is_ok(), before.owner == Owner::Vm(vmid));
             if result.is_ok() {
                 prop_assert_eq!(m.read_u64(pfn << 12), 0, "a reclaimed page was not scrubbed");

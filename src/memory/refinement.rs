@@ -1,0 +1,119 @@
+//! Issue 6 properties of the memory layers, each with a companion that plants a known bug:
+//! - refinement: every operation's result and the abstract state agree with the spec, step by
+//!   step (PageManager, MemManager, FaultHandler, and the page tables under them);
+//! - invariants: `host_iso`, `vm_iso`, `host_flatmap`, no page mapped by two VMs, and
+//!   scrubbed-before-reuse, after every step of random sequences by every principal.
+
+use super::invariants::check;
+use super::pages::Owner;
+use super::system::{any_op, initial_rdata, relate, spec_apply, Op, Outcome, System};
+use crate::machine::{Machine, PAGE_SIZE};
+use crate::mutation::{with, Mutation};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+use std::collections::{BTreeMap, BTreeSet};
+
+const CASES: u32 = 256;
+
+fn sequences() -> impl Strategy<Value = (bool, Vec<Op>)> {
+    (any::<bool>(), proptest::collection::vec(any_op(), 50..80))
+}
+
+/// Runs `ops` on the system and the spec together, relating them after every step.
+fn refines(pages_only: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut sys = System::new(pages_only);
+    let mut r = initial_rdata(pages_only);
+    let mut probes: BTreeSet<u64> = BTreeSet::new();
+    for op in ops {
+        let (next, expected) = spec_apply(&r, op).expect("no operation here has a caller precondition");
+        let actual = sys.apply(op);
+        prop_assert_eq!(actual, expected, "result of {:?}", op);
+        r = next;
+        probes.extend(op.pfns());
+        if let Err(e) = relate(&sys, &r, &probes) {
+            return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// Every invariant after every step; scrubbed-before-reuse on every page a VM gives back.
+fn invariants_hold(pages_only: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut sys = System::new(pages_only);
+    for op in ops {
+        let before = op.pfns().first().and_then(|&pfn| sys.mem.db.get(pfn << 12));
+        let outcome = sys.apply(op);
+        if let (Op::Clear { pfn, .. }, Outcome::Done(Ok(())), Some(p)) = (op, outcome, before) {
+            prop_assert!(matches!(p.owner, Owner::Vm(_)));
+            let dirty = (0..PAGE_SIZE).step_by(8).any(|o| sys.m.read_u64((pfn << 12) + o) != 0);
+            prop_assert!(!dirty, "page {:#x} went back to the host unscrubbed", pfn);
+        }
+        if let Err(v) = check(&sys.m, &sys.mem, &sys.vm_tables()) {
+            return Err(TestCaseError::fail(format!("after {op:?}: {v:?}")));
+        }
+        let mut mapped_by: BTreeMap<u64, u16> = BTreeMap::new();
+        for (vmid, table) in sys.vm_tables() {
+            for leaf in table.leaves(&sys.m) {
+                if sys.mem.db.get(leaf.output).is_none() {
+                    continue; // MMIO
+                }
+                if let Some(other) = mapped_by.insert(leaf.output >> 12, vmid) {
+                    prop_assert!(other == vmid, "page {:#x} mapped by VMs {} and {}", leaf.output >> 12, other, vmid);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn memory_layers_refine_their_specs((pages_only, ops) in sequences()) {
+        refines(pages_only, &ops)?;
+    }
+
+    #[test]
+    fn invariants_hold_after_every_step((pages_only, ops) in sequences()) {
+        invariants_hold(pages_only, &ops)?;
+    }
+}
+
+/// Runs `property` over fresh random sequences with `bug` planted: it must fail.
+fn catches(bug: Mutation, property: fn(bool, &[Op]) -> Result<(), TestCaseError>) {
+    let mut runner =
+        TestRunner::new(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() });
+    let result = with(bug, || runner.run(&sequences(), |(pages_only, ops)| property(pages_only, &ops)));
+    assert!(result.is_err(), "{bug:?} was planted and the property did not notice");
+}
+
+#[test]
+fn refinement_catches_a_block_mapped_without_checking_ownership() {
+    catches(Mutation::HostBlockWithoutOwnershipCheck, refines);
+}
+
+#[test]
+fn refinement_catches_a_skipped_scrub() {
+    catches(Mutation::SkipScrub, refines);
+}
+
+#[test]
+fn host_iso_catches_a_forgotten_clear_pfn_host() {
+    catches(Mutation::SkipClearPfnHost, invariants_hold);
+}
+
+#[test]
+fn host_iso_catches_a_block_that_covers_foreign_pages() {
+    catches(Mutation::HostBlockWithoutOwnershipCheck, invariants_hold);
+}
+
+#[test]
+fn vm_iso_catches_a_page_stolen_from_another_vm() {
+    catches(Mutation::AssignStealsFromAnotherVm, invariants_hold);
+}
+
+#[test]
+fn scrubbed_before_reuse_catches_a_skipped_scrub() {
+    catches(Mutation::SkipScrub, invariants_hold);
+}

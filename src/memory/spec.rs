@@ -1,0 +1,317 @@
+//! Specs of the memory layers (SeKVM MemRegion, PageIndex, PageManager, MemManager) and of the
+//! FaultHandler's `handle_host_stage2_fault`, over [`RData`], the part of SeKVM's abstract state
+//! these layers touch. Ownership is checked page by page here, where the implementation uses its
+//! per-block counters: the refinement tests compare the two.
+
+use super::pages::{Owner, PageInfo};
+use super::{MemError, MAX_SHARE_COUNT};
+use crate::machine::PAGE_SIZE;
+use crate::page_table::descriptor::{level_size, Attrs, MemType, LAST_LEVEL};
+use crate::page_table::spec::{clear_page_spec, map_spec, walk_spec, AbsNpt};
+use crate::page_table::{Leaf, PtError};
+use corevisor_boards::PhysRange;
+use std::collections::BTreeMap;
+
+/// The host's principal id in [`RData::npts`].
+pub const HOST: u16 = 0;
+
+/// A mirror of SeKVM's `RData`, limited to what corevisor has so far.
+///
+/// Not yet here (they arrive with the VM layers): VM and vCPU states, boot info, shadow vCPU
+/// contexts, the current principal per core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RData {
+    pub halt: bool,
+    /// MemRegion: RAM.
+    pub ram: Vec<PhysRange>,
+    /// MMIO that is KCore's.
+    pub protected_mmio: Vec<PhysRange>,
+    /// The host maps 4 KiB pages only.
+    pub pages_only: bool,
+    /// `s2page`: pfn ↦ {owner, count, gfn}; a RAM page that is not here is `{Host, 0, pfn}`.
+    pub s2page: BTreeMap<u64, PageInfo>,
+    /// `npts`: principal (0 = host, else the VM id) ↦ its stage-2, abstractly.
+    pub npts: BTreeMap<u16, AbsNpt>,
+    /// `flatmem`: word address ↦ value (zero where absent).
+    pub flatmem: BTreeMap<u64, u64>,
+}
+
+type Step<T> = Option<(RData, Result<T, MemError>)>;
+
+impl RData {
+    fn is_ram(&self, pa: u64) -> bool {
+        self.ram.iter().any(|r| r.contains(pa))
+    }
+
+    /// `get_pfn_owner/count/map`: the record of the page at `pa`, `None` outside RAM.
+    pub fn page(&self, pa: u64) -> Option<PageInfo> {
+        let pfn = pa >> 12;
+        self.is_ram(pa)
+            .then(|| self.s2page.get(&pfn).copied().unwrap_or(PageInfo { owner: Owner::Host, count: 0, gfn: pfn }))
+    }
+
+    fn set_page(&mut self, pa: u64, info: PageInfo) {
+        let pfn = pa >> 12;
+        if info == (PageInfo { owner: Owner::Host, count: 0, gfn: pfn }) {
+            self.s2page.remove(&pfn);
+        } else {
+            self.s2page.insert(pfn, info);
+        }
+    }
+
+    fn overlaps_protected(&self, base: u64, size: u64) -> bool {
+        self.protected_mmio.iter().any(|r| base < r.end() && r.base < base + size)
+    }
+
+    fn host(&self) -> &AbsNpt {
+        &self.npts[&HOST]
+    }
+
+    fn with_npt(mut self, principal: u16, npt: AbsNpt) -> RData {
+        self.npts.insert(principal, npt);
+        self
+    }
+}
+
+/// Whether the host owns every page of `[base, base + size)`, all of it RAM in one region.
+pub fn host_owns_block_spec(r: &RData, base: u64, size: u64) -> bool {
+    r.ram.iter().any(|reg| base >= reg.base && base + size <= reg.end())
+        && r.s2page.range(base >> 12..(base + size) >> 12).all(|(_, p)| p.owner == Owner::Host)
+}
+
+/// Maps a host leaf; a slot taken by a mapping of `ipa` answers with that mapping.
+fn map_host_leaf_spec(r: &RData, ipa: u64, base: u64, level: u8, attrs: Attrs) -> Step<Leaf> {
+    let (npt, result) = map_spec(r.host(), base, base, level, attrs)?;
+    let r = r.clone().with_npt(HOST, npt);
+    match result {
+        Ok(()) => Some((r, Ok(Leaf { input: base, output: base, level, attrs }))),
+        Err(PtError::Occupied) => {
+            let found = walk_spec(r.host(), ipa).ok_or(MemError::PageTable(PtError::Occupied));
+            Some((r, found))
+        }
+        Err(e) => Some((r, Err(e.into()))),
+    }
+}
+
+/// `map_page_host` / `handle_host_stage2_fault`.
+pub fn map_page_host_spec(r: &RData, ipa: u64) -> Step<Leaf> {
+    if r.halt {
+        return Some((r.clone(), Err(MemError::Protected)));
+    }
+    let attrs = match r.page(ipa) {
+        Some(p) if p.owner == Owner::Host => Attrs::RAM,
+        Some(p) if p.count > 0 => {
+            return map_host_leaf_spec(r, ipa, ipa & !(PAGE_SIZE - 1), LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM });
+        }
+        Some(p) => return Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
+        None if r.overlaps_protected(ipa, 1) => return Some((r.clone(), Err(MemError::Protected))),
+        None => Attrs::DEVICE,
+    };
+    let levels: &[u8] = if r.pages_only { &[3] } else { &[1, 2, 3] };
+    for &level in levels {
+        let size = level_size(level);
+        let base = ipa & !(size - 1);
+        let allowed = match attrs.mem {
+            MemType::Normal => host_owns_block_spec(r, base, size),
+            MemType::Device => {
+                !r.ram.iter().any(|reg| base < reg.end() && reg.base < base + size) && !r.overlaps_protected(base, size)
+            }
+        };
+        if !allowed {
+            continue;
+        }
+        match map_host_leaf_spec(r, ipa, base, level, attrs)? {
+            (_, Err(MemError::PageTable(PtError::Occupied))) if level < LAST_LEVEL => continue,
+            step => return Some(step),
+        }
+    }
+    Some((r.clone(), Err(MemError::PageTable(PtError::Occupied))))
+}
+
+/// The common step of every transition away from the host (`clear_pfn_host`, then the owner).
+fn take_from_host_spec(r: &RData, pa: u64, owner: Owner, gfn: u64) -> Step<()> {
+    let page = match r.page(pa) {
+        None => return Some((r.clone(), Err(MemError::NotRam))),
+        Some(p) if p.owner != Owner::Host => return Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
+        Some(p) if p.count > 0 => return Some((r.clone(), Err(MemError::Shared))),
+        Some(p) => p,
+    };
+    let _ = page;
+    let (npt, cleared) = clear_page_spec(r.host(), pa)?;
+    let mut next = r.clone().with_npt(HOST, npt);
+    if let Err(e) = cleared {
+        return Some((next, Err(e.into())));
+    }
+    next.set_page(pa, PageInfo { owner, count: 0, gfn });
+    Some((next, Ok(())))
+}
+
+/// `protect_el2_mem`.
+pub fn give_to_kcore_spec(r: &RData, range: PhysRange) -> Step<()> {
+    let mut state = r.clone();
+    for pa in (range.base..range.end()).step_by(PAGE_SIZE as usize) {
+        match take_from_host_spec(&state, pa, Owner::KCore, pa >> 12)? {
+            (next, Ok(())) => state = next,
+            (next, Err(e)) => return Some((next, Err(e))),
+        }
+    }
+    Some((state, Ok(())))
+}
+
+/// `assign_pfn_to_vm`.
+pub fn assign_pfn_to_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
+    match r.page(pfn << 12) {
+        Some(p) if p.owner == Owner::Vm(vmid) && p.gfn == gfn => Some((r.clone(), Ok(()))),
+        _ => take_from_host_spec(r, pfn << 12, Owner::Vm(vmid), gfn),
+    }
+}
+
+/// `clear_vm_page`: the VM's mapping of the page goes, the page is scrubbed and returned to the
+/// host (unmapped from the host first if it was shared).
+pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
+    let pa = pfn << 12;
+    let page = match r.page(pa) {
+        None => return Some((r.clone(), Err(MemError::NotRam))),
+        Some(p) if p.owner != Owner::Vm(vmid) => return Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
+        Some(p) => p,
+    };
+    let mut next = r.clone();
+    let gpa = page.gfn << 12;
+    if walk_spec(&r.npts[&vmid], gpa).is_some_and(|leaf| leaf.translate(gpa) == pa) {
+        let (npt, cleared) = clear_page_spec(&r.npts[&vmid], gpa)?;
+        next = next.with_npt(vmid, npt);
+        if let Err(e) = cleared {
+            return Some((next, Err(e.into())));
+        }
+    }
+    if page.count > 0 {
+        let (npt, cleared) = clear_page_spec(next.host(), pa)?;
+        next = next.with_npt(HOST, npt);
+        if let Err(e) = cleared {
+            return Some((next, Err(e.into())));
+        }
+    }
+    let words: Vec<u64> = next.flatmem.range(pa..pa + PAGE_SIZE).map(|(&a, _)| a).collect();
+    words.into_iter().for_each(|a| {
+        next.flatmem.remove(&a);
+    });
+    next.set_page(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
+    Some((next, Ok(())))
+}
+
+/// `grant_vm_page`.
+pub fn grant_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
+    match r.page(pfn << 12) {
+        None => Some((r.clone(), Err(MemError::NotRam))),
+        Some(p) if p.owner != Owner::Vm(vmid) => Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
+        Some(p) if p.count >= MAX_SHARE_COUNT => Some((r.clone(), Err(MemError::ShareLimit))),
+        Some(p) => {
+            let mut next = r.clone();
+            next.set_page(pfn << 12, PageInfo { count: p.count + 1, ..p });
+            Some((next, Ok(())))
+        }
+    }
+}
+
+/// `revoke_vm_page`: at zero shares the host loses its mapping.
+pub fn revoke_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
+    let pa = pfn << 12;
+    let page = match r.page(pa) {
+        None => return Some((r.clone(), Err(MemError::NotRam))),
+        Some(p) if p.owner != Owner::Vm(vmid) => return Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
+        Some(p) if p.count == 0 => return Some((r.clone(), Err(MemError::NotShared))),
+        Some(p) => p,
+    };
+    let mut next = r.clone();
+    if page.count == 1 {
+        let (npt, cleared) = clear_page_spec(r.host(), pa)?;
+        next = next.with_npt(HOST, npt);
+        if let Err(e) = cleared {
+            return Some((next, Err(e.into())));
+        }
+    }
+    next.set_page(pa, PageInfo { count: page.count - 1, ..page });
+    Some((next, Ok(())))
+}
+
+/// `map_pfn_vm`.
+pub fn map_pfn_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
+    match r.page(pfn << 12) {
+        None => Some((r.clone(), Err(MemError::NotRam))),
+        Some(p) if p.owner != Owner::Vm(vmid) || p.gfn != gfn => Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
+        Some(_) => map_vm_leaf_spec(r, vmid, gfn << 12, pfn << 12, Attrs::RAM),
+    }
+}
+
+/// `map_vm_io`.
+pub fn map_vm_io_spec(r: &RData, vmid: u16, gpa: u64, pa: u64) -> Step<()> {
+    if r.page(pa).is_some() {
+        return Some((r.clone(), Err(MemError::IsRam)));
+    }
+    if r.overlaps_protected(pa, PAGE_SIZE) {
+        return Some((r.clone(), Err(MemError::Protected)));
+    }
+    map_vm_leaf_spec(r, vmid, gpa & !(PAGE_SIZE - 1), pa & !(PAGE_SIZE - 1), Attrs::DEVICE)
+}
+
+fn map_vm_leaf_spec(r: &RData, vmid: u16, gpa: u64, pa: u64, attrs: Attrs) -> Step<()> {
+    let (npt, result) = map_spec(&r.npts[&vmid], gpa, pa, LAST_LEVEL, attrs)?;
+    Some((r.clone().with_npt(vmid, npt), result.map_err(MemError::from)))
+}
+
+/// What a principal's access did: the value read (0 for a store), or an abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Done(u64),
+    /// The host's access was refused: an external abort.
+    Abort,
+    /// A VM's access missed its stage-2: an exit to the host, no access.
+    Exit,
+}
+
+/// SeKVM's `mem_load`/`mem_store` by the host: through its stage-2, faulting in on a miss.
+pub fn host_access_spec(r: &RData, pa: u64, store: Option<u64>) -> Option<(RData, Access)> {
+    let (mut next, mapped) = match walk_spec(r.host(), pa) {
+        Some(_) => (r.clone(), true),
+        None => {
+            let (next, result) = map_page_host_spec(r, pa)?;
+            let ok = result.is_ok();
+            (next, ok)
+        }
+    };
+    if !mapped {
+        return Some((next, Access::Abort));
+    }
+    Some(match store {
+        Some(v) => {
+            if v == 0 {
+                next.flatmem.remove(&pa);
+            } else {
+                next.flatmem.insert(pa, v);
+            }
+            (next, Access::Done(0))
+        }
+        None => {
+            let v = next.flatmem.get(&pa).copied().unwrap_or(0);
+            (next, Access::Done(v))
+        }
+    })
+}
+
+/// A VM's load or store through its own stage-2; a miss exits to the host.
+pub fn vm_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Option<(RData, Access)> {
+    let Some(leaf) = walk_spec(&r.npts[&vmid], gpa) else { return Some((r.clone(), Access::Exit)) };
+    let pa = leaf.translate(gpa);
+    let mut next = r.clone();
+    Some(match store {
+        Some(v) => {
+            if v == 0 {
+                next.flatmem.remove(&pa);
+            } else {
+                next.flatmem.insert(pa, v);
+            }
+            (next, Access::Done(0))
+        }
+        None => (r.clone(), Access::Done(r.flatmem.get(&pa).copied().unwrap_or(0))),
+    })
+}

@@ -1,0 +1,301 @@
+//! The concrete system the issue-6 property tests drive: the model machine, the host's memory
+//! state and each VM's stage-2, with the operations principals perform on it, and the same
+//! operations on the spec ([`super::spec::RData`]). Loads and stores model the hardware: through
+//! the principal's stage-2, with the host's misses served by the FaultHandler.
+
+use super::pages::{PageDb, PageInfo};
+use super::regions::MemRegions;
+use super::spec::{self, Access, RData, HOST};
+use super::{HostMapPolicy, HostMemory, MemError};
+use crate::machine::{model::ModelMachine, Machine};
+use crate::page_table::descriptor::Regime;
+use crate::page_table::pool::PagePool;
+use crate::page_table::spec::AbsNpt;
+use crate::page_table::{Leaf, PageTable};
+use corevisor_boards::PhysRange;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x4000_0000);
+pub const KCORE: PhysRange = PhysRange::new(0x4008_0000, 0x10_0000);
+pub const GICH: PhysRange = PhysRange::new(0x0803_0000, 0x1_0000);
+/// Table pools live above RAM: the host's, then one per VM.
+pub const POOLS: u64 = 0x1_0000_0000;
+pub const VMS: [u16; 3] = [1, 2, 3];
+
+/// One operation by a principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    HostFault(u64),
+    HostLoad(u64),
+    HostStore(u64, u64),
+    Assign { vmid: u16, gfn: u64, pfn: u64 },
+    Clear { vmid: u16, pfn: u64 },
+    MapVmIo { vmid: u16, gpa: u64, pa: u64 },
+    MapPfnVm { vmid: u16, gfn: u64, pfn: u64 },
+    Grant { vmid: u16, pfn: u64 },
+    Revoke { vmid: u16, pfn: u64 },
+    VmLoad { vmid: u16, gpa: u64 },
+    VmStore { vmid: u16, gpa: u64, value: u64 },
+}
+
+impl Op {
+    /// Operations the host performs (or asks KCore for); the rest are VMs' (or KCore's on a
+    /// VM's behalf).
+    pub fn by_host(&self) -> bool {
+        matches!(
+            self,
+            Op::HostFault(_)
+                | Op::HostLoad(_)
+                | Op::HostStore(..)
+                | Op::Assign { .. }
+                | Op::Clear { .. }
+                | Op::MapVmIo { .. }
+        )
+    }
+
+    /// The VM an operation acts for, if any.
+    pub fn vm(&self) -> Option<u16> {
+        match *self {
+            Op::MapPfnVm { vmid, .. } | Op::Grant { vmid, .. } | Op::Revoke { vmid, .. } => Some(vmid),
+            Op::VmLoad { vmid, .. } | Op::VmStore { vmid, .. } => Some(vmid),
+            _ => None,
+        }
+    }
+
+    /// Physical pages the operation names (to compare ownership on).
+    pub fn pfns(&self) -> Vec<u64> {
+        match *self {
+            Op::HostFault(a) | Op::HostLoad(a) | Op::HostStore(a, _) => vec![a >> 12],
+            Op::Assign { pfn, .. } | Op::Clear { pfn, .. } | Op::MapPfnVm { pfn, .. } => vec![pfn],
+            Op::Grant { pfn, .. } | Op::Revoke { pfn, .. } => vec![pfn],
+            Op::MapVmIo { pa, .. } => vec![pa >> 12],
+            Op::VmLoad { .. } | Op::VmStore { .. } => vec![],
+        }
+    }
+}
+
+/// What an operation returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done(Result<(), MemError>),
+    Mapped(Result<Leaf, MemError>),
+    Access(Access),
+}
+
+/// The concrete system.
+pub struct System {
+    pub m: ModelMachine,
+    pub mem: HostMemory,
+    pub vms: BTreeMap<u16, PageTable>,
+}
+
+impl System {
+    pub fn new(pages_only: bool) -> System {
+        let m = ModelMachine::new();
+        let db = PageDb::new(MemRegions::new(&[RAM]).unwrap());
+        let host = PageTable::new(&m, Regime::Stage2 { vmid: HOST }, PagePool::new(POOLS, 600)).unwrap();
+        let mut mem = HostMemory::new(db, host, vec![GICH]);
+        if pages_only {
+            mem.policy = HostMapPolicy::PagesOnly;
+        }
+        mem.give_to_kcore(&m, KCORE).unwrap();
+        let vms = VMS
+            .iter()
+            .map(|&v| {
+                let pool = PagePool::new(POOLS + (v as u64) * (1 << 30), 64);
+                (v, PageTable::new(&m, Regime::Stage2 { vmid: v }, pool).unwrap())
+            })
+            .collect();
+        System { m, mem, vms }
+    }
+
+    fn host_access(&mut self, pa: u64, store: Option<u64>) -> Access {
+        let mapped = self.mem.host_s2.walk(&self.m, pa).is_some() || self.mem.map_page_host(&self.m, pa).is_ok();
+        if !mapped {
+            return Access::Abort;
+        }
+        match store {
+            Some(v) => {
+                self.m.write_u64(pa, v);
+                Access::Done(0)
+            }
+            None => Access::Done(self.m.read_u64(pa)),
+        }
+    }
+
+    fn vm_access(&mut self, vmid: u16, gpa: u64, store: Option<u64>) -> Access {
+        let Some(leaf) = self.vms[&vmid].walk(&self.m, gpa) else { return Access::Exit };
+        let pa = leaf.translate(gpa);
+        match store {
+            Some(v) => {
+                self.m.write_u64(pa, v);
+                Access::Done(0)
+            }
+            None => Access::Done(self.m.read_u64(pa)),
+        }
+    }
+
+    pub fn apply(&mut self, op: &Op) -> Outcome {
+        let m = &self.m;
+        match *op {
+            Op::HostFault(ipa) => Outcome::Mapped(self.mem.map_page_host(m, ipa)),
+            Op::HostLoad(pa) => Outcome::Access(self.host_access(pa, None)),
+            Op::HostStore(pa, v) => Outcome::Access(self.host_access(pa, Some(v))),
+            Op::Assign { vmid, gfn, pfn } => Outcome::Done(self.mem.assign_pfn_to_vm(m, vmid, gfn, pfn)),
+            Op::Clear { vmid, pfn } => {
+                Outcome::Done(self.mem.clear_vm_page(m, self.vms.get_mut(&vmid).unwrap(), vmid, pfn))
+            }
+            Op::MapVmIo { vmid, gpa, pa } => {
+                Outcome::Done(self.mem.map_vm_io(m, self.vms.get_mut(&vmid).unwrap(), gpa, pa))
+            }
+            Op::MapPfnVm { vmid, gfn, pfn } => {
+                Outcome::Done(self.mem.map_pfn_vm(m, self.vms.get_mut(&vmid).unwrap(), vmid, gfn, pfn))
+            }
+            Op::Grant { vmid, pfn } => Outcome::Done(self.mem.grant_vm_page(vmid, pfn)),
+            Op::Revoke { vmid, pfn } => Outcome::Done(self.mem.revoke_vm_page(m, vmid, pfn)),
+            Op::VmLoad { vmid, gpa } => Outcome::Access(self.vm_access(vmid, gpa, None)),
+            Op::VmStore { vmid, gpa, value } => Outcome::Access(self.vm_access(vmid, gpa, Some(value))),
+        }
+    }
+
+    /// Every page-table abstraction, by principal.
+    pub fn npts(&self) -> BTreeMap<u16, AbsNpt> {
+        let mut npts: BTreeMap<u16, AbsNpt> = self.vms.iter().map(|(&v, t)| (v, AbsNpt::of(t, &self.m))).collect();
+        npts.insert(HOST, AbsNpt::of(&self.mem.host_s2, &self.m));
+        npts
+    }
+
+    /// Memory contents outside the table pools.
+    pub fn flatmem(&self) -> BTreeMap<u64, u64> {
+        self.m.words(0..POOLS)
+    }
+
+    /// The VMs' tables, for the invariant checker.
+    pub fn vm_tables(&self) -> Vec<(u16, &PageTable)> {
+        self.vms.iter().map(|(&v, t)| (v, t)).collect()
+    }
+}
+
+/// The spec's initial state, matching [`System::new`].
+pub fn initial_rdata(pages_only: bool) -> RData {
+    let mut npts = BTreeMap::new();
+    npts.insert(HOST, AbsNpt { free: 599, ..AbsNpt::default() });
+    for v in VMS {
+        npts.insert(v, AbsNpt { free: 63, ..AbsNpt::default() });
+    }
+    let r = RData {
+        halt: false,
+        ram: vec![RAM],
+        protected_mmio: vec![GICH],
+        pages_only,
+        s2page: BTreeMap::new(),
+        npts,
+        flatmem: BTreeMap::new(),
+    };
+    let (r, result) = spec::give_to_kcore_spec(&r, KCORE).unwrap();
+    result.unwrap();
+    r
+}
+
+/// The operation on the spec.
+pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
+    let done = |(r, result): (RData, Result<(), MemError>)| (r, Outcome::Done(result));
+    Some(match *op {
+        Op::HostFault(ipa) => {
+            let (r, result) = spec::map_page_host_spec(r, ipa)?;
+            (r, Outcome::Mapped(result))
+        }
+        Op::HostLoad(pa) => {
+            let (r, access) = spec::host_access_spec(r, pa, None)?;
+            (r, Outcome::Access(access))
+        }
+        Op::HostStore(pa, v) => {
+            let (r, access) = spec::host_access_spec(r, pa, Some(v))?;
+            (r, Outcome::Access(access))
+        }
+        Op::Assign { vmid, gfn, pfn } => done(spec::assign_pfn_to_vm_spec(r, vmid, gfn, pfn)?),
+        Op::Clear { vmid, pfn } => done(spec::clear_vm_page_spec(r, vmid, pfn)?),
+        Op::MapVmIo { vmid, gpa, pa } => done(spec::map_vm_io_spec(r, vmid, gpa, pa)?),
+        Op::MapPfnVm { vmid, gfn, pfn } => done(spec::map_pfn_vm_spec(r, vmid, gfn, pfn)?),
+        Op::Grant { vmid, pfn } => done(spec::grant_vm_page_spec(r, vmid, pfn)?),
+        Op::Revoke { vmid, pfn } => done(spec::revoke_vm_page_spec(r, vmid, pfn)?),
+        Op::VmLoad { vmid, gpa } => {
+            let (r, access) = spec::vm_access_spec(r, vmid, gpa, None)?;
+            (r, Outcome::Access(access))
+        }
+        Op::VmStore { vmid, gpa, value } => {
+            let (r, access) = spec::vm_access_spec(r, vmid, gpa, Some(value))?;
+            (r, Outcome::Access(access))
+        }
+    })
+}
+
+/// The refinement relation on the pages in `probes`: ownership per page, every table, and all
+/// memory contents.
+pub fn relate(sys: &System, r: &RData, probes: &BTreeSet<u64>) -> Result<(), String> {
+    for &pfn in probes {
+        let (concrete, abstract_) = (sys.mem.db.get(pfn << 12), r.page(pfn << 12));
+        if concrete != abstract_ {
+            return Err(format!("page {pfn:#x}: {concrete:?} but the spec has {abstract_:?}"));
+        }
+    }
+    if sys.npts() != r.npts {
+        return Err("page tables differ from the spec".into());
+    }
+    if sys.flatmem() != r.flatmem {
+        return Err("memory contents differ from the spec".into());
+    }
+    Ok(())
+}
+
+/// Pages the strategies pick from: a few pages of three 2 MiB regions of RAM, one of them
+/// KCore's, so that operations by different principals keep meeting on the same pages.
+pub fn any_pfn() -> impl Strategy<Value = u64> {
+    (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x7fe00)], 0u64..4).prop_map(|(b, i)| b + i)
+}
+
+fn any_host_addr() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => (any_pfn(), 0u64..4).prop_map(|(pfn, w)| pfn << 12 | w << 3),
+        1 => (0x0800_0000u64..0x0a00_0000).prop_map(|a| a & !7),
+    ]
+}
+
+fn any_vmid() -> impl Strategy<Value = u16> + Clone {
+    proptest::sample::select(VMS.to_vec())
+}
+
+/// Operations the host performs.
+pub fn host_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => any_host_addr().prop_map(Op::HostFault),
+        3 => any_host_addr().prop_map(Op::HostLoad),
+        3 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::HostStore(a, v)),
+        3 => (any_vmid(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
+        1 => (any_vmid(), any_pfn()).prop_map(|(vmid, pfn)| Op::Clear { vmid, pfn }),
+        1 => (any_vmid(), 0u64..16, prop_oneof![Just(0x0900_0000u64), Just(GICH.base), Just(0x4020_0000)])
+            .prop_map(|(vmid, g, pa)| Op::MapVmIo { vmid, gpa: (0x100 + g) << 12, pa }),
+    ]
+}
+
+/// Operations of (or for) VM `vmid`.
+pub fn vm_op(vmid: impl Strategy<Value = u16> + Clone) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (vmid.clone(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::MapPfnVm { vmid, gfn, pfn }),
+        1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Grant { vmid, pfn }),
+        1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Revoke { vmid, pfn }),
+        2 => (vmid.clone(), 0u64..4, 0u64..4).prop_map(|(vmid, g, w)| Op::VmLoad { vmid, gpa: g << 12 | w << 3 }),
+        2 => (vmid, 0u64..4, 0u64..4, 1u64..1000).prop_map(|(vmid, g, w, value)| Op::VmStore { vmid, gpa: g << 12 | w << 3, value }),
+    ]
+}
+
+/// Any operation by anyone.
+pub fn any_op() -> impl Strategy<Value = Op> {
+    prop_oneof![host_op(), vm_op(any_vmid())]
+}
+
+/// A convenient record for the page at `pfn` in tests.
+pub fn page(sys: &System, pfn: u64) -> PageInfo {
+    sys.mem.db.get(pfn << 12).unwrap()
+}
