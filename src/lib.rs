@@ -21,6 +21,8 @@ pub mod handlers;
 pub mod machine;
 pub mod memory;
 pub mod mutation;
+#[cfg(test)]
+mod noninterference;
 pub mod page_table;
 pub mod platform;
 
