@@ -168,3 +168,10 @@ fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState
         _ => ret(s, Status::NotSupported.as_reg(), keep),
     }
 }
+
+/// `vm_exit_dispatcher_spec`: with no VM layers yet, every guest exit is one corevisor does not
+/// serve, answered with an UNDEF at the trapping instruction (the HVC itself for an HVC, whose
+/// ELR points past it). `None` once halted would not apply: a halted machine runs no guest.
+pub fn vm_exit_spec(esr: u64, pc: u64) -> Option<u64> {
+    Some(if class(esr) == ec::HVC64 { pc.wrapping_sub(4) } else { pc })
+}

@@ -131,22 +131,28 @@ fn any_trap() -> impl Strategy<Value = (u64, [u64; 4])> {
     (any_esr(), any_function(), any_arg(), any_arg(), any_arg()).prop_map(|(esr, f, a, b, c)| (esr, [f, a, b, c]))
 }
 
+/// Runs `traps` through the dispatcher and its spec from `start`, relating them after each.
+fn refines(start: AbsState, traps: Vec<(u64, [u64; 4])>) -> Result<(), TestCaseError> {
+    let mut abs = start;
+    for (esr, regs) in traps {
+        abs.x[..4].copy_from_slice(&regs);
+        abs.next = Next::Host;
+        abs.wake = false;
+        let expected = host_trap_spec(esr, &abs, &host_may_run_at).expect("the host is running");
+        let actual = step_impl(esr, &abs);
+        prop_assert_eq!(&actual, &expected, "esr {:#x} regs {:x?}", esr, regs);
+        abs = actual;
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// host_trap_dispatcher refines host_trap_spec over sequences of 64 traps.
     #[test]
     fn host_trap_dispatcher_refines_its_spec(start in any_state(), traps in proptest::collection::vec(any_trap(), 64)) {
-        let mut abs = start;
-        for (esr, regs) in traps {
-            abs.x[..4].copy_from_slice(&regs);
-            abs.next = Next::Host;
-            abs.wake = false;
-            let expected = host_trap_spec(esr, &abs, &host_may_run_at).expect("the host is running");
-            let actual = step_impl(esr, &abs);
-            prop_assert_eq!(&actual, &expected, "esr {:#x} regs {:x?}", esr, regs);
-            abs = actual;
-        }
+        refines(start, traps)?;
     }
 
     /// The dispatcher never touches registers beyond x0..x3 and always resumes the host at a
@@ -165,7 +171,7 @@ proptest! {
     fn unknown_guest_exits_inject_undef(esr in any::<u32>(), pc in any::<u64>()) {
         let mut frame = TrapFrame { elr: pc, ..TrapFrame::default() };
         let exit = vm_exit_dispatcher(esr as u64, &mut frame);
-        let expected = if esr::class(esr as u64) == ec::HVC64 { pc.wrapping_sub(4) } else { pc };
+        let expected = super::spec::vm_exit_spec(esr as u64, pc).unwrap();
         prop_assert_eq!(exit, VmExit::Undef { pc: expected });
     }
 }
@@ -218,4 +224,19 @@ fn named_host_calls_behave_as_documented() {
         host_trap_dispatcher(ESR_HVC0 | 1, &mut frame, &env),
         HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::HvcImmediate(1) }
     );
+}
+
+/// Companion: a dispatcher that skips SYSTEM_OFF's range check fails refinement.
+#[test]
+fn refinement_catches_a_skipped_range_check() {
+    use crate::mutation::{with, Mutation};
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let inputs = (any_state(), proptest::collection::vec(any_trap(), 64));
+    let result =
+        with(Mutation::SkipSystemOffRangeCheck, || runner.run(&inputs, |(start, traps)| refines(start, traps)));
+    assert!(result.is_err(), "the planted bug went unnoticed");
 }
