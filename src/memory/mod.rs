@@ -7,6 +7,7 @@
 //! two are guarded by one lock, `s2page` (see `handlers::trap_handler` for the lock order).
 
 pub mod invariants;
+pub mod ops;
 pub mod pages;
 #[cfg(test)]
 mod refinement;

@@ -315,3 +315,55 @@ pub fn vm_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Opt
         None => (r.clone(), Access::Done(r.flatmem.get(&pa).copied().unwrap_or(0))),
     })
 }
+
+/// `clear_vm_range`.
+pub fn clear_vm_range_spec(r: &RData, vmid: u16, pfn: u64, pages: u64) -> Step<()> {
+    let mut state = r.clone();
+    for pfn in pfn..pfn + pages {
+        if state.page(pfn << 12).is_some_and(|p| p.owner == Owner::Vm(vmid)) {
+            match clear_vm_page_spec(&state, vmid, pfn)? {
+                (next, Ok(())) => state = next,
+                (next, Err(e)) => return Some((next, Err(e))),
+            }
+        }
+    }
+    Some((state, Ok(())))
+}
+
+/// `prot_and_map_vm_s2pt`.
+pub fn prot_and_map_vm_s2pt_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64, level: u8) -> Step<()> {
+    match level {
+        3 => match assign_pfn_to_vm_spec(r, vmid, gfn, pfn)? {
+            (next, Ok(())) => map_pfn_vm_spec(&next, vmid, gfn, pfn),
+            failed => Some(failed),
+        },
+        2 if gfn % 512 == 0 && pfn % 512 == 0 => {
+            let mut state = r.clone();
+            for i in 0..512 {
+                match assign_pfn_to_vm_spec(&state, vmid, gfn + i, pfn + i)? {
+                    (next, Ok(())) => state = next,
+                    failed => return Some(failed),
+                }
+            }
+            let (npt, result) = map_spec(&state.npts[&vmid], gfn << 12, pfn << 12, 2, Attrs::RAM)?;
+            Some((state.with_npt(vmid, npt), result.map_err(MemError::from)))
+        }
+        _ => Some((r.clone(), Err(MemError::PageTable(PtError::BadRange)))),
+    }
+}
+
+/// `grant_stage2_sg_gpa` (`revoke` = false) and `revoke_stage2_sg_gpa` (`revoke` = true).
+pub fn share_range_spec(r: &RData, vmid: u16, gpa: u64, size: u64, revoke: bool) -> Step<()> {
+    let mut state = r.clone();
+    for page in (gpa & !0xfff..gpa + size).step_by(PAGE_SIZE as usize) {
+        let Some(leaf) = walk_spec(&state.npts[&vmid], page) else { continue };
+        let pfn = leaf.translate(page) >> 12;
+        let step =
+            if revoke { revoke_vm_page_spec(&state, vmid, pfn)? } else { grant_vm_page_spec(&state, vmid, pfn)? };
+        match step {
+            (next, Ok(())) => state = next,
+            failed => return Some(failed),
+        }
+    }
+    Some((state, Ok(())))
+}

@@ -29,14 +29,60 @@ pub enum Op {
     HostFault(u64),
     HostLoad(u64),
     HostStore(u64, u64),
-    Assign { vmid: u16, gfn: u64, pfn: u64 },
-    Clear { vmid: u16, pfn: u64 },
-    MapVmIo { vmid: u16, gpa: u64, pa: u64 },
-    MapPfnVm { vmid: u16, gfn: u64, pfn: u64 },
-    Grant { vmid: u16, pfn: u64 },
-    Revoke { vmid: u16, pfn: u64 },
-    VmLoad { vmid: u16, gpa: u64 },
-    VmStore { vmid: u16, gpa: u64, value: u64 },
+    Assign {
+        vmid: u16,
+        gfn: u64,
+        pfn: u64,
+    },
+    Clear {
+        vmid: u16,
+        pfn: u64,
+    },
+    MapVmIo {
+        vmid: u16,
+        gpa: u64,
+        pa: u64,
+    },
+    MapPfnVm {
+        vmid: u16,
+        gfn: u64,
+        pfn: u64,
+    },
+    Grant {
+        vmid: u16,
+        pfn: u64,
+    },
+    Revoke {
+        vmid: u16,
+        pfn: u64,
+    },
+    VmLoad {
+        vmid: u16,
+        gpa: u64,
+    },
+    VmStore {
+        vmid: u16,
+        gpa: u64,
+        value: u64,
+    },
+    /// MemoryOps.
+    ClearRange {
+        vmid: u16,
+        pfn: u64,
+        pages: u64,
+    },
+    ProtAndMap {
+        vmid: u16,
+        gfn: u64,
+        pfn: u64,
+        level: u8,
+    },
+    ShareRange {
+        vmid: u16,
+        gpa: u64,
+        size: u64,
+        revoke: bool,
+    },
 }
 
 impl Op {
@@ -59,6 +105,7 @@ impl Op {
         match *self {
             Op::MapPfnVm { vmid, .. } | Op::Grant { vmid, .. } | Op::Revoke { vmid, .. } => Some(vmid),
             Op::VmLoad { vmid, .. } | Op::VmStore { vmid, .. } => Some(vmid),
+            Op::ProtAndMap { vmid, .. } | Op::ShareRange { vmid, .. } => Some(vmid),
             _ => None,
         }
     }
@@ -70,7 +117,9 @@ impl Op {
             Op::Assign { pfn, .. } | Op::Clear { pfn, .. } | Op::MapPfnVm { pfn, .. } => vec![pfn],
             Op::Grant { pfn, .. } | Op::Revoke { pfn, .. } => vec![pfn],
             Op::MapVmIo { pa, .. } => vec![pa >> 12],
-            Op::VmLoad { .. } | Op::VmStore { .. } => vec![],
+            Op::VmLoad { .. } | Op::VmStore { .. } | Op::ShareRange { .. } => vec![],
+            Op::ClearRange { pfn, pages, .. } => (pfn..pfn + pages).collect(),
+            Op::ProtAndMap { pfn, level, .. } => (pfn..pfn + if level == 2 { 512 } else { 1 }).collect(),
         }
     }
 }
@@ -156,6 +205,18 @@ impl System {
             Op::Revoke { vmid, pfn } => Outcome::Done(self.mem.revoke_vm_page(m, vmid, pfn)),
             Op::VmLoad { vmid, gpa } => Outcome::Access(self.vm_access(vmid, gpa, None)),
             Op::VmStore { vmid, gpa, value } => Outcome::Access(self.vm_access(vmid, gpa, Some(value))),
+            Op::ClearRange { vmid, pfn, pages } => {
+                Outcome::Done(self.mem.clear_vm_range(m, self.vms.get_mut(&vmid).unwrap(), vmid, pfn, pages))
+            }
+            Op::ProtAndMap { vmid, gfn, pfn, level } => {
+                Outcome::Done(self.mem.prot_and_map_vm_s2pt(m, self.vms.get_mut(&vmid).unwrap(), vmid, gfn, pfn, level))
+            }
+            Op::ShareRange { vmid, gpa, size, revoke: false } => {
+                Outcome::Done(self.mem.grant_stage2_sg_gpa(m, &self.vms[&vmid], vmid, gpa, size))
+            }
+            Op::ShareRange { vmid, gpa, size, revoke: true } => {
+                Outcome::Done(self.mem.revoke_stage2_sg_gpa(m, &self.vms[&vmid], vmid, gpa, size))
+            }
         }
     }
 
@@ -228,6 +289,9 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
             let (r, access) = spec::vm_access_spec(r, vmid, gpa, Some(value))?;
             (r, Outcome::Access(access))
         }
+        Op::ClearRange { vmid, pfn, pages } => done(spec::clear_vm_range_spec(r, vmid, pfn, pages)?),
+        Op::ProtAndMap { vmid, gfn, pfn, level } => done(spec::prot_and_map_vm_s2pt_spec(r, vmid, gfn, pfn, level)?),
+        Op::ShareRange { vmid, gpa, size, revoke } => done(spec::share_range_spec(r, vmid, gpa, size, revoke)?),
     })
 }
 
@@ -274,6 +338,7 @@ pub fn host_op() -> impl Strategy<Value = Op> {
         3 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::HostStore(a, v)),
         3 => (any_vmid(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
         1 => (any_vmid(), any_pfn()).prop_map(|(vmid, pfn)| Op::Clear { vmid, pfn }),
+        1 => (any_vmid(), any_pfn(), 1u64..6).prop_map(|(vmid, pfn, pages)| Op::ClearRange { vmid, pfn, pages }),
         1 => (any_vmid(), 0u64..16, prop_oneof![Just(0x0900_0000u64), Just(GICH.base), Just(0x4020_0000)])
             .prop_map(|(vmid, g, pa)| Op::MapVmIo { vmid, gpa: (0x100 + g) << 12, pa }),
     ]
@@ -283,6 +348,11 @@ pub fn host_op() -> impl Strategy<Value = Op> {
 pub fn vm_op(vmid: impl Strategy<Value = u16> + Clone) -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (vmid.clone(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::MapPfnVm { vmid, gfn, pfn }),
+        1 => (vmid.clone(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::ProtAndMap { vmid, gfn, pfn, level: 3 }),
+        1 => (vmid.clone(), prop_oneof![Just(0u64), Just(0x200)], prop_oneof![Just(0x40400u64), Just(0x40600), Just(0x40200)])
+            .prop_map(|(vmid, gfn, pfn)| Op::ProtAndMap { vmid, gfn, pfn, level: 2 }),
+        1 => (vmid.clone(), 0u64..4, 1u64..4, any::<bool>())
+            .prop_map(|(vmid, g, n, revoke)| Op::ShareRange { vmid, gpa: g << 12, size: n << 12, revoke }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Grant { vmid, pfn }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Revoke { vmid, pfn }),
         2 => (vmid.clone(), 0u64..4, 0u64..4).prop_map(|(vmid, g, w)| Op::VmLoad { vmid, gpa: g << 12 | w << 3 }),

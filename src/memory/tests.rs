@@ -9,6 +9,7 @@ use super::*;
 use crate::machine::model::ModelMachine;
 use crate::page_table::descriptor::Regime;
 use crate::page_table::pool::PagePool;
+use crate::page_table::PtError;
 use proptest::prelude::*;
 
 const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x4000_0000);
@@ -172,4 +173,34 @@ fn the_checker_catches_a_non_identity_host_mapping() {
     let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
     mem.host_s2.map(&m, 0x4200_0000, 0x4200_1000, 3, Attrs::RAM).unwrap();
     assert!(matches!(check(&m, &mem, &[]), Err(Violation::HostFlatmap(_))));
+}
+
+#[test]
+fn memory_ops_map_a_block_share_it_and_reclaim_it() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    let mut vm = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL + (1 << 30), 8)).unwrap();
+    // The host has the block mapped; giving it to the VM splits and unmaps it page by page.
+    mem.map_page_host(&m, 0x4400_0000).unwrap();
+    mem.prot_and_map_vm_s2pt(&m, &mut vm, 1, 0x200, 0x44000, 2).unwrap();
+    assert_eq!(vm.walk(&m, 0x20_0000).map(|l| (l.translate(0x20_3000), l.level)), Some((0x4400_3000, 2)));
+    assert!(mem.host_s2.walk(&m, 0x4400_3000).is_none());
+    assert_eq!(
+        mem.prot_and_map_vm_s2pt(&m, &mut vm, 1, 0x201, 0x44001, 2),
+        Err(MemError::PageTable(PtError::BadRange))
+    );
+    // Share two pages, then take one share back.
+    mem.grant_stage2_sg_gpa(&m, &vm, 1, 0x20_0000, 0x2000).unwrap();
+    assert_eq!(mem.db.get(0x4400_1000).unwrap().count, 1);
+    assert_eq!(mem.map_page_host(&m, 0x4400_1000).map(|l| l.level), Ok(3));
+    mem.revoke_stage2_sg_gpa(&m, &vm, 1, 0x20_1000, 0x1000).unwrap();
+    assert!(mem.host_s2.walk(&m, 0x4400_1000).is_none());
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+    // Teardown: every page back to the host, scrubbed, and the VM maps none of them.
+    m.write_u64(0x4400_0008, 42);
+    mem.clear_vm_range(&m, &mut vm, 1, 0x44000, 512).unwrap();
+    assert_eq!(m.read_u64(0x4400_0008), 0);
+    assert!(vm.walk(&m, 0x20_0000).is_none());
+    assert!(mem.db.host_owns_block(0x4400_0000, 2 << 20));
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
 }

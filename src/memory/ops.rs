@@ -1,0 +1,96 @@
+//! MemoryOps (SeKVM layer 17): MemManager's transitions over ranges, as KCore's VM paths use
+//! them: reclaiming a VM's pages, mapping a page or a 2 MiB block into a VM on its stage-2 fault,
+//! and a VM sharing or unsharing a range of its memory with the host.
+
+use super::{HostMemory, MemError};
+use crate::machine::Machine;
+use crate::page_table::descriptor::{level_size, Attrs};
+use crate::page_table::PageTable;
+
+/// Pages in a 2 MiB block.
+const BLOCK_PAGES: u64 = 512;
+
+impl HostMemory {
+    /// Takes back, scrubs and returns to the host every page of `[pfn, pfn + pages)` that VM
+    /// `vmid` owns (SeKVM `clear_vm_range`); pages it does not own are left alone.
+    pub fn clear_vm_range(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &mut PageTable,
+        vmid: u16,
+        pfn: u64,
+        pages: u64,
+    ) -> Result<(), MemError> {
+        for pfn in pfn..pfn + pages {
+            if self.db.get(pfn << 12).is_some_and(|p| p.owner == super::pages::Owner::Vm(vmid)) {
+                self.clear_vm_page(m, vm_s2, vmid, pfn)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives VM `vmid` the host page (level 3) or the 2 MiB block of host pages (level 2) at
+    /// `pfn`, mapped at `gfn` (SeKVM `prot_and_map_vm_s2pt`). A block needs both aligned and
+    /// every page the host's; pages are assigned one by one, so a refusal part-way leaves the
+    /// pages before it assigned and unmapped, which a later retry accepts.
+    pub fn prot_and_map_vm_s2pt(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &mut PageTable,
+        vmid: u16,
+        gfn: u64,
+        pfn: u64,
+        level: u8,
+    ) -> Result<(), MemError> {
+        match level {
+            3 => {
+                self.assign_pfn_to_vm(m, vmid, gfn, pfn)?;
+                self.map_pfn_vm(m, vm_s2, vmid, gfn, pfn)
+            }
+            2 if gfn % BLOCK_PAGES == 0 && pfn % BLOCK_PAGES == 0 => {
+                for i in 0..BLOCK_PAGES {
+                    self.assign_pfn_to_vm(m, vmid, gfn + i, pfn + i)?;
+                }
+                vm_s2.map(m, gfn << 12, pfn << 12, 2, Attrs::RAM)?;
+                Ok(())
+            }
+            _ => Err(MemError::PageTable(crate::page_table::PtError::BadRange)),
+        }
+    }
+
+    /// VM `vmid` shares every mapped page of `[gpa, gpa + size)` with the host (SeKVM
+    /// `grant_stage2_sg_gpa`).
+    pub fn grant_stage2_sg_gpa(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &PageTable,
+        vmid: u16,
+        gpa: u64,
+        size: u64,
+    ) -> Result<(), MemError> {
+        for page in (gpa & !0xfff..gpa + size).step_by(level_size(3) as usize) {
+            if let Some(leaf) = vm_s2.walk(m, page) {
+                self.grant_vm_page(vmid, leaf.translate(page) >> 12)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// VM `vmid` takes back one share of every mapped page of `[gpa, gpa + size)` (SeKVM
+    /// `revoke_stage2_sg_gpa`).
+    pub fn revoke_stage2_sg_gpa(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &PageTable,
+        vmid: u16,
+        gpa: u64,
+        size: u64,
+    ) -> Result<(), MemError> {
+        for page in (gpa & !0xfff..gpa + size).step_by(level_size(3) as usize) {
+            if let Some(leaf) = vm_s2.walk(m, page) {
+                self.revoke_vm_page(m, vmid, leaf.translate(page) >> 12)?;
+            }
+        }
+        Ok(())
+    }
+}
