@@ -47,7 +47,7 @@ impl HostMemory {
                 self.assign_pfn_to_vm(m, vmid, gfn, pfn)?;
                 self.map_pfn_vm(m, vm_s2, vmid, gfn, pfn)
             }
-            2 if gfn % BLOCK_PAGES == 0 && pfn % BLOCK_PAGES == 0 => {
+            2 if gfn.is_multiple_of(BLOCK_PAGES) && pfn.is_multiple_of(BLOCK_PAGES) => {
                 for i in 0..BLOCK_PAGES {
                     self.assign_pfn_to_vm(m, vmid, gfn + i, pfn + i)?;
                 }

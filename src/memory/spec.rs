@@ -337,7 +337,7 @@ pub fn prot_and_map_vm_s2pt_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64, level
             (next, Ok(())) => map_pfn_vm_spec(&next, vmid, gfn, pfn),
             failed => Some(failed),
         },
-        2 if gfn % 512 == 0 && pfn % 512 == 0 => {
+        2 if gfn.is_multiple_of(512) && pfn.is_multiple_of(512) => {
             let mut state = r.clone();
             for i in 0..512 {
                 match assign_pfn_to_vm_spec(&state, vmid, gfn + i, pfn + i)? {
