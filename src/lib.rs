@@ -16,6 +16,7 @@
 extern crate alloc;
 
 pub mod board;
+pub mod boot;
 pub mod cpus;
 pub mod handlers;
 pub mod machine;

@@ -17,6 +17,8 @@ pub enum Mutation {
     HostBlockWithoutOwnershipCheck,
     /// `assign_pfn_to_vm` accepts a page that another VM already owns.
     AssignStealsFromAnotherVm,
+    /// Boot-image verification hashes one byte short of the image.
+    VerifyIgnoresLastByte,
 }
 
 #[cfg(test)]
