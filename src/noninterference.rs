@@ -159,7 +159,7 @@ fn host_ops_sparing(victim: u16) -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(
         host_op().prop_filter(
             "no teardown of the victim",
-            move |op| !matches!(op, Op::Clear { vmid, .. } if *vmid == victim),
+            move |op| !matches!(op, Op::Clear { vmid, .. } | Op::ClearRange { vmid, .. } if *vmid == victim),
         ),
         50..80,
     )
