@@ -68,12 +68,7 @@ impl HostMemory {
         gpa: u64,
         size: u64,
     ) -> Result<(), MemError> {
-        for page in (gpa & !0xfff..gpa + size).step_by(level_size(3) as usize) {
-            if let Some(leaf) = vm_s2.walk(m, page) {
-                self.grant_vm_page(vmid, leaf.translate(page) >> 12)?;
-            }
-        }
-        Ok(())
+        for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.grant_vm_page(vmid, pfn))
     }
 
     /// VM `vmid` takes back one share of every mapped page of `[gpa, gpa + size)` (SeKVM
@@ -86,11 +81,23 @@ impl HostMemory {
         gpa: u64,
         size: u64,
     ) -> Result<(), MemError> {
-        for page in (gpa & !0xfff..gpa + size).step_by(level_size(3) as usize) {
-            if let Some(leaf) = vm_s2.walk(m, page) {
-                self.revoke_vm_page(m, vmid, leaf.translate(page) >> 12)?;
-            }
-        }
-        Ok(())
+        for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.revoke_vm_page(m, vmid, pfn))
     }
+}
+
+/// Calls `f` with the page frame behind each mapped page of `[gpa, gpa + size)`, in order,
+/// stopping at the first error; unmapped pages are skipped.
+fn for_each_mapped_pfn(
+    m: &impl Machine,
+    vm_s2: &PageTable,
+    gpa: u64,
+    size: u64,
+    mut f: impl FnMut(u64) -> Result<(), MemError>,
+) -> Result<(), MemError> {
+    for page in (gpa & !0xfff..gpa + size).step_by(level_size(3) as usize) {
+        if let Some(leaf) = vm_s2.walk(m, page) {
+            f(leaf.translate(page) >> 12)?;
+        }
+    }
+    Ok(())
 }

@@ -271,7 +271,7 @@ pub enum Access {
 
 /// SeKVM's `mem_load`/`mem_store` by the host: through its stage-2, faulting in on a miss.
 pub fn host_access_spec(r: &RData, pa: u64, store: Option<u64>) -> Option<(RData, Access)> {
-    let (mut next, mapped) = match walk_spec(r.host(), pa) {
+    let (next, mapped) = match walk_spec(r.host(), pa) {
         Some(_) => (r.clone(), true),
         None => {
             let (next, result) = map_page_host_spec(r, pa)?;
@@ -282,38 +282,31 @@ pub fn host_access_spec(r: &RData, pa: u64, store: Option<u64>) -> Option<(RData
     if !mapped {
         return Some((next, Access::Abort));
     }
-    Some(match store {
+    Some(access_flatmem(next, pa, store))
+}
+
+/// A load (`store` = None) or store of the word at `pa` in the spec's memory.
+fn access_flatmem(mut r: RData, pa: u64, store: Option<u64>) -> (RData, Access) {
+    match store {
+        Some(0) => {
+            r.flatmem.remove(&pa);
+            (r, Access::Done(0))
+        }
         Some(v) => {
-            if v == 0 {
-                next.flatmem.remove(&pa);
-            } else {
-                next.flatmem.insert(pa, v);
-            }
-            (next, Access::Done(0))
+            r.flatmem.insert(pa, v);
+            (r, Access::Done(0))
         }
         None => {
-            let v = next.flatmem.get(&pa).copied().unwrap_or(0);
-            (next, Access::Done(v))
+            let v = r.flatmem.get(&pa).copied().unwrap_or(0);
+            (r, Access::Done(v))
         }
-    })
+    }
 }
 
 /// A VM's load or store through its own stage-2; a miss exits to the host.
 pub fn vm_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Option<(RData, Access)> {
     let Some(leaf) = walk_spec(&r.npts[&vmid], gpa) else { return Some((r.clone(), Access::Exit)) };
-    let pa = leaf.translate(gpa);
-    let mut next = r.clone();
-    Some(match store {
-        Some(v) => {
-            if v == 0 {
-                next.flatmem.remove(&pa);
-            } else {
-                next.flatmem.insert(pa, v);
-            }
-            (next, Access::Done(0))
-        }
-        None => (r.clone(), Access::Done(r.flatmem.get(&pa).copied().unwrap_or(0))),
-    })
+    Some(access_flatmem(r.clone(), leaf.translate(gpa), store))
 }
 
 /// `clear_vm_range`.
