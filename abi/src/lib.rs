@@ -32,12 +32,104 @@ pub mod host_call {
     /// The host's own stage-2 fault counts: x1 = faults KCore mapped, x2 = faults it refused
     /// (each refused one was an abort injected into the host).
     pub const HOST_STATS: u32 = hyp_call(3);
+    /// Creates a VM whose RAM is the guest-physical window x1 (base) .. x1 + x2 (size), both
+    /// page-aligned. Returns the vmid in x1. The VM is READY: it takes vCPUs and images.
+    pub const REGISTER_VM: u32 = hyp_call(4);
+    /// Adds vCPU x2 (0-based) to READY VM x1.
+    pub const REGISTER_VCPU: u32 = hyp_call(5);
+    /// Declares an image of x3 bytes (signature not counted) to load at guest address x2
+    /// (page-aligned, inside the VM's RAM) in READY VM x1. Returns the image index in x1. The
+    /// first image is where vCPU 0 starts.
+    pub const SET_BOOT_INFO: u32 = hyp_call(6);
+    /// Names host page x3 (a page frame number) as the next page of image x2 of VM x1. The pages
+    /// hold the image followed directly by its 64-byte signature.
+    pub const REMAP_VM_IMAGE: u32 = hyp_call(7);
+    /// Takes every image page of VM x1 from the host and checks each image's signature. SUCCESS
+    /// makes the VM VERIFIED; a bad signature answers DENIED and the VM can never run.
+    pub const VERIFY_VM_IMAGE: u32 = hyp_call(8);
+    /// Runs vCPU x2 of VM x1 until it exits to the host. x3 answers the previous exit (see
+    /// [`crate::exit`]). Returns the exit record: reason in x1, details in x2..x5.
+    pub const VCPU_RUN: u32 = hyp_call(9);
+    /// Takes back every page of the physical range x2 .. x2 + x3 that VM x1 owns, scrubs it and
+    /// gives it to the host. The VM must be off (powered off or rejected). Returns the number of
+    /// pages returned in x1.
+    pub const CLEAR_VM_S2_RANGE: u32 = hyp_call(10);
+    /// Maps the device range x3 .. x3 + x4 (physical, not RAM, not KCore's) at guest address x2
+    /// in VM x1.
+    pub const PHYS_ADDR_IOREMAP: u32 = hyp_call(11);
+    /// Sets VM x1's virtual counter offset (CNTVOFF_EL2) to x2.
+    pub const TIMER_SET_CNTVOFF: u32 = hyp_call(12);
+    /// Powers VM x1 off: its vCPUs never run again.
+    pub const VM_POWER_OFF: u32 = hyp_call(13);
+    /// Destroys VM x1, which must be off: every page it still owns is scrubbed and given back to
+    /// the host, and its stage-2 table is freed. Returns the pages returned in x1.
+    pub const DESTROY_VM: u32 = hyp_call(14);
+    /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
+    pub const COUNT: u16 = 15;
+}
+
+/// Guest hypercalls that KCore serves itself (every other guest HVC exits to the host).
+pub mod guest_call {
+    use super::hyp_call;
+    /// Shares the guest pages of x1 .. x1 + x2 (guest-physical, mapped) with the host.
+    pub const SET_DESC_PFN: u32 = hyp_call(0x80);
+    /// Takes back one share of each page of x1 .. x1 + x2: the host loses access.
+    pub const UNSET_DESC_PFN: u32 = hyp_call(0x81);
+}
+
+/// The exit record that VCPU_RUN returns: why the vCPU stopped (x1) and the details (x2..x5).
+/// The host answers an exit with x3 of its next VCPU_RUN for that vCPU.
+pub mod exit {
+    /// A load or store to a guest address outside the VM's RAM and not mapped to a device.
+    /// x2 = guest address, x3 = [`mmio_flags`], x4 = the value written (stores). Answer: the
+    /// value a load reads. KCore writes it into the guest's register and skips the instruction.
+    pub const MMIO: u64 = 1;
+    /// The guest touched RAM it has no page for yet. x2 = guest address. Answer: the frame
+    /// number of a page of the host's; KCore takes it, scrubs it and maps it on the next run.
+    pub const PAGE_FAULT: u64 = 2;
+    /// WFI or WFE. x2 = when the guest's virtual timer fires, in physical counter ticks
+    /// (`u64::MAX` if it is off or masked). No answer.
+    pub const WFI: u64 = 3;
+    /// An HVC or SMC that KCore does not serve (PSCI among them). x2..x5 = the guest's x0..x3.
+    /// Answer: the guest's x0 (the call's result).
+    pub const HVC: u64 = 4;
+    /// A physical interrupt arrived while the guest ran. No answer.
+    pub const IRQ: u64 = 5;
+    /// An access KCore cannot decode (no instruction syndrome) outside the VM's RAM. x2 = guest
+    /// address, x3 = ESR_EL2. No answer: the guest cannot make progress.
+    pub const BAD_ACCESS: u64 = 6;
+
+    /// x3 of an MMIO exit.
+    pub mod mmio_flags {
+        /// Set for a store.
+        pub const WRITE: u64 = 1;
+        /// log2 of the access size in bytes, in bits 1..=2.
+        pub const SIZE_SHIFT: u64 = 1;
+        pub const SIZE_MASK: u64 = 0b11;
+    }
+}
+
+/// The devices that KServ emulates for guests, at fixed guest-physical addresses (the same in
+/// every VM).
+pub mod guest_dev {
+    /// A PL011 UART (data register at +0, flag register at +0x18).
+    pub const UART: u64 = 0x0900_0000;
+    /// corevisor's test device: CONFIG (read, +0) is the role KServ gives the guest; NOTIFY
+    /// (write, +8) passes a value to KServ; the guest's scenario reads its answers at +0x10.
+    pub const TEST_DEV: u64 = 0x0a00_0000;
+    pub const TEST_DEV_CONFIG: u64 = TEST_DEV;
+    pub const TEST_DEV_NOTIFY: u64 = TEST_DEV + 8;
+    pub const TEST_DEV_ANSWER: u64 = TEST_DEV + 0x10;
+    /// Where guest RAM starts in every test guest, and where their image is linked.
+    pub const RAM_BASE: u64 = 0x4000_0000;
+    /// Guest RAM size for test guests.
+    pub const RAM_SIZE: u64 = 16 << 20;
 }
 
 /// The ABI version that [`host_call::VERSION`] reports.
 pub const ABI_VERSION_MAJOR: u16 = 0;
 /// See [`ABI_VERSION_MAJOR`].
-pub const ABI_VERSION_MINOR: u16 = 1;
+pub const ABI_VERSION_MINOR: u16 = 2;
 /// `major << 16 | minor`, as returned in x1 by VERSION.
 pub const ABI_VERSION: u64 = ((ABI_VERSION_MAJOR as u64) << 16) | ABI_VERSION_MINOR as u64;
 
@@ -98,6 +190,25 @@ impl HypResult {
     pub const fn success(values: [u64; 3]) -> Self {
         HypResult { status: Status::Success.as_reg(), values }
     }
+}
+
+pub mod bundle;
+
+/// What a test guest does, as it reads from the test device's CONFIG register (see
+/// `tests/guests/`). KServ takes the role from the bundle's manifest.
+pub mod guest_role {
+    /// Prints, touches its RAM, exercises trapped system registers and the WFI timer, powers off.
+    pub const HELLO: u32 = 0;
+    /// Shares one page with the host, keeps another private, then unshares.
+    pub const SHARE: u32 = 1;
+    /// Reaches for the address KServ answers with (memory outside its RAM).
+    pub const EVIL: u32 = 2;
+    /// Ticks for a while, then checks that its memory is intact.
+    pub const STEADY: u32 = 3;
+    /// Obeys KServ's commands, for `cargo xtask bench`.
+    pub const BENCH: u32 = 4;
+    /// Counts and sleeps on its timer, for the two-guest demo.
+    pub const DEMO: u32 = 5;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.
