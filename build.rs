@@ -39,8 +39,22 @@ fn main() {
         None => fs::write(&kserv, []).unwrap(),
     }
 
+    // The key that signs guest images: the test key in the repository unless
+    // COREVISOR_IMAGE_PUBKEY names another file (64 hex digits, an Ed25519 public key).
+    println!("cargo::rerun-if-env-changed=COREVISOR_IMAGE_PUBKEY");
+    let dir = env::var("CARGO_MANIFEST_DIR").unwrap();
+    let key_path = env::var("COREVISOR_IMAGE_PUBKEY").unwrap_or_else(|_| format!("{dir}/keys/test-image-key.pub"));
+    println!("cargo::rerun-if-changed={key_path}");
+    let hex = fs::read_to_string(&key_path).unwrap_or_else(|e| panic!("image public key {key_path}: {e}"));
+    let hex = hex.trim();
+    let key: Vec<u8> =
+        (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+    if hex.len() != 64 || key.len() != 32 {
+        panic!("image public key {key_path}: expected 64 hex digits");
+    }
+    fs::write(out.join("image_key.bin"), &key).unwrap();
+
     if target.starts_with("aarch64") && target.contains("-none") {
-        let dir = env::var("CARGO_MANIFEST_DIR").unwrap();
         println!("cargo::rustc-link-search={}", out.display());
         println!("cargo::rustc-link-arg-bins=-T{dir}/linker.ld");
     }

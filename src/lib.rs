@@ -5,6 +5,11 @@
 //! | module | SeKVM layers |
 //! |---|---|
 //! | [`machine`] | AbstractMachine: registers, barriers, TLB/cache, raw memory, UART, firmware |
+//! | [`page_table`] | PTAlloc, PTWalk, NPTWalk, NPTOps: stage-2 and EL2 page tables |
+//! | [`memory`] | MemRegions, PageIndex, PageManager, MemManager, MemoryOps: page ownership |
+//! | [`boot`] | VMPower, BootCore, BootAux, BootOps: VM registration and image verification |
+//! | [`vcpu`] | VCPUOpsAux, VCPUOps: vCPU contexts, first run, completing exits |
+//! | [`vm`] | KCore's VM table: the operation behind each VM hypercall |
 //! | [`handlers`] | TrapDispatcher (`host_hvc_dispatcher`, `vm_exit_dispatcher`), TrapHandler glue |
 //!
 //! Outside the stack: [`platform`] (what the DTB or the board says the machine is), [`cpus`]
@@ -26,6 +31,8 @@ pub mod mutation;
 mod noninterference;
 pub mod page_table;
 pub mod platform;
+pub mod vcpu;
+pub mod vm;
 
 #[cfg(target_os = "none")]
 mod console;

@@ -10,3 +10,4 @@ pub mod psci;
 pub mod trap_dispatcher;
 #[cfg(target_os = "none")]
 pub mod trap_handler;
+pub mod vm_calls;

@@ -5,13 +5,17 @@
 use super::fault_handler::{fault_ipa, handle_host_stage2_fault};
 use super::inject;
 use super::trap_dispatcher::{
-    host_trap_dispatcher, vm_exit_dispatcher, Forbidden, HostEnv, HostExit, VmExit, HOST_STATS,
+    host_trap_dispatcher, vm_exit_dispatcher, Forbidden, GuestEnv, HostEnv, HostExit, VmExit, HOST_STATS,
 };
+use super::vm_calls;
 use crate::init::{power, wait_for_work, CORES};
-use crate::machine::{cpu, regs, sync::TicketLock, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
-use crate::memory::HostMemory;
+use crate::machine::guest_regs::{El1Regs, El2Controls, FpRegs};
+use crate::machine::{cpu, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
+use crate::vcpu::ExitRecord;
+use crate::vm::{Kcore, RunTicket};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use corevisor_abi::{exit, host_call, psci, Status};
 use log::{error, info, warn};
 
 /// Principal ids for [`HANDLING`]: KCore itself, the host, and guests from `FIRST_VM` on.
@@ -21,25 +25,33 @@ const FIRST_VM: u8 = 2;
 
 /// Whose trap each core is handling (KCORE when it is not in a trap), for panic reports.
 static HANDLING: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(KCORE) }; MAX_CPUS];
-/// Which principal runs at EL1 on each core: HOST, or a VM once the vCPU layers run guests.
-static RUNNING: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(HOST) }; MAX_CPUS];
 /// Set by a panic: every core stops at its next trap.
 static HALTED: AtomicBool = AtomicBool::new(false);
 static HOST_MAY_RUN_AT: spin::Once<fn(u64) -> bool> = spin::Once::new();
 
-/// The `s2page` lock: the ownership table together with the host's stage-2 table.
+/// KCore's state: the ownership table with the host's stage-2 (SeKVM's `s2page`) and the VMs.
 ///
-/// Lock order (a core holding one lock only takes locks below it in this list):
-/// 1. `s2page` (this lock);
-/// 2. a VM's page-table lock (when VMs exist);
-/// 3. the console lock (logging is allowed under any lock).
-static S2PAGE: TicketLock<Option<HostMemory>> = TicketLock::new(None);
+/// One lock guards it all. Lock order (a core holding one lock only takes locks below it):
+/// 1. this lock;
+/// 2. the console lock (logging is allowed under any lock).
+///
+/// It is never held while a guest runs: VCPU_RUN takes the vCPU's context out under the lock,
+/// runs the guest without it, and puts the context back under it.
+static STATE: TicketLock<Option<Kcore>> = TicketLock::new(None);
 
-/// Tells the trap handler where the host may start cores, and hands it the host's memory
-/// state. Called once before the host runs.
-pub fn install(host_may_run_at: fn(u64) -> bool, host_memory: HostMemory) {
+/// Runs `f` on KCore's state, under its lock.
+fn with_kcore<R>(f: impl FnOnce(&mut Kcore) -> R) -> R {
+    match STATE.lock().as_mut() {
+        Some(kcore) => f(kcore),
+        None => panic!("a trap needs KCore's state before the host's memory was set up"),
+    }
+}
+
+/// Tells the trap handler where the host may start cores, and hands it KCore's state. Called
+/// once before the host runs.
+pub fn install(host_may_run_at: fn(u64) -> bool, kcore: Kcore) {
     HOST_MAY_RUN_AT.call_once(|| host_may_run_at);
-    *S2PAGE.lock() = Some(host_memory);
+    *STATE.lock() = Some(kcore);
 }
 
 /// Stops every core at its next entry to KCore.
@@ -78,15 +90,15 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     if HALTED.load(Ordering::Relaxed) {
         cpu::park();
     }
-    let running = RUNNING[core].load(Ordering::Relaxed);
-    HANDLING[core].store(running, Ordering::Relaxed);
-    match (TrapKind::from_vector(kind), running) {
-        (TrapKind::Sync, HOST) => {
+    // Only the host traps through KCore's vectors: a guest's traps go through `__guest_vectors`
+    // back into `vcpu_run`.
+    HANDLING[core].store(HOST, Ordering::Relaxed);
+    match TrapKind::from_vector(kind) {
+        TrapKind::Sync => {
             host_sync(core, frame);
             check_invariants();
         }
-        (TrapKind::Sync, _) => guest_sync(frame),
-        (other, _) => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
+        other => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
     }
     // HANDLING keeps naming the last trap's principal: after the host is up, KCore runs only in
     // traps (and in `wait_for_work`, which resets it).
@@ -111,6 +123,12 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
             power::system_reset()
         }
         HostExit::Stage2Fault => host_stage2_fault(frame),
+        HostExit::VmCall { function: host_call::VCPU_RUN, args } => vcpu_run(core, frame, args),
+        HostExit::VmCall { function, args } => {
+            let result = with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, function, args));
+            frame.x[0] = result.status;
+            frame.x[1..4].copy_from_slice(&result.values);
+        }
         HostExit::CpuOff => {
             info!("cpu{core} leaves the host (PSCI CPU_OFF)");
             HANDLING[core].store(KCORE, Ordering::Relaxed);
@@ -125,10 +143,7 @@ fn host_stage2_fault(frame: &mut TrapFrame) {
     use core::sync::atomic::Ordering::Relaxed;
     let (esr, far) = (regs::esr_el2(), regs::far_el2());
     let ipa = fault_ipa(regs::hpfar_el2(), far);
-    let result = match S2PAGE.lock().as_mut() {
-        Some(memory) => handle_host_stage2_fault(&Aarch64, memory, ipa),
-        None => panic!("host stage-2 fault at {ipa:#x} before the host's memory was set up"),
-    };
+    let result = with_kcore(|kcore| handle_host_stage2_fault(&Aarch64, &mut kcore.mem, ipa));
     match result {
         Ok(leaf) => {
             log::trace!("host stage-2 fault at {ipa:#x}: mapped {:#x} at level {}", leaf.input, leaf.level);
@@ -150,24 +165,114 @@ fn host_stage2_fault(frame: &mut TrapFrame) {
 /// a violation is a KCore bug and halts.
 fn check_invariants() {
     if cfg!(any(debug_assertions, feature = "check-invariants")) {
-        if let Some(memory) = S2PAGE.lock().as_ref() {
-            if let Err(violation) = crate::memory::invariants::check(&Aarch64, memory, &[]) {
+        if let Some(kcore) = STATE.lock().as_ref() {
+            if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
                 panic!("invariant broken after a host trap: {violation:?}");
             }
         }
     }
 }
 
-fn guest_sync(frame: &mut TrapFrame) {
-    let esr = regs::esr_el2();
-    match vm_exit_dispatcher(esr, frame) {
-        VmExit::Undef { pc } => {
-            warn!("guest exit EC {:#x} at {pc:#x}: injecting UNDEF into the guest", super::esr::class(esr));
-            inject_undef(frame, pc);
+/// HCR_EL2 while a guest runs: stage-2 on (VM), EL1 is AArch64 (RW), physical interrupts and
+/// SErrors come to EL2 (IMO, FMO, AMO), SMC, WFI and WFE trap (TSC, TWI, TWE), ID registers
+/// trap (TID3) and set/way cache maintenance traps (TSW); pointer authentication is the guest's.
+const HCR_GUEST: u64 =
+    1 << 31 | 1 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 19 | 1 << 13 | 1 << 14 | 1 << 18 | 1 << 22 | 3 << 40;
+/// MDCR_EL2 bits added for a guest: the PMU (TPM, TPMCR) and debug registers (TDA, TDOSA, TDRA)
+/// trap, so a guest cannot see or disturb the host's counters.
+const MDCR_GUEST_TRAPS: u64 = 1 << 6 | 1 << 5 | 1 << 9 | 1 << 10 | 1 << 11;
+/// CNTHCTL_EL2 for a guest: the physical counter is readable (EL1PCTEN), the physical timer is
+/// not (EL1PCEN = 0): a guest has the virtual timer.
+const CNTHCTL_GUEST: u64 = 1;
+
+/// VCPU_RUN: runs vCPU x2 of VM x1 until an exit the host must see, serving every other exit
+/// (share calls, emulated registers, UNDEFs) inside KCore without leaving the guest's world.
+fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
+    let [vmid, vcpu, answer, _] = args;
+    let mut ticket = match with_kcore(|kcore| kcore.vcpu_run_prepare(&Aarch64, vmid, vcpu, answer)) {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            info!("VCPU_RUN vm {vmid} vcpu {vcpu} refused: {e:?}");
+            frame.x[0] = e.status().as_reg();
+            return;
+        }
+    };
+    let host_controls = world_switch::el2_controls();
+    let mut host_el1 = El1Regs::default();
+    let mut host_fp = FpRegs::default();
+    world_switch::save_el1(&mut host_el1);
+    world_switch::save_fp(&mut host_fp);
+    world_switch::restore_el1(&ticket.ctx.el1);
+    world_switch::restore_fp(&ticket.ctx.fp);
+    world_switch::set_el2_controls(&El2Controls {
+        hcr: HCR_GUEST,
+        vttbr: ticket.vttbr,
+        vmpidr: 1 << 31 | u64::from(ticket.ctx.index),
+        cntvoff: ticket.cntvoff,
+        mdcr: host_controls.mdcr | MDCR_GUEST_TRAPS,
+        cnthctl: CNTHCTL_GUEST,
+    });
+    HANDLING[core].store(FIRST_VM.saturating_add(ticket.vmid as u8), Ordering::Relaxed);
+    let mut record = run_until_host_exit(&mut ticket);
+    world_switch::save_el1(&mut ticket.ctx.el1);
+    world_switch::save_fp(&mut ticket.ctx.fp);
+    world_switch::restore_el1(&host_el1);
+    world_switch::restore_fp(&host_fp);
+    world_switch::set_el2_controls(&host_controls);
+    HANDLING[core].store(HOST, Ordering::Relaxed);
+
+    if record.reason == exit::WFI {
+        record.details[0] = ticket.ctx.timer_deadline(ticket.cntvoff);
+    }
+    let cpu_on = record.reason == exit::HVC
+        && matches!(record.details[0] as u32, psci::CPU_ON_64 | psci::CPU_ON_32)
+        && record.details[0] >> 32 == 0;
+    let vmid = ticket.vmid;
+    with_kcore(|kcore| {
+        if cpu_on {
+            kcore.guest_cpu_on(vmid, record.details[1], record.details[2], record.details[3]);
+        }
+        kcore.vcpu_run_finish(ticket)
+    });
+    frame.x[0] = Status::Success.as_reg();
+    frame.x[1] = record.reason;
+    frame.x[2..6].copy_from_slice(&record.details);
+}
+
+/// Runs the loaded guest, serving the exits KCore handles itself, until one is for the host.
+fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
+    let (vmid, ram_base, ram_size) = (ticket.vmid, ticket.ram_base, ticket.ram_size);
+    let in_ram = move |gpa: u64| gpa >= ram_base && gpa - ram_base < ram_size;
+    let env = GuestEnv { in_ram: &in_ram, id_register: &world_switch::id_register };
+    loop {
+        let kind = world_switch::run_guest(&mut ticket.ctx.gprs);
+        if HALTED.load(Ordering::Relaxed) {
+            cpu::park();
+        }
+        let esr = regs::esr_el2();
+        let ipa = fault_ipa(regs::hpfar_el2(), regs::far_el2());
+        match vm_exit_dispatcher(kind, esr, ipa, &mut ticket.ctx, &env) {
+            VmExit::Resume => {}
+            VmExit::Undef { pc } => {
+                log::debug!("vm {vmid}: guest exit EC {:#x} at {pc:#x}: UNDEF", super::esr::class(esr));
+                inject_undef(&mut ticket.ctx.gprs.frame, pc);
+            }
+            VmExit::Share { grant, gpa, size } => {
+                let result = with_kcore(|kcore| kcore.guest_share(&Aarch64, vmid, grant, gpa, size));
+                if let Err(e) = result {
+                    info!(
+                        "vm {vmid}: {} {gpa:#x}+{size:#x} refused: {e:?}",
+                        if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" }
+                    );
+                }
+                ticket.ctx.gprs.frame.x[0] = result.map_or_else(|e| e.status(), |()| Status::Success).as_reg();
+            }
+            VmExit::ToHost(record) => return record,
         }
     }
 }
 
+/// Injects an UNDEF into whichever EL1 context is loaded (the host's, or a running guest's).
 fn inject_undef(frame: &mut TrapFrame, pc: u64) {
     let injected = inject::undef(frame, pc, regs::vbar_el1());
     regs::set_el1_exception_state(injected.esr, injected.elr, injected.spsr);

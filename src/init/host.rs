@@ -7,6 +7,7 @@ use crate::machine::{cpu, layout, phys, regs, Aarch64, Machine, TrapFrame, PAGE_
 use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory};
 use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
+use crate::vm::Kcore;
 use core::sync::atomic::{AtomicU64, Ordering};
 use corevisor_boards::{Gic, PhysRange};
 use log::{error, info};
@@ -43,7 +44,7 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
     let regions = MemRegions::new(&platform.ram)?;
     let pool = layout::page_table_pool();
     let first = pool.start + super::el2_map::PAGES_USED * PAGE_SIZE;
-    let host_pool = PagePool::new(first, (pool.end - first) / PAGE_SIZE);
+    let host_pool = PagePool::new(first, (vm_pools(pool.end) - first) / PAGE_SIZE);
     let host_s2 = PageTable::new(&Aarch64, Regime::Stage2 { vmid: HOST_VMID }, host_pool)
         .map_err(|_| "no page for the host's stage-2 root")?;
     let protected = match platform.gic {
@@ -60,6 +61,15 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
         .map_err(|_| "KCore's slot is not host RAM")?;
     Ok(memory)
 }
+
+/// Where the VMs' page-table pools start: the end of KCore's pool.
+fn vm_pools(pool_end: u64) -> u64 {
+    pool_end - Kcore::vm_pool_bytes()
+}
+
+/// The Ed25519 key that guest images must be signed with (build.rs: `keys/test-image-key.pub`
+/// unless `COREVISOR_IMAGE_PUBKEY` names another).
+static IMAGE_KEY: [u8; 32] = *include_bytes!(concat!(env!("OUT_DIR"), "/image_key.bin"));
 
 /// Whether the host may run code at `pa`: RAM that is not KCore's.
 pub fn host_may_run_at(pa: u64) -> bool {
@@ -96,7 +106,15 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
         memory.policy
     );
     HOST_VTTBR.store(memory.host_s2.root() | (HOST_VMID as u64) << 48, Ordering::Release);
-    crate::handlers::trap_handler::install(host_may_run_at, memory);
+    let key = match ed25519_dalek::VerifyingKey::from_bytes(&IMAGE_KEY) {
+        Ok(key) => key,
+        Err(_) => {
+            error!("the image key compiled into KCore is not an Ed25519 public key");
+            super::power::system_off(1);
+        }
+    };
+    let kcore = Kcore::new(memory, vm_pools(layout::page_table_pool().end), key);
+    crate::handlers::trap_handler::install(host_may_run_at, kcore);
     configure_core(platform);
     Aarch64.flush_stage2_vmid(HOST_VMID);
     cores.mark_host(cpu::index());

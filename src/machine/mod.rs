@@ -10,6 +10,7 @@
 pub mod model;
 pub mod sync;
 mod trap_frame;
+pub mod guest_regs;
 
 pub use trap_frame::{TrapFrame, TrapKind};
 

@@ -13,8 +13,9 @@ mod tests;
 use super::esr::{self, ec};
 use super::psci::{self, PsciOutcome};
 use crate::cpus::CoreTable;
-use crate::machine::TrapFrame;
-use corevisor_abi::{host_call, HypResult, Status, ABI_VERSION, HYP_CALL_BASE};
+use crate::machine::{TrapFrame, TrapKind};
+use crate::vcpu::{DataAccess, ExitRecord, Pending, VcpuContext};
+use corevisor_abi::{exit, guest_call, host_call, HypResult, Status, ABI_VERSION, HYP_CALL_BASE};
 
 /// Why the host's trap is refused with an UNDEF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,12 @@ pub enum HostExit {
     CpuOff,
     /// The host touched memory its stage-2 does not map: the FaultHandler decides.
     Stage2Fault,
+    /// A VM hypercall (`host_call::REGISTER_VM ..= DESTROY_VM`) with its arguments x1..x4: the
+    /// VM layer checks them against KCore's state and serves it.
+    VmCall {
+        function: u32,
+        args: [u64; 4],
+    },
 }
 
 /// What the host dispatcher needs to know about the rest of KCore.
@@ -95,12 +102,35 @@ pub fn host_trap_dispatcher(esr: u64, frame: &mut TrapFrame, env: &HostEnv) -> H
 type HostHvcHandler = fn(&mut TrapFrame) -> HostExit;
 
 /// Host hypercalls, indexed by function number (`function id - HYP_CALL_BASE`).
-static HOST_HVC_TABLE: [HostHvcHandler; 4] = [hvc_version, hvc_null, hvc_system_off, hvc_host_stats];
+static HOST_HVC_TABLE: [HostHvcHandler; host_call::COUNT as usize] = [
+    hvc_version,
+    hvc_null,
+    hvc_system_off,
+    hvc_host_stats,
+    hvc_vm_call, // REGISTER_VM
+    hvc_vm_call, // REGISTER_VCPU
+    hvc_vm_call, // SET_BOOT_INFO
+    hvc_vm_call, // REMAP_VM_IMAGE
+    hvc_vm_call, // VERIFY_VM_IMAGE
+    hvc_vm_call, // VCPU_RUN
+    hvc_vm_call, // CLEAR_VM_S2_RANGE
+    hvc_vm_call, // PHYS_ADDR_IOREMAP
+    hvc_vm_call, // TIMER_SET_CNTVOFF
+    hvc_vm_call, // VM_POWER_OFF
+    hvc_vm_call, // DESTROY_VM
+];
 
 const _: () = assert!(host_call::VERSION - HYP_CALL_BASE == 0);
 const _: () = assert!(host_call::NULL - HYP_CALL_BASE == 1);
 const _: () = assert!(host_call::SYSTEM_OFF - HYP_CALL_BASE == 2);
 const _: () = assert!(host_call::HOST_STATS - HYP_CALL_BASE == 3);
+const _: () = assert!(host_call::REGISTER_VM - HYP_CALL_BASE == 4);
+const _: () = assert!(host_call::DESTROY_VM - HYP_CALL_BASE == 14);
+
+/// Hands a VM hypercall to the VM layer with its arguments.
+fn hvc_vm_call(frame: &mut TrapFrame) -> HostExit {
+    HostExit::VmCall { function: frame.x[0] as u32, args: [frame.x[1], frame.x[2], frame.x[3], frame.x[4]] }
+}
 
 /// Serves the host's hypercall in x0 (SeKVM `host_hvc_dispatcher`). SMCCC passes the function
 /// id in w0, so the upper half of x0 is ignored. An unknown id gets NOT_SUPPORTED.
@@ -159,16 +189,109 @@ fn hvc_system_off(frame: &mut TrapFrame) -> HostExit {
 /// What the machine does after a guest exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmExit {
+    /// KCore handled it: the guest runs on.
+    Resume,
     /// Inject an UNDEF for the instruction at `pc` into the guest.
     Undef { pc: u64 },
+    /// A share call KCore serves (`grant`: SET_DESC_PFN): x0 gets its status, then the guest runs on.
+    Share { grant: bool, gpa: u64, size: u64 },
+    /// The host must act: VCPU_RUN returns this record.
+    ToHost(ExitRecord),
 }
 
-/// Decides a synchronous exit from a guest (SeKVM `vm_exit_dispatcher`). No guest can run yet;
-/// until the VM layers exist every exit class is one corevisor does not serve, and a guest's
-/// unknown trap gets an UNDEF, never a panic.
-pub fn vm_exit_dispatcher(esr: u64, frame: &mut TrapFrame) -> VmExit {
+/// What the guest exit dispatcher needs to know about the VM and the machine.
+pub struct GuestEnv<'a> {
+    /// Whether a guest-physical address is in the VM's RAM.
+    pub in_ram: &'a dyn Fn(u64) -> bool,
+    /// The hardware value of an ID register `S3_0_C0_<crm>_<op2>`, if KCore passes it through.
+    pub id_register: &'a dyn Fn(u8, u8) -> Option<u64>,
+}
+
+/// ID_AA64DFR0_EL1.PMUVer: guests get no PMU (its registers UNDEF), so the ID register says so.
+const DFR0_PMUVER: u64 = 0xf << 8;
+
+/// Decides a guest's exit (SeKVM `vm_exit_dispatcher`). `kind` is the vector taken, `esr` the
+/// syndrome and `ipa` the faulting guest-physical address of an abort. Nothing a guest does can
+/// make KCore panic: every class KCore does not serve is an UNDEF for the guest.
+pub fn vm_exit_dispatcher(kind: TrapKind, esr: u64, ipa: u64, vcpu: &mut VcpuContext, env: &GuestEnv) -> VmExit {
+    let to_host = |reason, details| VmExit::ToHost(ExitRecord { reason, details });
+    match kind {
+        TrapKind::Irq | TrapKind::Fiq => return to_host(exit::IRQ, [0; 4]),
+        TrapKind::SError => return to_host(exit::BAD_ACCESS, [ipa, esr, 0, 0]),
+        TrapKind::Sync => {}
+    }
+    let frame = &mut vcpu.gprs.frame;
     match esr::class(esr) {
-        ec::HVC64 => VmExit::Undef { pc: frame.elr.wrapping_sub(4) },
+        ec::HVC64 if esr::imm16(esr) != 0 => VmExit::Undef { pc: frame.elr.wrapping_sub(4) },
+        ec::SMC64 if esr::imm16(esr) != 0 => VmExit::Undef { pc: frame.elr },
+        class @ (ec::HVC64 | ec::SMC64) => {
+            if class == ec::SMC64 {
+                // A trapped SMC leaves ELR_EL2 on the SMC.
+                frame.elr = frame.elr.wrapping_add(4);
+            }
+            match frame.x[0] as u32 {
+                guest_call::SET_DESC_PFN => VmExit::Share { grant: true, gpa: frame.x[1], size: frame.x[2] },
+                guest_call::UNSET_DESC_PFN => VmExit::Share { grant: false, gpa: frame.x[1], size: frame.x[2] },
+                _ => {
+                    let details = [frame.x[0], frame.x[1], frame.x[2], frame.x[3]];
+                    vcpu.pending = Pending::CallResult;
+                    to_host(exit::HVC, details)
+                }
+            }
+        }
+        ec::WFX => {
+            frame.elr = frame.elr.wrapping_add(4);
+            to_host(exit::WFI, [u64::MAX, 0, 0, 0])
+        }
+        ec::SYS64 => match emulate_sysreg(esr, frame, env) {
+            Some(()) => {
+                frame.elr = frame.elr.wrapping_add(4);
+                VmExit::Resume
+            }
+            None => VmExit::Undef { pc: frame.elr },
+        },
+        class @ (ec::DABT_LOW | ec::IABT_LOW) => {
+            if (env.in_ram)(ipa) {
+                vcpu.pending = Pending::PageFault { gfn: ipa >> 12 };
+                return to_host(exit::PAGE_FAULT, [ipa, 0, 0, 0]);
+            }
+            match DataAccess::decode(esr).filter(|_| class == ec::DABT_LOW) {
+                Some(access) => {
+                    let value = if access.write { access.store_value(&vcpu.gprs) } else { 0 };
+                    vcpu.pending = access.pending();
+                    to_host(exit::MMIO, [ipa, access.flags(), value, 0])
+                }
+                None => to_host(exit::BAD_ACCESS, [ipa, esr, 0, 0]),
+            }
+        }
         _ => VmExit::Undef { pc: frame.elr },
+    }
+}
+
+/// Emulates a trapped MSR/MRS/SYS (EC 0x18); `None` means it gets an UNDEF. Served: reads of the
+/// AArch64 ID registers (HCR_EL2.TID3), with the PMU hidden, and data-cache maintenance by
+/// set/way (HCR_EL2.TSW), which is a no-op for a guest: KCore keeps memory coherent itself.
+fn emulate_sysreg(esr: u64, frame: &mut TrapFrame, env: &GuestEnv) -> Option<()> {
+    let op0 = esr >> 20 & 3;
+    let op2 = (esr >> 17 & 7) as u8;
+    let op1 = esr >> 14 & 7;
+    let crn = esr >> 10 & 0xf;
+    let rt = (esr >> 5 & 0x1f) as usize;
+    let crm = (esr >> 1 & 0xf) as u8;
+    let read = esr & 1 == 1;
+    match (op0, op1, crn, crm) {
+        (3, 0, 0, 1..=7) if read => {
+            let mut value = (env.id_register)(crm, op2).unwrap_or(0);
+            if (crm, op2) == (5, 0) {
+                value &= !DFR0_PMUVER;
+            }
+            if rt < 31 {
+                frame.x[rt] = value;
+            }
+            Some(())
+        }
+        // DC ISW, DC CSW, DC CISW.
+        (1, 0, 7, 6 | 10 | 14) if op2 == 2 && !read => Some(()),
+        _ => None,
     }
 }

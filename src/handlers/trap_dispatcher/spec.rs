@@ -9,8 +9,9 @@
 
 use crate::cpus::{CoreState, HostEntry};
 use crate::handlers::esr::{class, ec, imm16};
-use crate::machine::MAX_CPUS;
-use corevisor_abi::{host_call, psci, Status, ABI_VERSION};
+use crate::machine::{TrapKind, MAX_CPUS};
+use crate::vcpu::Pending;
+use corevisor_abi::{exit, guest_call, host_call, psci, Status, ABI_VERSION};
 
 /// What happens next on the trapping core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub enum Next {
     CpuOff,
     /// The host's access missed its stage-2: the FaultHandler maps it or aborts it.
     Stage2Fault,
+    /// A VM hypercall, with x1..x4, for the VM layer.
+    VmCall(u32, [u64; 4]),
 }
 
 /// One core as the spec sees it.
@@ -103,6 +106,10 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
             let keep = [s.x[1], s.x[2], s.x[3]];
             ret(s, 0, keep)
         }
+        f if (host_call::REGISTER_VM..=host_call::DESTROY_VM).contains(&f) => {
+            let args = [s.x[1], s.x[2], s.x[3], s.x[4]];
+            AbsState { next: Next::VmCall(f, args), ..s }
+        }
         _ => ret_status(s, Status::NotSupported),
     }
 }
@@ -169,9 +176,105 @@ fn psci_spec(mut s: AbsState, host_may_run_at: &dyn Fn(u64) -> bool) -> AbsState
     }
 }
 
-/// `vm_exit_dispatcher_spec`: with no VM layers yet, every guest exit is one corevisor does not
-/// serve, answered with an UNDEF at the trapping instruction (the HVC itself for an HVC, whose
-/// ELR points past it). `None` once halted would not apply: a halted machine runs no guest.
-pub fn vm_exit_spec(esr: u64, pc: u64) -> Option<u64> {
-    Some(if class(esr) == ec::HVC64 { pc.wrapping_sub(4) } else { pc })
+/// A guest's vCPU as `vm_exit_spec` sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsVcpu {
+    pub x: [u64; 31],
+    pub pc: u64,
+    pub pending: Pending,
+}
+
+/// What happens after a guest exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmNext {
+    Guest,
+    UndefAt(u64),
+    Share { grant: bool, gpa: u64, size: u64 },
+    Host { reason: u64, details: [u64; 4] },
+}
+
+/// `vm_exit_dispatcher_spec`, stated from the architecture's syndrome layout (Arm ARM D19.2.46)
+/// and the ABI: a guest's exit of `kind` with syndrome `esr` at guest-physical `ipa`.
+pub fn vm_exit_spec(
+    kind: TrapKind,
+    esr: u64,
+    ipa: u64,
+    v: &AbsVcpu,
+    in_ram: &dyn Fn(u64) -> bool,
+    id_register: &dyn Fn(u8, u8) -> Option<u64>,
+) -> Option<(AbsVcpu, VmNext)> {
+    let mut v = v.clone();
+    let host = |reason, details| VmNext::Host { reason, details };
+    let next = match (kind, class(esr)) {
+        (TrapKind::Irq | TrapKind::Fiq, _) => host(exit::IRQ, [0; 4]),
+        (TrapKind::SError, _) => host(exit::BAD_ACCESS, [ipa, esr, 0, 0]),
+        (_, ec::HVC64 | ec::SMC64) => {
+            let is_smc = class(esr) == ec::SMC64;
+            let call_pc = if is_smc { v.pc } else { v.pc.wrapping_sub(4) };
+            if imm16(esr) != 0 {
+                return Some((v, VmNext::UndefAt(call_pc)));
+            }
+            v.pc = call_pc.wrapping_add(4);
+            let function = v.x[0] as u32;
+            if function == guest_call::SET_DESC_PFN || function == guest_call::UNSET_DESC_PFN {
+                VmNext::Share { grant: function == guest_call::SET_DESC_PFN, gpa: v.x[1], size: v.x[2] }
+            } else {
+                v.pending = Pending::CallResult;
+                host(exit::HVC, [v.x[0], v.x[1], v.x[2], v.x[3]])
+            }
+        }
+        (_, ec::WFX) => {
+            v.pc = v.pc.wrapping_add(4);
+            host(exit::WFI, [u64::MAX, 0, 0, 0])
+        }
+        (_, ec::SYS64) => {
+            let (op0, op1, crn, crm, op2) =
+                (esr >> 20 & 3, esr >> 14 & 7, esr >> 10 & 15, esr >> 1 & 15, esr >> 17 & 7);
+            let is_read = esr & 1 == 1;
+            let rt = (esr >> 5 & 31) as usize;
+            let id_space = op0 == 3 && op1 == 0 && crn == 0 && (1..=7).contains(&crm);
+            let set_way = op0 == 1 && op1 == 0 && crn == 7 && [6, 10, 14].contains(&crm) && op2 == 2;
+            if id_space && is_read {
+                let raw = id_register(crm as u8, op2 as u8).unwrap_or(0);
+                let hide_pmu = if (crm, op2) == (5, 0) { 0xf00 } else { 0 };
+                if rt != 31 {
+                    v.x[rt] = raw & !hide_pmu;
+                }
+            } else if !set_way || is_read {
+                return Some((v.clone(), VmNext::UndefAt(v.pc)));
+            }
+            v.pc = v.pc.wrapping_add(4);
+            VmNext::Guest
+        }
+        (_, c @ (ec::DABT_LOW | ec::IABT_LOW)) => {
+            let isv = esr >> 24 & 1 == 1;
+            if in_ram(ipa) {
+                v.pending = Pending::PageFault { gfn: ipa / 4096 };
+                host(exit::PAGE_FAULT, [ipa, 0, 0, 0])
+            } else if c == ec::DABT_LOW && isv {
+                let (write, sas, reg) = (esr >> 6 & 1 == 1, esr >> 22 & 3, (esr >> 16 & 31) as u8);
+                let bytes = 1u64 << sas;
+                let value = match (write, reg) {
+                    (false, _) | (true, 31) => 0,
+                    (true, r) if bytes == 8 => v.x[r as usize],
+                    (true, r) => v.x[r as usize] % (1u64 << (8 * bytes)),
+                };
+                v.pending = if write {
+                    Pending::MmioWrite
+                } else {
+                    Pending::MmioRead {
+                        reg,
+                        size_log2: sas as u8,
+                        sign_extend: esr >> 21 & 1 == 1,
+                        wide: esr >> 15 & 1 == 1,
+                    }
+                };
+                host(exit::MMIO, [ipa, write as u64 | sas << 1, value, 0])
+            } else {
+                host(exit::BAD_ACCESS, [ipa, esr, 0, 0])
+            }
+        }
+        _ => VmNext::UndefAt(v.pc),
+    };
+    Some((v, next))
 }

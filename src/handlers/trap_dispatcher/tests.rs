@@ -7,7 +7,7 @@ use super::spec::{host_trap_spec, AbsCore, AbsState, Next};
 use super::*;
 use crate::cpus::{CoreState, HostEntry};
 use crate::machine::MAX_CPUS;
-use corevisor_abi::psci;
+use corevisor_abi::{guest_call, psci};
 use proptest::prelude::*;
 
 const HOST_RAM: core::ops::Range<u64> = 0x4400_0000..0x8000_0000;
@@ -42,6 +42,7 @@ fn abstraction(frame: &TrapFrame, cores: &CoreTable, exit: HostExit) -> AbsState
         HostExit::SystemReset => Next::Reset,
         HostExit::CpuOff => Next::CpuOff,
         HostExit::Stage2Fault => Next::Stage2Fault,
+        HostExit::VmCall { function, args } => Next::VmCall(function, args),
     };
     let cores = core::array::from_fn(|c| AbsCore { state: cores.state(c), posted: cores.pending_entry(c) });
     AbsState { halt: false, x: frame.x, pc: frame.elr, cores, next, wake: exit == HostExit::ResumeAndWake }
@@ -166,14 +167,51 @@ proptest! {
         prop_assert_eq!(&after.x[4..], &s.x[4..]);
     }
 
-    /// Any guest exit is answered with an UNDEF at the trapping instruction, never a panic.
+    /// VmExitDispatcher refines its spec: any exit (random kind, syndrome, address and
+    /// registers) leads to the same vCPU state and the same next step, and never a panic.
     #[test]
-    fn unknown_guest_exits_inject_undef(esr in any::<u32>(), pc in any::<u64>()) {
-        let mut frame = TrapFrame { elr: pc, ..TrapFrame::default() };
-        let exit = vm_exit_dispatcher(esr as u64, &mut frame);
-        let expected = super::spec::vm_exit_spec(esr as u64, pc).unwrap();
-        prop_assert_eq!(exit, VmExit::Undef { pc: expected });
+    fn vm_exit_dispatcher_refines_its_spec(
+        kind in 0u64..4,
+        esr in any_guest_esr(),
+        ipa in prop_oneof![0x4000_0000u64..0x4100_0000, 0x0900_0000u64..0x0a00_1000, any::<u64>()],
+        x in any::<[u64; 31]>(),
+        function in prop_oneof![Just(guest_call::SET_DESC_PFN as u64), Just(guest_call::UNSET_DESC_PFN as u64), Just(psci::CPU_ON_64 as u64), any::<u64>()],
+        pc in any::<u64>(),
+    ) {
+        let mut x = x;
+        x[0] = function;
+        let in_ram = |ipa: u64| (0x4000_0000..0x4100_0000).contains(&ipa);
+        let id_register = |crm: u8, op2: u8| (crm == 4 || crm == 5).then_some(0x1111_0000_0000_0f00 | (crm as u64) << 4 | op2 as u64);
+        let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+        let mut vcpu = crate::vcpu::VcpuContext::new(0);
+        vcpu.gprs.frame.x = x;
+        vcpu.gprs.frame.elr = pc;
+        let kind = crate::machine::TrapKind::from_vector(kind);
+        let exit = vm_exit_dispatcher(kind, esr, ipa, &mut vcpu, &env);
+        let abs = super::spec::AbsVcpu { x, pc, pending: crate::vcpu::Pending::Nothing };
+        let (after, next) = super::spec::vm_exit_spec(kind, esr, ipa, &abs, &in_ram, &id_register).unwrap();
+        let got = match exit {
+            VmExit::Resume => super::spec::VmNext::Guest,
+            VmExit::Undef { pc } => super::spec::VmNext::UndefAt(pc),
+            VmExit::Share { grant, gpa, size } => super::spec::VmNext::Share { grant, gpa, size },
+            VmExit::ToHost(r) => super::spec::VmNext::Host { reason: r.reason, details: r.details },
+        };
+        prop_assert_eq!(got, next);
+        prop_assert_eq!(vcpu.gprs.frame.x, after.x);
+        prop_assert_eq!(vcpu.gprs.frame.elr, after.pc);
+        prop_assert_eq!(vcpu.pending, after.pending);
     }
+}
+
+/// Guest syndromes: the classes KCore serves, with random ISS, and anything at all.
+fn any_guest_esr() -> impl Strategy<Value = u64> {
+    let iss = any::<u32>().prop_map(|i| (i & 0x1ff_ffff) as u64);
+    prop_oneof![
+        3 => (proptest::sample::select(vec![0x16u64, 0x17, 0x01, 0x18, 0x20, 0x24, 0x00, 0x07, 0x12]), iss)
+            .prop_map(|(ec, iss)| ec << 26 | 1 << 25 | iss),
+        1 => (proptest::sample::select(vec![0x16u64, 0x17]), any::<bool>()).prop_map(|(ec, zero)| ec << 26 | 1 << 25 | if zero { 0 } else { 3 }),
+        1 => any::<u32>().prop_map(|e| e as u64),
+    ]
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The real machine layer: Armv8-A at EL2.
 
 core::arch::global_asm!(include_str!("boot.S"));
-core::arch::global_asm!(include_str!("vectors.S"));
+// One block: the world switch reuses the vectors' macros.
+core::arch::global_asm!(include_str!("vectors.S"), include_str!("world_switch.S"));
 
 pub mod cpu;
 pub mod firmware;
@@ -13,6 +14,7 @@ pub mod pl011;
 pub mod regs;
 pub mod semihosting;
 pub mod tlb;
+pub mod world_switch;
 
 /// The real machine.
 pub struct Aarch64;

@@ -1,0 +1,256 @@
+// The world switch (SeKVM CtxtSwitch, the machine half). `__guest_enter` saves KCore's
+// callee-saved registers in the vCPU's GuestGprs, points VBAR_EL2 at the guest vectors and erets
+// into the guest. A trap from the guest lands in `__guest_vectors`, which saves every guest
+// register back into the same GuestGprs (TPIDR_EL2 points at it while the guest runs), restores
+// KCore's vectors and registers, and returns from `__guest_enter` with the trap kind.
+// Layout: kcore::machine::GuestGprs: x0..x30 (0..248), elr (248), spsr (256), x19..x30 (264..360),
+// sp (360).
+
+.equ GPRS_ELR, 248
+.equ GPRS_CALLEE, 264
+.equ GPRS_SP, 360
+
+.section .text.world_switch, "ax"
+
+// u64 __guest_enter(GuestGprs *gprs)
+.global __guest_enter
+__guest_enter:
+    stp     x19, x20, [x0, #GPRS_CALLEE + 16 * 0]
+    stp     x21, x22, [x0, #GPRS_CALLEE + 16 * 1]
+    stp     x23, x24, [x0, #GPRS_CALLEE + 16 * 2]
+    stp     x25, x26, [x0, #GPRS_CALLEE + 16 * 3]
+    stp     x27, x28, [x0, #GPRS_CALLEE + 16 * 4]
+    stp     x29, x30, [x0, #GPRS_CALLEE + 16 * 5]
+    mov     x1, sp
+    str     x1, [x0, #GPRS_SP]
+    msr     tpidr_el2, x0
+    adrp    x1, __guest_vectors
+    add     x1, x1, :lo12:__guest_vectors
+    msr     vbar_el2, x1
+    isb
+    ldp     x1, x2, [x0, #GPRS_ELR]
+    msr     elr_el2, x1
+    msr     spsr_el2, x2
+    ldp     x2, x3, [x0, #16 * 1]
+    ldp     x4, x5, [x0, #16 * 2]
+    ldp     x6, x7, [x0, #16 * 3]
+    ldp     x8, x9, [x0, #16 * 4]
+    ldp     x10, x11, [x0, #16 * 5]
+    ldp     x12, x13, [x0, #16 * 6]
+    ldp     x14, x15, [x0, #16 * 7]
+    ldp     x16, x17, [x0, #16 * 8]
+    ldp     x18, x19, [x0, #16 * 9]
+    ldp     x20, x21, [x0, #16 * 10]
+    ldp     x22, x23, [x0, #16 * 11]
+    ldp     x24, x25, [x0, #16 * 12]
+    ldp     x26, x27, [x0, #16 * 13]
+    ldp     x28, x29, [x0, #16 * 14]
+    ldr     x30, [x0, #16 * 15]
+    ldp     x0, x1, [x0, #16 * 0]
+    eret
+
+// Entered from a guest vector with the guest's x0/x1 pushed on the EL2 stack and the kind in x1.
+__guest_exit:
+    mrs     x0, tpidr_el2
+    stp     x2, x3, [x0, #16 * 1]
+    stp     x4, x5, [x0, #16 * 2]
+    stp     x6, x7, [x0, #16 * 3]
+    stp     x8, x9, [x0, #16 * 4]
+    stp     x10, x11, [x0, #16 * 5]
+    stp     x12, x13, [x0, #16 * 6]
+    stp     x14, x15, [x0, #16 * 7]
+    stp     x16, x17, [x0, #16 * 8]
+    stp     x18, x19, [x0, #16 * 9]
+    stp     x20, x21, [x0, #16 * 10]
+    stp     x22, x23, [x0, #16 * 11]
+    stp     x24, x25, [x0, #16 * 12]
+    stp     x26, x27, [x0, #16 * 13]
+    stp     x28, x29, [x0, #16 * 14]
+    str     x30, [x0, #16 * 15]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x0, #16 * 0]
+    mrs     x2, elr_el2
+    mrs     x3, spsr_el2
+    stp     x2, x3, [x0, #GPRS_ELR]
+    adrp    x2, __kcore_vectors
+    add     x2, x2, :lo12:__kcore_vectors
+    msr     vbar_el2, x2
+    isb
+    ldp     x19, x20, [x0, #GPRS_CALLEE + 16 * 0]
+    ldp     x21, x22, [x0, #GPRS_CALLEE + 16 * 1]
+    ldp     x23, x24, [x0, #GPRS_CALLEE + 16 * 2]
+    ldp     x25, x26, [x0, #GPRS_CALLEE + 16 * 3]
+    ldp     x27, x28, [x0, #GPRS_CALLEE + 16 * 4]
+    ldp     x29, x30, [x0, #GPRS_CALLEE + 16 * 5]
+    ldr     x2, [x0, #GPRS_SP]
+    mov     sp, x2
+    mov     x0, x1
+    ret
+
+.macro guest_exit_entry kind
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x1, #\kind
+    b       __guest_exit
+.endm
+
+// While a guest runs: faults at EL2 are still KCore bugs; every trap from EL1 is a guest exit.
+.balign 0x800
+.global __guest_vectors
+__guest_vectors:
+    vector_entry kcore_fault_handler, KIND_SYNC
+    vector_entry kcore_fault_handler, KIND_IRQ
+    vector_entry kcore_fault_handler, KIND_FIQ
+    vector_entry kcore_fault_handler, KIND_SERROR
+    vector_entry kcore_fault_handler, KIND_SYNC
+    vector_entry kcore_fault_handler, KIND_IRQ
+    vector_entry kcore_fault_handler, KIND_FIQ
+    vector_entry kcore_fault_handler, KIND_SERROR
+    guest_exit_entry KIND_SYNC
+    guest_exit_entry KIND_IRQ
+    guest_exit_entry KIND_FIQ
+    guest_exit_entry KIND_SERROR
+    guest_exit_entry KIND_SYNC
+    guest_exit_entry KIND_IRQ
+    guest_exit_entry KIND_FIQ
+    guest_exit_entry KIND_SERROR
+
+// void __save_el1(El1Regs *out) / __restore_el1(const El1Regs *in): order of El1Regs.
+.global __save_el1
+__save_el1:
+    mrs     x1, sctlr_el1
+    mrs     x2, cpacr_el1
+    stp     x1, x2, [x0, #16 * 0]
+    mrs     x1, ttbr0_el1
+    mrs     x2, ttbr1_el1
+    stp     x1, x2, [x0, #16 * 1]
+    mrs     x1, tcr_el1
+    mrs     x2, esr_el1
+    stp     x1, x2, [x0, #16 * 2]
+    mrs     x1, afsr0_el1
+    mrs     x2, afsr1_el1
+    stp     x1, x2, [x0, #16 * 3]
+    mrs     x1, far_el1
+    mrs     x2, mair_el1
+    stp     x1, x2, [x0, #16 * 4]
+    mrs     x1, vbar_el1
+    mrs     x2, contextidr_el1
+    stp     x1, x2, [x0, #16 * 5]
+    mrs     x1, amair_el1
+    mrs     x2, cntkctl_el1
+    stp     x1, x2, [x0, #16 * 6]
+    mrs     x1, par_el1
+    mrs     x2, tpidr_el1
+    stp     x1, x2, [x0, #16 * 7]
+    mrs     x1, sp_el1
+    mrs     x2, elr_el1
+    stp     x1, x2, [x0, #16 * 8]
+    mrs     x1, spsr_el1
+    mrs     x2, sp_el0
+    stp     x1, x2, [x0, #16 * 9]
+    mrs     x1, tpidr_el0
+    mrs     x2, tpidrro_el0
+    stp     x1, x2, [x0, #16 * 10]
+    mrs     x1, csselr_el1
+    mrs     x2, mdscr_el1
+    stp     x1, x2, [x0, #16 * 11]
+    mrs     x1, cntv_ctl_el0
+    mrs     x2, cntv_cval_el0
+    stp     x1, x2, [x0, #16 * 12]
+    ret
+
+.global __restore_el1
+__restore_el1:
+    ldp     x1, x2, [x0, #16 * 0]
+    msr     sctlr_el1, x1
+    msr     cpacr_el1, x2
+    ldp     x1, x2, [x0, #16 * 1]
+    msr     ttbr0_el1, x1
+    msr     ttbr1_el1, x2
+    ldp     x1, x2, [x0, #16 * 2]
+    msr     tcr_el1, x1
+    msr     esr_el1, x2
+    ldp     x1, x2, [x0, #16 * 3]
+    msr     afsr0_el1, x1
+    msr     afsr1_el1, x2
+    ldp     x1, x2, [x0, #16 * 4]
+    msr     far_el1, x1
+    msr     mair_el1, x2
+    ldp     x1, x2, [x0, #16 * 5]
+    msr     vbar_el1, x1
+    msr     contextidr_el1, x2
+    ldp     x1, x2, [x0, #16 * 6]
+    msr     amair_el1, x1
+    msr     cntkctl_el1, x2
+    ldp     x1, x2, [x0, #16 * 7]
+    msr     par_el1, x1
+    msr     tpidr_el1, x2
+    ldp     x1, x2, [x0, #16 * 8]
+    msr     sp_el1, x1
+    msr     elr_el1, x2
+    ldp     x1, x2, [x0, #16 * 9]
+    msr     spsr_el1, x1
+    msr     sp_el0, x2
+    ldp     x1, x2, [x0, #16 * 10]
+    msr     tpidr_el0, x1
+    msr     tpidrro_el0, x2
+    ldp     x1, x2, [x0, #16 * 11]
+    msr     csselr_el1, x1
+    msr     mdscr_el1, x2
+    ldp     x1, x2, [x0, #16 * 12]
+    msr     cntv_cval_el0, x2
+    msr     cntv_ctl_el0, x1
+    isb
+    ret
+
+// void __save_fp(FpRegs *out) / __restore_fp(const FpRegs *in). KCore itself never uses FP/SIMD
+// (soft-float build), so these are the only instructions that touch the registers at EL2.
+.arch_extension fp
+.arch_extension simd
+.global __save_fp
+__save_fp:
+    stp     q0, q1, [x0, #32 * 0]
+    stp     q2, q3, [x0, #32 * 1]
+    stp     q4, q5, [x0, #32 * 2]
+    stp     q6, q7, [x0, #32 * 3]
+    stp     q8, q9, [x0, #32 * 4]
+    stp     q10, q11, [x0, #32 * 5]
+    stp     q12, q13, [x0, #32 * 6]
+    stp     q14, q15, [x0, #32 * 7]
+    stp     q16, q17, [x0, #32 * 8]
+    stp     q18, q19, [x0, #32 * 9]
+    stp     q20, q21, [x0, #32 * 10]
+    stp     q22, q23, [x0, #32 * 11]
+    stp     q24, q25, [x0, #32 * 12]
+    stp     q26, q27, [x0, #32 * 13]
+    stp     q28, q29, [x0, #32 * 14]
+    stp     q30, q31, [x0, #32 * 15]
+    mrs     x1, fpsr
+    mrs     x2, fpcr
+    add     x0, x0, #512
+    stp     x1, x2, [x0]
+    ret
+
+.global __restore_fp
+__restore_fp:
+    ldp     q0, q1, [x0, #32 * 0]
+    ldp     q2, q3, [x0, #32 * 1]
+    ldp     q4, q5, [x0, #32 * 2]
+    ldp     q6, q7, [x0, #32 * 3]
+    ldp     q8, q9, [x0, #32 * 4]
+    ldp     q10, q11, [x0, #32 * 5]
+    ldp     q12, q13, [x0, #32 * 6]
+    ldp     q14, q15, [x0, #32 * 7]
+    ldp     q16, q17, [x0, #32 * 8]
+    ldp     q18, q19, [x0, #32 * 9]
+    ldp     q20, q21, [x0, #32 * 10]
+    ldp     q22, q23, [x0, #32 * 11]
+    ldp     q24, q25, [x0, #32 * 12]
+    ldp     q26, q27, [x0, #32 * 13]
+    ldp     q28, q29, [x0, #32 * 14]
+    ldp     q30, q31, [x0, #32 * 15]
+    add     x0, x0, #512
+    ldp     x1, x2, [x0]
+    msr     fpsr, x1
+    msr     fpcr, x2
+    ret

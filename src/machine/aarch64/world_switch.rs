@@ -1,0 +1,108 @@
+//! The world switch's Rust face: entering a guest, and moving EL1, FP/SIMD and EL2 control state
+//! between the CPU and memory.
+
+use super::super::guest_regs::{El1Regs, El2Controls, FpRegs, GuestGprs};
+use super::super::TrapKind;
+use aarch64_cpu::{asm::barrier, registers::*};
+use tock_registers::interfaces::{Readable, Writeable};
+
+extern "C" {
+    fn __guest_enter(gprs: *mut GuestGprs) -> u64;
+    fn __save_el1(out: *mut El1Regs);
+    fn __restore_el1(regs: *const El1Regs);
+    fn __save_fp(out: *mut FpRegs);
+    fn __restore_fp(regs: *const FpRegs);
+}
+
+/// Runs the guest whose registers are `gprs` until it traps, and returns the trap's kind. The
+/// guest's EL1 state, stage-2 and EL2 controls must be loaded; they stay loaded on return.
+pub fn run_guest(gprs: &mut GuestGprs) -> TrapKind {
+    // SAFETY: `__guest_enter` saves every callee-saved register and sp in `gprs`, which outlives
+    // the call, and restores them before returning; the guest runs at EL1 behind its own stage-2,
+    // so it cannot touch KCore's memory, and every trap it takes comes back through
+    // `__guest_vectors`, which writes only `gprs` (through TPIDR_EL2) and the stack below sp.
+    let kind = unsafe { __guest_enter(gprs) };
+    TrapKind::from_vector(kind)
+}
+
+/// Saves the EL1 system registers and virtual timer into `out`.
+pub fn save_el1(out: &mut El1Regs) {
+    // SAFETY: reads EL1 registers into `out`, which is valid for writes.
+    unsafe { __save_el1(out) }
+}
+
+/// Loads the EL1 system registers and virtual timer from `regs`. EL1 runs with them next.
+pub fn restore_el1(regs: &El1Regs) {
+    // SAFETY: writes only EL1 registers, which KCore itself (at EL2, its own translation regime)
+    // does not depend on.
+    unsafe { __restore_el1(regs) }
+}
+
+/// Saves q0..q31, FPSR and FPCR into `out`.
+pub fn save_fp(out: &mut FpRegs) {
+    // SAFETY: CPTR_EL2.TFP is 0, so EL2 may access FP/SIMD registers; `out` is valid and 16-byte
+    // aligned (FpRegs is `align(16)`).
+    unsafe { __save_fp(out) }
+}
+
+/// Loads q0..q31, FPSR and FPCR from `regs`.
+pub fn restore_fp(regs: &FpRegs) {
+    // SAFETY: as for `save_fp`; KCore is built soft-float and never relies on these registers.
+    unsafe { __restore_fp(regs) }
+}
+
+/// The EL2 controls in force now.
+pub fn el2_controls() -> El2Controls {
+    El2Controls {
+        hcr: HCR_EL2.get(),
+        vttbr: VTTBR_EL2.get(),
+        vmpidr: VMPIDR_EL2.get(),
+        cntvoff: CNTVOFF_EL2.get(),
+        mdcr: MDCR_EL2.get(),
+        cnthctl: CNTHCTL_EL2.get(),
+    }
+}
+
+/// Loads EL2 controls (for the guest about to run, or for the host again).
+pub fn set_el2_controls(c: &El2Controls) {
+    HCR_EL2.set(c.hcr);
+    VTTBR_EL2.set(c.vttbr);
+    VMPIDR_EL2.set(c.vmpidr);
+    CNTVOFF_EL2.set(c.cntvoff);
+    MDCR_EL2.set(c.mdcr);
+    CNTHCTL_EL2.set(c.cnthctl);
+    barrier::isb(barrier::SY);
+}
+
+/// The physical counter (CNTPCT_EL0).
+pub fn physical_count() -> u64 {
+    CNTPCT_EL0.get()
+}
+
+macro_rules! read_sysreg {
+    ($name:literal) => {{
+        let value: u64;
+        // SAFETY: reading an ID register has no side effects.
+        unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack)) };
+        value
+    }};
+}
+
+/// The AArch64 ID register at `S3_0_C0_<crm>_<op2>` that HCR_EL2.TID3 traps, as the hardware
+/// has it; `None` for encodings KCore does not pass through (they read as zero to the guest).
+pub fn id_register(crm: u8, op2: u8) -> Option<u64> {
+    Some(match (crm, op2) {
+        (4, 0) => read_sysreg!("id_aa64pfr0_el1"),
+        (4, 1) => read_sysreg!("id_aa64pfr1_el1"),
+        (5, 0) => read_sysreg!("id_aa64dfr0_el1"),
+        (5, 1) => read_sysreg!("id_aa64dfr1_el1"),
+        (5, 4) => read_sysreg!("id_aa64afr0_el1"),
+        (5, 5) => read_sysreg!("id_aa64afr1_el1"),
+        (6, 0) => read_sysreg!("id_aa64isar0_el1"),
+        (6, 1) => read_sysreg!("id_aa64isar1_el1"),
+        (7, 0) => read_sysreg!("id_aa64mmfr0_el1"),
+        (7, 1) => read_sysreg!("id_aa64mmfr1_el1"),
+        (7, 2) => read_sysreg!("id_aa64mmfr2_el1"),
+        _ => return None,
+    })
+}

@@ -1,0 +1,67 @@
+//! The register state of a vCPU that the world switch moves in and out of the CPU. The layouts
+//! are fixed by `world_switch.S`; the types are architecture-independent so that the vCPU layers
+//! above build and are tested on the host.
+
+use super::TrapFrame;
+
+/// What `world_switch.S` loads into the CPU on guest entry and saves on guest exit: the guest's
+/// general registers, ELR and SPSR, then KCore's own callee-saved registers and stack pointer
+/// while the guest runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestGprs {
+    pub frame: TrapFrame,
+    /// x19..x30 and sp of the KCore code that entered the guest.
+    kcore_callee: [u64; 13],
+}
+
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == 264);
+const _: () = assert!(core::mem::size_of::<GuestGprs>() == 264 + 13 * 8);
+
+/// EL1 system registers and the virtual timer, in the order `world_switch.S` saves them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct El1Regs(pub [u64; El1Regs::COUNT]);
+
+impl El1Regs {
+    pub const COUNT: usize = 26;
+    pub const SCTLR: usize = 0;
+    pub const CPACR: usize = 1;
+    pub const ESR: usize = 5;
+    pub const FAR: usize = 8;
+    pub const VBAR: usize = 10;
+    pub const ELR: usize = 17;
+    pub const SPSR: usize = 18;
+    pub const CNTV_CTL: usize = 24;
+    pub const CNTV_CVAL: usize = 25;
+    /// SCTLR_EL1 out of reset: MMU and caches off, RES1 bits set.
+    pub const SCTLR_RESET: u64 = 0x30D0_0800;
+
+    /// The registers of a vCPU that has never run.
+    pub fn reset() -> El1Regs {
+        let mut regs = El1Regs::default();
+        regs.0[Self::SCTLR] = Self::SCTLR_RESET;
+        regs
+    }
+}
+
+/// FP/SIMD state: q0..q31, FPSR, FPCR.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FpRegs {
+    pub q: [u128; 32],
+    pub fpsr: u64,
+    pub fpcr: u64,
+}
+
+
+/// The EL2 controls that differ between the host and a guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct El2Controls {
+    pub hcr: u64,
+    pub vttbr: u64,
+    pub vmpidr: u64,
+    pub cntvoff: u64,
+    pub mdcr: u64,
+    pub cnthctl: u64,
+}

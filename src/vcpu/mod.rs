@@ -1,0 +1,179 @@
+//! vCPUs (SeKVM VCPUOpsAux and VCPUOps): a vCPU's saved context, how it starts, and how KCore
+//! finishes an exit once the host has answered it. The host never sees this context: it learns
+//! only the exit record, and it answers with one value that KCore applies itself (an MMIO load's
+//! value, a page for a stage-2 fault, a call's result), so it cannot set a guest register or the
+//! guest's PC.
+
+#[cfg(test)]
+mod tests;
+
+use crate::machine::guest_regs::{El1Regs, FpRegs, GuestGprs};
+use alloc::boxed::Box;
+
+/// SPSR of a vCPU's first instruction: EL1h, D, A, I and F masked (what a reset gives).
+pub const SPSR_EL1H_MASKED: u64 = 0x3C5;
+
+/// What KCore must do with the host's answer before the vCPU runs again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing: the vCPU resumes where it stopped.
+    Nothing,
+    /// An MMIO load: the answer goes into register `reg` (31: discarded), cut to `1 << size_log2`
+    /// bytes, sign-extended if `sign_extend`, and cut to 32 bits unless `wide`; then the PC skips
+    /// the load.
+    MmioRead { reg: u8, size_log2: u8, sign_extend: bool, wide: bool },
+    /// An MMIO store: the PC skips it.
+    MmioWrite,
+    /// A stage-2 fault on guest RAM page `gfn`: the answer is the host page to give it.
+    PageFault { gfn: u64 },
+    /// A call the host served: the answer is the guest's x0.
+    CallResult,
+}
+
+/// The exit record VCPU_RUN returns (`corevisor_abi::exit`): reason, then details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub reason: u64,
+    pub details: [u64; 4],
+}
+
+/// A vCPU's whole saved state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuContext {
+    pub gprs: GuestGprs,
+    pub el1: El1Regs,
+    pub fp: FpRegs,
+    pub pending: Pending,
+    /// Whether the vCPU has run (its registers are its own, not a reset state).
+    pub started: bool,
+    /// Where a PSCI CPU_ON from a sibling vCPU asked this one to start: (entry, context id).
+    pub power_on: Option<(u64, u64)>,
+    /// Which vCPU of its VM this is (its MPIDR affinity).
+    pub index: u8,
+}
+
+impl VcpuContext {
+    pub fn new(index: u8) -> Box<VcpuContext> {
+        Box::new(VcpuContext {
+            gprs: GuestGprs::default(),
+            el1: El1Regs::reset(),
+            fp: FpRegs::default(),
+            pending: Pending::Nothing,
+            started: false,
+            power_on: None,
+            index,
+        })
+    }
+
+    /// Resets the vCPU to start at `entry` with `x0 = arg` (SeKVM `reset_gp_regs` and
+    /// `reset_sys_regs`): every other register zero, EL1h with interrupts masked, MMU off.
+    pub fn start(&mut self, entry: u64, arg: u64) {
+        self.gprs = GuestGprs::default();
+        self.gprs.frame.elr = entry;
+        self.gprs.frame.spsr = SPSR_EL1H_MASKED;
+        self.gprs.frame.x[0] = arg;
+        self.el1 = El1Regs::reset();
+        self.fp = FpRegs::default();
+        self.pending = Pending::Nothing;
+        self.started = true;
+    }
+
+    /// Applies the host's `answer` to a pending MMIO access or call. A page fault's answer needs
+    /// the memory layers: the caller serves it and then clears `pending`.
+    pub fn complete(&mut self, answer: u64) {
+        let frame = &mut self.gprs.frame;
+        match self.pending {
+            Pending::MmioRead { reg, size_log2, sign_extend, wide } => {
+                let bits = 8u32 << size_log2;
+                let mut value = if bits == 64 { answer } else { answer & ((1u64 << bits) - 1) };
+                if sign_extend && bits < 64 {
+                    let shift = 64 - bits;
+                    value = (((value << shift) as i64) >> shift) as u64;
+                }
+                if !wide {
+                    value &= 0xffff_ffff;
+                }
+                if reg < 31 {
+                    frame.x[reg as usize] = value;
+                }
+                frame.elr = frame.elr.wrapping_add(4);
+            }
+            Pending::MmioWrite => frame.elr = frame.elr.wrapping_add(4),
+            Pending::CallResult => frame.x[0] = answer,
+            Pending::Nothing | Pending::PageFault { .. } => return,
+        }
+        self.pending = Pending::Nothing;
+    }
+
+    /// When the guest's virtual timer fires, in physical counter ticks, with `cntvoff` the VM's
+    /// counter offset; `u64::MAX` if the timer is off or masked. Reads the saved timer registers.
+    pub fn timer_deadline(&self, cntvoff: u64) -> u64 {
+        const ENABLE: u64 = 1;
+        const IMASK: u64 = 2;
+        let ctl = self.el1.0[El1Regs::CNTV_CTL];
+        if ctl & (ENABLE | IMASK) == ENABLE {
+            self.el1.0[El1Regs::CNTV_CVAL].saturating_add(cntvoff)
+        } else {
+            u64::MAX
+        }
+    }
+}
+
+/// A data abort's instruction syndrome (ESR ISS with ISV set), decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataAccess {
+    pub write: bool,
+    pub size_log2: u8,
+    pub sign_extend: bool,
+    /// The transfer register (31 is xzr).
+    pub reg: u8,
+    /// A 64-bit register (SF).
+    pub wide: bool,
+}
+
+impl DataAccess {
+    /// Decodes the ISS of a data abort; `None` if the syndrome carries no instruction details
+    /// (ISV clear: a load/store pair, an exclusive, a write-back form...).
+    pub fn decode(esr: u64) -> Option<DataAccess> {
+        const ISV: u64 = 1 << 24;
+        if esr & ISV == 0 {
+            return None;
+        }
+        Some(DataAccess {
+            size_log2: (esr >> 22 & 3) as u8,
+            sign_extend: esr >> 21 & 1 == 1,
+            reg: (esr >> 16 & 0x1f) as u8,
+            wide: esr >> 15 & 1 == 1,
+            write: esr >> 6 & 1 == 1,
+        })
+    }
+
+    /// The value a store writes, from the guest's registers.
+    pub fn store_value(&self, gprs: &GuestGprs) -> u64 {
+        let value = if self.reg < 31 { gprs.frame.x[self.reg as usize] } else { 0 };
+        match self.size_log2 {
+            3 => value,
+            n => value & ((1u64 << (8u32 << n)) - 1),
+        }
+    }
+
+    /// The exit record flags (`corevisor_abi::exit::mmio_flags`).
+    pub fn flags(&self) -> u64 {
+        use corevisor_abi::exit::mmio_flags;
+        (self.write as u64 * mmio_flags::WRITE) | ((self.size_log2 as u64) << mmio_flags::SIZE_SHIFT)
+    }
+
+    /// What the vCPU waits for after this access exits to the host.
+    pub fn pending(&self) -> Pending {
+        if self.write {
+            Pending::MmioWrite
+        } else {
+            Pending::MmioRead {
+                reg: self.reg,
+                size_log2: self.size_log2,
+                sign_extend: self.sign_extend,
+                wide: self.wide,
+            }
+        }
+    }
+}

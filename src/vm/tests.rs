@@ -1,0 +1,162 @@
+//! Directed tests of the VM operations on the model machine: a VM's whole life through the
+//! hypercalls, and the refusals that keep the host out.
+
+use super::*;
+use crate::boot::image_message;
+use crate::machine::model::ModelMachine;
+use crate::memory::system::{System, POOLS};
+use crate::vcpu::Pending;
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha512};
+
+const GUEST_RAM: u64 = 0x4000_0000;
+const IMAGE_PFN: u64 = 0x48000;
+const IMAGE_LEN: u64 = 3000;
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[3; 32])
+}
+
+fn kcore() -> (ModelMachine, Kcore) {
+    let System { m, mem, .. } = System::new(false);
+    let kcore = Kcore::new(mem, POOLS + (1 << 32), key().verifying_key());
+    (m, kcore)
+}
+
+/// Writes a signed image into host page IMAGE_PFN (image then signature); `flip` flips a byte.
+fn lay_out_image(m: &ModelMachine, flip: Option<u64>) {
+    let image: Vec<u8> = (0..IMAGE_LEN).map(|i| (i * 13 + 1) as u8).collect();
+    let digest: [u8; 64] = Sha512::digest(&image).into();
+    let mut bytes = [image, key().sign(&image_message(&digest)).to_bytes().to_vec()].concat();
+    if let Some(at) = flip {
+        bytes[at as usize] ^= 0x40;
+    }
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        m.write_u64((IMAGE_PFN << 12) + 8 * i as u64, u64::from_le_bytes(word));
+    }
+}
+
+/// REGISTER_VM, REGISTER_VCPU, SET_BOOT_INFO, REMAP and VERIFY, as KServ does them.
+fn boot(m: &ModelMachine, k: &mut Kcore) -> Result<u16, VmError> {
+    let vmid = k.register_vm(m, GUEST_RAM, 16 << 20)?;
+    k.register_vcpu(vmid as u64, 0)?;
+    let index = k.set_boot_info(vmid as u64, GUEST_RAM, IMAGE_LEN)?;
+    k.remap_vm_image(vmid as u64, index as u64, IMAGE_PFN)?;
+    k.verify_vm_image(m, vmid as u64)?;
+    Ok(vmid)
+}
+
+#[test]
+fn a_verified_vm_runs_from_its_image_and_gets_pages_on_demand() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap();
+    // The host lost the image page.
+    assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_err());
+    let mut ticket = k.vcpu_run_prepare(&m, vmid as u64, 0, 0).unwrap();
+    assert_eq!(ticket.ctx.gprs.frame.elr, GUEST_RAM);
+    assert_eq!(ticket.vttbr >> 48, vmid as u64);
+    // While it runs, it cannot be run again, torn down, or destroyed.
+    assert_eq!(k.vcpu_run_prepare(&m, vmid as u64, 0, 0).err(), Some(VmError::State));
+    // The guest faults on RAM page 0x4010_0000; the host offers a page with old data in it.
+    ticket.ctx.pending = Pending::PageFault { gfn: 0x40100 };
+    k.vcpu_run_finish(ticket);
+    let offered = 0x48100;
+    m.write_u64(offered << 12, 0xdead);
+    k.mem.map_page_host(&m, offered << 12).unwrap();
+    assert_eq!(
+        k.vcpu_run_prepare(&m, vmid as u64, 0, IMAGE_PFN).err(),
+        Some(VmError::Mem(MemError::NotOwned(Owner::Vm(1))))
+    );
+    let ticket = k.vcpu_run_prepare(&m, vmid as u64, 0, offered).unwrap();
+    assert_eq!(ticket.ctx.pending, Pending::Nothing);
+    assert_eq!(m.read_u64(offered << 12), 0, "the offered page is scrubbed before the guest sees it");
+    assert!(k.mem.host_s2.walk(&m, offered << 12).is_none(), "and the host lost it");
+    let leaf = k.slot(vmid as u64).unwrap().s2.walk(&m, 0x4010_0000).unwrap();
+    assert_eq!(leaf.translate(0x4010_0000), offered << 12);
+    k.vcpu_run_finish(ticket);
+    assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
+}
+
+#[test]
+fn a_flipped_byte_leaves_the_vm_unrunnable() {
+    for flip in [0, IMAGE_LEN - 1, IMAGE_LEN, IMAGE_LEN + 63] {
+        let (m, mut k) = kcore();
+        lay_out_image(&m, Some(flip));
+        assert_eq!(boot(&m, &mut k), Err(VmError::Boot(BootError::Rejected)), "flip at {flip}");
+        assert_eq!(k.vcpu_run_prepare(&m, 1, 0, 0).err(), Some(VmError::State));
+        assert_eq!(k.verify_vm_image(&m, 1).err(), Some(VmError::Boot(BootError::State(VmState::Rejected))));
+        // Teardown returns the image page to the host, scrubbed.
+        assert_eq!(k.destroy(&m, 1), Ok(1));
+        assert_eq!(m.read_u64(IMAGE_PFN << 12), 0);
+        assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok());
+        assert_eq!(k.vcpu_run_prepare(&m, 1, 0, 0).err(), Some(VmError::NoVm));
+    }
+}
+
+#[test]
+fn teardown_waits_for_power_off_and_scrubs_every_page() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap() as u64;
+    assert_eq!(k.clear_vm_range(&m, vmid, IMAGE_PFN << 12, 4096), Err(VmError::State));
+    assert_eq!(k.destroy(&m, vmid), Err(VmError::State));
+    let ticket = k.vcpu_run_prepare(&m, vmid, 0, 0).unwrap();
+    k.power_off(vmid).unwrap();
+    assert_eq!(k.clear_vm_range(&m, vmid, IMAGE_PFN << 12, 4096), Err(VmError::Busy));
+    k.vcpu_run_finish(ticket);
+    assert_eq!(k.vcpu_run_prepare(&m, vmid, 0, 0).err(), Some(VmError::State));
+    assert_eq!(k.clear_vm_range(&m, vmid, (IMAGE_PFN - 4) << 12, 8 << 12), Ok(1));
+    assert_eq!(m.read_u64(IMAGE_PFN << 12), 0);
+    assert_eq!(k.destroy(&m, vmid), Ok(0));
+}
+
+#[test]
+fn malformed_arguments_are_refused_without_effect() {
+    let (m, mut k) = kcore();
+    for (base, size) in [(0, 0), (1, 4096), (0, 4097), (!0xfffu64, 8192), (0, 8 << 30), (1 << 39, 4096)] {
+        assert_eq!(k.register_vm(&m, base, size), Err(VmError::BadArgument), "{base:#x}+{size:#x}");
+    }
+    assert_eq!(k.vms.next_vmid, 1);
+    let vmid = k.register_vm(&m, GUEST_RAM, 1 << 20).unwrap() as u64;
+    assert_eq!(k.register_vcpu(vmid, 8), Err(VmError::BadArgument));
+    assert_eq!(k.register_vcpu(0, 0), Err(VmError::NoVm));
+    assert_eq!(k.register_vcpu(u64::MAX, 0), Err(VmError::NoVm));
+    // Images must fit in the VM's RAM with their signature.
+    assert_eq!(k.set_boot_info(vmid, GUEST_RAM - 4096, 100), Err(VmError::BadArgument));
+    assert_eq!(k.set_boot_info(vmid, GUEST_RAM + (1 << 20) - 4096, 4096), Err(VmError::BadArgument));
+    assert_eq!(k.set_boot_info(vmid, GUEST_RAM, u64::MAX), Err(VmError::BadArgument));
+    // The host cannot list KCore's page, or a page twice.
+    let index = k.set_boot_info(vmid, GUEST_RAM, 5000).unwrap() as u64;
+    assert!(k.remap_vm_image(vmid, index, 0x40080).is_err());
+    assert!(k.remap_vm_image(vmid, 9, IMAGE_PFN).is_err());
+    k.remap_vm_image(vmid, index, IMAGE_PFN).unwrap();
+    assert!(k.remap_vm_image(vmid, index, IMAGE_PFN).is_err());
+    // Devices only, never RAM, never inside the VM's RAM window.
+    assert_eq!(k.ioremap(&m, vmid, 0x0900_0000, 0x4800_0000, 4096), Err(VmError::Mem(MemError::IsRam)));
+    assert_eq!(k.ioremap(&m, vmid, GUEST_RAM, 0x0900_0000, 4096), Err(VmError::BadArgument));
+    assert_eq!(k.ioremap(&m, vmid, 0x0900_0000, 0x0900_0000, 4096), Ok(()));
+    assert_eq!(k.ioremap(&m, vmid, 0x0904_0000, 0x0803_0000, 4096), Err(VmError::Mem(MemError::Protected)));
+    // A never-verified VM does not run.
+    assert_eq!(k.vcpu_run_prepare(&m, vmid, 0, 0).err(), Some(VmError::State));
+    assert_eq!(k.vcpu_run_prepare(&m, vmid, 99, 0).err(), Some(VmError::BadArgument));
+}
+
+#[test]
+fn guests_share_only_their_own_mapped_ram() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap();
+    assert_eq!(k.guest_share(&m, vmid, true, GUEST_RAM, 4096), Ok(()));
+    assert_eq!(k.mem.db.get(IMAGE_PFN << 12).unwrap().count, 1);
+    assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok(), "a shared page is the host's to map");
+    for (gpa, size) in [(GUEST_RAM + 1, 4096), (GUEST_RAM, 0), (GUEST_RAM - 4096, 8192), (GUEST_RAM, !0xfffu64)]
+    {
+        assert_eq!(k.guest_share(&m, vmid, true, gpa, size), Err(VmError::BadArgument));
+    }
+    assert_eq!(k.guest_share(&m, vmid, false, GUEST_RAM, 4096), Ok(()));
+    assert!(k.mem.host_s2.walk(&m, IMAGE_PFN << 12).is_none(), "unsharing unmaps it from the host");
+    assert_eq!(k.guest_share(&m, vmid, false, GUEST_RAM, 4096), Err(VmError::Mem(MemError::NotShared)));
+}
