@@ -121,7 +121,7 @@ pub mod guest_dev {
     pub const TEST_DEV_NOTIFY: u64 = TEST_DEV + 8;
     pub const TEST_DEV_ANSWER: u64 = TEST_DEV + 0x10;
     /// Where guest RAM starts in every test guest, and where their image is linked.
-    pub const RAM_BASE: u64 = 0x4000_0000;
+    pub const RAM_BASE: u64 = 0x8000_0000;
     /// Guest RAM size for test guests.
     pub const RAM_SIZE: u64 = 16 << 20;
 }

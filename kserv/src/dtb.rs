@@ -18,6 +18,8 @@ pub struct BootInfo<'a> {
     /// `(base, size)` of each RAM region.
     pub ram: [Option<(u64, u64)>; MAX_RAM_REGIONS],
     pub gic: Option<GicInfo>,
+    /// `(start, end)` of the initrd (the boot bundle), from `/chosen`.
+    pub initrd: Option<(u64, u64)>,
 }
 
 /// The GIC's first two register frames: distributor and CPU interface (v2) or redistributors (v3).
@@ -46,7 +48,12 @@ pub fn read(blob: &[u8]) -> Option<BootInfo<'_>> {
     for (slot, r) in ram.iter_mut().zip(regions) {
         *slot = r.size.map(|size| (r.starting_address as u64, size as u64));
     }
-    Some(BootInfo { bootargs, uart: find_pl011(&fdt), ram, gic: find_gic(&fdt) })
+    let chosen_u64 = |name| {
+        let value = root_child(&fdt, "chosen")?.property(name)?.value;
+        Some(value.chunks_exact(4).fold(0u64, |acc, c| acc << 32 | u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64))
+    };
+    let initrd = chosen_u64("linux,initrd-start").zip(chosen_u64("linux,initrd-end")).filter(|(s, e)| s < e);
+    Some(BootInfo { bootargs, uart: find_pl011(&fdt), ram, gic: find_gic(&fdt), initrd })
 }
 
 /// The root's child called `name` (or `name@unit`); fdt 0.1.5's path lookup misses nodes in

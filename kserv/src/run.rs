@@ -5,7 +5,10 @@ use crate::arch::{console, cpu, exceptions, hvc, mmu, pmu};
 use crate::dtb::{BootInfo, GicInfo, MAX_RAM_REGIONS};
 use crate::kprintln;
 use crate::scenario::{kcore_probes, stats, Scenario};
+use crate::vm_plan::choose_regions;
+use crate::vm_scenarios::{self, VmEnv};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use corevisor_abi::bundle::Bundle;
 use corevisor_abi::{bootargs, host_call, psci, HypResult, Status, ABI_VERSION, HYP_CALL_BASE};
 use corevisor_boards::Gic;
 
@@ -30,7 +33,7 @@ extern "C" fn kserv_main(dtb_pa: u64) -> ! {
         finish(name, Err("KServ is not running at EL1"));
     }
     kprintln!("running at EL1 on {}", BOARD.name);
-    let env = Env::new(info.as_ref(), args);
+    let env = Env::new(info.as_ref(), args, dtb_pa);
     let outcome = match Scenario::from_name(name) {
         Some(scenario) => run(scenario, &env),
         None => Err("unknown scenario"),
@@ -43,10 +46,11 @@ struct Env<'a> {
     ram: [Option<(u64, u64)>; MAX_RAM_REGIONS],
     gic: GicInfo,
     bootargs: &'a str,
+    vm: VmEnv<'a>,
 }
 
 impl<'a> Env<'a> {
-    fn new(info: Option<&BootInfo>, bootargs: &'a str) -> Env<'a> {
+    fn new(info: Option<&BootInfo>, bootargs: &'a str, dtb_pa: u64) -> Env<'a> {
         let mut ram = info.map_or([None; MAX_RAM_REGIONS], |i| i.ram);
         if ram[0].is_none() {
             for (slot, r) in ram.iter_mut().zip(BOARD.ram_fallback) {
@@ -57,7 +61,30 @@ impl<'a> Env<'a> {
             Gic::V2 { gicd, gicc, gich, .. } => GicInfo { v3: false, gicd, second: gicc, gich: Some(gich) },
             Gic::V3 { gicd, gicr } => GicInfo { v3: true, gicd, second: gicr, gich: None },
         });
-        Env { ram, gic, bootargs }
+        let initrd = info.and_then(|i| i.initrd);
+        let bundle = initrd.and_then(|(start, end)| {
+            let bytes = cpu::phys_slice(start, (end - start) as usize);
+            match Bundle::parse(bytes) {
+                Ok(bundle) => {
+                    kprintln!("boot bundle at {start:#x}: {} VM(s)", bundle.len());
+                    Some(bundle)
+                }
+                Err(e) => {
+                    kprintln!("the initrd at {start:#x} is not a boot bundle: {e:?}");
+                    None
+                }
+            }
+        });
+        let dtb_size = crate::dtb::total_size(cpu::read_phys_u64(dtb_pa).to_ne_bytes()).unwrap_or(0) as u64;
+        let avoid = [
+            (BOARD.kcore_base, BOARD.kcore_base + BOARD.kcore_size),
+            (BOARD.kserv_base, BOARD.kserv_base + BOARD.kserv_size),
+            (dtb_pa, dtb_pa + dtb_size.max(1)),
+            initrd.unwrap_or((0, 0)),
+        ];
+        let regions = choose_regions(&ram, &avoid);
+        let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, bootargs };
+        Env { ram, gic, bootargs, vm }
     }
 
     /// Every page of RAM that is the host's: all of RAM but KCore's slot.
@@ -109,8 +136,17 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
     match scenario {
         Scenario::Demo => {
             kprintln!("hello from the host; KCore's ABI is {}", version()?);
-            Ok(())
+            match env.vm.bundle {
+                Some(_) => vm_scenarios::demo(&env.vm),
+                None => Ok(()),
+            }
         }
+        Scenario::VmHello => vm_scenarios::vm_hello(&env.vm),
+        Scenario::VmTwoGuests => vm_scenarios::vm_two_guests(&env.vm),
+        Scenario::VmShare => vm_scenarios::vm_share(&env.vm),
+        Scenario::HostAttacksVm => vm_scenarios::host_attacks_vm(&env.vm),
+        Scenario::VmBadImage => vm_scenarios::vm_bad_image(&env.vm),
+        Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {
             kprintln!("VERSION returned {}", version()?);
@@ -351,7 +387,10 @@ fn bench(env: &Env) -> Outcome {
     let (pages, faults) = touch_all_host_ram(env)?;
     let policy = bootargs::value(env.bootargs, "corevisor.host_s2").unwrap_or("blocks");
     kprintln!("bench host-ram-faults faults={faults} pages={pages} policy={policy}");
-    Ok(())
+    match env.vm.bundle {
+        Some(_) => vm_scenarios::bench_vm(&env.vm),
+        None => Err("no boot bundle: the VM figures need the bench guest"),
+    }
 }
 
 #[panic_handler]

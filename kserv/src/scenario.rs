@@ -13,10 +13,16 @@ pub enum Scenario {
     HostMapsAllRam,
     HostDeviceAccess,
     Bench,
+    VmHello,
+    VmTwoGuests,
+    VmShare,
+    HostAttacksVm,
+    VmBadImage,
+    HvcFuzz,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -26,6 +32,12 @@ impl Scenario {
         Scenario::HostMapsAllRam,
         Scenario::HostDeviceAccess,
         Scenario::Bench,
+        Scenario::VmHello,
+        Scenario::VmTwoGuests,
+        Scenario::VmShare,
+        Scenario::HostAttacksVm,
+        Scenario::VmBadImage,
+        Scenario::HvcFuzz,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +51,12 @@ impl Scenario {
             Scenario::HostMapsAllRam => "host-maps-all-ram",
             Scenario::HostDeviceAccess => "host-device-access",
             Scenario::Bench => "bench",
+            Scenario::VmHello => "vm-hello",
+            Scenario::VmTwoGuests => "vm-two-guests",
+            Scenario::VmShare => "vm-share",
+            Scenario::HostAttacksVm => "host-attacks-vm",
+            Scenario::VmBadImage => "vm-bad-image",
+            Scenario::HvcFuzz => "hvc-fuzz",
         }
     }
 

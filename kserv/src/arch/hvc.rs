@@ -21,6 +21,51 @@ pub fn hyp_call(function: u32, args: [u64; 6]) -> HypResult {
     HypResult { status: x0, values: [x1, x2, x3] }
 }
 
+/// An SMCCC call that returns six registers, x0..x5 (VCPU_RUN's exit record).
+pub fn hyp_call_wide(function: u32, args: [u64; 4]) -> [u64; 6] {
+    let (x0, x1, x2, x3, x4, x5);
+    // SAFETY: as for `hyp_call`.
+    unsafe {
+        asm!(
+            "hvc #0",
+            inout("x0") function as u64 => x0, inout("x1") args[0] => x1, inout("x2") args[1] => x2,
+            inout("x3") args[2] => x3, inout("x4") args[3] => x4, out("x5") x5, out("x6") _, out("x7") _,
+            out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _, out("x14") _,
+            out("x15") _, out("x16") _, out("x17") _,
+            options(nostack)
+        );
+    }
+    [x0, x1, x2, x3, x4, x5]
+}
+
+/// The physical counter, CNTPCT_EL0.
+pub fn counter() -> u64 {
+    let value: u64;
+    // SAFETY: reading the counter has no side effects (KCore lets EL1 read it).
+    unsafe { asm!("isb", "mrs {}, cntpct_el0", out(reg) value, options(nomem, nostack)) };
+    value
+}
+
+/// Copies `len` bytes from physical `src` to physical `dst` (KServ's map is the identity).
+pub fn copy_phys(dst: u64, src: u64, len: usize) {
+    // SAFETY: callers pass ranges of host RAM that KServ owns and that do not overlap (a bundle
+    // image and a free guest page region).
+    unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+}
+
+/// Flips bit 6 of the byte at physical `pa` (a page KServ owns).
+pub fn flip_byte(pa: u64) {
+    // SAFETY: `pa` is in a page KServ owns and may write.
+    unsafe { core::ptr::write_volatile(pa as *mut u8, core::ptr::read_volatile(pa as *const u8) ^ 0x40) };
+}
+
+/// Reads the byte at physical `pa`.
+pub fn read_u8(pa: u64) -> u8 {
+    // SAFETY: `pa` is in host RAM that KServ may read (a caller that expects an abort arms the
+    // exception handler first).
+    unsafe { core::ptr::read_volatile(pa as *const u8) }
+}
+
 /// A PSCI call through `smc #0`; returns x0.
 pub fn psci(function: u32, args: [u64; 3]) -> u64 {
     let x0;

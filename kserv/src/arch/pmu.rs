@@ -32,6 +32,31 @@ pub fn start_el2_instruction_counter() {
     }
 }
 
+/// PMEVTYPER filter bits for counter 1: U (don't count EL0), NSH (count EL2): EL1 and EL2.
+const FILTER_EL1_AND_EL2: u64 = 1 << 30 | 1 << 27;
+
+/// Starts counter 1 on instructions retired at EL1 and EL2 (host, guests and KCore together).
+pub fn start_all_el_instruction_counter() {
+    // SAFETY: programming counter 1 changes only PMU state.
+    unsafe {
+        asm!(
+            "msr pmevtyper1_el0, {ty}",
+            "msr pmcntenset_el0, {two}",
+            "isb",
+            ty = in(reg) INST_RETIRED | FILTER_EL1_AND_EL2, two = in(reg) 2u64,
+            options(nostack)
+        );
+    }
+}
+
+/// Counter 1's value.
+pub fn read_all_el_counter() -> u64 {
+    let value: u64;
+    // SAFETY: as for `read_counter`.
+    unsafe { asm!("isb", "mrs {}, pmevcntr1_el0", out(reg) value, options(nomem, nostack)) };
+    value
+}
+
 /// Counter 0's value.
 pub fn read_counter() -> u64 {
     let value: u64;

@@ -1,0 +1,400 @@
+//! The scenarios that run VMs from the boot bundle. Each one checks what KServ can see for
+//! itself (statuses, aborts, the guests' console lines, scrubbed pages) and fails with a reason;
+//! `cargo xtask qemu-test` checks the console on top.
+
+use crate::arch::{exceptions, hvc};
+use crate::kprintln;
+use crate::vm_plan::Rng;
+use crate::vmm::{attack_page, Hooks, Manager, Tamper, Vm, MAX_VMS};
+use corevisor_abi::bundle::{Bundle, VmEntry};
+use corevisor_abi::{guest_call, host_call, Status, HYP_CALL_BASE};
+
+type Outcome = Result<(), &'static str>;
+
+/// What the VM scenarios need from KServ's environment.
+pub struct VmEnv<'a> {
+    pub bundle: Option<Bundle<'a>>,
+    pub regions: [Option<u64>; MAX_VMS],
+    pub kcore_base: u64,
+    pub bootargs: &'a str,
+}
+
+impl VmEnv<'_> {
+    fn bundle(&self) -> Result<Bundle<'_>, &'static str> {
+        self.bundle.ok_or("no boot bundle (pass one with -initrd)")
+    }
+
+    fn entry(&self, index: usize) -> Result<VmEntry, &'static str> {
+        self.bundle()?.vms().nth(index).ok_or("the boot bundle has too few VMs")
+    }
+}
+
+/// Creates the bundle's VMs `indices` (all must verify).
+fn create_all(mgr: &mut Manager, env: &VmEnv, count: usize) -> Outcome {
+    let bundle = env.bundle()?;
+    for i in 0..count {
+        let entry = env.entry(i)?;
+        match mgr.create(&bundle, &entry, Tamper::None) {
+            Ok(_) => kprintln!("vm {}: created, image verified by KCore", entry.name()),
+            Err((_, e)) => {
+                kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
+                return Err("a VM from the bundle could not be created");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks each guest console line against what the scenario expects to see.
+#[derive(Default)]
+struct Expect {
+    seen: [bool; 8],
+    lines: &'static [&'static str],
+}
+
+impl Expect {
+    fn new(lines: &'static [&'static str]) -> Expect {
+        Expect { seen: [false; 8], lines }
+    }
+
+    fn line(&mut self, line: &str) {
+        if let Some(i) = self.lines.iter().position(|&l| line.starts_with(l)) {
+            self.seen[i] = true;
+        }
+    }
+
+    fn all_seen(&self) -> bool {
+        (0..self.lines.len()).all(|i| self.seen[i])
+    }
+}
+
+struct Watch(Expect);
+
+impl Hooks for Watch {
+    fn console_line(&mut self, _vm: &Vm, line: &str) {
+        self.0.line(line);
+    }
+}
+
+/// The demo: two guests from the bundle print, interleaved, and power off.
+pub fn demo(env: &VmEnv) -> Outcome {
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, env.bundle()?.len())?;
+    mgr.run_all(&mut crate::vmm::Plain);
+    mgr.result()
+}
+
+/// `vm-hello`: one guest prints, uses RAM, trapped registers and its timer, and powers off; its
+/// pages come back scrubbed.
+pub fn vm_hello(env: &VmEnv) -> Outcome {
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let mut watch = Watch(Expect::new(&[
+        "hello from a corevisor guest",
+        "touched 64 pages: ok",
+        "dc isw: ok",
+        "PMCR_EL0: UNDEF",
+        "timer fired after wfi",
+        "bye",
+    ]));
+    mgr.run_all(&mut watch);
+    mgr.result()?;
+    if !watch.0.all_seen() {
+        return Err("the guest did not print everything it should have");
+    }
+    if mgr.powered_off != 1 {
+        return Err("the guest did not power itself off");
+    }
+    Ok(())
+}
+
+/// `vm-two-guests`: alpha ticks; beta reaches for alpha's memory and gamma for KCore's. Both are
+/// stopped at their first reach; alpha finishes with its memory intact.
+pub fn vm_two_guests(env: &VmEnv) -> Outcome {
+    struct Reach {
+        alpha_page: u64,
+        kcore: u64,
+        watch: Expect,
+    }
+    impl Hooks for Reach {
+        fn answer(&mut self, vm: &Vm) -> u64 {
+            let target = if vm.name() == "beta" { self.alpha_page } else { self.kcore };
+            kprintln!("vm {}: told to reach for {target:#x}", vm.name());
+            target
+        }
+        fn console_line(&mut self, vm: &Vm, line: &str) {
+            if vm.name() == "alpha" {
+                self.watch.line(line);
+            }
+        }
+    }
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 3)?;
+    let alpha_page = mgr.vms.iter().flatten().find(|vm| vm.name() == "alpha").ok_or("no VM alpha")?.region;
+    let mut hooks = Reach { alpha_page, kcore: env.kcore_base, watch: Expect::new(&["memory intact", "bye"]) };
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    if mgr.stopped != 2 || mgr.powered_off != 1 {
+        return Err("expected beta and gamma stopped and alpha powered off");
+    }
+    if !hooks.watch.all_seen() {
+        return Err("alpha did not finish with its memory intact");
+    }
+    kprintln!("vm-two-guests: both reaching guests stopped, alpha unaffected");
+    Ok(())
+}
+
+/// `vm-share`: the guest shares page A and keeps page B; the host reads its message in A, B
+/// aborts; after the unshare A aborts too.
+pub fn vm_share(env: &VmEnv) -> Outcome {
+    #[derive(Default)]
+    struct Share {
+        notified: [u64; 3],
+        count: usize,
+        verdicts: [u64; 2],
+        answers: usize,
+    }
+    const MESSAGE: &[u8] = b"corevisor shared page: hello host";
+    impl Hooks for Share {
+        fn notify(&mut self, _vm: &Vm, value: u64) {
+            if self.count < 3 {
+                self.notified[self.count] = value;
+            }
+            self.count += 1;
+        }
+        fn answer(&mut self, vm: &Vm) -> u64 {
+            let verdict = match self.answers {
+                // Before the unshare: A holds the message, B aborts.
+                0 => {
+                    let a = vm.host_page(self.notified[0]).unwrap_or(0);
+                    let b = vm.host_page(self.notified[1]).unwrap_or(0);
+                    exceptions::expect_abort(true);
+                    let (aborts_before, _, _) = exceptions::aborts();
+                    let message_ok = MESSAGE.iter().enumerate().all(|(i, &c)| hvc::read_u8(a + i as u64) == c);
+                    let a_aborted = exceptions::aborts().0 != aborts_before;
+                    let (_, b_attempts) = (0, attack_page(b));
+                    exceptions::expect_abort(false);
+                    kprintln!(
+                        "vm-share: shared page {:#x}: message {}; private page {:#x}: {} of {} accesses aborted",
+                        self.notified[0],
+                        if message_ok && !a_aborted { "read" } else { "NOT read" },
+                        self.notified[1],
+                        b_attempts.1,
+                        b_attempts.0
+                    );
+                    u64::from(message_ok && !a_aborted && b_attempts.1 == b_attempts.0)
+                }
+                // After the unshare: A aborts.
+                _ => {
+                    let a = vm.host_page(self.notified[2]).unwrap_or(0);
+                    let (tried, aborted) = attack_page(a);
+                    kprintln!(
+                        "vm-share: after unshare, page {:#x}: {aborted} of {tried} accesses aborted",
+                        self.notified[2]
+                    );
+                    u64::from(tried == aborted)
+                }
+            };
+            if self.answers < 2 {
+                self.verdicts[self.answers] = verdict;
+            }
+            self.answers += 1;
+            verdict
+        }
+    }
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let mut hooks = Share::default();
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    if hooks.count != 3 || hooks.answers != 2 || hooks.notified[2] != hooks.notified[0] {
+        return Err("the guest did not go through share, check, unshare, check");
+    }
+    if hooks.verdicts != [1, 1] {
+        return Err("the host saw what it should not, or missed the shared message");
+    }
+    kprintln!("vm-share: PASS checks done");
+    Ok(())
+}
+
+/// `host-attacks-vm`: between the runs of a ticking guest, the host reads and writes the guest's
+/// image page and a page it faulted in; every access aborts and the guest finishes intact.
+pub fn host_attacks_vm(env: &VmEnv) -> Outcome {
+    #[derive(Default)]
+    struct Attack {
+        tried: u64,
+        aborted: u64,
+        intact: bool,
+    }
+    impl Hooks for Attack {
+        fn after_exit(&mut self, vm: &Vm) {
+            for page in vm.given.pages().take(4) {
+                let (tried, aborted) = attack_page(vm.region + page * 4096);
+                self.tried += tried;
+                self.aborted += aborted;
+            }
+        }
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            self.intact |= line == "memory intact";
+        }
+    }
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let mut hooks = Attack::default();
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    kprintln!("host-attacks-vm: {} of {} host accesses to the running VM's pages aborted", hooks.aborted, hooks.tried);
+    if hooks.tried == 0 || hooks.aborted != hooks.tried {
+        return Err("the host reached a running VM's memory");
+    }
+    if !hooks.intact || mgr.powered_off != 1 {
+        return Err("the VM did not keep running to the end with its memory intact");
+    }
+    Ok(())
+}
+
+/// `vm-bad-image`: one flipped byte of the image, then of the signature: VERIFY is denied and
+/// VCPU_RUN refused, and the pages come back scrubbed. The unmodified image still runs.
+pub fn vm_bad_image(env: &VmEnv) -> Outcome {
+    let bundle = env.bundle()?;
+    let entry = env.entry(0)?;
+    let mut mgr = Manager::new(env.regions);
+    for (what, tamper) in [("image", Tamper::ImageByte(entry.image_size / 2)), ("signature", Tamper::SignatureByte(17))]
+    {
+        let slot = match mgr.create(&bundle, &entry, tamper) {
+            Ok(_) => return Err("a tampered image verified"),
+            Err((Some(slot), e)) if e.step == "VERIFY_VM_IMAGE" && e.status() == Some(Status::Denied) => slot,
+            Err((_, e)) => {
+                kprintln!("{} failed with {:?}", e.step, e.status());
+                return Err("the tampered VM failed before verification");
+            }
+        };
+        let vmid = mgr.vms[slot].as_ref().map_or(0, |vm| vm.vmid);
+        let run = hvc::hyp_call(host_call::VCPU_RUN, [vmid, 0, 0, 0, 0, 0]);
+        if run.status != Status::Denied.as_reg() {
+            return Err("VCPU_RUN of a rejected VM was not denied");
+        }
+        kprintln!("vm-bad-image: one byte of the {what} flipped: VERIFY denied, VCPU_RUN denied");
+        mgr.teardown(slot)?;
+    }
+    create_all(&mut mgr, env, 1)?;
+    mgr.run_all(&mut crate::vmm::Plain);
+    mgr.result()?;
+    if mgr.powered_off != 1 {
+        return Err("the untouched image did not run to its end");
+    }
+    Ok(())
+}
+
+/// `hvc-fuzz`: 10,000 hypercalls with random ids and arguments, seeded. KCore checks its
+/// invariants after each (the test build); KServ checks that it still answers afterwards.
+pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
+    const CALLS: u64 = 10_000;
+    let seed = corevisor_abi::bootargs::value(env.bootargs, "fuzz.seed")
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(hvc::counter);
+    kprintln!("hvc-fuzz: seed {seed:#x} (rerun with fuzz.seed={seed:x}), {CALLS} calls");
+    let scratch = env.regions[0].ok_or("no scratch region")?;
+    let mut rng = Rng::new(seed);
+    let arg = |rng: &mut Rng| match rng.below(8) {
+        0 => rng.below(20),
+        1 => scratch + rng.below(4096) * 4096,
+        2 => (scratch >> 12) + rng.below(4096),
+        3 => env.kcore_base + rng.below(64) * 4096,
+        4 => env.kcore_base >> 12,
+        5 => corevisor_abi::guest_dev::RAM_BASE + rng.below(4096) * 4096,
+        6 => rng.below(1 << 20) * 4096,
+        _ => rng.next(),
+    };
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for _ in 0..CALLS {
+        let function = match rng.below(10) {
+            0 => rng.next() as u32,
+            1 => guest_call::SET_DESC_PFN + rng.below(2) as u32,
+            2 => HYP_CALL_BASE + rng.below(0x1_0000) as u32,
+            _ => HYP_CALL_BASE + rng.below(u64::from(host_call::COUNT) + 2) as u32,
+        };
+        // Powering the machine off would end the run.
+        let function = if function == host_call::SYSTEM_OFF { host_call::NULL } else { function };
+        let args = [arg(&mut rng), arg(&mut rng), arg(&mut rng), arg(&mut rng), arg(&mut rng), arg(&mut rng)];
+        let r = hvc::hyp_call(function, args);
+        match Status::from_reg(r.status) {
+            Some(Status::Success) => ok += 1,
+            Some(_) => refused += 1,
+            None => return Err("a hypercall returned something that is not an SMCCC status"),
+        }
+    }
+    let version = hvc::hyp_call(host_call::VERSION, [0; 6]);
+    if version.status != Status::Success.as_reg() {
+        return Err("KCore no longer answers VERSION");
+    }
+    kprintln!("hvc-fuzz: {CALLS} calls, {ok} succeeded, {refused} refused; KCore still answers");
+    Ok(())
+}
+
+/// The VM figures of `cargo xtask bench`, from the bundle's BENCH guest: a VCPU_RUN that ends in
+/// the guest's next MMIO read (world switch both ways), the share calls KCore serves without
+/// leaving the guest's world, and an MMIO exit handled by KServ over all ELs.
+pub fn bench_vm(env: &VmEnv) -> Outcome {
+    use crate::arch::pmu;
+    use crate::scenario::stats;
+    use corevisor_abi::{exit, guest_dev};
+    const SAMPLES: usize = 16;
+    const PAIRS: u64 = 16;
+    let bundle = env.bundle()?;
+    let entry = env.entry(0)?;
+    let mut mgr = Manager::new(env.regions);
+    let slot = mgr.create(&bundle, &entry, Tamper::None).map_err(|_| "the bench VM could not be created")?;
+    let (vmid, region, ram_base) =
+        mgr.vms[slot].as_ref().map(|vm| (vm.vmid, vm.region, vm.entry.ram_base)).ok_or("no VM")?;
+    let run = |answer: u64| hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, answer, 0]);
+    // Run until the guest waits on ANSWER: serve CONFIG and its page faults on the way.
+    let mut answer = 0;
+    loop {
+        let [status, reason, a, _, _, _] = run(answer);
+        if status != Status::Success.as_reg() {
+            return Err("VCPU_RUN failed while the bench guest started");
+        }
+        answer = match (reason, a) {
+            (exit::MMIO, guest_dev::TEST_DEV_CONFIG) => u64::from(entry.role),
+            (exit::MMIO, guest_dev::TEST_DEV_ANSWER) => break,
+            (exit::PAGE_FAULT, gpa) if gpa >= ram_base => (region + ((gpa - ram_base) & !0xfff)) >> 12,
+            (exit::MMIO, guest_dev::UART) | (exit::WFI, _) => 0,
+            _ => return Err("unexpected exit while the bench guest started"),
+        };
+    }
+    pmu::start_el2_instruction_counter();
+    pmu::start_all_el_instruction_counter();
+    let measure = |command: u64| -> Result<(u64, u64), &'static str> {
+        let (all_before, el2_before) = (pmu::read_all_el_counter(), pmu::read_counter());
+        let [status, reason, a, _, _, _] = run(command);
+        let ok = status == Status::Success.as_reg() && reason == exit::MMIO && a == guest_dev::TEST_DEV_ANSWER;
+        let (all_after, el2_after) = (pmu::read_all_el_counter(), pmu::read_counter());
+        if !ok {
+            return Err("the bench guest did not come back to ANSWER");
+        }
+        Ok((all_after - all_before, el2_after - el2_before))
+    };
+    let (mut run_el2, mut run_all, mut share) = ([0u64; SAMPLES], [0u64; SAMPLES], [0u64; SAMPLES]);
+    for i in 0..SAMPLES {
+        (run_all[i], run_el2[i]) = measure(1)?;
+        let (_, with_shares) = measure(1 + PAIRS)?;
+        share[i] = with_shares.saturating_sub(run_el2[i]) / (2 * PAIRS);
+    }
+    let print = |name: &str, key: &str, samples: &mut [u64]| -> Outcome {
+        let s = stats(samples).ok_or("no samples")?;
+        kprintln!("bench {name} {key}={} min={} max={} samples={SAMPLES}", s.median, s.min, s.max);
+        Ok(())
+    };
+    print("vcpu-run", "el2_instructions", &mut run_el2.clone())?;
+    print("guest-share-call", "el2_instructions", &mut share)?;
+    let el2 = stats(&mut run_el2).ok_or("no samples")?.median;
+    let all = stats(&mut run_all).ok_or("no samples")?.median;
+    kprintln!("bench mmio-exit total_instructions={all} el2_instructions={el2} samples={SAMPLES}");
+    // Command 0: the guest powers off.
+    let [status, reason, a, ..] = run(0);
+    if status != Status::Success.as_reg() || reason != exit::HVC || a as u32 != corevisor_abi::psci::SYSTEM_OFF {
+        return Err("the bench guest did not power off");
+    }
+    mgr.teardown(slot).map(|_| ())
+}

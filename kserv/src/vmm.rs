@@ -1,0 +1,428 @@
+//! KServ's VM manager: turns the boot bundle's entries into VMs through KCore's hypercalls,
+//! schedules their vCPUs round-robin with VCPU_RUN, emulates their devices (a PL011 and the test
+//! device), answers their PSCI calls, idles a vCPU on WFI until its timer fires, and tears a VM
+//! down when it powers off or misbehaves.
+//!
+//! KServ is untrusted: it never sees a guest's registers or private memory. It gives each VM a
+//! 16 MiB region of its own RAM, page by page as the guest faults: guest page `gpa` is host page
+//! `region + (gpa - ram_base)`, so KServ keeps no page lists, and teardown returns the region.
+
+use crate::arch::{exceptions, hvc};
+use crate::kprintln;
+use crate::vm_plan::{pl011, region_page, Given, LineBuffer};
+use corevisor_abi::bundle::{Bundle, VmEntry};
+use corevisor_abi::{exit, guest_dev, host_call, psci, Status};
+
+pub const MAX_VMS: usize = 8;
+pub const MAX_VCPUS: usize = 4;
+const PAGE: u64 = 4096;
+
+/// What a vCPU is doing, as KServ schedules it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuRun {
+    Off,
+    Runnable,
+    /// In WFI until the physical counter reaches this value.
+    WaitingUntil(u64),
+}
+
+/// One VM, as KServ knows it.
+pub struct Vm {
+    pub vmid: u64,
+    pub entry: VmEntry,
+    /// The host RAM that backs the guest's RAM, page for page.
+    pub region: u64,
+    pub vcpus: [VcpuRun; MAX_VCPUS],
+    /// The answer each vCPU's next VCPU_RUN carries.
+    answers: [u64; MAX_VCPUS],
+    console: LineBuffer,
+    pub given: Given,
+    pub alive: bool,
+    /// VCPU_RUN calls so far.
+    pub runs: u64,
+    /// Why the VM stopped, if it did not power itself off.
+    pub stopped_because: Option<&'static str>,
+}
+
+impl Vm {
+    pub fn name(&self) -> &str {
+        self.entry.name()
+    }
+
+    /// The host page behind guest page `gpa`, if `gpa` is guest RAM.
+    pub fn host_page(&self, gpa: u64) -> Option<u64> {
+        region_page(self.region, self.entry.ram_base, self.entry.ram_size, gpa)
+    }
+}
+
+/// What a scenario adds to the manager: the test device's answers, what to do with a guest's
+/// notifications, and what to try between runs.
+pub trait Hooks {
+    /// The value the guest reads from the test device's ANSWER register.
+    fn answer(&mut self, _vm: &Vm) -> u64 {
+        0
+    }
+    /// The guest wrote `value` to NOTIFY.
+    fn notify(&mut self, _vm: &Vm, _value: u64) {}
+    /// Runs after each exit of a VM that is still alive.
+    fn after_exit(&mut self, _vm: &Vm) {}
+    /// The guest printed `line` on its UART.
+    fn console_line(&mut self, _vm: &Vm, _line: &str) {}
+}
+
+/// No hooks: VMs just run.
+pub struct Plain;
+impl Hooks for Plain {}
+
+/// A deliberate change to an image before it is handed to KCore (for `vm-bad-image`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    None,
+    /// Flip a byte of the image at this offset.
+    ImageByte(u64),
+    /// Flip a byte of the signature at this offset (0..64).
+    SignatureByte(u64),
+}
+
+/// A hypercall failed: which step, and what KCore answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallFailed {
+    pub step: &'static str,
+    pub status: u64,
+}
+
+impl CallFailed {
+    pub fn status(&self) -> Option<Status> {
+        Status::from_reg(self.status)
+    }
+}
+
+fn call(step: &'static str, function: u32, args: [u64; 4]) -> Result<u64, CallFailed> {
+    let r = hvc::hyp_call(function, [args[0], args[1], args[2], args[3], 0, 0]);
+    if r.status == Status::Success.as_reg() {
+        Ok(r.values[0])
+    } else {
+        Err(CallFailed { step, status: r.status })
+    }
+}
+
+pub struct Manager {
+    regions: [Option<u64>; MAX_VMS],
+    region_busy: [bool; MAX_VMS],
+    pub vms: [Option<Vm>; MAX_VMS],
+    /// VMs torn down after powering themselves off, and after being stopped.
+    pub powered_off: u32,
+    pub stopped: u32,
+    /// Teardowns that failed (pages not returned, or not scrubbed).
+    pub teardown_failed: u32,
+}
+
+impl Manager {
+    /// `regions` are the host RAM regions (16 MiB each) KServ may give to VMs.
+    pub fn new(regions: [Option<u64>; MAX_VMS]) -> Manager {
+        Manager {
+            regions,
+            region_busy: [false; MAX_VMS],
+            vms: [const { None }; MAX_VMS],
+            powered_off: 0,
+            stopped: 0,
+            teardown_failed: 0,
+        }
+    }
+
+    /// Fails if any teardown failed.
+    pub fn result(&self) -> Result<(), &'static str> {
+        match self.teardown_failed {
+            0 => Ok(()),
+            _ => Err("a VM's teardown failed"),
+        }
+    }
+
+    /// Creates a VM from a bundle entry: copies its signed image into a free region, registers
+    /// the VM and its vCPUs, lists the image's pages and asks KCore to verify them. Returns the
+    /// VM's slot. A VM that KCore created but refused stays in its slot, not alive, so that
+    /// [`Manager::teardown`] can take its pages back.
+    pub fn create(
+        &mut self,
+        bundle: &Bundle,
+        entry: &VmEntry,
+        tamper: Tamper,
+    ) -> Result<usize, (Option<usize>, CallFailed)> {
+        let no_room = CallFailed { step: "room for the VM", status: Status::NotPresent.as_reg() };
+        let slot = self.vms.iter().position(Option::is_none).ok_or((None, no_room))?;
+        let r = (0..MAX_VMS).find(|&r| !self.region_busy[r] && self.regions[r].is_some()).ok_or((None, no_room))?;
+        if entry.ram_size > crate::vm_plan::REGION_SIZE || entry.vcpus as usize > MAX_VCPUS {
+            return Err((None, CallFailed { step: "bundle entry", status: Status::InvalidParameters.as_reg() }));
+        }
+        let region = self.regions[r].unwrap_or(0);
+        let signed = bundle.signed_image(entry);
+        hvc::copy_phys(region, signed.as_ptr() as u64, signed.len());
+        match tamper {
+            Tamper::None => {}
+            Tamper::ImageByte(at) => hvc::flip_byte(region + at),
+            Tamper::SignatureByte(at) => hvc::flip_byte(region + entry.image_size + at),
+        }
+        let vmid = call("REGISTER_VM", host_call::REGISTER_VM, [entry.ram_base, entry.ram_size, 0, 0])
+            .map_err(|e| (None, e))?;
+        self.region_busy[r] = true;
+        let mut vm = Vm {
+            vmid,
+            entry: *entry,
+            region,
+            vcpus: [VcpuRun::Off; MAX_VCPUS],
+            answers: [0; MAX_VCPUS],
+            console: LineBuffer::new(),
+            given: Given::new(),
+            alive: false,
+            runs: 0,
+            stopped_because: None,
+        };
+        vm.vcpus[0] = VcpuRun::Runnable;
+        let result = boot(&mut vm, signed.len() as u64);
+        vm.alive = result.is_ok();
+        if result.is_err() {
+            vm.stopped_because = Some("not created");
+        }
+        self.vms[slot] = Some(vm);
+        result.map(|()| slot).map_err(|e| (Some(slot), e))
+    }
+
+    /// Runs every live VM until none is left: round-robin over runnable vCPUs, idling when all
+    /// wait on their timers.
+    pub fn run_all(&mut self, hooks: &mut dyn Hooks) {
+        loop {
+            let mut ran = false;
+            let mut earliest = u64::MAX;
+            for slot in 0..MAX_VMS {
+                for vcpu in 0..MAX_VCPUS {
+                    let Some(vm) = self.vms[slot].as_mut().filter(|vm| vm.alive) else { break };
+                    match vm.vcpus[vcpu] {
+                        VcpuRun::Off => continue,
+                        VcpuRun::WaitingUntil(t) if hvc::counter() < t => {
+                            earliest = earliest.min(t);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    ran = true;
+                    run_once(vm, vcpu, hooks);
+                    if vm.alive {
+                        hooks.after_exit(vm);
+                    }
+                    if !vm.alive {
+                        if let Some(why) = vm.stopped_because {
+                            kprintln!("vm {}: stopped: {why}", vm.name());
+                        }
+                        if self.teardown(slot).is_err() {
+                            self.teardown_failed += 1;
+                        }
+                        break;
+                    }
+                }
+            }
+            if !ran {
+                if earliest == u64::MAX {
+                    return;
+                }
+                while hvc::counter() < earliest {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    /// Takes a VM apart: powers it off, has KCore scrub and return every page of its region,
+    /// destroys it, and checks that each page it had reads back as zeros. Returns the pages
+    /// KCore returned, or why teardown failed.
+    pub fn teardown(&mut self, slot: usize) -> Result<u64, &'static str> {
+        let Some(vm) = self.vms[slot].take() else { return Err("no such VM") };
+        match vm.stopped_because {
+            Some(_) => self.stopped += 1,
+            None => self.powered_off += 1,
+        }
+        // A VM that never verified, or already off, cannot be powered off: that is fine.
+        let _ = call("VM_POWER_OFF", host_call::VM_POWER_OFF, [vm.vmid, 0, 0, 0]);
+        let cleared =
+            call("CLEAR_VM_S2_RANGE", host_call::CLEAR_VM_S2_RANGE, [vm.vmid, vm.region, vm.entry.ram_size, 0]);
+        let destroyed = call("DESTROY_VM", host_call::DESTROY_VM, [vm.vmid, 0, 0, 0]);
+        if let Some(r) = self.regions.iter().position(|&r| r == Some(vm.region)) {
+            self.region_busy[r] = false;
+        }
+        let (Ok(cleared), Ok(left)) = (cleared, destroyed) else {
+            kprintln!("vm {}: teardown refused ({cleared:?}, {destroyed:?})", vm.name());
+            return Err("KCore refused the teardown");
+        };
+        let dirty = vm.given.pages().filter(|&i| !page_is_zero(vm.region + i * PAGE)).count();
+        let scrubbed = if dirty == 0 { "all scrubbed" } else { "NOT SCRUBBED" };
+        kprintln!(
+            "vm {}: torn down, {} pages back ({} given), {scrubbed}",
+            vm.name(),
+            cleared + left,
+            vm.given.count()
+        );
+        if dirty != 0 || cleared + left != vm.given.count() {
+            return Err("a VM's pages did not come back scrubbed");
+        }
+        Ok(cleared + left)
+    }
+}
+
+/// REGISTER_VCPU, TIMER_SET_CNTVOFF, SET_BOOT_INFO, REMAP_VM_IMAGE for each image page, then
+/// VERIFY_VM_IMAGE.
+fn boot(vm: &mut Vm, signed_len: u64) -> Result<(), CallFailed> {
+    for vcpu in 0..vm.entry.vcpus as u64 {
+        call("REGISTER_VCPU", host_call::REGISTER_VCPU, [vm.vmid, vcpu, 0, 0])?;
+    }
+    // The guest's virtual counter starts from zero now.
+    call("TIMER_SET_CNTVOFF", host_call::TIMER_SET_CNTVOFF, [vm.vmid, hvc::counter(), 0, 0])?;
+    let index = call("SET_BOOT_INFO", host_call::SET_BOOT_INFO, [vm.vmid, vm.entry.ram_base, vm.entry.image_size, 0])?;
+    for page in 0..signed_len.div_ceil(PAGE) {
+        call("REMAP_VM_IMAGE", host_call::REMAP_VM_IMAGE, [vm.vmid, index, (vm.region >> 12) + page, 0])?;
+        vm.given.set(page);
+    }
+    call("VERIFY_VM_IMAGE", host_call::VERIFY_VM_IMAGE, [vm.vmid, 0, 0, 0])?;
+    Ok(())
+}
+
+fn page_is_zero(pa: u64) -> bool {
+    (0..PAGE).step_by(8).all(|offset| crate::arch::cpu::read_phys_u64(pa + offset) == 0)
+}
+
+/// One VCPU_RUN of `vcpu`, and the handling of its exit.
+fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
+    let answer = core::mem::take(&mut vm.answers[vcpu]);
+    vm.vcpus[vcpu] = VcpuRun::Runnable;
+    let [status, reason, a, b, c, d] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
+    vm.runs += 1;
+    if status != Status::Success.as_reg() {
+        kprintln!("vm {}: VCPU_RUN of vcpu {vcpu} refused ({:?})", vm.name(), Status::from_reg(status));
+        stop(vm, "VCPU_RUN refused");
+        return;
+    }
+    match reason {
+        exit::MMIO => mmio(vm, vcpu, a, b, c, hooks),
+        exit::PAGE_FAULT => match vm.host_page(a) {
+            Some(pa) => {
+                vm.given.set((pa - vm.region) / PAGE);
+                vm.answers[vcpu] = pa >> 12;
+            }
+            None => stop(vm, "page fault outside its RAM"),
+        },
+        exit::WFI => {
+            if a != u64::MAX && a > hvc::counter() {
+                vm.vcpus[vcpu] = VcpuRun::WaitingUntil(a);
+            }
+        }
+        exit::HVC => guest_psci(vm, vcpu, [a, b, c, d]),
+        exit::IRQ => {}
+        exit::BAD_ACCESS => {
+            kprintln!("vm {}: access KCore could not decode at {a:#x} (ESR {b:#x})", vm.name());
+            stop(vm, "undecodable access");
+        }
+        other => {
+            kprintln!("vm {}: unknown exit reason {other}", vm.name());
+            stop(vm, "unknown exit");
+        }
+    }
+}
+
+fn stop(vm: &mut Vm, why: &'static str) {
+    vm.alive = false;
+    vm.stopped_because.get_or_insert(why);
+}
+
+/// Emulates the guest's access to `addr`.
+fn mmio(vm: &mut Vm, vcpu: usize, addr: u64, flags: u64, value: u64, hooks: &mut dyn Hooks) {
+    let write = flags & exit::mmio_flags::WRITE != 0;
+    if let Some(offset) = addr.checked_sub(guest_dev::UART).filter(|&o| o < PAGE) {
+        if write {
+            let mut console = core::mem::take(&mut vm.console);
+            if let Some(line) = pl011::write(&mut console, offset, value) {
+                kprintln!("[{}] {}", vm.name(), line);
+                hooks.console_line(vm, line);
+            }
+            vm.console = console;
+        } else {
+            vm.answers[vcpu] = pl011::read(offset);
+        }
+        return;
+    }
+    match (addr, write) {
+        (guest_dev::TEST_DEV_CONFIG, false) => vm.answers[vcpu] = vm.entry.role as u64,
+        (guest_dev::TEST_DEV_NOTIFY, true) => hooks.notify(vm, value),
+        (guest_dev::TEST_DEV_ANSWER, false) => vm.answers[vcpu] = hooks.answer(vm),
+        _ => {
+            kprintln!(
+                "vm {}: {} at {addr:#x}, outside its RAM and devices: stopping it",
+                vm.name(),
+                if write { "write" } else { "read" }
+            );
+            stop(vm, "access outside its memory");
+        }
+    }
+}
+
+/// The guest's PSCI calls (and any other call KCore passed on).
+fn guest_psci(vm: &mut Vm, vcpu: usize, x: [u64; 4]) {
+    const SUCCESS: u64 = 0;
+    let not_supported = Status::NotSupported.as_reg();
+    let invalid = Status::InvalidParameters.as_reg();
+    let target = usize::try_from(x[1] & 0xff).ok().filter(|&t| t < vm.entry.vcpus as usize);
+    let result = match x[0] as u32 {
+        psci::VERSION => psci::PSCI_VERSION_1_1,
+        psci::FEATURES => match x[1] as u32 {
+            psci::VERSION
+            | psci::CPU_ON_64
+            | psci::CPU_OFF
+            | psci::AFFINITY_INFO_64
+            | psci::SYSTEM_OFF
+            | psci::SYSTEM_RESET => SUCCESS,
+            _ => not_supported,
+        },
+        psci::CPU_ON_64 | psci::CPU_ON_32 => match target {
+            Some(t) if vm.vcpus[t] == VcpuRun::Off => {
+                vm.vcpus[t] = VcpuRun::Runnable;
+                SUCCESS
+            }
+            Some(_) => Status::AlreadyOn.as_reg(),
+            None => invalid,
+        },
+        psci::AFFINITY_INFO_64 | psci::AFFINITY_INFO_32 => match target {
+            Some(t) if vm.vcpus[t] == VcpuRun::Off => psci::AFFINITY_OFF,
+            Some(_) => psci::AFFINITY_ON,
+            None => invalid,
+        },
+        psci::CPU_OFF => {
+            vm.vcpus[vcpu] = VcpuRun::Off;
+            if vm.vcpus.iter().all(|&v| v == VcpuRun::Off) {
+                stop(vm, "every vCPU is off");
+            }
+            return;
+        }
+        psci::SYSTEM_OFF => {
+            kprintln!("vm {}: powered off", vm.name());
+            vm.alive = false;
+            return;
+        }
+        psci::SYSTEM_RESET => {
+            kprintln!("vm {}: asked for a reset; corevisor does not restart VMs, so it is off", vm.name());
+            vm.alive = false;
+            return;
+        }
+        _ => not_supported,
+    };
+    vm.answers[vcpu] = result;
+}
+
+/// The host reads and writes a VM's page at `pa`: each access must abort. Returns how many
+/// accesses were tried and how many aborted.
+pub fn attack_page(pa: u64) -> (u64, u64) {
+    let (before, _, _) = exceptions::aborts();
+    exceptions::expect_abort(true);
+    let (value, _) = hvc::probe_read(pa);
+    hvc::probe_write(pa, 0x6a6a_6a6a_6a6a_6a6a);
+    exceptions::expect_abort(false);
+    let (after, _, _) = exceptions::aborts();
+    let _ = value;
+    (2, after - before)
+}
