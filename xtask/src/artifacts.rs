@@ -83,7 +83,7 @@ fn objcopy() -> Result<PathBuf, String> {
     }
 }
 
-fn to_raw(elf: &Path, raw: &Path) -> Result<(), String> {
+pub(crate) fn to_raw(elf: &Path, raw: &Path) -> Result<(), String> {
     let status =
         Command::new(objcopy()?).args(["-O", "binary"]).arg(elf).arg(raw).status().map_err(|e| e.to_string())?;
     if status.success() {

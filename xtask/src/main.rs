@@ -5,6 +5,7 @@
 mod artifacts;
 mod bench;
 mod dtb;
+mod guests;
 mod qemu;
 mod scenarios;
 
@@ -74,7 +75,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   qemu-test [SCENARIO...] [--variant V]        every scenario on virt-gicv3, virt-gicv2, raspi4b
   test                                         host cargo test, then qemu-test
   bench                                        exact EL2 instruction counts (PMU under icount)
-  lint                                         rustfmt and clippy -D warnings, host and both boards";
+  lint                                         rustfmt and clippy -D warnings, host and both boards
+  guest-bundle [OUT]                           signed two-guest demo bundle (default target/xtask/bundle-demo.img)";
 
 fn main() -> ExitCode {
     let mut raw = std::env::args().skip(1);
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         "test" => test(),
         "bench" => qemu::ensure().and_then(|q| bench::run(&q)),
         "lint" => lint(),
+        "guest-bundle" => guest_bundle(&args),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -135,7 +138,17 @@ fn run(args: &Args) -> Result<u8, String> {
     let qemu = qemu::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Test)?;
     let scenario = args.value("scenario").unwrap_or("demo");
-    let mut command = qemu::command(&qemu, variant, &artifacts, &format!("scenario={scenario}"))?;
+    // The demo boots two guests; a test scenario gets the bundle it is tested with.
+    let bundle = match scenarios::SCENARIOS.iter().find(|s| s.name == scenario) {
+        Some(s) => scenarios::scenario_bundle(s)?,
+        None if scenario == "demo" => {
+            let path = artifacts::root().join("target/xtask/bundles/demo.img");
+            guests::write_bundle(&DEMO_VMS, &path)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mut command = qemu::command(&qemu, variant, &artifacts, &format!("scenario={scenario}"), bundle.as_deref())?;
     if args.flag("gdb") {
         println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");
         command.args(["-s", "-S"]);
@@ -164,6 +177,23 @@ fn image(args: &Args) -> Result<(), String> {
     println!("copy both onto the FAT boot partition of a Raspberry Pi 4 SD card that holds the firmware");
     println!("(start4.elf, fixup4.dat, bcm2711-rpi-4-b.dtb), e.g. `cp {}/* /media/$USER/bootfs/`;", out.display());
     println!("the console is the PL011 on GPIO 14/15 at 115200 baud");
+    Ok(())
+}
+
+/// The two-guest demo bundle (both guests count and sleep), signed with the test key.
+/// The demo's two guests: they count and sleep on their timers, interleaved.
+const DEMO_VMS: [guests::GuestVm; 2] = [
+    guests::GuestVm { name: "alpha", role: corevisor_abi::guest_role::DEMO, vcpus: 1 },
+    guests::GuestVm { name: "beta", role: corevisor_abi::guest_role::DEMO, vcpus: 1 },
+];
+
+fn guest_bundle(args: &Args) -> Result<(), String> {
+    let out = args
+        .words
+        .first()
+        .map_or_else(|| artifacts::root().join("target/xtask/bundle-demo.img"), std::path::PathBuf::from);
+    guests::write_bundle(&DEMO_VMS, &out)?;
+    println!("{}", out.display());
     Ok(())
 }
 
@@ -196,6 +226,21 @@ fn lint() -> Result<(), String> {
                 .collect(),
         );
     }
+    steps.push(
+        [
+            "clippy",
+            "-p",
+            "corevisor-test-guest",
+            "--target",
+            artifacts::TARGET,
+            "--target-dir",
+            "target/xtask/clippy-guest",
+        ]
+        .into_iter()
+        .chain(["--", "-D", "warnings"])
+        .map(String::from)
+        .collect(),
+    );
     let failures: Vec<String> = steps
         .iter()
         .filter_map(|step| artifacts::cargo(&step.iter().map(String::as_str).collect::<Vec<_>>(), &[]).err())

@@ -77,7 +77,14 @@ pub fn ensure() -> Result<Qemu, String> {
 }
 
 /// The QEMU command line that boots `artifacts` on `variant` with `append` as kernel arguments.
-pub fn command(qemu: &Qemu, variant: Variant, artifacts: &Artifacts, append: &str) -> Result<Command, String> {
+/// `initrd` is the boot bundle, if any.
+pub fn command(
+    qemu: &Qemu,
+    variant: Variant,
+    artifacts: &Artifacts,
+    append: &str,
+    initrd: Option<&std::path::Path>,
+) -> Result<Command, String> {
     let mut c = Command::new(&qemu.path);
     c.current_dir(root());
     match variant {
@@ -96,6 +103,9 @@ pub fn command(qemu: &Qemu, variant: Variant, artifacts: &Artifacts, append: &st
     }
     c.args(["-nographic", "-semihosting", "-no-reboot", "-kernel"]).arg(&artifacts.image);
     c.args(["-append", append]);
+    if let Some(initrd) = initrd {
+        c.arg("-initrd").arg(initrd);
+    }
     Ok(c)
 }
 

@@ -3,6 +3,7 @@
 
 use crate::artifacts::{self, Artifacts, Flavor};
 use crate::qemu::{self, Qemu};
+use corevisor_abi::guest_role as role;
 use std::time::Duration;
 
 /// The machines every scenario runs on.
@@ -42,6 +43,10 @@ pub struct Scenario {
     pub lines: &'static [&'static str],
     /// Lines required only on GICv2 machines.
     pub gic_v2_lines: &'static [&'static str],
+    /// The VMs of the boot bundle the run gets with `-initrd`: (name, role). None if empty.
+    pub bundle: &'static [(&'static str, u32)],
+    /// Boot arguments beyond `scenario=NAME`.
+    pub bootargs: &'static str,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -63,11 +68,15 @@ pub const SCENARIOS: &[Scenario] = &[
             "host SYSTEM_OFF, status 0",
         ],
         gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
     },
     Scenario {
         name: "hvc-version",
         lines: &["kserv: VERSION returned 0.2", "kserv: scenario hvc-version: PASS"],
         gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
     },
     Scenario {
         name: "hvc-unknown",
@@ -78,6 +87,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: scenario hvc-unknown: PASS",
         ],
         gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
     },
     Scenario {
         name: "host-undef",
@@ -89,6 +100,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: scenario host-undef: PASS",
         ],
         gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
     },
     Scenario {
         name: "host-reads-kcore",
@@ -98,16 +111,107 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: scenario host-reads-kcore: PASS",
         ],
         gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
     },
     Scenario {
         name: "host-maps-all-ram",
         lines: &["pages of host RAM with", "stage-2 faults, none refused", "kserv: scenario host-maps-all-ram: PASS"],
         gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
     },
     Scenario {
         name: "host-device-access",
         lines: &["kserv: UART and GIC reachable from the host", "kserv: scenario host-device-access: PASS"],
         gic_v2_lines: &["is KCore's: access aborted"],
+        bundle: &[],
+        bootargs: "",
+    },
+    Scenario {
+        name: "vm-hello",
+        lines: &[
+            "kserv: vm hello: created, image verified by KCore",
+            "kserv: [hello] hello from a corevisor guest",
+            "kserv: [hello] touched 64 pages: ok",
+            "kserv: [hello] ID_AA64PFR0_EL1 = 0x",
+            "kserv: [hello] dc isw: ok",
+            "kserv: [hello] PMCR_EL0: UNDEF",
+            "kserv: [hello] timer fired after wfi",
+            "kserv: [hello] bye",
+            "kserv: vm hello: powered off",
+            "all scrubbed",
+            "kserv: scenario vm-hello: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("hello", role::HELLO)],
+        bootargs: "",
+    },
+    Scenario {
+        name: "vm-two-guests",
+        lines: &[
+            "kserv: [alpha] tick 0",
+            "kserv: [beta] reaching outside my RAM",
+            "kserv: vm beta: read at",
+            "kserv: vm gamma: read at",
+            "outside its RAM and devices: stopping it",
+            "kserv: [alpha] tick 19",
+            "kserv: [alpha] memory intact",
+            "kserv: vm-two-guests: both reaching guests stopped, alpha unaffected",
+            "kserv: scenario vm-two-guests: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("alpha", role::STEADY), ("beta", role::EVIL), ("gamma", role::EVIL)],
+        bootargs: "",
+    },
+    Scenario {
+        name: "vm-share",
+        lines: &[
+            "kserv: [sharer] shared page at 0x",
+            "message read; private page",
+            "kserv: [sharer] host verdict: 1",
+            "kserv: [sharer] unshared page",
+            "kserv: vm-share: after unshare, page",
+            "2 of 2 accesses aborted",
+            "kserv: vm-share: PASS checks done",
+            "kserv: scenario vm-share: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("sharer", role::SHARE)],
+        bootargs: "",
+    },
+    Scenario {
+        name: "host-attacks-vm",
+        lines: &[
+            "kserv: [victim] tick 19",
+            "accesses to the running VM's pages aborted",
+            "kserv: [victim] memory intact",
+            "kserv: scenario host-attacks-vm: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("victim", role::STEADY)],
+        bootargs: "",
+    },
+    Scenario {
+        name: "vm-bad-image",
+        lines: &[
+            "VERIFY_VM_IMAGE refused: Boot(Rejected)",
+            "kserv: vm-bad-image: one byte of the image flipped: VERIFY denied, VCPU_RUN denied",
+            "kserv: vm-bad-image: one byte of the signature flipped: VERIFY denied, VCPU_RUN denied",
+            "kserv: [hello] bye",
+            "kserv: scenario vm-bad-image: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("hello", role::HELLO)],
+        bootargs: "",
+    },
+    Scenario {
+        name: "hvc-fuzz",
+        lines: &["kserv: hvc-fuzz: seed 0x", "kserv: hvc-fuzz: 10000 calls,", "kserv: scenario hvc-fuzz: PASS"],
+        gic_v2_lines: &[],
+        bundle: &[],
+        // Thousands of refused calls: only errors are worth printing.
+        bootargs: "loglevel=error",
     },
 ];
 
@@ -140,6 +244,18 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
 /// Only stops a hung QEMU: runs take about a second, so reaching it is a failure, never a pass.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
+/// Writes the scenario's boot bundle (signed test guests), if it has one.
+pub fn scenario_bundle(s: &Scenario) -> Result<Option<std::path::PathBuf>, String> {
+    if s.bundle.is_empty() {
+        return Ok(None);
+    }
+    let vms: Vec<crate::guests::GuestVm> =
+        s.bundle.iter().map(|&(name, role)| crate::guests::GuestVm { name, role, vcpus: 1 }).collect();
+    let path = artifacts::root().join("target/xtask/bundles").join(format!("{}.img", s.name));
+    crate::guests::write_bundle(&vms, &path)?;
+    Ok(Some(path))
+}
+
 /// Runs the named scenarios (all when `names` is empty) on the variant (all when `None`).
 pub fn qemu_test(qemu: &Qemu, names: &[String], variant: Option<&str>) -> Result<(), String> {
     let scenarios: Vec<&Scenario> =
@@ -161,7 +277,9 @@ pub fn qemu_test(qemu: &Qemu, names: &[String], variant: Option<&str>) -> Result
     for v in &variants {
         let image = &images.iter().find(|(b, _)| *b == v.board().name).unwrap().1;
         for s in &scenarios {
-            let command = qemu::command(qemu, *v, image, &format!("scenario={}", s.name))?;
+            let bundle = scenario_bundle(s)?;
+            let append = format!("scenario={} {}", s.name, s.bootargs);
+            let command = qemu::command(qemu, *v, image, append.trim_end(), bundle.as_deref())?;
             let run = qemu::run_captured(command, HANG_GUARD)?;
             let problems = check(s, *v, run.status, &run.console);
             if problems.is_empty() {

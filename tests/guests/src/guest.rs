@@ -1,0 +1,396 @@
+//! The guest proper: console, hypercalls, test device, timer, exception handling and the roles.
+//!
+//! One vCPU, interrupts masked throughout: the only exceptions are synchronous ones (an expected
+//! UNDEF, or a bug). Statics are `static mut`, reached only through raw pointers and volatile
+//! accesses, never references.
+
+use crate::text;
+use core::arch::{asm, global_asm};
+use corevisor_abi::{guest_call, guest_dev, guest_role, psci};
+
+global_asm!(include_str!("boot.S"));
+
+const PAGE: usize = 4096;
+const PAGE_WORDS: usize = PAGE / 8;
+
+/// Page-aligned, zero-initialised (so in .bss, not in the image) memory of `N` u64 words.
+#[repr(C, align(4096))]
+struct Pages<const N: usize>([u64; N]);
+
+/// HELLO: 64 pages to touch.
+static mut TOUCHED: Pages<{ 64 * PAGE_WORDS }> = Pages([0; 64 * PAGE_WORDS]);
+/// STEADY: 64 KiB whose contents must survive.
+static mut STEADY_BUF: Pages<{ 16 * PAGE_WORDS }> = Pages([0; 16 * PAGE_WORDS]);
+/// SHARE and BENCH: the page shared with the host.
+static mut PAGE_A: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
+/// SHARE: the page kept private.
+static mut PAGE_B: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
+
+/// Set while the guest expects an UNDEF; the vector then counts it in UNDEF_COUNT and skips the
+/// instruction.
+static mut EXPECT_UNDEF: bool = false;
+static mut UNDEF_COUNT: u64 = 0;
+
+// ---- console ----
+
+fn putc(byte: u8) {
+    // SAFETY: guest_dev::UART is the PL011 data register that the host emulates for every guest;
+    // a 32-bit store there writes one character and touches no memory of this program.
+    unsafe { (guest_dev::UART as *mut u32).write_volatile(u32::from(byte)) }
+}
+
+fn put(s: &str) {
+    for &b in s.as_bytes() {
+        putc(b);
+    }
+}
+
+fn put_text(buf: &[u8]) {
+    for &b in buf {
+        putc(b);
+    }
+}
+
+fn put_hex(value: u64) {
+    let mut buf = [0; text::MAX_LEN];
+    let at = text::hex(value, &mut buf);
+    put_text(&buf[at..]);
+}
+
+fn put_dec(value: u64) {
+    let mut buf = [0; text::MAX_LEN];
+    let at = text::decimal(value, &mut buf);
+    put_text(&buf[at..]);
+}
+
+fn line(s: &str) {
+    put(s);
+    putc(b'\n');
+}
+
+// ---- hypercalls and the test device ----
+
+/// An SMCCC call through `hvc #0`: x0 = `id`, x1..x3 = args; returns x0.
+fn hvc(id: u32, a1: u64, a2: u64, a3: u64) -> u64 {
+    let result: u64;
+    // SAFETY: an HVC traps to the hypervisor, which follows SMCCC: it changes at most x0..x17
+    // (all declared clobbered) and the memory a call is documented to share. No `nomem`, so the
+    // compiler keeps memory accesses (e.g. the text in a page about to be shared) in order.
+    unsafe {
+        asm!(
+            "hvc #0",
+            inout("x0") u64::from(id) => result,
+            inout("x1") a1 => _,
+            inout("x2") a2 => _,
+            inout("x3") a3 => _,
+            out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+            out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+            out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+            out("x16") _, out("x17") _,
+            options(nostack),
+        );
+    }
+    result
+}
+
+fn system_off() -> ! {
+    hvc(psci::SYSTEM_OFF, 0, 0, 0);
+    loop {
+        // SAFETY: WFI only waits; SYSTEM_OFF does not return, this is a fallback.
+        unsafe { asm!("wfi", options(nomem, nostack)) }
+    }
+}
+
+fn share(gpa: u64, size: u64) -> u64 {
+    hvc(guest_call::SET_DESC_PFN, gpa, size, 0)
+}
+
+fn unshare(gpa: u64, size: u64) -> u64 {
+    hvc(guest_call::UNSET_DESC_PFN, gpa, size, 0)
+}
+
+fn mmio_read(addr: u64) -> u64 {
+    // SAFETY: addr is one of the test device's registers, outside the guest's RAM; the host
+    // emulates a 64-bit load there.
+    unsafe { (addr as *const u64).read_volatile() }
+}
+
+fn config() -> u64 {
+    mmio_read(guest_dev::TEST_DEV_CONFIG)
+}
+
+fn answer() -> u64 {
+    mmio_read(guest_dev::TEST_DEV_ANSWER)
+}
+
+fn notify(value: u64) {
+    // SAFETY: TEST_DEV_NOTIFY is the test device's NOTIFY register, emulated by the host.
+    unsafe { (guest_dev::TEST_DEV_NOTIFY as *mut u64).write_volatile(value) }
+}
+
+// ---- system registers ----
+
+macro_rules! read_sysreg {
+    ($name:literal) => {{
+        let value: u64;
+        // SAFETY: reading this system register at EL1 has no side effect on memory.
+        unsafe { asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack)) };
+        value
+    }};
+}
+
+macro_rules! write_sysreg {
+    ($name:literal, $value:expr) => {{
+        let value: u64 = $value;
+        // SAFETY: the guest owns its EL1 timer and exception registers; writing them touches no
+        // memory.
+        unsafe { asm!(concat!("msr ", $name, ", {}"), "isb", in(reg) value, options(nomem, nostack)) };
+    }};
+}
+
+/// Sleeps `ticks` of the virtual counter: arm the virtual timer, WFI until its status is set
+/// (interrupts stay masked, so the pending interrupt only ends the WFI), disarm.
+fn sleep_ticks(ticks: u64) {
+    let now = read_sysreg!("cntvct_el0");
+    write_sysreg!("cntv_cval_el0", now.wrapping_add(ticks));
+    write_sysreg!("cntv_ctl_el0", 1);
+    loop {
+        // SAFETY: WFI only waits for an event or interrupt.
+        unsafe { asm!("wfi", options(nomem, nostack)) }
+        if read_sysreg!("cntv_ctl_el0") & 0b100 != 0 {
+            break;
+        }
+    }
+    write_sysreg!("cntv_ctl_el0", 0);
+}
+
+/// Counter ticks in `1 / per_second` seconds.
+fn ticks(per_second: u64) -> u64 {
+    (read_sysreg!("cntfrq_el0") / per_second).max(1)
+}
+
+// ---- exceptions ----
+
+fn undef_count() -> u64 {
+    // SAFETY: a plain load of a static that only this single vCPU touches, through a raw pointer.
+    unsafe { (&raw const UNDEF_COUNT).read_volatile() }
+}
+
+fn expect_undef(on: bool) {
+    // SAFETY: as in undef_count.
+    unsafe { (&raw mut EXPECT_UNDEF).write_volatile(on) }
+}
+
+/// Called by the vectors in boot.S with the vector's index (4: synchronous, current EL, SP_EL1).
+/// Returns only after an expected UNDEF, with ELR_EL1 past the instruction.
+#[no_mangle]
+extern "C" fn guest_exception(index: u64) {
+    let esr = read_sysreg!("esr_el1");
+    let elr = read_sysreg!("elr_el1");
+    let far = read_sysreg!("far_el1");
+    // SAFETY: as in undef_count.
+    let expected = unsafe { (&raw const EXPECT_UNDEF).read_volatile() };
+    if index == 4 && (esr >> 26) & 0x3f == 0 && expected {
+        // SAFETY: as in undef_count.
+        unsafe { (&raw mut UNDEF_COUNT).write_volatile(undef_count() + 1) };
+        write_sysreg!("elr_el1", elr + 4);
+        return;
+    }
+    if index != 4 {
+        put("guest: unexpected vector ");
+        put_dec(index);
+        putc(b'\n');
+    }
+    put("guest: unexpected exception ESR=");
+    put_hex(esr);
+    put(" ELR=");
+    put_hex(elr);
+    put(" FAR=");
+    put_hex(far);
+    putc(b'\n');
+    system_off()
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    line("guest panic");
+    system_off()
+}
+
+// ---- memory helpers ----
+
+/// Writes `s` and a NUL at the start of the page at `page`.
+fn write_text(page: *mut u8, s: &str) {
+    for (i, &b) in s.as_bytes().iter().chain(&[0]).enumerate() {
+        // SAFETY: callers pass a 4 KiB page of their own and texts far shorter than that.
+        unsafe { page.add(i).write_volatile(b) }
+    }
+}
+
+fn pattern(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x636f_7265_7669_736f
+}
+
+// ---- the roles ----
+
+/// Entered from _start with the stack set up.
+#[no_mangle]
+extern "C" fn guest_main() -> ! {
+    let role = config();
+    match role {
+        r if r == u64::from(guest_role::HELLO) => hello(),
+        r if r == u64::from(guest_role::SHARE) => share_role(),
+        r if r == u64::from(guest_role::EVIL) => evil(),
+        r if r == u64::from(guest_role::STEADY) => steady(),
+        r if r == u64::from(guest_role::BENCH) => bench(),
+        r if r == u64::from(guest_role::DEMO) => demo(),
+        other => {
+            put("unknown role ");
+            put_dec(other);
+            putc(b'\n');
+        }
+    }
+    system_off()
+}
+
+fn hello() {
+    line("hello from a corevisor guest");
+
+    let base = (&raw mut TOUCHED).cast::<u64>();
+    let pages = 64;
+    for p in 0..pages {
+        // SAFETY: TOUCHED is 64 pages of this guest's .bss; word p * PAGE_WORDS is inside it.
+        unsafe { base.add(p * PAGE_WORDS).write_volatile(pattern(p)) }
+    }
+    // SAFETY: as above, read back.
+    let intact = (0..pages).all(|p| unsafe { base.add(p * PAGE_WORDS).read_volatile() } == pattern(p));
+    line(if intact { "touched 64 pages: ok" } else { "touched 64 pages: CORRUPT" });
+
+    put("ID_AA64PFR0_EL1 = ");
+    put_hex(read_sysreg!("id_aa64pfr0_el1"));
+    putc(b'\n');
+
+    // SAFETY: a set/way clean-and-invalidate of set 0, way 0, level 1 changes no architectural
+    // state the guest relies on (its memory is non-cacheable with the MMU off); the hypervisor
+    // traps and emulates it.
+    unsafe { asm!("dc isw, {}", in(reg) 0u64, options(nostack)) };
+    line("dc isw: ok");
+
+    let before = undef_count();
+    expect_undef(true);
+    let _pmcr: u64;
+    // SAFETY: reading PMCR_EL0 either works or takes an UNDEF, which the vector skips while
+    // EXPECT_UNDEF is set. Not `nomem`: the handler writes UNDEF_COUNT.
+    unsafe { asm!("mrs {}, pmcr_el0", out(reg) _pmcr, options(nostack)) };
+    expect_undef(false);
+    line(if undef_count() != before { "PMCR_EL0: UNDEF" } else { "PMCR_EL0: readable" });
+
+    sleep_ticks(ticks(200));
+    line("timer fired after wfi");
+    line("bye");
+}
+
+fn share_role() {
+    let a = (&raw mut PAGE_A).cast::<u8>();
+    let b = (&raw mut PAGE_B).cast::<u8>();
+    write_text(a, "corevisor shared page: hello host");
+    write_text(b, "private: not for the host");
+    let (a_gpa, b_gpa) = (a as u64, b as u64);
+
+    let status = share(a_gpa, PAGE as u64);
+    if status != 0 {
+        put("share failed: ");
+        put_hex(status);
+        putc(b'\n');
+        return;
+    }
+    put("shared page at ");
+    put_hex(a_gpa);
+    putc(b'\n');
+    notify(a_gpa);
+    notify(b_gpa);
+    put("host verdict: ");
+    put_dec(answer());
+    putc(b'\n');
+
+    let status = unshare(a_gpa, PAGE as u64);
+    if status != 0 {
+        put("unshare failed: ");
+        put_hex(status);
+        putc(b'\n');
+        return;
+    }
+    line("unshared page");
+    notify(a_gpa);
+    put("host verdict: ");
+    put_dec(answer());
+    putc(b'\n');
+    line("bye");
+}
+
+fn evil() {
+    line("reaching outside my RAM");
+    loop {
+        let addr = answer();
+        if addr == 0 {
+            break;
+        }
+        // SAFETY: this is the attack: the host names memory that is not the guest's, and the
+        // hypervisor must stop the guest here. If the load returns, it only reads.
+        let value = unsafe { (addr as *const u64).read_volatile() };
+        put("read ");
+        put_hex(value);
+        put(" at ");
+        put_hex(addr);
+        putc(b'\n');
+    }
+    line("bye");
+}
+
+fn steady() {
+    let base = (&raw mut STEADY_BUF).cast::<u64>();
+    let words = 16 * PAGE_WORDS;
+    for i in 0..words {
+        // SAFETY: STEADY_BUF holds `words` u64s of this guest's .bss.
+        unsafe { base.add(i).write_volatile(pattern(i)) }
+    }
+    let tick = ticks(1000);
+    for i in 0..20 {
+        put("tick ");
+        put_dec(i);
+        putc(b'\n');
+        sleep_ticks(tick);
+    }
+    // SAFETY: as above, read back.
+    let intact = (0..words).all(|i| unsafe { base.add(i).read_volatile() } == pattern(i));
+    line(if intact { "memory intact" } else { "memory CORRUPT" });
+    line("bye");
+}
+
+fn bench() -> ! {
+    let a = (&raw mut PAGE_A).cast::<u64>();
+    // SAFETY: PAGE_A is a page of this guest's .bss: touch it so it is mapped before the loop.
+    unsafe { a.write_volatile(1) };
+    let a_gpa = a as u64;
+    loop {
+        let cmd = answer();
+        if cmd == 0 {
+            system_off();
+        }
+        for _ in 1..cmd {
+            share(a_gpa, PAGE as u64);
+            unshare(a_gpa, PAGE as u64);
+        }
+    }
+}
+
+fn demo() {
+    let tick = ticks(500);
+    for i in 0..5 {
+        put("counting ");
+        put_dec(i);
+        putc(b'\n');
+        sleep_ticks(tick);
+    }
+    line("bye");
+}
