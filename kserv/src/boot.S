@@ -1,6 +1,6 @@
 // KServ entry, at EL1 with the MMU off. The boot core enters at _start with x0 = the DTB address
 // (or 0); cores the host starts with PSCI CPU_ON enter at kserv_secondary_start with x0 = the
-// context value. Each core gets a 16 KiB stack by MPIDR Aff0.
+// context value. Each core gets a 64 KiB stack by MPIDR Aff0 (the VM manager keeps its VMs on it).
 
 .macro adr_l reg, sym
     adrp \reg, \sym
@@ -11,7 +11,7 @@
     mrs     x1, mpidr_el1
     and     x1, x1, #0xff
     add     x1, x1, #1
-    lsl     x1, x1, #14
+    lsl     x1, x1, #16
     adr_l   x2, __stacks_start
     add     sp, x2, x1
 .endm

@@ -35,6 +35,8 @@ pub struct Vm {
     pub vcpus: [VcpuRun; MAX_VCPUS],
     /// The answer each vCPU's next VCPU_RUN carries.
     answers: [u64; MAX_VCPUS],
+    /// A page offered for a vCPU's stage-2 fault: KCore takes it on that vCPU's next run.
+    offered: [Option<u64>; MAX_VCPUS],
     console: LineBuffer,
     pub given: Given,
     pub alive: bool,
@@ -171,6 +173,7 @@ impl Manager {
             region,
             vcpus: [VcpuRun::Off; MAX_VCPUS],
             answers: [0; MAX_VCPUS],
+            offered: [None; MAX_VCPUS],
             console: LineBuffer::new(),
             given: Given::new(),
             alive: false,
@@ -294,16 +297,21 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
     vm.vcpus[vcpu] = VcpuRun::Runnable;
     let [status, reason, a, b, c, d] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
     vm.runs += 1;
+    let offered = vm.offered[vcpu].take();
     if status != Status::Success.as_reg() {
         kprintln!("vm {}: VCPU_RUN of vcpu {vcpu} refused ({:?})", vm.name(), Status::from_reg(status));
         stop(vm, "VCPU_RUN refused");
         return;
     }
+    // The run started, so KCore took the page offered for the last fault.
+    if let Some(page) = offered {
+        vm.given.set(page);
+    }
     match reason {
         exit::MMIO => mmio(vm, vcpu, a, b, c, hooks),
         exit::PAGE_FAULT => match vm.host_page(a) {
             Some(pa) => {
-                vm.given.set((pa - vm.region) / PAGE);
+                vm.offered[vcpu] = Some((pa - vm.region) / PAGE);
                 vm.answers[vcpu] = pa >> 12;
             }
             None => stop(vm, "page fault outside its RAM"),

@@ -207,6 +207,14 @@ impl Vms {
         }
     }
 
+    /// After teardown (every page of the VM is the host's again): the VM's image pages are no
+    /// longer listed, so they may be listed for another VM.
+    pub fn release_images(&mut self, vmid: u16) {
+        if let Ok(info) = self.get_mut(vmid) {
+            info.load.clear();
+        }
+    }
+
     /// `set_boot_info`: an image of `size` bytes goes at guest address `gpa`. Returns its index.
     pub fn set_boot_info(&mut self, vmid: u16, gpa: u64, size: u64) -> Result<usize, BootError> {
         let info = self.ready(vmid)?;

@@ -24,7 +24,7 @@ pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, args: [u64; 4])
     };
     match result {
         Ok(value) => {
-            log::debug!("{} {args:#x?}: ok ({value:#x})", name(function));
+            log::debug!("{} {a1:#x} {a2:#x} {a3:#x} {a4:#x}: ok ({value:#x})", name(function));
             HypResult::success([value, 0, 0])
         }
         Err(e) => {

@@ -54,7 +54,6 @@ pub struct FpRegs {
     pub fpcr: u64,
 }
 
-
 /// The EL2 controls that differ between the host and a guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct El2Controls {

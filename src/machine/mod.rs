@@ -6,11 +6,11 @@
 //! inline assembly. Its API is safe: each primitive states the hardware fact that makes it sound.
 //! On the host (`cargo test`) only the architecture-independent parts build.
 
+pub mod guest_regs;
 #[cfg(test)]
 pub mod model;
 pub mod sync;
 mod trap_frame;
-pub mod guest_regs;
 
 pub use trap_frame::{TrapFrame, TrapKind};
 

@@ -398,6 +398,7 @@ impl Kcore {
             }
         }
         m.flush_stage2_vmid(vmid as u16);
+        self.vms.release_images(vmid as u16);
         Ok(returned)
     }
 }

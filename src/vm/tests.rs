@@ -93,6 +93,10 @@ fn a_flipped_byte_leaves_the_vm_unrunnable() {
         assert_eq!(m.read_u64(IMAGE_PFN << 12), 0);
         assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok());
         assert_eq!(k.vcpu_run_prepare(&m, 1, 0, 0).err(), Some(VmError::NoVm));
+        // Its image page may carry another VM's image now.
+        let vmid = k.register_vm(&m, GUEST_RAM, 1 << 20).unwrap() as u64;
+        let index = k.set_boot_info(vmid, GUEST_RAM, 100).unwrap() as u64;
+        assert_eq!(k.remap_vm_image(vmid, index, IMAGE_PFN), Ok(()));
     }
 }
 
@@ -152,8 +156,7 @@ fn guests_share_only_their_own_mapped_ram() {
     assert_eq!(k.guest_share(&m, vmid, true, GUEST_RAM, 4096), Ok(()));
     assert_eq!(k.mem.db.get(IMAGE_PFN << 12).unwrap().count, 1);
     assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok(), "a shared page is the host's to map");
-    for (gpa, size) in [(GUEST_RAM + 1, 4096), (GUEST_RAM, 0), (GUEST_RAM - 4096, 8192), (GUEST_RAM, !0xfffu64)]
-    {
+    for (gpa, size) in [(GUEST_RAM + 1, 4096), (GUEST_RAM, 0), (GUEST_RAM - 4096, 8192), (GUEST_RAM, !0xfffu64)] {
         assert_eq!(k.guest_share(&m, vmid, true, gpa, size), Err(VmError::BadArgument));
     }
     assert_eq!(k.guest_share(&m, vmid, false, GUEST_RAM, 4096), Ok(()));
