@@ -19,6 +19,8 @@ pub enum Mutation {
     AssignStealsFromAnotherVm,
     /// Boot-image verification hashes one byte short of the image.
     VerifyIgnoresLastByte,
+    /// A page the host offers for a guest's stage-2 fault is mapped without being scrubbed.
+    SkipFaultPageScrub,
 }
 
 #[cfg(test)]

@@ -9,6 +9,10 @@
 //! why teardown waits until no vCPU runs.
 
 #[cfg(test)]
+mod refinement;
+#[cfg(test)]
+pub mod spec;
+#[cfg(test)]
 mod tests;
 
 use crate::boot::{BootError, VcpuState, VmState, Vms, MAX_VCPUS, MAX_VMS};
@@ -184,7 +188,7 @@ impl Kcore {
         let fits = gpa >= slot.ram_base
             && pages
                 .checked_mul(PAGE_SIZE)
-                .is_some_and(|bytes| gpa - slot.ram_base <= slot.ram_size.saturating_sub(bytes));
+                .is_some_and(|bytes| bytes <= slot.ram_size && gpa - slot.ram_base <= slot.ram_size - bytes);
         if !fits {
             return Err(VmError::BadArgument);
         }
@@ -388,15 +392,17 @@ impl Kcore {
         let owner = Owner::Vm(vmid as u16);
         let regions: Vec<_> = self.mem.db.regions().iter().collect();
         let mut returned = 0;
-        let mut slot = self.slots[vmid as usize - 1].take().ok_or(VmError::NoVm)?;
+        let slot = self.slots[vmid as usize - 1].as_mut().ok_or(VmError::NoVm)?;
         for region in regions {
             for pa in (region.base..region.end()).step_by(PAGE_SIZE as usize) {
                 if self.mem.db.get(pa).is_some_and(|p| p.owner == owner) {
+                    // On a failure the VM stays, with the pages returned so far returned.
                     self.mem.clear_vm_page(m, &mut slot.s2, vmid as u16, pa >> 12)?;
                     returned += 1;
                 }
             }
         }
+        self.slots[vmid as usize - 1] = None;
         m.flush_stage2_vmid(vmid as u16);
         self.vms.release_images(vmid as u16);
         Ok(returned)
@@ -419,7 +425,9 @@ fn give_page(
         Some(_) => {}
     }
     mem.assign_pfn_to_vm(m, vmid, gfn, pfn)?;
-    m.zero_page(pfn << 12);
+    if !crate::mutation::planted(crate::mutation::Mutation::SkipFaultPageScrub) {
+        m.zero_page(pfn << 12);
+    }
     mem.map_pfn_vm(m, s2, vmid, gfn, pfn)?;
     Ok(())
 }
