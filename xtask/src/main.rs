@@ -171,10 +171,12 @@ fn image(args: &Args) -> Result<(), String> {
     std::fs::create_dir_all(&out).map_err(io)?;
     std::fs::copy(&artifacts.image, out.join("kernel8.img")).map_err(io)?;
     std::fs::write(out.join("config.txt"), corevisor_boards::rpi4::CONFIG_TXT).map_err(io)?;
+    guests::write_bundle(&DEMO_VMS, &out.join("corevisor-bundle.img"))?;
     println!("SD card files in {}:", out.display());
     println!("  kernel8.img  corevisor (KCore with KServ inside), no semihosting");
-    println!("  config.txt   arm_64bit=1, enable_uart=1, kernel=kernel8.img");
-    println!("copy both onto the FAT boot partition of a Raspberry Pi 4 SD card that holds the firmware");
+    println!("  config.txt   arm_64bit=1, enable_uart=1, kernel=kernel8.img, initramfs at 0x08000000");
+    println!("  corevisor-bundle.img  the demo's boot bundle: two signed test guests (test key)");
+    println!("copy the three files onto the FAT boot partition of a Raspberry Pi 4 SD card that holds the firmware");
     println!("(start4.elf, fixup4.dat, bcm2711-rpi-4-b.dtb), e.g. `cp {}/* /media/$USER/bootfs/`;", out.display());
     println!("the console is the PL011 on GPIO 14/15 at 115200 baud");
     Ok(())
