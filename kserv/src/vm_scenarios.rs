@@ -95,6 +95,8 @@ pub fn vm_hello(env: &VmEnv) -> Outcome {
         "dc isw: ok",
         "PMCR_EL0: UNDEF",
         "timer fired after wfi",
+        "hello from vcpu 1, context 0x5ec0",
+        "vcpu 1 said hello and is off again",
         "bye",
     ]));
     mgr.run_all(&mut watch);

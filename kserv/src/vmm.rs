@@ -37,7 +37,9 @@ pub struct Vm {
     answers: [u64; MAX_VCPUS],
     /// A page offered for a vCPU's stage-2 fault: KCore takes it on that vCPU's next run.
     offered: [Option<u64>; MAX_VCPUS],
-    console: LineBuffer,
+    /// One line buffer per vCPU: the UART is shared, but lines from different vCPUs are printed
+    /// whole.
+    console: [LineBuffer; MAX_VCPUS],
     pub given: Given,
     pub alive: bool,
     /// VCPU_RUN calls so far.
@@ -174,7 +176,7 @@ impl Manager {
             vcpus: [VcpuRun::Off; MAX_VCPUS],
             answers: [0; MAX_VCPUS],
             offered: [None; MAX_VCPUS],
-            console: LineBuffer::new(),
+            console: [const { LineBuffer::new() }; MAX_VCPUS],
             given: Given::new(),
             alive: false,
             runs: 0,
@@ -344,12 +346,12 @@ fn mmio(vm: &mut Vm, vcpu: usize, addr: u64, flags: u64, value: u64, hooks: &mut
     let write = flags & exit::mmio_flags::WRITE != 0;
     if let Some(offset) = addr.checked_sub(guest_dev::UART).filter(|&o| o < PAGE) {
         if write {
-            let mut console = core::mem::take(&mut vm.console);
+            let mut console = core::mem::take(&mut vm.console[vcpu]);
             if let Some(line) = pl011::write(&mut console, offset, value) {
                 kprintln!("[{}] {}", vm.name(), line);
                 hooks.console_line(vm, line);
             }
-            vm.console = console;
+            vm.console[vcpu] = console;
         } else {
             vm.answers[vcpu] = pl011::read(offset);
         }

@@ -43,8 +43,8 @@ pub struct Scenario {
     pub lines: &'static [&'static str],
     /// Lines required only on GICv2 machines.
     pub gic_v2_lines: &'static [&'static str],
-    /// The VMs of the boot bundle the run gets with `-initrd`: (name, role). None if empty.
-    pub bundle: &'static [(&'static str, u32)],
+    /// The VMs of the boot bundle the run gets with `-initrd`: (name, role, vCPUs). None if empty.
+    pub bundle: &'static [(&'static str, u32, u32)],
     /// Boot arguments beyond `scenario=NAME`.
     pub bootargs: &'static str,
 }
@@ -138,13 +138,17 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: [hello] dc isw: ok",
             "kserv: [hello] PMCR_EL0: UNDEF",
             "kserv: [hello] timer fired after wfi",
+            "kserv: [hello] PSCI version 0x10001",
+            "kserv: [hello] CPU_ON vcpu 1: 0",
+            "kserv: [hello] hello from vcpu 1, context 0x5ec0",
+            "kserv: [hello] vcpu 1 said hello and is off again",
             "kserv: [hello] bye",
             "kserv: vm hello: powered off",
             "all scrubbed",
             "kserv: scenario vm-hello: PASS",
         ],
         gic_v2_lines: &[],
-        bundle: &[("hello", role::HELLO)],
+        bundle: &[("hello", role::HELLO, 2)],
         bootargs: "",
     },
     Scenario {
@@ -161,7 +165,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: scenario vm-two-guests: PASS",
         ],
         gic_v2_lines: &[],
-        bundle: &[("alpha", role::STEADY), ("beta", role::EVIL), ("gamma", role::EVIL)],
+        bundle: &[("alpha", role::STEADY, 1), ("beta", role::EVIL, 1), ("gamma", role::EVIL, 1)],
         bootargs: "",
     },
     Scenario {
@@ -177,7 +181,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: scenario vm-share: PASS",
         ],
         gic_v2_lines: &[],
-        bundle: &[("sharer", role::SHARE)],
+        bundle: &[("sharer", role::SHARE, 1)],
         bootargs: "",
     },
     Scenario {
@@ -189,7 +193,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: scenario host-attacks-vm: PASS",
         ],
         gic_v2_lines: &[],
-        bundle: &[("victim", role::STEADY)],
+        bundle: &[("victim", role::STEADY, 1)],
         bootargs: "",
     },
     Scenario {
@@ -202,7 +206,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: scenario vm-bad-image: PASS",
         ],
         gic_v2_lines: &[],
-        bundle: &[("hello", role::HELLO)],
+        bundle: &[("hello", role::HELLO, 2)],
         bootargs: "",
     },
     Scenario {
@@ -250,7 +254,7 @@ pub fn scenario_bundle(s: &Scenario) -> Result<Option<std::path::PathBuf>, Strin
         return Ok(None);
     }
     let vms: Vec<crate::guests::GuestVm> =
-        s.bundle.iter().map(|&(name, role)| crate::guests::GuestVm { name, role, vcpus: 1 }).collect();
+        s.bundle.iter().map(|&(name, role, vcpus)| crate::guests::GuestVm { name, role, vcpus }).collect();
     let path = artifacts::root().join("target/xtask/bundles").join(format!("{}.img", s.name));
     crate::guests::write_bundle(&vms, &path)?;
     Ok(Some(path))

@@ -25,12 +25,29 @@ _start:
 3:  wfi
     b       3b
 
+// A second vCPU, started by PSCI CPU_ON with x0 = its context id: its own stack, the same
+// vectors, guest_secondary(context).
+.global _secondary_start
+_secondary_start:
+    adr_l   x1, __guest_stack2_top
+    mov     sp, x1
+    adr_l   x1, guest_vectors
+    msr     vbar_el1, x1
+    isb
+    bl      guest_secondary
+4:  wfi
+    b       4b
+
 // The 16 KiB stack, in .bss.
 .section .bss.guest_stack, "aw", %nobits
 .balign 16
 __guest_stack_bottom:
     .space  16384
 __guest_stack_top:
+// vCPU 1's 8 KiB stack.
+.balign 16
+    .space  8192
+__guest_stack2_top:
 
 // EL1 vectors: save the caller-saved registers, call guest_exception(vector index), restore,
 // eret. The handler either skips an expected UNDEF (ELR_EL1 += 4) or powers the guest off.

@@ -26,6 +26,11 @@ static mut PAGE_A: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
 /// SHARE: the page kept private.
 static mut PAGE_B: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
 
+/// HELLO: set by vCPU 1 once it has run.
+static mut SECONDARY_SAID_HELLO: u64 = 0;
+/// The context id vCPU 0 passes to vCPU 1 with CPU_ON.
+const SECONDARY_CONTEXT: u64 = 0x5ec0;
+
 /// Set while the guest expects an UNDEF; the vector then counts it in UNDEF_COUNT and skips the
 /// instruction.
 static mut EXPECT_UNDEF: bool = false;
@@ -287,7 +292,50 @@ fn hello() {
 
     sleep_ticks(ticks(200));
     line("timer fired after wfi");
+
+    second_vcpu();
     line("bye");
+}
+
+/// PSCI from the guest's side: VERSION, then CPU_ON of vCPU 1, waiting (on the timer, so that
+/// the host gets to run vCPU 1) until it has said hello and turned itself off.
+fn second_vcpu() {
+    put("PSCI version ");
+    put_hex(hvc(psci::VERSION, 0, 0, 0));
+    putc(b'\n');
+    extern "C" {
+        fn _secondary_start();
+    }
+    let status = hvc(psci::CPU_ON_64, 1, _secondary_start as usize as u64, SECONDARY_CONTEXT);
+    put("CPU_ON vcpu 1: ");
+    put_dec(status);
+    putc(b'\n');
+    if status != 0 {
+        return;
+    }
+    for _ in 0..1000 {
+        // SAFETY: a volatile load of a static that vCPU 1 sets, through a raw pointer.
+        let said = unsafe { (&raw const SECONDARY_SAID_HELLO).read_volatile() };
+        if said != 0 && hvc(psci::AFFINITY_INFO_64, 1, 0, 0) == psci::AFFINITY_OFF {
+            line("vcpu 1 said hello and is off again");
+            return;
+        }
+        sleep_ticks(ticks(1000));
+    }
+    line("vcpu 1 never said hello");
+}
+
+/// vCPU 1's entry (from `_secondary_start`), with the context id CPU_ON gave it.
+#[no_mangle]
+extern "C" fn guest_secondary(context: u64) -> ! {
+    put("hello from vcpu 1, context ");
+    put_hex(context);
+    putc(b'\n');
+    // SAFETY: a volatile store to a static that vCPU 0 polls, through a raw pointer.
+    unsafe { (&raw mut SECONDARY_SAID_HELLO).write_volatile(1) };
+    hvc(psci::CPU_OFF, 0, 0, 0);
+    line("CPU_OFF returned");
+    system_off()
 }
 
 fn share_role() {
