@@ -306,7 +306,7 @@ fn second_vcpu() {
     extern "C" {
         fn _secondary_start();
     }
-    let status = hvc(psci::CPU_ON_64, 1, _secondary_start as usize as u64, SECONDARY_CONTEXT);
+    let status = hvc(psci::CPU_ON_64, 1, _secondary_start as *const () as u64, SECONDARY_CONTEXT);
     put("CPU_ON vcpu 1: ");
     put_dec(status);
     putc(b'\n');
