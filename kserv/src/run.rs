@@ -22,6 +22,7 @@ type Outcome = Result<(), &'static str>;
 /// The boot core's entry, from boot.S, with the DTB address KCore passed (or 0).
 #[no_mangle]
 extern "C" fn kserv_main(dtb_pa: u64) -> ! {
+    cpu::set_stack_canary();
     mmu::build(BOARD);
     mmu::enable();
     let info = read_dtb(dtb_pa);
@@ -117,6 +118,8 @@ fn read_dtb(dtb_pa: u64) -> Option<crate::dtb::BootInfo<'static>> {
 
 /// Reports the outcome and ends the run through KCore's SYSTEM_OFF.
 pub fn finish(name: &str, outcome: Outcome) -> ! {
+    // An overflowed stack has written over KServ's statics: nothing it reports can be trusted.
+    let outcome = if cpu::stack_canary_intact() { outcome } else { Err("KServ's stack overflowed") };
     let status = match outcome {
         Ok(()) => {
             kprintln!("scenario {name}: PASS");

@@ -10,6 +10,7 @@
 use crate::arch::{exceptions, hvc};
 use crate::kprintln;
 use crate::vm_plan::{pl011, region_page, Given, LineBuffer};
+use core::sync::atomic::{AtomicBool, Ordering};
 use corevisor_abi::bundle::{Bundle, VmEntry};
 use corevisor_abi::{exit, guest_dev, host_call, psci, Status};
 
@@ -110,10 +111,15 @@ fn call(step: &'static str, function: u32, args: [u64; 4]) -> Result<u64, CallFa
     }
 }
 
+/// The VMs' records: a few KiB each, so they live in a static rather than on KServ's stack.
+static mut VM_SLOTS: [Option<Vm>; MAX_VMS] = [const { None }; MAX_VMS];
+/// Set once [`VM_SLOTS`] is handed out: one VM manager per boot.
+static SLOTS_TAKEN: AtomicBool = AtomicBool::new(false);
+
 pub struct Manager {
     regions: [Option<u64>; MAX_VMS],
     region_busy: [bool; MAX_VMS],
-    pub vms: [Option<Vm>; MAX_VMS],
+    pub vms: &'static mut [Option<Vm>; MAX_VMS],
     /// VMs torn down after powering themselves off, and after being stopped.
     pub powered_off: u32,
     pub stopped: u32,
@@ -124,14 +130,10 @@ pub struct Manager {
 impl Manager {
     /// `regions` are the host RAM regions (16 MiB each) KServ may give to VMs.
     pub fn new(regions: [Option<u64>; MAX_VMS]) -> Manager {
-        Manager {
-            regions,
-            region_busy: [false; MAX_VMS],
-            vms: [const { None }; MAX_VMS],
-            powered_off: 0,
-            stopped: 0,
-            teardown_failed: 0,
-        }
+        assert!(!SLOTS_TAKEN.swap(true, Ordering::SeqCst), "KServ runs one VM manager per boot");
+        // SAFETY: the flag above hands the static out once, and the VM manager runs on one core.
+        let vms = unsafe { &mut *(&raw mut VM_SLOTS) };
+        Manager { regions, region_busy: [false; MAX_VMS], vms, powered_off: 0, stopped: 0, teardown_failed: 0 }
     }
 
     /// Fails if any teardown failed.

@@ -38,3 +38,27 @@ pub fn phys_slice(pa: u64, len: usize) -> &'static [u8] {
     // SAFETY: as for `read_phys_u64`; the DTB stays in place and unwritten.
     unsafe { core::slice::from_raw_parts(pa as *const u8, len) }
 }
+
+/// A value at the bottom of the boot core's stack: if it changes, the stack overflowed (into
+/// KServ's .bss, which sits just below).
+const STACK_CANARY: u64 = 0x6b73_6572_7663_616e;
+
+fn stack_bottom() -> *mut u64 {
+    extern "C" {
+        static mut __stacks_start: u64;
+    }
+    // Taking the address of the linker symbol reads nothing.
+    core::ptr::addr_of_mut!(__stacks_start)
+}
+
+/// Plants the canary (boot core, first thing in Rust).
+pub fn set_stack_canary() {
+    // SAFETY: the lowest word of the boot core's 64 KiB stack, far below where it runs now.
+    unsafe { stack_bottom().write_volatile(STACK_CANARY) }
+}
+
+/// Whether the boot core's stack stayed within its 64 KiB.
+pub fn stack_canary_intact() -> bool {
+    // SAFETY: as for `set_stack_canary`.
+    unsafe { stack_bottom().read_volatile() == STACK_CANARY }
+}
