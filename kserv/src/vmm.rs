@@ -131,8 +131,9 @@ impl Manager {
     /// `regions` are the host RAM regions (16 MiB each) KServ may give to VMs.
     pub fn new(regions: [Option<u64>; MAX_VMS]) -> Manager {
         assert!(!SLOTS_TAKEN.swap(true, Ordering::SeqCst), "KServ runs one VM manager per boot");
+        let slots = &raw mut VM_SLOTS;
         // SAFETY: the flag above hands the static out once, and the VM manager runs on one core.
-        let vms = unsafe { &mut *(&raw mut VM_SLOTS) };
+        let vms = unsafe { &mut *slots };
         Manager { regions, region_busy: [false; MAX_VMS], vms, powered_off: 0, stopped: 0, teardown_failed: 0 }
     }
 
