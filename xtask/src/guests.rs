@@ -27,7 +27,13 @@ pub struct GuestVm {
 }
 
 /// Builds the test guest and returns its raw image (`target/xtask/guests/test-guest.bin`).
+/// Built once per xtask run: every scenario's bundle holds the same image.
 pub fn build_guest() -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_guest_now).clone()
+}
+
+fn build_guest_now() -> Result<PathBuf, String> {
     let dir = artifacts::root().join("target/xtask/guests");
     let dir_arg = dir.to_str().ok_or("non-UTF-8 target directory")?;
     let args = ["build", "-p", "corevisor-test-guest", "--release", "--target", TARGET, "--target-dir", dir_arg];
