@@ -46,15 +46,17 @@ fn create_all(mgr: &mut Manager, env: &VmEnv, count: usize) -> Outcome {
 }
 
 /// Checks each guest console line against what the scenario expects to see.
-#[derive(Default)]
 struct Expect {
-    seen: [bool; 8],
+    seen: [bool; Expect::MAX],
     lines: &'static [&'static str],
 }
 
 impl Expect {
+    const MAX: usize = 16;
+
     fn new(lines: &'static [&'static str]) -> Expect {
-        Expect { seen: [false; 8], lines }
+        assert!(lines.len() <= Expect::MAX, "too many expected lines");
+        Expect { seen: [false; Expect::MAX], lines }
     }
 
     fn line(&mut self, line: &str) {
@@ -94,6 +96,7 @@ pub fn vm_hello(env: &VmEnv) -> Outcome {
         "touched 64 pages: ok",
         "dc isw: ok",
         "PMCR_EL0: UNDEF",
+        "hvc #1: UNDEF",
         "timer fired after wfi",
         "hello from vcpu 1, context 0x5ec0",
         "vcpu 1 said hello and is off again",
@@ -110,8 +113,9 @@ pub fn vm_hello(env: &VmEnv) -> Outcome {
     Ok(())
 }
 
-/// `vm-two-guests`: alpha ticks; beta reaches for alpha's memory and gamma for KCore's. Both are
-/// stopped at their first reach; alpha finishes with its memory intact.
+/// `vm-two-guests`: alpha and delta tick, interleaved, each with its own FP/SIMD pattern; beta
+/// reaches for alpha's memory and gamma for KCore's. Both are stopped at their first reach;
+/// alpha finishes with its memory and registers intact.
 pub fn vm_two_guests(env: &VmEnv) -> Outcome {
     struct Reach {
         alpha_page: u64,
@@ -120,7 +124,13 @@ pub fn vm_two_guests(env: &VmEnv) -> Outcome {
     }
     impl Hooks for Reach {
         fn answer(&mut self, vm: &Vm) -> u64 {
-            let target = if vm.name() == "beta" { self.alpha_page } else { self.kcore };
+            let target = match vm.name() {
+                // The ticking guests ask for the seed of their FP/SIMD pattern.
+                "alpha" => return 0xa1,
+                "delta" => return 0xd1,
+                "beta" => self.alpha_page,
+                _ => self.kcore,
+            };
             kprintln!("vm {}: told to reach for {target:#x}", vm.name());
             target
         }
@@ -131,13 +141,17 @@ pub fn vm_two_guests(env: &VmEnv) -> Outcome {
         }
     }
     let mut mgr = Manager::new(env.regions);
-    create_all(&mut mgr, env, 3)?;
+    create_all(&mut mgr, env, 4)?;
     let alpha_page = mgr.vms.iter().flatten().find(|vm| vm.name() == "alpha").ok_or("no VM alpha")?.region;
-    let mut hooks = Reach { alpha_page, kcore: env.kcore_base, watch: Expect::new(&["memory intact", "bye"]) };
+    let mut hooks = Reach {
+        alpha_page,
+        kcore: env.kcore_base,
+        watch: Expect::new(&["memory intact", "fp registers intact", "bye"]),
+    };
     mgr.run_all(&mut hooks);
     mgr.result()?;
-    if mgr.stopped != 2 || mgr.powered_off != 1 {
-        return Err("expected beta and gamma stopped and alpha powered off");
+    if mgr.stopped != 2 || mgr.powered_off != 2 {
+        return Err("expected beta and gamma stopped, alpha and delta powered off");
     }
     if !hooks.watch.all_seen() {
         return Err("alpha did not finish with its memory intact");
@@ -227,6 +241,7 @@ pub fn host_attacks_vm(env: &VmEnv) -> Outcome {
         tried: u64,
         aborted: u64,
         intact: bool,
+        fp_intact: bool,
     }
     impl Hooks for Attack {
         fn after_exit(&mut self, vm: &Vm) {
@@ -238,6 +253,7 @@ pub fn host_attacks_vm(env: &VmEnv) -> Outcome {
         }
         fn console_line(&mut self, _vm: &Vm, line: &str) {
             self.intact |= line == "memory intact";
+            self.fp_intact |= line == "fp registers intact";
         }
     }
     let mut mgr = Manager::new(env.regions);
@@ -249,7 +265,7 @@ pub fn host_attacks_vm(env: &VmEnv) -> Outcome {
     if hooks.tried == 0 || hooks.aborted != hooks.tried {
         return Err("the host reached a running VM's memory");
     }
-    if !hooks.intact || mgr.powered_off != 1 {
+    if !hooks.intact || !hooks.fp_intact || mgr.powered_off != 1 {
         return Err("the VM did not keep running to the end with its memory intact");
     }
     Ok(())

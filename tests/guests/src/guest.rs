@@ -290,6 +290,18 @@ fn hello() {
     expect_undef(false);
     line(if undef_count() != before { "PMCR_EL0: UNDEF" } else { "PMCR_EL0: readable" });
 
+    let before = undef_count();
+    expect_undef(true);
+    // SAFETY: an HVC with a non-zero immediate is not an SMCCC call: the hypervisor injects an
+    // UNDEF, which the vector skips. Registers x0..x17 may change, as for any HVC.
+    unsafe {
+        asm!("hvc #1", out("x0") _, out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _,
+            out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+            out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _, options(nostack))
+    };
+    expect_undef(false);
+    line(if undef_count() != before { "hvc #1: UNDEF" } else { "hvc #1: returned" });
+
     sleep_ticks(ticks(200));
     line("timer fired after wfi");
 
@@ -395,7 +407,51 @@ fn evil() {
     line("bye");
 }
 
+/// FP/SIMD state in memory: q0..q31.
+#[repr(C, align(16))]
+struct FpImage([u64; 64]);
+
+/// Loads q0..q31 from `image` (FP enabled at EL1 first: CPACR_EL1.FPEN = 0b11).
+fn load_fp(image: &FpImage) {
+    write_sysreg!("cpacr_el1", 0b11 << 20);
+    // SAFETY: reads 512 bytes of `image` into the FP/SIMD registers, which nothing else in this
+    // soft-float program uses.
+    unsafe {
+        asm!(
+            ".arch_extension fp", ".arch_extension simd",
+            "ldp q0, q1, [{p}, #0]", "ldp q2, q3, [{p}, #32]", "ldp q4, q5, [{p}, #64]", "ldp q6, q7, [{p}, #96]",
+            "ldp q8, q9, [{p}, #128]", "ldp q10, q11, [{p}, #160]", "ldp q12, q13, [{p}, #192]", "ldp q14, q15, [{p}, #224]",
+            "ldp q16, q17, [{p}, #256]", "ldp q18, q19, [{p}, #288]", "ldp q20, q21, [{p}, #320]", "ldp q22, q23, [{p}, #352]",
+            "ldp q24, q25, [{p}, #384]", "ldp q26, q27, [{p}, #416]", "ldp q28, q29, [{p}, #448]", "ldp q30, q31, [{p}, #480]",
+            p = in(reg) image.0.as_ptr(), options(nostack, readonly),
+        )
+    }
+}
+
+/// Stores q0..q31 into `image`.
+fn store_fp(image: &mut FpImage) {
+    // SAFETY: writes the FP/SIMD registers into the 512 bytes of `image`.
+    unsafe {
+        asm!(
+            ".arch_extension fp", ".arch_extension simd",
+            "stp q0, q1, [{p}, #0]", "stp q2, q3, [{p}, #32]", "stp q4, q5, [{p}, #64]", "stp q6, q7, [{p}, #96]",
+            "stp q8, q9, [{p}, #128]", "stp q10, q11, [{p}, #160]", "stp q12, q13, [{p}, #192]", "stp q14, q15, [{p}, #224]",
+            "stp q16, q17, [{p}, #256]", "stp q18, q19, [{p}, #288]", "stp q20, q21, [{p}, #320]", "stp q22, q23, [{p}, #352]",
+            "stp q24, q25, [{p}, #384]", "stp q26, q27, [{p}, #416]", "stp q28, q29, [{p}, #448]", "stp q30, q31, [{p}, #480]",
+            p = in(reg) image.0.as_mut_ptr(), options(nostack),
+        )
+    }
+}
+
 fn steady() {
+    // Its FP/SIMD registers hold a pattern from the host's seed for the whole run: another
+    // guest's (or the host's) values must never show through the world switch.
+    let seed = answer();
+    let mut expected = FpImage([0; 64]);
+    for (i, word) in expected.0.iter_mut().enumerate() {
+        *word = pattern(i) ^ seed;
+    }
+    load_fp(&expected);
     let base = (&raw mut STEADY_BUF).cast::<u64>();
     let words = 16 * PAGE_WORDS;
     for i in 0..words {
@@ -412,6 +468,9 @@ fn steady() {
     // SAFETY: as above, read back.
     let intact = (0..words).all(|i| unsafe { base.add(i).read_volatile() } == pattern(i));
     line(if intact { "memory intact" } else { "memory CORRUPT" });
+    let mut fp = FpImage([0; 64]);
+    store_fp(&mut fp);
+    line(if fp.0 == expected.0 { "fp registers intact" } else { "fp registers CORRUPT" });
     line("bye");
 }
 
