@@ -21,6 +21,8 @@ pub enum Mutation {
     VerifyIgnoresLastByte,
     /// A page the host offers for a guest's stage-2 fault is mapped without being scrubbed.
     SkipFaultPageScrub,
+    /// A page-table pool hands out one page past its end.
+    PoolOverrun,
 }
 
 #[cfg(test)]

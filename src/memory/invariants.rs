@@ -5,7 +5,7 @@
 //! - `host_flatmap`: the host's stage-2 is the identity;
 //! - `vm_iso`: a VM maps only RAM it owns, at the gfn the ownership table records (so no page is
 //!   mapped by two VMs);
-//! - well-formedness: leaves never overlap.
+//! - well-formedness: leaves never overlap, and every table page lies in its owner's pool.
 
 use super::pages::Owner;
 use super::HostMemory;
@@ -18,12 +18,21 @@ use crate::page_table::{Leaf, PageTable};
 pub enum Violation {
     HostIso(Leaf),
     HostFlatmap(Leaf),
-    VmIso { vmid: u16, leaf: Leaf },
+    VmIso {
+        vmid: u16,
+        leaf: Leaf,
+    },
     Overlap(Leaf),
+    /// A table page of `principal`'s stage-2 (0: the host) lies outside its own pool.
+    ForeignTablePage {
+        principal: u16,
+        pa: u64,
+    },
 }
 
 /// Checks every invariant over the host's table and the given VM tables.
 pub fn check(m: &impl Machine, mem: &HostMemory, vms: &[(u16, &PageTable)]) -> Result<(), Violation> {
+    own_pool(m, 0, &mem.host_s2)?;
     let leaves = mem.host_s2.leaves(m);
     well_formed(&leaves)?;
     for &leaf in &leaves {
@@ -43,6 +52,7 @@ pub fn check(m: &impl Machine, mem: &HostMemory, vms: &[(u16, &PageTable)]) -> R
         }
     }
     for &(vmid, table) in vms {
+        own_pool(m, vmid, table)?;
         let leaves = table.leaves(m);
         well_formed(&leaves)?;
         for leaf in leaves {
@@ -57,6 +67,16 @@ pub fn check(m: &impl Machine, mem: &HostMemory, vms: &[(u16, &PageTable)]) -> R
         }
     }
     Ok(())
+}
+
+/// Every table page of a principal's stage-2, its root included, comes from its own pool: no
+/// principal's tables can be reached through another's memory.
+fn own_pool(m: &impl Machine, principal: u16, table: &PageTable) -> Result<(), Violation> {
+    let pages = core::iter::once(table.root()).chain(table.tables(m).into_iter().map(|(_, _, pa)| pa));
+    match pages.into_iter().find(|&pa| !table.pool().contains(pa)) {
+        Some(pa) => Err(Violation::ForeignTablePage { principal, pa }),
+        None => Ok(()),
+    }
 }
 
 fn well_formed(leaves: &[Leaf]) -> Result<(), Violation> {

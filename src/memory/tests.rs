@@ -157,6 +157,21 @@ fn vm_iso_holds_for_owned_pages_and_catches_a_foreign_one() {
 }
 
 #[test]
+fn the_checker_catches_a_table_page_outside_its_pool() {
+    let m = ModelMachine::new();
+    let mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    // A root and one table page: a 4 KiB mapping needs two tables below the root.
+    let mut vm = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL + (1 << 30), 2)).unwrap();
+    assert!(vm.map(&m, 0x10 << 12, 0x0900_0000, 3, Attrs::DEVICE).is_err());
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+    // Planted bug: the pool hands out the page after its end.
+    crate::mutation::with(crate::mutation::Mutation::PoolOverrun, || {
+        vm.map(&m, 0x10 << 12, 0x0900_0000, 3, Attrs::DEVICE).unwrap();
+    });
+    assert!(matches!(check(&m, &mem, &[(1, &vm)]), Err(Violation::ForeignTablePage { principal: 1, .. })));
+}
+
+#[test]
 fn the_checker_catches_a_transition_that_forgets_clear_pfn_host() {
     let m = ModelMachine::new();
     let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);

@@ -24,7 +24,7 @@ impl PagePool {
 
     /// A zeroed page, or an error when the pool is used up.
     pub fn alloc(&mut self, machine: &impl Machine) -> Result<u64, PoolExhausted> {
-        if self.used == self.pages {
+        if self.used == self.pages && !crate::mutation::planted(crate::mutation::Mutation::PoolOverrun) {
             return Err(PoolExhausted);
         }
         let page = self.base + self.used * PAGE_SIZE;
@@ -35,7 +35,8 @@ impl PagePool {
 
     /// Pages still free.
     pub fn free(&self) -> u64 {
-        self.pages - self.used
+        let overrun = crate::mutation::planted(crate::mutation::Mutation::PoolOverrun) as u64;
+        (self.pages + overrun).saturating_sub(self.used)
     }
 
     /// Whether `pa` is one of this pool's pages.
