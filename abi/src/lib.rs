@@ -209,6 +209,8 @@ pub mod guest_role {
     pub const BENCH: u32 = 4;
     /// Counts and sleeps on its timer, for the two-guest demo.
     pub const DEMO: u32 = 5;
+    /// Throws random hypercalls, SMCs, trapped system registers, share calls and WFIs at KCore.
+    pub const FUZZ: u32 = 6;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -19,10 +19,11 @@ pub enum Scenario {
     HostAttacksVm,
     VmBadImage,
     HvcFuzz,
+    GuestFuzz,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -38,6 +39,7 @@ impl Scenario {
         Scenario::HostAttacksVm,
         Scenario::VmBadImage,
         Scenario::HvcFuzz,
+        Scenario::GuestFuzz,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Scenario {
             Scenario::HostAttacksVm => "host-attacks-vm",
             Scenario::VmBadImage => "vm-bad-image",
             Scenario::HvcFuzz => "hvc-fuzz",
+            Scenario::GuestFuzz => "guest-fuzz",
         }
     }
 

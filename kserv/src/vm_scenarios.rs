@@ -304,13 +304,45 @@ pub fn vm_bad_image(env: &VmEnv) -> Outcome {
     Ok(())
 }
 
+/// `guest-fuzz`: a guest throws 2,000 random hypercalls, SMCs, trapped system registers, share
+/// calls and WFEs at KCore (seeded by KServ; the seed is printed). KCore must survive them all,
+/// with its invariants checked after each share call and each VCPU_RUN, and the guest must get to
+/// power itself off.
+pub fn guest_fuzz(env: &VmEnv) -> Outcome {
+    struct Seed(u64, Expect);
+    impl Hooks for Seed {
+        fn answer(&mut self, _vm: &Vm) -> u64 {
+            self.0
+        }
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            self.1.line(line);
+        }
+    }
+    let seed = fuzz_seed(env);
+    kprintln!("guest-fuzz: seed {seed:#x} (rerun with fuzz.seed={seed:x})");
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let mut hooks = Seed(seed, Expect::new(&["fuzzed 2000 operations", "PMU hidden from ID_AA64DFR0_EL1", "bye"]));
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    if mgr.powered_off != 1 || !hooks.1.all_seen() {
+        return Err("the fuzzing guest did not finish its run");
+    }
+    Ok(())
+}
+
+/// The fuzzers' seed: `fuzz.seed=HEX` from the boot arguments, else the counter.
+fn fuzz_seed(env: &VmEnv) -> u64 {
+    corevisor_abi::bootargs::value(env.bootargs, "fuzz.seed")
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(hvc::counter)
+}
+
 /// `hvc-fuzz`: 10,000 hypercalls with random ids and arguments, seeded. KCore checks its
 /// invariants after each (the test build); KServ checks that it still answers afterwards.
 pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
     const CALLS: u64 = 10_000;
-    let seed = corevisor_abi::bootargs::value(env.bootargs, "fuzz.seed")
-        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .unwrap_or_else(hvc::counter);
+    let seed = fuzz_seed(env);
     kprintln!("hvc-fuzz: seed {seed:#x} (rerun with fuzz.seed={seed:x}), {CALLS} calls");
     let scratch = env.regions[0].ok_or("no scratch region")?;
     let mut rng = Rng::new(seed);

@@ -266,6 +266,8 @@ fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
                     );
                 }
                 ticket.ctx.gprs.frame.x[0] = result.map_or_else(|e| e.status(), |()| Status::Success).as_reg();
+                // A share call changes ownership records without leaving the guest's world.
+                check_invariants();
             }
             VmExit::ToHost(record) => return record,
         }

@@ -226,6 +226,20 @@ pub const SCENARIOS: &[Scenario] = &[
         // Thousands of refused calls: only errors are worth printing.
         bootargs: "loglevel=error",
     },
+    Scenario {
+        name: "guest-fuzz",
+        lines: &[
+            "kserv: guest-fuzz: seed 0x",
+            "kserv: [fuzzer] fuzzed 2000 operations",
+            "kserv: [fuzzer] PMU hidden from ID_AA64DFR0_EL1",
+            "kserv: vm fuzzer: powered off",
+            "all scrubbed",
+            "kserv: scenario guest-fuzz: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("fuzzer", role::FUZZ, 1)],
+        bootargs: "loglevel=error",
+    },
 ];
 
 /// Lines that fail any run where they appear.

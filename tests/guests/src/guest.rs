@@ -249,6 +249,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::STEADY) => steady(),
         r if r == u64::from(guest_role::BENCH) => bench(),
         r if r == u64::from(guest_role::DEMO) => demo(),
+        r if r == u64::from(guest_role::FUZZ) => fuzz(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -499,5 +500,130 @@ fn demo() {
         putc(b'\n');
         sleep_ticks(tick);
     }
+    line("bye");
+}
+
+// ---- FUZZ ----
+
+/// Reads or writes a system register that may trap; no `nomem`: an UNDEF's handler writes memory.
+macro_rules! poke {
+    (read $name:literal) => {{
+        let _value: u64;
+        // SAFETY: reading a system register at EL1: it works, or the hypervisor emulates it, or an
+        // UNDEF comes back, which the vector skips while EXPECT_UNDEF is set.
+        unsafe { asm!(concat!("mrs {}, ", $name), out(reg) _value, options(nostack)) };
+    }};
+    (write $name:literal) => {{
+        // SAFETY: writing 0 to a register this guest does not rely on (PMU, physical timer, cache
+        // maintenance by set/way): it works, is emulated, or UNDEFs and is skipped.
+        unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) 0u64, options(nostack)) };
+    }};
+    (sys $op:literal) => {{
+        // SAFETY: as for `write`.
+        unsafe { asm!(concat!($op, ", {}"), in(reg) 0u64, options(nostack)) };
+    }};
+}
+
+/// xorshift64*, seeded by the host.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// An SMC with x0..x3; the result in x0.
+fn smc(id: u64, a1: u64, a2: u64, a3: u64) -> u64 {
+    let result: u64;
+    // SAFETY: as for `hvc`: the hypervisor traps the SMC and follows SMCCC.
+    unsafe {
+        asm!("smc #0", inout("x0") id => result, inout("x1") a1 => _, inout("x2") a2 => _, inout("x3") a3 => _,
+            out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _,
+            out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+            options(nostack))
+    };
+    result
+}
+
+/// Function ids a fuzzing guest must not call: they would end it (or a vCPU) for good.
+fn ends_the_guest(id: u32) -> bool {
+    matches!(id, psci::SYSTEM_OFF | psci::SYSTEM_RESET | psci::CPU_OFF)
+}
+
+fn fuzz() {
+    const OPERATIONS: u64 = 2000;
+    let mut rng = Rng(answer() | 1);
+    let a_gpa = (&raw mut PAGE_A).cast::<u64>() as u64;
+    let ids = [
+        guest_call::SET_DESC_PFN,
+        guest_call::UNSET_DESC_PFN,
+        psci::VERSION,
+        psci::FEATURES,
+        psci::AFFINITY_INFO_64,
+        psci::CPU_ON_64,
+    ];
+    let before = undef_count();
+    expect_undef(true);
+    for _ in 0..OPERATIONS {
+        let r = rng.next();
+        let (a1, a2, a3) = (rng.next(), rng.next() & 0x3_ffff, rng.next());
+        let id = match r >> 60 {
+            0..=9 => ids[(r % ids.len() as u64) as usize],
+            _ => r as u32,
+        };
+        let id = if ends_the_guest(id) { psci::VERSION } else { id };
+        // Addresses: the shared page, guest RAM, or anything.
+        let gpa = match a1 % 3 {
+            0 => a_gpa,
+            1 => guest_dev::RAM_BASE + (a1 >> 8) % guest_dev::RAM_SIZE,
+            _ => a1,
+        };
+        match r % 24 {
+            0..=5 => {
+                hvc(id, gpa, a2, a3);
+            }
+            6..=7 => {
+                smc(u64::from(id), gpa, a2, a3);
+            }
+            8 => poke!(read "pmcr_el0"),
+            9 => poke!(read "pmccntr_el0"),
+            10 => poke!(read "mdscr_el1"),
+            11 => poke!(read "dbgbvr0_el1"),
+            12 => poke!(read "oslsr_el1"),
+            13 => poke!(read "cntp_ctl_el0"),
+            14 => poke!(write "cntp_cval_el0"),
+            15 => poke!(write "pmcr_el0"),
+            16 => poke!(read "id_aa64isar0_el1"),
+            17 => poke!(read "id_pfr0_el1"),
+            18 => poke!(sys "dc csw"),
+            19 => poke!(sys "dc cisw"),
+            20 => {
+                // SAFETY: an HVC / SMC with a non-zero immediate: an UNDEF, skipped.
+                unsafe {
+                    asm!("hvc #0x42", "smc #7", out("x0") _, out("x1") _, out("x2") _, out("x3") _, options(nostack))
+                };
+            }
+            21 => {
+                // SAFETY: WFE (trapped with TWE) only waits.
+                unsafe { asm!("wfe", options(nomem, nostack)) }
+            }
+            _ => {
+                mmio_read(guest_dev::TEST_DEV_CONFIG);
+            }
+        }
+    }
+    expect_undef(false);
+    put("fuzzed ");
+    put_dec(OPERATIONS);
+    put(" operations, ");
+    put_dec(undef_count() - before);
+    putc(b' ');
+    line("UNDEFs taken");
+    let dfr0 = read_sysreg!("id_aa64dfr0_el1");
+    line(if dfr0 >> 8 & 0xf == 0 { "PMU hidden from ID_AA64DFR0_EL1" } else { "PMU visible in ID_AA64DFR0_EL1" });
     line("bye");
 }
