@@ -5,23 +5,45 @@
 
 .equ FRAME_SIZE, 272
 
+// x2..x29 at their TrapFrame offsets from `base` (also the world switch's guest frame).
+.macro store_x2_x29 base
+    stp     x2, x3, [\base, #16 * 1]
+    stp     x4, x5, [\base, #16 * 2]
+    stp     x6, x7, [\base, #16 * 3]
+    stp     x8, x9, [\base, #16 * 4]
+    stp     x10, x11, [\base, #16 * 5]
+    stp     x12, x13, [\base, #16 * 6]
+    stp     x14, x15, [\base, #16 * 7]
+    stp     x16, x17, [\base, #16 * 8]
+    stp     x18, x19, [\base, #16 * 9]
+    stp     x20, x21, [\base, #16 * 10]
+    stp     x22, x23, [\base, #16 * 11]
+    stp     x24, x25, [\base, #16 * 12]
+    stp     x26, x27, [\base, #16 * 13]
+    stp     x28, x29, [\base, #16 * 14]
+.endm
+
+.macro load_x2_x29 base
+    ldp     x2, x3, [\base, #16 * 1]
+    ldp     x4, x5, [\base, #16 * 2]
+    ldp     x6, x7, [\base, #16 * 3]
+    ldp     x8, x9, [\base, #16 * 4]
+    ldp     x10, x11, [\base, #16 * 5]
+    ldp     x12, x13, [\base, #16 * 6]
+    ldp     x14, x15, [\base, #16 * 7]
+    ldp     x16, x17, [\base, #16 * 8]
+    ldp     x18, x19, [\base, #16 * 9]
+    ldp     x20, x21, [\base, #16 * 10]
+    ldp     x22, x23, [\base, #16 * 11]
+    ldp     x24, x25, [\base, #16 * 12]
+    ldp     x26, x27, [\base, #16 * 13]
+    ldp     x28, x29, [\base, #16 * 14]
+.endm
+
 .macro save_frame
     sub     sp, sp, #FRAME_SIZE
     stp     x0, x1, [sp, #16 * 0]
-    stp     x2, x3, [sp, #16 * 1]
-    stp     x4, x5, [sp, #16 * 2]
-    stp     x6, x7, [sp, #16 * 3]
-    stp     x8, x9, [sp, #16 * 4]
-    stp     x10, x11, [sp, #16 * 5]
-    stp     x12, x13, [sp, #16 * 6]
-    stp     x14, x15, [sp, #16 * 7]
-    stp     x16, x17, [sp, #16 * 8]
-    stp     x18, x19, [sp, #16 * 9]
-    stp     x20, x21, [sp, #16 * 10]
-    stp     x22, x23, [sp, #16 * 11]
-    stp     x24, x25, [sp, #16 * 12]
-    stp     x26, x27, [sp, #16 * 13]
-    stp     x28, x29, [sp, #16 * 14]
+    store_x2_x29 sp
     mrs     x0, elr_el2
     mrs     x1, spsr_el2
     stp     x30, x0, [sp, #16 * 15]
@@ -75,20 +97,7 @@ restore_frame_and_eret:
     msr     elr_el2, x0
     msr     spsr_el2, x1
     ldp     x0, x1, [sp, #16 * 0]
-    ldp     x2, x3, [sp, #16 * 1]
-    ldp     x4, x5, [sp, #16 * 2]
-    ldp     x6, x7, [sp, #16 * 3]
-    ldp     x8, x9, [sp, #16 * 4]
-    ldp     x10, x11, [sp, #16 * 5]
-    ldp     x12, x13, [sp, #16 * 6]
-    ldp     x14, x15, [sp, #16 * 7]
-    ldp     x16, x17, [sp, #16 * 8]
-    ldp     x18, x19, [sp, #16 * 9]
-    ldp     x20, x21, [sp, #16 * 10]
-    ldp     x22, x23, [sp, #16 * 11]
-    ldp     x24, x25, [sp, #16 * 12]
-    ldp     x26, x27, [sp, #16 * 13]
-    ldp     x28, x29, [sp, #16 * 14]
+    load_x2_x29 sp
     add     sp, sp, #FRAME_SIZE
     eret
 
