@@ -211,6 +211,8 @@ pub mod guest_role {
     pub const DEMO: u32 = 5;
     /// Throws random hypercalls, SMCs, trapped system registers, share calls and WFIs at KCore.
     pub const FUZZ: u32 = 6;
+    /// Spins on its counter for 50 ms without exiting, then powers off.
+    pub const SPIN: u32 = 7;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

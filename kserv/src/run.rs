@@ -151,6 +151,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::VmBadImage => vm_scenarios::vm_bad_image(&env.vm),
         Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm),
         Scenario::GuestFuzz => vm_scenarios::guest_fuzz(&env.vm),
+        Scenario::VmIrq => vm_scenarios::vm_irq(&env.vm, &env.gic),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {
             kprintln!("VERSION returned {}", version()?);

@@ -20,10 +20,11 @@ pub enum Scenario {
     VmBadImage,
     HvcFuzz,
     GuestFuzz,
+    VmIrq,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -40,6 +41,7 @@ impl Scenario {
         Scenario::VmBadImage,
         Scenario::HvcFuzz,
         Scenario::GuestFuzz,
+        Scenario::VmIrq,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +62,7 @@ impl Scenario {
             Scenario::VmBadImage => "vm-bad-image",
             Scenario::HvcFuzz => "hvc-fuzz",
             Scenario::GuestFuzz => "guest-fuzz",
+            Scenario::VmIrq => "vm-irq",
         }
     }
 

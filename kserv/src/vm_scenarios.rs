@@ -304,6 +304,38 @@ pub fn vm_bad_image(env: &VmEnv) -> Outcome {
     Ok(())
 }
 
+/// `vm-irq`: the host's physical timer fires while a guest spins without exiting: the interrupt
+/// takes the CPU back to KCore, which returns it to the host as an IRQ exit; the host silences its
+/// timer and the guest runs on to its end.
+pub fn vm_irq(env: &VmEnv, gic: &crate::dtb::GicInfo) -> Outcome {
+    use crate::arch::gic;
+    struct Irq(u64, bool);
+    impl Hooks for Irq {
+        fn interrupt(&mut self, vm: &Vm) {
+            self.0 += 1;
+            self.1 |= gic::physical_timer_fired();
+            gic::disarm_physical_timer();
+            kprintln!("vm {}: IRQ exit (the host's physical timer), timer silenced", vm.name());
+        }
+    }
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    gic::enable_timer_ppi(gic);
+    // 5 ms from now: well inside the guest's 50 ms of spinning.
+    gic::arm_physical_timer(hvc::counter_frequency() / 200);
+    let mut hooks = Irq(0, false);
+    mgr.run_all(&mut hooks);
+    gic::disarm_physical_timer();
+    mgr.result()?;
+    if hooks.0 == 0 || !hooks.1 {
+        return Err("no IRQ exit came while the guest spun");
+    }
+    if mgr.powered_off != 1 {
+        return Err("the guest did not run on to its end");
+    }
+    Ok(())
+}
+
 /// `guest-fuzz`: a guest throws 2,000 random hypercalls, SMCs, trapped system registers, share
 /// calls and WFEs at KCore (seeded by KServ; the seed is printed). KCore must survive them all,
 /// with its invariants checked after each share call and each VCPU_RUN, and the guest must get to

@@ -73,6 +73,8 @@ pub trait Hooks {
     fn after_exit(&mut self, _vm: &Vm) {}
     /// The guest printed `line` on its UART.
     fn console_line(&mut self, _vm: &Vm, _line: &str) {}
+    /// A physical interrupt took the CPU from the guest: the host's device needs attention.
+    fn interrupt(&mut self, _vm: &Vm) {}
 }
 
 /// No hooks: VMs just run.
@@ -327,7 +329,7 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
             }
         }
         exit::HVC => guest_psci(vm, vcpu, [a, b, c, d]),
-        exit::IRQ => {}
+        exit::IRQ => hooks.interrupt(vm),
         exit::BAD_ACCESS => {
             kprintln!("vm {}: access KCore could not decode at {a:#x} (ESR {b:#x})", vm.name());
             stop(vm, "undecodable access");

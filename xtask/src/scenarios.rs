@@ -227,6 +227,18 @@ pub const SCENARIOS: &[Scenario] = &[
         bootargs: "loglevel=error",
     },
     Scenario {
+        name: "vm-irq",
+        lines: &[
+            "kserv: vm spinner: IRQ exit (the host's physical timer), timer silenced",
+            "kserv: [spinner] spun for 50 ms",
+            "kserv: vm spinner: powered off",
+            "kserv: scenario vm-irq: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("spinner", role::SPIN, 1)],
+        bootargs: "",
+    },
+    Scenario {
         name: "guest-fuzz",
         lines: &[
             "kserv: guest-fuzz: seed 0x",

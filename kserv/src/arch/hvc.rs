@@ -46,6 +46,14 @@ pub fn counter() -> u64 {
     value
 }
 
+/// The counter's frequency, CNTFRQ_EL0.
+pub fn counter_frequency() -> u64 {
+    let value: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effects.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) value, options(nomem, nostack)) };
+    value
+}
+
 /// Copies `len` bytes from physical `src` to physical `dst` (KServ's map is the identity).
 pub fn copy_phys(dst: u64, src: u64, len: usize) {
     // SAFETY: callers pass ranges of host RAM that KServ owns and that do not overlap (a bundle

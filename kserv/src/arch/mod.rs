@@ -5,6 +5,7 @@ core::arch::global_asm!(include_str!("../boot.S"));
 pub mod console;
 pub mod cpu;
 pub mod exceptions;
+pub mod gic;
 pub mod hvc;
 pub mod mmu;
 pub mod pmu;

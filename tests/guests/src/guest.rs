@@ -250,6 +250,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::BENCH) => bench(),
         r if r == u64::from(guest_role::DEMO) => demo(),
         r if r == u64::from(guest_role::FUZZ) => fuzz(),
+        r if r == u64::from(guest_role::SPIN) => spin(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -625,5 +626,18 @@ fn fuzz() {
     line("UNDEFs taken");
     let dfr0 = read_sysreg!("id_aa64dfr0_el1");
     line(if dfr0 >> 8 & 0xf == 0 { "PMU hidden from ID_AA64DFR0_EL1" } else { "PMU visible in ID_AA64DFR0_EL1" });
+    line("bye");
+}
+
+// ---- SPIN ----
+
+/// Busy for 50 ms of its virtual counter without a single exit: only an interrupt can take the
+/// CPU from it.
+fn spin() {
+    let end = read_sysreg!("cntvct_el0") + ticks(20);
+    while read_sysreg!("cntvct_el0") < end {
+        core::hint::spin_loop();
+    }
+    line("spun for 50 ms");
     line("bye");
 }

@@ -1,0 +1,93 @@
+//! Just enough of the GIC for the host to route its physical timer's interrupt (PPI 30) to this
+//! core, and the physical timer to raise it: `vm-irq` uses them to interrupt a running guest.
+//! Interrupts stay masked in KServ (PSTATE.I): the interrupt only ever ends a guest's run.
+
+use crate::dtb::GicInfo;
+use core::arch::asm;
+
+/// The non-secure EL1 physical timer's PPI.
+const TIMER_PPI: u64 = 30;
+
+fn write32(addr: u64, value: u32) {
+    // SAFETY: `addr` is a register of the GIC the DTB names, which the host drives itself (KCore
+    // maps it as Device memory for the host), written with one volatile 32-bit store.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+}
+
+fn write8(addr: u64, value: u8) {
+    // SAFETY: as for `write32`; priority registers are byte-accessible.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, value) }
+}
+
+fn read32(addr: u64) -> u32 {
+    // SAFETY: as for `write32`, a volatile load.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+/// Enables the physical timer's PPI at the distributor (or this core's redistributor) and the
+/// CPU interface, group 1, priority 0x80, for core 0.
+pub fn enable_timer_ppi(gic: &GicInfo) {
+    let bit = 1u32 << TIMER_PPI;
+    if gic.v3 {
+        const GICD_CTLR_ARE: u32 = 1 << 4;
+        const GICD_CTLR_GRP1: u32 = 1 << 1;
+        write32(gic.gicd, GICD_CTLR_ARE | GICD_CTLR_GRP1);
+        // Wake core 0's redistributor (the first frame).
+        let rd = gic.second;
+        write32(rd + 0x14, read32(rd + 0x14) & !(1 << 1));
+        while read32(rd + 0x14) & (1 << 2) != 0 {
+            core::hint::spin_loop();
+        }
+        let sgi = rd + 0x1_0000;
+        write32(sgi + 0x080, read32(sgi + 0x080) | bit); // IGROUPR0: group 1
+        write8(sgi + 0x400 + TIMER_PPI, 0x80); // IPRIORITYR
+        write32(sgi + 0x100, bit); // ISENABLER0
+                                   // SAFETY: the GICv3 CPU interface registers only change interrupt routing state.
+        unsafe {
+            asm!(
+                "msr S3_0_C12_C12_5, {sre}", // ICC_SRE_EL1
+                "isb",
+                "msr S3_0_C4_C6_0, {pmr}", // ICC_PMR_EL1
+                "msr S3_0_C12_C12_7, {one}", // ICC_IGRPEN1_EL1
+                "isb",
+                sre = in(reg) 0b111u64, pmr = in(reg) 0xffu64, one = in(reg) 1u64, options(nostack)
+            )
+        };
+    } else {
+        write32(gic.gicd, 1); // GICD_CTLR
+        write8(gic.gicd + 0x400 + TIMER_PPI, 0x80); // IPRIORITYR (banked per core)
+        write32(gic.gicd + 0x100, bit); // ISENABLER0 (banked per core)
+        write32(gic.second + 0x004, 0xff); // GICC_PMR
+        write32(gic.second, 1); // GICC_CTLR
+    }
+}
+
+/// Arms the physical timer to fire `ticks` from now.
+pub fn arm_physical_timer(ticks: u64) {
+    // SAFETY: KCore lets the host use its physical timer (CNTHCTL_EL2.EL1PCEN); only the timer
+    // changes.
+    unsafe {
+        asm!(
+            "mrs {now}, cntpct_el0",
+            "add {now}, {now}, {ticks}",
+            "msr cntp_cval_el0, {now}",
+            "msr cntp_ctl_el0, {one}",
+            "isb",
+            now = out(reg) _, ticks = in(reg) ticks, one = in(reg) 1u64, options(nostack)
+        )
+    };
+}
+
+/// Stops the physical timer: its interrupt is no longer asserted.
+pub fn disarm_physical_timer() {
+    // SAFETY: as for `arm_physical_timer`.
+    unsafe { asm!("msr cntp_ctl_el0, xzr", "isb", options(nostack)) };
+}
+
+/// Whether the physical timer's condition is met (CNTP_CTL_EL0.ISTATUS).
+pub fn physical_timer_fired() -> bool {
+    let ctl: u64;
+    // SAFETY: reading the timer's control has no side effects.
+    unsafe { asm!("mrs {}, cntp_ctl_el0", out(reg) ctl, options(nomem, nostack)) };
+    ctl & 0b100 != 0
+}
