@@ -428,6 +428,11 @@ fn give_page(
     if !crate::mutation::planted(crate::mutation::Mutation::SkipFaultPageScrub) {
         m.zero_page(pfn << 12);
     }
-    mem.map_pfn_vm(m, s2, vmid, gfn, pfn)?;
+    if let Err(e) = mem.map_pfn_vm(m, s2, vmid, gfn, pfn) {
+        // The VM cannot map it (its table pool is used up): the page goes back to the host, so
+        // that the host's offer either fully happened or not at all.
+        mem.clear_vm_page(m, s2, vmid, pfn)?;
+        return Err(e.into());
+    }
     Ok(())
 }

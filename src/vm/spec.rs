@@ -170,10 +170,11 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vmid: u64, vcpu: u64, answer: u64) ->
         });
         let (r, result) = map_pfn_vm_spec(&r, id, gfn, answer)?;
         if let Err(e) = result {
-            // Assigned and scrubbed, not mapped: the impl returns here too, pending kept.
+            // Not mapped: the page goes back to the host (scrubbed), the fault stays pending.
+            let (r, cleared) = clear_vm_page_spec(&r, id, answer)?;
             let mut failed = next.clone();
             failed.r = r;
-            return Some((failed, Err(e.into())));
+            return Some((failed, cleared.map_err(VmError::from).and(Err(e.into()))));
         }
         next.r = r;
     }

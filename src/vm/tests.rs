@@ -163,3 +163,21 @@ fn guests_share_only_their_own_mapped_ram() {
     assert!(k.mem.host_s2.walk(&m, IMAGE_PFN << 12).is_none(), "unsharing unmaps it from the host");
     assert_eq!(k.guest_share(&m, vmid, false, GUEST_RAM, 4096), Err(VmError::Mem(MemError::NotShared)));
 }
+
+#[test]
+fn an_offer_the_vm_cannot_map_goes_back_to_the_host() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap() as u64;
+    let mut ticket = k.vcpu_run_prepare(&m, vmid, 0, 0).unwrap();
+    // A fault reported on a page the VM already maps (its image): the offer cannot be mapped.
+    ticket.ctx.pending = Pending::PageFault { gfn: GUEST_RAM >> 12 };
+    k.vcpu_run_finish(ticket);
+    let offered = 0x48100;
+    m.write_u64(offered << 12, 0xfeed);
+    assert!(matches!(k.vcpu_run_prepare(&m, vmid, 0, offered), Err(VmError::Mem(MemError::PageTable(_)))));
+    let page = k.mem.db.get(offered << 12).unwrap();
+    assert_eq!(page.owner, Owner::Host, "the offer is undone");
+    assert_eq!(m.read_u64(offered << 12), 0, "and scrubbed: it was the VM's for a moment");
+    assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
+}
