@@ -9,6 +9,8 @@
 //! why teardown waits until no vCPU runs.
 
 #[cfg(test)]
+mod noninterference;
+#[cfg(test)]
 mod refinement;
 #[cfg(test)]
 pub mod spec;

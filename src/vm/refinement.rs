@@ -19,19 +19,19 @@ use proptest::test_runner::TestRunner;
 use sha2::{Digest, Sha512};
 use std::collections::BTreeMap;
 
-const GUEST_RAM: u64 = 0x4000_0000;
-const IMAGE_PFN: u64 = 0x48000;
+pub(super) const GUEST_RAM: u64 = 0x4000_0000;
+pub(super) const IMAGE_PFN: u64 = 0x48000;
 const IMAGE_LEN: u64 = 3000;
 /// Pages the host offers for guest faults: two free ones, the image page, KCore's, not RAM.
 const OFFERS: [u64; 8] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080, 0x9000];
-const PROBES: [u64; 7] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080];
+pub(super) const PROBES: [u64; 7] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080];
 
-fn key() -> SigningKey {
+pub(super) fn key() -> SigningKey {
     SigningKey::from_bytes(&[9; 32])
 }
 
 #[derive(Clone, Copy, Debug)]
-enum VOp {
+pub(super) enum VOp {
     RegisterVm(u64, u64),
     RegisterVcpu(u64, u64),
     SetBootInfo(u64, u64, u64),
@@ -52,7 +52,7 @@ enum VOp {
 
 /// Sequences that mostly start by booting VM 1 the way KServ does, so that the random
 /// operations after it meet a running guest.
-fn any_sequence() -> impl Strategy<Value = Vec<VOp>> {
+pub(super) fn any_sequence() -> impl Strategy<Value = Vec<VOp>> {
     let boot = vec![
         VOp::RegisterVm(GUEST_RAM, 1 << 20),
         VOp::RegisterVcpu(1, 0),
@@ -103,7 +103,7 @@ fn any_vop() -> impl Strategy<Value = VOp> {
 }
 
 /// Writes the signed image into its host page, in both worlds.
-fn lay_out(m: &ModelMachine, r: &mut RData) {
+pub(super) fn lay_out(m: &ModelMachine, r: &mut RData) {
     let image: Vec<u8> = (0..IMAGE_LEN).map(|i| (i * 5 + 2) as u8).collect();
     let digest: [u8; 64] = Sha512::digest(&image).into();
     let bytes = [image, key().sign(&image_message(&digest)).to_bytes().to_vec()].concat();

@@ -1,0 +1,133 @@
+//! Noninterference through the VM hypercalls: two machines that differ only in what VM 1 keeps in
+//! its private pages run the same random hypercall sequences (boots, runs with page offers,
+//! shares by other VMs, teardown, the host writing its own pages). Every result the host gets,
+//! and every page the host can read (its own, or one a VM shares), must be the same in both.
+//! VM 1 never shares a page here: a share is the guest's own choice to declassify.
+
+use super::refinement::{any_sequence, key, lay_out, VOp, PROBES};
+use super::*;
+use crate::machine::model::ModelMachine;
+use crate::memory::system::{initial_rdata, System};
+use crate::mutation::{with, Mutation};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+
+/// One machine: the model memory and KCore's state.
+struct World {
+    m: ModelMachine,
+    k: Kcore,
+}
+
+impl World {
+    fn new() -> World {
+        let System { m, mem, .. } = System::new(false);
+        lay_out(&m, &mut initial_rdata(false));
+        let k = Kcore::new(mem, crate::memory::system::POOLS + (1 << 32), key().verifying_key());
+        World { m, k }
+    }
+
+    /// Carries out one operation and says what the host sees of it.
+    fn apply(&mut self, op: VOp) -> String {
+        let (m, k) = (&self.m, &mut self.k);
+        match op {
+            VOp::RegisterVm(b, z) => format!("{:?}", k.register_vm(m, b, z)),
+            VOp::RegisterVcpu(v, c) => format!("{:?}", k.register_vcpu(v, c)),
+            VOp::SetBootInfo(v, g, z) => format!("{:?}", k.set_boot_info(v, g, z)),
+            VOp::Remap(v, i, p) => format!("{:?}", k.remap_vm_image(v, i, p)),
+            VOp::Verify(v) => format!("{:?}", k.verify_vm_image(m, v)),
+            VOp::Run(v, c, answer, exit) => match k.vcpu_run_prepare(m, v, c, answer) {
+                Ok(mut ticket) => {
+                    ticket.ctx.pending = exit;
+                    k.vcpu_run_finish(ticket);
+                    "ran".into()
+                }
+                Err(e) => format!("{e:?}"),
+            },
+            // VM 1 keeps its pages to itself.
+            VOp::Share(1, ..) => "skipped".into(),
+            VOp::Share(v, g, a, z) => format!("{:?}", k.guest_share(m, v, g, a, z)),
+            VOp::CpuOn(v, t, e) => {
+                k.guest_cpu_on(v, t, e, 7);
+                String::new()
+            }
+            VOp::Clear(v, b, z) => format!("{:?}", k.clear_vm_range(m, v, b, z)),
+            VOp::Ioremap(v, g, p, z) => format!("{:?}", k.ioremap(m, v, g, p, z)),
+            VOp::Cntvoff(v, o) => format!("{:?}", k.set_cntvoff(v, o)),
+            VOp::PowerOff(v) => format!("{:?}", k.power_off(v)),
+            VOp::Destroy(v) => format!("{:?}", k.destroy(m, v)),
+            VOp::HostStore(pa, value) => {
+                // A real access: through the host's stage-2, faulting the page in first.
+                let mapped = k.mem.host_s2.walk(m, pa).is_some() || k.mem.map_page_host(m, pa).is_ok();
+                if mapped {
+                    m.write_u64(pa, value);
+                }
+                format!("{mapped}")
+            }
+        }
+    }
+
+    /// VM 1 writes its secret into the first word of each private page it owns.
+    fn guest_writes_secret(&mut self, secret: u64) {
+        for pfn in PROBES {
+            if self.k.mem.db.get(pfn << 12).is_some_and(|p| p.owner == Owner::Vm(1) && p.count == 0) {
+                self.m.write_u64(pfn << 12, secret ^ pfn);
+            }
+        }
+    }
+
+    /// What the host can read: the record of every probed page, and the contents of those its
+    /// stage-2 maps or would map on a fault.
+    fn host_view(&self) -> Vec<(u64, Option<crate::memory::pages::PageInfo>, Option<Vec<(u64, u64)>>)> {
+        PROBES
+            .iter()
+            .map(|&pfn| {
+                let page = self.k.mem.db.get(pfn << 12);
+                let pa = pfn << 12;
+                let readable = self.k.mem.host_s2.walk(&self.m, pa).is_some()
+                    || page.is_some_and(|p| p.owner == Owner::Host || p.count > 0);
+                let words = readable.then(|| self.m.words(pfn << 12..(pfn + 1) << 12).into_iter().collect());
+                (pfn, page, words)
+            })
+            .collect()
+    }
+}
+
+fn host_cannot_tell(ops: &[VOp]) -> Result<(), TestCaseError> {
+    let (mut a, mut b) = (World::new(), World::new());
+    for &op in ops {
+        let (seen_a, seen_b) = (a.apply(op), b.apply(op));
+        prop_assert_eq!(&seen_a, &seen_b, "the host's results differ after {:?}", op);
+        a.guest_writes_secret(0x5ec2_e7aa);
+        b.guest_writes_secret(0x5ec2_e7bb);
+        prop_assert!(a.host_view() == b.host_view(), "the host can tell the secrets apart after {:?}", op);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn the_host_cannot_read_a_vm_through_the_hypercalls(ops in any_sequence()) {
+        host_cannot_tell(&ops)?;
+    }
+}
+
+/// The companion: a teardown that hands pages back unscrubbed leaks the secret.
+#[test]
+fn noninterference_catches_an_unscrubbed_teardown() {
+    let mut runner =
+        TestRunner::new(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() });
+    let caught = with(Mutation::SkipScrub, || runner.run(&any_sequence(), |ops| host_cannot_tell(&ops)).is_err());
+    assert!(caught, "the planted bug went unnoticed");
+}
+
+/// The companion: a page taken from the host without unmapping it there stays readable.
+#[test]
+fn noninterference_catches_a_forgotten_clear_pfn_host() {
+    let mut runner =
+        TestRunner::new(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() });
+    let caught =
+        with(Mutation::SkipClearPfnHost, || runner.run(&any_sequence(), |ops| host_cannot_tell(&ops)).is_err());
+    assert!(caught, "the planted bug went unnoticed");
+}
