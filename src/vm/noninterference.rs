@@ -12,6 +12,9 @@ use crate::mutation::{with, Mutation};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
+/// A probed page as the host sees it: its frame, its record, and its words if it can read them.
+type PageView = (u64, Option<crate::memory::pages::PageInfo>, Option<Vec<(u64, u64)>>);
+
 /// One machine: the model memory and KCore's state.
 struct World {
     m: ModelMachine,
@@ -77,7 +80,7 @@ impl World {
 
     /// What the host can read: the record of every probed page, and the contents of those its
     /// stage-2 maps or would map on a fault.
-    fn host_view(&self) -> Vec<(u64, Option<crate::memory::pages::PageInfo>, Option<Vec<(u64, u64)>>)> {
+    fn host_view(&self) -> Vec<PageView> {
         PROBES
             .iter()
             .map(|&pfn| {
