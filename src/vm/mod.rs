@@ -247,9 +247,10 @@ impl Kcore {
             ctx.pending = Pending::Nothing;
         }
         ctx.complete(answer);
+        // Marked active first: if that were refused, the context must stay in its slot.
+        self.vms.set_vcpu_active(id, vcpu)?;
         let ctx = slot.vcpus[vcpu].take().ok_or(VmError::State)?;
         slot.running[vcpu] = true;
-        self.vms.set_vcpu_active(id, vcpu)?;
         Ok(RunTicket {
             vmid: id,
             vcpu,
