@@ -96,6 +96,7 @@ pub fn vm_hello(env: &VmEnv) -> Outcome {
         "touched 64 pages: ok",
         "dc isw: ok",
         "PMCR_EL0: UNDEF",
+        "ACTLR_EL1: UNDEF",
         "hvc #1: UNDEF",
         "timer fired after wfi",
         "hello from vcpu 1, context 0x5ec0",

@@ -175,9 +175,29 @@ fn check_invariants() {
 
 /// HCR_EL2 while a guest runs: stage-2 on (VM), EL1 is AArch64 (RW), physical interrupts and
 /// SErrors come to EL2 (IMO, FMO, AMO), SMC, WFI and WFE trap (TSC, TWI, TWE), ID registers
-/// trap (TID3) and set/way cache maintenance traps (TSW); pointer authentication is the guest's.
-const HCR_GUEST: u64 =
-    1 << 31 | 1 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 19 | 1 << 13 | 1 << 14 | 1 << 18 | 1 << 22 | 3 << 40;
+/// trap (TID3), set/way cache maintenance traps (TSW), and so do the auxiliary and
+/// implementation-defined control registers (TACR, TIDCP), which would reach the core's own
+/// configuration; TLB and I-cache maintenance is broadcast to the inner-shareable domain (FB,
+/// BSU), so a guest's vCPUs on different cores stay coherent; pointer authentication is the
+/// guest's.
+const HCR_GUEST: u64 = {
+    const VM: u64 = 1;
+    const FMO: u64 = 1 << 3;
+    const IMO: u64 = 1 << 4;
+    const AMO: u64 = 1 << 5;
+    const FB: u64 = 1 << 9;
+    const BSU_INNER: u64 = 1 << 10;
+    const TWI: u64 = 1 << 13;
+    const TWE: u64 = 1 << 14;
+    const TID3: u64 = 1 << 18;
+    const TSC: u64 = 1 << 19;
+    const TIDCP: u64 = 1 << 20;
+    const TACR: u64 = 1 << 21;
+    const TSW: u64 = 1 << 22;
+    const RW: u64 = 1 << 31;
+    const APK_API: u64 = 3 << 40;
+    VM | FMO | IMO | AMO | FB | BSU_INNER | TWI | TWE | TID3 | TSC | TIDCP | TACR | TSW | RW | APK_API
+};
 /// MDCR_EL2 bits added for a guest: the PMU (TPM, TPMCR) and debug registers (TDA, TDOSA, TDRA)
 /// trap, so a guest cannot see or disturb the host's counters.
 const MDCR_GUEST_TRAPS: u64 = 1 << 6 | 1 << 5 | 1 << 9 | 1 << 10 | 1 << 11;

@@ -137,6 +137,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: [hello] ID_AA64PFR0_EL1 = 0x",
             "kserv: [hello] dc isw: ok",
             "kserv: [hello] PMCR_EL0: UNDEF",
+            "kserv: [hello] ACTLR_EL1: UNDEF",
             "kserv: [hello] hvc #1: UNDEF",
             "kserv: [hello] timer fired after wfi",
             "kserv: [hello] PSCI version 0x10001",

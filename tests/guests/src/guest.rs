@@ -294,6 +294,14 @@ fn hello() {
 
     let before = undef_count();
     expect_undef(true);
+    // SAFETY: writing 0 to ACTLR_EL1 either UNDEFs (the hypervisor traps it, skipped by the
+    // vector) or clears implementation-defined controls this guest does not rely on.
+    unsafe { asm!("msr actlr_el1, {}", in(reg) 0u64, options(nostack)) };
+    expect_undef(false);
+    line(if undef_count() != before { "ACTLR_EL1: UNDEF" } else { "ACTLR_EL1: written" });
+
+    let before = undef_count();
+    expect_undef(true);
     // SAFETY: an HVC with a non-zero immediate is not an SMCCC call: the hypervisor injects an
     // UNDEF, which the vector skips. Registers x0..x17 may change, as for any HVC.
     unsafe {
@@ -583,7 +591,7 @@ fn fuzz() {
             1 => guest_dev::RAM_BASE + (a1 >> 8) % guest_dev::RAM_SIZE,
             _ => a1,
         };
-        match r % 24 {
+        match r % 26 {
             0..=5 => {
                 hvc(id, gpa, a2, a3);
             }
@@ -600,6 +608,8 @@ fn fuzz() {
             15 => poke!(write "pmcr_el0"),
             16 => poke!(read "id_aa64isar0_el1"),
             17 => poke!(read "id_pfr0_el1"),
+            24 => poke!(read "actlr_el1"),
+            25 => poke!(write "actlr_el1"),
             18 => poke!(sys "dc csw"),
             19 => poke!(sys "dc cisw"),
             20 => {
