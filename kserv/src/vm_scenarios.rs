@@ -189,17 +189,17 @@ pub fn vm_share(env: &VmEnv) -> Outcome {
                     let (aborts_before, _, _) = exceptions::aborts();
                     let message_ok = MESSAGE.iter().enumerate().all(|(i, &c)| hvc::read_u8(a + i as u64) == c);
                     let a_aborted = exceptions::aborts().0 != aborts_before;
-                    let (_, b_attempts) = (0, attack_page(b));
+                    let (b_tried, b_aborted) = attack_page(b);
                     exceptions::expect_abort(false);
                     kprintln!(
                         "vm-share: shared page {:#x}: message {}; private page {:#x}: {} of {} accesses aborted",
                         self.notified[0],
                         if message_ok && !a_aborted { "read" } else { "NOT read" },
                         self.notified[1],
-                        b_attempts.1,
-                        b_attempts.0
+                        b_aborted,
+                        b_tried
                     );
-                    u64::from(message_ok && !a_aborted && b_attempts.1 == b_attempts.0)
+                    u64::from(message_ok && !a_aborted && b_aborted == b_tried)
                 }
                 // After the unshare: A aborts.
                 _ => {
