@@ -120,6 +120,9 @@ pub mod guest_dev {
     pub const TEST_DEV_CONFIG: u64 = TEST_DEV;
     pub const TEST_DEV_NOTIFY: u64 = TEST_DEV + 8;
     pub const TEST_DEV_ANSWER: u64 = TEST_DEV + 0x10;
+    /// Where `vm-hello` maps the board's real UART into the guest with PHYS_ADDR_IOREMAP: the
+    /// guest writes it directly, without exits.
+    pub const PASSTHROUGH_UART: u64 = 0x0b00_0000;
     /// Where guest RAM starts in every test guest, and where their image is linked.
     pub const RAM_BASE: u64 = 0x8000_0000;
     /// Guest RAM size for test guests.

@@ -84,7 +84,8 @@ impl<'a> Env<'a> {
             initrd.unwrap_or((0, 0)),
         ];
         let regions = choose_regions(&ram, &avoid);
-        let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, bootargs };
+        let uart_base = info.and_then(|i| i.uart).unwrap_or(BOARD.uart_base);
+        let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, uart_base, bootargs };
         Env { ram, gic, bootargs, vm }
     }
 

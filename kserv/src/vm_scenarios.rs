@@ -16,6 +16,8 @@ pub struct VmEnv<'a> {
     pub bundle: Option<Bundle<'a>>,
     pub regions: [Option<u64>; MAX_VMS],
     pub kcore_base: u64,
+    /// The console UART's physical address (the host's own device).
+    pub uart_base: u64,
     pub bootargs: &'a str,
 }
 
@@ -73,6 +75,10 @@ impl Expect {
 struct Watch(Expect);
 
 impl Hooks for Watch {
+    /// `vm-hello`'s guest asks whether its passthrough UART is mapped.
+    fn answer(&mut self, _vm: &Vm) -> u64 {
+        1
+    }
     fn console_line(&mut self, _vm: &Vm, line: &str) {
         self.0.line(line);
     }
@@ -91,6 +97,21 @@ pub fn demo(env: &VmEnv) -> Outcome {
 pub fn vm_hello(env: &VmEnv) -> Outcome {
     let mut mgr = Manager::new(env.regions);
     create_all(&mut mgr, env, 1)?;
+    // The guest gets the board's UART page itself at PASSTHROUGH_UART; RAM is refused.
+    let vmid = mgr.vms.iter().flatten().next().map(|vm| vm.vmid).ok_or("no VM")?;
+    let ioremap = |pa| {
+        hvc::hyp_call(host_call::PHYS_ADDR_IOREMAP, [vmid, corevisor_abi::guest_dev::PASSTHROUGH_UART, pa, 4096, 0, 0])
+    };
+    if ioremap(env.uart_base & !0xfff).status != Status::Success.as_reg() {
+        return Err("PHYS_ADDR_IOREMAP of the UART failed");
+    }
+    if ioremap(mgr.vms.iter().flatten().next().map_or(0, |vm| vm.region)).status != Status::InvalidAddress.as_reg() {
+        return Err("PHYS_ADDR_IOREMAP of RAM was not refused");
+    }
+    kprintln!(
+        "vm hello: the board's UART is mapped at {:#x}; mapping RAM was refused",
+        corevisor_abi::guest_dev::PASSTHROUGH_UART
+    );
     let mut watch = Watch(Expect::new(&[
         "hello from a corevisor guest",
         "touched 64 pages: ok",

@@ -144,6 +144,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: [hello] CPU_ON vcpu 1: 0",
             "kserv: [hello] hello from vcpu 1, context 0x5ec0",
             "kserv: [hello] vcpu 1 said hello and is off again",
+            "kserv: vm hello: the board's UART is mapped at 0xb000000; mapping RAM was refused",
+            "[hello, passthrough] written straight to the UART",
             "kserv: [hello] bye",
             "kserv: vm hello: powered off",
             "all scrubbed",
