@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 /// What an image signature covers before the image's SHA-512 (KCore's `boot::IMAGE_DOMAIN`).
 pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v1";
 /// The guest runs with the MMU off, where every data access is to Device memory: no unaligned
-/// accesses. Only the guest build gets this flag (RUSTFLAGS with `--target` skip build scripts).
-const GUEST_RUSTFLAGS: &str = "-Ctarget-feature=+strict-align";
+/// accesses. `aarch64-unknown-none-softfloat` has `+strict-align` among its default features
+/// already (an unaligned `read_unaligned` compiles to byte loads), so the guest build needs no
+/// flag; an empty CARGO_ENCODED_RUSTFLAGS keeps a caller's RUSTFLAGS out of it.
+const GUEST_RUSTFLAGS: &str = "";
 /// The key files, relative to the workspace root.
 const SEED_FILE: &str = "keys/test-image-key.seed";
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! role from the test device's CONFIG register (`corevisor_abi::guest_role`) and prints what it
 //! does on the emulated PL011; the host's scenarios check those lines.
 //!
-//! It runs with the MMU off, so every data access is to Device memory: it is built with
-//! `+strict-align` (see xtask's `guests::build_guest`) and uses no atomics or exclusive accesses,
-//! only volatile loads and stores.
+//! It runs with the MMU off, so every data access is to Device memory: its target,
+//! `aarch64-unknown-none-softfloat`, never emits unaligned accesses (`+strict-align` is a default
+//! feature there), and it uses no atomics or exclusive accesses, only volatile loads and stores.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 // On the host only its unit tests use it.
