@@ -26,7 +26,7 @@ pub enum Mutation {
 }
 
 #[cfg(test)]
-pub use active::{planted, with};
+pub use active::{catches, planted, with};
 
 /// Whether bug `m` is planted: never, outside `cargo test`.
 #[cfg(not(test))]
@@ -46,6 +46,20 @@ mod active {
 
     pub fn planted(m: Mutation) -> bool {
         PLANTED.with(|p| p.get() == Some(m))
+    }
+
+    /// The companion of a property: runs `property` over `cases` fresh random inputs with `bug`
+    /// planted, and fails the test unless the property fails.
+    pub fn catches<S: proptest::strategy::Strategy>(
+        bug: Mutation,
+        cases: u32,
+        inputs: S,
+        property: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+    ) {
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+        let result = with(bug, || runner.run(&inputs, property));
+        assert!(result.is_err(), "{bug:?} was planted and the property did not notice");
     }
 
     /// Runs `f` with `m` planted on this thread.

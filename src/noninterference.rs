@@ -15,10 +15,9 @@ use crate::machine::{Machine, PAGE_SIZE};
 use crate::memory::pages::{Owner, PageInfo};
 use crate::memory::spec::HOST;
 use crate::memory::system::{any_op, any_pfn, host_op, vm_op, Op, Outcome, System, VMS};
-use crate::mutation::{with, Mutation};
+use crate::mutation::Mutation;
 use crate::page_table::spec::AbsNpt;
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 use std::collections::BTreeMap;
 
 const CASES: u32 = 256;
@@ -197,10 +196,7 @@ proptest! {
 
 /// Runs a noninterference property over fresh random inputs with `bug` planted: it must fail.
 fn catches<S: Strategy>(bug: Mutation, inputs: S, property: impl Fn(S::Value) -> Result<(), TestCaseError>) {
-    let mut runner =
-        TestRunner::new(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() });
-    let result = with(bug, || runner.run(&inputs, property));
-    assert!(result.is_err(), "{bug:?} was planted and the property did not notice");
+    crate::mutation::catches(bug, CASES, inputs, property);
 }
 
 #[test]

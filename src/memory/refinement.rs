@@ -8,9 +8,8 @@ use super::invariants::check;
 use super::pages::Owner;
 use super::system::{any_op, initial_rdata, relate, spec_apply, Op, Outcome, System};
 use crate::machine::{Machine, PAGE_SIZE};
-use crate::mutation::{with, Mutation};
+use crate::mutation::Mutation;
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 use std::collections::{BTreeMap, BTreeSet};
 
 const CASES: u32 = 256;
@@ -82,10 +81,7 @@ proptest! {
 
 /// Runs `property` over fresh random sequences with `bug` planted: it must fail.
 fn catches(bug: Mutation, property: fn(bool, &[Op]) -> Result<(), TestCaseError>) {
-    let mut runner =
-        TestRunner::new(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() });
-    let result = with(bug, || runner.run(&sequences(), |(pages_only, ops)| property(pages_only, &ops)));
-    assert!(result.is_err(), "{bug:?} was planted and the property did not notice");
+    crate::mutation::catches(bug, CASES, sequences(), |(pages_only, ops)| property(pages_only, &ops));
 }
 
 #[test]

@@ -8,9 +8,8 @@ use super::refinement::{any_sequence, key, lay_out, VOp, PROBES};
 use super::*;
 use crate::machine::model::ModelMachine;
 use crate::memory::system::{initial_rdata, System};
-use crate::mutation::{with, Mutation};
+use crate::mutation::{catches, Mutation};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 /// A probed page as the host sees it: its frame, its record, and its words if it can read them.
 type PageView = (u64, Option<crate::memory::pages::PageInfo>, Option<Vec<(u64, u64)>>);
@@ -119,18 +118,11 @@ proptest! {
 /// The companion: a teardown that hands pages back unscrubbed leaks the secret.
 #[test]
 fn noninterference_catches_an_unscrubbed_teardown() {
-    let mut runner =
-        TestRunner::new(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() });
-    let caught = with(Mutation::SkipScrub, || runner.run(&any_sequence(), |ops| host_cannot_tell(&ops)).is_err());
-    assert!(caught, "the planted bug went unnoticed");
+    catches(Mutation::SkipScrub, 512, any_sequence(), |ops| host_cannot_tell(&ops));
 }
 
 /// The companion: a page taken from the host without unmapping it there stays readable.
 #[test]
 fn noninterference_catches_a_forgotten_clear_pfn_host() {
-    let mut runner =
-        TestRunner::new(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() });
-    let caught =
-        with(Mutation::SkipClearPfnHost, || runner.run(&any_sequence(), |ops| host_cannot_tell(&ops)).is_err());
-    assert!(caught, "the planted bug went unnoticed");
+    catches(Mutation::SkipClearPfnHost, 512, any_sequence(), |ops| host_cannot_tell(&ops));
 }

@@ -11,7 +11,7 @@ use crate::machine::model::ModelMachine;
 use crate::memory::invariants;
 use crate::memory::spec::{RData, HOST};
 use crate::memory::system::{initial_rdata, System, POOLS};
-use crate::mutation::{with, Mutation};
+use crate::mutation::{catches, Mutation};
 use crate::page_table::spec::AbsNpt;
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
@@ -326,21 +326,13 @@ proptest! {
 /// property must fail.
 #[test]
 fn refinement_catches_a_skipped_scrub() {
-    let mut runner =
-        TestRunner::new(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() });
-    let inputs = any_sequence();
-    let caught = with(Mutation::SkipScrub, || runner.run(&inputs, |ops| vm_layer_refines(&ops)).is_err());
-    assert!(caught, "the planted bug went unnoticed");
+    catches(Mutation::SkipScrub, 512, any_sequence(), |ops| vm_layer_refines(&ops));
 }
 
 /// The second companion: a page offered for a guest fault and mapped unscrubbed is caught.
 #[test]
 fn refinement_catches_an_unscrubbed_fault_page() {
-    let mut runner =
-        TestRunner::new(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() });
-    let caught =
-        with(Mutation::SkipFaultPageScrub, || runner.run(&any_sequence(), |ops| vm_layer_refines(&ops)).is_err());
-    assert!(caught, "the planted bug went unnoticed");
+    catches(Mutation::SkipFaultPageScrub, 512, any_sequence(), |ops| vm_layer_refines(&ops));
 }
 
 /// The property is not vacuous: its sequences verify images and serve guest page faults.

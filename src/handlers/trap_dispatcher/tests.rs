@@ -267,15 +267,7 @@ fn named_host_calls_behave_as_documented() {
 /// Companion: a dispatcher that skips SYSTEM_OFF's range check fails refinement.
 #[test]
 fn refinement_catches_a_skipped_range_check() {
-    use crate::mutation::{with, Mutation};
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 512,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
+    use crate::mutation::{catches, Mutation};
     let inputs = (any_state(), proptest::collection::vec(any_trap(), 64));
-    let caught = with(Mutation::SkipSystemOffRangeCheck, || {
-        runner.run(&inputs, |(start, traps)| refines(start, traps)).is_err()
-    });
-    assert!(caught, "the planted bug went unnoticed");
+    catches(Mutation::SkipSystemOffRangeCheck, 512, inputs, |(start, traps)| refines(start, traps));
 }
