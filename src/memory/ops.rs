@@ -12,7 +12,8 @@ const BLOCK_PAGES: u64 = 512;
 
 impl HostMemory {
     /// Takes back, scrubs and returns to the host every page of `[pfn, pfn + pages)` that VM
-    /// `vmid` owns (SeKVM `clear_vm_range`); pages it does not own are left alone.
+    /// `vmid` owns (SeKVM `clear_vm_range`); pages it does not own are left alone. Returns how
+    /// many pages came back; on an error, the pages before it have come back.
     pub fn clear_vm_range(
         &mut self,
         m: &impl Machine,
@@ -20,13 +21,15 @@ impl HostMemory {
         vmid: u16,
         pfn: u64,
         pages: u64,
-    ) -> Result<(), MemError> {
+    ) -> Result<u64, MemError> {
+        let mut returned = 0;
         for pfn in pfn..pfn + pages {
             if self.db.get(pfn << 12).is_some_and(|p| p.owner == super::pages::Owner::Vm(vmid)) {
                 self.clear_vm_page(m, vm_s2, vmid, pfn)?;
+                returned += 1;
             }
         }
-        Ok(())
+        Ok(returned)
     }
 
     /// Gives VM `vmid` the host page (level 3) or the 2 MiB block of host pages (level 2) at

@@ -309,18 +309,26 @@ pub fn vm_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Opt
     Some(access_flatmem(r.clone(), leaf.translate(gpa), store))
 }
 
-/// `clear_vm_range`.
-pub fn clear_vm_range_spec(r: &RData, vmid: u16, pfn: u64, pages: u64) -> Step<()> {
+/// `clear_vm_range`: the pages come back in order; the count of those returned.
+pub fn clear_vm_range_spec(r: &RData, vmid: u16, pfn: u64, pages: u64) -> Step<u64> {
+    clear_vm_pages_spec(r, vmid, pfn..pfn + pages)
+}
+
+/// `clear_vm_page` on every page of `pfns` that VM `vmid` owns, in order, stopping at the first
+/// error; the count of pages returned.
+pub fn clear_vm_pages_spec(r: &RData, vmid: u16, pfns: impl Iterator<Item = u64>) -> Step<u64> {
     let mut state = r.clone();
-    for pfn in pfn..pfn + pages {
+    let mut returned = 0;
+    for pfn in pfns {
         if state.page(pfn << 12).is_some_and(|p| p.owner == Owner::Vm(vmid)) {
             match clear_vm_page_spec(&state, vmid, pfn)? {
                 (next, Ok(())) => state = next,
                 (next, Err(e)) => return Some((next, Err(e))),
             }
+            returned += 1;
         }
     }
-    Some((state, Ok(())))
+    Some((state, Ok(returned)))
 }
 
 /// `prot_and_map_vm_s2pt`.

@@ -205,9 +205,9 @@ impl System {
             Op::Revoke { vmid, pfn } => Outcome::Done(self.mem.revoke_vm_page(m, vmid, pfn)),
             Op::VmLoad { vmid, gpa } => Outcome::Access(self.vm_access(vmid, gpa, None)),
             Op::VmStore { vmid, gpa, value } => Outcome::Access(self.vm_access(vmid, gpa, Some(value))),
-            Op::ClearRange { vmid, pfn, pages } => {
-                Outcome::Done(self.mem.clear_vm_range(m, self.vms.get_mut(&vmid).unwrap(), vmid, pfn, pages))
-            }
+            Op::ClearRange { vmid, pfn, pages } => Outcome::Done(
+                self.mem.clear_vm_range(m, self.vms.get_mut(&vmid).unwrap(), vmid, pfn, pages).map(|_| ()),
+            ),
             Op::ProtAndMap { vmid, gfn, pfn, level } => {
                 Outcome::Done(self.mem.prot_and_map_vm_s2pt(m, self.vms.get_mut(&vmid).unwrap(), vmid, gfn, pfn, level))
             }
@@ -289,7 +289,10 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
             let (r, access) = spec::vm_access_spec(r, vmid, gpa, Some(value))?;
             (r, Outcome::Access(access))
         }
-        Op::ClearRange { vmid, pfn, pages } => done(spec::clear_vm_range_spec(r, vmid, pfn, pages)?),
+        Op::ClearRange { vmid, pfn, pages } => {
+            let (r, result) = spec::clear_vm_range_spec(r, vmid, pfn, pages)?;
+            done((r, result.map(|_| ())))
+        }
         Op::ProtAndMap { vmid, gfn, pfn, level } => done(spec::prot_and_map_vm_s2pt_spec(r, vmid, gfn, pfn, level)?),
         Op::ShareRange { vmid, gpa, size, revoke } => done(spec::share_range_spec(r, vmid, gpa, size, revoke)?),
     })

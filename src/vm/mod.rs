@@ -86,17 +86,19 @@ pub struct VmSlot {
     pub cntvoff: u64,
     /// Registered vCPUs' contexts; `None` for a vCPU that is running (or not registered).
     pub vcpus: Vec<Option<Box<VcpuContext>>>,
-    running: [bool; MAX_VCPUS],
 }
 
 impl VmSlot {
     pub fn in_ram(&self, gpa: u64) -> bool {
         gpa >= self.ram_base && gpa - self.ram_base < self.ram_size
     }
+}
 
-    fn any_running(&self) -> bool {
-        self.running.iter().any(|&r| r)
-    }
+/// VM `vmid`'s slot. A function of the slots alone, so that callers can use KCore's other fields
+/// (memory, boot records) beside it.
+fn slot_of(slots: &mut [Option<VmSlot>], vmid: u64) -> Result<&mut VmSlot, VmError> {
+    let index = vmid.checked_sub(1).ok_or(VmError::NoVm)?;
+    slots.get_mut(index as usize).and_then(Option::as_mut).ok_or(VmError::NoVm)
 }
 
 /// What a vCPU needs to run: its context, and the VM's stage-2 root, VMID and counter offset.
@@ -138,9 +140,10 @@ impl Kcore {
         self.slots.get(index as usize).and_then(Option::as_ref).ok_or(VmError::NoVm)
     }
 
-    fn slot_mut(&mut self, vmid: u64) -> Result<&mut VmSlot, VmError> {
-        let index = vmid.checked_sub(1).ok_or(VmError::NoVm)?;
-        self.slots.get_mut(index as usize).and_then(Option::as_mut).ok_or(VmError::NoVm)
+    /// Whether a vCPU of VM `vmid` runs now: it is registered, and its context is out of the slot.
+    fn any_running(&self, vmid: u64) -> bool {
+        let (Ok(slot), Some(info)) = (self.slot(vmid), self.vms.get(vmid as u16)) else { return false };
+        slot.vcpus.iter().zip(info.vcpus).any(|(ctx, state)| ctx.is_none() && state != VcpuState::Unused)
     }
 
     /// Every VM's stage-2 table, for the invariant checker.
@@ -163,14 +166,8 @@ impl Kcore {
         let pool = PagePool::new(self.vm_pools + (vmid as u64 - 1) * VM_POOL_PAGES * PAGE_SIZE, VM_POOL_PAGES);
         let s2 = PageTable::new(m, Regime::Stage2 { vmid }, pool).map_err(|e| VmError::Mem(e.into()))?;
         m.flush_stage2_vmid(vmid);
-        self.slots[vmid as usize - 1] = Some(VmSlot {
-            s2,
-            ram_base,
-            ram_size,
-            cntvoff: 0,
-            vcpus: (0..MAX_VCPUS).map(|_| None).collect(),
-            running: [false; MAX_VCPUS],
-        });
+        self.slots[vmid as usize - 1] =
+            Some(VmSlot { s2, ram_base, ram_size, cntvoff: 0, vcpus: (0..MAX_VCPUS).map(|_| None).collect() });
         Ok(vmid)
     }
 
@@ -179,7 +176,7 @@ impl Kcore {
         self.slot(vmid)?;
         let vcpu = usize::try_from(vcpu).ok().filter(|&v| v < MAX_VCPUS).ok_or(VmError::BadArgument)?;
         self.vms.register_vcpu(vmid as u16, vcpu)?;
-        self.slot_mut(vmid)?.vcpus[vcpu] = Some(VcpuContext::new(vcpu as u8));
+        slot_of(&mut self.slots, vmid)?.vcpus[vcpu] = Some(VcpuContext::new(vcpu as u8));
         Ok(())
     }
 
@@ -206,8 +203,7 @@ impl Kcore {
 
     /// VERIFY_VM_IMAGE.
     pub fn verify_vm_image(&mut self, m: &impl Machine, vmid: u64) -> Result<(), VmError> {
-        let index = vmid.checked_sub(1).ok_or(VmError::NoVm)? as usize;
-        let slot = self.slots.get_mut(index).and_then(Option::as_mut).ok_or(VmError::NoVm)?;
+        let slot = slot_of(&mut self.slots, vmid)?;
         Ok(self.vms.verify_vm_image(m, &mut self.mem, &mut slot.s2, vmid as u16, &self.key)?)
     }
 
@@ -232,8 +228,7 @@ impl Kcore {
             return Err(VmError::State);
         }
         let entry = info.load.first().map(|l| l.gpa).ok_or(VmError::State)?;
-        let index = vmid as usize - 1;
-        let slot = self.slots[index].as_mut().ok_or(VmError::NoVm)?;
+        let slot = slot_of(&mut self.slots, vmid)?;
         let ctx = slot.vcpus[vcpu].as_mut().ok_or(VmError::State)?;
         if !ctx.started {
             match (vcpu, ctx.power_on) {
@@ -249,8 +244,8 @@ impl Kcore {
         ctx.complete(answer);
         // Marked active first: if that were refused, the context must stay in its slot.
         self.vms.set_vcpu_active(id, vcpu)?;
+        // Out of its slot: that is what makes the vCPU running.
         let ctx = slot.vcpus[vcpu].take().ok_or(VmError::State)?;
-        slot.running[vcpu] = true;
         Ok(RunTicket {
             vmid: id,
             vcpu,
@@ -265,9 +260,8 @@ impl Kcore {
     /// The second half of VCPU_RUN: the context goes back into its slot.
     pub fn vcpu_run_finish(&mut self, ticket: RunTicket) {
         let RunTicket { vmid, vcpu, ctx, .. } = ticket;
-        if let Some(slot) = self.slots[vmid as usize - 1].as_mut() {
+        if let Ok(slot) = slot_of(&mut self.slots, vmid.into()) {
             slot.vcpus[vcpu] = Some(ctx);
-            slot.running[vcpu] = false;
         }
         // The VM may have been powered off while the vCPU ran; then it is no longer ACTIVE.
         let _ = self.vms.set_vcpu_inactive(vmid, vcpu);
@@ -282,7 +276,7 @@ impl Kcore {
         gpa: u64,
         size: u64,
     ) -> Result<(), VmError> {
-        let slot = self.slot(vmid as u64)?;
+        let slot = slot_of(&mut self.slots, vmid.into())?;
         let end = gpa.checked_add(size).ok_or(VmError::BadArgument)?;
         if size == 0
             || !gpa.is_multiple_of(PAGE_SIZE)
@@ -292,11 +286,10 @@ impl Kcore {
         {
             return Err(VmError::BadArgument);
         }
-        let s2 = &self.slots[vmid as usize - 1].as_ref().ok_or(VmError::NoVm)?.s2;
         if grant {
-            self.mem.grant_stage2_sg_gpa(m, s2, vmid, gpa, size)?;
+            self.mem.grant_stage2_sg_gpa(m, &slot.s2, vmid, gpa, size)?;
         } else {
-            self.mem.revoke_stage2_sg_gpa(m, s2, vmid, gpa, size)?;
+            self.mem.revoke_stage2_sg_gpa(m, &slot.s2, vmid, gpa, size)?;
         }
         Ok(())
     }
@@ -304,7 +297,7 @@ impl Kcore {
     /// A guest's PSCI CPU_ON for a sibling: remembered, so that the sibling's first VCPU_RUN
     /// starts it there. The entry must be in the VM's RAM; a vCPU that has run is left alone.
     pub fn guest_cpu_on(&mut self, vmid: u16, target: u64, entry: u64, arg: u64) {
-        let Ok(slot) = self.slot_mut(vmid as u64) else { return };
+        let Ok(slot) = slot_of(&mut self.slots, vmid.into()) else { return };
         if !slot.in_ram(entry) {
             return;
         }
@@ -318,12 +311,12 @@ impl Kcore {
 
     /// The VM is off (powered off, rejected, or never verified) and none of its vCPUs runs.
     fn quiescent(&self, vmid: u64) -> Result<(), VmError> {
-        let slot = self.slot(vmid)?;
+        self.slot(vmid)?;
         let state = self.vms.get(vmid as u16).map(|i| i.state).ok_or(VmError::NoVm)?;
         if state == VmState::Verified {
             return Err(VmError::State);
         }
-        if slot.any_running() {
+        if self.any_running(vmid) {
             return Err(VmError::Busy);
         }
         Ok(())
@@ -332,22 +325,16 @@ impl Kcore {
     /// CLEAR_VM_S2_RANGE: returns the VM's pages in physical `[base, base + size)` to the host,
     /// scrubbed. Returns how many there were.
     pub fn clear_vm_range(&mut self, m: &impl Machine, vmid: u64, base: u64, size: u64) -> Result<u64, VmError> {
-        let end = base.checked_add(size).ok_or(VmError::BadArgument)?;
         if size == 0 || !base.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(VmError::BadArgument);
         }
+        base.checked_add(size).ok_or(VmError::BadArgument)?;
         if !self.mem.db.regions().all_ram(base, size) {
             return Err(VmError::Mem(MemError::NotRam));
         }
         self.quiescent(vmid)?;
-        let owner = Owner::Vm(vmid as u16);
-        let owned = (base..end)
-            .step_by(PAGE_SIZE as usize)
-            .filter(|&pa| self.mem.db.get(pa).is_some_and(|p| p.owner == owner))
-            .count();
-        let s2 = &mut self.slots[vmid as usize - 1].as_mut().ok_or(VmError::NoVm)?.s2;
-        self.mem.clear_vm_range(m, s2, vmid as u16, base >> 12, size >> 12)?;
-        Ok(owned as u64)
+        let slot = slot_of(&mut self.slots, vmid)?;
+        Ok(self.mem.clear_vm_range(m, &mut slot.s2, vmid as u16, base >> 12, size >> 12)?)
     }
 
     /// PHYS_ADDR_IOREMAP: device pages `[pa, pa + size)` at `gpa`, outside the VM's RAM.
@@ -370,16 +357,16 @@ impl Kcore {
             Some(VmState::Ready | VmState::Verified) => {}
             _ => return Err(VmError::State),
         }
-        let s2 = &mut self.slots[vmid as usize - 1].as_mut().ok_or(VmError::NoVm)?.s2;
+        let slot = slot_of(&mut self.slots, vmid)?;
         for offset in (0..size).step_by(PAGE_SIZE as usize) {
-            self.mem.map_vm_io(m, s2, gpa + offset, pa + offset)?;
+            self.mem.map_vm_io(m, &mut slot.s2, gpa + offset, pa + offset)?;
         }
         Ok(())
     }
 
     /// TIMER_SET_CNTVOFF.
     pub fn set_cntvoff(&mut self, vmid: u64, offset: u64) -> Result<(), VmError> {
-        self.slot_mut(vmid)?.cntvoff = offset;
+        slot_of(&mut self.slots, vmid)?.cntvoff = offset;
         Ok(())
     }
 
@@ -392,18 +379,12 @@ impl Kcore {
     /// DESTROY_VM: every page the VM still owns goes back to the host scrubbed; the VM is gone.
     pub fn destroy(&mut self, m: &impl Machine, vmid: u64) -> Result<u64, VmError> {
         self.quiescent(vmid)?;
-        let owner = Owner::Vm(vmid as u16);
         let regions: Vec<_> = self.mem.db.regions().iter().collect();
+        let slot = slot_of(&mut self.slots, vmid)?;
         let mut returned = 0;
-        let slot = self.slots[vmid as usize - 1].as_mut().ok_or(VmError::NoVm)?;
         for region in regions {
-            for pa in (region.base..region.end()).step_by(PAGE_SIZE as usize) {
-                if self.mem.db.get(pa).is_some_and(|p| p.owner == owner) {
-                    // On a failure the VM stays, with the pages returned so far returned.
-                    self.mem.clear_vm_page(m, &mut slot.s2, vmid as u16, pa >> 12)?;
-                    returned += 1;
-                }
-            }
+            // On a failure the VM stays, with the pages returned so far returned.
+            returned += self.mem.clear_vm_range(m, &mut slot.s2, vmid as u16, region.base >> 12, region.size >> 12)?;
         }
         self.slots[vmid as usize - 1] = None;
         m.flush_stage2_vmid(vmid as u16);

@@ -10,7 +10,8 @@ use crate::boot::{VcpuState, VmState, Vms, MAX_VCPUS, SIGNATURE_LEN};
 use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
 use crate::memory::spec::{
-    assign_pfn_to_vm_spec, clear_vm_page_spec, map_pfn_vm_spec, map_vm_io_spec, share_range_spec, RData,
+    assign_pfn_to_vm_spec, clear_vm_page_spec, clear_vm_pages_spec, map_pfn_vm_spec, map_vm_io_spec, share_range_spec,
+    RData,
 };
 use crate::memory::MemError;
 use crate::page_table::descriptor::INPUT_LIMIT;
@@ -238,21 +239,10 @@ fn quiescent(s: &AbsKcore, id: u16) -> Result<(), VmError> {
     Ok(())
 }
 
-/// Returns every page of the VM in `pfns` to the host with `clear_vm_page`; the count.
+/// Returns every page of the VM in `pfns` to the host (`memory::spec::clear_vm_pages_spec`).
 fn clear_pages(s: &AbsKcore, id: u16, pfns: impl Iterator<Item = u64>) -> Step<u64> {
-    let mut next = s.clone();
-    let mut count = 0;
-    for pfn in pfns {
-        if next.r.page(pfn << 12).is_some_and(|p| p.owner == Owner::Vm(id)) {
-            let (r, result) = clear_vm_page_spec(&next.r, id, pfn)?;
-            next.r = r;
-            if let Err(e) = result {
-                return Some((next, Err(e.into())));
-            }
-            count += 1;
-        }
-    }
-    Some((next, Ok(count)))
+    let (r, result) = clear_vm_pages_spec(&s.r, id, pfns)?;
+    Some((AbsKcore { r, ..s.clone() }, result.map_err(VmError::from)))
 }
 
 pub fn clear_vm_range_spec(s: &AbsKcore, vmid: u64, base: u64, size: u64) -> Step<u64> {
