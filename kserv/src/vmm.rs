@@ -434,10 +434,9 @@ fn guest_psci(vm: &mut Vm, vcpu: usize, x: [u64; 4]) {
 pub fn attack_page(pa: u64) -> (u64, u64) {
     let (before, _, _) = exceptions::aborts();
     exceptions::expect_abort(true);
-    let (value, _) = hvc::probe_read(pa);
+    hvc::probe_read(pa);
     hvc::probe_write(pa, 0x6a6a_6a6a_6a6a_6a6a);
     exceptions::expect_abort(false);
     let (after, _, _) = exceptions::aborts();
-    let _ = value;
     (2, after - before)
 }
