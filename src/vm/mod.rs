@@ -403,6 +403,8 @@ fn give_page(
     gfn: u64,
     pfn: u64,
 ) -> Result<(), VmError> {
+    // Not left to `assign_pfn_to_vm`: it also accepts a page the VM already has at `gfn`, which
+    // the scrub below would then wipe. An offer must be a page of the host's.
     match mem.db.get(pfn << 12) {
         None => return Err(VmError::Mem(MemError::NotRam)),
         Some(page) if page.owner != Owner::Host => return Err(VmError::Mem(MemError::NotOwned(page.owner))),
