@@ -31,7 +31,7 @@ impl VmEnv<'_> {
     }
 }
 
-/// Creates the bundle's VMs `indices` (all must verify).
+/// Creates the bundle's first `count` VMs (all must verify).
 fn create_all(mgr: &mut Manager, env: &VmEnv, count: usize) -> Outcome {
     let bundle = env.bundle()?;
     for i in 0..count {

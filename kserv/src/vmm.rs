@@ -120,7 +120,6 @@ static SLOTS_TAKEN: AtomicBool = AtomicBool::new(false);
 
 pub struct Manager {
     regions: [Option<u64>; MAX_VMS],
-    region_busy: [bool; MAX_VMS],
     pub vms: &'static mut [Option<Vm>; MAX_VMS],
     /// VMs torn down after powering themselves off, and after being stopped.
     pub powered_off: u32,
@@ -136,7 +135,7 @@ impl Manager {
         let slots = &raw mut VM_SLOTS;
         // SAFETY: the flag above hands the static out once, and the VM manager runs on one core.
         let vms = unsafe { &mut *slots };
-        Manager { regions, region_busy: [false; MAX_VMS], vms, powered_off: 0, stopped: 0, teardown_failed: 0 }
+        Manager { regions, vms, powered_off: 0, stopped: 0, teardown_failed: 0 }
     }
 
     /// Fails if any teardown failed.
@@ -159,11 +158,12 @@ impl Manager {
     ) -> Result<usize, (Option<usize>, CallFailed)> {
         let no_room = CallFailed { step: "room for the VM", status: Status::NotPresent.as_reg() };
         let slot = self.vms.iter().position(Option::is_none).ok_or((None, no_room))?;
-        let r = (0..MAX_VMS).find(|&r| !self.region_busy[r] && self.regions[r].is_some()).ok_or((None, no_room))?;
+        // A region is free while no VM record holds it.
+        let in_use = |region: u64| self.vms.iter().flatten().any(|vm| vm.region == region);
+        let region = self.regions.iter().flatten().copied().find(|&r| !in_use(r)).ok_or((None, no_room))?;
         if entry.ram_size > crate::vm_plan::REGION_SIZE || entry.vcpus as usize > MAX_VCPUS {
             return Err((None, CallFailed { step: "bundle entry", status: Status::InvalidParameters.as_reg() }));
         }
-        let region = self.regions[r].unwrap_or(0);
         let signed = bundle.signed_image(entry);
         hvc::copy_phys(region, signed.as_ptr() as u64, signed.len());
         match tamper {
@@ -173,7 +173,6 @@ impl Manager {
         }
         let vmid = call("REGISTER_VM", host_call::REGISTER_VM, [entry.ram_base, entry.ram_size, 0, 0])
             .map_err(|e| (None, e))?;
-        self.region_busy[r] = true;
         let mut vm = Vm {
             vmid,
             entry: *entry,
@@ -255,9 +254,6 @@ impl Manager {
         let cleared =
             call("CLEAR_VM_S2_RANGE", host_call::CLEAR_VM_S2_RANGE, [vm.vmid, vm.region, vm.entry.ram_size, 0]);
         let destroyed = call("DESTROY_VM", host_call::DESTROY_VM, [vm.vmid, 0, 0, 0]);
-        if let Some(r) = self.regions.iter().position(|&r| r == Some(vm.region)) {
-            self.region_busy[r] = false;
-        }
         let (Ok(cleared), Ok(left)) = (cleared, destroyed) else {
             kprintln!("vm {}: teardown refused ({cleared:?}, {destroyed:?})", vm.name());
             return Err("KCore refused the teardown");
