@@ -17,6 +17,9 @@ pub const HEADER_LEN: usize = 16;
 pub const ENTRY_LEN: usize = 64;
 pub const NAME_LEN: usize = 16;
 pub const SIGNATURE_LEN: usize = 64;
+/// What an image's Ed25519 signature covers before the image's SHA-512 digest: binds the
+/// signature to this use. KCore checks it, xtask signs with it.
+pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v1";
 /// Images start on page boundaries, so their pages can be handed to KCore as they are.
 pub const IMAGE_ALIGN: u64 = 4096;
 /// The most VMs one bundle describes.

@@ -32,9 +32,9 @@ pub const MAX_VMS: u16 = 16;
 pub const MAX_VCPUS: usize = 8;
 /// Images per VM (SeKVM: 5).
 pub const MAX_LOAD_INFO: usize = 5;
-pub const SIGNATURE_LEN: u64 = 64;
-/// What the signature covers before the image's hash: binds it to this use.
-pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v1";
+pub const SIGNATURE_LEN: u64 = corevisor_abi::bundle::SIGNATURE_LEN as u64;
+/// What the signature covers before the image's hash (shared with xtask through the ABI crate).
+pub use corevisor_abi::bundle::IMAGE_DOMAIN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmState {

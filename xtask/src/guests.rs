@@ -8,8 +8,6 @@ use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha512};
 use std::path::{Path, PathBuf};
 
-/// What an image signature covers before the image's SHA-512 (KCore's `boot::IMAGE_DOMAIN`).
-pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v1";
 /// The guest runs with the MMU off, where every data access is to Device memory: no unaligned
 /// accesses. `aarch64-unknown-none-softfloat` has `+strict-align` among its default features
 /// already (an unaligned `read_unaligned` compiles to byte loads), so the guest build needs no
@@ -48,7 +46,7 @@ fn build_guest_now() -> Result<PathBuf, String> {
 
 /// The message an image's signature covers: `IMAGE_DOMAIN ‖ SHA-512(image)`.
 pub fn image_message(image: &[u8]) -> Vec<u8> {
-    let mut message = IMAGE_DOMAIN.to_vec();
+    let mut message = bundle::IMAGE_DOMAIN.to_vec();
     message.extend_from_slice(&Sha512::digest(image));
     message
 }
