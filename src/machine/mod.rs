@@ -6,6 +6,7 @@
 //! inline assembly. Its API is safe: each primitive states the hardware fact that makes it sound.
 //! On the host (`cargo test`) only the architecture-independent parts build.
 
+pub mod features;
 pub mod guest_regs;
 #[cfg(test)]
 pub mod model;

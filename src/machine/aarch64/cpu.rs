@@ -1,5 +1,6 @@
 //! Core identity, waiting and entering a lower exception level.
 
+use super::super::features::IdRegisters;
 use super::super::TrapFrame;
 use aarch64_cpu::{asm, registers::*};
 use tock_registers::interfaces::Readable;
@@ -50,4 +51,29 @@ pub fn enter_lower(frame: &TrapFrame) -> ! {
     // (copying downwards, so an overlapping source below it is read before it is overwritten),
     // and never returns; the frame's SPSR selects a lower EL, so eret leaves EL2.
     unsafe { enter_lower_el(frame, stack_top) }
+}
+
+macro_rules! read_id {
+    ($name:literal) => {{
+        let value: u64;
+        // SAFETY: reading an ID register has no side effects.
+        unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack)) };
+        value
+    }};
+}
+
+/// This core's ID registers, as the hardware reports them to EL2.
+pub fn id_registers() -> IdRegisters {
+    IdRegisters {
+        midr: read_id!("midr_el1"),
+        pfr0: read_id!("id_aa64pfr0_el1"),
+        pfr1: read_id!("id_aa64pfr1_el1"),
+        dfr0: read_id!("id_aa64dfr0_el1"),
+        isar0: read_id!("id_aa64isar0_el1"),
+        isar1: read_id!("id_aa64isar1_el1"),
+        isar2: read_id!("S3_0_C0_C6_2"),
+        mmfr0: read_id!("id_aa64mmfr0_el1"),
+        mmfr1: read_id!("id_aa64mmfr1_el1"),
+        mmfr2: read_id!("id_aa64mmfr2_el1"),
+    }
 }
