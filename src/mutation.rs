@@ -23,6 +23,10 @@ pub enum Mutation {
     SkipFaultPageScrub,
     /// A page-table pool hands out one page past its end.
     PoolOverrun,
+    /// The power-down scrub leaves the VMs' pages as they are.
+    SkipPowerDownVmScrub,
+    /// The power-down scrub leaves KCore's heap (vCPU contexts) as it is.
+    SkipPowerDownHeapScrub,
 }
 
 #[cfg(test)]
@@ -57,7 +61,9 @@ mod active {
         property: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
     ) {
         use proptest::test_runner::{Config, TestRunner};
-        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+        // No shrinking: a companion only needs to see the property fail, not the smallest case.
+        let config = Config { cases, failure_persistence: None, max_shrink_iters: 0, ..Config::default() };
+        let mut runner = TestRunner::new(config);
         let result = with(bug, || runner.run(&inputs, property));
         assert!(result.is_err(), "{bug:?} was planted and the property did not notice");
     }

@@ -19,6 +19,9 @@ pub enum Flush {
 pub struct ModelMachine {
     memory: RefCell<BTreeMap<u64, u64>>,
     flushes: RefCell<Vec<Flush>>,
+    /// Ranges cleaned to the point of coherency, oldest first, each with the memory's words in
+    /// it at that moment (what DRAM then holds).
+    cleaned: RefCell<Vec<(std::ops::Range<u64>, BTreeMap<u64, u64>)>>,
 }
 
 impl ModelMachine {
@@ -29,6 +32,12 @@ impl ModelMachine {
     /// Every non-zero word of memory in `range`, by address.
     pub fn words(&self, range: std::ops::Range<u64>) -> BTreeMap<u64, u64> {
         self.memory.borrow().range(range).map(|(&a, &v)| (a, v)).collect()
+    }
+
+    /// The ranges cleaned to the point of coherency so far, with the words each held when it
+    /// was cleaned; clears the log.
+    pub fn take_cleaned(&self) -> Vec<(std::ops::Range<u64>, BTreeMap<u64, u64>)> {
+        std::mem::take(&mut self.cleaned.borrow_mut())
     }
 
     /// The TLB maintenance done so far, oldest first; clears the log.
@@ -59,6 +68,12 @@ impl Machine for ModelMachine {
         words.into_iter().for_each(|a| {
             memory.remove(&a);
         });
+    }
+
+    fn clean_invalidate_to_poc(&self, pa: u64, len: u64) {
+        let range = pa..pa + len;
+        let words = self.words(range.clone());
+        self.cleaned.borrow_mut().push((range, words));
     }
 
     fn flush_stage2_ipa(&self, vmid: u16, ipa: u64) {

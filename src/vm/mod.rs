@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 mod noninterference;
+mod power_down;
 #[cfg(test)]
 mod refinement;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use corevisor_abi::Status;
 use ed25519_dalek::VerifyingKey;
+pub use power_down::Scrubbed;
 
 /// Page-table pages each VM's stage-2 may use.
 pub const VM_POOL_PAGES: u64 = 64;

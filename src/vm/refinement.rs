@@ -123,7 +123,7 @@ fn abstract_vcpu(ctx: &VcpuContext, running: bool) -> AbsVcpu {
 }
 
 /// The concrete state, abstracted, against the spec's.
-fn relate(
+pub(super) fn relate(
     m: &ModelMachine,
     k: &Kcore,
     running: &BTreeMap<(u16, usize), RunTicket>,
@@ -187,6 +187,12 @@ std::thread_local! {
 }
 
 fn vm_layer_refines(ops: &[VOp]) -> Result<(), TestCaseError> {
+    refined_run(ops).map(|_| ())
+}
+
+/// Runs `ops` on `Kcore` and on the spec side by side, checking each step; returns the machine,
+/// KCore's state and the spec's state at the end.
+pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore), TestCaseError> {
     let System { m, mem, .. } = System::new(false);
     let mut r = initial_rdata(false);
     r.npts.retain(|&p, _| p == HOST);
@@ -310,7 +316,7 @@ fn vm_layer_refines(ops: &[VOp]) -> Result<(), TestCaseError> {
         }
     }
     running.clear();
-    Ok(())
+    Ok((m, k, s))
 }
 
 proptest! {

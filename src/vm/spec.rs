@@ -314,3 +314,28 @@ pub fn destroy_spec(s: &AbsKcore, vmid: u64) -> Step<u64> {
     }
     Some((next, result))
 }
+
+/// The power-down scrub before SYSTEM_OFF or SYSTEM_RESET (issue 11): nothing that is not the
+/// host's may survive into the next boot, which hands all of RAM to the host. Afterwards every
+/// word of every page a VM owns is zero (shared pages too: the machine is going down), and every
+/// VM's stage-2 maps nothing, so no guest still running elsewhere reaches memory; the records of
+/// who owns what are unchanged, since nothing but the reset follows. The result is the number of
+/// VM pages. KCore's heap and the VMs' table pools are below this state's abstraction: the
+/// property test checks on the machine that they are zero too.
+pub fn scrub_for_power_down_spec(s: &AbsKcore) -> Option<(AbsKcore, u64)> {
+    let mut next = s.clone();
+    let vm_pages: Vec<u64> =
+        s.r.s2page.iter().filter(|(_, page)| matches!(page.owner, Owner::Vm(_))).map(|(&pfn, _)| pfn).collect();
+    for &pfn in &vm_pages {
+        let words: Vec<u64> = next.r.flatmem.range(pfn << 12..(pfn + 1) << 12).map(|(&a, _)| a).collect();
+        for word in words {
+            next.r.flatmem.remove(&word);
+        }
+    }
+    for vmid in s.slots.keys() {
+        let npt = next.r.npts.get_mut(vmid)?;
+        npt.leaves.clear();
+        npt.tables.clear();
+    }
+    Some((next, vm_pages.len() as u64))
+}
