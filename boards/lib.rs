@@ -73,6 +73,10 @@ pub struct Board {
     pub cpu_bring_up: CpuBringUp,
     /// Whether firmware implements PSCI SYSTEM_OFF/RESET (forwarded), or KCore must emulate them.
     pub firmware_psci: bool,
+    /// The BCM2835-style power-management watchdog (PM_RSTC, PM_RSTS, PM_WDOG), used when the
+    /// DTB names none: KCore's reset device, never the host's, since it resets the machine
+    /// without KCore's power-down scrub.
+    pub pm_watchdog: Option<u64>,
     /// QEMU `-M` value that emulates this board.
     pub qemu_machine: &'static str,
 }

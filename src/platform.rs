@@ -33,7 +33,13 @@ pub struct Platform {
     pub bootargs: String,
     /// Where the DTB itself lies, so nothing is loaded over it.
     pub dtb: Option<PhysRange>,
+    /// The power-management watchdog that resets the machine (the Pi's), if there is one:
+    /// KCore's, never mapped for the host.
+    pub pm_watchdog: Option<u64>,
 }
+
+/// The DT compatibles of the BCM2835/BCM2711 power-management watchdog.
+const PM_WATCHDOG: &[&str] = &["brcm,bcm2835-pm", "brcm,bcm2711-pm", "brcm,bcm2835-pm-wdt"];
 
 /// Why a DTB could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +77,7 @@ impl Platform {
             initrd: None,
             bootargs: String::new(),
             dtb: None,
+            pm_watchdog: board.pm_watchdog,
         }
     }
 
@@ -114,6 +121,7 @@ impl Platform {
             initrd,
             bootargs: chosen.and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("").into(),
             dtb: Some(PhysRange::new(dtb_pa, fdt.total_size() as u64)),
+            pm_watchdog: find_device_reg(&fdt, PM_WATCHDOG, 0).or(board.pm_watchdog),
         })
     }
 

@@ -15,5 +15,6 @@ pub const BOARD: Board = Board {
     cpu_count_fallback: 1,
     cpu_bring_up: CpuBringUp::Psci,
     firmware_psci: true,
+    pm_watchdog: None,
     qemu_machine: "virt,virtualization=on",
 };

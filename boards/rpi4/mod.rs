@@ -17,6 +17,8 @@ pub const BOARD: Board = Board {
     cpu_count_fallback: 4,
     cpu_bring_up: CpuBringUp::SpinTable { release_addrs: &[0xd8, 0xe0, 0xe8, 0xf0] },
     firmware_psci: false,
+    // The BCM2711's PM block (bus address 0x7e10_0000).
+    pm_watchdog: Some(0xFE10_0000),
     qemu_machine: "raspi4b",
 };
 

@@ -14,6 +14,7 @@ use crate::machine::{cpu, regs, sync::TicketLock, world_switch, Aarch64, TrapFra
 use crate::vcpu::ExitRecord;
 use crate::vm::{Kcore, RunTicket};
 use core::fmt;
+use corevisor_boards::PhysRange;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use corevisor_abi::{exit, host_call, psci, Status};
 use log::{error, info, warn};
@@ -25,8 +26,18 @@ const FIRST_VM: u8 = 2;
 
 /// Whose trap each core is handling (KCORE when it is not in a trap), for panic reports.
 static HANDLING: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(KCORE) }; MAX_CPUS];
-/// Set by a panic: every core stops at its next trap.
+/// Set by a panic or a power-down: every core stops at its next trap.
 static HALTED: AtomicBool = AtomicBool::new(false);
+/// Per core: it holds a vCPU's context out of KCore's state (a VCPU_RUN in progress) and may
+/// still write it. Set only under the state lock; cleared before the core waits for that lock
+/// again, and when it parks. A power-down waits for every flag to clear before it scrubs the heap
+/// the contexts live in.
+static HOLDS_CONTEXT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// How long a power-down waits for the other cores to let go of the vCPU contexts, in polls (a
+/// count, not a clock: load on the machine cannot make it run out early). A core holding one is
+/// either running a guest, whose stage-2 was just revoked so that its next access exits, or
+/// about to take the state lock; either takes a few thousand instructions.
+const CONTEXT_RELEASE_POLLS: u64 = 100_000_000;
 static HOST_MAY_RUN_AT: spin::Once<fn(u64) -> bool> = spin::Once::new();
 
 /// KCore's state: the ownership table with the host's stage-2 (SeKVM's `s2page`) and the VMs.
@@ -88,7 +99,7 @@ impl fmt::Display for Forbidden {
 extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     let core = cpu::index();
     if HALTED.load(Ordering::Relaxed) {
-        cpu::park();
+        park_halted(core);
     }
     // Only the host traps through KCore's vectors: a guest's traps go through `__guest_vectors`
     // back into `vcpu_run`.
@@ -116,10 +127,12 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
         }
         HostExit::SystemOff { status } => {
             info!("host SYSTEM_OFF, status {status}");
+            power_down(core, "power-off");
             power::system_off(status)
         }
         HostExit::SystemReset => {
             info!("host SYSTEM_RESET");
+            power_down(core, "reset");
             power::system_reset()
         }
         HostExit::Stage2Fault => host_stage2_fault(frame),
@@ -136,6 +149,42 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
             wait_for_work(core)
         }
     }
+}
+
+/// Parks this core for good after the halt flag was raised, letting go of any vCPU context.
+fn park_halted(core: usize) -> ! {
+    HOLDS_CONTEXT[core].store(false, Ordering::Release);
+    cpu::park()
+}
+
+/// Before the machine resets or powers off: stops every other core and scrubs every page that is
+/// not the host's (`Kcore::scrub_for_power_down`), since the next boot hands all of RAM to the
+/// host. Keeps KCore's state lock for good: nothing of KCore runs after this but the power call.
+fn power_down(core: usize, what: &str) {
+    // Every other core parks at its next entry to KCore, a running guest at its next exit.
+    HALTED.store(true, Ordering::SeqCst);
+    let mut state = STATE.lock();
+    let Some(kcore) = state.as_mut() else { return };
+    // A guest still running elsewhere loses its memory now: its next access exits, and it parks.
+    kcore.revoke_vm_stage2s(&Aarch64);
+    HOLDS_CONTEXT[core].store(false, Ordering::Relaxed);
+    let released = (0..CONTEXT_RELEASE_POLLS).any(|_| {
+        core::hint::spin_loop();
+        HOLDS_CONTEXT.iter().all(|held| !held.load(Ordering::Acquire))
+    });
+    if !released {
+        warn!("a core still holds a vCPU context; scrubbing anyway");
+    }
+    let heap = crate::machine::layout::heap();
+    let scrubbed = kcore.scrub_for_power_down(&Aarch64, PhysRange::new(heap.start, heap.end - heap.start));
+    // KCore's heap is gone: `kcore` must not be touched again (the guard is never dropped).
+    core::mem::forget(state);
+    info!(
+        "scrubbed {} VM pages, {} pages of VM page tables and KCore's heap ({} KiB) before {what}",
+        scrubbed.vm_pages,
+        scrubbed.table_pages,
+        scrubbed.heap_bytes / 1024
+    );
 }
 
 /// Maps the host's access on demand, or refuses it with an external abort.
@@ -166,9 +215,16 @@ fn host_stage2_fault(frame: &mut TrapFrame) {
 fn check_invariants() {
     if cfg!(any(debug_assertions, feature = "check-invariants")) {
         if let Some(kcore) = STATE.lock().as_ref() {
-            if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
-                panic!("invariant broken after a host trap: {violation:?}");
-            }
+            check_invariants_of(kcore);
+        }
+    }
+}
+
+/// [`check_invariants`] for a caller that holds the state lock.
+fn check_invariants_of(kcore: &Kcore) {
+    if cfg!(any(debug_assertions, feature = "check-invariants")) {
+        if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
+            panic!("invariant broken after a trap: {violation:?}");
         }
     }
 }
@@ -209,7 +265,12 @@ const CNTHCTL_GUEST: u64 = 1;
 /// (share calls, emulated registers, UNDEFs) inside KCore without leaving the guest's world.
 fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
     let [vmid, vcpu, answer, _] = args;
-    let mut ticket = match with_kcore(|kcore| kcore.vcpu_run_prepare(&Aarch64, vmid, vcpu, answer)) {
+    let prepared = with_kcore(|kcore| {
+        let prepared = kcore.vcpu_run_prepare(&Aarch64, vmid, vcpu, answer);
+        HOLDS_CONTEXT[core].store(prepared.is_ok(), Ordering::Relaxed);
+        prepared
+    });
+    let mut ticket = match prepared {
         Ok(ticket) => ticket,
         Err(e) => {
             info!("VCPU_RUN vm {vmid} vcpu {vcpu} refused: {e:?}");
@@ -233,7 +294,7 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
         cnthctl: CNTHCTL_GUEST,
     });
     HANDLING[core].store(FIRST_VM.saturating_add(ticket.vmid as u8), Ordering::Relaxed);
-    let mut record = run_until_host_exit(&mut ticket);
+    let mut record = run_until_host_exit(core, &mut ticket);
     world_switch::save_el1(&mut ticket.ctx.el1);
     world_switch::save_fp(&mut ticket.ctx.fp);
     world_switch::restore_el1(&host_el1);
@@ -248,6 +309,7 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
         && matches!(record.details[0] as u32, psci::CPU_ON_64 | psci::CPU_ON_32)
         && record.details[0] >> 32 == 0;
     let vmid = ticket.vmid;
+    HOLDS_CONTEXT[core].store(false, Ordering::Release);
     with_kcore(|kcore| {
         if cpu_on {
             kcore.guest_cpu_on(vmid, record.details[1], record.details[2], record.details[3]);
@@ -260,14 +322,14 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
 }
 
 /// Runs the loaded guest, serving the exits KCore handles itself, until one is for the host.
-fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
+fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
     let (vmid, ram_base, ram_size) = (ticket.vmid, ticket.ram_base, ticket.ram_size);
     let in_ram = move |gpa: u64| gpa >= ram_base && gpa - ram_base < ram_size;
     let env = GuestEnv { in_ram: &in_ram, id_register: &world_switch::id_register };
     loop {
         let kind = world_switch::run_guest(&mut ticket.ctx.gprs);
         if HALTED.load(Ordering::Relaxed) {
-            cpu::park();
+            park_halted(core);
         }
         let esr = regs::esr_el2();
         let ipa = fault_ipa(regs::hpfar_el2(), regs::far_el2());
@@ -278,7 +340,14 @@ fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
                 inject_undef(&mut ticket.ctx.gprs.frame, pc);
             }
             VmExit::Share { grant, gpa, size } => {
-                let result = with_kcore(|kcore| kcore.guest_share(&Aarch64, vmid, grant, gpa, size));
+                HOLDS_CONTEXT[core].store(false, Ordering::Release);
+                let result = with_kcore(|kcore| {
+                    HOLDS_CONTEXT[core].store(true, Ordering::Relaxed);
+                    let result = kcore.guest_share(&Aarch64, vmid, grant, gpa, size);
+                    // A share call changes ownership records without leaving the guest's world.
+                    check_invariants_of(kcore);
+                    result
+                });
                 if let Err(e) = result {
                     info!(
                         "vm {vmid}: {} {gpa:#x}+{size:#x} refused: {e:?}",
@@ -286,8 +355,6 @@ fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
                     );
                 }
                 ticket.ctx.gprs.frame.x[0] = result.map_or_else(|e| e.status(), |()| Status::Success).as_reg();
-                // A share call changes ownership records without leaving the guest's world.
-                check_invariants();
             }
             VmExit::ToHost(record) => return record,
         }

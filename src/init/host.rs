@@ -47,11 +47,16 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
     let host_pool = PagePool::new(first, (vm_pools(pool.end) - first) / PAGE_SIZE);
     let host_s2 = PageTable::new(&Aarch64, Regime::Stage2 { vmid: HOST_VMID }, host_pool)
         .map_err(|_| "no page for the host's stage-2 root")?;
-    let protected = match platform.gic {
+    let mut protected = match platform.gic {
         // The GICv2 virtual interface control is the hypervisor's.
         Gic::V2 { gich, .. } if gich != 0 => alloc::vec![PhysRange::new(gich, 0x2000)],
         _ => alloc::vec![],
     };
+    // The reset watchdog is KCore's: a host that reset the machine would skip the power-down
+    // scrub, and the next boot would hand it the VMs' memory.
+    if let Some(pm) = platform.pm_watchdog {
+        protected.push(PhysRange::new(pm & !(PAGE_SIZE - 1), PAGE_SIZE));
+    }
     let mut memory = HostMemory::new(PageDb::new(regions), host_s2, protected);
     if corevisor_abi::bootargs::value(&platform.bootargs, "corevisor.host_s2") == Some("pages") {
         memory.policy = HostMapPolicy::PagesOnly;

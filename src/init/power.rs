@@ -1,6 +1,8 @@
-//! Powering off and resetting. Under QEMU (`semihosting` builds) the run ends with a real exit
-//! status; otherwise the request goes to the firmware's PSCI where the board has it, and the
-//! cores park where it has none.
+//! Powering off and resetting, after the trap handler's power-down scrub. Under QEMU
+//! (`semihosting` builds) a power-off ends the run with a real exit status; otherwise the request
+//! goes to the firmware's PSCI where the board has it, and the cores park where it has none. A
+//! reset goes to PSCI, or to the board's power-management watchdog (the Pi's), which only KCore
+//! can reach.
 
 use crate::board::BOARD;
 #[cfg(not(feature = "semihosting"))]
@@ -34,6 +36,9 @@ pub fn system_reset() -> ! {
     log::logger().flush();
     if BOARD.firmware_psci {
         firmware::smc(psci::SYSTEM_RESET, [0; 3]);
+    }
+    if let Some(pm) = super::platform().pm_watchdog {
+        crate::machine::bcm2835_pm::full_reset(pm);
     }
     error!("{} has no reset KCore can use; powering off instead", BOARD.name);
     system_off(0)

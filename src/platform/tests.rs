@@ -153,3 +153,39 @@ fn qemu_raspi4b_dtb_is_read_in_full() {
     assert_eq!(p.uart_base, 0xfe20_1000);
     assert_eq!(p.cpus.len(), 4);
 }
+
+/// The Pi's reset watchdog comes from the DTB (by compatible, translated through `/soc`), else
+/// from the board; virt has none.
+#[test]
+fn the_pm_watchdog_is_found_by_compatible_else_taken_from_the_board() {
+    let dtb_with_pm = |compatible: &str| {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 1).unwrap();
+        let memory = w.begin_node("memory@0").unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        w.property_array_u32("reg", &[0, 0, 0x4000_0000]).unwrap();
+        w.end_node(memory).unwrap();
+        let soc = w.begin_node("soc").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 1).unwrap();
+        w.property_array_u32("ranges", &[0x7e00_0000, 0x0, 0xfe00_0000, 0x0180_0000]).unwrap();
+        let pm = w.begin_node("watchdog@7e108000").unwrap();
+        w.property_string_list("compatible", vec![compatible.into(), "other".into()]).unwrap();
+        w.property_array_u32("reg", &[0x7e10_8000, 0x114]).unwrap();
+        w.end_node(pm).unwrap();
+        w.end_node(soc).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    };
+    for compatible in ["brcm,bcm2835-pm", "brcm,bcm2711-pm", "brcm,bcm2835-pm-wdt"] {
+        let p = Platform::from_dtb(&dtb_with_pm(compatible), 0x2eff_0000, &rpi4::BOARD).unwrap();
+        assert_eq!(p.pm_watchdog, Some(0xfe10_8000), "{compatible}");
+    }
+    let p = Platform::from_dtb(&dtb_with_pm("brcm,bcm2835-gpio"), 0x2eff_0000, &rpi4::BOARD).unwrap();
+    assert_eq!(p.pm_watchdog, Some(0xFE10_0000));
+    assert_eq!(Platform::from_board(&rpi4::BOARD).pm_watchdog, Some(0xFE10_0000));
+    assert_eq!(Platform::from_board(&qemu_virt::BOARD).pm_watchdog, None);
+    assert_eq!(Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap().pm_watchdog, None);
+}

@@ -48,12 +48,7 @@ impl Kcore {
     ///
     /// Ownership records are left as they are: nothing runs after this but the reset.
     pub fn scrub_for_power_down(&mut self, m: &impl Machine, heap: PhysRange) -> Scrubbed {
-        for (vmid, table) in self.vm_tables() {
-            m.zero_page(table.root());
-            m.clean_invalidate_to_poc(table.root(), PAGE_SIZE);
-            m.publish();
-            m.flush_stage2_vmid(vmid);
-        }
+        self.revoke_vm_stage2s(m);
         let mut vm_pages = 0;
         for region in self.mem.db.regions().iter() {
             let mut pa = region.base;
@@ -78,6 +73,21 @@ impl Kcore {
             scrub(m, heap.base, heap.size);
         }
         Scrubbed { vm_pages, table_pages: pools.size / PAGE_SIZE, heap_bytes: heap.size }
+    }
+}
+
+impl Kcore {
+    /// Step 1 of [`Kcore::scrub_for_power_down`], also on its own so that the caller can wait
+    /// for guests running on other cores to leave before the heap goes: every VM's stage-2 root
+    /// is emptied and the VMID's TLB entries are invalidated on every core (the invalidation
+    /// completes only once no core uses the old translations any more).
+    pub fn revoke_vm_stage2s(&mut self, m: &impl Machine) {
+        for (vmid, table) in self.vm_tables() {
+            m.zero_page(table.root());
+            m.clean_invalidate_to_poc(table.root(), PAGE_SIZE);
+            m.publish();
+            m.flush_stage2_vmid(vmid);
+        }
     }
 }
 

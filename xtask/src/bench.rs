@@ -50,7 +50,8 @@ fn bench_run(qemu: &Qemu, extra_args: &str) -> Result<String, String> {
     let append = format!("scenario=bench {extra_args}");
     let mut command = qemu::command(qemu, Variant::VirtGicV3, &artifacts, append.trim_end(), Some(&bundle))?;
     command.args(["-icount", "shift=0,sleep=off"]);
-    let run = qemu::run_captured(command, Duration::from_secs(600))?;
+    let guard = qemu::Guard { cpu: Duration::from_secs(600), wall: Duration::from_secs(600) };
+    let run = qemu::run_captured(command, guard)?;
     if run.status != Some(0) || !run.console.contains("kserv: scenario bench: PASS") {
         return Err(format!("the bench run failed (status {:?}):\n{}", run.status, run.console));
     }

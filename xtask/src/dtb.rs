@@ -43,6 +43,11 @@ pub fn raspi4b() -> FdtWriterResult<Vec<u8>> {
     w.property_string_list("compatible", vec!["arm,pl011".into(), "arm,primecell".into()])?;
     w.property_array_u32("reg", &[0x7e20_1000, 0x200])?;
     w.end_node(uart)?;
+    // The power-management block, whose watchdog resets the board (as in bcm2711.dtsi).
+    let pm = w.begin_node("watchdog@7e100000")?;
+    w.property_string_list("compatible", vec!["brcm,bcm2711-pm".into(), "brcm,bcm2835-pm-wdt".into()])?;
+    w.property_array_u32("reg", &[0x7e10_0000, 0x114])?;
+    w.end_node(pm)?;
     w.end_node(soc)?;
 
     let gic = w.begin_node("interrupt-controller@ff841000")?;

@@ -148,7 +148,9 @@ fn run(args: &Args) -> Result<u8, String> {
         }
         None => None,
     };
-    let mut command = qemu::command(&qemu, variant, &artifacts, &format!("scenario={scenario}"), bundle.as_deref())?;
+    let append = format!("scenario={scenario}");
+    let reboot = scenarios::reboots(scenario);
+    let mut command = qemu::command_with_reboot(&qemu, variant, &artifacts, &append, bundle.as_deref(), reboot)?;
     if args.flag("gdb") {
         println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");
         command.args(["-s", "-S"]);

@@ -76,14 +76,33 @@ pub fn ensure() -> Result<Qemu, String> {
     usable().ok_or_else(|| "QEMU installed, but still no usable qemu-system-aarch64 with raspi4b".into())
 }
 
+/// QEMU options that make guest-visible time follow the instructions executed, not the host's
+/// clock: one instruction is one nanosecond of virtual time (`shift=0`), and idle time is skipped
+/// (`sleep=off`). A run then sees the same timer and counter values however loaded the host is,
+/// so no time limit inside it (a guest's sleep, a timer that must fire first) depends on load.
+pub const DETERMINISTIC_TIME: [&str; 2] = ["-icount", "shift=0,sleep=off"];
+
 /// The QEMU command line that boots `artifacts` on `variant` with `append` as kernel arguments.
-/// `initrd` is the boot bundle, if any.
+/// `initrd` is the boot bundle, if any. A reset ends the run (`-no-reboot`).
 pub fn command(
     qemu: &Qemu,
     variant: Variant,
     artifacts: &Artifacts,
     append: &str,
     initrd: Option<&std::path::Path>,
+) -> Result<Command, String> {
+    command_with_reboot(qemu, variant, artifacts, append, initrd, false)
+}
+
+/// [`command`], where `reboot` says whether a reset reboots the machine (RAM as it was, the
+/// kernel, DTB and initrd loaded again) instead of ending the run.
+pub fn command_with_reboot(
+    qemu: &Qemu,
+    variant: Variant,
+    artifacts: &Artifacts,
+    append: &str,
+    initrd: Option<&std::path::Path>,
+    reboot: bool,
 ) -> Result<Command, String> {
     let mut c = Command::new(&qemu.path);
     c.current_dir(root());
@@ -101,7 +120,11 @@ pub fn command(
             c.args(["-M", corevisor_boards::rpi4::BOARD.qemu_machine, "-dtb"]).arg(dtb);
         }
     }
-    c.args(["-nographic", "-semihosting", "-no-reboot", "-kernel"]).arg(&artifacts.image);
+    c.args(["-nographic", "-semihosting"]);
+    if !reboot {
+        c.arg("-no-reboot");
+    }
+    c.arg("-kernel").arg(&artifacts.image);
     c.args(["-append", append]);
     if let Some(initrd) = initrd {
         c.arg("-initrd").arg(initrd);
@@ -114,11 +137,33 @@ pub struct Captured {
     /// The exit status, or `None` when the hang guard killed QEMU.
     pub status: Option<i32>,
     pub console: String,
+    /// Wall-clock time, and the CPU time QEMU used (where /proc tells it).
+    pub wall: Duration,
+    pub cpu: Option<Duration>,
+}
+
+/// When to stop a QEMU run that does not end by itself. `cpu` bounds the CPU time QEMU uses,
+/// which a loaded host does not inflate the way it stretches wall-clock time; `wall` catches a
+/// hang that uses no CPU (every core waiting for an interrupt that never comes).
+#[derive(Clone, Copy, Debug)]
+pub struct Guard {
+    pub cpu: Duration,
+    pub wall: Duration,
+}
+
+/// The CPU time (user + system) process `pid` has used, from /proc.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux the project runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Runs `command` with its output captured and stdin closed. `guard` only stops a hung QEMU;
 /// a run that reaches it has failed.
-pub fn run_captured(mut command: Command, guard: Duration) -> Result<Captured, String> {
+pub fn run_captured(mut command: Command, guard: Guard) -> Result<Captured, String> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -138,11 +183,13 @@ pub fn run_captured(mut command: Command, guard: Duration) -> Result<Captured, S
         s
     });
     let start = Instant::now();
+    let mut cpu = None;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             break Some(status.code().unwrap_or(-1));
         }
-        if start.elapsed() > guard {
+        cpu = cpu_time(child.id()).or(cpu);
+        if start.elapsed() > guard.wall || cpu.is_some_and(|used| used > guard.cpu) {
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -150,7 +197,7 @@ pub fn run_captured(mut command: Command, guard: Duration) -> Result<Captured, S
         std::thread::sleep(Duration::from_millis(20));
     };
     let console = out.join().unwrap_or_default() + &err.join().unwrap_or_default();
-    Ok(Captured { status, console })
+    Ok(Captured { status, console, wall: start.elapsed(), cpu })
 }
 
 #[cfg(test)]
@@ -162,5 +209,13 @@ mod tests {
         assert_eq!(major_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\n"), Some(10));
         assert_eq!(major_version("QEMU emulator version 7.2.15"), Some(7));
         assert_eq!(major_version("nonsense"), None);
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let spent = (0..20_000_000u64).fold(0u64, |a, i| a.wrapping_add(i * i));
+        assert!(spent != 1);
+        assert!(cpu_time(std::process::id()).is_some());
+        assert_eq!(cpu_time(u32::MAX), None);
     }
 }

@@ -257,6 +257,14 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// Scenarios that run without `-no-reboot`: a reset reboots the machine with RAM as it was.
+const REBOOTING: &[&str] = &["reset-scrub"];
+
+/// Whether the scenario named `name` reboots on a reset instead of ending the run.
+pub fn reboots(name: &str) -> bool {
+    REBOOTING.contains(&name)
+}
+
 /// Lines that fail any run where they appear.
 const FORBIDDEN: &[&str] = &["panicked", "[PANIC]", "[ERROR]"];
 
@@ -283,8 +291,16 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
     problems
 }
 
-/// Only stops a hung QEMU: runs take about a second, so reaching it is a failure, never a pass.
-const HANG_GUARD: Duration = Duration::from_secs(60);
+/// Only stops a hung QEMU; reaching it is a failure, never a pass. Runs use
+/// [`qemu::DETERMINISTIC_TIME`], so a correct run executes the same instructions however loaded
+/// the host is, and what it costs is QEMU's CPU time, not wall-clock time. Derived from
+/// measurements on the project's 2-core machine, alone (`cargo xtask qemu-test` prints each run's
+/// CPU time): the costliest correct run, `reset-scrub` on raspi4b (two boots and a scan of 2 GiB),
+/// takes about 10 s of CPU; most take 1-3 s. The CPU budget is 12 times that, far beyond what
+/// cache or frequency effects of a busy host add. Wall-clock time only catches a QEMU that hangs
+/// without using CPU (every core waiting for an interrupt that never comes): 10 minutes is more
+/// than the CPU budget needs even on a host whose 2 cores are shared by 5 QEMUs at once.
+const HANG_GUARD: qemu::Guard = qemu::Guard { cpu: Duration::from_secs(120), wall: Duration::from_secs(600) };
 
 /// Writes the scenario's boot bundle (signed test guests), if it has one.
 pub fn scenario_bundle(s: &Scenario) -> Result<Option<std::path::PathBuf>, String> {
@@ -321,15 +337,21 @@ pub fn qemu_test(qemu: &Qemu, names: &[String], variant: Option<&str>) -> Result
         for s in &scenarios {
             let bundle = scenario_bundle(s)?;
             let append = format!("scenario={} {}", s.name, s.bootargs);
-            let command = qemu::command(qemu, *v, image, append.trim_end(), bundle.as_deref())?;
+            let mut command =
+                qemu::command_with_reboot(qemu, *v, image, append.trim_end(), bundle.as_deref(), reboots(s.name))?;
+            command.args(qemu::DETERMINISTIC_TIME);
             let run = qemu::run_captured(command, HANG_GUARD)?;
             let problems = check(s, *v, run.status, &run.console);
+            let cost = match run.cpu {
+                Some(cpu) => format!("{:.1} s, {:.1} s CPU", run.wall.as_secs_f64(), cpu.as_secs_f64()),
+                None => format!("{:.1} s", run.wall.as_secs_f64()),
+            };
             if problems.is_empty() {
                 passed += 1;
-                println!("PASS {} [{}]", s.name, v.name());
+                println!("PASS {} [{}] ({cost})", s.name, v.name());
             } else {
                 failed += 1;
-                println!("FAIL {} [{}]", s.name, v.name());
+                println!("FAIL {} [{}] ({cost})", s.name, v.name());
                 problems.iter().for_each(|p| println!("    {p}"));
                 let lines: Vec<&str> = run.console.lines().collect();
                 println!("    --- last console lines ---");

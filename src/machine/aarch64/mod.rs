@@ -4,6 +4,7 @@ core::arch::global_asm!(include_str!("boot.S"));
 // One block: the world switch reuses the vectors' macros.
 core::arch::global_asm!(include_str!("vectors.S"), include_str!("world_switch.S"));
 
+pub mod bcm2835_pm;
 pub mod cpu;
 pub mod firmware;
 pub mod heap;
