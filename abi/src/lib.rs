@@ -216,6 +216,21 @@ pub mod guest_role {
     pub const FUZZ: u32 = 6;
     /// Spins on its counter for 50 ms without exiting, then powers off.
     pub const SPIN: u32 = 7;
+    /// Fills `PATTERN_PAGES` pages of its RAM with a pattern the host can recognise anywhere
+    /// (each 8-byte word is `PATTERN_MAGIC` XOR the word's guest-physical address), says so, and
+    /// waits for the host, which resets the machine (`reset-scrub`).
+    pub const PATTERN: u32 = 8;
+    pub const PATTERN_PAGES: u64 = 256;
+    pub const PATTERN_MAGIC: u64 = 0x7e57_5c2b_0000_0000;
+
+    /// Whether `word`, found anywhere in memory, is a word of the PATTERN role's pattern: it is
+    /// `PATTERN_MAGIC` XOR an 8-byte aligned guest-physical address in the test guests' RAM.
+    pub const fn is_pattern_word(word: u64) -> bool {
+        let gpa = word ^ PATTERN_MAGIC;
+        gpa >= super::guest_dev::RAM_BASE
+            && gpa < super::guest_dev::RAM_BASE + super::guest_dev::RAM_SIZE
+            && gpa.is_multiple_of(8)
+    }
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -45,6 +45,8 @@ extern "C" fn kserv_main(dtb_pa: u64) -> ! {
 /// What the scenarios know about the machine: from the DTB, else from the board.
 struct Env<'a> {
     ram: [Option<(u64, u64)>; MAX_RAM_REGIONS],
+    /// What QEMU or the firmware loaded (the DTB and the bundle), and KCore's and KServ's slots.
+    avoid: [(u64, u64); 4],
     gic: GicInfo,
     bootargs: &'a str,
     vm: VmEnv<'a>,
@@ -86,7 +88,7 @@ impl<'a> Env<'a> {
         let regions = choose_regions(&ram, &avoid);
         let uart_base = info.and_then(|i| i.uart).unwrap_or(BOARD.uart_base);
         let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, uart_base, bootargs };
-        Env { ram, gic, bootargs, vm }
+        Env { ram, avoid, gic, bootargs, vm }
     }
 
     /// Every page of RAM that is the host's: all of RAM but KCore's slot.
@@ -153,6 +155,14 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm),
         Scenario::GuestFuzz => vm_scenarios::guest_fuzz(&env.vm),
         Scenario::VmIrq => vm_scenarios::vm_irq(&env.vm, &env.gic),
+        Scenario::ResetScrub => {
+            let marker = BOARD.kserv_base + BOARD.kserv_size - 4096;
+            // Past KServ's own image, and clear of what QEMU loads again on a reset (DTB, bundle).
+            if marker < cpu::image_end() || env.avoid[2..].iter().any(|&(b, e)| b < marker + 4096 && marker < e) {
+                return Err("the reset marker page is not free host RAM");
+            }
+            vm_scenarios::reset_scrub(&env.vm, marker, env.host_pages())
+        }
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {
             kprintln!("VERSION returned {}", version()?);

@@ -509,3 +509,59 @@ pub fn bench_vm(env: &VmEnv) -> Outcome {
     }
     mgr.teardown(slot).map(|_| ())
 }
+
+/// `reset-scrub`'s marker: the machine was reset by the scenario, and this many pattern words were
+/// in the guest's memory then.
+const RESET_MARKER: u64 = 0x7265_7365_742d_7363;
+
+/// `reset-scrub`, over two boots. First boot: a guest fills 256 pages with a pattern it can
+/// recognise anywhere and says so; KServ leaves a marker at `marker` (a host page QEMU does not
+/// load anything into, so it survives the reset) and resets the machine with PSCI SYSTEM_RESET
+/// while the guest holds its pattern. Second boot (the marker is there): KServ reads every word
+/// of RAM it owns, `host_pages`, which is all of RAM but KCore's slot, and passes only if no
+/// word of the pattern survived.
+pub fn reset_scrub(env: &VmEnv, marker: u64, host_pages: impl Iterator<Item = u64>) -> Outcome {
+    use crate::arch::cpu;
+    use corevisor_abi::guest_role;
+    if cpu::read_phys_u64(marker) == RESET_MARKER {
+        let written = cpu::read_phys_u64(marker + 8);
+        let (mut found, mut pages) = (0u64, 0u64);
+        for page in host_pages {
+            found += (page..page + 4096)
+                .step_by(8)
+                .filter(|&pa| guest_role::is_pattern_word(cpu::read_phys_u64(pa)))
+                .count() as u64;
+            pages += 1;
+        }
+        cpu::write_phys_u64(marker, 0);
+        cpu::write_phys_u64(marker + 8, 0);
+        kprintln!(
+            "reset-scrub: after the reset, {found} of {written} guest pattern words found in {} MiB of host RAM",
+            pages / 256
+        );
+        return if written == 0 {
+            Err("the guest wrote no pattern before the reset")
+        } else if found != 0 {
+            Err("the guest's memory survived the reset")
+        } else {
+            Ok(())
+        };
+    }
+    struct Reset(u64);
+    impl Hooks for Reset {
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            let Some(words) = line.strip_prefix("filled ").and_then(|l| l.split(' ').next()) else { return };
+            let words = words.parse().unwrap_or(0);
+            crate::arch::cpu::write_phys_u64(self.0 + 8, words);
+            crate::arch::cpu::write_phys_u64(self.0, RESET_MARKER);
+            kprintln!("reset-scrub: the guest holds {words} pattern words; resetting the machine");
+            hvc::psci(corevisor_abi::psci::SYSTEM_RESET, [0; 3]);
+            kprintln!("reset-scrub: SYSTEM_RESET returned");
+        }
+    }
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    mgr.run_all(&mut Reset(marker));
+    cpu::write_phys_u64(marker, 0);
+    Err("the machine was not reset while the guest held its pattern")
+}

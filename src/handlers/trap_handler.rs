@@ -14,9 +14,9 @@ use crate::machine::{cpu, regs, sync::TicketLock, world_switch, Aarch64, TrapFra
 use crate::vcpu::ExitRecord;
 use crate::vm::{Kcore, RunTicket};
 use core::fmt;
-use corevisor_boards::PhysRange;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use corevisor_abi::{exit, host_call, psci, Status};
+use corevisor_boards::PhysRange;
 use log::{error, info, warn};
 
 /// Principal ids for [`HANDLING`]: KCore itself, the host, and guests from `FIRST_VM` on.

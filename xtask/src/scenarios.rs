@@ -255,6 +255,22 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("fuzzer", role::FUZZ, 1)],
         bootargs: "loglevel=error",
     },
+    Scenario {
+        name: "reset-scrub",
+        lines: &[
+            // First boot: the guest holds its pattern, the host resets, KCore scrubs first.
+            "kserv: [pattern] filled 131072 words with the pattern",
+            "kserv: reset-scrub: the guest holds 131072 pattern words; resetting the machine",
+            "host SYSTEM_RESET",
+            "VM pages, 1024 pages of VM page tables and KCore's heap (12288 KiB) before reset",
+            // Second boot: none of the pattern is left in the host's RAM.
+            "kserv: reset-scrub: after the reset, 0 of 131072 guest pattern words found in",
+            "kserv: scenario reset-scrub: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("pattern", role::PATTERN, 1)],
+        bootargs: "",
+    },
 ];
 
 /// Scenarios that run without `-no-reboot`: a reset reboots the machine with RAM as it was.

@@ -33,6 +33,18 @@ pub fn read_phys_u64(pa: u64) -> u64 {
     unsafe { core::ptr::read_volatile(pa as *const u64) }
 }
 
+/// Stores a 64-bit word to physical memory that KServ owns.
+pub fn write_phys_u64(pa: u64, value: u64) {
+    // SAFETY: callers pass 8-byte aligned addresses of host RAM outside KServ's image, stacks and
+    // the firmware's data (the reset marker page); the EL1 map is an identity map.
+    unsafe { core::ptr::write_volatile(pa as *mut u64, value) }
+}
+
+/// The end of KServ's image, .bss and stacks (`__kserv_end`): the stacks come last, 4 × 64 KiB.
+pub fn image_end() -> u64 {
+    stack_bottom() as u64 + 4 * 64 * 1024
+}
+
 /// A byte slice of physical memory that nothing writes while KServ runs (the DTB).
 pub fn phys_slice(pa: u64, len: usize) -> &'static [u8] {
     // SAFETY: as for `read_phys_u64`; the DTB stays in place and unwritten.

@@ -23,6 +23,9 @@ static mut TOUCHED: Pages<{ 64 * PAGE_WORDS }> = Pages([0; 64 * PAGE_WORDS]);
 static mut STEADY_BUF: Pages<{ 16 * PAGE_WORDS }> = Pages([0; 16 * PAGE_WORDS]);
 /// SHARE and BENCH: the page shared with the host.
 static mut PAGE_A: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
+/// PATTERN: the pages filled with the pattern.
+static mut PATTERN_BUF: Pages<{ guest_role::PATTERN_PAGES as usize * PAGE_WORDS }> =
+    Pages([0; guest_role::PATTERN_PAGES as usize * PAGE_WORDS]);
 /// SHARE: the page kept private.
 static mut PAGE_B: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
 
@@ -251,6 +254,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::DEMO) => demo(),
         r if r == u64::from(guest_role::FUZZ) => fuzz(),
         r if r == u64::from(guest_role::SPIN) => spin(),
+        r if r == u64::from(guest_role::PATTERN) => pattern_role(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -645,6 +649,26 @@ fn fuzz() {
     line("UNDEFs taken");
     let dfr0 = read_sysreg!("id_aa64dfr0_el1");
     line(if dfr0 >> 8 & 0xf == 0 { "PMU hidden from ID_AA64DFR0_EL1" } else { "PMU visible in ID_AA64DFR0_EL1" });
+    line("bye");
+}
+
+// ---- PATTERN ----
+
+/// Fills PATTERN_BUF with words the host can recognise wherever they end up (the guest runs
+/// with its MMU off, so a pointer is a guest-physical address), then waits: the host resets the
+/// machine while the pattern is in memory.
+fn pattern_role() {
+    let base = (&raw mut PATTERN_BUF).cast::<u64>();
+    let words = guest_role::PATTERN_PAGES as usize * PAGE_WORDS;
+    for i in 0..words {
+        // SAFETY: PATTERN_BUF holds `words` u64s of this guest's .bss.
+        unsafe { base.add(i).write_volatile(guest_role::PATTERN_MAGIC ^ base.add(i) as u64) }
+    }
+    put("filled ");
+    put_dec(words as u64);
+    line(" words with the pattern");
+    // The host resets the machine here; if it answers instead, the guest is done.
+    answer();
     line("bye");
 }
 
