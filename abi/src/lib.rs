@@ -279,6 +279,16 @@ mod tests {
     }
 
     #[test]
+    fn pattern_words_are_recognised_and_nothing_else() {
+        use guest_role::{is_pattern_word, PATTERN_MAGIC};
+        assert!(is_pattern_word(PATTERN_MAGIC ^ guest_dev::RAM_BASE));
+        assert!(is_pattern_word(PATTERN_MAGIC ^ (guest_dev::RAM_BASE + guest_dev::RAM_SIZE - 8)));
+        assert!(!is_pattern_word(PATTERN_MAGIC ^ (guest_dev::RAM_BASE + guest_dev::RAM_SIZE)));
+        assert!(!is_pattern_word(PATTERN_MAGIC ^ (guest_dev::RAM_BASE + 4)));
+        assert!(!is_pattern_word(0) && !is_pattern_word(PATTERN_MAGIC) && !is_pattern_word(u64::MAX));
+    }
+
+    #[test]
     fn status_round_trips_through_a_register() {
         for s in [Status::Success, Status::NotSupported, Status::InvalidParameters, Status::InvalidAddress] {
             assert_eq!(Status::from_reg(s.as_reg()), Some(s));

@@ -87,7 +87,8 @@ impl<'a> Env<'a> {
         ];
         let regions = choose_regions(&ram, &avoid);
         let uart_base = info.and_then(|i| i.uart).unwrap_or(BOARD.uart_base);
-        let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, uart_base, bootargs };
+        let pm_watchdog = BOARD.pm_watchdog;
+        let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, uart_base, bootargs, pm_watchdog };
         Env { ram, avoid, gic, bootargs, vm }
     }
 

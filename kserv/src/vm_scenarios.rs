@@ -19,6 +19,8 @@ pub struct VmEnv<'a> {
     /// The console UART's physical address (the host's own device).
     pub uart_base: u64,
     pub bootargs: &'a str,
+    /// The board's reset watchdog, which must be KCore's (the Pi's PM block).
+    pub pm_watchdog: Option<u64>,
 }
 
 impl VmEnv<'_> {
@@ -546,6 +548,13 @@ pub fn reset_scrub(env: &VmEnv, marker: u64, host_pages: impl Iterator<Item = u6
         } else {
             Ok(())
         };
+    }
+    if let Some(pm) = env.pm_watchdog {
+        let (tried, aborted) = attack_page(pm);
+        kprintln!("reset-scrub: the PM watchdog at {pm:#x} is KCore's: {aborted} of {tried} host accesses aborted");
+        if aborted != tried {
+            return Err("the host reached the reset watchdog");
+        }
     }
     struct Reset(u64);
     impl Hooks for Reset {

@@ -14,6 +14,9 @@ pub enum Flush {
     El2All,
 }
 
+/// A range cleaned to the point of coherency, with the non-zero words it held then.
+pub type Cleaned = (std::ops::Range<u64>, BTreeMap<u64, u64>);
+
 /// Memory is zero wherever it was never written.
 #[derive(Default)]
 pub struct ModelMachine {
@@ -21,7 +24,7 @@ pub struct ModelMachine {
     flushes: RefCell<Vec<Flush>>,
     /// Ranges cleaned to the point of coherency, oldest first, each with the memory's words in
     /// it at that moment (what DRAM then holds).
-    cleaned: RefCell<Vec<(std::ops::Range<u64>, BTreeMap<u64, u64>)>>,
+    cleaned: RefCell<Vec<Cleaned>>,
 }
 
 impl ModelMachine {
@@ -36,7 +39,7 @@ impl ModelMachine {
 
     /// The ranges cleaned to the point of coherency so far, with the words each held when it
     /// was cleaned; clears the log.
-    pub fn take_cleaned(&self) -> Vec<(std::ops::Range<u64>, BTreeMap<u64, u64>)> {
+    pub fn take_cleaned(&self) -> Vec<Cleaned> {
         std::mem::take(&mut self.cleaned.borrow_mut())
     }
 
