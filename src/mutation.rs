@@ -23,6 +23,8 @@ pub enum Mutation {
     SkipFaultPageScrub,
     /// A page-table pool hands out one page past its end.
     PoolOverrun,
+    /// An injected exception's PSTATE ignores SCTLR_EL1.SPAN: PAN stays as it was.
+    InjectIgnoresSpan,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::trap_dispatcher::{
 use super::vm_calls;
 use crate::init::{power, wait_for_work, CORES};
 use crate::machine::guest_regs::{El1Regs, El2Controls, FpRegs};
-use crate::machine::{cpu, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
+use crate::machine::{cpu, features, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
 use crate::vcpu::ExitRecord;
 use crate::vm::{Kcore, RunTicket};
 use core::fmt;
@@ -154,7 +154,7 @@ fn host_stage2_fault(frame: &mut TrapFrame) {
             let instruction = super::esr::class(esr) == super::esr::ec::IABT_LOW;
             let pc = frame.elr;
             warn!("host access to {ipa:#x} at {pc:#x} refused ({e:?}): injecting an external abort into the host");
-            let injected = inject::external_abort(frame, pc, instruction, esr, regs::vbar_el1());
+            let injected = inject::external_abort(frame, pc, instruction, esr, loaded_el1());
             regs::set_el1_exception_state(injected.esr, injected.elr, injected.spsr);
             regs::set_far_el1(far);
         }
@@ -294,9 +294,14 @@ fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
     }
 }
 
+/// The EL1 loaded on this core (the host's, or a running guest's), as an injection target.
+fn loaded_el1() -> inject::El1Target<'static> {
+    inject::El1Target { vbar: regs::vbar_el1(), sctlr: regs::sctlr_el1(), cpu: features::boot() }
+}
+
 /// Injects an UNDEF into whichever EL1 context is loaded (the host's, or a running guest's).
 fn inject_undef(frame: &mut TrapFrame, pc: u64) {
-    let injected = inject::undef(frame, pc, regs::vbar_el1());
+    let injected = inject::undef(frame, pc, loaded_el1());
     regs::set_el1_exception_state(injected.esr, injected.elr, injected.spsr);
 }
 

@@ -33,6 +33,7 @@ pub fn platform() -> &'static Platform {
 #[no_mangle]
 extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
     mmu::enable_el2(el2_map::build(BOARD));
+    crate::machine::features::init(cpu::id_registers());
     let heap_bytes = heap::init();
     let (platform, dtb_problem) = discover(dtb_pa);
     let (level, bad_level) = crate::console::level_from_bootargs(&platform.bootargs);
