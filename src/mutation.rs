@@ -25,6 +25,10 @@ pub enum Mutation {
     PoolOverrun,
     /// An injected exception's PSTATE ignores SCTLR_EL1.SPAN: PAN stays as it was.
     InjectIgnoresSpan,
+    /// The Spectre-BHB loop runs the Cortex-A72's 8 iterations on every core.
+    BhbLoopTooShort,
+    /// The guest exit dispatcher drops an SError found pending as the guest left.
+    SErrorAtExitIgnored,
 }
 
 #[cfg(test)]

@@ -264,14 +264,20 @@ fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
     let (vmid, ram_base, ram_size) = (ticket.vmid, ticket.ram_base, ticket.ram_size);
     let in_ram = move |gpa: u64| gpa >= ram_base && gpa - ram_base < ram_size;
     let env = GuestEnv { in_ram: &in_ram, id_register: &world_switch::id_register };
+    let ras = features::boot().has_ras();
     loop {
-        let kind = world_switch::run_guest(&mut ticket.ctx.gprs);
+        world_switch::set_virtual_serror(ticket.ctx.virtual_serror, ras);
+        let guest_exit = world_switch::run_guest(&mut ticket.ctx.gprs);
+        ticket.ctx.virtual_serror = world_switch::virtual_serror_pending();
         if HALTED.load(Ordering::Relaxed) {
             cpu::park();
         }
         let esr = regs::esr_el2();
         let ipa = fault_ipa(regs::hpfar_el2(), regs::far_el2());
-        match vm_exit_dispatcher(kind, esr, ipa, &mut ticket.ctx, &env) {
+        if guest_exit.serror || guest_exit.kind == TrapKind::SError {
+            info!("vm {vmid}: an SError the guest caused (ESR {esr:#x}): a virtual SError for the guest");
+        }
+        match vm_exit_dispatcher(guest_exit, esr, ipa, &mut ticket.ctx, &env) {
             VmExit::Resume => {}
             VmExit::Undef { pc } => {
                 log::debug!("vm {vmid}: guest exit EC {:#x} at {pc:#x}: UNDEF", super::esr::class(esr));
