@@ -275,7 +275,7 @@ fn run_until_host_exit(ticket: &mut RunTicket) -> ExitRecord {
         let esr = regs::esr_el2();
         let ipa = fault_ipa(regs::hpfar_el2(), regs::far_el2());
         if guest_exit.serror || guest_exit.kind == TrapKind::SError {
-            info!("vm {vmid}: an SError the guest caused (ESR {esr:#x}): a virtual SError for the guest");
+            log::debug!("vm {vmid}: an SError the guest caused (ESR {esr:#x}): a virtual SError for the guest");
         }
         match vm_exit_dispatcher(guest_exit, esr, ipa, &mut ticket.ctx, &env) {
             VmExit::Resume => {}
