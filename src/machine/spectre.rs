@@ -108,14 +108,27 @@ const BROADCOM: u8 = 0x42;
 /// The largest loop count any known core needs (Cortex-X3, Neoverse V2).
 pub const MAX_LOOP_K: u8 = 132;
 
-/// Cores that Arm lists as unaffected by Spectre-BHB (in-order cores).
-fn bhb_safe(part: (u8, u16)) -> bool {
-    matches!(part, (ARM, 0xd04 | 0xd03 | 0xd05 | 0xd46 | 0xd80) | (BROADCOM, 0x100))
+/// Cortex-A53 (0xd03), A35 (0xd04), A55 (0xd05).
+const IN_ORDER_A5X: core::ops::RangeInclusive<u16> = 0xd03..=0xd05;
+
+/// Cores that Arm lists as unaffected by Spectre-BHB (in-order cores: Cortex-A35/A53/A55,
+/// A510 (0xd46), A520 (0xd80), Brahma-B53).
+fn bhb_safe((implementer, part): (u8, u16)) -> bool {
+    match implementer {
+        ARM => IN_ORDER_A5X.contains(&part) || part == 0xd46 || part == 0xd80,
+        BROADCOM => part == 0x100,
+        _ => false,
+    }
 }
 
-/// Cores unaffected by Spectre-v2 that do not say so with CSV2 (in-order cores).
-fn v2_safe(part: (u8, u16)) -> bool {
-    matches!(part, (ARM, 0xd04 | 0xd03 | 0xd05) | (BROADCOM, 0x100))
+/// Cores unaffected by Spectre-v2 that do not say so with CSV2 (Cortex-A35/A53/A55,
+/// Brahma-B53).
+fn v2_safe((implementer, part): (u8, u16)) -> bool {
+    match implementer {
+        ARM => IN_ORDER_A5X.contains(&part),
+        BROADCOM => part == 0x100,
+        _ => false,
+    }
 }
 
 /// The whitepaper's loop count for a core, if the loop mitigates it.
@@ -127,8 +140,8 @@ pub fn bhb_loop_k(part: (u8, u16)) -> Option<u8> {
         (ARM, 0xd4d | 0xd81) => 38,
         // Cortex-A78, A78AE, A78C, X1, A710, X2, Neoverse N2, V1.
         (ARM, 0xd41 | 0xd42 | 0xd4b | 0xd44 | 0xd47 | 0xd48 | 0xd49 | 0xd40) => 32,
-        // Cortex-A76, A76AE, A77, Neoverse N1.
-        (ARM, 0xd0b | 0xd0e | 0xd0d | 0xd0c) => 24,
+        // Cortex-A76 (0xd0b), Neoverse N1 (0xd0c), A77 (0xd0d), A76AE (0xd0e).
+        (ARM, 0xd0b..=0xd0e) => 24,
         // Ampere-1.
         (0xc0, 0xac3) => 11,
         // Cortex-A72, A57.
