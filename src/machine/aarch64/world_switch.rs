@@ -17,11 +17,12 @@ extern "C" {
 /// Runs the guest whose registers are `gprs` until it traps, and returns how it left. The
 /// guest's EL1 state, stage-2 and EL2 controls must be loaded; they stay loaded on return.
 pub fn run_guest(gprs: &mut GuestGprs) -> GuestExit {
+    // The guest's traps come back through the guest table of this core's vector set, which
+    // writes only `gprs` (through TPIDR_EL2), the stack below sp, and (in the abort window)
+    // ESR/FAR/HPFAR_EL2, which it restores.
     // SAFETY: `__guest_enter` saves every callee-saved register and sp in `gprs`, which outlives
-    // the call, and restores them before returning; the guest runs at EL1 behind its own stage-2,
-    // so it cannot touch KCore's memory, and every trap it takes comes back through the guest
-    // table of this core's vector set, which writes only `gprs` (through TPIDR_EL2) and the
-    // stack below sp (and, in the abort window, ESR/FAR/HPFAR_EL2, which it restores).
+    // the call, and restores them before returning; the guest runs at EL1 behind its own
+    // stage-2, so it cannot touch KCore's memory; its traps write only what is said above.
     let value = unsafe { __guest_enter(gprs) };
     GuestExit::from_world_switch(value)
 }
