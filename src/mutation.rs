@@ -27,6 +27,12 @@ pub enum Mutation {
     SkipPowerDownVmScrub,
     /// The power-down scrub leaves KCore's heap (vCPU contexts) as it is.
     SkipPowerDownHeapScrub,
+    /// An injected exception's PSTATE ignores SCTLR_EL1.SPAN: PAN stays as it was.
+    InjectIgnoresSpan,
+    /// The Spectre-BHB loop runs the Cortex-A72's 8 iterations on every core.
+    BhbLoopTooShort,
+    /// The guest exit dispatcher drops an SError found pending as the guest left.
+    SErrorAtExitIgnored,
 }
 
 #[cfg(test)]

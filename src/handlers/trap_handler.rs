@@ -10,7 +10,7 @@ use super::trap_dispatcher::{
 use super::vm_calls;
 use crate::init::{power, wait_for_work, CORES};
 use crate::machine::guest_regs::{El1Regs, El2Controls, FpRegs};
-use crate::machine::{cpu, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
+use crate::machine::{cpu, features, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
 use crate::vcpu::ExitRecord;
 use crate::vm::{Kcore, RunTicket};
 use core::fmt;
@@ -203,7 +203,7 @@ fn host_stage2_fault(frame: &mut TrapFrame) {
             let instruction = super::esr::class(esr) == super::esr::ec::IABT_LOW;
             let pc = frame.elr;
             warn!("host access to {ipa:#x} at {pc:#x} refused ({e:?}): injecting an external abort into the host");
-            let injected = inject::external_abort(frame, pc, instruction, esr, regs::vbar_el1());
+            let injected = inject::external_abort(frame, pc, instruction, esr, loaded_el1());
             regs::set_el1_exception_state(injected.esr, injected.elr, injected.spsr);
             regs::set_far_el1(far);
         }
@@ -326,14 +326,20 @@ fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
     let (vmid, ram_base, ram_size) = (ticket.vmid, ticket.ram_base, ticket.ram_size);
     let in_ram = move |gpa: u64| gpa >= ram_base && gpa - ram_base < ram_size;
     let env = GuestEnv { in_ram: &in_ram, id_register: &world_switch::id_register };
+    let ras = features::boot().has_ras();
     loop {
-        let kind = world_switch::run_guest(&mut ticket.ctx.gprs);
+        world_switch::set_virtual_serror(ticket.ctx.virtual_serror, ras);
+        let guest_exit = world_switch::run_guest(&mut ticket.ctx.gprs);
+        ticket.ctx.virtual_serror = world_switch::virtual_serror_pending();
         if HALTED.load(Ordering::Relaxed) {
             park_halted(core);
         }
         let esr = regs::esr_el2();
         let ipa = fault_ipa(regs::hpfar_el2(), regs::far_el2());
-        match vm_exit_dispatcher(kind, esr, ipa, &mut ticket.ctx, &env) {
+        if guest_exit.serror || guest_exit.kind == TrapKind::SError {
+            log::debug!("vm {vmid}: an SError the guest caused (ESR {esr:#x}): a virtual SError for the guest");
+        }
+        match vm_exit_dispatcher(guest_exit, esr, ipa, &mut ticket.ctx, &env) {
             VmExit::Resume => {}
             VmExit::Undef { pc } => {
                 log::debug!("vm {vmid}: guest exit EC {:#x} at {pc:#x}: UNDEF", super::esr::class(esr));
@@ -361,9 +367,14 @@ fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
     }
 }
 
+/// The EL1 loaded on this core (the host's, or a running guest's), as an injection target.
+fn loaded_el1() -> inject::El1Target<'static> {
+    inject::El1Target { vbar: regs::vbar_el1(), sctlr: regs::sctlr_el1(), cpu: features::boot() }
+}
+
 /// Injects an UNDEF into whichever EL1 context is loaded (the host's, or a running guest's).
 fn inject_undef(frame: &mut TrapFrame, pc: u64) {
-    let injected = inject::undef(frame, pc, regs::vbar_el1());
+    let injected = inject::undef(frame, pc, loaded_el1());
     regs::set_el1_exception_state(injected.esr, injected.elr, injected.spsr);
 }
 

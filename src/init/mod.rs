@@ -13,7 +13,9 @@ mod secondaries;
 
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
-use crate::machine::{cpu, heap, layout, mmu, phys};
+use crate::machine::features::CpuFeatures;
+use crate::machine::spectre::{self, FirmwareOffer, Selection};
+use crate::machine::{cpu, firmware, heap, layout, mitigation, mmu, phys};
 use crate::platform::{dtb_total_size, Platform, Source};
 use alloc::{boxed::Box, vec::Vec};
 use log::{error, info, warn};
@@ -33,6 +35,8 @@ pub fn platform() -> &'static Platform {
 #[no_mangle]
 extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
     mmu::enable_el2(el2_map::build(BOARD));
+    crate::machine::features::init(cpu::id_registers());
+    let entry = choose_entry_mitigation();
     let heap_bytes = heap::init();
     let (platform, dtb_problem) = discover(dtb_pa);
     let (level, bad_level) = crate::console::level_from_bootargs(&platform.bootargs);
@@ -48,6 +52,7 @@ extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
         warn!("unknown loglevel={name}; using info");
     }
     report_platform(platform);
+    report_entry_mitigation(0, &entry);
     check_heap(heap_bytes);
     check_layout(platform);
 
@@ -61,8 +66,10 @@ extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
 #[no_mangle]
 extern "C" fn kcore_secondary_main(core: usize) -> ! {
     mmu::enable_el2(layout::page_table_pool().start);
+    let entry = choose_entry_mitigation();
     CORES.mark_parked(core);
     info!("cpu{core} online at EL2, MMU on");
+    report_entry_mitigation(core, &entry);
     wait_for_work(core)
 }
 
@@ -75,6 +82,59 @@ pub fn wait_for_work(core: usize) -> ! {
             cpu::enter_lower(&crate::machine::TrapFrame::el1_entry(work.entry, work.context));
         }
         cpu::wait_for_event();
+    }
+}
+
+/// The firmware's Spectre workaround calls, asked once on the boot core (the answers are the
+/// same for every core of the boards KCore knows).
+static FIRMWARE_OFFER: spin::Once<FirmwareOffer> = spin::Once::new();
+
+/// Chooses this core's entry mitigation against Spectre-v2 and Spectre-BHB (issue 11, finding
+/// 11) from its MIDR, its ID registers and the firmware's offer, and installs it: from here on
+/// every entry from a lower EL runs it. Runs before this core ever enters a lower EL.
+fn choose_entry_mitigation() -> (CpuFeatures, Selection) {
+    let offer = *FIRMWARE_OFFER.call_once(|| {
+        if BOARD.firmware_psci {
+            FirmwareOffer::probe(&mut |function, arg| firmware::smc(function, [arg, 0, 0])[0])
+        } else {
+            FirmwareOffer::default()
+        }
+    });
+    let cpu = CpuFeatures::from_id_registers(cpu::id_registers());
+    let selection = spectre::select(&cpu, offer);
+    mitigation::install(&selection.mitigation, cpu.has_ras());
+    (cpu, selection)
+}
+
+/// Says what this core's lower-EL entries run; the boot core warns once about what is left open.
+fn report_entry_mitigation(core: usize, (cpu, s): &(CpuFeatures, Selection)) {
+    let (implementer, part) = cpu.part();
+    let m = s.mitigation;
+    let firmware = match m.firmware_call {
+        Some(spectre::smccc::ARCH_WORKAROUND_3) => "SMCCC_ARCH_WORKAROUND_3, ",
+        Some(_) => "SMCCC_ARCH_WORKAROUND_1, ",
+        None => "",
+    };
+    let bhb = match m.bhb {
+        spectre::BhbClear::None => alloc::string::String::from("no branch-history clearing"),
+        spectre::BhbClear::Loop(k) => alloc::format!("the branch-history loop (k = {k})"),
+        spectre::BhbClear::Instruction => alloc::string::String::from("CLRBHB"),
+    };
+    if core != 0 {
+        log::debug!("cpu{core} (MIDR {implementer:#x}:{part:#x}): lower-EL entries run {firmware}{bhb}");
+        return;
+    }
+    info!("cpu{core} (MIDR {implementer:#x}:{part:#x}): lower-EL entries run {firmware}{bhb}");
+    if s.v2_open {
+        warn!("cpu{core} is open to Spectre-v2 and the firmware offers no SMCCC_ARCH_WORKAROUND_1/3");
+    }
+    if s.bhb_open {
+        warn!(
+            "cpu{core} is open to Spectre-BHB: only the firmware's SMCCC_ARCH_WORKAROUND_3 helps it, and there is none"
+        );
+    }
+    if s.unknown_part {
+        warn!("cpu{core} is a part no Spectre-BHB table knows: running the longest known loop as a guess");
     }
 }
 

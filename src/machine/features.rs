@@ -52,6 +52,65 @@ impl CpuFeatures {
     }
 }
 
+/// The features that change what exception entry and the entry mitigations do (issue 11,
+/// findings 8, 9 and 11). Each reads one ID field; a field at 0 means "not implemented".
+impl CpuFeatures {
+    /// FEAT_PAN: PSTATE.PAN exists (ID_AA64MMFR1_EL1.PAN, bits 23:20).
+    pub fn has_pan(&self) -> bool {
+        field(self.ids.mmfr1, 20) != 0
+    }
+    /// FEAT_SSBS: PSTATE.SSBS exists (ID_AA64PFR1_EL1.SSBS, bits 7:4).
+    pub fn has_ssbs(&self) -> bool {
+        field(self.ids.pfr1, 4) != 0
+    }
+    /// FEAT_UAO: PSTATE.UAO exists (ID_AA64MMFR2_EL1.UAO, bits 7:4).
+    pub fn has_uao(&self) -> bool {
+        field(self.ids.mmfr2, 4) != 0
+    }
+    /// FEAT_MTE: PSTATE.TCO exists (ID_AA64PFR1_EL1.MTE, bits 11:8).
+    pub fn has_mte(&self) -> bool {
+        field(self.ids.pfr1, 8) != 0
+    }
+    /// FEAT_NMI: PSTATE.ALLINT exists (ID_AA64PFR1_EL1.NMI, bits 39:36).
+    pub fn has_nmi(&self) -> bool {
+        field(self.ids.pfr1, 36) != 0
+    }
+    /// FEAT_RAS: ESB synchronises errors, DISR_EL1 and VSESR_EL2 exist (ID_AA64PFR0_EL1.RAS,
+    /// bits 31:28).
+    pub fn has_ras(&self) -> bool {
+        field(self.ids.pfr0, 28) != 0
+    }
+    /// ID_AA64PFR0_EL1.CSV2 (bits 59:56): 1 or more, branch targets trained in one context
+    /// cannot steer another (not affected by Spectre-v2); 3 (FEAT_CSV2_3), branch history
+    /// cannot either (not affected by Spectre-BHB).
+    pub fn csv2(&self) -> u64 {
+        field(self.ids.pfr0, 56)
+    }
+    /// FEAT_ECBHB: branch history from one context does not steer another
+    /// (ID_AA64MMFR1_EL1.ECBHB, bits 63:60).
+    pub fn has_ecbhb(&self) -> bool {
+        field(self.ids.mmfr1, 60) != 0
+    }
+    /// FEAT_CLRBHB: the CLRBHB instruction clears the branch history
+    /// (ID_AA64ISAR2_EL1.CLRBHB, bits 31:28).
+    pub fn has_clrbhb(&self) -> bool {
+        field(self.ids.isar2, 28) != 0
+    }
+}
+
+/// The boot core's features, decoded once (`init`) before anything needs them.
+static BOOT: spin::Once<CpuFeatures> = spin::Once::new();
+
+/// Decodes and keeps the boot core's ID registers; later calls return the first decoding.
+pub fn init(ids: IdRegisters) -> &'static CpuFeatures {
+    BOOT.call_once(|| CpuFeatures::from_id_registers(ids))
+}
+
+/// The boot core's features. KCore calls `init` first thing at boot, so every trap sees them.
+pub fn boot() -> &'static CpuFeatures {
+    BOOT.get().expect("machine::features::init runs at boot, before any trap")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,10 +10,11 @@ pub mod features;
 pub mod guest_regs;
 #[cfg(test)]
 pub mod model;
+pub mod spectre;
 pub mod sync;
 mod trap_frame;
 
-pub use trap_frame::{TrapFrame, TrapKind};
+pub use trap_frame::{GuestExit, TrapFrame, TrapKind, SERROR_AT_EXIT};
 
 #[cfg(target_os = "none")]
 mod aarch64;

@@ -33,6 +33,24 @@ impl TrapKind {
     }
 }
 
+/// Added to the kind a guest exit reports (world_switch.S, `KIND_SERROR_AT_EXIT`): an SError
+/// was pending when the guest left, and KCore took it in the exit's abort window.
+pub const SERROR_AT_EXIT: u64 = 0x10;
+
+/// How a guest left: the vector it took, and whether it left an SError behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestExit {
+    pub kind: TrapKind,
+    pub serror: bool,
+}
+
+impl GuestExit {
+    /// Decodes what `__guest_enter` returns.
+    pub fn from_world_switch(value: u64) -> GuestExit {
+        GuestExit { kind: TrapKind::from_vector(value & !SERROR_AT_EXIT), serror: value & SERROR_AT_EXIT != 0 }
+    }
+}
+
 impl TrapFrame {
     /// A frame that enters EL1h at `entry` with all interrupts masked and `x0 = arg`.
     pub fn el1_entry(entry: u64, arg: u64) -> TrapFrame {

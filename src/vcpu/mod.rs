@@ -50,6 +50,10 @@ pub struct VcpuContext {
     pub power_on: Option<(u64, u64)>,
     /// Which vCPU of its VM this is (its MPIDR affinity).
     pub index: u8,
+    /// A virtual SError is pending for this vCPU (an asynchronous abort the guest caused, issue
+    /// 11 finding 8): the world switch sets HCR_EL2.VSE on every entry while this is set, and
+    /// clears it once the guest has taken it.
+    pub virtual_serror: bool,
 }
 
 impl VcpuContext {
@@ -62,6 +66,7 @@ impl VcpuContext {
             started: false,
             power_on: None,
             index,
+            virtual_serror: false,
         })
     }
 
@@ -75,6 +80,7 @@ impl VcpuContext {
         self.el1 = El1Regs::reset();
         self.fp = FpRegs::default();
         self.pending = Pending::Nothing;
+        self.virtual_serror = false;
         self.started = true;
     }
 

@@ -13,7 +13,7 @@ mod tests;
 use super::esr::{self, ec};
 use super::psci::{self, PsciOutcome};
 use crate::cpus::CoreTable;
-use crate::machine::{TrapFrame, TrapKind};
+use crate::machine::{GuestExit, TrapFrame, TrapKind};
 use crate::vcpu::{DataAccess, ExitRecord, Pending, VcpuContext};
 use corevisor_abi::{exit, guest_call, host_call, HypResult, Status, ABI_VERSION, HYP_CALL_BASE};
 
@@ -210,14 +210,26 @@ pub struct GuestEnv<'a> {
 /// ID_AA64DFR0_EL1.PMUVer: guests get no PMU (its registers UNDEF), so the ID register says so.
 const DFR0_PMUVER: u64 = 0xf << 8;
 
-/// Decides a guest's exit (SeKVM `vm_exit_dispatcher`). `kind` is the vector taken, `esr` the
-/// syndrome and `ipa` the faulting guest-physical address of an abort. Nothing a guest does can
-/// make KCore panic: every class KCore does not serve is an UNDEF for the guest.
-pub fn vm_exit_dispatcher(kind: TrapKind, esr: u64, ipa: u64, vcpu: &mut VcpuContext, env: &GuestEnv) -> VmExit {
+/// Decides a guest's exit (SeKVM `vm_exit_dispatcher`). `exit` is the vector taken (and whether
+/// an SError was pending as the guest left), `esr` the syndrome and `ipa` the faulting
+/// guest-physical address of an abort. Nothing a guest does can make KCore panic: every class
+/// KCore does not serve is an UNDEF for the guest.
+///
+/// An SError is the guest's own (issue 11, finding 8): one taken from it (HCR_EL2.AMO routes it
+/// to EL2) or found pending as it left becomes a virtual SError pending for the vCPU, which the
+/// world switch delivers on its next entry, as the hardware would have without a hypervisor.
+/// The host is not told: the error came from the guest's own accesses (its RAM or the devices
+/// mapped into it), and stopping the VM would hand every guest a way to make the host act.
+/// The exit itself is then served as usual.
+pub fn vm_exit_dispatcher(exit: GuestExit, esr: u64, ipa: u64, vcpu: &mut VcpuContext, env: &GuestEnv) -> VmExit {
     let to_host = |reason, details| VmExit::ToHost(ExitRecord { reason, details });
-    match kind {
+    let guest_serror = exit.serror || exit.kind == TrapKind::SError;
+    if guest_serror && !crate::mutation::planted(crate::mutation::Mutation::SErrorAtExitIgnored) {
+        vcpu.virtual_serror = true;
+    }
+    match exit.kind {
         TrapKind::Irq | TrapKind::Fiq => return to_host(exit::IRQ, [0; 4]),
-        TrapKind::SError => return to_host(exit::BAD_ACCESS, [ipa, esr, 0, 0]),
+        TrapKind::SError => return VmExit::Resume,
         TrapKind::Sync => {}
     }
     let frame = &mut vcpu.gprs.frame;

@@ -182,6 +182,8 @@ pub struct AbsVcpu {
     pub x: [u64; 31],
     pub pc: u64,
     pub pending: Pending,
+    /// A virtual SError waits for the guest.
+    pub virtual_serror: bool,
 }
 
 /// What happens after a guest exit.
@@ -194,9 +196,16 @@ pub enum VmNext {
 }
 
 /// `vm_exit_dispatcher_spec`, stated from the architecture's syndrome layout (Arm ARM D19.2.46)
-/// and the ABI: a guest's exit of `kind` with syndrome `esr` at guest-physical `ipa`.
+/// and the ABI: a guest's exit of `kind` with syndrome `esr` at guest-physical `ipa`;
+/// `serror_at_exit`: an SError was pending as the guest left.
+///
+/// Issue 11 (finding 8): an asynchronous abort the guest caused goes to the guest, not the host.
+/// Without a hypervisor the guest's EL1 would have taken it; with one, it becomes a virtual
+/// SError pending for the vCPU, whatever else the exit was. An SError exit has nothing else to
+/// it: the guest runs on (and takes the virtual SError when it unmasks PSTATE.A).
 pub fn vm_exit_spec(
     kind: TrapKind,
+    serror_at_exit: bool,
     esr: u64,
     ipa: u64,
     v: &AbsVcpu,
@@ -204,10 +213,13 @@ pub fn vm_exit_spec(
     id_register: &dyn Fn(u8, u8) -> Option<u64>,
 ) -> Option<(AbsVcpu, VmNext)> {
     let mut v = v.clone();
+    if serror_at_exit || kind == TrapKind::SError {
+        v.virtual_serror = true;
+    }
     let host = |reason, details| VmNext::Host { reason, details };
     let next = match (kind, class(esr)) {
         (TrapKind::Irq | TrapKind::Fiq, _) => host(exit::IRQ, [0; 4]),
-        (TrapKind::SError, _) => host(exit::BAD_ACCESS, [ipa, esr, 0, 0]),
+        (TrapKind::SError, _) => VmNext::Guest,
         (_, ec::HVC64 | ec::SMC64) => {
             let is_smc = class(esr) == ec::SMC64;
             let call_pc = if is_smc { v.pc } else { v.pc.wrapping_sub(4) };

@@ -167,40 +167,97 @@ proptest! {
         prop_assert_eq!(&after.x[4..], &s.x[4..]);
     }
 
-    /// VmExitDispatcher refines its spec: any exit (random kind, syndrome, address and
-    /// registers) leads to the same vCPU state and the same next step, and never a panic.
+    /// VmExitDispatcher refines its spec: any exit (random kind, pending SError, syndrome,
+    /// address and registers) leads to the same vCPU state and the same next step, and never a
+    /// panic.
     #[test]
-    fn vm_exit_dispatcher_refines_its_spec(
-        kind in 0u64..4,
-        esr in any_guest_esr(),
-        ipa in prop_oneof![0x4000_0000u64..0x4100_0000, 0x0900_0000u64..0x0a00_1000, any::<u64>()],
-        x in any::<[u64; 31]>(),
-        function in prop_oneof![Just(guest_call::SET_DESC_PFN as u64), Just(guest_call::UNSET_DESC_PFN as u64), Just(psci::CPU_ON_64 as u64), any::<u64>()],
-        pc in any::<u64>(),
-    ) {
-        let mut x = x;
-        x[0] = function;
-        let in_ram = |ipa: u64| (0x4000_0000..0x4100_0000).contains(&ipa);
-        let id_register = |crm: u8, op2: u8| (crm == 4 || crm == 5).then_some(0x1111_0000_0000_0f00 | (crm as u64) << 4 | op2 as u64);
-        let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
-        let mut vcpu = crate::vcpu::VcpuContext::new(0);
-        vcpu.gprs.frame.x = x;
-        vcpu.gprs.frame.elr = pc;
-        let kind = crate::machine::TrapKind::from_vector(kind);
-        let exit = vm_exit_dispatcher(kind, esr, ipa, &mut vcpu, &env);
-        let abs = super::spec::AbsVcpu { x, pc, pending: crate::vcpu::Pending::Nothing };
-        let (after, next) = super::spec::vm_exit_spec(kind, esr, ipa, &abs, &in_ram, &id_register).unwrap();
-        let got = match exit {
-            VmExit::Resume => super::spec::VmNext::Guest,
-            VmExit::Undef { pc } => super::spec::VmNext::UndefAt(pc),
-            VmExit::Share { grant, gpa, size } => super::spec::VmNext::Share { grant, gpa, size },
-            VmExit::ToHost(r) => super::spec::VmNext::Host { reason: r.reason, details: r.details },
-        };
-        prop_assert_eq!(got, next);
-        prop_assert_eq!(vcpu.gprs.frame.x, after.x);
-        prop_assert_eq!(vcpu.gprs.frame.elr, after.pc);
-        prop_assert_eq!(vcpu.pending, after.pending);
+    fn vm_exit_dispatcher_refines_its_spec(input in any_guest_exit()) {
+        vm_exit_refines(input)?;
     }
+}
+
+/// One guest exit: kind, SError pending at exit, syndrome, address, registers, pc, and whether
+/// a virtual SError was already pending.
+type GuestExitCase = (u64, bool, u64, u64, [u64; 31], u64, bool);
+
+fn any_guest_exit() -> impl Strategy<Value = GuestExitCase> {
+    let function = prop_oneof![
+        Just(guest_call::SET_DESC_PFN as u64),
+        Just(guest_call::UNSET_DESC_PFN as u64),
+        Just(psci::CPU_ON_64 as u64),
+        any::<u64>()
+    ];
+    (
+        0u64..4,
+        any::<bool>(),
+        any_guest_esr(),
+        prop_oneof![0x4000_0000u64..0x4100_0000, 0x0900_0000u64..0x0a00_1000, any::<u64>()],
+        (any::<[u64; 31]>(), function).prop_map(|(mut x, f)| {
+            x[0] = f;
+            x
+        }),
+        any::<u64>(),
+        any::<bool>(),
+    )
+}
+
+fn vm_exit_refines((kind, serror, esr, ipa, x, pc, already): GuestExitCase) -> Result<(), TestCaseError> {
+    let in_ram = |ipa: u64| (0x4000_0000..0x4100_0000).contains(&ipa);
+    let id_register =
+        |crm: u8, op2: u8| (crm == 4 || crm == 5).then_some(0x1111_0000_0000_0f00 | (crm as u64) << 4 | op2 as u64);
+    let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    vcpu.gprs.frame.x = x;
+    vcpu.gprs.frame.elr = pc;
+    vcpu.virtual_serror = already;
+    let kind = crate::machine::TrapKind::from_vector(kind);
+    let exit = vm_exit_dispatcher(GuestExit { kind, serror }, esr, ipa, &mut vcpu, &env);
+    let abs = super::spec::AbsVcpu { x, pc, pending: crate::vcpu::Pending::Nothing, virtual_serror: already };
+    let (after, next) = super::spec::vm_exit_spec(kind, serror, esr, ipa, &abs, &in_ram, &id_register).unwrap();
+    let got = match exit {
+        VmExit::Resume => super::spec::VmNext::Guest,
+        VmExit::Undef { pc } => super::spec::VmNext::UndefAt(pc),
+        VmExit::Share { grant, gpa, size } => super::spec::VmNext::Share { grant, gpa, size },
+        VmExit::ToHost(r) => super::spec::VmNext::Host { reason: r.reason, details: r.details },
+    };
+    prop_assert_eq!(got, next);
+    prop_assert_eq!(vcpu.gprs.frame.x, after.x);
+    prop_assert_eq!(vcpu.gprs.frame.elr, after.pc);
+    prop_assert_eq!(vcpu.pending, after.pending);
+    prop_assert_eq!(vcpu.virtual_serror, after.virtual_serror);
+    Ok(())
+}
+
+/// Finding 8 of issue 11: an SError the guest left behind (pending at exit, or taken from it)
+/// becomes a virtual SError for the guest, and the host hears nothing of it. Before the fix an
+/// SError exit went to the host as BAD_ACCESS, and a pending one was not seen at all.
+#[test]
+fn a_guests_serror_goes_back_to_the_guest() {
+    let in_ram = |_: u64| false;
+    let id_register = |_: u8, _: u8| None;
+    let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    let serror_exit = GuestExit { kind: TrapKind::SError, serror: false };
+    assert_eq!(vm_exit_dispatcher(serror_exit, 0xBE00_0000, 0, &mut vcpu, &env), VmExit::Resume);
+    assert!(vcpu.virtual_serror);
+    // Pending at a WFI exit: the WFI goes to the host as ever, the SError stays the guest's.
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    let wfi = GuestExit { kind: TrapKind::Sync, serror: true };
+    let exit = vm_exit_dispatcher(wfi, 0x0600_0000 | 1 << 25, 0, &mut vcpu, &env);
+    assert!(matches!(exit, VmExit::ToHost(ExitRecord { reason: exit::WFI, .. })));
+    assert!(vcpu.virtual_serror);
+    // Nothing pending: nothing injected.
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    let plain = GuestExit { kind: TrapKind::Sync, serror: false };
+    vm_exit_dispatcher(plain, 0x0600_0000 | 1 << 25, 0, &mut vcpu, &env);
+    assert!(!vcpu.virtual_serror);
+}
+
+/// Companion: a dispatcher that drops the SError found at exit fails refinement.
+#[test]
+fn refinement_catches_a_dropped_serror() {
+    use crate::mutation::{catches, Mutation};
+    catches(Mutation::SErrorAtExitIgnored, 256, any_guest_exit(), vm_exit_refines);
 }
 
 /// Guest syndromes: the classes KCore serves, with random ISS, and anything at all.

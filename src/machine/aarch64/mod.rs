@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod firmware;
 pub mod heap;
 pub mod layout;
+pub mod mitigation;
 pub mod mmu;
 pub mod phys;
 pub mod pl011;

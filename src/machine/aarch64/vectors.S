@@ -64,12 +64,109 @@
 .equ KIND_IRQ, 1
 .equ KIND_FIQ, 2
 .equ KIND_SERROR, 3
+// Added to a guest exit's kind: an SError was pending when the guest left, and was taken in
+// the exit's abort window (world_switch.S). Must match kcore::machine::SERROR_AT_EXIT.
+.equ KIND_SERROR_AT_EXIT, 0x10
 
-.section .text.vectors, "ax"
-.balign 0x800
-.global __kcore_vectors
-__kcore_vectors:
-    // Current EL with SP_EL0: KCore never runs on SP_EL0.
+// SMCCC_ARCH_WORKAROUND_1 / _3 (SMC Calling Convention, DEN0028).
+.equ SMCCC_WORKAROUND_1, 0x80008000
+.equ SMCCC_WORKAROUND_3, 0x80003fff
+// Entry mitigation variants (finding 11 of issue 11), chosen per core at boot by
+// kcore::machine::aarch64::mitigation from MIDR, the ID registers and the firmware.
+.equ FW_NONE, 0
+.equ FW_WA1, 1
+.equ FW_WA3, 3
+.equ BHB_NONE, 0
+.equ BHB_LOOP, 1
+.equ BHB_CLRBHB, 2
+
+// What every entry from a lower EL runs before its first indirect branch, against Spectre-v2
+// (the firmware's workaround call) and Spectre-BHB (Arm's "Spectre-BHB" whitepaper: the
+// branch-history loop of k taken branches then `dsb nsh; isb`, k from ENTRY_BHB_LOOP_K, or
+// `clearbhb; isb` with FEAT_CLRBHB). Clobbers x0..x3 (an SMCCC 1.1 call may change only those);
+// the caller has saved them. Direct branches only: the `b.ne` of the loop is conditional on
+// the count, never on data an attacker controls.
+.macro entry_mitigation fw, bhb
+.if \fw == FW_WA1
+    movz    w0, #(SMCCC_WORKAROUND_1 & 0xffff)
+    movk    w0, #(SMCCC_WORKAROUND_1 >> 16), lsl #16
+    smc     #0
+.elseif \fw == FW_WA3
+    movz    w0, #(SMCCC_WORKAROUND_3 & 0xffff)
+    movk    w0, #(SMCCC_WORKAROUND_3 >> 16), lsl #16
+    smc     #0
+.endif
+.if \bhb == BHB_LOOP
+    adrp    x0, ENTRY_BHB_LOOP_K
+    ldr     x0, [x0, :lo12:ENTRY_BHB_LOOP_K]
+1:  b       . + 4
+    subs    x0, x0, #1
+    b.ne    1b
+    dsb     nsh
+    isb
+.elseif \bhb == BHB_CLRBHB
+    hint    #22                     // clearbhb
+    isb
+.endif
+.endm
+
+// An entry of KCore's table from a lower EL (the host): the frame first, then the mitigation,
+// then Rust. `.org` fails the build if the entry outgrows its 0x80 bytes.
+.macro lower_entry kind, fw, bhb
+    .balign 0x80
+.Lentry\@:
+    save_frame
+    entry_mitigation \fw, \bhb
+    mov     x1, #\kind
+    b       lower_el_entry
+    .org    .Lentry\@ + 0x80
+.endm
+
+// An entry of the guest's table from a lower EL (the running guest): x0..x3 to the stack, the
+// mitigation, then the world switch's exit path with the kind in x1.
+.macro guest_entry kind, fw, bhb
+    .balign 0x80
+.Lentry\@:
+    stp     x2, x3, [sp, #-16]!
+    stp     x0, x1, [sp, #-16]!
+    entry_mitigation \fw, \bhb
+    mov     x1, #\kind
+    b       __guest_exit
+    .org    .Lentry\@ + 0x80
+.endm
+
+// The current-EL SError entry of the guest's table. An SError at EL2 is a KCore fault, except
+// inside the guest exit's abort window (world_switch.S), where KCore unmasks a pending SError
+// on purpose to take it: then it returns into the window with PSTATE.A set again (SPSR_EL2.A)
+// and nothing else changed but ESR/FAR/HPFAR_EL2, which the window restores. x6 and x7 are
+// preserved.
+.macro guest_serror_entry
+    .balign 0x80
+.Lentry\@:
+    stp     x6, x7, [sp, #-16]!
+    mrs     x6, elr_el2
+    adr     x7, __serror_window_start
+    cmp     x6, x7
+    b.lo    1f
+    adr     x7, __serror_window_end
+    cmp     x6, x7
+    b.hi    1f
+    mrs     x6, spsr_el2
+    orr     x6, x6, #(1 << 8)
+    msr     spsr_el2, x6
+    ldp     x6, x7, [sp], #16
+    eret
+1:  ldp     x6, x7, [sp], #16
+    b       el2_serror_fault
+    .org    .Lentry\@ + 0x80
+.endm
+
+// One vector set: KCore's table (VBAR_EL2 while the host runs or KCore works) and, 0x800
+// after it, the guest's (VBAR_EL2 while a guest runs; `__guest_enter` adds 0x800 to VBAR_EL2
+// and `__guest_exit` takes it off again, so both stay in the set the core chose).
+.macro vector_set fw, bhb
+    .balign 0x800
+    // KCore's table. Current EL with SP_EL0: KCore never runs on SP_EL0.
     vector_entry kcore_fault_handler, KIND_SYNC
     vector_entry kcore_fault_handler, KIND_IRQ
     vector_entry kcore_fault_handler, KIND_FIQ
@@ -79,16 +176,67 @@ __kcore_vectors:
     vector_entry kcore_fault_handler, KIND_IRQ
     vector_entry kcore_fault_handler, KIND_FIQ
     vector_entry kcore_fault_handler, KIND_SERROR
-    // Lower EL, AArch64: the host or a guest.
-    vector_entry lower_el_trap_handler, KIND_SYNC
-    vector_entry lower_el_trap_handler, KIND_IRQ
-    vector_entry lower_el_trap_handler, KIND_FIQ
-    vector_entry lower_el_trap_handler, KIND_SERROR
+    // Lower EL, AArch64: the host.
+    lower_entry KIND_SYNC, \fw, \bhb
+    lower_entry KIND_IRQ, \fw, \bhb
+    lower_entry KIND_FIQ, \fw, \bhb
+    lower_entry KIND_SERROR, \fw, \bhb
     // Lower EL, AArch32: not supported (HCR_EL2.RW=1); treated like AArch64 traps.
-    vector_entry lower_el_trap_handler, KIND_SYNC
-    vector_entry lower_el_trap_handler, KIND_IRQ
-    vector_entry lower_el_trap_handler, KIND_FIQ
-    vector_entry lower_el_trap_handler, KIND_SERROR
+    lower_entry KIND_SYNC, \fw, \bhb
+    lower_entry KIND_IRQ, \fw, \bhb
+    lower_entry KIND_FIQ, \fw, \bhb
+    lower_entry KIND_SERROR, \fw, \bhb
+
+    // The guest's table. Faults at EL2 are still KCore bugs, but for the abort window.
+    vector_entry kcore_fault_handler, KIND_SYNC
+    vector_entry kcore_fault_handler, KIND_IRQ
+    vector_entry kcore_fault_handler, KIND_FIQ
+    vector_entry kcore_fault_handler, KIND_SERROR
+    vector_entry kcore_fault_handler, KIND_SYNC
+    vector_entry kcore_fault_handler, KIND_IRQ
+    vector_entry kcore_fault_handler, KIND_FIQ
+    guest_serror_entry
+    // Every trap from EL1 or EL0 is a guest exit.
+    guest_entry KIND_SYNC, \fw, \bhb
+    guest_entry KIND_IRQ, \fw, \bhb
+    guest_entry KIND_FIQ, \fw, \bhb
+    guest_entry KIND_SERROR, \fw, \bhb
+    guest_entry KIND_SYNC, \fw, \bhb
+    guest_entry KIND_IRQ, \fw, \bhb
+    guest_entry KIND_FIQ, \fw, \bhb
+    guest_entry KIND_SERROR, \fw, \bhb
+.endm
+
+.section .text.vectors, "ax"
+// The vector sets, 0x1000 bytes each, in the order of kcore::machine::aarch64::mitigation::
+// VectorSet. `__kcore_vectors` (no mitigation) is what boot.S installs until the core has
+// chosen; no lower EL runs before that.
+.balign 0x1000
+.global __entry_vector_sets
+.global __kcore_vectors
+__entry_vector_sets:
+__kcore_vectors:
+    vector_set FW_NONE, BHB_NONE
+    vector_set FW_NONE, BHB_LOOP
+    vector_set FW_NONE, BHB_CLRBHB
+    vector_set FW_WA1, BHB_NONE
+    vector_set FW_WA1, BHB_LOOP
+    vector_set FW_WA1, BHB_CLRBHB
+    vector_set FW_WA3, BHB_NONE
+.global __entry_vector_sets_end
+__entry_vector_sets_end:
+
+lower_el_entry:
+    mov     x0, sp
+    bl      lower_el_trap_handler
+    b       restore_frame_and_eret
+
+el2_serror_fault:
+    save_frame
+    mov     x0, sp
+    mov     x1, #KIND_SERROR
+    bl      kcore_fault_handler
+    b       restore_frame_and_eret
 
 .global restore_frame_and_eret
 restore_frame_and_eret:

@@ -1,8 +1,10 @@
 // The world switch (SeKVM CtxtSwitch, the machine half). `__guest_enter` saves KCore's
-// callee-saved registers in the vCPU's GuestGprs, points VBAR_EL2 at the guest vectors and erets
-// into the guest. A trap from the guest lands in `__guest_vectors`, which saves every guest
-// register back into the same GuestGprs (TPIDR_EL2 points at it while the guest runs), restores
-// KCore's vectors and registers, and returns from `__guest_enter` with the trap kind.
+// callee-saved registers in the vCPU's GuestGprs, points VBAR_EL2 at the guest table of the
+// core's vector set (vectors.S) and erets into the guest. A trap from the guest lands in that
+// table, which runs the entry mitigation and comes to `__guest_exit`: it saves every guest
+// register back into the same GuestGprs (TPIDR_EL2 points at it while the guest runs), takes
+// any SError the guest left pending, restores KCore's table and registers, and returns from
+// `__guest_enter` with the trap kind.
 // Layout: kcore::machine::GuestGprs: x0..x30 (0..248), elr (248), spsr (256), x19..x30 (264..360),
 // sp (360).
 
@@ -24,8 +26,9 @@ __guest_enter:
     mov     x1, sp
     str     x1, [x0, #GPRS_SP]
     msr     tpidr_el2, x0
-    adrp    x1, __guest_vectors
-    add     x1, x1, :lo12:__guest_vectors
+    // KCore's table of this core's set is loaded; the guest's is 0x800 after it.
+    mrs     x1, vbar_el2
+    add     x1, x1, #0x800
     msr     vbar_el2, x1
     isb
     ldp     x1, x2, [x0, #GPRS_ELR]
@@ -36,18 +39,67 @@ __guest_enter:
     ldp     x0, x1, [x0, #16 * 0]
     eret
 
-// Entered from a guest vector with the guest's x0/x1 pushed on the EL2 stack and the kind in x1.
+// Entered from a guest entry (vectors.S) with the guest's x0, x1 at [sp] and x2, x3 at
+// [sp, #16], and the kind in x1; the entry mitigation has run.
 __guest_exit:
     mrs     x0, tpidr_el2
     store_x2_x29 x0
     str     x30, [x0, #16 * 15]
     ldp     x2, x3, [sp], #16
     stp     x2, x3, [x0, #16 * 0]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x0, #16 * 1]
     mrs     x2, elr_el2
     mrs     x3, spsr_el2
     stp     x2, x3, [x0, #GPRS_ELR]
-    adrp    x2, __kcore_vectors
-    add     x2, x2, :lo12:__kcore_vectors
+
+    // Finding 8 of issue 11: an asynchronous abort that the guest caused must not outlive its
+    // world. Every guest register, ELR and SPSR are saved, x0 = gprs and x1 = kind; x2..x7 are
+    // scratch. HCR_EL2.AMO is still the guest's (1), so a physical SError is taken to EL2, and
+    // exception entry masked it (PSTATE.A = 1).
+    //
+    // With FEAT_RAS (ENTRY_SERROR_ESB = 1): ESB synchronises the guest's errors; with
+    // PSTATE.A set, a pending SError is deferred into DISR_EL1 (Arm ARM, ESB and
+    // AArch64.ESBOperation) instead of staying pending: consume it there.
+    adrp    x2, ENTRY_SERROR_ESB
+    ldrb    w2, [x2, :lo12:ENTRY_SERROR_ESB]
+    cbz     w2, 1f
+    hint    #16                         // esb
+    mrs     x2, S3_0_C12_C1_1           // DISR_EL1
+    tbz     x2, #31, 1f                 // DISR_EL1.A: an SError was deferred
+    msr     S3_0_C12_C1_1, xzr
+    orr     x1, x1, #KIND_SERROR_AT_EXIT
+1:
+    // Every CPU: complete the guest's loads and stores (dsb sy), so that an abort they raise is
+    // pending by now, and synchronise so that ISR_EL1 is not read early (isb). At EL2,
+    // ISR_EL1.A (bit 8) shows a pending physical SError.
+    dsb     sy
+    isb
+    mrs     x2, isr_el1
+    tbz     x2, #8, 2f
+    // One is pending: take it here, in the abort window. ESR/FAR/HPFAR_EL2 still describe the
+    // guest's exit and the SError overwrites them, so keep them in x3..x5. Unmasking A makes
+    // the pending SError taken at the latest once the isb completes (the interrupt is
+    // recognised at a context synchronisation event), so ELR_EL2 is the isb or the instruction
+    // after it; the guest table's SError entry recognises exactly those two addresses.
+    mrs     x3, esr_el2
+    mrs     x4, far_el2
+    mrs     x5, hpfar_el2
+    msr     daifclr, #4
+.global __serror_window_start
+__serror_window_start:
+    isb
+.global __serror_window_end
+__serror_window_end:
+    msr     daifset, #4
+    msr     esr_el2, x3
+    msr     far_el2, x4
+    msr     hpfar_el2, x5
+    orr     x1, x1, #KIND_SERROR_AT_EXIT
+2:
+    // Back to KCore's table of the same set.
+    mrs     x2, vbar_el2
+    sub     x2, x2, #0x800
     msr     vbar_el2, x2
     isb
     ldp     x19, x20, [x0, #GPRS_CALLEE + 16 * 0]
@@ -60,34 +112,6 @@ __guest_exit:
     mov     sp, x2
     mov     x0, x1
     ret
-
-.macro guest_exit_entry kind
-    .balign 0x80
-    stp     x0, x1, [sp, #-16]!
-    mov     x1, #\kind
-    b       __guest_exit
-.endm
-
-// While a guest runs: faults at EL2 are still KCore bugs; every trap from EL1 is a guest exit.
-.balign 0x800
-.global __guest_vectors
-__guest_vectors:
-    vector_entry kcore_fault_handler, KIND_SYNC
-    vector_entry kcore_fault_handler, KIND_IRQ
-    vector_entry kcore_fault_handler, KIND_FIQ
-    vector_entry kcore_fault_handler, KIND_SERROR
-    vector_entry kcore_fault_handler, KIND_SYNC
-    vector_entry kcore_fault_handler, KIND_IRQ
-    vector_entry kcore_fault_handler, KIND_FIQ
-    vector_entry kcore_fault_handler, KIND_SERROR
-    guest_exit_entry KIND_SYNC
-    guest_exit_entry KIND_IRQ
-    guest_exit_entry KIND_FIQ
-    guest_exit_entry KIND_SERROR
-    guest_exit_entry KIND_SYNC
-    guest_exit_entry KIND_IRQ
-    guest_exit_entry KIND_FIQ
-    guest_exit_entry KIND_SERROR
 
 // void __save_el1(El1Regs *out) / __restore_el1(const El1Regs *in): order of El1Regs.
 .global __save_el1

@@ -2,7 +2,7 @@
 //! between the CPU and memory.
 
 use super::super::guest_regs::{El1Regs, El2Controls, FpRegs, GuestGprs};
-use super::super::TrapKind;
+use super::super::GuestExit;
 use aarch64_cpu::{asm::barrier, registers::*};
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -14,15 +14,47 @@ extern "C" {
     fn __restore_fp(regs: *const FpRegs);
 }
 
-/// Runs the guest whose registers are `gprs` until it traps, and returns the trap's kind. The
+/// Runs the guest whose registers are `gprs` until it traps, and returns how it left. The
 /// guest's EL1 state, stage-2 and EL2 controls must be loaded; they stay loaded on return.
-pub fn run_guest(gprs: &mut GuestGprs) -> TrapKind {
+pub fn run_guest(gprs: &mut GuestGprs) -> GuestExit {
+    // The guest's traps come back through the guest table of this core's vector set, which
+    // writes only `gprs` (through TPIDR_EL2), the stack below sp, and (in the abort window)
+    // ESR/FAR/HPFAR_EL2, which it restores.
     // SAFETY: `__guest_enter` saves every callee-saved register and sp in `gprs`, which outlives
-    // the call, and restores them before returning; the guest runs at EL1 behind its own stage-2,
-    // so it cannot touch KCore's memory, and every trap it takes comes back through
-    // `__guest_vectors`, which writes only `gprs` (through TPIDR_EL2) and the stack below sp.
-    let kind = unsafe { __guest_enter(gprs) };
-    TrapKind::from_vector(kind)
+    // the call, and restores them before returning; the guest runs at EL1 behind its own
+    // stage-2, so it cannot touch KCore's memory; its traps write only what is said above.
+    let value = unsafe { __guest_enter(gprs) };
+    GuestExit::from_world_switch(value)
+}
+
+/// HCR_EL2.VSE: a virtual SError is pending for EL1 (taken once the guest unmasks PSTATE.A;
+/// the hardware then clears the bit).
+const HCR_VSE: u64 = 1 << 8;
+/// VSESR_EL2 for an injected virtual SError (FEAT_RAS): IDS set, the rest zero, an
+/// implementation-defined syndrome that tells the guest nothing of the physical error.
+const VSESR_IDS: u64 = 1 << 24;
+
+/// Makes a virtual SError pending for the guest about to run (or not), on top of whatever
+/// HCR_EL2 the guest's EL2 controls loaded. With FEAT_RAS (`ras`) VSESR_EL2 gives its syndrome.
+pub fn set_virtual_serror(pending: bool, ras: bool) {
+    let hcr = HCR_EL2.get();
+    let wanted = if pending { hcr | HCR_VSE } else { hcr & !HCR_VSE };
+    if wanted == hcr {
+        return;
+    }
+    if pending && ras {
+        // SAFETY: VSESR_EL2 exists with FEAT_RAS and only sets the syndrome of the virtual
+        // SError that HCR_EL2.VSE makes pending for EL1.
+        unsafe { core::arch::asm!("msr S3_4_C5_C2_3, {}", in(reg) VSESR_IDS, options(nomem, nostack)) };
+    }
+    // The eret into the guest synchronises the context: no isb needed.
+    HCR_EL2.set(wanted);
+}
+
+/// Whether the virtual SError made pending by `set_virtual_serror` is still pending (the guest
+/// has not taken it yet: PSTATE.A stayed set).
+pub fn virtual_serror_pending() -> bool {
+    HCR_EL2.get() & HCR_VSE != 0
 }
 
 /// Saves the EL1 system registers and virtual timer into `out`.
