@@ -23,6 +23,12 @@ pub enum Mutation {
     SkipFaultPageScrub,
     /// A page-table pool hands out one page past its end.
     PoolOverrun,
+    /// A guest's HCR_EL2 leaves the ID registers untrapped (TID3 dropped).
+    GuestHcrDropsTid3,
+    /// A guest's emulated ID_AA64ISAR1_EL1 shows pointer authentication (APA, API).
+    GuestIdShowsPauth,
+    /// The host's set/way maintenance is performed, but the host resumes on the same instruction.
+    HostSetWayRepeats,
 }
 
 #[cfg(test)]

@@ -97,6 +97,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "host trap HVC #0x1 at",
             "injecting UNDEF into the host",
             "kserv: UNDEF taken at",
+            "kserv: dc isw, dc csw, dc cisw: performed by KCore, no UNDEF",
             "kserv: scenario host-undef: PASS",
         ],
         gic_v2_lines: &[],
