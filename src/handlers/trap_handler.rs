@@ -125,7 +125,8 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
         }
         HostExit::Stage2Fault => host_stage2_fault(frame),
         HostExit::CleanInvalidateSetWay { operand } => {
-            log::debug!("host set/way maintenance {operand:#x}: cleaned and invalidated");
+            let pc = frame.elr.wrapping_sub(4);
+            info!("host set/way maintenance at {pc:#x} (operand {operand:#x}): done as clean and invalidate");
             regs::clean_invalidate_dcache_set_way(operand)
         }
         HostExit::VmCall { function: host_call::VCPU_RUN, args } => vcpu_run(core, frame, args),

@@ -97,6 +97,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "host trap HVC #0x1 at",
             "injecting UNDEF into the host",
             "kserv: UNDEF taken at",
+            "host set/way maintenance at",
+            "done as clean and invalidate",
             "kserv: dc isw, dc csw, dc cisw: performed by KCore, no UNDEF",
             "kserv: scenario host-undef: PASS",
         ],
