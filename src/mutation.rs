@@ -33,6 +33,12 @@ pub enum Mutation {
     BhbLoopTooShort,
     /// The guest exit dispatcher drops an SError found pending as the guest left.
     SErrorAtExitIgnored,
+    /// A guest's HCR_EL2 leaves the ID registers untrapped (TID3 dropped).
+    GuestHcrDropsTid3,
+    /// A guest's emulated ID_AA64ISAR1_EL1 shows pointer authentication (APA, API).
+    GuestIdShowsPauth,
+    /// The host's set/way maintenance is performed, but the host resumes on the same instruction.
+    HostSetWayRepeats,
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use super::trap_dispatcher::{
 };
 use super::vm_calls;
 use crate::init::{power, wait_for_work, CORES};
-use crate::machine::guest_regs::{El1Regs, El2Controls, FpRegs};
+use crate::machine::guest_regs::{El1Regs, FpRegs};
 use crate::machine::{cpu, features, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
+use crate::vcpu::controls::{self, HostPmu};
 use crate::vcpu::ExitRecord;
 use crate::vm::{Kcore, RunTicket};
 use core::fmt;
@@ -136,6 +137,11 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
             power::system_reset()
         }
         HostExit::Stage2Fault => host_stage2_fault(frame),
+        HostExit::CleanInvalidateSetWay { operand } => {
+            let pc = frame.elr.wrapping_sub(4);
+            info!("host set/way maintenance at {pc:#x} (operand {operand:#x}): done as clean and invalidate");
+            regs::clean_invalidate_dcache_set_way(operand)
+        }
         HostExit::VmCall { function: host_call::VCPU_RUN, args } => vcpu_run(core, frame, args),
         HostExit::VmCall { function, args } => {
             let result = with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, function, args));
@@ -229,38 +235,6 @@ fn check_invariants_of(kcore: &Kcore) {
     }
 }
 
-/// HCR_EL2 while a guest runs: stage-2 on (VM), EL1 is AArch64 (RW), physical interrupts and
-/// SErrors come to EL2 (IMO, FMO, AMO), SMC, WFI and WFE trap (TSC, TWI, TWE), ID registers
-/// trap (TID3), set/way cache maintenance traps (TSW), and so do the auxiliary and
-/// implementation-defined control registers (TACR, TIDCP), which would reach the core's own
-/// configuration; TLB and I-cache maintenance is broadcast to the inner-shareable domain (FB,
-/// BSU), so a guest's vCPUs on different cores stay coherent; pointer authentication is the
-/// guest's.
-const HCR_GUEST: u64 = {
-    const VM: u64 = 1;
-    const FMO: u64 = 1 << 3;
-    const IMO: u64 = 1 << 4;
-    const AMO: u64 = 1 << 5;
-    const FB: u64 = 1 << 9;
-    const BSU_INNER: u64 = 1 << 10;
-    const TWI: u64 = 1 << 13;
-    const TWE: u64 = 1 << 14;
-    const TID3: u64 = 1 << 18;
-    const TSC: u64 = 1 << 19;
-    const TIDCP: u64 = 1 << 20;
-    const TACR: u64 = 1 << 21;
-    const TSW: u64 = 1 << 22;
-    const RW: u64 = 1 << 31;
-    const APK_API: u64 = 3 << 40;
-    VM | FMO | IMO | AMO | FB | BSU_INNER | TWI | TWE | TID3 | TSC | TIDCP | TACR | TSW | RW | APK_API
-};
-/// MDCR_EL2 bits added for a guest: the PMU (TPM, TPMCR) and debug registers (TDA, TDOSA, TDRA)
-/// trap, so a guest cannot see or disturb the host's counters.
-const MDCR_GUEST_TRAPS: u64 = 1 << 6 | 1 << 5 | 1 << 9 | 1 << 10 | 1 << 11;
-/// CNTHCTL_EL2 for a guest: the physical counter is readable (EL1PCTEN), the physical timer is
-/// not (EL1PCEN = 0): a guest has the virtual timer.
-const CNTHCTL_GUEST: u64 = 1;
-
 /// VCPU_RUN: runs vCPU x2 of VM x1 until an exit the host must see, serving every other exit
 /// (share calls, emulated registers, UNDEFs) inside KCore without leaving the guest's world.
 fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
@@ -278,21 +252,22 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
             return;
         }
     };
+    let cpu = features::boot();
+    let pmu = HostPmu::of_build();
     let host_controls = world_switch::el2_controls();
+    let guest = controls::guest_controls(cpu, pmu, ticket.vttbr, 1 << 31 | u64::from(ticket.ctx.index), ticket.cntvoff);
     let mut host_el1 = El1Regs::default();
     let mut host_fp = FpRegs::default();
     world_switch::save_el1(&mut host_el1);
     world_switch::save_fp(&mut host_fp);
+    // The host's PMU does not count the guest (nor KCore serving it).
+    let host_pmu_counters = controls::stops_host_pmu_in_guest(cpu, pmu).then(world_switch::stop_pmu_counters);
     world_switch::restore_el1(&ticket.ctx.el1);
     world_switch::restore_fp(&ticket.ctx.fp);
-    world_switch::set_el2_controls(&El2Controls {
-        hcr: HCR_GUEST,
-        vttbr: ticket.vttbr,
-        vmpidr: 1 << 31 | u64::from(ticket.ctx.index),
-        cntvoff: ticket.cntvoff,
-        mdcr: host_controls.mdcr | MDCR_GUEST_TRAPS,
-        cnthctl: CNTHCTL_GUEST,
-    });
+    world_switch::set_el2_controls(&guest);
+    if cpu.ras() {
+        world_switch::clear_vdisr();
+    }
     HANDLING[core].store(FIRST_VM.saturating_add(ticket.vmid as u8), Ordering::Relaxed);
     let mut record = run_until_host_exit(core, &mut ticket);
     world_switch::save_el1(&mut ticket.ctx.el1);
@@ -300,6 +275,9 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
     world_switch::restore_el1(&host_el1);
     world_switch::restore_fp(&host_fp);
     world_switch::set_el2_controls(&host_controls);
+    if let Some(running) = host_pmu_counters {
+        world_switch::restart_pmu_counters(running);
+    }
     HANDLING[core].store(HOST, Ordering::Relaxed);
 
     if record.reason == exit::WFI {
@@ -325,8 +303,10 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
 fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
     let (vmid, ram_base, ram_size) = (ticket.vmid, ticket.ram_base, ticket.ram_size);
     let in_ram = move |gpa: u64| gpa >= ram_base && gpa - ram_base < ram_size;
-    let env = GuestEnv { in_ram: &in_ram, id_register: &world_switch::id_register };
-    let ras = features::boot().has_ras();
+    let cpu = features::boot();
+    let id_register = |reg| controls::guest_id_register(cpu, reg);
+    let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+    let ras = cpu.ras();
     loop {
         world_switch::set_virtual_serror(ticket.ctx.virtual_serror, ras);
         let guest_exit = world_switch::run_guest(&mut ticket.ctx.gprs);

@@ -3,14 +3,15 @@
 
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
-use crate::machine::{cpu, layout, phys, regs, Aarch64, Machine, TrapFrame, PAGE_SIZE};
+use crate::machine::{cpu, features, layout, phys, regs, Aarch64, Machine, TrapFrame, PAGE_SIZE};
 use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory};
 use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
+use crate::vcpu::controls::{self, HostPmu};
 use crate::vm::Kcore;
 use core::sync::atomic::{AtomicU64, Ordering};
 use corevisor_boards::{Gic, PhysRange};
-use log::{error, info};
+use log::{error, info, warn};
 
 /// VTTBR_EL2 while the host runs: its stage-2 root, VMID 0.
 static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
@@ -20,20 +21,33 @@ const HOST_VMID: u16 = 0;
 /// KServ's raw image (empty when the image was built without one).
 static KSERV_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kserv.bin"));
 
-/// HCR_EL2 while the host runs: EL1 is AArch64 (RW), SMCs trap to KCore (TSC) so PSCI is
-/// mediated, pointer authentication is not trapped (API, APK). Interrupts go straight to EL1.
-const HCR_RW: u64 = 1 << 31;
-const HCR_TSC: u64 = 1 << 19;
-const HCR_APK: u64 = 1 << 40;
-const HCR_API: u64 = 1 << 41;
-/// Stage-2 translation on: the host only reaches what KCore maps for it.
-const HCR_VM: u64 = 1 << 0;
-pub const HCR_HOST: u64 = HCR_RW | HCR_TSC | HCR_APK | HCR_API | HCR_VM;
-
-/// Sets this core's EL2 controls for running the host, behind its stage-2.
+/// Sets this core's EL2 controls for running the host, behind its stage-2 (`vcpu::controls`).
 pub fn configure_core(platform: &Platform) {
-    regs::enable_stage2(HOST_VTTBR.load(Ordering::Acquire));
-    regs::configure_host_traps(HCR_HOST, matches!(platform.gic, Gic::V3 { .. }));
+    let vttbr = HOST_VTTBR.load(Ordering::Acquire);
+    let controls = controls::host_controls(features::boot(), HostPmu::of_build(), vttbr, regs::mpidr_el1());
+    regs::configure_host(&controls, matches!(platform.gic, Gic::V3 { .. }));
+}
+
+/// Says at boot what of the CPU guests could reach unguarded, and whether the host's PMU may
+/// count KCore.
+fn report_cpu() {
+    let cpu = features::boot();
+    let (implementer, part) = cpu.part();
+    info!(
+        "CPU {implementer:#x}:{part:#x}: {} physical address bits, PMU {:?}, PAuth {}, RAS {}, AMU {}, SVE {}",
+        cpu.pa_bits,
+        cpu.pmu_version(),
+        cpu.pauth(),
+        cpu.ras(),
+        cpu.amu(),
+        cpu.sve()
+    );
+    for feature in controls::unhandled(cpu) {
+        warn!("the CPU has {feature:?}, which guests can reach and corevisor neither switches nor traps");
+    }
+    if HostPmu::of_build() == HostPmu::CountsEl2 {
+        warn!("pmu-bench build: the host's PMU counts at EL2 and across guest runs (for `cargo xtask bench` only; never on hardware)");
+    }
 }
 
 /// Builds the host's memory state (SeKVM `ENABLE_S2_TRANS` / `protect_el2_mem`): every page of
@@ -120,6 +134,7 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
     };
     let kcore = Kcore::new(memory, vm_pools(layout::page_table_pool().end), key);
     crate::handlers::trap_handler::install(host_may_run_at, kcore);
+    report_cpu();
     configure_core(platform);
     Aarch64.flush_stage2_vmid(HOST_VMID);
     cores.mark_host(cpu::index());

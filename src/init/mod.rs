@@ -102,7 +102,7 @@ fn choose_entry_mitigation() -> (CpuFeatures, Selection) {
     });
     let cpu = CpuFeatures::from_id_registers(cpu::id_registers());
     let selection = spectre::select(&cpu, offer);
-    mitigation::install(&selection.mitigation, cpu.has_ras());
+    mitigation::install(&selection.mitigation, cpu.ras());
     (cpu, selection)
 }
 

@@ -54,7 +54,7 @@ pub struct FpRegs {
     pub fpcr: u64,
 }
 
-/// The EL2 controls that differ between the host and a guest.
+/// The EL2 controls that differ between the host and a guest (computed by `vcpu::controls`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct El2Controls {
     pub hcr: u64,
@@ -63,4 +63,7 @@ pub struct El2Controls {
     pub cntvoff: u64,
     pub mdcr: u64,
     pub cnthctl: u64,
+    pub cptr: u64,
+    /// ICH_HCR_EL2, on CPUs with the GICv3 system registers (others ignore it).
+    pub ich_hcr: u64,
 }

@@ -4,6 +4,7 @@
 //! value, a page for a stage-2 fault, a call's result), so it cannot set a guest register or the
 //! guest's PC.
 
+pub mod controls;
 #[cfg(test)]
 mod tests;
 

@@ -12,7 +12,8 @@ pub const TARGET: &str = "aarch64-unknown-none-softfloat";
 pub enum Flavor {
     /// QEMU scenario runs: semihosting exit, invariants checked after every host trap.
     Test,
-    /// `cargo xtask bench`: semihosting, nothing extra on the measured paths.
+    /// `cargo xtask bench`: semihosting, nothing extra on the measured paths, and `pmu-bench`:
+    /// the host's PMU may count KCore (at EL2 and across guest runs), which the bench measures.
     Bench,
     /// Real hardware: no semihosting (its `hlt` would be an UNDEF there).
     Hardware,
@@ -22,7 +23,7 @@ impl Flavor {
     fn features(self) -> &'static str {
         match self {
             Flavor::Test => ",semihosting,check-invariants",
-            Flavor::Bench => ",semihosting",
+            Flavor::Bench => ",semihosting,pmu-bench",
             Flavor::Hardware => "",
         }
     }
@@ -113,4 +114,18 @@ pub fn build(board: &Board, flavor: Flavor) -> Result<Artifacts, String> {
     let image = dir.join("corevisor.bin");
     to_raw(&release.join("corevisor"), &image)?;
     Ok(Artifacts { kserv, image })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flavor;
+
+    /// Only the bench may let the host's PMU count KCore: test and hardware images confine it.
+    #[test]
+    fn only_the_bench_flavor_lets_the_host_pmu_count_el2() {
+        assert!(Flavor::Bench.features().contains("pmu-bench"));
+        for flavor in [Flavor::Test, Flavor::Hardware] {
+            assert!(!flavor.features().contains("pmu-bench"), "{flavor:?}");
+        }
+    }
 }

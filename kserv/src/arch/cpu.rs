@@ -74,3 +74,11 @@ pub fn stack_canary_intact() -> bool {
     // SAFETY: as for `set_stack_canary`.
     unsafe { stack_bottom().read_volatile() == STACK_CANARY }
 }
+
+/// Issues `DC ISW`, `DC CSW` and `DC CISW` on set 0, way 0 of level 1 (operand 0). KCore traps
+/// them (HCR_EL2.TSW) and performs each as a clean and invalidate, then resumes KServ after it.
+pub fn set_way_maintenance() {
+    // SAFETY: set/way maintenance of one line; invalidating it could only drop KServ's own dirty
+    // data, and KCore turns every one of them into a clean and invalidate anyway.
+    unsafe { core::arch::asm!("dc isw, {op}", "dc csw, {op}", "dc cisw, {op}", op = in(reg) 0u64, options(nostack)) };
+}

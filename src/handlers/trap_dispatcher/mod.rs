@@ -13,6 +13,7 @@ mod tests;
 use super::esr::{self, ec};
 use super::psci::{self, PsciOutcome};
 use crate::cpus::CoreTable;
+use crate::machine::features::IdReg;
 use crate::machine::{GuestExit, TrapFrame, TrapKind};
 use crate::vcpu::{DataAccess, ExitRecord, Pending, VcpuContext};
 use corevisor_abi::{exit, guest_call, host_call, HypResult, Status, ABI_VERSION, HYP_CALL_BASE};
@@ -49,6 +50,12 @@ pub enum HostExit {
     CpuOff,
     /// The host touched memory its stage-2 does not map: the FaultHandler decides.
     Stage2Fault,
+    /// The host's `DC ISW`, `DC CSW` or `DC CISW` (HCR_EL2.TSW), with its set/way operand: KCore
+    /// cleans and invalidates that line (`DC CISW`), so that the host cannot drop a line KCore
+    /// wrote and has not written back; the host resumes after the instruction.
+    CleanInvalidateSetWay {
+        operand: u64,
+    },
     /// A VM hypercall (`host_call::REGISTER_VM ..= DESTROY_VM`) with its arguments x1..x4: the
     /// VM layer checks them against KCore's state and serves it.
     VmCall {
@@ -94,7 +101,56 @@ pub fn host_trap_dispatcher(esr: u64, frame: &mut TrapFrame, env: &HostEnv) -> H
             }
         }
         ec::DABT_LOW | ec::IABT_LOW => HostExit::Stage2Fault,
+        // A trapped system instruction leaves ELR_EL2 on it.
+        ec::SYS64 => match SysInstruction::decode(esr) {
+            Some(op) if op.is_set_way_maintenance() => {
+                let operand = if op.rt < 31 { frame.x[op.rt] } else { 0 };
+                if !crate::mutation::planted(crate::mutation::Mutation::HostSetWayRepeats) {
+                    frame.elr = frame.elr.wrapping_add(4);
+                }
+                HostExit::CleanInvalidateSetWay { operand }
+            }
+            _ => HostExit::Undef { pc: frame.elr, reason: Forbidden::Class(ec::SYS64) },
+        },
         class => HostExit::Undef { pc: frame.elr, reason: Forbidden::Class(class) },
+    }
+}
+
+/// A trapped MSR, MRS or system instruction (EC 0x18), from its syndrome's ISS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SysInstruction {
+    op0: u8,
+    op1: u8,
+    crn: u8,
+    crm: u8,
+    op2: u8,
+    rt: usize,
+    /// MRS or SYSL (the register is written); otherwise MSR or SYS.
+    read: bool,
+}
+
+impl SysInstruction {
+    fn decode(esr: u64) -> Option<SysInstruction> {
+        (esr::class(esr) == ec::SYS64).then_some(SysInstruction {
+            op0: (esr >> 20 & 3) as u8,
+            op2: (esr >> 17 & 7) as u8,
+            op1: (esr >> 14 & 7) as u8,
+            crn: (esr >> 10 & 0xf) as u8,
+            rt: (esr >> 5 & 0x1f) as usize,
+            crm: (esr >> 1 & 0xf) as u8,
+            read: esr & 1 == 1,
+        })
+    }
+
+    /// DC ISW, DC CSW or DC CISW: `SYS #0, C7, C6|C10|C14, #2, Xt`.
+    fn is_set_way_maintenance(&self) -> bool {
+        (self.op0, self.op1, self.crn, self.op2, self.read) == (1, 0, 7, 2, false) && matches!(self.crm, 6 | 10 | 14)
+    }
+
+    /// A read of the ID register space HCR_EL2.TID3 traps: `MRS Xt, S3_0_C0_<1..7>_<op2>`.
+    fn id_register_read(&self) -> Option<IdReg> {
+        ((self.op0, self.op1, self.crn) == (3, 0, 0) && (1..=7).contains(&self.crm) && self.read)
+            .then_some(IdReg { crm: self.crm, op2: self.op2 })
     }
 }
 
@@ -203,12 +259,9 @@ pub enum VmExit {
 pub struct GuestEnv<'a> {
     /// Whether a guest-physical address is in the VM's RAM.
     pub in_ram: &'a dyn Fn(u64) -> bool,
-    /// The hardware value of an ID register `S3_0_C0_<crm>_<op2>`, if KCore passes it through.
-    pub id_register: &'a dyn Fn(u8, u8) -> Option<u64>,
+    /// What the guest reads from an ID register (`vcpu::controls::guest_id_register`).
+    pub id_register: &'a dyn Fn(IdReg) -> u64,
 }
-
-/// ID_AA64DFR0_EL1.PMUVer: guests get no PMU (its registers UNDEF), so the ID register says so.
-const DFR0_PMUVER: u64 = 0xf << 8;
 
 /// Decides a guest's exit (SeKVM `vm_exit_dispatcher`). `exit` is the vector taken (and whether
 /// an SError was pending as the guest left), `esr` the syndrome and `ipa` the faulting
@@ -281,29 +334,17 @@ pub fn vm_exit_dispatcher(exit: GuestExit, esr: u64, ipa: u64, vcpu: &mut VcpuCo
 }
 
 /// Emulates a trapped MSR/MRS/SYS (EC 0x18); `None` means it gets an UNDEF. Served: reads of the
-/// AArch64 ID registers (HCR_EL2.TID3), with the PMU hidden, and data-cache maintenance by
-/// set/way (HCR_EL2.TSW), which is a no-op for a guest: KCore keeps memory coherent itself.
+/// ID registers (HCR_EL2.TID3), which show what `vcpu::controls` lets a guest see, and data-cache
+/// maintenance by set/way (HCR_EL2.TSW), which is a no-op for a guest: KCore keeps memory
+/// coherent itself. Everything else (PMU, debug, pointer authentication keys, LORegions, RAS
+/// error records, MTE registers, ...) is an UNDEF.
 fn emulate_sysreg(esr: u64, frame: &mut TrapFrame, env: &GuestEnv) -> Option<()> {
-    let op0 = esr >> 20 & 3;
-    let op2 = (esr >> 17 & 7) as u8;
-    let op1 = esr >> 14 & 7;
-    let crn = esr >> 10 & 0xf;
-    let rt = (esr >> 5 & 0x1f) as usize;
-    let crm = (esr >> 1 & 0xf) as u8;
-    let read = esr & 1 == 1;
-    match (op0, op1, crn, crm) {
-        (3, 0, 0, 1..=7) if read => {
-            let mut value = (env.id_register)(crm, op2).unwrap_or(0);
-            if (crm, op2) == (5, 0) {
-                value &= !DFR0_PMUVER;
-            }
-            if rt < 31 {
-                frame.x[rt] = value;
-            }
-            Some(())
+    let op = SysInstruction::decode(esr)?;
+    if let Some(reg) = op.id_register_read() {
+        if op.rt < 31 {
+            frame.x[op.rt] = (env.id_register)(reg);
         }
-        // DC ISW, DC CSW, DC CISW.
-        (1, 0, 7, 6 | 10 | 14) if op2 == 2 && !read => Some(()),
-        _ => None,
+        return Some(());
     }
+    op.is_set_way_maintenance().then_some(())
 }

@@ -9,6 +9,7 @@
 
 use crate::cpus::{CoreState, HostEntry};
 use crate::handlers::esr::{class, ec, imm16};
+use crate::machine::features::IdReg;
 use crate::machine::{TrapKind, MAX_CPUS};
 use crate::vcpu::Pending;
 use corevisor_abi::{exit, guest_call, host_call, psci, Status, ABI_VERSION};
@@ -25,6 +26,9 @@ pub enum Next {
     CpuOff,
     /// The host's access missed its stage-2: the FaultHandler maps it or aborts it.
     Stage2Fault,
+    /// The machine cleans and invalidates the data-cache line of this set/way operand, then the
+    /// host runs on.
+    CleanInvalidateSetWay(u64),
     /// A VM hypercall, with x1..x4, for the VM layer.
     VmCall(u32, [u64; 4]),
 }
@@ -83,6 +87,17 @@ pub fn host_trap_spec(esr: u64, s: &AbsState, host_may_run_at: &dyn Fn(u64) -> b
             s.next = Next::Stage2Fault;
             Some(s)
         }
+        // Issue 11, finding 4: the host's HCR_EL2 traps set/way maintenance (TSW). The three
+        // data-cache set/way instructions (Arm ARM C5.3: DC ISW = SYS #0, C7, C6, #2; DC CSW =
+        // C7, C10, #2; DC CISW = C7, C14, #2) all become a clean and invalidate of the line
+        // their operand Xt names (XZR reads as 0), and the host resumes after the instruction.
+        (ec::SYS64, _) if set_way_operand_register(esr).is_some() => {
+            let rt = set_way_operand_register(esr).unwrap_or(31);
+            let operand = if rt == 31 { 0 } else { s.x[rt] };
+            s.pc = s.pc.wrapping_add(4);
+            s.next = Next::CleanInvalidateSetWay(operand);
+            Some(s)
+        }
         _ => {
             s.next = Next::UndefAt(s.pc);
             Some(s)
@@ -112,6 +127,16 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
         }
         _ => ret_status(s, Status::NotSupported),
     }
+}
+
+/// The operand register of a set/way data-cache maintenance instruction with syndrome `esr`
+/// (ISS of EC 0x18: Op0 21:20, Op2 19:17, Op1 16:14, CRn 13:10, Rt 9:5, CRm 4:1, Direction 0).
+fn set_way_operand_register(esr: u64) -> Option<usize> {
+    let iss = esr & 0x1ff_ffff;
+    let without_rt = iss & !(0x1f << 5);
+    // Op0 = 1, Op2 = 2, Op1 = 0, CRn = 7, Direction = 0 (SYS), CRm = 6, 10 or 14.
+    let encodings = [6u64, 10, 14].map(|crm| 1 << 20 | 2 << 17 | 7 << 10 | crm << 1);
+    (class(esr) == ec::SYS64 && encodings.contains(&without_rt)).then_some((iss >> 5 & 0x1f) as usize)
 }
 
 fn is_psci_id(function: u32) -> bool {
@@ -210,7 +235,7 @@ pub fn vm_exit_spec(
     ipa: u64,
     v: &AbsVcpu,
     in_ram: &dyn Fn(u64) -> bool,
-    id_register: &dyn Fn(u8, u8) -> Option<u64>,
+    id_register: &dyn Fn(IdReg) -> u64,
 ) -> Option<(AbsVcpu, VmNext)> {
     let mut v = v.clone();
     if serror_at_exit || kind == TrapKind::SError {
@@ -245,14 +270,14 @@ pub fn vm_exit_spec(
             let is_read = esr & 1 == 1;
             let rt = (esr >> 5 & 31) as usize;
             let id_space = op0 == 3 && op1 == 0 && crn == 0 && (1..=7).contains(&crm);
-            let set_way = op0 == 1 && op1 == 0 && crn == 7 && [6, 10, 14].contains(&crm) && op2 == 2;
+            let set_way = set_way_operand_register(esr).is_some();
             if id_space && is_read {
-                let raw = id_register(crm as u8, op2 as u8).unwrap_or(0);
-                let hide_pmu = if (crm, op2) == (5, 0) { 0xf00 } else { 0 };
+                // What the guest may see of the CPU is `vcpu::controls`' allow-list, checked
+                // against the feature table there; here the read lands in Xt (XZR: nowhere).
                 if rt != 31 {
-                    v.x[rt] = raw & !hide_pmu;
+                    v.x[rt] = id_register(IdReg { crm: crm as u8, op2: op2 as u8 });
                 }
-            } else if !set_way || is_read {
+            } else if !set_way {
                 return Some((v.clone(), VmNext::UndefAt(v.pc)));
             }
             v.pc = v.pc.wrapping_add(4);

@@ -42,6 +42,7 @@ fn abstraction(frame: &TrapFrame, cores: &CoreTable, exit: HostExit) -> AbsState
         HostExit::SystemReset => Next::Reset,
         HostExit::CpuOff => Next::CpuOff,
         HostExit::Stage2Fault => Next::Stage2Fault,
+        HostExit::CleanInvalidateSetWay { operand } => Next::CleanInvalidateSetWay(operand),
         HostExit::VmCall { function, args } => Next::VmCall(function, args),
     };
     let cores = core::array::from_fn(|c| AbsCore { state: cores.state(c), posted: cores.pending_entry(c) });
@@ -62,6 +63,25 @@ fn step_impl(esr: u64, s: &AbsState) -> AbsState {
 
 const ESR_HVC0: u64 = 0x5A00_0000;
 const ESR_SMC0: u64 = 0x5E00_0000;
+/// EC 0x18 with IL set: a trapped MSR/MRS/system instruction, ISS to be added.
+const ESR_SYS64: u64 = 0x18 << 26 | 1 << 25;
+
+/// The syndrome of a trapped `SYS`/`SYSL`/`MSR`/`MRS` with these operands.
+fn sys64(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, rt: u64, read: bool) -> u64 {
+    ESR_SYS64 | op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | rt << 5 | crm << 1 | read as u64
+}
+
+/// Trapped system instructions: the three set/way operations with any register, their
+/// neighbours in the encoding space (other DC operations, SYSL), and anything at all.
+fn any_sys64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => (proptest::sample::select(vec![6u64, 10, 14]), 0u64..32).prop_map(|(crm, rt)| sys64(1, 0, 7, crm, 2, rt, false)),
+        1 => (proptest::sample::select(vec![6u64, 10, 14]), 0u64..32).prop_map(|(crm, rt)| sys64(1, 0, 7, crm, 2, rt, true)),
+        1 => (0u64..16, 0u64..8, 0u64..32).prop_map(|(crm, op2, rt)| sys64(1, 0, 7, crm, op2, rt, false)),
+        1 => (0u64..4, 0u64..8, 0u64..16, 0u64..16, 0u64..8, 0u64..32, any::<bool>())
+            .prop_map(|(op0, op1, crn, crm, op2, rt, read)| sys64(op0, op1, crn, crm, op2, rt, read)),
+    ]
+}
 
 fn any_esr() -> impl Strategy<Value = u64> {
     prop_oneof![
@@ -71,6 +91,7 @@ fn any_esr() -> impl Strategy<Value = u64> {
         1 => any::<u16>().prop_map(|imm| ESR_SMC0 | imm as u64),
         1 => Just(0x9200_0047),
         1 => Just(0x8200_0007),
+        2 => any_sys64(),
         1 => any::<u32>().prop_map(|esr| esr as u64),
     ]
 }
@@ -203,8 +224,7 @@ fn any_guest_exit() -> impl Strategy<Value = GuestExitCase> {
 
 fn vm_exit_refines((kind, serror, esr, ipa, x, pc, already): GuestExitCase) -> Result<(), TestCaseError> {
     let in_ram = |ipa: u64| (0x4000_0000..0x4100_0000).contains(&ipa);
-    let id_register =
-        |crm: u8, op2: u8| (crm == 4 || crm == 5).then_some(0x1111_0000_0000_0f00 | (crm as u64) << 4 | op2 as u64);
+    let id_register = |r: crate::machine::features::IdReg| 0x1111_0000_0000_0f00 | (r.crm as u64) << 4 | r.op2 as u64;
     let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
     let mut vcpu = crate::vcpu::VcpuContext::new(0);
     vcpu.gprs.frame.x = x;
@@ -234,7 +254,7 @@ fn vm_exit_refines((kind, serror, esr, ipa, x, pc, already): GuestExitCase) -> R
 #[test]
 fn a_guests_serror_goes_back_to_the_guest() {
     let in_ram = |_: u64| false;
-    let id_register = |_: u8, _: u8| None;
+    let id_register = |_: crate::machine::features::IdReg| 0;
     let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
     let mut vcpu = crate::vcpu::VcpuContext::new(0);
     let serror_exit = GuestExit { kind: TrapKind::SError, serror: false };
@@ -319,6 +339,115 @@ fn named_host_calls_behave_as_documented() {
         host_trap_dispatcher(ESR_HVC0 | 1, &mut frame, &env),
         HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::HvcImmediate(1) }
     );
+}
+
+/// Finding 4: the host's set/way maintenance becomes a clean and invalidate of the same line and
+/// the host resumes after it; every other trapped system instruction is an UNDEF.
+#[test]
+fn host_set_way_maintenance_is_cleaned_and_invalidated() {
+    let cores = CoreTable::new();
+    let env = HostEnv { cores: &cores, host_may_run_at: &host_may_run_at };
+    let mut frame = TrapFrame { elr: 0x4400_2000, ..TrapFrame::default() };
+    frame.x[5] = 0x8000_0042;
+    for crm in [6, 10, 14] {
+        frame.elr = 0x4400_2000;
+        let exit = host_trap_dispatcher(sys64(1, 0, 7, crm, 2, 5, false), &mut frame, &env);
+        assert_eq!(exit, HostExit::CleanInvalidateSetWay { operand: 0x8000_0042 });
+        assert_eq!(frame.elr, 0x4400_2004);
+    }
+    frame.elr = 0x4400_2000;
+    assert_eq!(
+        host_trap_dispatcher(sys64(1, 0, 7, 6, 2, 31, false), &mut frame, &env),
+        HostExit::CleanInvalidateSetWay { operand: 0 }
+    );
+    // DC IVAC (C7, C6, #1), DC CIVAC (op1 = 3), SYSL with the set/way encoding, MSR ACTLR_EL1.
+    for esr in [
+        sys64(1, 0, 7, 6, 1, 5, false),
+        sys64(1, 3, 7, 14, 1, 5, false),
+        sys64(1, 0, 7, 6, 2, 5, true),
+        sys64(3, 0, 1, 0, 1, 5, false),
+    ] {
+        frame.elr = 0x4400_2000;
+        assert_eq!(
+            host_trap_dispatcher(esr, &mut frame, &env),
+            HostExit::Undef { pc: 0x4400_2000, reason: Forbidden::Class(0x18) },
+            "{esr:#x}"
+        );
+    }
+}
+
+/// Companion: a dispatcher that resumes the host on its set/way instruction fails refinement.
+#[test]
+fn refinement_catches_a_set_way_trap_that_does_not_step() {
+    use crate::mutation::{catches, Mutation};
+    let inputs = (any_state(), proptest::collection::vec(any_trap(), 64));
+    catches(Mutation::HostSetWayRepeats, 512, inputs, |(start, traps)| refines(start, traps));
+}
+
+/// Finding 6: what a guest reaches of pointer authentication, LORegions, RAS error records,
+/// the activity monitors and MTE traps (EC 0x09 and 0x18) and comes back as an UNDEF; its ID
+/// registers are the controls' allow-list, ID_AA64ISAR2_EL1 included, and the reserved
+/// encodings of the TID3 space read as 0.
+#[test]
+fn guests_get_undefs_for_what_is_trapped_and_the_allow_list_for_id_registers() {
+    use crate::machine::features::{CpuFeatures, IdRegisters};
+    use crate::vcpu::controls::guest_id_register;
+    let cpu = CpuFeatures::from_id_registers(IdRegisters {
+        pfr0: 0x1111_1111_1111_1111,
+        isar1: 0x0000_0000_1111_1151,
+        isar2: 0x0000_0000_0011_f100,
+        mmfr1: 0x0000_0000_0001_0000,
+        ..IdRegisters::default()
+    });
+    let in_ram = |_| false;
+    let id_register = |reg| guest_id_register(&cpu, reg);
+    let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    let pc = 0x4000_1000;
+    let trapped = [
+        0x09 << 26 | 1 << 25,            // PACIASP & co. with HCR_EL2.API = 0
+        sys64(3, 0, 2, 1, 0, 3, false),  // MSR APIAKeyLo_EL1, x3 (HCR_EL2.APK = 0)
+        sys64(3, 0, 2, 3, 0, 3, true),   // MRS x3, APGAKeyLo_EL1
+        sys64(3, 0, 10, 4, 3, 3, false), // MSR LORC_EL1 (HCR_EL2.TLOR)
+        sys64(3, 0, 5, 4, 2, 3, true),   // MRS ERXSTATUS_EL1 (HCR_EL2.TERR)
+        sys64(3, 3, 13, 2, 0, 3, true),  // MRS AMEVCNTR00_EL0 (CPTR_EL2.TAM)
+        sys64(3, 0, 1, 0, 5, 3, false),  // MSR GCR_EL1 (HCR_EL2.ATA = 0)
+        sys64(3, 0, 4, 3, 0, 3, false),  // an MSR to an ID register
+    ];
+    for esr in trapped {
+        vcpu.gprs.frame.elr = pc;
+        let exit = vm_exit_dispatcher(
+            GuestExit { kind: crate::machine::TrapKind::Sync, serror: false },
+            esr,
+            0,
+            &mut vcpu,
+            &env,
+        );
+        assert_eq!(exit, VmExit::Undef { pc }, "{esr:#x}");
+    }
+    let read = |vcpu: &mut crate::vcpu::VcpuContext, crm, op2| {
+        vcpu.gprs.frame.elr = pc;
+        vcpu.gprs.frame.x[7] = 0xdead;
+        let exit = vm_exit_dispatcher(
+            GuestExit { kind: crate::machine::TrapKind::Sync, serror: false },
+            sys64(3, 0, 0, crm, op2, 7, true),
+            0,
+            vcpu,
+            &env,
+        );
+        assert_eq!((exit, vcpu.gprs.frame.elr), (VmExit::Resume, pc + 4));
+        vcpu.gprs.frame.x[7]
+    };
+    // ISAR1: DPB, JSCVT, FCMA, LRCPC; not APA (5), API, GPA, GPI.
+    assert_eq!(read(&mut vcpu, 6, 1), 0x0000_0000_0011_1001);
+    // ISAR2: BC (1); not APA3 (0xf), GPA3, MOPS.
+    assert_eq!(read(&mut vcpu, 6, 2), 0x0000_0000_0010_0000);
+    // MMFR1: not LO. PFR0: no RAS, SVE, AMU, GIC, EL2, EL3.
+    assert_eq!(read(&mut vcpu, 7, 1), 0);
+    assert_eq!(read(&mut vcpu, 4, 0), 0x1101_0000_0011_0011);
+    for (crm, op2) in [(4, 3), (5, 2), (6, 7), (7, 7), (1, 0), (3, 7)] {
+        assert_eq!(read(&mut vcpu, crm, op2), 0, "S3_0_C0_C{crm}_{op2}");
+    }
 }
 
 /// Companion: a dispatcher that skips SYSTEM_OFF's range check fails refinement.

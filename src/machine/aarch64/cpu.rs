@@ -1,6 +1,6 @@
 //! Core identity, waiting and entering a lower exception level.
 
-use super::super::features::IdRegisters;
+use super::super::features::{field, fields, IdRegisters};
 use super::super::TrapFrame;
 use aarch64_cpu::{asm, registers::*};
 use tock_registers::interfaces::Readable;
@@ -64,16 +64,23 @@ macro_rules! read_id {
 
 /// This core's ID registers, as the hardware reports them to EL2.
 pub fn id_registers() -> IdRegisters {
+    let dfr0 = read_id!("id_aa64dfr0_el1");
+    // PMCR_EL0 exists only with an architected PMU (PMUVer 1..=14).
+    let pmcr = match field(dfr0, fields::dfr0::PMU_VER) {
+        0 | 0xf => 0,
+        _ => read_id!("pmcr_el0"),
+    };
     IdRegisters {
         midr: read_id!("midr_el1"),
         pfr0: read_id!("id_aa64pfr0_el1"),
         pfr1: read_id!("id_aa64pfr1_el1"),
-        dfr0: read_id!("id_aa64dfr0_el1"),
+        dfr0,
         isar0: read_id!("id_aa64isar0_el1"),
         isar1: read_id!("id_aa64isar1_el1"),
         isar2: read_id!("S3_0_C0_C6_2"),
         mmfr0: read_id!("id_aa64mmfr0_el1"),
         mmfr1: read_id!("id_aa64mmfr1_el1"),
         mmfr2: read_id!("id_aa64mmfr2_el1"),
+        pmcr,
     }
 }

@@ -1,5 +1,6 @@
 //! System registers KCore reads and writes, named after the architecture.
 
+use super::super::guest_regs::El2Controls;
 use aarch64_cpu::{asm::barrier, registers::*};
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -64,22 +65,13 @@ pub fn enable_stage2(vttbr: u64) {
     barrier::isb(barrier::SY);
 }
 
-/// EL2 controls for running the host: HCR_EL2, the timer and PMU access, FP not trapped,
-/// identity ID registers, and (on GICv3) system-register access to the GIC for EL1.
-pub fn configure_host_traps(hcr: u64, gic_v3: bool) {
-    HCR_EL2.set(hcr);
-    // EL1 may use the physical counter and timer.
-    const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
-    const CNTHCTL_EL1PCEN: u64 = 1 << 1;
-    CNTHCTL_EL2.set(CNTHCTL_EL1PCTEN | CNTHCTL_EL1PCEN);
-    CNTVOFF_EL2.set(0);
-    // No FP/SIMD or trace traps (TFP = 0); RES1 bits 13:12 and 9:0.
-    CPTR_EL2.set(0x33FF);
-    // EL1 may use every PMU counter: HPMN = PMCR_EL0.N, TPM = TPMCR = 0.
-    let pmcr = read_pmcr_el0();
-    MDCR_EL2.set(pmcr >> 11 & 0x1f);
+/// Sets this core up for running the host: its EL2 `controls` (from `vcpu::controls`), stage-2
+/// with the host's root in `controls.vttbr`, identity ID registers, a known SCTLR_EL1, and (on
+/// GICv3) system-register access to the GIC for EL1.
+pub fn configure_host(controls: &El2Controls, gic_v3: bool) {
+    enable_stage2(controls.vttbr);
+    super::world_switch::set_el2_controls(controls);
     write_vpidr_el2(MIDR_EL1.get());
-    VMPIDR_EL2.set(MPIDR_EL1.get());
     // SCTLR_EL1 starts in a known state: MMU off, RES1 bits set.
     SCTLR_EL1.set(0x30D0_0800);
     if gic_v3 {
@@ -89,11 +81,21 @@ pub fn configure_host_traps(hcr: u64, gic_v3: bool) {
     barrier::isb(barrier::SY);
 }
 
-fn read_pmcr_el0() -> u64 {
-    let value: u64;
-    // SAFETY: reading PMCR_EL0 at EL2 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, pmcr_el0", out(reg) value, options(nomem, nostack)) };
-    value
+/// MPIDR_EL1 of this core, which the host sees unchanged (VMPIDR_EL2).
+pub fn mpidr_el1() -> u64 {
+    MPIDR_EL1.get()
+}
+
+/// Cleans and invalidates the data-cache line that the set/way `operand` of a `DC ISW`, `DC CSW`
+/// or `DC CISW` names (level in bits 3:1, set and way above; RES0 bits cleared): what KCore does
+/// instead of a lower EL's set/way maintenance, so that no dirty line is dropped unwritten.
+pub fn clean_invalidate_dcache_set_way(operand: u64) {
+    // SAFETY: DC CISW writes a dirty line back before invalidating it, so it never loses data;
+    // a set, way or level beyond the caches is CONSTRAINED UNPREDICTABLE between a no-op and the
+    // same clean and invalidate of some line, which loses nothing either.
+    unsafe {
+        core::arch::asm!("dc cisw, {}", "dsb sy", in(reg) operand & 0xFFFF_FFFE, options(nostack));
+    }
 }
 
 fn write_vpidr_el2(value: u64) {

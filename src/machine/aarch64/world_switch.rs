@@ -92,6 +92,8 @@ pub fn el2_controls() -> El2Controls {
         cntvoff: CNTVOFF_EL2.get(),
         mdcr: MDCR_EL2.get(),
         cnthctl: CNTHCTL_EL2.get(),
+        cptr: CPTR_EL2.get(),
+        ich_hcr: if super::super::features::boot().gic_sysregs() { ICH_HCR_EL2.get() } else { 0 },
     }
 }
 
@@ -103,6 +105,11 @@ pub fn set_el2_controls(c: &El2Controls) {
     CNTVOFF_EL2.set(c.cntvoff);
     MDCR_EL2.set(c.mdcr);
     CNTHCTL_EL2.set(c.cnthctl);
+    // `vcpu::controls` leaves TFP clear in both worlds, which `save_fp` and `restore_fp` need.
+    CPTR_EL2.set(c.cptr);
+    if super::super::features::boot().gic_sysregs() {
+        ICH_HCR_EL2.set(c.ich_hcr);
+    }
     barrier::isb(barrier::SY);
 }
 
@@ -111,30 +118,34 @@ pub fn physical_count() -> u64 {
     CNTPCT_EL0.get()
 }
 
-macro_rules! read_sysreg {
-    ($name:literal) => {{
-        let value: u64;
-        // SAFETY: reading an ID register has no side effects.
-        unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack)) };
-        value
-    }};
+/// Stops every PMU counter that runs (event counters and the cycle counter) and returns which
+/// ones ran (PMCNTENSET_EL0), for [`restart_pmu_counters`]. Only on a CPU with an architected PMU.
+pub fn stop_pmu_counters() -> u64 {
+    let running: u64;
+    // SAFETY: PMCNTENSET_EL0 and PMCNTENCLR_EL0 change only which PMU counters count; KCore does
+    // not use the PMU.
+    unsafe {
+        core::arch::asm!(
+            "mrs {running}, pmcntenset_el0",
+            "msr pmcntenclr_el0, {running}",
+            "isb",
+            running = out(reg) running,
+            options(nostack)
+        )
+    };
+    running
 }
 
-/// The AArch64 ID register at `S3_0_C0_<crm>_<op2>` that HCR_EL2.TID3 traps, as the hardware
-/// has it; `None` for encodings KCore does not pass through (they read as zero to the guest).
-pub fn id_register(crm: u8, op2: u8) -> Option<u64> {
-    Some(match (crm, op2) {
-        (4, 0) => read_sysreg!("id_aa64pfr0_el1"),
-        (4, 1) => read_sysreg!("id_aa64pfr1_el1"),
-        (5, 0) => read_sysreg!("id_aa64dfr0_el1"),
-        (5, 1) => read_sysreg!("id_aa64dfr1_el1"),
-        (5, 4) => read_sysreg!("id_aa64afr0_el1"),
-        (5, 5) => read_sysreg!("id_aa64afr1_el1"),
-        (6, 0) => read_sysreg!("id_aa64isar0_el1"),
-        (6, 1) => read_sysreg!("id_aa64isar1_el1"),
-        (7, 0) => read_sysreg!("id_aa64mmfr0_el1"),
-        (7, 1) => read_sysreg!("id_aa64mmfr1_el1"),
-        (7, 2) => read_sysreg!("id_aa64mmfr2_el1"),
-        _ => return None,
-    })
+/// Restarts the PMU counters that [`stop_pmu_counters`] stopped.
+pub fn restart_pmu_counters(running: u64) {
+    // SAFETY: as for `stop_pmu_counters`.
+    unsafe { core::arch::asm!("msr pmcntenset_el0, {}", "isb", in(reg) running, options(nostack)) };
+}
+
+/// Clears VDISR_EL2, which a guest reads and writes as DISR_EL1 (HCR_EL2.AMO is set), so that
+/// nothing passes through it from one vCPU to the next. Only on a CPU with FEAT_RAS.
+pub fn clear_vdisr() {
+    // SAFETY: VDISR_EL2 (S3_4_C12_C1_1) only holds the deferred virtual SError syndrome EL1 sees;
+    // KCore never injects virtual SErrors.
+    unsafe { core::arch::asm!("msr S3_4_C12_C1_1, xzr", options(nomem, nostack)) };
 }
