@@ -23,6 +23,11 @@ pub enum Mutation {
     SkipFaultPageScrub,
     /// A page-table pool hands out one page past its end.
     PoolOverrun,
+    /// The host's MMIO mappings ignore the allow-list: any non-RAM block that is not emulated or
+    /// KCore's is mapped (the behaviour before issue 11).
+    HostMmioIgnoresAllowList,
+    /// The GICv3 redistributor filter lets a write to GICR_PROPBASER through.
+    GicrFilterPassesPropbaser,
 }
 
 #[cfg(test)]

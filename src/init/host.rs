@@ -4,13 +4,13 @@
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
 use crate::machine::{cpu, layout, phys, regs, Aarch64, Machine, TrapFrame, PAGE_SIZE};
-use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory};
+use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory, MmioMap};
 use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
 use crate::vm::Kcore;
 use core::sync::atomic::{AtomicU64, Ordering};
 use corevisor_boards::{Gic, PhysRange};
-use log::{error, info};
+use log::{error, info, warn};
 
 /// VTTBR_EL2 while the host runs: its stage-2 root, VMID 0.
 static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
@@ -47,12 +47,7 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
     let host_pool = PagePool::new(first, (vm_pools(pool.end) - first) / PAGE_SIZE);
     let host_s2 = PageTable::new(&Aarch64, Regime::Stage2 { vmid: HOST_VMID }, host_pool)
         .map_err(|_| "no page for the host's stage-2 root")?;
-    let protected = match platform.gic {
-        // The GICv2 virtual interface control is the hypervisor's.
-        Gic::V2 { gich, .. } if gich != 0 => alloc::vec![PhysRange::new(gich, 0x2000)],
-        _ => alloc::vec![],
-    };
-    let mut memory = HostMemory::new(PageDb::new(regions), host_s2, protected);
+    let mut memory = HostMemory::new(PageDb::new(regions), host_s2, host_mmio(platform));
     if corevisor_abi::bootargs::value(&platform.bootargs, "corevisor.host_s2") == Some("pages") {
         memory.policy = HostMapPolicy::PagesOnly;
     }
@@ -60,6 +55,45 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
         .give_to_kcore(&Aarch64, PhysRange::new(BOARD.kcore_base, BOARD.kcore_size))
         .map_err(|_| "KCore's slot is not host RAM")?;
     Ok(memory)
+}
+
+/// The MMIO the host may map (deny by default): the devices the board lists, as the DT places
+/// them, less the DMA-capable ones the user did not turn on; the first page of every 64 KiB
+/// redistributor frame emulated; the GICv2 virtual interface control KCore's. Says loudly at
+/// boot which DMA-capable devices the host was given anyway.
+fn host_mmio(platform: &Platform) -> MmioMap {
+    let plan = platform.host_mmio(|pa| phys::mmio_read(pa, 3));
+    for device in &plan.dma_given {
+        warn!(
+            "DMA IS NOT ISOLATED: {} at {:#x}..{:#x} is given to the host ({}); it can write any memory, KCore's and every VM's",
+            device.name,
+            device.range.base,
+            device.range.end(),
+            crate::platform::HOST_DMA_ARG
+        );
+    }
+    for device in &plan.dma_refused {
+        log::debug!("host MMIO: {} at {:#x} masters DMA: refused", device.name, device.range.base);
+    }
+    const FRAME: u64 = 0x1_0000;
+    let emulated: alloc::vec::Vec<PhysRange> = plan
+        .redistributors
+        .iter()
+        .flat_map(|r| (r.base..r.end()).step_by(FRAME as usize).map(|frame| PhysRange::new(frame, PAGE_SIZE)))
+        .collect();
+    let protected = match platform.gic {
+        // The GICv2 virtual interface control is the hypervisor's.
+        Gic::V2 { gich, .. } if gich != 0 => alloc::vec![PhysRange::new(gich, 0x2000)],
+        _ => alloc::vec![],
+    };
+    info!(
+        "host MMIO: {} ranges allowed, {} redistributor control pages emulated, {} DMA-capable devices refused, {} given",
+        plan.allowed.len(),
+        emulated.len(),
+        plan.dma_refused.len(),
+        plan.dma_given.len()
+    );
+    MmioMap { allowed: plan.allowed, emulated, protected }
 }
 
 /// Where the VMs' page-table pools start: the end of KCore's pool.
