@@ -4,7 +4,7 @@
 use crate::arch::{console, cpu, exceptions, hvc, mmu, pmu};
 use crate::dtb::{BootInfo, GicInfo, MAX_RAM_REGIONS};
 use crate::kprintln;
-use crate::scenario::{kcore_probes, stats, Scenario};
+use crate::scenario::{dma_routes, kcore_probes, stats, Scenario};
 use crate::vm_plan::choose_regions;
 use crate::vm_scenarios::{self, VmEnv};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -153,6 +153,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm),
         Scenario::GuestFuzz => vm_scenarios::guest_fuzz(&env.vm),
         Scenario::VmIrq => vm_scenarios::vm_irq(&env.vm, &env.gic),
+        Scenario::HostDma => vm_scenarios::host_dma(&env.vm, &env.gic, dma_routes(BOARD, env.gic.v3)),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {
             kprintln!("VERSION returned {}", version()?);

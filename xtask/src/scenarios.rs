@@ -255,6 +255,23 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("fuzzer", role::FUZZ, 1)],
         bootargs: "loglevel=error",
     },
+    Scenario {
+        name: "host-dma",
+        lines: &[
+            "host MMIO: ",
+            "DMA-capable devices refused, 0 given",
+            "at KCore's canary (0x",
+            "at the VM's page (0x",
+            "): refused",
+            "kserv: [victim] tick 19",
+            "kserv: [victim] memory intact",
+            "DMA routes refused",
+            "kserv: scenario host-dma: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("victim", role::STEADY, 1)],
+        bootargs: "",
+    },
 ];
 
 /// Lines that fail any run where they appear.
