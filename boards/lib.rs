@@ -37,6 +37,62 @@ pub enum Gic {
     V3 { gicd: u64, gicr: u64 },
 }
 
+/// How KCore lets the host use a device kind the board lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostAccess {
+    /// Mapped for the host as it is: nothing in it makes a device write memory.
+    Direct,
+    /// GICv3 redistributors: the first 4 KiB page of every 64 KiB frame holds GICR_CTLR,
+    /// GICR_PROPBASER and GICR_PENDBASER (GICv4: VPROPBASER and VPENDBASER), which make the GIC
+    /// read and write memory. KCore keeps those pages unmapped and performs the host's accesses
+    /// itself, refusing the ones that would point the GIC at memory; the rest is mapped.
+    GicRedistributors,
+    /// A bus master (DMA). With no SMMU to contain it, KCore refuses it to the host unless the
+    /// user turns it on by name on KCore's command line (`corevisor.host_dma`).
+    Dma,
+}
+
+/// A kind of device the host may be given, named as the DT names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostDevice {
+    /// The DT `compatible` strings of the device's node (any one matches).
+    pub compatible: &'static [&'static str],
+    /// Which of the node's `reg` windows this entry covers; `None`: all of them.
+    pub window: Option<usize>,
+    /// Also the CPU side of the node's `ranges` (a PCIe host bridge's memory windows).
+    pub with_ranges: bool,
+    pub access: HostAccess,
+    /// The device's register ranges when no DTB is passed (empty: not on the fallback machine).
+    pub fallback: &'static [PhysRange],
+}
+
+impl HostDevice {
+    /// A device the host uses directly, every `reg` window of it.
+    pub const fn direct(compatible: &'static [&'static str], fallback: &'static [PhysRange]) -> HostDevice {
+        HostDevice { compatible, window: None, with_ranges: false, access: HostAccess::Direct, fallback }
+    }
+
+    /// A DMA-capable device, refused unless the user opts in.
+    pub const fn dma(compatible: &'static [&'static str], fallback: &'static [PhysRange]) -> HostDevice {
+        HostDevice { compatible, window: None, with_ranges: false, access: HostAccess::Dma, fallback }
+    }
+
+    /// Register window `index` of the node only.
+    pub const fn window(self, index: usize) -> HostDevice {
+        HostDevice { window: Some(index), ..self }
+    }
+
+    /// The node's `ranges` too.
+    pub const fn with_ranges(self) -> HostDevice {
+        HostDevice { with_ranges: true, ..self }
+    }
+
+    /// Accessed through KCore as [`HostAccess::GicRedistributors`].
+    pub const fn gic_redistributors(self) -> HostDevice {
+        HostDevice { access: HostAccess::GicRedistributors, ..self }
+    }
+}
+
 /// How secondary cores are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuBringUp {
@@ -77,6 +133,9 @@ pub struct Board {
     /// DTB names none: KCore's reset device, never the host's, since it resets the machine
     /// without KCore's power-down scrub.
     pub pm_watchdog: Option<u64>,
+    /// The device kinds the host may have: every other MMIO access by the host is refused
+    /// (deny by default). The DTB gives their register ranges, else each entry's fallback.
+    pub host_devices: &'static [HostDevice],
     /// QEMU `-M` value that emulates this board.
     pub qemu_machine: &'static str,
 }

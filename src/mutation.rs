@@ -39,6 +39,11 @@ pub enum Mutation {
     GuestIdShowsPauth,
     /// The host's set/way maintenance is performed, but the host resumes on the same instruction.
     HostSetWayRepeats,
+    /// The host's MMIO mappings ignore the allow-list: any non-RAM block that is not emulated or
+    /// KCore's is mapped (the behaviour before issue 11).
+    HostMmioIgnoresAllowList,
+    /// The GICv3 redistributor filter lets a write to GICR_PROPBASER through.
+    GicrFilterPassesPropbaser,
 }
 
 #[cfg(test)]

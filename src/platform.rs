@@ -1,8 +1,9 @@
-//! What the machine is: RAM, console UART, GIC, CPUs, the initrd and the boot arguments.
-//! Read from the DTB when the firmware passes one, else taken from the board description.
+//! What the machine is: RAM, console UART, GIC, CPUs, the initrd, the boot arguments and the
+//! devices the host may have. Read from the DTB when the firmware passes one, else taken from the
+//! board description.
 
 use alloc::{string::String, vec::Vec};
-use corevisor_boards::{Board, Gic, PhysRange};
+use corevisor_boards::{Board, Gic, HostAccess, HostDevice, PhysRange};
 use fdt::{node::FdtNode, Fdt};
 
 /// The DTB header magic, big-endian.
@@ -36,6 +37,37 @@ pub struct Platform {
     /// The power-management watchdog that resets the machine (the Pi's), if there is one:
     /// KCore's, never mapped for the host.
     pub pm_watchdog: Option<u64>,
+    /// The register windows of the devices the board lists for the host (DMA-capable ones
+    /// included: whether the host gets those is decided by [`Platform::host_mmio`]).
+    pub devices: Vec<DeviceWindow>,
+}
+
+/// One register window of a device the board lists for the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceWindow {
+    pub range: PhysRange,
+    pub access: HostAccess,
+    /// The board entry's first `compatible`, naming the device in logs and in the DMA opt-in.
+    pub name: &'static str,
+}
+
+/// The boot argument that gives DMA-capable devices to the host: `on` (all the board lists) or
+/// their `compatible` strings joined by `+`. Absent or `off`: none.
+pub const HOST_DMA_ARG: &str = "corevisor.host_dma";
+
+/// What the host's stage-2 may map, once the user's DMA choice is applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostMmioPlan {
+    /// Page-aligned, sorted, disjoint ranges the host may map: its devices, the redistributors,
+    /// and the DMA-capable devices the user turned on; never a page of a refused device.
+    pub allowed: Vec<PhysRange>,
+    /// The GICv3 redistributor regions (page-aligned): KCore emulates the first page of every
+    /// 64 KiB frame in them.
+    pub redistributors: Vec<PhysRange>,
+    /// DMA-capable devices given to the host anyway (the user asked): DMA is not isolated.
+    pub dma_given: Vec<DeviceWindow>,
+    /// DMA-capable devices refused to the host.
+    pub dma_refused: Vec<DeviceWindow>,
 }
 
 /// The DT compatibles of the BCM2835/BCM2711 power-management watchdog.
@@ -78,6 +110,7 @@ impl Platform {
             bootargs: String::new(),
             dtb: None,
             pm_watchdog: board.pm_watchdog,
+            devices: board_fallback_devices(board),
         }
     }
 
@@ -122,6 +155,7 @@ impl Platform {
             bootargs: chosen.and_then(|c| c.property("bootargs")).and_then(|p| p.as_str()).unwrap_or("").into(),
             dtb: Some(PhysRange::new(dtb_pa, fdt.total_size() as u64)),
             pm_watchdog: find_device_reg(&fdt, PM_WATCHDOG, 0).or(board.pm_watchdog),
+            devices: dtb_devices(&fdt, board),
         })
     }
 
@@ -129,6 +163,143 @@ impl Platform {
     pub fn is_ram(&self, pa: u64) -> bool {
         self.ram.iter().any(|r| r.contains(pa))
     }
+
+    /// The MMIO the host may map: every listed device but the DMA-capable ones the user did not
+    /// turn on (`corevisor.host_dma` in the boot arguments). Windows are widened to whole pages,
+    /// and then every page a refused device touches is taken out again, so a device sharing a
+    /// page with a refused one never opens that page. Redistributor regions are cut to the
+    /// redistributors that are there ([`redistributor_extent`], reading GICR_TYPER with
+    /// `gicr_typer`).
+    pub fn host_mmio(&self, gicr_typer: impl Fn(u64) -> u64) -> HostMmioPlan {
+        let opted_in = corevisor_abi::bootargs::value(&self.bootargs, HOST_DMA_ARG).unwrap_or("off");
+        let dma_on = |name: &str| opted_in == "on" || opted_in.split('+').any(|c| c == name);
+        let mut plan = HostMmioPlan::default();
+        let mut granted = Vec::new();
+        let gic_v3 = matches!(self.gic, Gic::V3 { .. });
+        for &device in &self.devices {
+            match device.access {
+                // Redistributors of a GICv3 the platform does not have: nothing to emulate.
+                HostAccess::GicRedistributors if !gic_v3 => {}
+                HostAccess::Dma if !dma_on(device.name) => plan.dma_refused.push(device),
+                access => {
+                    if access == HostAccess::Dma {
+                        plan.dma_given.push(device);
+                    }
+                    let mut range = page_span(device.range);
+                    if access == HostAccess::GicRedistributors {
+                        range = redistributor_extent(range, &gicr_typer);
+                        plan.redistributors.push(range);
+                    }
+                    granted.push(range);
+                }
+            }
+        }
+        let refused: Vec<PhysRange> = plan.dma_refused.iter().map(|d| page_span(d.range)).collect();
+        plan.allowed = subtract(merge(granted), &refused);
+        plan.redistributors = subtract(merge(plan.redistributors), &refused);
+        plan
+    }
+}
+
+/// The smallest page-aligned range that holds `r`.
+fn page_span(r: PhysRange) -> PhysRange {
+    const PAGE: u64 = 4096;
+    let base = r.base & !(PAGE - 1);
+    let end = r.end().saturating_add(PAGE - 1) & !(PAGE - 1);
+    PhysRange::new(base, end - base)
+}
+
+/// `ranges` sorted, with overlapping or touching ones joined.
+fn merge(mut ranges: Vec<PhysRange>) -> Vec<PhysRange> {
+    ranges.retain(|r| r.size > 0);
+    ranges.sort_by_key(|r| r.base);
+    let mut merged: Vec<PhysRange> = Vec::new();
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.base <= last.end() => last.size = last.end().max(r.end()) - last.base,
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// `ranges` less every byte of `holes`.
+fn subtract(ranges: Vec<PhysRange>, holes: &[PhysRange]) -> Vec<PhysRange> {
+    holes.iter().fold(ranges, |ranges, hole| {
+        ranges
+            .into_iter()
+            .flat_map(|r| {
+                let below = PhysRange::new(r.base, hole.base.clamp(r.base, r.end()) - r.base);
+                let above_base = hole.end().clamp(r.base, r.end());
+                [below, PhysRange::new(above_base, r.end() - above_base)]
+            })
+            .filter(|r| r.size > 0)
+            .collect()
+    })
+}
+
+/// The board's device list with its fallback ranges.
+fn board_fallback_devices(board: &Board) -> Vec<DeviceWindow> {
+    board
+        .host_devices
+        .iter()
+        .flat_map(|d| {
+            d.fallback.iter().map(move |&range| DeviceWindow { range, access: d.access, name: d.compatible[0] })
+        })
+        .collect()
+}
+
+/// The register windows the DTB gives each device the board lists (every matching node, at the
+/// root or one bus below it).
+fn dtb_devices(fdt: &Fdt, board: &Board) -> Vec<DeviceWindow> {
+    let mut windows = Vec::new();
+    for device in board.host_devices {
+        for range in find_device_windows(fdt, device) {
+            windows.push(DeviceWindow { range, access: device.access, name: device.compatible[0] });
+        }
+    }
+    windows
+}
+
+/// The CPU physical ranges of `device`'s `reg` windows (the one it names, or all) and, if it
+/// asks, of its `ranges`, in every node compatible with it.
+fn find_device_windows(fdt: &Fdt, device: &HostDevice) -> Vec<PhysRange> {
+    let Some(root) = fdt.find_node("/") else { return Vec::new() };
+    let root_cells = fdt.root().cell_sizes().address_cells;
+    let mut found = Vec::new();
+    let mut add = |node: &FdtNode, bus: Option<&FdtNode>| {
+        let to_cpu = |r: PhysRange| match bus {
+            None => Some(r),
+            Some(bus) => translate(bus, root_cells, r.base).map(|base| PhysRange::new(base, r.size)),
+        };
+        let regs = node.reg().into_iter().flatten().enumerate();
+        for (_, reg) in regs.filter(|(i, _)| device.window.is_none_or(|w| w == *i)) {
+            if let Some(range) =
+                reg.size.and_then(|size| to_cpu(PhysRange::new(reg.starting_address as u64, size as u64)))
+            {
+                found.push(range);
+            }
+        }
+        if device.with_ranges {
+            let parent_cells = match bus {
+                None => root_cells,
+                Some(bus) => bus.cell_sizes().address_cells,
+            };
+            found.extend(ranges_entries(node, parent_cells).into_iter().filter_map(|(_, parent)| to_cpu(parent)));
+        }
+    };
+    for child in root.children() {
+        if is_compatible(&child, device.compatible) {
+            add(&child, None);
+        }
+        for grandchild in child.children() {
+            if is_compatible(&grandchild, device.compatible) {
+                add(&grandchild, Some(&child));
+            }
+        }
+    }
+    found.retain(|r| r.size > 0);
+    found
 }
 
 /// The root's child called `name` (or `name@unit`). fdt 0.1.5's path lookup misses nodes in some
@@ -174,24 +345,61 @@ fn node_reg(node: &FdtNode, index: usize) -> Option<u64> {
     node.reg()?.nth(index).map(|r| r.starting_address as u64)
 }
 
-/// Translates a bus address through `bus`'s `ranges` (child address, parent address, size;
-/// an empty `ranges` is the identity). The parent is the root, with `parent_cells` address cells.
+/// Translates a bus address through `bus`'s `ranges` (an empty `ranges` is the identity). The
+/// parent is the root, with `parent_cells` address cells.
 fn translate(bus: &FdtNode, parent_cells: usize, bus_addr: u64) -> Option<u64> {
-    let ranges = bus.property("ranges")?;
-    if ranges.value.is_empty() {
+    if bus.property("ranges")?.value.is_empty() {
         return Some(bus_addr);
     }
-    let cells = bus.cell_sizes();
+    ranges_entries(bus, parent_cells).into_iter().find_map(|(child, parent)| {
+        (bus_addr >= child && bus_addr - child < parent.size).then(|| parent.base + (bus_addr - child))
+    })
+}
+
+/// The entries of `node`'s `ranges`: (child address, parent range). A PCI child address's top
+/// cell (space code) is dropped: only the low 64 bits of an address are kept.
+fn ranges_entries(node: &FdtNode, parent_cells: usize) -> Vec<(u64, PhysRange)> {
+    let Some(ranges) = node.property("ranges") else { return Vec::new() };
+    let cells = node.cell_sizes();
     let (child_cells, size_cells) = (cells.address_cells, cells.size_cells);
     let entry_cells = child_cells + parent_cells + size_cells;
+    if entry_cells == 0 {
+        return Vec::new();
+    }
     let cells: Vec<u32> = ranges.value.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
     let read = |cells: &[u32]| cells.iter().fold(0u64, |acc, &c| acc << 32 | c as u64);
-    cells.chunks_exact(entry_cells).find_map(|entry| {
-        let child = read(&entry[..child_cells]);
-        let parent = read(&entry[child_cells..child_cells + parent_cells]);
-        let size = read(&entry[child_cells + parent_cells..]);
-        (bus_addr >= child && bus_addr - child < size).then(|| parent + (bus_addr - child))
-    })
+    cells
+        .chunks_exact(entry_cells)
+        .map(|entry| {
+            let child = read(&entry[..child_cells]);
+            let parent = read(&entry[child_cells..child_cells + parent_cells]);
+            let size = read(&entry[child_cells + parent_cells..]);
+            (child, PhysRange::new(parent, size))
+        })
+        .collect()
+}
+
+/// How far the GICv3 redistributors in `region` really go: each frame's GICR_TYPER (read with
+/// `typer`, at `RD_base + 8`) says whether it has the VLPI frames (VLPIS, bit 1: 256 KiB per
+/// redistributor, else 128 KiB) and whether it is the last one (Last, bit 4). KCore performs
+/// host accesses to the redistributors' first pages itself, so it must never name one that is
+/// not there (the read would abort at EL2).
+pub fn redistributor_extent(region: PhysRange, typer: impl Fn(u64) -> u64) -> PhysRange {
+    const VLPIS: u64 = 1 << 1;
+    const LAST: u64 = 1 << 4;
+    let mut end = region.base;
+    while end < region.end() {
+        let value = typer(end + 8);
+        let stride = if value & VLPIS != 0 { 0x4_0000 } else { 0x2_0000 };
+        if end + stride > region.end() {
+            break;
+        }
+        end += stride;
+        if value & LAST != 0 {
+            break;
+        }
+    }
+    PhysRange::new(region.base, end - region.base)
 }
 
 #[cfg(test)]

@@ -251,6 +251,17 @@ pub mod psci {
     pub const AFFINITY_OFF: u64 = 1;
 }
 
+/// KCore's canary page lies at this offset in KCore's slot (the last page of its 32 MiB). KCore
+/// fills it with [`canary_word`]s at boot and, in `check-invariants` builds, checks it after every
+/// host trap: a changed word means something wrote KCore's memory behind the stage-2 (a device's
+/// DMA), a broken invariant. KServ aims its DMA attempts at it (`host-dma`).
+pub const KCORE_CANARY_OFFSET: u64 = 0x01FF_F000;
+
+/// Word `index` (0..512) of KCore's canary page.
+pub const fn canary_word(index: u64) -> u64 {
+    0xC0DE_CA4A_0000_0000 | index.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF
+}
+
 /// Boot-argument keys that KCore and KServ read from the DTB's `/chosen/bootargs`.
 pub mod bootargs {
     /// `loglevel=off|error|warn|info|debug|trace`: KCore's log level.

@@ -4,7 +4,7 @@
 use crate::arch::{console, cpu, exceptions, hvc, mmu, pmu};
 use crate::dtb::{BootInfo, GicInfo, MAX_RAM_REGIONS};
 use crate::kprintln;
-use crate::scenario::{kcore_probes, stats, Scenario};
+use crate::scenario::{dma_routes, kcore_probes, stats, Scenario};
 use crate::vm_plan::choose_regions;
 use crate::vm_scenarios::{self, VmEnv};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -164,6 +164,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
             }
             vm_scenarios::reset_scrub(&env.vm, marker, env.host_pages())
         }
+        Scenario::HostDma => vm_scenarios::host_dma(&env.vm, &env.gic, dma_routes(BOARD, env.gic.v3)),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {
             kprintln!("VERSION returned {}", version()?);

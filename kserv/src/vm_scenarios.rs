@@ -3,7 +3,9 @@
 //! `cargo xtask qemu-test` checks the console on top.
 
 use crate::arch::{exceptions, hvc};
+use crate::dtb::GicInfo;
 use crate::kprintln;
+use crate::scenario::{Attempt, DmaRoute, Target};
 use crate::vm_plan::Rng;
 use crate::vmm::{attack_page, Hooks, Manager, Tamper, Vm, MAX_VMS};
 use corevisor_abi::bundle::{Bundle, VmEntry};
@@ -573,4 +575,154 @@ pub fn reset_scrub(env: &VmEnv, marker: u64, host_pages: impl Iterator<Item = u6
     mgr.run_all(&mut Reset(marker));
     cpu::write_phys_u64(marker, 0);
     Err("the machine was not reset while the guest held its pattern")
+}
+
+/// `host-dma`: while a ticking guest runs, the host tries every route by which a device (or the
+/// GIC) it programs could write memory behind the stage-2, aimed at KCore's canary page or at
+/// one of the VM's pages. Each must be refused: the register aborts (the device is not the
+/// host's), or KCore's redistributor filter leaves it unchanged. KCore checks its canary after
+/// every host trap; the guest checks its own memory at the end.
+pub fn host_dma(env: &VmEnv, gic: &GicInfo, routes: &'static [DmaRoute]) -> Outcome {
+    struct Dma {
+        routes: &'static [DmaRoute],
+        canary: u64,
+        gicr: Option<u64>,
+        tried: u64,
+        refused: u64,
+        intact: bool,
+    }
+    impl Hooks for Dma {
+        fn after_exit(&mut self, vm: &Vm) {
+            if self.tried > 0 {
+                return;
+            }
+            let Some(vm_page) = vm.given.pages().next().map(|page| vm.region + page * 4096) else { return };
+            for route in self.routes {
+                let target = match route.attempt.target() {
+                    Target::Canary => self.canary,
+                    Target::VmPage => vm_page,
+                };
+                self.tried += 1;
+                let refused = try_route(route.attempt, target, self.gicr);
+                self.refused += u64::from(refused);
+                let verdict = if refused { "refused" } else { "NOT REFUSED" };
+                kprintln!("host-dma: {} ({target:#x}): {verdict}", route.name);
+            }
+        }
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            self.intact |= line == "memory intact";
+        }
+    }
+    let canary = env.kcore_base + corevisor_abi::KCORE_CANARY_OFFSET;
+    let gicr = gic.v3.then_some(gic.second);
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let mut hooks = Dma { routes, canary, gicr, tried: 0, refused: 0, intact: false };
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    kprintln!("host-dma: {} of {} DMA routes refused", hooks.refused, hooks.tried);
+    if hooks.tried != routes.len() as u64 || hooks.refused != hooks.tried {
+        return Err("a DMA route was not refused");
+    }
+    if !hooks.intact || mgr.powered_off != 1 {
+        return Err("the VM did not run to its end with its memory intact");
+    }
+    if let Some(rd) = gicr {
+        gicr_waker_still_works(rd)?;
+    }
+    Ok(())
+}
+
+/// One DMA attempt at `target`; whether it was refused.
+fn try_route(attempt: Attempt, target: u64, gicr: Option<u64>) -> bool {
+    let (aborts_before, _, _) = exceptions::aborts();
+    exceptions::expect_abort(true);
+    let aborted_at = |pa: u64, store_at: u64| {
+        let (count, elr, far) = exceptions::aborts();
+        count == aborts_before + 1 && elr == store_at && far == pa
+    };
+    let refused = match attempt {
+        Attempt::Store { pa, .. } => aborted_at(pa, hvc::probe_write_u32(pa, target as u32)),
+        Attempt::FwCfgDma { register, .. } => {
+            let descriptor = dma_descriptors::fw_cfg(target);
+            aborted_at(register, hvc::probe_write(register, descriptor.to_be()))
+        }
+        Attempt::Bcm2835Dma { conblk_ad, .. } => {
+            let block = dma_descriptors::bcm2835(target);
+            aborted_at(conblk_ad, hvc::probe_write_u32(conblk_ad, block as u32 | BCM2835_BUS_ALIAS))
+        }
+        Attempt::GicrTableBase { offset, .. } => gicr.is_some_and(|rd| {
+            let before = hvc::read_mmio_u64(rd + offset);
+            hvc::probe_write(rd + offset, target | 0x7 << 56 | 0x13);
+            let after = hvc::read_mmio_u64(rd + offset);
+            exceptions::aborts().0 == aborts_before && after == before
+        }),
+        Attempt::GicrEnableLpis => gicr.is_some_and(|rd| {
+            let ctlr = hvc::read_mmio_u32(rd);
+            hvc::probe_write_u32(rd, ctlr | 1);
+            exceptions::aborts().0 == aborts_before && hvc::read_mmio_u32(rd) & 1 == 0
+        }),
+    };
+    exceptions::expect_abort(false);
+    refused
+}
+
+/// The VideoCore's view of ARM memory: bus address = physical | 0xC000_0000.
+const BCM2835_BUS_ALIAS: u32 = 0xC000_0000;
+
+/// The descriptors a DMA engine would read from host memory.
+mod dma_descriptors {
+    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    #[repr(C, align(32))]
+    struct Block<T, const N: usize>([T; N]);
+
+    static FW_CFG: Block<AtomicU64, 2> = Block([AtomicU64::new(0), AtomicU64::new(0)]);
+    static CONTROL_BLOCK: Block<AtomicU32, 8> = Block([const { AtomicU32::new(0) }; 8]);
+    static SOURCE: Block<AtomicU64, 4> = Block([const { AtomicU64::new(0x0bad_d0a0_0bad_d0a0) }; 4]);
+
+    /// A `FWCfgDmaAccess` (big-endian: control, length, address) that reads the signature item
+    /// (key 0: SELECT | READ) into `target`. Returns its address.
+    pub fn fw_cfg(target: u64) -> u64 {
+        const SELECT: u32 = 0x08;
+        const READ: u32 = 0x02;
+        let (control, length) = (SELECT | READ, 4096u32);
+        FW_CFG.0[0].store(u64::from(control.to_be()) | u64::from(length.to_be()) << 32, Ordering::SeqCst);
+        FW_CFG.0[1].store(target.to_be(), Ordering::SeqCst);
+        FW_CFG.0.as_ptr() as u64
+    }
+
+    /// A BCM2835 DMA control block copying 32 bytes of KServ's data to `target`. Returns its
+    /// address.
+    pub fn bcm2835(target: u64) -> u64 {
+        const SRC_INC: u32 = 1 << 8;
+        const DEST_INC: u32 = 1 << 4;
+        let bus = |pa: u64| pa as u32 | super::BCM2835_BUS_ALIAS;
+        let fields = [SRC_INC | DEST_INC, bus(SOURCE.0.as_ptr() as u64), bus(target), 32, 0, 0, 0, 0];
+        for (slot, value) in CONTROL_BLOCK.0.iter().zip(fields) {
+            slot.store(value, Ordering::SeqCst);
+        }
+        CONTROL_BLOCK.0.as_ptr() as u64
+    }
+}
+
+/// The redistributor's other registers in its control page stay the host's: GICR_WAKER, which
+/// wakes the redistributor, is performed by KCore on the host's behalf.
+fn gicr_waker_still_works(rd: u64) -> Outcome {
+    const PROCESSOR_SLEEP: u32 = 1 << 1;
+    const CHILDREN_ASLEEP: u32 = 1 << 2;
+    let waker = rd + 0x14;
+    hvc::probe_write_u32(waker, hvc::read_mmio_u32(waker) & !PROCESSOR_SLEEP);
+    let mut polls = 0;
+    while hvc::read_mmio_u32(waker) & CHILDREN_ASLEEP != 0 {
+        polls += 1;
+        if polls > 1_000_000 {
+            return Err("GICR_WAKER did not wake the redistributor");
+        }
+    }
+    if hvc::read_mmio_u32(waker) & PROCESSOR_SLEEP != 0 {
+        return Err("GICR_WAKER did not take the host's write");
+    }
+    kprintln!("host-dma: GICR_WAKER still answers the host (redistributor awake)");
+    Ok(())
 }

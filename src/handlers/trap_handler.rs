@@ -2,7 +2,7 @@
 //! being handled, asks the dispatchers what the trap means, and carries out their answer: writing
 //! registers back, injecting an exception, waking cores, or powering off.
 
-use super::fault_handler::{fault_ipa, handle_host_stage2_fault};
+use super::fault_handler::{emulate_gicr_access, fault_ipa, handle_host_stage2_fault, GicrDecision, HostRefusal};
 use super::inject;
 use super::trap_dispatcher::{
     host_trap_dispatcher, vm_exit_dispatcher, Forbidden, GuestEnv, HostEnv, HostExit, VmExit, HOST_STATS,
@@ -10,7 +10,10 @@ use super::trap_dispatcher::{
 use super::vm_calls;
 use crate::init::{power, wait_for_work, CORES};
 use crate::machine::guest_regs::{El1Regs, FpRegs};
-use crate::machine::{cpu, features, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS};
+use crate::machine::{
+    cpu, features, layout, phys, regs, sync::TicketLock, world_switch, Aarch64, TrapFrame, TrapKind, MAX_CPUS,
+};
+use crate::memory::MemError;
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vcpu::ExitRecord;
 use crate::vm::{Kcore, RunTicket};
@@ -193,12 +196,28 @@ fn power_down(core: usize, what: &str) {
     );
 }
 
-/// Maps the host's access on demand, or refuses it with an external abort.
+/// Maps the host's access on demand, performs it for the host on a page KCore emulates, or
+/// refuses it with an external abort.
 fn host_stage2_fault(frame: &mut TrapFrame) {
     use core::sync::atomic::Ordering::Relaxed;
     let (esr, far) = (regs::esr_el2(), regs::far_el2());
     let ipa = fault_ipa(regs::hpfar_el2(), far);
     let result = with_kcore(|kcore| handle_host_stage2_fault(&Aarch64, &mut kcore.mem, ipa));
+    let result = match result {
+        Err(MemError::Emulated) => match emulate_gicr_access(frame, esr, ipa, phys::mmio_read, phys::mmio_write) {
+            Ok(GicrDecision::Pass) => return,
+            Ok(GicrDecision::Mask(value)) => {
+                warn!("host write {value:#x} to GICR_CTLR at {ipa:#x}: EnableLPIs kept off (the LPI tables would be written by the GIC)");
+                return;
+            }
+            Ok(GicrDecision::Ignore) => {
+                warn!("host write to GICR_PROPBASER/PENDBASER at {ipa:#x} ignored: it would point the GIC at memory");
+                return;
+            }
+            Err(why) => Err(HostRefusal::from(why)),
+        },
+        other => other.map_err(HostRefusal::from),
+    };
     match result {
         Ok(leaf) => {
             log::trace!("host stage-2 fault at {ipa:#x}: mapped {:#x} at level {}", leaf.input, leaf.level);
@@ -231,6 +250,9 @@ fn check_invariants_of(kcore: &Kcore) {
     if cfg!(any(debug_assertions, feature = "check-invariants")) {
         if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
             panic!("invariant broken after a trap: {violation:?}");
+        }
+        if let Err(violation) = crate::memory::invariants::check_canary(&Aarch64, layout::canary()) {
+            panic!("invariant broken after a trap: KCore's canary changed: {violation:x?}");
         }
     }
 }

@@ -4,7 +4,7 @@
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
 use crate::machine::{cpu, features, layout, phys, regs, Aarch64, Machine, TrapFrame, PAGE_SIZE};
-use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory};
+use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory, MmioMap};
 use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
 use crate::vcpu::controls::{self, HostPmu};
@@ -61,17 +61,7 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
     let host_pool = PagePool::new(first, (vm_pools(pool.end) - first) / PAGE_SIZE);
     let host_s2 = PageTable::new(&Aarch64, Regime::Stage2 { vmid: HOST_VMID }, host_pool)
         .map_err(|_| "no page for the host's stage-2 root")?;
-    let mut protected = match platform.gic {
-        // The GICv2 virtual interface control is the hypervisor's.
-        Gic::V2 { gich, .. } if gich != 0 => alloc::vec![PhysRange::new(gich, 0x2000)],
-        _ => alloc::vec![],
-    };
-    // The reset watchdog is KCore's: a host that reset the machine would skip the power-down
-    // scrub, and the next boot would hand it the VMs' memory.
-    if let Some(pm) = platform.pm_watchdog {
-        protected.push(PhysRange::new(pm & !(PAGE_SIZE - 1), PAGE_SIZE));
-    }
-    let mut memory = HostMemory::new(PageDb::new(regions), host_s2, protected);
+    let mut memory = HostMemory::new(PageDb::new(regions), host_s2, host_mmio(platform));
     if corevisor_abi::bootargs::value(&platform.bootargs, "corevisor.host_s2") == Some("pages") {
         memory.policy = HostMapPolicy::PagesOnly;
     }
@@ -79,6 +69,51 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
         .give_to_kcore(&Aarch64, PhysRange::new(BOARD.kcore_base, BOARD.kcore_size))
         .map_err(|_| "KCore's slot is not host RAM")?;
     Ok(memory)
+}
+
+/// The MMIO the host may map (deny by default): the devices the board lists, as the DT places
+/// them, less the DMA-capable ones the user did not turn on; the first page of every 64 KiB
+/// redistributor frame emulated; the GICv2 virtual interface control KCore's. Says loudly at
+/// boot which DMA-capable devices the host was given anyway.
+fn host_mmio(platform: &Platform) -> MmioMap {
+    let plan = platform.host_mmio(|pa| phys::mmio_read(pa, 3));
+    for device in &plan.dma_given {
+        warn!(
+            "DMA IS NOT ISOLATED: {} at {:#x}..{:#x} is given to the host ({}); it can write any memory, KCore's and every VM's",
+            device.name,
+            device.range.base,
+            device.range.end(),
+            crate::platform::HOST_DMA_ARG
+        );
+    }
+    for device in &plan.dma_refused {
+        log::debug!("host MMIO: {} at {:#x} masters DMA: refused", device.name, device.range.base);
+    }
+    const FRAME: u64 = 0x1_0000;
+    let emulated: alloc::vec::Vec<PhysRange> = plan
+        .redistributors
+        .iter()
+        .flat_map(|r| (r.base..r.end()).step_by(FRAME as usize).map(|frame| PhysRange::new(frame, PAGE_SIZE)))
+        .collect();
+    let mut protected = match platform.gic {
+        // The GICv2 virtual interface control is the hypervisor's.
+        Gic::V2 { gich, .. } if gich != 0 => alloc::vec![PhysRange::new(gich, 0x2000)],
+        _ => alloc::vec![],
+    };
+    // The reset watchdog is KCore's: a host that reset the machine would skip the power-down
+    // scrub, and the next boot would hand it the VMs' memory. (No board lists it for the host;
+    // protecting it also keeps it out of every VM.)
+    if let Some(pm) = platform.pm_watchdog {
+        protected.push(PhysRange::new(pm & !(PAGE_SIZE - 1), PAGE_SIZE));
+    }
+    info!(
+        "host MMIO: {} ranges allowed, {} redistributor control pages emulated, {} DMA-capable devices refused, {} given",
+        plan.allowed.len(),
+        emulated.len(),
+        plan.dma_refused.len(),
+        plan.dma_given.len()
+    );
+    MmioMap { allowed: plan.allowed, emulated, protected }
 }
 
 /// Where the VMs' page-table pools start: the end of KCore's pool.

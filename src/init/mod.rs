@@ -56,6 +56,7 @@ extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
     check_heap(heap_bytes);
     check_layout(platform);
 
+    crate::memory::invariants::fill_canary(&crate::machine::Aarch64, layout::canary());
     CORES.mark_parked(0);
     info!("cpu0 online at EL2, MMU on");
     secondaries::start_all(platform);
@@ -189,6 +190,9 @@ fn check_layout(p: &Platform) {
     let kcore = layout::kcore();
     let slot_end = BOARD.kcore_base + BOARD.kcore_size;
     info!("KCore occupies {:#x}..{:#x} of its slot {:#x}..{slot_end:#x}", kcore.start, kcore.end, BOARD.kcore_base);
+    if layout::canary() != BOARD.kcore_base + corevisor_abi::KCORE_CANARY_OFFSET {
+        panic!("boot layout: the canary page is at {:#x}, not where KServ looks for it", layout::canary());
+    }
     for (what, range) in [("DTB", p.dtb), ("initrd", p.initrd)] {
         if let Some(r) = range {
             if r.base < slot_end && BOARD.kcore_base < r.end() {

@@ -1,7 +1,7 @@
 //! The SeKVM invariants, checkable at run time (debug builds check them after every hypercall)
 //! and in property tests:
-//! - `host_iso`: the host maps only RAM it owns, pages a VM shares with it, and MMIO that is not
-//!   KCore's;
+//! - `host_iso`: the host maps only RAM it owns, pages a VM shares with it, and MMIO it is allowed
+//!   (each Device leaf inside one allowed range, with no emulated or KCore page in it);
 //! - `host_flatmap`: the host's stage-2 is the identity;
 //! - `vm_iso`: a VM maps only RAM it owns, at the gfn the ownership table records (so no page is
 //!   mapped by two VMs);
@@ -12,6 +12,7 @@ use super::HostMemory;
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::page_table::descriptor::MemType;
 use crate::page_table::{Leaf, PageTable};
+use corevisor_boards::PhysRange;
 
 /// A broken invariant, with the leaf that breaks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,28 @@ pub enum Violation {
         principal: u16,
         pa: u64,
     },
+    /// A word of KCore's canary page changed: something wrote KCore's memory behind every
+    /// stage-2 (a device's DMA).
+    Canary {
+        pa: u64,
+        found: u64,
+    },
+}
+
+/// Words in the canary page.
+const CANARY_WORDS: u64 = PAGE_SIZE / 8;
+
+/// Fills KCore's canary page at `pa` (at boot).
+pub fn fill_canary(m: &impl Machine, pa: u64) {
+    (0..CANARY_WORDS).for_each(|i| m.write_u64(pa + 8 * i, corevisor_abi::canary_word(i)));
+}
+
+/// Checks KCore's canary page at `pa`: every word as [`fill_canary`] left it.
+pub fn check_canary(m: &impl Machine, pa: u64) -> Result<(), Violation> {
+    match (0..CANARY_WORDS).find(|&i| m.read_u64(pa + 8 * i) != corevisor_abi::canary_word(i)) {
+        Some(i) => Err(Violation::Canary { pa: pa + 8 * i, found: m.read_u64(pa + 8 * i) }),
+        None => Ok(()),
+    }
 }
 
 /// Checks every invariant over the host's table and the given VM tables.
@@ -41,7 +64,11 @@ pub fn check(m: &impl Machine, mem: &HostMemory, vms: &[(u16, &PageTable)]) -> R
         }
         let regions = mem.db.regions();
         let ok = if regions.no_ram(leaf.output, leaf.size()) {
-            leaf.attrs.mem == MemType::Device && !mem.overlaps_protected(leaf.output, leaf.size())
+            let (base, end) = (leaf.output, leaf.output + leaf.size());
+            let touches = |r: &PhysRange| base < r.end() && r.base < end;
+            leaf.attrs.mem == MemType::Device
+                && mem.mmio.allowed.iter().any(|r| r.base <= base && end <= r.end())
+                && !mem.mmio.emulated.iter().chain(&mem.mmio.protected).any(touches)
         } else if leaf.size() == PAGE_SIZE {
             mem.db.get(leaf.output).is_some_and(|p| p.owner == Owner::Host || p.count > 0)
         } else {

@@ -46,6 +46,11 @@ pub enum MemError {
     ShareLimit,
     /// The MMIO range is KCore's.
     Protected,
+    /// The address is no device the host (or a VM) may have: MMIO is deny-by-default.
+    NotAllowed,
+    /// A page KCore emulates for the host (a GICv3 redistributor's control page): never mapped,
+    /// the caller performs the access itself.
+    Emulated,
     PageTable(PtError),
 }
 
@@ -63,27 +68,67 @@ pub enum HostMapPolicy {
     PagesOnly,
 }
 
+/// The MMIO the host may reach, deny by default (SeKVM's host reaches every device; a device that
+/// masters DMA would write wherever the host told it to).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MmioMap {
+    /// The device ranges the host may map (page-aligned): its own devices, from the board's list
+    /// and the DT. Everything else that is not RAM is refused.
+    pub allowed: Vec<PhysRange>,
+    /// Pages inside `allowed` that are never mapped: KCore performs the host's accesses there
+    /// itself and refuses those that would make the GIC write memory.
+    pub emulated: Vec<PhysRange>,
+    /// MMIO that is KCore's (the GICv2 virtual interface control): never mapped for anyone.
+    pub protected: Vec<PhysRange>,
+}
+
+fn overlaps(ranges: &[PhysRange], base: u64, size: u64) -> bool {
+    ranges.iter().any(|r| base < r.end() && r.base < base + size)
+}
+
+impl MmioMap {
+    /// Whether `[base, base + size)` may be one Device mapping: inside a single allowed range,
+    /// and no page of it emulated or KCore's.
+    pub fn may_map(&self, base: u64, size: u64) -> bool {
+        let inside = self.allowed.iter().any(|r| base >= r.base && base + size <= r.end())
+            || planted(Mutation::HostMmioIgnoresAllowList);
+        inside && !overlaps(&self.emulated, base, size) && !overlaps(&self.protected, base, size)
+    }
+
+    /// Why the host (or a VM) may not have the MMIO page at `pa`, if it may not.
+    pub fn refusal(&self, pa: u64) -> Option<MemError> {
+        let page = pa & !(PAGE_SIZE - 1);
+        if overlaps(&self.protected, page, PAGE_SIZE) {
+            Some(MemError::Protected)
+        } else if overlaps(&self.emulated, page, PAGE_SIZE) {
+            Some(MemError::Emulated)
+        } else if !self.may_map(page, PAGE_SIZE) {
+            Some(MemError::NotAllowed)
+        } else {
+            None
+        }
+    }
+}
+
 /// The ownership table and the host's stage-2 table (identity-mapped on demand).
 pub struct HostMemory {
     pub db: PageDb,
     pub host_s2: PageTable,
-    /// MMIO that is KCore's (for example the GICv2 virtual interface control): never host-mapped.
-    pub protected_mmio: Vec<PhysRange>,
+    /// The MMIO the host may map.
+    pub mmio: MmioMap,
     pub policy: HostMapPolicy,
 }
 
 impl HostMemory {
-    pub fn new(db: PageDb, host_s2: PageTable, protected_mmio: Vec<PhysRange>) -> HostMemory {
-        HostMemory { db, host_s2, protected_mmio, policy: HostMapPolicy::LargestBlock }
-    }
-
-    fn overlaps_protected(&self, base: u64, size: u64) -> bool {
-        self.protected_mmio.iter().any(|r| base < r.end() && r.base < base + size)
+    pub fn new(db: PageDb, host_s2: PageTable, mmio: MmioMap) -> HostMemory {
+        HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock }
     }
 
     /// Serves a host stage-2 fault at `ipa` (SeKVM `map_page_host`, with blocks): maps the
     /// largest block around it that the host may have, identity-mapped. RAM the host owns is
-    /// Normal memory; a page a VM shares is mapped alone; MMIO is Device. Anything else is refused.
+    /// Normal memory; a page a VM shares is mapped alone; MMIO the host may have (`mmio`) is
+    /// Device, in the largest block that stays inside one allowed range and holds no emulated or
+    /// protected page. Anything else is refused.
     pub fn map_page_host(&mut self, m: &impl Machine, ipa: u64) -> Result<Leaf, MemError> {
         let levels: &[u8] = match self.policy {
             HostMapPolicy::LargestBlock => &[1, 2, 3],
@@ -96,8 +141,10 @@ impl HostMemory {
                 return self.map_host_leaf(m, ipa, base, LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM });
             }
             Some(page) => return Err(MemError::NotOwned(page.owner)),
-            None if self.overlaps_protected(ipa, 1) => return Err(MemError::Protected),
-            None => Attrs::DEVICE,
+            None => match self.mmio.refusal(ipa) {
+                Some(refused) => return Err(refused),
+                None => Attrs::DEVICE,
+            },
         };
         for &level in levels {
             let size = level_size(level);
@@ -108,7 +155,7 @@ impl HostMemory {
                         || (planted(Mutation::HostBlockWithoutOwnershipCheck) && self.db.regions().all_ram(base, size))
                 }
                 crate::page_table::descriptor::MemType::Device => {
-                    self.db.regions().no_ram(base, size) && !self.overlaps_protected(base, size)
+                    self.db.regions().no_ram(base, size) && self.mmio.may_map(base, size)
                 }
             };
             if !allowed {
@@ -258,14 +305,15 @@ impl HostMemory {
         Ok(())
     }
 
-    /// Maps MMIO page `pa` at `gpa` in a VM's stage-2 (SeKVM `map_vm_io`): never RAM, never
-    /// KCore's MMIO.
+    /// Maps MMIO page `pa` at `gpa` in a VM's stage-2 (SeKVM `map_vm_io`): never RAM, and only
+    /// a device the host itself may map directly (a VM handed a DMA-capable device could make it
+    /// write anywhere; never an emulated or a KCore page).
     pub fn map_vm_io(&self, m: &impl Machine, vm_s2: &mut PageTable, gpa: u64, pa: u64) -> Result<(), MemError> {
         if self.db.get(pa).is_some() {
             return Err(MemError::IsRam);
         }
-        if self.overlaps_protected(pa, PAGE_SIZE) {
-            return Err(MemError::Protected);
+        if let Some(refused) = self.mmio.refusal(pa) {
+            return Err(refused);
         }
         vm_s2.map(m, gpa & !(PAGE_SIZE - 1), pa & !(PAGE_SIZE - 1), LAST_LEVEL, Attrs::DEVICE)?;
         Ok(())

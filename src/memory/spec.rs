@@ -24,8 +24,8 @@ pub struct RData {
     pub halt: bool,
     /// MemRegion: RAM.
     pub ram: Vec<PhysRange>,
-    /// MMIO that is KCore's.
-    pub protected_mmio: Vec<PhysRange>,
+    /// The MMIO the host may have (allowed ranges, emulated pages, KCore's ranges).
+    pub mmio: super::MmioMap,
     /// The host maps 4 KiB pages only.
     pub pages_only: bool,
     /// `s2page`: pfn ↦ {owner, count, gfn}; a RAM page that is not here is `{Host, 0, pfn}`.
@@ -59,8 +59,30 @@ impl RData {
         }
     }
 
-    fn overlaps_protected(&self, base: u64, size: u64) -> bool {
-        self.protected_mmio.iter().any(|r| base < r.end() && r.base < base + size)
+    /// The issue-11 rule for a Device mapping of `[base, base + size)`: no byte of it is RAM,
+    /// it lies wholly inside one range the board and the DT give the host, and no page of it is
+    /// emulated by KCore or KCore's own.
+    fn host_may_map_mmio(&self, base: u64, size: u64) -> bool {
+        let touches = |r: &PhysRange| base < r.end() && r.base < base + size;
+        !self.ram.iter().any(touches)
+            && self.mmio.allowed.iter().any(|r| r.base <= base && base + size <= r.end())
+            && !self.mmio.emulated.iter().any(touches)
+            && !self.mmio.protected.iter().any(touches)
+    }
+
+    /// Why an MMIO fault at `pa` (not RAM) is refused: KCore's, emulated, or not allowed.
+    fn mmio_refusal(&self, pa: u64) -> Option<MemError> {
+        let page = PhysRange::new(pa & !(PAGE_SIZE - 1), PAGE_SIZE);
+        let holds = |r: &PhysRange| page.base < r.end() && r.base < page.end();
+        if self.mmio.protected.iter().any(holds) {
+            Some(MemError::Protected)
+        } else if self.mmio.emulated.iter().any(holds) {
+            Some(MemError::Emulated)
+        } else if !self.host_may_map_mmio(page.base, PAGE_SIZE) {
+            Some(MemError::NotAllowed)
+        } else {
+            None
+        }
     }
 
     fn host(&self) -> &AbsNpt {
@@ -104,8 +126,10 @@ pub fn map_page_host_spec(r: &RData, ipa: u64) -> Step<Leaf> {
             return map_host_leaf_spec(r, ipa, ipa & !(PAGE_SIZE - 1), LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM });
         }
         Some(p) => return Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
-        None if r.overlaps_protected(ipa, 1) => return Some((r.clone(), Err(MemError::Protected))),
-        None => Attrs::DEVICE,
+        None => match r.mmio_refusal(ipa) {
+            Some(refused) => return Some((r.clone(), Err(refused))),
+            None => Attrs::DEVICE,
+        },
     };
     let levels: &[u8] = if r.pages_only { &[3] } else { &[1, 2, 3] };
     for &level in levels {
@@ -113,9 +137,7 @@ pub fn map_page_host_spec(r: &RData, ipa: u64) -> Step<Leaf> {
         let base = ipa & !(size - 1);
         let allowed = match attrs.mem {
             MemType::Normal => host_owns_block_spec(r, base, size),
-            MemType::Device => {
-                !r.ram.iter().any(|reg| base < reg.end() && reg.base < base + size) && !r.overlaps_protected(base, size)
-            }
+            MemType::Device => r.host_may_map_mmio(base, size),
         };
         if !allowed {
             continue;
@@ -248,8 +270,8 @@ pub fn map_vm_io_spec(r: &RData, vmid: u16, gpa: u64, pa: u64) -> Step<()> {
     if r.page(pa).is_some() {
         return Some((r.clone(), Err(MemError::IsRam)));
     }
-    if r.overlaps_protected(pa, PAGE_SIZE) {
-        return Some((r.clone(), Err(MemError::Protected)));
+    if let Some(refused) = r.mmio_refusal(pa) {
+        return Some((r.clone(), Err(refused)));
     }
     map_vm_leaf_spec(r, vmid, gpa & !(PAGE_SIZE - 1), pa & !(PAGE_SIZE - 1), Attrs::DEVICE)
 }

@@ -6,7 +6,7 @@
 use super::pages::{PageDb, PageInfo};
 use super::regions::MemRegions;
 use super::spec::{self, Access, RData, HOST};
-use super::{HostMapPolicy, HostMemory, MemError};
+use super::{HostMapPolicy, HostMemory, MemError, MmioMap};
 use crate::machine::{model::ModelMachine, Machine};
 use crate::page_table::descriptor::Regime;
 use crate::page_table::pool::PagePool;
@@ -19,6 +19,15 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x4000_0000);
 pub const KCORE: PhysRange = PhysRange::new(0x4008_0000, 0x10_0000);
 pub const GICH: PhysRange = PhysRange::new(0x0803_0000, 0x1_0000);
+/// The MMIO the test host may have: a GIC-like 16 MiB (GICH inside it is KCore's, and four
+/// redistributor control pages are emulated) and one UART page.
+pub fn test_mmio() -> MmioMap {
+    MmioMap {
+        allowed: vec![PhysRange::new(0x0800_0000, 0x0100_0000), PhysRange::new(0x0900_0000, 0x1000)],
+        emulated: (0..4).map(|i| PhysRange::new(0x080A_0000 + i * 0x1_0000, 0x1000)).collect(),
+        protected: vec![GICH],
+    }
+}
 /// Table pools live above RAM: the host's, then one per VM.
 pub const POOLS: u64 = 0x1_0000_0000;
 pub const VMS: [u16; 3] = [1, 2, 3];
@@ -144,7 +153,7 @@ impl System {
         let m = ModelMachine::new();
         let db = PageDb::new(MemRegions::new(&[RAM]).unwrap());
         let host = PageTable::new(&m, Regime::Stage2 { vmid: HOST }, PagePool::new(POOLS, 600)).unwrap();
-        let mut mem = HostMemory::new(db, host, vec![GICH]);
+        let mut mem = HostMemory::new(db, host, test_mmio());
         if pages_only {
             mem.policy = HostMapPolicy::PagesOnly;
         }
@@ -248,7 +257,7 @@ pub fn initial_rdata(pages_only: bool) -> RData {
     let r = RData {
         halt: false,
         ram: vec![RAM],
-        protected_mmio: vec![GICH],
+        mmio: test_mmio(),
         pages_only,
         s2page: BTreeMap::new(),
         npts,
@@ -325,7 +334,17 @@ pub fn any_pfn() -> impl Strategy<Value = u64> {
 fn any_host_addr() -> impl Strategy<Value = u64> {
     prop_oneof![
         4 => (any_pfn(), 0u64..4).prop_map(|(pfn, w)| pfn << 12 | w << 3),
-        1 => (0x0800_0000u64..0x0a00_0000).prop_map(|a| a & !7),
+        1 => any_mmio_addr(),
+    ]
+}
+
+/// Addresses outside RAM: around the test's allowed MMIO (its emulated and KCore pages among
+/// them), and anywhere below the top of the 48-bit physical address space.
+pub fn any_mmio_addr() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => (0x07e0_0000u64..0x0a20_0000).prop_map(|a| a & !7),
+        1 => (0u64..4, 0u64..0x1000).prop_map(|(i, off)| (0x080A_0000 + i * 0x1_0000 + off) & !7),
+        1 => (0u64..1 << 48).prop_map(|a| a & !7).prop_filter("outside RAM", |a| !RAM.contains(*a)),
     ]
 }
 

@@ -2,7 +2,7 @@
 //! checker after every step; and companions that plant known bugs and show the checker catches
 //! them.
 
-use super::invariants::{check, Violation};
+use super::invariants::{check, check_canary, fill_canary, Violation};
 use super::pages::{Owner, PageDb, PageInfo};
 use super::regions::MemRegions;
 use super::*;
@@ -13,13 +13,13 @@ use crate::page_table::PtError;
 use proptest::prelude::*;
 
 const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x4000_0000);
-const GICH: PhysRange = PhysRange::new(0x0803_0000, 0x1_0000);
+use super::system::{test_mmio, GICH};
 const POOL: u64 = 0x1_0000_0000;
 
 fn host_memory(m: &ModelMachine, policy: HostMapPolicy) -> HostMemory {
     let db = PageDb::new(MemRegions::new(&[RAM]).unwrap());
     let host_s2 = PageTable::new(m, Regime::Stage2 { vmid: 0 }, PagePool::new(POOL, 600)).unwrap();
-    let mut mem = HostMemory::new(db, host_s2, vec![GICH]);
+    let mut mem = HostMemory::new(db, host_s2, test_mmio());
     mem.policy = policy;
     // KCore's own region, as at boot.
     mem.give_to_kcore(m, PhysRange::new(0x4008_0000, 0x0100_0000)).unwrap();
@@ -62,7 +62,11 @@ fn apply(m: &ModelMachine, mem: &mut HostMemory, op: &Op) -> Result<(), TestCase
             let result = mem.map_page_host(m, ipa);
             let may = match page {
                 Some(p) => p.owner == Owner::Host || p.count > 0,
-                None => !GICH.contains(ipa),
+                None => {
+                    let mmio = test_mmio();
+                    mmio.allowed.iter().any(|r| r.contains(ipa))
+                        && !mmio.emulated.iter().chain(&mmio.protected).any(|r| r.contains(ipa & !0xfff))
+                }
             };
             prop_assert_eq!(result.is_ok(), may, "fault at {:#x} on {:?}: {:?}", ipa, page, result);
             if let Ok(leaf) = result {
@@ -131,7 +135,7 @@ fn host_faults_map_the_largest_host_owned_block() {
     assert_eq!(mem.map_page_host(&m, 0x4000_1000).unwrap().level, 3);
     assert_eq!(mem.map_page_host(&m, 0x4000_0000 + (32 << 20)).unwrap().level, 2);
     assert_eq!(mem.map_page_host(&m, 0x0900_0000).unwrap().attrs, Attrs::DEVICE);
-    assert_eq!(mem.map_page_host(&m, 0x0900_0000).unwrap().level, 2);
+    assert_eq!(mem.map_page_host(&m, 0x0820_0000).unwrap().level, 2);
     assert_eq!(mem.map_page_host(&m, 0x4008_0000), Err(MemError::NotOwned(Owner::KCore)));
     assert_eq!(mem.map_page_host(&m, GICH.base), Err(MemError::Protected));
     // A page inside a mapped 2 MiB block changes owner: the block is split, the rest stays.
@@ -218,4 +222,99 @@ fn memory_ops_map_a_block_share_it_and_reclaim_it() {
     assert!(vm.walk(&m, 0x20_0000).is_none());
     assert!(mem.db.host_owns_block(0x4400_0000, 2 << 20));
     assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+}
+
+/// Issue 11's property: over random host faults (RAM, MMIO around the allow-list, emulated and
+/// KCore pages, anywhere below 2^48), a fault outside RAM is served only on an allowed page that
+/// is neither emulated nor KCore's, and no Device leaf of the host's stage-2 ever holds a page
+/// that is not. The pages checked in each leaf are its ends and every point where the allowed
+/// set can change inside it (so a leaf that holds one bad page shows it at one of them).
+fn host_mmio_stays_inside_the_allow_list(pages_only: bool, faults: &[u64]) -> Result<(), TestCaseError> {
+    let m = ModelMachine::new();
+    let policy = if pages_only { HostMapPolicy::PagesOnly } else { HostMapPolicy::LargestBlock };
+    let mut mem = host_memory(&m, policy);
+    let mmio = test_mmio();
+    let good = |page: u64| {
+        mmio.allowed.iter().any(|r| r.contains(page))
+            && !mmio.emulated.iter().chain(&mmio.protected).any(|r| r.contains(page))
+    };
+    let edges: Vec<u64> =
+        mmio.allowed.iter().chain(&mmio.emulated).chain(&mmio.protected).flat_map(|r| [r.base, r.end()]).collect();
+    for &ipa in faults {
+        let result = mem.map_page_host(&m, ipa);
+        if mem.db.get(ipa).is_none() {
+            prop_assert_eq!(result.is_ok(), good(ipa & !0xfff), "fault at {:#x}: {:?}", ipa, result);
+        }
+        for leaf in
+            mem.host_s2.leaves(&m).into_iter().filter(|l| l.attrs.mem == crate::page_table::descriptor::MemType::Device)
+        {
+            let (base, end) = (leaf.output, leaf.output + leaf.size());
+            let inside = edges.iter().flat_map(|&e| [e.wrapping_sub(PAGE_SIZE), e]).filter(|&p| p >= base && p < end);
+            for page in [base, end - PAGE_SIZE].into_iter().chain(inside) {
+                prop_assert!(
+                    good(page),
+                    "after a fault at {:#x} the host maps MMIO page {:#x} ({:?})",
+                    ipa,
+                    page,
+                    leaf
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn host_mmio_inputs() -> impl Strategy<Value = (bool, Vec<u64>)> {
+    (any::<bool>(), proptest::collection::vec(super::system::any_mmio_addr(), 1..40))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_host_maps_only_allowed_mmio((pages_only, faults) in host_mmio_inputs()) {
+        host_mmio_stays_inside_the_allow_list(pages_only, &faults)?;
+    }
+}
+
+#[test]
+fn the_allow_list_property_catches_a_host_mapping_that_ignores_it() {
+    crate::mutation::catches(crate::mutation::Mutation::HostMmioIgnoresAllowList, 64, host_mmio_inputs(), |(p, f)| {
+        host_mmio_stays_inside_the_allow_list(p, &f)
+    });
+}
+
+#[test]
+fn allowed_mmio_gets_the_largest_block_without_emulated_or_kcore_pages() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    // 0x0820_0000..0x0840_0000 lies inside the allowed GIC range and holds no special page.
+    assert_eq!(mem.map_page_host(&m, 0x0821_0000).unwrap().level, 2);
+    // The first 2 MiB holds GICH and the emulated pages: pages only, and not those.
+    assert_eq!(mem.map_page_host(&m, 0x0800_0000).unwrap().level, 3);
+    assert_eq!(mem.map_page_host(&m, 0x080A_1000).unwrap().level, 3);
+    assert_eq!(mem.map_page_host(&m, 0x080A_0010), Err(MemError::Emulated));
+    assert_eq!(mem.map_page_host(&m, 0x0803_0000), Err(MemError::Protected));
+    // The UART page alone; its neighbours and anything unlisted are refused.
+    assert_eq!(mem.map_page_host(&m, 0x0900_0000).unwrap().level, 3);
+    for refused in [0x0900_1000, 0x0902_0010, 0x0a00_0000, 0x40_1000_0000, 0xFE00_7000] {
+        assert_eq!(mem.map_page_host(&m, refused), Err(MemError::NotAllowed), "{refused:#x}");
+    }
+    let mut vm = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL + (1 << 30), 8)).unwrap();
+    assert_eq!(mem.map_vm_io(&m, &mut vm, 0x1000, 0x0902_0000), Err(MemError::NotAllowed));
+    assert_eq!(mem.map_vm_io(&m, &mut vm, 0x1000, 0x080B_0000), Err(MemError::Emulated));
+    assert_eq!(mem.map_vm_io(&m, &mut vm, 0x1000, 0x0900_0000), Ok(()));
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+}
+
+#[test]
+fn the_canary_check_catches_one_changed_word() {
+    let m = ModelMachine::new();
+    let canary = 0x4008_0000 + corevisor_abi::KCORE_CANARY_OFFSET;
+    assert!(check_canary(&m, canary).is_err(), "an unfilled canary is no canary");
+    fill_canary(&m, canary);
+    assert_eq!(check_canary(&m, canary), Ok(()));
+    // What fw_cfg's DMA did to KCore's .bss before issue 11: one word overwritten.
+    m.write_u64(canary + 0x7f8, 0);
+    assert_eq!(check_canary(&m, canary), Err(Violation::Canary { pa: canary + 0x7f8, found: 0 }));
 }

@@ -36,8 +36,36 @@ fn virt_like_dtb(with_memory: bool) -> Vec<u8> {
     w.end_node(uart).unwrap();
     let gic = w.begin_node("intc@8000000").unwrap();
     w.property_string("compatible", "arm,gic-v3").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_null("ranges").unwrap();
     w.property_array_u64("reg", &[0x0800_0000, 0x1_0000, 0x080A_0000, 0xF6_0000]).unwrap();
+    let its = w.begin_node("its@8080000").unwrap();
+    w.property_string("compatible", "arm,gic-v3-its").unwrap();
+    w.property_array_u64("reg", &[0x0808_0000, 0x2_0000]).unwrap();
+    w.end_node(its).unwrap();
     w.end_node(gic).unwrap();
+    let fw_cfg = w.begin_node("fw-cfg@9020000").unwrap();
+    w.property_string("compatible", "qemu,fw-cfg-mmio").unwrap();
+    w.property_array_u64("reg", &[0x0902_0000, 0x18]).unwrap();
+    w.end_node(fw_cfg).unwrap();
+    for i in 0..2u64 {
+        let virtio = w.begin_node(&format!("virtio_mmio@{:x}", 0x0a00_0000 + i * 0x200)).unwrap();
+        w.property_string("compatible", "virtio,mmio").unwrap();
+        w.property_array_u64("reg", &[0x0a00_0000 + i * 0x200, 0x200]).unwrap();
+        w.end_node(virtio).unwrap();
+    }
+    let pcie = w.begin_node("pcie@10000000").unwrap();
+    w.property_string("compatible", "pci-host-ecam-generic").unwrap();
+    w.property_u32("#address-cells", 3).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_array_u64("reg", &[0x40_1000_0000, 0x1000_0000]).unwrap();
+    #[rustfmt::skip]
+    w.property_array_u32("ranges", &[
+        0x0100_0000, 0, 0, 0, 0x3eff_0000, 0, 0x1_0000,
+        0x0200_0000, 0, 0x1000_0000, 0, 0x1000_0000, 0, 0x2eff_0000,
+    ]).unwrap();
+    w.end_node(pcie).unwrap();
     w.end_node(root).unwrap();
     w.finish().unwrap()
 }
@@ -188,4 +216,124 @@ fn the_pm_watchdog_is_found_by_compatible_else_taken_from_the_board() {
     assert_eq!(Platform::from_board(&rpi4::BOARD).pm_watchdog, Some(0xFE10_0000));
     assert_eq!(Platform::from_board(&qemu_virt::BOARD).pm_watchdog, None);
     assert_eq!(Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap().pm_watchdog, None);
+}
+
+/// GICR_TYPER of four GICv3 redistributors (128 KiB each) from 0x080A_0000, the last one marked.
+fn four_redistributors(pa: u64) -> u64 {
+    const LAST: u64 = 1 << 4;
+    if pa == 0x080A_0000 + 3 * 0x2_0000 + 8 {
+        LAST
+    } else {
+        0
+    }
+}
+
+fn pages(list: &[(u64, u64)]) -> Vec<PhysRange> {
+    list.iter().map(|&(base, size)| PhysRange::new(base, size)).collect()
+}
+
+#[test]
+fn the_host_gets_the_listed_devices_and_no_dma_by_default() {
+    let p = Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap();
+    let plan = p.host_mmio(four_redistributors);
+    // GICD, the four redistributors (not the 123 the region has room for), the UART page.
+    assert_eq!(plan.allowed, pages(&[(0x0800_0000, 0x1_0000), (0x080A_0000, 0x8_0000), (0x0900_0000, 0x1000)]));
+    assert_eq!(plan.redistributors, pages(&[(0x080A_0000, 0x8_0000)]));
+    let refused: Vec<&str> = plan.dma_refused.iter().map(|d| d.name).collect();
+    assert_eq!(
+        refused,
+        [
+            "qemu,fw-cfg-mmio",
+            "virtio,mmio",
+            "virtio,mmio",
+            "pci-host-ecam-generic",
+            "pci-host-ecam-generic",
+            "pci-host-ecam-generic"
+        ]
+    );
+    assert!(plan.dma_given.is_empty());
+    // The ITS is in no list: refused like anything unlisted.
+    assert!(!plan.allowed.iter().any(|r| r.contains(0x0808_0000)));
+}
+
+#[test]
+fn dma_capable_devices_are_given_only_by_name_or_with_on() {
+    let mut p = Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap();
+    p.bootargs = "scenario=boot corevisor.host_dma=virtio,mmio".into();
+    let plan = p.host_mmio(four_redistributors);
+    assert_eq!(plan.dma_given.iter().map(|d| d.range.base).collect::<Vec<_>>(), [0x0a00_0000, 0x0a00_0200]);
+    assert!(plan.allowed.contains(&PhysRange::new(0x0a00_0000, 0x1000)));
+    assert!(!plan.allowed.iter().any(|r| r.contains(0x0902_0000)), "fw_cfg was not named");
+    // `on` gives every one, a PCIe bridge with its memory and I/O windows.
+    p.bootargs = "corevisor.host_dma=on".into();
+    let plan = p.host_mmio(four_redistributors);
+    assert!(plan.dma_refused.is_empty());
+    for pa in [0x0902_0000, 0x40_1000_0000, 0x3eff_0000, 0x1000_0000, 0x3efe_f000] {
+        assert!(plan.allowed.iter().any(|r| r.contains(pa)), "{pa:#x}");
+    }
+    // Anything else is no opt-in.
+    p.bootargs = "corevisor.host_dma=yes".into();
+    assert!(p.host_mmio(four_redistributors).dma_given.is_empty());
+}
+
+#[test]
+fn a_page_shared_with_a_refused_device_is_refused() {
+    let mut p = Platform::from_board(&rpi4::BOARD);
+    // A listed device in the mailbox's page (the Pi's ARM interrupt controller is, at 0xFE00_B200).
+    p.devices.push(DeviceWindow {
+        range: PhysRange::new(0xFE00_B200, 0x200),
+        access: HostAccess::Direct,
+        name: "test",
+    });
+    let plan = p.host_mmio(|_| 0);
+    assert!(!plan.allowed.iter().any(|r| r.contains(0xFE00_B200)));
+    // The Pi's own devices are there, its bus masters are not.
+    for pa in [0xFE20_1000, 0xFE20_0000, 0xFE00_3000, 0xFF84_1000, 0xFF84_2000, 0xFF84_3000] {
+        assert!(plan.allowed.iter().any(|r| r.contains(pa)), "{pa:#x}");
+    }
+    for pa in [
+        0xFE00_7000,
+        0xFE00_B880,
+        0xFD50_0000,
+        0xFD58_0000,
+        0xFE34_0000,
+        0xFE30_0000,
+        0xFE98_0000,
+        0xFE10_0000,
+        0xFF84_4000,
+    ] {
+        assert!(!plan.allowed.iter().any(|r| r.contains(pa)), "{pa:#x}");
+    }
+    assert!(plan.redistributors.is_empty(), "a GICv2 has none");
+}
+
+#[test]
+fn without_a_dtb_the_board_fallbacks_are_used() {
+    let p = Platform::from_board(&qemu_virt::BOARD);
+    let plan = p.host_mmio(four_redistributors);
+    assert_eq!(
+        plan.allowed,
+        pages(&[
+            (0x0800_0000, 0x1_0000),
+            (0x080A_0000, 0x8_0000),
+            (0x0900_0000, 0x1000),
+            (0x0901_0000, 0x1000),
+            (0x0903_0000, 0x1000),
+        ])
+    );
+    assert_eq!(plan.dma_refused.len(), 4);
+}
+
+#[test]
+fn the_redistributor_walk_stops_at_last_and_at_the_region() {
+    let region = PhysRange::new(0x080A_0000, 0xF6_0000);
+    assert_eq!(redistributor_extent(region, four_redistributors), PhysRange::new(0x080A_0000, 0x8_0000));
+    // GICv4: VLPIS makes each redistributor 256 KiB.
+    let v4 = |pa: u64| 1 << 1 | u64::from(pa == 0x080A_0000 + 0x4_0000 + 8) << 4;
+    assert_eq!(redistributor_extent(region, v4), PhysRange::new(0x080A_0000, 0x8_0000));
+    // No Last bit: never past the region, and never half a redistributor.
+    assert_eq!(
+        redistributor_extent(PhysRange::new(0x080A_0000, 0x5_0000), |_| 0),
+        PhysRange::new(0x080A_0000, 0x4_0000)
+    );
 }

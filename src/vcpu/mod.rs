@@ -9,6 +9,7 @@ pub mod controls;
 mod tests;
 
 use crate::machine::guest_regs::{El1Regs, FpRegs, GuestGprs};
+use crate::machine::TrapFrame;
 use alloc::boxed::Box;
 
 /// SPSR of a vCPU's first instruction: EL1h, D, A, I and F masked (what a reset gives).
@@ -91,19 +92,7 @@ impl VcpuContext {
         let frame = &mut self.gprs.frame;
         match self.pending {
             Pending::MmioRead { reg, size_log2, sign_extend, wide } => {
-                let bits = 8u32 << size_log2;
-                let mut value = if bits == 64 { answer } else { answer & ((1u64 << bits) - 1) };
-                if sign_extend && bits < 64 {
-                    let shift = 64 - bits;
-                    value = (((value << shift) as i64) >> shift) as u64;
-                }
-                if !wide {
-                    value &= 0xffff_ffff;
-                }
-                if reg < 31 {
-                    frame.x[reg as usize] = value;
-                }
-                frame.elr = frame.elr.wrapping_add(4);
+                DataAccess { write: false, size_log2, sign_extend, reg, wide }.complete_load(frame, answer);
             }
             Pending::MmioWrite => frame.elr = frame.elr.wrapping_add(4),
             Pending::CallResult => frame.x[0] = answer,
@@ -157,11 +146,35 @@ impl DataAccess {
 
     /// The value a store writes, from the guest's registers.
     pub fn store_value(&self, gprs: &GuestGprs) -> u64 {
-        let value = if self.reg < 31 { gprs.frame.x[self.reg as usize] } else { 0 };
+        self.store_value_in(&gprs.frame)
+    }
+
+    /// The value a store writes, from the registers in `frame` (a guest's, or the host's).
+    pub fn store_value_in(&self, frame: &TrapFrame) -> u64 {
+        let value = if self.reg < 31 { frame.x[self.reg as usize] } else { 0 };
         match self.size_log2 {
             3 => value,
             n => value & ((1u64 << (8u32 << n)) - 1),
         }
+    }
+
+    /// Finishes a load in `frame` with the `answer` read for it: cut to the access size,
+    /// sign-extended if the load does, cut to 32 bits unless the register is 64-bit, written to
+    /// the transfer register (xzr: dropped); the PC moves past the load.
+    pub fn complete_load(&self, frame: &mut TrapFrame, answer: u64) {
+        let bits = 8u32 << self.size_log2;
+        let mut value = if bits == 64 { answer } else { answer & ((1u64 << bits) - 1) };
+        if self.sign_extend && bits < 64 {
+            let shift = 64 - bits;
+            value = (((value << shift) as i64) >> shift) as u64;
+        }
+        if !self.wide {
+            value &= 0xffff_ffff;
+        }
+        if self.reg < 31 {
+            frame.x[self.reg as usize] = value;
+        }
+        frame.elr = frame.elr.wrapping_add(4);
     }
 
     /// The exit record flags (`corevisor_abi::exit::mmio_flags`).

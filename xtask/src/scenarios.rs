@@ -274,6 +274,23 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("pattern", role::PATTERN, 1)],
         bootargs: "",
     },
+    Scenario {
+        name: "host-dma",
+        lines: &[
+            "host MMIO: ",
+            "DMA-capable devices refused, 0 given",
+            "at KCore's canary (0x",
+            "at the VM's page (0x",
+            "): refused",
+            "kserv: [victim] tick 19",
+            "kserv: [victim] memory intact",
+            "DMA routes refused",
+            "kserv: scenario host-dma: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("victim", role::STEADY, 1)],
+        bootargs: "",
+    },
 ];
 
 /// Scenarios that run without `-no-reboot`: a reset reboots the machine with RAM as it was.

@@ -8,21 +8,9 @@ use core::arch::asm;
 /// The non-secure EL1 physical timer's PPI.
 const TIMER_PPI: u64 = 30;
 
-fn write32(addr: u64, value: u32) {
-    // SAFETY: `addr` is a register of the GIC the DTB names, which the host drives itself (KCore
-    // maps it as Device memory for the host), written with one volatile 32-bit store.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
-}
-
-fn write8(addr: u64, value: u8) {
-    // SAFETY: as for `write32`; priority registers are byte-accessible.
-    unsafe { core::ptr::write_volatile(addr as *mut u8, value) }
-}
-
-fn read32(addr: u64) -> u32 {
-    // SAFETY: as for `write32`, a volatile load.
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
-}
+// The GIC's registers go through the single-instruction accessors: KCore emulates the first
+// page of each redistributor frame and needs the instruction syndrome.
+use super::hvc::{read_mmio_u32 as read32, write_mmio_u32 as write32, write_mmio_u8 as write8};
 
 /// Enables the physical timer's PPI at the distributor (or this core's redistributor) and the
 /// CPU interface, group 1, priority 0x80, for core 0.

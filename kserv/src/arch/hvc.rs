@@ -132,10 +132,27 @@ pub fn probe_write(pa: u64, value: u64) -> u64 {
     pc
 }
 
-/// Reads a 32-bit device register.
+/// Reads a 32-bit device register. Device accessors are single `ldr`/`str` instructions with a
+/// plain base register (as Linux's `readl`/`writel`): KCore performs the host's accesses to the
+/// redistributors' control pages itself and needs the instruction syndrome, which a load with
+/// write-back (what `read_volatile` may compile to) does not give.
 pub fn read_mmio_u32(pa: u64) -> u32 {
-    // SAFETY: `pa` is a register of a device the host owns (the GIC), read with a volatile access.
-    unsafe { core::ptr::read_volatile(pa as *const u32) }
+    let value: u32;
+    // SAFETY: `pa` is a register of a device the host owns (the GIC), read with one load.
+    unsafe { asm!("ldr {v:w}, [{a}]", v = out(reg) value, a = in(reg) pa, options(nostack)) };
+    value
+}
+
+/// Writes a 32-bit device register (see [`read_mmio_u32`]).
+pub fn write_mmio_u32(pa: u64, value: u32) {
+    // SAFETY: `pa` is a register of a device the host owns (the GIC), written with one store.
+    unsafe { asm!("str {v:w}, [{a}]", v = in(reg) value, a = in(reg) pa, options(nostack)) };
+}
+
+/// Writes an 8-bit device register (see [`read_mmio_u32`]).
+pub fn write_mmio_u8(pa: u64, value: u8) {
+    // SAFETY: as for `write_mmio_u32`; the register is byte-accessible.
+    unsafe { asm!("strb {v:w}, [{a}]", v = in(reg) u32::from(value), a = in(reg) pa, options(nostack)) };
 }
 
 /// ICC_SRE_EL1: the GICv3 CPU interface's system-register enable, which KCore lets EL1 use.
@@ -143,5 +160,25 @@ pub fn icc_sre_el1() -> u64 {
     let value: u64;
     // SAFETY: reading ICC_SRE_EL1 has no side effects.
     unsafe { asm!("mrs {}, S3_0_C12_C12_5", out(reg) value, options(nomem, nostack)) };
+    value
+}
+
+/// Stores the 32-bit `value` at `pa`. Returns the address of the store instruction.
+pub fn probe_write_u32(pa: u64, value: u32) -> u64 {
+    let pc: u64;
+    // SAFETY: as for `probe_write`: a register of a device KCore refuses (the abort is skipped by
+    // exceptions.rs) or one it emulates for the host.
+    unsafe {
+        asm!("adr {pc}, 1f", "1: str {v:w}, [{a}]", pc = out(reg) pc, v = in(reg) value, a = in(reg) pa, options(nostack))
+    };
+    pc
+}
+
+/// Reads a 64-bit device register (see [`read_mmio_u32`]).
+pub fn read_mmio_u64(pa: u64) -> u64 {
+    let value: u64;
+    // SAFETY: `pa` is a register of a device the host owns (the GIC's redistributor), read with
+    // one load.
+    unsafe { asm!("ldr {v}, [{a}]", v = out(reg) value, a = in(reg) pa, options(nostack)) };
     value
 }

@@ -11,6 +11,7 @@ extern "C" {
     static __pt_pool_end: u8;
     static _secondary_start: u8;
     static __stacks_start: u8;
+    static __canary_start: u8;
 }
 
 /// Size of each core's EL2 stack; must match linker.ld and boot.S.
@@ -46,4 +47,9 @@ pub fn page_table_pool() -> Region {
 /// The physical address where secondary cores enter KCore.
 pub fn secondary_entry() -> u64 {
     addr_of!(_secondary_start) as u64
+}
+
+/// KCore's canary page (linker.ld puts it at `KCORE_BASE + corevisor_abi::KCORE_CANARY_OFFSET`).
+pub fn canary() -> u64 {
+    addr_of!(__canary_start) as u64
 }

@@ -64,3 +64,34 @@ pub fn sync_icache() {
     // SAFETY: invalidating the instruction caches changes no memory contents.
     unsafe { asm!("dsb ish", "ic ialluis", "dsb ish", "isb", options(nostack)) };
 }
+
+/// Reads the device register at physical `pa`, `1 << size_log2` bytes wide (1, 2, 4 or 8), with
+/// one access of that size, zero-extended. For KCore's own devices and the registers it
+/// accesses on the host's behalf (the GICv3 redistributors' control pages).
+pub fn mmio_read(pa: u64, size_log2: u8) -> u64 {
+    // SAFETY: the caller names a device register that exists (module contract: KCore's EL2 map
+    // maps everything outside the RAM window as Device memory), aligned to its size; a volatile
+    // access of exactly that width is what the device expects.
+    unsafe {
+        match size_log2 {
+            0 => u64::from(core::ptr::read_volatile(pa as *const u8)),
+            1 => u64::from(core::ptr::read_volatile(pa as *const u16)),
+            2 => u64::from(core::ptr::read_volatile(pa as *const u32)),
+            _ => core::ptr::read_volatile(pa as *const u64),
+        }
+    }
+}
+
+/// Writes the low `1 << size_log2` bytes of `value` to the device register at physical `pa`, with
+/// one access of that size.
+pub fn mmio_write(pa: u64, size_log2: u8, value: u64) {
+    // SAFETY: as for `mmio_read`.
+    unsafe {
+        match size_log2 {
+            0 => core::ptr::write_volatile(pa as *mut u8, value as u8),
+            1 => core::ptr::write_volatile(pa as *mut u16, value as u16),
+            2 => core::ptr::write_volatile(pa as *mut u32, value as u32),
+            _ => core::ptr::write_volatile(pa as *mut u64, value),
+        }
+    }
+}
