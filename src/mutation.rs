@@ -23,6 +23,12 @@ pub enum Mutation {
     SkipFaultPageScrub,
     /// A page-table pool hands out one page past its end.
     PoolOverrun,
+    /// REMAP_VM_IMAGE looks a page number up without checking it is below the physical address
+    /// size (issue 11, finding 5).
+    RemapTakesAnyPfn,
+    /// An image's signature is checked over its own hash alone, not the VM's whole layout (its
+    /// load address, index, the other images, the RAM window: issue 11, finding 10).
+    SignatureOverImageOnly,
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ mod tests;
 
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::memory::pages::Owner;
-use crate::memory::{HostMemory, MemError};
+use crate::memory::{checked_pa, HostMemory, MemError};
 use crate::page_table::descriptor::INPUT_LIMIT;
 use crate::page_table::PageTable;
 use alloc::vec::Vec;
@@ -32,6 +32,18 @@ pub const MAX_VMS: u16 = 16;
 pub const MAX_VCPUS: usize = 8;
 /// Images per VM (SeKVM: 5).
 pub const MAX_LOAD_INFO: usize = 5;
+/// The most image bytes (images and signatures, in whole pages) one VM may have listed: 64 MiB,
+/// which holds a distribution's arm64 kernel (Debian's is 35 MB) with room for an initrd.
+///
+/// With this cap no sequence of host calls exhausts KCore's heap through the boot records: an
+/// image's page list is allocated once, exactly, when SET_BOOT_INFO declares it (REMAP_VM_IMAGE
+/// only fills it and never allocates), so the lists of all VMs together hold at most
+/// `MAX_VMS * MAX_IMAGE_PAGES` numbers (16 × 16,384 × 8 bytes = 2 MiB); the index of listed pages
+/// is one bit per page of RAM, allocated once; a verification in progress holds one hash state
+/// per VM. A refused call allocates nothing, and teardown frees what the VM had.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
+/// [`MAX_IMAGE_BYTES`] in pages.
+pub const MAX_IMAGE_PAGES: u64 = MAX_IMAGE_BYTES / PAGE_SIZE;
 pub const SIGNATURE_LEN: u64 = corevisor_abi::bundle::SIGNATURE_LEN as u64;
 /// What the signature covers before the image's hash (shared with xtask through the ABI crate).
 pub use corevisor_abi::bundle::IMAGE_DOMAIN;
@@ -67,7 +79,49 @@ pub struct LoadInfo {
 impl LoadInfo {
     /// Pages the image and its signature fill.
     pub fn pages(&self) -> u64 {
-        (self.size + SIGNATURE_LEN).div_ceil(PAGE_SIZE)
+        image_pages(self.size)
+    }
+}
+
+/// Pages an image of `size` bytes and its signature fill (saturating: a size near `u64::MAX` is
+/// refused by the cap, never wrapped into a small one).
+pub fn image_pages(size: u64) -> u64 {
+    size.saturating_add(SIGNATURE_LEN).div_ceil(PAGE_SIZE)
+}
+
+/// Which pages of RAM are listed in some VM's image: one bit per page, indexed like the ownership
+/// table. Derived from the VMs' page lists (KCore's working state, so that "listed already" costs
+/// one lookup instead of a scan of every list); equality ignores it, and the boot tests check it
+/// against the lists after every step.
+#[derive(Clone, Debug, Default)]
+pub struct ListedIndex(Vec<u64>);
+
+impl PartialEq for ListedIndex {
+    fn eq(&self, _: &ListedIndex) -> bool {
+        true
+    }
+}
+impl Eq for ListedIndex {}
+
+impl ListedIndex {
+    fn get(&self, index: usize) -> bool {
+        self.0.get(index / 64).is_some_and(|w| w >> (index % 64) & 1 == 1)
+    }
+
+    /// Sets or clears the bit of page `index`; the bitmap grows (once) to cover `pages` pages.
+    fn set(&mut self, index: usize, pages: usize, on: bool) -> Result<(), BootError> {
+        let words = pages.div_ceil(64);
+        if self.0.len() < words {
+            self.0.try_reserve_exact(words - self.0.len()).map_err(|_| BootError::NoRoom)?;
+            self.0.resize(words, 0);
+        }
+        let word = self.0.get_mut(index / 64).ok_or(BootError::BadPage)?;
+        if on {
+            *word |= 1 << (index % 64);
+        } else {
+            *word &= !(1 << (index % 64));
+        }
+        Ok(())
     }
 }
 
@@ -99,6 +153,8 @@ pub enum BootError {
     BadImage,
     /// The page cannot be part of an image (not the host's, or listed already).
     BadPage,
+    /// KCore's heap cannot hold the record (never happens within the caps; refused, not a panic).
+    NoRoom,
     Mem(MemError),
     /// The signature does not match: the VM is now REJECTED.
     Rejected,
@@ -109,6 +165,8 @@ pub enum BootError {
 pub struct Vms {
     pub next_vmid: u16,
     pub infos: Vec<VmInfo>,
+    /// The pages listed in any VM's images (derived from `infos`).
+    pub listed: ListedIndex,
 }
 
 impl Default for Vms {
@@ -119,7 +177,7 @@ impl Default for Vms {
 
 impl Vms {
     pub fn new() -> Vms {
-        Vms { next_vmid: 1, infos: (0..MAX_VMS).map(|_| VmInfo::UNUSED).collect() }
+        Vms { next_vmid: 1, infos: (0..MAX_VMS).map(|_| VmInfo::UNUSED).collect(), listed: ListedIndex::default() }
     }
 
     /// The VM `vmid`, if it is registered.
@@ -209,17 +267,39 @@ impl Vms {
 
     /// After teardown (every page of the VM is the host's again): the VM's image pages are no
     /// longer listed, so they may be listed for another VM.
-    pub fn release_images(&mut self, vmid: u16) {
-        if let Ok(info) = self.get_mut(vmid) {
-            info.load.clear();
+    pub fn release_images(&mut self, mem: &HostMemory, vmid: u16) {
+        let Ok(info) = self.get_mut(vmid) else { return };
+        let load = core::mem::take(&mut info.load);
+        for pfn in load.iter().flat_map(|l| &l.pfns) {
+            // Every listed number was checked to name a page of RAM when it was listed.
+            if let Some(index) = checked_pa(*pfn).ok().and_then(|pa| mem.db.regions().page_index(pa)) {
+                let _ = self.listed.set(index, mem.db.regions().pages(), false);
+            }
         }
     }
 
+    /// Whether the index of listed pages says exactly what the lists say (for the tests).
+    #[cfg(test)]
+    pub fn index_agrees(&self, mem: &HostMemory) -> bool {
+        let regions = mem.db.regions();
+        let mut listed = alloc::collections::BTreeSet::new();
+        for pfn in self.infos.iter().flat_map(|i| &i.load).flat_map(|l| &l.pfns) {
+            listed.insert(regions.page_index(*pfn << 12).expect("a listed page is RAM"));
+        }
+        let bits: usize = self.listed.0.iter().map(|w| w.count_ones() as usize).sum();
+        bits == listed.len() && listed.iter().all(|&i| self.listed.get(i))
+    }
+
     /// `set_boot_info`: an image of `size` bytes goes at guest address `gpa`. Returns its index.
+    /// The VM's images may fill at most [`MAX_IMAGE_BYTES`] together; the image's page list is
+    /// allocated here, whole, so that listing its pages never allocates.
     pub fn set_boot_info(&mut self, vmid: u16, gpa: u64, size: u64) -> Result<usize, BootError> {
         let info = self.ready(vmid)?;
-        let new = LoadInfo { gpa, size, pfns: Vec::new() };
-        let end = gpa.checked_add(new.pages() * PAGE_SIZE).ok_or(BootError::BadRange)?;
+        let pages = image_pages(size);
+        let listed_before: u64 = info.load.iter().map(LoadInfo::pages).sum();
+        // Within the cap, the byte count cannot overflow.
+        let end = (listed_before + pages <= MAX_IMAGE_PAGES).then(|| gpa.checked_add(pages * PAGE_SIZE)).flatten();
+        let Some(end) = end else { return Err(BootError::BadRange) };
         let overlaps = info.load.iter().any(|l| gpa < l.gpa + l.pages() * PAGE_SIZE && l.gpa < end);
         if info.load.len() >= MAX_LOAD_INFO
             || !gpa.is_multiple_of(PAGE_SIZE)
@@ -229,24 +309,37 @@ impl Vms {
         {
             return Err(BootError::BadRange);
         }
-        info.load.push(new);
+        let mut pfns = Vec::new();
+        pfns.try_reserve_exact(pages as usize).map_err(|_| BootError::NoRoom)?;
+        info.load.push(LoadInfo { gpa, size, pfns });
         Ok(info.load.len() - 1)
     }
 
     /// `remap_vm_image`: the next page of image `index` is host page `pfn`. The page stays the
     /// host's until verification takes it.
+    /// A page number beyond the physical address size is refused (`MemError::BadPfn`) before
+    /// anything looks it up, so that every page has exactly one number.
     pub fn remap_vm_image(&mut self, mem: &HostMemory, vmid: u16, pfn: u64, index: usize) -> Result<(), BootError> {
-        let listed = self.infos.iter().flat_map(|i| &i.load).any(|l| l.pfns.contains(&pfn));
-        let host_page = mem.db.get(pfn << 12).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
         let info = self.ready(vmid)?;
-        let load = info.load.get_mut(index).ok_or(BootError::BadImage)?;
+        let load = info.load.get(index).ok_or(BootError::BadImage)?;
         if load.pfns.len() as u64 >= load.pages() {
             return Err(BootError::BadImage);
         }
+        let pa = if crate::mutation::planted(crate::mutation::Mutation::RemapTakesAnyPfn) {
+            pfn << 12
+        } else {
+            checked_pa(pfn).map_err(BootError::Mem)?
+        };
+        let host_page = mem.db.get(pa).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
+        let page_index = mem.db.regions().page_index(pa);
+        let listed = page_index.is_some_and(|i| self.listed.get(i));
         if listed || !host_page {
             return Err(BootError::BadPage);
         }
-        load.pfns.push(pfn);
+        let page_index = page_index.ok_or(BootError::BadPage)?;
+        self.listed.set(page_index, mem.db.regions().pages(), true)?;
+        // Within the capacity reserved by SET_BOOT_INFO: no allocation.
+        self.ready(vmid)?.load[index].pfns.push(pfn);
         Ok(())
     }
 

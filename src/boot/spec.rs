@@ -2,11 +2,14 @@
 //! records are abstract already, so the relation is the identity on them (as SeKVM's
 //! `relate_RData` is for these layers) and `memory::spec`'s relation on memory.
 
-use super::{image_message, BootError, LoadInfo, VcpuState, VmState, Vms, MAX_LOAD_INFO, MAX_VMS, SIGNATURE_LEN};
+use super::{
+    image_message, BootError, LoadInfo, VcpuState, VmState, Vms, MAX_IMAGE_BYTES, MAX_LOAD_INFO, MAX_VMS, SIGNATURE_LEN,
+};
 use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
 use crate::memory::spec::{prot_and_map_vm_s2pt_spec, RData};
-use crate::page_table::descriptor::INPUT_LIMIT;
+use crate::memory::MemError;
+use crate::page_table::descriptor::{INPUT_LIMIT, OUTPUT_LIMIT};
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha512};
 
@@ -52,18 +55,26 @@ pub fn register_vcpu_spec(vms: &Vms, r: &RData, vmid: u16, vcpuid: usize) -> Ste
     Some((next, r.clone(), Ok(())))
 }
 
+/// SET_BOOT_INFO, from the ABI: a READY VM takes up to five images; each is page-aligned, not
+/// empty, lies (with its signature, in whole pages) below the guest's input limit without
+/// overlapping another, and all of the VM's images fill at most `MAX_IMAGE_BYTES`. Sizes are
+/// counted in 128-bit arithmetic here, so that no wrapping can make a huge image look small.
 pub fn set_boot_info_spec(vms: &Vms, r: &RData, vmid: u16, gpa: u64, size: u64) -> Step<usize> {
     if let Err(e) = need_ready(vms, vmid) {
         return refuse(vms, r, e);
     }
     let info = &vms.infos[vmid as usize - 1];
-    let pages = (size + SIGNATURE_LEN).div_ceil(PAGE_SIZE);
-    let Some(end) = gpa.checked_add(pages * PAGE_SIZE) else { return refuse(vms, r, BootError::BadRange) };
-    let clash = info.load.iter().any(|l| {
-        let other_end = l.gpa + (l.size + SIGNATURE_LEN).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        gpa < other_end && l.gpa < end
-    });
-    if info.load.len() >= MAX_LOAD_INFO || !gpa.is_multiple_of(PAGE_SIZE) || size == 0 || end > INPUT_LIMIT || clash {
+    let span = |size: u64| (size as u128 + SIGNATURE_LEN as u128).div_ceil(PAGE_SIZE as u128) * PAGE_SIZE as u128;
+    let (start, end) = (gpa as u128, gpa as u128 + span(size));
+    let clash = info.load.iter().any(|l| start < l.gpa as u128 + span(l.size) && (l.gpa as u128) < end);
+    let bytes: u128 = info.load.iter().map(|l| span(l.size)).sum::<u128>() + span(size);
+    if info.load.len() >= MAX_LOAD_INFO
+        || gpa % PAGE_SIZE != 0
+        || size == 0
+        || end > INPUT_LIMIT as u128
+        || bytes > MAX_IMAGE_BYTES as u128
+        || clash
+    {
         return refuse(vms, r, BootError::BadRange);
     }
     let mut next = vms.clone();
@@ -71,6 +82,9 @@ pub fn set_boot_info_spec(vms: &Vms, r: &RData, vmid: u16, gpa: u64, size: u64) 
     Some((next, r.clone(), Ok(info.load.len())))
 }
 
+/// REMAP_VM_IMAGE, from the ABI: `pfn` names a page of RAM by its number, so a number at or past
+/// the physical address size (`OUTPUT_LIMIT`) names nothing and is refused; the page must be the
+/// host's, not shared, and not listed in any image of any VM; the image must still miss pages.
 pub fn remap_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, pfn: u64, index: usize) -> Step<()> {
     if let Err(e) = need_ready(vms, vmid) {
         return refuse(vms, r, e);
@@ -79,8 +93,11 @@ pub fn remap_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, pfn: u64, index: usi
     if load.pfns.len() as u64 >= load.pages() {
         return refuse(vms, r, BootError::BadImage);
     }
+    if pfn >= OUTPUT_LIMIT / PAGE_SIZE {
+        return refuse(vms, r, BootError::Mem(MemError::BadPfn));
+    }
     let listed = vms.infos.iter().any(|i| i.load.iter().any(|l| l.pfns.contains(&pfn)));
-    let host_page = r.page(pfn << 12).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
+    let host_page = r.page(pfn * PAGE_SIZE).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
     if listed || !host_page {
         return refuse(vms, r, BootError::BadPage);
     }

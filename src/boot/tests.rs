@@ -5,6 +5,7 @@ use super::spec::*;
 use super::*;
 use crate::memory::system::{initial_rdata, relate, spec_apply, Op, System};
 use crate::mutation::{catches, with, Mutation};
+use crate::page_table::descriptor::OUTPUT_LIMIT;
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
 use sha2::{Digest, Sha512};
@@ -123,15 +124,49 @@ enum BootOp {
     Tamper(u64, u64),
 }
 
+/// Load addresses: the usual ones, ones near the end of the guest's input range and of `u64`
+/// (ranges that end past the window or wrap), and anything.
+fn any_gpa() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => prop_oneof![Just(0x8_0000u64), Just(0x8_1000), Just(0)],
+        1 => prop_oneof![Just(INPUT_LIMIT - 0x1000), Just(INPUT_LIMIT), Just(!0xfffu64), Just(0x8_0800)],
+        1 => any::<u64>(),
+    ]
+}
+
+/// Image sizes: the test image's, tiny, empty, around the per-VM cap, and sizes that wrap.
+fn any_size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => Just(IMAGE_LEN),
+        2 => prop_oneof![Just(10u64), Just(0)],
+        1 => prop_oneof![Just(MAX_IMAGE_BYTES - SIGNATURE_LEN), Just(MAX_IMAGE_BYTES - SIGNATURE_LEN + 1)],
+        1 => prop_oneof![Just(u64::MAX), Just(u64::MAX - SIGNATURE_LEN + 1), Just(u64::MAX - 4096)],
+        1 => any::<u64>(),
+    ]
+}
+
+/// Page numbers: the image's pages, KCore's, one past them, and the same pages with high bits
+/// set (which alias them if shifted unchecked), the first number past the physical address size,
+/// and anything.
+fn any_pfn() -> impl Strategy<Value = u64> {
+    let page =
+        prop_oneof![3 => Just(IMAGE_PFNS[0]), 3 => Just(IMAGE_PFNS[1]), 1 => Just(0x40080u64), 1 => Just(0x40402)];
+    prop_oneof![
+        8 => page.clone(),
+        2 => (page, prop_oneof![Just(52u32), Just(28), Just(40), Just(63)]).prop_map(|(p, bit)| p | 1 << bit),
+        1 => prop_oneof![Just(OUTPUT_LIMIT >> 12), Just((OUTPUT_LIMIT >> 12) - 1), Just(u64::MAX)],
+        1 => any::<u64>(),
+    ]
+}
+
 fn any_boot_op() -> impl Strategy<Value = BootOp> {
     // Mostly VM 1 and image 0, so whole boots (register, describe, list pages, verify) happen.
     let vmid = prop_oneof![5 => Just(1u16), 2 => Just(2), 1 => 0u16..5];
     prop_oneof![
         2 => Just(BootOp::RegisterVm),
         1 => (vmid.clone(), 0usize..10).prop_map(|(v, c)| BootOp::RegisterVcpu(v, c)),
-        2 => (vmid.clone(), prop_oneof![Just(0x8_0000u64), Just(0x8_1000), Just(0)], prop_oneof![4 => Just(IMAGE_LEN), 1 => Just(10u64), 1 => Just(0)])
-            .prop_map(|(v, g, s)| BootOp::SetBootInfo(v, g, s)),
-        4 => (vmid.clone(), prop_oneof![3 => Just(IMAGE_PFNS[0]), 3 => Just(IMAGE_PFNS[1]), 1 => Just(0x40080u64), 1 => Just(0x40402)], prop_oneof![4 => Just(0usize), 1 => Just(1)])
+        2 => (vmid.clone(), any_gpa(), any_size()).prop_map(|(v, g, s)| BootOp::SetBootInfo(v, g, s)),
+        4 => (vmid.clone(), any_pfn(), prop_oneof![4 => Just(0usize), 1 => Just(1), 1 => Just(usize::MAX)])
             .prop_map(|(v, p, i)| BootOp::Remap(v, p, i)),
         2 => vmid.clone().prop_map(BootOp::Verify),
         1 => vmid.clone().prop_map(BootOp::PowerOff),
@@ -196,6 +231,7 @@ fn boot_refines(ops: &[BootOp]) -> Result<(), TestCaseError> {
         };
         prop_assert!(same, "result of {:?} differs from the spec", op);
         prop_assert_eq!(&vms, &abs, "VM records differ after {:?}", op);
+        prop_assert!(vms.index_agrees(&sys.mem), "the index of listed pages is wrong after {:?}", op);
         if let Err(e) = relate(&sys, &r, &probes) {
             return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
         }
@@ -221,4 +257,68 @@ fn refinement_catches_a_verification_that_skips_a_byte() {
     let (mut sys, mut vms) = (System::new(false), Vms::new());
     lay_out(&mut sys, &mut initial_rdata(false));
     assert_eq!(with(Mutation::VerifyIgnoresLastByte, || boot_vm(&mut sys, &mut vms)), Err(BootError::Rejected));
+}
+
+#[test]
+fn refinement_catches_an_unchecked_page_number() {
+    let inputs = proptest::collection::vec(any_boot_op(), 50..80);
+    catches(Mutation::RemapTakesAnyPfn, 256, inputs, |ops| boot_refines(&ops));
+}
+
+/// A VM with one image of `pages` pages, ready for its pages to be listed.
+fn vm_with_image(vms: &mut Vms, pages: u64) -> u16 {
+    let vmid = vms.register_vm().unwrap();
+    assert_eq!(vms.set_boot_info(vmid, 0, pages * PAGE_SIZE - SIGNATURE_LEN), Ok(0));
+    vmid
+}
+
+/// Finding 5 of issue 11: a page number with bits above the physical address size names the
+/// same page as the number without them once shifted; it used to be listed again and again,
+/// each time growing the list, until KCore's heap ran out.
+#[test]
+fn a_page_number_past_the_physical_address_size_is_refused() {
+    let (sys, mut vms) = (System::new(false), Vms::new());
+    let vmid = vm_with_image(&mut vms, 4);
+    let page = IMAGE_PFNS[0];
+    assert_eq!(vms.remap_vm_image(&sys.mem, vmid, page, 0), Ok(()));
+    for alias in [page | 1 << 52, page | 1 << 40, page | 1 << 28, u64::MAX] {
+        assert_eq!(vms.remap_vm_image(&sys.mem, vmid, alias, 0), Err(BootError::Mem(MemError::BadPfn)), "{alias:#x}");
+    }
+    assert_eq!(vms.get(vmid).unwrap().load[0].pfns, vec![page]);
+    assert_eq!(crate::memory::checked_pa((OUTPUT_LIMIT >> 12) - 1), Ok(OUTPUT_LIMIT - PAGE_SIZE));
+    assert_eq!(crate::memory::checked_pa(OUTPUT_LIMIT >> 12), Err(MemError::BadPfn));
+    // Through the hypercall: INVALID_ADDRESS.
+    let status = crate::vm::VmError::Boot(BootError::Mem(MemError::BadPfn)).status();
+    assert_eq!(status, corevisor_abi::Status::InvalidAddress);
+}
+
+/// The per-VM cap: a VM's images fill at most `MAX_IMAGE_BYTES`; with that many pages listed,
+/// the next REMAP_VM_IMAGE and the next SET_BOOT_INFO are refused, and no list grew past its
+/// capacity (listing never allocates).
+#[test]
+fn image_lists_stop_at_the_cap() {
+    let (sys, mut vms) = (System::new(false), Vms::new());
+    let first = 0x44000;
+    let vmid = vm_with_image(&mut vms, MAX_IMAGE_PAGES);
+    for pfn in first..first + MAX_IMAGE_PAGES {
+        assert_eq!(vms.remap_vm_image(&sys.mem, vmid, pfn, 0), Ok(()));
+    }
+    let next = first + MAX_IMAGE_PAGES;
+    assert_eq!(vms.remap_vm_image(&sys.mem, vmid, next, 0), Err(BootError::BadImage));
+    assert_eq!(vms.set_boot_info(vmid, 1 << 32, 1), Err(BootError::BadRange), "a second image past the cap");
+    let load = &vms.get(vmid).unwrap().load[0];
+    assert_eq!((load.pfns.len() as u64, load.pfns.capacity() as u64), (MAX_IMAGE_PAGES, MAX_IMAGE_PAGES));
+    // One image cannot exceed the cap either, nor wrap its size into a small one.
+    let other = vms.register_vm().unwrap();
+    for size in [MAX_IMAGE_BYTES - SIGNATURE_LEN + 1, u64::MAX, u64::MAX - SIGNATURE_LEN + 1] {
+        assert_eq!(vms.set_boot_info(other, 0, size), Err(BootError::BadRange), "{size:#x}");
+    }
+    // A page listed for one VM cannot be listed for another.
+    assert_eq!(vms.set_boot_info(other, 0, 10), Ok(0));
+    assert_eq!(vms.remap_vm_image(&sys.mem, other, first, 0), Err(BootError::BadPage));
+    assert!(vms.index_agrees(&sys.mem));
+    // Teardown unlists the pages.
+    vms.release_images(&sys.mem, vmid);
+    assert_eq!(vms.remap_vm_image(&sys.mem, other, first, 0), Ok(()));
+    assert!(vms.index_agrees(&sys.mem));
 }

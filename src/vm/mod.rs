@@ -56,7 +56,7 @@ impl VmError {
             VmError::BadArgument => Status::InvalidParameters,
             VmError::NoVm => Status::InvalidParameters,
             VmError::State | VmError::Busy => Status::Denied,
-            VmError::Boot(BootError::NoVmid) => Status::NotPresent,
+            VmError::Boot(BootError::NoVmid | BootError::NoRoom) => Status::NotPresent,
             VmError::Boot(BootError::Rejected) => Status::Denied,
             VmError::Boot(BootError::State(_) | BootError::Vcpu) => Status::Denied,
             VmError::Boot(BootError::NoVm | BootError::BadRange | BootError::BadImage) => Status::InvalidParameters,
@@ -388,7 +388,7 @@ impl Kcore {
         }
         self.slots[vmid as usize - 1] = None;
         m.flush_stage2_vmid(vmid as u16);
-        self.vms.release_images(vmid as u16);
+        self.vms.release_images(&self.mem, vmid as u16);
         Ok(returned)
     }
 }
