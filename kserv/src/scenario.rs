@@ -21,10 +21,11 @@ pub enum Scenario {
     HvcFuzz,
     GuestFuzz,
     VmIrq,
+    SignedBinding,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -42,6 +43,7 @@ impl Scenario {
         Scenario::HvcFuzz,
         Scenario::GuestFuzz,
         Scenario::VmIrq,
+        Scenario::SignedBinding,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +65,7 @@ impl Scenario {
             Scenario::HvcFuzz => "hvc-fuzz",
             Scenario::GuestFuzz => "guest-fuzz",
             Scenario::VmIrq => "vm-irq",
+            Scenario::SignedBinding => "signed-binding",
         }
     }
 

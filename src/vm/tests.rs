@@ -2,12 +2,11 @@
 //! hypercalls, and the refusals that keep the host out.
 
 use super::*;
-use crate::boot::image_message;
+use crate::boot::testing::sign_layout;
 use crate::machine::model::ModelMachine;
 use crate::memory::system::{System, POOLS};
 use crate::vcpu::Pending;
-use ed25519_dalek::{Signer, SigningKey};
-use sha2::{Digest, Sha512};
+use ed25519_dalek::SigningKey;
 
 const GUEST_RAM: u64 = 0x4000_0000;
 const IMAGE_PFN: u64 = 0x48000;
@@ -26,8 +25,7 @@ fn kcore() -> (ModelMachine, Kcore) {
 /// Writes a signed image into host page IMAGE_PFN (image then signature); `flip` flips a byte.
 fn lay_out_image(m: &ModelMachine, flip: Option<u64>) {
     let image: Vec<u8> = (0..IMAGE_LEN).map(|i| (i * 13 + 1) as u8).collect();
-    let digest: [u8; 64] = Sha512::digest(&image).into();
-    let mut bytes = [image, key().sign(&image_message(&digest)).to_bytes().to_vec()].concat();
+    let mut bytes = sign_layout(&key(), GUEST_RAM, 16 << 20, &[(GUEST_RAM, &image)]).remove(0);
     if let Some(at) = flip {
         bytes[at as usize] ^= 0x40;
     }
