@@ -195,7 +195,13 @@ impl Manager {
         let region = self.regions.iter().flatten().copied().find(|&r| !in_use(r)).ok_or((None, no_room))?;
         let backed = |load: &Load| {
             region_page(region, entry.ram_base, entry.ram_size, load.gpa).is_some()
-                && region_page(region, entry.ram_base, entry.ram_size, load.gpa + (load.signed.len() as u64).saturating_sub(1)).is_some()
+                && region_page(
+                    region,
+                    entry.ram_base,
+                    entry.ram_size,
+                    load.gpa + (load.signed.len() as u64).saturating_sub(1),
+                )
+                .is_some()
         };
         if entry.ram_size > crate::vm_plan::REGION_SIZE
             || entry.vcpus as usize > MAX_VCPUS

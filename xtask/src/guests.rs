@@ -63,8 +63,11 @@ pub fn sign_layout(ram_base: u64, ram_size: u64, images: &[Placed], seed: &[u8; 
         .iter()
         .enumerate()
         .map(|(index, image)| {
-            let message = bundle::image_message(ram_base, ram_size, &records, index)
-                .ok_or(format!("a VM has 1 to {} images, not {}", bundle::MAX_IMAGES, images.len()))?;
+            let message = bundle::image_message(ram_base, ram_size, &records, index).ok_or(format!(
+                "a VM has 1 to {} images, not {}",
+                bundle::MAX_IMAGES,
+                images.len()
+            ))?;
             Ok([image.bytes, &key.sign(message.as_bytes()).to_bytes()[..]].concat())
         })
         .collect()
@@ -185,7 +188,9 @@ mod tests {
         let (image, signature) = signed.split_at(signed.len() - 64);
         let message = bundle::image_message(ram.0, ram.1, &records, index).unwrap();
         image == layout[index].1
-            && test_key().verify_strict(message.as_bytes(), &Signature::from_bytes(signature.try_into().unwrap())).is_ok()
+            && test_key()
+                .verify_strict(message.as_bytes(), &Signature::from_bytes(signature.try_into().unwrap()))
+                .is_ok()
     }
 
     #[test]
