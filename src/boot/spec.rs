@@ -70,7 +70,7 @@ pub fn set_boot_info_spec(vms: &Vms, r: &RData, vmid: u16, gpa: u64, size: u64) 
     let clash = info.load.iter().any(|l| start < l.gpa as u128 + span(l.size) && (l.gpa as u128) < end);
     let bytes: u128 = info.load.iter().map(|l| span(l.size)).sum::<u128>() + span(size);
     if info.load.len() >= MAX_LOAD_INFO
-        || gpa % PAGE_SIZE != 0
+        || !gpa.is_multiple_of(PAGE_SIZE)
         || size == 0
         || end > INPUT_LIMIT as u128
         || bytes > MAX_IMAGE_BYTES as u128

@@ -499,9 +499,6 @@ fn a_page_number_past_the_physical_address_size_is_refused() {
     assert_eq!(vms.get(vmid).unwrap().load[0].pfns, vec![page]);
     assert_eq!(crate::memory::checked_pa((OUTPUT_LIMIT >> 12) - 1), Ok(OUTPUT_LIMIT - PAGE_SIZE));
     assert_eq!(crate::memory::checked_pa(OUTPUT_LIMIT >> 12), Err(MemError::BadPfn));
-    // Through the hypercall: INVALID_ADDRESS.
-    let status = crate::vm::VmError::Boot(BootError::Mem(MemError::BadPfn)).status();
-    assert_eq!(status, corevisor_abi::Status::InvalidAddress);
 }
 
 /// The per-VM cap: a VM's images fill at most `MAX_IMAGE_BYTES`; with that many pages listed,

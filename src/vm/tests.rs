@@ -179,3 +179,17 @@ fn an_offer_the_vm_cannot_map_goes_back_to_the_host() {
     assert_eq!(m.read_u64(offered << 12), 0, "and scrubbed: it was the VM's for a moment");
     assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
 }
+
+/// REMAP_VM_IMAGE with a page number past the physical address size (an alias of a real page
+/// once shifted) answers INVALID_ADDRESS and lists nothing.
+#[test]
+fn remap_refuses_a_page_number_past_the_physical_address_size() {
+    let (m, mut k) = kcore();
+    let vmid = k.register_vm(&m, GUEST_RAM, 16 << 20).unwrap() as u64;
+    k.set_boot_info(vmid, GUEST_RAM, IMAGE_LEN).unwrap();
+    let refused = k.remap_vm_image(vmid, 0, IMAGE_PFN | 1 << 52).unwrap_err();
+    assert_eq!(refused, VmError::Boot(BootError::Mem(MemError::BadPfn)));
+    assert_eq!(refused.status(), Status::InvalidAddress);
+    assert!(k.vms.get(vmid as u16).unwrap().load[0].pfns.is_empty());
+    assert_eq!(k.remap_vm_image(vmid, 0, IMAGE_PFN), Ok(()));
+}
