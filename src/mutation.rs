@@ -44,6 +44,12 @@ pub enum Mutation {
     HostMmioIgnoresAllowList,
     /// The GICv3 redistributor filter lets a write to GICR_PROPBASER through.
     GicrFilterPassesPropbaser,
+    /// REMAP_VM_IMAGE looks a page number up without checking it is below the physical address
+    /// size (issue 11, finding 5).
+    RemapTakesAnyPfn,
+    /// An image's signature is checked over its own hash alone, not the VM's whole layout (its
+    /// load address, index, the other images, the RAM window: issue 11, finding 10).
+    SignatureOverImageOnly,
 }
 
 #[cfg(test)]

@@ -4,26 +4,115 @@
 //!
 //! Layout (all integers little-endian):
 //! - header, 16 bytes: magic `CVBUNDLE`, version (u32), VM count (u32);
-//! - one 64-byte [`VmEntry`] per VM;
+//! - one [`ENTRY_LEN`]-byte [`VmEntry`] per VM: name, vCPUs, role, RAM window, and up to
+//!   [`MAX_IMAGES`] images, each with its offset, size and load address;
 //! - the images, each at a 4 KiB-aligned offset and followed directly by its 64-byte Ed25519
-//!   signature (see KCore's boot layer for what the signature covers).
+//!   signature over [`image_message`].
 //!
 //! Parsing checks every field against the bundle's length, so a truncated or hostile bundle is
 //! an error, never an out-of-bounds read.
 
 pub const MAGIC: &[u8; 8] = b"CVBUNDLE";
-pub const VERSION: u32 = 1;
+/// Version 2: several images per VM, each with its load address (version 1 had one image per VM,
+/// loaded at the start of its RAM).
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 16;
-pub const ENTRY_LEN: usize = 64;
+/// The most images one VM has (KCore's SET_BOOT_INFO takes at most this many; SeKVM: 5).
+pub const MAX_IMAGES: usize = 5;
+/// One [`ImageEntry`]: offset, size, load address.
+pub const IMAGE_ENTRY_LEN: usize = 24;
+pub const ENTRY_LEN: usize = 48 + MAX_IMAGES * IMAGE_ENTRY_LEN;
 pub const NAME_LEN: usize = 16;
 pub const SIGNATURE_LEN: usize = 64;
-/// What an image's Ed25519 signature covers before the image's SHA-512 digest: binds the
-/// signature to this use. KCore checks it, xtask signs with it.
-pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v1";
+/// Domain separation: the first bytes of every message an image signature covers (see
+/// [`image_message`]). `-v2` since the message names the VM's whole layout; a `-v1` signature
+/// (over one image's hash alone) never verifies.
+pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v2";
 /// Images start on page boundaries, so their pages can be handed to KCore as they are.
 pub const IMAGE_ALIGN: u64 = 4096;
 /// The most VMs one bundle describes.
 pub const MAX_VMS: usize = 8;
+
+/// What a signature says about one image of the VM: where it is loaded, how long it is (the
+/// signature not counted), and its SHA-512.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub gpa: u64,
+    pub size: u64,
+    pub sha512: [u8; 64],
+}
+
+/// The longest message: the domain, the RAM window, the count and index, and every image.
+pub const MESSAGE_MAX: usize = IMAGE_DOMAIN.len() + 8 + 8 + 4 + 4 + MAX_IMAGES * (8 + 8 + 64);
+
+/// The bytes an image's Ed25519 signature covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageMessage {
+    bytes: [u8; MESSAGE_MAX],
+    len: usize,
+}
+
+impl ImageMessage {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The message image `index` of a VM is signed over, the one format KCore checks and xtask signs:
+///
+/// `IMAGE_DOMAIN ‖ ram_base ‖ ram_size ‖ count ‖ index ‖ (gpa ‖ size ‖ SHA-512) for each image`
+///
+/// (u64 and u32 little-endian; `count` and `index` u32; the images in index order). Every
+/// image's signature covers the whole layout: the VM's guest-physical RAM window, how many images
+/// there are, which one this is (index 0 is the entry: vCPU 0 starts at its first byte), and for
+/// every image its load address, size and hash. So an image cannot be loaded at another address,
+/// made the entry, or combined with images signed for another layout (another VM's, or an older
+/// build's): each of those changes the message of every image.
+///
+/// What it cannot stop: a host that boots an entire older layout, every image of it correctly
+/// signed, gets that older VM. Refusing rollback needs state that survives the host (a version
+/// counter in secure storage), which corevisor does not have.
+///
+/// `None` if there are no images or more than [`MAX_IMAGES`], or `index` is not one of them.
+pub fn image_message(ram_base: u64, ram_size: u64, images: &[ImageRecord], index: usize) -> Option<ImageMessage> {
+    if images.is_empty() || images.len() > MAX_IMAGES || index >= images.len() {
+        return None;
+    }
+    let mut message = ImageMessage { bytes: [0; MESSAGE_MAX], len: 0 };
+    let mut put = |bytes: &[u8]| {
+        message.bytes[message.len..message.len + bytes.len()].copy_from_slice(bytes);
+        message.len += bytes.len();
+    };
+    put(IMAGE_DOMAIN);
+    put(&ram_base.to_le_bytes());
+    put(&ram_size.to_le_bytes());
+    put(&(images.len() as u32).to_le_bytes());
+    put(&(index as u32).to_le_bytes());
+    for image in images {
+        put(&image.gpa.to_le_bytes());
+        put(&image.size.to_le_bytes());
+        put(&image.sha512);
+    }
+    Some(message)
+}
+
+/// One image of a VM in the bundle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageEntry {
+    /// Offset of the image in the bundle; its signature follows it directly.
+    pub offset: u64,
+    /// Its length without the signature.
+    pub size: u64,
+    /// The guest-physical address it is signed to be loaded at.
+    pub gpa: u64,
+}
+
+impl ImageEntry {
+    /// Pages the image and its signature fill.
+    pub fn pages(&self) -> u64 {
+        self.size.saturating_add(SIGNATURE_LEN as u64).div_ceil(IMAGE_ALIGN)
+    }
+}
 
 /// One VM of the bundle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,13 +122,12 @@ pub struct VmEntry {
     pub vcpus: u32,
     /// The value the guest reads from the test device's CONFIG register.
     pub role: u32,
-    /// Guest-physical RAM window.
+    /// Guest-physical RAM window (part of what the images' signatures cover).
     pub ram_base: u64,
     pub ram_size: u64,
-    /// Offset of the image in the bundle, and its length without the signature. The image is
-    /// loaded at `ram_base` and vCPU 0 starts at its first byte.
-    pub image_offset: u64,
-    pub image_size: u64,
+    /// How many of `images` are used. Image 0 is the entry: vCPU 0 starts at its first byte.
+    pub image_count: u32,
+    pub images: [ImageEntry; MAX_IMAGES],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,9 +136,10 @@ pub enum BundleError {
     BadMagic,
     BadVersion(u32),
     TooManyVms(u32),
-    /// Entry `n` names an image outside the bundle, unaligned, or empty.
+    /// Entry `n` names an image outside the bundle, unaligned, or empty, or has no image or
+    /// too many.
     BadImage(usize),
-    /// Entry `n` has no vCPUs, or an unaligned or empty RAM window, or one its image overflows.
+    /// Entry `n` has no vCPUs, or an unaligned or empty RAM window, or an image outside it.
     BadVm(usize),
 }
 
@@ -69,7 +158,7 @@ impl VmEntry {
         core::str::from_utf8(&self.name[..len]).unwrap_or("?")
     }
 
-    /// The entry's 64 bytes.
+    /// The entry's bytes.
     pub fn to_bytes(&self) -> [u8; ENTRY_LEN] {
         let mut out = [0u8; ENTRY_LEN];
         out[..NAME_LEN].copy_from_slice(&self.name);
@@ -77,23 +166,38 @@ impl VmEntry {
         out[20..24].copy_from_slice(&self.role.to_le_bytes());
         out[24..32].copy_from_slice(&self.ram_base.to_le_bytes());
         out[32..40].copy_from_slice(&self.ram_size.to_le_bytes());
-        out[40..48].copy_from_slice(&self.image_offset.to_le_bytes());
-        out[48..56].copy_from_slice(&self.image_size.to_le_bytes());
+        out[40..44].copy_from_slice(&self.image_count.to_le_bytes());
+        for (i, image) in self.images.iter().enumerate() {
+            let at = 48 + i * IMAGE_ENTRY_LEN;
+            out[at..at + 8].copy_from_slice(&image.offset.to_le_bytes());
+            out[at + 8..at + 16].copy_from_slice(&image.size.to_le_bytes());
+            out[at + 16..at + 24].copy_from_slice(&image.gpa.to_le_bytes());
+        }
         out
     }
 
     fn from_bytes(b: &[u8]) -> VmEntry {
         let mut name = [0u8; NAME_LEN];
         name.copy_from_slice(&b[..NAME_LEN]);
+        let mut images = [ImageEntry::default(); MAX_IMAGES];
+        for (i, image) in images.iter_mut().enumerate() {
+            let at = 48 + i * IMAGE_ENTRY_LEN;
+            *image = ImageEntry { offset: u64_at(b, at), size: u64_at(b, at + 8), gpa: u64_at(b, at + 16) };
+        }
         VmEntry {
             name,
             vcpus: u32_at(b, 16),
             role: u32_at(b, 20),
             ram_base: u64_at(b, 24),
             ram_size: u64_at(b, 32),
-            image_offset: u64_at(b, 40),
-            image_size: u64_at(b, 48),
+            image_count: u32_at(b, 40),
+            images,
         }
+    }
+
+    /// The images in use (all of `images` if the count is too large: parsing refuses that).
+    pub fn images(&self) -> &[ImageEntry] {
+        &self.images[..(self.image_count as usize).min(MAX_IMAGES)]
     }
 
     /// A name field from text (cut to 16 bytes).
@@ -102,11 +206,6 @@ impl VmEntry {
         let len = name.len().min(NAME_LEN);
         field[..len].copy_from_slice(&name.as_bytes()[..len]);
         field
-    }
-
-    /// Pages the image and its signature fill.
-    pub fn image_pages(&self) -> u64 {
-        (self.image_size + SIGNATURE_LEN as u64).div_ceil(IMAGE_ALIGN)
     }
 }
 
@@ -148,20 +247,29 @@ impl<'a> Bundle<'a> {
         }
         let bundle = Bundle { bytes, count };
         for (i, vm) in bundle.vms().enumerate() {
-            let image_end = vm.image_offset.checked_add(vm.image_size).and_then(|e| e.checked_add(64));
-            if vm.image_size == 0
-                || !vm.image_offset.is_multiple_of(IMAGE_ALIGN)
-                || image_end.is_none_or(|end| end > bytes.len() as u64)
-            {
+            if vm.image_count == 0 || vm.image_count as usize > MAX_IMAGES {
                 return Err(BundleError::BadImage(i));
             }
+            for image in vm.images() {
+                let image_end = image.offset.checked_add(image.size).and_then(|e| e.checked_add(SIGNATURE_LEN as u64));
+                if image.size == 0
+                    || !image.offset.is_multiple_of(IMAGE_ALIGN)
+                    || image_end.is_none_or(|end| end > bytes.len() as u64)
+                {
+                    return Err(BundleError::BadImage(i));
+                }
+            }
             let ram_end = vm.ram_base.checked_add(vm.ram_size);
+            let inside = |image: &ImageEntry| {
+                let end = image.pages().checked_mul(IMAGE_ALIGN).and_then(|bytes| image.gpa.checked_add(bytes));
+                image.gpa >= vm.ram_base && end.is_some_and(|end| ram_end.is_some_and(|r| end <= r))
+            };
             if vm.vcpus == 0
                 || vm.ram_size == 0
                 || !vm.ram_base.is_multiple_of(IMAGE_ALIGN)
                 || !vm.ram_size.is_multiple_of(IMAGE_ALIGN)
                 || ram_end.is_none()
-                || vm.image_pages() * IMAGE_ALIGN > vm.ram_size
+                || !vm.images().iter().all(|image| image.gpa.is_multiple_of(IMAGE_ALIGN) && inside(image))
             {
                 return Err(BundleError::BadVm(i));
             }
@@ -182,9 +290,9 @@ impl<'a> Bundle<'a> {
         (0..self.count).map(move |i| VmEntry::from_bytes(&bytes[HEADER_LEN + i * ENTRY_LEN..]))
     }
 
-    /// The image of `vm` followed by its signature.
-    pub fn signed_image(&self, vm: &VmEntry) -> &'a [u8] {
-        &self.bytes[vm.image_offset as usize..(vm.image_offset + vm.image_size) as usize + SIGNATURE_LEN]
+    /// The image followed by its signature.
+    pub fn signed_image(&self, image: &ImageEntry) -> &'a [u8] {
+        &self.bytes[image.offset as usize..(image.offset + image.size) as usize + SIGNATURE_LEN]
     }
 }
 
@@ -193,14 +301,16 @@ mod tests {
     use super::*;
 
     fn entry(offset: u64, size: u64) -> VmEntry {
+        let mut images = [ImageEntry::default(); MAX_IMAGES];
+        images[0] = ImageEntry { offset, size, gpa: 0x4000_0000 };
         VmEntry {
             name: VmEntry::name_field("alpha"),
             vcpus: 1,
             role: 7,
             ram_base: 0x4000_0000,
             ram_size: 16 << 20,
-            image_offset: offset,
-            image_size: size,
+            image_count: 1,
+            images,
         }
     }
 
@@ -216,14 +326,19 @@ mod tests {
 
     #[test]
     fn a_well_formed_bundle_round_trips() {
-        let bytes = bundle_of(&[entry(4096, 100), entry(8192, 4032)], 3 * 4096);
+        let mut two = entry(8192, 4032);
+        two.images[1] = ImageEntry { offset: 4096, size: 100, gpa: 0x4080_0000 };
+        two.image_count = 2;
+        let bytes = bundle_of(&[entry(4096, 100), two], 3 * 4096);
         let bundle = Bundle::parse(&bytes).unwrap();
         let vms: [VmEntry; 2] = [bundle.vms().next().unwrap(), bundle.vms().nth(1).unwrap()];
         assert_eq!(vms[0], entry(4096, 100));
         assert_eq!(vms[0].name(), "alpha");
-        assert_eq!(bundle.signed_image(&vms[1]).len(), 4096);
-        assert_eq!(vms[1].image_pages(), 1);
-        assert_eq!(entry(0, 4033).image_pages(), 2);
+        assert_eq!(vms[1], two);
+        assert_eq!(vms[1].images().len(), 2);
+        assert_eq!(bundle.signed_image(&vms[1].images[0]).len(), 4096);
+        assert_eq!(vms[1].images[0].pages(), 1);
+        assert_eq!(entry(0, 4033).images[0].pages(), 2);
     }
 
     #[test]
@@ -234,15 +349,63 @@ mod tests {
         bad[0] = b'X';
         assert_eq!(Bundle::parse(&bad).err(), Some(BundleError::BadMagic));
         let mut bad = good;
+        bad[8] = 1;
+        assert_eq!(Bundle::parse(&bad).err(), Some(BundleError::BadVersion(1)));
+        let mut bad = good;
         bad[12] = 200;
         assert_eq!(Bundle::parse(&bad).err(), Some(BundleError::TooManyVms(200)));
-        for e in [entry(4095, 100), entry(4096, 0), entry(2 * 4096, 4096), entry(u64::MAX - 4095, 100)] {
+        let no_images = VmEntry { image_count: 0, ..entry(4096, 100) };
+        let too_many = VmEntry { image_count: MAX_IMAGES as u32 + 1, ..entry(4096, 100) };
+        for e in
+            [entry(4095, 100), entry(4096, 0), entry(2 * 4096, 4096), entry(u64::MAX - 4095, 100), no_images, too_many]
+        {
             assert_eq!(Bundle::parse(&bundle_of(&[e], 0)).err(), Some(BundleError::BadImage(0)), "{e:?}");
         }
         let no_vcpus = VmEntry { vcpus: 0, ..entry(4096, 100) };
         let tiny_ram = VmEntry { ram_size: 0x1000, ..entry(4096, 4096) };
-        for e in [no_vcpus, tiny_ram] {
+        let mut below = entry(4096, 100);
+        below.images[0].gpa = 0x3fff_f000;
+        let mut past = entry(4096, 100);
+        past.images[0].gpa = 0x4000_0000 + (16 << 20) - 0x1000 + 0x1000;
+        let mut unaligned = entry(4096, 100);
+        unaligned.images[0].gpa = 0x4000_0800;
+        for e in [no_vcpus, tiny_ram, below, past, unaligned] {
             assert_eq!(Bundle::parse(&bundle_of(&[e], 0)).err(), Some(BundleError::BadVm(0)), "{e:?}");
         }
+    }
+
+    fn record(gpa: u64, byte: u8) -> ImageRecord {
+        ImageRecord { gpa, size: 100, sha512: [byte; 64] }
+    }
+
+    #[test]
+    fn the_message_names_the_whole_layout() {
+        let images = [record(0x8000_0000, 1), record(0x8080_0000, 2)];
+        let message = image_message(0x8000_0000, 16 << 20, &images, 1).unwrap();
+        let bytes = message.as_bytes();
+        assert_eq!(bytes.len(), IMAGE_DOMAIN.len() + 24 + 2 * 80);
+        assert!(bytes.starts_with(b"corevisor-image-v2"));
+        let at = IMAGE_DOMAIN.len();
+        assert_eq!(&bytes[at..at + 8], &0x8000_0000u64.to_le_bytes());
+        assert_eq!(&bytes[at + 16..at + 24], &[2, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(&bytes[at + 24 + 80..at + 24 + 88], &0x8080_0000u64.to_le_bytes());
+        // Each part of the layout changes the message.
+        let base = |ram_base, ram_size, images: &[ImageRecord], index| image_message(ram_base, ram_size, images, index);
+        let variants = [
+            base(0x8000_0000, 32 << 20, &images, 1),
+            base(0x9000_0000, 16 << 20, &images, 1),
+            base(0x8000_0000, 16 << 20, &images, 0),
+            base(0x8000_0000, 16 << 20, &[images[1], images[0]], 0),
+            base(0x8000_0000, 16 << 20, &[images[0], record(0x8090_0000, 2)], 1),
+            base(0x8000_0000, 16 << 20, &[images[0], record(0x8080_0000, 3)], 1),
+            base(0x8000_0000, 16 << 20, &[images[0], images[1], record(0x8100_0000, 4)], 1),
+        ];
+        for other in variants {
+            assert_ne!(other.unwrap().as_bytes(), bytes);
+        }
+        assert_eq!(image_message(0, 1, &images, 2), None);
+        assert_eq!(image_message(0, 1, &[], 0), None);
+        assert_eq!(image_message(0, 1, &[images[0]; MAX_IMAGES + 1], 0), None);
+        assert_eq!(image_message(0, 1, &[images[0]; MAX_IMAGES], 4).unwrap().as_bytes().len(), MESSAGE_MAX);
     }
 }

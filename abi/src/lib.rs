@@ -39,13 +39,17 @@ pub mod host_call {
     pub const REGISTER_VCPU: u32 = hyp_call(5);
     /// Declares an image of x3 bytes (signature not counted) to load at guest address x2
     /// (page-aligned, inside the VM's RAM) in READY VM x1. Returns the image index in x1. The
-    /// first image is where vCPU 0 starts.
+    /// first image is where vCPU 0 starts. A VM's images fill at most 64 MiB together.
     pub const SET_BOOT_INFO: u32 = hyp_call(6);
-    /// Names host page x3 (a page frame number) as the next page of image x2 of VM x1. The pages
-    /// hold the image followed directly by its 64-byte signature.
+    /// Names host page x3 (a page frame number, below 2^28: 40-bit physical addresses) as the
+    /// next page of image x2 of VM x1. The pages hold the image followed directly by its 64-byte
+    /// signature.
     pub const REMAP_VM_IMAGE: u32 = hyp_call(7);
-    /// Takes every image page of VM x1 from the host and checks each image's signature. SUCCESS
-    /// makes the VM VERIFIED; a bad signature answers DENIED and the VM can never run.
+    /// Takes VM x1's image pages from the host and hashes them, at most
+    /// [`VERIFY_CHUNK_PAGES`] per call; returns SUCCESS with x1 = pages still to check, and the
+    /// host calls again until x1 is 0. Then every image's signature has been checked over the
+    /// VM's whole layout ([`bundle::image_message`]) and the VM is VERIFIED; a bad signature
+    /// answers DENIED and the VM can never run.
     pub const VERIFY_VM_IMAGE: u32 = hyp_call(8);
     /// Runs vCPU x2 of VM x1 until it exits to the host. x3 answers the previous exit (see
     /// [`crate::exit`]). Returns the exit record: reason in x1, details in x2..x5.
@@ -66,6 +70,9 @@ pub mod host_call {
     pub const DESTROY_VM: u32 = hyp_call(14);
     /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
     pub const COUNT: u16 = 15;
+    /// The most image pages one VERIFY_VM_IMAGE call takes and hashes: KCore holds its lock
+    /// while it hashes, so a call's length is bounded (1 MiB of hashing), whatever the images'.
+    pub const VERIFY_CHUNK_PAGES: u64 = 256;
 }
 
 /// Guest hypercalls that KCore serves itself (every other guest HVC exits to the host).
@@ -127,12 +134,14 @@ pub mod guest_dev {
     pub const RAM_BASE: u64 = 0x8000_0000;
     /// Guest RAM size for test guests.
     pub const RAM_SIZE: u64 = 16 << 20;
+    /// Where a test guest in the BINDING role finds its second image, a signed line of text.
+    pub const DATA_IMAGE: u64 = RAM_BASE + (8 << 20);
 }
 
 /// The ABI version that [`host_call::VERSION`] reports.
 pub const ABI_VERSION_MAJOR: u16 = 0;
 /// See [`ABI_VERSION_MAJOR`].
-pub const ABI_VERSION_MINOR: u16 = 2;
+pub const ABI_VERSION_MINOR: u16 = 3;
 /// `major << 16 | minor`, as returned in x1 by VERSION.
 pub const ABI_VERSION: u64 = ((ABI_VERSION_MAJOR as u64) << 16) | ABI_VERSION_MINOR as u64;
 
@@ -231,6 +240,9 @@ pub mod guest_role {
             && gpa < super::guest_dev::RAM_BASE + super::guest_dev::RAM_SIZE
             && gpa.is_multiple_of(8)
     }
+    /// Has a second signed image, a line of text at `guest_dev::DATA_IMAGE`: prints it and
+    /// powers off (for `signed-binding`).
+    pub const BINDING: u32 = 9;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -23,10 +23,11 @@ pub enum Scenario {
     VmIrq,
     ResetScrub,
     HostDma,
+    SignedBinding,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 19] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -46,6 +47,7 @@ impl Scenario {
         Scenario::VmIrq,
         Scenario::ResetScrub,
         Scenario::HostDma,
+        Scenario::SignedBinding,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +71,7 @@ impl Scenario {
             Scenario::VmIrq => "vm-irq",
             Scenario::ResetScrub => "reset-scrub",
             Scenario::HostDma => "host-dma",
+            Scenario::SignedBinding => "signed-binding",
         }
     }
 

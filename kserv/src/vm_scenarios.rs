@@ -7,7 +7,7 @@ use crate::dtb::GicInfo;
 use crate::kprintln;
 use crate::scenario::{Attempt, DmaRoute, Target};
 use crate::vm_plan::Rng;
-use crate::vmm::{attack_page, Hooks, Manager, Tamper, Vm, MAX_VMS};
+use crate::vmm::{attack_page, Hooks, Layout, Manager, Tamper, Vm, MAX_VMS};
 use corevisor_abi::bundle::{Bundle, VmEntry};
 use corevisor_abi::{guest_call, host_call, Status, HYP_CALL_BASE};
 
@@ -40,7 +40,7 @@ fn create_all(mgr: &mut Manager, env: &VmEnv, count: usize) -> Outcome {
     let bundle = env.bundle()?;
     for i in 0..count {
         let entry = env.entry(i)?;
-        match mgr.create(&bundle, &entry, Tamper::None) {
+        match mgr.create(&entry, &Layout::of(&bundle, &entry), Tamper::None) {
             Ok(_) => kprintln!("vm {}: created, image verified by KCore", entry.name()),
             Err((_, e)) => {
                 kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
@@ -297,35 +297,102 @@ pub fn host_attacks_vm(env: &VmEnv) -> Outcome {
     Ok(())
 }
 
+/// Creates a VM from `entry` with its images laid out as `layout` says and changed as `tamper`
+/// says, which KCore must refuse: VERIFY_VM_IMAGE denied, then VCPU_RUN denied. Prints
+/// `{scenario}: {what}: VERIFY denied, VCPU_RUN denied` and tears the VM down (its pages must come
+/// back scrubbed).
+fn expect_refused(
+    mgr: &mut Manager,
+    entry: &VmEntry,
+    layout: &Layout,
+    tamper: Tamper,
+    scenario: &str,
+    what: &str,
+) -> Outcome {
+    let slot = match mgr.create(entry, layout, tamper) {
+        Ok(_) => {
+            kprintln!("{scenario}: {what}: VERIFY succeeded");
+            return Err("KCore verified a VM it should have refused");
+        }
+        Err((Some(slot), e)) if e.step == "VERIFY_VM_IMAGE" && e.status() == Some(Status::Denied) => slot,
+        Err((_, e)) => {
+            kprintln!("{} failed with {:?}", e.step, e.status());
+            return Err("the refused VM failed before verification");
+        }
+    };
+    let vmid = mgr.vms[slot].as_ref().map_or(0, |vm| vm.vmid);
+    let run = hvc::hyp_call(host_call::VCPU_RUN, [vmid, 0, 0, 0, 0, 0]);
+    if run.status != Status::Denied.as_reg() {
+        return Err("VCPU_RUN of a rejected VM was not denied");
+    }
+    kprintln!("{scenario}: {what}: VERIFY denied, VCPU_RUN denied");
+    mgr.teardown(slot)?;
+    Ok(())
+}
+
 /// `vm-bad-image`: one flipped byte of the image, then of the signature: VERIFY is denied and
 /// VCPU_RUN refused, and the pages come back scrubbed. The unmodified image still runs.
 pub fn vm_bad_image(env: &VmEnv) -> Outcome {
     let bundle = env.bundle()?;
     let entry = env.entry(0)?;
+    let layout = Layout::of(&bundle, &entry);
     let mut mgr = Manager::new(env.regions);
-    for (what, tamper) in [("image", Tamper::ImageByte(entry.image_size / 2)), ("signature", Tamper::SignatureByte(17))]
-    {
-        let slot = match mgr.create(&bundle, &entry, tamper) {
-            Ok(_) => return Err("a tampered image verified"),
-            Err((Some(slot), e)) if e.step == "VERIFY_VM_IMAGE" && e.status() == Some(Status::Denied) => slot,
-            Err((_, e)) => {
-                kprintln!("{} failed with {:?}", e.step, e.status());
-                return Err("the tampered VM failed before verification");
-            }
-        };
-        let vmid = mgr.vms[slot].as_ref().map_or(0, |vm| vm.vmid);
-        let run = hvc::hyp_call(host_call::VCPU_RUN, [vmid, 0, 0, 0, 0, 0]);
-        if run.status != Status::Denied.as_reg() {
-            return Err("VCPU_RUN of a rejected VM was not denied");
-        }
-        kprintln!("vm-bad-image: one byte of the {what} flipped: VERIFY denied, VCPU_RUN denied");
-        mgr.teardown(slot)?;
+    let image_size = layout.loads[0].size;
+    for (what, tamper) in [
+        ("one byte of the image flipped", Tamper::ImageByte(image_size / 2)),
+        ("one byte of the signature flipped", Tamper::SignatureByte(17)),
+    ] {
+        expect_refused(&mut mgr, &entry, &layout, tamper, "vm-bad-image", what)?;
     }
     create_all(&mut mgr, env, 1)?;
     mgr.run_all(&mut crate::vmm::Plain);
     mgr.result()?;
     if mgr.powered_off != 1 {
         return Err("the untouched image did not run to its end");
+    }
+    Ok(())
+}
+
+/// `signed-binding`: the bundle's first VM has two signed images (the test guest, the entry, and
+/// a line of data) and its second VM the same guest with other data. Each correctly signed image
+/// laid out otherwise is refused: the data image at another address, the two swapped (the data
+/// as the entry), the data image of the other VM's set. The layout as signed verifies, and the
+/// guest prints its data image and powers off.
+pub fn signed_binding(env: &VmEnv) -> Outcome {
+    const SCENARIO: &str = "signed-binding";
+    let bundle = env.bundle()?;
+    let (entry, other) = (env.entry(0)?, env.entry(1)?);
+    let signed = Layout::of(&bundle, &entry);
+    let theirs = Layout::of(&bundle, &other);
+    if signed.count != 2 || theirs.count != 2 {
+        return Err("signed-binding needs two VMs with two images each");
+    }
+    let mut mgr = Manager::new(env.regions);
+    let mut moved = signed;
+    moved.loads[1].gpa += 0x10_0000;
+    let mut swapped = signed;
+    swapped.loads.swap(0, 1);
+    let mut mixed = signed;
+    mixed.loads[1] = theirs.loads[1];
+    for (what, layout) in [
+        ("image at another address", moved),
+        ("images swapped, the data image as the entry", swapped),
+        ("image from another VM's set", mixed),
+    ] {
+        expect_refused(&mut mgr, &entry, &layout, Tamper::None, SCENARIO, what)?;
+    }
+    match mgr.create(&entry, &signed, Tamper::None) {
+        Ok(_) => kprintln!("{SCENARIO}: the signed layout: verified"),
+        Err((_, e)) => {
+            kprintln!("{SCENARIO}: the signed layout: {} failed: {:?}", e.step, e.status());
+            return Err("the signed layout was refused");
+        }
+    }
+    let mut watch = Watch(Expect::new(&["data image: signed data for ", "bye"]));
+    mgr.run_all(&mut watch);
+    mgr.result()?;
+    if !watch.0.all_seen() || mgr.powered_off != 1 {
+        return Err("the verified guest did not print its data image and power off");
     }
     Ok(())
 }
@@ -452,7 +519,9 @@ pub fn bench_vm(env: &VmEnv) -> Outcome {
     let bundle = env.bundle()?;
     let entry = env.entry(0)?;
     let mut mgr = Manager::new(env.regions);
-    let slot = mgr.create(&bundle, &entry, Tamper::None).map_err(|_| "the bench VM could not be created")?;
+    let slot = mgr
+        .create(&entry, &Layout::of(&bundle, &entry), Tamper::None)
+        .map_err(|_| "the bench VM could not be created")?;
     let (vmid, region, ram_base) =
         mgr.vms[slot].as_ref().map(|vm| (vm.vmid, vm.region, vm.entry.ram_base)).ok_or("no VM")?;
     let run = |answer: u64| hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, answer, 0]);

@@ -11,7 +11,7 @@ use crate::arch::{exceptions, hvc};
 use crate::kprintln;
 use crate::vm_plan::{pl011, region_page, Given, LineBuffer};
 use core::sync::atomic::{AtomicBool, Ordering};
-use corevisor_abi::bundle::{Bundle, VmEntry};
+use corevisor_abi::bundle::{Bundle, VmEntry, MAX_IMAGES};
 use corevisor_abi::{exit, guest_dev, host_call, psci, Status};
 
 pub const MAX_VMS: usize = 8;
@@ -81,13 +81,44 @@ pub trait Hooks {
 pub struct Plain;
 impl Hooks for Plain {}
 
+/// One image as KServ hands it to KCore: the image followed by its signature, its length
+/// without the signature, and where it goes in the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load<'a> {
+    pub signed: &'a [u8],
+    pub size: u64,
+    pub gpa: u64,
+}
+
+/// A VM's images in index order (image 0 is the entry), as KServ lays them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout<'a> {
+    pub loads: [Load<'a>; MAX_IMAGES],
+    pub count: usize,
+}
+
+impl<'a> Layout<'a> {
+    /// The layout the bundle's entry was signed for.
+    pub fn of(bundle: &Bundle<'a>, entry: &VmEntry) -> Layout<'a> {
+        let mut layout = Layout { loads: [Load::default(); MAX_IMAGES], count: entry.images().len() };
+        for (load, image) in layout.loads.iter_mut().zip(entry.images()) {
+            *load = Load { signed: bundle.signed_image(image), size: image.size, gpa: image.gpa };
+        }
+        layout
+    }
+
+    pub fn loads(&self) -> &[Load<'a>] {
+        &self.loads[..self.count]
+    }
+}
+
 /// A deliberate change to an image before it is handed to KCore (for `vm-bad-image`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tamper {
     None,
-    /// Flip a byte of the image at this offset.
+    /// Flip a byte of image 0 at this offset.
     ImageByte(u64),
-    /// Flip a byte of the signature at this offset (0..64).
+    /// Flip a byte of image 0's signature at this offset (0..64).
     SignatureByte(u64),
 }
 
@@ -146,14 +177,15 @@ impl Manager {
         }
     }
 
-    /// Creates a VM from a bundle entry: copies its signed image into a free region, registers
-    /// the VM and its vCPUs, lists the image's pages and asks KCore to verify them. Returns the
-    /// VM's slot. A VM that KCore created but refused stays in its slot, not alive, so that
-    /// [`Manager::teardown`] can take its pages back.
+    /// Creates a VM from a bundle entry with its images laid out as `layout` says (normally
+    /// [`Layout::of`] the entry): copies each signed image into a free region where the guest
+    /// page it goes to is backed, registers the VM and its vCPUs, lists the images' pages and has
+    /// KCore verify them. Returns the VM's slot. A VM that KCore created but refused stays in its
+    /// slot, not alive, so that [`Manager::teardown`] can take its pages back.
     pub fn create(
         &mut self,
-        bundle: &Bundle,
         entry: &VmEntry,
+        layout: &Layout,
         tamper: Tamper,
     ) -> Result<usize, (Option<usize>, CallFailed)> {
         let no_room = CallFailed { step: "room for the VM", status: Status::NotPresent.as_reg() };
@@ -161,15 +193,31 @@ impl Manager {
         // A region is free while no VM record holds it.
         let in_use = |region: u64| self.vms.iter().flatten().any(|vm| vm.region == region);
         let region = self.regions.iter().flatten().copied().find(|&r| !in_use(r)).ok_or((None, no_room))?;
-        if entry.ram_size > crate::vm_plan::REGION_SIZE || entry.vcpus as usize > MAX_VCPUS {
+        let backed = |load: &Load| {
+            region_page(region, entry.ram_base, entry.ram_size, load.gpa).is_some()
+                && region_page(
+                    region,
+                    entry.ram_base,
+                    entry.ram_size,
+                    load.gpa + (load.signed.len() as u64).saturating_sub(1),
+                )
+                .is_some()
+        };
+        if entry.ram_size > crate::vm_plan::REGION_SIZE
+            || entry.vcpus as usize > MAX_VCPUS
+            || layout.loads().is_empty()
+            || !layout.loads().iter().all(backed)
+        {
             return Err((None, CallFailed { step: "bundle entry", status: Status::InvalidParameters.as_reg() }));
         }
-        let signed = bundle.signed_image(entry);
-        hvc::copy_phys(region, signed.as_ptr() as u64, signed.len());
+        for load in layout.loads() {
+            hvc::copy_phys(region + (load.gpa - entry.ram_base), load.signed.as_ptr() as u64, load.signed.len());
+        }
+        let entry_image = region + (layout.loads[0].gpa - entry.ram_base);
         match tamper {
             Tamper::None => {}
-            Tamper::ImageByte(at) => hvc::flip_byte(region + at),
-            Tamper::SignatureByte(at) => hvc::flip_byte(region + entry.image_size + at),
+            Tamper::ImageByte(at) => hvc::flip_byte(entry_image + at),
+            Tamper::SignatureByte(at) => hvc::flip_byte(entry_image + layout.loads[0].size + at),
         }
         let vmid = call("REGISTER_VM", host_call::REGISTER_VM, [entry.ram_base, entry.ram_size, 0, 0])
             .map_err(|e| (None, e))?;
@@ -187,7 +235,7 @@ impl Manager {
             stopped_because: None,
         };
         vm.vcpus[0] = VcpuRun::Runnable;
-        let result = boot(&mut vm, signed.len() as u64);
+        let result = boot(&mut vm, layout);
         vm.alive = result.is_ok();
         if result.is_err() {
             vm.stopped_because = Some("not created");
@@ -273,20 +321,24 @@ impl Manager {
     }
 }
 
-/// REGISTER_VCPU, TIMER_SET_CNTVOFF, SET_BOOT_INFO, REMAP_VM_IMAGE for each image page, then
-/// VERIFY_VM_IMAGE.
-fn boot(vm: &mut Vm, signed_len: u64) -> Result<(), CallFailed> {
+/// REGISTER_VCPU, TIMER_SET_CNTVOFF, then SET_BOOT_INFO and REMAP_VM_IMAGE for each page of
+/// each image, then VERIFY_VM_IMAGE until KCore says no page is left to check.
+fn boot(vm: &mut Vm, layout: &Layout) -> Result<(), CallFailed> {
     for vcpu in 0..vm.entry.vcpus as u64 {
         call("REGISTER_VCPU", host_call::REGISTER_VCPU, [vm.vmid, vcpu, 0, 0])?;
     }
     // The guest's virtual counter starts from zero now.
     call("TIMER_SET_CNTVOFF", host_call::TIMER_SET_CNTVOFF, [vm.vmid, hvc::counter(), 0, 0])?;
-    let index = call("SET_BOOT_INFO", host_call::SET_BOOT_INFO, [vm.vmid, vm.entry.ram_base, vm.entry.image_size, 0])?;
-    for page in 0..signed_len.div_ceil(PAGE) {
-        call("REMAP_VM_IMAGE", host_call::REMAP_VM_IMAGE, [vm.vmid, index, (vm.region >> 12) + page, 0])?;
-        vm.given.set(page);
+    for load in layout.loads() {
+        let index = call("SET_BOOT_INFO", host_call::SET_BOOT_INFO, [vm.vmid, load.gpa, load.size, 0])?;
+        let first = (load.gpa - vm.entry.ram_base) / PAGE;
+        for page in first..first + (load.signed.len() as u64).div_ceil(PAGE) {
+            call("REMAP_VM_IMAGE", host_call::REMAP_VM_IMAGE, [vm.vmid, index, (vm.region >> 12) + page, 0])?;
+            vm.given.set(page);
+        }
     }
-    call("VERIFY_VM_IMAGE", host_call::VERIFY_VM_IMAGE, [vm.vmid, 0, 0, 0])?;
+    // Each call checks a bounded number of pages and answers how many are left.
+    while call("VERIFY_VM_IMAGE", host_call::VERIFY_VM_IMAGE, [vm.vmid, 0, 0, 0])? != 0 {}
     Ok(())
 }
 

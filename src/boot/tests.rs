@@ -1,56 +1,139 @@
 //! Boot layers: directed tests of image verification, and the refinement property over random
-//! boot sequences (with the host tampering with image pages), with a planted-bug companion.
+//! boot sequences (with the host tampering with image pages, and laying signed images out right
+//! and wrong), with planted-bug companions.
 
 use super::spec::*;
+use super::testing::sign_layout;
 use super::*;
 use crate::memory::system::{initial_rdata, relate, spec_apply, Op, System};
 use crate::mutation::{catches, with, Mutation};
+use crate::page_table::descriptor::OUTPUT_LIMIT;
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
 use sha2::{Digest, Sha512};
 use std::collections::BTreeSet;
 
 const IMAGE_LEN: u64 = 5000;
-/// Two host pages, outside the pages the memory strategies use.
+const DATA_LEN: u64 = 300;
+/// Host pages outside the pages the memory strategies use: the entry image's two, the data
+/// image's, and a data image signed for another layout.
 const IMAGE_PFNS: [u64; 2] = [0x40400, 0x40401];
+const DATA_PFN: u64 = 0x40402;
+const FOREIGN_PFN: u64 = 0x40403;
+/// Where the layout's images are signed to go, and the VM's RAM window the signatures name.
+const IMAGE_GPA: u64 = 0x8_0000;
+const DATA_GPA: u64 = 0x9_0000;
+const WINDOW: (u64, u64) = (0, 1 << 20);
 
 fn signing_key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
 }
 
-/// The test image and its signature, as the bytes the host lays out in pages.
-fn signed_image() -> Vec<u8> {
-    let image: Vec<u8> = (0..IMAGE_LEN).map(|i| (i * 7 + 3) as u8).collect();
-    let digest: [u8; 64] = Sha512::digest(&image).into();
-    let signature = signing_key().sign(&image_message(&digest));
-    [image, signature.to_bytes().to_vec()].concat()
+fn image() -> Vec<u8> {
+    (0..IMAGE_LEN).map(|i| (i * 7 + 3) as u8).collect()
 }
 
-/// Writes the signed image into its host pages, in the system and in the spec's memory.
-fn lay_out(sys: &mut System, r: &mut RDataAlias) {
-    for (i, chunk) in signed_image().chunks(8).enumerate() {
+fn data(seed: u8) -> Vec<u8> {
+    (0..DATA_LEN).map(|i| (i as u8).wrapping_mul(seed)).collect()
+}
+
+/// The signed layout (image at IMAGE_GPA, data at DATA_GPA) and, from another layout with other
+/// data, that data image signed.
+fn signed_images() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (image, ours, theirs) = (image(), data(5), data(11));
+    let layout = sign_layout(&signing_key(), WINDOW.0, WINDOW.1, &[(IMAGE_GPA, &image), (DATA_GPA, &ours)]);
+    let other = sign_layout(&signing_key(), WINDOW.0, WINDOW.1, &[(IMAGE_GPA, &image), (DATA_GPA, &theirs)]);
+    (layout[0].clone(), layout[1].clone(), other[1].clone())
+}
+
+fn write_bytes(sys: &mut System, r: &mut RDataAlias, pa: u64, bytes: &[u8]) {
+    for (i, chunk) in bytes.chunks(8).enumerate() {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);
-        let pa = (IMAGE_PFNS[0] << 12) + i as u64 * 8;
-        sys.m.write_u64(pa, u64::from_le_bytes(word));
-        if u64::from_le_bytes(word) != 0 {
-            r.flatmem.insert(pa, u64::from_le_bytes(word));
+        let (at, value) = (pa + i as u64 * 8, u64::from_le_bytes(word));
+        sys.m.write_u64(at, value);
+        if value != 0 {
+            r.flatmem.insert(at, value);
         }
     }
 }
 
+/// Writes the signed images into their host pages, in the system and in the spec's memory.
+fn lay_out(sys: &mut System, r: &mut RDataAlias) {
+    let (image, data, foreign) = signed_images();
+    write_bytes(sys, r, IMAGE_PFNS[0] << 12, &image);
+    write_bytes(sys, r, DATA_PFN << 12, &data);
+    write_bytes(sys, r, FOREIGN_PFN << 12, &foreign);
+}
+
 type RDataAlias = crate::memory::spec::RData;
 
-fn boot_vm(sys: &mut System, vms: &mut Vms) -> Result<u16, BootError> {
+fn verifier(key: &VerifyingKey, chunk_pages: u64) -> Verifier<'_> {
+    Verifier { key, ram_base: WINDOW.0, ram_size: WINDOW.1, chunk_pages }
+}
+
+/// How the host lays a VM's images out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// As signed.
+    Signed,
+    /// The data image at another address.
+    Moved,
+    /// The data image first: it would be the entry.
+    Swapped,
+    /// With the data image signed for another layout.
+    Foreign,
+}
+
+/// SET_BOOT_INFO and REMAP_VM_IMAGE for `layout`, as boot operations.
+fn layout_ops(vmid: u16, layout: Layout) -> Vec<BootOp> {
+    let entry = [BootOp::SetBootInfo(vmid, IMAGE_GPA, IMAGE_LEN)];
+    let (data_gpa, data_pfn) = match layout {
+        Layout::Moved => (DATA_GPA + 0x1_0000, DATA_PFN),
+        Layout::Foreign => (DATA_GPA, FOREIGN_PFN),
+        _ => (DATA_GPA, DATA_PFN),
+    };
+    let data = [BootOp::SetBootInfo(vmid, data_gpa, DATA_LEN)];
+    let (first, second) = if layout == Layout::Swapped { (data, entry) } else { (entry, data) };
+    let (image_index, data_index) = if layout == Layout::Swapped { (1, 0) } else { (0, 1) };
+    let remaps = IMAGE_PFNS
+        .iter()
+        .map(|&p| BootOp::Remap(vmid, p, image_index))
+        .chain([BootOp::Remap(vmid, data_pfn, data_index)]);
+    first.into_iter().chain(second).chain(remaps).collect()
+}
+
+/// Registers a VM, lays its images out as `layout` says, and verifies it in chunks of
+/// `chunk_pages`; returns the pages-left answers of the calls.
+fn boot_vm_as(sys: &mut System, vms: &mut Vms, layout: Layout, chunk_pages: u64) -> Result<(u16, Vec<u64>), BootError> {
     let vmid = vms.register_vm()?;
     vms.register_vcpu(vmid, 0)?;
-    let index = vms.set_boot_info(vmid, 0x8_0000, IMAGE_LEN)?;
-    for pfn in IMAGE_PFNS {
-        vms.remap_vm_image(&sys.mem, vmid, pfn, index)?;
+    for op in layout_ops(vmid, layout) {
+        match op {
+            BootOp::SetBootInfo(v, g, s) => vms.set_boot_info(v, g, s).map(|_| ())?,
+            BootOp::Remap(v, p, i) => vms.remap_vm_image(&sys.mem, v, p, i)?,
+            _ => unreachable!(),
+        }
     }
     let key = signing_key().verifying_key();
-    vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&vmid).unwrap(), vmid, &key)?;
-    Ok(vmid)
+    let mut answers = Vec::new();
+    loop {
+        let left = vms.verify_vm_image(
+            &sys.m,
+            &mut sys.mem,
+            sys.vms.get_mut(&vmid).unwrap(),
+            vmid,
+            &verifier(&key, chunk_pages),
+        )?;
+        answers.push(left);
+        if left == 0 {
+            return Ok((vmid, answers));
+        }
+    }
+}
+
+fn boot_vm(sys: &mut System, vms: &mut Vms) -> Result<u16, BootError> {
+    boot_vm_as(sys, vms, Layout::Signed, VERIFY_CHUNK_PAGES).map(|(vmid, _)| vmid)
 }
 
 #[test]
@@ -81,9 +164,90 @@ fn one_flipped_byte_of_image_or_signature_rejects_the_vm_for_good() {
         assert!(!vms.may_run(1));
         assert_eq!(vms.set_vcpu_active(1, 0), Err(BootError::State(VmState::Rejected)));
         let key = signing_key().verifying_key();
-        let again = vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&1).unwrap(), 1, &key);
+        let again = vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&1).unwrap(), 1, &verifier(&key, 256));
         assert_eq!(again, Err(BootError::State(VmState::Rejected)));
     }
+}
+
+/// Finding 10 of issue 11: each signature covers the VM's whole layout, so correctly signed
+/// images laid out otherwise are refused: moved, made the entry, mixed with an image of another
+/// layout, or checked against another RAM window. So is a signature in the old format.
+#[test]
+fn correctly_signed_images_in_another_layout_are_rejected() {
+    for layout in [Layout::Moved, Layout::Swapped, Layout::Foreign] {
+        let (mut sys, mut vms) = (System::new(false), Vms::new());
+        lay_out(&mut sys, &mut initial_rdata(false));
+        assert_eq!(boot_vm_as(&mut sys, &mut vms, layout, 256), Err(BootError::Rejected), "{layout:?}");
+        assert!(!vms.may_run(1));
+    }
+    // The signed layout, checked against another RAM window.
+    let (mut sys, mut vms) = (System::new(false), Vms::new());
+    lay_out(&mut sys, &mut initial_rdata(false));
+    let vmid = vms.register_vm().unwrap();
+    for op in layout_ops(vmid, Layout::Signed) {
+        match op {
+            BootOp::SetBootInfo(v, g, s) => assert!(vms.set_boot_info(v, g, s).is_ok()),
+            BootOp::Remap(v, p, i) => assert_eq!(vms.remap_vm_image(&sys.mem, v, p, i), Ok(())),
+            _ => unreachable!(),
+        }
+    }
+    let key = signing_key().verifying_key();
+    let elsewhere = Verifier { ram_base: 1 << 20, ..verifier(&key, 256) };
+    assert_eq!(
+        vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&1).unwrap(), 1, &elsewhere),
+        Err(BootError::Rejected)
+    );
+    // A version-1 signature: the old domain over the image's hash alone.
+    let (mut sys, mut vms) = (System::new(false), Vms::new());
+    let mut r = initial_rdata(false);
+    let image = image();
+    let old = [b"corevisor-image-v1".as_slice(), Sha512::digest(&image).as_slice()].concat();
+    write_bytes(
+        &mut sys,
+        &mut r,
+        IMAGE_PFNS[0] << 12,
+        &[image.clone(), signing_key().sign(&old).to_bytes().to_vec()].concat(),
+    );
+    let vmid = vms.register_vm().unwrap();
+    vms.set_boot_info(vmid, IMAGE_GPA, IMAGE_LEN).unwrap();
+    IMAGE_PFNS.iter().for_each(|&p| vms.remap_vm_image(&sys.mem, vmid, p, 0).unwrap());
+    assert_eq!(
+        vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&1).unwrap(), 1, &verifier(&key, 256)),
+        Err(BootError::Rejected)
+    );
+}
+
+/// VERIFY takes and hashes a bounded number of pages per call and says how many are left; in
+/// between, the images are fixed and the pages taken are the VM's.
+#[test]
+fn verification_goes_in_bounded_chunks() {
+    let (mut sys, mut vms) = (System::new(false), Vms::new());
+    lay_out(&mut sys, &mut initial_rdata(false));
+    let vmid = vms.register_vm().unwrap();
+    for op in layout_ops(vmid, Layout::Signed) {
+        match op {
+            BootOp::SetBootInfo(v, g, s) => assert!(vms.set_boot_info(v, g, s).is_ok()),
+            BootOp::Remap(v, p, i) => assert_eq!(vms.remap_vm_image(&sys.mem, v, p, i), Ok(())),
+            _ => unreachable!(),
+        }
+    }
+    let key = signing_key().verifying_key();
+    let verify = |vms: &mut Vms, sys: &mut System| {
+        vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&vmid).unwrap(), vmid, &verifier(&key, 1))
+    };
+    assert_eq!(verify(&mut vms, &mut sys), Ok(2));
+    assert_eq!(vms.get(vmid).unwrap().state, VmState::Verifying);
+    assert!(sys.mem.map_page_host(&sys.m, IMAGE_PFNS[0] << 12).is_err(), "the first page is the VM's");
+    assert!(sys.mem.map_page_host(&sys.m, IMAGE_PFNS[1] << 12).is_ok(), "the second is not taken yet");
+    assert_eq!(vms.set_boot_info(vmid, 0xa_0000, 10), Err(BootError::State(VmState::Verifying)));
+    assert_eq!(vms.set_vcpu_active(vmid, 0), Err(BootError::State(VmState::Verifying)));
+    assert_eq!(verify(&mut vms, &mut sys), Ok(1));
+    assert_eq!(verify(&mut vms, &mut sys), Ok(0));
+    assert!(vms.may_run(vmid));
+    // A layout of two full chunks and a bit.
+    let (mut sys, mut vms) = (System::new(false), Vms::new());
+    lay_out(&mut sys, &mut initial_rdata(false));
+    assert_eq!(boot_vm_as(&mut sys, &mut vms, Layout::Signed, 2).map(|(_, a)| a), Ok(vec![1, 0]));
 }
 
 #[test]
@@ -123,31 +287,83 @@ enum BootOp {
     Tamper(u64, u64),
 }
 
+/// Load addresses: the usual ones, ones near the end of the guest's input range and of `u64`
+/// (ranges that end past the window or wrap), and anything.
+fn any_gpa() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => prop_oneof![Just(IMAGE_GPA), Just(DATA_GPA), Just(0x8_1000), Just(0)],
+        1 => prop_oneof![Just(INPUT_LIMIT - 0x1000), Just(INPUT_LIMIT), Just(!0xfffu64), Just(0x8_0800)],
+        1 => any::<u64>(),
+    ]
+}
+
+/// Image sizes: the test image's, tiny, empty, around the per-VM cap, and sizes that wrap.
+fn any_size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => prop_oneof![Just(IMAGE_LEN), Just(DATA_LEN)],
+        2 => prop_oneof![Just(10u64), Just(0)],
+        1 => prop_oneof![Just(MAX_IMAGE_BYTES - SIGNATURE_LEN), Just(MAX_IMAGE_BYTES - SIGNATURE_LEN + 1)],
+        1 => prop_oneof![Just(u64::MAX), Just(u64::MAX - SIGNATURE_LEN + 1), Just(u64::MAX - 4096)],
+        1 => any::<u64>(),
+    ]
+}
+
+/// Page numbers: the image's pages, KCore's, one past them, and the same pages with high bits
+/// set (which alias them if shifted unchecked), the first number past the physical address size,
+/// and anything.
+fn any_pfn() -> impl Strategy<Value = u64> {
+    let page =
+        prop_oneof![3 => Just(IMAGE_PFNS[0]), 3 => Just(IMAGE_PFNS[1]), 1 => Just(0x40080u64), 1 => Just(0x40402)];
+    prop_oneof![
+        8 => page.clone(),
+        2 => (page, prop_oneof![Just(52u32), Just(28), Just(40), Just(63)]).prop_map(|(p, bit)| p | 1 << bit),
+        1 => prop_oneof![Just(OUTPUT_LIMIT >> 12), Just((OUTPUT_LIMIT >> 12) - 1), Just(u64::MAX)],
+        1 => any::<u64>(),
+    ]
+}
+
 fn any_boot_op() -> impl Strategy<Value = BootOp> {
     // Mostly VM 1 and image 0, so whole boots (register, describe, list pages, verify) happen.
     let vmid = prop_oneof![5 => Just(1u16), 2 => Just(2), 1 => 0u16..5];
     prop_oneof![
         2 => Just(BootOp::RegisterVm),
         1 => (vmid.clone(), 0usize..10).prop_map(|(v, c)| BootOp::RegisterVcpu(v, c)),
-        2 => (vmid.clone(), prop_oneof![Just(0x8_0000u64), Just(0x8_1000), Just(0)], prop_oneof![4 => Just(IMAGE_LEN), 1 => Just(10u64), 1 => Just(0)])
-            .prop_map(|(v, g, s)| BootOp::SetBootInfo(v, g, s)),
-        4 => (vmid.clone(), prop_oneof![3 => Just(IMAGE_PFNS[0]), 3 => Just(IMAGE_PFNS[1]), 1 => Just(0x40080u64), 1 => Just(0x40402)], prop_oneof![4 => Just(0usize), 1 => Just(1)])
+        2 => (vmid.clone(), any_gpa(), any_size()).prop_map(|(v, g, s)| BootOp::SetBootInfo(v, g, s)),
+        4 => (vmid.clone(), any_pfn(), prop_oneof![4 => Just(0usize), 2 => Just(1), 1 => Just(usize::MAX)])
             .prop_map(|(v, p, i)| BootOp::Remap(v, p, i)),
         2 => vmid.clone().prop_map(BootOp::Verify),
         1 => vmid.clone().prop_map(BootOp::PowerOff),
         1 => (vmid, 0usize..2).prop_map(|(v, c)| BootOp::Activate(v, c)),
-        1 => (0u64..(2 * 512), 1u64..1000).prop_map(|(w, v)| BootOp::Tamper((IMAGE_PFNS[0] << 12) + w * 8, v)),
+        1 => (0u64..(3 * 512), 1u64..1000).prop_map(|(w, v)| BootOp::Tamper((IMAGE_PFNS[0] << 12) + w * 8, v)),
     ]
 }
 
+/// Sequences of boot operations: single random ones, and whole layouts (signed, or laid out
+/// otherwise) so that verification meets every kind of layout; with a verification chunk of 1,
+/// 2 or the ABI's pages.
+fn any_boot_sequence() -> impl Strategy<Value = (u64, Vec<BootOp>)> {
+    let layout = prop_oneof![3 => Just(Layout::Signed), 1 => Just(Layout::Moved), 1 => Just(Layout::Swapped), 1 => Just(Layout::Foreign)];
+    let step = prop_oneof![
+        8 => any_boot_op().prop_map(|op| vec![op]),
+        // A layout, then enough VERIFY calls to finish it with chunks of one page.
+        2 => (prop_oneof![3 => Just(1u16), 1 => Just(2)], layout)
+            .prop_map(|(v, l)| [layout_ops(v, l), vec![BootOp::Verify(v); 3]].concat()),
+    ];
+    // Mostly starting with VMs 1 and 2 registered, so that layouts meet READY VMs.
+    let start = prop_oneof![3 => Just(vec![BootOp::RegisterVm, BootOp::RegisterVm]), 1 => Just(vec![])];
+    (prop_oneof![Just(1u64), Just(2), Just(VERIFY_CHUNK_PAGES)], start, proptest::collection::vec(step, 40..70))
+        .prop_map(|(chunk, start, steps)| (chunk, [start, steps.concat()].concat()))
+}
+
 /// Runs boot operations on the system and the spec side by side.
-fn boot_refines(ops: &[BootOp]) -> Result<(), TestCaseError> {
+fn boot_refines((chunk_pages, ops): &(u64, Vec<BootOp>)) -> Result<(), TestCaseError> {
     let (mut sys, mut vms) = (System::new(false), Vms::new());
     let mut r = initial_rdata(false);
     lay_out(&mut sys, &mut r);
     let mut abs = Vms::new();
     let key = signing_key().verifying_key();
-    let probes: BTreeSet<u64> = IMAGE_PFNS.iter().copied().chain([0x40402, 0x40080]).collect();
+    let verifier = verifier(&key, *chunk_pages);
+    let probes: BTreeSet<u64> = IMAGE_PFNS.iter().copied().chain([DATA_PFN, FOREIGN_PFN, 0x40404, 0x40080]).collect();
     for &op in ops {
         let same = match op {
             BootOp::RegisterVm => {
@@ -171,10 +387,13 @@ fn boot_refines(ops: &[BootOp]) -> Result<(), TestCaseError> {
                 vms.remap_vm_image(&sys.mem, v, p, i) == expected
             }
             BootOp::Verify(v) if sys.vms.contains_key(&v) || vms.get(v).is_none() => {
-                let (a, m, expected) = verify_vm_image_spec(&abs, &r, v, &key).unwrap();
+                let (a, m, expected) = verify_vm_image_spec(&abs, &r, v, &verifier).unwrap();
                 (abs, r) = (a, m);
+                if expected == Ok(0) {
+                    VERIFIED.with(|n| n.set(n.get() + 1));
+                }
                 let table = sys.vms.get_mut(&v.clamp(1, 3)).unwrap();
-                vms.verify_vm_image(&sys.m, &mut sys.mem, table, v, &key) == expected
+                vms.verify_vm_image(&sys.m, &mut sys.mem, table, v, &verifier) == expected
             }
             BootOp::Verify(_) => true, // a VM beyond the harness's three stage-2 tables
             BootOp::PowerOff(v) => {
@@ -196,6 +415,7 @@ fn boot_refines(ops: &[BootOp]) -> Result<(), TestCaseError> {
         };
         prop_assert!(same, "result of {:?} differs from the spec", op);
         prop_assert_eq!(&vms, &abs, "VM records differ after {:?}", op);
+        prop_assert!(vms.index_agrees(&sys.mem), "the index of listed pages is wrong after {:?}", op);
         if let Err(e) = relate(&sys, &r, &probes) {
             return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
         }
@@ -203,22 +423,111 @@ fn boot_refines(ops: &[BootOp]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+std::thread_local! {
+    /// Verifications the spec expected to succeed: the property is not vacuous.
+    static VERIFIED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn boot_operations_refine_their_specs(ops in proptest::collection::vec(any_boot_op(), 50..80)) {
+    fn boot_operations_refine_their_specs(ops in any_boot_sequence()) {
         boot_refines(&ops)?;
     }
 }
 
 #[test]
+fn the_boot_sequences_reach_verified_vms() {
+    // A fixed seed: the count does not vary from run to run, so this cannot fail by chance.
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let config = ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    VERIFIED.with(|n| n.set(0));
+    runner.run(&any_boot_sequence(), |ops| boot_refines(&ops)).unwrap();
+    let verified = VERIFIED.with(|n| n.get());
+    println!("{verified} verifications in 64 sequences");
+    assert!(verified >= 10, "only {verified} verified");
+}
+
+#[test]
+fn refinement_catches_a_signature_over_the_image_alone() {
+    catches(Mutation::SignatureOverImageOnly, 256, any_boot_sequence(), |ops| boot_refines(&ops));
+    // And directly: with the bug, the entry image verifies whatever data image comes with it.
+    let (mut sys, mut vms) = (System::new(false), Vms::new());
+    lay_out(&mut sys, &mut initial_rdata(false));
+    assert_eq!(
+        with(Mutation::SignatureOverImageOnly, || boot_vm_as(&mut sys, &mut vms, Layout::Foreign, 256)),
+        Err(BootError::Rejected)
+    );
+}
+
+#[test]
 fn refinement_catches_a_verification_that_skips_a_byte() {
-    let inputs = proptest::collection::vec(any_boot_op(), 50..80);
-    catches(Mutation::VerifyIgnoresLastByte, 256, inputs, |ops| boot_refines(&ops));
+    catches(Mutation::VerifyIgnoresLastByte, 256, any_boot_sequence(), |ops| boot_refines(&ops));
     // And directly: with the bug, the hash no longer covers what was signed, so a good image is
     // turned away.
     let (mut sys, mut vms) = (System::new(false), Vms::new());
     lay_out(&mut sys, &mut initial_rdata(false));
     assert_eq!(with(Mutation::VerifyIgnoresLastByte, || boot_vm(&mut sys, &mut vms)), Err(BootError::Rejected));
+}
+
+#[test]
+fn refinement_catches_an_unchecked_page_number() {
+    catches(Mutation::RemapTakesAnyPfn, 256, any_boot_sequence(), |ops| boot_refines(&ops));
+}
+
+/// A VM with one image of `pages` pages, ready for its pages to be listed.
+fn vm_with_image(vms: &mut Vms, pages: u64) -> u16 {
+    let vmid = vms.register_vm().unwrap();
+    assert_eq!(vms.set_boot_info(vmid, 0, pages * PAGE_SIZE - SIGNATURE_LEN), Ok(0));
+    vmid
+}
+
+/// Finding 5 of issue 11: a page number with bits above the physical address size names the
+/// same page as the number without them once shifted; it used to be listed again and again,
+/// each time growing the list, until KCore's heap ran out.
+#[test]
+fn a_page_number_past_the_physical_address_size_is_refused() {
+    let (sys, mut vms) = (System::new(false), Vms::new());
+    let vmid = vm_with_image(&mut vms, 4);
+    let page = IMAGE_PFNS[0];
+    assert_eq!(vms.remap_vm_image(&sys.mem, vmid, page, 0), Ok(()));
+    for alias in [page | 1 << 52, page | 1 << 40, page | 1 << 28, u64::MAX] {
+        assert_eq!(vms.remap_vm_image(&sys.mem, vmid, alias, 0), Err(BootError::Mem(MemError::BadPfn)), "{alias:#x}");
+    }
+    assert_eq!(vms.get(vmid).unwrap().load[0].pfns, vec![page]);
+    assert_eq!(crate::memory::checked_pa((OUTPUT_LIMIT >> 12) - 1), Ok(OUTPUT_LIMIT - PAGE_SIZE));
+    assert_eq!(crate::memory::checked_pa(OUTPUT_LIMIT >> 12), Err(MemError::BadPfn));
+}
+
+/// The per-VM cap: a VM's images fill at most `MAX_IMAGE_BYTES`; with that many pages listed,
+/// the next REMAP_VM_IMAGE and the next SET_BOOT_INFO are refused, and no list grew past its
+/// capacity (listing never allocates).
+#[test]
+fn image_lists_stop_at_the_cap() {
+    let (sys, mut vms) = (System::new(false), Vms::new());
+    let first = 0x44000;
+    let vmid = vm_with_image(&mut vms, MAX_IMAGE_PAGES);
+    for pfn in first..first + MAX_IMAGE_PAGES {
+        assert_eq!(vms.remap_vm_image(&sys.mem, vmid, pfn, 0), Ok(()));
+    }
+    let next = first + MAX_IMAGE_PAGES;
+    assert_eq!(vms.remap_vm_image(&sys.mem, vmid, next, 0), Err(BootError::BadImage));
+    assert_eq!(vms.set_boot_info(vmid, 1 << 32, 1), Err(BootError::BadRange), "a second image past the cap");
+    let load = &vms.get(vmid).unwrap().load[0];
+    assert_eq!((load.pfns.len() as u64, load.pfns.capacity() as u64), (MAX_IMAGE_PAGES, MAX_IMAGE_PAGES));
+    // One image cannot exceed the cap either, nor wrap its size into a small one.
+    let other = vms.register_vm().unwrap();
+    for size in [MAX_IMAGE_BYTES - SIGNATURE_LEN + 1, u64::MAX, u64::MAX - SIGNATURE_LEN + 1] {
+        assert_eq!(vms.set_boot_info(other, 0, size), Err(BootError::BadRange), "{size:#x}");
+    }
+    // A page listed for one VM cannot be listed for another.
+    assert_eq!(vms.set_boot_info(other, 0, 10), Ok(0));
+    assert_eq!(vms.remap_vm_image(&sys.mem, other, first, 0), Err(BootError::BadPage));
+    assert!(vms.index_agrees(&sys.mem));
+    // Teardown unlists the pages.
+    vms.release_images(&sys.mem, vmid);
+    assert_eq!(vms.remap_vm_image(&sys.mem, other, first, 0), Ok(()));
+    assert!(vms.index_agrees(&sys.mem));
 }

@@ -14,7 +14,7 @@ pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, args: [u64; 4])
         host_call::REGISTER_VCPU => kcore.register_vcpu(a1, a2).map(|()| 0),
         host_call::SET_BOOT_INFO => kcore.set_boot_info(a1, a2, a3).map(|i| i as u64),
         host_call::REMAP_VM_IMAGE => kcore.remap_vm_image(a1, a2, a3).map(|()| 0),
-        host_call::VERIFY_VM_IMAGE => kcore.verify_vm_image(m, a1).map(|()| 0),
+        host_call::VERIFY_VM_IMAGE => kcore.verify_vm_image(m, a1),
         host_call::CLEAR_VM_S2_RANGE => kcore.clear_vm_range(m, a1, a2, a3),
         host_call::PHYS_ADDR_IOREMAP => kcore.ioremap(m, a1, a2, a3, a4).map(|()| 0),
         host_call::TIMER_SET_CNTVOFF => kcore.set_cntvoff(a1, a2).map(|()| 0),

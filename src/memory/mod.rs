@@ -21,7 +21,7 @@ mod tests;
 
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::mutation::{planted, Mutation};
-use crate::page_table::descriptor::{level_size, Attrs, LAST_LEVEL};
+use crate::page_table::descriptor::{level_size, Attrs, LAST_LEVEL, OUTPUT_LIMIT};
 use crate::page_table::{Leaf, PageTable, PtError};
 use alloc::vec::Vec;
 use corevisor_boards::PhysRange;
@@ -51,6 +51,8 @@ pub enum MemError {
     /// A page KCore emulates for the host (a GICv3 redistributor's control page): never mapped,
     /// the caller performs the access itself.
     Emulated,
+    /// A page frame number beyond the physical address size: it names no page at all.
+    BadPfn,
     PageTable(PtError),
 }
 
@@ -58,6 +60,17 @@ impl From<PtError> for MemError {
     fn from(e: PtError) -> MemError {
         MemError::PageTable(e)
     }
+}
+
+/// The physical address of page frame `pfn`, for a page number the host or a guest passed.
+/// Numbers at or beyond the physical address size that stage-2 can output (40 bits,
+/// `descriptor::OUTPUT_LIMIT`) are refused: shifted left by 12 they would wrap and alias a real
+/// page (`P | 1 << 52` is `P`), so every comparison of raw numbers would be wrong.
+pub fn checked_pa(pfn: u64) -> Result<u64, MemError> {
+    if pfn >= OUTPUT_LIMIT / PAGE_SIZE {
+        return Err(MemError::BadPfn);
+    }
+    Ok(pfn * PAGE_SIZE)
 }
 
 /// Host block mapping policy: the largest block whose whole range the host owns, or 4 KiB only

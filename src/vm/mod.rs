@@ -18,7 +18,7 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-use crate::boot::{BootError, VcpuState, VmState, Vms, MAX_VCPUS, MAX_VMS};
+use crate::boot::{BootError, VcpuState, Verifier, VmState, Vms, MAX_VCPUS, MAX_VMS, VERIFY_CHUNK_PAGES};
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::memory::pages::Owner;
 use crate::memory::{HostMemory, MemError};
@@ -58,7 +58,7 @@ impl VmError {
             VmError::BadArgument => Status::InvalidParameters,
             VmError::NoVm => Status::InvalidParameters,
             VmError::State | VmError::Busy => Status::Denied,
-            VmError::Boot(BootError::NoVmid) => Status::NotPresent,
+            VmError::Boot(BootError::NoVmid | BootError::NoRoom) => Status::NotPresent,
             VmError::Boot(BootError::Rejected) => Status::Denied,
             VmError::Boot(BootError::State(_) | BootError::Vcpu) => Status::Denied,
             VmError::Boot(BootError::NoVm | BootError::BadRange | BootError::BadImage) => Status::InvalidParameters,
@@ -203,10 +203,17 @@ impl Kcore {
         Ok(self.vms.remap_vm_image(&self.mem, vmid as u16, pfn, index)?)
     }
 
-    /// VERIFY_VM_IMAGE.
-    pub fn verify_vm_image(&mut self, m: &impl Machine, vmid: u64) -> Result<(), VmError> {
+    /// VERIFY_VM_IMAGE: one chunk of the verification; returns the pages still to check. The
+    /// signatures cover the VM's RAM window as REGISTER_VM set it.
+    pub fn verify_vm_image(&mut self, m: &impl Machine, vmid: u64) -> Result<u64, VmError> {
         let slot = slot_of(&mut self.slots, vmid)?;
-        Ok(self.vms.verify_vm_image(m, &mut self.mem, &mut slot.s2, vmid as u16, &self.key)?)
+        let verifier = Verifier {
+            key: &self.key,
+            ram_base: slot.ram_base,
+            ram_size: slot.ram_size,
+            chunk_pages: VERIFY_CHUNK_PAGES,
+        };
+        Ok(self.vms.verify_vm_image(m, &mut self.mem, &mut slot.s2, vmid as u16, &verifier)?)
     }
 
     /// The first half of VCPU_RUN: applies the host's `answer` to the vCPU's last exit, starts
@@ -311,7 +318,8 @@ impl Kcore {
         }
     }
 
-    /// The VM is off (powered off, rejected, or never verified) and none of its vCPUs runs.
+    /// The VM is off (powered off, rejected, or never verified) and none of its vCPUs runs. A VM
+    /// being verified is off too; teardown makes it REJECTED (`Vms::abandon_verification`).
     fn quiescent(&self, vmid: u64) -> Result<(), VmError> {
         self.slot(vmid)?;
         let state = self.vms.get(vmid as u16).map(|i| i.state).ok_or(VmError::NoVm)?;
@@ -335,6 +343,7 @@ impl Kcore {
             return Err(VmError::Mem(MemError::NotRam));
         }
         self.quiescent(vmid)?;
+        self.vms.abandon_verification(vmid as u16);
         let slot = slot_of(&mut self.slots, vmid)?;
         Ok(self.mem.clear_vm_range(m, &mut slot.s2, vmid as u16, base >> 12, size >> 12)?)
     }
@@ -381,6 +390,7 @@ impl Kcore {
     /// DESTROY_VM: every page the VM still owns goes back to the host scrubbed; the VM is gone.
     pub fn destroy(&mut self, m: &impl Machine, vmid: u64) -> Result<u64, VmError> {
         self.quiescent(vmid)?;
+        self.vms.abandon_verification(vmid as u16);
         let regions: Vec<_> = self.mem.db.regions().iter().collect();
         let slot = slot_of(&mut self.slots, vmid)?;
         let mut returned = 0;
@@ -390,7 +400,7 @@ impl Kcore {
         }
         self.slots[vmid as usize - 1] = None;
         m.flush_stage2_vmid(vmid as u16);
-        self.vms.release_images(vmid as u16);
+        self.vms.release_images(&self.mem, vmid as u16);
         Ok(returned)
     }
 }

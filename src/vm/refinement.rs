@@ -6,17 +6,16 @@
 
 use super::spec::*;
 use super::*;
-use crate::boot::image_message;
+use crate::boot::testing::sign_layout;
 use crate::machine::model::ModelMachine;
 use crate::memory::invariants;
 use crate::memory::spec::{RData, HOST};
 use crate::memory::system::{initial_rdata, System, POOLS};
 use crate::mutation::{catches, Mutation};
 use crate::page_table::spec::AbsNpt;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
-use sha2::{Digest, Sha512};
 use std::collections::BTreeMap;
 
 pub(super) const GUEST_RAM: u64 = 0x4000_0000;
@@ -80,9 +79,10 @@ fn any_vop() -> impl Strategy<Value = VOp> {
         3 => prop_oneof![4 => Just((GUEST_RAM, 1u64 << 20)), 1 => Just((GUEST_RAM + 1, 4096u64)), 1 => Just((0, 0u64))]
             .prop_map(|(b, s)| VOp::RegisterVm(b, s)),
         2 => (vmid.clone(), 0u64..3).prop_map(|(v, c)| VOp::RegisterVcpu(v, c)),
-        2 => (vmid.clone(), gpa.clone(), prop_oneof![4 => Just(IMAGE_LEN), 1 => Just(1u64 << 20), 1 => Just(0u64)])
+        2 => (vmid.clone(), gpa.clone(), prop_oneof![8 => Just(IMAGE_LEN), 2 => Just(1u64 << 20), 2 => Just(0u64), 1 => Just(u64::MAX), 1 => Just(u64::MAX - 63), 1 => any::<u64>()])
             .prop_map(|(v, g, s)| VOp::SetBootInfo(v, g, s)),
-        3 => (vmid.clone(), prop_oneof![4 => Just(0u64), 1 => Just(1)], prop_oneof![4 => Just(IMAGE_PFN), 1 => Just(0x40080u64), 1 => Just(0x48100)])
+        // Page numbers with high bits alias real pages if shifted unchecked.
+        3 => (vmid.clone(), prop_oneof![4 => Just(0u64), 1 => Just(1), 1 => any::<u64>()], prop_oneof![8 => Just(IMAGE_PFN), 2 => Just(0x40080u64), 2 => Just(0x48100), 1 => Just(IMAGE_PFN | 1 << 52), 1 => Just(IMAGE_PFN | 1 << 28), 1 => any::<u64>()])
             .prop_map(|(v, i, p)| VOp::Remap(v, i, p)),
         2 => vmid.clone().prop_map(VOp::Verify),
         10 => (vmid.clone(), prop_oneof![4 => Just(0u64), 1 => Just(1), 1 => Just(9)], proptest::sample::select(OFFERS.to_vec()), exit)
@@ -105,8 +105,7 @@ fn any_vop() -> impl Strategy<Value = VOp> {
 /// Writes the signed image into its host page, in both worlds.
 pub(super) fn lay_out(m: &ModelMachine, r: &mut RData) {
     let image: Vec<u8> = (0..IMAGE_LEN).map(|i| (i * 5 + 2) as u8).collect();
-    let digest: [u8; 64] = Sha512::digest(&image).into();
-    let bytes = [image, key().sign(&image_message(&digest)).to_bytes().to_vec()].concat();
+    let bytes = sign_layout(&key(), GUEST_RAM, 1 << 20, &[(GUEST_RAM, &image)]).remove(0);
     for (i, chunk) in bytes.chunks(8).enumerate() {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);

@@ -6,7 +6,7 @@
 
 use super::{VmError, MAX_GUEST_RAM, VM_POOL_PAGES};
 use crate::boot::spec as boot;
-use crate::boot::{VcpuState, VmState, Vms, MAX_VCPUS, SIGNATURE_LEN};
+use crate::boot::{VcpuState, Verifier, VmState, Vms, MAX_VCPUS, SIGNATURE_LEN, VERIFY_CHUNK_PAGES};
 use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
 use crate::memory::spec::{
@@ -123,9 +123,12 @@ pub fn remap_vm_image_spec(s: &AbsKcore, vmid: u64, index: u64, pfn: u64) -> Ste
     Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
 }
 
-pub fn verify_vm_image_spec(s: &AbsKcore, vmid: u64, key: &VerifyingKey) -> Step<()> {
+/// VERIFY_VM_IMAGE: the signatures must cover the RAM window the VM was registered with.
+pub fn verify_vm_image_spec(s: &AbsKcore, vmid: u64, key: &VerifyingKey) -> Step<u64> {
     let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    let (vms, r, result) = boot::verify_vm_image_spec(&s.vms, &s.r, id, key)?;
+    let slot = &s.slots[&id];
+    let verifier = Verifier { key, ram_base: slot.ram_base, ram_size: slot.ram_size, chunk_pages: VERIFY_CHUNK_PAGES };
+    let (vms, r, result) = boot::verify_vm_image_spec(&s.vms, &s.r, id, &verifier)?;
     Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
 }
 
@@ -256,7 +259,8 @@ pub fn clear_vm_range_spec(s: &AbsKcore, vmid: u64, base: u64, size: u64) -> Ste
     if let Err(e) = quiescent(s, id) {
         return refuse(s, e);
     }
-    clear_pages(s, id, (base >> 12)..(base + size) >> 12)
+    let abandoned = AbsKcore { vms: boot::abandon_verification_spec(&s.vms, id), ..s.clone() };
+    clear_pages(&abandoned, id, (base >> 12)..(base + size) >> 12)
 }
 
 pub fn ioremap_spec(s: &AbsKcore, vmid: u64, gpa: u64, pa: u64, size: u64) -> Step<()> {
@@ -306,7 +310,8 @@ pub fn destroy_spec(s: &AbsKcore, vmid: u64) -> Step<u64> {
     }
     // Every page the VM owns, in address order (pages absent from `s2page` are the host's).
     let pfns: Vec<u64> = s.r.s2page.iter().filter(|(_, p)| p.owner == Owner::Vm(id)).map(|(&pfn, _)| pfn).collect();
-    let (mut next, result) = clear_pages(s, id, pfns.into_iter())?;
+    let abandoned = AbsKcore { vms: boot::abandon_verification_spec(&s.vms, id), ..s.clone() };
+    let (mut next, result) = clear_pages(&abandoned, id, pfns.into_iter())?;
     if result.is_ok() {
         next.slots.remove(&id);
         next.r.npts.remove(&id);

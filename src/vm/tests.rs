@@ -2,12 +2,11 @@
 //! hypercalls, and the refusals that keep the host out.
 
 use super::*;
-use crate::boot::image_message;
+use crate::boot::testing::sign_layout;
 use crate::machine::model::ModelMachine;
 use crate::memory::system::{System, POOLS};
 use crate::vcpu::Pending;
-use ed25519_dalek::{Signer, SigningKey};
-use sha2::{Digest, Sha512};
+use ed25519_dalek::SigningKey;
 
 const GUEST_RAM: u64 = 0x4000_0000;
 const IMAGE_PFN: u64 = 0x48000;
@@ -26,8 +25,7 @@ fn kcore() -> (ModelMachine, Kcore) {
 /// Writes a signed image into host page IMAGE_PFN (image then signature); `flip` flips a byte.
 fn lay_out_image(m: &ModelMachine, flip: Option<u64>) {
     let image: Vec<u8> = (0..IMAGE_LEN).map(|i| (i * 13 + 1) as u8).collect();
-    let digest: [u8; 64] = Sha512::digest(&image).into();
-    let mut bytes = [image, key().sign(&image_message(&digest)).to_bytes().to_vec()].concat();
+    let mut bytes = sign_layout(&key(), GUEST_RAM, 16 << 20, &[(GUEST_RAM, &image)]).remove(0);
     if let Some(at) = flip {
         bytes[at as usize] ^= 0x40;
     }
@@ -180,4 +178,18 @@ fn an_offer_the_vm_cannot_map_goes_back_to_the_host() {
     assert_eq!(page.owner, Owner::Host, "the offer is undone");
     assert_eq!(m.read_u64(offered << 12), 0, "and scrubbed: it was the VM's for a moment");
     assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
+}
+
+/// REMAP_VM_IMAGE with a page number past the physical address size (an alias of a real page
+/// once shifted) answers INVALID_ADDRESS and lists nothing.
+#[test]
+fn remap_refuses_a_page_number_past_the_physical_address_size() {
+    let (m, mut k) = kcore();
+    let vmid = k.register_vm(&m, GUEST_RAM, 16 << 20).unwrap() as u64;
+    k.set_boot_info(vmid, GUEST_RAM, IMAGE_LEN).unwrap();
+    let refused = k.remap_vm_image(vmid, 0, IMAGE_PFN | 1 << 52).unwrap_err();
+    assert_eq!(refused, VmError::Boot(BootError::Mem(MemError::BadPfn)));
+    assert_eq!(refused.status(), Status::InvalidAddress);
+    assert!(k.vms.get(vmid as u16).unwrap().load[0].pfns.is_empty());
+    assert_eq!(k.remap_vm_image(vmid, 0, IMAGE_PFN), Ok(()));
 }

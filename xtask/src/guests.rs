@@ -2,8 +2,8 @@
 //! writing the boot bundle (`corevisor_abi::bundle`) that KServ turns into VMs.
 
 use crate::artifacts::{self, TARGET};
-use corevisor_abi::bundle::{self, VmEntry};
-use corevisor_abi::guest_dev;
+use corevisor_abi::bundle::{self, ImageEntry, ImageRecord, VmEntry};
+use corevisor_abi::{guest_dev, guest_role};
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha512};
 use std::path::{Path, PathBuf};
@@ -44,16 +44,38 @@ fn build_guest_now() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// The message an image's signature covers: `IMAGE_DOMAIN ‖ SHA-512(image)`.
-pub fn image_message(image: &[u8]) -> Vec<u8> {
-    let mut message = bundle::IMAGE_DOMAIN.to_vec();
-    message.extend_from_slice(&Sha512::digest(image));
-    message
+/// One image of a VM as the signer sees it: where it is loaded, and its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Placed<'a> {
+    pub gpa: u64,
+    pub bytes: &'a [u8],
 }
 
-/// The Ed25519 signature of `image` with the key of `seed`.
-pub fn sign(image: &[u8], seed: &[u8; 32]) -> [u8; 64] {
-    SigningKey::from_bytes(seed).sign(&image_message(image)).to_bytes()
+/// Each image of a VM with RAM `[ram_base, ram_base + ram_size)`, followed by its signature
+/// over the VM's whole layout (`bundle::image_message`, the format KCore checks).
+pub fn sign_layout(ram_base: u64, ram_size: u64, images: &[Placed], seed: &[u8; 32]) -> Result<Vec<Vec<u8>>, String> {
+    let records: Vec<ImageRecord> = images
+        .iter()
+        .map(|i| ImageRecord { gpa: i.gpa, size: i.bytes.len() as u64, sha512: Sha512::digest(i.bytes).into() })
+        .collect();
+    let key = SigningKey::from_bytes(seed);
+    images
+        .iter()
+        .enumerate()
+        .map(|(index, image)| {
+            let message = bundle::image_message(ram_base, ram_size, &records, index).ok_or(format!(
+                "a VM has 1 to {} images, not {}",
+                bundle::MAX_IMAGES,
+                images.len()
+            ))?;
+            Ok([image.bytes, &key.sign(message.as_bytes()).to_bytes()[..]].concat())
+        })
+        .collect()
+}
+
+/// The data image of a VM in the BINDING role (its image 1): a line of text naming the VM.
+pub fn data_image(vm: &GuestVm) -> Option<Vec<u8>> {
+    (vm.role == guest_role::BINDING).then(|| format!("signed data for {}\0", vm.name).into_bytes())
 }
 
 /// 32 bytes from 64 hex digits (surrounding whitespace ignored).
@@ -91,8 +113,9 @@ pub fn write_bundle(vms: &[GuestVm], out: &Path) -> Result<(), String> {
     std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))
 }
 
-/// The bundle's bytes: header, one entry per VM, then one signed copy of `image` (every entry
-/// names it) at the first page boundary after the entries; the whole padded to whole pages.
+/// The bundle's bytes: header, one entry per VM, then each VM's images, each signed for that VM's
+/// layout (the test guest at the start of its RAM, and for a BINDING VM its data image at
+/// `guest_dev::DATA_IMAGE`), each at a page boundary; the whole padded to whole pages.
 fn bundle_bytes(vms: &[GuestVm], image: &[u8], seed: &[u8; 32]) -> Result<Vec<u8>, String> {
     if vms.is_empty() || vms.len() > bundle::MAX_VMS {
         return Err(format!("a bundle holds 1 to {} VMs, not {}", bundle::MAX_VMS, vms.len()));
@@ -101,30 +124,41 @@ fn bundle_bytes(vms: &[GuestVm], image: &[u8], seed: &[u8; 32]) -> Result<Vec<u8
         return Err("the guest image is empty".into());
     }
     let align = bundle::IMAGE_ALIGN as usize;
-    let image_offset = (bundle::HEADER_LEN + vms.len() * bundle::ENTRY_LEN).next_multiple_of(align);
-    let mut out = Vec::with_capacity(image_offset + image.len() + bundle::SIGNATURE_LEN + align);
+    let mut out = Vec::new();
     out.extend_from_slice(&bundle::header(vms.len() as u32));
+    let mut images = Vec::new();
+    let mut offset = (bundle::HEADER_LEN + vms.len() * bundle::ENTRY_LEN).next_multiple_of(align);
     for vm in vms {
         if vm.name.is_empty() || vm.name.len() > bundle::NAME_LEN {
             return Err(format!("VM name {:?}: 1 to {} bytes", vm.name, bundle::NAME_LEN));
         }
-        let entry = VmEntry {
+        let data = data_image(vm);
+        let mut placed = vec![Placed { gpa: guest_dev::RAM_BASE, bytes: image }];
+        placed.extend(data.as_deref().map(|bytes| Placed { gpa: guest_dev::DATA_IMAGE, bytes }));
+        let signed = sign_layout(guest_dev::RAM_BASE, guest_dev::RAM_SIZE, &placed, seed)?;
+        let mut entry = VmEntry {
             name: VmEntry::name_field(vm.name),
             vcpus: vm.vcpus,
             role: vm.role,
             ram_base: guest_dev::RAM_BASE,
             ram_size: guest_dev::RAM_SIZE,
-            image_offset: image_offset as u64,
-            image_size: image.len() as u64,
+            image_count: placed.len() as u32,
+            images: [ImageEntry::default(); bundle::MAX_IMAGES],
         };
-        if entry.image_pages() * bundle::IMAGE_ALIGN > entry.ram_size {
-            return Err(format!("the guest image ({} bytes) does not fit in its RAM", image.len()));
+        for ((slot, place), bytes) in entry.images.iter_mut().zip(&placed).zip(signed) {
+            *slot = ImageEntry { offset: offset as u64, size: place.bytes.len() as u64, gpa: place.gpa };
+            if slot.gpa + slot.pages() * bundle::IMAGE_ALIGN > entry.ram_base + entry.ram_size {
+                return Err(format!("the image ({} bytes) does not fit in its RAM", place.bytes.len()));
+            }
+            offset += bytes.len().next_multiple_of(align);
+            images.push(bytes);
         }
         out.extend_from_slice(&entry.to_bytes());
     }
-    out.resize(image_offset, 0);
-    out.extend_from_slice(image);
-    out.extend_from_slice(&sign(image, seed));
+    for bytes in images {
+        out.resize(out.len().next_multiple_of(align), 0);
+        out.extend_from_slice(&bytes);
+    }
     out.resize(out.len().next_multiple_of(align), 0);
     Ok(out)
 }
@@ -145,35 +179,67 @@ mod tests {
         assert_eq!(SigningKey::from_bytes(&seed).verifying_key(), test_key());
     }
 
-    #[test]
-    fn signatures_verify_and_a_flipped_byte_fails() {
-        let mut image: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
-        let signature = Signature::from_bytes(&sign(&image, &test_key_seed().unwrap()));
-        assert!(test_key().verify_strict(&image_message(&image), &signature).is_ok());
-        image[1234] ^= 1;
-        assert!(test_key().verify_strict(&image_message(&image), &signature).is_err());
+    /// Whether image `index` of `layout`, as signed, verifies over the ABI's message.
+    fn verifies(signed: &[u8], ram: (u64, u64), layout: &[(u64, &[u8])], index: usize) -> bool {
+        let records: Vec<ImageRecord> = layout
+            .iter()
+            .map(|&(gpa, bytes)| ImageRecord { gpa, size: bytes.len() as u64, sha512: Sha512::digest(bytes).into() })
+            .collect();
+        let (image, signature) = signed.split_at(signed.len() - 64);
+        let message = bundle::image_message(ram.0, ram.1, &records, index).unwrap();
+        image == layout[index].1
+            && test_key()
+                .verify_strict(message.as_bytes(), &Signature::from_bytes(signature.try_into().unwrap()))
+                .is_ok()
     }
 
     #[test]
-    fn a_bundle_parses_and_shares_one_signed_image() {
+    fn signatures_cover_the_layout_and_a_flipped_byte_fails() {
+        let image: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let data = b"some data".to_vec();
+        let ram = (0x8000_0000, 16 << 20);
+        let layout = [(ram.0, &image[..]), (ram.0 + 0x80_0000, &data[..])];
+        let placed: Vec<Placed> = layout.iter().map(|&(gpa, bytes)| Placed { gpa, bytes }).collect();
+        let signed = sign_layout(ram.0, ram.1, &placed, &test_key_seed().unwrap()).unwrap();
+        assert!(verifies(&signed[0], ram, &layout, 0) && verifies(&signed[1], ram, &layout, 1));
+        assert!(!verifies(&signed[0], (ram.0, 32 << 20), &layout, 0), "another RAM window");
+        assert!(!verifies(&signed[1], ram, &[layout[1], layout[0]], 0), "swapped");
+        assert!(!verifies(&signed[0], ram, &[layout[0], (ram.0 + 0x90_0000, &data[..])], 0), "moved");
+        let mut flipped = image.clone();
+        flipped[1234] ^= 1;
+        let mut tampered = signed[0].clone();
+        tampered[1234] ^= 1;
+        assert!(!verifies(&tampered, ram, &[(ram.0, &flipped[..]), layout[1]], 0));
+    }
+
+    #[test]
+    fn a_bundle_parses_and_signs_each_vm_for_its_layout() {
         let image: Vec<u8> = (0..5000u32).map(|i| (i * 13 + 1) as u8).collect();
         let seed = test_key_seed().unwrap();
         let vms = [
-            GuestVm { name: "alpha", role: corevisor_abi::guest_role::DEMO, vcpus: 1 },
-            GuestVm { name: "beta", role: corevisor_abi::guest_role::EVIL, vcpus: 2 },
+            GuestVm { name: "alpha", role: guest_role::DEMO, vcpus: 1 },
+            GuestVm { name: "bound", role: guest_role::BINDING, vcpus: 2 },
         ];
         let bytes = bundle_bytes(&vms, &image, &seed).unwrap();
         assert_eq!(bytes.len() % 4096, 0);
         let bundle = Bundle::parse(&bytes).unwrap();
         assert_eq!(bundle.len(), 2);
         let entries: Vec<VmEntry> = bundle.vms().collect();
-        let mut expected = image.clone();
-        expected.extend_from_slice(&sign(&image, &seed));
+        let ram = (guest_dev::RAM_BASE, guest_dev::RAM_SIZE);
         for (entry, vm) in entries.iter().zip(&vms) {
             assert_eq!((entry.name(), entry.role, entry.vcpus), (vm.name, vm.role, vm.vcpus));
-            assert_eq!((entry.ram_base, entry.ram_size), (guest_dev::RAM_BASE, guest_dev::RAM_SIZE));
-            assert_eq!(entry.image_offset, 4096);
-            assert_eq!(bundle.signed_image(entry), &expected[..]);
+            assert_eq!((entry.ram_base, entry.ram_size), ram);
+            assert_eq!(entry.images[0].gpa, guest_dev::RAM_BASE);
+        }
+        assert_eq!(entries[0].images().len(), 1);
+        assert!(verifies(bundle.signed_image(&entries[0].images[0]), ram, &[(ram.0, &image[..])], 0));
+        let data = data_image(&vms[1]).unwrap();
+        assert_eq!(&data[..], b"signed data for bound\0");
+        let layout = [(ram.0, &image[..]), (guest_dev::DATA_IMAGE, &data[..])];
+        assert_eq!(entries[1].images().len(), 2);
+        assert_eq!(entries[1].images[1].gpa, guest_dev::DATA_IMAGE);
+        for index in 0..2 {
+            assert!(verifies(bundle.signed_image(&entries[1].images[index]), ram, &layout, index));
         }
     }
 

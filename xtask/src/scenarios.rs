@@ -73,7 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "hvc-version",
-        lines: &["kserv: VERSION returned 0.2", "kserv: scenario hvc-version: PASS"],
+        lines: &["kserv: VERSION returned 0.3", "kserv: scenario hvc-version: PASS"],
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
@@ -222,6 +222,24 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         gic_v2_lines: &[],
         bundle: &[("hello", role::HELLO, 2)],
+        bootargs: "",
+    },
+    Scenario {
+        name: "signed-binding",
+        lines: &[
+            "kserv: signed-binding: image at another address: VERIFY denied, VCPU_RUN denied",
+            "kserv: signed-binding: images swapped, the data image as the entry: VERIFY denied, VCPU_RUN denied",
+            "kserv: signed-binding: image from another VM's set: VERIFY denied, VCPU_RUN denied",
+            "VERIFY_VM_IMAGE refused: Boot(Rejected)",
+            "kserv: signed-binding: the signed layout: verified",
+            "kserv: [bound] data image: signed data for bound",
+            "kserv: [bound] bye",
+            "kserv: vm bound: powered off",
+            "all scrubbed",
+            "kserv: scenario signed-binding: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("bound", role::BINDING, 1), ("other", role::BINDING, 1)],
         bootargs: "",
     },
     Scenario {
@@ -412,7 +430,7 @@ mod tests {
         SCENARIOS.iter().find(|s| s.name == "hvc-version").unwrap()
     }
 
-    const GOOD: &str = "kserv: VERSION returned 0.2\nkserv: scenario hvc-version: PASS\n";
+    const GOOD: &str = "kserv: VERSION returned 0.3\nkserv: scenario hvc-version: PASS\n";
 
     #[test]
     fn a_run_passes_only_with_status_zero_and_every_line() {
@@ -420,7 +438,7 @@ mod tests {
         assert_eq!(check(version(), Variant::VirtGicV3, Some(1), GOOD).len(), 1);
         assert_eq!(check(version(), Variant::VirtGicV3, None, GOOD), vec!["timed out (killed by the hang guard)"]);
         let missing = check(version(), Variant::VirtGicV3, Some(0), "kserv: scenario hvc-version: PASS\n");
-        assert_eq!(missing, vec!["missing line: kserv: VERSION returned 0.2"]);
+        assert_eq!(missing, vec!["missing line: kserv: VERSION returned 0.3"]);
     }
 
     #[test]

@@ -255,6 +255,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::FUZZ) => fuzz(),
         r if r == u64::from(guest_role::SPIN) => spin(),
         r if r == u64::from(guest_role::PATTERN) => pattern_role(),
+        r if r == u64::from(guest_role::BINDING) => binding(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -682,5 +683,25 @@ fn spin() {
         core::hint::spin_loop();
     }
     line("spun for 50 ms");
+    line("bye");
+}
+
+// ---- BINDING ----
+
+/// Prints the text of its second image, which KCore verified along with this one: the data is
+/// where it was signed to be (`guest_dev::DATA_IMAGE`).
+fn binding() {
+    const MAX: u64 = 100;
+    put("data image: ");
+    for offset in 0..MAX {
+        // SAFETY: DATA_IMAGE is inside the guest's RAM, and its page is the data image's, mapped
+        // by KCore at verification; a byte load touches nothing else.
+        let byte = unsafe { ((guest_dev::DATA_IMAGE + offset) as *const u8).read_volatile() };
+        if byte == 0 {
+            break;
+        }
+        putc(byte);
+    }
+    putc(b'\n');
     line("bye");
 }
