@@ -216,6 +216,10 @@ pub mod guest_role {
     pub const FUZZ: u32 = 6;
     /// Spins on its counter for 50 ms without exiting, then powers off.
     pub const SPIN: u32 = 7;
+    /// Makes share calls that KCore must refuse part-way (a range past the end of its RAM, a
+    /// page at its share limit, an unshare of a partly shared range) and has the host check
+    /// that none of them changed any page.
+    pub const SHARE_ATOMIC: u32 = 8;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

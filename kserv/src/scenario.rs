@@ -16,6 +16,7 @@ pub enum Scenario {
     VmHello,
     VmTwoGuests,
     VmShare,
+    ShareAtomic,
     HostAttacksVm,
     VmBadImage,
     HvcFuzz,
@@ -24,7 +25,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -37,6 +38,7 @@ impl Scenario {
         Scenario::VmHello,
         Scenario::VmTwoGuests,
         Scenario::VmShare,
+        Scenario::ShareAtomic,
         Scenario::HostAttacksVm,
         Scenario::VmBadImage,
         Scenario::HvcFuzz,
@@ -58,6 +60,7 @@ impl Scenario {
             Scenario::VmHello => "vm-hello",
             Scenario::VmTwoGuests => "vm-two-guests",
             Scenario::VmShare => "vm-share",
+            Scenario::ShareAtomic => "share-atomic",
             Scenario::HostAttacksVm => "host-attacks-vm",
             Scenario::VmBadImage => "vm-bad-image",
             Scenario::HvcFuzz => "hvc-fuzz",

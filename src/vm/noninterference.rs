@@ -3,6 +3,10 @@
 //! shares by other VMs, teardown, the host writing its own pages). Every result the host gets,
 //! and every page the host can read (its own, or one a VM shares), must be the same in both.
 //! VM 1 never shares a page here: a share is the guest's own choice to declassify.
+//!
+//! The host reads its pages both through the caches and, with a non-cacheable alias, straight
+//! from DRAM (issue 11, finding 3); the hardware may write VM 1's dirty lines back at any time,
+//! so its secrets reach DRAM as soon as it writes them.
 
 use super::refinement::{any_sequence, key, lay_out, VOp, PROBES};
 use super::*;
@@ -11,8 +15,9 @@ use crate::memory::system::{initial_rdata, System};
 use crate::mutation::{catches, Mutation};
 use proptest::prelude::*;
 
-/// A probed page as the host sees it: its frame, its record, and its words if it can read them.
-type PageView = (u64, Option<crate::memory::pages::PageInfo>, Option<Vec<(u64, u64)>>);
+/// A probed page as the host sees it: its frame, its record, and its words if it can read them
+/// (through the caches, then in DRAM).
+type PageView = (u64, Option<crate::memory::pages::PageInfo>, Option<(Vec<(u64, u64)>, Vec<(u64, u64)>)>);
 
 /// One machine: the model memory and KCore's state.
 struct World {
@@ -75,6 +80,7 @@ impl World {
                 self.m.write_u64(pfn << 12, secret ^ pfn);
             }
         }
+        self.m.write_back_all();
     }
 
     /// What the host can read: the record of every probed page, and the contents of those its
@@ -87,7 +93,10 @@ impl World {
                 let pa = pfn << 12;
                 let readable = self.k.mem.host_s2.walk(&self.m, pa).is_some()
                     || page.is_some_and(|p| p.owner == Owner::Host || p.count > 0);
-                let words = readable.then(|| self.m.words(pfn << 12..(pfn + 1) << 12).into_iter().collect());
+                let range = pfn << 12..(pfn + 1) << 12;
+                let words = readable.then(|| {
+                    (self.m.words(range.clone()).into_iter().collect(), self.m.dram_words(range).into_iter().collect())
+                });
                 (pfn, page, words)
             })
             .collect()
@@ -125,4 +134,11 @@ fn noninterference_catches_an_unscrubbed_teardown() {
 #[test]
 fn noninterference_catches_a_forgotten_clear_pfn_host() {
     catches(Mutation::SkipClearPfnHost, 512, any_sequence(), |ops| host_cannot_tell(&ops));
+}
+
+/// The companion: a teardown that zeroes a page only in the cache leaves the secret in DRAM,
+/// where a non-cacheable alias of the host reads it.
+#[test]
+fn noninterference_catches_a_scrub_left_in_the_cache() {
+    catches(Mutation::SkipCleanAfterScrub, 512, any_sequence(), |ops| host_cannot_tell(&ops));
 }

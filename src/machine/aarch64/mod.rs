@@ -29,6 +29,9 @@ impl super::Machine for Aarch64 {
     fn zero_page(&self, pa: u64) {
         phys::zero(pa, super::PAGE_SIZE)
     }
+    fn clean_invalidate_page(&self, pa: u64) {
+        phys::clean_invalidate_dcache(pa, super::PAGE_SIZE)
+    }
     fn flush_stage2_ipa(&self, vmid: u16, ipa: u64) {
         tlb::stage2_ipa(vmid, ipa)
     }
