@@ -335,12 +335,17 @@ pub fn relate(sys: &System, r: &RData, probes: &BTreeSet<u64>) -> Result<(), Str
 /// would alias to them), the last page of the physical address space and the first past it,
 /// and the largest number.
 pub fn any_pfn() -> impl Strategy<Value = u64> {
-    let near = (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x7fe00)], 0u64..4).prop_map(|(b, i)| b + i);
     prop_oneof![
-        12 => near.clone(),
-        2 => (near, 28u32..64).prop_map(|(pfn, bit)| pfn | 1 << bit),
+        12 => ram_pfn(),
+        2 => (ram_pfn(), 28u32..64).prop_map(|(pfn, bit)| pfn | 1 << bit),
         1 => prop_oneof![Just((1u64 << 28) - 1), Just(1u64 << 28), Just(u64::MAX)],
     ]
+}
+
+/// Pages of RAM only: the pages behind addresses the hardware reports (a host fault's address
+/// is inside the host's input range).
+fn ram_pfn() -> impl Strategy<Value = u64> + Clone {
+    (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x7fe00)], 0u64..4).prop_map(|(b, i)| b + i)
 }
 
 /// Sizes of a share range: a few pages, or sizes that run off the end of the address space.
@@ -350,7 +355,7 @@ fn any_share_size() -> impl Strategy<Value = u64> {
 
 fn any_host_addr() -> impl Strategy<Value = u64> {
     prop_oneof![
-        4 => (any_pfn(), 0u64..4).prop_map(|(pfn, w)| pfn << 12 | w << 3),
+        4 => (ram_pfn(), 0u64..4).prop_map(|(pfn, w)| pfn << 12 | w << 3),
         1 => (0x0800_0000u64..0x0a00_0000).prop_map(|a| a & !7),
     ]
 }

@@ -36,12 +36,15 @@ enum Op {
     Revoke { vmid: u16, pfn: u64 },
 }
 
+/// A few 2 MiB regions of RAM, including KCore's, so transitions collide.
+fn ram_pfn() -> impl Strategy<Value = u64> + Clone {
+    (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x40600), Just(0x7fe00)], 0u64..16).prop_map(|(b, i)| b + i)
+}
+
+/// Page numbers as the host passes them: pages of RAM, and the same pages with high bits set,
+/// which name no page (issue 11: `pfn << 12` would alias them).
 fn any_pfn() -> impl Strategy<Value = u64> {
-    // A few 2 MiB regions of RAM, including KCore's, so transitions collide; and the same pages
-    // with high bits set, which name no page (issue 11: `pfn << 12` would alias them).
-    let near =
-        (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x40600), Just(0x7fe00)], 0u64..16).prop_map(|(b, i)| b + i);
-    prop_oneof![6 => near.clone(), 1 => (near, 28u32..64).prop_map(|(pfn, bit)| pfn | 1 << bit)]
+    prop_oneof![6 => ram_pfn(), 1 => (ram_pfn(), 28u32..64).prop_map(|(pfn, bit)| pfn | 1 << bit)]
 }
 
 /// The record of page `pfn` if the number names a page of RAM: the physical address space is
@@ -53,7 +56,8 @@ fn record(mem: &HostMemory, pfn: u64) -> Option<PageInfo> {
 fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => prop_oneof![
-            3 => any_pfn().prop_map(|pfn| pfn << 12),
+            // Fault addresses come from the hardware, inside the host's input range.
+            3 => ram_pfn().prop_map(|pfn| pfn << 12),
             1 => (0x0800_0000u64..0x0a00_0000).prop_map(|a| a & !7),
             1 => (RAM.base..RAM.end()).prop_map(|a| a & !7),
         ].prop_map(Op::HostFault),
