@@ -41,6 +41,8 @@ const OFFERS: [u64; 12] = [
 ];
 /// The guest's RAM window in the sequences.
 const GUEST_RAM_SIZE: u64 = 1 << 20;
+/// The first of the guest pages the sequences fault in.
+const FAULTED_GFN: u64 = (GUEST_RAM >> 12) + 8;
 pub(super) const PROBES: [u64; 7] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080];
 
 pub(super) fn key() -> SigningKey {
@@ -78,8 +80,18 @@ pub(super) fn any_sequence() -> impl Strategy<Value = Vec<VOp>> {
         VOp::Remap(1, 0, IMAGE_PFN),
         VOp::Verify(1),
     ];
-    (prop_oneof![3 => Just(true), 1 => Just(false)], proptest::collection::vec(any_vop(), 40..70))
-        .prop_map(move |(booted, ops)| if booted { [boot.clone(), ops].concat() } else { ops })
+    // Booted, and with RAM pages +8 and +9 faulted in (so that share ranges meet mapped pages).
+    let faulted = [
+        boot.clone(),
+        vec![
+            VOp::Run(1, 0, 0, Pending::PageFault { gfn: FAULTED_GFN }),
+            VOp::Run(1, 0, 0x48100, Pending::PageFault { gfn: FAULTED_GFN + 1 }),
+            VOp::Run(1, 0, 0x48101, Pending::Nothing),
+        ],
+    ]
+    .concat();
+    let prefix = prop_oneof![2 => Just(boot), 2 => Just(faulted), 1 => Just(vec![])];
+    (prefix, proptest::collection::vec(any_vop(), 40..70)).prop_map(|(prefix, ops)| [prefix, ops].concat())
 }
 
 fn any_vop() -> impl Strategy<Value = VOp> {
@@ -89,14 +101,16 @@ fn any_vop() -> impl Strategy<Value = VOp> {
     // Share ranges: pages the guest has (the image, the faulted-in pages), ranges that end on,
     // at or past the end of the window, below it, and that wrap around the address space.
     let share_gpa = prop_oneof![
-        4 => (0u64..16).prop_map(|i| GUEST_RAM + i * 4096),
+        4 => (0u64..2).prop_map(|i| (FAULTED_GFN + i) << 12),
+        2 => (0u64..16).prop_map(|i| GUEST_RAM + i * 4096),
         2 => (1u64..4).prop_map(|i| GUEST_RAM + GUEST_RAM_SIZE - i * 4096),
         1 => Just(GUEST_RAM - 4096),
         1 => Just(u64::MAX & !0xfff),
         1 => any::<u64>(),
     ];
     let share_size = prop_oneof![
-        4 => (1u64..4).prop_map(|n| n * 4096),
+        6 => (1u64..3).prop_map(|n| n * 4096),
+        1 => Just(3 * 4096u64),
         1 => Just(GUEST_RAM_SIZE),
         1 => Just(GUEST_RAM_SIZE + 4096),
         1 => Just(1u64),
@@ -104,7 +118,7 @@ fn any_vop() -> impl Strategy<Value = VOp> {
         1 => Just(0u64),
     ];
     let exit = prop_oneof![
-        3 => (0u64..4).prop_map(|i| Pending::PageFault { gfn: (GUEST_RAM >> 12) + 8 + i }),
+        3 => (0u64..4).prop_map(|i| Pending::PageFault { gfn: FAULTED_GFN + i }),
         1 => Just(Pending::PageFault { gfn: GUEST_RAM >> 12 }),
         1 => Just(Pending::Nothing),
         1 => Just(Pending::CallResult),
