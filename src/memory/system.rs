@@ -350,7 +350,7 @@ fn ram_pfn() -> impl Strategy<Value = u64> + Clone {
 
 /// Sizes of a share range: a few pages, or sizes that run off the end of the address space.
 fn any_share_size() -> impl Strategy<Value = u64> {
-    prop_oneof![8 => (1u64..4).prop_map(|n| n << 12), 1 => Just(u64::MAX & !0xfff), 1 => Just(1u64 << 63)]
+    prop_oneof![8 => (1u64..4).prop_map(|n| n << 12), 1 => Just(!0xfffu64), 1 => Just(1u64 << 63)]
 }
 
 fn any_host_addr() -> impl Strategy<Value = u64> {
@@ -386,7 +386,7 @@ pub fn vm_op(vmid: impl Strategy<Value = u16> + Clone) -> impl Strategy<Value = 
         1 => (vmid.clone(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::ProtAndMap { vmid, gfn, pfn, level: 3 }),
         1 => (vmid.clone(), prop_oneof![Just(0u64), Just(0x200)], prop_oneof![Just(0x40400u64), Just(0x40600), Just(0x40200)])
             .prop_map(|(vmid, gfn, pfn)| Op::ProtAndMap { vmid, gfn, pfn, level: 2 }),
-        2 => (vmid.clone(), prop_oneof![8 => (0u64..4).prop_map(|g| g << 12), 1 => Just(u64::MAX & !0xfff)], any_share_size(), any::<bool>())
+        2 => (vmid.clone(), prop_oneof![8 => (0u64..4).prop_map(|g| g << 12), 1 => Just(!0xfffu64)], any_share_size(), any::<bool>())
             .prop_map(|(vmid, gpa, size, revoke)| Op::ShareRange { vmid, gpa, size, revoke }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Grant { vmid, pfn }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Revoke { vmid, pfn }),

@@ -105,7 +105,7 @@ fn any_vop() -> impl Strategy<Value = VOp> {
         2 => (0u64..16).prop_map(|i| GUEST_RAM + i * 4096),
         2 => (1u64..4).prop_map(|i| GUEST_RAM + GUEST_RAM_SIZE - i * 4096),
         1 => Just(GUEST_RAM - 4096),
-        1 => Just(u64::MAX & !0xfff),
+        1 => Just(!0xfffu64),
         1 => any::<u64>(),
     ];
     let share_size = prop_oneof![
@@ -114,7 +114,7 @@ fn any_vop() -> impl Strategy<Value = VOp> {
         1 => Just(GUEST_RAM_SIZE),
         1 => Just(GUEST_RAM_SIZE + 4096),
         1 => Just(1u64),
-        1 => Just(u64::MAX & !0xfff),
+        1 => Just(!0xfffu64),
         1 => Just(0u64),
     ];
     let exit = prop_oneof![
@@ -137,7 +137,7 @@ fn any_vop() -> impl Strategy<Value = VOp> {
             .prop_map(|(v, c, a, e)| VOp::Run(v, c, a, e)),
         4 => (vm16.clone(), any::<bool>(), share_gpa, share_size).prop_map(|(v, g, a, s)| VOp::Share(v, g, a, s)),
         1 => (vm16, 0u64..3, prop_oneof![Just(GUEST_RAM + 0x100), Just(0x10u64)]).prop_map(|(v, t, e)| VOp::CpuOn(v, t, e)),
-        1 => (vmid.clone(), prop_oneof![Just(0x4800_0000u64), Just(0x4810_0000), Just(u64::MAX & !0xfff)], prop_oneof![Just(0x20_0000u64), Just(4096), Just(u64::MAX & !0xfff)])
+        1 => (vmid.clone(), prop_oneof![Just(0x4800_0000u64), Just(0x4810_0000), Just(!0xfffu64)], prop_oneof![Just(0x20_0000u64), Just(4096), Just(!0xfffu64)])
             .prop_map(|(v, b, s)| VOp::Clear(v, b, s)),
         1 => (vmid.clone(), prop_oneof![Just(0x0900_0000u64), Just(GUEST_RAM)], prop_oneof![Just(0x0900_0000u64), Just(0x0803_0000), Just(0x4800_0000)])
             .prop_map(|(v, g, p)| VOp::Ioremap(v, g, p, 4096)),
