@@ -50,6 +50,20 @@ pub enum Mutation {
     /// An image's signature is checked over its own hash alone, not the VM's whole layout (its
     /// load address, index, the other images, the RAM window: issue 11, finding 10).
     SignatureOverImageOnly,
+    /// A scrubbed page is handed on without cleaning the zeros to the point of coherency: DRAM
+    /// still holds the old owner's data behind zeroed cache lines.
+    SkipCleanAfterScrub,
+    /// A page taken from the host is not cleaned and invalidated: the host's dirty lines stay
+    /// in the caches, and what KCore reads (hashes) is not what DRAM holds.
+    SkipCleanOnTake,
+    /// A guest's share or unshare over a range changes the pages before the one it is refused
+    /// on (no check of the whole range first).
+    ShareRangeNotAtomic,
+    /// The guest share call does not check that its range ends inside the VM's RAM window.
+    ShareSkipsWindowEndCheck,
+    /// `checked_pa` shifts any page number into an address, high bits lost (`P | k << 52` names
+    /// page P).
+    UncheckedPfn,
 }
 
 #[cfg(test)]

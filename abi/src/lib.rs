@@ -243,6 +243,10 @@ pub mod guest_role {
     /// Has a second signed image, a line of text at `guest_dev::DATA_IMAGE`: prints it and
     /// powers off (for `signed-binding`).
     pub const BINDING: u32 = 9;
+    /// Makes share calls that KCore must refuse part-way (a range past the end of its RAM, a
+    /// page at its share limit, an unshare of a partly shared range) and has the host check
+    /// that none of them changed any page.
+    pub const SHARE_ATOMIC: u32 = 10;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

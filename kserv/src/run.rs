@@ -151,6 +151,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::VmHello => vm_scenarios::vm_hello(&env.vm),
         Scenario::VmTwoGuests => vm_scenarios::vm_two_guests(&env.vm),
         Scenario::VmShare => vm_scenarios::vm_share(&env.vm),
+        Scenario::ShareAtomic => vm_scenarios::share_atomic(&env.vm),
         Scenario::HostAttacksVm => vm_scenarios::host_attacks_vm(&env.vm),
         Scenario::VmBadImage => vm_scenarios::vm_bad_image(&env.vm),
         Scenario::SignedBinding => vm_scenarios::signed_binding(&env.vm),

@@ -16,6 +16,7 @@ pub enum Scenario {
     VmHello,
     VmTwoGuests,
     VmShare,
+    ShareAtomic,
     HostAttacksVm,
     VmBadImage,
     HvcFuzz,
@@ -27,7 +28,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 20] = [
+    pub const ALL: [Scenario; 21] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -40,6 +41,7 @@ impl Scenario {
         Scenario::VmHello,
         Scenario::VmTwoGuests,
         Scenario::VmShare,
+        Scenario::ShareAtomic,
         Scenario::HostAttacksVm,
         Scenario::VmBadImage,
         Scenario::HvcFuzz,
@@ -64,6 +66,7 @@ impl Scenario {
             Scenario::VmHello => "vm-hello",
             Scenario::VmTwoGuests => "vm-two-guests",
             Scenario::VmShare => "vm-share",
+            Scenario::ShareAtomic => "share-atomic",
             Scenario::HostAttacksVm => "host-attacks-vm",
             Scenario::VmBadImage => "vm-bad-image",
             Scenario::HvcFuzz => "hvc-fuzz",

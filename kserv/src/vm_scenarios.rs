@@ -259,6 +259,82 @@ pub fn vm_share(env: &VmEnv) -> Outcome {
     Ok(())
 }
 
+/// `share-atomic`: the guest makes three share calls that KCore must refuse on their last page
+/// (a range past the end of its RAM, a share over a page at its limit, an unshare of a partly
+/// shared range) and after each the host checks that none of the pages before it changed: the
+/// pages the refused shares named abort, the page the refused unshare named still reads.
+pub fn share_atomic(env: &VmEnv) -> Outcome {
+    /// The page X's text, as the guest writes it.
+    const PAGE_X: &[u8] = b"share-atomic: page X";
+    #[derive(Default)]
+    struct Checks {
+        /// The guest pages named since the last verdict.
+        named: [u64; 2],
+        count: usize,
+        verdicts: [u64; 3],
+        answers: usize,
+    }
+    impl Hooks for Checks {
+        fn notify(&mut self, _vm: &Vm, value: u64) {
+            if self.count < self.named.len() {
+                self.named[self.count] = value;
+            }
+            self.count += 1;
+        }
+        fn answer(&mut self, vm: &Vm) -> u64 {
+            let named = &self.named[..self.count.min(self.named.len())];
+            let verdict = match self.answers {
+                // After the refused shares: every access to the named pages aborts.
+                0 | 1 => {
+                    let (mut tried, mut aborted) = (0, 0);
+                    for &gpa in named {
+                        let (t, a) = attack_page(vm.host_page(gpa).unwrap_or(0));
+                        (tried, aborted) = (tried + t, aborted + a);
+                    }
+                    kprintln!(
+                        "share-atomic: after refused share {}: {aborted} of {tried} accesses to {} pages aborted",
+                        self.answers + 1,
+                        named.len()
+                    );
+                    u64::from(tried > 0 && tried == aborted)
+                }
+                // After the refused unshare: page X still reads, and holds the guest's text.
+                _ => {
+                    let x = vm.host_page(named.first().copied().unwrap_or(0)).unwrap_or(0);
+                    let (aborts_before, _, _) = exceptions::aborts();
+                    exceptions::expect_abort(true);
+                    let text_ok = PAGE_X.iter().enumerate().all(|(i, &c)| hvc::read_u8(x + i as u64) == c);
+                    exceptions::expect_abort(false);
+                    let read = text_ok && exceptions::aborts().0 == aborts_before;
+                    kprintln!(
+                        "share-atomic: after the refused unshare, page X {}",
+                        if read { "still reads as shared" } else { "is NOT readable" }
+                    );
+                    u64::from(read)
+                }
+            };
+            if self.answers < self.verdicts.len() {
+                self.verdicts[self.answers] = verdict;
+            }
+            (self.answers, self.count) = (self.answers + 1, 0);
+            verdict
+        }
+    }
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let mut hooks = Checks::default();
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    if hooks.answers != 3 {
+        return Err("the guest did not make its three refused share calls");
+    }
+    if hooks.verdicts != [1, 1, 1] {
+        return Err("a refused share call changed a page of its range");
+    }
+    kprintln!("share-atomic: PASS no refused call changed a page");
+    Ok(())
+}
+
 /// `host-attacks-vm`: between the runs of a ticking guest, the host reads and writes the guest's
 /// image page and a page it faulted in; every access aborts and the guest finishes intact.
 pub fn host_attacks_vm(env: &VmEnv) -> Outcome {

@@ -36,9 +36,16 @@ pub trait Machine {
     fn write_u64(&self, pa: u64, value: u64);
     /// Fills the 4 KiB page at `pa` with zeros (SeKVM `clear_phys_page`).
     fn zero_page(&self, pa: u64);
-    /// Cleans and invalidates the data cache over `[pa, pa + len)` to the point of coherency, so
-    /// that DRAM holds what was written (a scrub that stayed in a cache is no scrub).
+    /// Cleans and invalidates the data cache over `[pa, pa + len)` to the point of coherency
+    /// (`DC CIVAC` on every line, then `DSB SY`): dirty lines go to memory, every line leaves the
+    /// caches, so that memory and every later view of the range, cacheable or not, agree (a scrub
+    /// that stayed in a cache is no scrub). KCore does this whenever a page changes hands
+    /// (docs/cache-coherency.md).
     fn clean_invalidate_to_poc(&self, pa: u64, len: u64);
+    /// [`Machine::clean_invalidate_to_poc`] over the 4 KiB page at `pa`.
+    fn clean_invalidate_page(&self, pa: u64) {
+        self.clean_invalidate_to_poc(pa, PAGE_SIZE)
+    }
     /// Removes stage-2 TLB entries for `ipa` under `vmid`, on every core.
     fn flush_stage2_ipa(&self, vmid: u16, ipa: u64);
     /// Removes every stage-2 TLB entry of `vmid`, on every core.

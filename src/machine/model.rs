@@ -1,6 +1,17 @@
-//! A model of the machine for host tests: physical memory as a sparse map of words, and a log of
-//! the TLB maintenance the layers asked for. The page-table and memory layers run on it
-//! unchanged, so their specs and property tests run under `cargo test`.
+//! A model of the machine for host tests: physical memory (DRAM) as a sparse map of words, a
+//! write-back data cache in front of it, and a log of the TLB maintenance the layers asked for.
+//! The page-table and memory layers run on it unchanged, so their specs and property tests run
+//! under `cargo test`.
+//!
+//! Two views of memory, as on the hardware (docs/cache-coherency.md):
+//! - the *coherent view* ([`Machine::read_u64`], [`ModelMachine::words`]): what KCore, the host
+//!   and a guest read through cacheable mappings, dirty lines first;
+//! - the *DRAM view* ([`ModelMachine::dram_words`]): what a non-cacheable alias reads, such as a
+//!   guest with its MMU off, the host through a non-cacheable stage-1 mapping, or a DMA device.
+//!
+//! The cache holds dirty lines only (a clean line equals memory). It never evicts on its own:
+//! [`ModelMachine::write_back_all`] is the hardware evicting lines whenever it likes, which tests
+//! call to take the worst case, and `clean_invalidate_to_poc` is `DC CIVAC` over a range.
 
 use super::{Machine, PAGE_SIZE};
 use std::cell::RefCell;
@@ -17,14 +28,33 @@ pub enum Flush {
 /// A range cleaned to the point of coherency, with the non-zero words it held then.
 pub type Cleaned = (std::ops::Range<u64>, BTreeMap<u64, u64>);
 
+/// A cache line: 64 bytes, as on the Cortex-A72 and under QEMU.
+const LINE: u64 = 64;
+const LINE_WORDS: usize = (LINE / 8) as usize;
+
 /// Memory is zero wherever it was never written.
 #[derive(Default)]
 pub struct ModelMachine {
-    memory: RefCell<BTreeMap<u64, u64>>,
+    /// DRAM, by word address; absent words are zero.
+    dram: RefCell<BTreeMap<u64, u64>>,
+    /// Dirty cache lines, by line address.
+    dirty: RefCell<BTreeMap<u64, [u64; LINE_WORDS]>>,
     flushes: RefCell<Vec<Flush>>,
-    /// Ranges cleaned to the point of coherency, oldest first, each with the memory's words in
-    /// it at that moment (what DRAM then holds).
+    /// Ranges cleaned to the point of coherency, oldest first, each with the words it held at
+    /// that moment (what DRAM then holds).
     cleaned: RefCell<Vec<Cleaned>>,
+}
+
+fn line_of(pa: u64) -> (u64, usize) {
+    (pa & !(LINE - 1), ((pa % LINE) / 8) as usize)
+}
+
+fn store(map: &mut BTreeMap<u64, u64>, pa: u64, value: u64) {
+    if value == 0 {
+        map.remove(&pa);
+    } else {
+        map.insert(pa, value);
+    }
 }
 
 impl ModelMachine {
@@ -32,9 +62,49 @@ impl ModelMachine {
         ModelMachine::default()
     }
 
-    /// Every non-zero word of memory in `range`, by address.
+    /// Every non-zero word in `range` of the coherent view (dirty lines over DRAM), by address:
+    /// what any cacheable access reads.
     pub fn words(&self, range: std::ops::Range<u64>) -> BTreeMap<u64, u64> {
-        self.memory.borrow().range(range).map(|(&a, &v)| (a, v)).collect()
+        let mut words = self.dram_words(range.clone());
+        let first = range.start & !(LINE - 1);
+        for (&line, data) in self.dirty.borrow().range(first..range.end) {
+            for (i, &value) in data.iter().enumerate() {
+                let pa = line + 8 * i as u64;
+                if range.contains(&pa) {
+                    store(&mut words, pa, value);
+                }
+            }
+        }
+        words
+    }
+
+    /// Every non-zero word of DRAM in `range`: what a non-cacheable view reads (a guest with its
+    /// MMU off, a non-cacheable alias, a device's DMA).
+    pub fn dram_words(&self, range: std::ops::Range<u64>) -> BTreeMap<u64, u64> {
+        self.dram.borrow().range(range).map(|(&a, &v)| (a, v)).collect()
+    }
+
+    /// A non-cacheable store: straight to DRAM, leaving any cached copy of the line as it is
+    /// (mismatched attributes: the two views then disagree).
+    pub fn dram_write_u64(&self, pa: u64, value: u64) {
+        assert!(pa.is_multiple_of(8), "unaligned model write at {pa:#x}");
+        store(&mut self.dram.borrow_mut(), pa, value);
+    }
+
+    /// The hardware evicts every dirty line, as it may at any moment: DRAM catches up with the
+    /// coherent view.
+    pub fn write_back_all(&self) {
+        let lines: Vec<u64> = self.dirty.borrow().keys().copied().collect();
+        lines.into_iter().for_each(|line| self.write_back(line));
+    }
+
+    fn write_back(&self, line: u64) {
+        if let Some(data) = self.dirty.borrow_mut().remove(&line) {
+            let mut dram = self.dram.borrow_mut();
+            for (i, &value) in data.iter().enumerate() {
+                store(&mut dram, line + 8 * i as u64, value);
+            }
+        }
     }
 
     /// The ranges cleaned to the point of coherency so far, with the words each held when it
@@ -52,31 +122,39 @@ impl ModelMachine {
 impl Machine for ModelMachine {
     fn read_u64(&self, pa: u64) -> u64 {
         assert!(pa.is_multiple_of(8), "unaligned model read at {pa:#x}");
-        self.memory.borrow().get(&pa).copied().unwrap_or(0)
+        let (line, word) = line_of(pa);
+        match self.dirty.borrow().get(&line) {
+            Some(data) => data[word],
+            None => self.dram.borrow().get(&pa).copied().unwrap_or(0),
+        }
     }
 
     fn write_u64(&self, pa: u64, value: u64) {
         assert!(pa.is_multiple_of(8), "unaligned model write at {pa:#x}");
-        if value == 0 {
-            self.memory.borrow_mut().remove(&pa);
-        } else {
-            self.memory.borrow_mut().insert(pa, value);
-        }
+        let (line, word) = line_of(pa);
+        let mut dirty = self.dirty.borrow_mut();
+        let data = dirty.entry(line).or_insert_with(|| {
+            // A line fill: the rest of the line comes from DRAM.
+            let dram = self.dram.borrow();
+            std::array::from_fn(|i| dram.get(&(line + 8 * i as u64)).copied().unwrap_or(0))
+        });
+        data[word] = value;
     }
 
     fn zero_page(&self, pa: u64) {
         assert!(pa.is_multiple_of(PAGE_SIZE));
-        let mut memory = self.memory.borrow_mut();
-        let words: Vec<u64> = memory.range(pa..pa + PAGE_SIZE).map(|(&a, _)| a).collect();
-        words.into_iter().for_each(|a| {
-            memory.remove(&a);
-        });
+        let mut dirty = self.dirty.borrow_mut();
+        for line in (pa..pa + PAGE_SIZE).step_by(LINE as usize) {
+            dirty.insert(line, [0; LINE_WORDS]);
+        }
     }
 
     fn clean_invalidate_to_poc(&self, pa: u64, len: u64) {
         let range = pa..pa + len;
-        let words = self.words(range.clone());
-        self.cleaned.borrow_mut().push((range, words));
+        self.cleaned.borrow_mut().push((range.clone(), self.words(range)));
+        for line in (pa & !(LINE - 1)..pa + len).step_by(LINE as usize) {
+            self.write_back(line);
+        }
     }
 
     fn flush_stage2_ipa(&self, vmid: u16, ipa: u64) {
@@ -92,4 +170,28 @@ impl Machine for ModelMachine {
     }
 
     fn publish(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dram_view_lags_until_a_clean_and_invalidate() {
+        let m = ModelMachine::new();
+        m.dram_write_u64(0x1008, 5);
+        m.write_u64(0x1000, 7);
+        // The line was filled from DRAM: both words in the coherent view, only one in DRAM.
+        assert_eq!(m.words(0x1000..0x2000), BTreeMap::from([(0x1000, 7), (0x1008, 5)]));
+        assert_eq!(m.dram_words(0x1000..0x2000), BTreeMap::from([(0x1008, 5)]));
+        // A non-cacheable store under a dirty line is lost to the coherent view...
+        m.dram_write_u64(0x1010, 9);
+        assert_eq!(m.read_u64(0x1010), 0);
+        // ...and overwritten when the line is written back.
+        m.zero_page(0x1000);
+        assert_eq!(m.words(0x1000..0x2000), BTreeMap::new());
+        assert_eq!(m.dram_words(0x1000..0x2000).len(), 2);
+        m.clean_invalidate_page(0x1000);
+        assert_eq!(m.dram_words(0x1000..0x2000), BTreeMap::new());
+    }
 }

@@ -51,26 +51,28 @@ pub enum MemError {
     /// A page KCore emulates for the host (a GICv3 redistributor's control page): never mapped,
     /// the caller performs the access itself.
     Emulated,
-    /// A page frame number beyond the physical address size: it names no page at all.
+    /// A page frame number beyond the physical address size (KCore's 40-bit stage-2 output):
+    /// shifted into an address it would lose its high bits and alias another page.
     BadPfn,
     PageTable(PtError),
+}
+
+/// The physical address of page `pfn`, if it lies inside the 40-bit physical address space that
+/// KCore's stage-2 tables can name (`OUTPUT_LIMIT`). Every page number the host or a guest hands
+/// KCore goes through here: `pfn << 12` alone drops the high bits, so `P | k << 52` would name
+/// page P again under another number.
+pub fn checked_pa(pfn: u64) -> Result<u64, MemError> {
+    if pfn < OUTPUT_LIMIT >> 12 || planted(Mutation::UncheckedPfn) {
+        Ok(pfn << 12)
+    } else {
+        Err(MemError::BadPfn)
+    }
 }
 
 impl From<PtError> for MemError {
     fn from(e: PtError) -> MemError {
         MemError::PageTable(e)
     }
-}
-
-/// The physical address of page frame `pfn`, for a page number the host or a guest passed.
-/// Numbers at or beyond the physical address size that stage-2 can output (40 bits,
-/// `descriptor::OUTPUT_LIMIT`) are refused: shifted left by 12 they would wrap and alias a real
-/// page (`P | 1 << 52` is `P`), so every comparison of raw numbers would be wrong.
-pub fn checked_pa(pfn: u64) -> Result<u64, MemError> {
-    if pfn >= OUTPUT_LIMIT / PAGE_SIZE {
-        return Err(MemError::BadPfn);
-    }
-    Ok(pfn * PAGE_SIZE)
 }
 
 /// Host block mapping policy: the largest block whose whole range the host owns, or 4 KiB only
@@ -208,7 +210,10 @@ impl HostMemory {
     }
 
     /// The shared step of every transition away from the host: the page must be the host's and
-    /// unshared; it is unmapped from the host's stage-2 before it changes owner.
+    /// unshared; it is unmapped from the host's stage-2 (and the TLB flushed) before it changes
+    /// owner, and then cleaned and invalidated to the point of coherency, so that no line the
+    /// host left in the caches can later be written back over the new owner's data, and what
+    /// KCore reads of it (an image it hashes) is what DRAM holds.
     fn take_from_host(&mut self, m: &impl Machine, pa: u64, owner: Owner, gfn: u64) -> Result<(), MemError> {
         let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Host {
@@ -220,6 +225,9 @@ impl HostMemory {
         if !planted(Mutation::SkipClearPfnHost) {
             self.host_s2.clear_page(m, pa)?;
         }
+        if !planted(Mutation::SkipCleanOnTake) {
+            m.clean_invalidate_page(pa);
+        }
         self.db.set(pa, PageInfo { owner, count: 0, gfn });
         Ok(())
     }
@@ -227,7 +235,7 @@ impl HostMemory {
     /// Gives the host page `pfn` to VM `vmid` at `gfn` (SeKVM `assign_pfn_to_vm`). Assigning a
     /// page the VM already has at the same gfn is accepted.
     pub fn assign_pfn_to_vm(&mut self, m: &impl Machine, vmid: u16, gfn: u64, pfn: u64) -> Result<(), MemError> {
-        let pa = pfn << 12;
+        let pa = checked_pa(pfn)?;
         match self.db.get(pa) {
             Some(p) if p.owner == Owner::Vm(vmid) && p.gfn == gfn => Ok(()),
             Some(p) if planted(Mutation::AssignStealsFromAnotherVm) && matches!(p.owner, Owner::Vm(_)) => {
@@ -240,8 +248,9 @@ impl HostMemory {
 
     /// Takes page `pfn` back from VM `vmid`, scrubs it, and returns it to the host (SeKVM
     /// `clear_vm_page`). The VM loses its mapping first (SeKVM relies on the VM being powered off
-    /// instead), so no VM ever maps a page it does not own. The host maps it again on its next
-    /// fault.
+    /// instead), so no VM ever maps a page it does not own. The scrub is cleaned to the point of
+    /// coherency before the page is the host's, so that DRAM holds zeros too, not the VM's data
+    /// behind zeroed cache lines. The host maps it again on its next fault.
     pub fn clear_vm_page(
         &mut self,
         m: &impl Machine,
@@ -249,7 +258,7 @@ impl HostMemory {
         vmid: u16,
         pfn: u64,
     ) -> Result<(), MemError> {
-        let pa = pfn << 12;
+        let pa = checked_pa(pfn)?;
         let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Vm(vmid) {
             return Err(MemError::NotOwned(page.owner));
@@ -263,7 +272,7 @@ impl HostMemory {
             self.host_s2.clear_page(m, pa)?;
         }
         if !planted(Mutation::SkipScrub) {
-            m.zero_page(pa);
+            scrub(m, pa);
         }
         self.db.set(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
         Ok(())
@@ -271,7 +280,14 @@ impl HostMemory {
 
     /// VM `vmid` shares its page `pfn` with the host (SeKVM `grant_vm_page`).
     pub fn grant_vm_page(&mut self, vmid: u16, pfn: u64) -> Result<(), MemError> {
-        let pa = pfn << 12;
+        let (pa, page) = self.may_grant(vmid, pfn)?;
+        self.db.set(pa, PageInfo { count: page.count + 1, ..page });
+        Ok(())
+    }
+
+    /// Whether VM `vmid` may share page `pfn` once more: its address and record if so.
+    pub(crate) fn may_grant(&self, vmid: u16, pfn: u64) -> Result<(u64, PageInfo), MemError> {
+        let pa = checked_pa(pfn)?;
         let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Vm(vmid) {
             return Err(MemError::NotOwned(page.owner));
@@ -279,14 +295,25 @@ impl HostMemory {
         if page.count >= MAX_SHARE_COUNT {
             return Err(MemError::ShareLimit);
         }
-        self.db.set(pa, PageInfo { count: page.count + 1, ..page });
-        Ok(())
+        Ok((pa, page))
     }
 
     /// VM `vmid` takes back one share of page `pfn` (SeKVM `revoke_vm_page`); at zero shares the
-    /// host loses its mapping.
+    /// host loses its mapping, and the page is cleaned and invalidated as on any hand-over, so
+    /// that a dirty line the host left cannot be written back over the VM's data later.
     pub fn revoke_vm_page(&mut self, m: &impl Machine, vmid: u16, pfn: u64) -> Result<(), MemError> {
-        let pa = pfn << 12;
+        let (pa, page) = self.may_revoke(vmid, pfn)?;
+        if page.count == 1 {
+            self.host_s2.clear_page(m, pa)?;
+            m.clean_invalidate_page(pa);
+        }
+        self.db.set(pa, PageInfo { count: page.count - 1, ..page });
+        Ok(())
+    }
+
+    /// Whether VM `vmid` may take back a share of page `pfn`: its address and record if so.
+    pub(crate) fn may_revoke(&self, vmid: u16, pfn: u64) -> Result<(u64, PageInfo), MemError> {
+        let pa = checked_pa(pfn)?;
         let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Vm(vmid) {
             return Err(MemError::NotOwned(page.owner));
@@ -294,11 +321,7 @@ impl HostMemory {
         if page.count == 0 {
             return Err(MemError::NotShared);
         }
-        if page.count == 1 {
-            self.host_s2.clear_page(m, pa)?;
-        }
-        self.db.set(pa, PageInfo { count: page.count - 1, ..page });
-        Ok(())
+        Ok((pa, page))
     }
 
     /// Maps page `pfn`, which VM `vmid` owns at `gfn`, into the VM's stage-2 (SeKVM `map_pfn_vm`).
@@ -310,11 +333,12 @@ impl HostMemory {
         gfn: u64,
         pfn: u64,
     ) -> Result<(), MemError> {
-        let page = self.db.get(pfn << 12).ok_or(MemError::NotRam)?;
+        let pa = checked_pa(pfn)?;
+        let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Vm(vmid) || page.gfn != gfn {
             return Err(MemError::NotOwned(page.owner));
         }
-        vm_s2.map(m, gfn << 12, pfn << 12, LAST_LEVEL, Attrs::RAM)?;
+        vm_s2.map(m, gfn << 12, pa, LAST_LEVEL, Attrs::RAM)?;
         Ok(())
     }
 
@@ -330,5 +354,15 @@ impl HostMemory {
         }
         vm_s2.map(m, gpa & !(PAGE_SIZE - 1), pa & !(PAGE_SIZE - 1), LAST_LEVEL, Attrs::DEVICE)?;
         Ok(())
+    }
+}
+
+/// Zeroes the page at `pa` and cleans the zeros to the point of coherency: the page is scrubbed
+/// in DRAM too, not only behind the cache. Every page a VM gives back or is given goes through
+/// here before its next owner can read it.
+pub fn scrub(m: &impl Machine, pa: u64) {
+    m.zero_page(pa);
+    if !planted(Mutation::SkipCleanAfterScrub) {
+        m.clean_invalidate_page(pa);
     }
 }

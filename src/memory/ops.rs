@@ -2,9 +2,10 @@
 //! them: reclaiming a VM's pages, mapping a page or a 2 MiB block into a VM on its stage-2 fault,
 //! and a VM sharing or unsharing a range of its memory with the host.
 
-use super::{HostMemory, MemError};
+use super::{checked_pa, HostMemory, MemError};
 use crate::machine::Machine;
-use crate::page_table::descriptor::{level_size, Attrs};
+use crate::mutation::{planted, Mutation};
+use crate::page_table::descriptor::{level_size, Attrs, INPUT_LIMIT};
 use crate::page_table::PageTable;
 
 /// Pages in a 2 MiB block.
@@ -13,7 +14,8 @@ const BLOCK_PAGES: u64 = 512;
 impl HostMemory {
     /// Takes back, scrubs and returns to the host every page of `[pfn, pfn + pages)` that VM
     /// `vmid` owns (SeKVM `clear_vm_range`); pages it does not own are left alone. Returns how
-    /// many pages came back; on an error, the pages before it have come back.
+    /// many pages came back; on an error, the pages before it have come back. A range that
+    /// reaches past the physical address size is refused whole.
     pub fn clear_vm_range(
         &mut self,
         m: &impl Machine,
@@ -22,8 +24,12 @@ impl HostMemory {
         pfn: u64,
         pages: u64,
     ) -> Result<u64, MemError> {
+        let end = pfn.checked_add(pages).ok_or(MemError::BadPfn)?;
+        if pages > 0 {
+            checked_pa(end - 1)?;
+        }
         let mut returned = 0;
-        for pfn in pfn..pfn + pages {
+        for pfn in pfn..end {
             if self.db.get(pfn << 12).is_some_and(|p| p.owner == super::pages::Owner::Vm(vmid)) {
                 self.clear_vm_page(m, vm_s2, vmid, pfn)?;
                 returned += 1;
@@ -62,7 +68,8 @@ impl HostMemory {
     }
 
     /// VM `vmid` shares every mapped page of `[gpa, gpa + size)` with the host (SeKVM
-    /// `grant_stage2_sg_gpa`).
+    /// `grant_stage2_sg_gpa`), all or nothing: if one page may not be shared, the call is
+    /// refused with that page's reason and no page changes (SeKVM shares the pages before it).
     pub fn grant_stage2_sg_gpa(
         &mut self,
         m: &impl Machine,
@@ -71,11 +78,16 @@ impl HostMemory {
         gpa: u64,
         size: u64,
     ) -> Result<(), MemError> {
+        // A frame is mapped at most once in a VM's stage-2 (at the gfn its record names), so
+        // checking each page against its record as it is now checks the whole call.
+        if !planted(Mutation::ShareRangeNotAtomic) {
+            for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.may_grant(vmid, pfn).map(drop))?;
+        }
         for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.grant_vm_page(vmid, pfn))
     }
 
     /// VM `vmid` takes back one share of every mapped page of `[gpa, gpa + size)` (SeKVM
-    /// `revoke_stage2_sg_gpa`).
+    /// `revoke_stage2_sg_gpa`), all or nothing as for [`Self::grant_stage2_sg_gpa`].
     pub fn revoke_stage2_sg_gpa(
         &mut self,
         m: &impl Machine,
@@ -84,12 +96,18 @@ impl HostMemory {
         gpa: u64,
         size: u64,
     ) -> Result<(), MemError> {
+        if !planted(Mutation::ShareRangeNotAtomic) {
+            for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.may_revoke(vmid, pfn).map(drop))?;
+        }
+        // Cannot fail part-way now: a shared page is a single 4 KiB leaf in the host's table, so
+        // unmapping it needs no split and no table page.
         for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.revoke_vm_page(m, vmid, pfn))
     }
 }
 
 /// Calls `f` with the page frame behind each mapped page of `[gpa, gpa + size)`, in order,
-/// stopping at the first error; unmapped pages are skipped.
+/// stopping at the first error; unmapped pages are skipped. A range that reaches past the
+/// guest-physical address space (or wraps around) is refused before any page is looked at.
 fn for_each_mapped_pfn(
     m: &impl Machine,
     vm_s2: &PageTable,
@@ -97,7 +115,11 @@ fn for_each_mapped_pfn(
     size: u64,
     mut f: impl FnMut(u64) -> Result<(), MemError>,
 ) -> Result<(), MemError> {
-    for page in (gpa & !0xfff..gpa + size).step_by(level_size(3) as usize) {
+    let end = gpa
+        .checked_add(size)
+        .filter(|&end| end <= INPUT_LIMIT)
+        .ok_or(MemError::PageTable(crate::page_table::PtError::BadRange))?;
+    for page in (gpa & !0xfff..end).step_by(level_size(3) as usize) {
         if let Some(leaf) = vm_s2.walk(m, page) {
             f(leaf.translate(page) >> 12)?;
         }

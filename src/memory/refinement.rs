@@ -2,11 +2,13 @@
 //! - refinement: every operation's result and the abstract state agree with the spec, step by
 //!   step (PageManager, MemManager, FaultHandler, and the page tables under them);
 //! - invariants: `host_iso`, `vm_iso`, `host_flatmap`, no page mapped by two VMs, and
-//!   scrubbed-before-reuse, after every step of random sequences by every principal.
+//!   scrubbed-before-reuse, after every step of random sequences by every principal;
+//! - coherent hand-over: every page that changes hands (per the spec) reads the same through
+//!   DRAM as through the caches afterwards (issue 11, finding 3).
 
 use super::invariants::check;
 use super::pages::Owner;
-use super::system::{any_op, initial_rdata, relate, spec_apply, Op, Outcome, System};
+use super::system::{any_op, coherent, handed_over, initial_rdata, relate, spec_apply, Op, Outcome, System};
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::mutation::Mutation;
 use proptest::prelude::*;
@@ -27,6 +29,14 @@ fn refines(pages_only: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         let (next, expected) = spec_apply(&r, op).expect("no operation here has a caller precondition");
         let actual = sys.apply(op);
         prop_assert_eq!(actual, expected, "result of {:?}", op);
+        for pfn in handed_over(&r, &next) {
+            prop_assert!(
+                coherent(&sys.m, pfn),
+                "page {:#x} changed hands with DRAM behind the caches after {:?}",
+                pfn,
+                op
+            );
+        }
         r = next;
         probes.extend(op.pfns());
         if let Err(e) = relate(&sys, &r, &probes) {
@@ -112,4 +122,24 @@ fn vm_iso_catches_a_page_stolen_from_another_vm() {
 #[test]
 fn scrubbed_before_reuse_catches_a_skipped_scrub() {
     catches(Mutation::SkipScrub, invariants_hold);
+}
+
+#[test]
+fn refinement_catches_an_unchecked_page_number() {
+    catches(Mutation::UncheckedPfn, refines);
+}
+
+#[test]
+fn refinement_catches_a_partial_share() {
+    catches(Mutation::ShareRangeNotAtomic, refines);
+}
+
+#[test]
+fn coherent_hand_over_catches_a_scrub_left_in_the_cache() {
+    catches(Mutation::SkipCleanAfterScrub, refines);
+}
+
+#[test]
+fn coherent_hand_over_catches_host_lines_left_on_a_taken_page() {
+    catches(Mutation::SkipCleanOnTake, refines);
 }

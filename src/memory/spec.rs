@@ -15,6 +15,21 @@ use std::collections::BTreeMap;
 /// The host's principal id in [`RData::npts`].
 pub const HOST: u16 = 0;
 
+/// The physical address size the ABI promises (docs/hypercalls.md): page frame numbers name
+/// pages of a 40-bit physical address space; any other number names no page at all.
+pub const PA_BITS: u32 = 40;
+/// The guest-physical address space (docs/hypercalls.md, REGISTER_VM: "below 2^39").
+pub const GUEST_PA_BITS: u32 = 39;
+
+/// The address of page `pfn`, or `BadPfn` for a number outside the physical address space.
+pub fn frame(pfn: u64) -> Result<u64, MemError> {
+    if u128::from(pfn) * u128::from(PAGE_SIZE) < 1u128 << PA_BITS {
+        Ok(pfn * PAGE_SIZE)
+    } else {
+        Err(MemError::BadPfn)
+    }
+}
+
 /// A mirror of SeKVM's `RData`, limited to what corevisor has so far.
 ///
 /// Not yet here (they arrive with the VM layers): VM and vCPU states, boot info, shadow vCPU
@@ -182,16 +197,23 @@ pub fn give_to_kcore_spec(r: &RData, range: PhysRange) -> Step<()> {
 
 /// `assign_pfn_to_vm`.
 pub fn assign_pfn_to_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
-    match r.page(pfn << 12) {
+    let pa = match frame(pfn) {
+        Ok(pa) => pa,
+        Err(e) => return Some((r.clone(), Err(e))),
+    };
+    match r.page(pa) {
         Some(p) if p.owner == Owner::Vm(vmid) && p.gfn == gfn => Some((r.clone(), Ok(()))),
-        _ => take_from_host_spec(r, pfn << 12, Owner::Vm(vmid), gfn),
+        _ => take_from_host_spec(r, pa, Owner::Vm(vmid), gfn),
     }
 }
 
 /// `clear_vm_page`: the VM's mapping of the page goes, the page is scrubbed and returned to the
 /// host (unmapped from the host first if it was shared).
 pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
-    let pa = pfn << 12;
+    let pa = match frame(pfn) {
+        Ok(pa) => pa,
+        Err(e) => return Some((r.clone(), Err(e))),
+    };
     let page = match r.page(pa) {
         None => return Some((r.clone(), Err(MemError::NotRam))),
         Some(p) if p.owner != Owner::Vm(vmid) => return Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
@@ -223,13 +245,17 @@ pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
 
 /// `grant_vm_page`.
 pub fn grant_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
-    match r.page(pfn << 12) {
+    let pa = match frame(pfn) {
+        Ok(pa) => pa,
+        Err(e) => return Some((r.clone(), Err(e))),
+    };
+    match r.page(pa) {
         None => Some((r.clone(), Err(MemError::NotRam))),
         Some(p) if p.owner != Owner::Vm(vmid) => Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
         Some(p) if p.count >= MAX_SHARE_COUNT => Some((r.clone(), Err(MemError::ShareLimit))),
         Some(p) => {
             let mut next = r.clone();
-            next.set_page(pfn << 12, PageInfo { count: p.count + 1, ..p });
+            next.set_page(pa, PageInfo { count: p.count + 1, ..p });
             Some((next, Ok(())))
         }
     }
@@ -237,7 +263,10 @@ pub fn grant_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
 
 /// `revoke_vm_page`: at zero shares the host loses its mapping.
 pub fn revoke_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
-    let pa = pfn << 12;
+    let pa = match frame(pfn) {
+        Ok(pa) => pa,
+        Err(e) => return Some((r.clone(), Err(e))),
+    };
     let page = match r.page(pa) {
         None => return Some((r.clone(), Err(MemError::NotRam))),
         Some(p) if p.owner != Owner::Vm(vmid) => return Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
@@ -258,10 +287,14 @@ pub fn revoke_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
 
 /// `map_pfn_vm`.
 pub fn map_pfn_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
-    match r.page(pfn << 12) {
+    let pa = match frame(pfn) {
+        Ok(pa) => pa,
+        Err(e) => return Some((r.clone(), Err(e))),
+    };
+    match r.page(pa) {
         None => Some((r.clone(), Err(MemError::NotRam))),
         Some(p) if p.owner != Owner::Vm(vmid) || p.gfn != gfn => Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
-        Some(_) => map_vm_leaf_spec(r, vmid, gfn << 12, pfn << 12, Attrs::RAM),
+        Some(_) => map_vm_leaf_spec(r, vmid, gfn << 12, pa, Attrs::RAM),
     }
 }
 
@@ -331,8 +364,13 @@ pub fn vm_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Opt
     Some(access_flatmem(r.clone(), leaf.translate(gpa), store))
 }
 
-/// `clear_vm_range`: the pages come back in order; the count of those returned.
+/// `clear_vm_range`: the pages come back in order; the count of those returned. A range with a
+/// page outside the physical address space names pages that do not exist: refused whole.
 pub fn clear_vm_range_spec(r: &RData, vmid: u16, pfn: u64, pages: u64) -> Step<u64> {
+    let last = u128::from(pfn) + u128::from(pages) - 1;
+    if pages > 0 && last >= 1u128 << (PA_BITS - 12) {
+        return Some((r.clone(), Err(MemError::BadPfn)));
+    }
     clear_vm_pages_spec(r, vmid, pfn..pfn + pages)
 }
 
@@ -375,18 +413,39 @@ pub fn prot_and_map_vm_s2pt_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64, level
     }
 }
 
-/// `grant_stage2_sg_gpa` (`revoke` = false) and `revoke_stage2_sg_gpa` (`revoke` = true).
+/// `grant_stage2_sg_gpa` (`revoke` = false) and `revoke_stage2_sg_gpa` (`revoke` = true): the
+/// page-level call on every page of the range that the VM maps, as one call. From the ABI
+/// (SET_DESC_PFN / UNSET_DESC_PFN, issue 11 finding 7): all or nothing. If the page-level call
+/// would refuse any of the pages, the range call is refused with the reason of the first such
+/// page in address order and the state is as before; otherwise every page changes. A range
+/// that reaches past the guest-physical address space (2^39: REGISTER_VM's bound) is refused.
 pub fn share_range_spec(r: &RData, vmid: u16, gpa: u64, size: u64, revoke: bool) -> Step<()> {
-    let mut state = r.clone();
-    for page in (gpa & !0xfff..gpa + size).step_by(PAGE_SIZE as usize) {
-        let Some(leaf) = walk_spec(&state.npts[&vmid], page) else { continue };
-        let pfn = leaf.translate(page) >> 12;
-        let step =
-            if revoke { revoke_vm_page_spec(&state, vmid, pfn)? } else { grant_vm_page_spec(&state, vmid, pfn)? };
-        match step {
-            (next, Ok(())) => state = next,
-            failed => return Some(failed),
+    let page_call = |state: &RData, pfn: u64| {
+        if revoke {
+            revoke_vm_page_spec(state, vmid, pfn)
+        } else {
+            grant_vm_page_spec(state, vmid, pfn)
         }
+    };
+    if u128::from(gpa) + u128::from(size) > 1 << GUEST_PA_BITS {
+        return Some((r.clone(), Err(MemError::PageTable(PtError::BadRange))));
+    }
+    let first = gpa - gpa % PAGE_SIZE;
+    let frames: Vec<u64> = (first..gpa + size)
+        .step_by(PAGE_SIZE as usize)
+        .filter_map(|page| walk_spec(&r.npts[&vmid], page).map(|leaf| leaf.translate(page) / PAGE_SIZE))
+        .collect();
+    for &pfn in &frames {
+        if let (_, Err(e)) = page_call(r, pfn)? {
+            return Some((r.clone(), Err(e)));
+        }
+    }
+    let mut state = r.clone();
+    for pfn in frames {
+        let (next, result) = page_call(&state, pfn)?;
+        // Checked above on the state before the call; a page is mapped once, so it still holds.
+        result.ok()?;
+        state = next;
     }
     Some((state, Ok(())))
 }

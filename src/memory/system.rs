@@ -92,6 +92,9 @@ pub enum Op {
         size: u64,
         revoke: bool,
     },
+    /// The hardware writes every dirty cache line back to DRAM, as it may at any moment. No
+    /// principal's doing, and nothing any cacheable view can see.
+    WriteBack,
 }
 
 impl Op {
@@ -126,10 +129,14 @@ impl Op {
             Op::Assign { pfn, .. } | Op::Clear { pfn, .. } | Op::MapPfnVm { pfn, .. } => vec![pfn],
             Op::Grant { pfn, .. } | Op::Revoke { pfn, .. } => vec![pfn],
             Op::MapVmIo { pa, .. } => vec![pa >> 12],
-            Op::VmLoad { .. } | Op::VmStore { .. } | Op::ShareRange { .. } => vec![],
-            Op::ClearRange { pfn, pages, .. } => (pfn..pfn + pages).collect(),
-            Op::ProtAndMap { pfn, level, .. } => (pfn..pfn + if level == 2 { 512 } else { 1 }).collect(),
+            Op::VmLoad { .. } | Op::VmStore { .. } | Op::ShareRange { .. } | Op::WriteBack => vec![],
+            Op::ClearRange { pfn, pages, .. } => (pfn..pfn.saturating_add(pages.min(8))).collect(),
+            Op::ProtAndMap { pfn, level, .. } => (pfn..pfn.saturating_add(if level == 2 { 512 } else { 1 })).collect(),
         }
+        .into_iter()
+        // Numbers outside the physical address space name no page to compare.
+        .filter(|&pfn| spec::frame(pfn).is_ok())
+        .collect()
     }
 }
 
@@ -226,6 +233,10 @@ impl System {
             Op::ShareRange { vmid, gpa, size, revoke: true } => {
                 Outcome::Done(self.mem.revoke_stage2_sg_gpa(m, &self.vms[&vmid], vmid, gpa, size))
             }
+            Op::WriteBack => {
+                m.write_back_all();
+                Outcome::Done(Ok(()))
+            }
         }
     }
 
@@ -304,6 +315,8 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
         }
         Op::ProtAndMap { vmid, gfn, pfn, level } => done(spec::prot_and_map_vm_s2pt_spec(r, vmid, gfn, pfn, level)?),
         Op::ShareRange { vmid, gpa, size, revoke } => done(spec::share_range_spec(r, vmid, gpa, size, revoke)?),
+        // The spec's memory is the coherent view, which a write-back does not change.
+        Op::WriteBack => (r.clone(), Outcome::Done(Ok(()))),
     })
 }
 
@@ -326,14 +339,32 @@ pub fn relate(sys: &System, r: &RData, probes: &BTreeSet<u64>) -> Result<(), Str
 }
 
 /// Pages the strategies pick from: a few pages of three 2 MiB regions of RAM, one of them
-/// KCore's, so that operations by different principals keep meeting on the same pages.
+/// KCore's, so that operations by different principals keep meeting on the same pages; and the
+/// full range of a page number (issue 11): the same pages with high bits set (which `pfn << 12`
+/// would alias to them), the last page of the physical address space and the first past it,
+/// and the largest number.
 pub fn any_pfn() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        12 => ram_pfn(),
+        2 => (ram_pfn(), 28u32..64).prop_map(|(pfn, bit)| pfn | 1 << bit),
+        1 => prop_oneof![Just((1u64 << 28) - 1), Just(1u64 << 28), Just(u64::MAX)],
+    ]
+}
+
+/// Pages of RAM only: the pages behind addresses the hardware reports (a host fault's address
+/// is inside the host's input range).
+fn ram_pfn() -> impl Strategy<Value = u64> + Clone {
     (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x7fe00)], 0u64..4).prop_map(|(b, i)| b + i)
+}
+
+/// Sizes of a share range: a few pages, or sizes that run off the end of the address space.
+fn any_share_size() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => (1u64..4).prop_map(|n| n << 12), 1 => Just(!0xfffu64), 1 => Just(1u64 << 63)]
 }
 
 fn any_host_addr() -> impl Strategy<Value = u64> {
     prop_oneof![
-        4 => (any_pfn(), 0u64..4).prop_map(|(pfn, w)| pfn << 12 | w << 3),
+        4 => (ram_pfn(), 0u64..4).prop_map(|(pfn, w)| pfn << 12 | w << 3),
         1 => any_mmio_addr(),
     ]
 }
@@ -360,7 +391,8 @@ pub fn host_op() -> impl Strategy<Value = Op> {
         3 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::HostStore(a, v)),
         3 => (any_vmid(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
         1 => (any_vmid(), any_pfn()).prop_map(|(vmid, pfn)| Op::Clear { vmid, pfn }),
-        1 => (any_vmid(), any_pfn(), 1u64..6).prop_map(|(vmid, pfn, pages)| Op::ClearRange { vmid, pfn, pages }),
+        1 => (any_vmid(), any_pfn(), prop_oneof![8 => 1u64..6, 1 => Just(u64::MAX), 1 => Just(1u64 << 28)])
+            .prop_map(|(vmid, pfn, pages)| Op::ClearRange { vmid, pfn, pages }),
         1 => (any_vmid(), 0u64..16, prop_oneof![Just(0x0900_0000u64), Just(GICH.base), Just(0x4020_0000)])
             .prop_map(|(vmid, g, pa)| Op::MapVmIo { vmid, gpa: (0x100 + g) << 12, pa }),
     ]
@@ -373,8 +405,8 @@ pub fn vm_op(vmid: impl Strategy<Value = u16> + Clone) -> impl Strategy<Value = 
         1 => (vmid.clone(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::ProtAndMap { vmid, gfn, pfn, level: 3 }),
         1 => (vmid.clone(), prop_oneof![Just(0u64), Just(0x200)], prop_oneof![Just(0x40400u64), Just(0x40600), Just(0x40200)])
             .prop_map(|(vmid, gfn, pfn)| Op::ProtAndMap { vmid, gfn, pfn, level: 2 }),
-        1 => (vmid.clone(), 0u64..4, 1u64..4, any::<bool>())
-            .prop_map(|(vmid, g, n, revoke)| Op::ShareRange { vmid, gpa: g << 12, size: n << 12, revoke }),
+        2 => (vmid.clone(), prop_oneof![8 => (0u64..4).prop_map(|g| g << 12), 1 => Just(!0xfffu64)], any_share_size(), any::<bool>())
+            .prop_map(|(vmid, gpa, size, revoke)| Op::ShareRange { vmid, gpa, size, revoke }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Grant { vmid, pfn }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Revoke { vmid, pfn }),
         2 => (vmid.clone(), 0u64..4, 0u64..4).prop_map(|(vmid, g, w)| Op::VmLoad { vmid, gpa: g << 12 | w << 3 }),
@@ -382,9 +414,31 @@ pub fn vm_op(vmid: impl Strategy<Value = u16> + Clone) -> impl Strategy<Value = 
     ]
 }
 
-/// Any operation by anyone.
+/// Any operation by anyone, and the hardware writing dirty lines back now and then.
 pub fn any_op() -> impl Strategy<Value = Op> {
-    prop_oneof![host_op(), vm_op(any_vmid())]
+    prop_oneof![8 => host_op(), 8 => vm_op(any_vmid()), 1 => Just(Op::WriteBack)]
+}
+
+/// Pages that changed hands between two abstract states: a new owner, or the host's last share
+/// taken back. KCore must leave each of them coherent: DRAM equal to the coherent view
+/// (docs/cache-coherency.md).
+pub fn handed_over(before: &RData, after: &RData) -> Vec<u64> {
+    let pfns: BTreeSet<u64> = before.s2page.keys().chain(after.s2page.keys()).copied().collect();
+    pfns.into_iter()
+        .filter(|&pfn| {
+            let (b, a) = (before.page(pfn << 12), after.page(pfn << 12));
+            match (b, a) {
+                (Some(b), Some(a)) => b.owner != a.owner || (b.count > 0 && a.count == 0),
+                _ => false,
+            }
+        })
+        .collect()
+}
+
+/// Whether page `pfn` reads the same through DRAM as through the caches.
+pub fn coherent(m: &ModelMachine, pfn: u64) -> bool {
+    let page = pfn << 12..(pfn + 1) << 12;
+    m.words(page.clone()) == m.dram_words(page)
 }
 
 /// A convenient record for the page at `pfn` in tests.

@@ -7,6 +7,7 @@ use super::pages::{Owner, PageDb, PageInfo};
 use super::regions::MemRegions;
 use super::*;
 use crate::machine::model::ModelMachine;
+use crate::memory::spec;
 use crate::page_table::descriptor::Regime;
 use crate::page_table::pool::PagePool;
 use crate::page_table::PtError;
@@ -35,15 +36,28 @@ enum Op {
     Revoke { vmid: u16, pfn: u64 },
 }
 
-fn any_pfn() -> impl Strategy<Value = u64> {
-    // A few 2 MiB regions of RAM, including KCore's, so transitions collide.
+/// A few 2 MiB regions of RAM, including KCore's, so transitions collide.
+fn ram_pfn() -> impl Strategy<Value = u64> + Clone {
     (prop_oneof![Just(0x40000u64), Just(0x40200), Just(0x40600), Just(0x7fe00)], 0u64..16).prop_map(|(b, i)| b + i)
+}
+
+/// Page numbers as the host passes them: pages of RAM, and the same pages with high bits set,
+/// which name no page (issue 11: `pfn << 12` would alias them).
+fn any_pfn() -> impl Strategy<Value = u64> {
+    prop_oneof![6 => ram_pfn(), 1 => (ram_pfn(), 28u32..64).prop_map(|(pfn, bit)| pfn | 1 << bit)]
+}
+
+/// The record of page `pfn` if the number names a page of RAM: the physical address space is
+/// 40 bits (docs/hypercalls.md), so a number with any higher bit names none.
+fn record(mem: &HostMemory, pfn: u64) -> Option<PageInfo> {
+    spec::frame(pfn).ok().and_then(|pa| mem.db.get(pa))
 }
 
 fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => prop_oneof![
-            3 => any_pfn().prop_map(|pfn| pfn << 12),
+            // Fault addresses come from the hardware, inside the host's input range.
+            3 => ram_pfn().prop_map(|pfn| pfn << 12),
             1 => (0x0800_0000u64..0x0a00_0000).prop_map(|a| a & !7),
             1 => (RAM.base..RAM.end()).prop_map(|a| a & !7),
         ].prop_map(Op::HostFault),
@@ -74,37 +88,43 @@ fn apply(m: &ModelMachine, mem: &mut HostMemory, op: &Op) -> Result<(), TestCase
             }
         }
         Op::Assign { vmid, gfn, pfn } => {
-            let before = mem.db.get(pfn << 12).unwrap();
+            let before = record(mem, pfn);
             let result = mem.assign_pfn_to_vm(m, vmid, gfn, pfn);
-            let allowed = (before.owner == Owner::Host && before.count == 0)
-                || (before.owner == Owner::Vm(vmid) && before.gfn == gfn);
+            let allowed = before.is_some_and(|before| {
+                (before.owner == Owner::Host && before.count == 0)
+                    || (before.owner == Owner::Vm(vmid) && before.gfn == gfn)
+            });
             prop_assert_eq!(result.is_ok(), allowed, "{:?} on {:?}: {:?}", op, before, result);
             if allowed {
                 prop_assert!(mem.host_s2.walk(m, pfn << 12).is_none(), "the host still maps an assigned page");
             }
         }
         Op::Clear { vmid, pfn } => {
-            let before = mem.db.get(pfn << 12).unwrap();
-            m.write_u64(pfn << 12, 0xdead_beef);
+            let before = record(mem, pfn);
+            if before.is_some() {
+                m.write_u64(pfn << 12, 0xdead_beef);
+            }
             // These sequences have no VM tables: the VM maps nothing.
             let mut vm_s2 = PageTable::new(m, Regime::Stage2 { vmid }, PagePool::new(POOL + (1 << 30), 1)).unwrap();
             let result = mem.clear_vm_page(m, &mut vm_s2, vmid, pfn);
-            prop_assert_eq!(result.is_ok(), before.owner == Owner::Vm(vmid));
+            prop_assert_eq!(result.is_ok(), before.is_some_and(|p| p.owner == Owner::Vm(vmid)));
             if result.is_ok() {
                 prop_assert_eq!(m.read_u64(pfn << 12), 0, "a reclaimed page was not scrubbed");
+                prop_assert!(m.dram_words(pfn << 12..(pfn + 1) << 12).is_empty(), "a scrub stayed in the cache");
                 prop_assert_eq!(mem.db.get(pfn << 12).unwrap(), PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
             }
         }
         Op::Grant { vmid, pfn } => {
-            let before = mem.db.get(pfn << 12).unwrap();
+            let before = record(mem, pfn);
             let result = mem.grant_vm_page(vmid, pfn);
-            prop_assert_eq!(result.is_ok(), before.owner == Owner::Vm(vmid) && before.count < MAX_SHARE_COUNT);
+            let allowed = before.is_some_and(|p| p.owner == Owner::Vm(vmid) && p.count < MAX_SHARE_COUNT);
+            prop_assert_eq!(result.is_ok(), allowed);
         }
         Op::Revoke { vmid, pfn } => {
-            let before = mem.db.get(pfn << 12).unwrap();
+            let before = record(mem, pfn);
             let result = mem.revoke_vm_page(m, vmid, pfn);
-            prop_assert_eq!(result.is_ok(), before.owner == Owner::Vm(vmid) && before.count > 0);
-            if result.is_ok() && before.count == 1 {
+            prop_assert_eq!(result.is_ok(), before.is_some_and(|p| p.owner == Owner::Vm(vmid) && p.count > 0));
+            if result.is_ok() && before.is_some_and(|p| p.count == 1) {
                 prop_assert!(mem.host_s2.walk(m, pfn << 12).is_none(), "the host keeps an unshared page");
             }
         }
@@ -317,4 +337,32 @@ fn the_canary_check_catches_one_changed_word() {
     // What fw_cfg's DMA did to KCore's .bss before issue 11: one word overwritten.
     m.write_u64(canary + 0x7f8, 0);
     assert_eq!(check_canary(&m, canary), Err(Violation::Canary { pa: canary + 0x7f8, found: 0 }));
+}
+
+/// Finding 7 of issue 11: SET_DESC_PFN / UNSET_DESC_PFN are all or nothing. A call refused on
+/// one page of its range changes no page of it: no share count, no host mapping.
+#[test]
+fn a_refused_share_or_unshare_changes_no_page_of_the_range() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    let mut vm = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL + (1 << 30), 8)).unwrap();
+    let (a, b) = (0x50000u64, 0x50001u64);
+    for (gfn, pfn) in [(0x10, a), (0x11, b)] {
+        mem.assign_pfn_to_vm(&m, 1, gfn, pfn).unwrap();
+        mem.map_pfn_vm(&m, &mut vm, 1, gfn, pfn).unwrap();
+    }
+    // A is shared and the host maps it; B is not shared.
+    mem.grant_stage2_sg_gpa(&m, &vm, 1, 0x10 << 12, 0x1000).unwrap();
+    mem.map_page_host(&m, a << 12).unwrap();
+    // Unsharing [A, B] is refused on B: A stays shared and mapped in the host.
+    assert_eq!(mem.revoke_stage2_sg_gpa(&m, &vm, 1, 0x10 << 12, 0x2000), Err(MemError::NotShared));
+    assert_eq!(mem.db.get(a << 12).unwrap().count, 1, "a refused unshare took A's share back");
+    assert!(mem.host_s2.walk(&m, a << 12).is_some(), "a refused unshare unmapped A from the host");
+    // B at its share limit: sharing [A, B] is refused on B and A's count does not move.
+    for _ in 0..MAX_SHARE_COUNT {
+        mem.grant_vm_page(1, b).unwrap();
+    }
+    assert_eq!(mem.grant_stage2_sg_gpa(&m, &vm, 1, 0x10 << 12, 0x2000), Err(MemError::ShareLimit));
+    assert_eq!(mem.db.get(a << 12).unwrap().count, 1, "a refused share shared A");
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
 }

@@ -276,7 +276,8 @@ impl Kcore {
         let _ = self.vms.set_vcpu_inactive(vmid, vcpu);
     }
 
-    /// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over guest-physical `[gpa, gpa + size)`.
+    /// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over guest-physical `[gpa, gpa + size)`,
+    /// which must lie inside the VM's RAM window. All or nothing: a refused call changes no page.
     pub fn guest_share(
         &mut self,
         m: &impl Machine,
@@ -291,7 +292,7 @@ impl Kcore {
             || !gpa.is_multiple_of(PAGE_SIZE)
             || !size.is_multiple_of(PAGE_SIZE)
             || !slot.in_ram(gpa)
-            || !slot.in_ram(end - 1)
+            || (!slot.in_ram(end - 1) && !crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck))
         {
             return Err(VmError::BadArgument);
         }
@@ -406,7 +407,8 @@ impl Kcore {
 }
 
 /// Serves a guest's stage-2 fault on RAM page `gfn` with the host's page `pfn`: KCore takes it
-/// from the host (unmapping it there), scrubs it, and maps it for the guest.
+/// from the host (unmapping it there), scrubs it (zeros cleaned to DRAM), and maps it for the
+/// guest. A frame number beyond the physical address size is refused, never truncated.
 fn give_page(
     m: &impl Machine,
     mem: &mut HostMemory,
@@ -417,14 +419,15 @@ fn give_page(
 ) -> Result<(), VmError> {
     // Not left to `assign_pfn_to_vm`: it also accepts a page the VM already has at `gfn`, which
     // the scrub below would then wipe. An offer must be a page of the host's.
-    match mem.db.get(pfn << 12) {
+    let pa = crate::memory::checked_pa(pfn)?;
+    match mem.db.get(pa) {
         None => return Err(VmError::Mem(MemError::NotRam)),
         Some(page) if page.owner != Owner::Host => return Err(VmError::Mem(MemError::NotOwned(page.owner))),
         Some(_) => {}
     }
     mem.assign_pfn_to_vm(m, vmid, gfn, pfn)?;
     if !crate::mutation::planted(crate::mutation::Mutation::SkipFaultPageScrub) {
-        m.zero_page(pfn << 12);
+        crate::memory::scrub(m, pa);
     }
     if let Err(e) = mem.map_pfn_vm(m, s2, vmid, gfn, pfn) {
         // The VM cannot map it (its table pool is used up): the page goes back to the host, so

@@ -91,11 +91,10 @@ impl Kcore {
     }
 }
 
-/// Zeroes the pages of `[base, base + size)` (page-aligned), then cleans them to the point of
-/// coherency.
+/// Scrubs every page of `[base, base + size)` (page-aligned) as the memory layer scrubs one:
+/// zeroed, then cleaned to the point of coherency.
 fn scrub(m: &impl Machine, base: u64, size: u64) {
-    (base..base + size).step_by(PAGE_SIZE as usize).for_each(|pa| m.zero_page(pa));
-    m.clean_invalidate_to_poc(base, size);
+    (base..base + size).step_by(PAGE_SIZE as usize).for_each(|pa| crate::memory::scrub(m, pa));
 }
 
 #[cfg(test)]

@@ -21,8 +21,27 @@ use std::collections::BTreeMap;
 pub(super) const GUEST_RAM: u64 = 0x4000_0000;
 pub(super) const IMAGE_PFN: u64 = 0x48000;
 const IMAGE_LEN: u64 = 3000;
-/// Pages the host offers for guest faults: two free ones, the image page, KCore's, not RAM.
-const OFFERS: [u64; 8] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080, 0x9000];
+/// Pages the host offers for guest faults: free ones, the image page, KCore's, not RAM; and
+/// numbers with high bits that `pfn << 12` would alias to free pages or to the image page, the
+/// first number past the physical address space, and the largest.
+const OFFERS: [u64; 12] = [
+    0x48100,
+    0x48101,
+    0x48102,
+    0x48103,
+    0x48104,
+    IMAGE_PFN,
+    0x40080,
+    0x9000,
+    0x48100 | 1 << 40,
+    IMAGE_PFN | 1 << 52,
+    1 << 28,
+    u64::MAX,
+];
+/// The guest's RAM window in the sequences.
+const GUEST_RAM_SIZE: u64 = 1 << 20;
+/// The first of the guest pages the sequences fault in.
+const FAULTED_GFN: u64 = (GUEST_RAM >> 12) + 8;
 pub(super) const PROBES: [u64; 7] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080];
 
 pub(super) fn key() -> SigningKey {
@@ -53,23 +72,52 @@ pub(super) enum VOp {
 /// operations after it meet a running guest.
 pub(super) fn any_sequence() -> impl Strategy<Value = Vec<VOp>> {
     let boot = vec![
-        VOp::RegisterVm(GUEST_RAM, 1 << 20),
+        VOp::RegisterVm(GUEST_RAM, GUEST_RAM_SIZE),
         VOp::RegisterVcpu(1, 0),
         VOp::RegisterVcpu(1, 1),
         VOp::SetBootInfo(1, GUEST_RAM, IMAGE_LEN),
         VOp::Remap(1, 0, IMAGE_PFN),
         VOp::Verify(1),
     ];
-    (prop_oneof![3 => Just(true), 1 => Just(false)], proptest::collection::vec(any_vop(), 40..70))
-        .prop_map(move |(booted, ops)| if booted { [boot.clone(), ops].concat() } else { ops })
+    // Booted, and with RAM pages +8 and +9 faulted in (so that share ranges meet mapped pages).
+    let faulted = [
+        boot.clone(),
+        vec![
+            VOp::Run(1, 0, 0, Pending::PageFault { gfn: FAULTED_GFN }),
+            VOp::Run(1, 0, 0x48100, Pending::PageFault { gfn: FAULTED_GFN + 1 }),
+            VOp::Run(1, 0, 0x48101, Pending::Nothing),
+        ],
+    ]
+    .concat();
+    let prefix = prop_oneof![2 => Just(boot), 2 => Just(faulted), 1 => Just(vec![])];
+    (prefix, proptest::collection::vec(any_vop(), 40..70)).prop_map(|(prefix, ops)| [prefix, ops].concat())
 }
 
 fn any_vop() -> impl Strategy<Value = VOp> {
     let vmid = prop_oneof![6 => Just(1u64), 2 => Just(2), 1 => 0u64..5];
     let vm16 = prop_oneof![6 => Just(1u16), 2 => Just(2), 1 => 0u16..5];
     let gpa = prop_oneof![4 => Just(GUEST_RAM), 2 => (0u64..16).prop_map(|i| GUEST_RAM + i * 4096), 1 => Just(0x0900_0000u64), 1 => any::<u64>()];
+    // Share ranges: pages the guest has (the image, the faulted-in pages), ranges that end on,
+    // at or past the end of the window, below it, and that wrap around the address space.
+    let share_gpa = prop_oneof![
+        4 => (0u64..2).prop_map(|i| (FAULTED_GFN + i) << 12),
+        2 => (0u64..16).prop_map(|i| GUEST_RAM + i * 4096),
+        2 => (1u64..4).prop_map(|i| GUEST_RAM + GUEST_RAM_SIZE - i * 4096),
+        1 => Just(GUEST_RAM - 4096),
+        1 => Just(!0xfffu64),
+        1 => any::<u64>(),
+    ];
+    let share_size = prop_oneof![
+        6 => (1u64..3).prop_map(|n| n * 4096),
+        1 => Just(3 * 4096u64),
+        1 => Just(GUEST_RAM_SIZE),
+        1 => Just(GUEST_RAM_SIZE + 4096),
+        1 => Just(1u64),
+        1 => Just(!0xfffu64),
+        1 => Just(0u64),
+    ];
     let exit = prop_oneof![
-        3 => (0u64..4).prop_map(|i| Pending::PageFault { gfn: (GUEST_RAM >> 12) + 8 + i }),
+        3 => (0u64..4).prop_map(|i| Pending::PageFault { gfn: FAULTED_GFN + i }),
         1 => Just(Pending::PageFault { gfn: GUEST_RAM >> 12 }),
         1 => Just(Pending::Nothing),
         1 => Just(Pending::CallResult),
@@ -87,10 +135,9 @@ fn any_vop() -> impl Strategy<Value = VOp> {
         2 => vmid.clone().prop_map(VOp::Verify),
         10 => (vmid.clone(), prop_oneof![4 => Just(0u64), 1 => Just(1), 1 => Just(9)], proptest::sample::select(OFFERS.to_vec()), exit)
             .prop_map(|(v, c, a, e)| VOp::Run(v, c, a, e)),
-        2 => (vm16.clone(), any::<bool>(), gpa.clone(), prop_oneof![Just(4096u64), Just(8192), Just(1)])
-            .prop_map(|(v, g, a, s)| VOp::Share(v, g, a, s)),
+        4 => (vm16.clone(), any::<bool>(), share_gpa, share_size).prop_map(|(v, g, a, s)| VOp::Share(v, g, a, s)),
         1 => (vm16, 0u64..3, prop_oneof![Just(GUEST_RAM + 0x100), Just(0x10u64)]).prop_map(|(v, t, e)| VOp::CpuOn(v, t, e)),
-        1 => (vmid.clone(), prop_oneof![Just(0x4800_0000u64), Just(0x4810_0000)], prop_oneof![Just(0x20_0000u64), Just(4096)])
+        1 => (vmid.clone(), prop_oneof![Just(0x4800_0000u64), Just(0x4810_0000), Just(!0xfffu64)], prop_oneof![Just(0x20_0000u64), Just(4096), Just(!0xfffu64)])
             .prop_map(|(v, b, s)| VOp::Clear(v, b, s)),
         1 => (vmid.clone(), prop_oneof![Just(0x0900_0000u64), Just(GUEST_RAM)], prop_oneof![Just(0x0900_0000u64), Just(0x0803_0000), Just(0x4800_0000)])
             .prop_map(|(v, g, p)| VOp::Ioremap(v, g, p, 4096)),
@@ -349,4 +396,23 @@ fn the_sequences_reach_verified_vms_and_served_faults() {
     runner.run(&any_sequence(), |ops| vm_layer_refines(&ops)).unwrap();
     let (verified, served) = REACHED.with(|r| r.get());
     assert!(verified >= 10 && served >= 10, "verified {verified}, faults served {served}");
+}
+
+/// Issue 11: without the check that a share range ends inside the window, a range running past
+/// it is accepted; the spec, from the ABI, refuses it.
+#[test]
+fn refinement_catches_a_share_past_the_end_of_the_window() {
+    catches(Mutation::ShareSkipsWindowEndCheck, 512, any_sequence(), |ops| vm_layer_refines(&ops));
+}
+
+/// Issue 11, finding 7: a share or unshare refused part-way must leave every page as it was.
+#[test]
+fn refinement_catches_a_partial_share() {
+    catches(Mutation::ShareRangeNotAtomic, 512, any_sequence(), |ops| vm_layer_refines(&ops));
+}
+
+/// Issue 11, finding 5: a page offer with high bits must be refused, not taken as another page.
+#[test]
+fn refinement_catches_an_aliased_page_offer() {
+    catches(Mutation::UncheckedPfn, 512, any_sequence(), |ops| vm_layer_refines(&ops));
 }

@@ -10,8 +10,8 @@ use crate::boot::{VcpuState, Verifier, VmState, Vms, MAX_VCPUS, SIGNATURE_LEN, V
 use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
 use crate::memory::spec::{
-    assign_pfn_to_vm_spec, clear_vm_page_spec, clear_vm_pages_spec, map_pfn_vm_spec, map_vm_io_spec, share_range_spec,
-    RData,
+    assign_pfn_to_vm_spec, clear_vm_page_spec, clear_vm_pages_spec, frame, map_pfn_vm_spec, map_vm_io_spec,
+    share_range_spec, RData,
 };
 use crate::memory::MemError;
 use crate::page_table::descriptor::INPUT_LIMIT;
@@ -156,8 +156,13 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vmid: u64, vcpu: u64, answer: u64) ->
     }
     let pending = v.pending;
     if let Pending::PageFault { gfn } = pending {
-        // The host's page: taken, scrubbed, mapped.
-        match next.r.page(answer << 12) {
+        // The host's page: taken, scrubbed, mapped. The answer must name a page of the
+        // physical address space (it is never truncated into one).
+        let pa = match frame(answer) {
+            Ok(pa) => pa,
+            Err(e) => return refuse(s, e.into()),
+        };
+        match next.r.page(pa) {
             None => return refuse(s, VmError::Mem(MemError::NotRam)),
             Some(p) if p.owner != Owner::Host => return refuse(s, VmError::Mem(MemError::NotOwned(p.owner))),
             Some(_) => {}
@@ -167,7 +172,6 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vmid: u64, vcpu: u64, answer: u64) ->
             return refuse(s, e.into());
         }
         let mut r = r;
-        let pa = answer << 12;
         let words: Vec<u64> = r.flatmem.range(pa..pa + PAGE_SIZE).map(|(&a, _)| a).collect();
         words.into_iter().for_each(|a| {
             r.flatmem.remove(&a);
@@ -205,12 +209,16 @@ pub fn vcpu_run_finish_spec(s: &AbsKcore, vmid: u16, vcpu: usize, pending: Pendi
     Some(next)
 }
 
-/// A guest's SET_DESC_PFN / UNSET_DESC_PFN.
+/// A guest's SET_DESC_PFN / UNSET_DESC_PFN (docs/hypercalls.md): x1 = guest address, x2 = size,
+/// page-aligned, the range inside the VM's RAM. Taken as intervals of integers (no wrap-around):
+/// `[gpa, gpa + size)` must be a non-empty part of `[ram_base, ram_base + ram_size)`. Then the
+/// share is all or nothing (`share_range_spec`).
 pub fn guest_share_spec(s: &AbsKcore, vmid: u16, grant: bool, gpa: u64, size: u64) -> Step<()> {
     let Some(slot) = s.slots.get(&vmid) else { return refuse(s, VmError::NoVm) };
-    let in_ram = |a: u64| a >= slot.ram_base && a - slot.ram_base < slot.ram_size;
-    let Some(end) = gpa.checked_add(size) else { return refuse(s, VmError::BadArgument) };
-    if size == 0 || !aligned(&[gpa, size]) || !in_ram(gpa) || !in_ram(end - 1) {
+    let (start, end) = (u128::from(gpa), u128::from(gpa) + u128::from(size));
+    let (ram_start, ram_end) = (u128::from(slot.ram_base), u128::from(slot.ram_base) + u128::from(slot.ram_size));
+    let inside = ram_start <= start && end <= ram_end;
+    if size == 0 || !aligned(&[gpa, size]) || !inside {
         return refuse(s, VmError::BadArgument);
     }
     let (r, result) = share_range_spec(&s.r, vmid, gpa, size, !grant)?;

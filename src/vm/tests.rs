@@ -193,3 +193,79 @@ fn remap_refuses_a_page_number_past_the_physical_address_size() {
     assert!(k.vms.get(vmid as u16).unwrap().load[0].pfns.is_empty());
     assert_eq!(k.remap_vm_image(vmid, 0, IMAGE_PFN), Ok(()));
 }
+
+/// Issue 11, finding 5: a page offer whose number has bits above the 40-bit physical address
+/// space is refused; it is not taken for the page its low bits name (here, the image page the
+/// guest runs from, or a free page the host still uses).
+#[test]
+fn a_page_offer_beyond_the_physical_address_space_is_refused() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap();
+    let mut ticket = k.vcpu_run_prepare(&m, vmid as u64, 0, 0).unwrap();
+    ticket.ctx.pending = Pending::PageFault { gfn: 0x40100 };
+    k.vcpu_run_finish(ticket);
+    let free = 0x48100u64;
+    m.write_u64(free << 12, 0xdead);
+    for offer in [free | 1 << 52, free | 1 << 28, IMAGE_PFN | 1 << 40, u64::MAX] {
+        assert_eq!(
+            k.vcpu_run_prepare(&m, vmid as u64, 0, offer).err(),
+            Some(VmError::Mem(MemError::BadPfn)),
+            "offer {offer:#x}"
+        );
+        assert_eq!(VmError::Mem(MemError::BadPfn).status(), Status::InvalidAddress);
+    }
+    assert_eq!(k.mem.db.get(free << 12).unwrap().owner, Owner::Host, "the aliased page stays the host's");
+    assert_eq!(m.read_u64(free << 12), 0xdead, "and unscrubbed");
+    // The memory layer refuses such numbers in every transition.
+    let mem = &mut k.mem;
+    let alias = free | 1 << 40;
+    assert_eq!(mem.assign_pfn_to_vm(&m, 1, 0x40101, alias), Err(MemError::BadPfn));
+    assert_eq!(mem.grant_vm_page(1, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
+    assert_eq!(mem.revoke_vm_page(&m, 1, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
+    let s2 = &mut k.slots[0].as_mut().unwrap().s2;
+    assert_eq!(k.mem.clear_vm_page(&m, s2, 1, IMAGE_PFN | 1 << 63), Err(MemError::BadPfn));
+    assert_eq!(k.mem.clear_vm_range(&m, s2, 1, IMAGE_PFN, u64::MAX), Err(MemError::BadPfn));
+    assert_eq!(k.mem.clear_vm_range(&m, s2, 1, (1 << 28) - 1, 2), Err(MemError::BadPfn));
+    assert_eq!(k.mem.map_pfn_vm(&m, s2, 1, 0x40000, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
+    assert_eq!(crate::memory::checked_pa((1 << 28) - 1), Ok(((1 << 28) - 1) << 12));
+    // Now the real page: taken, scrubbed, mapped.
+    k.vcpu_run_prepare(&m, vmid as u64, 0, free).unwrap();
+    assert_eq!(m.read_u64(free << 12), 0);
+}
+
+/// Issue 11, finding 3: the host writes the signed image through its cacheable mapping and
+/// other bytes through a non-cacheable alias (they stay in DRAM, behind its dirty lines). KCore
+/// hashes the image after the hand-over's clean and invalidate, so what it checked is what DRAM
+/// holds, which is what a guest with its MMU off runs.
+#[test]
+fn the_image_kcore_hashes_is_what_dram_holds_after_the_hand_over() {
+    fn run(m: &ModelMachine, k: &mut Kcore) -> bool {
+        lay_out_image(m, None);
+        for word in (0..IMAGE_LEN).step_by(64) {
+            m.dram_write_u64((IMAGE_PFN << 12) + word / 8 * 8, 0xbad_c0de);
+        }
+        boot(m, k).unwrap();
+        let page = IMAGE_PFN << 12..(IMAGE_PFN + 1) << 12;
+        m.words(page.clone()) == m.dram_words(page)
+    }
+    let (m, mut k) = kcore();
+    assert!(run(&m, &mut k), "DRAM differs from the image KCore verified");
+    // Without the clean on take, the signature checks out over bytes the guest would not run.
+    let (m, mut k) = kcore();
+    assert!(!crate::mutation::with(crate::mutation::Mutation::SkipCleanOnTake, || run(&m, &mut k)));
+}
+
+/// Issue 11, finding 3: a page scrubbed at teardown is zero in DRAM too, even when the VM's data
+/// had already been written back there.
+#[test]
+fn a_torn_down_page_is_zero_in_dram() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap();
+    m.write_u64(IMAGE_PFN << 12, 0x5ec2e7);
+    m.write_back_all();
+    k.power_off(vmid as u64).unwrap();
+    k.destroy(&m, vmid as u64).unwrap();
+    assert!(m.dram_words(IMAGE_PFN << 12..(IMAGE_PFN + 1) << 12).is_empty());
+}

@@ -199,6 +199,24 @@ pub const SCENARIOS: &[Scenario] = &[
         bootargs: "",
     },
     Scenario {
+        name: "share-atomic",
+        lines: &[
+            "kserv: [atomic] share past the end of RAM: status 0xfffffffffffffffe",
+            "kserv: share-atomic: after refused share 1: 4 of 4 accesses to 2 pages aborted",
+            "kserv: [atomic] page Y shared 100 times, up to its limit",
+            "kserv: [atomic] share over a page at its limit: status 0xfffffffffffffff7",
+            "kserv: share-atomic: after refused share 2: 2 of 2 accesses to 1 pages aborted",
+            "kserv: [atomic] unshare of a partly shared range: status 0xfffffffffffffff7",
+            "kserv: share-atomic: after the refused unshare, page X still reads as shared",
+            "kserv: [atomic] bye",
+            "kserv: share-atomic: PASS no refused call changed a page",
+            "kserv: scenario share-atomic: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("atomic", role::SHARE_ATOMIC, 1)],
+        bootargs: "",
+    },
+    Scenario {
         name: "host-attacks-vm",
         lines: &[
             "kserv: [victim] tick 19",

@@ -7,9 +7,6 @@
 
 use core::arch::asm;
 
-/// Cache line size used for maintenance by address; the smallest line on Armv8-A cores we run on.
-const CACHE_LINE: u64 = 64;
-
 /// Stores a 64-bit word at physical address `pa` (8-byte aligned).
 pub fn write_u64(pa: u64, value: u64) {
     debug_assert!(pa.is_multiple_of(8));
@@ -46,16 +43,30 @@ pub fn static_bytes(pa: u64, len: usize) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(pa as *const u8, len) }
 }
 
-/// Cleans and invalidates the data cache over `[pa, pa + len)` to the point of coherency, so a
-/// core or a table walker with caches off sees what was written.
+/// The smallest data cache line of any cache this core's maintenance reaches, in bytes
+/// (CTR_EL0.DminLine, log2 of the line in words): stepping by it leaves no line out.
+fn dcache_line() -> u64 {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    4 << ((ctr >> 16) & 0xf)
+}
+
+/// Cleans and invalidates the data cache over `[pa, pa + len)` to the point of coherency: every
+/// dirty line is written back to memory and every line, clean or dirty, is dropped, in every
+/// cache of the shareability domain. Afterwards memory holds what was last written through any
+/// cacheable mapping, and a non-cacheable view (a table walker or a CPU with caches off, a
+/// device) reads the same bytes as a cacheable one.
 pub fn clean_invalidate_dcache(pa: u64, len: u64) {
-    let mut line = pa & !(CACHE_LINE - 1);
+    let step = dcache_line();
+    let mut line = pa & !(step - 1);
     while line < pa + len {
         // SAFETY: cache maintenance by address changes no memory contents.
         unsafe { asm!("dc civac, {}", in(reg) line, options(nostack)) };
-        line += CACHE_LINE;
+        line += step;
     }
-    // SAFETY: a barrier has no memory effects of its own.
+    // SAFETY: a barrier has no memory effects of its own; it completes the maintenance before
+    // the caller goes on.
     unsafe { asm!("dsb sy", options(nostack)) };
 }
 

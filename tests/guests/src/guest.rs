@@ -28,6 +28,8 @@ static mut PATTERN_BUF: Pages<{ guest_role::PATTERN_PAGES as usize * PAGE_WORDS 
     Pages([0; guest_role::PATTERN_PAGES as usize * PAGE_WORDS]);
 /// SHARE: the page kept private.
 static mut PAGE_B: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
+/// SHARE_ATOMIC: two adjacent pages, X and Y, for ranges refused part-way.
+static mut ATOMIC_PAGES: Pages<{ 2 * PAGE_WORDS }> = Pages([0; 2 * PAGE_WORDS]);
 
 /// HELLO: set by vCPU 1 once it has run.
 static mut SECONDARY_SAID_HELLO: u64 = 0;
@@ -256,6 +258,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::SPIN) => spin(),
         r if r == u64::from(guest_role::PATTERN) => pattern_role(),
         r if r == u64::from(guest_role::BINDING) => binding(),
+        r if r == u64::from(guest_role::SHARE_ATOMIC) => share_atomic(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -409,6 +412,72 @@ fn share_role() {
     put("host verdict: ");
     put_dec(answer());
     putc(b'\n');
+    line("bye");
+}
+
+/// Prints `what` and the status of a share call that must be refused.
+fn refused(what: &str, status: u64) {
+    put(what);
+    put(": status ");
+    put_hex(status);
+    putc(b'\n');
+}
+
+/// Tells the host which pages to check, and prints its verdict.
+fn host_checks(pages: &[u64]) {
+    for &gpa in pages {
+        notify(gpa);
+    }
+    put("host verdict: ");
+    put_dec(answer());
+    putc(b'\n');
+}
+
+/// SHARE_ATOMIC: three share calls that fail on their last page; the host checks after each that
+/// the pages before it did not change (issue 11, finding 7).
+fn share_atomic() {
+    // 1. A range whose last page is past the end of RAM; the two before it are mapped.
+    let end = guest_dev::RAM_BASE + guest_dev::RAM_SIZE;
+    let top = [end - 2 * PAGE as u64, end - PAGE as u64];
+    for gpa in top {
+        // SAFETY: the top pages of the guest's RAM window lie above its image, .bss and stacks
+        // (the linker script keeps all of those below RAM_BASE + RAM_SIZE), so nothing else
+        // uses them; writing faults them in.
+        write_text(gpa as *mut u8, "share-atomic: top of RAM");
+    }
+    refused("share past the end of RAM", share(top[0], 3 * PAGE as u64));
+    host_checks(&top);
+
+    // 2. Y at its share limit: sharing X and Y is refused on Y, and X stays private.
+    let x = (&raw mut ATOMIC_PAGES).cast::<u8>();
+    let (x_gpa, y_gpa) = (x as u64, x as u64 + PAGE as u64);
+    write_text(x, "share-atomic: page X");
+    // SAFETY: the second page of ATOMIC_PAGES, which this role alone uses.
+    write_text(unsafe { x.add(PAGE) }, "share-atomic: page Y");
+    let mut shares = 0;
+    while shares < 1000 && share(y_gpa, PAGE as u64) == 0 {
+        shares += 1;
+    }
+    put("page Y shared ");
+    put_dec(shares);
+    line(" times, up to its limit");
+    refused("share over a page at its limit", share(x_gpa, 2 * PAGE as u64));
+    host_checks(&[x_gpa]);
+    for _ in 0..shares {
+        unshare(y_gpa, PAGE as u64);
+    }
+
+    // 3. Only X shared: unsharing X and Y is refused on Y, and X stays shared.
+    if share(x_gpa, PAGE as u64) != 0 {
+        line("share of X failed");
+        return;
+    }
+    refused("unshare of a partly shared range", unshare(x_gpa, 2 * PAGE as u64));
+    host_checks(&[x_gpa]);
+    if unshare(x_gpa, PAGE as u64) != 0 {
+        line("unshare of X failed");
+        return;
+    }
     line("bye");
 }
 
