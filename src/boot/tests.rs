@@ -172,6 +172,19 @@ fn one_flipped_byte_of_image_or_signature_rejects_the_vm_for_good() {
 /// Finding 10 of issue 11: each signature covers the VM's whole layout, so correctly signed
 /// images laid out otherwise are refused: moved, made the entry, mixed with an image of another
 /// layout, or checked against another RAM window. So is a signature in the old format.
+/// Registers a VM and lists the signed layout's images for it; returns its vmid.
+fn register_signed_layout(sys: &System, vms: &mut Vms) -> u16 {
+    let vmid = vms.register_vm().unwrap();
+    for op in layout_ops(vmid, Layout::Signed) {
+        match op {
+            BootOp::SetBootInfo(v, g, s) => assert!(vms.set_boot_info(v, g, s).is_ok()),
+            BootOp::Remap(v, p, i) => assert_eq!(vms.remap_vm_image(&sys.mem, v, p, i), Ok(())),
+            _ => unreachable!(),
+        }
+    }
+    vmid
+}
+
 #[test]
 fn correctly_signed_images_in_another_layout_are_rejected() {
     for layout in [Layout::Moved, Layout::Swapped, Layout::Foreign] {
@@ -183,14 +196,7 @@ fn correctly_signed_images_in_another_layout_are_rejected() {
     // The signed layout, checked against another RAM window.
     let (mut sys, mut vms) = (System::new(false), Vms::new());
     lay_out(&mut sys, &mut initial_rdata(false));
-    let vmid = vms.register_vm().unwrap();
-    for op in layout_ops(vmid, Layout::Signed) {
-        match op {
-            BootOp::SetBootInfo(v, g, s) => assert!(vms.set_boot_info(v, g, s).is_ok()),
-            BootOp::Remap(v, p, i) => assert_eq!(vms.remap_vm_image(&sys.mem, v, p, i), Ok(())),
-            _ => unreachable!(),
-        }
-    }
+    let vmid = register_signed_layout(&sys, &mut vms);
     let key = signing_key().verifying_key();
     let elsewhere = Verifier { ram_base: 1 << 20, ..verifier(&key, 256) };
     assert_eq!(
@@ -223,14 +229,7 @@ fn correctly_signed_images_in_another_layout_are_rejected() {
 fn verification_goes_in_bounded_chunks() {
     let (mut sys, mut vms) = (System::new(false), Vms::new());
     lay_out(&mut sys, &mut initial_rdata(false));
-    let vmid = vms.register_vm().unwrap();
-    for op in layout_ops(vmid, Layout::Signed) {
-        match op {
-            BootOp::SetBootInfo(v, g, s) => assert!(vms.set_boot_info(v, g, s).is_ok()),
-            BootOp::Remap(v, p, i) => assert_eq!(vms.remap_vm_image(&sys.mem, v, p, i), Ok(())),
-            _ => unreachable!(),
-        }
-    }
+    let vmid = register_signed_layout(&sys, &mut vms);
     let key = signing_key().verifying_key();
     let verify = |vms: &mut Vms, sys: &mut System| {
         vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&vmid).unwrap(), vmid, &verifier(&key, 1))

@@ -89,7 +89,15 @@ pub(super) fn any_sequence() -> impl Strategy<Value = Vec<VOp>> {
         ],
     ]
     .concat();
-    let prefix = prop_oneof![2 => Just(boot), 2 => Just(faulted), 1 => Just(vec![])];
+    // Then +9 shared up to its limit, and a share over +8..+10 that must be refused on +9
+    // without sharing +8: such sequences start on the edge of finding 7 (all or nothing).
+    let at_share_limit = [
+        faulted.clone(),
+        vec![VOp::Share(1, true, (FAULTED_GFN + 1) << 12, 4096); crate::memory::MAX_SHARE_COUNT as usize],
+        vec![VOp::Share(1, true, FAULTED_GFN << 12, 2 * 4096)],
+    ]
+    .concat();
+    let prefix = prop_oneof![2 => Just(boot), 2 => Just(faulted), 1 => Just(at_share_limit), 1 => Just(vec![])];
     (prefix, proptest::collection::vec(any_vop(), 40..70)).prop_map(|(prefix, ops)| [prefix, ops].concat())
 }
 
