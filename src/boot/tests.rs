@@ -200,7 +200,7 @@ fn correctly_signed_images_in_another_layout_are_rejected() {
     let key = signing_key().verifying_key();
     let elsewhere = Verifier { ram_base: 1 << 20, ..verifier(&key, 256) };
     assert_eq!(
-        vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&1).unwrap(), 1, &elsewhere),
+        vms.verify_vm_image(&sys.m, &mut sys.mem, sys.vms.get_mut(&vmid).unwrap(), vmid, &elsewhere),
         Err(BootError::Rejected)
     );
     // A version-1 signature: the old domain over the image's hash alone.
