@@ -230,6 +230,8 @@ pub mod guest_role {
     /// waits for the host, which resets the machine (`reset-scrub`).
     pub const PATTERN: u32 = 8;
     pub const PATTERN_PAGES: u64 = 256;
+    /// Where the PATTERN role's pages start: 12 MiB into the test guests' RAM.
+    pub const PATTERN_BASE: u64 = super::guest_dev::RAM_BASE + (12 << 20);
     pub const PATTERN_MAGIC: u64 = 0x7e57_5c2b_0000_0000;
 
     /// Whether `word`, found anywhere in memory, is a word of the PATTERN role's pattern: it is

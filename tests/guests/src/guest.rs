@@ -23,9 +23,6 @@ static mut TOUCHED: Pages<{ 64 * PAGE_WORDS }> = Pages([0; 64 * PAGE_WORDS]);
 static mut STEADY_BUF: Pages<{ 16 * PAGE_WORDS }> = Pages([0; 16 * PAGE_WORDS]);
 /// SHARE and BENCH: the page shared with the host.
 static mut PAGE_A: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
-/// PATTERN: the pages filled with the pattern.
-static mut PATTERN_BUF: Pages<{ guest_role::PATTERN_PAGES as usize * PAGE_WORDS }> =
-    Pages([0; guest_role::PATTERN_PAGES as usize * PAGE_WORDS]);
 /// SHARE: the page kept private.
 static mut PAGE_B: Pages<PAGE_WORDS> = Pages([0; PAGE_WORDS]);
 /// SHARE_ATOMIC: two adjacent pages, X and Y, for ranges refused part-way.
@@ -724,14 +721,17 @@ fn fuzz() {
 
 // ---- PATTERN ----
 
-/// Fills PATTERN_BUF with words the host can recognise wherever they end up (the guest runs
+/// Fills PATTERN_PAGES pages at PATTERN_BASE with words the host can recognise wherever they end up (the guest runs
 /// with its MMU off, so a pointer is a guest-physical address), then waits: the host resets the
 /// machine while the pattern is in memory.
 fn pattern_role() {
-    let base = (&raw mut PATTERN_BUF).cast::<u64>();
+    // Above the image, .bss and stacks (guest.ld keeps those below the data image at RAM_BASE +
+    // 8 MiB), so that no other role's .bss pays for these pages.
+    let base = guest_role::PATTERN_BASE as *mut u64;
     let words = guest_role::PATTERN_PAGES as usize * PAGE_WORDS;
     for i in 0..words {
-        // SAFETY: PATTERN_BUF holds `words` u64s of this guest's .bss.
+        // SAFETY: `[PATTERN_BASE, + PATTERN_PAGES pages)` lies in this guest's RAM window and no
+        // other part of this role uses it; writing faults the pages in.
         unsafe { base.add(i).write_volatile(guest_role::PATTERN_MAGIC ^ base.add(i) as u64) }
     }
     put("filled ");
