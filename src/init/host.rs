@@ -26,6 +26,9 @@ pub fn configure_core(platform: &Platform) {
     let vttbr = HOST_VTTBR.load(Ordering::Acquire);
     let controls = controls::host_controls(features::boot(), HostPmu::of_build(), vttbr, regs::mpidr_el1());
     regs::configure_host(&controls, matches!(platform.gic, Gic::V3 { .. }));
+    if let Some(actlr) = controls::actlr_el2(features::boot()) {
+        regs::set_actlr_el2(actlr);
+    }
 }
 
 /// Says at boot what of the CPU guests could reach unguarded, and whether the host's PMU may

@@ -149,6 +149,25 @@ fn common_mdcr(cpu: &CpuFeatures, pmu: HostPmu) -> u64 {
     mdcr
 }
 
+/// ACTLR_EL2 for the cores whose IMPLEMENTATION DEFINED control registers KCore knows: on the
+/// Cortex-A35/A53/A57/A72/A73, bits [6:0] let EL1 write CPUACTLR_EL1, CPUECTLR_EL1, L2CTLR_EL1,
+/// L2ECTLR_EL1 and L2ACTLR_EL1 (the TRMs' "Auxiliary Control Register, EL2"). Those registers
+/// switch off prefetchers, coherency and the branch-predictor behaviour the entry mitigations
+/// rely on, and a firmware may have left EL1 write access on: KCore takes it away (0) from the
+/// host and every guest. `None` for other cores, whose ACTLR_EL2 KCore leaves as it found it.
+pub fn actlr_el2(cpu: &CpuFeatures) -> Option<u64> {
+    const ARM: u8 = 0x41;
+    const A35: u16 = 0xd04;
+    const A53: u16 = 0xd03;
+    const A57: u16 = 0xd07;
+    const A72: u16 = 0xd08;
+    const A73: u16 = 0xd09;
+    match cpu.part() {
+        (ARM, A35 | A53 | A57 | A72 | A73) => Some(0),
+        _ => None,
+    }
+}
+
 /// The host's EL2 controls: stage-2 on (`vttbr`: its root, VMID 0), EL1 is AArch64, SMCs trap
 /// so that PSCI is mediated, set/way cache maintenance traps (KCore performs it as clean and
 /// invalidate, so the host cannot discard lines KCore has not written back), pointer

@@ -68,6 +68,14 @@ pub fn enable_stage2(vttbr: u64) {
 /// Sets this core up for running the host: its EL2 `controls` (from `vcpu::controls`), stage-2
 /// with the host's root in `controls.vttbr`, identity ID registers, a known SCTLR_EL1, and (on
 /// GICv3) system-register access to the GIC for EL1.
+/// ACTLR_EL2: which IMPLEMENTATION DEFINED control registers EL1 may write (on the cores
+/// `vcpu::controls::actlr_el2` knows).
+pub fn set_actlr_el2(value: u64) {
+    // SAFETY: ACTLR_EL2 only gates EL1's access to the core's IMPLEMENTATION DEFINED control
+    // registers; KCore writes it only on cores whose layout of it the caller knows.
+    unsafe { core::arch::asm!("msr actlr_el2, {}", "isb", in(reg) value, options(nostack)) };
+}
+
 pub fn configure_host(controls: &El2Controls, gic_v3: bool) {
     enable_stage2(controls.vttbr);
     super::world_switch::set_el2_controls(controls);

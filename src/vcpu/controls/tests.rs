@@ -339,3 +339,13 @@ fn the_rule_catches_a_dropped_tid3_and_a_shown_pauth() {
     catches(Mutation::GuestHcrDropsTid3, 8, inputs.clone(), property);
     catches(Mutation::GuestIdShowsPauth, 16, inputs, property);
 }
+
+/// The Pi 4's Cortex-A72: EL1 loses write access to the core's IMPLEMENTATION DEFINED control
+/// registers (CPUACTLR_EL1 and friends); a core KCore does not know keeps what it had.
+#[test]
+fn el1_cannot_write_the_a72s_implementation_defined_controls() {
+    let a72 = CpuFeatures::from_id_registers(IdRegisters { midr: 0x410f_d083, ..IdRegisters::default() });
+    assert_eq!(actlr_el2(&a72), Some(0));
+    let unknown = CpuFeatures::from_id_registers(IdRegisters { midr: 0x610f_0220, ..IdRegisters::default() });
+    assert_eq!(actlr_el2(&unknown), None);
+}
