@@ -105,8 +105,8 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     if HALTED.load(Ordering::Relaxed) {
         park_halted(core);
     }
-    // Only the host traps through KCore's vectors: a guest's traps go through `__guest_vectors`
-    // back into `vcpu_run`.
+    // Only the host traps through KCore's vectors: a guest's traps go through the guest half of the
+    // core's vector set (`__guest_exit`) back into `vcpu_run`.
     HANDLING[core].store(HOST, Ordering::Relaxed);
     match TrapKind::from_vector(kind) {
         TrapKind::Sync => {
