@@ -154,6 +154,9 @@ pub mod fields {
         pub const CMOW: u32 = 56;
         pub const ECBHB: u32 = 60;
     }
+    pub mod mmfr2 {
+        pub const UAO: u32 = 4;
+    }
 }
 
 /// The unsigned 4-bit ID field at bit `shift` of `reg`.
@@ -280,39 +283,39 @@ impl CpuFeatures {
 impl CpuFeatures {
     /// FEAT_PAN: PSTATE.PAN exists (ID_AA64MMFR1_EL1.PAN, bits 23:20).
     pub fn has_pan(&self) -> bool {
-        field(self.ids.mmfr1, 20) != 0
+        field(self.ids.mmfr1, fields::mmfr1::PAN) != 0
     }
     /// FEAT_SSBS: PSTATE.SSBS exists (ID_AA64PFR1_EL1.SSBS, bits 7:4).
     pub fn has_ssbs(&self) -> bool {
-        field(self.ids.pfr1, 4) != 0
+        field(self.ids.pfr1, fields::pfr1::SSBS) != 0
     }
     /// FEAT_UAO: PSTATE.UAO exists (ID_AA64MMFR2_EL1.UAO, bits 7:4).
     pub fn has_uao(&self) -> bool {
-        field(self.ids.mmfr2, 4) != 0
+        field(self.ids.mmfr2, fields::mmfr2::UAO) != 0
     }
     /// FEAT_MTE: PSTATE.TCO exists (ID_AA64PFR1_EL1.MTE, bits 11:8).
     pub fn has_mte(&self) -> bool {
-        field(self.ids.pfr1, 8) != 0
+        field(self.ids.pfr1, fields::pfr1::MTE) != 0
     }
     /// FEAT_NMI: PSTATE.ALLINT exists (ID_AA64PFR1_EL1.NMI, bits 39:36).
     pub fn has_nmi(&self) -> bool {
-        field(self.ids.pfr1, 36) != 0
+        field(self.ids.pfr1, fields::pfr1::NMI) != 0
     }
     /// ID_AA64PFR0_EL1.CSV2 (bits 59:56): 1 or more, branch targets trained in one context
     /// cannot steer another (not affected by Spectre-v2); 3 (FEAT_CSV2_3), branch history
     /// cannot either (not affected by Spectre-BHB).
     pub fn csv2(&self) -> u64 {
-        field(self.ids.pfr0, 56)
+        field(self.ids.pfr0, fields::pfr0::CSV2)
     }
     /// FEAT_ECBHB: branch history from one context does not steer another
     /// (ID_AA64MMFR1_EL1.ECBHB, bits 63:60).
     pub fn has_ecbhb(&self) -> bool {
-        field(self.ids.mmfr1, 60) != 0
+        field(self.ids.mmfr1, fields::mmfr1::ECBHB) != 0
     }
     /// FEAT_CLRBHB: the CLRBHB instruction clears the branch history
     /// (ID_AA64ISAR2_EL1.CLRBHB, bits 31:28).
     pub fn has_clrbhb(&self) -> bool {
-        field(self.ids.isar2, 28) != 0
+        field(self.ids.isar2, fields::isar2::CLRBHB) != 0
     }
 }
 
