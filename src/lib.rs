@@ -4,6 +4,7 @@
 //!
 //! | module | SeKVM layers |
 //! |---|---|
+//! | [`ids`], [`addr`] | the numbers hypercalls carry, as types: VM and vCPU ids, addresses, page numbers |
 //! | [`machine`] | AbstractMachine: registers, barriers, TLB/cache, raw memory, UART, firmware |
 //! | [`page_table`] | PTAlloc, PTWalk, NPTWalk, NPTOps: stage-2 and EL2 page tables |
 //! | [`memory`] | MemRegions, PageIndex, PageManager, MemManager, MemoryOps: page ownership |
@@ -20,10 +21,12 @@
 
 extern crate alloc;
 
+pub mod addr;
 pub mod board;
 pub mod boot;
 pub mod cpus;
 pub mod handlers;
+pub mod ids;
 pub mod machine;
 pub mod memory;
 pub mod mutation;

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// KCore's layers, bottom to top, as module paths under `src/`.
-const LAYERS: &[&str] = &["machine", "page_table", "memory", "boot", "vcpu", "vm", "handlers"];
+const LAYERS: &[&str] = &["ids", "addr", "machine", "page_table", "memory", "boot", "vcpu", "vm", "handlers"];
 /// Where `unsafe` and `asm!` may appear.
 const TRUSTED: &str = "src/machine/";
 

@@ -59,9 +59,7 @@ use corevisor_abi::bundle::{image_message, ImageRecord};
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha512};
 
-/// VM ids run from 1 to `MAX_VMS`; 0 is the host.
-pub const MAX_VMS: u16 = 16;
-pub const MAX_VCPUS: usize = 8;
+pub use crate::ids::{MAX_VCPUS, MAX_VMS};
 /// Images per VM (SeKVM: 5; the bundle and the signed message agree).
 pub const MAX_LOAD_INFO: usize = corevisor_abi::bundle::MAX_IMAGES;
 /// The most image bytes (images and signatures, in whole pages) one VM may have listed: 64 MiB,

@@ -24,7 +24,7 @@ pub use aarch64::*;
 /// The most cores KCore manages (stacks, per-core state). Must match linker.ld and boot.S.
 pub const MAX_CPUS: usize = 8;
 /// Page size of every translation regime KCore builds (4 KiB granule).
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::addr::PAGE_SIZE;
 
 /// The trusted primitives that the page-table and memory layers use, so that the same layer code
 /// runs on the CPU ([`Aarch64`]) and, in host tests, on [`model::ModelMachine`].

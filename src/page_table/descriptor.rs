@@ -16,7 +16,7 @@ pub const LAST_LEVEL: u8 = 3;
 /// Input addresses below this are translated (39-bit, start at level 1).
 pub const INPUT_LIMIT: u64 = 1 << 39;
 /// Output addresses (and table pages) lie below this.
-pub const OUTPUT_LIMIT: u64 = 1 << 40;
+pub const OUTPUT_LIMIT: u64 = crate::addr::PA_LIMIT;
 
 const VALID: u64 = 1 << 0;
 const TABLE_OR_PAGE: u64 = 1 << 1;
