@@ -8,6 +8,7 @@ mod dtb;
 mod guests;
 mod qemu;
 mod scenarios;
+mod toolchain;
 
 use artifacts::Flavor;
 use std::process::ExitCode;
@@ -89,20 +90,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match command.as_str() {
-        "build" => args.board().and_then(|b| {
-            let flavor = if args.flag("hw") { Flavor::Hardware } else { Flavor::Test };
-            artifacts::build(b, flavor).map(|a| println!("KServ: {}\nKCore: {}", a.kserv.display(), a.image.display()))
-        }),
+        "build" => build(&args),
         // `run` ends with QEMU's own status, so a scenario's verdict reaches the shell.
         "run" => match run(&args) {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
         "image" => image(&args),
-        "qemu-test" => qemu::ensure().and_then(|q| scenarios::qemu_test(&q, &args.words, args.value("variant"))),
+        "qemu-test" => qemu_test(&args),
         "test" => test(),
-        "bench" => qemu::ensure().and_then(|q| bench::run(&q)),
-        "lint" => lint(),
+        "bench" => toolchain::ensure().and_then(|()| qemu::ensure()).and_then(|q| bench::run(&q)),
+        "lint" => toolchain::ensure().and_then(|()| lint()),
         "guest-bundle" => guest_bundle(&args),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -117,6 +115,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every command that builds for the boards checks its arguments first, then has
+/// [`toolchain::ensure`] install the pinned toolchain's missing targets and components, then
+/// (if it boots anything) [`qemu::ensure`] find or install QEMU, and only then builds.
+fn build(args: &Args) -> Result<(), String> {
+    let board = args.board()?;
+    toolchain::ensure()?;
+    let flavor = if args.flag("hw") { Flavor::Hardware } else { Flavor::Test };
+    let a = artifacts::build(board, flavor)?;
+    println!("KServ: {}\nKCore: {}", a.kserv.display(), a.image.display());
+    Ok(())
+}
+
+fn qemu_test(args: &Args) -> Result<(), String> {
+    let selection = scenarios::select(&args.words, args.value("variant"))?;
+    toolchain::ensure()?;
+    let qemu = qemu::ensure()?;
+    scenarios::qemu_test(&qemu, &selection)
+}
+
+/// The scenario `run` boots: `--scenario NAME`, checked against the names there are.
+fn run_scenario(args: &Args) -> Result<&str, String> {
+    let scenario = args.value("scenario").unwrap_or(scenarios::DEMO);
+    scenarios::check_names([scenario], scenarios::NameUse::Run)?;
+    Ok(scenario)
 }
 
 /// The QEMU variant `run` boots: the Pi board has one, virt has a GICv2 and a GICv3 flavour.
@@ -135,18 +159,18 @@ fn run_variant(args: &Args) -> Result<(&'static corevisor_boards::Board, scenari
 /// Boots one scenario with the console on this terminal; returns QEMU's exit status.
 fn run(args: &Args) -> Result<u8, String> {
     let (board, variant) = run_variant(args)?;
+    let scenario = run_scenario(args)?;
+    toolchain::ensure()?;
     let qemu = qemu::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Test)?;
-    let scenario = args.value("scenario").unwrap_or("demo");
     // The demo boots two guests; a test scenario gets the bundle it is tested with.
     let bundle = match scenarios::SCENARIOS.iter().find(|s| s.name == scenario) {
         Some(s) => scenarios::scenario_bundle(s)?,
-        None if scenario == "demo" => {
+        None => {
             let path = artifacts::root().join("target/xtask/bundles/demo.img");
             guests::write_bundle(&DEMO_VMS, &path)?;
             Some(path)
         }
-        None => None,
     };
     let append = format!("scenario={scenario}");
     let reboot = scenarios::reboots(scenario);
@@ -167,6 +191,7 @@ fn image(args: &Args) -> Result<(), String> {
     if board.name != "rpi4" {
         return Err("image is for --board rpi4 (QEMU virt boots with `cargo xtask run`)".into());
     }
+    toolchain::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Hardware)?;
     let out = args.value("out").map_or_else(|| artifacts::root().join("target/rpi4-sd"), std::path::PathBuf::from);
     let io = |e: std::io::Error| format!("{}: {e}", out.display());
@@ -196,6 +221,7 @@ fn guest_bundle(args: &Args) -> Result<(), String> {
         .words
         .first()
         .map_or_else(|| artifacts::root().join("target/xtask/bundle-demo.img"), std::path::PathBuf::from);
+    toolchain::ensure()?;
     guests::write_bundle(&DEMO_VMS, &out)?;
     println!("{}", out.display());
     Ok(())
@@ -203,9 +229,11 @@ fn guest_bundle(args: &Args) -> Result<(), String> {
 
 /// Host tests, then the QEMU scenarios. Both always run, so one failure does not hide the other.
 fn test() -> Result<(), String> {
+    let every = scenarios::select(&[], None)?;
+    toolchain::ensure()?;
     let qemu = qemu::ensure()?;
     let host = artifacts::cargo(&["test", "--workspace"], &[]);
-    let scenarios = scenarios::qemu_test(&qemu, &[], None);
+    let scenarios = scenarios::qemu_test(&qemu, &every);
     match (host, scenarios) {
         (Ok(()), Ok(())) => Ok(()),
         (host, scenarios) => Err([host.err(), scenarios.err()].into_iter().flatten().collect::<Vec<_>>().join("; ")),
@@ -291,5 +319,16 @@ mod tests {
         assert_eq!(variant(&["--board", "rpi4"]), Ok(scenarios::Variant::Raspi4b));
         assert!(variant(&["--gic", "4"]).is_err());
         assert!(variant(&["--board", "rpi4", "--gic", "3"]).is_err());
+    }
+
+    /// `run` checks `--scenario` before it installs or builds anything (the check runs first in
+    /// `run`); the demo is the default.
+    #[test]
+    fn run_takes_only_known_scenarios() {
+        let scenario = |words: &[&str]| run_scenario(&parse(words).unwrap()).map(str::to_string);
+        assert_eq!(scenario(&[]), Ok("demo".into()));
+        assert_eq!(scenario(&["--scenario", "vm-share"]), Ok("vm-share".into()));
+        let err = scenario(&["--scenario", "vm-shar"]).unwrap_err();
+        assert!(err.contains("unknown scenario \"vm-shar\"") && err.contains("demo, boot,"), "{err}");
     }
 }

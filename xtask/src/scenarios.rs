@@ -387,27 +387,66 @@ pub fn scenario_bundle(s: &Scenario) -> Result<Option<std::path::PathBuf>, Strin
     Ok(Some(path))
 }
 
-/// Runs the named scenarios (all when `names` is empty) on the variant (all when `None`).
-pub fn qemu_test(qemu: &Qemu, names: &[String], variant: Option<&str>) -> Result<(), String> {
-    let scenarios: Vec<&Scenario> =
-        SCENARIOS.iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)).collect();
-    if let Some(unknown) = names.iter().find(|n| !SCENARIOS.iter().any(|s| s.name == n.as_str())) {
-        return Err(format!("unknown scenario {unknown}"));
+/// The scenario `run` boots by default: two guests count and sleep. No test checks its output.
+pub const DEMO: &str = "demo";
+
+/// What a scenario name is given to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameUse {
+    /// `cargo xtask run --scenario NAME`: the demo or any tested scenario.
+    Run,
+    /// `cargo xtask qemu-test NAME...`: only scenarios with lines to check.
+    Test,
+}
+
+/// The names `use_` accepts.
+pub fn names(use_: NameUse) -> Vec<&'static str> {
+    let demo = (use_ == NameUse::Run).then_some(DEMO);
+    demo.into_iter().chain(SCENARIOS.iter().map(|s| s.name)).collect()
+}
+
+/// Checks scenario names before anything is built or installed; the error lists the valid ones.
+pub fn check_names<'a>(given: impl IntoIterator<Item = &'a str>, use_: NameUse) -> Result<(), String> {
+    let valid = names(use_);
+    match given.into_iter().find(|n| !valid.contains(n)) {
+        None => Ok(()),
+        Some(unknown) => Err(format!("unknown scenario {unknown:?}; the scenarios are: {}", valid.join(", "))),
     }
+}
+
+/// The scenarios and variants one `qemu-test` runs, checked before anything is built.
+pub struct Selection {
+    scenarios: Vec<&'static Scenario>,
+    variants: Vec<Variant>,
+}
+
+/// The named scenarios (all when `names` is empty) on the variant (all when `None`).
+pub fn select(names: &[String], variant: Option<&str>) -> Result<Selection, String> {
+    check_names(names.iter().map(String::as_str), NameUse::Test)?;
+    let scenarios = SCENARIOS.iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)).collect();
     let variants: Vec<Variant> = match variant {
         None => Variant::ALL.to_vec(),
-        Some(v) => vec![*Variant::ALL.iter().find(|x| x.name() == v).ok_or(format!("unknown variant {v}"))?],
+        Some(v) => vec![*Variant::ALL.iter().find(|x| x.name() == v).ok_or_else(|| {
+            let all: Vec<&str> = Variant::ALL.iter().map(|x| x.name()).collect();
+            format!("unknown variant {v:?}; the variants are: {}", all.join(", "))
+        })?],
     };
+    Ok(Selection { scenarios, variants })
+}
+
+/// Runs the selected scenarios on the selected variants.
+pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
+    let Selection { scenarios, variants } = selection;
     let mut images: Vec<(&str, Artifacts)> = Vec::new();
-    for v in &variants {
+    for v in variants {
         if !images.iter().any(|(b, _)| *b == v.board().name) {
             images.push((v.board().name, artifacts::build(v.board(), Flavor::Test)?));
         }
     }
     let (mut passed, mut failed) = (0, 0);
-    for v in &variants {
+    for v in variants {
         let image = &images.iter().find(|(b, _)| *b == v.board().name).unwrap().1;
-        for s in &scenarios {
+        for s in scenarios {
             let bundle = scenario_bundle(s)?;
             let append = format!("scenario={} {}", s.name, s.bootargs);
             let mut command =
@@ -465,6 +504,37 @@ mod tests {
         assert_eq!(check(version(), Variant::VirtGicV3, Some(0), &fail).len(), 1);
         let panic = format!("{GOOD}[PANIC][cpu0] KCore panicked at src/x.rs\n");
         assert!(!check(version(), Variant::VirtGicV3, Some(0), &panic).is_empty());
+    }
+
+    #[test]
+    fn unknown_scenario_names_fail_listing_the_valid_ones() {
+        assert_eq!(check_names(["hvc-version", "boot"], NameUse::Test), Ok(()));
+        assert_eq!(check_names(["demo"], NameUse::Run), Ok(()));
+        assert_eq!(check_names([], NameUse::Test), Ok(()));
+        let err = check_names(["hvc-version", "hvc-vresion"], NameUse::Test).unwrap_err();
+        assert!(err.starts_with("unknown scenario \"hvc-vresion\"; the scenarios are: boot, hvc-version,"), "{err}");
+        assert!(!err.contains("demo"), "qemu-test has no lines to check the demo by: {err}");
+        let err = check_names(["nope"], NameUse::Run).unwrap_err();
+        assert!(err.contains("the scenarios are: demo, boot,") && err.contains("signed-binding"), "{err}");
+        // qemu-test checks its names and variant before it builds anything.
+        assert!(select(&["nope".into()], None).is_err());
+        assert!(select(&["demo".into()], None).is_err());
+        assert!(select(&[], Some("virt-gicv4")).err().unwrap().contains("virt-gicv3, virt-gicv2, raspi4b"));
+        let one = select(&["boot".into()], Some("raspi4b")).unwrap();
+        assert_eq!((one.scenarios.len(), one.variants.as_slice()), (1, &[Variant::Raspi4b][..]));
+        assert_eq!(select(&[], None).unwrap().scenarios.len(), SCENARIOS.len());
+    }
+
+    /// Every name xtask accepts is one KServ knows (kserv/src/scenario.rs), and names are unique,
+    /// so a name that passes the check cannot end in KServ's "unknown scenario".
+    #[test]
+    fn every_accepted_name_is_a_kserv_scenario() {
+        let kserv = include_str!("../../kserv/src/scenario.rs");
+        let run = names(NameUse::Run);
+        for name in &run {
+            assert!(kserv.contains(&format!("=> \"{name}\",")), "KServ has no scenario {name}");
+            assert_eq!(run.iter().filter(|n| *n == name).count(), 1, "{name} twice");
+        }
     }
 
     #[test]
