@@ -66,7 +66,7 @@ pub fn cargo(args: &[&str], env: &[(&str, &Path)]) -> Result<(), String> {
     }
 }
 
-/// `rust-objcopy` from the toolchain's llvm-tools component.
+/// The toolchain's `rust-objcopy` (rustc ships it; llvm-tools too).
 fn objcopy() -> Result<PathBuf, String> {
     let output = Command::new("rustc").args(["--print", "sysroot"]).current_dir(root()).output();
     let sysroot = output.map_err(|e| format!("cannot run rustc: {e}"))?;

@@ -76,11 +76,12 @@ impl std::fmt::Display for Piece<'_> {
     }
 }
 
-/// The file under the sysroot whose presence shows a component installed: what xtask or cargo
-/// runs from it (rust-objcopy makes the raw images, rustfmt and clippy the lint).
+/// A file under the sysroot that only the component installs: for rustfmt and clippy what the
+/// lint runs. xtask's `rust-objcopy` also ships with rustc itself, so llvm-tools is recognised
+/// by its own `llvm-objcopy`.
 fn component_file(component: &str, host: &str) -> Option<String> {
     Some(match component {
-        "llvm-tools" | "llvm-tools-preview" => format!("lib/rustlib/{host}/bin/rust-objcopy"),
+        "llvm-tools" | "llvm-tools-preview" => format!("lib/rustlib/{host}/bin/llvm-objcopy"),
         "rust-src" => "lib/rustlib/src/rust/library/core/src/lib.rs".into(),
         "rustfmt" => "bin/rustfmt".into(),
         "clippy" => "bin/cargo-clippy".into(),
@@ -373,7 +374,7 @@ mod tests {
         // Metadata without the rlib is not an installed target.
         touch("lib/rustlib/aarch64-unknown-none/lib/libcore-0123.rmeta");
         touch("lib/rustlib/aarch64-unknown-none-softfloat/lib/liballoc-0123.rlib");
-        touch("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-objcopy");
+        touch("lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-objcopy");
         assert_eq!(
             missing_now(),
             ["target aarch64-unknown-none", "target aarch64-unknown-none-softfloat", "component rust-src"]
