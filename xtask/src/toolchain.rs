@@ -47,6 +47,11 @@ impl Pinned {
         if pinned.channel.is_empty() {
             return Err("rust-toolchain.toml names no channel".into());
         }
+        if let Some(c) = pinned.components.iter().find(|c| component_file(c, "host").is_none()) {
+            return Err(format!(
+                "rust-toolchain.toml pins component {c}, which xtask/src/toolchain.rs cannot find yet"
+            ));
+        }
         Ok(pinned)
     }
 
@@ -90,8 +95,7 @@ fn component_file(component: &str, host: &str) -> Option<String> {
 }
 
 /// Whether `piece` is installed in `sysroot`: a target has a libcore rlib (the crate the build
-/// misses without it), a component the file it is used through. A component this table does not
-/// know counts as missing, so rustup is asked to add it (a no-op when it is there).
+/// misses without it), a component its own file ([`Pinned::parse`] refuses one it has none for).
 fn on_disk(piece: Piece, sysroot: &Path, host: &str) -> bool {
     match piece {
         Piece::Target(target) => {
@@ -274,6 +278,7 @@ mod tests {
         assert_eq!(p.targets, ["aarch64-unknown-none", "aarch64-unknown-none-softfloat"]);
         assert_eq!(p.components, ["llvm-tools", "rust-src"]);
         assert!(Pinned::parse("[toolchain]\nprofile = \"minimal\"\n").is_err());
+        assert!(Pinned::parse("[toolchain]\nchannel = \"1.95.0\"\ncomponents = [\"miri\"]\n").is_err());
     }
 
     /// The repository's own file parses, pins the board target, and every component it lists is
