@@ -4,8 +4,7 @@
 //! layer's business.
 
 use super::{
-    BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_IMAGE_BYTES, MAX_LOAD_INFO, MAX_VCPUS, MAX_VMS,
-    SIGNATURE_LEN,
+    BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_IMAGE_BYTES, MAX_LOAD_INFO, MAX_VCPUS, SIGNATURE_LEN,
 };
 use crate::addr::{Ipa, IpaRange, Pfn};
 use crate::ids::{VcpuId, VmId};
@@ -35,10 +34,6 @@ pub struct AbsVms {
 }
 
 impl AbsVms {
-    pub fn new() -> AbsVms {
-        AbsVms { next_vmid: 1, vms: vec![None; MAX_VMS as usize] }
-    }
-
     /// The abstraction of the concrete records.
     pub fn of<C>(vms: &Vms<C>) -> AbsVms {
         let abs = |rec: &super::Vm<C>| AbsVm {
@@ -88,8 +83,13 @@ pub fn register_vm_spec(vms: &AbsVms, r: &RData, ram: IpaRange) -> Step<VmId> {
     let Some(vm) = VmId::new(vms.next_vmid.into()) else { return refuse(vms, r, BootError::NoVmid) };
     let mut next = vms.clone();
     next.next_vmid += 1;
-    next.vms[vm.index()] =
-        Some(AbsVm { state: VmState::Ready, ram, vcpus: [const { Vcpu::Unused }; MAX_VCPUS], load: vec![], checked: 0 });
+    next.vms[vm.index()] = Some(AbsVm {
+        state: VmState::Ready,
+        ram,
+        vcpus: [const { Vcpu::Unused }; MAX_VCPUS],
+        load: vec![],
+        checked: 0,
+    });
     Some((next, r.clone(), Ok(vm)))
 }
 

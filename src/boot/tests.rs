@@ -281,7 +281,8 @@ fn verification_goes_in_bounded_chunks() {
     lay_out(&mut sys, &mut initial_rdata(false));
     let vmid = register_signed_layout(&mut sys, &mut vms, window());
     let key = signing_key().verifying_key();
-    let verify = |vms: &mut TestVms, sys: &mut System| vms.verify_vm_image(&sys.m, &mut sys.mem, vmid, &verifier(&key, 1));
+    let verify =
+        |vms: &mut TestVms, sys: &mut System| vms.verify_vm_image(&sys.m, &mut sys.mem, vmid, &verifier(&key, 1));
     assert_eq!(verify(&mut vms, &mut sys), Ok(2));
     assert_eq!(vms.get(vmid).unwrap().state, VmState::Verifying);
     assert!(sys.mem.map_page_host(&sys.m, IMAGE_PFNS[0] << 12).is_err(), "the first page is the VM's");
@@ -412,7 +413,7 @@ fn boot_refines((chunk_pages, ops): &(u64, Vec<BootOp>)) -> Result<(), TestCaseE
     let (mut sys, mut vms) = (System::new(false), TestVms::new());
     let mut r = initial_rdata(false);
     lay_out(&mut sys, &mut r);
-    let mut abs = AbsVms::new();
+    let mut abs = AbsVms::of(&vms);
     let key = signing_key().verifying_key();
     let verifier = verifier(&key, *chunk_pages);
     let probes: BTreeSet<u64> = IMAGE_PFNS.iter().copied().chain([DATA_PFN, FOREIGN_PFN, 0x40404, 0x40080]).collect();

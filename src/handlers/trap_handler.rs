@@ -8,6 +8,8 @@ use super::trap_dispatcher::{
     host_trap_dispatcher, vm_exit_dispatcher, Forbidden, GuestEnv, HostEnv, HostExit, VmExit, HOST_STATS,
 };
 use super::vm_calls;
+use crate::addr::Ipa;
+use crate::ids::VcpuId;
 use crate::init::{power, wait_for_work, CORES};
 use crate::machine::guest_regs::{El1Regs, FpRegs};
 use crate::machine::{
@@ -16,8 +18,6 @@ use crate::machine::{
 use crate::memory::MemError;
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vcpu::ExitRecord;
-use crate::addr::Ipa;
-use crate::ids::VcpuId;
 use crate::vm::{Kcore, RunTicket};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};

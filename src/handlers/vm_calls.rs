@@ -2,9 +2,9 @@
 //! handler runs because it switches worlds): each is decoded here and handed to the VM layer,
 //! whose answer becomes the SMCCC result.
 
-use crate::machine::Machine;
 use crate::addr::{Ipa, IpaRange};
 use crate::ids::VmId;
+use crate::machine::Machine;
 use crate::vm::{host_pa, host_pfn, host_vcpu, host_vm, Kcore, VmError};
 use corevisor_abi::{host_call, HypResult, Status};
 
@@ -12,10 +12,9 @@ use corevisor_abi::{host_call, HypResult, Status};
 pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, args: [u64; 4]) -> HypResult {
     let [a1, a2, a3, a4] = args;
     let result: Result<u64, VmError> = match function {
-        host_call::REGISTER_VM => IpaRange::new(a1, a2)
-            .ok_or(VmError::BadArgument)
-            .and_then(|ram| kcore.register_vm(m, ram))
-            .map(VmId::raw),
+        host_call::REGISTER_VM => {
+            IpaRange::new(a1, a2).ok_or(VmError::BadArgument).and_then(|ram| kcore.register_vm(m, ram)).map(VmId::raw)
+        }
         host_call::REGISTER_VCPU => host_vm(a1).and_then(|vm| kcore.register_vcpu(vm, host_vcpu(a2)?)).map(|()| 0),
         host_call::SET_BOOT_INFO => host_vm(a1).and_then(|vm| kcore.set_boot_info(vm, Ipa(a2), a3)).map(|i| i as u64),
         host_call::REMAP_VM_IMAGE => host_vm(a1).and_then(|vm| kcore.remap_vm_image(vm, a2, host_pfn(a3)?)).map(|()| 0),

@@ -348,8 +348,13 @@ impl Kcore {
         let mut returned = 0;
         for region in regions {
             // On a failure the VM stays, with the pages returned so far returned.
-            returned +=
-                self.mem.clear_vm_range(m, &mut rec.s2, vm.vmid(), region.base >> PAGE_SHIFT, region.size >> PAGE_SHIFT)?;
+            returned += self.mem.clear_vm_range(
+                m,
+                &mut rec.s2,
+                vm.vmid(),
+                region.base >> PAGE_SHIFT,
+                region.size >> PAGE_SHIFT,
+            )?;
         }
         self.vms.remove(&self.mem, vm);
         m.flush_stage2_vmid(vm.vmid());

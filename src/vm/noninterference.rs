@@ -10,8 +10,8 @@
 
 use super::refinement::{any_sequence, key, lay_out, VOp, PROBES};
 use super::*;
-use crate::machine::model::ModelMachine;
 use crate::addr::{Ipa, IpaRange};
+use crate::machine::model::ModelMachine;
 use crate::memory::system::{initial_rdata, System};
 use crate::mutation::{catches, Mutation};
 use proptest::prelude::*;
@@ -58,7 +58,9 @@ impl World {
             }
             // VM 1 keeps its pages to itself.
             VOp::Share(1, ..) => "skipped".into(),
-            VOp::Share(v, g, a, z) => format!("{:?}", host_vm(v.into()).and_then(|vm| k.guest_share(m, vm, g, Ipa(a), z))),
+            VOp::Share(v, g, a, z) => {
+                format!("{:?}", host_vm(v.into()).and_then(|vm| k.guest_share(m, vm, g, Ipa(a), z)))
+            }
             VOp::CpuOn(v, t, e) => {
                 if let (Ok(vm), Some(target)) = (host_vm(v.into()), VcpuId::new(t & 0xff)) {
                     k.guest_cpu_on(vm, target, Ipa(e), 7);

@@ -6,15 +6,15 @@
 
 use super::spec::*;
 use super::*;
+use crate::addr::{Ipa, IpaRange, Pa, Pfn};
+use crate::boot::spec::AbsVms;
 use crate::boot::testing::sign_layout;
+use crate::boot::{Vcpu, MAX_VCPUS};
 use crate::machine::model::ModelMachine;
 use crate::memory::invariants;
 use crate::memory::spec::{RData, HOST};
 use crate::memory::system::{initial_rdata, System, POOLS};
 use crate::mutation::{catches, Mutation};
-use crate::addr::{Ipa, IpaRange, Pa, Pfn};
-use crate::boot::spec::AbsVms;
-use crate::boot::{Vcpu, MAX_VCPUS};
 use crate::page_table::spec::AbsNpt;
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
@@ -283,12 +283,9 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
                 let ids = host_vm(v).and_then(|vm| Ok((vm, host_vcpu(c)?)));
                 step(s, ids, |s, (vm, c)| register_vcpu_spec(s, vm, c), |(vm, c)| k.register_vcpu(vm, c))
             }
-            VOp::SetBootInfo(v, g, z) => step(
-                s,
-                host_vm(v),
-                |s, vm| set_boot_info_spec(s, vm, Ipa(g), z),
-                |vm| k.set_boot_info(vm, Ipa(g), z),
-            ),
+            VOp::SetBootInfo(v, g, z) => {
+                step(s, host_vm(v), |s, vm| set_boot_info_spec(s, vm, Ipa(g), z), |vm| k.set_boot_info(vm, Ipa(g), z))
+            }
             VOp::Remap(v, i, p) => {
                 let args = host_vm(v).and_then(|vm| Ok((vm, host_pfn(p)?)));
                 step(s, args, |s, (vm, p)| remap_vm_image_spec(s, vm, i, p), |(vm, p)| k.remap_vm_image(vm, i, p))

@@ -70,7 +70,8 @@ fn aligned(values: &[u64]) -> bool {
 
 pub fn register_vm_spec(s: &AbsKcore, ram: IpaRange) -> Step<VmId> {
     let (base, size) = (ram.base(), ram.size());
-    if size == 0 || size > MAX_GUEST_RAM || !aligned(&[base, size]) || base as u128 + size as u128 > INPUT_LIMIT as u128 {
+    if size == 0 || size > MAX_GUEST_RAM || !aligned(&[base, size]) || base as u128 + size as u128 > INPUT_LIMIT as u128
+    {
         return refuse(s, VmError::BadArgument);
     }
     let (vms, r, result) = boot::register_vm_spec(&s.vms, &s.r, ram)?;

@@ -2,12 +2,12 @@
 //! hypercalls, and the refusals that keep the host out.
 
 use super::*;
+use crate::addr::{Ipa, IpaRange, Pa, Pfn};
 use crate::boot::testing::sign_layout;
+use crate::ids::{VcpuId, VmId};
 use crate::machine::model::ModelMachine;
 use crate::memory::system::{System, POOLS};
 use crate::vcpu::Pending;
-use crate::addr::{Ipa, IpaRange, Pa, Pfn};
-use crate::ids::{VcpuId, VmId};
 use ed25519_dalek::SigningKey;
 
 const GUEST_RAM: u64 = 0x4000_0000;
