@@ -6,7 +6,7 @@
 use super::{
     BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_IMAGE_BYTES, MAX_LOAD_INFO, MAX_VCPUS, SIGNATURE_LEN,
 };
-use crate::addr::{Ipa, IpaRange, Pfn};
+use crate::addr::{Ipa, IpaRange, Pfn, PA_LIMIT};
 use crate::ids::{VcpuId, VmId};
 use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
@@ -133,11 +133,15 @@ pub fn set_boot_info_spec(vms: &AbsVms, r: &RData, vm: VmId, gpa: Ipa, size: u64
     Some((next, r.clone(), Ok(info.load.len())))
 }
 
-/// REMAP_VM_IMAGE, from the ABI: `pfn` names the page at `pfn * PAGE_SIZE`, computed without
-/// wrapping (a number past the physical address size names no page of RAM, never an alias of
-/// one; the trap edge refuses such numbers before they get here); the page must be the host's,
-/// not shared, and not listed in any image of any VM; the image must still miss pages.
+/// REMAP_VM_IMAGE, from the ABI: `pfn` names the page at `pfn * PAGE_SIZE`; a number at or past
+/// the physical address size names no page and must have been refused where it entered (the
+/// trap edge, `Pfn::new`): reaching this layer it breaks the layer's precondition (`None`). The
+/// page must be the host's, not shared, and not listed in any image of any VM; the image must
+/// still miss pages.
 pub fn remap_vm_image_spec(vms: &AbsVms, r: &RData, vm: VmId, pfn: Pfn, index: usize) -> Step<()> {
+    if pfn.raw() >= PA_LIMIT / PAGE_SIZE {
+        return None;
+    }
     if let Err(e) = need_ready(vms, vm) {
         return refuse(vms, r, e);
     }
@@ -146,8 +150,7 @@ pub fn remap_vm_image_spec(vms: &AbsVms, r: &RData, vm: VmId, pfn: Pfn, index: u
         return refuse(vms, r, BootError::BadImage);
     }
     let listed = vms.vms.iter().flatten().any(|v| v.load.iter().any(|l| l.pfns.contains(&pfn)));
-    let page = pfn.raw().checked_mul(PAGE_SIZE).and_then(|pa| r.page(pa));
-    let host_page = page.is_some_and(|p| p.owner == Owner::Host && p.count == 0);
+    let host_page = r.page(pfn.raw() * PAGE_SIZE).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
     if listed || !host_page {
         return refuse(vms, r, BootError::BadPage);
     }

@@ -443,7 +443,10 @@ fn boot_refines((chunk_pages, ops): &(u64, Vec<BootOp>)) -> Result<(), TestCaseE
             },
             BootOp::Remap(v, p, i) => match (id(v), Pfn::new(p)) {
                 (Some(v), Some(p)) => {
-                    let (a, m, expected) = remap_vm_image_spec(&abs, &r, v, p, i).unwrap();
+                    let Some((a, m, expected)) = remap_vm_image_spec(&abs, &r, v, p, i) else {
+                        let e = format!("{op:?}: a page number past the physical address size reached the boot layer");
+                        return Err(TestCaseError::fail(e));
+                    };
                     (abs, r) = (a, m);
                     vms.remap_vm_image(&sys.mem, v, p, i) == expected
                 }
