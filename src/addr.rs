@@ -65,9 +65,9 @@ impl Pa {
 
 impl Pfn {
     /// `raw` if its page lies below [`PA_LIMIT`]: `P | k << 52` would otherwise name page `P`
-    /// once shifted.
-    pub const fn new(raw: u64) -> Option<Pfn> {
-        if raw < PA_LIMIT >> PAGE_SHIFT {
+    /// once shifted. (Where a host's page number enters KCore: the planted bug lets any through.)
+    pub fn new(raw: u64) -> Option<Pfn> {
+        if raw < PA_LIMIT >> PAGE_SHIFT || crate::mutation::planted(crate::mutation::Mutation::RemapTakesAnyPfn) {
             Some(Pfn(raw))
         } else {
             None
@@ -81,7 +81,7 @@ impl Pfn {
         Pa(self.0 << PAGE_SHIFT)
     }
     /// The frame `pages` further on, if still below [`PA_LIMIT`].
-    pub const fn checked_add(self, pages: u64) -> Option<Pfn> {
+    pub fn checked_add(self, pages: u64) -> Option<Pfn> {
         match self.0.checked_add(pages) {
             Some(raw) => Pfn::new(raw),
             None => None,

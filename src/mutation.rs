@@ -44,8 +44,8 @@ pub enum Mutation {
     HostMmioIgnoresAllowList,
     /// The GICv3 redistributor filter lets a write to GICR_PROPBASER through.
     GicrFilterPassesPropbaser,
-    /// REMAP_VM_IMAGE looks a page number up without checking it is below the physical address
-    /// size (issue 11, finding 5).
+    /// A host's page number is taken without checking it is below the physical address size
+    /// (`Pfn::new`, where REMAP_VM_IMAGE's number enters: issue 11, finding 5).
     RemapTakesAnyPfn,
     /// An image's signature is checked over its own hash alone, not the VM's whole layout (its
     /// load address, index, the other images, the RAM window: issue 11, finding 10).

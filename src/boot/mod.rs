@@ -48,9 +48,11 @@ pub mod testing {
     }
 }
 
-use crate::machine::{Machine, PAGE_SIZE};
+use crate::addr::{Ipa, IpaRange, Pfn, PAGE_SIZE};
+use crate::ids::{VcpuId, VmId};
+use crate::machine::Machine;
 use crate::memory::pages::Owner;
-use crate::memory::{checked_pa, HostMemory, MemError};
+use crate::memory::{HostMemory, MemError};
 use crate::page_table::descriptor::INPUT_LIMIT;
 use crate::page_table::PageTable;
 use alloc::boxed::Box;
@@ -78,9 +80,9 @@ pub const SIGNATURE_LEN: u64 = corevisor_abi::bundle::SIGNATURE_LEN as u64;
 /// Pages one VERIFY_VM_IMAGE call takes and hashes at most (KCore's lock is held meanwhile).
 pub const VERIFY_CHUNK_PAGES: u64 = corevisor_abi::host_call::VERIFY_CHUNK_PAGES;
 
+/// A registered VM's state (an unregistered or destroyed one has no record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmState {
-    Unused,
     /// Registered; boot information and images may be given.
     Ready,
     /// VERIFY_VM_IMAGE has begun taking and hashing the image pages: the images are fixed.
@@ -92,20 +94,22 @@ pub enum VmState {
     PoweredOff,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VcpuState {
+/// A vCPU of a VM: not registered, idle with its saved context, or running on a core (which
+/// holds the context meanwhile). So "running" is stated once. Generic over the context, which
+/// the vCPU layer above defines (the VM layer keeps a `Box<VcpuContext>` here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vcpu<C> {
     Unused,
-    Ready,
-    /// Running on a core.
-    Active,
+    Idle(C),
+    Running,
 }
 
 /// One image: where it goes in the guest, its length, and the host pages listed so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadInfo {
-    pub gpa: u64,
+    pub gpa: Ipa,
     pub size: u64,
-    pub pfns: Vec<u64>,
+    pub pfns: Vec<Pfn>,
 }
 
 impl LoadInfo {
@@ -122,18 +126,10 @@ pub fn image_pages(size: u64) -> u64 {
 }
 
 /// Which pages of RAM are listed in some VM's image: one bit per page, indexed like the ownership
-/// table. Derived from the VMs' page lists (KCore's working state, so that "listed already" costs
-/// one lookup instead of a scan of every list); equality ignores it, and the boot tests check it
-/// against the lists after every step.
+/// table. Derived from the VMs' page lists (so that "listed already" costs one lookup instead of
+/// a scan of every list); the boot tests check it against the lists after every step.
 #[derive(Clone, Debug, Default)]
-pub struct ListedIndex(Vec<u64>);
-
-impl PartialEq for ListedIndex {
-    fn eq(&self, _: &ListedIndex) -> bool {
-        true
-    }
-}
-impl Eq for ListedIndex {}
+struct ListedIndex(Vec<u64>);
 
 impl ListedIndex {
     fn get(&self, index: usize) -> bool {
@@ -157,61 +153,53 @@ impl ListedIndex {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmInfo {
+/// One VM: everything KCore keeps for it (SeKVM's `vminfos` entry, its NPT and its vCPUs'
+/// contexts in one record). The boot layers own its state, images and vCPU run states; the VM
+/// layer its stage-2 table, counter offset and the contexts inside [`Vcpu::Idle`].
+pub struct Vm<C> {
     pub state: VmState,
-    pub vcpus: [VcpuState; MAX_VCPUS],
+    /// Guest-physical RAM: part of the message each image's signature covers.
+    pub ram: IpaRange,
+    /// The VM's stage-2 table (with its own page-table pool, a slice of KCore's).
+    pub s2: PageTable,
+    /// The virtual counter's offset (TIMER_SET_CNTVOFF).
+    pub cntvoff: u64,
+    pub vcpus: [Vcpu<C>; MAX_VCPUS],
     pub load: Vec<LoadInfo>,
     /// Image pages VERIFY_VM_IMAGE has taken and hashed so far, counted over the images in order.
     pub checked: u64,
-    /// The hashes of what has been taken (derived from those pages).
-    pub hashing: HashState,
+    /// The hashes of what has been taken, while VERIFYING (a function of those pages, which are
+    /// the VM's now: the spec hashes them in one step at the end).
+    hashing: Option<Box<Hashing>>,
 }
 
-impl VmInfo {
-    const UNUSED: VmInfo = VmInfo {
-        state: VmState::Unused,
-        vcpus: [VcpuState::Unused; MAX_VCPUS],
-        load: Vec::new(),
-        checked: 0,
-        hashing: HashState(None),
-    };
-
-    /// Every page of every image: (image index, page index in the image, host pfn), in order.
-    fn image_pages(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+impl<C> Vm<C> {
+    /// Every page of every image: (image index, page index in the image, host page), in order.
+    fn image_pages(&self) -> impl Iterator<Item = (usize, u64, Pfn)> + '_ {
         self.load
             .iter()
             .enumerate()
             .flat_map(|(i, l)| l.pfns.iter().enumerate().map(move |(p, &pfn)| (i, p as u64, pfn)))
     }
+
+    /// Whether a vCPU of the VM is running on some core.
+    pub fn any_running(&self) -> bool {
+        self.vcpus.iter().any(|v| matches!(v, Vcpu::Running))
+    }
 }
 
 /// A verification in progress: the running SHA-512 of the image being hashed and the digests of
-/// those done. It is a function of the pages already taken (the VM's now, so nobody can change
-/// them): equality ignores it, as the spec hashes those pages in one step at the end.
-#[derive(Clone, Debug, Default)]
-pub struct HashState(Option<Box<Hashing>>);
-
-impl PartialEq for HashState {
-    fn eq(&self, _: &HashState) -> bool {
-        true
-    }
-}
-impl Eq for HashState {}
-
+/// those done.
 #[derive(Clone, Debug)]
 struct Hashing {
     current: Sha512,
     digests: [[u8; 64]; MAX_LOAD_INFO],
 }
 
-/// What a VM's images are checked against: the key, and the VM's RAM window (part of the signed
-/// message).
+/// What a VM's images are checked against (with the VM's RAM window, from its record).
 #[derive(Clone, Copy, Debug)]
 pub struct Verifier<'a> {
     pub key: &'a VerifyingKey,
-    pub ram_base: u64,
-    pub ram_size: u64,
     /// Pages per call: [`VERIFY_CHUNK_PAGES`] (the tests use fewer, to cross chunk boundaries).
     pub chunk_pages: u64,
 }
@@ -221,11 +209,11 @@ pub struct Verifier<'a> {
 pub enum BootError {
     /// Every vmid is taken.
     NoVmid,
-    /// No such VM (out of range, or never registered).
+    /// No such VM (never registered, or destroyed).
     NoVm,
     /// The VM is not in the state the operation needs.
     State(VmState),
-    /// No such vCPU, or it is not in the state the operation needs.
+    /// The vCPU is not in the state the operation needs.
     Vcpu,
     /// Too many images, or the image would overlap another or leave the guest's address space.
     BadRange,
@@ -240,122 +228,137 @@ pub enum BootError {
     Rejected,
 }
 
-/// Every VM's boot state (SeKVM `vminfos` and `core_data.next_vmid`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Vms {
+/// Every VM (SeKVM `vminfos` and `core_data.next_vmid`): one record per vmid, at
+/// [`VmId::index`]; `None` before REGISTER_VM and after DESTROY_VM.
+pub struct Vms<C> {
     pub next_vmid: u16,
-    pub infos: Vec<VmInfo>,
-    /// The pages listed in any VM's images (derived from `infos`).
-    pub listed: ListedIndex,
+    vms: Vec<Option<Vm<C>>>,
+    /// The pages listed in any VM's images (derived from the records).
+    listed: ListedIndex,
 }
 
-impl Default for Vms {
+impl<C> Default for Vms<C> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Vms {
-    pub fn new() -> Vms {
-        Vms { next_vmid: 1, infos: (0..MAX_VMS).map(|_| VmInfo::UNUSED).collect(), listed: ListedIndex::default() }
+impl<C> Vms<C> {
+    pub fn new() -> Vms<C> {
+        Vms { next_vmid: 1, vms: (0..MAX_VMS).map(|_| None).collect(), listed: ListedIndex::default() }
     }
 
-    /// The VM `vmid`, if it is registered.
-    pub fn get(&self, vmid: u16) -> Option<&VmInfo> {
-        let info = self.infos.get((vmid as usize).checked_sub(1)?)?;
-        (info.state != VmState::Unused).then_some(info)
+    /// VM `vm`'s record, if it is registered.
+    pub fn get(&self, vm: VmId) -> Option<&Vm<C>> {
+        self.vms.get(vm.index())?.as_ref()
     }
 
-    fn get_mut(&mut self, vmid: u16) -> Result<&mut VmInfo, BootError> {
-        let index = (vmid as usize).checked_sub(1).ok_or(BootError::NoVm)?;
-        self.infos.get_mut(index).filter(|i| i.state != VmState::Unused).ok_or(BootError::NoVm)
+    pub fn get_mut(&mut self, vm: VmId) -> Option<&mut Vm<C>> {
+        self.vms.get_mut(vm.index())?.as_mut()
     }
 
-    fn ready(&mut self, vmid: u16) -> Result<&mut VmInfo, BootError> {
-        let info = self.get_mut(vmid)?;
-        match info.state {
-            VmState::Ready => Ok(info),
+    /// Every registered VM, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (VmId, &Vm<C>)> {
+        VmId::all().zip(&self.vms).filter_map(|(vm, rec)| Some((vm, rec.as_ref()?)))
+    }
+
+    fn live(&mut self, vm: VmId) -> Result<&mut Vm<C>, BootError> {
+        self.get_mut(vm).ok_or(BootError::NoVm)
+    }
+
+    fn ready(&mut self, vm: VmId) -> Result<&mut Vm<C>, BootError> {
+        let rec = self.live(vm)?;
+        match rec.state {
+            VmState::Ready => Ok(rec),
             other => Err(BootError::State(other)),
         }
     }
 
     /// VMPower `get_vm_poweron`: may the VM's vCPUs run?
-    pub fn may_run(&self, vmid: u16) -> bool {
-        self.get(vmid).is_some_and(|i| i.state == VmState::Verified)
+    pub fn may_run(&self, vm: VmId) -> bool {
+        self.get(vm).is_some_and(|rec| rec.state == VmState::Verified)
     }
 
-    /// VMPower `set_vm_poweroff`.
-    pub fn power_off(&mut self, vmid: u16) -> Result<(), BootError> {
-        let info = self.get_mut(vmid)?;
-        match info.state {
+    /// VMPower `set_vm_poweroff`. A vCPU running now finishes its run.
+    pub fn power_off(&mut self, vm: VmId) -> Result<(), BootError> {
+        let rec = self.live(vm)?;
+        match rec.state {
             VmState::Verified => {
-                info.state = VmState::PoweredOff;
-                info.vcpus.iter_mut().filter(|v| **v != VcpuState::Unused).for_each(|v| *v = VcpuState::Ready);
+                rec.state = VmState::PoweredOff;
                 Ok(())
             }
             other => Err(BootError::State(other)),
         }
     }
 
-    /// BootCore `gen_vmid` and BootOps `register_kvm`: a fresh vmid, READY. Vmids are not reused.
-    pub fn register_vm(&mut self) -> Result<u16, BootError> {
-        if self.next_vmid > MAX_VMS {
-            return Err(BootError::NoVmid);
-        }
-        let vmid = self.next_vmid;
+    /// BootCore `gen_vmid` and BootOps `register_kvm`: a fresh vmid, READY, with RAM `ram` and
+    /// the stage-2 table `new_s2` makes for it. Vmids are not reused.
+    pub fn register_vm(
+        &mut self,
+        ram: IpaRange,
+        new_s2: impl FnOnce(VmId) -> Result<PageTable, MemError>,
+    ) -> Result<VmId, BootError> {
+        let vm = VmId::new(self.next_vmid.into()).ok_or(BootError::NoVmid)?;
+        let s2 = new_s2(vm).map_err(BootError::Mem)?;
         self.next_vmid += 1;
-        self.infos[vmid as usize - 1].state = VmState::Ready;
-        Ok(vmid)
+        self.vms[vm.index()] = Some(Vm {
+            state: VmState::Ready,
+            ram,
+            s2,
+            cntvoff: 0,
+            vcpus: core::array::from_fn(|_| Vcpu::Unused),
+            load: Vec::new(),
+            checked: 0,
+            hashing: None,
+        });
+        Ok(vm)
     }
 
-    /// `register_vcpu`: the VM must be READY and the vCPU unused (the verified spec's `&&`).
-    pub fn register_vcpu(&mut self, vmid: u16, vcpuid: usize) -> Result<(), BootError> {
-        let info = self.ready(vmid)?;
-        match info.vcpus.get_mut(vcpuid) {
-            Some(v @ VcpuState::Unused) => {
-                *v = VcpuState::Ready;
+    /// `register_vcpu`: the VM must be READY and the vCPU unused (the verified spec's `&&`); it
+    /// starts idle with the context `new_ctx` makes.
+    pub fn register_vcpu(&mut self, vm: VmId, vcpu: VcpuId, new_ctx: impl FnOnce() -> C) -> Result<(), BootError> {
+        match &mut self.ready(vm)?.vcpus[vcpu.index()] {
+            v @ Vcpu::Unused => {
+                *v = Vcpu::Idle(new_ctx());
                 Ok(())
             }
             _ => Err(BootError::Vcpu),
         }
     }
 
-    /// `set_vcpu_active`: a vCPU of a VERIFIED VM starts running. `set_vcpu_inactive` undoes it.
-    pub fn set_vcpu_active(&mut self, vmid: u16, vcpuid: usize) -> Result<(), BootError> {
-        let info = self.get_mut(vmid)?;
-        if info.state != VmState::Verified {
-            return Err(BootError::State(info.state));
+    /// `set_vcpu_active`: an idle vCPU of a VERIFIED VM starts running; its context goes to the
+    /// core that runs it. [`Vms::set_vcpu_inactive`] takes it back.
+    pub fn set_vcpu_active(&mut self, vm: VmId, vcpu: VcpuId) -> Result<C, BootError> {
+        let rec = self.live(vm)?;
+        if rec.state != VmState::Verified {
+            return Err(BootError::State(rec.state));
         }
-        match info.vcpus.get_mut(vcpuid) {
-            Some(v @ VcpuState::Ready) => {
-                *v = VcpuState::Active;
-                Ok(())
+        let slot = &mut rec.vcpus[vcpu.index()];
+        match core::mem::replace(slot, Vcpu::Running) {
+            Vcpu::Idle(ctx) => Ok(ctx),
+            other => {
+                *slot = other;
+                Err(BootError::Vcpu)
             }
-            _ => Err(BootError::Vcpu),
         }
     }
 
-    pub fn set_vcpu_inactive(&mut self, vmid: u16, vcpuid: usize) -> Result<(), BootError> {
-        match self.get_mut(vmid)?.vcpus.get_mut(vcpuid) {
-            Some(v @ VcpuState::Active) => {
-                *v = VcpuState::Ready;
-                Ok(())
-            }
-            _ => Err(BootError::Vcpu),
+    pub fn set_vcpu_inactive(&mut self, vm: VmId, vcpu: VcpuId, ctx: C) {
+        if let Some(v @ Vcpu::Running) = self.get_mut(vm).map(|rec| &mut rec.vcpus[vcpu.index()]) {
+            *v = Vcpu::Idle(ctx);
         }
     }
 
-    /// After teardown (every page of the VM is the host's again): the VM's image pages are no
-    /// longer listed, so they may be listed for another VM.
-    pub fn release_images(&mut self, mem: &HostMemory, vmid: u16) {
-        let Ok(info) = self.get_mut(vmid) else { return };
-        let load = core::mem::take(&mut info.load);
-        for pfn in load.iter().flat_map(|l| &l.pfns) {
-            // Every listed number was checked to name a page of RAM when it was listed.
-            if let Some(index) = checked_pa(*pfn).ok().and_then(|pa| mem.db.regions().page_index(pa)) {
+    /// After teardown (every page of the VM is the host's again): the VM's record goes, and its
+    /// image pages are no longer listed, so they may be listed for another VM.
+    pub fn remove(&mut self, mem: &HostMemory, vm: VmId) -> Option<Vm<C>> {
+        let rec = self.vms.get_mut(vm.index())?.take()?;
+        for pfn in rec.load.iter().flat_map(|l| &l.pfns) {
+            if let Some(index) = mem.db.regions().page_index(pfn.pa().raw()) {
                 let _ = self.listed.set(index, mem.db.regions().pages(), false);
             }
         }
+        Some(rec)
     }
 
     /// Whether the index of listed pages says exactly what the lists say (for the tests).
@@ -363,8 +366,8 @@ impl Vms {
     pub fn index_agrees(&self, mem: &HostMemory) -> bool {
         let regions = mem.db.regions();
         let mut listed = alloc::collections::BTreeSet::new();
-        for pfn in self.infos.iter().flat_map(|i| &i.load).flat_map(|l| &l.pfns) {
-            listed.insert(regions.page_index(*pfn << 12).expect("a listed page is RAM"));
+        for pfn in self.iter().flat_map(|(_, rec)| &rec.load).flat_map(|l| &l.pfns) {
+            listed.insert(regions.page_index(pfn.pa().raw()).expect("a listed page is RAM"));
         }
         let bits: usize = self.listed.0.iter().map(|w| w.count_ones() as usize).sum();
         bits == listed.len() && listed.iter().all(|&i| self.listed.get(i))
@@ -373,43 +376,33 @@ impl Vms {
     /// `set_boot_info`: an image of `size` bytes goes at guest address `gpa`. Returns its index.
     /// The VM's images may fill at most [`MAX_IMAGE_BYTES`] together; the image's page list is
     /// allocated here, whole, so that listing its pages never allocates.
-    pub fn set_boot_info(&mut self, vmid: u16, gpa: u64, size: u64) -> Result<usize, BootError> {
-        let info = self.ready(vmid)?;
+    pub fn set_boot_info(&mut self, vm: VmId, gpa: Ipa, size: u64) -> Result<usize, BootError> {
+        let rec = self.ready(vm)?;
         let pages = image_pages(size);
-        let listed_before: u64 = info.load.iter().map(LoadInfo::pages).sum();
+        let listed_before: u64 = rec.load.iter().map(LoadInfo::pages).sum();
         // Within the cap, the byte count cannot overflow.
-        let end = (listed_before + pages <= MAX_IMAGE_PAGES).then(|| gpa.checked_add(pages * PAGE_SIZE)).flatten();
+        let end =
+            (listed_before + pages <= MAX_IMAGE_PAGES).then(|| gpa.raw().checked_add(pages * PAGE_SIZE)).flatten();
         let Some(end) = end else { return Err(BootError::BadRange) };
-        let overlaps = info.load.iter().any(|l| gpa < l.gpa + l.pages() * PAGE_SIZE && l.gpa < end);
-        if info.load.len() >= MAX_LOAD_INFO
-            || !gpa.is_multiple_of(PAGE_SIZE)
-            || size == 0
-            || end > INPUT_LIMIT
-            || overlaps
-        {
+        let overlaps = rec.load.iter().any(|l| gpa.raw() < l.gpa.raw() + l.pages() * PAGE_SIZE && l.gpa.raw() < end);
+        if rec.load.len() >= MAX_LOAD_INFO || !gpa.is_page_aligned() || size == 0 || end > INPUT_LIMIT || overlaps {
             return Err(BootError::BadRange);
         }
         let mut pfns = Vec::new();
         pfns.try_reserve_exact(pages as usize).map_err(|_| BootError::NoRoom)?;
-        info.load.push(LoadInfo { gpa, size, pfns });
-        Ok(info.load.len() - 1)
+        rec.load.push(LoadInfo { gpa, size, pfns });
+        Ok(rec.load.len() - 1)
     }
 
     /// `remap_vm_image`: the next page of image `index` is host page `pfn`. The page stays the
     /// host's until verification takes it.
-    /// A page number beyond the physical address size is refused (`MemError::BadPfn`) before
-    /// anything looks it up, so that every page has exactly one number.
-    pub fn remap_vm_image(&mut self, mem: &HostMemory, vmid: u16, pfn: u64, index: usize) -> Result<(), BootError> {
-        let info = self.ready(vmid)?;
-        let load = info.load.get(index).ok_or(BootError::BadImage)?;
+    pub fn remap_vm_image(&mut self, mem: &HostMemory, vm: VmId, pfn: Pfn, index: usize) -> Result<(), BootError> {
+        let rec = self.ready(vm)?;
+        let load = rec.load.get(index).ok_or(BootError::BadImage)?;
         if load.pfns.len() as u64 >= load.pages() {
             return Err(BootError::BadImage);
         }
-        let pa = if crate::mutation::planted(crate::mutation::Mutation::RemapTakesAnyPfn) {
-            pfn << 12
-        } else {
-            checked_pa(pfn).map_err(BootError::Mem)?
-        };
+        let pa = pfn.pa().raw();
         let host_page = mem.db.get(pa).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
         let page_index = mem.db.regions().page_index(pa);
         let listed = page_index.is_some_and(|i| self.listed.get(i));
@@ -419,50 +412,47 @@ impl Vms {
         let page_index = page_index.ok_or(BootError::BadPage)?;
         self.listed.set(page_index, mem.db.regions().pages(), true)?;
         // Within the capacity reserved by SET_BOOT_INFO: no allocation.
-        self.ready(vmid)?.load[index].pfns.push(pfn);
+        self.ready(vm)?.load[index].pfns.push(pfn);
         Ok(())
     }
 
     /// `verify_and_load_images`, in chunks: takes the next (up to `chunk_pages`) image pages
-    /// from the host into the VM and hashes them; returns how many pages are still to check. The
-    /// first call needs a READY VM with every image complete and makes it VERIFYING; the call
-    /// that takes the last page checks every image's signature over the VM's layout and makes the
-    /// VM VERIFIED (returning 0), or REJECTED for good on a bad signature (`Rejected`) or a page
-    /// the host no longer owns.
+    /// from the host into the VM's stage-2 and hashes them; returns how many pages are still to
+    /// check. The first call needs a READY VM with every image complete and makes it VERIFYING;
+    /// the call that takes the last page checks every image's signature over the VM's layout and
+    /// makes the VM VERIFIED (returning 0), or REJECTED for good on a bad signature (`Rejected`)
+    /// or a page the host no longer owns.
     pub fn verify_vm_image(
         &mut self,
         m: &impl Machine,
         mem: &mut HostMemory,
-        vm_s2: &mut PageTable,
-        vmid: u16,
+        vm: VmId,
         verifier: &Verifier,
     ) -> Result<u64, BootError> {
-        let info = self.get_mut(vmid)?;
-        match info.state {
+        let rec = self.live(vm)?;
+        match rec.state {
             VmState::Ready => {
-                if info.load.is_empty() || info.load.iter().any(|l| l.pfns.len() as u64 != l.pages()) {
+                if rec.load.is_empty() || rec.load.iter().any(|l| l.pfns.len() as u64 != l.pages()) {
                     return Err(BootError::BadImage);
                 }
-                info.state = VmState::Verifying;
-                info.checked = 0;
-                info.hashing =
-                    HashState(Some(Box::new(Hashing { current: Sha512::new(), digests: [[0; 64]; MAX_LOAD_INFO] })));
+                rec.state = VmState::Verifying;
+                rec.checked = 0;
+                rec.hashing = Some(Box::new(Hashing { current: Sha512::new(), digests: [[0; 64]; MAX_LOAD_INFO] }));
             }
             VmState::Verifying => {}
             other => return Err(BootError::State(other)),
         }
-        let total: u64 = info.load.iter().map(LoadInfo::pages).sum();
-        let pages: Vec<_> =
-            info.image_pages().skip(info.checked as usize).take(verifier.chunk_pages as usize).collect();
-        let mut hashing = info.hashing.0.take().ok_or(BootError::State(VmState::Verifying))?;
+        let total: u64 = rec.load.iter().map(LoadInfo::pages).sum();
+        let pages: Vec<_> = rec.image_pages().skip(rec.checked as usize).take(verifier.chunk_pages as usize).collect();
+        let mut hashing = rec.hashing.take().ok_or(BootError::State(VmState::Verifying))?;
         for (image, page, pfn) in pages {
-            let load = &info.load[image];
-            let gfn = (load.gpa >> 12) + page;
-            if let Err(e) = mem.prot_and_map_vm_s2pt(m, vm_s2, vmid, gfn, pfn, 3) {
-                info.state = VmState::Rejected;
+            let load = &rec.load[image];
+            let gfn = load.gpa.gfn().raw() + page;
+            if let Err(e) = mem.prot_and_map_vm_s2pt(m, &mut rec.s2, vm.vmid(), gfn, pfn.raw(), 3) {
+                rec.state = VmState::Rejected;
                 return Err(BootError::Mem(e));
             }
-            info.checked += 1;
+            rec.checked += 1;
             // The image's bytes in this page (the signature is not hashed).
             let start = page * PAGE_SIZE;
             let mut hashed = load.size.saturating_sub(start).min(PAGE_SIZE);
@@ -477,18 +467,19 @@ impl Vms {
                 hashing.digests[image] = core::mem::take(&mut hashing.current).finalize().into();
             }
         }
-        if info.checked < total {
-            info.hashing = HashState(Some(hashing));
-            return Ok(total - info.checked);
+        if rec.checked < total {
+            rec.hashing = Some(hashing);
+            return Ok(total - rec.checked);
         }
-        let records: Vec<ImageRecord> = info
+        let records: Vec<ImageRecord> = rec
             .load
             .iter()
             .zip(hashing.digests)
-            .map(|(l, sha512)| ImageRecord { gpa: l.gpa, size: l.size, sha512 })
+            .map(|(l, sha512)| ImageRecord { gpa: l.gpa.raw(), size: l.size, sha512 })
             .collect();
-        let good = info.load.iter().enumerate().all(|(i, image)| signature_matches(m, image, &records, i, verifier));
-        info.state = if good { VmState::Verified } else { VmState::Rejected };
+        let good =
+            rec.load.iter().enumerate().all(|(i, image)| signature_matches(m, image, &records, i, rec.ram, verifier));
+        rec.state = if good { VmState::Verified } else { VmState::Rejected };
         if good {
             Ok(0)
         } else {
@@ -498,12 +489,10 @@ impl Vms {
 
     /// Teardown began while the VM was VERIFYING: pages it had taken go back to the host, so the
     /// verification can never finish honestly. The VM is REJECTED.
-    pub fn abandon_verification(&mut self, vmid: u16) {
-        if let Ok(info) = self.get_mut(vmid) {
-            if info.state == VmState::Verifying {
-                info.state = VmState::Rejected;
-                info.hashing = HashState(None);
-            }
+    pub fn abandon_verification(&mut self, vm: VmId) {
+        if let Some(rec) = self.get_mut(vm).filter(|rec| rec.state == VmState::Verifying) {
+            rec.state = VmState::Rejected;
+            rec.hashing = None;
         }
     }
 }
@@ -512,7 +501,7 @@ impl Vms {
 fn read_image(m: &impl Machine, image: &LoadInfo, offset: u64, len: u64, sink: &mut impl FnMut(&[u8])) {
     let mut pos = offset;
     while pos < offset + len {
-        let pa = (image.pfns[(pos / PAGE_SIZE) as usize] << 12) + ((pos % PAGE_SIZE) & !7);
+        let pa = image.pfns[(pos / PAGE_SIZE) as usize].pa().raw() + ((pos % PAGE_SIZE) & !7);
         let word = m.read_u64(pa).to_le_bytes();
         let start = (pos % 8) as usize;
         let take = (8 - start).min((offset + len - pos) as usize);
@@ -521,9 +510,16 @@ fn read_image(m: &impl Machine, image: &LoadInfo, offset: u64, len: u64, sink: &
     }
 }
 
-/// Whether the signature after image `index` matches the VM's layout (the machine-level
-/// `verify_image`).
-fn signature_matches(m: &impl Machine, image: &LoadInfo, records: &[ImageRecord], index: usize, v: &Verifier) -> bool {
+/// Whether the signature after image `index` matches the layout of a VM with RAM `ram` (the
+/// machine-level `verify_image`).
+fn signature_matches(
+    m: &impl Machine,
+    image: &LoadInfo,
+    records: &[ImageRecord],
+    index: usize,
+    ram: IpaRange,
+    v: &Verifier,
+) -> bool {
     let mut signature = [0u8; 64];
     let mut filled = 0;
     read_image(m, image, image.size, SIGNATURE_LEN, &mut |bytes| {
@@ -532,9 +528,9 @@ fn signature_matches(m: &impl Machine, image: &LoadInfo, records: &[ImageRecord]
     });
     // The planted bug: the old message, which bound the image alone.
     let message = if crate::mutation::planted(crate::mutation::Mutation::SignatureOverImageOnly) {
-        image_message(v.ram_base, v.ram_size, &records[index..=index], 0)
+        image_message(ram.base(), ram.size(), &records[index..=index], 0)
     } else {
-        image_message(v.ram_base, v.ram_size, records, index)
+        image_message(ram.base(), ram.size(), records, index)
     };
     message.is_some_and(|msg| v.key.verify_strict(msg.as_bytes(), &Signature::from_bytes(&signature)).is_ok())
 }

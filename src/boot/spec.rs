@@ -1,56 +1,105 @@
-//! Specs of the boot layers (SeKVM VMPower, BootCore, BootOps) over `(Vms, RData)`. The VM
-//! records are abstract already, so the relation is the identity on them (as SeKVM's
-//! `relate_RData` is for these layers) and `memory::spec`'s relation on memory.
+//! Specs of the boot layers (SeKVM VMPower, BootCore, BootOps) over `(AbsVms, RData)`. A VM's
+//! record abstracts to its boot state: its stage-2 table is in `RData.npts` (memory's relation),
+//! and each vCPU is only unused, idle or running (`Vcpu<()>`), its context being the vCPU
+//! layer's business.
 
 use super::{
-    BootError, LoadInfo, VcpuState, Verifier, VmState, Vms, MAX_IMAGE_BYTES, MAX_LOAD_INFO, MAX_VMS, SIGNATURE_LEN,
+    BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_IMAGE_BYTES, MAX_LOAD_INFO, MAX_VCPUS, SIGNATURE_LEN,
 };
+use crate::addr::{Ipa, IpaRange, Pfn, PA_LIMIT};
+use crate::ids::{VcpuId, VmId};
 use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
 use crate::memory::spec::{prot_and_map_vm_s2pt_spec, RData};
-use crate::memory::MemError;
-use crate::page_table::descriptor::{INPUT_LIMIT, OUTPUT_LIMIT};
+use crate::page_table::descriptor::INPUT_LIMIT;
 use corevisor_abi::bundle::{image_message, ImageRecord};
 use ed25519_dalek::Signature;
 use sha2::{Digest, Sha512};
 
-type Step<T> = Option<(Vms, RData, Result<T, BootError>)>;
-
-fn state_of(vms: &Vms, vmid: u16) -> Option<VmState> {
-    (1..=MAX_VMS).contains(&vmid).then(|| vms.infos[vmid as usize - 1].state).filter(|s| *s != VmState::Unused)
+/// A VM's record as the boot specs see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsVm {
+    pub state: VmState,
+    pub ram: IpaRange,
+    pub vcpus: [Vcpu<()>; MAX_VCPUS],
+    pub load: Vec<LoadInfo>,
+    pub checked: u64,
 }
 
-fn refuse<T>(vms: &Vms, r: &RData, e: BootError) -> Step<T> {
+/// Every VM as the boot specs see it: one entry per vmid, `None` when it has no record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsVms {
+    pub next_vmid: u16,
+    pub vms: Vec<Option<AbsVm>>,
+}
+
+impl AbsVms {
+    /// The abstraction of the concrete records.
+    pub fn of<C>(vms: &Vms<C>) -> AbsVms {
+        let abs = |rec: &super::Vm<C>| AbsVm {
+            state: rec.state,
+            ram: rec.ram,
+            vcpus: core::array::from_fn(|i| match rec.vcpus[i] {
+                Vcpu::Unused => Vcpu::Unused,
+                Vcpu::Idle(_) => Vcpu::Idle(()),
+                Vcpu::Running => Vcpu::Running,
+            }),
+            load: rec.load.clone(),
+            checked: rec.checked,
+        };
+        AbsVms { next_vmid: vms.next_vmid, vms: vms.vms.iter().map(|rec| rec.as_ref().map(abs)).collect() }
+    }
+
+    pub fn get(&self, vm: VmId) -> Option<&AbsVm> {
+        self.vms[vm.index()].as_ref()
+    }
+
+    fn get_mut(&mut self, vm: VmId) -> Option<&mut AbsVm> {
+        self.vms[vm.index()].as_mut()
+    }
+}
+
+type Step<T> = Option<(AbsVms, RData, Result<T, BootError>)>;
+
+fn state_of(vms: &AbsVms, vm: VmId) -> Option<VmState> {
+    vms.get(vm).map(|v| v.state)
+}
+
+fn refuse<T>(vms: &AbsVms, r: &RData, e: BootError) -> Step<T> {
     Some((vms.clone(), r.clone(), Err(e)))
 }
 
 /// Checks the VM is READY; the error otherwise.
-fn need_ready(vms: &Vms, vmid: u16) -> Result<(), BootError> {
-    match state_of(vms, vmid) {
+fn need_ready(vms: &AbsVms, vm: VmId) -> Result<(), BootError> {
+    match state_of(vms, vm) {
         None => Err(BootError::NoVm),
         Some(VmState::Ready) => Ok(()),
         Some(s) => Err(BootError::State(s)),
     }
 }
 
-pub fn register_vm_spec(vms: &Vms, r: &RData) -> Step<u16> {
-    if vms.next_vmid > MAX_VMS {
-        return refuse(vms, r, BootError::NoVmid);
-    }
+/// A fresh vmid, in order, never reused; the VM is READY with RAM `ram` and no vCPUs.
+pub fn register_vm_spec(vms: &AbsVms, r: &RData, ram: IpaRange) -> Step<VmId> {
+    let Some(vm) = VmId::new(vms.next_vmid.into()) else { return refuse(vms, r, BootError::NoVmid) };
     let mut next = vms.clone();
-    let vmid = next.next_vmid;
     next.next_vmid += 1;
-    next.infos[vmid as usize - 1].state = VmState::Ready;
-    Some((next, r.clone(), Ok(vmid)))
+    next.vms[vm.index()] = Some(AbsVm {
+        state: VmState::Ready,
+        ram,
+        vcpus: [const { Vcpu::Unused }; MAX_VCPUS],
+        load: vec![],
+        checked: 0,
+    });
+    Some((next, r.clone(), Ok(vm)))
 }
 
-pub fn register_vcpu_spec(vms: &Vms, r: &RData, vmid: u16, vcpuid: usize) -> Step<()> {
-    if let Err(e) = need_ready(vms, vmid) {
+pub fn register_vcpu_spec(vms: &AbsVms, r: &RData, vm: VmId, vcpu: VcpuId) -> Step<()> {
+    if let Err(e) = need_ready(vms, vm) {
         return refuse(vms, r, e);
     }
     let mut next = vms.clone();
-    match next.infos[vmid as usize - 1].vcpus.get_mut(vcpuid) {
-        Some(v) if *v == VcpuState::Unused => *v = VcpuState::Ready,
+    match &mut next.get_mut(vm)?.vcpus[vcpu.index()] {
+        v @ Vcpu::Unused => *v = Vcpu::Idle(()),
         _ => return refuse(vms, r, BootError::Vcpu),
     }
     Some((next, r.clone(), Ok(())))
@@ -60,14 +109,15 @@ pub fn register_vcpu_spec(vms: &Vms, r: &RData, vmid: u16, vcpuid: usize) -> Ste
 /// empty, lies (with its signature, in whole pages) below the guest's input limit without
 /// overlapping another, and all of the VM's images fill at most `MAX_IMAGE_BYTES`. Sizes are
 /// counted in 128-bit arithmetic here, so that no wrapping can make a huge image look small.
-pub fn set_boot_info_spec(vms: &Vms, r: &RData, vmid: u16, gpa: u64, size: u64) -> Step<usize> {
-    if let Err(e) = need_ready(vms, vmid) {
+pub fn set_boot_info_spec(vms: &AbsVms, r: &RData, vm: VmId, gpa: Ipa, size: u64) -> Step<usize> {
+    if let Err(e) = need_ready(vms, vm) {
         return refuse(vms, r, e);
     }
-    let info = &vms.infos[vmid as usize - 1];
+    let info = vms.get(vm)?;
+    let gpa = gpa.raw();
     let span = |size: u64| (size as u128 + SIGNATURE_LEN as u128).div_ceil(PAGE_SIZE as u128) * PAGE_SIZE as u128;
     let (start, end) = (gpa as u128, gpa as u128 + span(size));
-    let clash = info.load.iter().any(|l| start < l.gpa as u128 + span(l.size) && (l.gpa as u128) < end);
+    let clash = info.load.iter().any(|l| start < l.gpa.raw() as u128 + span(l.size) && (l.gpa.raw() as u128) < end);
     let bytes: u128 = info.load.iter().map(|l| span(l.size)).sum::<u128>() + span(size);
     if info.load.len() >= MAX_LOAD_INFO
         || !gpa.is_multiple_of(PAGE_SIZE)
@@ -79,31 +129,33 @@ pub fn set_boot_info_spec(vms: &Vms, r: &RData, vmid: u16, gpa: u64, size: u64) 
         return refuse(vms, r, BootError::BadRange);
     }
     let mut next = vms.clone();
-    next.infos[vmid as usize - 1].load.push(LoadInfo { gpa, size, pfns: vec![] });
+    next.get_mut(vm)?.load.push(LoadInfo { gpa: Ipa(gpa), size, pfns: vec![] });
     Some((next, r.clone(), Ok(info.load.len())))
 }
 
-/// REMAP_VM_IMAGE, from the ABI: `pfn` names a page of RAM by its number, so a number at or past
-/// the physical address size (`OUTPUT_LIMIT`) names nothing and is refused; the page must be the
-/// host's, not shared, and not listed in any image of any VM; the image must still miss pages.
-pub fn remap_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, pfn: u64, index: usize) -> Step<()> {
-    if let Err(e) = need_ready(vms, vmid) {
+/// REMAP_VM_IMAGE, from the ABI: `pfn` names the page at `pfn * PAGE_SIZE`; a number at or past
+/// the physical address size names no page and must have been refused where it entered (the
+/// trap edge, `Pfn::new`): reaching this layer it breaks the layer's precondition (`None`). The
+/// page must be the host's, not shared, and not listed in any image of any VM; the image must
+/// still miss pages.
+pub fn remap_vm_image_spec(vms: &AbsVms, r: &RData, vm: VmId, pfn: Pfn, index: usize) -> Step<()> {
+    if pfn.raw() >= PA_LIMIT / PAGE_SIZE {
+        return None;
+    }
+    if let Err(e) = need_ready(vms, vm) {
         return refuse(vms, r, e);
     }
-    let Some(load) = vms.infos[vmid as usize - 1].load.get(index) else { return refuse(vms, r, BootError::BadImage) };
+    let Some(load) = vms.get(vm)?.load.get(index) else { return refuse(vms, r, BootError::BadImage) };
     if load.pfns.len() as u64 >= load.pages() {
         return refuse(vms, r, BootError::BadImage);
     }
-    if pfn >= OUTPUT_LIMIT / PAGE_SIZE {
-        return refuse(vms, r, BootError::Mem(MemError::BadPfn));
-    }
-    let listed = vms.infos.iter().any(|i| i.load.iter().any(|l| l.pfns.contains(&pfn)));
-    let host_page = r.page(pfn * PAGE_SIZE).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
+    let listed = vms.vms.iter().flatten().any(|v| v.load.iter().any(|l| l.pfns.contains(&pfn)));
+    let host_page = r.page(pfn.raw() * PAGE_SIZE).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
     if listed || !host_page {
         return refuse(vms, r, BootError::BadPage);
     }
     let mut next = vms.clone();
-    next.infos[vmid as usize - 1].load[index].pfns.push(pfn);
+    next.get_mut(vm)?.load[index].pfns.push(pfn);
     Some((next, r.clone(), Ok(())))
 }
 
@@ -111,7 +163,7 @@ pub fn remap_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, pfn: u64, index: usi
 fn image_bytes(r: &RData, load: &LoadInfo, offset: u64, len: u64) -> Vec<u8> {
     (offset..offset + len)
         .map(|pos| {
-            let pa = (load.pfns[(pos / PAGE_SIZE) as usize] << 12) + (pos % PAGE_SIZE);
+            let pa = load.pfns[(pos / PAGE_SIZE) as usize].pa().raw() + (pos % PAGE_SIZE);
             let word = r.flatmem.get(&(pa & !7)).copied().unwrap_or(0);
             word.to_le_bytes()[(pa % 8) as usize]
         })
@@ -127,12 +179,12 @@ fn image_bytes(r: &RData, load: &LoadInfo, offset: u64, len: u64) -> Vec<u8> {
 /// VERIFIED, any bad REJECTED. A page that cannot be taken makes it REJECTED at once. The spec
 /// hashes in one step at the end: the pages hashed by earlier calls are the VM's by then, so
 /// their bytes are those the code hashed as it went.
-pub fn verify_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, v: &Verifier) -> Step<u64> {
+pub fn verify_vm_image_spec(vms: &AbsVms, r: &RData, vm: VmId, v: &Verifier) -> Step<u64> {
     let mut next = vms.clone();
-    let info = match state_of(vms, vmid) {
+    let info = match state_of(vms, vm) {
         None => return refuse(vms, r, BootError::NoVm),
         Some(VmState::Ready) => {
-            let info = &mut next.infos[vmid as usize - 1];
+            let info = next.get_mut(vm)?;
             if info.load.is_empty() || info.load.iter().any(|l| l.pfns.len() as u64 != l.pages()) {
                 return refuse(vms, r, BootError::BadImage);
             }
@@ -140,17 +192,17 @@ pub fn verify_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, v: &Verifier) -> St
             info.checked = 0;
             info
         }
-        Some(VmState::Verifying) => &mut next.infos[vmid as usize - 1],
+        Some(VmState::Verifying) => next.get_mut(vm)?,
         Some(s) => return refuse(vms, r, BootError::State(s)),
     };
     let pages: Vec<(u64, u64)> = info
         .load
         .iter()
-        .flat_map(|l| l.pfns.iter().enumerate().map(move |(i, &pfn)| ((l.gpa >> 12) + i as u64, pfn)))
+        .flat_map(|l| l.pfns.iter().enumerate().map(move |(i, &pfn)| (l.gpa.gfn().raw() + i as u64, pfn.raw())))
         .collect();
     let mut memory = r.clone();
     for &(gfn, pfn) in pages.iter().skip(info.checked as usize).take(v.chunk_pages as usize) {
-        let (after, result) = prot_and_map_vm_s2pt_spec(&memory, vmid, gfn, pfn, 3)?;
+        let (after, result) = prot_and_map_vm_s2pt_spec(&memory, vm.vmid(), gfn, pfn, 3)?;
         memory = after;
         if let Err(e) = result {
             info.state = VmState::Rejected;
@@ -166,14 +218,14 @@ pub fn verify_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, v: &Verifier) -> St
         .load
         .iter()
         .map(|l| ImageRecord {
-            gpa: l.gpa,
+            gpa: l.gpa.raw(),
             size: l.size,
             sha512: Sha512::digest(image_bytes(&memory, l, 0, l.size)).into(),
         })
         .collect();
     let signed = |(index, l): (usize, &LoadInfo)| {
         let signature: [u8; 64] = image_bytes(&memory, l, l.size, SIGNATURE_LEN).try_into().unwrap();
-        let message = image_message(v.ram_base, v.ram_size, &records, index).unwrap();
+        let message = image_message(info.ram.base(), info.ram.size(), &records, index).unwrap();
         v.key.verify_strict(message.as_bytes(), &Signature::from_bytes(&signature)).is_ok()
     };
     let good = info.load.iter().enumerate().all(signed);
@@ -182,25 +234,36 @@ pub fn verify_vm_image_spec(vms: &Vms, r: &RData, vmid: u16, v: &Verifier) -> St
 }
 
 /// Teardown of a VERIFYING VM: it becomes REJECTED.
-pub fn abandon_verification_spec(vms: &Vms, vmid: u16) -> Vms {
+pub fn abandon_verification_spec(vms: &AbsVms, vm: VmId) -> AbsVms {
     let mut next = vms.clone();
-    if state_of(vms, vmid) == Some(VmState::Verifying) {
-        next.infos[vmid as usize - 1].state = VmState::Rejected;
+    if let Some(info) = next.get_mut(vm).filter(|i| i.state == VmState::Verifying) {
+        info.state = VmState::Rejected;
     }
     next
 }
 
-pub fn power_off_spec(vms: &Vms, r: &RData, vmid: u16) -> Step<()> {
-    match state_of(vms, vmid) {
+/// A VERIFIED VM is powered off for good; a vCPU running now finishes its run.
+pub fn power_off_spec(vms: &AbsVms, r: &RData, vm: VmId) -> Step<()> {
+    match state_of(vms, vm) {
         None => refuse(vms, r, BootError::NoVm),
         Some(VmState::Verified) => {
             let mut next = vms.clone();
-            let info = &mut next.infos[vmid as usize - 1];
-            info.state = VmState::PoweredOff;
-            for v in info.vcpus.iter_mut() {
-                if *v == VcpuState::Active {
-                    *v = VcpuState::Ready;
-                }
+            next.get_mut(vm)?.state = VmState::PoweredOff;
+            Some((next, r.clone(), Ok(())))
+        }
+        Some(s) => refuse(vms, r, BootError::State(s)),
+    }
+}
+
+/// An idle vCPU of a VERIFIED VM starts running.
+pub fn set_vcpu_active_spec(vms: &AbsVms, r: &RData, vm: VmId, vcpu: VcpuId) -> Step<()> {
+    match state_of(vms, vm) {
+        None => refuse(vms, r, BootError::NoVm),
+        Some(VmState::Verified) => {
+            let mut next = vms.clone();
+            match &mut next.get_mut(vm)?.vcpus[vcpu.index()] {
+                v @ Vcpu::Idle(()) => *v = Vcpu::Running,
+                _ => return refuse(vms, r, BootError::Vcpu),
             }
             Some((next, r.clone(), Ok(())))
         }
@@ -208,17 +271,11 @@ pub fn power_off_spec(vms: &Vms, r: &RData, vmid: u16) -> Step<()> {
     }
 }
 
-pub fn set_vcpu_active_spec(vms: &Vms, r: &RData, vmid: u16, vcpuid: usize) -> Step<()> {
-    match state_of(vms, vmid) {
-        None => refuse(vms, r, BootError::NoVm),
-        Some(VmState::Verified) => match vms.infos[vmid as usize - 1].vcpus.get(vcpuid) {
-            Some(VcpuState::Ready) => {
-                let mut next = vms.clone();
-                next.infos[vmid as usize - 1].vcpus[vcpuid] = VcpuState::Active;
-                Some((next, r.clone(), Ok(())))
-            }
-            _ => refuse(vms, r, BootError::Vcpu),
-        },
-        Some(s) => refuse(vms, r, BootError::State(s)),
+/// A running vCPU is back, idle (whatever its VM's state now).
+pub fn set_vcpu_inactive_spec(vms: &AbsVms, vm: VmId, vcpu: VcpuId) -> AbsVms {
+    let mut next = vms.clone();
+    if let Some(v @ Vcpu::Running) = next.get_mut(vm).map(|i| &mut i.vcpus[vcpu.index()]) {
+        *v = Vcpu::Idle(());
     }
+    next
 }

@@ -8,6 +8,8 @@ use super::trap_dispatcher::{
     host_trap_dispatcher, vm_exit_dispatcher, Forbidden, GuestEnv, HostEnv, HostExit, VmExit, HOST_STATS,
 };
 use super::vm_calls;
+use crate::addr::Ipa;
+use crate::ids::VcpuId;
 use crate::init::{power, wait_for_work, CORES};
 use crate::machine::guest_regs::{El1Regs, FpRegs};
 use crate::machine::{
@@ -262,7 +264,8 @@ fn check_invariants_of(kcore: &Kcore) {
 fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
     let [vmid, vcpu, answer, _] = args;
     let prepared = with_kcore(|kcore| {
-        let prepared = kcore.vcpu_run_prepare(&Aarch64, vmid, vcpu, answer);
+        let prepared = crate::vm::host_vm(vmid)
+            .and_then(|vm| kcore.vcpu_run_prepare(&Aarch64, vm, crate::vm::host_vcpu(vcpu)?, answer));
         HOLDS_CONTEXT[core].store(prepared.is_ok(), Ordering::Relaxed);
         prepared
     });
@@ -290,7 +293,7 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
     if cpu.ras() {
         world_switch::clear_vdisr();
     }
-    HANDLING[core].store(FIRST_VM.saturating_add(ticket.vmid as u8), Ordering::Relaxed);
+    HANDLING[core].store(FIRST_VM.saturating_add(ticket.vm.vmid() as u8), Ordering::Relaxed);
     let mut record = run_until_host_exit(core, &mut ticket);
     world_switch::save_el1(&mut ticket.ctx.el1);
     world_switch::save_fp(&mut ticket.ctx.fp);
@@ -308,11 +311,11 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
     let cpu_on = record.reason == exit::HVC
         && matches!(record.details[0] as u32, psci::CPU_ON_64 | psci::CPU_ON_32)
         && record.details[0] >> 32 == 0;
-    let vmid = ticket.vmid;
+    let vm = ticket.vm;
     HOLDS_CONTEXT[core].store(false, Ordering::Release);
     with_kcore(|kcore| {
-        if cpu_on {
-            kcore.guest_cpu_on(vmid, record.details[1], record.details[2], record.details[3]);
+        if let Some(target) = VcpuId::new(record.details[1] & 0xff).filter(|_| cpu_on) {
+            kcore.guest_cpu_on(vm, target, Ipa(record.details[2]), record.details[3]);
         }
         kcore.vcpu_run_finish(ticket)
     });
@@ -323,8 +326,8 @@ fn vcpu_run(core: usize, frame: &mut TrapFrame, args: [u64; 4]) {
 
 /// Runs the loaded guest, serving the exits KCore handles itself, until one is for the host.
 fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
-    let (vmid, ram_base, ram_size) = (ticket.vmid, ticket.ram_base, ticket.ram_size);
-    let in_ram = move |gpa: u64| gpa >= ram_base && gpa - ram_base < ram_size;
+    let (vmid, ram) = (ticket.vm, ticket.ram);
+    let in_ram = move |gpa: u64| ram.contains(gpa);
     let cpu = features::boot();
     let id_register = |reg| controls::guest_id_register(cpu, reg);
     let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
@@ -351,7 +354,7 @@ fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
                 HOLDS_CONTEXT[core].store(false, Ordering::Release);
                 let result = with_kcore(|kcore| {
                     HOLDS_CONTEXT[core].store(true, Ordering::Relaxed);
-                    let result = kcore.guest_share(&Aarch64, vmid, grant, gpa, size);
+                    let result = kcore.guest_share(&Aarch64, vmid, grant, Ipa(gpa), size);
                     // A share call changes ownership records without leaving the guest's world.
                     check_invariants_of(kcore);
                     result

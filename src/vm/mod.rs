@@ -1,12 +1,14 @@
 //! VMs (SeKVM BootOps, VCPUOps and MemoryOps as the hypercalls reach them): KCore's whole state
 //! behind one lock, and the operation behind each VM hypercall. Every operation checks its
 //! arguments against that state and either changes it as the hypercall promises or changes
-//! nothing and says why.
+//! nothing and says why. Ids and addresses arrive typed (`VmId`, `VcpuId`, `Pfn`, `Pa`, `Ipa`),
+//! checked once where the host's numbers enter ([`host_vm`] and friends); everything else is
+//! range-checked here.
 //!
-//! A VM's slot holds its stage-2 table (with its own page-table pool, a slice of KCore's), its
-//! RAM window in guest-physical space, its counter offset and its vCPU contexts. A running vCPU's
-//! context is out of the slot, on the core that runs it: that is how "running" is recorded, and
-//! why teardown waits until no vCPU runs.
+//! Each VM is one record ([`VmRecord`], the boot layer's `Vm` with this layer's vCPU contexts):
+//! its state and images, its stage-2 table, its RAM window, its counter offset and its vCPUs. A
+//! running vCPU's context is on the core that runs it ([`RunTicket`]), the record saying only
+//! `Vcpu::Running`; that is why teardown waits until no vCPU runs.
 
 #[cfg(test)]
 mod noninterference;
@@ -18,8 +20,10 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-use crate::boot::{BootError, VcpuState, Verifier, VmState, Vms, MAX_VCPUS, MAX_VMS, VERIFY_CHUNK_PAGES};
-use crate::machine::{Machine, PAGE_SIZE};
+use crate::addr::{Ipa, IpaRange, Pa, Pfn, PAGE_SHIFT, PAGE_SIZE};
+use crate::boot::{BootError, Vcpu, Verifier, Vm, VmState, Vms, MAX_VMS, VERIFY_CHUNK_PAGES};
+use crate::ids::{VcpuId, VmId};
+use crate::machine::Machine;
 use crate::memory::pages::Owner;
 use crate::memory::{HostMemory, MemError};
 use crate::page_table::descriptor::{Regime, INPUT_LIMIT};
@@ -79,47 +83,46 @@ impl From<MemError> for VmError {
     }
 }
 
-/// One VM's KCore-side state.
-pub struct VmSlot {
-    pub s2: PageTable,
-    /// Guest-physical RAM window `[base, base + size)`.
-    pub ram_base: u64,
-    pub ram_size: u64,
-    pub cntvoff: u64,
-    /// Registered vCPUs' contexts; `None` for a vCPU that is running (or not registered).
-    pub vcpus: Vec<Option<Box<VcpuContext>>>,
+/// The host's VM id, checked where it enters: a number that names no VM is refused as an
+/// unregistered one is (INVALID_PARAMETERS).
+pub fn host_vm(raw: u64) -> Result<VmId, VmError> {
+    VmId::new(raw).ok_or(VmError::NoVm)
 }
 
-impl VmSlot {
-    pub fn in_ram(&self, gpa: u64) -> bool {
-        gpa >= self.ram_base && gpa - self.ram_base < self.ram_size
-    }
+/// The host's vCPU index, checked where it enters (INVALID_PARAMETERS).
+pub fn host_vcpu(raw: u64) -> Result<VcpuId, VmError> {
+    VcpuId::new(raw).ok_or(VmError::BadArgument)
 }
 
-/// VM `vmid`'s slot. A function of the slots alone, so that callers can use KCore's other fields
-/// (memory, boot records) beside it.
-fn slot_of(slots: &mut [Option<VmSlot>], vmid: u64) -> Result<&mut VmSlot, VmError> {
-    let index = vmid.checked_sub(1).ok_or(VmError::NoVm)?;
-    slots.get_mut(index as usize).and_then(Option::as_mut).ok_or(VmError::NoVm)
+/// The host's page number, checked where it enters: one past the physical address size would
+/// alias a real page once shifted, and is refused (INVALID_ADDRESS).
+pub fn host_pfn(raw: u64) -> Result<Pfn, VmError> {
+    Pfn::new(raw).ok_or(VmError::Boot(BootError::Mem(MemError::BadPfn)))
 }
 
-/// What a vCPU needs to run: its context, and the VM's stage-2 root, VMID and counter offset.
+/// The host's physical address, checked where it enters (INVALID_ADDRESS).
+pub fn host_pa(raw: u64) -> Result<Pa, VmError> {
+    Pa::new(raw).ok_or(VmError::Mem(MemError::BadPfn))
+}
+
+/// One VM's record, as this layer keeps it: idle vCPUs hold their saved context.
+pub type VmRecord = Vm<Box<VcpuContext>>;
+
+/// What a vCPU needs to run: its context, and the VM's stage-2 root (with its VMID), counter
+/// offset and RAM window (to tell its stage-2 faults from MMIO).
 pub struct RunTicket {
-    pub vmid: u16,
-    pub vcpu: usize,
+    pub vm: VmId,
+    pub vcpu: VcpuId,
     pub ctx: Box<VcpuContext>,
     pub vttbr: u64,
     pub cntvoff: u64,
-    /// The VM's RAM window, to tell its stage-2 faults from MMIO.
-    pub ram_base: u64,
-    pub ram_size: u64,
+    pub ram: IpaRange,
 }
 
-/// KCore's state: memory ownership with the host's stage-2, the VMs' boot states, and the VMs.
+/// KCore's state: memory ownership with the host's stage-2, and the VMs.
 pub struct Kcore {
     pub mem: HostMemory,
-    pub vms: Vms,
-    pub slots: Vec<Option<VmSlot>>,
+    pub vms: Vms<Box<VcpuContext>>,
     /// The page-table pool slice of VM 1; VM n's is `VM_POOL_PAGES` pages further per vmid.
     vm_pools: u64,
     key: VerifyingKey,
@@ -129,7 +132,7 @@ impl Kcore {
     /// `vm_pools` is the first of `MAX_VMS * VM_POOL_PAGES` KCore pages for VM tables; `key`
     /// checks the VMs' images.
     pub fn new(mem: HostMemory, vm_pools: u64, key: VerifyingKey) -> Kcore {
-        Kcore { mem, vms: Vms::new(), slots: (0..MAX_VMS).map(|_| None).collect(), vm_pools, key }
+        Kcore { mem, vms: Vms::new(), vm_pools, key }
     }
 
     /// The pages KCore sets aside for VM tables.
@@ -137,197 +140,146 @@ impl Kcore {
         MAX_VMS as u64 * VM_POOL_PAGES * PAGE_SIZE
     }
 
-    pub fn slot(&self, vmid: u64) -> Result<&VmSlot, VmError> {
-        let index = vmid.checked_sub(1).ok_or(VmError::NoVm)?;
-        self.slots.get(index as usize).and_then(Option::as_ref).ok_or(VmError::NoVm)
-    }
-
-    /// Whether a vCPU of VM `vmid` runs now: it is registered, and its context is out of the slot.
-    fn any_running(&self, vmid: u64) -> bool {
-        let (Ok(slot), Some(info)) = (self.slot(vmid), self.vms.get(vmid as u16)) else { return false };
-        slot.vcpus.iter().zip(info.vcpus).any(|(ctx, state)| ctx.is_none() && state != VcpuState::Unused)
+    /// VM `vm`'s record, if it is registered.
+    pub fn vm(&self, vm: VmId) -> Result<&VmRecord, VmError> {
+        self.vms.get(vm).ok_or(VmError::NoVm)
     }
 
     /// Every VM's stage-2 table, for the invariant checker.
     pub fn vm_tables(&self) -> Vec<(u16, &PageTable)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| Some((i as u16 + 1, &s.as_ref()?.s2))).collect()
+        self.vms.iter().map(|(vm, rec)| (vm.vmid(), &rec.s2)).collect()
     }
 
-    /// REGISTER_VM: a new VM with RAM at guest-physical `[ram_base, ram_base + ram_size)`.
-    pub fn register_vm(&mut self, m: &impl Machine, ram_base: u64, ram_size: u64) -> Result<u16, VmError> {
-        let end = ram_base.checked_add(ram_size).ok_or(VmError::BadArgument)?;
-        if ram_size == 0
-            || ram_size > MAX_GUEST_RAM
-            || !ram_base.is_multiple_of(PAGE_SIZE)
-            || !ram_size.is_multiple_of(PAGE_SIZE)
-            || end > INPUT_LIMIT
+    /// REGISTER_VM: a new VM with RAM at guest-physical `ram`.
+    pub fn register_vm(&mut self, m: &impl Machine, ram: IpaRange) -> Result<VmId, VmError> {
+        if ram.size() == 0
+            || ram.size() > MAX_GUEST_RAM
+            || !ram.base().is_multiple_of(PAGE_SIZE)
+            || !ram.size().is_multiple_of(PAGE_SIZE)
+            || ram.end() > INPUT_LIMIT
         {
             return Err(VmError::BadArgument);
         }
-        let vmid = self.vms.register_vm()?;
-        let pool = PagePool::new(self.vm_pools + (vmid as u64 - 1) * VM_POOL_PAGES * PAGE_SIZE, VM_POOL_PAGES);
-        let s2 = PageTable::new(m, Regime::Stage2 { vmid }, pool).map_err(|e| VmError::Mem(e.into()))?;
-        m.flush_stage2_vmid(vmid);
-        self.slots[vmid as usize - 1] =
-            Some(VmSlot { s2, ram_base, ram_size, cntvoff: 0, vcpus: (0..MAX_VCPUS).map(|_| None).collect() });
-        Ok(vmid)
+        let vm_pools = self.vm_pools;
+        let vm = self.vms.register_vm(ram, |vm| {
+            let pool = PagePool::new(vm_pools + vm.index() as u64 * VM_POOL_PAGES * PAGE_SIZE, VM_POOL_PAGES);
+            Ok(PageTable::new(m, Regime::Stage2 { vmid: vm.vmid() }, pool)?)
+        })?;
+        m.flush_stage2_vmid(vm.vmid());
+        Ok(vm)
     }
 
     /// REGISTER_VCPU.
-    pub fn register_vcpu(&mut self, vmid: u64, vcpu: u64) -> Result<(), VmError> {
-        self.slot(vmid)?;
-        let vcpu = usize::try_from(vcpu).ok().filter(|&v| v < MAX_VCPUS).ok_or(VmError::BadArgument)?;
-        self.vms.register_vcpu(vmid as u16, vcpu)?;
-        slot_of(&mut self.slots, vmid)?.vcpus[vcpu] = Some(VcpuContext::new(vcpu as u8));
-        Ok(())
+    pub fn register_vcpu(&mut self, vm: VmId, vcpu: VcpuId) -> Result<(), VmError> {
+        self.vm(vm)?;
+        Ok(self.vms.register_vcpu(vm, vcpu, || VcpuContext::new(vcpu.index() as u8))?)
     }
 
     /// SET_BOOT_INFO: the image (and its signature) must lie inside the VM's RAM.
-    pub fn set_boot_info(&mut self, vmid: u64, gpa: u64, size: u64) -> Result<usize, VmError> {
-        let slot = self.slot(vmid)?;
+    pub fn set_boot_info(&mut self, vm: VmId, gpa: Ipa, size: u64) -> Result<usize, VmError> {
+        let ram = self.vm(vm)?.ram;
         let pages = (size.checked_add(crate::boot::SIGNATURE_LEN).ok_or(VmError::BadArgument)?).div_ceil(PAGE_SIZE);
-        let fits = gpa >= slot.ram_base
-            && pages
-                .checked_mul(PAGE_SIZE)
-                .is_some_and(|bytes| bytes <= slot.ram_size && gpa - slot.ram_base <= slot.ram_size - bytes);
-        if !fits {
+        if !pages.checked_mul(PAGE_SIZE).is_some_and(|bytes| ram.contains_range(gpa.raw(), bytes)) {
             return Err(VmError::BadArgument);
         }
-        Ok(self.vms.set_boot_info(vmid as u16, gpa, size)?)
+        Ok(self.vms.set_boot_info(vm, gpa, size)?)
     }
 
     /// REMAP_VM_IMAGE.
-    pub fn remap_vm_image(&mut self, vmid: u64, index: u64, pfn: u64) -> Result<(), VmError> {
-        self.slot(vmid)?;
+    pub fn remap_vm_image(&mut self, vm: VmId, index: u64, pfn: Pfn) -> Result<(), VmError> {
+        self.vm(vm)?;
         let index = usize::try_from(index).map_err(|_| VmError::BadArgument)?;
-        Ok(self.vms.remap_vm_image(&self.mem, vmid as u16, pfn, index)?)
+        Ok(self.vms.remap_vm_image(&self.mem, vm, pfn, index)?)
     }
 
     /// VERIFY_VM_IMAGE: one chunk of the verification; returns the pages still to check. The
     /// signatures cover the VM's RAM window as REGISTER_VM set it.
-    pub fn verify_vm_image(&mut self, m: &impl Machine, vmid: u64) -> Result<u64, VmError> {
-        let slot = slot_of(&mut self.slots, vmid)?;
-        let verifier = Verifier {
-            key: &self.key,
-            ram_base: slot.ram_base,
-            ram_size: slot.ram_size,
-            chunk_pages: VERIFY_CHUNK_PAGES,
-        };
-        Ok(self.vms.verify_vm_image(m, &mut self.mem, &mut slot.s2, vmid as u16, &verifier)?)
+    pub fn verify_vm_image(&mut self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
+        self.vm(vm)?;
+        let verifier = Verifier { key: &self.key, chunk_pages: VERIFY_CHUNK_PAGES };
+        Ok(self.vms.verify_vm_image(m, &mut self.mem, vm, &verifier)?)
     }
 
     /// The first half of VCPU_RUN: applies the host's `answer` to the vCPU's last exit, starts
     /// the vCPU if it has never run, and takes its context out to run it. Refused unless the VM
-    /// is VERIFIED and the vCPU is registered, not running, and (for a secondary) powered on.
+    /// is VERIFIED and the vCPU is registered, idle, and (for a secondary) powered on.
     pub fn vcpu_run_prepare(
         &mut self,
         m: &impl Machine,
-        vmid: u64,
-        vcpu: u64,
+        vm: VmId,
+        vcpu: VcpuId,
         answer: u64,
     ) -> Result<RunTicket, VmError> {
-        let vcpu = usize::try_from(vcpu).ok().filter(|&v| v < MAX_VCPUS).ok_or(VmError::BadArgument)?;
-        self.slot(vmid)?;
-        let id = vmid as u16;
-        if !self.vms.may_run(id) {
+        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        if rec.state != VmState::Verified {
             return Err(VmError::State);
         }
-        let info = self.vms.get(id).ok_or(VmError::NoVm)?;
-        if info.vcpus[vcpu] != VcpuState::Ready {
-            return Err(VmError::State);
-        }
-        let entry = info.load.first().map(|l| l.gpa).ok_or(VmError::State)?;
-        let slot = slot_of(&mut self.slots, vmid)?;
-        let ctx = slot.vcpus[vcpu].as_mut().ok_or(VmError::State)?;
+        let entry = rec.load.first().map(|l| l.gpa).ok_or(VmError::State)?;
+        let Vcpu::Idle(ctx) = &mut rec.vcpus[vcpu.index()] else { return Err(VmError::State) };
         if !ctx.started {
-            match (vcpu, ctx.power_on) {
-                (0, _) => ctx.start(entry, 0),
+            match (vcpu.index(), ctx.power_on) {
+                (0, _) => ctx.start(entry.raw(), 0),
                 (_, Some((entry, arg))) => ctx.start(entry, arg),
                 (_, None) => return Err(VmError::State),
             }
         }
         if let Pending::PageFault { gfn } = ctx.pending {
-            give_page(m, &mut self.mem, &mut slot.s2, id, gfn, answer)?;
+            give_page(m, &mut self.mem, &mut rec.s2, vm, gfn, answer)?;
             ctx.pending = Pending::Nothing;
         }
         ctx.complete(answer);
-        // Marked active first: if that were refused, the context must stay in its slot.
-        self.vms.set_vcpu_active(id, vcpu)?;
-        // Out of its slot: that is what makes the vCPU running.
-        let ctx = slot.vcpus[vcpu].take().ok_or(VmError::State)?;
-        Ok(RunTicket {
-            vmid: id,
-            vcpu,
-            vttbr: slot.s2.root() | (id as u64) << 48,
-            cntvoff: slot.cntvoff,
-            ram_base: slot.ram_base,
-            ram_size: slot.ram_size,
-            ctx,
-        })
+        let (vttbr, cntvoff, ram) = (rec.s2.root() | u64::from(vm.vmid()) << 48, rec.cntvoff, rec.ram);
+        let ctx = self.vms.set_vcpu_active(vm, vcpu)?;
+        Ok(RunTicket { vm, vcpu, ctx, vttbr, cntvoff, ram })
     }
 
-    /// The second half of VCPU_RUN: the context goes back into its slot.
+    /// The second half of VCPU_RUN: the context goes back into the VM's record. (The VM may have
+    /// been powered off while the vCPU ran; it never runs again then.)
     pub fn vcpu_run_finish(&mut self, ticket: RunTicket) {
-        let RunTicket { vmid, vcpu, ctx, .. } = ticket;
-        if let Ok(slot) = slot_of(&mut self.slots, vmid.into()) {
-            slot.vcpus[vcpu] = Some(ctx);
-        }
-        // The VM may have been powered off while the vCPU ran; then it is no longer ACTIVE.
-        let _ = self.vms.set_vcpu_inactive(vmid, vcpu);
+        self.vms.set_vcpu_inactive(ticket.vm, ticket.vcpu, ticket.ctx);
     }
 
     /// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over guest-physical `[gpa, gpa + size)`,
     /// which must lie inside the VM's RAM window. All or nothing: a refused call changes no page.
-    pub fn guest_share(
-        &mut self,
-        m: &impl Machine,
-        vmid: u16,
-        grant: bool,
-        gpa: u64,
-        size: u64,
-    ) -> Result<(), VmError> {
-        let slot = slot_of(&mut self.slots, vmid.into())?;
-        let end = gpa.checked_add(size).ok_or(VmError::BadArgument)?;
+    pub fn guest_share(&mut self, m: &impl Machine, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Result<(), VmError> {
+        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        let end = gpa.raw().checked_add(size).ok_or(VmError::BadArgument)?;
         if size == 0
-            || !gpa.is_multiple_of(PAGE_SIZE)
+            || !gpa.is_page_aligned()
             || !size.is_multiple_of(PAGE_SIZE)
-            || !slot.in_ram(gpa)
-            || (!slot.in_ram(end - 1) && !crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck))
+            || !rec.ram.contains(gpa.raw())
+            || (!rec.ram.contains(end - 1)
+                && !crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck))
         {
             return Err(VmError::BadArgument);
         }
         if grant {
-            self.mem.grant_stage2_sg_gpa(m, &slot.s2, vmid, gpa, size)?;
+            self.mem.grant_stage2_sg_gpa(m, &rec.s2, vm.vmid(), gpa.raw(), size)?;
         } else {
-            self.mem.revoke_stage2_sg_gpa(m, &slot.s2, vmid, gpa, size)?;
+            self.mem.revoke_stage2_sg_gpa(m, &rec.s2, vm.vmid(), gpa.raw(), size)?;
         }
         Ok(())
     }
 
     /// A guest's PSCI CPU_ON for a sibling: remembered, so that the sibling's first VCPU_RUN
     /// starts it there. The entry must be in the VM's RAM; a vCPU that has run is left alone.
-    pub fn guest_cpu_on(&mut self, vmid: u16, target: u64, entry: u64, arg: u64) {
-        let Ok(slot) = slot_of(&mut self.slots, vmid.into()) else { return };
-        if !slot.in_ram(entry) {
-            return;
-        }
-        let Some(Some(ctx)) = usize::try_from(target & 0xff).ok().and_then(|t| slot.vcpus.get_mut(t)) else {
-            return;
-        };
-        if !ctx.started {
-            ctx.power_on = Some((entry, arg));
+    pub fn guest_cpu_on(&mut self, vm: VmId, target: VcpuId, entry: Ipa, arg: u64) {
+        let Some(rec) = self.vms.get_mut(vm).filter(|rec| rec.ram.contains(entry.raw())) else { return };
+        if let Vcpu::Idle(ctx) = &mut rec.vcpus[target.index()] {
+            if !ctx.started {
+                ctx.power_on = Some((entry.raw(), arg));
+            }
         }
     }
 
     /// The VM is off (powered off, rejected, or never verified) and none of its vCPUs runs. A VM
     /// being verified is off too; teardown makes it REJECTED (`Vms::abandon_verification`).
-    fn quiescent(&self, vmid: u64) -> Result<(), VmError> {
-        self.slot(vmid)?;
-        let state = self.vms.get(vmid as u16).map(|i| i.state).ok_or(VmError::NoVm)?;
-        if state == VmState::Verified {
+    fn quiescent(&self, vm: VmId) -> Result<(), VmError> {
+        let rec = self.vm(vm)?;
+        if rec.state == VmState::Verified {
             return Err(VmError::State);
         }
-        if self.any_running(vmid) {
+        if rec.any_running() {
             return Err(VmError::Busy);
         }
         Ok(())
@@ -335,85 +287,90 @@ impl Kcore {
 
     /// CLEAR_VM_S2_RANGE: returns the VM's pages in physical `[base, base + size)` to the host,
     /// scrubbed. Returns how many there were.
-    pub fn clear_vm_range(&mut self, m: &impl Machine, vmid: u64, base: u64, size: u64) -> Result<u64, VmError> {
-        if size == 0 || !base.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
+    pub fn clear_vm_range(&mut self, m: &impl Machine, vm: VmId, base: Pa, size: u64) -> Result<u64, VmError> {
+        if size == 0 || !base.is_page_aligned() || !size.is_multiple_of(PAGE_SIZE) {
             return Err(VmError::BadArgument);
         }
-        base.checked_add(size).ok_or(VmError::BadArgument)?;
-        if !self.mem.db.regions().all_ram(base, size) {
+        base.raw().checked_add(size).ok_or(VmError::BadArgument)?;
+        if !self.mem.db.regions().all_ram(base.raw(), size) {
             return Err(VmError::Mem(MemError::NotRam));
         }
-        self.quiescent(vmid)?;
-        self.vms.abandon_verification(vmid as u16);
-        let slot = slot_of(&mut self.slots, vmid)?;
-        Ok(self.mem.clear_vm_range(m, &mut slot.s2, vmid as u16, base >> 12, size >> 12)?)
+        self.quiescent(vm)?;
+        self.vms.abandon_verification(vm);
+        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        Ok(self.mem.clear_vm_range(m, &mut rec.s2, vm.vmid(), base.pfn().raw(), size >> PAGE_SHIFT)?)
     }
 
     /// PHYS_ADDR_IOREMAP: device pages `[pa, pa + size)` at `gpa`, outside the VM's RAM.
-    pub fn ioremap(&mut self, m: &impl Machine, vmid: u64, gpa: u64, pa: u64, size: u64) -> Result<(), VmError> {
-        let slot = self.slot(vmid)?;
-        let ends = (gpa.checked_add(size), pa.checked_add(size));
+    pub fn ioremap(&mut self, m: &impl Machine, vm: VmId, gpa: Ipa, pa: Pa, size: u64) -> Result<(), VmError> {
+        let rec = self.vm(vm)?;
+        let ends = (gpa.raw().checked_add(size), pa.raw().checked_add(size));
         let (Some(gpa_end), Some(_)) = ends else { return Err(VmError::BadArgument) };
         if size == 0
             || size > MAX_GUEST_RAM
-            || ![gpa, pa, size].iter().all(|v| v.is_multiple_of(PAGE_SIZE))
+            || ![gpa.raw(), pa.raw(), size].iter().all(|v| v.is_multiple_of(PAGE_SIZE))
             || gpa_end > INPUT_LIMIT
-            || (gpa < slot.ram_base + slot.ram_size && slot.ram_base < gpa_end)
+            || rec.ram.overlaps(gpa.raw(), size)
         {
             return Err(VmError::BadArgument);
         }
-        if !self.mem.db.regions().no_ram(pa, size) {
+        if !self.mem.db.regions().no_ram(pa.raw(), size) {
             return Err(VmError::Mem(MemError::IsRam));
         }
-        match self.vms.get(vmid as u16).map(|i| i.state) {
-            Some(VmState::Ready | VmState::Verified) => {}
-            _ => return Err(VmError::State),
+        if !matches!(rec.state, VmState::Ready | VmState::Verified) {
+            return Err(VmError::State);
         }
-        let slot = slot_of(&mut self.slots, vmid)?;
+        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
         for offset in (0..size).step_by(PAGE_SIZE as usize) {
-            self.mem.map_vm_io(m, &mut slot.s2, gpa + offset, pa + offset)?;
+            self.mem.map_vm_io(m, &mut rec.s2, gpa.raw() + offset, pa.raw() + offset)?;
         }
         Ok(())
     }
 
     /// TIMER_SET_CNTVOFF.
-    pub fn set_cntvoff(&mut self, vmid: u64, offset: u64) -> Result<(), VmError> {
-        slot_of(&mut self.slots, vmid)?.cntvoff = offset;
+    pub fn set_cntvoff(&mut self, vm: VmId, offset: u64) -> Result<(), VmError> {
+        self.vms.get_mut(vm).ok_or(VmError::NoVm)?.cntvoff = offset;
         Ok(())
     }
 
     /// VM_POWER_OFF: the VM's vCPUs never run again (a running one finishes its current run).
-    pub fn power_off(&mut self, vmid: u64) -> Result<(), VmError> {
-        self.slot(vmid)?;
-        Ok(self.vms.power_off(vmid as u16)?)
+    pub fn power_off(&mut self, vm: VmId) -> Result<(), VmError> {
+        self.vm(vm)?;
+        Ok(self.vms.power_off(vm)?)
     }
 
     /// DESTROY_VM: every page the VM still owns goes back to the host scrubbed; the VM is gone.
-    pub fn destroy(&mut self, m: &impl Machine, vmid: u64) -> Result<u64, VmError> {
-        self.quiescent(vmid)?;
-        self.vms.abandon_verification(vmid as u16);
+    pub fn destroy(&mut self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
+        self.quiescent(vm)?;
+        self.vms.abandon_verification(vm);
         let regions: Vec<_> = self.mem.db.regions().iter().collect();
-        let slot = slot_of(&mut self.slots, vmid)?;
+        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
         let mut returned = 0;
         for region in regions {
             // On a failure the VM stays, with the pages returned so far returned.
-            returned += self.mem.clear_vm_range(m, &mut slot.s2, vmid as u16, region.base >> 12, region.size >> 12)?;
+            returned += self.mem.clear_vm_range(
+                m,
+                &mut rec.s2,
+                vm.vmid(),
+                region.base >> PAGE_SHIFT,
+                region.size >> PAGE_SHIFT,
+            )?;
         }
-        self.slots[vmid as usize - 1] = None;
-        m.flush_stage2_vmid(vmid as u16);
-        self.vms.release_images(&self.mem, vmid as u16);
+        self.vms.remove(&self.mem, vm);
+        m.flush_stage2_vmid(vm.vmid());
         Ok(returned)
     }
 }
 
 /// Serves a guest's stage-2 fault on RAM page `gfn` with the host's page `pfn`: KCore takes it
 /// from the host (unmapping it there), scrubs it (zeros cleaned to DRAM), and maps it for the
-/// guest. A frame number beyond the physical address size is refused, never truncated.
+/// guest. The host's number is VCPU_RUN's raw answer: one beyond the physical address size is
+/// refused, never truncated.
 fn give_page(
     m: &impl Machine,
     mem: &mut HostMemory,
     s2: &mut PageTable,
-    vmid: u16,
+    vm: VmId,
     gfn: u64,
     pfn: u64,
 ) -> Result<(), VmError> {
@@ -425,6 +382,7 @@ fn give_page(
         Some(page) if page.owner != Owner::Host => return Err(VmError::Mem(MemError::NotOwned(page.owner))),
         Some(_) => {}
     }
+    let vmid = vm.vmid();
     mem.assign_pfn_to_vm(m, vmid, gfn, pfn)?;
     if !crate::mutation::planted(crate::mutation::Mutation::SkipFaultPageScrub) {
         crate::memory::scrub(m, pa);

@@ -10,6 +10,7 @@
 
 use super::refinement::{any_sequence, key, lay_out, VOp, PROBES};
 use super::*;
+use crate::addr::{Ipa, IpaRange};
 use crate::machine::model::ModelMachine;
 use crate::memory::system::{initial_rdata, System};
 use crate::mutation::{catches, Mutation};
@@ -37,31 +38,42 @@ impl World {
     fn apply(&mut self, op: VOp) -> String {
         let (m, k) = (&self.m, &mut self.k);
         match op {
-            VOp::RegisterVm(b, z) => format!("{:?}", k.register_vm(m, b, z)),
-            VOp::RegisterVcpu(v, c) => format!("{:?}", k.register_vcpu(v, c)),
-            VOp::SetBootInfo(v, g, z) => format!("{:?}", k.set_boot_info(v, g, z)),
-            VOp::Remap(v, i, p) => format!("{:?}", k.remap_vm_image(v, i, p)),
-            VOp::Verify(v) => format!("{:?}", k.verify_vm_image(m, v)),
-            VOp::Run(v, c, answer, exit) => match k.vcpu_run_prepare(m, v, c, answer) {
-                Ok(mut ticket) => {
-                    ticket.ctx.pending = exit;
-                    k.vcpu_run_finish(ticket);
-                    "ran".into()
+            // The host's numbers pass the trap edge (`host_vm` and friends) as KServ's would.
+            VOp::RegisterVm(b, z) => {
+                format!("{:?}", IpaRange::new(b, z).ok_or(VmError::BadArgument).and_then(|ram| k.register_vm(m, ram)))
+            }
+            VOp::RegisterVcpu(v, c) => format!("{:?}", host_vm(v).and_then(|vm| k.register_vcpu(vm, host_vcpu(c)?))),
+            VOp::SetBootInfo(v, g, z) => format!("{:?}", host_vm(v).and_then(|vm| k.set_boot_info(vm, Ipa(g), z))),
+            VOp::Remap(v, i, p) => format!("{:?}", host_vm(v).and_then(|vm| k.remap_vm_image(vm, i, host_pfn(p)?))),
+            VOp::Verify(v) => format!("{:?}", host_vm(v).and_then(|vm| k.verify_vm_image(m, vm))),
+            VOp::Run(v, c, answer, exit) => {
+                match host_vm(v).and_then(|vm| k.vcpu_run_prepare(m, vm, host_vcpu(c)?, answer)) {
+                    Ok(mut ticket) => {
+                        ticket.ctx.pending = exit;
+                        k.vcpu_run_finish(ticket);
+                        "ran".into()
+                    }
+                    Err(e) => format!("{e:?}"),
                 }
-                Err(e) => format!("{e:?}"),
-            },
+            }
             // VM 1 keeps its pages to itself.
             VOp::Share(1, ..) => "skipped".into(),
-            VOp::Share(v, g, a, z) => format!("{:?}", k.guest_share(m, v, g, a, z)),
+            VOp::Share(v, g, a, z) => {
+                format!("{:?}", host_vm(v.into()).and_then(|vm| k.guest_share(m, vm, g, Ipa(a), z)))
+            }
             VOp::CpuOn(v, t, e) => {
-                k.guest_cpu_on(v, t, e, 7);
+                if let (Ok(vm), Some(target)) = (host_vm(v.into()), VcpuId::new(t & 0xff)) {
+                    k.guest_cpu_on(vm, target, Ipa(e), 7);
+                }
                 String::new()
             }
-            VOp::Clear(v, b, z) => format!("{:?}", k.clear_vm_range(m, v, b, z)),
-            VOp::Ioremap(v, g, p, z) => format!("{:?}", k.ioremap(m, v, g, p, z)),
-            VOp::Cntvoff(v, o) => format!("{:?}", k.set_cntvoff(v, o)),
-            VOp::PowerOff(v) => format!("{:?}", k.power_off(v)),
-            VOp::Destroy(v) => format!("{:?}", k.destroy(m, v)),
+            VOp::Clear(v, b, z) => format!("{:?}", host_vm(v).and_then(|vm| k.clear_vm_range(m, vm, host_pa(b)?, z))),
+            VOp::Ioremap(v, g, p, z) => {
+                format!("{:?}", host_vm(v).and_then(|vm| k.ioremap(m, vm, Ipa(g), host_pa(p)?, z)))
+            }
+            VOp::Cntvoff(v, o) => format!("{:?}", host_vm(v).and_then(|vm| k.set_cntvoff(vm, o))),
+            VOp::PowerOff(v) => format!("{:?}", host_vm(v).and_then(|vm| k.power_off(vm))),
+            VOp::Destroy(v) => format!("{:?}", host_vm(v).and_then(|vm| k.destroy(m, vm))),
             VOp::HostStore(pa, value) => {
                 // A real access: through the host's stage-2, faulting the page in first.
                 let mapped = k.mem.host_s2.walk(m, pa).is_some() || k.mem.map_page_host(m, pa).is_ok();
@@ -151,7 +163,7 @@ fn reset_cannot_tell(ops: &[VOp]) -> Result<(), TestCaseError> {
         a.guest_writes_secret(0x5ec2_e7aa);
         b.guest_writes_secret(0x5ec2_e7bb);
     }
-    if a.k.slot(1).is_ok() {
+    if a.k.vm(VmId::new(1).unwrap()).is_ok() {
         plant_contexts(&a.m, 1, 0x5ec2_e7aa);
         plant_contexts(&b.m, 1, 0x5ec2_e7bb);
     }

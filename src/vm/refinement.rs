@@ -6,7 +6,10 @@
 
 use super::spec::*;
 use super::*;
+use crate::addr::{Ipa, IpaRange, Pa, Pfn};
+use crate::boot::spec::AbsVms;
 use crate::boot::testing::sign_layout;
+use crate::boot::{Vcpu, MAX_VCPUS};
 use crate::machine::model::ModelMachine;
 use crate::memory::invariants;
 use crate::memory::spec::{RData, HOST};
@@ -172,18 +175,19 @@ pub(super) fn lay_out(m: &ModelMachine, r: &mut RData) {
     }
 }
 
-fn abstract_vcpu(ctx: &VcpuContext, running: bool) -> AbsVcpu {
-    AbsVcpu { started: ctx.started, running, pending: ctx.pending, power_on: ctx.power_on, start: None }
+fn abstract_vcpu(ctx: &VcpuContext) -> AbsVcpu {
+    AbsVcpu { started: ctx.started, pending: ctx.pending, power_on: ctx.power_on, start: None }
 }
 
-/// The concrete state, abstracted, against the spec's.
+/// The concrete state, abstracted, against the spec's. `running` holds the tickets of the vCPUs
+/// that run now.
 pub(super) fn relate(
     m: &ModelMachine,
     k: &Kcore,
-    running: &BTreeMap<(u16, usize), RunTicket>,
+    running: &BTreeMap<(VmId, VcpuId), RunTicket>,
     s: &AbsKcore,
 ) -> Result<(), String> {
-    if k.vms != s.vms {
+    if AbsVms::of(&k.vms) != s.vms {
         return Err("boot records differ".into());
     }
     for pfn in PROBES {
@@ -206,32 +210,45 @@ pub(super) fn relate(
     if m.words(0..POOLS) != s.r.flatmem {
         return Err("memory differs from the spec".into());
     }
-    for (i, slot) in k.slots.iter().enumerate() {
-        let vmid = i as u16 + 1;
-        let Some(slot) = slot else {
-            if s.slots.contains_key(&vmid) {
-                return Err(format!("vm {vmid} is gone but the spec has it"));
-            }
-            continue;
-        };
-        let a = s.slots.get(&vmid).ok_or(format!("vm {vmid} exists but not in the spec"))?;
-        if (slot.ram_base, slot.ram_size, slot.cntvoff) != (a.ram_base, a.ram_size, a.cntvoff) {
-            return Err(format!("vm {vmid}: window or counter offset differs"));
+    let vms: Vec<VmId> = k.vms.iter().map(|(vm, _)| vm).collect();
+    if vms != s.slots.keys().copied().collect::<Vec<_>>() {
+        return Err(format!("VMs {vms:?} but the spec has {:?}", s.slots.keys()));
+    }
+    for (vm, rec) in k.vms.iter() {
+        let a = &s.slots[&vm];
+        if rec.cntvoff != a.cntvoff {
+            return Err(format!("vm {vm}: counter offset differs"));
         }
-        for c in 0..MAX_VCPUS {
-            let concrete = match (&slot.vcpus[c], running.get(&(vmid, c))) {
-                (Some(ctx), None) => Some(abstract_vcpu(ctx, false)),
-                (None, Some(t)) => Some(abstract_vcpu(&t.ctx, true)),
-                (None, None) => None,
-                (Some(_), Some(_)) => return Err("a vCPU is both in its slot and running".into()),
+        for vcpu in (0..MAX_VCPUS as u64).filter_map(VcpuId::new) {
+            let concrete = match (&rec.vcpus[vcpu.index()], running.get(&(vm, vcpu))) {
+                (Vcpu::Idle(ctx), None) => Some(abstract_vcpu(ctx)),
+                (Vcpu::Running, Some(t)) => Some(abstract_vcpu(&t.ctx)),
+                (Vcpu::Unused, None) => None,
+                _ => return Err(format!("vm {vm} vcpu {vcpu}: its run state and its context disagree")),
             };
-            let expected = a.vcpus[c].clone().map(|v| AbsVcpu { start: None, ..v });
+            let expected = a.vcpus[vcpu.index()].clone().map(|v| AbsVcpu { start: None, ..v });
             if concrete != expected {
-                return Err(format!("vm {vmid} vcpu {c}: {concrete:?} but the spec has {expected:?}"));
+                return Err(format!("vm {vm} vcpu {vcpu}: {concrete:?} but the spec has {expected:?}"));
             }
         }
     }
     Ok(())
+}
+
+/// One host call, as the trap edge and the VM layer serve it, against the spec: `typed` is the
+/// host's numbers as the edge checks them (`host_vm` and friends). A number that its type
+/// refuses is refused at the edge (with the status the types' tests show), and nothing
+/// changes; otherwise KCore's result must be the spec's.
+fn step<A: Copy, T: PartialEq>(
+    s: &mut AbsKcore,
+    typed: Result<A, VmError>,
+    spec: impl FnOnce(&AbsKcore, A) -> Step<T>,
+    code: impl FnOnce(A) -> Result<T, VmError>,
+) -> bool {
+    let Ok(args) = typed else { return true };
+    let (next, expected) = spec(s, args).unwrap();
+    *s = next;
+    code(args) == expected
 }
 
 std::thread_local! {
@@ -252,64 +269,68 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
     r.npts.retain(|&p, _| p == HOST);
     lay_out(&m, &mut r);
     let mut k = Kcore::new(mem, POOLS + (1 << 32), key().verifying_key());
-    let mut s = AbsKcore { vms: k.vms.clone(), r, slots: BTreeMap::new() };
+    let mut s = AbsKcore { vms: AbsVms::of(&k.vms), r, slots: BTreeMap::new() };
     let vk = key().verifying_key();
-    let mut running: BTreeMap<(u16, usize), RunTicket> = BTreeMap::new();
+    let running: BTreeMap<(VmId, VcpuId), RunTicket> = BTreeMap::new();
     for &op in ops {
+        let s = &mut s;
         let same = match op {
             VOp::RegisterVm(b, z) => {
-                let (next, expected) = register_vm_spec(&s, b, z).unwrap();
-                s = next;
-                k.register_vm(&m, b, z) == expected
+                let ram = IpaRange::new(b, z).ok_or(VmError::BadArgument);
+                step(s, ram, register_vm_spec, |ram| k.register_vm(&m, ram))
             }
             VOp::RegisterVcpu(v, c) => {
-                let (next, expected) = register_vcpu_spec(&s, v, c).unwrap();
-                s = next;
-                k.register_vcpu(v, c) == expected
+                let ids = host_vm(v).and_then(|vm| Ok((vm, host_vcpu(c)?)));
+                step(s, ids, |s, (vm, c)| register_vcpu_spec(s, vm, c), |(vm, c)| k.register_vcpu(vm, c))
             }
             VOp::SetBootInfo(v, g, z) => {
-                let (next, expected) = set_boot_info_spec(&s, v, g, z).unwrap();
-                s = next;
-                k.set_boot_info(v, g, z) == expected
+                step(s, host_vm(v), |s, vm| set_boot_info_spec(s, vm, Ipa(g), z), |vm| k.set_boot_info(vm, Ipa(g), z))
             }
             VOp::Remap(v, i, p) => {
-                let (next, expected) = remap_vm_image_spec(&s, v, i, p).unwrap();
-                s = next;
-                k.remap_vm_image(v, i, p) == expected
+                let args = host_vm(v).and_then(|vm| Ok((vm, host_pfn(p)?)));
+                step(s, args, |s, (vm, p)| remap_vm_image_spec(s, vm, i, p), |(vm, p)| k.remap_vm_image(vm, i, p))
             }
             VOp::Verify(v) => {
-                let (next, expected) = verify_vm_image_spec(&s, v, &vk).unwrap();
-                s = next;
-                if expected.is_ok() {
-                    REACHED.with(|r| r.set((r.get().0 + 1, r.get().1)));
-                }
-                k.verify_vm_image(&m, v) == expected
+                let spec = |s: &AbsKcore, vm| {
+                    let step = verify_vm_image_spec(s, vm, &vk);
+                    if step.as_ref().is_some_and(|(_, expected)| expected.is_ok()) {
+                        REACHED.with(|r| r.set((r.get().0 + 1, r.get().1)));
+                    }
+                    step
+                };
+                step(s, host_vm(v), spec, |vm| k.verify_vm_image(&m, vm))
             }
             VOp::Run(v, c, answer, exit) => {
-                let fault_pending = k
-                    .slot(v)
-                    .ok()
-                    .and_then(|sl| sl.vcpus.get(c as usize)?.as_ref())
-                    .is_some_and(|ctx| matches!(ctx.pending, Pending::PageFault { .. }));
-                let (next, expected) = vcpu_run_prepare_spec(&s, v, c, answer).unwrap();
+                let Ok((vm, vcpu)) = host_vm(v).and_then(|vm| Ok((vm, host_vcpu(c)?))) else {
+                    continue;
+                };
+                let fault_pending = k.vms.get(vm).is_some_and(|rec| {
+                    matches!(&rec.vcpus[vcpu.index()], Vcpu::Idle(ctx) if matches!(ctx.pending, Pending::PageFault { .. }))
+                });
+                let (next, expected) = vcpu_run_prepare_spec(s, vm, vcpu, answer).unwrap();
                 if fault_pending && expected.is_ok() {
                     REACHED.with(|r| r.set((r.get().0, r.get().1 + 1)));
                 }
-                let just_started =
-                    next.slots.get(&(v as u16)).and_then(|sl| sl.vcpus.get(c as usize)?.clone()).and_then(|nv| {
-                        let before = s.slots.get(&(v as u16))?.vcpus[c as usize].clone()?;
-                        (!before.started && nv.started).then_some(nv.start?)
-                    });
-                s = next;
-                match (k.vcpu_run_prepare(&m, v, c, answer), expected) {
-                    (Ok(mut ticket), Ok(())) => {
+                let just_started = next.slots.get(&vm).and_then(|sl| sl.vcpus[vcpu.index()].clone()).and_then(|nv| {
+                    let before = s.slots.get(&vm)?.vcpus[vcpu.index()].clone()?;
+                    (!before.started && nv.started).then_some(nv.start?)
+                });
+                *s = next;
+                match (k.vcpu_run_prepare(&m, vm, vcpu, answer), expected) {
+                    (Ok(ticket), Ok(())) => {
                         if let Some((pc, x0)) = just_started {
                             prop_assert_eq!((ticket.ctx.gprs.frame.elr, ticket.ctx.gprs.frame.x[0]), (pc, x0));
                             prop_assert_eq!(ticket.ctx.el1, crate::machine::guest_regs::El1Regs::reset());
                         }
+                        prop_assert_eq!((ticket.vm, ticket.vcpu, ticket.ram), (vm, vcpu, s.vms.get(vm).unwrap().ram));
+                        // Running: the record says so, and the context is the ticket's.
+                        let mut running = BTreeMap::new();
+                        running.insert((vm, vcpu), ticket);
+                        relate(&m, &k, &running, s).map_err(|e| TestCaseError::fail(format!("{op:?} running: {e}")))?;
                         // The guest runs and exits waiting for `exit`.
+                        let mut ticket = running.remove(&(vm, vcpu)).unwrap();
                         ticket.ctx.pending = exit;
-                        s = vcpu_run_finish_spec(&s, v as u16, c as usize, exit).unwrap();
+                        *s = vcpu_run_finish_spec(s, vm, vcpu, exit).unwrap();
                         k.vcpu_run_finish(ticket);
                         true
                     }
@@ -317,41 +338,32 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
                     _ => false,
                 }
             }
-            VOp::Share(v, g, a, z) => {
-                let (next, expected) = guest_share_spec(&s, v, g, a, z).unwrap();
-                s = next;
-                k.guest_share(&m, v, g, a, z) == expected
-            }
+            VOp::Share(v, g, a, z) => step(
+                s,
+                host_vm(v.into()),
+                |s, vm| guest_share_spec(s, vm, g, Ipa(a), z),
+                |vm| k.guest_share(&m, vm, g, Ipa(a), z),
+            ),
             VOp::CpuOn(v, t, e) => {
-                s = guest_cpu_on_spec(&s, v, t, e, 7);
-                k.guest_cpu_on(v, t, e, 7);
+                // The target is the MPIDR's Aff0, as the trap path takes it.
+                if let (Ok(vm), Some(target)) = (host_vm(v.into()), VcpuId::new(t & 0xff)) {
+                    *s = guest_cpu_on_spec(s, vm, target, Ipa(e), 7);
+                    k.guest_cpu_on(vm, target, Ipa(e), 7);
+                }
                 true
             }
             VOp::Clear(v, b, z) => {
-                let (next, expected) = clear_vm_range_spec(&s, v, b, z).unwrap();
-                s = next;
-                k.clear_vm_range(&m, v, b, z) == expected
+                let args = host_vm(v).and_then(|vm| Ok((vm, host_pa(b)?)));
+                step(s, args, |s, (vm, b)| clear_vm_range_spec(s, vm, b, z), |(vm, b)| k.clear_vm_range(&m, vm, b, z))
             }
             VOp::Ioremap(v, g, p, z) => {
-                let (next, expected) = ioremap_spec(&s, v, g, p, z).unwrap();
-                s = next;
-                k.ioremap(&m, v, g, p, z) == expected
+                let args = host_vm(v).and_then(|vm| Ok((vm, host_pa(p)?)));
+                let spec = |s: &AbsKcore, (vm, p)| ioremap_spec(s, vm, Ipa(g), p, z);
+                step(s, args, spec, |(vm, p)| k.ioremap(&m, vm, Ipa(g), p, z))
             }
-            VOp::Cntvoff(v, o) => {
-                let (next, expected) = set_cntvoff_spec(&s, v, o).unwrap();
-                s = next;
-                k.set_cntvoff(v, o) == expected
-            }
-            VOp::PowerOff(v) => {
-                let (next, expected) = power_off_spec(&s, v).unwrap();
-                s = next;
-                k.power_off(v) == expected
-            }
-            VOp::Destroy(v) => {
-                let (next, expected) = destroy_spec(&s, v).unwrap();
-                s = next;
-                k.destroy(&m, v) == expected
-            }
+            VOp::Cntvoff(v, o) => step(s, host_vm(v), |s, vm| set_cntvoff_spec(s, vm, o), |vm| k.set_cntvoff(vm, o)),
+            VOp::PowerOff(v) => step(s, host_vm(v), power_off_spec, |vm| k.power_off(vm)),
+            VOp::Destroy(v) => step(s, host_vm(v), destroy_spec, |vm| k.destroy(&m, vm)),
             VOp::HostStore(pa, value) => {
                 // The host may write only while it owns the page.
                 if k.mem.db.get(pa).is_some_and(|p| p.owner == Owner::Host) {
@@ -362,15 +374,37 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
             }
         };
         prop_assert!(same, "result of {:?} differs from the spec", op);
-        if let Err(e) = relate(&m, &k, &running, &s) {
+        if let Err(e) = relate(&m, &k, &running, s) {
             return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
         }
         if let Err(v) = invariants::check(&m, &k.mem, &k.vm_tables()) {
             return Err(TestCaseError::fail(format!("after {op:?}: invariant broken: {v:?}")));
         }
     }
-    running.clear();
     Ok((m, k, s))
+}
+
+/// The host's numbers that no type can hold are refused at the trap edge with the statuses the
+/// VM layer gave for them before the types existed: a vmid or vCPU index that names none
+/// INVALID_PARAMETERS, a page number or physical address past the 40-bit limit INVALID_ADDRESS
+/// (issue 11, finding 5: never truncated into a real page).
+#[test]
+fn the_trap_edge_refuses_numbers_no_type_holds() {
+    for raw in [0, u64::from(MAX_VMS) + 1, 1 << 32 | 1, u64::MAX] {
+        assert_eq!(host_vm(raw).map_err(VmError::status), Err(Status::InvalidParameters), "vm {raw:#x}");
+    }
+    for raw in [MAX_VCPUS as u64, 9, 1 << 32, u64::MAX] {
+        assert_eq!(host_vcpu(raw).map_err(VmError::status), Err(Status::InvalidParameters), "vcpu {raw:#x}");
+    }
+    for raw in [IMAGE_PFN | 1 << 52, IMAGE_PFN | 1 << 28, 1 << 28, u64::MAX] {
+        assert_eq!(host_pfn(raw).map_err(VmError::status), Err(Status::InvalidAddress), "pfn {raw:#x}");
+    }
+    for raw in [1 << 40, !0xfff, u64::MAX] {
+        assert_eq!(host_pa(raw).map_err(VmError::status), Err(Status::InvalidAddress), "pa {raw:#x}");
+    }
+    assert_eq!(host_vm(MAX_VMS.into()).map(VmId::vmid), Ok(MAX_VMS));
+    assert_eq!(host_pfn((1 << 28) - 1).map(Pfn::raw), Ok((1 << 28) - 1));
+    assert_eq!(host_pa((1 << 40) - 4096).map(Pa::raw), Ok((1 << 40) - 4096));
 }
 
 proptest! {

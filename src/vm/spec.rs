@@ -5,8 +5,10 @@
 //! VMs' RAM windows, counter offsets, and each vCPU's abstract run state.
 
 use super::{VmError, MAX_GUEST_RAM, VM_POOL_PAGES};
-use crate::boot::spec as boot;
-use crate::boot::{VcpuState, Verifier, VmState, Vms, MAX_VCPUS, SIGNATURE_LEN, VERIFY_CHUNK_PAGES};
+use crate::addr::{Ipa, IpaRange, Pa, Pfn};
+use crate::boot::spec::{self as boot, AbsVms};
+use crate::boot::{Vcpu, Verifier, VmState, MAX_VCPUS, SIGNATURE_LEN, VERIFY_CHUNK_PAGES};
+use crate::ids::{VcpuId, VmId};
 use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
 use crate::memory::spec::{
@@ -20,11 +22,11 @@ use crate::vcpu::Pending;
 use ed25519_dalek::VerifyingKey;
 use std::collections::BTreeMap;
 
-/// A vCPU as the VM layer sees it.
+/// A registered vCPU's context as the VM layer sees it (whether it runs is in its VM's boot
+/// record, `Vcpu::Running`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AbsVcpu {
     pub started: bool,
-    pub running: bool,
     pub pending: Pending,
     pub power_on: Option<(u64, u64)>,
     /// The PC and x0 it was started with (its reset state), once started.
@@ -32,25 +34,23 @@ pub struct AbsVcpu {
 }
 
 impl AbsVcpu {
-    const NEW: AbsVcpu =
-        AbsVcpu { started: false, running: false, pending: Pending::Nothing, power_on: None, start: None };
+    const NEW: AbsVcpu = AbsVcpu { started: false, pending: Pending::Nothing, power_on: None, start: None };
 }
 
-/// One VM's slot.
+/// What the VM layer adds to a VM's boot record: its counter offset and its vCPUs' contexts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AbsSlot {
-    pub ram_base: u64,
-    pub ram_size: u64,
     pub cntvoff: u64,
     pub vcpus: [Option<AbsVcpu>; MAX_VCPUS],
 }
 
-/// The VM layer's abstract state: boot records, memory (`RData`), and the slots.
+/// The VM layer's abstract state: the VMs' boot records (with their RAM windows), memory
+/// (`RData`, with the VMs' stage-2 tables), and the slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AbsKcore {
-    pub vms: Vms,
+    pub vms: AbsVms,
     pub r: RData,
-    pub slots: BTreeMap<u16, AbsSlot>,
+    pub slots: BTreeMap<VmId, AbsSlot>,
 }
 
 pub type Step<T> = Option<(AbsKcore, Result<T, VmError>)>;
@@ -59,95 +59,93 @@ fn refuse<T>(s: &AbsKcore, e: VmError) -> Step<T> {
     Some((s.clone(), Err(e)))
 }
 
-/// The vmid if it names a live slot.
-fn live(s: &AbsKcore, vmid: u64) -> Option<u16> {
-    u16::try_from(vmid).ok().filter(|v| s.slots.contains_key(v))
+/// The VM's RAM window, if it is registered.
+fn ram(s: &AbsKcore, vm: VmId) -> Option<IpaRange> {
+    s.slots.contains_key(&vm).then(|| s.vms.get(vm).map(|v| v.ram)).flatten()
 }
 
 fn aligned(values: &[u64]) -> bool {
     values.iter().all(|v| v % PAGE_SIZE == 0)
 }
 
-pub fn register_vm_spec(s: &AbsKcore, ram_base: u64, ram_size: u64) -> Step<u16> {
-    let end = ram_base.checked_add(ram_size);
-    if ram_size == 0
-        || ram_size > MAX_GUEST_RAM
-        || !aligned(&[ram_base, ram_size])
-        || end.is_none_or(|e| e > INPUT_LIMIT)
+pub fn register_vm_spec(s: &AbsKcore, ram: IpaRange) -> Step<VmId> {
+    let (base, size) = (ram.base(), ram.size());
+    if size == 0 || size > MAX_GUEST_RAM || !aligned(&[base, size]) || base as u128 + size as u128 > INPUT_LIMIT as u128
     {
         return refuse(s, VmError::BadArgument);
     }
-    let (vms, r, result) = boot::register_vm_spec(&s.vms, &s.r)?;
-    let vmid = match result {
-        Ok(vmid) => vmid,
+    let (vms, r, result) = boot::register_vm_spec(&s.vms, &s.r, ram)?;
+    let vm = match result {
+        Ok(vm) => vm,
         Err(e) => return refuse(s, e.into()),
     };
     let mut next = AbsKcore { vms, r, slots: s.slots.clone() };
     // The VM's stage-2 root comes from its own pool.
-    next.r.npts.insert(vmid, AbsNpt { free: VM_POOL_PAGES - 1, ..AbsNpt::default() });
-    next.slots.insert(vmid, AbsSlot { ram_base, ram_size, cntvoff: 0, vcpus: [const { None }; MAX_VCPUS] });
-    Some((next, Ok(vmid)))
+    next.r.npts.insert(vm.vmid(), AbsNpt { free: VM_POOL_PAGES - 1, ..AbsNpt::default() });
+    next.slots.insert(vm, AbsSlot { cntvoff: 0, vcpus: [const { None }; MAX_VCPUS] });
+    Some((next, Ok(vm)))
 }
 
-pub fn register_vcpu_spec(s: &AbsKcore, vmid: u64, vcpu: u64) -> Step<()> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    if vcpu >= MAX_VCPUS as u64 {
-        return refuse(s, VmError::BadArgument);
+pub fn register_vcpu_spec(s: &AbsKcore, vm: VmId, vcpu: VcpuId) -> Step<()> {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
     }
-    let (vms, r, result) = boot::register_vcpu_spec(&s.vms, &s.r, id, vcpu as usize)?;
+    let (vms, r, result) = boot::register_vcpu_spec(&s.vms, &s.r, vm, vcpu)?;
     if let Err(e) = result {
         return refuse(s, e.into());
     }
     let mut next = AbsKcore { vms, r, slots: s.slots.clone() };
-    next.slots.get_mut(&id)?.vcpus[vcpu as usize] = Some(AbsVcpu::NEW);
+    next.slots.get_mut(&vm)?.vcpus[vcpu.index()] = Some(AbsVcpu::NEW);
     Some((next, Ok(())))
 }
 
-pub fn set_boot_info_spec(s: &AbsKcore, vmid: u64, gpa: u64, size: u64) -> Step<usize> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    let slot = &s.slots[&id];
+pub fn set_boot_info_spec(s: &AbsKcore, vm: VmId, gpa: Ipa, size: u64) -> Step<usize> {
+    let Some(ram) = ram(s, vm) else { return refuse(s, VmError::NoVm) };
     let Some(bytes) = size.checked_add(SIGNATURE_LEN).map(|b| b.div_ceil(PAGE_SIZE) * PAGE_SIZE) else {
         return refuse(s, VmError::BadArgument);
     };
-    let inside = gpa >= slot.ram_base && bytes <= slot.ram_size && gpa - slot.ram_base <= slot.ram_size - bytes;
-    if !inside {
+    let (start, end) = (gpa.raw() as u128, gpa.raw() as u128 + bytes as u128);
+    if start < ram.base() as u128 || end > ram.base() as u128 + ram.size() as u128 {
         return refuse(s, VmError::BadArgument);
     }
-    let (vms, r, result) = boot::set_boot_info_spec(&s.vms, &s.r, id, gpa, size)?;
+    let (vms, r, result) = boot::set_boot_info_spec(&s.vms, &s.r, vm, gpa, size)?;
     Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
 }
 
-pub fn remap_vm_image_spec(s: &AbsKcore, vmid: u64, index: u64, pfn: u64) -> Step<()> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    let (vms, r, result) = boot::remap_vm_image_spec(&s.vms, &s.r, id, pfn, index as usize)?;
-    Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
-}
-
-/// VERIFY_VM_IMAGE: the signatures must cover the RAM window the VM was registered with.
-pub fn verify_vm_image_spec(s: &AbsKcore, vmid: u64, key: &VerifyingKey) -> Step<u64> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    let slot = &s.slots[&id];
-    let verifier = Verifier { key, ram_base: slot.ram_base, ram_size: slot.ram_size, chunk_pages: VERIFY_CHUNK_PAGES };
-    let (vms, r, result) = boot::verify_vm_image_spec(&s.vms, &s.r, id, &verifier)?;
-    Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
-}
-
-/// The first half of VCPU_RUN: see `Kcore::vcpu_run_prepare`.
-pub fn vcpu_run_prepare_spec(s: &AbsKcore, vmid: u64, vcpu: u64, answer: u64) -> Step<()> {
-    if vcpu >= MAX_VCPUS as u64 {
-        return refuse(s, VmError::BadArgument);
+pub fn remap_vm_image_spec(s: &AbsKcore, vm: VmId, index: u64, pfn: Pfn) -> Step<()> {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
     }
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    let info = &s.vms.infos[id as usize - 1];
-    let vcpu = vcpu as usize;
-    if info.state != VmState::Verified || info.vcpus[vcpu] != VcpuState::Ready {
+    let (vms, r, result) = boot::remap_vm_image_spec(&s.vms, &s.r, vm, pfn, index as usize)?;
+    Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
+}
+
+/// VERIFY_VM_IMAGE: the signatures must cover the RAM window the VM was registered with (the
+/// boot spec reads it from the VM's record).
+pub fn verify_vm_image_spec(s: &AbsKcore, vm: VmId, key: &VerifyingKey) -> Step<u64> {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
+    }
+    let verifier = Verifier { key, chunk_pages: VERIFY_CHUNK_PAGES };
+    let (vms, r, result) = boot::verify_vm_image_spec(&s.vms, &s.r, vm, &verifier)?;
+    Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
+}
+
+/// The first half of VCPU_RUN: see `Kcore::vcpu_run_prepare`. The host's `answer` is a raw
+/// number from the ABI.
+pub fn vcpu_run_prepare_spec(s: &AbsKcore, vm: VmId, vcpu: VcpuId, answer: u64) -> Step<()> {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
+    }
+    let info = s.vms.get(vm)?;
+    if info.state != VmState::Verified || info.vcpus[vcpu.index()] != Vcpu::Idle(()) {
         return refuse(s, VmError::State);
     }
-    let Some(entry) = info.load.first().map(|l| l.gpa) else { return refuse(s, VmError::State) };
+    let Some(entry) = info.load.first().map(|l| l.gpa.raw()) else { return refuse(s, VmError::State) };
     let mut next = s.clone();
-    let Some(v) = next.slots.get_mut(&id)?.vcpus[vcpu].as_mut() else { return refuse(s, VmError::State) };
+    let Some(v) = next.slots.get_mut(&vm)?.vcpus[vcpu.index()].as_mut() else { return refuse(s, VmError::State) };
     if !v.started {
-        let start = match (vcpu, v.power_on) {
+        let start = match (vcpu.index(), v.power_on) {
             (0, _) => (entry, 0),
             (_, Some(at)) => at,
             (_, None) => return refuse(s, VmError::State),
@@ -155,6 +153,7 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vmid: u64, vcpu: u64, answer: u64) ->
         *v = AbsVcpu { started: true, start: Some(start), pending: Pending::Nothing, ..v.clone() };
     }
     let pending = v.pending;
+    let id = vm.vmid();
     if let Pending::PageFault { gfn } = pending {
         // The host's page: taken, scrubbed, mapped. The answer must name a page of the
         // physical address space (it is never truncated into one).
@@ -186,26 +185,19 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vmid: u64, vcpu: u64, answer: u64) ->
         }
         next.r = r;
     }
-    let v = next.slots.get_mut(&id)?.vcpus[vcpu].as_mut()?;
-    v.pending = Pending::Nothing;
-    v.running = true;
-    let (vms, r, result) = boot::set_vcpu_active_spec(&next.vms, &next.r, id, vcpu)?;
+    next.slots.get_mut(&vm)?.vcpus[vcpu.index()].as_mut()?.pending = Pending::Nothing;
+    let (vms, r, result) = boot::set_vcpu_active_spec(&next.vms, &next.r, vm, vcpu)?;
     (next.vms, next.r) = (vms, r);
     Some((next, result.map_err(VmError::from)))
 }
 
-/// The second half of VCPU_RUN: the vCPU is back, waiting for `pending`.
-pub fn vcpu_run_finish_spec(s: &AbsKcore, vmid: u16, vcpu: usize, pending: Pending) -> Option<AbsKcore> {
+/// The second half of VCPU_RUN: the vCPU is back, idle, waiting for `pending`.
+pub fn vcpu_run_finish_spec(s: &AbsKcore, vm: VmId, vcpu: VcpuId, pending: Pending) -> Option<AbsKcore> {
     let mut next = s.clone();
-    if let Some(slot) = next.slots.get_mut(&vmid) {
-        let v = slot.vcpus[vcpu].as_mut()?;
-        v.running = false;
-        v.pending = pending;
+    if let Some(slot) = next.slots.get_mut(&vm) {
+        slot.vcpus[vcpu.index()].as_mut()?.pending = pending;
     }
-    let info = next.vms.infos.get_mut(vmid as usize - 1)?;
-    if info.vcpus[vcpu] == VcpuState::Active {
-        info.vcpus[vcpu] = VcpuState::Ready;
-    }
+    next.vms = boot::set_vcpu_inactive_spec(&next.vms, vm, vcpu);
     Some(next)
 }
 
@@ -213,83 +205,87 @@ pub fn vcpu_run_finish_spec(s: &AbsKcore, vmid: u16, vcpu: usize, pending: Pendi
 /// page-aligned, the range inside the VM's RAM. Taken as intervals of integers (no wrap-around):
 /// `[gpa, gpa + size)` must be a non-empty part of `[ram_base, ram_base + ram_size)`. Then the
 /// share is all or nothing (`share_range_spec`).
-pub fn guest_share_spec(s: &AbsKcore, vmid: u16, grant: bool, gpa: u64, size: u64) -> Step<()> {
-    let Some(slot) = s.slots.get(&vmid) else { return refuse(s, VmError::NoVm) };
-    let (start, end) = (u128::from(gpa), u128::from(gpa) + u128::from(size));
-    let (ram_start, ram_end) = (u128::from(slot.ram_base), u128::from(slot.ram_base) + u128::from(slot.ram_size));
+pub fn guest_share_spec(s: &AbsKcore, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Step<()> {
+    let Some(ram) = ram(s, vm) else { return refuse(s, VmError::NoVm) };
+    let (start, end) = (u128::from(gpa.raw()), u128::from(gpa.raw()) + u128::from(size));
+    let (ram_start, ram_end) = (u128::from(ram.base()), u128::from(ram.base()) + u128::from(ram.size()));
     let inside = ram_start <= start && end <= ram_end;
-    if size == 0 || !aligned(&[gpa, size]) || !inside {
+    if size == 0 || !aligned(&[gpa.raw(), size]) || !inside {
         return refuse(s, VmError::BadArgument);
     }
-    let (r, result) = share_range_spec(&s.r, vmid, gpa, size, !grant)?;
+    let (r, result) = share_range_spec(&s.r, vm.vmid(), gpa.raw(), size, !grant)?;
     Some((AbsKcore { r, ..s.clone() }, result.map_err(VmError::from)))
 }
 
-/// A guest's PSCI CPU_ON for a sibling that has not started yet, with an entry in its RAM.
-pub fn guest_cpu_on_spec(s: &AbsKcore, vmid: u16, target: u64, entry: u64, arg: u64) -> AbsKcore {
+/// A guest's PSCI CPU_ON for a sibling that is idle and has not started yet, with an entry in
+/// its VM's RAM.
+pub fn guest_cpu_on_spec(s: &AbsKcore, vm: VmId, target: VcpuId, entry: Ipa, arg: u64) -> AbsKcore {
     let mut next = s.clone();
-    if let Some(slot) = next.slots.get_mut(&vmid) {
-        let in_ram = entry >= slot.ram_base && entry - slot.ram_base < slot.ram_size;
-        if let Some(Some(v)) = slot.vcpus.get_mut((target & 0xff) as usize) {
-            if in_ram && !v.started {
-                v.power_on = Some((entry, arg));
-            }
+    let in_ram = ram(s, vm).is_some_and(|ram| ram.contains(entry.raw()));
+    let idle = s.vms.get(vm).is_some_and(|v| v.vcpus[target.index()] == Vcpu::Idle(()));
+    if let Some(Some(v)) = next.slots.get_mut(&vm).map(|slot| &mut slot.vcpus[target.index()]) {
+        if in_ram && idle && !v.started {
+            v.power_on = Some((entry.raw(), arg));
         }
     }
     next
 }
 
 /// Off (not VERIFIED) and not running.
-fn quiescent(s: &AbsKcore, id: u16) -> Result<(), VmError> {
-    if s.vms.infos[id as usize - 1].state == VmState::Verified {
+fn quiescent(s: &AbsKcore, vm: VmId) -> Result<(), VmError> {
+    let info = s.vms.get(vm).ok_or(VmError::NoVm)?;
+    if info.state == VmState::Verified {
         return Err(VmError::State);
     }
-    if s.slots[&id].vcpus.iter().flatten().any(|v| v.running) {
+    if info.vcpus.contains(&Vcpu::Running) {
         return Err(VmError::Busy);
     }
     Ok(())
 }
 
 /// Returns every page of the VM in `pfns` to the host (`memory::spec::clear_vm_pages_spec`).
-fn clear_pages(s: &AbsKcore, id: u16, pfns: impl Iterator<Item = u64>) -> Step<u64> {
-    let (r, result) = clear_vm_pages_spec(&s.r, id, pfns)?;
+fn clear_pages(s: &AbsKcore, vm: VmId, pfns: impl Iterator<Item = u64>) -> Step<u64> {
+    let (r, result) = clear_vm_pages_spec(&s.r, vm.vmid(), pfns)?;
     Some((AbsKcore { r, ..s.clone() }, result.map_err(VmError::from)))
 }
 
-pub fn clear_vm_range_spec(s: &AbsKcore, vmid: u64, base: u64, size: u64) -> Step<u64> {
+pub fn clear_vm_range_spec(s: &AbsKcore, vm: VmId, base: Pa, size: u64) -> Step<u64> {
+    let base = base.raw();
     if size == 0 || !aligned(&[base, size]) || base.checked_add(size).is_none() {
         return refuse(s, VmError::BadArgument);
     }
     if !(base..base + size).step_by(PAGE_SIZE as usize).all(|pa| s.r.page(pa).is_some()) {
         return refuse(s, VmError::Mem(MemError::NotRam));
     }
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    if let Err(e) = quiescent(s, id) {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
+    }
+    if let Err(e) = quiescent(s, vm) {
         return refuse(s, e);
     }
-    let abandoned = AbsKcore { vms: boot::abandon_verification_spec(&s.vms, id), ..s.clone() };
-    clear_pages(&abandoned, id, (base >> 12)..(base + size) >> 12)
+    let abandoned = AbsKcore { vms: boot::abandon_verification_spec(&s.vms, vm), ..s.clone() };
+    clear_pages(&abandoned, vm, (base >> 12)..(base + size) >> 12)
 }
 
-pub fn ioremap_spec(s: &AbsKcore, vmid: u64, gpa: u64, pa: u64, size: u64) -> Step<()> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    let slot = &s.slots[&id];
+pub fn ioremap_spec(s: &AbsKcore, vm: VmId, gpa: Ipa, pa: Pa, size: u64) -> Step<()> {
+    let Some(ram) = ram(s, vm) else { return refuse(s, VmError::NoVm) };
+    let (gpa, pa) = (gpa.raw(), pa.raw());
     let (Some(gpa_end), Some(_)) = (gpa.checked_add(size), pa.checked_add(size)) else {
         return refuse(s, VmError::BadArgument);
     };
-    let overlaps_ram = gpa < slot.ram_base + slot.ram_size && slot.ram_base < gpa_end;
+    let overlaps_ram = gpa < ram.base() + ram.size() && ram.base() < gpa_end;
     if size == 0 || size > MAX_GUEST_RAM || !aligned(&[gpa, pa, size]) || gpa_end > INPUT_LIMIT || overlaps_ram {
         return refuse(s, VmError::BadArgument);
     }
     if (pa..pa + size).step_by(PAGE_SIZE as usize).any(|p| s.r.page(p).is_some()) {
         return refuse(s, VmError::Mem(MemError::IsRam));
     }
-    if !matches!(s.vms.infos[id as usize - 1].state, VmState::Ready | VmState::Verified) {
+    if !matches!(s.vms.get(vm)?.state, VmState::Ready | VmState::Verified) {
         return refuse(s, VmError::State);
     }
     let mut next = s.clone();
     for offset in (0..size).step_by(PAGE_SIZE as usize) {
-        let (r, result) = map_vm_io_spec(&next.r, id, gpa + offset, pa + offset)?;
+        let (r, result) = map_vm_io_spec(&next.r, vm.vmid(), gpa + offset, pa + offset)?;
         next.r = r;
         if let Err(e) = result {
             return Some((next, Err(e.into())));
@@ -298,32 +294,41 @@ pub fn ioremap_spec(s: &AbsKcore, vmid: u64, gpa: u64, pa: u64, size: u64) -> St
     Some((next, Ok(())))
 }
 
-pub fn set_cntvoff_spec(s: &AbsKcore, vmid: u64, offset: u64) -> Step<()> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
+pub fn set_cntvoff_spec(s: &AbsKcore, vm: VmId, offset: u64) -> Step<()> {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
+    }
     let mut next = s.clone();
-    next.slots.get_mut(&id)?.cntvoff = offset;
+    next.slots.get_mut(&vm)?.cntvoff = offset;
     Some((next, Ok(())))
 }
 
-pub fn power_off_spec(s: &AbsKcore, vmid: u64) -> Step<()> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    let (vms, r, result) = boot::power_off_spec(&s.vms, &s.r, id)?;
+pub fn power_off_spec(s: &AbsKcore, vm: VmId) -> Step<()> {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
+    }
+    let (vms, r, result) = boot::power_off_spec(&s.vms, &s.r, vm)?;
     Some((AbsKcore { vms, r, slots: s.slots.clone() }, result.map_err(VmError::from)))
 }
 
-pub fn destroy_spec(s: &AbsKcore, vmid: u64) -> Step<u64> {
-    let Some(id) = live(s, vmid) else { return refuse(s, VmError::NoVm) };
-    if let Err(e) = quiescent(s, id) {
+/// DESTROY_VM: every page the VM owns goes back to the host; then the VM has no record at all
+/// (its vmid is never given again).
+pub fn destroy_spec(s: &AbsKcore, vm: VmId) -> Step<u64> {
+    if ram(s, vm).is_none() {
+        return refuse(s, VmError::NoVm);
+    }
+    if let Err(e) = quiescent(s, vm) {
         return refuse(s, e);
     }
     // Every page the VM owns, in address order (pages absent from `s2page` are the host's).
-    let pfns: Vec<u64> = s.r.s2page.iter().filter(|(_, p)| p.owner == Owner::Vm(id)).map(|(&pfn, _)| pfn).collect();
-    let abandoned = AbsKcore { vms: boot::abandon_verification_spec(&s.vms, id), ..s.clone() };
-    let (mut next, result) = clear_pages(&abandoned, id, pfns.into_iter())?;
+    let owner = Owner::Vm(vm.vmid());
+    let pfns: Vec<u64> = s.r.s2page.iter().filter(|(_, p)| p.owner == owner).map(|(&pfn, _)| pfn).collect();
+    let abandoned = AbsKcore { vms: boot::abandon_verification_spec(&s.vms, vm), ..s.clone() };
+    let (mut next, result) = clear_pages(&abandoned, vm, pfns.into_iter())?;
     if result.is_ok() {
-        next.slots.remove(&id);
-        next.r.npts.remove(&id);
-        next.vms.infos[id as usize - 1].load.clear();
+        next.slots.remove(&vm);
+        next.r.npts.remove(&vm.vmid());
+        next.vms.vms[vm.index()] = None;
     }
     Some((next, result))
 }
@@ -345,8 +350,8 @@ pub fn scrub_for_power_down_spec(s: &AbsKcore) -> Option<(AbsKcore, u64)> {
             next.r.flatmem.remove(&word);
         }
     }
-    for vmid in s.slots.keys() {
-        let npt = next.r.npts.get_mut(vmid)?;
+    for vm in s.slots.keys() {
+        let npt = next.r.npts.get_mut(&vm.vmid())?;
         npt.leaves.clear();
         npt.tables.clear();
     }

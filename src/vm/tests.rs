@@ -2,7 +2,9 @@
 //! hypercalls, and the refusals that keep the host out.
 
 use super::*;
+use crate::addr::{Ipa, IpaRange, Pa, Pfn};
 use crate::boot::testing::sign_layout;
+use crate::ids::{VcpuId, VmId};
 use crate::machine::model::ModelMachine;
 use crate::memory::system::{System, POOLS};
 use crate::vcpu::Pending;
@@ -11,6 +13,26 @@ use ed25519_dalek::SigningKey;
 const GUEST_RAM: u64 = 0x4000_0000;
 const IMAGE_PFN: u64 = 0x48000;
 const IMAGE_LEN: u64 = 3000;
+
+fn vm(raw: u64) -> VmId {
+    VmId::new(raw).unwrap()
+}
+
+fn vcpu(raw: u64) -> VcpuId {
+    VcpuId::new(raw).unwrap()
+}
+
+fn pfn(raw: u64) -> Pfn {
+    Pfn::new(raw).unwrap()
+}
+
+fn pa(raw: u64) -> Pa {
+    Pa::new(raw).unwrap()
+}
+
+fn ram(base: u64, size: u64) -> IpaRange {
+    IpaRange::new(base, size).unwrap()
+}
 
 fn key() -> SigningKey {
     SigningKey::from_bytes(&[3; 32])
@@ -37,12 +59,12 @@ fn lay_out_image(m: &ModelMachine, flip: Option<u64>) {
 }
 
 /// REGISTER_VM, REGISTER_VCPU, SET_BOOT_INFO, REMAP and VERIFY, as KServ does them.
-fn boot(m: &ModelMachine, k: &mut Kcore) -> Result<u16, VmError> {
-    let vmid = k.register_vm(m, GUEST_RAM, 16 << 20)?;
-    k.register_vcpu(vmid as u64, 0)?;
-    let index = k.set_boot_info(vmid as u64, GUEST_RAM, IMAGE_LEN)?;
-    k.remap_vm_image(vmid as u64, index as u64, IMAGE_PFN)?;
-    k.verify_vm_image(m, vmid as u64)?;
+fn boot(m: &ModelMachine, k: &mut Kcore) -> Result<VmId, VmError> {
+    let vmid = k.register_vm(m, ram(GUEST_RAM, 16 << 20))?;
+    k.register_vcpu(vmid, vcpu(0))?;
+    let index = k.set_boot_info(vmid, Ipa(GUEST_RAM), IMAGE_LEN)?;
+    k.remap_vm_image(vmid, index as u64, pfn(IMAGE_PFN))?;
+    k.verify_vm_image(m, vmid)?;
     Ok(vmid)
 }
 
@@ -53,11 +75,11 @@ fn a_verified_vm_runs_from_its_image_and_gets_pages_on_demand() {
     let vmid = boot(&m, &mut k).unwrap();
     // The host lost the image page.
     assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_err());
-    let mut ticket = k.vcpu_run_prepare(&m, vmid as u64, 0, 0).unwrap();
+    let mut ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
     assert_eq!(ticket.ctx.gprs.frame.elr, GUEST_RAM);
-    assert_eq!(ticket.vttbr >> 48, vmid as u64);
+    assert_eq!(ticket.vttbr >> 48, vmid.raw());
     // While it runs, it cannot be run again, torn down, or destroyed.
-    assert_eq!(k.vcpu_run_prepare(&m, vmid as u64, 0, 0).err(), Some(VmError::State));
+    assert_eq!(k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).err(), Some(VmError::State));
     // The guest faults on RAM page 0x4010_0000; the host offers a page with old data in it.
     ticket.ctx.pending = Pending::PageFault { gfn: 0x40100 };
     k.vcpu_run_finish(ticket);
@@ -65,14 +87,14 @@ fn a_verified_vm_runs_from_its_image_and_gets_pages_on_demand() {
     m.write_u64(offered << 12, 0xdead);
     k.mem.map_page_host(&m, offered << 12).unwrap();
     assert_eq!(
-        k.vcpu_run_prepare(&m, vmid as u64, 0, IMAGE_PFN).err(),
+        k.vcpu_run_prepare(&m, vmid, vcpu(0), IMAGE_PFN).err(),
         Some(VmError::Mem(MemError::NotOwned(Owner::Vm(1))))
     );
-    let ticket = k.vcpu_run_prepare(&m, vmid as u64, 0, offered).unwrap();
+    let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), offered).unwrap();
     assert_eq!(ticket.ctx.pending, Pending::Nothing);
     assert_eq!(m.read_u64(offered << 12), 0, "the offered page is scrubbed before the guest sees it");
     assert!(k.mem.host_s2.walk(&m, offered << 12).is_none(), "and the host lost it");
-    let leaf = k.slot(vmid as u64).unwrap().s2.walk(&m, 0x4010_0000).unwrap();
+    let leaf = k.vm(vmid).unwrap().s2.walk(&m, 0x4010_0000).unwrap();
     assert_eq!(leaf.translate(0x4010_0000), offered << 12);
     k.vcpu_run_finish(ticket);
     assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
@@ -84,17 +106,17 @@ fn a_flipped_byte_leaves_the_vm_unrunnable() {
         let (m, mut k) = kcore();
         lay_out_image(&m, Some(flip));
         assert_eq!(boot(&m, &mut k), Err(VmError::Boot(BootError::Rejected)), "flip at {flip}");
-        assert_eq!(k.vcpu_run_prepare(&m, 1, 0, 0).err(), Some(VmError::State));
-        assert_eq!(k.verify_vm_image(&m, 1).err(), Some(VmError::Boot(BootError::State(VmState::Rejected))));
+        assert_eq!(k.vcpu_run_prepare(&m, vm(1), vcpu(0), 0).err(), Some(VmError::State));
+        assert_eq!(k.verify_vm_image(&m, vm(1)).err(), Some(VmError::Boot(BootError::State(VmState::Rejected))));
         // Teardown returns the image page to the host, scrubbed.
-        assert_eq!(k.destroy(&m, 1), Ok(1));
+        assert_eq!(k.destroy(&m, vm(1)), Ok(1));
         assert_eq!(m.read_u64(IMAGE_PFN << 12), 0);
         assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok());
-        assert_eq!(k.vcpu_run_prepare(&m, 1, 0, 0).err(), Some(VmError::NoVm));
+        assert_eq!(k.vcpu_run_prepare(&m, vm(1), vcpu(0), 0).err(), Some(VmError::NoVm));
         // Its image page may carry another VM's image now.
-        let vmid = k.register_vm(&m, GUEST_RAM, 1 << 20).unwrap() as u64;
-        let index = k.set_boot_info(vmid, GUEST_RAM, 100).unwrap() as u64;
-        assert_eq!(k.remap_vm_image(vmid, index, IMAGE_PFN), Ok(()));
+        let vmid = k.register_vm(&m, ram(GUEST_RAM, 1 << 20)).unwrap();
+        let index = k.set_boot_info(vmid, Ipa(GUEST_RAM), 100).unwrap() as u64;
+        assert_eq!(k.remap_vm_image(vmid, index, pfn(IMAGE_PFN)), Ok(()));
     }
 }
 
@@ -102,15 +124,15 @@ fn a_flipped_byte_leaves_the_vm_unrunnable() {
 fn teardown_waits_for_power_off_and_scrubs_every_page() {
     let (m, mut k) = kcore();
     lay_out_image(&m, None);
-    let vmid = boot(&m, &mut k).unwrap() as u64;
-    assert_eq!(k.clear_vm_range(&m, vmid, IMAGE_PFN << 12, 4096), Err(VmError::State));
+    let vmid = boot(&m, &mut k).unwrap();
+    assert_eq!(k.clear_vm_range(&m, vmid, pa(IMAGE_PFN << 12), 4096), Err(VmError::State));
     assert_eq!(k.destroy(&m, vmid), Err(VmError::State));
-    let ticket = k.vcpu_run_prepare(&m, vmid, 0, 0).unwrap();
+    let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
     k.power_off(vmid).unwrap();
-    assert_eq!(k.clear_vm_range(&m, vmid, IMAGE_PFN << 12, 4096), Err(VmError::Busy));
+    assert_eq!(k.clear_vm_range(&m, vmid, pa(IMAGE_PFN << 12), 4096), Err(VmError::Busy));
     k.vcpu_run_finish(ticket);
-    assert_eq!(k.vcpu_run_prepare(&m, vmid, 0, 0).err(), Some(VmError::State));
-    assert_eq!(k.clear_vm_range(&m, vmid, (IMAGE_PFN - 4) << 12, 8 << 12), Ok(1));
+    assert_eq!(k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).err(), Some(VmError::State));
+    assert_eq!(k.clear_vm_range(&m, vmid, pa((IMAGE_PFN - 4) << 12), 8 << 12), Ok(1));
     assert_eq!(m.read_u64(IMAGE_PFN << 12), 0);
     assert_eq!(k.destroy(&m, vmid), Ok(0));
 }
@@ -119,31 +141,35 @@ fn teardown_waits_for_power_off_and_scrubs_every_page() {
 fn malformed_arguments_are_refused_without_effect() {
     let (m, mut k) = kcore();
     for (base, size) in [(0, 0), (1, 4096), (0, 4097), (!0xfffu64, 8192), (0, 8 << 30), (1 << 39, 4096)] {
-        assert_eq!(k.register_vm(&m, base, size), Err(VmError::BadArgument), "{base:#x}+{size:#x}");
+        let refused = IpaRange::new(base, size).ok_or(VmError::BadArgument).and_then(|ram| k.register_vm(&m, ram));
+        assert_eq!(refused, Err(VmError::BadArgument), "{base:#x}+{size:#x}");
     }
     assert_eq!(k.vms.next_vmid, 1);
-    let vmid = k.register_vm(&m, GUEST_RAM, 1 << 20).unwrap() as u64;
-    assert_eq!(k.register_vcpu(vmid, 8), Err(VmError::BadArgument));
-    assert_eq!(k.register_vcpu(0, 0), Err(VmError::NoVm));
-    assert_eq!(k.register_vcpu(u64::MAX, 0), Err(VmError::NoVm));
+    let vmid = k.register_vm(&m, ram(GUEST_RAM, 1 << 20)).unwrap();
+    // Ids that name no VM or vCPU are refused where they enter (the trap edge).
+    assert_eq!(host_vcpu(8), Err(VmError::BadArgument));
+    assert_eq!(host_vm(0), Err(VmError::NoVm));
+    assert_eq!(host_vm(u64::MAX), Err(VmError::NoVm));
+    assert_eq!(k.register_vcpu(vm(2), vcpu(0)), Err(VmError::NoVm));
     // Images must fit in the VM's RAM with their signature.
-    assert_eq!(k.set_boot_info(vmid, GUEST_RAM - 4096, 100), Err(VmError::BadArgument));
-    assert_eq!(k.set_boot_info(vmid, GUEST_RAM + (1 << 20) - 4096, 4096), Err(VmError::BadArgument));
-    assert_eq!(k.set_boot_info(vmid, GUEST_RAM, u64::MAX), Err(VmError::BadArgument));
+    assert_eq!(k.set_boot_info(vmid, Ipa(GUEST_RAM - 4096), 100), Err(VmError::BadArgument));
+    assert_eq!(k.set_boot_info(vmid, Ipa(GUEST_RAM + (1 << 20) - 4096), 4096), Err(VmError::BadArgument));
+    assert_eq!(k.set_boot_info(vmid, Ipa(GUEST_RAM), u64::MAX), Err(VmError::BadArgument));
     // The host cannot list KCore's page, or a page twice.
-    let index = k.set_boot_info(vmid, GUEST_RAM, 5000).unwrap() as u64;
-    assert!(k.remap_vm_image(vmid, index, 0x40080).is_err());
-    assert!(k.remap_vm_image(vmid, 9, IMAGE_PFN).is_err());
-    k.remap_vm_image(vmid, index, IMAGE_PFN).unwrap();
-    assert!(k.remap_vm_image(vmid, index, IMAGE_PFN).is_err());
+    let index = k.set_boot_info(vmid, Ipa(GUEST_RAM), 5000).unwrap() as u64;
+    assert!(k.remap_vm_image(vmid, index, pfn(0x40080)).is_err());
+    assert!(k.remap_vm_image(vmid, 9, pfn(IMAGE_PFN)).is_err());
+    k.remap_vm_image(vmid, index, pfn(IMAGE_PFN)).unwrap();
+    assert!(k.remap_vm_image(vmid, index, pfn(IMAGE_PFN)).is_err());
     // Devices only, never RAM, never inside the VM's RAM window.
-    assert_eq!(k.ioremap(&m, vmid, 0x0900_0000, 0x4800_0000, 4096), Err(VmError::Mem(MemError::IsRam)));
-    assert_eq!(k.ioremap(&m, vmid, GUEST_RAM, 0x0900_0000, 4096), Err(VmError::BadArgument));
-    assert_eq!(k.ioremap(&m, vmid, 0x0900_0000, 0x0900_0000, 4096), Ok(()));
-    assert_eq!(k.ioremap(&m, vmid, 0x0904_0000, 0x0803_0000, 4096), Err(VmError::Mem(MemError::Protected)));
+    let io = |k: &mut Kcore, gpa, p| k.ioremap(&m, vmid, Ipa(gpa), pa(p), 4096);
+    assert_eq!(io(&mut k, 0x0900_0000, 0x4800_0000), Err(VmError::Mem(MemError::IsRam)));
+    assert_eq!(io(&mut k, GUEST_RAM, 0x0900_0000), Err(VmError::BadArgument));
+    assert_eq!(io(&mut k, 0x0900_0000, 0x0900_0000), Ok(()));
+    assert_eq!(io(&mut k, 0x0904_0000, 0x0803_0000), Err(VmError::Mem(MemError::Protected)));
     // A never-verified VM does not run.
-    assert_eq!(k.vcpu_run_prepare(&m, vmid, 0, 0).err(), Some(VmError::State));
-    assert_eq!(k.vcpu_run_prepare(&m, vmid, 99, 0).err(), Some(VmError::BadArgument));
+    assert_eq!(k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).err(), Some(VmError::State));
+    assert_eq!(host_vcpu(99).err(), Some(VmError::BadArgument));
 }
 
 #[test]
@@ -151,29 +177,29 @@ fn guests_share_only_their_own_mapped_ram() {
     let (m, mut k) = kcore();
     lay_out_image(&m, None);
     let vmid = boot(&m, &mut k).unwrap();
-    assert_eq!(k.guest_share(&m, vmid, true, GUEST_RAM, 4096), Ok(()));
+    assert_eq!(k.guest_share(&m, vmid, true, Ipa(GUEST_RAM), 4096), Ok(()));
     assert_eq!(k.mem.db.get(IMAGE_PFN << 12).unwrap().count, 1);
     assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok(), "a shared page is the host's to map");
     for (gpa, size) in [(GUEST_RAM + 1, 4096), (GUEST_RAM, 0), (GUEST_RAM - 4096, 8192), (GUEST_RAM, !0xfffu64)] {
-        assert_eq!(k.guest_share(&m, vmid, true, gpa, size), Err(VmError::BadArgument));
+        assert_eq!(k.guest_share(&m, vmid, true, Ipa(gpa), size), Err(VmError::BadArgument));
     }
-    assert_eq!(k.guest_share(&m, vmid, false, GUEST_RAM, 4096), Ok(()));
+    assert_eq!(k.guest_share(&m, vmid, false, Ipa(GUEST_RAM), 4096), Ok(()));
     assert!(k.mem.host_s2.walk(&m, IMAGE_PFN << 12).is_none(), "unsharing unmaps it from the host");
-    assert_eq!(k.guest_share(&m, vmid, false, GUEST_RAM, 4096), Err(VmError::Mem(MemError::NotShared)));
+    assert_eq!(k.guest_share(&m, vmid, false, Ipa(GUEST_RAM), 4096), Err(VmError::Mem(MemError::NotShared)));
 }
 
 #[test]
 fn an_offer_the_vm_cannot_map_goes_back_to_the_host() {
     let (m, mut k) = kcore();
     lay_out_image(&m, None);
-    let vmid = boot(&m, &mut k).unwrap() as u64;
-    let mut ticket = k.vcpu_run_prepare(&m, vmid, 0, 0).unwrap();
+    let vmid = boot(&m, &mut k).unwrap();
+    let mut ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
     // A fault reported on a page the VM already maps (its image): the offer cannot be mapped.
     ticket.ctx.pending = Pending::PageFault { gfn: GUEST_RAM >> 12 };
     k.vcpu_run_finish(ticket);
     let offered = 0x48100;
     m.write_u64(offered << 12, 0xfeed);
-    assert!(matches!(k.vcpu_run_prepare(&m, vmid, 0, offered), Err(VmError::Mem(MemError::PageTable(_)))));
+    assert!(matches!(k.vcpu_run_prepare(&m, vmid, vcpu(0), offered), Err(VmError::Mem(MemError::PageTable(_)))));
     let page = k.mem.db.get(offered << 12).unwrap();
     assert_eq!(page.owner, Owner::Host, "the offer is undone");
     assert_eq!(m.read_u64(offered << 12), 0, "and scrubbed: it was the VM's for a moment");
@@ -181,17 +207,17 @@ fn an_offer_the_vm_cannot_map_goes_back_to_the_host() {
 }
 
 /// REMAP_VM_IMAGE with a page number past the physical address size (an alias of a real page
-/// once shifted) answers INVALID_ADDRESS and lists nothing.
+/// once shifted) answers INVALID_ADDRESS and lists nothing: the number never becomes a `Pfn`.
 #[test]
 fn remap_refuses_a_page_number_past_the_physical_address_size() {
     let (m, mut k) = kcore();
-    let vmid = k.register_vm(&m, GUEST_RAM, 16 << 20).unwrap() as u64;
-    k.set_boot_info(vmid, GUEST_RAM, IMAGE_LEN).unwrap();
-    let refused = k.remap_vm_image(vmid, 0, IMAGE_PFN | 1 << 52).unwrap_err();
+    let vmid = k.register_vm(&m, ram(GUEST_RAM, 16 << 20)).unwrap();
+    k.set_boot_info(vmid, Ipa(GUEST_RAM), IMAGE_LEN).unwrap();
+    let refused = host_pfn(IMAGE_PFN | 1 << 52).and_then(|p| k.remap_vm_image(vmid, 0, p)).unwrap_err();
     assert_eq!(refused, VmError::Boot(BootError::Mem(MemError::BadPfn)));
     assert_eq!(refused.status(), Status::InvalidAddress);
-    assert!(k.vms.get(vmid as u16).unwrap().load[0].pfns.is_empty());
-    assert_eq!(k.remap_vm_image(vmid, 0, IMAGE_PFN), Ok(()));
+    assert!(k.vms.get(vmid).unwrap().load[0].pfns.is_empty());
+    assert_eq!(k.remap_vm_image(vmid, 0, pfn(IMAGE_PFN)), Ok(()));
 }
 
 /// Issue 11, finding 5: a page offer whose number has bits above the 40-bit physical address
@@ -202,14 +228,14 @@ fn a_page_offer_beyond_the_physical_address_space_is_refused() {
     let (m, mut k) = kcore();
     lay_out_image(&m, None);
     let vmid = boot(&m, &mut k).unwrap();
-    let mut ticket = k.vcpu_run_prepare(&m, vmid as u64, 0, 0).unwrap();
+    let mut ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
     ticket.ctx.pending = Pending::PageFault { gfn: 0x40100 };
     k.vcpu_run_finish(ticket);
     let free = 0x48100u64;
     m.write_u64(free << 12, 0xdead);
     for offer in [free | 1 << 52, free | 1 << 28, IMAGE_PFN | 1 << 40, u64::MAX] {
         assert_eq!(
-            k.vcpu_run_prepare(&m, vmid as u64, 0, offer).err(),
+            k.vcpu_run_prepare(&m, vmid, vcpu(0), offer).err(),
             Some(VmError::Mem(MemError::BadPfn)),
             "offer {offer:#x}"
         );
@@ -223,14 +249,14 @@ fn a_page_offer_beyond_the_physical_address_space_is_refused() {
     assert_eq!(mem.assign_pfn_to_vm(&m, 1, 0x40101, alias), Err(MemError::BadPfn));
     assert_eq!(mem.grant_vm_page(1, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
     assert_eq!(mem.revoke_vm_page(&m, 1, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
-    let s2 = &mut k.slots[0].as_mut().unwrap().s2;
+    let s2 = &mut k.vms.get_mut(vmid).unwrap().s2;
     assert_eq!(k.mem.clear_vm_page(&m, s2, 1, IMAGE_PFN | 1 << 63), Err(MemError::BadPfn));
     assert_eq!(k.mem.clear_vm_range(&m, s2, 1, IMAGE_PFN, u64::MAX), Err(MemError::BadPfn));
     assert_eq!(k.mem.clear_vm_range(&m, s2, 1, (1 << 28) - 1, 2), Err(MemError::BadPfn));
     assert_eq!(k.mem.map_pfn_vm(&m, s2, 1, 0x40000, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
     assert_eq!(crate::memory::checked_pa((1 << 28) - 1), Ok(((1 << 28) - 1) << 12));
     // Now the real page: taken, scrubbed, mapped.
-    k.vcpu_run_prepare(&m, vmid as u64, 0, free).unwrap();
+    k.vcpu_run_prepare(&m, vmid, vcpu(0), free).unwrap();
     assert_eq!(m.read_u64(free << 12), 0);
 }
 
@@ -265,7 +291,7 @@ fn a_torn_down_page_is_zero_in_dram() {
     let vmid = boot(&m, &mut k).unwrap();
     m.write_u64(IMAGE_PFN << 12, 0x5ec2e7);
     m.write_back_all();
-    k.power_off(vmid as u64).unwrap();
-    k.destroy(&m, vmid as u64).unwrap();
+    k.power_off(vmid).unwrap();
+    k.destroy(&m, vmid).unwrap();
     assert!(m.dram_words(IMAGE_PFN << 12..(IMAGE_PFN + 1) << 12).is_empty());
 }
