@@ -35,31 +35,30 @@ impl GuestWorld for InPlace<'_, '_> {
             return false;
         }
         let esr = regs::esr_el2();
-        let frame = &self.ctx.gprs.frame;
-        let in_place = match esr::class(esr) {
-            // Only the share calls: every other call goes to the host (and `hvc #n`, n != 0, is
-            // an UNDEF), which the full exit handles.
-            ec::HVC64 => {
-                esr::imm16(esr) == 0
-                    && matches!(frame.x[0] as u32, guest_call::SET_DESC_PFN | guest_call::UNSET_DESC_PFN)
-            }
-            // x19..x28 are not saved on this path: an MRS into one of them takes the full exit.
-            ec::SYS64 => !(19..=28).contains(&(esr >> 5 & 0x1f)),
-            _ => false,
-        };
-        if !in_place {
-            return false;
-        }
-        let exit = GuestExit { kind: TrapKind::Sync, serror: false };
-        // The dispatcher changes the vCPU only when it serves the exit (Resume, Share); an UNDEF
-        // (an MSR/MRS KCore does not emulate) leaves it as it was, and the full exit injects it.
-        match vm_exit_dispatcher(exit, esr, 0, self.ctx, self.env) {
-            VmExit::Resume => true,
-            VmExit::Share { grant, gpa, size } => {
-                serve_share(self.core, self.vmid, &mut self.ctx.gprs.frame, grant, gpa, size);
+        let frame = &mut self.ctx.gprs.frame;
+        match esr::class(esr) {
+            // The share calls, decided as `vm_exit_dispatcher` decides them (an `hvc #0` with
+            // SET_DESC_PFN or UNSET_DESC_PFN in w0: x1 the address, x2 the size). Every other
+            // call goes to the host (and `hvc #n`, n != 0, is an UNDEF): the full exit.
+            ec::HVC64 if esr::imm16(esr) == 0 => {
+                let grant = match frame.x[0] as u32 {
+                    guest_call::SET_DESC_PFN => true,
+                    guest_call::UNSET_DESC_PFN => false,
+                    _ => return false,
+                };
+                let (gpa, size) = (frame.x[1], frame.x[2]);
+                serve_share(self.core, self.vmid, frame, grant, gpa, size);
                 true
             }
-            VmExit::Undef { .. } | VmExit::ToHost(_) => false,
+            // x19..x28 are not saved on this path: an MRS into one of them takes the full exit.
+            ec::SYS64 if !(19..=28).contains(&(esr >> 5 & 0x1f)) => {
+                let exit = GuestExit { kind: TrapKind::Sync, serror: false };
+                // The dispatcher changes the vCPU only when it serves the exit (Resume); an
+                // UNDEF (an MSR/MRS KCore does not emulate) leaves it as it was, and the full
+                // exit injects it.
+                matches!(vm_exit_dispatcher(exit, esr, 0, self.ctx, self.env), VmExit::Resume)
+            }
+            _ => false,
         }
     }
 }
