@@ -4,8 +4,6 @@
 //! the glue that the vectors call and that performs the machine effects.
 
 pub mod esr;
-#[cfg(target_os = "none")]
-mod fast_path;
 pub mod fault_handler;
 pub mod inject;
 pub mod psci;

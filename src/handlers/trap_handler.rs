@@ -31,12 +31,12 @@ const FIRST_VM: u8 = 2;
 /// Whose trap each core is handling (KCORE when it is not in a trap), for panic reports.
 static HANDLING: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(KCORE) }; MAX_CPUS];
 /// Set by a panic or a power-down: every core stops at its next trap.
-pub(super) static HALTED: AtomicBool = AtomicBool::new(false);
+static HALTED: AtomicBool = AtomicBool::new(false);
 /// Per core: it holds a vCPU's context out of KCore's state (a VCPU_RUN in progress) and may
 /// still write it. Set only under the state lock; cleared before the core waits for that lock
 /// again, and when it parks. A power-down waits for every flag to clear before it scrubs the heap
 /// the contexts live in.
-pub(super) static HOLDS_CONTEXT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+static HOLDS_CONTEXT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// How long a power-down waits for the other cores to let go of the vCPU contexts, in polls (a
 /// count, not a clock: load on the machine cannot make it run out early). A core holding one is
 /// either running a guest, whose stage-2 was just revoked so that its next access exits, or
@@ -55,7 +55,7 @@ static HOST_MAY_RUN_AT: spin::Once<fn(u64) -> bool> = spin::Once::new();
 static STATE: TicketLock<Option<Kcore>> = TicketLock::new(None);
 
 /// Runs `f` on KCore's state, under its lock.
-pub(super) fn with_kcore<R>(f: impl FnOnce(&mut Kcore) -> R) -> R {
+fn with_kcore<R>(f: impl FnOnce(&mut Kcore) -> R) -> R {
     match STATE.lock().as_mut() {
         Some(kcore) => f(kcore),
         None => panic!("a trap needs KCore's state before the host's memory was set up"),
@@ -246,7 +246,7 @@ fn check_invariants() {
 }
 
 /// [`check_invariants`] for a caller that holds the state lock.
-pub(super) fn check_invariants_of(kcore: &Kcore) {
+fn check_invariants_of(kcore: &Kcore) {
     if cfg!(any(debug_assertions, feature = "check-invariants")) {
         if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
             panic!("invariant broken after a trap: {violation:?}");
@@ -331,8 +331,7 @@ fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
     let ras = cpu.ras();
     loop {
         world_switch::set_virtual_serror(ticket.ctx.virtual_serror, ras);
-        let mut world = super::fast_path::InPlace { core, vmid, ctx: &mut ticket.ctx, env: &env };
-        let guest_exit = world_switch::run_guest(&mut world);
+        let guest_exit = world_switch::run_guest(&mut ticket.ctx.gprs);
         ticket.ctx.virtual_serror = world_switch::virtual_serror_pending();
         if HALTED.load(Ordering::Relaxed) {
             park_halted(core);
@@ -349,7 +348,21 @@ fn run_until_host_exit(core: usize, ticket: &mut RunTicket) -> ExitRecord {
                 inject_undef(&mut ticket.ctx.gprs.frame, pc);
             }
             VmExit::Share { grant, gpa, size } => {
-                super::fast_path::serve_share(core, vmid, &mut ticket.ctx.gprs.frame, grant, gpa, size)
+                HOLDS_CONTEXT[core].store(false, Ordering::Release);
+                let result = with_kcore(|kcore| {
+                    HOLDS_CONTEXT[core].store(true, Ordering::Relaxed);
+                    let result = kcore.guest_share(&Aarch64, vmid, grant, gpa, size);
+                    // A share call changes ownership records without leaving the guest's world.
+                    check_invariants_of(kcore);
+                    result
+                });
+                if let Err(e) = result {
+                    info!(
+                        "vm {vmid}: {} {gpa:#x}+{size:#x} refused: {e:?}",
+                        if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" }
+                    );
+                }
+                ticket.ctx.gprs.frame.x[0] = result.map_or_else(|e| e.status(), |()| Status::Success).as_reg();
             }
             VmExit::ToHost(record) => return record,
         }
