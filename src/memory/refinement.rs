@@ -217,7 +217,9 @@ fn a_last_unshare_the_host_never_mapped_leaves_the_vm_lines_alone() {
     ];
     refines(false, &ops).unwrap();
     let mut sys = System::new(false);
-    ops[..4].iter().for_each(|op| drop(sys.apply(op)));
+    for op in &ops[..4] {
+        sys.apply(op);
+    }
     sys.m.take_cleaned();
     sys.apply(&ops[4]);
     assert!(sys.m.take_cleaned().is_empty(), "an unshare the host never mapped cleaned the page");
