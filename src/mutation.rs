@@ -64,6 +64,9 @@ pub enum Mutation {
     /// `checked_pa` shifts any page number into an address, high bits lost (`P | k << 52` names
     /// page P).
     UncheckedPfn,
+    /// The host's last share of a page is taken back without cleaning and invalidating the
+    /// page, even though the host's stage-2 mapped it (so the host may have left lines of it).
+    SkipCleanOnLastUnshare,
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub struct ModelMachine {
     /// Ranges cleaned to the point of coherency, oldest first, each with the words it held at
     /// that moment (what DRAM then holds).
     cleaned: RefCell<Vec<Cleaned>>,
+    /// Lines the host has allocated (read or written through its stage-2) since they were last
+    /// cleaned and invalidated, clean or dirty: the lines a late write-back or a stale read of
+    /// the host's could come from. The hardware allocates lines only through a mapping
+    /// (docs/cache-coherency.md, rule 2), so [`ModelMachine::host_access`] is called only for an
+    /// access the host's stage-2 allows.
+    host_lines: RefCell<std::collections::BTreeSet<u64>>,
 }
 
 fn line_of(pa: u64) -> (u64, usize) {
@@ -113,6 +119,18 @@ impl ModelMachine {
         std::mem::take(&mut self.cleaned.borrow_mut())
     }
 
+    /// The host accessed `pa` through its stage-2: from now on it may hold the line (until the
+    /// line is cleaned and invalidated).
+    pub fn host_access(&self, pa: u64) {
+        self.host_lines.borrow_mut().insert(pa & !(LINE - 1));
+    }
+
+    /// Whether any line of `range` may be the host's (allocated by its accesses and not cleaned
+    /// and invalidated since).
+    pub fn host_may_hold_lines(&self, range: std::ops::Range<u64>) -> bool {
+        self.host_lines.borrow().range(range.start & !(LINE - 1)..range.end).next().is_some()
+    }
+
     /// The TLB maintenance done so far, oldest first; clears the log.
     pub fn take_flushes(&self) -> Vec<Flush> {
         std::mem::take(&mut self.flushes.borrow_mut())
@@ -154,6 +172,7 @@ impl Machine for ModelMachine {
         self.cleaned.borrow_mut().push((range.clone(), self.words(range)));
         for line in (pa & !(LINE - 1)..pa + len).step_by(LINE as usize) {
             self.write_back(line);
+            self.host_lines.borrow_mut().remove(&line);
         }
     }
 

@@ -278,50 +278,61 @@ impl HostMemory {
         Ok(())
     }
 
-    /// VM `vmid` shares its page `pfn` with the host (SeKVM `grant_vm_page`).
+    /// VM `vmid` shares its page `pfn` with the host (SeKVM `grant_vm_page`). The check and
+    /// the update are one step on the page's record.
     pub fn grant_vm_page(&mut self, vmid: u16, pfn: u64) -> Result<(), MemError> {
-        let (pa, page) = self.may_grant(vmid, pfn)?;
-        self.db.set(pa, PageInfo { count: page.count + 1, ..page });
-        Ok(())
-    }
-
-    /// Whether VM `vmid` may share page `pfn` once more: its address and record if so.
-    pub(crate) fn may_grant(&self, vmid: u16, pfn: u64) -> Result<(u64, PageInfo), MemError> {
         let pa = checked_pa(pfn)?;
-        let page = self.db.get(pa).ok_or(MemError::NotRam)?;
-        if page.owner != Owner::Vm(vmid) {
-            return Err(MemError::NotOwned(page.owner));
+        let (owner, count) = self.db.share_count_mut(pa).ok_or(MemError::NotRam)?;
+        if owner != Owner::Vm(vmid) {
+            return Err(MemError::NotOwned(owner));
         }
-        if page.count >= MAX_SHARE_COUNT {
+        if *count >= MAX_SHARE_COUNT {
             return Err(MemError::ShareLimit);
         }
-        Ok((pa, page))
+        *count += 1;
+        Ok(())
     }
 
     /// VM `vmid` takes back one share of page `pfn` (SeKVM `revoke_vm_page`); at zero shares the
-    /// host loses its mapping, and the page is cleaned and invalidated as on any hand-over, so
-    /// that a dirty line the host left cannot be written back over the VM's data later.
+    /// host loses its mapping ([`Self::end_host_share`]).
     pub fn revoke_vm_page(&mut self, m: &impl Machine, vmid: u16, pfn: u64) -> Result<(), MemError> {
-        let (pa, page) = self.may_revoke(vmid, pfn)?;
-        if page.count == 1 {
-            self.host_s2.clear_page(m, pa)?;
-            m.clean_invalidate_page(pa);
+        if self.take_share(vmid, pfn)? == 0 {
+            self.end_host_share(m, pfn << 12)?;
         }
-        self.db.set(pa, PageInfo { count: page.count - 1, ..page });
         Ok(())
     }
 
-    /// Whether VM `vmid` may take back a share of page `pfn`: its address and record if so.
-    pub(crate) fn may_revoke(&self, vmid: u16, pfn: u64) -> Result<(u64, PageInfo), MemError> {
+    /// The record half of [`Self::revoke_vm_page`]: checks that VM `vmid` owns page `pfn` and
+    /// shares it, takes one share off, and returns how many are left. With none left, the
+    /// caller owes [`Self::end_host_share`].
+    pub(crate) fn take_share(&mut self, vmid: u16, pfn: u64) -> Result<u16, MemError> {
         let pa = checked_pa(pfn)?;
-        let page = self.db.get(pa).ok_or(MemError::NotRam)?;
-        if page.owner != Owner::Vm(vmid) {
-            return Err(MemError::NotOwned(page.owner));
+        let (owner, count) = self.db.share_count_mut(pa).ok_or(MemError::NotRam)?;
+        if owner != Owner::Vm(vmid) {
+            return Err(MemError::NotOwned(owner));
         }
-        if page.count == 0 {
+        if *count == 0 {
             return Err(MemError::NotShared);
         }
-        Ok((pa, page))
+        *count -= 1;
+        Ok(*count)
+    }
+
+    /// The host has lost its last share of the VM page at `pa`: its stage-2 entry goes (and the
+    /// TLB entry), and if there was one, the page is cleaned and invalidated to the point of
+    /// coherency, so that no line the host allocated through it can be written back over the
+    /// VM's data later or read stale. Without an entry the host holds no line of the page: it
+    /// was cleaned and invalidated when the VM got it, and the host can allocate lines only
+    /// through a mapping, which it gets only while the page is shared, and whose end always
+    /// cleans (docs/cache-coherency.md, "The last share").
+    pub(crate) fn end_host_share(&mut self, m: &impl Machine, pa: u64) -> Result<(), MemError> {
+        // A shared page is a single 4 KiB leaf in the host's table (`map_page_host`), so this
+        // needs no split and no table page: it cannot fail.
+        let host_mapped = self.host_s2.clear_page(m, pa)?;
+        if host_mapped && !planted(Mutation::SkipCleanOnLastUnshare) {
+            m.clean_invalidate_page(pa);
+        }
+        Ok(())
     }
 
     /// Maps page `pfn`, which VM `vmid` owns at `gfn`, into the VM's stage-2 (SeKVM `map_pfn_vm`).

@@ -3,9 +3,9 @@
 //! and a VM sharing or unsharing a range of its memory with the host.
 
 use super::{checked_pa, HostMemory, MemError};
-use crate::machine::Machine;
+use crate::machine::{Machine, PAGE_SIZE};
 use crate::mutation::{planted, Mutation};
-use crate::page_table::descriptor::{level_size, Attrs, INPUT_LIMIT};
+use crate::page_table::descriptor::{Attrs, INPUT_LIMIT};
 use crate::page_table::PageTable;
 
 /// Pages in a 2 MiB block.
@@ -70,6 +70,12 @@ impl HostMemory {
     /// VM `vmid` shares every mapped page of `[gpa, gpa + size)` with the host (SeKVM
     /// `grant_stage2_sg_gpa`), all or nothing: if one page may not be shared, the call is
     /// refused with that page's reason and no page changes (SeKVM shares the pages before it).
+    ///
+    /// One walk of the VM's stage-2 per page, the check and the update of each page one step
+    /// ([`HostMemory::grant_vm_page`]). A refusal undoes the pages before it exactly: a frame is
+    /// mapped at most once in a VM's stage-2 (at the gfn its record names), so each of them is a
+    /// different frame whose count this call raised by one, and no page's check depends on
+    /// another page's update. Only the refusal walks those pages a second time.
     pub fn grant_stage2_sg_gpa(
         &mut self,
         m: &impl Machine,
@@ -78,16 +84,28 @@ impl HostMemory {
         gpa: u64,
         size: u64,
     ) -> Result<(), MemError> {
-        // A frame is mapped at most once in a VM's stage-2 (at the gfn its record names), so
-        // checking each page against its record as it is now checks the whole call.
-        if !planted(Mutation::ShareRangeNotAtomic) {
-            for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.may_grant(vmid, pfn).map(drop))?;
+        let pages = share_pages(gpa, size)?;
+        for page in pages.clone().step_by(PAGE_SIZE as usize) {
+            let Some(pfn) = mapped_pfn(m, vm_s2, page) else { continue };
+            if let Err(e) = self.grant_vm_page(vmid, pfn) {
+                if !planted(Mutation::ShareRangeNotAtomic) {
+                    for_each_mapped_pfn(m, vm_s2, pages.start..page, |pfn| self.take_share(vmid, pfn).map(drop));
+                }
+                return Err(e);
+            }
         }
-        for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.grant_vm_page(vmid, pfn))
+        Ok(())
     }
 
     /// VM `vmid` takes back one share of every mapped page of `[gpa, gpa + size)` (SeKVM
     /// `revoke_stage2_sg_gpa`), all or nothing as for [`Self::grant_stage2_sg_gpa`].
+    ///
+    /// One walk per page: each page's check and count update are one step
+    /// ([`HostMemory::take_share`]), undone exactly on a refusal as for a grant; the pages
+    /// whose last share this takes are remembered (up to [`REMEMBERED`], on the stack), and only
+    /// once every page has passed do they leave the host's stage-2 ([`HostMemory::end_host_share`]),
+    /// so a refused call changes no table either. A call that takes the last share of more
+    /// pages than that finds them by walking the range a second time (count now zero).
     pub fn revoke_stage2_sg_gpa(
         &mut self,
         m: &impl Machine,
@@ -96,33 +114,74 @@ impl HostMemory {
         gpa: u64,
         size: u64,
     ) -> Result<(), MemError> {
-        if !planted(Mutation::ShareRangeNotAtomic) {
-            for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.may_revoke(vmid, pfn).map(drop))?;
+        let pages = share_pages(gpa, size)?;
+        let mut last_shares = [0u64; REMEMBERED];
+        let mut taken = 0;
+        for page in pages.clone().step_by(PAGE_SIZE as usize) {
+            let Some(pfn) = mapped_pfn(m, vm_s2, page) else { continue };
+            match self.take_share(vmid, pfn) {
+                Ok(0) => {
+                    if let Some(slot) = last_shares.get_mut(taken) {
+                        *slot = pfn;
+                    }
+                    taken += 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !planted(Mutation::ShareRangeNotAtomic) {
+                        for_each_mapped_pfn(m, vm_s2, pages.start..page, |pfn| self.grant_vm_page(vmid, pfn));
+                    }
+                    return Err(e);
+                }
+            }
         }
-        // Cannot fail part-way now: a shared page is a single 4 KiB leaf in the host's table, so
+        // Cannot fail now: a shared page is a single 4 KiB leaf in the host's table, so
         // unmapping it needs no split and no table page.
-        for_each_mapped_pfn(m, vm_s2, gpa, size, |pfn| self.revoke_vm_page(m, vmid, pfn))
+        match last_shares.get(..taken) {
+            Some(remembered) => remembered.iter().try_for_each(|&pfn| self.end_host_share(m, pfn << 12)),
+            None => {
+                let mut result = Ok(());
+                for_each_mapped_pfn(m, vm_s2, pages, |pfn| {
+                    if result.is_ok() && self.db.get(pfn << 12).is_some_and(|p| p.count == 0) {
+                        result = self.end_host_share(m, pfn << 12);
+                    }
+                });
+                result
+            }
+        }
     }
 }
 
-/// Calls `f` with the page frame behind each mapped page of `[gpa, gpa + size)`, in order,
-/// stopping at the first error; unmapped pages are skipped. A range that reaches past the
-/// guest-physical address space (or wraps around) is refused before any page is looked at.
-fn for_each_mapped_pfn(
-    m: &impl Machine,
-    vm_s2: &PageTable,
-    gpa: u64,
-    size: u64,
-    mut f: impl FnMut(u64) -> Result<(), MemError>,
-) -> Result<(), MemError> {
+/// How many pages whose last share it takes a revoke remembers from its walk.
+pub const REMEMBERED: usize = 16;
+
+/// The page-aligned guest-physical range a share call covers, or `BadRange` if it reaches past
+/// the guest-physical address space (or wraps around).
+fn share_pages(gpa: u64, size: u64) -> Result<core::ops::Range<u64>, MemError> {
     let end = gpa
         .checked_add(size)
         .filter(|&end| end <= INPUT_LIMIT)
         .ok_or(MemError::PageTable(crate::page_table::PtError::BadRange))?;
-    for page in (gpa & !0xfff..end).step_by(level_size(3) as usize) {
-        if let Some(leaf) = vm_s2.walk(m, page) {
-            f(leaf.translate(page) >> 12)?;
+    Ok(gpa & !(PAGE_SIZE - 1)..end)
+}
+
+/// The page frame behind guest-physical page `page`, if the VM maps it.
+#[inline(always)]
+fn mapped_pfn(m: &impl Machine, vm_s2: &PageTable, page: u64) -> Option<u64> {
+    vm_s2.walk(m, page).map(|leaf| leaf.translate(page) >> 12)
+}
+
+/// Calls `f` with the frame behind each mapped page of `pages` (page-aligned start), in order.
+/// For the undo and the long-revoke paths only.
+fn for_each_mapped_pfn<T>(
+    m: &impl Machine,
+    vm_s2: &PageTable,
+    pages: core::ops::Range<u64>,
+    mut f: impl FnMut(u64) -> T,
+) {
+    for page in pages.step_by(PAGE_SIZE as usize) {
+        if let Some(pfn) = mapped_pfn(m, vm_s2, page) {
+            f(pfn);
         }
     }
-    Ok(())
 }

@@ -109,6 +109,14 @@ impl PageDb {
         }
     }
 
+    /// The owner of the page at `pa` and its share count, to change the count in place (owner
+    /// and gfn stay, so the per-block counts do too); `None` outside RAM. One index lookup for
+    /// the share call's check and update.
+    pub fn share_count_mut(&mut self, pa: u64) -> Option<(Owner, &mut u16)> {
+        let page = &mut self.pages[self.regions.page_index(pa)?];
+        Some((Owner::decode(page.owner), &mut page.count))
+    }
+
     /// Whether every page of the aligned block `[base, base + size)` is RAM owned by the host.
     /// `size` is 4 KiB, 2 MiB or 1 GiB.
     pub fn host_owns_block(&self, base: u64, size: u64) -> bool {

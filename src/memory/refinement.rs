@@ -3,12 +3,18 @@
 //!   step (PageManager, MemManager, FaultHandler, and the page tables under them);
 //! - invariants: `host_iso`, `vm_iso`, `host_flatmap`, no page mapped by two VMs, and
 //!   scrubbed-before-reuse, after every step of random sequences by every principal;
-//! - coherent hand-over: every page that changes hands (per the spec) reads the same through
-//!   DRAM as through the caches afterwards (issue 11, finding 3).
+//! - coherent hand-over: every page that changes owner (per the spec) reads the same through
+//!   DRAM as through the caches afterwards (issue 11, finding 3), and a page whose last share
+//!   the host loses keeps no line the host allocated (issue 12: cleaned only when the host's
+//!   stage-2 mapped it).
 
 use super::invariants::check;
 use super::pages::Owner;
-use super::system::{any_op, coherent, handed_over, initial_rdata, relate, spec_apply, Op, Outcome, System};
+use super::spec::last_share_owes_clean;
+use super::system::{
+    any_op, coherent, handed_over, host_lines_left, initial_rdata, last_share_taken, relate, spec_apply, Op, Outcome,
+    System,
+};
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::mutation::Mutation;
 use proptest::prelude::*;
@@ -33,6 +39,24 @@ fn refines(pages_only: bool, ops: &[Op]) -> Result<(), TestCaseError> {
             prop_assert!(
                 coherent(&sys.m, pfn),
                 "page {:#x} changed hands with DRAM behind the caches after {:?}",
+                pfn,
+                op
+            );
+        }
+        let cleaned = sys.m.take_cleaned();
+        for pfn in last_share_taken(&r, &next) {
+            let page = pfn << 12..(pfn + 1) << 12;
+            let was_cleaned = cleaned.iter().any(|(range, _)| range.start < page.end && page.start < range.end);
+            prop_assert_eq!(
+                was_cleaned,
+                last_share_owes_clean(&r, pfn << 12),
+                "page {:#x}: cleaned on the last unshare against the rule after {:?}",
+                pfn,
+                op
+            );
+            prop_assert!(
+                !host_lines_left(&sys.m, pfn),
+                "page {:#x}: the host lost its last share with its lines left in the cache after {:?}",
                 pfn,
                 op
             );
@@ -157,4 +181,47 @@ fn coherent_hand_over_catches_a_scrub_left_in_the_cache() {
 #[test]
 fn coherent_hand_over_catches_host_lines_left_on_a_taken_page() {
     catches(Mutation::SkipCleanOnTake, refines);
+}
+
+#[test]
+fn coherent_hand_over_catches_host_lines_left_on_a_last_unshare() {
+    // Random sequences reach "the host touched a shared page, then lost its last share" only
+    // now and then; these start there: VM 1 maps and shares a page, the host writes it, and the
+    // VM takes the share back; then go on at random.
+    let (vmid, pfn) = (1, 0x40201u64);
+    let edge = [
+        Op::Assign { vmid, gfn: 0, pfn },
+        Op::MapPfnVm { vmid, gfn: 0, pfn },
+        Op::ShareRange { vmid, gpa: 0, size: 1 << 12, revoke: false },
+        Op::HostStore(pfn << 12 | 8, 7),
+        Op::ShareRange { vmid, gpa: 0, size: 1 << 12, revoke: true },
+    ];
+    assert!(refines(false, &edge).is_ok() && refines(true, &edge).is_ok());
+    let inputs = sequences().prop_map(move |(pages_only, ops)| (pages_only, [edge.to_vec(), ops].concat()));
+    crate::mutation::catches(Mutation::SkipCleanOnLastUnshare, 16, inputs, |(pages_only, ops)| {
+        refines(pages_only, &ops)
+    });
+}
+
+#[test]
+fn a_last_unshare_the_host_never_mapped_leaves_the_vm_lines_alone() {
+    // The VM writes its shared page; the host never maps it: taking the share back cleans
+    // nothing (the VM's dirty line stays), and the refinement holds.
+    let (vmid, pfn) = (1, 0x40201u64);
+    let ops = [
+        Op::Assign { vmid, gfn: 0, pfn },
+        Op::MapPfnVm { vmid, gfn: 0, pfn },
+        Op::ShareRange { vmid, gpa: 0, size: 1 << 12, revoke: false },
+        Op::VmStore { vmid, gpa: 8, value: 7 },
+        Op::ShareRange { vmid, gpa: 0, size: 1 << 12, revoke: true },
+    ];
+    refines(false, &ops).unwrap();
+    let mut sys = System::new(false);
+    for op in &ops[..4] {
+        sys.apply(op);
+    }
+    sys.m.take_cleaned();
+    sys.apply(&ops[4]);
+    assert!(sys.m.take_cleaned().is_empty(), "an unshare the host never mapped cleaned the page");
+    assert!(!coherent(&sys.m, pfn), "the VM's own dirty line was written back");
 }

@@ -261,7 +261,8 @@ pub fn grant_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     }
 }
 
-/// `revoke_vm_page`: at zero shares the host loses its mapping.
+/// `revoke_vm_page`: at zero shares the host loses its mapping (and the page is cleaned and
+/// invalidated if, and only if, [`last_share_owes_clean`]).
 pub fn revoke_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     let pa = match frame(pfn) {
         Ok(pa) => pa,
@@ -283,6 +284,16 @@ pub fn revoke_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     }
     next.set_page(pa, PageInfo { count: page.count - 1, ..page });
     Some((next, Ok(())))
+}
+
+/// The cache rule of the host's last share (issue 12, docs/cache-coherency.md "The last
+/// share"): taking it back owes a clean and invalidate of the page to the point of coherency
+/// exactly when the host's stage-2 maps the page in `r`, the state before. A page becomes a
+/// VM's with no line in any cache (cleaned at the hand-over), the host can allocate lines only
+/// through a stage-2 mapping, it gets one only while the page is shared, and the end of every
+/// share period that had one cleans; so without a mapping now the host holds no line of it.
+pub fn last_share_owes_clean(r: &RData, pa: u64) -> bool {
+    r.page(pa).is_some_and(|p| matches!(p.owner, Owner::Vm(_)) && p.count == 1) && walk_spec(r.host(), pa).is_some()
 }
 
 /// `map_pfn_vm`.

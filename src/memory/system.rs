@@ -180,6 +180,7 @@ impl System {
         if !mapped {
             return Access::Abort;
         }
+        self.m.host_access(pa);
         match store {
             Some(v) => {
                 self.m.write_u64(pa, v);
@@ -419,20 +420,33 @@ pub fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![8 => host_op(), 8 => vm_op(any_vmid()), 1 => Just(Op::WriteBack)]
 }
 
-/// Pages that changed hands between two abstract states: a new owner, or the host's last share
-/// taken back. KCore must leave each of them coherent: DRAM equal to the coherent view
-/// (docs/cache-coherency.md).
+/// Pages that changed owner between two abstract states. KCore must leave each of them
+/// coherent: DRAM equal to the coherent view (docs/cache-coherency.md).
 pub fn handed_over(before: &RData, after: &RData) -> Vec<u64> {
+    changed_pages(before, after, |b, a| b.owner != a.owner)
+}
+
+/// Pages whose last share the host lost between two abstract states (the VM keeps them). KCore
+/// must leave no line of them that the host allocated ([`ModelMachine::host_may_hold_lines`]):
+/// it cleans and invalidates the page when the host's stage-2 mapped it
+/// ([`spec::last_share_owes_clean`]), and the host can have no line of it otherwise.
+pub fn last_share_taken(before: &RData, after: &RData) -> Vec<u64> {
+    changed_pages(before, after, |b, a| b.owner == a.owner && b.count > 0 && a.count == 0)
+}
+
+fn changed_pages(before: &RData, after: &RData, changed: impl Fn(PageInfo, PageInfo) -> bool) -> Vec<u64> {
     let pfns: BTreeSet<u64> = before.s2page.keys().chain(after.s2page.keys()).copied().collect();
     pfns.into_iter()
-        .filter(|&pfn| {
-            let (b, a) = (before.page(pfn << 12), after.page(pfn << 12));
-            match (b, a) {
-                (Some(b), Some(a)) => b.owner != a.owner || (b.count > 0 && a.count == 0),
-                _ => false,
-            }
+        .filter(|&pfn| match (before.page(pfn << 12), after.page(pfn << 12)) {
+            (Some(b), Some(a)) => changed(b, a),
+            _ => false,
         })
         .collect()
+}
+
+/// Whether the host may still hold a line of page `pfn`.
+pub fn host_lines_left(m: &ModelMachine, pfn: u64) -> bool {
+    m.host_may_hold_lines(pfn << 12..(pfn + 1) << 12)
 }
 
 /// Whether page `pfn` reads the same through DRAM as through the caches.

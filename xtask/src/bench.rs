@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Per-operation EL2 instruction counts and their targets.
 const TARGETS: &[(&str, &str, u64)] = &[
-    ("null-hvc", "host null hypercall round trip", 120),
+    ("null-hvc", "host null hypercall round trip", 100),
     ("host-s2-fault", "host stage-2 fault (2 MiB block)", 400),
     ("guest-share-call", "guest share call, served in KCore", 150),
     ("vcpu-run", "VCPU_RUN entry + exit (world switch x2)", 1500),
