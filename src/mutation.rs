@@ -64,6 +64,10 @@ pub enum Mutation {
     /// `checked_pa` shifts any page number into an address, high bits lost (`P | k << 52` names
     /// page P).
     UncheckedPfn,
+    /// The trap edge cuts a host's page number to 28 bits instead of refusing it.
+    EdgeTruncatesPfn,
+    /// A guest's WFI exit reports its virtual timer's deadline without the VM's counter offset.
+    WfiDeadlineIgnoresCntvoff,
 }
 
 #[cfg(test)]

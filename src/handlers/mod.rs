@@ -3,6 +3,7 @@
 //! the state below them, so their specs and refinement tests run on the host; `trap_handler` is
 //! the glue that the vectors call and that performs the machine effects.
 
+pub mod decode;
 pub mod esr;
 pub mod fault_handler;
 pub mod inject;
@@ -11,3 +12,5 @@ pub mod trap_dispatcher;
 #[cfg(target_os = "none")]
 pub mod trap_handler;
 pub mod vm_calls;
+// TEMPORARY (issue 12): the VM layer's contract API until the VM-record branch lands.
+pub mod vm_contract;
