@@ -1,7 +1,9 @@
 //! The top of the stack (SeKVM layers 30-34): MemHandler, FaultHandler, TrapDispatcher and
-//! TrapHandler. The dispatchers are pure functions of the trap syndrome, the saved registers and
-//! the state below them, so their specs and refinement tests run on the host; `trap_handler` is
-//! the glue that the vectors call and that performs the machine effects.
+//! TrapHandler. Every trap is decoded once at the edge (`decode`: the syndrome, the fault
+//! registers and the caller's registers become one typed value); the dispatchers are pure
+//! functions of that value, the saved registers and the state below them, so their specs and
+//! refinement tests run on the host; `trap_handler` is the glue that the vectors call and that
+//! performs the machine effects.
 
 pub mod decode;
 pub mod esr;

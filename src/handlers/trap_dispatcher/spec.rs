@@ -262,6 +262,16 @@ pub enum VmNext {
     },
 }
 
+/// What `vm_exit_spec` knows of the VM and the machine at a guest's exit.
+pub struct AbsGuestEnv<'a> {
+    /// Whether a guest-physical address is in the VM's RAM.
+    pub in_ram: &'a dyn Fn(u64) -> bool,
+    /// What the guest reads from an ID register.
+    pub id_register: &'a dyn Fn(IdReg) -> u64,
+    /// The live virtual timer: CNTV_CTL_EL0, CNTV_CVAL_EL0, and the VM's CNTVOFF_EL2.
+    pub timer: (u64, u64, u64),
+}
+
 /// `vm_exit_dispatcher_spec`, stated from the architecture's syndrome layout (Arm ARM D19.2.46)
 /// and the ABI: a guest's exit of `kind` with syndrome `esr` at guest-physical `ipa`;
 /// `serror_at_exit`: an SError was pending as the guest left.
@@ -276,10 +286,9 @@ pub fn vm_exit_spec(
     esr: u64,
     ipa: u64,
     v: &AbsVcpu,
-    in_ram: &dyn Fn(u64) -> bool,
-    id_register: &dyn Fn(IdReg) -> u64,
-    (cntv_ctl, cntv_cval, cntvoff): (u64, u64, u64),
+    env: &AbsGuestEnv,
 ) -> Option<(AbsVcpu, VmNext)> {
+    let AbsGuestEnv { in_ram, id_register, timer: (cntv_ctl, cntv_cval, cntvoff) } = *env;
     let mut v = v.clone();
     if serror_at_exit || kind == TrapKind::SError {
         v.virtual_serror = true;

@@ -285,9 +285,9 @@ fn vm_exit_refines(case: GuestExitCase) -> Result<(), TestCaseError> {
     let trap = GuestTrap::decode(GuestExit { kind, serror }, esr, &vcpu.gprs.frame, || (far, hpfar));
     let exit = vm_exit_dispatcher(trap, &mut vcpu, &env);
     let abs = super::spec::AbsVcpu { x, pc, pending: crate::vcpu::Pending::Nothing, virtual_serror: already };
-    let timer = (ctl, cval, cntvoff);
-    let (after, next) =
-        super::spec::vm_exit_spec(kind, serror, esr, ipa, &abs, &in_ram, &fake_id_register, timer).unwrap();
+    let abs_env =
+        super::spec::AbsGuestEnv { in_ram: &in_ram, id_register: &fake_id_register, timer: (ctl, cval, cntvoff) };
+    let (after, next) = super::spec::vm_exit_spec(kind, serror, esr, ipa, &abs, &abs_env).unwrap();
     let got = match exit {
         VmExit::Resume => super::spec::VmNext::Guest,
         VmExit::Undef { pc } => super::spec::VmNext::UndefAt(pc),
