@@ -186,6 +186,8 @@ fn every_top_level_module_is_in_the_layers() {
             missing.push(name);
         }
     }
+    missing.sort();
+    missing.dedup();
     assert!(missing.is_empty(), "top-level modules of src/ missing from LAYERS: {missing:?}");
 }
 
