@@ -87,6 +87,7 @@ pub fn call_name(function: u32) -> &'static str {
 impl HostCall {
     /// Decodes the host call in w0 (SMCCC: the upper half of x0 is ignored) with arguments
     /// x1..x4.
+    #[inline]
     pub fn decode(x: &[u64; 31]) -> Result<HostCall, BadCall> {
         let function = x[0] as u32;
         let [a1, a2, a3, a4] = [x[1], x[2], x[3], x[4]];
@@ -186,6 +187,7 @@ pub struct Stage2Abort {
 }
 
 impl Stage2Abort {
+    #[inline]
     fn new(esr: u64, (far, hpfar): (u64, u64)) -> Stage2Abort {
         Stage2Abort { esr, far, ipa: Ipa(fault_ipa(hpfar, far)), instruction: esr::class(esr) == ec::IABT_LOW }
     }
@@ -193,6 +195,7 @@ impl Stage2Abort {
 
 /// The faulting IPA of a stage-2 abort: HPFAR_EL2.FIPA (bits 43:4 hold IPA bits 47:12) plus the
 /// page offset from FAR_EL2.
+#[inline]
 pub fn fault_ipa(hpfar: u64, far: u64) -> u64 {
     (hpfar & 0x0000_0FFF_FFFF_FFF0) << 8 | (far & 0xfff)
 }
@@ -215,6 +218,7 @@ pub enum HostTrap {
 impl HostTrap {
     /// Decodes the host's synchronous trap with syndrome `esr` and registers `frame`;
     /// `fault_registers` reads FAR_EL2 and HPFAR_EL2, only for an abort.
+    #[inline]
     pub fn decode(esr: u64, frame: &TrapFrame, fault_registers: impl FnOnce() -> (u64, u64)) -> HostTrap {
         match esr::class(esr) {
             ec::HVC64 if esr::imm16(esr) == 0 => HostTrap::Call(HostCall::decode(&frame.x)),
@@ -262,6 +266,7 @@ pub struct SysInstruction {
 }
 
 impl SysInstruction {
+    #[inline]
     pub fn decode(esr: u64) -> Option<SysInstruction> {
         (esr::class(esr) == ec::SYS64).then_some(SysInstruction {
             op0: (esr >> 20 & 3) as u8,
@@ -338,6 +343,7 @@ pub enum GuestCall {
 }
 
 impl GuestCall {
+    #[inline]
     pub fn decode(x: &[u64; 31]) -> GuestCall {
         let regs = [x[0], x[1], x[2], x[3]];
         match x[0] as u32 {
@@ -356,6 +362,7 @@ impl GuestTrap {
     /// Decodes a guest's exit: `exit` as the world switch returned it, `esr` the syndrome,
     /// `fault_registers` reads FAR_EL2 and HPFAR_EL2 (only for an abort), `frame` the guest's
     /// registers.
+    #[inline]
     pub fn decode(
         exit: GuestExit,
         esr: u64,

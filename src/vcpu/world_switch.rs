@@ -9,6 +9,7 @@ use crate::machine::guest_regs::{CoreControls, El1Regs, El2Controls, FpRegs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
 /// Loads one world's EL2 controls (the guest's about to run, or the host's again).
+#[inline]
 pub fn load_controls(controls: &El2Controls) {
     cpu::set_el2_controls(controls)
 }
@@ -23,6 +24,7 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
 /// controls `guest`, until `serve` returns a value for an exit; `serve` gets every exit first
 /// and returns `None` for those it served in place (the guest runs on). `stop_host_pmu`: the
 /// host's PMU counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
+#[inline]
 pub fn run_vcpu<R>(
     vcpu: &mut VcpuContext,
     host: &El2Controls,

@@ -68,6 +68,7 @@ pub struct HostEnv<'a> {
 }
 
 /// Decides a synchronous trap from the host (SeKVM `host_trap_dispatcher`).
+#[inline]
 pub fn host_trap_dispatcher(trap: HostTrap, frame: &mut TrapFrame, env: &HostEnv) -> HostExit {
     match trap {
         HostTrap::Call(Ok(call)) => host_hvc_dispatcher(call, frame),
@@ -103,6 +104,7 @@ pub fn host_trap_dispatcher(trap: HostTrap, frame: &mut TrapFrame, env: &HostEnv
 
 /// Routes the host's hypercall to its operation (SeKVM `host_hvc_dispatcher`): the one match
 /// over every host call.
+#[inline]
 pub fn host_hvc_dispatcher(call: HostCall, frame: &mut TrapFrame) -> HostExit {
     match call {
         HostCall::Version => set_result(frame, HypResult::success([ABI_VERSION, 0, 0])),
@@ -185,6 +187,7 @@ pub struct GuestEnv<'a> {
 /// When a virtual timer with control `ctl` and compare value `cval` fires, in physical counter
 /// ticks (the virtual count is the physical one less `cntvoff`); `u64::MAX` if it is off or
 /// masked.
+#[inline]
 pub fn timer_deadline((ctl, cval): (u64, u64), cntvoff: u64) -> u64 {
     const ENABLE: u64 = 1;
     const IMASK: u64 = 2;
@@ -206,6 +209,7 @@ pub fn timer_deadline((ctl, cval): (u64, u64), cntvoff: u64) -> u64 {
 /// The host is not told: the error came from the guest's own accesses (its RAM or the devices
 /// mapped into it), and stopping the VM would hand every guest a way to make the host act.
 /// The exit itself is then served as usual.
+#[inline]
 pub fn vm_exit_dispatcher(trap: GuestTrap, vcpu: &mut VcpuContext, env: &GuestEnv) -> VmExit {
     let to_host = |reason, details| VmExit::ToHost(ExitRecord { reason, details });
     if trap.serror && !crate::mutation::planted(crate::mutation::Mutation::SErrorAtExitIgnored) {

@@ -16,6 +16,7 @@ use log::info;
 static HOST_CONTROLS: [spin::Once<El2Controls>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
 
 /// The host's EL2 controls on `core` (after it entered the host).
+#[inline]
 pub fn host_controls(core: usize) -> &'static El2Controls {
     HOST_CONTROLS[core].get().expect("a core runs a guest only for the host, after entering it")
 }

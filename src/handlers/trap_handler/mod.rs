@@ -46,8 +46,11 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
 
 /// A synchronous trap from the host: decoded once, dispatched, and the answer carried out.
 fn host_sync(core: usize, frame: &mut TrapFrame) {
+    // Only a PSCI CPU_ON asks where the host may run: the setup is looked up then, not on
+    // every trap (nothing stands between the decode and the dispatcher's match on it).
+    let host_may_run_at = |pa| (state::host().may_run_at)(pa);
+    let env = HostEnv { cores: &CORES, host_may_run_at: &host_may_run_at };
     let trap = HostTrap::decode(regs::esr_el2(), frame, || (regs::far_el2(), regs::hpfar_el2()));
-    let env = HostEnv { cores: &CORES, host_may_run_at: &state::host().may_run_at };
     match host_trap_dispatcher(trap, frame, &env) {
         HostExit::Resume => {}
         HostExit::ResumeAndWake => cpu::send_event(),

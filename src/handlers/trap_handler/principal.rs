@@ -25,6 +25,7 @@ static HALTED: AtomicBool = AtomicBool::new(false);
 /// the contexts live in.
 static HOLDS_CONTEXT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
+#[inline]
 pub fn set(core: usize, principal: Principal) {
     HANDLING[core].store(principal as u8, Ordering::Relaxed);
 }
@@ -35,6 +36,7 @@ pub fn halt_all_cores() {
 }
 
 /// Parks this core for good if the halt flag was raised, letting go of any vCPU context.
+#[inline]
 pub fn park_if_halted(core: usize) {
     if HALTED.load(Ordering::Relaxed) {
         HOLDS_CONTEXT[core].store(false, Ordering::Release);
@@ -44,6 +46,7 @@ pub fn park_if_halted(core: usize) {
 
 /// Records whether `core` holds a vCPU context (`Release` when it lets go: its writes to the
 /// context are done).
+#[inline]
 pub fn holds_context(core: usize, holds: bool) {
     HOLDS_CONTEXT[core].store(holds, if holds { Ordering::Relaxed } else { Ordering::Release });
 }

@@ -38,11 +38,13 @@ pub fn install(host: HostSetup, kcore: Kcore) {
 }
 
 /// The host's setup (after [`install`]).
+#[inline]
 pub(super) fn host() -> &'static HostSetup {
     HOST.get().expect("the host's setup is installed before the host runs")
 }
 
 /// Runs `f` on KCore's state, under its lock.
+#[inline]
 pub(super) fn with_kcore<R>(f: impl FnOnce(&mut Kcore) -> R) -> R {
     match STATE.lock().as_mut() {
         Some(kcore) => f(kcore),

@@ -37,7 +37,10 @@ pub fn vcpu_run(core: usize, frame: &mut TrapFrame, vm: VmId, vcpu: VcpuId, answ
     let guest = controls::guest_controls(cpu, pmu, ticket.vttbr, vmpidr, ticket.cntvoff);
     let stop_host_pmu = controls::stops_host_pmu_in_guest(cpu, pmu);
     principal::set(core, Principal::Guest);
-    let (ctx, env) = (&mut ticket.ctx, GuestEnvOf { ram: ticket.ram, cntvoff: ticket.cntvoff });
+    let id_register = |reg| controls::guest_id_register(cpu, reg);
+    let (ram, cntvoff) = (ticket.ram, ticket.cntvoff);
+    let env = GuestEnv { ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff };
+    let ctx = &mut ticket.ctx;
     let exit = world_switch::run_vcpu(ctx, host_cores::host_controls(core), &guest, stop_host_pmu, |ctx, exit| {
         serve_in_place(core, vm, &env, ctx, exit)
     });
@@ -60,13 +63,6 @@ pub fn vcpu_run(core: usize, frame: &mut TrapFrame, vm: VmId, vcpu: VcpuId, answ
     frame.x[2..6].copy_from_slice(&record.details);
 }
 
-/// What the guest env is built from on each exit (the closures borrow nothing of the ticket,
-/// whose context the world switch holds).
-struct GuestEnvOf {
-    ram: crate::addr::IpaRange,
-    cntvoff: u64,
-}
-
 /// An exit for the host, as the dispatcher finished it.
 enum HostBound {
     Record(ExitRecord),
@@ -75,18 +71,15 @@ enum HostBound {
 
 /// Serves one guest exit on this core while the guest's world is loaded: `None` if the guest
 /// runs on, the exit for the host otherwise.
-fn serve_in_place(core: usize, vm: VmId, of: &GuestEnvOf, ctx: &mut VcpuContext, exit: GuestExit) -> Option<HostBound> {
+fn serve_in_place(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, exit: GuestExit) -> Option<HostBound> {
     principal::park_if_halted(core);
     let esr = regs::esr_el2();
     let trap = GuestTrap::decode(exit, esr, &ctx.gprs.frame, || (regs::far_el2(), regs::hpfar_el2()));
+    let exit = vm_exit_dispatcher(trap, ctx, env);
     if trap.serror {
         log::debug!("vm {vm}: an SError the guest caused (ESR {esr:#x}): a virtual SError for the guest");
     }
-    let cpu = features::boot();
-    let id_register = |reg| controls::guest_id_register(cpu, reg);
-    let env =
-        GuestEnv { ram: of.ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff: of.cntvoff };
-    match vm_exit_dispatcher(trap, ctx, &env) {
+    match exit {
         VmExit::Resume => None,
         VmExit::Undef { pc } => {
             log::debug!("vm {vm}: guest exit EC {:#x} at {pc:#x}: UNDEF", super::super::esr::class(esr));
