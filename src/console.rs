@@ -2,12 +2,11 @@
 
 use crate::machine::{cpu, pl011::Pl011, sync::TicketLock};
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering};
 use log::{LevelFilter, Log, Metadata, Record};
 
 static UART: TicketLock<Option<Pl011>> = TicketLock::new(None);
-/// The console's base address, for writing without the lock on the way to a halt.
-static UART_BASE: AtomicU64 = AtomicU64::new(0);
+/// The console's UART again, for writing without the lock on the way to a halt.
+static UART_FALLBACK: spin::Once<Pl011> = spin::Once::new();
 static LOGGER: Logger = Logger;
 
 struct Logger;
@@ -44,10 +43,10 @@ impl Log for Logger {
     }
 }
 
-/// Starts logging to the PL011 at `uart_base`. Call once, with the MMU on.
-pub fn init(uart_base: u64, level: LevelFilter) {
-    *UART.lock() = Some(Pl011::new(uart_base));
-    UART_BASE.store(uart_base, Ordering::Release);
+/// Starts logging to `uart`. Call once, with the MMU on.
+pub fn init(uart: Pl011, level: LevelFilter) {
+    *UART.lock() = Some(uart);
+    UART_FALLBACK.call_once(|| uart);
     // Only fails if a logger is already set, and this runs once.
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(level);
@@ -65,8 +64,9 @@ pub fn level_from_bootargs(bootargs: &str) -> (LevelFilter, Option<&str>) {
 }
 
 /// Writes a message even when the console lock is held by a core that cannot release it (a
-/// panic on the lock holder). Used only on the way to halting.
-pub fn emergency_write(args: core::fmt::Arguments) {
+/// panic on the lock holder), or to `no_console` before there is a console. Used only on the way
+/// to halting.
+pub fn emergency_write(args: core::fmt::Arguments, no_console: impl FnOnce() -> Pl011) {
     for _ in 0..1_000_000 {
         if let Some(uart) = UART.try_lock() {
             if let Some(uart) = uart.as_ref() {
@@ -78,10 +78,6 @@ pub fn emergency_write(args: core::fmt::Arguments) {
         core::hint::spin_loop();
     }
     // The lock never came free: write anyway, interleaving is better than silence.
-    let base = match UART_BASE.load(Ordering::Acquire) {
-        0 => crate::board::BOARD.uart_base,
-        base => base,
-    };
-    let fallback = Pl011::new(base);
+    let fallback = UART_FALLBACK.get().copied().unwrap_or_else(no_console);
     let _ = UartWriter(&fallback).write_fmt(args);
 }

@@ -52,6 +52,9 @@ pub struct HostEntry {
     pub context: u64,
 }
 
+/// Every core's state, shared by the boot sequence and the PSCI mediation.
+pub static CORES: CoreTable = CoreTable::new();
+
 /// Per-core state and the CPU_ON mailbox.
 pub struct CoreTable {
     state: [AtomicU8; MAX_CPUS],

@@ -67,6 +67,10 @@ pub enum Mutation {
     /// The host's last share of a page is taken back without cleaning and invalidating the
     /// page, even though the host's stage-2 mapped it (so the host may have left lines of it).
     SkipCleanOnLastUnshare,
+    /// The trap edge cuts a host's page number to 28 bits instead of refusing it.
+    EdgeTruncatesPfn,
+    /// A guest's WFI exit reports its virtual timer's deadline without the VM's counter offset.
+    WfiDeadlineIgnoresCntvoff,
 }
 
 #[cfg(test)]

@@ -10,12 +10,6 @@ use crate::mutation::{planted, Mutation};
 use crate::page_table::Leaf;
 use crate::vcpu::DataAccess;
 
-/// The faulting IPA of a stage-2 abort: HPFAR_EL2.FIPA (bits 43:4 hold IPA bits 47:12) plus the
-/// page offset from FAR_EL2.
-pub fn fault_ipa(hpfar: u64, far: u64) -> u64 {
-    (hpfar & 0x0000_0FFF_FFFF_FFF0) << 8 | (far & 0xfff)
-}
-
 /// Serves the host's stage-2 fault at `ipa` (SeKVM `handle_host_stage2_fault`).
 pub fn handle_host_stage2_fault(m: &impl Machine, mem: &mut HostMemory, ipa: u64) -> Result<Leaf, MemError> {
     mem.map_page_host(m, ipa)

@@ -18,12 +18,6 @@ pub enum PsciOutcome {
     SystemReset,
 }
 
-/// PSCI function ids are SMCCC standard-secure-service calls, 0x8400_0000..0x8400_001F
-/// (SMC32) and 0xC400_0000..0xC400_001F (SMC64).
-pub fn is_psci(function: u32) -> bool {
-    function & !0x4000_001F == 0x8400_0000
-}
-
 /// Answers the host's PSCI `function` with arguments x1..x3. `host_may_run_at(pa)` says whether
 /// the host may start a core at `pa` (host memory, not KCore's).
 pub fn host_psci(
@@ -91,12 +85,6 @@ mod tests {
 
     fn host_ram(pa: u64) -> bool {
         (0x4400_0000..0x8000_0000).contains(&pa)
-    }
-
-    #[test]
-    fn psci_ids_are_recognised_in_both_conventions() {
-        assert!(is_psci(psci::CPU_ON_64) && is_psci(psci::CPU_ON_32) && is_psci(psci::SYSTEM_OFF));
-        assert!(!is_psci(0xC200_0001) && !is_psci(0xC600_0000) && !is_psci(0x8400_0020));
     }
 
     #[test]

@@ -3,33 +3,21 @@
 
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
-use crate::machine::{cpu, features, layout, phys, regs, Aarch64, Machine, TrapFrame, PAGE_SIZE};
+use crate::handlers::trap_handler::{self, HostSetup};
+use crate::machine::{cpu, features, layout, phys, Aarch64, Machine, PAGE_SIZE};
 use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory, MmioMap};
 use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vm::Kcore;
-use core::sync::atomic::{AtomicU64, Ordering};
 use corevisor_boards::{Gic, PhysRange};
 use log::{error, info, warn};
 
-/// VTTBR_EL2 while the host runs: its stage-2 root, VMID 0.
-static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
 /// The host's VMID.
 const HOST_VMID: u16 = 0;
 
 /// KServ's raw image (empty when the image was built without one).
 static KSERV_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kserv.bin"));
-
-/// Sets this core's EL2 controls for running the host, behind its stage-2 (`vcpu::controls`).
-pub fn configure_core(platform: &Platform) {
-    let vttbr = HOST_VTTBR.load(Ordering::Acquire);
-    let controls = controls::host_controls(features::boot(), HostPmu::of_build(), vttbr, regs::mpidr_el1());
-    regs::configure_host(&controls, matches!(platform.gic, Gic::V3 { .. }));
-    if let Some(actlr) = controls::actlr_el2(features::boot()) {
-        regs::set_actlr_el2(actlr);
-    }
-}
 
 /// Says at boot what of the CPU guests could reach unguarded, and whether the host's PMU may
 /// count KCore.
@@ -79,7 +67,9 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
 /// redistributor frame emulated; the GICv2 virtual interface control KCore's. Says loudly at
 /// boot which DMA-capable devices the host was given anyway.
 fn host_mmio(platform: &Platform) -> MmioMap {
-    let plan = platform.host_mmio(|pa| phys::mmio_read(pa, 3));
+    // SAFETY: `host_mmio` reads only GICR_TYPER of the redistributor regions the DT (or the
+    // board) lists, Device memory in KCore's EL2 map; reading it has no side effect.
+    let plan = platform.host_mmio(|pa| unsafe { phys::mmio_read(pa, 3) });
     for device in &plan.dma_given {
         warn!(
             "DMA IS NOT ISOLATED: {} at {:#x}..{:#x} is given to the host ({}); it can write any memory, KCore's and every VM's",
@@ -135,16 +125,19 @@ pub fn host_may_run_at(pa: u64) -> bool {
 
 /// Loads KServ and enters it on this core. Never returns.
 pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
+    let power = super::power(platform);
     if KSERV_IMAGE.is_empty() {
         error!("this image embeds no KServ: build it with `cargo xtask build`");
-        super::power::system_off(1);
+        power.system_off(1);
     }
     let image = PhysRange::new(BOARD.kserv_base, KSERV_IMAGE.len() as u64);
     if let Err(problem) = check_kserv_placement(platform, image) {
         error!("cannot load KServ at {:#x}..{:#x}: {problem}", image.base, image.end());
-        super::power::system_off(1);
+        power.system_off(1);
     }
-    phys::copy_to(image.base, KSERV_IMAGE);
+    // SAFETY: the slot is host RAM outside KCore's region, the DTB and the initrd (checked just
+    // above), and the host does not run yet: nothing else owns or references it.
+    unsafe { phys::copy_to(image.base, KSERV_IMAGE) };
     // KServ starts with its caches off: its image must be in memory, not only in KCore's cache.
     phys::clean_invalidate_dcache(image.base, image.size);
     phys::sync_icache();
@@ -152,7 +145,7 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
         Ok(memory) => memory,
         Err(problem) => {
             error!("cannot set up the host's stage-2: {problem}");
-            super::power::system_off(1);
+            power.system_off(1);
         }
     };
     info!(
@@ -162,23 +155,28 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
         BOARD.kcore_base + BOARD.kcore_size,
         memory.policy
     );
-    HOST_VTTBR.store(memory.host_s2.root() | (HOST_VMID as u64) << 48, Ordering::Release);
+    let vttbr = memory.host_s2.root() | (HOST_VMID as u64) << 48;
+    // SAFETY: the redistributors' control pages the memory layer emulates for the host: Device
+    // memory the DT (or the board) lists as the GIC's, which the trap handler filters
+    // (`fault_handler::gicr_decision`) before any access reaches it.
+    let emulated_mmio = unsafe { phys::DeviceWindow::new(memory.mmio.emulated.clone()) };
     let key = match ed25519_dalek::VerifyingKey::from_bytes(&IMAGE_KEY) {
         Ok(key) => key,
         Err(_) => {
             error!("the image key compiled into KCore is not an Ed25519 public key");
-            super::power::system_off(1);
+            power.system_off(1);
         }
     };
     let kcore = Kcore::new(memory, vm_pools(layout::page_table_pool().end), key);
-    crate::handlers::trap_handler::install(host_may_run_at, kcore);
+    let gic_v3 = matches!(platform.gic, Gic::V3 { .. });
+    trap_handler::install(HostSetup { may_run_at: host_may_run_at, vttbr, gic_v3, emulated_mmio, power }, kcore);
     report_cpu();
-    configure_core(platform);
     Aarch64.flush_stage2_vmid(HOST_VMID);
-    cores.mark_host(cpu::index());
+    let core = cpu::index();
+    cores.mark_host(core);
     let dtb = platform.dtb.map_or(0, |d| d.base);
     info!("entering KServ at {:#x} at EL1 ({} KiB, x0 = {dtb:#x})", image.base, image.size / 1024);
-    cpu::enter_lower(&TrapFrame::el1_entry(image.base, dtb))
+    trap_handler::enter_host(core, image.base, dtb)
 }
 
 /// KServ must fit its board slot, lie in RAM, and overlap neither KCore nor the firmware's data.

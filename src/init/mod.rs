@@ -5,23 +5,27 @@
 //! on Device memory hang on real Cortex-A72s), then the heap, the DTB, the console, the
 //! secondary cores, and finally the host.
 
+//!
+//! `init` is the top of KCore's stack: it may use every module, and none uses it. Like the
+//! machine layer it may use `unsafe`, as the boot glue that vouches for what the firmware handed
+//! over (the DTB, the UART, the PM block, KServ's slot) when it builds the capabilities the
+//! layers use.
+
 mod el2_map;
 mod host;
 mod panic;
-pub mod power;
 mod secondaries;
 
 use crate::board::BOARD;
-use crate::cpus::CoreTable;
+use crate::cpus::CORES;
+use crate::handlers::trap_handler::wait_for_work;
 use crate::machine::features::CpuFeatures;
+use crate::machine::power::Power;
 use crate::machine::spectre::{self, FirmwareOffer, Selection};
-use crate::machine::{cpu, firmware, heap, layout, mitigation, mmu, phys};
+use crate::machine::{cpu, firmware, heap, layout, mitigation, mmu, phys, pl011::Pl011};
 use crate::platform::{dtb_total_size, Platform, Source};
 use alloc::{boxed::Box, vec::Vec};
 use log::{error, info, warn};
-
-/// Every core's state, shared by the boot sequence and the PSCI mediation.
-pub static CORES: CoreTable = CoreTable::new();
 
 /// The machine as discovered at boot; read-only afterwards.
 static PLATFORM: spin::Once<Platform> = spin::Once::new();
@@ -31,17 +35,29 @@ pub fn platform() -> &'static Platform {
     PLATFORM.get().expect("the platform is discovered before any trap")
 }
 
+/// How this machine powers off and resets.
+fn power(platform: &Platform) -> Power {
+    // SAFETY: the board description says whether the firmware has PSCI; the PM block's address
+    // comes from the DTB or the board description and is Device memory in KCore's EL2 map (and
+    // protected from the host and every VM: `host::host_mmio`).
+    unsafe { Power::new(BOARD.name, BOARD.firmware_psci, platform.pm_watchdog) }
+}
+
 /// The boot core's Rust entry, from boot.S, with the DTB address the firmware passed in x0.
 #[no_mangle]
 extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
-    mmu::enable_el2(el2_map::build(BOARD));
+    // SAFETY: `el2_map::build` writes the identity map of the board's RAM window (KCore's image,
+    // stacks, heap and pool included) into the pool's first pages and cleans it to memory.
+    unsafe { mmu::enable_el2(el2_map::build(BOARD)) };
     crate::machine::features::init(cpu::id_registers());
     let entry = choose_entry_mitigation();
     let heap_bytes = heap::init();
     let (platform, dtb_problem) = discover(dtb_pa);
     let (level, bad_level) = crate::console::level_from_bootargs(&platform.bootargs);
     let bad_level = bad_level.map(alloc::string::String::from);
-    crate::console::init(platform.uart_base, level);
+    // SAFETY: the UART's address comes from the DTB (or the board description) and is Device
+    // memory in KCore's EL2 map; no board lists KCore's console for the host.
+    crate::console::init(unsafe { Pl011::new(platform.uart_base) }, level);
     let platform = PLATFORM.call_once(|| platform);
 
     info!("corevisor {} (KCore) on {}: running at EL{}", env!("CARGO_PKG_VERSION"), BOARD.name, cpu::current_el());
@@ -66,24 +82,14 @@ extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
 /// A secondary core's Rust entry, from boot.S.
 #[no_mangle]
 extern "C" fn kcore_secondary_main(core: usize) -> ! {
-    mmu::enable_el2(layout::page_table_pool().start);
+    // SAFETY: the boot core wrote KCore's identity map at the start of the pool before it
+    // started this core.
+    unsafe { mmu::enable_el2(layout::page_table_pool().start) };
     let entry = choose_entry_mitigation();
     CORES.mark_parked(core);
     info!("cpu{core} online at EL2, MMU on");
     report_entry_mitigation(core, &entry);
     wait_for_work(core)
-}
-
-/// Waits in KCore until the host gives this core work (PSCI CPU_ON), then enters the host.
-pub fn wait_for_work(core: usize) -> ! {
-    loop {
-        if let Some(work) = CORES.take_work(core) {
-            host::configure_core(platform());
-            info!("cpu{core} enters the host at {:#x}", work.entry);
-            cpu::enter_lower(&crate::machine::TrapFrame::el1_entry(work.entry, work.context));
-        }
-        cpu::wait_for_event();
-    }
 }
 
 /// The firmware's Spectre workaround calls, asked once on the boot core (the answers are the
@@ -96,7 +102,9 @@ static FIRMWARE_OFFER: spin::Once<FirmwareOffer> = spin::Once::new();
 fn choose_entry_mitigation() -> (CpuFeatures, Selection) {
     let offer = *FIRMWARE_OFFER.call_once(|| {
         if BOARD.firmware_psci {
-            FirmwareOffer::probe(&mut |function, arg| firmware::smc(function, [arg, 0, 0])[0])
+            // SAFETY: the probe asks only SMCCC_ARCH_FEATURES and SMCCC_VERSION, which act on
+            // nothing.
+            FirmwareOffer::probe(&mut |function, arg| unsafe { firmware::smc(function, [arg, 0, 0]) }[0])
         } else {
             FirmwareOffer::default()
         }
@@ -146,11 +154,18 @@ fn discover(dtb_pa: u64) -> (Platform, Option<alloc::string::String>) {
     if dtb_pa == 0 || !dtb_pa.is_multiple_of(8) || !BOARD.in_ram_window(dtb_pa) {
         return fallback(alloc::format!("no DTB passed (x0 = {dtb_pa:#x})"));
     }
-    let header: [u8; 8] = phys::static_bytes(dtb_pa, 8).try_into().unwrap_or_default();
+    // SAFETY: `dtb_pa` is in the board's RAM window (checked above), where the firmware left the
+    // DTB; nothing writes it before `Platform::from_dtb` has copied what KCore keeps (the host
+    // runs later, and gets the DTB's pages only then).
+    let header: [u8; 8] = unsafe { phys::static_bytes(dtb_pa, 8) }.try_into().unwrap_or_default();
     let Some(size) = dtb_total_size(&header) else {
         return fallback(alloc::format!("no DTB at {dtb_pa:#x} (bad magic)"));
     };
-    match Platform::from_dtb(phys::static_bytes(dtb_pa, size), dtb_pa, BOARD) {
+    if !BOARD.in_ram_window(dtb_pa.saturating_add(size as u64).saturating_sub(1)) {
+        return fallback(alloc::format!("the DTB at {dtb_pa:#x} runs past the RAM window"));
+    }
+    // SAFETY: as for the header; the whole DTB lies in the RAM window (checked above).
+    match Platform::from_dtb(unsafe { phys::static_bytes(dtb_pa, size) }, dtb_pa, BOARD) {
         Ok(platform) => (platform, None),
         Err(e) => fallback(alloc::format!("the DTB at {dtb_pa:#x} is unusable: {e:?}")),
     }

@@ -1,9 +1,8 @@
 //! Bringing the secondary cores up at EL2: PSCI CPU_ON where the firmware has it (QEMU virt),
 //! the spin table where it has not (the Pi 4 and QEMU raspi4b).
 
-use super::CORES;
 use crate::board::BOARD;
-use crate::cpus::{index_of_mpidr, CoreState};
+use crate::cpus::{index_of_mpidr, CoreState, CORES};
 use crate::machine::{cpu, firmware, layout, phys};
 use crate::platform::Platform;
 use corevisor_abi::psci;
@@ -25,14 +24,18 @@ pub fn start_all(platform: &Platform) {
         };
         let ok = match (BOARD.cpu_bring_up, cpu.release_addr) {
             (CpuBringUp::Psci, _) => {
-                let ret = firmware::smc(psci::CPU_ON_64, [cpu.mpidr, entry, core as u64])[0];
+                // SAFETY: the core starts at KCore's own secondary entry (boot.S), at EL2.
+                let ret = unsafe { firmware::smc(psci::CPU_ON_64, [cpu.mpidr, entry, core as u64]) }[0];
                 if ret != 0 {
                     warn!("PSCI CPU_ON of cpu{core} failed: {}", ret as i64);
                 }
                 ret == 0
             }
             (CpuBringUp::SpinTable { .. }, Some(release)) => {
-                phys::write_u64(release, entry);
+                // SAFETY: the spin table's release address comes from the DTB (or the board
+                // description) and lies in the firmware's reserved low memory, which nothing else
+                // uses while the cores are released.
+                unsafe { phys::write_u64(release, entry) };
                 phys::clean_invalidate_dcache(release, 8);
                 cpu::send_event();
                 true

@@ -67,3 +67,19 @@ pub struct El2Controls {
     /// ICH_HCR_EL2, on CPUs with the GICv3 system registers (others ignore it).
     pub ich_hcr: u64,
 }
+
+/// The EL2 state a core sets before it first runs the host, the same in both worlds (computed
+/// by `vcpu::controls::core_controls`; only [`El2Controls`] changes at a world switch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreControls {
+    /// VTCR_EL2: the stage-2 translation regime of every VMID.
+    pub vtcr: u64,
+    /// VPIDR_EL2: what EL1 reads from MIDR_EL1.
+    pub vpidr: u64,
+    /// SCTLR_EL1 that the host starts with.
+    pub host_sctlr_el1: u64,
+    /// ICC_SRE_EL2 on a GICv3 with system-register access.
+    pub icc_sre_el2: Option<u64>,
+    /// ACTLR_EL2 on the cores whose layout of it KCore knows.
+    pub actlr_el2: Option<u64>,
+}

@@ -11,7 +11,7 @@
 //! otherwise). Bit positions are the Arm ARM's (DDI 0487, D19).
 
 use crate::machine::features::{field, fields, CpuFeatures, IdReg};
-use crate::machine::guest_regs::El2Controls;
+use crate::machine::guest_regs::{CoreControls, El1Regs, El2Controls};
 use crate::mutation::{planted, Mutation};
 
 /// HCR_EL2 bits.
@@ -165,6 +165,33 @@ pub fn actlr_el2(cpu: &CpuFeatures) -> Option<u64> {
     match cpu.part() {
         (ARM, A35 | A53 | A57 | A72 | A73) => Some(0),
         _ => None,
+    }
+}
+
+/// VTCR_EL2 of every world: a 39-bit IPA space starting at level 1, 4 KiB granule,
+/// inner-shareable write-back table walks, 40-bit output addresses.
+pub const VTCR: u64 = {
+    const RES1: u64 = 1 << 31;
+    const PS_40_BITS: u64 = 0b010 << 16;
+    const SH0_INNER: u64 = 0b11 << 12;
+    const ORGN0_WB: u64 = 0b01 << 10;
+    const IRGN0_WB: u64 = 0b01 << 8;
+    const SL0_LEVEL1: u64 = 0b01 << 6;
+    const T0SZ_39_BITS: u64 = 25;
+    RES1 | PS_40_BITS | SH0_INNER | ORGN0_WB | IRGN0_WB | SL0_LEVEL1 | T0SZ_39_BITS
+};
+
+/// The EL2 state a core sets once before it runs the host: [`VTCR`], its real `midr` for EL1,
+/// SCTLR_EL1 out of reset, on a GICv3 (`gic_v3`) system-register access to the GIC for EL1
+/// (ICC_SRE_EL2.SRE and Enable), and [`actlr_el2`].
+pub fn core_controls(cpu: &CpuFeatures, midr: u64, gic_v3: bool) -> CoreControls {
+    const ICC_SRE_SRE_AND_ENABLE: u64 = 0b1001;
+    CoreControls {
+        vtcr: VTCR,
+        vpidr: midr,
+        host_sctlr_el1: El1Regs::SCTLR_RESET,
+        icc_sre_el2: gic_v3.then_some(ICC_SRE_SRE_AND_ENABLE),
+        actlr_el2: actlr_el2(cpu),
     }
 }
 

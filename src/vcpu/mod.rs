@@ -7,6 +7,8 @@
 pub mod controls;
 #[cfg(test)]
 mod tests;
+#[cfg(target_os = "none")]
+pub mod world_switch;
 
 use crate::machine::guest_regs::{El1Regs, FpRegs, GuestGprs};
 use crate::machine::TrapFrame;

@@ -2,7 +2,7 @@
 //! behind one lock, and the operation behind each VM hypercall. Every operation checks its
 //! arguments against that state and either changes it as the hypercall promises or changes
 //! nothing and says why. Ids and addresses arrive typed (`VmId`, `VcpuId`, `Pfn`, `Pa`, `Ipa`),
-//! checked once where the host's numbers enter ([`host_vm`] and friends); everything else is
+//! checked once where the host's numbers enter (`handlers::decode`); everything else is
 //! range-checked here.
 //!
 //! Each VM is one record ([`VmRecord`], the boot layer's `Vm` with this layer's vCPU contexts):
@@ -83,24 +83,29 @@ impl From<MemError> for VmError {
     }
 }
 
-/// The host's VM id, checked where it enters: a number that names no VM is refused as an
+/// The tests' stand-ins for the trap edge (`handlers::decode`), which a layer below cannot
+/// name. The host's VM id, checked where it enters: a number that names no VM is refused as an
 /// unregistered one is (INVALID_PARAMETERS).
+#[cfg(test)]
 pub fn host_vm(raw: u64) -> Result<VmId, VmError> {
     VmId::new(raw).ok_or(VmError::NoVm)
 }
 
 /// The host's vCPU index, checked where it enters (INVALID_PARAMETERS).
+#[cfg(test)]
 pub fn host_vcpu(raw: u64) -> Result<VcpuId, VmError> {
     VcpuId::new(raw).ok_or(VmError::BadArgument)
 }
 
 /// The host's page number, checked where it enters: one past the physical address size would
 /// alias a real page once shifted, and is refused (INVALID_ADDRESS).
+#[cfg(test)]
 pub fn host_pfn(raw: u64) -> Result<Pfn, VmError> {
     Pfn::new(raw).ok_or(VmError::Boot(BootError::Mem(MemError::BadPfn)))
 }
 
 /// The host's physical address, checked where it enters (INVALID_ADDRESS).
+#[cfg(test)]
 pub fn host_pa(raw: u64) -> Result<Pa, VmError> {
     Pa::new(raw).ok_or(VmError::Mem(MemError::BadPfn))
 }

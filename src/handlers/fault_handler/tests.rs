@@ -6,11 +6,6 @@ use crate::mutation::{catches, Mutation};
 use core::cell::RefCell;
 use proptest::prelude::*;
 
-#[test]
-fn ipa_comes_from_hpfar_and_the_far_page_offset() {
-    assert_eq!(fault_ipa(0x0040_0100, 0xffff_0000_1234_5678), 0x4001_0678);
-}
-
 /// A data abort from EL1 with a valid syndrome.
 fn dabt(size_log2: u8, reg: u8, write: bool, wide: bool) -> u64 {
     u64::from(ec::DABT_LOW) << 26

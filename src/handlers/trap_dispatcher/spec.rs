@@ -121,11 +121,38 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
             let keep = [s.x[1], s.x[2], s.x[3]];
             ret(s, 0, keep)
         }
-        f if (host_call::REGISTER_VM..=host_call::DESTROY_VM).contains(&f) => {
-            let args = [s.x[1], s.x[2], s.x[3], s.x[4]];
-            AbsState { next: Next::VmCall(f, args), ..s }
-        }
+        f if (host_call::REGISTER_VM..=host_call::DESTROY_VM).contains(&f) => match vm_call_spec(f, &s.x) {
+            Ok(args) => AbsState { next: Next::VmCall(f, args), ..s },
+            Err(status) => ret_status(s, status),
+        },
         _ => ret_status(s, Status::NotSupported),
+    }
+}
+
+/// A VM hypercall's arguments as the ABI lists them (`corevisor_abi::host_call`), the registers it
+/// does not use read as 0; or the status of the first argument, in register order, that cannot
+/// name what the ABI says it names: a vmid outside 1..=16 or a vcpu outside 0..8 is
+/// INVALID_PARAMETERS, as is a RAM window that wraps around; a page number at or above 2^28 or a
+/// physical address at or above 2^40 (40-bit physical addresses) is INVALID_ADDRESS. Whether
+/// the VM exists, and every other check, is the VM layer's.
+fn vm_call_spec(function: u32, x: &[u64; 31]) -> Result<[u64; 4], Status> {
+    let [a1, a2, a3, a4] = [x[1], x[2], x[3], x[4]];
+    let vm = |v: u64| if (1..=16).contains(&v) { Ok(()) } else { Err(Status::InvalidParameters) };
+    let vcpu = |v: u64| if v < 8 { Ok(()) } else { Err(Status::InvalidParameters) };
+    let pa = |v: u64| if v < 1 << 40 { Ok(()) } else { Err(Status::InvalidAddress) };
+    match function {
+        host_call::REGISTER_VM if a1.checked_add(a2).is_none() => Err(Status::InvalidParameters),
+        host_call::REGISTER_VM => Ok([a1, a2, 0, 0]),
+        host_call::REGISTER_VCPU => vm(a1).and(vcpu(a2)).map(|()| [a1, a2, 0, 0]),
+        host_call::SET_BOOT_INFO => vm(a1).map(|()| [a1, a2, a3, 0]),
+        host_call::REMAP_VM_IMAGE if a3 >= 1 << 28 => vm(a1).and(Err(Status::InvalidAddress)),
+        host_call::REMAP_VM_IMAGE => vm(a1).map(|()| [a1, a2, a3, 0]),
+        host_call::VCPU_RUN => vm(a1).and(vcpu(a2)).map(|()| [a1, a2, a3, 0]),
+        host_call::CLEAR_VM_S2_RANGE => vm(a1).and(pa(a2)).map(|()| [a1, a2, a3, 0]),
+        host_call::PHYS_ADDR_IOREMAP => vm(a1).and(pa(a3)).map(|()| [a1, a2, a3, a4]),
+        host_call::TIMER_SET_CNTVOFF => vm(a1).map(|()| [a1, a2, 0, 0]),
+        // VERIFY_VM_IMAGE, VM_POWER_OFF, DESTROY_VM.
+        _ => vm(a1).map(|()| [a1, 0, 0, 0]),
     }
 }
 
@@ -216,8 +243,33 @@ pub struct AbsVcpu {
 pub enum VmNext {
     Guest,
     UndefAt(u64),
-    Share { grant: bool, gpa: u64, size: u64 },
-    Host { reason: u64, details: [u64; 4] },
+    Share {
+        grant: bool,
+        gpa: u64,
+        size: u64,
+    },
+    Host {
+        reason: u64,
+        details: [u64; 4],
+    },
+    /// A PSCI CPU_ON for a sibling vCPU: the host gets the HVC exit, and KCore records that vCPU
+    /// `target` starts at `entry` with `arg`.
+    HostCpuOn {
+        details: [u64; 4],
+        target: u64,
+        entry: u64,
+        arg: u64,
+    },
+}
+
+/// What `vm_exit_spec` knows of the VM and the machine at a guest's exit.
+pub struct AbsGuestEnv<'a> {
+    /// Whether a guest-physical address is in the VM's RAM.
+    pub in_ram: &'a dyn Fn(u64) -> bool,
+    /// What the guest reads from an ID register.
+    pub id_register: &'a dyn Fn(IdReg) -> u64,
+    /// The live virtual timer: CNTV_CTL_EL0, CNTV_CVAL_EL0, and the VM's CNTVOFF_EL2.
+    pub timer: (u64, u64, u64),
 }
 
 /// `vm_exit_dispatcher_spec`, stated from the architecture's syndrome layout (Arm ARM D19.2.46)
@@ -234,9 +286,9 @@ pub fn vm_exit_spec(
     esr: u64,
     ipa: u64,
     v: &AbsVcpu,
-    in_ram: &dyn Fn(u64) -> bool,
-    id_register: &dyn Fn(IdReg) -> u64,
+    env: &AbsGuestEnv,
 ) -> Option<(AbsVcpu, VmNext)> {
+    let AbsGuestEnv { in_ram, id_register, timer: (cntv_ctl, cntv_cval, cntvoff) } = *env;
     let mut v = v.clone();
     if serror_at_exit || kind == TrapKind::SError {
         v.virtual_serror = true;
@@ -253,8 +305,18 @@ pub fn vm_exit_spec(
             }
             v.pc = call_pc.wrapping_add(4);
             let function = v.x[0] as u32;
+            let cpu_on = v.x[0] == u64::from(psci::CPU_ON_64) || v.x[0] == u64::from(psci::CPU_ON_32);
             if function == guest_call::SET_DESC_PFN || function == guest_call::UNSET_DESC_PFN {
                 VmNext::Share { grant: function == guest_call::SET_DESC_PFN, gpa: v.x[1], size: v.x[2] }
+            } else if cpu_on && v.x[1] & 0xff < 8 {
+                // PSCI names the target by MPIDR; a vCPU's is its index in Aff0 (MAX_VCPUS = 8).
+                v.pending = Pending::CallResult;
+                VmNext::HostCpuOn {
+                    details: [v.x[0], v.x[1], v.x[2], v.x[3]],
+                    target: v.x[1] & 0xff,
+                    entry: v.x[2],
+                    arg: v.x[3],
+                }
             } else {
                 v.pending = Pending::CallResult;
                 host(exit::HVC, [v.x[0], v.x[1], v.x[2], v.x[3]])
@@ -262,7 +324,10 @@ pub fn vm_exit_spec(
         }
         (_, ec::WFX) => {
             v.pc = v.pc.wrapping_add(4);
-            host(exit::WFI, [u64::MAX, 0, 0, 0])
+            // The virtual timer fires when CNTVCT = CNTPCT - CNTVOFF reaches CVAL, if it is
+            // enabled (CTL bit 0) and not masked (bit 1): in physical ticks, at CVAL + CNTVOFF.
+            let deadline = if cntv_ctl & 3 == 1 { cntv_cval.saturating_add(cntvoff) } else { u64::MAX };
+            host(exit::WFI, [deadline, 0, 0, 0])
         }
         (_, ec::SYS64) => {
             let (op0, op1, crn, crm, op2) =

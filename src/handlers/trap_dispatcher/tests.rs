@@ -1,13 +1,17 @@
 //! Refinement tests: the executable form of the seed's `host_hvc_dispatcher_spec_ref` and
-//! `vm_exit_dispatcher_spec_ref`. Random sequences of host traps run through the real dispatcher
-//! and through the spec from the same start; after every step the concrete state, abstracted,
-//! must equal the spec's (the relation is the identity, as SeKVM's `relate_RData` is here).
+//! `vm_exit_dispatcher_spec_ref`. Random sequences of host traps (raw syndromes and register
+//! values) run through the typed decode at the edge and the real dispatcher, and through the
+//! spec from the same start; after every step the concrete state, abstracted, must equal the
+//! spec's (the relation is the identity, as SeKVM's `relate_RData` is here).
 
 use super::spec::{host_trap_spec, AbsCore, AbsState, Next};
 use super::*;
 use crate::cpus::{CoreState, HostEntry};
+use crate::handlers::decode::GuestTrap;
 use crate::machine::MAX_CPUS;
+use crate::machine::{GuestExit, TrapKind};
 use corevisor_abi::{guest_call, psci};
+use corevisor_abi::{host_call, HYP_CALL_BASE};
 use proptest::prelude::*;
 
 const HOST_RAM: core::ops::Range<u64> = 0x4400_0000..0x8000_0000;
@@ -38,21 +42,42 @@ fn abstraction(frame: &TrapFrame, cores: &CoreTable, exit: HostExit) -> AbsState
     let next = match exit {
         HostExit::Resume | HostExit::ResumeAndWake => Next::Host,
         HostExit::Undef { pc, .. } => Next::UndefAt(pc),
-        HostExit::SystemOff { status } => Next::PowerOff(status),
         HostExit::SystemReset => Next::Reset,
         HostExit::CpuOff => Next::CpuOff,
-        HostExit::Stage2Fault => Next::Stage2Fault,
+        HostExit::Stage2Fault(_) => Next::Stage2Fault,
         HostExit::CleanInvalidateSetWay { operand } => Next::CleanInvalidateSetWay(operand),
-        HostExit::VmCall { function, args } => Next::VmCall(function, args),
+        HostExit::VmCall(call) => Next::VmCall(call.function(), raw_args(call)),
+        HostExit::VcpuRun { vm, vcpu, answer } => Next::VmCall(host_call::VCPU_RUN, [vm.raw(), vcpu.raw(), answer, 0]),
+        HostExit::SystemOff { status } => Next::PowerOff(status.into()),
     };
     let cores = core::array::from_fn(|c| AbsCore { state: cores.state(c), posted: cores.pending_entry(c) });
     AbsState { halt: false, x: frame.x, pc: frame.elr, cores, next, wake: exit == HostExit::ResumeAndWake }
 }
 
+/// A decoded VM call's arguments as registers again (the abstraction of the typed call).
+fn raw_args(call: VmCall) -> [u64; 4] {
+    match call {
+        VmCall::RegisterVm { ram } => [ram.base(), ram.size(), 0, 0],
+        VmCall::RegisterVcpu { vm, vcpu } => [vm.raw(), vcpu.raw(), 0, 0],
+        VmCall::SetBootInfo { vm, gpa, size } => [vm.raw(), gpa.raw(), size, 0],
+        VmCall::RemapVmImage { vm, index, pfn } => [vm.raw(), index, pfn.raw(), 0],
+        VmCall::ClearVmS2Range { vm, base, size } => [vm.raw(), base.raw(), size, 0],
+        VmCall::PhysAddrIoremap { vm, gpa, pa, size } => [vm.raw(), gpa.raw(), pa.raw(), size],
+        VmCall::TimerSetCntvoff { vm, offset } => [vm.raw(), offset, 0, 0],
+        VmCall::VerifyVmImage { vm } | VmCall::VmPowerOff { vm } | VmCall::DestroyVm { vm } => [vm.raw(), 0, 0, 0],
+    }
+}
+
+/// The host's trap `esr` in frame `frame`, through the edge's decode and the dispatcher.
+fn dispatch(esr: u64, frame: &mut TrapFrame, env: &HostEnv) -> HostExit {
+    let trap = HostTrap::decode(esr, frame, || (0xffff_0000_0000_0123, 0x0040_0100));
+    host_trap_dispatcher(trap, frame, env)
+}
+
 fn step_impl(esr: u64, s: &AbsState) -> AbsState {
     let (mut frame, cores) = concretize(s);
     let env = HostEnv { cores: &cores, host_may_run_at: &host_may_run_at };
-    let exit = host_trap_dispatcher(esr, &mut frame, &env);
+    let exit = dispatch(esr, &mut frame, &env);
     let mut abs = abstraction(&frame, &cores, exit);
     if frame.x[0] == 0 && s.x[0] as u32 == host_call::HOST_STATS && esr == ESR_HVC0 {
         // Counters the spec does not model: compare only the status.
@@ -128,6 +153,8 @@ fn any_arg() -> impl Strategy<Value = u64> {
         2 => HOST_RAM.prop_map(|a| a & !3),
         1 => Just(0x4008_0000u64),
         1 => HOST_RAM.start..HOST_RAM.start + 64,
+        // Around the limits the edge checks: 2^28 page numbers, 2^40 physical addresses.
+        1 => proptest::sample::select(vec![(1u64 << 28) - 1, 1 << 28, (1 << 40) - 4096, 1 << 40, u64::MAX - 4095]),
         1 => any::<u64>(),
     ]
 }
@@ -149,15 +176,17 @@ fn any_state() -> impl Strategy<Value = AbsState> {
         })
 }
 
-fn any_trap() -> impl Strategy<Value = (u64, [u64; 4])> {
-    (any_esr(), any_function(), any_arg(), any_arg(), any_arg()).prop_map(|(esr, f, a, b, c)| (esr, [f, a, b, c]))
+/// A host trap: its syndrome and x0..x4.
+fn any_trap() -> impl Strategy<Value = (u64, [u64; 5])> {
+    (any_esr(), any_function(), any_arg(), any_arg(), any_arg(), any_arg())
+        .prop_map(|(esr, f, a, b, c, d)| (esr, [f, a, b, c, d]))
 }
 
 /// Runs `traps` through the dispatcher and its spec from `start`, relating them after each.
-fn refines(start: AbsState, traps: Vec<(u64, [u64; 4])>) -> Result<(), TestCaseError> {
+fn refines(start: AbsState, traps: Vec<(u64, [u64; 5])>) -> Result<(), TestCaseError> {
     let mut abs = start;
     for (esr, regs) in traps {
-        abs.x[..4].copy_from_slice(&regs);
+        abs.x[..5].copy_from_slice(&regs);
         abs.next = Next::Host;
         abs.wake = false;
         let expected = host_trap_spec(esr, &abs, &host_may_run_at).expect("the host is running");
@@ -180,10 +209,10 @@ proptest! {
     /// The dispatcher never touches registers beyond x0..x3 and always resumes the host at a
     /// defined place: bad input is an answer, not a crash.
     #[test]
-    fn host_traps_only_change_result_registers(s in any_state(), (esr, regs) in any_trap(), high in any::<[u64; 27]>()) {
+    fn host_traps_only_change_result_registers(s in any_state(), (esr, regs) in any_trap(), high in any::<[u64; 26]>()) {
         let mut s = s;
-        s.x[..4].copy_from_slice(&regs);
-        s.x[4..].copy_from_slice(&high);
+        s.x[..5].copy_from_slice(&regs);
+        s.x[5..].copy_from_slice(&high);
         let after = step_impl(esr, &s);
         prop_assert_eq!(&after.x[4..], &s.x[4..]);
     }
@@ -197,48 +226,77 @@ proptest! {
     }
 }
 
-/// One guest exit: kind, SError pending at exit, syndrome, address, registers, pc, and whether
-/// a virtual SError was already pending.
-type GuestExitCase = (u64, bool, u64, u64, [u64; 31], u64, bool);
+/// One guest exit: kind, SError pending at exit, syndrome, address, registers, pc, whether a
+/// virtual SError was already pending, the live virtual timer (CTL, CVAL) with the VM's CNTVOFF,
+/// and the bits of FAR_EL2 and HPFAR_EL2 that do not make up the address.
+type GuestExitCase = (u64, bool, u64, u64, [u64; 31], u64, bool, (u64, u64, u64), (u64, u64));
 
 fn any_guest_exit() -> impl Strategy<Value = GuestExitCase> {
     let function = prop_oneof![
         Just(guest_call::SET_DESC_PFN as u64),
         Just(guest_call::UNSET_DESC_PFN as u64),
         Just(psci::CPU_ON_64 as u64),
+        Just(psci::CPU_ON_32 as u64),
         any::<u64>()
     ];
+    let timer = (0u64..8, any::<u64>(), prop_oneof![Just(0u64), any::<u64>()]);
     (
         0u64..4,
         any::<bool>(),
         any_guest_esr(),
         prop_oneof![0x4000_0000u64..0x4100_0000, 0x0900_0000u64..0x0a00_1000, any::<u64>()],
-        (any::<[u64; 31]>(), function).prop_map(|(mut x, f)| {
+        (any::<[u64; 31]>(), function, any::<bool>()).prop_map(|(mut x, f, near)| {
             x[0] = f;
+            if near {
+                // A CPU_ON target that names a vCPU, or just does not.
+                x[1] %= 12;
+            }
             x
         }),
         any::<u64>(),
         any::<bool>(),
+        timer,
+        (any::<u64>(), any::<u64>()),
     )
 }
 
-fn vm_exit_refines((kind, serror, esr, ipa, x, pc, already): GuestExitCase) -> Result<(), TestCaseError> {
-    let in_ram = |ipa: u64| (0x4000_0000..0x4100_0000).contains(&ipa);
-    let id_register = |r: crate::machine::features::IdReg| 0x1111_0000_0000_0f00 | (r.crm as u64) << 4 | r.op2 as u64;
-    let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+const GUEST_RAM: core::ops::Range<u64> = 0x4000_0000..0x4100_0000;
+
+fn fake_id_register(r: crate::machine::features::IdReg) -> u64 {
+    0x1111_0000_0000_0f00 | (r.crm as u64) << 4 | r.op2 as u64
+}
+
+fn vm_exit_refines(case: GuestExitCase) -> Result<(), TestCaseError> {
+    let (kind, serror, esr, ipa, x, pc, already, (ctl, cval, cntvoff), (far_high, hpfar_junk)) = case;
+    // The registers an abort reports `ipa` in (Arm ARM D19.2: HPFAR_EL2.FIPA, bits 43:4, holds
+    // IPA bits 51:12; the page offset is FAR_EL2's), with junk in the bits that are not it.
+    let far = far_high & !0xfff | ipa & 0xfff;
+    let hpfar = (ipa >> 12 & ((1 << 40) - 1)) << 4 | hpfar_junk & 0xf | hpfar_junk & 0xfff0_0000_0000_0000;
+    let ipa = ipa & ((1 << 52) - 1);
+    let in_ram = |ipa: u64| GUEST_RAM.contains(&ipa);
+    let timer = || (ctl, cval);
+    let ram = crate::addr::IpaRange::new(GUEST_RAM.start, GUEST_RAM.end - GUEST_RAM.start).unwrap();
+    let env = GuestEnv { ram, id_register: &fake_id_register, virtual_timer: &timer, cntvoff };
     let mut vcpu = crate::vcpu::VcpuContext::new(0);
     vcpu.gprs.frame.x = x;
     vcpu.gprs.frame.elr = pc;
     vcpu.virtual_serror = already;
-    let kind = crate::machine::TrapKind::from_vector(kind);
-    let exit = vm_exit_dispatcher(GuestExit { kind, serror }, esr, ipa, &mut vcpu, &env);
+    let kind = TrapKind::from_vector(kind);
+    let trap = GuestTrap::decode(GuestExit { kind, serror }, esr, &vcpu.gprs.frame, || (far, hpfar));
+    let exit = vm_exit_dispatcher(trap, &mut vcpu, &env);
     let abs = super::spec::AbsVcpu { x, pc, pending: crate::vcpu::Pending::Nothing, virtual_serror: already };
-    let (after, next) = super::spec::vm_exit_spec(kind, serror, esr, ipa, &abs, &in_ram, &id_register).unwrap();
+    let abs_env =
+        super::spec::AbsGuestEnv { in_ram: &in_ram, id_register: &fake_id_register, timer: (ctl, cval, cntvoff) };
+    let (after, next) = super::spec::vm_exit_spec(kind, serror, esr, ipa, &abs, &abs_env).unwrap();
     let got = match exit {
         VmExit::Resume => super::spec::VmNext::Guest,
         VmExit::Undef { pc } => super::spec::VmNext::UndefAt(pc),
-        VmExit::Share { grant, gpa, size } => super::spec::VmNext::Share { grant, gpa, size },
+        VmExit::Share { grant, gpa, size } => super::spec::VmNext::Share { grant, gpa: gpa.raw(), size },
         VmExit::ToHost(r) => super::spec::VmNext::Host { reason: r.reason, details: r.details },
+        VmExit::CpuOn { record, target, entry, arg } => {
+            prop_assert_eq!(record.reason, exit::HVC);
+            super::spec::VmNext::HostCpuOn { details: record.details, target: target.raw(), entry: entry.raw(), arg }
+        }
     };
     prop_assert_eq!(got, next);
     prop_assert_eq!(vcpu.gprs.frame.x, after.x);
@@ -248,28 +306,38 @@ fn vm_exit_refines((kind, serror, esr, ipa, x, pc, already): GuestExitCase) -> R
     Ok(())
 }
 
+/// A guest exit through the edge's decode and the dispatcher, for the named cases below.
+fn guest_exit(exit: GuestExit, esr: u64, vcpu: &mut crate::vcpu::VcpuContext, env: &GuestEnv) -> VmExit {
+    let trap = GuestTrap::decode(exit, esr, &vcpu.gprs.frame, || (0, 0));
+    vm_exit_dispatcher(trap, vcpu, env)
+}
+
+/// No RAM, no timer: what the named cases that need neither run with.
+fn bare_env<'a>(id_register: &'a dyn Fn(crate::machine::features::IdReg) -> u64) -> GuestEnv<'a> {
+    GuestEnv { ram: crate::addr::IpaRange::default(), id_register, virtual_timer: &|| (0, 0), cntvoff: 0 }
+}
+
 /// Finding 8 of issue 11: an SError the guest left behind (pending at exit, or taken from it)
 /// becomes a virtual SError for the guest, and the host hears nothing of it. Before the fix an
 /// SError exit went to the host as BAD_ACCESS, and a pending one was not seen at all.
 #[test]
 fn a_guests_serror_goes_back_to_the_guest() {
-    let in_ram = |_: u64| false;
     let id_register = |_: crate::machine::features::IdReg| 0;
-    let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+    let env = bare_env(&id_register);
     let mut vcpu = crate::vcpu::VcpuContext::new(0);
     let serror_exit = GuestExit { kind: TrapKind::SError, serror: false };
-    assert_eq!(vm_exit_dispatcher(serror_exit, 0xBE00_0000, 0, &mut vcpu, &env), VmExit::Resume);
+    assert_eq!(guest_exit(serror_exit, 0xBE00_0000, &mut vcpu, &env), VmExit::Resume);
     assert!(vcpu.virtual_serror);
     // Pending at a WFI exit: the WFI goes to the host as ever, the SError stays the guest's.
     let mut vcpu = crate::vcpu::VcpuContext::new(0);
     let wfi = GuestExit { kind: TrapKind::Sync, serror: true };
-    let exit = vm_exit_dispatcher(wfi, 0x0600_0000 | 1 << 25, 0, &mut vcpu, &env);
+    let exit = guest_exit(wfi, 0x0600_0000 | 1 << 25, &mut vcpu, &env);
     assert!(matches!(exit, VmExit::ToHost(ExitRecord { reason: exit::WFI, .. })));
     assert!(vcpu.virtual_serror);
     // Nothing pending: nothing injected.
     let mut vcpu = crate::vcpu::VcpuContext::new(0);
     let plain = GuestExit { kind: TrapKind::Sync, serror: false };
-    vm_exit_dispatcher(plain, 0x0600_0000 | 1 << 25, 0, &mut vcpu, &env);
+    guest_exit(plain, 0x0600_0000 | 1 << 25, &mut vcpu, &env);
     assert!(!vcpu.virtual_serror);
 }
 
@@ -313,30 +381,30 @@ fn named_host_calls_behave_as_documented() {
     let env = HostEnv { cores: &cores, host_may_run_at: &host_may_run_at };
     let mut frame = TrapFrame::default();
     frame.x[0] = host_call::VERSION as u64;
-    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::Resume);
+    assert_eq!(dispatch(ESR_HVC0, &mut frame, &env), HostExit::Resume);
     assert_eq!((frame.x[0], frame.x[1]), (0, ABI_VERSION));
 
     frame.x[0] = HYP_CALL_BASE as u64 + 0xFFF;
-    host_trap_dispatcher(ESR_HVC0, &mut frame, &env);
+    dispatch(ESR_HVC0, &mut frame, &env);
     assert_eq!(frame.x[0], Status::NotSupported.as_reg());
 
     frame.x[0] = host_call::SYSTEM_OFF as u64;
     frame.x[1] = 256;
-    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::Resume);
+    assert_eq!(dispatch(ESR_HVC0, &mut frame, &env), HostExit::Resume);
     assert_eq!(frame.x[0], Status::InvalidParameters.as_reg());
     frame.x[0] = host_call::SYSTEM_OFF as u64;
     frame.x[1] = 3;
-    assert_eq!(host_trap_dispatcher(ESR_HVC0, &mut frame, &env), HostExit::SystemOff { status: 3 });
+    assert_eq!(dispatch(ESR_HVC0, &mut frame, &env), HostExit::SystemOff { status: 3 });
 
     frame.x[0] = 0xC200_0001;
     frame.elr = 0x4400_1000;
     assert_eq!(
-        host_trap_dispatcher(ESR_SMC0, &mut frame, &env),
+        dispatch(ESR_SMC0, &mut frame, &env),
         HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::Smc(0xC200_0001) }
     );
     frame.elr = 0x4400_1004;
     assert_eq!(
-        host_trap_dispatcher(ESR_HVC0 | 1, &mut frame, &env),
+        dispatch(ESR_HVC0 | 1, &mut frame, &env),
         HostExit::Undef { pc: 0x4400_1000, reason: Forbidden::HvcImmediate(1) }
     );
 }
@@ -351,13 +419,13 @@ fn host_set_way_maintenance_is_cleaned_and_invalidated() {
     frame.x[5] = 0x8000_0042;
     for crm in [6, 10, 14] {
         frame.elr = 0x4400_2000;
-        let exit = host_trap_dispatcher(sys64(1, 0, 7, crm, 2, 5, false), &mut frame, &env);
+        let exit = dispatch(sys64(1, 0, 7, crm, 2, 5, false), &mut frame, &env);
         assert_eq!(exit, HostExit::CleanInvalidateSetWay { operand: 0x8000_0042 });
         assert_eq!(frame.elr, 0x4400_2004);
     }
     frame.elr = 0x4400_2000;
     assert_eq!(
-        host_trap_dispatcher(sys64(1, 0, 7, 6, 2, 31, false), &mut frame, &env),
+        dispatch(sys64(1, 0, 7, 6, 2, 31, false), &mut frame, &env),
         HostExit::CleanInvalidateSetWay { operand: 0 }
     );
     // DC IVAC (C7, C6, #1), DC CIVAC (op1 = 3), SYSL with the set/way encoding, MSR ACTLR_EL1.
@@ -369,7 +437,7 @@ fn host_set_way_maintenance_is_cleaned_and_invalidated() {
     ] {
         frame.elr = 0x4400_2000;
         assert_eq!(
-            host_trap_dispatcher(esr, &mut frame, &env),
+            dispatch(esr, &mut frame, &env),
             HostExit::Undef { pc: 0x4400_2000, reason: Forbidden::Class(0x18) },
             "{esr:#x}"
         );
@@ -399,9 +467,8 @@ fn guests_get_undefs_for_what_is_trapped_and_the_allow_list_for_id_registers() {
         mmfr1: 0x0000_0000_0001_0000,
         ..IdRegisters::default()
     });
-    let in_ram = |_| false;
     let id_register = |reg| guest_id_register(&cpu, reg);
-    let env = GuestEnv { in_ram: &in_ram, id_register: &id_register };
+    let env = bare_env(&id_register);
     let mut vcpu = crate::vcpu::VcpuContext::new(0);
     let pc = 0x4000_1000;
     let trapped = [
@@ -416,22 +483,15 @@ fn guests_get_undefs_for_what_is_trapped_and_the_allow_list_for_id_registers() {
     ];
     for esr in trapped {
         vcpu.gprs.frame.elr = pc;
-        let exit = vm_exit_dispatcher(
-            GuestExit { kind: crate::machine::TrapKind::Sync, serror: false },
-            esr,
-            0,
-            &mut vcpu,
-            &env,
-        );
+        let exit = guest_exit(GuestExit { kind: TrapKind::Sync, serror: false }, esr, &mut vcpu, &env);
         assert_eq!(exit, VmExit::Undef { pc }, "{esr:#x}");
     }
     let read = |vcpu: &mut crate::vcpu::VcpuContext, crm, op2| {
         vcpu.gprs.frame.elr = pc;
         vcpu.gprs.frame.x[7] = 0xdead;
-        let exit = vm_exit_dispatcher(
-            GuestExit { kind: crate::machine::TrapKind::Sync, serror: false },
+        let exit = guest_exit(
+            GuestExit { kind: TrapKind::Sync, serror: false },
             sys64(3, 0, 0, crm, op2, 7, true),
-            0,
             vcpu,
             &env,
         );
@@ -456,4 +516,39 @@ fn refinement_catches_a_skipped_range_check() {
     use crate::mutation::{catches, Mutation};
     let inputs = (any_state(), proptest::collection::vec(any_trap(), 64));
     catches(Mutation::SkipSystemOffRangeCheck, 512, inputs, |(start, traps)| refines(start, traps));
+}
+
+/// Companion: an edge that cuts a page number down to 28 bits instead of refusing it (so that
+/// `P | k << 28` names page P) fails refinement.
+#[test]
+fn refinement_catches_a_truncated_page_number_at_the_edge() {
+    use crate::mutation::{catches, Mutation};
+    let inputs = (any_state(), proptest::collection::vec(any_trap(), 64));
+    catches(Mutation::EdgeTruncatesPfn, 512, inputs, |(start, traps)| refines(start, traps));
+}
+
+/// Companion: a WFI exit whose deadline leaves out the VM's counter offset fails refinement.
+#[test]
+fn refinement_catches_a_wfi_deadline_without_cntvoff() {
+    use crate::mutation::{catches, Mutation};
+    catches(Mutation::WfiDeadlineIgnoresCntvoff, 1024, any_guest_exit(), vm_exit_refines);
+}
+
+/// A guest's CPU_ON goes to the host as an HVC exit, and the record says, decoded once, which
+/// sibling starts where; a target that names no vCPU is an ordinary HVC exit.
+#[test]
+fn a_guest_cpu_on_is_decoded_once_for_kcore_and_the_host() {
+    let id_register = |_: crate::machine::features::IdReg| 0;
+    let env = bare_env(&id_register);
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    vcpu.gprs.frame.x[..4].copy_from_slice(&[psci::CPU_ON_64 as u64, 1, 0x4000_2000, 7]);
+    let hvc = GuestExit { kind: TrapKind::Sync, serror: false };
+    let record = ExitRecord { reason: exit::HVC, details: [psci::CPU_ON_64 as u64, 1, 0x4000_2000, 7] };
+    let target = crate::ids::VcpuId::new(1).unwrap();
+    assert_eq!(
+        guest_exit(hvc, ESR_HVC0, &mut vcpu, &env),
+        VmExit::CpuOn { record, target, entry: crate::addr::Ipa(0x4000_2000), arg: 7 }
+    );
+    vcpu.gprs.frame.x[1] = 8;
+    assert!(matches!(guest_exit(hvc, ESR_HVC0, &mut vcpu, &env), VmExit::ToHost(_)));
 }

@@ -20,8 +20,8 @@ const VALUE: u32 = 0x00ff_ffff;
 const TIMEOUT_TICKS: u32 = 10;
 
 fn read(base: u64, offset: u64) -> u32 {
-    // SAFETY: `base` names the PM block (from the DTB or the board description), identity-mapped
-    // as Device memory in KCore's stage-1; a 32-bit load of its registers has no side effect.
+    // SAFETY: `full_reset`'s caller guarantees `base` names the PM block, identity-mapped as
+    // Device memory in KCore's stage-1; a 32-bit load of its registers has no side effect.
     unsafe { ((base + offset) as *const u32).read_volatile() }
 }
 
@@ -32,7 +32,11 @@ fn write(base: u64, offset: u64, value: u32) {
 
 /// Resets the machine through the watchdog at `base`: boot partition 0, a full reset after
 /// about 150 µs. Returns only if the reset did not happen within a generous wait.
-pub fn full_reset(base: u64) {
+///
+/// # Safety
+/// `base` is the PM block's physical address (from the DTB or the board description),
+/// identity-mapped as Device memory in KCore's stage-1: the writes go to whatever is there.
+pub unsafe fn full_reset(base: u64) {
     write(base, PM_RSTS, read(base, PM_RSTS) & RSTS_PARTITION_CLEAR & VALUE);
     write(base, PM_WDOG, TIMEOUT_TICKS);
     write(base, PM_RSTC, (read(base, PM_RSTC) & RSTC_WRCFG_CLEAR & VALUE) | RSTC_WRCFG_FULL_RESET);

@@ -42,15 +42,32 @@ extern "C" {
     fn enter_lower_el(frame: *const TrapFrame, stack_top: u64) -> !;
 }
 
-/// Leaves KCore on this core: restores `frame` into the registers and `eret`s into the lower
-/// exception level it describes. This core's EL2 stack starts afresh, so nothing of the caller's
-/// stack survives; the next trap on this core pushes its frame just below the top.
-pub fn enter_lower(frame: &TrapFrame) -> ! {
+/// Leaves KCore on this core: restores `frame` into the registers and `eret`s into the exception
+/// level its SPSR names. This core's EL2 stack starts afresh, so nothing of the caller's stack
+/// survives; the next trap on this core pushes its frame just below the top.
+///
+/// # Safety
+/// `frame.spsr` must name a lower exception level (EL1 or EL0): an EL2 SPSR would run
+/// `frame.elr` at EL2, with all of KCore's rights. The code at `frame.elr` then runs with the
+/// EL2 controls loaded on this core, which must confine it (stage-2 on for EL1).
+pub unsafe fn enter_lower(frame: &TrapFrame) -> ! {
     let stack_top = super::layout::stack_top(index());
     // SAFETY: `enter_lower_el` copies the 33 words of `frame` to the top of this core's own stack
     // (copying downwards, so an overlapping source below it is read before it is overwritten),
-    // and never returns; the frame's SPSR selects a lower EL, so eret leaves EL2.
+    // and never returns; the caller guarantees the frame's SPSR selects a lower EL, so eret
+    // leaves EL2.
     unsafe { enter_lower_el(frame, stack_top) }
+}
+
+/// Enters EL1 at `entry` with `x0`, interrupts masked, behind the stage-2 that HCR_EL2.VM has
+/// turned on: whatever `entry` is, EL1 reaches only what that stage-2 maps. Halts if stage-2 is
+/// off (a KCore bug: EL1 would see all of memory).
+pub fn enter_el1(entry: u64, x0: u64) -> ! {
+    const HCR_VM: u64 = 1;
+    assert!(HCR_EL2.get() & HCR_VM != 0, "entering EL1 with stage-2 off");
+    // SAFETY: `TrapFrame::el1_entry` sets SPSR to EL1h, a lower EL; HCR_EL2.VM (checked above)
+    // puts EL1 behind the stage-2 that VTTBR_EL2 names.
+    unsafe { enter_lower(&TrapFrame::el1_entry(entry, x0)) }
 }
 
 macro_rules! read_id {

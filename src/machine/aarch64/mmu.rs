@@ -12,7 +12,12 @@ pub const VA_BITS: u64 = 39;
 
 /// Turns the EL2 MMU on with `root` (a level-1 table) as TTBR0_EL2. Must run on every core
 /// before it takes any lock: exclusives need Normal memory.
-pub fn enable_el2(root: u64) {
+///
+/// # Safety
+/// `root` is a level-1 table, written and cleaned to memory, that maps KCore's image, stacks,
+/// heap and page-table pool at their physical addresses (an identity map): KCore goes on
+/// running through it.
+pub unsafe fn enable_el2(root: u64) {
     MAIR_EL2.set(0x04 << (8 * ATTR_DEVICE) | 0xFF << (8 * ATTR_NORMAL));
     const TCR_RES1: u64 = 1 << 31 | 1 << 23;
     const TCR_PS_40_BITS: u64 = 0b010 << 16;

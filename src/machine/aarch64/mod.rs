@@ -13,6 +13,7 @@ pub mod mitigation;
 pub mod mmu;
 pub mod phys;
 pub mod pl011;
+pub mod power;
 pub mod regs;
 pub mod semihosting;
 pub mod tlb;
@@ -23,13 +24,17 @@ pub struct Aarch64;
 
 impl super::Machine for Aarch64 {
     fn read_u64(&self, pa: u64) -> u64 {
-        phys::read_u64(pa)
+        // SAFETY: the `Machine` contract: the layers read only memory they own (KCore's tables,
+        // pages the ownership table gives them).
+        unsafe { phys::read_u64(pa) }
     }
     fn write_u64(&self, pa: u64, value: u64) {
-        phys::write_u64(pa, value)
+        // SAFETY: the `Machine` contract: the layers write only memory they own.
+        unsafe { phys::write_u64(pa, value) }
     }
     fn zero_page(&self, pa: u64) {
-        phys::zero(pa, super::PAGE_SIZE)
+        // SAFETY: the `Machine` contract: the layers scrub only pages they own.
+        unsafe { phys::zero(pa, super::PAGE_SIZE) }
     }
     fn clean_invalidate_to_poc(&self, pa: u64, len: u64) {
         phys::clean_invalidate_dcache(pa, len)

@@ -25,6 +25,7 @@ register_structs! {
 }
 
 /// A PL011 whose registers live at a fixed physical address (identity-mapped as Device).
+#[derive(Clone, Copy)]
 pub struct Pl011 {
     registers: &'static Registers,
 }
@@ -32,14 +33,21 @@ pub struct Pl011 {
 // SAFETY: the registers are MMIO at a fixed address, not memory owned by one core; any core may
 // drive the UART, and the console serialises access behind its lock.
 unsafe impl Send for Pl011 {}
+// SAFETY: sharing a `Pl011` only lets cores write the same MMIO registers with volatile
+// accesses, which is memory-safe; the console serialises writers behind its lock, and only the
+// emergency path on the way to a halt writes without it (interleaved bytes, nothing worse).
+unsafe impl Sync for Pl011 {}
 
 impl Pl011 {
     /// The PL011 at `base`. The firmware (or QEMU) has already set the baud rate and enabled it;
     /// KCore only transmits.
-    pub fn new(base: u64) -> Pl011 {
-        // SAFETY: `base` comes from the DTB or the board description and names a PL011's
-        // register block, mapped as Device memory in KCore's stage-1; its registers are only
-        // accessed through volatile MMIO operations.
+    ///
+    /// # Safety
+    /// `base` names a PL011's register block (from the DTB or the board description), mapped as
+    /// Device memory in KCore's stage-1 and out of the host's reach: writing to it writes there.
+    pub unsafe fn new(base: u64) -> Pl011 {
+        // SAFETY: the caller's contract; the registers are only accessed through volatile MMIO
+        // operations.
         let registers = unsafe { &*(base as *const Registers) };
         Pl011 { registers }
     }

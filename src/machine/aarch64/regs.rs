@@ -1,6 +1,6 @@
 //! System registers KCore reads and writes, named after the architecture.
 
-use super::super::guest_regs::El2Controls;
+use super::super::guest_regs::CoreControls;
 use aarch64_cpu::{asm::barrier, registers::*};
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -41,52 +41,33 @@ pub fn set_far_el1(far: u64) {
     FAR_EL1.set(far);
 }
 
-/// Turns on stage-2 translation for EL1 with `vttbr` (table root and VMID): VTCR_EL2 for a
-/// 39-bit IPA space starting at level 1, 4 KiB granule, inner-shareable write-back walks, 40-bit
-/// output addresses.
-pub fn enable_stage2(vttbr: u64) {
-    const VTCR_RES1: u64 = 1 << 31;
-    const VTCR_PS_40_BITS: u64 = 0b010 << 16;
-    const VTCR_SH0_INNER: u64 = 0b11 << 12;
-    const VTCR_ORGN0_WB: u64 = 0b01 << 10;
-    const VTCR_IRGN0_WB: u64 = 0b01 << 8;
-    const VTCR_SL0_LEVEL1: u64 = 0b01 << 6;
-    const VTCR_T0SZ_39_BITS: u64 = 25;
-    VTCR_EL2.set(
-        VTCR_RES1
-            | VTCR_PS_40_BITS
-            | VTCR_SH0_INNER
-            | VTCR_ORGN0_WB
-            | VTCR_IRGN0_WB
-            | VTCR_SL0_LEVEL1
-            | VTCR_T0SZ_39_BITS,
-    );
-    VTTBR_EL2.set(vttbr);
-    barrier::isb(barrier::SY);
-}
-
-/// Sets this core up for running the host: its EL2 `controls` (from `vcpu::controls`), stage-2
-/// with the host's root in `controls.vttbr`, identity ID registers, a known SCTLR_EL1, and (on
-/// GICv3) system-register access to the GIC for EL1.
-/// ACTLR_EL2: which IMPLEMENTATION DEFINED control registers EL1 may write (on the cores
-/// `vcpu::controls::actlr_el2` knows).
-pub fn set_actlr_el2(value: u64) {
-    // SAFETY: ACTLR_EL2 only gates EL1's access to the core's IMPLEMENTATION DEFINED control
-    // registers; KCore writes it only on cores whose layout of it the caller knows.
-    unsafe { core::arch::asm!("msr actlr_el2, {}", "isb", in(reg) value, options(nostack)) };
-}
-
-pub fn configure_host(controls: &El2Controls, gic_v3: bool) {
-    enable_stage2(controls.vttbr);
-    super::world_switch::set_el2_controls(controls);
-    write_vpidr_el2(MIDR_EL1.get());
-    // SCTLR_EL1 starts in a known state: MMU off, RES1 bits set.
-    SCTLR_EL1.set(0x30D0_0800);
-    if gic_v3 {
-        // SRE (system registers) and Enable (EL1 may set ICC_SRE_EL1.SRE).
-        ICC_SRE_EL2.set(0b1001);
+/// Sets the EL2 state that stays the same in both worlds (`vcpu::controls::core_controls`).
+/// Called before this core first runs the host; the world switch then changes only
+/// [`El2Controls`](super::super::guest_regs::El2Controls).
+pub fn set_core_controls(c: &CoreControls) {
+    VTCR_EL2.set(c.vtcr);
+    write_vpidr_el2(c.vpidr);
+    SCTLR_EL1.set(c.host_sctlr_el1);
+    if let Some(sre) = c.icc_sre_el2 {
+        ICC_SRE_EL2.set(sre);
+    }
+    if let Some(actlr) = c.actlr_el2 {
+        // SAFETY: ACTLR_EL2 only gates EL1's access to the core's IMPLEMENTATION DEFINED control
+        // registers; `vcpu::controls::actlr_el2` gives a value only for cores whose layout of it
+        // it knows.
+        unsafe { core::arch::asm!("msr actlr_el2, {}", in(reg) actlr, options(nostack)) };
     }
     barrier::isb(barrier::SY);
+}
+
+/// The guest's live virtual timer, CNTV_CTL_EL0 and CNTV_CVAL_EL0 (its EL1 state is loaded).
+pub fn virtual_timer() -> (u64, u64) {
+    (CNTV_CTL_EL0.get(), CNTV_CVAL_EL0.get())
+}
+
+/// MIDR_EL1 of this core, which the host sees unchanged (VPIDR_EL2).
+pub fn midr_el1() -> u64 {
+    MIDR_EL1.get()
 }
 
 /// MPIDR_EL1 of this core, which the host sees unchanged (VMPIDR_EL2).

@@ -83,21 +83,8 @@ pub fn restore_fp(regs: &FpRegs) {
     unsafe { __restore_fp(regs) }
 }
 
-/// The EL2 controls in force now.
-pub fn el2_controls() -> El2Controls {
-    El2Controls {
-        hcr: HCR_EL2.get(),
-        vttbr: VTTBR_EL2.get(),
-        vmpidr: VMPIDR_EL2.get(),
-        cntvoff: CNTVOFF_EL2.get(),
-        mdcr: MDCR_EL2.get(),
-        cnthctl: CNTHCTL_EL2.get(),
-        cptr: CPTR_EL2.get(),
-        ich_hcr: if super::super::features::boot().gic_sysregs() { ICH_HCR_EL2.get() } else { 0 },
-    }
-}
-
-/// Loads EL2 controls (for the guest about to run, or for the host again).
+/// Loads EL2 controls (for the guest about to run, or for the host again): through
+/// `vcpu::world_switch::load_controls`, the one loader of a world's controls.
 pub fn set_el2_controls(c: &El2Controls) {
     HCR_EL2.set(c.hcr);
     VTTBR_EL2.set(c.vttbr);

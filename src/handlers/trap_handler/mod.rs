@@ -1,0 +1,90 @@
+//! TrapHandler (SeKVM layers 33-34): the Rust side of KCore's vectors. It decodes each trap once
+//! at the edge (`super::decode`), asks the dispatchers what it means, and carries out their
+//! answer: writing registers back, injecting an exception, switching worlds, waking cores, or
+//! powering off.
+
+mod el2_fault;
+mod host_cores;
+mod host_fault;
+mod inject_el1;
+mod invariants;
+mod power_down;
+mod principal;
+mod state;
+mod vcpu_run;
+
+pub use host_cores::{enter_host, wait_for_work};
+pub use principal::{halt_all_cores, principal_name};
+pub use state::{install, HostSetup};
+
+use super::decode::HostTrap;
+use super::trap_dispatcher::{host_trap_dispatcher, HostEnv, HostExit};
+use super::vm_calls;
+use crate::cpus::CORES;
+use crate::machine::{cpu, regs, Aarch64, TrapFrame, TrapKind};
+use log::{info, warn};
+use principal::Principal;
+
+/// Entry for every exception from a lower EL (vectors.S).
+#[no_mangle]
+extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
+    let core = cpu::index();
+    principal::park_if_halted(core);
+    // Only the host traps through KCore's vectors: a guest's traps go through the guest half of the
+    // core's vector set (`__guest_exit`) back into `vcpu_run`.
+    principal::set(core, Principal::Host);
+    match TrapKind::from_vector(kind) {
+        TrapKind::Sync => {
+            host_sync(core, frame);
+            invariants::check();
+        }
+        other => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
+    }
+    // The principal keeps naming the last trap's: after the host is up, KCore runs only in
+    // traps (and in `wait_for_work`, which resets it).
+}
+
+/// A synchronous trap from the host: decoded once, dispatched, and the answer carried out.
+fn host_sync(core: usize, frame: &mut TrapFrame) {
+    // Only a PSCI CPU_ON asks where the host may run: the setup is looked up then, not on
+    // every trap (nothing stands between the decode and the dispatcher's match on it).
+    let host_may_run_at = |pa| (state::host().may_run_at)(pa);
+    let env = HostEnv { cores: &CORES, host_may_run_at: &host_may_run_at };
+    let trap = HostTrap::decode(regs::esr_el2(), frame, || (regs::far_el2(), regs::hpfar_el2()));
+    match host_trap_dispatcher(trap, frame, &env) {
+        HostExit::Resume => {}
+        HostExit::ResumeAndWake => cpu::send_event(),
+        HostExit::Undef { pc, reason } => {
+            warn!("host trap {reason} at {pc:#x}: injecting UNDEF into the host");
+            inject_el1::undef(frame, pc);
+        }
+        HostExit::SystemOff { status } => {
+            info!("host SYSTEM_OFF, status {status}");
+            power_down::power_down(core, "power-off");
+            state::host().power.system_off(status.into())
+        }
+        HostExit::SystemReset => {
+            info!("host SYSTEM_RESET");
+            power_down::power_down(core, "reset");
+            state::host().power.system_reset()
+        }
+        HostExit::Stage2Fault(abort) => host_fault::host_stage2_fault(frame, abort),
+        HostExit::CleanInvalidateSetWay { operand } => {
+            let pc = frame.elr.wrapping_sub(4);
+            info!("host set/way maintenance at {pc:#x} (operand {operand:#x}): done as clean and invalidate");
+            regs::clean_invalidate_dcache_set_way(operand)
+        }
+        HostExit::VmCall(call) => {
+            let result = state::with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, call));
+            frame.x[0] = result.status;
+            frame.x[1..4].copy_from_slice(&result.values);
+        }
+        HostExit::VcpuRun { vm, vcpu, answer } => vcpu_run::vcpu_run(core, frame, vm, vcpu, answer),
+        HostExit::CpuOff => {
+            info!("cpu{core} leaves the host (PSCI CPU_OFF)");
+            principal::set(core, Principal::Kcore);
+            CORES.host_cpu_off(core);
+            wait_for_work(core)
+        }
+    }
+}

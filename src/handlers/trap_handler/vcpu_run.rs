@@ -1,0 +1,106 @@
+//! VCPU_RUN: runs a vCPU through the world switch (`vcpu::world_switch`) until an exit the host
+//! must see, serving every other exit (share calls, emulated registers, UNDEFs) inside KCore
+//! without leaving the guest's world. The exit record the host gets is the dispatcher's, final.
+
+use super::super::decode::GuestTrap;
+use super::super::trap_dispatcher::{vm_exit_dispatcher, GuestEnv, VmExit};
+use super::principal::{self, Principal};
+use super::{host_cores, inject_el1, invariants, state};
+use crate::ids::{VcpuId, VmId};
+use crate::machine::{features, regs, Aarch64, GuestExit, TrapFrame};
+use crate::vcpu::controls::{self, HostPmu};
+use crate::vcpu::{world_switch, ExitRecord, VcpuContext};
+use corevisor_abi::Status;
+use log::info;
+
+/// Serves VCPU_RUN for vCPU `vcpu` of VM `vm`, `answer` answering its last exit; the exit
+/// record goes into x1..x5.
+pub fn vcpu_run(core: usize, frame: &mut TrapFrame, vm: VmId, vcpu: VcpuId, answer: u64) {
+    let prepared = state::with_kcore(|kcore| {
+        let prepared = kcore.vcpu_run_prepare(&Aarch64, vm, vcpu, answer);
+        principal::holds_context(core, prepared.is_ok());
+        prepared
+    });
+    let mut ticket = match prepared {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            info!("VCPU_RUN vm {vm} vcpu {vcpu} refused: {e:?}");
+            frame.x[0] = e.status().as_reg();
+            return;
+        }
+    };
+    let cpu = features::boot();
+    let pmu = HostPmu::of_build();
+    // The guest's MPIDR: its vCPU index in Aff0, bit 31 RES1.
+    let vmpidr = 1 << 31 | u64::from(ticket.ctx.index);
+    let guest = controls::guest_controls(cpu, pmu, ticket.vttbr, vmpidr, ticket.cntvoff);
+    let stop_host_pmu = controls::stops_host_pmu_in_guest(cpu, pmu);
+    principal::set(core, Principal::Guest);
+    let id_register = |reg| controls::guest_id_register(cpu, reg);
+    let (ram, cntvoff) = (ticket.ram, ticket.cntvoff);
+    let env = GuestEnv { ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff };
+    let ctx = &mut ticket.ctx;
+    let exit = world_switch::run_vcpu(ctx, host_cores::host_controls(core), &guest, stop_host_pmu, |ctx, exit| {
+        serve_in_place(core, vm, &env, ctx, exit)
+    });
+    principal::set(core, Principal::Host);
+    principal::holds_context(core, false);
+    let record = state::with_kcore(|kcore| {
+        let record = match exit {
+            HostBound::Record(record) => record,
+            HostBound::CpuOn { record, target, entry, arg } => {
+                kcore.guest_cpu_on(vm, target, entry, arg);
+                record
+            }
+        };
+        kcore.vcpu_run_finish(ticket);
+        record
+    });
+    frame.x[0] = Status::Success.as_reg();
+    frame.x[1] = record.reason;
+    frame.x[2..6].copy_from_slice(&record.details);
+}
+
+/// An exit for the host, as the dispatcher finished it.
+enum HostBound {
+    Record(ExitRecord),
+    CpuOn { record: ExitRecord, target: VcpuId, entry: crate::addr::Ipa, arg: u64 },
+}
+
+/// Serves one guest exit on this core while the guest's world is loaded: `None` if the guest
+/// runs on, the exit for the host otherwise.
+fn serve_in_place(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, exit: GuestExit) -> Option<HostBound> {
+    principal::park_if_halted(core);
+    let esr = regs::esr_el2();
+    let trap = GuestTrap::decode(exit, esr, &ctx.gprs.frame, || (regs::far_el2(), regs::hpfar_el2()));
+    let exit = vm_exit_dispatcher(trap, ctx, env);
+    if trap.serror {
+        log::debug!("vm {vm}: an SError the guest caused (ESR {esr:#x}): a virtual SError for the guest");
+    }
+    match exit {
+        VmExit::Resume => None,
+        VmExit::Undef { pc } => {
+            log::debug!("vm {vm}: guest exit EC {:#x} at {pc:#x}: UNDEF", super::super::esr::class(esr));
+            inject_el1::undef(&mut ctx.gprs.frame, pc);
+            None
+        }
+        VmExit::Share { grant, gpa, size } => {
+            principal::holds_context(core, false);
+            let result = state::with_kcore(|kcore| {
+                principal::holds_context(core, true);
+                let result = kcore.guest_share(&Aarch64, vm, grant, gpa, size);
+                // A share call changes ownership records without leaving the guest's world.
+                invariants::check_of(kcore);
+                result
+            });
+            if let Err(e) = result {
+                let call = if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" };
+                info!("vm {vm}: {call} {gpa:#x}+{size:#x} refused: {e:?}");
+            }
+            ctx.gprs.frame.x[0] = result.map_or_else(|e| e.status(), |()| Status::Success).as_reg();
+            None
+        }
+        VmExit::ToHost(record) => Some(HostBound::Record(record)),
+        VmExit::CpuOn { record, target, entry, arg } => Some(HostBound::CpuOn { record, target, entry, arg }),
+    }
+}

@@ -1,0 +1,65 @@
+//! The world switch (SeKVM CtxtSwitch, layer 29): moves a core from the host's world into a
+//! vCPU's and back. Out go the host's EL1 registers, FP/SIMD and EL2 controls (and its PMU
+//! counters stop), in come the guest's; the guest runs until an exit KCore cannot serve in
+//! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
+//! value from `vcpu::controls`, loaded by [`load_controls`].
+
+use super::VcpuContext;
+use crate::machine::guest_regs::{CoreControls, El1Regs, El2Controls, FpRegs};
+use crate::machine::{features, regs, world_switch as cpu, GuestExit};
+
+/// Loads one world's EL2 controls (the guest's about to run, or the host's again).
+#[inline]
+pub fn load_controls(controls: &El2Controls) {
+    cpu::set_el2_controls(controls)
+}
+
+/// Sets this core up to run the host: the EL2 state of both worlds, then the host's controls.
+pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
+    regs::set_core_controls(core);
+    load_controls(host);
+}
+
+/// Runs `vcpu` on this core, whose host world has the EL2 controls `host`, with the guest's EL2
+/// controls `guest`, until `serve` returns a value for an exit; `serve` gets every exit first
+/// and returns `None` for those it served in place (the guest runs on). `stop_host_pmu`: the
+/// host's PMU counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
+#[inline]
+pub fn run_vcpu<R>(
+    vcpu: &mut VcpuContext,
+    host: &El2Controls,
+    guest: &El2Controls,
+    stop_host_pmu: bool,
+    mut serve: impl FnMut(&mut VcpuContext, GuestExit) -> Option<R>,
+) -> R {
+    let ras = features::boot().ras();
+    let mut host_el1 = El1Regs::default();
+    let mut host_fp = FpRegs::default();
+    cpu::save_el1(&mut host_el1);
+    cpu::save_fp(&mut host_fp);
+    let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
+    cpu::restore_el1(&vcpu.el1);
+    cpu::restore_fp(&vcpu.fp);
+    load_controls(guest);
+    if ras {
+        // Nothing passes through DISR_EL1 from one vCPU to the next.
+        cpu::clear_vdisr();
+    }
+    let answer = loop {
+        cpu::set_virtual_serror(vcpu.virtual_serror, ras);
+        let exit = cpu::run_guest(&mut vcpu.gprs);
+        vcpu.virtual_serror = cpu::virtual_serror_pending();
+        if let Some(answer) = serve(vcpu, exit) {
+            break answer;
+        }
+    };
+    cpu::save_el1(&mut vcpu.el1);
+    cpu::save_fp(&mut vcpu.fp);
+    cpu::restore_el1(&host_el1);
+    cpu::restore_fp(&host_fp);
+    load_controls(host);
+    if let Some(running) = host_pmu_counters {
+        cpu::restart_pmu_counters(running);
+    }
+    answer
+}
