@@ -328,7 +328,8 @@ impl HostMemory {
     pub(crate) fn end_host_share(&mut self, m: &impl Machine, pa: u64) -> Result<(), MemError> {
         // A shared page is a single 4 KiB leaf in the host's table (`map_page_host`), so this
         // needs no split and no table page: it cannot fail.
-        let host_mapped = self.host_s2.clear_page(m, pa)?;
+        // Most shares end without the host ever touching the page: one walk says so.
+        let host_mapped = self.host_s2.output_of(m, pa).is_some() && self.host_s2.clear_page(m, pa)?;
         if host_mapped && !planted(Mutation::SkipCleanOnLastUnshare) {
             m.clean_invalidate_page(pa);
         }

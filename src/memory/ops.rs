@@ -153,7 +153,7 @@ impl HostMemory {
 }
 
 /// How many pages whose last share it takes a revoke remembers from its walk.
-pub const REMEMBERED: usize = 16;
+pub const REMEMBERED: usize = 4;
 
 /// The page-aligned guest-physical range a share call covers, or `BadRange` if it reaches past
 /// the guest-physical address space (or wraps around).
@@ -168,7 +168,7 @@ fn share_pages(gpa: u64, size: u64) -> Result<core::ops::Range<u64>, MemError> {
 /// The page frame behind guest-physical page `page`, if the VM maps it.
 #[inline(always)]
 fn mapped_pfn(m: &impl Machine, vm_s2: &PageTable, page: u64) -> Option<u64> {
-    vm_s2.walk(m, page).map(|leaf| leaf.translate(page) >> 12)
+    vm_s2.output_of(m, page).map(|pa| pa >> 12)
 }
 
 /// Calls `f` with the frame behind each mapped page of `pages` (page-aligned start), in order.

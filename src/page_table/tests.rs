@@ -85,6 +85,8 @@ fn check_translation(
     for &probe in probes {
         let actual = pt.walk(m, probe).map(|l| (l.translate(probe), l.attrs));
         prop_assert_eq!(actual, reference.lookup(probe), "probe {:#x}", probe);
+        // The share calls' attribute-free walk answers the same.
+        prop_assert_eq!(pt.output_of(m, probe), actual.map(|(pa, _)| pa), "output_of {:#x}", probe);
     }
     // And every leaf the table holds is in the reference, with nothing overlapping.
     let leaves = pt.leaves(m);
