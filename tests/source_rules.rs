@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 /// Every top-level module of KCore, bottom to top: each uses only modules before it. `init`, the
 /// boot sequence, is the top: nothing uses it.
 const LAYERS: &[&str] = &[
+    "mutation",
     "ids",
     "addr",
-    "mutation",
     "board",
     "machine",
     "platform",
