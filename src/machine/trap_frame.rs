@@ -12,6 +12,33 @@ pub struct TrapFrame {
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 33 * 8);
 
+/// The host's registers as its SMCCC-call entry saves them (`vectors.S`, `host_sync_entry`):
+/// x0..x18, x30, ELR_EL2 and SPSR_EL2. x19..x29 are not saved: a call's arguments and results
+/// live in x0..x17 (SMCCC), and the Rust handler preserves x19..x29 itself (AAPCS64), so this
+/// type cannot name them. x0..x3 sit where a [`TrapFrame`] has them (the entry stores them
+/// before it knows which frame it builds).
+#[repr(C)]
+pub struct CallFrame {
+    x: [u64; 19],
+    x30: u64,
+    elr: u64,
+    spsr: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<CallFrame>() == 22 * 8);
+
+/// How many registers a host call reads and writes: x0 (function id, then status) .. x5.
+pub const CALL_REGS: usize = 6;
+
+impl CallFrame {
+    /// x0..x5: the call's function id and arguments in, its status and results out.
+    #[inline]
+    pub fn call_regs(&mut self) -> &mut [u64; CALL_REGS] {
+        let (regs, _) = self.x.split_first_chunk_mut::<CALL_REGS>().unwrap_or_else(|| unreachable!());
+        regs
+    }
+}
+
 /// Which vector entry was taken; the numbering is fixed by `vectors.S`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrapKind {
@@ -52,6 +79,20 @@ impl GuestExit {
 }
 
 impl TrapFrame {
+    /// x0..x5, as a host call reads and writes them (a full frame holds them too).
+    #[inline]
+    pub fn call_regs(&mut self) -> &mut [u64; CALL_REGS] {
+        let (regs, _) = self.x.split_first_chunk_mut::<CALL_REGS>().unwrap_or_else(|| unreachable!());
+        regs
+    }
+
+    /// x0..x5, read only.
+    #[inline]
+    pub fn call_args(&self) -> &[u64; CALL_REGS] {
+        let (regs, _) = self.x.split_first_chunk::<CALL_REGS>().unwrap_or_else(|| unreachable!());
+        regs
+    }
+
     /// A frame that enters EL1h at `entry` with all interrupts masked and `x0 = arg`.
     pub fn el1_entry(entry: u64, arg: u64) -> TrapFrame {
         /// SPSR_EL2: EL1h (M = 0b0101) with D, A, I, F masked.

@@ -19,7 +19,7 @@ use crate::addr::{Ipa, IpaRange};
 use crate::cpus::CoreTable;
 use crate::ids::{VcpuId, VmId};
 use crate::machine::features::IdReg;
-use crate::machine::TrapFrame;
+use crate::machine::{TrapFrame, CALL_REGS};
 use crate::vcpu::{ExitRecord, Pending, VcpuContext};
 use corevisor_abi::{exit, HypResult, Status, ABI_VERSION};
 
@@ -60,6 +60,30 @@ pub enum HostExit {
     },
 }
 
+/// What the machine does after a host call (`hvc #0`); x0..x5 hold what the dispatcher wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallExit {
+    /// Return to the host.
+    Resume,
+    /// Power the machine off; `status` is the host's exit status.
+    SystemOff { status: u8 },
+    /// A VM hypercall for the VM layer (`vm_calls::serve`); x0..x3 get its result.
+    VmCall(VmCall),
+    /// VCPU_RUN: the trap handler switches to the guest's world.
+    VcpuRun { vm: VmId, vcpu: VcpuId, answer: u64 },
+}
+
+impl From<CallExit> for HostExit {
+    fn from(exit: CallExit) -> HostExit {
+        match exit {
+            CallExit::Resume => HostExit::Resume,
+            CallExit::SystemOff { status } => HostExit::SystemOff { status },
+            CallExit::VmCall(call) => HostExit::VmCall(call),
+            CallExit::VcpuRun { vm, vcpu, answer } => HostExit::VcpuRun { vm, vcpu, answer },
+        }
+    }
+}
+
 /// What the host dispatcher needs to know about the rest of KCore.
 pub struct HostEnv<'a> {
     pub cores: &'a CoreTable,
@@ -71,8 +95,7 @@ pub struct HostEnv<'a> {
 #[inline]
 pub fn host_trap_dispatcher(trap: HostTrap, frame: &mut TrapFrame, env: &HostEnv) -> HostExit {
     match trap {
-        HostTrap::Call(Ok(call)) => host_hvc_dispatcher(call, frame),
-        HostTrap::Call(Err(bad)) => refuse(bad, frame),
+        HostTrap::Call(call) => host_hvc_dispatcher(call, frame.call_regs()).into(),
         HostTrap::Psci { function, args } => {
             // A trapped SMC leaves ELR_EL2 on the SMC.
             frame.elr = frame.elr.wrapping_add(4);
@@ -102,47 +125,52 @@ pub fn host_trap_dispatcher(trap: HostTrap, frame: &mut TrapFrame, env: &HostEnv
     }
 }
 
-/// Routes the host's hypercall to its operation (SeKVM `host_hvc_dispatcher`): the one match
-/// over every host call.
-#[inline]
-pub fn host_hvc_dispatcher(call: HostCall, frame: &mut TrapFrame) -> HostExit {
+/// Routes the host's hypercall, decoded at the edge, to its operation (SeKVM
+/// `host_hvc_dispatcher`): the one match over every host call. `regs` are the caller's x0..x5.
+#[inline(always)]
+pub fn host_hvc_dispatcher(call: Result<HostCall, BadCall>, regs: &mut [u64; CALL_REGS]) -> CallExit {
+    let call = match call {
+        Ok(call) => call,
+        Err(bad) => return refuse(bad, regs),
+    };
     match call {
-        HostCall::Version => set_result(frame, HypResult::success([ABI_VERSION, 0, 0])),
+        HostCall::Version => set_result(regs, HypResult::success([ABI_VERSION, 0, 0])),
         HostCall::Null => {
-            frame.x[0] = Status::Success.as_reg();
-            HostExit::Resume
+            regs[0] = Status::Success.as_reg();
+            CallExit::Resume
         }
-        HostCall::SystemOff { status } => HostExit::SystemOff { status },
+        HostCall::SystemOff { status } => CallExit::SystemOff { status },
         HostCall::HostStats => {
             use core::sync::atomic::Ordering::Relaxed;
             let stats = [HOST_STATS.mapped.load(Relaxed), HOST_STATS.refused.load(Relaxed), 0];
-            set_result(frame, HypResult::success(stats))
+            set_result(regs, HypResult::success(stats))
         }
-        HostCall::VcpuRun { vm, vcpu, answer } => HostExit::VcpuRun { vm, vcpu, answer },
-        HostCall::Vm(call) => HostExit::VmCall(call),
+        HostCall::VcpuRun { vm, vcpu, answer } => CallExit::VcpuRun { vm, vcpu, answer },
+        HostCall::Vm(call) => CallExit::VmCall(call),
     }
 }
 
 /// A host call refused at the edge: its status in x0, the host runs on.
-fn refuse(bad: BadCall, frame: &mut TrapFrame) -> HostExit {
+#[cold]
+fn refuse(bad: BadCall, regs: &mut [u64; CALL_REGS]) -> CallExit {
     let name = super::decode::call_name(bad.function);
     match bad.argument {
         None => log::warn!("unknown host hypercall {:#x}: NOT_SUPPORTED", bad.function),
         Some(argument) => log::info!(
             "{name} refused: the {argument} does not fit (args {:#x} {:#x} {:#x} {:#x})",
-            frame.x[1],
-            frame.x[2],
-            frame.x[3],
-            frame.x[4]
+            regs[1],
+            regs[2],
+            regs[3],
+            regs[4]
         ),
     }
-    set_result(frame, HypResult::status(bad.status))
+    set_result(regs, HypResult::status(bad.status))
 }
 
-fn set_result(frame: &mut TrapFrame, result: HypResult) -> HostExit {
-    frame.x[0] = result.status;
-    frame.x[1..4].copy_from_slice(&result.values);
-    HostExit::Resume
+fn set_result(regs: &mut [u64; CALL_REGS], result: HypResult) -> CallExit {
+    regs[0] = result.status;
+    regs[1..4].copy_from_slice(&result.values);
+    CallExit::Resume
 }
 
 /// Counts the host's stage-2 faults that KCore served (mapped) and refused (aborted).

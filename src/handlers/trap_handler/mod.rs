@@ -17,11 +17,11 @@ pub use host_cores::{enter_host, wait_for_work};
 pub use principal::{halt_all_cores, principal_name};
 pub use state::{install, HostSetup};
 
-use super::decode::HostTrap;
-use super::trap_dispatcher::{host_trap_dispatcher, HostEnv, HostExit};
+use super::decode::{HostCall, HostTrap, VmCall};
+use super::trap_dispatcher::{host_hvc_dispatcher, host_trap_dispatcher, CallExit, HostEnv, HostExit};
 use super::vm_calls;
 use crate::cpus::CORES;
-use crate::machine::{cpu, regs, Aarch64, TrapFrame, TrapKind};
+use crate::machine::{cpu, regs, Aarch64, CallFrame, TrapFrame, TrapKind, CALL_REGS};
 use log::{info, warn};
 use principal::Principal;
 
@@ -44,6 +44,46 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     // traps (and in `wait_for_work`, which resets it).
 }
 
+/// Entry for the host's SMCCC calls (`hvc #0`), which vectors.S sends here with only the
+/// registers a call uses saved ([`CallFrame`]): decoded once, dispatched, the answer carried out.
+#[no_mangle]
+extern "C" fn host_call_trap_handler(frame: &mut CallFrame) {
+    let core = cpu::index();
+    principal::park_if_halted(core);
+    principal::set(core, Principal::Host);
+    let regs = frame.call_regs();
+    let exit = host_hvc_dispatcher(HostCall::decode(regs), regs);
+    finish_call(core, exit, regs);
+    invariants::check();
+}
+
+/// Carries out a host call's answer; x0..x5 get its result.
+#[inline(always)]
+fn finish_call(core: usize, exit: CallExit, regs: &mut [u64; CALL_REGS]) {
+    match exit {
+        CallExit::Resume => {}
+        CallExit::SystemOff { status } => system_off(core, status),
+        CallExit::VmCall(call) => serve_vm_call(call, regs),
+        CallExit::VcpuRun { vm, vcpu, answer } => vcpu_run::vcpu_run(core, regs, vm, vcpu, answer),
+    }
+}
+
+/// The host's SYSTEM_OFF: the power-down scrub, then off.
+#[inline(never)]
+fn system_off(core: usize, status: u8) -> ! {
+    info!("host SYSTEM_OFF, status {status}");
+    power_down::power_down(core, "power-off");
+    state::host().power.system_off(status.into())
+}
+
+/// A VM call, served by the VM layer under KCore's state lock; x0..x3 get its result.
+#[inline(never)]
+fn serve_vm_call(call: VmCall, regs: &mut [u64; CALL_REGS]) {
+    let result = state::with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, call));
+    regs[0] = result.status;
+    regs[1..4].copy_from_slice(&result.values);
+}
+
 /// A synchronous trap from the host: decoded once, dispatched, and the answer carried out.
 fn host_sync(core: usize, frame: &mut TrapFrame) {
     // Only a PSCI CPU_ON asks where the host may run: the setup is looked up then, not on
@@ -58,11 +98,7 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
             warn!("host trap {reason} at {pc:#x}: injecting UNDEF into the host");
             inject_el1::undef(frame, pc);
         }
-        HostExit::SystemOff { status } => {
-            info!("host SYSTEM_OFF, status {status}");
-            power_down::power_down(core, "power-off");
-            state::host().power.system_off(status.into())
-        }
+        HostExit::SystemOff { status } => finish_call(core, CallExit::SystemOff { status }, frame.call_regs()),
         HostExit::SystemReset => {
             info!("host SYSTEM_RESET");
             power_down::power_down(core, "reset");
@@ -74,12 +110,10 @@ fn host_sync(core: usize, frame: &mut TrapFrame) {
             info!("host set/way maintenance at {pc:#x} (operand {operand:#x}): done as clean and invalidate");
             regs::clean_invalidate_dcache_set_way(operand)
         }
-        HostExit::VmCall(call) => {
-            let result = state::with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, call));
-            frame.x[0] = result.status;
-            frame.x[1..4].copy_from_slice(&result.values);
+        HostExit::VmCall(call) => finish_call(core, CallExit::VmCall(call), frame.call_regs()),
+        HostExit::VcpuRun { vm, vcpu, answer } => {
+            finish_call(core, CallExit::VcpuRun { vm, vcpu, answer }, frame.call_regs())
         }
-        HostExit::VcpuRun { vm, vcpu, answer } => vcpu_run::vcpu_run(core, frame, vm, vcpu, answer),
         HostExit::CpuOff => {
             info!("cpu{core} leaves the host (PSCI CPU_OFF)");
             principal::set(core, Principal::Kcore);

@@ -7,15 +7,16 @@ use super::super::trap_dispatcher::{vm_exit_dispatcher, GuestEnv, VmExit};
 use super::principal::{self, Principal};
 use super::{host_cores, inject_el1, invariants, state};
 use crate::ids::{VcpuId, VmId};
-use crate::machine::{features, regs, Aarch64, GuestExit, TrapFrame};
+use crate::machine::{features, regs, Aarch64, GuestExit, CALL_REGS};
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vcpu::{world_switch, ExitRecord, VcpuContext};
 use corevisor_abi::Status;
 use log::info;
 
 /// Serves VCPU_RUN for vCPU `vcpu` of VM `vm`, `answer` answering its last exit; the exit
-/// record goes into x1..x5.
-pub fn vcpu_run(core: usize, frame: &mut TrapFrame, vm: VmId, vcpu: VcpuId, answer: u64) {
+/// record goes into x1..x5 of the host's call registers `call`.
+#[inline(never)]
+pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId, answer: u64) {
     let prepared = state::with_kcore(|kcore| {
         let prepared = kcore.vcpu_run_prepare(&Aarch64, vm, vcpu, answer);
         principal::holds_context(core, prepared.is_ok());
@@ -25,7 +26,7 @@ pub fn vcpu_run(core: usize, frame: &mut TrapFrame, vm: VmId, vcpu: VcpuId, answ
         Ok(ticket) => ticket,
         Err(e) => {
             info!("VCPU_RUN vm {vm} vcpu {vcpu} refused: {e:?}");
-            frame.x[0] = e.status().as_reg();
+            call[0] = e.status().as_reg();
             return;
         }
     };
@@ -56,9 +57,9 @@ pub fn vcpu_run(core: usize, frame: &mut TrapFrame, vm: VmId, vcpu: VcpuId, answ
         kcore.vcpu_run_finish(ticket);
         record
     });
-    frame.x[0] = Status::Success.as_reg();
-    frame.x[1] = record.reason;
-    frame.x[2..6].copy_from_slice(&record.details);
+    call[0] = Status::Success.as_reg();
+    call[1] = record.reason;
+    call[2..6].copy_from_slice(&record.details);
 }
 
 /// An exit for the host, as the dispatcher finished it.

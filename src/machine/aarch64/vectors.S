@@ -122,6 +122,19 @@
     .org    .Lentry\@ + 0x80
 .endm
 
+// The host's synchronous entry: x0..x3 first (the mitigation clobbers them), the mitigation,
+// then `host_sync_entry` sorts SMCCC calls from every other trap.
+.macro host_sync_entry fw, bhb
+    .balign 0x80
+.Lentry\@:
+    sub     sp, sp, #FRAME_SIZE
+    stp     x0, x1, [sp, #16 * 0]
+    stp     x2, x3, [sp, #16 * 1]
+    entry_mitigation \fw, \bhb
+    b       host_sync_entry
+    .org    .Lentry\@ + 0x80
+.endm
+
 // An entry of the guest's table from a lower EL (the running guest): x0..x3 to the stack, the
 // mitigation, then the world switch's exit path with the kind in x1.
 .macro guest_entry kind, fw, bhb
@@ -177,7 +190,7 @@
     vector_entry kcore_fault_handler, KIND_FIQ
     vector_entry kcore_fault_handler, KIND_SERROR
     // Lower EL, AArch64: the host.
-    lower_entry KIND_SYNC, \fw, \bhb
+    host_sync_entry \fw, \bhb
     lower_entry KIND_IRQ, \fw, \bhb
     lower_entry KIND_FIQ, \fw, \bhb
     lower_entry KIND_SERROR, \fw, \bhb
@@ -226,6 +239,65 @@ __kcore_vectors:
 .global __entry_vector_sets_end
 __entry_vector_sets_end:
 
+// A synchronous trap from the host, x0..x3 saved, the mitigation done. An SMCCC call (`hvc #0`
+// from AArch64: ESR_EL2 is exactly EC 0x16 with IL, imm16 0) saves only what a call uses and
+// Rust does not preserve: x4..x18, x30, ELR and SPSR (kcore::machine::CallFrame: x0..x18, x30,
+// elr, spsr). Its arguments and results live in x0..x17 (SMCCC), and `host_call_trap_handler`
+// keeps x19..x29 in place (AAPCS64), so they never reach memory: they are the host's own on
+// return. Everything else gets the full TrapFrame.
+.equ CALL_X18, 8 * 18
+.equ CALL_ELR, 8 * 20
+host_sync_entry:
+    mrs     x0, esr_el2
+    mov     w1, #(0x5a00 << 16)
+    cmp     w0, w1
+    b.ne    1f
+    stp     x4, x5, [sp, #16 * 2]
+    stp     x6, x7, [sp, #16 * 3]
+    stp     x8, x9, [sp, #16 * 4]
+    stp     x10, x11, [sp, #16 * 5]
+    stp     x12, x13, [sp, #16 * 6]
+    stp     x14, x15, [sp, #16 * 7]
+    stp     x16, x17, [sp, #16 * 8]
+    mrs     x0, elr_el2
+    mrs     x1, spsr_el2
+    stp     x18, x30, [sp, #CALL_X18]
+    stp     x0, x1, [sp, #CALL_ELR]
+    mov     x0, sp
+    bl      host_call_trap_handler
+    ldp     x0, x1, [sp, #CALL_ELR]
+    msr     elr_el2, x0
+    msr     spsr_el2, x1
+    ldp     x18, x30, [sp, #CALL_X18]
+    ldp     x0, x1, [sp, #16 * 0]
+    ldp     x2, x3, [sp, #16 * 1]
+    ldp     x4, x5, [sp, #16 * 2]
+    ldp     x6, x7, [sp, #16 * 3]
+    ldp     x8, x9, [sp, #16 * 4]
+    ldp     x10, x11, [sp, #16 * 5]
+    ldp     x12, x13, [sp, #16 * 6]
+    ldp     x14, x15, [sp, #16 * 7]
+    ldp     x16, x17, [sp, #16 * 8]
+    add     sp, sp, #FRAME_SIZE
+    eret
+1:  stp     x4, x5, [sp, #16 * 2]
+    stp     x6, x7, [sp, #16 * 3]
+    stp     x8, x9, [sp, #16 * 4]
+    stp     x10, x11, [sp, #16 * 5]
+    stp     x12, x13, [sp, #16 * 6]
+    stp     x14, x15, [sp, #16 * 7]
+    stp     x16, x17, [sp, #16 * 8]
+    stp     x18, x19, [sp, #16 * 9]
+    stp     x20, x21, [sp, #16 * 10]
+    stp     x22, x23, [sp, #16 * 11]
+    stp     x24, x25, [sp, #16 * 12]
+    stp     x26, x27, [sp, #16 * 13]
+    stp     x28, x29, [sp, #16 * 14]
+    mrs     x0, elr_el2
+    mrs     x1, spsr_el2
+    stp     x30, x0, [sp, #16 * 15]
+    str     x1, [sp, #16 * 16]
+    mov     x1, #KIND_SYNC
 lower_el_entry:
     mov     x0, sp
     bl      lower_el_trap_handler
