@@ -28,11 +28,11 @@ use principal::Principal;
 /// Entry for every exception from a lower EL (vectors.S).
 #[no_mangle]
 extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
-    let core = cpu::index();
-    principal::park_if_halted(core);
+    principal::park_if_halted();
     // Only the host traps through KCore's vectors: a guest's traps go through the guest half of the
-    // core's vector set (`__guest_exit`) back into `vcpu_run`.
-    principal::set(core, Principal::Host);
+    // core's vector set (`__guest_exit`) back into `vcpu_run`. The principal already names the
+    // host: every way into the host's world sets it (`enter_host`, and `vcpu_run` on its way back).
+    let core = cpu::index();
     match TrapKind::from_vector(kind) {
         TrapKind::Sync => {
             host_sync(core, frame);
@@ -48,12 +48,13 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
 /// registers a call uses saved ([`CallFrame`]): decoded once, dispatched, the answer carried out.
 #[no_mangle]
 extern "C" fn host_call_trap_handler(frame: &mut CallFrame) {
-    let core = cpu::index();
-    principal::park_if_halted(core);
-    principal::set(core, Principal::Host);
+    principal::park_if_halted();
+    // As in `lower_el_trap_handler`, the principal already names the host.
     let regs = frame.call_regs();
     let exit = host_hvc_dispatcher(HostCall::decode(regs), regs);
-    finish_call(core, exit, regs);
+    if exit != CallExit::Resume {
+        finish_call(cpu::index(), exit, regs);
+    }
     invariants::check();
 }
 

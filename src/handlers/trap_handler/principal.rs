@@ -37,9 +37,9 @@ pub fn halt_all_cores() {
 
 /// Parks this core for good if the halt flag was raised, letting go of any vCPU context.
 #[inline]
-pub fn park_if_halted(core: usize) {
+pub fn park_if_halted() {
     if HALTED.load(Ordering::Relaxed) {
-        HOLDS_CONTEXT[core].store(false, Ordering::Release);
+        HOLDS_CONTEXT[cpu::index()].store(false, Ordering::Release);
         cpu::park()
     }
 }

@@ -71,7 +71,7 @@ enum HostBound {
 /// Serves one guest exit on this core while the guest's world is loaded: `None` if the guest
 /// runs on, the exit for the host otherwise.
 fn serve_in_place(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, exit: GuestExit) -> Option<HostBound> {
-    principal::park_if_halted(core);
+    principal::park_if_halted();
     let esr = regs::esr_el2();
     let trap = GuestTrap::decode(exit, esr, &ctx.gprs.frame, || (regs::far_el2(), regs::hpfar_el2()));
     let exit = vm_exit_dispatcher(trap, ctx, env);
