@@ -161,12 +161,13 @@ impl HostMemory {
                 None => Attrs::DEVICE,
             },
         };
+        let region = self.db.regions().search(ipa);
         for &level in levels {
             let size = level_size(level);
             let base = ipa & !(size - 1);
             let allowed = match attrs.mem {
                 crate::page_table::descriptor::MemType::Normal => {
-                    self.db.host_owns_block(base, size)
+                    region.is_some_and(|region| self.db.host_owns_block_in(region, base, size))
                         || (planted(Mutation::HostBlockWithoutOwnershipCheck) && self.db.regions().all_ram(base, size))
                 }
                 crate::page_table::descriptor::MemType::Device => {

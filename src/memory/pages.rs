@@ -3,6 +3,7 @@
 //! whole block" is answered in constant time.
 
 use super::regions::MemRegions;
+use corevisor_boards::PhysRange;
 use crate::machine::PAGE_SIZE;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -120,7 +121,13 @@ impl PageDb {
     /// Whether every page of the aligned block `[base, base + size)` is RAM owned by the host.
     /// `size` is 4 KiB, 2 MiB or 1 GiB.
     pub fn host_owns_block(&self, base: u64, size: u64) -> bool {
-        if !self.regions.all_ram(base, size) {
+        self.regions.search(base).is_some_and(|region| self.host_owns_block_in(region, base, size))
+    }
+
+    /// [`Self::host_owns_block`] for a block around a page of `region`, which the caller has
+    /// found already (the host fault tries several block sizes around one page: one search).
+    pub fn host_owns_block_in(&self, region: PhysRange, base: u64, size: u64) -> bool {
+        if base < region.base || base + size > region.end() {
             return false;
         }
         match size {

@@ -25,7 +25,18 @@ use crate::machine::{cpu, regs, Aarch64, CallFrame, TrapFrame, TrapKind, CALL_RE
 use log::{info, warn};
 use principal::Principal;
 
-/// Entry for every exception from a lower EL (vectors.S).
+/// Entry for the host's synchronous traps other than SMCCC calls (vectors.S `host_sync_entry`),
+/// with the syndrome the vector read.
+#[no_mangle]
+extern "C" fn host_sync_trap_handler(frame: &mut TrapFrame, esr: u64) {
+    principal::park_if_halted();
+    // As in `lower_el_trap_handler`, the principal already names the host.
+    host_sync(cpu::index(), frame, esr);
+    invariants::check();
+}
+
+/// Entry for every other exception from a lower EL (vectors.S): interrupts and SErrors taken
+/// while the host runs, and AArch32 traps.
 #[no_mangle]
 extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     principal::park_if_halted();
@@ -35,7 +46,7 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     let core = cpu::index();
     match TrapKind::from_vector(kind) {
         TrapKind::Sync => {
-            host_sync(core, frame);
+            host_sync(core, frame, regs::esr_el2());
             invariants::check();
         }
         other => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
@@ -86,12 +97,12 @@ fn serve_vm_call(call: VmCall, regs: &mut [u64; CALL_REGS]) {
 }
 
 /// A synchronous trap from the host: decoded once, dispatched, and the answer carried out.
-fn host_sync(core: usize, frame: &mut TrapFrame) {
+fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) {
     // Only a PSCI CPU_ON asks where the host may run: the setup is looked up then, not on
     // every trap (nothing stands between the decode and the dispatcher's match on it).
     let host_may_run_at = |pa| (state::host().may_run_at)(pa);
     let env = HostEnv { cores: &CORES, host_may_run_at: &host_may_run_at };
-    let trap = HostTrap::decode(regs::esr_el2(), frame, || (regs::far_el2(), regs::hpfar_el2()));
+    let trap = HostTrap::decode(esr, frame, || (regs::far_el2(), regs::hpfar_el2()));
     match host_trap_dispatcher(trap, frame, &env) {
         HostExit::Resume => {}
         HostExit::ResumeAndWake => cpu::send_event(),

@@ -41,14 +41,48 @@ pub unsafe fn copy_to(pa: u64, bytes: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), pa as *mut u8, bytes.len()) }
 }
 
-/// Fills `[pa, pa + len)` with zeros, 8 bytes at a time (both 8-byte aligned).
+/// Fills `[pa, pa + len)` with zeros (both 8-byte aligned): a block at a time with `DC ZVA`
+/// where the architecture allows it, 8 bytes at a time elsewhere. `DC ZVA` acts as stores of
+/// zeros to its whole block (Arm ARM, "Data cache zero by VA"), so what the page-table walker
+/// and later maintenance see is the same as after the word stores; it is one instruction per
+/// block (64 bytes on the Cortex-A72) instead of eight.
 ///
 /// # Safety
 /// As for [`write_u64`], over the whole range.
 pub unsafe fn zero(pa: u64, len: u64) {
     debug_assert!(pa.is_multiple_of(8) && len.is_multiple_of(8));
-    // SAFETY: every word lies in the range the caller owns.
-    (pa..pa + len).step_by(8).for_each(|word| unsafe { write_u64(word, 0) });
+    let end = pa + len;
+    let mut at = pa;
+    if let Some(block) = zva_block() {
+        while at < end && !at.is_multiple_of(block) {
+            // SAFETY: the word lies in the range the caller owns.
+            unsafe { write_u64(at, 0) };
+            at += 8;
+        }
+        while end - at >= block {
+            // SAFETY: zeroes the aligned block at `at`, which lies in the range the caller owns;
+            // Normal memory (the MMU is on, `zva_block`), so no alignment fault.
+            unsafe { asm!("dc zva, {}", in(reg) at, options(nostack)) };
+            at += block;
+        }
+    }
+    while at < end {
+        // SAFETY: the word lies in the range the caller owns.
+        unsafe { write_u64(at, 0) };
+        at += 8;
+    }
+}
+
+/// The block `DC ZVA` zeroes, in bytes, if it may be used now: DCZID_EL0.DZP clear, and the
+/// EL2 MMU on (with it off, memory is Device, where `DC ZVA` faults).
+fn zva_block() -> Option<u64> {
+    let (dczid, sctlr): (u64, u64);
+    // SAFETY: reading DCZID_EL0 and SCTLR_EL2 has no side effects.
+    unsafe {
+        asm!("mrs {}, dczid_el0", "mrs {}, sctlr_el2", out(reg) dczid, out(reg) sctlr, options(nomem, nostack))
+    };
+    let prohibited = dczid & (1 << 4) != 0;
+    (!prohibited && sctlr & 1 != 0).then(|| 4 << (dczid & 0xf))
 }
 
 /// Reads `len` bytes at physical address `pa` as a byte slice that lives as long as KCore

@@ -248,9 +248,9 @@ __entry_vector_sets_end:
 .equ CALL_X18, 8 * 18
 .equ CALL_ELR, 8 * 20
 host_sync_entry:
-    mrs     x0, esr_el2
+    mrs     x2, esr_el2
     mov     w1, #(0x5a00 << 16)
-    cmp     w0, w1
+    cmp     w2, w1
     b.ne    1f
     stp     x4, x5, [sp, #16 * 2]
     stp     x6, x7, [sp, #16 * 3]
@@ -297,7 +297,12 @@ host_sync_entry:
     mrs     x1, spsr_el2
     stp     x30, x0, [sp, #16 * 15]
     str     x1, [sp, #16 * 16]
-    mov     x1, #KIND_SYNC
+    // The syndrome, read once here, goes to Rust with the frame.
+    mov     x0, sp
+    mov     x1, x2
+    bl      host_sync_trap_handler
+    b       restore_frame_and_eret
+
 lower_el_entry:
     mov     x0, sp
     bl      lower_el_trap_handler
