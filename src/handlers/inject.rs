@@ -126,6 +126,8 @@ fn enter_el1(frame: &mut TrapFrame, esr: u64, pc: u64, el1: El1Target) -> El1Exc
 
 /// The executable spec of exception entry's PSTATE, stated field by field from the Arm ARM's
 /// `AArch64.TakeException` (DDI 0487, J1.1.3) rather than as the masks `handler_pstate` uses.
+/// Test-only, like every spec: it is not part of the EL2 image.
+#[cfg(test)]
 pub mod spec {
     use crate::machine::features::CpuFeatures;
 
