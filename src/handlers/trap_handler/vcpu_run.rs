@@ -133,13 +133,15 @@ fn serve(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, trap: Gue
 #[inline(always)]
 fn share(core: usize, vm: VmId, x0: &mut u64, grant: bool, gpa: Ipa, size: u64) {
     principal::holds_context(core, false);
-    let result = state::with_kcore(|kcore| {
+    let result = {
+        let mut state = state::locked();
+        let Some(kcore) = state.as_mut() else { unreachable!("a guest runs only after KCore's state is installed") };
         principal::holds_context(core, true);
         let result = kcore.guest_share(&Aarch64, vm, grant, gpa, size);
         // A share call changes ownership records without leaving the guest's world.
         invariants::check_of(kcore);
         result
-    });
+    };
     if let Err(e) = result {
         let call = if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" };
         info!("vm {vm}: {call} {gpa:#x}+{size:#x} refused: {e:?}");
