@@ -5,7 +5,7 @@
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
 use super::VcpuContext;
-use crate::machine::guest_regs::{CoreControls, El1Regs, El2Controls, FpRegs, GuestGprs};
+use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
 /// Loads one world's EL2 controls (the guest's about to run, or the host's again).
@@ -37,10 +37,8 @@ pub fn run_vcpu<R>(
     mut serve: impl FnMut(&mut VcpuContext, GuestExit) -> Option<R>,
 ) -> R {
     let ras = features::boot().ras();
-    let mut host_el1 = El1Regs::default();
-    let mut host_fp = FpRegs::default();
-    cpu::save_el1(&mut host_el1);
-    cpu::save_fp(&mut host_fp);
+    let host_el1 = cpu::saved_el1();
+    let host_fp = cpu::saved_fp();
     let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
     cpu::restore_el1(&vcpu.el1);
     cpu::restore_fp(&vcpu.fp);

@@ -103,6 +103,31 @@ pub fn restore_el1(regs: &El1Regs) {
     unsafe { __restore_el1(regs) }
 }
 
+/// The EL1 system registers and virtual timer, as [`save_el1`] saves them, without zeroing a
+/// record first (the world switch's hot path: `cargo xtask bench`).
+#[inline]
+pub fn saved_el1() -> El1Regs {
+    let mut out = core::mem::MaybeUninit::<El1Regs>::uninit();
+    // SAFETY: `__save_el1` reads EL1 registers and writes every word of the record at `out`
+    // (El1Regs is `repr(C)`, all u64), so it is initialised when `assume_init` runs.
+    unsafe {
+        __save_el1(out.as_mut_ptr());
+        out.assume_init()
+    }
+}
+
+/// q0..q31, FPSR and FPCR, as [`save_fp`] saves them, without zeroing a record first.
+#[inline]
+pub fn saved_fp() -> FpRegs {
+    let mut out = core::mem::MaybeUninit::<FpRegs>::uninit();
+    // SAFETY: as for `save_fp` (CPTR_EL2.TFP is 0; `out` is 16-byte aligned, FpRegs is
+    // `align(16)`); `__save_fp` writes every field of the record (q0..q31, FPSR, FPCR).
+    unsafe {
+        __save_fp(out.as_mut_ptr());
+        out.assume_init()
+    }
+}
+
 /// Saves q0..q31, FPSR and FPCR into `out`.
 pub fn save_fp(out: &mut FpRegs) {
     // SAFETY: CPTR_EL2.TFP is 0, so EL2 may access FP/SIMD registers; `out` is valid and 16-byte
