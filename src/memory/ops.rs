@@ -97,7 +97,14 @@ impl HostMemory {
 
     /// [`Self::grant_stage2_sg_gpa`] over more than one page.
     #[inline(never)]
-    fn grant_range(&mut self, m: &impl Machine, vm_s2: &PageTable, vmid: u16, gpa: u64, size: u64) -> Result<(), MemError> {
+    fn grant_range(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &PageTable,
+        vmid: u16,
+        gpa: u64,
+        size: u64,
+    ) -> Result<(), MemError> {
         let pages = share_pages(gpa, size)?;
         for page in pages.clone().step_by(PAGE_SIZE as usize) {
             let Some(pfn) = mapped_pfn(m, vm_s2, page) else { continue };
@@ -142,7 +149,14 @@ impl HostMemory {
 
     /// [`Self::revoke_stage2_sg_gpa`] over more than one page.
     #[inline(never)]
-    fn revoke_range(&mut self, m: &impl Machine, vm_s2: &PageTable, vmid: u16, gpa: u64, size: u64) -> Result<(), MemError> {
+    fn revoke_range(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &PageTable,
+        vmid: u16,
+        gpa: u64,
+        size: u64,
+    ) -> Result<(), MemError> {
         let pages = share_pages(gpa, size)?;
         let mut last_shares = [0u64; REMEMBERED];
         let mut taken = 0;
