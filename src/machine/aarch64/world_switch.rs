@@ -43,12 +43,13 @@ pub fn run_guest<W: GuestWorld>(world: &mut W) -> GuestExit {
     // writes only `gprs` (SP_EL2 and TPIDR_EL2 point at it), the stack below KCore's sp, and (in
     // the abort window) ESR/FAR/HPFAR_EL2, which it restores; on a fast exit it calls
     // `fast_exit::<W>` with `data`.
+    // `data` points at `world`, live for the whole call; the assembly touches `gprs` only while
+    // no Rust code runs, so the hook's own access to the registers through `world` never
+    // overlaps it.
     // SAFETY: `__guest_enter` saves every callee-saved register and sp in `gprs`, which outlives
     // the call (it is `world`'s), and restores them before returning; the guest runs at EL1
     // behind its own stage-2, so it cannot touch KCore's memory; its traps write only what is
-    // said above. `data` points at `world`, live for the whole call; the assembly touches `gprs`
-    // only while no Rust code runs, so the hook's own access to the registers through `world`
-    // never overlaps it.
+    // said above, and the hook runs as said above.
     let value = unsafe { __guest_enter(gprs, fast_exit::<W>, data.cast()) };
     GuestExit::from_world_switch(value)
 }
