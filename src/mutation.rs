@@ -71,6 +71,9 @@ pub enum Mutation {
     EdgeTruncatesPfn,
     /// A guest's WFI exit reports its virtual timer's deadline without the VM's counter offset.
     WfiDeadlineIgnoresCntvoff,
+    /// The world switch's fast path is offered a guest's MRS into one of x19..x29, which it
+    /// does not save or restore (the read value would be lost).
+    InPlaceTakesCalleeSavedRegister,
 }
 
 #[cfg(test)]

@@ -392,6 +392,26 @@ impl GuestTrap {
     }
 }
 
+impl GuestTrap {
+    /// Whether KCore serves this exit without the host and without any guest register but
+    /// x0..x18, x30, ELR and SPSR, so that the world switch's fast path may serve it in place,
+    /// where x19..x29 stay in the CPU (`machine::world_switch::GuestWorld`): a share call, an
+    /// `hvc`/`smc` with a non-zero immediate (an UNDEF), and a trapped MSR/MRS/SYS whose
+    /// register is none of x19..x29 (emulated, or an UNDEF). The dispatcher answers each of
+    /// them with `Resume`, `Share` or `Undef`.
+    #[inline]
+    pub fn in_place(&self) -> bool {
+        !self.serror
+            && match self.cause {
+                GuestCause::Call { call: GuestCall::Share { .. }, .. } | GuestCause::CallImmediate { .. } => true,
+                GuestCause::Sysreg(op) => {
+                    !(19..=29).contains(&op.rt) || planted(Mutation::InPlaceTakesCalleeSavedRegister)
+                }
+                _ => false,
+            }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

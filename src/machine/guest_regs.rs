@@ -5,18 +5,22 @@
 use super::TrapFrame;
 
 /// What `world_switch.S` loads into the CPU on guest entry and saves on guest exit: the guest's
-/// general registers, ELR and SPSR, then KCore's own callee-saved registers and stack pointer
-/// while the guest runs.
-#[repr(C)]
+/// general registers, ELR and SPSR, then KCore's own callee-saved registers, stack pointer and
+/// in-place hook while the guest runs. 16-byte aligned: SP_EL2 points here while the guest runs.
+///
+/// After an exit KCore served in place (`world_switch::GuestWorld::serve_in_place`), x19..x29 in
+/// `frame` are stale: the guest's live values never left the CPU.
+#[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestGprs {
     pub frame: TrapFrame,
-    /// x19..x30 and sp of the KCore code that entered the guest.
-    kcore_callee: [u64; 13],
+    /// x19..x30 and sp of the KCore code that entered the guest, and the hook (function, data)
+    /// for the exits it serves in place.
+    kcore_callee: [u64; 15],
 }
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 264);
-const _: () = assert!(core::mem::size_of::<GuestGprs>() == 264 + 13 * 8);
+const _: () = assert!(core::mem::size_of::<GuestGprs>() == 264 + 15 * 8);
 
 /// EL1 system registers and the virtual timer, in the order `world_switch.S` saves them.
 #[repr(C)]

@@ -25,6 +25,7 @@ impl<T> TicketLock<T> {
     }
 
     /// Takes a ticket and spins until it is served (SeKVM `wait_lock`).
+    #[inline]
     pub fn lock(&self) -> TicketGuard<'_, T> {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         while self.now_serving.load(Ordering::Acquire) != ticket {
@@ -65,8 +66,12 @@ impl<T> DerefMut for TicketGuard<'_, T> {
 }
 
 impl<T> Drop for TicketGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
-        self.lock.now_serving.fetch_add(1, Ordering::Release);
+        // Only the holder writes `now_serving`: a plain load and a release store serve the next
+        // ticket (no exclusive pair needed).
+        let serving = self.lock.now_serving.load(Ordering::Relaxed);
+        self.lock.now_serving.store(serving.wrapping_add(1), Ordering::Release);
     }
 }
 

@@ -75,8 +75,29 @@ impl HostMemory {
     /// ([`HostMemory::grant_vm_page`]). A refusal undoes the pages before it exactly: a frame is
     /// mapped at most once in a VM's stage-2 (at the gfn its record names), so each of them is a
     /// different frame whose count this call raised by one, and no page's check depends on
-    /// another page's update. Only the refusal walks those pages a second time.
+    /// another page's update. Only the refusal walks those pages a second time. One page (the
+    /// common case) is one walk and one record update, inline.
+    #[inline]
     pub fn grant_stage2_sg_gpa(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &PageTable,
+        vmid: u16,
+        gpa: u64,
+        size: u64,
+    ) -> Result<(), MemError> {
+        if let Some(page) = one_page(gpa, size)? {
+            return match mapped_pfn(m, vm_s2, page) {
+                Some(pfn) => self.grant_vm_page(vmid, pfn),
+                None => Ok(()),
+            };
+        }
+        self.grant_range(m, vm_s2, vmid, gpa, size)
+    }
+
+    /// [`Self::grant_stage2_sg_gpa`] over more than one page.
+    #[inline(never)]
+    fn grant_range(
         &mut self,
         m: &impl Machine,
         vm_s2: &PageTable,
@@ -105,8 +126,30 @@ impl HostMemory {
     /// whose last share this takes are remembered (up to [`REMEMBERED`], on the stack), and only
     /// once every page has passed do they leave the host's stage-2 ([`HostMemory::end_host_share`]),
     /// so a refused call changes no table either. A call that takes the last share of more
-    /// pages than that finds them by walking the range a second time (count now zero).
+    /// pages than that finds them by walking the range a second time (count now zero). One page
+    /// is [`HostMemory::revoke_vm_page`] on the frame one walk finds, inline.
+    #[inline]
     pub fn revoke_stage2_sg_gpa(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &PageTable,
+        vmid: u16,
+        gpa: u64,
+        size: u64,
+    ) -> Result<(), MemError> {
+        if let Some(page) = one_page(gpa, size)? {
+            let Some(pfn) = mapped_pfn(m, vm_s2, page) else { return Ok(()) };
+            if self.take_share(vmid, pfn)? == 0 {
+                self.end_host_share(m, pfn << 12)?;
+            }
+            return Ok(());
+        }
+        self.revoke_range(m, vm_s2, vmid, gpa, size)
+    }
+
+    /// [`Self::revoke_stage2_sg_gpa`] over more than one page.
+    #[inline(never)]
+    fn revoke_range(
         &mut self,
         m: &impl Machine,
         vm_s2: &PageTable,
@@ -163,6 +206,20 @@ fn share_pages(gpa: u64, size: u64) -> Result<core::ops::Range<u64>, MemError> {
         .filter(|&end| end <= INPUT_LIMIT)
         .ok_or(MemError::PageTable(crate::page_table::PtError::BadRange))?;
     Ok(gpa & !(PAGE_SIZE - 1)..end)
+}
+
+/// The page a share call over `[gpa, gpa + size)` covers if that is exactly one page (aligned),
+/// `None` if it is more; `BadRange` as [`share_pages`] for a page past the guest-physical
+/// address space.
+#[inline(always)]
+fn one_page(gpa: u64, size: u64) -> Result<Option<u64>, MemError> {
+    if size != PAGE_SIZE || !gpa.is_multiple_of(PAGE_SIZE) {
+        return Ok(None);
+    }
+    if gpa >= INPUT_LIMIT {
+        return Err(MemError::PageTable(crate::page_table::PtError::BadRange));
+    }
+    Ok(Some(gpa))
 }
 
 /// The page frame behind guest-physical page `page`, if the VM maps it.

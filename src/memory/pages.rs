@@ -3,10 +3,10 @@
 //! whole block" is answered in constant time.
 
 use super::regions::MemRegions;
-use corevisor_boards::PhysRange;
 use crate::machine::PAGE_SIZE;
 use alloc::vec;
 use alloc::vec::Vec;
+use corevisor_boards::PhysRange;
 
 /// Who owns a page of RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

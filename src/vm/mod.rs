@@ -246,6 +246,7 @@ impl Kcore {
 
     /// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over guest-physical `[gpa, gpa + size)`,
     /// which must lie inside the VM's RAM window. All or nothing: a refused call changes no page.
+    #[inline]
     pub fn guest_share(&mut self, m: &impl Machine, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Result<(), VmError> {
         let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
         let end = gpa.raw().checked_add(size).ok_or(VmError::BadArgument)?;

@@ -237,7 +237,7 @@ pub fn timer_deadline((ctl, cval): (u64, u64), cntvoff: u64) -> u64 {
 /// The host is not told: the error came from the guest's own accesses (its RAM or the devices
 /// mapped into it), and stopping the VM would hand every guest a way to make the host act.
 /// The exit itself is then served as usual.
-#[inline]
+#[inline(always)]
 pub fn vm_exit_dispatcher(trap: GuestTrap, vcpu: &mut VcpuContext, env: &GuestEnv) -> VmExit {
     let to_host = |reason, details| VmExit::ToHost(ExitRecord { reason, details });
     if trap.serror && !crate::mutation::planted(crate::mutation::Mutation::SErrorAtExitIgnored) {

@@ -552,3 +552,71 @@ fn a_guest_cpu_on_is_decoded_once_for_kcore_and_the_host() {
     vcpu.gprs.frame.x[1] = 8;
     assert!(matches!(guest_exit(hvc, ESR_HVC0, &mut vcpu, &env), VmExit::ToHost(_)));
 }
+
+/// Guest syndromes for the fast path: ID-register reads (served) into any register, any
+/// trapped system instruction, the call classes, and anything at all.
+fn any_fast_path_esr() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => (1u64..8, 0u64..8, 0u64..32).prop_map(|(crm, op2, rt)| sys64(3, 0, 0, crm, op2, rt, true)),
+        2 => any_sys64(),
+        2 => any_guest_esr(),
+    ]
+}
+
+/// What the world switch's fast path relies on (`GuestTrap::in_place`): every exit it may
+/// serve in place, decoded from random syndromes and registers, is one the dispatcher serves
+/// inside KCore (`Resume`, `Share` or `Undef`), and the dispatcher changes no register the
+/// fast path does not save and restore (x19..x29), nor the vCPU's pending state.
+fn in_place_exits_touch_only_saved_registers(
+    (esr, x, pc, serror): (u64, [u64; 31], u64, bool),
+) -> Result<(), TestCaseError> {
+    let id_register = |r: crate::machine::features::IdReg| fake_id_register(r);
+    let env = bare_env(&id_register);
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    vcpu.gprs.frame.x = x;
+    vcpu.gprs.frame.elr = pc;
+    let trap = GuestTrap::decode(GuestExit { kind: TrapKind::Sync, serror }, esr, &vcpu.gprs.frame, || (0, 0));
+    if !trap.in_place() {
+        return Ok(());
+    }
+    let before = vcpu.clone();
+    let exit = vm_exit_dispatcher(trap, &mut vcpu, &env);
+    prop_assert!(matches!(exit, VmExit::Resume | VmExit::Share { .. } | VmExit::Undef { .. }), "{exit:?}");
+    prop_assert_eq!(&vcpu.gprs.frame.x[19..30], &before.gprs.frame.x[19..30]);
+    prop_assert_eq!(vcpu.pending, before.pending);
+    prop_assert_eq!(vcpu.virtual_serror, before.virtual_serror);
+    Ok(())
+}
+
+fn any_fast_path_exit() -> impl Strategy<Value = (u64, [u64; 31], u64, bool)> {
+    let function = prop_oneof![
+        Just(guest_call::SET_DESC_PFN as u64),
+        Just(guest_call::UNSET_DESC_PFN as u64),
+        Just(psci::CPU_ON_64 as u64),
+        any::<u64>()
+    ];
+    let regs = (any::<[u64; 31]>(), function).prop_map(|(mut x, f)| {
+        x[0] = f;
+        x
+    });
+    (any_fast_path_esr(), regs, any::<u64>(), any::<bool>())
+}
+
+proptest! {
+    #[test]
+    fn in_place_exits_are_served_in_kcore_with_the_saved_registers(case in any_fast_path_exit()) {
+        in_place_exits_touch_only_saved_registers(case)?;
+    }
+}
+
+/// Companion: offering the fast path an MRS into x19..x29 breaks the property.
+#[test]
+fn in_place_property_catches_a_callee_saved_target() {
+    use crate::mutation::{catches, Mutation};
+    catches(
+        Mutation::InPlaceTakesCalleeSavedRegister,
+        256,
+        any_fast_path_exit(),
+        in_place_exits_touch_only_saved_registers,
+    );
+}

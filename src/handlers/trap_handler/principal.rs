@@ -35,6 +35,12 @@ pub fn halt_all_cores() {
     HALTED.store(true, Ordering::SeqCst);
 }
 
+/// Whether the halt flag is up (every core stops at its next entry to KCore).
+#[inline]
+pub fn halted() -> bool {
+    HALTED.load(Ordering::Relaxed)
+}
+
 /// Parks this core for good if the halt flag was raised, letting go of any vCPU context.
 #[inline]
 pub fn park_if_halted() {

@@ -2,7 +2,7 @@
 
 use crate::machine::phys::DeviceWindow;
 use crate::machine::power::Power;
-use crate::machine::sync::TicketLock;
+use crate::machine::sync::{TicketGuard, TicketLock};
 use crate::vm::Kcore;
 
 /// What the trap handler needs to know about the host, from the boot sequence.
@@ -41,6 +41,13 @@ pub fn install(host: HostSetup, kcore: Kcore) {
 #[inline]
 pub(super) fn host() -> &'static HostSetup {
     HOST.get().expect("the host's setup is installed before the host runs")
+}
+
+/// KCore's state, locked until the guard drops: for a caller that wants the work inline (the
+/// share call).
+#[inline(always)]
+pub(super) fn locked() -> TicketGuard<'static, Option<Kcore>> {
+    STATE.lock()
 }
 
 /// Runs `f` on KCore's state, under its lock.

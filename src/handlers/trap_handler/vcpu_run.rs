@@ -6,8 +6,9 @@ use super::super::decode::GuestTrap;
 use super::super::trap_dispatcher::{vm_exit_dispatcher, GuestEnv, VmExit};
 use super::principal::{self, Principal};
 use super::{host_cores, inject_el1, invariants, state};
+use crate::addr::Ipa;
 use crate::ids::{VcpuId, VmId};
-use crate::machine::{features, regs, Aarch64, GuestExit, CALL_REGS};
+use crate::machine::{features, regs, Aarch64, GuestExit, TrapKind, CALL_REGS};
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vcpu::{world_switch, ExitRecord, VcpuContext};
 use corevisor_abi::Status;
@@ -41,9 +42,14 @@ pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId
     let (ram, cntvoff) = (ticket.ram, ticket.cntvoff);
     let env = GuestEnv { ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff };
     let ctx = &mut ticket.ctx;
-    let exit = world_switch::run_vcpu(ctx, host_cores::host_controls(core), &guest, stop_host_pmu, |ctx, exit| {
-        serve_in_place(core, vm, &env, ctx, exit)
-    });
+    let exit = world_switch::run_vcpu(
+        ctx,
+        host_cores::host_controls(core),
+        &guest,
+        stop_host_pmu,
+        |ctx, esr| serve_fast(core, vm, &env, ctx, esr),
+        |ctx, exit| serve_exit(core, vm, &env, ctx, exit),
+    );
     principal::set(core, Principal::Host);
     principal::holds_context(core, false);
     let record = state::with_kcore(|kcore| {
@@ -65,15 +71,43 @@ pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId
 /// An exit for the host, as the dispatcher finished it.
 enum HostBound {
     Record(ExitRecord),
-    CpuOn { record: ExitRecord, target: VcpuId, entry: crate::addr::Ipa, arg: u64 },
+    CpuOn { record: ExitRecord, target: VcpuId, entry: Ipa, arg: u64 },
 }
 
 /// Serves one guest exit on this core while the guest's world is loaded: `None` if the guest
 /// runs on, the exit for the host otherwise.
-fn serve_in_place(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, exit: GuestExit) -> Option<HostBound> {
+#[inline(always)]
+fn serve_exit(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, exit: GuestExit) -> Option<HostBound> {
     principal::park_if_halted();
     let esr = regs::esr_el2();
     let trap = GuestTrap::decode(exit, esr, &ctx.gprs.frame, || (regs::far_el2(), regs::hpfar_el2()));
+    serve(core, vm, env, ctx, trap, esr)
+}
+
+/// The world switch's fast path (`GuestWorld::serve_in_place`): a synchronous exit with syndrome
+/// `esr` and only x0..x18, x30, ELR and SPSR saved. Served here if the decoded trap is one KCore
+/// serves with those alone ([`GuestTrap::in_place`]), exactly as the full exit would serve it;
+/// declined, having changed nothing, otherwise (and when the halt flag is up: the full exit parks).
+#[inline(always)]
+fn serve_fast(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, esr: u64) -> bool {
+    if principal::halted() {
+        return false;
+    }
+    let exit = GuestExit { kind: TrapKind::Sync, serror: false };
+    let trap = GuestTrap::decode(exit, esr, &ctx.gprs.frame, || (regs::far_el2(), regs::hpfar_el2()));
+    if !trap.in_place() {
+        return false;
+    }
+    let bound = serve(core, vm, env, ctx, trap, esr);
+    // `in_place` names only exits that the dispatcher serves inside KCore.
+    debug_assert!(bound.is_none());
+    true
+}
+
+/// Carries out the dispatcher's answer to guest exit `trap` (syndrome `esr`, for logs). Always
+/// inlined: each path keeps only the cases its traps can take (`cargo xtask bench`).
+#[inline(always)]
+fn serve(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, trap: GuestTrap, esr: u64) -> Option<HostBound> {
     let exit = vm_exit_dispatcher(trap, ctx, env);
     if trap.serror {
         log::debug!("vm {vm}: an SError the guest caused (ESR {esr:#x}): a virtual SError for the guest");
@@ -86,22 +120,31 @@ fn serve_in_place(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, 
             None
         }
         VmExit::Share { grant, gpa, size } => {
-            principal::holds_context(core, false);
-            let result = state::with_kcore(|kcore| {
-                principal::holds_context(core, true);
-                let result = kcore.guest_share(&Aarch64, vm, grant, gpa, size);
-                // A share call changes ownership records without leaving the guest's world.
-                invariants::check_of(kcore);
-                result
-            });
-            if let Err(e) = result {
-                let call = if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" };
-                info!("vm {vm}: {call} {gpa:#x}+{size:#x} refused: {e:?}");
-            }
-            ctx.gprs.frame.x[0] = result.map_or_else(|e| e.status(), |()| Status::Success).as_reg();
+            share(core, vm, &mut ctx.gprs.frame.x[0], grant, gpa, size);
             None
         }
         VmExit::ToHost(record) => Some(HostBound::Record(record)),
         VmExit::CpuOn { record, target, entry, arg } => Some(HostBound::CpuOn { record, target, entry, arg }),
     }
+}
+
+/// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over `[gpa, gpa + size)`, under the state
+/// lock, its status in `x0`.
+#[inline(always)]
+fn share(core: usize, vm: VmId, x0: &mut u64, grant: bool, gpa: Ipa, size: u64) {
+    principal::holds_context(core, false);
+    let result = {
+        let mut state = state::locked();
+        let Some(kcore) = state.as_mut() else { unreachable!("a guest runs only after KCore's state is installed") };
+        principal::holds_context(core, true);
+        let result = kcore.guest_share(&Aarch64, vm, grant, gpa, size);
+        // A share call changes ownership records without leaving the guest's world.
+        invariants::check_of(kcore);
+        result
+    };
+    if let Err(e) = result {
+        let call = if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" };
+        info!("vm {vm}: {call} {gpa:#x}+{size:#x} refused: {e:?}");
+    }
+    *x0 = result.map_or_else(|e| e.status(), |()| Status::Success).as_reg();
 }

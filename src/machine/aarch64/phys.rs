@@ -78,9 +78,7 @@ pub unsafe fn zero(pa: u64, len: u64) {
 fn zva_block() -> Option<u64> {
     let (dczid, sctlr): (u64, u64);
     // SAFETY: reading DCZID_EL0 and SCTLR_EL2 has no side effects.
-    unsafe {
-        asm!("mrs {}, dczid_el0", "mrs {}, sctlr_el2", out(reg) dczid, out(reg) sctlr, options(nomem, nostack))
-    };
+    unsafe { asm!("mrs {}, dczid_el0", "mrs {}, sctlr_el2", out(reg) dczid, out(reg) sctlr, options(nomem, nostack)) };
     let prohibited = dczid & (1 << 4) != 0;
     (!prohibited && sctlr & 1 != 0).then(|| 4 << (dczid & 0xf))
 }

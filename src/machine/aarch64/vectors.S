@@ -135,16 +135,23 @@
     .org    .Lentry\@ + 0x80
 .endm
 
-// An entry of the guest's table from a lower EL (the running guest): x0..x3 to the stack, the
-// mitigation, then the world switch's exit path with the kind in x1.
+// An entry of the guest's table from a lower EL (the running guest). While a guest runs, SP_EL2
+// points at its GuestGprs (`__guest_enter`), so x0..x3 go straight to their places there; then
+// the mitigation, then the world switch's exit path (world_switch.S): a synchronous exit first
+// sees whether KCore serves it in place (`__guest_exit_sync`), every other one leaves with its
+// kind in x1.
 .macro guest_entry kind, fw, bhb
     .balign 0x80
 .Lentry\@:
-    stp     x2, x3, [sp, #-16]!
-    stp     x0, x1, [sp, #-16]!
+    stp     x0, x1, [sp, #16 * 0]
+    stp     x2, x3, [sp, #16 * 1]
     entry_mitigation \fw, \bhb
+.if \kind == KIND_SYNC
+    b       __guest_exit_sync
+.else
     mov     x1, #\kind
     b       __guest_exit
+.endif
     .org    .Lentry\@ + 0x80
 .endm
 

@@ -1,20 +1,35 @@
 // The world switch (SeKVM CtxtSwitch, the machine half). `__guest_enter` saves KCore's
-// callee-saved registers in the vCPU's GuestGprs, points VBAR_EL2 at the guest table of the
-// core's vector set (vectors.S) and erets into the guest. A trap from the guest lands in that
-// table, which runs the entry mitigation and comes to `__guest_exit`: it saves every guest
-// register back into the same GuestGprs (TPIDR_EL2 points at it while the guest runs), takes
-// any SError the guest left pending, restores KCore's table and registers, and returns from
-// `__guest_enter` with the trap kind.
+// callee-saved registers, stack pointer and in-place hook in the vCPU's GuestGprs, points
+// VBAR_EL2 at the guest table of the core's vector set (vectors.S), points SP_EL2 (and
+// TPIDR_EL2) at the GuestGprs and erets into the guest. A trap from the guest lands in that
+// table, which stores the guest's x0..x3 in the GuestGprs, runs the entry mitigation and comes
+// here.
+//
+// A synchronous exit of a class KCore may serve in place (HVC64, a trapped MSR/MRS/SYS) takes
+// the fast path, `__guest_exit_sync`: only what a Rust call may clobber (x0..x18, x30) and
+// ELR/SPSR go to the GuestGprs, and the hook (`world_switch.rs`, `fast_exit`) decides with the
+// syndrome in hand. Served: those registers come back and the guest resumes with `eret`, its
+// x19..x29 never having left the CPU (the Rust callee preserves them, AAPCS64), VBAR_EL2,
+// KCore's callee-saved registers and the EL1 state untouched. Declined (the hook changed
+// nothing): x19..x29 are saved too and the full exit below runs as for any other exit.
+//
+// The full exit, `__guest_exit`, saves every guest register, takes any SError the guest left
+// pending, restores KCore's table and registers, and returns from `__guest_enter` with the
+// trap kind.
 // Layout: kcore::machine::GuestGprs: x0..x30 (0..248), elr (248), spsr (256), x19..x30 (264..360),
-// sp (360).
+// sp (360), the hook's function (368) and data (376).
 
 .equ GPRS_ELR, 248
 .equ GPRS_CALLEE, 264
 .equ GPRS_SP, 360
+.equ GPRS_HOOK, 368
+// ESR_EL2.EC of the classes the fast path asks about.
+.equ EC_HVC64, 0x16
+.equ EC_SYS64, 0x18
 
 .section .text.world_switch, "ax"
 
-// u64 __guest_enter(GuestGprs *gprs)
+// u64 __guest_enter(GuestGprs *gprs, hook function, hook data)
 .global __guest_enter
 __guest_enter:
     stp     x19, x20, [x0, #GPRS_CALLEE + 16 * 0]
@@ -23,8 +38,9 @@ __guest_enter:
     stp     x25, x26, [x0, #GPRS_CALLEE + 16 * 3]
     stp     x27, x28, [x0, #GPRS_CALLEE + 16 * 4]
     stp     x29, x30, [x0, #GPRS_CALLEE + 16 * 5]
-    mov     x1, sp
-    str     x1, [x0, #GPRS_SP]
+    mov     x3, sp
+    str     x3, [x0, #GPRS_SP]
+    stp     x1, x2, [x0, #GPRS_HOOK]
     msr     tpidr_el2, x0
     // KCore's table of this core's set is loaded; the guest's is 0x800 after it.
     mrs     x1, vbar_el2
@@ -34,25 +50,110 @@ __guest_enter:
     ldp     x1, x2, [x0, #GPRS_ELR]
     msr     elr_el2, x1
     msr     spsr_el2, x2
+    // From here until the guest's next exit SP_EL2 is the GuestGprs (16-byte aligned): only
+    // loads follow, and the guest table's entries store x0..x3 there.
+    mov     sp, x0
     load_x2_x29 x0
     ldr     x30, [x0, #16 * 15]
     ldp     x0, x1, [x0, #16 * 0]
     eret
 
-// Entered from a guest entry (vectors.S) with the guest's x0, x1 at [sp] and x2, x3 at
-// [sp, #16], and the kind in x1; the entry mitigation has run.
+// A synchronous exit (x0..x3 saved, sp = gprs, the mitigation done): the fast path for the
+// classes it serves, the full exit for every other. Direct branches only until the hook's call.
+// Aborts (EC 0x20..0x3f, ESR bit 31) leave at the first test.
+__guest_exit_sync:
+    mrs     x2, esr_el2
+    tbnz    x2, #31, 9f
+    ubfx    x3, x2, #26, #6
+    cmp     x3, #EC_HVC64
+    b.eq    1f
+    cmp     x3, #EC_SYS64
+    b.ne    9f
+1:
+    // Why skipping the exit's SError window is safe here: the guest does not leave its world.
+    // KCore runs with PSTATE.A set (exception entry), so a physical SError the guest caused
+    // stays pending meanwhile, and HCR_EL2.AMO (the guest's controls, still loaded) routes it to
+    // EL2 whatever PSTATE.A the guest runs with: it is taken as soon as the `eret` below lands
+    // in the guest, through the guest table's SError entry, which takes the full exit and its
+    // window. Declined exits take the window too. The halt flag stops the core as before: the
+    // hook declines when it is raised, and the full exit's Rust parks.
+    mov     x0, sp
+    stp     x4, x5, [x0, #16 * 2]
+    stp     x6, x7, [x0, #16 * 3]
+    stp     x8, x9, [x0, #16 * 4]
+    stp     x10, x11, [x0, #16 * 5]
+    stp     x12, x13, [x0, #16 * 6]
+    stp     x14, x15, [x0, #16 * 7]
+    stp     x16, x17, [x0, #16 * 8]
+    str     x18, [x0, #8 * 18]
+    str     x30, [x0, #8 * 30]
+    mrs     x3, elr_el2
+    mrs     x4, spsr_el2
+    stp     x3, x4, [x0, #GPRS_ELR]
+    // KCore's stack, then hook(data, esr).
+    ldp     x3, x4, [x0, #GPRS_SP]
+    ldr     x0, [x0, #GPRS_HOOK + 8]
+    mov     sp, x3
+    mov     x1, x2
+    blr     x4
+    mrs     x2, tpidr_el2
+    cbz     w0, 3f
+    // Served: back into the guest.
+    ldp     x0, x1, [x2, #GPRS_ELR]
+    msr     elr_el2, x0
+    msr     spsr_el2, x1
+    mov     sp, x2
+    ldp     x4, x5, [sp, #16 * 2]
+    ldp     x6, x7, [sp, #16 * 3]
+    ldp     x8, x9, [sp, #16 * 4]
+    ldp     x10, x11, [sp, #16 * 5]
+    ldp     x12, x13, [sp, #16 * 6]
+    ldp     x14, x15, [sp, #16 * 7]
+    ldp     x16, x17, [sp, #16 * 8]
+    ldr     x18, [sp, #8 * 18]
+    ldr     x30, [sp, #8 * 30]
+    ldp     x2, x3, [sp, #16 * 1]
+    ldp     x0, x1, [sp, #16 * 0]
+    eret
+3:  // Declined: the guest's x19..x29 are still live; save them and take the full exit (sp is
+    // KCore's already).
+    mov     x0, x2
+    stp     x19, x20, [x0, #8 * 19]
+    stp     x21, x22, [x0, #8 * 21]
+    stp     x23, x24, [x0, #8 * 23]
+    stp     x25, x26, [x0, #8 * 25]
+    stp     x27, x28, [x0, #8 * 27]
+    str     x29, [x0, #8 * 29]
+    mov     x1, #KIND_SYNC
+    b       4f
+9:  mov     x1, #KIND_SYNC
+
+// Entered from a guest entry (vectors.S) with the guest's x0..x3 in the GuestGprs at sp, and
+// the kind in x1; the entry mitigation has run.
+
 __guest_exit:
-    mrs     x0, tpidr_el2
-    store_x2_x29 x0
-    str     x30, [x0, #16 * 15]
-    ldp     x2, x3, [sp], #16
-    stp     x2, x3, [x0, #16 * 0]
-    ldp     x2, x3, [sp], #16
-    stp     x2, x3, [x0, #16 * 1]
+    mov     x0, sp
+    stp     x4, x5, [x0, #16 * 2]
+    stp     x6, x7, [x0, #16 * 3]
+    stp     x8, x9, [x0, #16 * 4]
+    stp     x10, x11, [x0, #16 * 5]
+    stp     x12, x13, [x0, #16 * 6]
+    stp     x14, x15, [x0, #16 * 7]
+    stp     x16, x17, [x0, #16 * 8]
+    stp     x18, x19, [x0, #16 * 9]
+    stp     x20, x21, [x0, #16 * 10]
+    stp     x22, x23, [x0, #16 * 11]
+    stp     x24, x25, [x0, #16 * 12]
+    stp     x26, x27, [x0, #16 * 13]
+    stp     x28, x29, [x0, #16 * 14]
     mrs     x2, elr_el2
     mrs     x3, spsr_el2
-    stp     x2, x3, [x0, #GPRS_ELR]
-
+    stp     x30, x2, [x0, #16 * 15]
+    str     x3, [x0, #16 * 16]
+    // KCore's stack again (the abort window's SError entry uses it).
+    ldr     x2, [x0, #GPRS_SP]
+    mov     sp, x2
+4:
     // Finding 8 of issue 11: an asynchronous abort that the guest caused must not outlive its
     // world. Every guest register, ELR and SPSR are saved, x0 = gprs and x1 = kind; x2..x7 are
     // scratch. HCR_EL2.AMO is still the guest's (1), so a physical SError is taken to EL2, and
@@ -108,8 +209,6 @@ __serror_window_end:
     ldp     x25, x26, [x0, #GPRS_CALLEE + 16 * 3]
     ldp     x27, x28, [x0, #GPRS_CALLEE + 16 * 4]
     ldp     x29, x30, [x0, #GPRS_CALLEE + 16 * 5]
-    ldr     x2, [x0, #GPRS_SP]
-    mov     sp, x2
     mov     x0, x1
     ret
 

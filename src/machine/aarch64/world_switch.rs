@@ -4,27 +4,61 @@
 use super::super::guest_regs::{El1Regs, El2Controls, FpRegs, GuestGprs};
 use super::super::GuestExit;
 use aarch64_cpu::{asm::barrier, registers::*};
+use core::ffi::c_void;
 use tock_registers::interfaces::{Readable, Writeable};
 
 extern "C" {
-    fn __guest_enter(gprs: *mut GuestGprs) -> u64;
+    fn __guest_enter(gprs: *mut GuestGprs, hook: FastExit, data: *mut c_void) -> u64;
     fn __save_el1(out: *mut El1Regs);
     fn __restore_el1(regs: *const El1Regs);
     fn __save_fp(out: *mut FpRegs);
     fn __restore_fp(regs: *const FpRegs);
 }
 
-/// Runs the guest whose registers are `gprs` until it traps, and returns how it left. The
-/// guest's EL1 state, stage-2 and EL2 controls must be loaded; they stay loaded on return.
-pub fn run_guest(gprs: &mut GuestGprs) -> GuestExit {
+/// The fast path's call into Rust (world_switch.S, `__guest_exit_sync`): `(data, esr) -> served`.
+type FastExit = extern "C" fn(*mut c_void, u64) -> bool;
+
+/// A vCPU as the world switch runs it: its registers, and the exits KCore serves for it without
+/// leaving the guest's world.
+pub trait GuestWorld {
+    /// The registers the world switch loads and saves.
+    fn gprs(&mut self) -> &mut GuestGprs;
+    /// A synchronous exit of a class KCore may serve in place (ESR_EL2.EC HVC64 or SYS64, the
+    /// syndrome `esr`), with only x0..x18, x30, ELR and SPSR saved in [`Self::gprs`] (x19..x29
+    /// there are stale: the guest's are still in the CPU). Serve it there and return true (the
+    /// guest resumes with those registers), or return false having changed nothing (the full
+    /// exit follows, and `run_guest` returns it). It must decline anything that needs x19..x29.
+    fn serve_in_place(&mut self, esr: u64) -> bool;
+}
+
+/// Runs the guest whose world is `world` until it traps with an exit that `serve_in_place`
+/// declines (or any asynchronous one), and returns how it left. The guest's EL1 state, stage-2
+/// and EL2 controls must be loaded; they stay loaded on return.
+#[inline]
+pub fn run_guest<W: GuestWorld>(world: &mut W) -> GuestExit {
+    let data: *mut W = world;
+    // SAFETY: `data` comes from `world`, a live exclusive reference.
+    let gprs: *mut GuestGprs = unsafe { (*data).gprs() };
     // The guest's traps come back through the guest table of this core's vector set, which
-    // writes only `gprs` (through TPIDR_EL2), the stack below sp, and (in the abort window)
-    // ESR/FAR/HPFAR_EL2, which it restores.
+    // writes only `gprs` (SP_EL2 and TPIDR_EL2 point at it), the stack below KCore's sp, and (in
+    // the abort window) ESR/FAR/HPFAR_EL2, which it restores; on a fast exit it calls
+    // `fast_exit::<W>` with `data`.
+    // `data` points at `world`, live for the whole call; the assembly touches `gprs` only while
+    // no Rust code runs, so the hook's own access to the registers through `world` never
+    // overlaps it.
     // SAFETY: `__guest_enter` saves every callee-saved register and sp in `gprs`, which outlives
-    // the call, and restores them before returning; the guest runs at EL1 behind its own
-    // stage-2, so it cannot touch KCore's memory; its traps write only what is said above.
-    let value = unsafe { __guest_enter(gprs) };
+    // the call (it is `world`'s), and restores them before returning; the guest runs at EL1
+    // behind its own stage-2, so it cannot touch KCore's memory; its traps write only what is
+    // said above, and the hook runs as said above.
+    let value = unsafe { __guest_enter(gprs, fast_exit::<W>, data.cast()) };
     GuestExit::from_world_switch(value)
+}
+
+/// The fast path's call: the vCPU's hook decides.
+extern "C" fn fast_exit<W: GuestWorld>(data: *mut c_void, esr: u64) -> bool {
+    // SAFETY: `data` is what `run_guest` passed to `__guest_enter`, which has not returned: it
+    // points at `run_guest`'s live `W`, and nothing else uses it meanwhile.
+    unsafe { (*data.cast::<W>()).serve_in_place(esr) }
 }
 
 /// HCR_EL2.VSE: a virtual SError is pending for EL1 (taken once the guest unmasks PSTATE.A;
@@ -68,6 +102,31 @@ pub fn restore_el1(regs: &El1Regs) {
     // SAFETY: writes only EL1 registers, which KCore itself (at EL2, its own translation regime)
     // does not depend on.
     unsafe { __restore_el1(regs) }
+}
+
+/// The EL1 system registers and virtual timer, as [`save_el1`] saves them, without zeroing a
+/// record first (the world switch's hot path: `cargo xtask bench`).
+#[inline]
+pub fn saved_el1() -> El1Regs {
+    let mut out = core::mem::MaybeUninit::<El1Regs>::uninit();
+    // SAFETY: `__save_el1` reads EL1 registers and writes every word of the record at `out`
+    // (El1Regs is `repr(C)`, all u64), so it is initialised when `assume_init` runs.
+    unsafe {
+        __save_el1(out.as_mut_ptr());
+        out.assume_init()
+    }
+}
+
+/// q0..q31, FPSR and FPCR, as [`save_fp`] saves them, without zeroing a record first.
+#[inline]
+pub fn saved_fp() -> FpRegs {
+    let mut out = core::mem::MaybeUninit::<FpRegs>::uninit();
+    // SAFETY: as for `save_fp` (CPTR_EL2.TFP is 0; `out` is 16-byte aligned, FpRegs is
+    // `align(16)`); `__save_fp` writes every field of the record (q0..q31, FPSR, FPCR).
+    unsafe {
+        __save_fp(out.as_mut_ptr());
+        out.assume_init()
+    }
 }
 
 /// Saves q0..q31, FPSR and FPCR into `out`.
