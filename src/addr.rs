@@ -100,10 +100,6 @@ impl Ipa {
     pub const fn is_page_aligned(self) -> bool {
         self.0 & (PAGE_SIZE - 1) == 0
     }
-    /// The byte offset inside its page.
-    pub const fn page_offset(self) -> u64 {
-        self.0 & (PAGE_SIZE - 1)
-    }
 }
 
 impl Gfn {
@@ -181,7 +177,6 @@ mod tests {
         assert_eq!(pfn.pa().pfn(), pfn);
         assert_eq!(Ipa(0x8000_1234).gfn(), Gfn(0x8_0001));
         assert_eq!(Gfn(0x8_0001).ipa(), Ipa(0x8000_1000));
-        assert_eq!(Ipa(0x8000_1234).page_offset(), 0x234);
     }
 
     #[test]

@@ -35,10 +35,6 @@ impl VmId {
     pub const fn index(self) -> usize {
         self.0 as usize - 1
     }
-    /// The VM at table index `index`, if there can be one.
-    pub const fn from_index(index: usize) -> Option<VmId> {
-        VmId::new(index as u64 + 1)
-    }
     /// Every id a VM can have, in order.
     pub fn all() -> impl Iterator<Item = VmId> {
         (1..=MAX_VMS).map(VmId)
@@ -84,7 +80,6 @@ mod tests {
         assert_eq!(VmId::new(MAX_VMS as u64 + 1), None);
         assert_eq!(VmId::new(1 << 32 | 1), None);
         assert_eq!(VmId::new(1).map(VmId::index), Some(0));
-        assert_eq!(VmId::from_index(MAX_VMS as usize - 1).map(VmId::vmid), Some(MAX_VMS));
         assert_eq!(VmId::all().count(), MAX_VMS as usize);
         assert_eq!(VcpuId::new(MAX_VCPUS as u64), None);
         assert_eq!(VcpuId::new(u64::MAX), None);

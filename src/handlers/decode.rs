@@ -132,28 +132,6 @@ impl HostCall {
     }
 }
 
-impl VmCall {
-    /// The call's function id, for logs.
-    pub fn function(&self) -> u32 {
-        match self {
-            VmCall::RegisterVm { .. } => host_call::REGISTER_VM,
-            VmCall::RegisterVcpu { .. } => host_call::REGISTER_VCPU,
-            VmCall::SetBootInfo { .. } => host_call::SET_BOOT_INFO,
-            VmCall::RemapVmImage { .. } => host_call::REMAP_VM_IMAGE,
-            VmCall::VerifyVmImage { .. } => host_call::VERIFY_VM_IMAGE,
-            VmCall::ClearVmS2Range { .. } => host_call::CLEAR_VM_S2_RANGE,
-            VmCall::PhysAddrIoremap { .. } => host_call::PHYS_ADDR_IOREMAP,
-            VmCall::TimerSetCntvoff { .. } => host_call::TIMER_SET_CNTVOFF,
-            VmCall::VmPowerOff { .. } => host_call::VM_POWER_OFF,
-            VmCall::DestroyVm { .. } => host_call::DESTROY_VM,
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        call_name(self.function())
-    }
-}
-
 /// Why the host's trap is refused with an UNDEF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forbidden {

@@ -7,8 +7,10 @@ use crate::machine::Machine;
 use crate::vm::{Kcore, VmError};
 use corevisor_abi::HypResult;
 
-/// Serves VM hypercall `call`, and logs what was refused and why.
-pub fn serve(m: &impl Machine, kcore: &mut Kcore, call: VmCall) -> HypResult {
+/// Serves VM hypercall `call` (function id `function`, for the log), and logs what was refused
+/// and why.
+pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, call: VmCall) -> HypResult {
+    let name = super::decode::call_name(function);
     let result: Result<u64, VmError> = match call {
         VmCall::RegisterVm { ram } => kcore.register_vm(m, ram).map(|vm| vm.raw()),
         VmCall::RegisterVcpu { vm, vcpu } => kcore.register_vcpu(vm, vcpu).map(|()| 0),
@@ -23,11 +25,11 @@ pub fn serve(m: &impl Machine, kcore: &mut Kcore, call: VmCall) -> HypResult {
     };
     match result {
         Ok(value) => {
-            log::debug!("{} {call:x?}: ok ({value:#x})", call.name());
+            log::debug!("{name} {call:x?}: ok ({value:#x})");
             HypResult::success([value, 0, 0])
         }
         Err(e) => {
-            log::info!("{} refused: {e:?} ({call:x?})", call.name());
+            log::info!("{name} refused: {e:?} ({call:x?})");
             HypResult::status(e.status())
         }
     }

@@ -289,10 +289,6 @@ impl CpuFeatures {
     pub fn has_ssbs(&self) -> bool {
         field(self.ids.pfr1, fields::pfr1::SSBS) != 0
     }
-    /// FEAT_UAO: PSTATE.UAO exists (ID_AA64MMFR2_EL1.UAO, bits 7:4).
-    pub fn has_uao(&self) -> bool {
-        field(self.ids.mmfr2, fields::mmfr2::UAO) != 0
-    }
     /// FEAT_MTE: PSTATE.TCO exists (ID_AA64PFR1_EL1.MTE, bits 11:8).
     pub fn has_mte(&self) -> bool {
         field(self.ids.pfr1, fields::pfr1::MTE) != 0

@@ -122,12 +122,11 @@ impl HostMemory {
     /// `revoke_stage2_sg_gpa`), all or nothing as for [`Self::grant_stage2_sg_gpa`].
     ///
     /// One walk per page: each page's check and count update are one step
-    /// ([`HostMemory::take_share`]), undone exactly on a refusal as for a grant; the pages
-    /// whose last share this takes are remembered (up to [`REMEMBERED`], on the stack), and only
-    /// once every page has passed do they leave the host's stage-2 ([`HostMemory::end_host_share`]),
-    /// so a refused call changes no table either. A call that takes the last share of more
-    /// pages than that finds them by walking the range a second time (count now zero). One page
-    /// is [`HostMemory::revoke_vm_page`] on the frame one walk finds, inline.
+    /// ([`HostMemory::take_share`]), undone exactly on a refusal as for a grant; only once every
+    /// page has passed do the pages whose last share it took leave the host's stage-2
+    /// ([`HostMemory::end_host_share`]), found by a second walk (their count is now zero, and
+    /// was not before: an unshared page is refused), so a refused call changes no table either.
+    /// One page is [`HostMemory::revoke_vm_page`] on the frame one walk finds, inline.
     #[inline]
     pub fn revoke_stage2_sg_gpa(
         &mut self,
@@ -138,11 +137,7 @@ impl HostMemory {
         size: u64,
     ) -> Result<(), MemError> {
         if let Some(page) = one_page(gpa, size)? {
-            let Some(pfn) = mapped_pfn(m, vm_s2, page) else { return Ok(()) };
-            if self.take_share(vmid, pfn)? == 0 {
-                self.end_host_share(m, pfn << 12)?;
-            }
-            return Ok(());
+            return mapped_pfn(m, vm_s2, page).map_or(Ok(()), |pfn| self.revoke_vm_page(m, vmid, pfn));
         }
         self.revoke_range(m, vm_s2, vmid, gpa, size)
     }
@@ -158,45 +153,26 @@ impl HostMemory {
         size: u64,
     ) -> Result<(), MemError> {
         let pages = share_pages(gpa, size)?;
-        let mut last_shares = [0u64; REMEMBERED];
-        let mut taken = 0;
         for page in pages.clone().step_by(PAGE_SIZE as usize) {
             let Some(pfn) = mapped_pfn(m, vm_s2, page) else { continue };
-            match self.take_share(vmid, pfn) {
-                Ok(0) => {
-                    if let Some(slot) = last_shares.get_mut(taken) {
-                        *slot = pfn;
-                    }
-                    taken += 1;
+            if let Err(e) = self.take_share(vmid, pfn) {
+                if !planted(Mutation::ShareRangeNotAtomic) {
+                    for_each_mapped_pfn(m, vm_s2, pages.start..page, |pfn| self.grant_vm_page(vmid, pfn));
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    if !planted(Mutation::ShareRangeNotAtomic) {
-                        for_each_mapped_pfn(m, vm_s2, pages.start..page, |pfn| self.grant_vm_page(vmid, pfn));
-                    }
-                    return Err(e);
-                }
+                return Err(e);
             }
         }
         // Cannot fail now: a shared page is a single 4 KiB leaf in the host's table, so
         // unmapping it needs no split and no table page.
-        match last_shares.get(..taken) {
-            Some(remembered) => remembered.iter().try_for_each(|&pfn| self.end_host_share(m, pfn << 12)),
-            None => {
-                let mut result = Ok(());
-                for_each_mapped_pfn(m, vm_s2, pages, |pfn| {
-                    if result.is_ok() && self.db.get(pfn << 12).is_some_and(|p| p.count == 0) {
-                        result = self.end_host_share(m, pfn << 12);
-                    }
-                });
-                result
+        let mut result = Ok(());
+        for_each_mapped_pfn(m, vm_s2, pages, |pfn| {
+            if result.is_ok() && self.db.get(pfn << 12).is_some_and(|p| p.count == 0) {
+                result = self.end_host_share(m, pfn << 12);
             }
-        }
+        });
+        result
     }
 }
-
-/// How many pages whose last share it takes a revoke remembers from its walk.
-pub const REMEMBERED: usize = 4;
 
 /// The page-aligned guest-physical range a share call covers, or `BadRange` if it reaches past
 /// the guest-physical address space (or wraps around).

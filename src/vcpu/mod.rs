@@ -102,19 +102,6 @@ impl VcpuContext {
         }
         self.pending = Pending::Nothing;
     }
-
-    /// When the guest's virtual timer fires, in physical counter ticks, with `cntvoff` the VM's
-    /// counter offset; `u64::MAX` if the timer is off or masked. Reads the saved timer registers.
-    pub fn timer_deadline(&self, cntvoff: u64) -> u64 {
-        const ENABLE: u64 = 1;
-        const IMASK: u64 = 2;
-        let ctl = self.el1.0[El1Regs::CNTV_CTL];
-        if ctl & (ENABLE | IMASK) == ENABLE {
-            self.el1.0[El1Regs::CNTV_CVAL].saturating_add(cntvoff)
-        } else {
-            u64::MAX
-        }
-    }
 }
 
 /// A data abort's instruction syndrome (ESR ISS with ISV set), decoded.

@@ -64,15 +64,3 @@ fn stores_report_the_value_cut_to_their_size() {
     assert_eq!(DataAccess::decode(dabt(3, false, 31, true, true)).unwrap().store_value(&gprs), 0);
     assert_eq!(DataAccess::decode(dabt(3, false, 2, true, true) & !(1 << 24)), None);
 }
-
-#[test]
-fn the_timer_deadline_is_in_physical_ticks() {
-    let mut vcpu = VcpuContext::new(0);
-    vcpu.el1.0[El1Regs::CNTV_CVAL] = 1000;
-    vcpu.el1.0[El1Regs::CNTV_CTL] = 1;
-    assert_eq!(vcpu.timer_deadline(50), 1050);
-    vcpu.el1.0[El1Regs::CNTV_CTL] = 3;
-    assert_eq!(vcpu.timer_deadline(50), u64::MAX);
-    vcpu.el1.0[El1Regs::CNTV_CTL] = 0;
-    assert_eq!(vcpu.timer_deadline(50), u64::MAX);
-}

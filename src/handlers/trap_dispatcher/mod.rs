@@ -35,10 +35,8 @@ pub enum HostExit {
         pc: u64,
         reason: Forbidden,
     },
-    /// Power the machine off; `status` is the host's exit status.
-    SystemOff {
-        status: u8,
-    },
+    /// The host's PSCI SYSTEM_OFF.
+    SystemOff,
     SystemReset,
     /// This core leaves the host and waits in KCore again.
     CpuOff,
@@ -50,14 +48,8 @@ pub enum HostExit {
     CleanInvalidateSetWay {
         operand: u64,
     },
-    /// A VM hypercall for the VM layer (`vm_calls::serve`); x0..x3 get its result.
-    VmCall(VmCall),
-    /// VCPU_RUN: the trap handler switches to the guest's world.
-    VcpuRun {
-        vm: VmId,
-        vcpu: VcpuId,
-        answer: u64,
-    },
+    /// A host call (`hvc #0`) the trap handler carries on with.
+    Call(CallExit),
 }
 
 /// What the machine does after a host call (`hvc #0`); x0..x5 hold what the dispatcher wrote.
@@ -73,17 +65,6 @@ pub enum CallExit {
     VcpuRun { vm: VmId, vcpu: VcpuId, answer: u64 },
 }
 
-impl From<CallExit> for HostExit {
-    fn from(exit: CallExit) -> HostExit {
-        match exit {
-            CallExit::Resume => HostExit::Resume,
-            CallExit::SystemOff { status } => HostExit::SystemOff { status },
-            CallExit::VmCall(call) => HostExit::VmCall(call),
-            CallExit::VcpuRun { vm, vcpu, answer } => HostExit::VcpuRun { vm, vcpu, answer },
-        }
-    }
-}
-
 /// What the host dispatcher needs to know about the rest of KCore.
 pub struct HostEnv<'a> {
     pub cores: &'a CoreTable,
@@ -95,7 +76,10 @@ pub struct HostEnv<'a> {
 #[inline]
 pub fn host_trap_dispatcher(trap: HostTrap, frame: &mut TrapFrame, env: &HostEnv) -> HostExit {
     match trap {
-        HostTrap::Call(call) => host_hvc_dispatcher(call, frame.call_regs()).into(),
+        HostTrap::Call(call) => match host_hvc_dispatcher(call, frame.call_regs()) {
+            CallExit::Resume => HostExit::Resume,
+            exit => HostExit::Call(exit),
+        },
         HostTrap::Psci { function, args } => {
             // A trapped SMC leaves ELR_EL2 on the SMC.
             frame.elr = frame.elr.wrapping_add(4);
@@ -109,7 +93,7 @@ pub fn host_trap_dispatcher(trap: HostTrap, frame: &mut TrapFrame, env: &HostEnv
                     HostExit::ResumeAndWake
                 }
                 PsciOutcome::CpuOff => HostExit::CpuOff,
-                PsciOutcome::SystemOff => HostExit::SystemOff { status: 0 },
+                PsciOutcome::SystemOff => HostExit::SystemOff,
                 PsciOutcome::SystemReset => HostExit::SystemReset,
             }
         }

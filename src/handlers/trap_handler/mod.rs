@@ -91,7 +91,7 @@ fn system_off(core: usize, status: u8) -> ! {
 /// A VM call, served by the VM layer under KCore's state lock; x0..x3 get its result.
 #[inline(never)]
 fn serve_vm_call(call: VmCall, regs: &mut [u64; CALL_REGS]) {
-    let result = state::with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, call));
+    let result = state::with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, regs[0] as u32, call));
     regs[0] = result.status;
     regs[1..4].copy_from_slice(&result.values);
 }
@@ -110,7 +110,7 @@ fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) {
             warn!("host trap {reason} at {pc:#x}: injecting UNDEF into the host");
             inject_el1::undef(frame, pc);
         }
-        HostExit::SystemOff { status } => finish_call(core, CallExit::SystemOff { status }, frame.call_regs()),
+        HostExit::SystemOff => system_off(core, 0),
         HostExit::SystemReset => {
             info!("host SYSTEM_RESET");
             power_down::power_down(core, "reset");
@@ -122,10 +122,7 @@ fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) {
             info!("host set/way maintenance at {pc:#x} (operand {operand:#x}): done as clean and invalidate");
             regs::clean_invalidate_dcache_set_way(operand)
         }
-        HostExit::VmCall(call) => finish_call(core, CallExit::VmCall(call), frame.call_regs()),
-        HostExit::VcpuRun { vm, vcpu, answer } => {
-            finish_call(core, CallExit::VcpuRun { vm, vcpu, answer }, frame.call_regs())
-        }
+        HostExit::Call(exit) => finish_call(core, exit, frame.call_regs()),
         HostExit::CpuOff => {
             info!("cpu{core} leaves the host (PSCI CPU_OFF)");
             principal::set(core, Principal::Kcore);

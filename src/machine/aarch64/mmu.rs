@@ -1,7 +1,7 @@
 //! Turning on KCore's own EL2 stage-1 translation (an identity map built by the layers above).
 
 use aarch64_cpu::{asm::barrier, registers::*};
-use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
+use tock_registers::interfaces::{ReadWriteable, Writeable};
 
 /// MAIR_EL2 index of Device-nGnRE memory.
 pub const ATTR_DEVICE: u64 = 0;
@@ -32,9 +32,4 @@ pub unsafe fn enable_el2(root: u64) {
     unsafe { core::arch::asm!("tlbi alle2", "dsb ish", "ic iallu", "dsb ish", "isb", options(nostack)) };
     SCTLR_EL2.modify(SCTLR_EL2::M::Enable + SCTLR_EL2::C::Cacheable + SCTLR_EL2::I::Cacheable + SCTLR_EL2::SA::Enable);
     barrier::isb(barrier::SY);
-}
-
-/// Whether this core runs with its EL2 MMU and data cache on.
-pub fn el2_enabled() -> bool {
-    SCTLR_EL2.matches_all(SCTLR_EL2::M::Enable + SCTLR_EL2::C::Cacheable)
 }

@@ -159,11 +159,6 @@ pub fn set_el2_controls(c: &El2Controls) {
     barrier::isb(barrier::SY);
 }
 
-/// The physical counter (CNTPCT_EL0).
-pub fn physical_count() -> u64 {
-    CNTPCT_EL0.get()
-}
-
 /// Stops every PMU counter that runs (event counters and the cycle counter) and returns which
 /// ones ran (PMCNTENSET_EL0), for [`restart_pmu_counters`]. Only on a CPU with an architected PMU.
 pub fn stop_pmu_counters() -> u64 {
