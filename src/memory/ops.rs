@@ -106,11 +106,26 @@ impl HostMemory {
         size: u64,
     ) -> Result<(), MemError> {
         let pages = share_pages(gpa, size)?;
+        let share = |mem: &mut Self, pfn| mem.grant_vm_page(vmid, pfn);
+        self.all_or_nothing(m, vm_s2, pages, share, |mem, pfn| mem.take_share(vmid, pfn).map(drop))
+    }
+
+    /// Applies `step` to the frame behind each mapped page of `pages`; if one refuses, `undo`
+    /// takes the steps before it back (exact: each is a different frame, see
+    /// [`Self::grant_stage2_sg_gpa`]) and the refusal is the answer.
+    fn all_or_nothing(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &PageTable,
+        pages: core::ops::Range<u64>,
+        mut step: impl FnMut(&mut Self, u64) -> Result<(), MemError>,
+        mut undo: impl FnMut(&mut Self, u64) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
         for page in pages.clone().step_by(PAGE_SIZE as usize) {
             let Some(pfn) = mapped_pfn(m, vm_s2, page) else { continue };
-            if let Err(e) = self.grant_vm_page(vmid, pfn) {
+            if let Err(e) = step(self, pfn) {
                 if !planted(Mutation::ShareRangeNotAtomic) {
-                    for_each_mapped_pfn(m, vm_s2, pages.start..page, |pfn| self.take_share(vmid, pfn).map(drop));
+                    for_each_mapped_pfn(m, vm_s2, pages.start..page, |pfn| undo(self, pfn));
                 }
                 return Err(e);
             }
@@ -153,15 +168,8 @@ impl HostMemory {
         size: u64,
     ) -> Result<(), MemError> {
         let pages = share_pages(gpa, size)?;
-        for page in pages.clone().step_by(PAGE_SIZE as usize) {
-            let Some(pfn) = mapped_pfn(m, vm_s2, page) else { continue };
-            if let Err(e) = self.take_share(vmid, pfn) {
-                if !planted(Mutation::ShareRangeNotAtomic) {
-                    for_each_mapped_pfn(m, vm_s2, pages.start..page, |pfn| self.grant_vm_page(vmid, pfn));
-                }
-                return Err(e);
-            }
-        }
+        let unshare = |mem: &mut Self, pfn| mem.take_share(vmid, pfn).map(drop);
+        self.all_or_nothing(m, vm_s2, pages.clone(), unshare, |mem, pfn| mem.grant_vm_page(vmid, pfn))?;
         // Cannot fail now: a shared page is a single 4 KiB leaf in the host's table, so
         // unmapping it needs no split and no table page.
         let mut result = Ok(());
