@@ -5,9 +5,9 @@
 
 .equ FRAME_SIZE, 272
 
-// x2..x29 at their TrapFrame offsets from `base` (also the world switch's guest frame).
-.macro store_x2_x29 base
-    stp     x2, x3, [\base, #16 * 1]
+// x4..x17 at their TrapFrame offsets from `base`: what a call (the host's SMCCC call, a guest's
+// exit served in place) saves besides x0..x3, x18 and x30 (also the world switch's guest frame).
+.macro store_x4_x17 base
     stp     x4, x5, [\base, #16 * 2]
     stp     x6, x7, [\base, #16 * 3]
     stp     x8, x9, [\base, #16 * 4]
@@ -15,6 +15,21 @@
     stp     x12, x13, [\base, #16 * 6]
     stp     x14, x15, [\base, #16 * 7]
     stp     x16, x17, [\base, #16 * 8]
+.endm
+
+.macro load_x4_x17 base
+    ldp     x4, x5, [\base, #16 * 2]
+    ldp     x6, x7, [\base, #16 * 3]
+    ldp     x8, x9, [\base, #16 * 4]
+    ldp     x10, x11, [\base, #16 * 5]
+    ldp     x12, x13, [\base, #16 * 6]
+    ldp     x14, x15, [\base, #16 * 7]
+    ldp     x16, x17, [\base, #16 * 8]
+.endm
+
+// x4..x29 at their TrapFrame offsets from `base`.
+.macro store_x4_x29 base
+    store_x4_x17 \base
     stp     x18, x19, [\base, #16 * 9]
     stp     x20, x21, [\base, #16 * 10]
     stp     x22, x23, [\base, #16 * 11]
@@ -23,15 +38,15 @@
     stp     x28, x29, [\base, #16 * 14]
 .endm
 
+// x2..x29 at their TrapFrame offsets from `base`.
+.macro store_x2_x29 base
+    stp     x2, x3, [\base, #16 * 1]
+    store_x4_x29 \base
+.endm
+
 .macro load_x2_x29 base
     ldp     x2, x3, [\base, #16 * 1]
-    ldp     x4, x5, [\base, #16 * 2]
-    ldp     x6, x7, [\base, #16 * 3]
-    ldp     x8, x9, [\base, #16 * 4]
-    ldp     x10, x11, [\base, #16 * 5]
-    ldp     x12, x13, [\base, #16 * 6]
-    ldp     x14, x15, [\base, #16 * 7]
-    ldp     x16, x17, [\base, #16 * 8]
+    load_x4_x17 \base
     ldp     x18, x19, [\base, #16 * 9]
     ldp     x20, x21, [\base, #16 * 10]
     ldp     x22, x23, [\base, #16 * 11]
@@ -259,13 +274,7 @@ host_sync_entry:
     mov     w1, #(0x5a00 << 16)
     cmp     w2, w1
     b.ne    1f
-    stp     x4, x5, [sp, #16 * 2]
-    stp     x6, x7, [sp, #16 * 3]
-    stp     x8, x9, [sp, #16 * 4]
-    stp     x10, x11, [sp, #16 * 5]
-    stp     x12, x13, [sp, #16 * 6]
-    stp     x14, x15, [sp, #16 * 7]
-    stp     x16, x17, [sp, #16 * 8]
+    store_x4_x17 sp
     mrs     x0, elr_el2
     mrs     x1, spsr_el2
     stp     x18, x30, [sp, #CALL_X18]
@@ -278,28 +287,10 @@ host_sync_entry:
     ldp     x18, x30, [sp, #CALL_X18]
     ldp     x0, x1, [sp, #16 * 0]
     ldp     x2, x3, [sp, #16 * 1]
-    ldp     x4, x5, [sp, #16 * 2]
-    ldp     x6, x7, [sp, #16 * 3]
-    ldp     x8, x9, [sp, #16 * 4]
-    ldp     x10, x11, [sp, #16 * 5]
-    ldp     x12, x13, [sp, #16 * 6]
-    ldp     x14, x15, [sp, #16 * 7]
-    ldp     x16, x17, [sp, #16 * 8]
+    load_x4_x17 sp
     add     sp, sp, #FRAME_SIZE
     eret
-1:  stp     x4, x5, [sp, #16 * 2]
-    stp     x6, x7, [sp, #16 * 3]
-    stp     x8, x9, [sp, #16 * 4]
-    stp     x10, x11, [sp, #16 * 5]
-    stp     x12, x13, [sp, #16 * 6]
-    stp     x14, x15, [sp, #16 * 7]
-    stp     x16, x17, [sp, #16 * 8]
-    stp     x18, x19, [sp, #16 * 9]
-    stp     x20, x21, [sp, #16 * 10]
-    stp     x22, x23, [sp, #16 * 11]
-    stp     x24, x25, [sp, #16 * 12]
-    stp     x26, x27, [sp, #16 * 13]
-    stp     x28, x29, [sp, #16 * 14]
+1:  store_x4_x29 sp
     mrs     x0, elr_el2
     mrs     x1, spsr_el2
     stp     x30, x0, [sp, #16 * 15]

@@ -78,13 +78,7 @@ __guest_exit_sync:
     // window. Declined exits take the window too. The halt flag stops the core as before: the
     // hook declines when it is raised, and the full exit's Rust parks.
     mov     x0, sp
-    stp     x4, x5, [x0, #16 * 2]
-    stp     x6, x7, [x0, #16 * 3]
-    stp     x8, x9, [x0, #16 * 4]
-    stp     x10, x11, [x0, #16 * 5]
-    stp     x12, x13, [x0, #16 * 6]
-    stp     x14, x15, [x0, #16 * 7]
-    stp     x16, x17, [x0, #16 * 8]
+    store_x4_x17 x0
     str     x18, [x0, #8 * 18]
     str     x30, [x0, #8 * 30]
     mrs     x3, elr_el2
@@ -103,13 +97,7 @@ __guest_exit_sync:
     msr     elr_el2, x0
     msr     spsr_el2, x1
     mov     sp, x2
-    ldp     x4, x5, [sp, #16 * 2]
-    ldp     x6, x7, [sp, #16 * 3]
-    ldp     x8, x9, [sp, #16 * 4]
-    ldp     x10, x11, [sp, #16 * 5]
-    ldp     x12, x13, [sp, #16 * 6]
-    ldp     x14, x15, [sp, #16 * 7]
-    ldp     x16, x17, [sp, #16 * 8]
+    load_x4_x17 sp
     ldr     x18, [sp, #8 * 18]
     ldr     x30, [sp, #8 * 30]
     ldp     x2, x3, [sp, #16 * 1]
@@ -133,19 +121,7 @@ __guest_exit_sync:
 
 __guest_exit:
     mov     x0, sp
-    stp     x4, x5, [x0, #16 * 2]
-    stp     x6, x7, [x0, #16 * 3]
-    stp     x8, x9, [x0, #16 * 4]
-    stp     x10, x11, [x0, #16 * 5]
-    stp     x12, x13, [x0, #16 * 6]
-    stp     x14, x15, [x0, #16 * 7]
-    stp     x16, x17, [x0, #16 * 8]
-    stp     x18, x19, [x0, #16 * 9]
-    stp     x20, x21, [x0, #16 * 10]
-    stp     x22, x23, [x0, #16 * 11]
-    stp     x24, x25, [x0, #16 * 12]
-    stp     x26, x27, [x0, #16 * 13]
-    stp     x28, x29, [x0, #16 * 14]
+    store_x4_x29 x0
     mrs     x2, elr_el2
     mrs     x3, spsr_el2
     stp     x30, x2, [x0, #16 * 15]
