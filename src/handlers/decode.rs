@@ -371,6 +371,21 @@ impl GuestTrap {
 }
 
 impl GuestTrap {
+    /// A synchronous exit with syndrome `esr` (no SError pending), decoded exactly as
+    /// [`Self::decode`] decodes it, if it is one the fast path serves ([`Self::in_place`]);
+    /// `None` otherwise. The hot case, a share call, is told from the syndrome and x0 alone,
+    /// without building the general decode (`cargo xtask bench`).
+    #[inline(always)]
+    pub fn decode_in_place(esr: u64, frame: &TrapFrame) -> Option<GuestTrap> {
+        let trap = if esr::class(esr) == ec::HVC64 && esr::imm16(esr) == 0 {
+            GuestTrap { serror: false, cause: GuestCause::Call { smc: false, call: GuestCall::decode(&frame.x) } }
+        } else {
+            // An abort is never served in place, so its fault registers need not be read.
+            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, frame, || (0, 0))
+        };
+        trap.in_place().then_some(trap)
+    }
+
     /// Whether KCore serves this exit without the host and without any guest register but
     /// x0..x18, x30, ELR and SPSR, so that the world switch's fast path may serve it in place,
     /// where x19..x29 stay in the CPU (`machine::world_switch::GuestWorld`): a share call, an

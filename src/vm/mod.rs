@@ -249,14 +249,10 @@ impl Kcore {
     #[inline]
     pub fn guest_share(&mut self, m: &impl Machine, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Result<(), VmError> {
         let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
-        let end = gpa.raw().checked_add(size).ok_or(VmError::BadArgument)?;
-        if size == 0
-            || !gpa.is_page_aligned()
-            || !size.is_multiple_of(PAGE_SIZE)
-            || !rec.ram.contains(gpa.raw())
-            || (!rec.ram.contains(end - 1)
-                && !crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck))
-        {
+        let end = gpa.raw().checked_add(size).filter(|_| size != 0).ok_or(VmError::BadArgument)?;
+        let skips_end = crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck);
+        let in_window = rec.ram.contains(gpa.raw()) && (rec.ram.contains(end - 1) || skips_end);
+        if !gpa.is_page_aligned() || !size.is_multiple_of(PAGE_SIZE) || !in_window {
             return Err(VmError::BadArgument);
         }
         if grant {

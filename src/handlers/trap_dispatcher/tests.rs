@@ -604,6 +604,11 @@ fn in_place_exits_touch_only_saved_registers(
     vcpu.gprs.frame.x = x;
     vcpu.gprs.frame.elr = pc;
     let trap = GuestTrap::decode(GuestExit { kind: TrapKind::Sync, serror }, esr, &vcpu.gprs.frame, || (0, 0));
+    if !serror {
+        // The fast path's own decode is the general one, cut short.
+        let fast = GuestTrap::decode_in_place(esr, &vcpu.gprs.frame);
+        prop_assert_eq!(fast, Some(trap).filter(GuestTrap::in_place));
+    }
     if !trap.in_place() {
         return Ok(());
     }

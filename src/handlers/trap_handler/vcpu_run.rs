@@ -8,7 +8,7 @@ use super::principal::{self, Principal};
 use super::{host_cores, inject_el1, invariants, state};
 use crate::addr::Ipa;
 use crate::ids::{VcpuId, VmId};
-use crate::machine::{features, regs, Aarch64, GuestExit, TrapKind, CALL_REGS};
+use crate::machine::{features, regs, Aarch64, GuestExit, CALL_REGS};
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vcpu::{world_switch, ExitRecord, VcpuContext};
 use corevisor_abi::Status;
@@ -93,11 +93,7 @@ fn serve_fast(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, esr:
     if principal::halted() {
         return false;
     }
-    let exit = GuestExit { kind: TrapKind::Sync, serror: false };
-    let trap = GuestTrap::decode(exit, esr, &ctx.gprs.frame, || (regs::far_el2(), regs::hpfar_el2()));
-    if !trap.in_place() {
-        return false;
-    }
+    let Some(trap) = GuestTrap::decode_in_place(esr, &ctx.gprs.frame) else { return false };
     let bound = serve(core, vm, env, ctx, trap, esr);
     // `in_place` names only exits that the dispatcher serves inside KCore.
     debug_assert!(bound.is_none());
