@@ -6,6 +6,7 @@ mod artifacts;
 mod bench;
 mod dtb;
 mod guests;
+mod linux;
 mod qemu;
 mod scenarios;
 mod toolchain;
@@ -21,9 +22,9 @@ struct Args {
 }
 
 /// Options that take no value.
-const FLAGS: &[&str] = &["gdb", "hw"];
+const FLAGS: &[&str] = &["gdb", "hw", "bare"];
 /// Options that take one (`--name value` or `--name=value`).
-const VALUED: &[&str] = &["board", "gic", "scenario", "variant", "out"];
+const VALUED: &[&str] = &["board", "gic", "scenario", "variant", "out", "kernel-version"];
 
 impl Args {
     /// Splits the command's arguments; an unknown option is an error rather than silently ignored,
@@ -77,7 +78,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   test                                         host cargo test, then qemu-test
   bench                                        exact EL2 instruction counts (PMU under icount)
   lint                                         rustfmt and clippy -D warnings, host and both boards
-  guest-bundle [OUT]                           signed two-guest demo bundle (default target/xtask/bundle-demo.img)";
+  guest-bundle [OUT]                           signed two-guest demo bundle (default target/xtask/bundle-demo.img)
+  linux-guest [--kernel-version V] [--out DIR] [--bare [--gic 2|3]]
+                                               Debian's arm64 cloud kernel + busybox initramfs; --bare boots them without corevisor";
 
 fn main() -> ExitCode {
     let mut raw = std::env::args().skip(1);
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         "bench" => toolchain::ensure().and_then(|()| qemu::ensure()).and_then(|q| bench::run(&q)),
         "lint" => toolchain::ensure().and_then(|()| lint()),
         "guest-bundle" => guest_bundle(&args),
+        "linux-guest" => linux_guest(&args),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -225,6 +229,37 @@ fn guest_bundle(args: &Args) -> Result<(), String> {
     guests::write_bundle(&DEMO_VMS, &out)?;
     println!("{}", out.display());
     Ok(())
+}
+
+/// Fetches Debian's cloud kernel and busybox, writes the test initramfs and, with `--bare`, boots
+/// them on QEMU without corevisor (`--gic 2|3`, default 3).
+fn linux_guest(args: &Args) -> Result<(), String> {
+    let wanted = linux::Wanted::parse(args.value("kernel-version"))?;
+    let gic = match args.value("gic") {
+        None | Some("3") => 3,
+        Some("2") => 2,
+        Some(other) => return Err(format!("--gic {other}: 2 or 3")),
+    };
+    if args.value("gic").is_some() && !args.flag("bare") {
+        return Err("--gic chooses the machine of a --bare boot".into());
+    }
+    let qemu = if args.flag("bare") { Some(qemu::ensure()?) } else { None };
+    let guest = linux::prepare(&wanted, args.value("out").map(std::path::Path::new))?;
+    let h = &guest.header;
+    println!("Linux {}: {}", guest.version, guest.image.display());
+    println!(
+        "  Image header: text_offset {:#x}, image_size {:#x} ({:.1} MiB), flags {:#x}",
+        h.text_offset,
+        h.image_size,
+        h.image_size as f64 / (1 << 20) as f64,
+        h.flags
+    );
+    println!("  initramfs: {}", guest.initramfs.display());
+    println!("  kernel arguments: {}", linux::CMDLINE);
+    match qemu {
+        Some(qemu) => linux::bare_boot(&qemu, gic, &guest),
+        None => Ok(()),
+    }
 }
 
 /// Host tests, then the QEMU scenarios. Both always run, so one failure does not hide the other.
