@@ -265,20 +265,29 @@ fn run(command: &mut Command) -> Result<std::process::Output, String> {
 
 const ADD_ARM64: &str = "dpkg --add-architecture arm64 && apt-get update";
 
+/// What making apt offer arm64 packages takes, given dpkg's native and foreign architectures:
+/// nothing, commands to run (as root), or an error that names them.
+fn arm64_apt_plan(native: &str, foreign: &str, root: bool) -> Result<Option<&'static str>, String> {
+    if native.trim() == "arm64" || foreign.lines().any(|a| a.trim() == "arm64") {
+        Ok(None)
+    } else if root {
+        Ok(Some(ADD_ARM64))
+    } else {
+        Err(format!("apt offers no arm64 packages yet; as root, run:\n{ADD_ARM64}"))
+    }
+}
+
 /// Makes apt offer arm64 packages: as root, adds the architecture; otherwise says how to.
 fn ensure_arm64_apt() -> Result<(), String> {
     let stdout =
         |args: &[&str]| run(Command::new("dpkg").args(args)).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     let native =
         stdout(&["--print-architecture"]).map_err(|e| format!("{e} (linux-guest needs Debian's dpkg and apt)"))?;
-    if native.trim() == "arm64" || stdout(&["--print-foreign-architectures"])?.lines().any(|a| a.trim() == "arm64") {
+    let Some(script) = arm64_apt_plan(&native, &stdout(&["--print-foreign-architectures"])?, qemu::is_root())? else {
         return Ok(());
-    }
-    if !qemu::is_root() {
-        return Err(format!("apt offers no arm64 packages yet; as root, run:\n{ADD_ARM64}"));
-    }
-    println!("xtask: adding arm64 to apt: {ADD_ARM64}");
-    run(Command::new("sh").args(["-ec", ADD_ARM64]).env("DEBIAN_FRONTEND", "noninteractive")).map(drop)
+    };
+    println!("xtask: adding arm64 to apt: {script}");
+    run(Command::new("sh").args(["-ec", script]).env("DEBIAN_FRONTEND", "noninteractive")).map(drop)
 }
 
 /// The cloud kernel packages apt knows, as `apt-cache search` lists them.
@@ -322,7 +331,17 @@ fn fetch_package(dir: &Path, package: &str, into: &Path) -> Result<(), String> {
         Some(deb) => deb,
         None => {
             println!("xtask: apt-get download {package}:arm64");
-            run(Command::new("apt-get").args(["download", &format!("{package}:arm64")]).current_dir(&debs))?;
+            let download =
+                || run(Command::new("apt-get").args(["download", &format!("{package}:arm64")]).current_dir(&debs));
+            // The mirror drops superseded versions: stale lists name a file it no longer has.
+            if let Err(e) = download() {
+                if !qemu::is_root() {
+                    return Err(format!("{e}\n(apt's lists may be stale: as root, run `apt-get update`)"));
+                }
+                println!("xtask: download failed; running apt-get update and retrying");
+                run(Command::new("apt-get").arg("update"))?;
+                download()?;
+            }
             find_prefixed(&debs, &format!("{package}_")).ok_or(format!("apt-get download left no {package}_*.deb"))?
         }
     };
@@ -646,6 +665,15 @@ linux-image-6.1.0-47-cloud-arm64-unsigned - Linux 6.1 for arm64 cloud
         assert_eq!(pick(Some("6.1.0-58")), None);
         assert!(Wanted::parse(Some("six")).is_err());
         assert!(Wanted::parse(Some("6")).is_err());
+    }
+
+    #[test]
+    fn adds_arm64_to_apt_only_when_missing_and_only_as_root() {
+        assert_eq!(arm64_apt_plan("amd64\n", "i386\narm64\n", false), Ok(None));
+        assert_eq!(arm64_apt_plan("arm64\n", "", false), Ok(None));
+        assert_eq!(arm64_apt_plan("amd64\n", "", true), Ok(Some(ADD_ARM64)));
+        let err = arm64_apt_plan("amd64\n", "armhf\n", false).unwrap_err();
+        assert!(err.ends_with("dpkg --add-architecture arm64 && apt-get update"), "{err}");
     }
 
     #[test]

@@ -234,16 +234,8 @@ fn guest_bundle(args: &Args) -> Result<(), String> {
 /// Fetches Debian's cloud kernel and busybox, writes the test initramfs and, with `--bare`, boots
 /// them on QEMU without corevisor (`--gic 2|3`, default 3).
 fn linux_guest(args: &Args) -> Result<(), String> {
-    let wanted = linux::Wanted::parse(args.value("kernel-version"))?;
-    let gic = match args.value("gic") {
-        None | Some("3") => 3,
-        Some("2") => 2,
-        Some(other) => return Err(format!("--gic {other}: 2 or 3")),
-    };
-    if args.value("gic").is_some() && !args.flag("bare") {
-        return Err("--gic chooses the machine of a --bare boot".into());
-    }
-    let qemu = if args.flag("bare") { Some(qemu::ensure()?) } else { None };
+    let (wanted, bare_gic) = linux_guest_options(args)?;
+    let qemu = bare_gic.map(|_| qemu::ensure()).transpose()?;
     let guest = linux::prepare(&wanted, args.value("out").map(std::path::Path::new))?;
     let h = &guest.header;
     println!("Linux {}: {}", guest.version, guest.image.display());
@@ -256,9 +248,25 @@ fn linux_guest(args: &Args) -> Result<(), String> {
     );
     println!("  initramfs: {}", guest.initramfs.display());
     println!("  kernel arguments: {}", linux::CMDLINE);
-    match qemu {
-        Some(qemu) => linux::bare_boot(&qemu, gic, &guest),
-        None => Ok(()),
+    match (qemu, bare_gic) {
+        (Some(qemu), Some(gic)) => linux::bare_boot(&qemu, gic, &guest),
+        _ => Ok(()),
+    }
+}
+
+/// `linux-guest`'s options, checked before anything is fetched: the kernel wanted, and the GIC
+/// version of the bare boot (None without `--bare`).
+fn linux_guest_options(args: &Args) -> Result<(linux::Wanted, Option<u32>), String> {
+    let wanted = linux::Wanted::parse(args.value("kernel-version"))?;
+    let gic = match args.value("gic") {
+        None | Some("3") => 3,
+        Some("2") => 2,
+        Some(other) => return Err(format!("--gic {other}: 2 or 3")),
+    };
+    match (args.flag("bare"), args.value("gic")) {
+        (true, _) => Ok((wanted, Some(gic))),
+        (false, None) => Ok((wanted, None)),
+        (false, Some(_)) => Err("--gic chooses the machine of a --bare boot".into()),
     }
 }
 
@@ -354,6 +362,21 @@ mod tests {
         assert_eq!(variant(&["--board", "rpi4"]), Ok(scenarios::Variant::Raspi4b));
         assert!(variant(&["--gic", "4"]).is_err());
         assert!(variant(&["--board", "rpi4", "--gic", "3"]).is_err());
+    }
+
+    #[test]
+    fn checks_linux_guest_options_before_fetching() {
+        let options = |words: &[&str]| linux_guest_options(&parse(words).unwrap());
+        assert_eq!(options(&[]), Ok((linux::Wanted::Newest, None)));
+        assert_eq!(options(&["--bare"]), Ok((linux::Wanted::Newest, Some(3))));
+        assert_eq!(
+            options(&["--kernel-version", "6.12", "--bare", "--gic", "2"]),
+            Ok((linux::Wanted::Series(6, 12), Some(2)))
+        );
+        assert_eq!(options(&["--kernel-version=6.1.0-57"]), Ok((linux::Wanted::Exact("6.1.0-57".into()), None)));
+        assert!(options(&["--gic", "2"]).is_err());
+        assert!(options(&["--bare", "--gic", "4"]).is_err());
+        assert!(options(&["--kernel-version", "latest"]).is_err());
     }
 
     /// `run` checks `--scenario` before it installs or builds anything (the check runs first in
