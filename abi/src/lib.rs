@@ -94,8 +94,8 @@ pub mod exit {
     /// The guest touched RAM it has no page for yet. x2 = guest address. Answer: the frame
     /// number of a page of the host's; KCore takes it, scrubs it and maps it on the next run.
     pub const PAGE_FAULT: u64 = 2;
-    /// WFI or WFE. x2 = when the guest's virtual timer fires, in physical counter ticks
-    /// (`u64::MAX` if it is off or masked). No answer.
+    /// WFI (WFE is [`WFE`]). x2 = when the guest's virtual timer fires, in physical counter
+    /// ticks (`u64::MAX` if it is off or masked). No answer.
     pub const WFI: u64 = 3;
     /// An HVC or SMC that KCore does not serve (PSCI among them). x2..x5 = the guest's x0..x3.
     /// Answer: the guest's x0 (the call's result).
@@ -105,6 +105,12 @@ pub mod exit {
     /// An access KCore cannot decode (no instruction syndrome) outside the VM's RAM. x2 = guest
     /// address, x3 = ESR_EL2. No answer: the guest cannot make progress.
     pub const BAD_ACCESS: u64 = 6;
+    /// WFE (ESR ISS.TI bit 0 set): the guest spins on an event, so the host should run
+    /// something else and resume it soon, not idle it until its timer. No details, no answer.
+    pub const WFE: u64 = 7;
+    /// A GICv3 guest wrote ICC_SGI1R_EL1 to send a software-generated interrupt. x2 = the value
+    /// written (target list, affinity, INTID, IRM); KCore has stepped past the MSR. No answer.
+    pub const SGI: u64 = 8;
 
     /// x3 of an MMIO exit.
     pub mod mmio_flags {
