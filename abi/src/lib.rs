@@ -255,6 +255,13 @@ pub mod guest_role {
     /// page at its share limit, an unshare of a partly shared range) and has the host check
     /// that none of them changed any page.
     pub const SHARE_ATOMIC: u32 = 10;
+    /// Touches what a Linux boot touches first (MDSCR_EL1 with no vectors set up), the OS lock
+    /// and the breakpoint and watchpoint registers, checks what they read; executes WFE; on
+    /// GICv3 (the host answers 1) writes ICC_SGI1R_EL1 with [`SYSREGS_SGI1R`] (`guest-sysregs`).
+    pub const SYSREGS: u32 = 11;
+    /// What the SYSREGS role writes to ICC_SGI1R_EL1: Aff3 0x12, Aff2 0x34, INTID 5, target
+    /// list {0, 1}.
+    pub const SYSREGS_SGI1R: u64 = 0x0012_0034_0500_0003;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

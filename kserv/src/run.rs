@@ -158,6 +158,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm),
         Scenario::GuestFuzz => vm_scenarios::guest_fuzz(&env.vm),
         Scenario::VmIrq => vm_scenarios::vm_irq(&env.vm, &env.gic),
+        Scenario::GuestSysregs => vm_scenarios::guest_sysregs(&env.vm, env.gic.v3),
         Scenario::ResetScrub => {
             let marker = BOARD.kserv_base + BOARD.kserv_size - 4096;
             // Past KServ's own image, and clear of what QEMU loads again on a reset (DTB, bundle).

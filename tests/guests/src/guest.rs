@@ -256,6 +256,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::PATTERN) => pattern_role(),
         r if r == u64::from(guest_role::BINDING) => binding(),
         r if r == u64::from(guest_role::SHARE_ATOMIC) => share_atomic(),
+        r if r == u64::from(guest_role::SYSREGS) => sysregs(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -772,5 +773,142 @@ fn binding() {
         putc(byte);
     }
     putc(b'\n');
+    line("bye");
+}
+
+// ---- SYSREGS ----
+
+/// Writes `value` to the debug register `$name` and reads it back (no `nomem`: an UNDEF's
+/// handler writes memory).
+macro_rules! write_read {
+    ($name:expr, $value:expr) => {{
+        let out: u64;
+        // SAFETY: a debug or OS lock register at EL1: the hypervisor traps it (MDCR_EL2.TDA,
+        // TDOSA, TDRA) and emulates it, or an UNDEF comes back, which the vector counts and skips
+        // while EXPECT_UNDEF is set. No memory of this program changes otherwise.
+        unsafe {
+            asm!(concat!("msr ", $name, ", {v}"), concat!("mrs {o}, ", $name), v = in(reg) $value,
+                o = lateout(reg) out, options(nostack))
+        };
+        out
+    }};
+}
+
+/// Writes `value` to DBGBVR<n>_EL1 (`op2` 4), DBGBCR<n>_EL1 (5), DBGWVR<n>_EL1 (6) or
+/// DBGWCR<n>_EL1 (7) and reads it back; `None` for an `n` above 15.
+fn breakpoint_register(n: u64, op2: u64, value: u64) -> Option<u64> {
+    macro_rules! each_n {
+        ($($n:literal)*) => {
+            match (n, op2) {
+                $(
+                    ($n, 4) => write_read!(concat!("s2_0_c0_c", $n, "_4"), value),
+                    ($n, 5) => write_read!(concat!("s2_0_c0_c", $n, "_5"), value),
+                    ($n, 6) => write_read!(concat!("s2_0_c0_c", $n, "_6"), value),
+                    ($n, 7) => write_read!(concat!("s2_0_c0_c", $n, "_7"), value),
+                )*
+                _ => return None,
+            }
+        };
+    }
+    Some(each_n!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15))
+}
+
+/// What a Linux boot does first (issue 13): MDSCR_EL1 with no vectors, the OS lock, the
+/// breakpoint and watchpoint registers; then a WFE, and on GICv3 an SGI.
+fn sysregs() {
+    // Linux writes MDSCR_EL1 in __cpu_setup, MMU off and VBAR_EL1 not set yet: an UNDEF there
+    // would go to a vector at 0x200, outside the guest's RAM, and end it.
+    let mdscr: u64;
+    // SAFETY: VBAR_EL1 is cleared for the two instructions and restored; the MSR/MRS of
+    // MDSCR_EL1 trap to the hypervisor. Nothing in memory changes.
+    unsafe {
+        asm!(
+            "mrs {saved}, vbar_el1", "msr vbar_el1, xzr", "isb",
+            "msr mdscr_el1, {v}", "mrs {o}, mdscr_el1",
+            "msr vbar_el1, {saved}", "isb",
+            saved = out(reg) _, v = in(reg) 0xa000u64, o = lateout(reg) mdscr, options(nostack),
+        )
+    };
+    put("MDSCR_EL1 with no vectors: reads ");
+    put_hex(mdscr);
+    putc(b'\n');
+
+    let before = undef_count();
+    expect_undef(true);
+    // The OS lock as Linux clears it: OSDLR_EL1 and OSLAR_EL1 written 0, then OSLSR_EL1.
+    // SAFETY: as for `write_read`: trapped and emulated, or an UNDEF that is counted and skipped.
+    unsafe { asm!("msr osdlr_el1, xzr", "msr oslar_el1, xzr", options(nostack)) };
+    let oslsr = read_sysreg!("oslsr_el1");
+    put("OSLSR_EL1 = ");
+    put_hex(oslsr);
+    putc(b'\n');
+
+    // Every breakpoint and watchpoint the guest has (ID_AA64DFR0_EL1.BRPs and WRPs, plus 1),
+    // and the other debug registers: each written with a pattern and read back. Not
+    // DBGPRCR_EL1, which KCore serves but QEMU 10.0 does not implement (an UNDEF at EL1 that
+    // never reaches EL2).
+    let dfr0 = read_sysreg!("id_aa64dfr0_el1");
+    let (breakpoints, watchpoints) = ((dfr0 >> 12 & 0xf) + 1, (dfr0 >> 20 & 0xf) + 1);
+    let pattern = 0x0000_0000_8000_01e5;
+    let mut nonzero = 0;
+    for (count, op2s) in [(breakpoints, [4, 5]), (watchpoints, [6, 7])] {
+        for n in 0..count {
+            for op2 in op2s {
+                nonzero += u64::from(breakpoint_register(n, op2, pattern) != Some(0));
+            }
+        }
+    }
+    let others = [
+        write_read!("mdccint_el1", pattern),
+        write_read!("oseccr_el1", pattern),
+        write_read!("dbgclaimset_el1", pattern),
+        write_read!("dbgclaimclr_el1", pattern),
+        write_read!("mdscr_el1", pattern),
+    ];
+    nonzero += others.iter().filter(|&&v| v != 0).count() as u64;
+
+    expect_undef(false);
+    put("breakpoints ");
+    put_dec(breakpoints);
+    put(", watchpoints ");
+    put_dec(watchpoints);
+    putc(b'\n');
+    if nonzero == 0 && mdscr == 0 {
+        put("debug registers: all read as zero, ");
+    } else {
+        put_dec(nonzero);
+        put(" debug registers DID NOT read as zero, ");
+    }
+    put_dec(undef_count() - before);
+    line(" UNDEFs");
+
+    // A WFE: KServ must resume the vCPU at once, not idle it until the timer (200 ms away).
+    // SEVL sets the event register, the first WFE clears it, the second waits (and traps with
+    // HCR_EL2.TWE on hardware; QEMU's TCG never traps WFE, it only yields).
+    let start = read_sysreg!("cntvct_el0");
+    write_sysreg!("cntv_cval_el0", start.wrapping_add(ticks(5)));
+    write_sysreg!("cntv_ctl_el0", 1);
+    // SAFETY: SEVL and WFE only set, clear and wait on the event register.
+    unsafe { asm!("sevl", "wfe", "wfe", options(nomem, nostack)) };
+    let waited = read_sysreg!("cntvct_el0").wrapping_sub(start);
+    write_sysreg!("cntv_ctl_el0", 0);
+    line(if waited < ticks(50) { "wfe: back before its timer" } else { "wfe: SLEPT until its timer" });
+
+    if answer() == 1 {
+        // SAFETY: on GICv3, with HCR_EL2.IMO set, the write traps to the hypervisor, which
+        // passes it to the host; nothing is delivered to this guest.
+        unsafe { asm!("msr icc_sgi1r_el1, {}", in(reg) guest_role::SYSREGS_SGI1R, options(nostack)) };
+        line("ICC_SGI1R_EL1 written");
+        let before = undef_count();
+        expect_undef(true);
+        let _value: u64;
+        // SAFETY: ICC_SGI1R_EL1 (S3_0_C12_C11_5) is write-only: the read is an UNDEF, counted and
+        // skipped.
+        unsafe { asm!("mrs {}, s3_0_c12_c11_5", out(reg) _value, options(nostack)) };
+        expect_undef(false);
+        line(if undef_count() != before { "ICC_SGI1R_EL1 read: UNDEF" } else { "ICC_SGI1R_EL1 read: READABLE" });
+    } else {
+        line("ICC_SGI1R_EL1: skipped, no GICv3 system registers");
+    }
     line("bye");
 }
