@@ -286,6 +286,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: guest-fuzz: seed 0x",
             "kserv: [fuzzer] fuzzed 2000 operations",
             "kserv: [fuzzer] PMU hidden from ID_AA64DFR0_EL1",
+            " checked, 0 wrong (PMU, physical timer, ACTLR: UNDEF; debug: zero, OSLSR 0x8)",
             "kserv: vm fuzzer: powered off",
             "all scrubbed",
             "kserv: scenario guest-fuzz: PASS",

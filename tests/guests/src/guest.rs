@@ -598,19 +598,24 @@ fn demo() {
 /// Reads or writes a system register that may trap; no `nomem`: an UNDEF's handler writes memory.
 macro_rules! poke {
     (read $name:literal) => {{
-        let _value: u64;
+        // An UNDEF leaves the register as it was: 0 here, so that only a served read can show
+        // another value.
+        let mut value: u64 = 0;
         // SAFETY: reading a system register at EL1: it works, or the hypervisor emulates it, or an
         // UNDEF comes back, which the vector skips while EXPECT_UNDEF is set.
-        unsafe { asm!(concat!("mrs {}, ", $name), out(reg) _value, options(nostack)) };
+        unsafe { asm!(concat!("mrs {}, ", $name), inout(reg) value, options(nostack)) };
+        value
     }};
     (write $name:literal) => {{
-        // SAFETY: writing 0 to a register this guest does not rely on (PMU, physical timer, cache
-        // maintenance by set/way): it works, is emulated, or UNDEFs and is skipped.
+        // SAFETY: writing 0 to a register this guest does not rely on (PMU, physical timer, debug,
+        // cache maintenance by set/way): it works, is emulated, or UNDEFs and is skipped.
         unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) 0u64, options(nostack)) };
+        0u64
     }};
     (sys $op:literal) => {{
         // SAFETY: as for `write`.
         unsafe { asm!(concat!($op, ", {}"), in(reg) 0u64, options(nostack)) };
+        0u64
     }};
 }
 
@@ -656,9 +661,15 @@ fn fuzz() {
         psci::AFFINITY_INFO_64,
         psci::CPU_ON_64,
     ];
+    // What each system-register operation must do: UNDEF (the PMU, the physical timer, ACTLR),
+    // or be served (ID registers, set/way, debug: zero, OSLSR_EL1 `1 << 3`).
+    const UNDEF: Option<u64> = None;
+    const SERVED: Option<u64> = Some(u64::MAX);
+    let (mut checked, mut wrong) = (0u64, 0u64);
     let before = undef_count();
     expect_undef(true);
     for _ in 0..OPERATIONS {
+        let undefs_before = undef_count();
         let r = rng.next();
         let (a1, a2, a3) = (rng.next(), rng.next() & 0x3_ffff, rng.next());
         let id = match r >> 60 {
@@ -672,41 +683,55 @@ fn fuzz() {
             1 => guest_dev::RAM_BASE + (a1 >> 8) % guest_dev::RAM_SIZE,
             _ => a1,
         };
-        match r % 26 {
+        let expected = match r % 27 {
             0..=5 => {
                 hvc(id, gpa, a2, a3);
+                continue;
             }
             6..=7 => {
                 smc(u64::from(id), gpa, a2, a3);
+                continue;
             }
-            8 => poke!(read "pmcr_el0"),
-            9 => poke!(read "pmccntr_el0"),
-            10 => poke!(read "mdscr_el1"),
-            11 => poke!(read "dbgbvr0_el1"),
-            12 => poke!(read "oslsr_el1"),
-            13 => poke!(read "cntp_ctl_el0"),
-            14 => poke!(write "cntp_cval_el0"),
-            15 => poke!(write "pmcr_el0"),
-            16 => poke!(read "id_aa64isar0_el1"),
-            17 => poke!(read "id_pfr0_el1"),
-            24 => poke!(read "actlr_el1"),
-            25 => poke!(write "actlr_el1"),
-            18 => poke!(sys "dc csw"),
-            19 => poke!(sys "dc cisw"),
+            8 => (poke!(read "pmcr_el0"), UNDEF),
+            9 => (poke!(read "pmccntr_el0"), UNDEF),
+            10 => (poke!(read "mdscr_el1"), Some(0)),
+            11 => (poke!(read "dbgbvr0_el1"), Some(0)),
+            12 => (poke!(read "oslsr_el1"), Some(1 << 3)),
+            13 => (poke!(read "cntp_ctl_el0"), UNDEF),
+            14 => (poke!(write "cntp_cval_el0"), UNDEF),
+            15 => (poke!(write "pmcr_el0"), UNDEF),
+            16 => (poke!(read "id_aa64isar0_el1"), SERVED),
+            17 => (poke!(read "id_pfr0_el1"), SERVED),
+            22 => (poke!(write "dbgbcr1_el1"), SERVED),
+            23 => (poke!(write "oslar_el1"), SERVED),
+            24 => (poke!(read "actlr_el1"), UNDEF),
+            25 => (poke!(write "actlr_el1"), UNDEF),
+            18 => (poke!(sys "dc csw"), SERVED),
+            19 => (poke!(sys "dc cisw"), SERVED),
             20 => {
                 // SAFETY: an HVC / SMC with a non-zero immediate: an UNDEF, skipped.
                 unsafe {
                     asm!("hvc #0x42", "smc #7", out("x0") _, out("x1") _, out("x2") _, out("x3") _, options(nostack))
                 };
+                continue;
             }
             21 => {
                 // SAFETY: WFE (trapped with TWE) only waits.
                 unsafe { asm!("wfe", options(nomem, nostack)) }
+                continue;
             }
             _ => {
                 mmio_read(guest_dev::TEST_DEV_CONFIG);
+                continue;
             }
-        }
+        };
+        let undef = undef_count() != undefs_before;
+        checked += 1;
+        wrong += u64::from(match expected {
+            (_, UNDEF) => !undef,
+            (_, SERVED) => undef,
+            (value, Some(read)) => undef || value != read,
+        });
     }
     expect_undef(false);
     put("fuzzed ");
@@ -715,6 +740,11 @@ fn fuzz() {
     put_dec(undef_count() - before);
     putc(b' ');
     line("UNDEFs taken");
+    put("system registers: ");
+    put_dec(checked);
+    put(" checked, ");
+    put_dec(wrong);
+    line(" wrong (PMU, physical timer, ACTLR: UNDEF; debug: zero, OSLSR 0x8)");
     let dfr0 = read_sysreg!("id_aa64dfr0_el1");
     line(if dfr0 >> 8 & 0xf == 0 { "PMU hidden from ID_AA64DFR0_EL1" } else { "PMU visible in ID_AA64DFR0_EL1" });
     line("bye");
