@@ -225,6 +225,8 @@ pub mod guest_role {
     pub const STEADY: u32 = 3;
     /// Obeys KServ's commands, for `cargo xtask bench`.
     pub const BENCH: u32 = 4;
+    /// The BENCH role's command to write [`SYSREGS_SGI1R`] to ICC_SGI1R_EL1 once (GICv3).
+    pub const BENCH_SGI: u64 = u64::MAX;
     /// Counts and sleeps on its timer, for the two-guest demo.
     pub const DEMO: u32 = 5;
     /// Throws random hypercalls, SMCs, trapped system registers, share calls and WFIs at KCore.

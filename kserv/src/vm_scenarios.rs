@@ -586,7 +586,7 @@ pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
 /// The VM figures of `cargo xtask bench`, from the bundle's BENCH guest: a VCPU_RUN that ends in
 /// the guest's next MMIO read (world switch both ways), the share calls KCore serves without
 /// leaving the guest's world, and an MMIO exit handled by KServ over all ELs.
-pub fn bench_vm(env: &VmEnv) -> Outcome {
+pub fn bench_vm(env: &VmEnv, gic_v3: bool) -> Outcome {
     use crate::arch::pmu;
     use crate::scenario::stats;
     use corevisor_abi::{exit, guest_dev};
@@ -651,6 +651,24 @@ pub fn bench_vm(env: &VmEnv) -> Outcome {
     let el2 = stats(&mut run_el2).ok_or("no samples")?.median;
     let all = stats(&mut run_all).ok_or("no samples")?.median;
     kprintln!("bench mmio-exit total_instructions={all} el2_instructions={el2} samples={SAMPLES}");
+    if gic_v3 {
+        // A VCPU_RUN that ends in the guest's ICC_SGI1R_EL1 write (issue 13), then one back to
+        // the guest's read of ANSWER.
+        use corevisor_abi::guest_role::{BENCH_SGI, SYSREGS_SGI1R};
+        let (mut sgi_el2, mut sgi_all) = ([0u64; SAMPLES], [0u64; SAMPLES]);
+        for i in 0..SAMPLES {
+            let (all_before, el2_before) = (pmu::read_all_el_counter(), pmu::read_counter());
+            let [status, reason, a, ..] = run(BENCH_SGI);
+            (sgi_all[i], sgi_el2[i]) = (pmu::read_all_el_counter() - all_before, pmu::read_counter() - el2_before);
+            if status != Status::Success.as_reg() || reason != exit::SGI || a != SYSREGS_SGI1R {
+                return Err("the bench guest's ICC_SGI1R_EL1 write did not come as an SGI exit");
+            }
+            measure(0)?;
+        }
+        let el2 = stats(&mut sgi_el2).ok_or("no samples")?.median;
+        let all = stats(&mut sgi_all).ok_or("no samples")?.median;
+        kprintln!("bench sgi-exit total_instructions={all} el2_instructions={el2} samples={SAMPLES}");
+    }
     // Command 0: the guest powers off.
     let [status, reason, a, ..] = run(0);
     if status != Status::Success.as_reg() || reason != exit::HVC || a as u32 != corevisor_abi::psci::SYSTEM_OFF {
