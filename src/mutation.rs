@@ -74,6 +74,13 @@ pub enum Mutation {
     /// The world switch's fast path is offered a guest's MRS into one of x19..x29, which it
     /// does not save or restore (the read value would be lost).
     InPlaceTakesCalleeSavedRegister,
+    /// A guest's OSLSR_EL1 reads as 0 (no OS lock) instead of `OSLM[1]` (issue 13).
+    OsLockStatusReadsZero,
+    /// A guest's WFE goes to the host as a WFI, which idles it until its timer (issue 13).
+    WfeReportedAsWfi,
+    /// A guest's read of the write-only ICC_SGI1R_EL1 goes to the host as an SGI carrying the
+    /// guest's Xt, instead of an UNDEF (issue 13).
+    SgiReadLeaksRegister,
 }
 
 #[cfg(test)]

@@ -94,8 +94,8 @@ pub mod exit {
     /// The guest touched RAM it has no page for yet. x2 = guest address. Answer: the frame
     /// number of a page of the host's; KCore takes it, scrubs it and maps it on the next run.
     pub const PAGE_FAULT: u64 = 2;
-    /// WFI or WFE. x2 = when the guest's virtual timer fires, in physical counter ticks
-    /// (`u64::MAX` if it is off or masked). No answer.
+    /// WFI (WFE is [`WFE`]). x2 = when the guest's virtual timer fires, in physical counter
+    /// ticks (`u64::MAX` if it is off or masked). No answer.
     pub const WFI: u64 = 3;
     /// An HVC or SMC that KCore does not serve (PSCI among them). x2..x5 = the guest's x0..x3.
     /// Answer: the guest's x0 (the call's result).
@@ -105,6 +105,12 @@ pub mod exit {
     /// An access KCore cannot decode (no instruction syndrome) outside the VM's RAM. x2 = guest
     /// address, x3 = ESR_EL2. No answer: the guest cannot make progress.
     pub const BAD_ACCESS: u64 = 6;
+    /// WFE (ESR ISS.TI bit 0 set): the guest spins on an event, so the host should run
+    /// something else and resume it soon, not idle it until its timer. No details, no answer.
+    pub const WFE: u64 = 7;
+    /// A GICv3 guest wrote ICC_SGI1R_EL1 to send a software-generated interrupt. x2 = the value
+    /// written (target list, affinity, INTID, IRM); KCore has stepped past the MSR. No answer.
+    pub const SGI: u64 = 8;
 
     /// x3 of an MMIO exit.
     pub mod mmio_flags {
@@ -219,6 +225,8 @@ pub mod guest_role {
     pub const STEADY: u32 = 3;
     /// Obeys KServ's commands, for `cargo xtask bench`.
     pub const BENCH: u32 = 4;
+    /// The BENCH role's command to write [`SYSREGS_SGI1R`] to ICC_SGI1R_EL1 once (GICv3).
+    pub const BENCH_SGI: u64 = u64::MAX;
     /// Counts and sleeps on its timer, for the two-guest demo.
     pub const DEMO: u32 = 5;
     /// Throws random hypercalls, SMCs, trapped system registers, share calls and WFIs at KCore.
@@ -249,6 +257,13 @@ pub mod guest_role {
     /// page at its share limit, an unshare of a partly shared range) and has the host check
     /// that none of them changed any page.
     pub const SHARE_ATOMIC: u32 = 10;
+    /// Touches what a Linux boot touches first (MDSCR_EL1 with no vectors set up), the OS lock
+    /// and the breakpoint and watchpoint registers, checks what they read; executes WFE; on
+    /// GICv3 (the host answers 1) writes ICC_SGI1R_EL1 with [`SYSREGS_SGI1R`] (`guest-sysregs`).
+    pub const SYSREGS: u32 = 11;
+    /// What the SYSREGS role writes to ICC_SGI1R_EL1: Aff3 0x12, Aff2 0x34, INTID 5, target
+    /// list {0, 1}.
+    pub const SYSREGS_SGI1R: u64 = 0x0012_0034_0500_0003;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

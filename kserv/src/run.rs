@@ -158,6 +158,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm),
         Scenario::GuestFuzz => vm_scenarios::guest_fuzz(&env.vm),
         Scenario::VmIrq => vm_scenarios::vm_irq(&env.vm, &env.gic),
+        Scenario::GuestSysregs => vm_scenarios::guest_sysregs(&env.vm, env.gic.v3),
         Scenario::ResetScrub => {
             let marker = BOARD.kserv_base + BOARD.kserv_size - 4096;
             // Past KServ's own image, and clear of what QEMU loads again on a reset (DTB, bundle).
@@ -416,7 +417,7 @@ fn bench(env: &Env) -> Outcome {
     let policy = bootargs::value(env.bootargs, "corevisor.host_s2").unwrap_or("blocks");
     kprintln!("bench host-ram-faults faults={faults} pages={pages} policy={policy}");
     match env.vm.bundle {
-        Some(_) => vm_scenarios::bench_vm(&env.vm),
+        Some(_) => vm_scenarios::bench_vm(&env.vm, env.gic.v3),
         None => Err("no boot bundle: the VM figures need the bench guest"),
     }
 }

@@ -1,7 +1,7 @@
 //! KServ's VM manager: turns the boot bundle's entries into VMs through KCore's hypercalls,
 //! schedules their vCPUs round-robin with VCPU_RUN, emulates their devices (a PL011 and the test
-//! device), answers their PSCI calls, idles a vCPU on WFI until its timer fires, and tears a VM
-//! down when it powers off or misbehaves.
+//! device), answers their PSCI calls, idles a vCPU on WFI until its timer fires (a WFE only
+//! yields), and tears a VM down when it powers off or misbehaves.
 //!
 //! KServ is untrusted: it never sees a guest's registers or private memory. It gives each VM a
 //! 16 MiB region of its own RAM, page by page as the guest faults: guest page `gpa` is host page
@@ -75,6 +75,12 @@ pub trait Hooks {
     fn console_line(&mut self, _vm: &Vm, _line: &str) {}
     /// A physical interrupt took the CPU from the guest: the host's device needs attention.
     fn interrupt(&mut self, _vm: &Vm) {}
+    /// vCPU `vcpu` executed WFE; it stays runnable (the manager yields to the others).
+    fn wfe(&mut self, _vm: &Vm, _vcpu: usize) {}
+    /// vCPU `vcpu` wrote `value` to ICC_SGI1R_EL1 (GICv3). Nothing delivers SGIs yet: logged.
+    fn sgi(&mut self, vm: &Vm, vcpu: usize, value: u64) {
+        kprintln!("vm {}: vcpu {vcpu} SGI exit, ICC_SGI1R_EL1 = {value:#x} (not delivered)", vm.name());
+    }
 }
 
 /// No hooks: VMs just run.
@@ -376,6 +382,10 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
                 vm.vcpus[vcpu] = VcpuRun::WaitingUntil(a);
             }
         }
+        // A WFE waits for an event from another vCPU (a lock's release), not for the timer:
+        // the vCPU stays runnable, and the round robin runs the others before it again.
+        exit::WFE => hooks.wfe(vm, vcpu),
+        exit::SGI => hooks.sgi(vm, vcpu, a),
         exit::HVC => guest_psci(vm, vcpu, [a, b, c, d]),
         exit::IRQ => hooks.interrupt(vm),
         exit::BAD_ACCESS => {

@@ -269,6 +269,13 @@ impl SysInstruction {
             .then_some(IdReg { crm: self.crm, op2: self.op2 })
     }
 
+    /// `MSR ICC_SGI1R_EL1, Xt` (`S3_0_C12_C11_5`): a GICv3 guest sends an SGI. (A read is
+    /// UNDEFINED: the register is write-only.)
+    pub fn is_sgi1r_write(&self) -> bool {
+        let sgi1r = (self.op0, self.op1, self.crn, self.crm, self.op2) == (3, 0, 12, 11, 5);
+        sgi1r && (!self.read || planted(Mutation::SgiReadLeaksRegister))
+    }
+
     /// The value of Xt in `frame` (XZR reads as 0).
     fn source(&self, frame: &TrapFrame) -> u64 {
         if self.rt < 31 {
@@ -299,10 +306,12 @@ pub enum GuestCause {
     Call { smc: bool, call: GuestCall },
     /// `hvc` or `smc` with a non-zero immediate: an UNDEF at `pc`.
     CallImmediate { pc: u64 },
-    /// WFI or WFE.
-    Wait,
+    /// WFI, or WFE (`event`: ESR ISS.TI bit 0).
+    Wait { event: bool },
     /// A trapped MSR, MRS or system instruction.
     Sysreg(SysInstruction),
+    /// A GICv3 guest's write of ICC_SGI1R_EL1 (HCR_EL2.IMO traps it), with the value written.
+    SgiWrite { value: u64 },
     /// A stage-2 abort, with the instruction syndrome of a data access when it has one.
     Abort { abort: Stage2Abort, access: Option<DataAccess> },
     /// Any other class: an UNDEF.
@@ -357,8 +366,12 @@ impl GuestTrap {
                 class @ (ec::HVC64 | ec::SMC64) => {
                     GuestCause::Call { smc: class == ec::SMC64, call: GuestCall::decode(&frame.x) }
                 }
-                ec::WFX => GuestCause::Wait,
-                ec::SYS64 => SysInstruction::decode(esr).map_or(GuestCause::Other, GuestCause::Sysreg),
+                ec::WFX => GuestCause::Wait { event: esr & 1 == 1 },
+                ec::SYS64 => match SysInstruction::decode(esr) {
+                    Some(op) if op.is_sgi1r_write() => GuestCause::SgiWrite { value: op.source(frame) },
+                    Some(op) => GuestCause::Sysreg(op),
+                    None => GuestCause::Other,
+                },
                 class @ (ec::DABT_LOW | ec::IABT_LOW) => GuestCause::Abort {
                     abort: Stage2Abort::new(esr, fault_registers()),
                     access: DataAccess::decode(esr).filter(|_| class == ec::DABT_LOW),

@@ -498,7 +498,8 @@ pub const GUEST_ID_FIELDS: &[GuestIdField] = {
         f(IdReg::PFR1, pfr1::BT, I, AsIs),
         f(IdReg::PFR1, pfr1::SSBS, I, AsIs),
         // ID_AA64DFR0_EL1: the v8.0 debug architecture with its minimum of breakpoints and
-        // watchpoints (its registers trap), no OS double lock; no PMU, trace or profiling.
+        // watchpoints (its registers trap and read as zero: `handlers::trap_dispatcher`), no OS
+        // double lock; no PMU, trace or profiling.
         f(IdReg::DFR0, dfr0::DEBUG_VER, Debug, Fixed(6)),
         f(IdReg::DFR0, dfr0::BRPS, Debug, Fixed(1)),
         f(IdReg::DFR0, dfr0::WRPS, Debug, Fixed(1)),

@@ -249,9 +249,17 @@ pub fn vm_exit_dispatcher(trap: GuestTrap, vcpu: &mut VcpuContext, env: &GuestEn
                 }
             }
         }
-        GuestCause::Wait => {
+        GuestCause::Wait { event } => {
             frame.elr = frame.elr.wrapping_add(4);
-            to_host(exit::WFI, [timer_deadline((env.virtual_timer)(), env.cntvoff), 0, 0, 0])
+            if event && !crate::mutation::planted(crate::mutation::Mutation::WfeReportedAsWfi) {
+                to_host(exit::WFE, [0; 4])
+            } else {
+                to_host(exit::WFI, [timer_deadline((env.virtual_timer)(), env.cntvoff), 0, 0, 0])
+            }
+        }
+        GuestCause::SgiWrite { value } => {
+            frame.elr = frame.elr.wrapping_add(4);
+            to_host(exit::SGI, [value, 0, 0, 0])
         }
         GuestCause::Sysreg(op) => match emulate_sysreg(op, frame, env) {
             Some(()) => {
@@ -280,16 +288,56 @@ pub fn vm_exit_dispatcher(trap: GuestTrap, vcpu: &mut VcpuContext, env: &GuestEn
 }
 
 /// Emulates a trapped MSR/MRS/SYS (EC 0x18); `None` means it gets an UNDEF. Served: reads of the
-/// ID registers (HCR_EL2.TID3), which show what `vcpu::controls` lets a guest see, and data-cache
-/// maintenance by set/way (HCR_EL2.TSW), which is a no-op for a guest: KCore keeps memory
-/// coherent itself. Everything else (PMU, debug, pointer authentication keys, LORegions, RAS
-/// error records, MTE registers, ...) is an UNDEF.
+/// ID registers (HCR_EL2.TID3), which show what `vcpu::controls` lets a guest see; the debug and
+/// OS lock registers ([`guest_debug_register`]); and data-cache maintenance by set/way
+/// (HCR_EL2.TSW), which is a no-op for a guest: KCore keeps memory coherent itself. Everything
+/// else (PMU, pointer authentication keys, LORegions, RAS error records, MTE registers, ...) is
+/// an UNDEF.
 fn emulate_sysreg(op: SysInstruction, frame: &mut TrapFrame, env: &GuestEnv) -> Option<()> {
-    if let Some(reg) = op.id_register_read() {
-        if op.rt < 31 {
-            frame.x[op.rt] = (env.id_register)(reg);
-        }
-        return Some(());
+    let value = match (op.id_register_read(), guest_debug_register(&op)) {
+        (Some(reg), _) => (env.id_register)(reg),
+        (None, Some(value)) => value,
+        (None, None) => return op.is_set_way_maintenance().then_some(()),
+    };
+    if op.read && op.rt < 31 {
+        frame.x[op.rt] = value;
     }
-    op.is_set_way_maintenance().then_some(())
+    Some(())
+}
+
+/// What a guest reads from a debug or OS lock register (MDCR_EL2.TDA, TDOSA and TDRA trap them
+/// all), or `None` for an access KCore does not serve (an UNDEF). As Xen does, they read as zero
+/// and ignore writes, so nothing a guest writes reaches the hardware or another vCPU, and a
+/// guest sees no breakpoint, watchpoint, single step or debug channel work; OSLSR_EL1 reads
+/// `OSLM = 0b10` (the OS lock is implemented, and unlocked), which Linux expects. A read of a
+/// write-only register or a write of a read-only one is an UNDEF.
+fn guest_debug_register(op: &SysInstruction) -> Option<u64> {
+    const OSLSR_OSLM_IMPLEMENTED: u64 = 1 << 3;
+    let (read, write) = (op.read, !op.read);
+    match (op.op0, op.op1, op.crn, op.crm, op.op2) {
+        // DBGBVR<n>_EL1, DBGBCR<n>_EL1, DBGWVR<n>_EL1, DBGWCR<n>_EL1 (n = CRm).
+        (2, 0, 0, _, 4..=7)
+        // OSDTRRX_EL1, MDSCR_EL1, OSDTRTX_EL1, OSECCR_EL1.
+        | (2, 0, 0, 0 | 2 | 3 | 6, 2)
+        // MDCCINT_EL1.
+        | (2, 0, 0, 2, 0)
+        // OSDLR_EL1, DBGPRCR_EL1; DBGCLAIMSET_EL1, DBGCLAIMCLR_EL1.
+        | (2, 0, 1, 3 | 4, 4)
+        | (2, 0, 7, 8 | 9, 6)
+        // DBGDTR_EL0, DBGDTRRX_EL0 (read) / DBGDTRTX_EL0 (write).
+        | (2, 3, 0, 4 | 5, 0) => Some(0),
+        // OSLSR_EL1 (read-only).
+        (2, 0, 1, 1, 4) if read => {
+            Some(if crate::mutation::planted(crate::mutation::Mutation::OsLockStatusReadsZero) {
+                0
+            } else {
+                OSLSR_OSLM_IMPLEMENTED
+            })
+        }
+        // OSLAR_EL1 (write-only).
+        (2, 0, 1, 0, 4) if write => Some(0),
+        // MDRAR_EL1, DBGAUTHSTATUS_EL1, MDCCSR_EL0 (read-only).
+        (2, 0, 1, 0, 0) | (2, 0, 7, 14, 6) | (2, 3, 0, 1, 0) if read => Some(0),
+        _ => None,
+    }
 }

@@ -322,6 +322,12 @@ pub fn vm_exit_spec(
                 host(exit::HVC, [v.x[0], v.x[1], v.x[2], v.x[3]])
             }
         }
+        // ISS.TI (bits 1:0) of EC 0x01: 0b00 WFI, 0b01 WFE, 0b10 WFIT, 0b11 WFET. Issue 13: a WFE
+        // (or WFET) is its own exit, so that the host yields instead of idling the vCPU.
+        (_, ec::WFX) if esr & 1 == 1 => {
+            v.pc = v.pc.wrapping_add(4);
+            host(exit::WFE, [0; 4])
+        }
         (_, ec::WFX) => {
             v.pc = v.pc.wrapping_add(4);
             // The virtual timer fires when CNTVCT = CNTPCT - CNTVOFF reaches CVAL, if it is
@@ -336,11 +342,24 @@ pub fn vm_exit_spec(
             let rt = (esr >> 5 & 31) as usize;
             let id_space = op0 == 3 && op1 == 0 && crn == 0 && (1..=7).contains(&crm);
             let set_way = set_way_operand_register(esr).is_some();
+            let debug = debug_register_spec([op0, op1, crn, crm, op2], is_read);
+            if (op0, op1, crn, crm, op2) == (3, 0, 12, 11, 5) && !is_read {
+                // Issue 13: MSR ICC_SGI1R_EL1, Xt (trapped by HCR_EL2.IMO on GICv3) goes to the
+                // host with the value of Xt, past the MSR. A read (the register is write-only)
+                // falls through to the UNDEF below.
+                v.pc = v.pc.wrapping_add(4);
+                let value = if rt == 31 { 0 } else { v.x[rt] };
+                return Some((v, host(exit::SGI, [value, 0, 0, 0])));
+            }
             if id_space && is_read {
                 // What the guest may see of the CPU is `vcpu::controls`' allow-list, checked
                 // against the feature table there; here the read lands in Xt (XZR: nowhere).
                 if rt != 31 {
                     v.x[rt] = id_register(IdReg { crm: crm as u8, op2: op2 as u8 });
+                }
+            } else if let Some(value) = debug {
+                if is_read && rt != 31 {
+                    v.x[rt] = value;
                 }
             } else if !set_way {
                 return Some((v.clone(), VmNext::UndefAt(v.pc)));
@@ -379,4 +398,53 @@ pub fn vm_exit_spec(
         _ => VmNext::UndefAt(v.pc),
     };
     Some((v, next))
+}
+
+/// How a debug register may be accessed (Arm ARM D19.3).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ReadWrite,
+    ReadOnly,
+    WriteOnly,
+}
+
+/// Issue 13: the debug and OS lock registers, by name and encoding (Op0, Op1, CRn, CRm, Op2) as
+/// the Arm ARM lists them (D19.3, "Debug registers"), that a guest reads as zero and writes
+/// without effect, as Xen does; MDCR_EL2.TDA, TDOSA and TDRA trap every one of them.
+const DEBUG_REGISTERS: &[(&str, [u64; 5], Direction)] = {
+    use Direction::*;
+    &[
+        ("OSDTRRX_EL1", [2, 0, 0, 0, 2], ReadWrite),
+        ("MDCCINT_EL1", [2, 0, 0, 2, 0], ReadWrite),
+        ("MDSCR_EL1", [2, 0, 0, 2, 2], ReadWrite),
+        ("OSDTRTX_EL1", [2, 0, 0, 3, 2], ReadWrite),
+        ("OSECCR_EL1", [2, 0, 0, 6, 2], ReadWrite),
+        ("MDRAR_EL1", [2, 0, 1, 0, 0], ReadOnly),
+        ("OSLAR_EL1", [2, 0, 1, 0, 4], WriteOnly),
+        ("OSLSR_EL1", [2, 0, 1, 1, 4], ReadOnly),
+        ("OSDLR_EL1", [2, 0, 1, 3, 4], ReadWrite),
+        ("DBGPRCR_EL1", [2, 0, 1, 4, 4], ReadWrite),
+        ("DBGCLAIMSET_EL1", [2, 0, 7, 8, 6], ReadWrite),
+        ("DBGCLAIMCLR_EL1", [2, 0, 7, 9, 6], ReadWrite),
+        ("DBGAUTHSTATUS_EL1", [2, 0, 7, 14, 6], ReadOnly),
+        ("MDCCSR_EL0", [2, 3, 0, 1, 0], ReadOnly),
+        ("DBGDTR_EL0", [2, 3, 0, 4, 0], ReadWrite),
+        ("DBGDTRRX_EL0", [2, 3, 0, 5, 0], ReadOnly),
+        ("DBGDTRTX_EL0", [2, 3, 0, 5, 0], WriteOnly),
+    ]
+};
+
+/// What a guest's access to debug register `encoding` gives (`Some(value read)`; a write is
+/// ignored), or `None` if it is not one of them or goes the wrong way (an UNDEF). The
+/// breakpoint and watchpoint registers DBGBVR<n>, DBGBCR<n>, DBGWVR<n>, DBGWCR<n> (n = 0..15)
+/// are `[2, 0, 0, n, 4..=7]`. OSLSR_EL1 reads `OSLM[1]` (bit 3): the OS lock is implemented
+/// (OSLM = 0b10, the only value ARMv8 allows) and unlocked (OSLK = 0).
+fn debug_register_spec(encoding: [u64; 5], is_read: bool) -> Option<u64> {
+    let breakpoint_or_watchpoint = (0..16).any(|n| (4..=7).any(|op2| encoding == [2, 0, 0, n, op2]));
+    if breakpoint_or_watchpoint {
+        return Some(0);
+    }
+    let allowed = |d: Direction| if is_read { d != Direction::WriteOnly } else { d != Direction::ReadOnly };
+    let (name, _, _) = DEBUG_REGISTERS.iter().find(|&&(_, e, d)| e == encoding && allowed(d))?;
+    Some(if *name == "OSLSR_EL1" { 1 << 3 } else { 0 })
 }

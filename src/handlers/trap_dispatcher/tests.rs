@@ -368,14 +368,34 @@ fn refinement_catches_a_dropped_serror() {
     catches(Mutation::SErrorAtExitIgnored, 256, any_guest_exit(), vm_exit_refines);
 }
 
-/// Guest syndromes: the classes KCore serves, with random ISS, and anything at all.
+/// Guest syndromes: the classes KCore serves, with random ISS, the system registers of issue 13
+/// and WFI/WFE, and anything at all.
 fn any_guest_esr() -> impl Strategy<Value = u64> {
     let iss = any::<u32>().prop_map(|i| (i & 0x1ff_ffff) as u64);
     prop_oneof![
         3 => (proptest::sample::select(vec![0x16u64, 0x17, 0x01, 0x18, 0x20, 0x24, 0x00, 0x07, 0x12]), iss)
             .prop_map(|(ec, iss)| ec << 26 | 1 << 25 | iss),
         1 => (proptest::sample::select(vec![0x16u64, 0x17]), any::<bool>()).prop_map(|(ec, zero)| ec << 26 | 1 << 25 | if zero { 0 } else { 3 }),
+        2 => any_guest_sysreg(),
+        1 => (0u64..4).prop_map(|ti| ESR_WFX | ti),
         1 => any::<u32>().prop_map(|e| e as u64),
+    ]
+}
+
+/// EC 0x01 (WFI/WFE) with IL set; ISS.TI to be added.
+const ESR_WFX: u64 = 0x01 << 26 | 1 << 25;
+
+/// Trapped guest system-register accesses near what issue 13 serves: the debug space (Op0 = 2,
+/// where the debug and OS lock registers live, with their neighbours) and the GICv3 SGI
+/// registers (ICC_SGI1R_EL1, ICC_ASGI1R_EL1, ICC_SGI0R_EL1: CRn 12, CRm 11, Op2 5..7), in both
+/// directions and into any register.
+fn any_guest_sysreg() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => (proptest::sample::select(vec![0u64, 1, 7]), 0u64..16, 0u64..8, 0u64..32, any::<bool>())
+            .prop_map(|(crn, crm, op2, rt, read)| sys64(2, 0, crn, crm, op2, rt, read)),
+        1 => (0u64..8, 0u64..16, 0u64..8, 0u64..32, any::<bool>())
+            .prop_map(|(op1, crm, op2, rt, read)| sys64(2, op1, 0, crm, op2, rt, read)),
+        2 => (5u64..8, 0u64..32, any::<bool>()).prop_map(|(op2, rt, read)| sys64(3, 0, 12, 11, op2, rt, read)),
     ]
 }
 
@@ -661,4 +681,149 @@ fn the_timer_deadline_is_in_physical_ticks() {
     assert_eq!(timer_deadline((3, 1000), 50), u64::MAX);
     assert_eq!(timer_deadline((0, 1000), 50), u64::MAX);
     assert_eq!(timer_deadline((1, u64::MAX), 50), u64::MAX);
+}
+
+/// A guest exit case whose syndrome is `esr` (a synchronous exit, no SError).
+fn guest_exit_with(esr: impl Strategy<Value = u64>) -> impl Strategy<Value = GuestExitCase> {
+    (any_guest_exit(), esr).prop_map(|(mut case, esr)| {
+        (case.0, case.1, case.2) = (0, false, esr);
+        case
+    })
+}
+
+/// Companion: an OSLSR_EL1 that reads 0 (no OS lock, which Linux does not expect) fails
+/// refinement.
+#[test]
+fn refinement_catches_an_os_lock_status_of_zero() {
+    use crate::mutation::{catches, Mutation};
+    let oslsr = (0u64..31).prop_map(|rt| sys64(2, 0, 1, 1, 4, rt, true));
+    catches(Mutation::OsLockStatusReadsZero, 256, guest_exit_with(oslsr), vm_exit_refines);
+}
+
+/// Companion: a WFE reported as a WFI (the host would idle the vCPU until its timer) fails
+/// refinement.
+#[test]
+fn refinement_catches_a_wfe_reported_as_wfi() {
+    use crate::mutation::{catches, Mutation};
+    let wfe = proptest::sample::select(vec![ESR_WFX | 1, ESR_WFX | 3]);
+    catches(Mutation::WfeReportedAsWfi, 256, guest_exit_with(wfe), vm_exit_refines);
+}
+
+/// Companion: a read of ICC_SGI1R_EL1 sent to the host as an SGI with the guest's register
+/// fails refinement.
+#[test]
+fn refinement_catches_an_sgi_register_read_sent_to_the_host() {
+    use crate::mutation::{catches, Mutation};
+    let read = (0u64..32).prop_map(|rt| sys64(3, 0, 12, 11, 5, rt, true));
+    catches(Mutation::SgiReadLeaksRegister, 256, guest_exit_with(read), vm_exit_refines);
+}
+
+/// Issue 13: what a Linux boot does to the debug and OS lock registers works: MDSCR_EL1 written
+/// and read back as 0, the OS lock (OSDLR_EL1, OSLAR_EL1) cleared, OSLSR_EL1 reads `1 << 3`,
+/// every breakpoint and watchpoint register written and read as 0, each past the instruction
+/// with no other register changed; OSLSR written and OSLAR read are UNDEFs, and so are the PMU
+/// and the physical timer still.
+#[test]
+fn linux_debug_register_accesses_read_as_zero_and_ignore_writes() {
+    let id_register = |_: crate::machine::features::IdReg| 0;
+    let env = bare_env(&id_register);
+    let pc = 0x4000_1000;
+    let sync = GuestExit { kind: TrapKind::Sync, serror: false };
+    let access = |esr: u64, rt: usize| {
+        let mut vcpu = crate::vcpu::VcpuContext::new(0);
+        vcpu.gprs.frame.x = core::array::from_fn(|i| 0x1000 + i as u64);
+        vcpu.gprs.frame.elr = pc;
+        let exit = guest_exit(sync, esr, &mut vcpu, &env);
+        let mut expected = core::array::from_fn(|i| 0x1000 + i as u64);
+        if exit == VmExit::Resume && esr & 1 == 1 {
+            expected[rt] = vcpu.gprs.frame.x[rt];
+        }
+        assert_eq!(vcpu.gprs.frame.x, expected, "{esr:#x}: only Xt may change");
+        (exit, vcpu.gprs.frame.elr, vcpu.gprs.frame.x[rt])
+    };
+    let served = |op1, crn, crm, op2, rt: usize, read| {
+        let (exit, elr, value) = access(sys64(2, op1, crn, crm, op2, rt as u64, read), rt);
+        assert_eq!((exit, elr), (VmExit::Resume, pc + 4), "S2_{op1}_C{crn}_C{crm}_{op2} read {read}");
+        value
+    };
+    // MDSCR_EL1, OSDLR_EL1, OSLAR_EL1 (writes), into a callee-saved register too.
+    for rt in [0, 5, 19, 30] {
+        served(0, 0, 2, 2, rt, false);
+        assert_eq!(served(0, 0, 2, 2, rt, true), 0);
+        served(0, 1, 3, 4, rt, false);
+        served(0, 1, 0, 4, rt, false);
+        assert_eq!(served(0, 1, 1, 4, rt, true), 1 << 3, "OSLSR_EL1");
+    }
+    for n in 0..16 {
+        for op2 in 4..=7 {
+            served(0, 0, n, op2, 3, false);
+            assert_eq!(served(0, 0, n, op2, 3, true), 0);
+        }
+    }
+    // MDCCINT_EL1, OSECCR_EL1, DBGPRCR_EL1, DBGCLAIMSET/CLR_EL1, MDRAR_EL1, MDCCSR_EL0, DBGDTR_EL0.
+    for (op1, crn, crm, op2) in [(0, 0, 2, 0), (0, 0, 6, 2), (0, 1, 4, 4), (0, 7, 8, 6), (0, 7, 9, 6), (3, 0, 4, 0)] {
+        served(op1, crn, crm, op2, 2, false);
+        assert_eq!(served(op1, crn, crm, op2, 2, true), 0);
+    }
+    for (op1, crn, crm, op2) in [(0, 1, 0, 0), (0, 7, 14, 6), (3, 0, 1, 0)] {
+        assert_eq!(served(op1, crn, crm, op2, 2, true), 0);
+    }
+    let undef = VmExit::Undef { pc };
+    for esr in [
+        sys64(2, 0, 1, 1, 4, 2, false),  // MSR OSLSR_EL1 (read-only)
+        sys64(2, 0, 1, 0, 4, 2, true),   // MRS OSLAR_EL1 (write-only)
+        sys64(2, 0, 1, 0, 0, 2, false),  // MSR MDRAR_EL1 (read-only)
+        sys64(2, 4, 0, 7, 0, 2, true),   // DBGVCR32_EL2
+        sys64(3, 3, 9, 12, 0, 2, true),  // PMCR_EL0
+        sys64(3, 3, 9, 13, 0, 2, true),  // PMCCNTR_EL0
+        sys64(3, 3, 14, 2, 1, 2, true),  // CNTP_CTL_EL0
+        sys64(3, 3, 14, 2, 2, 2, false), // CNTP_CVAL_EL0
+    ] {
+        assert_eq!(access(esr, 2).0, undef, "{esr:#x}");
+    }
+}
+
+/// Issue 13: a WFE is its own exit (the host yields, not idles until the timer); a WFI still
+/// carries the timer's deadline.
+#[test]
+fn wfe_is_reported_apart_from_wfi() {
+    let id_register = |_: crate::machine::features::IdReg| 0;
+    let timer = || (1, 5000);
+    let env = GuestEnv { virtual_timer: &timer, cntvoff: 7, ..bare_env(&id_register) };
+    let sync = GuestExit { kind: TrapKind::Sync, serror: false };
+    let mut vcpu = crate::vcpu::VcpuContext::new(0);
+    vcpu.gprs.frame.elr = 0x4000_1000;
+    let wfe = guest_exit(sync, ESR_WFX | 1, &mut vcpu, &env);
+    assert_eq!(wfe, VmExit::ToHost(ExitRecord { reason: exit::WFE, details: [0; 4] }));
+    assert_eq!(vcpu.gprs.frame.elr, 0x4000_1004);
+    let wfi = guest_exit(sync, ESR_WFX, &mut vcpu, &env);
+    assert_eq!(wfi, VmExit::ToHost(ExitRecord { reason: exit::WFI, details: [5007, 0, 0, 0] }));
+}
+
+/// Issue 13: on GICv3 a guest's write of ICC_SGI1R_EL1 goes to the host with the value written
+/// (XZR: 0), past the MSR, and never in the fast path; a read of it, ICC_ASGI1R_EL1 and
+/// ICC_SGI0R_EL1 are UNDEFs.
+#[test]
+fn an_sgi1r_write_goes_to_the_host_with_its_value() {
+    let id_register = |_: crate::machine::features::IdReg| 0;
+    let env = bare_env(&id_register);
+    let sync = GuestExit { kind: TrapKind::Sync, serror: false };
+    let pc = 0x4000_1000;
+    for (rt, value) in [(4, 0x0001_0000_0100_0003u64), (23, 0x1234), (31, 0)] {
+        let mut vcpu = crate::vcpu::VcpuContext::new(0);
+        if rt < 31 {
+            vcpu.gprs.frame.x[rt] = value;
+        }
+        vcpu.gprs.frame.elr = pc;
+        let esr = sys64(3, 0, 12, 11, 5, rt as u64, false);
+        assert_eq!(GuestTrap::decode_in_place(esr, &vcpu.gprs.frame), None);
+        let exit = guest_exit(sync, esr, &mut vcpu, &env);
+        assert_eq!(exit, VmExit::ToHost(ExitRecord { reason: exit::SGI, details: [value, 0, 0, 0] }));
+        assert_eq!(vcpu.gprs.frame.elr, pc + 4);
+    }
+    for esr in [sys64(3, 0, 12, 11, 5, 4, true), sys64(3, 0, 12, 11, 6, 4, false), sys64(3, 0, 12, 11, 7, 4, false)] {
+        let mut vcpu = crate::vcpu::VcpuContext::new(0);
+        vcpu.gprs.frame.elr = pc;
+        assert_eq!(guest_exit(sync, esr, &mut vcpu, &env), VmExit::Undef { pc }, "{esr:#x}");
+    }
 }

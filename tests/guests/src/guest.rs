@@ -256,6 +256,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::PATTERN) => pattern_role(),
         r if r == u64::from(guest_role::BINDING) => binding(),
         r if r == u64::from(guest_role::SHARE_ATOMIC) => share_atomic(),
+        r if r == u64::from(guest_role::SYSREGS) => sysregs(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -574,6 +575,11 @@ fn bench() -> ! {
         if cmd == 0 {
             system_off();
         }
+        if cmd == guest_role::BENCH_SGI {
+            // SAFETY: as in `sysregs`: the write traps (GICv3, HCR_EL2.IMO) and goes to the host.
+            unsafe { asm!("msr icc_sgi1r_el1, {}", in(reg) guest_role::SYSREGS_SGI1R, options(nostack)) };
+            continue;
+        }
         for _ in 1..cmd {
             share(a_gpa, PAGE as u64);
             unshare(a_gpa, PAGE as u64);
@@ -597,19 +603,24 @@ fn demo() {
 /// Reads or writes a system register that may trap; no `nomem`: an UNDEF's handler writes memory.
 macro_rules! poke {
     (read $name:literal) => {{
-        let _value: u64;
+        // An UNDEF leaves the register as it was: 0 here, so that only a served read can show
+        // another value.
+        let mut value: u64 = 0;
         // SAFETY: reading a system register at EL1: it works, or the hypervisor emulates it, or an
         // UNDEF comes back, which the vector skips while EXPECT_UNDEF is set.
-        unsafe { asm!(concat!("mrs {}, ", $name), out(reg) _value, options(nostack)) };
+        unsafe { asm!(concat!("mrs {}, ", $name), inout(reg) value, options(nostack)) };
+        value
     }};
     (write $name:literal) => {{
-        // SAFETY: writing 0 to a register this guest does not rely on (PMU, physical timer, cache
-        // maintenance by set/way): it works, is emulated, or UNDEFs and is skipped.
+        // SAFETY: writing 0 to a register this guest does not rely on (PMU, physical timer, debug,
+        // cache maintenance by set/way): it works, is emulated, or UNDEFs and is skipped.
         unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) 0u64, options(nostack)) };
+        0u64
     }};
     (sys $op:literal) => {{
         // SAFETY: as for `write`.
         unsafe { asm!(concat!($op, ", {}"), in(reg) 0u64, options(nostack)) };
+        0u64
     }};
 }
 
@@ -655,9 +666,15 @@ fn fuzz() {
         psci::AFFINITY_INFO_64,
         psci::CPU_ON_64,
     ];
+    // What each system-register operation must do: UNDEF (the PMU, the physical timer, ACTLR),
+    // or be served (ID registers, set/way, debug: zero, OSLSR_EL1 `1 << 3`).
+    const UNDEF: Option<u64> = None;
+    const SERVED: Option<u64> = Some(u64::MAX);
+    let (mut checked, mut wrong) = (0u64, 0u64);
     let before = undef_count();
     expect_undef(true);
     for _ in 0..OPERATIONS {
+        let undefs_before = undef_count();
         let r = rng.next();
         let (a1, a2, a3) = (rng.next(), rng.next() & 0x3_ffff, rng.next());
         let id = match r >> 60 {
@@ -671,41 +688,55 @@ fn fuzz() {
             1 => guest_dev::RAM_BASE + (a1 >> 8) % guest_dev::RAM_SIZE,
             _ => a1,
         };
-        match r % 26 {
+        let expected = match r % 27 {
             0..=5 => {
                 hvc(id, gpa, a2, a3);
+                continue;
             }
             6..=7 => {
                 smc(u64::from(id), gpa, a2, a3);
+                continue;
             }
-            8 => poke!(read "pmcr_el0"),
-            9 => poke!(read "pmccntr_el0"),
-            10 => poke!(read "mdscr_el1"),
-            11 => poke!(read "dbgbvr0_el1"),
-            12 => poke!(read "oslsr_el1"),
-            13 => poke!(read "cntp_ctl_el0"),
-            14 => poke!(write "cntp_cval_el0"),
-            15 => poke!(write "pmcr_el0"),
-            16 => poke!(read "id_aa64isar0_el1"),
-            17 => poke!(read "id_pfr0_el1"),
-            24 => poke!(read "actlr_el1"),
-            25 => poke!(write "actlr_el1"),
-            18 => poke!(sys "dc csw"),
-            19 => poke!(sys "dc cisw"),
+            8 => (poke!(read "pmcr_el0"), UNDEF),
+            9 => (poke!(read "pmccntr_el0"), UNDEF),
+            10 => (poke!(read "mdscr_el1"), Some(0)),
+            11 => (poke!(read "dbgbvr0_el1"), Some(0)),
+            12 => (poke!(read "oslsr_el1"), Some(1 << 3)),
+            13 => (poke!(read "cntp_ctl_el0"), UNDEF),
+            14 => (poke!(write "cntp_cval_el0"), UNDEF),
+            15 => (poke!(write "pmcr_el0"), UNDEF),
+            16 => (poke!(read "id_aa64isar0_el1"), SERVED),
+            17 => (poke!(read "id_pfr0_el1"), SERVED),
+            22 => (poke!(write "dbgbcr1_el1"), SERVED),
+            23 => (poke!(write "oslar_el1"), SERVED),
+            24 => (poke!(read "actlr_el1"), UNDEF),
+            25 => (poke!(write "actlr_el1"), UNDEF),
+            18 => (poke!(sys "dc csw"), SERVED),
+            19 => (poke!(sys "dc cisw"), SERVED),
             20 => {
                 // SAFETY: an HVC / SMC with a non-zero immediate: an UNDEF, skipped.
                 unsafe {
                     asm!("hvc #0x42", "smc #7", out("x0") _, out("x1") _, out("x2") _, out("x3") _, options(nostack))
                 };
+                continue;
             }
             21 => {
                 // SAFETY: WFE (trapped with TWE) only waits.
                 unsafe { asm!("wfe", options(nomem, nostack)) }
+                continue;
             }
             _ => {
                 mmio_read(guest_dev::TEST_DEV_CONFIG);
+                continue;
             }
-        }
+        };
+        let undef = undef_count() != undefs_before;
+        checked += 1;
+        wrong += u64::from(match expected {
+            (_, UNDEF) => !undef,
+            (_, SERVED) => undef,
+            (value, Some(read)) => undef || value != read,
+        });
     }
     expect_undef(false);
     put("fuzzed ");
@@ -714,6 +745,11 @@ fn fuzz() {
     put_dec(undef_count() - before);
     putc(b' ');
     line("UNDEFs taken");
+    put("system registers: ");
+    put_dec(checked);
+    put(" checked, ");
+    put_dec(wrong);
+    line(" wrong (PMU, physical timer, ACTLR: UNDEF; debug: zero, OSLSR 0x8)");
     let dfr0 = read_sysreg!("id_aa64dfr0_el1");
     line(if dfr0 >> 8 & 0xf == 0 { "PMU hidden from ID_AA64DFR0_EL1" } else { "PMU visible in ID_AA64DFR0_EL1" });
     line("bye");
@@ -772,5 +808,142 @@ fn binding() {
         putc(byte);
     }
     putc(b'\n');
+    line("bye");
+}
+
+// ---- SYSREGS ----
+
+/// Writes `value` to the debug register `$name` and reads it back (no `nomem`: an UNDEF's
+/// handler writes memory).
+macro_rules! write_read {
+    ($name:expr, $value:expr) => {{
+        let out: u64;
+        // SAFETY: a debug or OS lock register at EL1: the hypervisor traps it (MDCR_EL2.TDA,
+        // TDOSA, TDRA) and emulates it, or an UNDEF comes back, which the vector counts and skips
+        // while EXPECT_UNDEF is set. No memory of this program changes otherwise.
+        unsafe {
+            asm!(concat!("msr ", $name, ", {v}"), concat!("mrs {o}, ", $name), v = in(reg) $value,
+                o = lateout(reg) out, options(nostack))
+        };
+        out
+    }};
+}
+
+/// Writes `value` to DBGBVR<n>_EL1 (`op2` 4), DBGBCR<n>_EL1 (5), DBGWVR<n>_EL1 (6) or
+/// DBGWCR<n>_EL1 (7) and reads it back; `None` for an `n` above 15.
+fn breakpoint_register(n: u64, op2: u64, value: u64) -> Option<u64> {
+    macro_rules! each_n {
+        ($($n:literal)*) => {
+            match (n, op2) {
+                $(
+                    ($n, 4) => write_read!(concat!("s2_0_c0_c", $n, "_4"), value),
+                    ($n, 5) => write_read!(concat!("s2_0_c0_c", $n, "_5"), value),
+                    ($n, 6) => write_read!(concat!("s2_0_c0_c", $n, "_6"), value),
+                    ($n, 7) => write_read!(concat!("s2_0_c0_c", $n, "_7"), value),
+                )*
+                _ => return None,
+            }
+        };
+    }
+    Some(each_n!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15))
+}
+
+/// What a Linux boot does first (issue 13): MDSCR_EL1 with no vectors, the OS lock, the
+/// breakpoint and watchpoint registers; then a WFE, and on GICv3 an SGI.
+fn sysregs() {
+    // Linux writes MDSCR_EL1 in __cpu_setup, MMU off and VBAR_EL1 not set yet: an UNDEF there
+    // would go to a vector at 0x200, outside the guest's RAM, and end it.
+    let mdscr: u64;
+    // SAFETY: VBAR_EL1 is cleared for the two instructions and restored; the MSR/MRS of
+    // MDSCR_EL1 trap to the hypervisor. Nothing in memory changes.
+    unsafe {
+        asm!(
+            "mrs {saved}, vbar_el1", "msr vbar_el1, xzr", "isb",
+            "msr mdscr_el1, {v}", "mrs {o}, mdscr_el1",
+            "msr vbar_el1, {saved}", "isb",
+            saved = out(reg) _, v = in(reg) 0xa000u64, o = lateout(reg) mdscr, options(nostack),
+        )
+    };
+    put("MDSCR_EL1 with no vectors: reads ");
+    put_hex(mdscr);
+    putc(b'\n');
+
+    let before = undef_count();
+    expect_undef(true);
+    // The OS lock as Linux clears it: OSDLR_EL1 and OSLAR_EL1 written 0, then OSLSR_EL1.
+    // SAFETY: as for `write_read`: trapped and emulated, or an UNDEF that is counted and skipped.
+    unsafe { asm!("msr osdlr_el1, xzr", "msr oslar_el1, xzr", options(nostack)) };
+    let oslsr = read_sysreg!("oslsr_el1");
+    put("OSLSR_EL1 = ");
+    put_hex(oslsr);
+    putc(b'\n');
+
+    // Every breakpoint and watchpoint the guest has (ID_AA64DFR0_EL1.BRPs and WRPs, plus 1),
+    // and the other debug registers: each written with a pattern and read back. Not
+    // DBGPRCR_EL1, which KCore serves but QEMU 10.0 does not implement (an UNDEF at EL1 that
+    // never reaches EL2).
+    let dfr0 = read_sysreg!("id_aa64dfr0_el1");
+    let (breakpoints, watchpoints) = ((dfr0 >> 12 & 0xf) + 1, (dfr0 >> 20 & 0xf) + 1);
+    let pattern = 0x0000_0000_8000_01e5;
+    let mut nonzero = 0;
+    for (count, op2s) in [(breakpoints, [4, 5]), (watchpoints, [6, 7])] {
+        for n in 0..count {
+            for op2 in op2s {
+                nonzero += u64::from(breakpoint_register(n, op2, pattern) != Some(0));
+            }
+        }
+    }
+    let others = [
+        write_read!("mdccint_el1", pattern),
+        write_read!("oseccr_el1", pattern),
+        write_read!("dbgclaimset_el1", pattern),
+        write_read!("dbgclaimclr_el1", pattern),
+        write_read!("mdscr_el1", pattern),
+    ];
+    nonzero += others.iter().filter(|&&v| v != 0).count() as u64;
+
+    expect_undef(false);
+    put("breakpoints ");
+    put_dec(breakpoints);
+    put(", watchpoints ");
+    put_dec(watchpoints);
+    putc(b'\n');
+    if nonzero == 0 && mdscr == 0 {
+        put("debug registers: all read as zero, ");
+    } else {
+        put_dec(nonzero);
+        put(" debug registers DID NOT read as zero, ");
+    }
+    put_dec(undef_count() - before);
+    line(" UNDEFs");
+
+    // A WFE: KServ must resume the vCPU at once, not idle it until the timer (200 ms away).
+    // SEVL sets the event register, the first WFE clears it, the second waits (and traps with
+    // HCR_EL2.TWE on hardware; QEMU's TCG never traps WFE, it only yields).
+    let start = read_sysreg!("cntvct_el0");
+    write_sysreg!("cntv_cval_el0", start.wrapping_add(ticks(5)));
+    write_sysreg!("cntv_ctl_el0", 1);
+    // SAFETY: SEVL and WFE only set, clear and wait on the event register.
+    unsafe { asm!("sevl", "wfe", "wfe", options(nomem, nostack)) };
+    let waited = read_sysreg!("cntvct_el0").wrapping_sub(start);
+    write_sysreg!("cntv_ctl_el0", 0);
+    line(if waited < ticks(50) { "wfe: back before its timer" } else { "wfe: SLEPT until its timer" });
+
+    if answer() == 1 {
+        // SAFETY: on GICv3, with HCR_EL2.IMO set, the write traps to the hypervisor, which
+        // passes it to the host; nothing is delivered to this guest.
+        unsafe { asm!("msr icc_sgi1r_el1, {}", in(reg) guest_role::SYSREGS_SGI1R, options(nostack)) };
+        line("ICC_SGI1R_EL1 written");
+        let before = undef_count();
+        expect_undef(true);
+        let _value: u64;
+        // SAFETY: ICC_SGI1R_EL1 (S3_0_C12_C11_5) is write-only: the read is an UNDEF, counted and
+        // skipped.
+        unsafe { asm!("mrs {}, s3_0_c12_c11_5", out(reg) _value, options(nostack)) };
+        expect_undef(false);
+        line(if undef_count() != before { "ICC_SGI1R_EL1 read: UNDEF" } else { "ICC_SGI1R_EL1 read: READABLE" });
+    } else {
+        line("ICC_SGI1R_EL1: skipped, no GICv3 system registers");
+    }
     line("bye");
 }
