@@ -74,6 +74,9 @@ pub enum Mutation {
     /// The world switch's fast path is offered a guest's MRS into one of x19..x29, which it
     /// does not save or restore (the read value would be lost).
     InPlaceTakesCalleeSavedRegister,
+    /// BOOT_DATA is accepted after a vCPU of the VM has run (the host could then place its own
+    /// bytes in a running guest's memory).
+    BootDataAfterFirstRun,
 }
 
 #[cfg(test)]
