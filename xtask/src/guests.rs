@@ -144,6 +144,9 @@ fn bundle_bytes(vms: &[GuestVm], image: &[u8], seed: &[u8; 32]) -> Result<Vec<u8
             ram_size: guest_dev::RAM_SIZE,
             image_count: placed.len() as u32,
             images: [ImageEntry::default(); bundle::MAX_IMAGES],
+            kind: bundle::kind::TEST_GUEST,
+            cmdline_offset: 0,
+            cmdline_len: 0,
         };
         for ((slot, place), bytes) in entry.images.iter_mut().zip(&placed).zip(signed) {
             *slot = ImageEntry { offset: offset as u64, size: place.bytes.len() as u64, gpa: place.gpa };
