@@ -29,6 +29,50 @@ pub const ENTRY_LEN: usize = KIND_AT + 16;
 /// The longest kernel command line a Linux VM may have (Linux's arm64 COMMAND_LINE_SIZE is 2048).
 pub const MAX_CMDLINE: usize = 1024;
 
+/// Where a Linux VM's pieces go in its RAM, the one plan xtask signs the images for and KServ
+/// writes the device tree by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinuxLayout {
+    /// The kernel `Image`: the start of RAM (which must be 2 MiB aligned; text_offset is 0).
+    pub kernel: u64,
+    /// The initrd: the first 2 MiB boundary past the kernel's `image_size` (and past its signed
+    /// pages).
+    pub initrd: u64,
+    /// The device tree (BOOT_DATA): the first page past the initrd's signed pages.
+    pub dt: u64,
+}
+
+/// Room the device tree may take: KCore's BOOT_DATA cap, 16 pages.
+pub const LINUX_DT_MAX: u64 = 16 * IMAGE_ALIGN;
+const LINUX_ALIGN: u64 = 2 << 20;
+
+/// Where the kernel `Image`'s `image_size` (its memory footprint, bss included) is in its header.
+pub const IMAGE_SIZE_AT: usize = 0x10;
+
+/// A Linux VM's layout for RAM `[ram_base, ram_base + ram_size)`, a kernel of `kernel_len` bytes
+/// whose header says `image_size`, and an initrd of `initrd_len` bytes (0: none); `None` if RAM
+/// is not 2 MiB aligned or the pieces (with the device tree's room) do not fit.
+pub fn linux_layout(
+    ram_base: u64,
+    ram_size: u64,
+    kernel_len: u64,
+    image_size: u64,
+    initrd_len: u64,
+) -> Option<LinuxLayout> {
+    let signed = |len: u64| len.checked_add(SIGNATURE_LEN as u64)?.checked_next_multiple_of(IMAGE_ALIGN);
+    if !ram_base.is_multiple_of(LINUX_ALIGN) || kernel_len == 0 {
+        return None;
+    }
+    let kernel_end = ram_base.checked_add(image_size.max(signed(kernel_len)?))?;
+    let initrd = kernel_end.checked_next_multiple_of(LINUX_ALIGN)?;
+    let dt = initrd.checked_add(if initrd_len == 0 { 0 } else { signed(initrd_len)? })?;
+    (dt.checked_add(LINUX_DT_MAX)? <= ram_base.checked_add(ram_size)?).then_some(LinuxLayout {
+        kernel: ram_base,
+        initrd,
+        dt,
+    })
+}
+
 /// What a VM of the bundle is.
 pub mod kind {
     /// One of corevisor's test guests (`tests/guests`): the role is its CONFIG value.
@@ -456,6 +500,25 @@ mod tests {
         let mut bytes = bundle_of(&[*e], 3 * 4096);
         bytes[3 * 4096 - 64..3 * 4096 - 44].copy_from_slice(b"console=ttyAMA0 quie");
         bytes
+    }
+
+    #[test]
+    fn the_linux_layout_puts_initrd_and_tree_above_image_size() {
+        let mib = 1 << 20;
+        // Debian 6.12: a 34.3 MiB footprint from a 33 MiB file; a 2 MiB initrd; 128 MiB of RAM.
+        let layout = linux_layout(0x4000_0000, 128 * mib, 33 * mib, 34 * mib + 300 * 1024, 2 * mib).unwrap();
+        assert_eq!(
+            layout,
+            LinuxLayout { kernel: 0x4000_0000, initrd: 0x4000_0000 + 36 * mib, dt: 0x4000_0000 + 38 * mib + 4096 }
+        );
+        // A file longer than its header's size still gets all its signed pages.
+        assert_eq!(linux_layout(0, 64 * mib, 2 * mib, mib, 0).unwrap().initrd, 4 * mib);
+        assert_eq!(linux_layout(0, 64 * mib, 2 * mib - 64, mib, 0).unwrap().dt, 2 * mib);
+        assert_eq!(linux_layout(0x1000, 128 * mib, mib, mib, mib), None);
+        assert_eq!(linux_layout(0, 4 * mib, 3 * mib, 3 * mib, 0), None, "no room for the tree");
+        assert_eq!(linux_layout(0, 64 * mib, 0, mib, 0), None);
+        assert_eq!(linux_layout(u64::MAX - 2 * mib + 1, 64 * mib, mib, mib, 0), None);
+        assert_eq!(linux_layout(0, 64 * mib, mib, u64::MAX, 0), None);
     }
 
     #[test]

@@ -141,6 +141,13 @@ pub mod guest_dev {
     pub const PASSTHROUGH_UART: u64 = 0x0b00_0000;
     /// Where guest RAM starts in every test guest, and where their image is linked.
     pub const RAM_BASE: u64 = 0x8000_0000;
+    /// A Linux VM's GIC, where KServ's device tree puts it (QEMU virt's addresses): the
+    /// distributor, the GICv3 redistributors (one [`GICR_STRIDE`] frame pair per vCPU), and the
+    /// GICv2 CPU interface.
+    pub const GICD: u64 = 0x0800_0000;
+    pub const GICC: u64 = 0x0801_0000;
+    pub const GICR: u64 = 0x080A_0000;
+    pub const GICR_STRIDE: u64 = 0x2_0000;
     /// Guest RAM size for test guests.
     pub const RAM_SIZE: u64 = 16 << 20;
     /// Where a test guest in the BINDING role finds its second image, a signed line of text.

@@ -9,6 +9,8 @@
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod dtb;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod linux;
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod scenario;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod vm_plan;
