@@ -278,6 +278,9 @@ pub mod psci {
     pub const SYSTEM_OFF: u32 = 0x8400_0008;
     pub const SYSTEM_RESET: u32 = 0x8400_0009;
     pub const FEATURES: u32 = 0x8400_000A;
+    /// MIGRATE_INFO_TYPE; a VM answers 2: no Trusted OS that needs migrating.
+    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+    pub const MIGRATE_INFO_NO_TRUSTED_OS: u64 = 2;
     /// PSCI 1.1, as reported by PSCI_VERSION.
     pub const PSCI_VERSION_1_1: u64 = 0x0001_0001;
     /// AFFINITY_INFO results.

@@ -313,7 +313,7 @@ pub fn load_boot_data_spec(vms: &AbsVms, r: &RData, vm: VmId, gpa: Ipa, pfn: Pfn
     let (base, pages) = info.boot_data.map_or((gpa, 0), |d| (d.base.raw() as u128, d.pages));
     let next_page = base + pages as u128 * PAGE_SIZE as u128;
     let in_ram = (info.ram.base() as u128..info.ram.base() as u128 + info.ram.size() as u128).contains(&gpa);
-    if gpa % PAGE_SIZE as u128 != 0 || gpa != next_page || pages >= MAX_BOOT_DATA_PAGES || !in_ram {
+    if !gpa.is_multiple_of(PAGE_SIZE as u128) || gpa != next_page || pages >= MAX_BOOT_DATA_PAGES || !in_ram {
         return refuse(vms, r, BootError::BadRange);
     }
     if info.load.iter().any(covered) {
