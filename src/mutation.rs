@@ -81,6 +81,9 @@ pub enum Mutation {
     /// A guest's read of the write-only ICC_SGI1R_EL1 goes to the host as an SGI carrying the
     /// guest's Xt, instead of an UNDEF (issue 13).
     SgiReadLeaksRegister,
+    /// BOOT_DATA is accepted after a vCPU of the VM has run (the host could then place its own
+    /// bytes in a running guest's memory).
+    BootDataAfterFirstRun,
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //!
 //! Layout (all integers little-endian):
 //! - header, 16 bytes: magic `CVBUNDLE`, version (u32), VM count (u32);
-//! - one [`ENTRY_LEN`]-byte [`VmEntry`] per VM: name, vCPUs, role, RAM window, and up to
-//!   [`MAX_IMAGES`] images, each with its offset, size and load address;
+//! - one [`ENTRY_LEN`]-byte [`VmEntry`] per VM: name, vCPUs, role, RAM window, up to
+//!   [`MAX_IMAGES`] images, each with its offset, size and load address, then its kind (a test
+//!   guest or a Linux VM, [`kind`]) and, for Linux, where its kernel command line is;
 //! - the images, each at a 4 KiB-aligned offset and followed directly by its 64-byte Ed25519
 //!   signature over [`image_message`].
 //!
@@ -15,13 +16,72 @@
 pub const MAGIC: &[u8; 8] = b"CVBUNDLE";
 /// Version 2: several images per VM, each with its load address (version 1 had one image per VM,
 /// loaded at the start of its RAM).
-pub const VERSION: u32 = 2;
+/// Version 3 adds the VM's kind and a Linux VM's command line.
+pub const VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 16;
 /// The most images one VM has (KCore's SET_BOOT_INFO takes at most this many; SeKVM: 5).
 pub const MAX_IMAGES: usize = 5;
 /// One [`ImageEntry`]: offset, size, load address.
 pub const IMAGE_ENTRY_LEN: usize = 24;
-pub const ENTRY_LEN: usize = 48 + MAX_IMAGES * IMAGE_ENTRY_LEN;
+/// Where the kind and command-line fields start in an entry (after the images).
+const KIND_AT: usize = 48 + MAX_IMAGES * IMAGE_ENTRY_LEN;
+pub const ENTRY_LEN: usize = KIND_AT + 16;
+/// The longest kernel command line a Linux VM may have (Linux's arm64 COMMAND_LINE_SIZE is 2048).
+pub const MAX_CMDLINE: usize = 1024;
+
+/// Where a Linux VM's pieces go in its RAM, the one plan xtask signs the images for and KServ
+/// writes the device tree by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinuxLayout {
+    /// The kernel `Image`: the start of RAM (which must be 2 MiB aligned; text_offset is 0).
+    pub kernel: u64,
+    /// The initrd: the first 2 MiB boundary past the kernel's `image_size` (and past its signed
+    /// pages).
+    pub initrd: u64,
+    /// The device tree (BOOT_DATA): the first page past the initrd's signed pages.
+    pub dt: u64,
+}
+
+/// Room the device tree may take: KCore's BOOT_DATA cap, 16 pages.
+pub const LINUX_DT_MAX: u64 = 16 * IMAGE_ALIGN;
+const LINUX_ALIGN: u64 = 2 << 20;
+
+/// Where the kernel `Image`'s `image_size` (its memory footprint, bss included) is in its header.
+pub const IMAGE_SIZE_AT: usize = 0x10;
+
+/// A Linux VM's layout for RAM `[ram_base, ram_base + ram_size)`, a kernel of `kernel_len` bytes
+/// whose header says `image_size`, and an initrd of `initrd_len` bytes (0: none); `None` if RAM
+/// is not 2 MiB aligned or the pieces (with the device tree's room) do not fit.
+pub fn linux_layout(
+    ram_base: u64,
+    ram_size: u64,
+    kernel_len: u64,
+    image_size: u64,
+    initrd_len: u64,
+) -> Option<LinuxLayout> {
+    let signed = |len: u64| len.checked_add(SIGNATURE_LEN as u64)?.checked_next_multiple_of(IMAGE_ALIGN);
+    if !ram_base.is_multiple_of(LINUX_ALIGN) || kernel_len == 0 {
+        return None;
+    }
+    let kernel_end = ram_base.checked_add(image_size.max(signed(kernel_len)?))?;
+    let initrd = kernel_end.checked_next_multiple_of(LINUX_ALIGN)?;
+    let dt = initrd.checked_add(if initrd_len == 0 { 0 } else { signed(initrd_len)? })?;
+    (dt.checked_add(LINUX_DT_MAX)? <= ram_base.checked_add(ram_size)?).then_some(LinuxLayout {
+        kernel: ram_base,
+        initrd,
+        dt,
+    })
+}
+
+/// What a VM of the bundle is.
+pub mod kind {
+    /// One of corevisor's test guests (`tests/guests`): the role is its CONFIG value.
+    pub const TEST_GUEST: u32 = 0;
+    /// A Linux VM: image 0 is the kernel `Image` (vCPU 0 starts at its first byte with x0 = the
+    /// device tree KServ writes), image 1, if there is one, its initrd; the entry names its
+    /// command line. KServ writes its device tree and gives it as BOOT_DATA.
+    pub const LINUX: u32 = 1;
+}
 pub const NAME_LEN: usize = 16;
 pub const SIGNATURE_LEN: usize = 64;
 /// Domain separation: the first bytes of every message an image signature covers (see
@@ -128,6 +188,12 @@ pub struct VmEntry {
     /// How many of `images` are used. Image 0 is the entry: vCPU 0 starts at its first byte.
     pub image_count: u32,
     pub images: [ImageEntry; MAX_IMAGES],
+    /// [`kind::TEST_GUEST`] or [`kind::LINUX`].
+    pub kind: u32,
+    /// A Linux VM's kernel command line: its offset and length in the bundle (ASCII, at most
+    /// [`MAX_CMDLINE`] bytes; empty for a test guest).
+    pub cmdline_offset: u64,
+    pub cmdline_len: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +207,12 @@ pub enum BundleError {
     BadImage(usize),
     /// Entry `n` has no vCPUs, or an unaligned or empty RAM window, or an image outside it.
     BadVm(usize),
+    /// Entry `n` has an unknown kind, or a Linux VM without its kernel or with more than a
+    /// kernel and an initrd.
+    BadKind(usize),
+    /// Entry `n`'s command line lies outside the bundle, is too long or not printable ASCII, or
+    /// is given to a test guest.
+    BadCmdline(usize),
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -173,6 +245,9 @@ impl VmEntry {
             out[at + 8..at + 16].copy_from_slice(&image.size.to_le_bytes());
             out[at + 16..at + 24].copy_from_slice(&image.gpa.to_le_bytes());
         }
+        out[KIND_AT..KIND_AT + 4].copy_from_slice(&self.kind.to_le_bytes());
+        out[KIND_AT + 4..KIND_AT + 8].copy_from_slice(&self.cmdline_len.to_le_bytes());
+        out[KIND_AT + 8..KIND_AT + 16].copy_from_slice(&self.cmdline_offset.to_le_bytes());
         out
     }
 
@@ -192,7 +267,15 @@ impl VmEntry {
             ram_size: u64_at(b, 32),
             image_count: u32_at(b, 40),
             images,
+            kind: u32_at(b, KIND_AT),
+            cmdline_len: u32_at(b, KIND_AT + 4),
+            cmdline_offset: u64_at(b, KIND_AT + 8),
         }
+    }
+
+    /// Whether this is a Linux VM.
+    pub fn is_linux(&self) -> bool {
+        self.kind == kind::LINUX
     }
 
     /// The images in use (all of `images` if the count is too large: parsing refuses that).
@@ -273,8 +356,33 @@ impl<'a> Bundle<'a> {
             {
                 return Err(BundleError::BadVm(i));
             }
+            match vm.kind {
+                kind::TEST_GUEST => {}
+                kind::LINUX if vm.image_count <= 2 => {}
+                _ => return Err(BundleError::BadKind(i)),
+            }
+            let cmdline_end = vm.cmdline_offset.checked_add(vm.cmdline_len.into());
+            let fits = cmdline_end.is_some_and(|end| end <= bytes.len() as u64);
+            if (vm.kind == kind::TEST_GUEST && vm.cmdline_len != 0)
+                || vm.cmdline_len as usize > MAX_CMDLINE
+                || !fits
+                || !bundle.cmdline_bytes(&vm).iter().all(|&b| (0x20..0x7f).contains(&b))
+            {
+                return Err(BundleError::BadCmdline(i));
+            }
         }
         Ok(bundle)
+    }
+
+    /// A VM's command line as bytes (empty if it lies outside the bundle: parsing refuses that).
+    fn cmdline_bytes(&self, vm: &VmEntry) -> &'a [u8] {
+        let start = vm.cmdline_offset as usize;
+        self.bytes.get(start..start.saturating_add(vm.cmdline_len as usize)).unwrap_or(&[])
+    }
+
+    /// A parsed VM's kernel command line (printable ASCII, checked by [`Bundle::parse`]).
+    pub fn cmdline(&self, vm: &VmEntry) -> &'a str {
+        core::str::from_utf8(self.cmdline_bytes(vm)).unwrap_or("")
     }
 
     pub fn len(&self) -> usize {
@@ -311,6 +419,9 @@ mod tests {
             ram_size: 16 << 20,
             image_count: 1,
             images,
+            kind: kind::TEST_GUEST,
+            cmdline_offset: 0,
+            cmdline_len: 0,
         }
     }
 
@@ -372,6 +483,73 @@ mod tests {
         for e in [no_vcpus, tiny_ram, below, past, unaligned] {
             assert_eq!(Bundle::parse(&bundle_of(&[e], 0)).err(), Some(BundleError::BadVm(0)), "{e:?}");
         }
+    }
+
+    /// A Linux VM: kernel at page 1, initrd at page 2, command line at 3 * 4096 - 64.
+    fn linux_entry() -> VmEntry {
+        let mut e = entry(4096, 100);
+        e.images[1] = ImageEntry { offset: 2 * 4096, size: 100, gpa: 0x4080_0000 };
+        e.image_count = 2;
+        e.kind = kind::LINUX;
+        e.cmdline_offset = 3 * 4096 - 64;
+        e.cmdline_len = 20;
+        e
+    }
+
+    fn linux_bundle(e: &VmEntry) -> [u8; 3 * 4096] {
+        let mut bytes = bundle_of(&[*e], 3 * 4096);
+        bytes[3 * 4096 - 64..3 * 4096 - 44].copy_from_slice(b"console=ttyAMA0 quie");
+        bytes
+    }
+
+    #[test]
+    fn the_linux_layout_puts_initrd_and_tree_above_image_size() {
+        let mib = 1 << 20;
+        // Debian 6.12: a 34.3 MiB footprint from a 33 MiB file; a 2 MiB initrd; 128 MiB of RAM.
+        let layout = linux_layout(0x4000_0000, 128 * mib, 33 * mib, 34 * mib + 300 * 1024, 2 * mib).unwrap();
+        assert_eq!(
+            layout,
+            LinuxLayout { kernel: 0x4000_0000, initrd: 0x4000_0000 + 36 * mib, dt: 0x4000_0000 + 38 * mib + 4096 }
+        );
+        // A file longer than its header's size still gets all its signed pages.
+        assert_eq!(linux_layout(0, 64 * mib, 2 * mib, mib, 0).unwrap().initrd, 4 * mib);
+        assert_eq!(linux_layout(0, 64 * mib, 2 * mib - 64, mib, 0).unwrap().dt, 2 * mib);
+        assert_eq!(linux_layout(0x1000, 128 * mib, mib, mib, mib), None);
+        assert_eq!(linux_layout(0, 4 * mib, 3 * mib, 3 * mib, 0), None, "no room for the tree");
+        assert_eq!(linux_layout(0, 64 * mib, 0, mib, 0), None);
+        assert_eq!(linux_layout(u64::MAX - 2 * mib + 1, 64 * mib, mib, mib, 0), None);
+        assert_eq!(linux_layout(0, 64 * mib, mib, u64::MAX, 0), None);
+    }
+
+    #[test]
+    fn a_linux_entry_round_trips_with_its_command_line() {
+        let bytes = linux_bundle(&linux_entry());
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let vm = bundle.vms().next().unwrap();
+        assert_eq!(vm, linux_entry());
+        assert!(vm.is_linux());
+        assert_eq!(bundle.cmdline(&vm), "console=ttyAMA0 quie");
+    }
+
+    #[test]
+    fn malformed_linux_entries_are_refused() {
+        let good = linux_entry();
+        let mut three_images = VmEntry { image_count: 3, ..good };
+        three_images.images[2] = ImageEntry { offset: 4096, size: 100, gpa: 0x4090_0000 };
+        let unknown_kind = VmEntry { kind: 2, ..good };
+        for e in [three_images, unknown_kind] {
+            assert_eq!(Bundle::parse(&linux_bundle(&e)).err(), Some(BundleError::BadKind(0)), "{e:?}");
+        }
+        let past_end = VmEntry { cmdline_offset: 3 * 4096 - 10, ..good };
+        let wraps = VmEntry { cmdline_offset: u64::MAX - 5, ..good };
+        let too_long = VmEntry { cmdline_offset: 0, cmdline_len: MAX_CMDLINE as u32 + 1, ..good };
+        let test_guest_with_one = VmEntry { kind: kind::TEST_GUEST, ..good };
+        for e in [past_end, wraps, too_long, test_guest_with_one] {
+            assert_eq!(Bundle::parse(&linux_bundle(&e)).err(), Some(BundleError::BadCmdline(0)), "{e:?}");
+        }
+        let mut control = linux_bundle(&good);
+        control[3 * 4096 - 60] = b'\n';
+        assert_eq!(Bundle::parse(&control).err(), Some(BundleError::BadCmdline(0)));
     }
 
     fn record(gpa: u64, byte: u8) -> ImageRecord {

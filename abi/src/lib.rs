@@ -39,7 +39,8 @@ pub mod host_call {
     pub const REGISTER_VCPU: u32 = hyp_call(5);
     /// Declares an image of x3 bytes (signature not counted) to load at guest address x2
     /// (page-aligned, inside the VM's RAM) in READY VM x1. Returns the image index in x1. The
-    /// first image is where vCPU 0 starts. A VM's images fill at most 64 MiB together.
+    /// first image is where vCPU 0 starts. A VM's images fill at most 64 MiB together (a 35 MiB
+    /// kernel `Image` and its initrd fit).
     pub const SET_BOOT_INFO: u32 = hyp_call(6);
     /// Names host page x3 (a page frame number, below 2^28: 40-bit physical addresses) as the
     /// next page of image x2 of VM x1. The pages hold the image followed directly by its 64-byte
@@ -68,8 +69,16 @@ pub mod host_call {
     /// Destroys VM x1, which must be off: every page it still owns is scrubbed and given back to
     /// the host, and its stage-2 table is freed. Returns the pages returned in x1.
     pub const DESTROY_VM: u32 = hyp_call(14);
+    // hyp_call(15) is INJECT_IRQ (issue 13, the vGIC's branch).
+    /// Gives READY-then-VERIFIED VM x1, before any of its vCPUs has run, host page x3 (a page
+    /// frame number, as for REMAP_VM_IMAGE) as unsigned boot data at guest address x2: KCore
+    /// takes the page from the host with its contents (not scrubbed), and maps it for the VM.
+    /// The first page may go anywhere page-aligned in the VM's RAM outside its images; each
+    /// further one must follow the last, at most 16 pages (64 KiB). vCPU 0 starts with x0 = the
+    /// first page's address (a Linux VM's device tree). Refused once a vCPU of the VM has run.
+    pub const BOOT_DATA: u32 = hyp_call(16);
     /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
-    pub const COUNT: u16 = 15;
+    pub const COUNT: u16 = 17;
     /// The most image pages one VERIFY_VM_IMAGE call takes and hashes: KCore holds its lock
     /// while it hashes, so a call's length is bounded (1 MiB of hashing), whatever the images'.
     pub const VERIFY_CHUNK_PAGES: u64 = 256;
@@ -138,6 +147,13 @@ pub mod guest_dev {
     pub const PASSTHROUGH_UART: u64 = 0x0b00_0000;
     /// Where guest RAM starts in every test guest, and where their image is linked.
     pub const RAM_BASE: u64 = 0x8000_0000;
+    /// A Linux VM's GIC, where KServ's device tree puts it (QEMU virt's addresses): the
+    /// distributor, the GICv3 redistributors (one [`GICR_STRIDE`] frame pair per vCPU), and the
+    /// GICv2 CPU interface.
+    pub const GICD: u64 = 0x0800_0000;
+    pub const GICC: u64 = 0x0801_0000;
+    pub const GICR: u64 = 0x080A_0000;
+    pub const GICR_STRIDE: u64 = 0x2_0000;
     /// Guest RAM size for test guests.
     pub const RAM_SIZE: u64 = 16 << 20;
     /// Where a test guest in the BINDING role finds its second image, a signed line of text.
@@ -277,6 +293,9 @@ pub mod psci {
     pub const SYSTEM_OFF: u32 = 0x8400_0008;
     pub const SYSTEM_RESET: u32 = 0x8400_0009;
     pub const FEATURES: u32 = 0x8400_000A;
+    /// MIGRATE_INFO_TYPE; a VM answers 2: no Trusted OS that needs migrating.
+    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+    pub const MIGRATE_INFO_NO_TRUSTED_OS: u64 = 2;
     /// PSCI 1.1, as reported by PSCI_VERSION.
     pub const PSCI_VERSION_1_1: u64 = 0x0001_0001;
     /// AFFINITY_INFO results.

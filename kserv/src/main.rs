@@ -8,6 +8,10 @@
 // On the host these only build for their unit tests.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod dtb;
+// The Linux VM's device tree: host-tested only until the VM manager runs Linux VMs (issue 13).
+#[cfg(not(target_os = "none"))]
+#[allow(dead_code)]
+mod linux;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod scenario;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]

@@ -443,6 +443,7 @@ fn guest_psci(vm: &mut Vm, vcpu: usize, x: [u64; 4]) {
     let target = usize::try_from(x[1] & 0xff).ok().filter(|&t| t < vm.entry.vcpus as usize);
     let result = match x[0] as u32 {
         psci::VERSION => psci::PSCI_VERSION_1_1,
+        psci::MIGRATE_INFO_TYPE => psci::MIGRATE_INFO_NO_TRUSTED_OS,
         psci::FEATURES => match x[1] as u32 {
             psci::VERSION
             | psci::CPU_ON_64

@@ -74,6 +74,9 @@ pub const MAX_LOAD_INFO: usize = corevisor_abi::bundle::MAX_IMAGES;
 /// is one bit per page of RAM, allocated once; a verification in progress holds one hash state
 /// per VM. A refused call allocates nothing, and teardown frees what the VM had.
 pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
+/// The most boot-data pages (BOOT_DATA) a VM may be given: 64 KiB, ample for a guest's device
+/// tree (a few KiB).
+pub const MAX_BOOT_DATA_PAGES: u64 = 16;
 /// [`MAX_IMAGE_BYTES`] in pages.
 pub const MAX_IMAGE_PAGES: u64 = MAX_IMAGE_BYTES / PAGE_SIZE;
 pub const SIGNATURE_LEN: u64 = corevisor_abi::bundle::SIGNATURE_LEN as u64;
@@ -102,6 +105,13 @@ pub enum Vcpu<C> {
     Unused,
     Idle(C),
     Running,
+}
+
+/// The boot data a VM was given (BOOT_DATA): `pages` pages from guest address `base` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootData {
+    pub base: Ipa,
+    pub pages: u64,
 }
 
 /// One image: where it goes in the guest, its length, and the host pages listed so far.
@@ -168,6 +178,11 @@ pub struct Vm<C> {
     pub load: Vec<LoadInfo>,
     /// Image pages VERIFY_VM_IMAGE has taken and hashed so far, counted over the images in order.
     pub checked: u64,
+    /// The unsigned boot data (a device tree) the host gave the VM before its first run; vCPU 0
+    /// starts with x0 = its base.
+    pub boot_data: Option<BootData>,
+    /// Whether a vCPU of the VM has run: from then on the VM takes no more boot data.
+    pub entered: bool,
     /// The hashes of what has been taken, while VERIFYING (a function of those pages, which are
     /// the VM's now: the spec hashes them in one step at the end).
     hashing: Option<Box<Hashing>>,
@@ -226,6 +241,8 @@ pub enum BootError {
     Mem(MemError),
     /// The signature does not match: the VM is now REJECTED.
     Rejected,
+    /// A vCPU of the VM has run already (boot data comes before the first run).
+    Started,
 }
 
 /// Every VM (SeKVM `vminfos` and `core_data.next_vmid`): one record per vmid, at
@@ -309,6 +326,8 @@ impl<C> Vms<C> {
             vcpus: core::array::from_fn(|_| Vcpu::Unused),
             load: Vec::new(),
             checked: 0,
+            boot_data: None,
+            entered: false,
             hashing: None,
         });
         Ok(vm)
@@ -335,7 +354,10 @@ impl<C> Vms<C> {
         }
         let slot = &mut rec.vcpus[vcpu.index()];
         match core::mem::replace(slot, Vcpu::Running) {
-            Vcpu::Idle(ctx) => Ok(ctx),
+            Vcpu::Idle(ctx) => {
+                rec.entered = true;
+                Ok(ctx)
+            }
             other => {
                 *slot = other;
                 Err(BootError::Vcpu)
@@ -485,6 +507,49 @@ impl<C> Vms<C> {
         } else {
             Err(BootError::Rejected)
         }
+    }
+
+    /// `load_boot_data` (BOOT_DATA): the host's page `pfn` becomes the VM's boot-data page at
+    /// `gpa`, its contents kept (not scrubbed: they are the host's data, a device tree, which the
+    /// VM takes unsigned). The host loses the page at once (unmapped, cleaned to DRAM, the VM's),
+    /// so the host never maps a page the VM owns. Only a VERIFIED VM none of whose vCPUs has run
+    /// takes boot data: whatever it is, the VM finds it there at its first instruction, never
+    /// later. The pages follow each other from the first one's address, inside the VM's RAM and
+    /// outside its images, at most [`MAX_BOOT_DATA_PAGES`]; a page listed in an image (any VM's)
+    /// is refused.
+    pub fn load_boot_data(
+        &mut self,
+        m: &impl Machine,
+        mem: &mut HostMemory,
+        vm: VmId,
+        gpa: Ipa,
+        pfn: Pfn,
+    ) -> Result<(), BootError> {
+        let listed = mem.db.regions().page_index(pfn.pa().raw()).is_some_and(|i| self.listed.get(i));
+        let rec = self.live(vm)?;
+        if rec.state != VmState::Verified {
+            return Err(BootError::State(rec.state));
+        }
+        if rec.entered && !crate::mutation::planted(crate::mutation::Mutation::BootDataAfterFirstRun) {
+            return Err(BootError::Started);
+        }
+        let (base, pages) = rec.boot_data.map_or((gpa, 0), |d| (d.base, d.pages));
+        let in_image =
+            rec.load.iter().any(|l| l.gpa.raw() <= gpa.raw() && gpa.raw() - l.gpa.raw() < l.pages() * PAGE_SIZE);
+        if !gpa.is_page_aligned()
+            || gpa.raw() != base.raw() + pages * PAGE_SIZE
+            || pages >= MAX_BOOT_DATA_PAGES
+            || !rec.ram.contains(gpa.raw())
+            || in_image
+        {
+            return Err(BootError::BadRange);
+        }
+        if listed {
+            return Err(BootError::BadPage);
+        }
+        mem.prot_and_map_vm_s2pt(m, &mut rec.s2, vm.vmid(), gpa.gfn().raw(), pfn.raw(), 3).map_err(BootError::Mem)?;
+        rec.boot_data = Some(BootData { base, pages: pages + 1 });
+        Ok(())
     }
 
     /// Teardown began while the VM was VERIFYING: pages it had taken go back to the host, so the

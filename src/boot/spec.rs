@@ -4,7 +4,8 @@
 //! layer's business.
 
 use super::{
-    BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_IMAGE_BYTES, MAX_LOAD_INFO, MAX_VCPUS, SIGNATURE_LEN,
+    BootData, BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_BOOT_DATA_PAGES, MAX_IMAGE_BYTES, MAX_LOAD_INFO,
+    MAX_VCPUS, SIGNATURE_LEN,
 };
 use crate::addr::{Ipa, IpaRange, Pfn, PA_LIMIT};
 use crate::ids::{VcpuId, VmId};
@@ -24,6 +25,8 @@ pub struct AbsVm {
     pub vcpus: [Vcpu<()>; MAX_VCPUS],
     pub load: Vec<LoadInfo>,
     pub checked: u64,
+    pub boot_data: Option<BootData>,
+    pub entered: bool,
 }
 
 /// Every VM as the boot specs see it: one entry per vmid, `None` when it has no record.
@@ -46,6 +49,8 @@ impl AbsVms {
             }),
             load: rec.load.clone(),
             checked: rec.checked,
+            boot_data: rec.boot_data,
+            entered: rec.entered,
         };
         AbsVms { next_vmid: vms.next_vmid, vms: vms.vms.iter().map(|rec| rec.as_ref().map(abs)).collect() }
     }
@@ -89,6 +94,8 @@ pub fn register_vm_spec(vms: &AbsVms, r: &RData, ram: IpaRange) -> Step<VmId> {
         vcpus: [const { Vcpu::Unused }; MAX_VCPUS],
         load: vec![],
         checked: 0,
+        boot_data: None,
+        entered: false,
     });
     Some((next, r.clone(), Ok(vm)))
 }
@@ -265,6 +272,7 @@ pub fn set_vcpu_active_spec(vms: &AbsVms, r: &RData, vm: VmId, vcpu: VcpuId) -> 
                 v @ Vcpu::Idle(()) => *v = Vcpu::Running,
                 _ => return refuse(vms, r, BootError::Vcpu),
             }
+            next.get_mut(vm)?.entered = true;
             Some((next, r.clone(), Ok(())))
         }
         Some(s) => refuse(vms, r, BootError::State(s)),
@@ -278,4 +286,47 @@ pub fn set_vcpu_inactive_spec(vms: &AbsVms, vm: VmId, vcpu: VcpuId) -> AbsVms {
         *v = Vcpu::Idle(());
     }
     next
+}
+
+/// BOOT_DATA, from the ABI (issue 13): the host gives a VERIFIED VM that has never run one page
+/// of unsigned boot data (its device tree) at guest address `gpa`. The first page may go
+/// anywhere page-aligned in the VM's RAM that no image covers; each further one goes right after
+/// the last, up to `MAX_BOOT_DATA_PAGES`. The page must be the host's, unshared, and listed in
+/// no VM's image. It becomes the VM's at `gpa`, mapped, with the bytes the host wrote (the memory
+/// spec's `prot_and_map_vm_s2pt`, which takes it from the host). Once any vCPU of the VM has run,
+/// the call is refused: the host never places bytes in a guest that is running.
+pub fn load_boot_data_spec(vms: &AbsVms, r: &RData, vm: VmId, gpa: Ipa, pfn: Pfn) -> Step<()> {
+    if pfn.raw() >= PA_LIMIT / PAGE_SIZE {
+        return None;
+    }
+    let info = match vms.get(vm) {
+        None => return refuse(vms, r, BootError::NoVm),
+        Some(info) if info.state != VmState::Verified => return refuse(vms, r, BootError::State(info.state)),
+        Some(info) if info.entered => return refuse(vms, r, BootError::Started),
+        Some(info) => info,
+    };
+    let gpa = gpa.raw() as u128;
+    let covered = |l: &LoadInfo| {
+        let start = l.gpa.raw() as u128;
+        (start..start + l.pages() as u128 * PAGE_SIZE as u128).contains(&gpa)
+    };
+    let (base, pages) = info.boot_data.map_or((gpa, 0), |d| (d.base.raw() as u128, d.pages));
+    let next_page = base + pages as u128 * PAGE_SIZE as u128;
+    let in_ram = (info.ram.base() as u128..info.ram.base() as u128 + info.ram.size() as u128).contains(&gpa);
+    if !gpa.is_multiple_of(PAGE_SIZE as u128) || gpa != next_page || pages >= MAX_BOOT_DATA_PAGES || !in_ram {
+        return refuse(vms, r, BootError::BadRange);
+    }
+    if info.load.iter().any(covered) {
+        return refuse(vms, r, BootError::BadRange);
+    }
+    if vms.vms.iter().flatten().any(|v| v.load.iter().any(|l| l.pfns.contains(&pfn))) {
+        return refuse(vms, r, BootError::BadPage);
+    }
+    let (memory, result) = prot_and_map_vm_s2pt_spec(r, vm.vmid(), (gpa / PAGE_SIZE as u128) as u64, pfn.raw(), 3)?;
+    if let Err(e) = result {
+        return Some((vms.clone(), memory, Err(BootError::Mem(e))));
+    }
+    let mut next = vms.clone();
+    next.get_mut(vm)?.boot_data = Some(BootData { base: Ipa(base as u64), pages: pages + 1 });
+    Some((next, memory, Ok(())))
 }

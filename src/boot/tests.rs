@@ -27,6 +27,9 @@ const FOREIGN_PFN: u64 = 0x40403;
 const IMAGE_GPA: u64 = 0x8_0000;
 const DATA_GPA: u64 = 0x9_0000;
 const WINDOW: (u64, u64) = (0, 1 << 20);
+/// Where the tests put boot data (BOOT_DATA), and the host pages they offer for it.
+const BOOT_DATA_GPA: u64 = 0xA_0000;
+const BOOT_DATA_PFNS: [u64; 2] = [0x40404, 0x40405];
 
 /// The records of these tests: no vCPU contexts.
 type TestVms = Vms<()>;
@@ -336,6 +339,28 @@ enum BootOp {
     Activate(u16, usize),
     /// The host writes into image pages (while it still may).
     Tamper(u64, u64),
+    /// BOOT_DATA: VM, guest address, host page.
+    BootData(u16, u64, u64),
+}
+
+/// BOOT_DATA's guest addresses: the tests' boot-data pages, an image's page, unaligned, past the
+/// cap, outside the window, and anything.
+fn any_boot_data_gpa() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => (0..3u64).prop_map(|page| BOOT_DATA_GPA + page * PAGE_SIZE),
+        1 => prop_oneof![Just(IMAGE_GPA + PAGE_SIZE), Just(DATA_GPA), Just(BOOT_DATA_GPA + 8)],
+        1 => prop_oneof![Just(BOOT_DATA_GPA + MAX_BOOT_DATA_PAGES * PAGE_SIZE), Just(WINDOW.1), Just(WINDOW.1 - PAGE_SIZE)],
+        1 => any::<u64>(),
+    ]
+}
+
+/// BOOT_DATA ops on VM `vmid`: pages from the tests' boot-data address on, the host's pages.
+fn boot_data_ops(vmid: u16) -> Vec<BootOp> {
+    BOOT_DATA_PFNS
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| BootOp::BootData(vmid, BOOT_DATA_GPA + i as u64 * PAGE_SIZE, p))
+        .collect()
 }
 
 /// Load addresses: the usual ones, ones near the end of the guest's input range and of `u64`
@@ -384,8 +409,10 @@ fn any_boot_op() -> impl Strategy<Value = BootOp> {
             .prop_map(|(v, p, i)| BootOp::Remap(v, p, i)),
         2 => vmid.clone().prop_map(BootOp::Verify),
         1 => vmid.clone().prop_map(BootOp::PowerOff),
-        1 => (vmid, 0usize..2).prop_map(|(v, c)| BootOp::Activate(v, c)),
+        1 => (vmid.clone(), 0usize..2).prop_map(|(v, c)| BootOp::Activate(v, c)),
         1 => (0u64..(3 * 512), 1u64..1000).prop_map(|(w, v)| BootOp::Tamper((IMAGE_PFNS[0] << 12) + w * 8, v)),
+        2 => (vmid, any_boot_data_gpa(), prop_oneof![4 => prop_oneof![Just(BOOT_DATA_PFNS[0]), Just(BOOT_DATA_PFNS[1])], 1 => any_pfn()])
+            .prop_map(|(v, g, p)| BootOp::BootData(v, g, p)),
     ]
 }
 
@@ -399,6 +426,11 @@ fn any_boot_sequence() -> impl Strategy<Value = (u64, Vec<BootOp>)> {
         // A layout, then enough VERIFY calls to finish it with chunks of one page.
         2 => (prop_oneof![3 => Just(1u16), 1 => Just(2)], layout)
             .prop_map(|(v, l)| [layout_ops(v, l), vec![BootOp::Verify(v); 3]].concat()),
+        // Boot data for a VM, before or after one of its vCPUs ran.
+        1 => (prop_oneof![3 => Just(1u16), 1 => Just(2)], any::<bool>()).prop_map(|(v, ran)| {
+            let run = if ran { vec![BootOp::RegisterVcpu(v, 0), BootOp::Activate(v, 0)] } else { vec![] };
+            [run, boot_data_ops(v)].concat()
+        }),
     ];
     // Mostly starting with VMs 1 and 2 registered, so that layouts meet READY VMs.
     let start = prop_oneof![3 => Just(vec![BootOp::RegisterVm, BootOp::RegisterVm]), 1 => Just(vec![])];
@@ -416,7 +448,8 @@ fn boot_refines((chunk_pages, ops): &(u64, Vec<BootOp>)) -> Result<(), TestCaseE
     let mut abs = AbsVms::of(&vms);
     let key = signing_key().verifying_key();
     let verifier = verifier(&key, *chunk_pages);
-    let probes: BTreeSet<u64> = IMAGE_PFNS.iter().copied().chain([DATA_PFN, FOREIGN_PFN, 0x40404, 0x40080]).collect();
+    let probes: BTreeSet<u64> =
+        IMAGE_PFNS.iter().copied().chain([DATA_PFN, FOREIGN_PFN, 0x40080]).chain(BOOT_DATA_PFNS).collect();
     for &op in ops {
         let id = |v: u16| VmId::new(v.into());
         let same = match op {
@@ -479,6 +512,17 @@ fn boot_refines((chunk_pages, ops): &(u64, Vec<BootOp>)) -> Result<(), TestCaseE
                 }
                 _ => true,
             },
+            BootOp::BootData(v, g, p) if VMS.contains(&v) || id(v).is_some_and(|v| vms.get(v).is_none()) => {
+                let Some(p) = Pfn::new(p) else { continue };
+                let v = id(v).unwrap();
+                let (a, m, expected) = load_boot_data_spec(&abs, &r, v, Ipa(g), p).unwrap();
+                (abs, r) = (a, m);
+                if expected.is_ok() {
+                    BOOT_DATA_LOADED.with(|n| n.set(n.get() + 1));
+                }
+                vms.load_boot_data(&sys.m, &mut sys.mem, v, Ipa(g), p) == expected
+            }
+            BootOp::BootData(..) => true,
             BootOp::Tamper(pa, value) => {
                 let op = Op::HostStore(pa, value);
                 let (m, expected) = spec_apply(&r, &op).unwrap();
@@ -499,6 +543,8 @@ fn boot_refines((chunk_pages, ops): &(u64, Vec<BootOp>)) -> Result<(), TestCaseE
 std::thread_local! {
     /// Verifications the spec expected to succeed: the property is not vacuous.
     static VERIFIED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Boot-data pages the spec expected to be taken.
+    static BOOT_DATA_LOADED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 proptest! {
@@ -517,10 +563,13 @@ fn the_boot_sequences_reach_verified_vms() {
     let config = ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     VERIFIED.with(|n| n.set(0));
+    BOOT_DATA_LOADED.with(|n| n.set(0));
     runner.run(&any_boot_sequence(), |ops| boot_refines(&ops)).unwrap();
     let verified = VERIFIED.with(|n| n.get());
-    println!("{verified} verifications in 64 sequences");
+    let boot_data = BOOT_DATA_LOADED.with(|n| n.get());
+    println!("{verified} verifications, {boot_data} boot-data pages taken in 64 sequences");
     assert!(verified >= 10, "only {verified} verified");
+    assert!(boot_data >= 5, "only {boot_data} boot-data pages taken");
 }
 
 #[test]
@@ -543,6 +592,42 @@ fn refinement_catches_a_verification_that_skips_a_byte() {
     let (mut sys, mut vms) = (System::new(false), TestVms::new());
     lay_out(&mut sys, &mut initial_rdata(false));
     assert_eq!(with(Mutation::VerifyIgnoresLastByte, || boot_vm(&mut sys, &mut vms)), Err(BootError::Rejected));
+}
+
+#[test]
+fn refinement_catches_boot_data_after_the_first_run() {
+    catches(Mutation::BootDataAfterFirstRun, 256, any_boot_sequence(), |ops| boot_refines(&ops));
+}
+
+/// BOOT_DATA: a verified VM takes the host's page with its bytes (not scrubbed), the host loses
+/// it, and the VM's first run closes the door.
+#[test]
+fn boot_data_keeps_its_bytes_and_stops_at_the_first_run() {
+    let (mut sys, mut vms) = (System::new(false), TestVms::new());
+    let mut r = initial_rdata(false);
+    lay_out(&mut sys, &mut r);
+    write_bytes(&mut sys, &mut r, BOOT_DATA_PFNS[0] << 12, b"\xd0\x0d\xfe\xedtree");
+    let early = register(&mut sys, &mut vms).unwrap();
+    assert_eq!(
+        vms.load_boot_data(&sys.m, &mut sys.mem, early, Ipa(BOOT_DATA_GPA), pfn(BOOT_DATA_PFNS[0])),
+        Err(BootError::State(VmState::Ready))
+    );
+    let vmid = boot_vm(&mut sys, &mut vms).unwrap();
+    let load = |vms: &mut TestVms, sys: &mut System, gpa: u64, p: u64| {
+        vms.load_boot_data(&sys.m, &mut sys.mem, vmid, Ipa(gpa), pfn(p))
+    };
+    assert_eq!(load(&mut vms, &mut sys, IMAGE_GPA + PAGE_SIZE, BOOT_DATA_PFNS[0]), Err(BootError::BadRange));
+    assert_eq!(load(&mut vms, &mut sys, WINDOW.1, BOOT_DATA_PFNS[0]), Err(BootError::BadRange));
+    assert_eq!(load(&mut vms, &mut sys, BOOT_DATA_GPA, BOOT_DATA_PFNS[0]), Ok(()));
+    // The next page must follow the first.
+    assert_eq!(load(&mut vms, &mut sys, BOOT_DATA_GPA + 2 * PAGE_SIZE, BOOT_DATA_PFNS[1]), Err(BootError::BadRange));
+    let page = sys.mem.db.get(BOOT_DATA_PFNS[0] << 12).unwrap();
+    assert_eq!((page.owner, page.gfn), (Owner::Vm(vmid.vmid()), BOOT_DATA_GPA >> 12));
+    assert_eq!(sys.m.read_u64(BOOT_DATA_PFNS[0] << 12), u64::from_le_bytes(*b"\xd0\x0d\xfe\xedtree"));
+    assert_eq!(vms.get(vmid).unwrap().boot_data, Some(BootData { base: Ipa(BOOT_DATA_GPA), pages: 1 }));
+    vms.register_vcpu(vmid, vcpu(0), || ()).ok();
+    vms.set_vcpu_active(vmid, vcpu(0)).unwrap();
+    assert_eq!(load(&mut vms, &mut sys, BOOT_DATA_GPA + PAGE_SIZE, BOOT_DATA_PFNS[1]), Err(BootError::Started));
 }
 
 #[test]

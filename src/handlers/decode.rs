@@ -51,6 +51,7 @@ pub enum VmCall {
     TimerSetCntvoff { vm: VmId, offset: u64 },
     VmPowerOff { vm: VmId },
     DestroyVm { vm: VmId },
+    BootData { vm: VmId, gpa: Ipa, pfn: Pfn },
 }
 
 /// A host hypercall refused at the edge: an unknown id, or an argument that does not fit.
@@ -80,6 +81,8 @@ pub fn call_name(function: u32) -> &'static str {
         "TIMER_SET_CNTVOFF",
         "VM_POWER_OFF",
         "DESTROY_VM",
+        "INJECT_IRQ",
+        "BOOT_DATA",
     ];
     NAMES.get(function.wrapping_sub(corevisor_abi::HYP_CALL_BASE) as usize).copied().unwrap_or("unknown host call")
 }
@@ -127,6 +130,11 @@ impl HostCall {
             host_call::TIMER_SET_CNTVOFF => HostCall::Vm(VmCall::TimerSetCntvoff { vm: vm(a1)?, offset: a2 }),
             host_call::VM_POWER_OFF => HostCall::Vm(VmCall::VmPowerOff { vm: vm(a1)? }),
             host_call::DESTROY_VM => HostCall::Vm(VmCall::DestroyVm { vm: vm(a1)? }),
+            host_call::BOOT_DATA => HostCall::Vm(VmCall::BootData {
+                vm: vm(a1)?,
+                gpa: Ipa(a2),
+                pfn: Pfn::new(a3).ok_or(bad("page number", Status::InvalidAddress))?,
+            }),
             _ => return Err(BadCall { function, status: Status::NotSupported, argument: None }),
         })
     }

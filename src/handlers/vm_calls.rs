@@ -22,6 +22,7 @@ pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, call: VmCall) -
         VmCall::TimerSetCntvoff { vm, offset } => kcore.set_cntvoff(vm, offset).map(|()| 0),
         VmCall::VmPowerOff { vm } => kcore.power_off(vm).map(|()| 0),
         VmCall::DestroyVm { vm } => kcore.destroy(m, vm),
+        VmCall::BootData { vm, gpa, pfn } => kcore.load_boot_data(m, vm, gpa, pfn).map(|()| 0),
     };
     match result {
         Ok(value) => {

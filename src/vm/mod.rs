@@ -64,7 +64,7 @@ impl VmError {
             VmError::State | VmError::Busy => Status::Denied,
             VmError::Boot(BootError::NoVmid | BootError::NoRoom) => Status::NotPresent,
             VmError::Boot(BootError::Rejected) => Status::Denied,
-            VmError::Boot(BootError::State(_) | BootError::Vcpu) => Status::Denied,
+            VmError::Boot(BootError::State(_) | BootError::Vcpu | BootError::Started) => Status::Denied,
             VmError::Boot(BootError::NoVm | BootError::BadRange | BootError::BadImage) => Status::InvalidParameters,
             VmError::Boot(BootError::BadPage | BootError::Mem(_)) | VmError::Mem(_) => Status::InvalidAddress,
         }
@@ -205,6 +205,13 @@ impl Kcore {
         Ok(self.vms.verify_vm_image(m, &mut self.mem, vm, &verifier)?)
     }
 
+    /// BOOT_DATA: the host's page `pfn`, as it is, becomes the VM's boot data at `gpa` (before
+    /// any vCPU of the VM runs; the boot layer checks the range).
+    pub fn load_boot_data(&mut self, m: &impl Machine, vm: VmId, gpa: Ipa, pfn: Pfn) -> Result<(), VmError> {
+        self.vm(vm)?;
+        Ok(self.vms.load_boot_data(m, &mut self.mem, vm, gpa, pfn)?)
+    }
+
     /// The first half of VCPU_RUN: applies the host's `answer` to the vCPU's last exit, starts
     /// the vCPU if it has never run, and takes its context out to run it. Refused unless the VM
     /// is VERIFIED and the vCPU is registered, idle, and (for a secondary) powered on.
@@ -220,10 +227,11 @@ impl Kcore {
             return Err(VmError::State);
         }
         let entry = rec.load.first().map(|l| l.gpa).ok_or(VmError::State)?;
+        let boot_data = rec.boot_data.map_or(0, |d| d.base.raw());
         let Vcpu::Idle(ctx) = &mut rec.vcpus[vcpu.index()] else { return Err(VmError::State) };
         if !ctx.started {
             match (vcpu.index(), ctx.power_on) {
-                (0, _) => ctx.start(entry.raw(), 0),
+                (0, _) => ctx.start(entry.raw(), boot_data),
                 (_, Some((entry, arg))) => ctx.start(entry, arg),
                 (_, None) => return Err(VmError::State),
             }

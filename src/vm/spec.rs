@@ -146,7 +146,8 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vm: VmId, vcpu: VcpuId, answer: u64) 
     let Some(v) = next.slots.get_mut(&vm)?.vcpus[vcpu.index()].as_mut() else { return refuse(s, VmError::State) };
     if !v.started {
         let start = match (vcpu.index(), v.power_on) {
-            (0, _) => (entry, 0),
+            // vCPU 0 starts at the entry image with x0 = the boot data's address (0 if none).
+            (0, _) => (entry, info.boot_data.map_or(0, |d| d.base.raw())),
             (_, Some(at)) => at,
             (_, None) => return refuse(s, VmError::State),
         };

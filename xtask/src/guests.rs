@@ -144,6 +144,9 @@ fn bundle_bytes(vms: &[GuestVm], image: &[u8], seed: &[u8; 32]) -> Result<Vec<u8
             ram_size: guest_dev::RAM_SIZE,
             image_count: placed.len() as u32,
             images: [ImageEntry::default(); bundle::MAX_IMAGES],
+            kind: bundle::kind::TEST_GUEST,
+            cmdline_offset: 0,
+            cmdline_len: 0,
         };
         for ((slot, place), bytes) in entry.images.iter_mut().zip(&placed).zip(signed) {
             *slot = ImageEntry { offset: offset as u64, size: place.bytes.len() as u64, gpa: place.gpa };
@@ -159,6 +162,76 @@ fn bundle_bytes(vms: &[GuestVm], image: &[u8], seed: &[u8; 32]) -> Result<Vec<u8
         out.resize(out.len().next_multiple_of(align), 0);
         out.extend_from_slice(&bytes);
     }
+    out.resize(out.len().next_multiple_of(align), 0);
+    Ok(out)
+}
+
+/// A Linux VM for the bundle: its kernel `Image`, initrd, vCPUs, RAM and command line. (Not yet
+/// used by a command: `run --guest-kernel` is the next step of issue 13.)
+#[allow(dead_code)]
+pub struct LinuxVm<'a> {
+    pub kernel: &'a [u8],
+    pub initrd: &'a [u8],
+    pub vcpus: u32,
+    pub ram_base: u64,
+    pub ram_size: u64,
+    pub cmdline: &'a str,
+}
+
+/// A one-VM bundle holding Linux VM `vm`, named `linux`: the kernel and initrd signed with
+/// `seed` for the layout of `bundle::linux_layout` (kernel at the start of RAM, initrd past the
+/// kernel's `image_size`), then the command line.
+#[allow(dead_code)]
+pub fn linux_bundle_bytes(vm: &LinuxVm, seed: &[u8; 32]) -> Result<Vec<u8>, String> {
+    let header = vm.kernel.get(..64).ok_or("the kernel is shorter than an arm64 Image header")?;
+    if &header[56..60] != b"ARM\x64" {
+        return Err("the kernel is not an arm64 Image (no ARM\\x64 magic at 0x38)".into());
+    }
+    let image_size = u64::from_le_bytes(header[bundle::IMAGE_SIZE_AT..bundle::IMAGE_SIZE_AT + 8].try_into().unwrap());
+    let layout =
+        bundle::linux_layout(vm.ram_base, vm.ram_size, vm.kernel.len() as u64, image_size, vm.initrd.len() as u64)
+            .ok_or(format!(
+                "a {} MiB kernel (image_size {} MiB) and a {} MiB initrd do not fit in {} MiB of guest RAM",
+                vm.kernel.len() >> 20,
+                image_size >> 20,
+                vm.initrd.len() >> 20,
+                vm.ram_size >> 20
+            ))?;
+    if vm.cmdline.len() > bundle::MAX_CMDLINE || !vm.cmdline.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!("the command line must be printable ASCII of at most {} bytes", bundle::MAX_CMDLINE));
+    }
+    let mut placed = vec![Placed { gpa: layout.kernel, bytes: vm.kernel }];
+    if !vm.initrd.is_empty() {
+        placed.push(Placed { gpa: layout.initrd, bytes: vm.initrd });
+    }
+    let signed = sign_layout(vm.ram_base, vm.ram_size, &placed, seed)?;
+    let align = bundle::IMAGE_ALIGN as usize;
+    let mut offset = (bundle::HEADER_LEN + bundle::ENTRY_LEN).next_multiple_of(align);
+    let mut entry = VmEntry {
+        name: VmEntry::name_field("linux"),
+        vcpus: vm.vcpus,
+        role: 0,
+        ram_base: vm.ram_base,
+        ram_size: vm.ram_size,
+        image_count: placed.len() as u32,
+        images: [ImageEntry::default(); bundle::MAX_IMAGES],
+        kind: bundle::kind::LINUX,
+        cmdline_offset: 0,
+        cmdline_len: vm.cmdline.len() as u32,
+    };
+    for ((slot, place), bytes) in entry.images.iter_mut().zip(&placed).zip(&signed) {
+        *slot = ImageEntry { offset: offset as u64, size: place.bytes.len() as u64, gpa: place.gpa };
+        offset += bytes.len().next_multiple_of(align);
+    }
+    entry.cmdline_offset = offset as u64;
+    let mut out = bundle::header(1).to_vec();
+    out.extend_from_slice(&entry.to_bytes());
+    for bytes in signed {
+        out.resize(out.len().next_multiple_of(align), 0);
+        out.extend_from_slice(&bytes);
+    }
+    out.resize(out.len().next_multiple_of(align), 0);
+    out.extend_from_slice(vm.cmdline.as_bytes());
     out.resize(out.len().next_multiple_of(align), 0);
     Ok(out)
 }
@@ -252,5 +325,52 @@ mod tests {
         assert!(bundle_bytes(&[vm], b"", &seed).is_err());
         assert!(bundle_bytes(&[GuestVm { name: "a-name-longer-than-16", ..vm }], b"x", &seed).is_err());
         assert!(hex32("12").is_err() && hex32(&"zz".repeat(32)).is_err());
+    }
+
+    /// A fake arm64 Image: the header's magic and image_size, then filler.
+    fn fake_kernel(len: usize, image_size: u64) -> Vec<u8> {
+        let mut kernel: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+        kernel[56..60].copy_from_slice(b"ARM\x64");
+        kernel[16..24].copy_from_slice(&image_size.to_le_bytes());
+        kernel
+    }
+
+    #[test]
+    fn a_linux_bundle_parses_and_its_images_verify_for_its_layout() {
+        let (kernel, initrd) = (fake_kernel(300_000, 3 << 20), vec![7u8; 5000]);
+        let vm = LinuxVm {
+            kernel: &kernel,
+            initrd: &initrd,
+            vcpus: 2,
+            ram_base: 0x4000_0000,
+            ram_size: 128 << 20,
+            cmdline: "console=ttyAMA0 earlycon",
+        };
+        let bytes = linux_bundle_bytes(&vm, &test_key_seed().unwrap()).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let entry = bundle.vms().next().unwrap();
+        assert!(entry.is_linux());
+        assert_eq!((entry.vcpus, entry.name(), bundle.cmdline(&entry)), (2, "linux", "console=ttyAMA0 earlycon"));
+        let layout = bundle::linux_layout(0x4000_0000, 128 << 20, kernel.len() as u64, 3 << 20, 5000).unwrap();
+        assert_eq!(entry.images().iter().map(|i| i.gpa).collect::<Vec<_>>(), [layout.kernel, layout.initrd]);
+        let placed = [(layout.kernel, &kernel[..]), (layout.initrd, &initrd[..])];
+        for (index, image) in entry.images().iter().enumerate() {
+            assert!(verifies(bundle.signed_image(image), (0x4000_0000, 128 << 20), &placed, index));
+        }
+    }
+
+    #[test]
+    fn a_linux_bundle_refuses_what_cannot_boot() {
+        let kernel = fake_kernel(300_000, 3 << 20);
+        let seed = test_key_seed().unwrap();
+        let vm =
+            LinuxVm { kernel: &kernel, initrd: &[], vcpus: 2, ram_base: 0x4000_0000, ram_size: 128 << 20, cmdline: "" };
+        assert!(linux_bundle_bytes(&vm, &seed).is_ok());
+        let not_an_image = vec![0u8; 4096];
+        assert!(linux_bundle_bytes(&LinuxVm { kernel: &not_an_image, ..vm }, &seed)
+            .unwrap_err()
+            .contains("not an arm64 Image"));
+        assert!(linux_bundle_bytes(&LinuxVm { ram_size: 2 << 20, ..vm }, &seed).unwrap_err().contains("do not fit"));
+        assert!(linux_bundle_bytes(&LinuxVm { cmdline: "a\nb", ..vm }, &seed).unwrap_err().contains("printable"));
     }
 }

@@ -121,10 +121,12 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
             let keep = [s.x[1], s.x[2], s.x[3]];
             ret(s, 0, keep)
         }
-        f if (host_call::REGISTER_VM..=host_call::DESTROY_VM).contains(&f) => match vm_call_spec(f, &s.x) {
-            Ok(args) => AbsState { next: Next::VmCall(f, args), ..s },
-            Err(status) => ret_status(s, status),
-        },
+        f if (host_call::REGISTER_VM..=host_call::DESTROY_VM).contains(&f) || f == host_call::BOOT_DATA => {
+            match vm_call_spec(f, &s.x) {
+                Ok(args) => AbsState { next: Next::VmCall(f, args), ..s },
+                Err(status) => ret_status(s, status),
+            }
+        }
         _ => ret_status(s, Status::NotSupported),
     }
 }
@@ -147,6 +149,8 @@ fn vm_call_spec(function: u32, x: &[u64; 31]) -> Result<[u64; 4], Status> {
         host_call::SET_BOOT_INFO => vm(a1).map(|()| [a1, a2, a3, 0]),
         host_call::REMAP_VM_IMAGE if a3 >= 1 << 28 => vm(a1).and(Err(Status::InvalidAddress)),
         host_call::REMAP_VM_IMAGE => vm(a1).map(|()| [a1, a2, a3, 0]),
+        host_call::BOOT_DATA if a3 >= 1 << 28 => vm(a1).and(Err(Status::InvalidAddress)),
+        host_call::BOOT_DATA => vm(a1).map(|()| [a1, a2, a3, 0]),
         host_call::VCPU_RUN => vm(a1).and(vcpu(a2)).map(|()| [a1, a2, a3, 0]),
         host_call::CLEAR_VM_S2_RANGE => vm(a1).and(pa(a2)).map(|()| [a1, a2, a3, 0]),
         host_call::PHYS_ADDR_IOREMAP => vm(a1).and(pa(a3)).map(|()| [a1, a2, a3, a4]),

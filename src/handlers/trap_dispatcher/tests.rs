@@ -71,6 +71,7 @@ fn function(call: &VmCall) -> u32 {
         VmCall::TimerSetCntvoff { .. } => host_call::TIMER_SET_CNTVOFF,
         VmCall::VmPowerOff { .. } => host_call::VM_POWER_OFF,
         VmCall::DestroyVm { .. } => host_call::DESTROY_VM,
+        VmCall::BootData { .. } => host_call::BOOT_DATA,
     }
 }
 
@@ -81,6 +82,7 @@ fn raw_args(call: VmCall) -> [u64; 4] {
         VmCall::RegisterVcpu { vm, vcpu } => [vm.raw(), vcpu.raw(), 0, 0],
         VmCall::SetBootInfo { vm, gpa, size } => [vm.raw(), gpa.raw(), size, 0],
         VmCall::RemapVmImage { vm, index, pfn } => [vm.raw(), index, pfn.raw(), 0],
+        VmCall::BootData { vm, gpa, pfn } => [vm.raw(), gpa.raw(), pfn.raw(), 0],
         VmCall::ClearVmS2Range { vm, base, size } => [vm.raw(), base.raw(), size, 0],
         VmCall::PhysAddrIoremap { vm, gpa, pa, size } => [vm.raw(), gpa.raw(), pa.raw(), size],
         VmCall::TimerSetCntvoff { vm, offset } => [vm.raw(), offset, 0, 0],

@@ -1,0 +1,5 @@
+//! KServ's side of a Linux VM (issue 13): its device tree, written at run time into pages that
+//! KCore takes as BOOT_DATA before the VM's first run.
+
+pub mod dt;
+pub mod fdt;
