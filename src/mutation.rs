@@ -74,6 +74,12 @@ pub enum Mutation {
     /// The world switch's fast path is offered a guest's MRS into one of x19..x29, which it
     /// does not save or restore (the read value would be lost).
     InPlaceTakesCalleeSavedRegister,
+    /// A 2 MiB block offered for a guest fault is checked for the host's ownership on its first
+    /// page only.
+    BlockOwnershipFirstPageOnly,
+    /// A 2 MiB block offered for a guest fault is taken without checking that the VM's stage-2
+    /// can map it there (a page of the gfn block already mapped).
+    BlockOverMappedGfn,
 }
 
 #[cfg(test)]

@@ -94,6 +94,12 @@ pub mod exit {
     /// The guest touched RAM it has no page for yet. x2 = guest address. Answer: the frame
     /// number of a page of the host's; KCore takes it, scrubs it and maps it on the next run.
     pub const PAGE_FAULT: u64 = 2;
+    /// Set in a PAGE_FAULT answer: the frame number (bit 63 clear) is the first of a 2 MiB-aligned
+    /// run of 512 host pages for the 2 MiB-aligned guest block around the fault. KCore takes the
+    /// whole run, scrubs it and maps it as one 2 MiB block, or refuses the run (a page not the
+    /// host's, the block not wholly inside the VM's RAM, a page of the block already mapped for
+    /// the VM) and changes nothing: the host then offers a single page.
+    pub const PAGE_ANSWER_BLOCK: u64 = 1 << 63;
     /// WFI or WFE. x2 = when the guest's virtual timer fires, in physical counter ticks
     /// (`u64::MAX` if it is off or masked). No answer.
     pub const WFI: u64 = 3;
@@ -249,6 +255,19 @@ pub mod guest_role {
     /// page at its share limit, an unshare of a partly shared range) and has the host check
     /// that none of them changed any page.
     pub const SHARE_ATOMIC: u32 = 10;
+    /// `vm-large`: the guest has [`LARGE_RAM_SIZE`] of RAM, writes one word into every page of
+    /// it, then checks them all (issue 13: KServ answers its faults with 2 MiB blocks).
+    pub const LARGE: u32 = 11;
+    pub const LARGE_RAM_SIZE: u64 = 128 << 20;
+
+    /// The RAM a test guest in `role` gets.
+    pub const fn ram_size(role: u32) -> u64 {
+        if role == LARGE {
+            LARGE_RAM_SIZE
+        } else {
+            super::guest_dev::RAM_SIZE
+        }
+    }
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -327,6 +327,19 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("victim", role::STEADY, 1)],
         bootargs: "",
     },
+    Scenario {
+        name: "vm-large",
+        lines: &[
+            "kserv: [large] large: touched 30720 pages, 0 wrong",
+            "kserv: [large] bye",
+            "kserv: vm-large: FAULTS stage-2 faults for 128 MiB of guest RAM",
+            "kserv: vm large: torn down, 32768 pages back (32768 given), all scrubbed",
+            "kserv: scenario vm-large: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("large", role::LARGE, 1)],
+        bootargs: "",
+    },
 ];
 
 /// Scenarios that run without `-no-reboot`: a reset reboots the machine with RAM as it was.
