@@ -39,8 +39,9 @@ pub struct Vm {
     /// A page (or, `true`, the 2 MiB block holding it) offered for a vCPU's stage-2 fault: KCore
     /// takes it on that vCPU's next run.
     offered: [Option<(u64, bool)>; MAX_VCPUS],
-    /// Stage-2 faults KServ answered (pages and blocks).
+    /// Stage-2 faults KServ answered with a page, and with a 2 MiB block.
     pub faults: u64,
+    pub block_faults: u64,
     /// One line buffer per vCPU: the UART is shared, but lines from different vCPUs are printed
     /// whole.
     console: [LineBuffer; MAX_VCPUS],
@@ -234,6 +235,7 @@ impl Manager {
             answers: [0; MAX_VCPUS],
             offered: [None; MAX_VCPUS],
             faults: 0,
+            block_faults: 0,
             console: [const { LineBuffer::new() }; MAX_VCPUS],
             given: Given::new(),
             alive: false,
@@ -382,16 +384,17 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
         exit::MMIO => mmio(vm, vcpu, a, b, c, hooks),
         exit::PAGE_FAULT => match vm.host_page(a) {
             Some(pa) => {
-                vm.faults += 1;
                 let page = (pa - vm.region) / PAGE;
                 // The whole 2 MiB block around the fault, if none of it was given and all of it
                 // is the guest's RAM (the region is 2 MiB-aligned, so the host run is too).
                 let block = a & !(BLOCK - 1);
                 let in_ram = block >= vm.entry.ram_base && block + BLOCK <= vm.entry.ram_base + vm.entry.ram_size;
                 if in_ram && vm.given.block_free(page) {
+                    vm.block_faults += 1;
                     vm.offered[vcpu] = Some((page, true));
                     vm.answers[vcpu] = (pa & !(BLOCK - 1)) >> 12 | exit::PAGE_ANSWER_BLOCK;
                 } else {
+                    vm.faults += 1;
                     vm.offered[vcpu] = Some((page, false));
                     vm.answers[vcpu] = pa >> 12;
                 }
