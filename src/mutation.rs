@@ -84,6 +84,12 @@ pub enum Mutation {
     /// BOOT_DATA is accepted after a vCPU of the VM has run (the host could then place its own
     /// bytes in a running guest's memory).
     BootDataAfterFirstRun,
+    /// A 2 MiB block offered for a guest fault is checked for the host's ownership on its first
+    /// page only.
+    BlockOwnershipFirstPageOnly,
+    /// A 2 MiB block offered for a guest fault is taken without checking that the VM's stage-2
+    /// can map it there (a page of the gfn block already mapped).
+    BlockOverMappedGfn,
 }
 
 #[cfg(test)]

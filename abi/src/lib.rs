@@ -103,6 +103,12 @@ pub mod exit {
     /// The guest touched RAM it has no page for yet. x2 = guest address. Answer: the frame
     /// number of a page of the host's; KCore takes it, scrubs it and maps it on the next run.
     pub const PAGE_FAULT: u64 = 2;
+    /// Set in a PAGE_FAULT answer: the frame number (bit 63 clear) is the first of a 2 MiB-aligned
+    /// run of 512 host pages for the 2 MiB-aligned guest block around the fault. KCore takes the
+    /// whole run, scrubs it and maps it as one 2 MiB block, or refuses the run (a page not the
+    /// host's, the block not wholly inside the VM's RAM, a page of the block already mapped for
+    /// the VM) and changes nothing: the host then offers a single page.
+    pub const PAGE_ANSWER_BLOCK: u64 = 1 << 63;
     /// WFI (WFE is [`WFE`]). x2 = when the guest's virtual timer fires, in physical counter
     /// ticks (`u64::MAX` if it is off or masked). No answer.
     pub const WFI: u64 = 3;
@@ -280,6 +286,19 @@ pub mod guest_role {
     /// What the SYSREGS role writes to ICC_SGI1R_EL1: Aff3 0x12, Aff2 0x34, INTID 5, target
     /// list {0, 1}.
     pub const SYSREGS_SGI1R: u64 = 0x0012_0034_0500_0003;
+    /// `vm-large`: the guest has [`LARGE_RAM_SIZE`] of RAM, writes one word into every page of
+    /// it, then checks them all (issue 13: KServ answers its faults with 2 MiB blocks).
+    pub const LARGE: u32 = 12;
+    pub const LARGE_RAM_SIZE: u64 = 128 << 20;
+
+    /// The RAM a test guest in `role` gets.
+    pub const fn ram_size(role: u32) -> u64 {
+        if role == LARGE {
+            LARGE_RAM_SIZE
+        } else {
+            super::guest_dev::RAM_SIZE
+        }
+    }
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

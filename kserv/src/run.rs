@@ -5,7 +5,7 @@ use crate::arch::{console, cpu, exceptions, hvc, mmu, pmu};
 use crate::dtb::{BootInfo, GicInfo, MAX_RAM_REGIONS};
 use crate::kprintln;
 use crate::scenario::{dma_routes, kcore_probes, stats, Scenario};
-use crate::vm_plan::choose_regions;
+use crate::vm_plan::{choose_regions, MAX_GUEST_RAM, REGION_SIZE};
 use crate::vm_scenarios::{self, VmEnv};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use corevisor_abi::bundle::Bundle;
@@ -85,7 +85,11 @@ impl<'a> Env<'a> {
             (dtb_pa, dtb_pa + dtb_size.max(1)),
             initrd.unwrap_or((0, 0)),
         ];
-        let regions = choose_regions(&ram, &avoid);
+        // The first region fits the bundle's largest VM (issue 13: up to 1 GiB), the rest 16 MiB.
+        let largest = bundle.as_ref().map_or(0, |b| b.vms().map(|vm| vm.ram_size).max().unwrap_or(0));
+        let mut sizes = [REGION_SIZE; crate::vmm::MAX_VMS];
+        sizes[0] = largest.clamp(REGION_SIZE, MAX_GUEST_RAM);
+        let regions = choose_regions(&ram, &avoid, sizes);
         let uart_base = info.and_then(|i| i.uart).unwrap_or(BOARD.uart_base);
         let pm_watchdog = BOARD.pm_watchdog;
         let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, uart_base, bootargs, pm_watchdog };
@@ -152,6 +156,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::VmTwoGuests => vm_scenarios::vm_two_guests(&env.vm),
         Scenario::VmShare => vm_scenarios::vm_share(&env.vm),
         Scenario::ShareAtomic => vm_scenarios::share_atomic(&env.vm),
+        Scenario::VmLarge => vm_scenarios::vm_large(&env.vm),
         Scenario::HostAttacksVm => vm_scenarios::host_attacks_vm(&env.vm),
         Scenario::VmBadImage => vm_scenarios::vm_bad_image(&env.vm),
         Scenario::SignedBinding => vm_scenarios::signed_binding(&env.vm),

@@ -26,6 +26,7 @@ pub enum Scenario {
     HostDma,
     SignedBinding,
     GuestSysregs,
+    VmLarge,
 }
 
 impl Scenario {
@@ -52,6 +53,7 @@ impl Scenario {
         Scenario::HostDma,
         Scenario::SignedBinding,
         Scenario::GuestSysregs,
+        Scenario::VmLarge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Scenario {
             Scenario::HostDma => "host-dma",
             Scenario::SignedBinding => "signed-binding",
             Scenario::GuestSysregs => "guest-sysregs",
+            Scenario::VmLarge => "vm-large",
         }
     }
 

@@ -2,33 +2,49 @@
 //! where guest memory comes from, which pages a VM was given, the emulated PL011, and the
 //! hypercall fuzzer's random numbers.
 
-/// Host RAM behind one VM: 16 MiB, the test guests' RAM size.
+/// Host RAM behind one VM by default: 16 MiB, the test guests' RAM size.
 pub const REGION_SIZE: u64 = 16 << 20;
+/// The most guest RAM KServ backs for one VM (issue 13: Linux guests up to 1 GiB).
+pub const MAX_GUEST_RAM: u64 = 1 << 30;
 const PAGE: u64 = 4096;
-/// Pages in a region.
-const REGION_PAGES: u64 = REGION_SIZE / PAGE;
+/// A 2 MiB block: regions are aligned to it, so that KServ can offer a guest's fault a whole
+/// block of host pages.
+pub const BLOCK: u64 = 2 << 20;
+/// Pages of the largest guest.
+const MAX_PAGES: u64 = MAX_GUEST_RAM / PAGE;
 
 /// The host page behind guest page `gpa` of a VM whose RAM `[ram_base, ram_base + ram_size)` is
-/// backed by the region at `region`; `None` outside the VM's RAM.
+/// backed by the region at `region` (at least `ram_size` long); `None` outside the VM's RAM.
 pub fn region_page(region: u64, ram_base: u64, ram_size: u64, gpa: u64) -> Option<u64> {
-    let offset = gpa.checked_sub(ram_base).filter(|&o| o < ram_size.min(REGION_SIZE))?;
+    let offset = gpa.checked_sub(ram_base).filter(|&o| o < ram_size)?;
     Some(region + (offset & !(PAGE - 1)))
 }
 
-/// Picks up to `N` regions of [`REGION_SIZE`] from the top of RAM down, avoiding `avoid`
-/// (KCore, KServ, the DTB, the bundle).
-pub fn choose_regions<const N: usize>(ram: &[Option<(u64, u64)>], avoid: &[(u64, u64)]) -> [Option<u64>; N] {
-    let mut out = [None; N];
-    let mut found = 0;
-    for &(base, size) in ram.iter().flatten() {
-        let mut top = (base + size) & !(REGION_SIZE - 1);
-        while found < N && top >= base + REGION_SIZE {
-            let start = top - REGION_SIZE;
-            if !avoid.iter().any(|&(b, e)| b < top && start < e) {
-                out[found] = Some(start);
-                found += 1;
+/// Picks one region per entry of `sizes` (rounded up to 2 MiB, each 2 MiB-aligned), from the top
+/// of RAM down, avoiding `avoid` (KCore, KServ, the DTB, the bundle) and each other. Returns
+/// `(base, size)` of each, `None` where none fits.
+pub fn choose_regions<const N: usize>(
+    ram: &[Option<(u64, u64)>],
+    avoid: &[(u64, u64)],
+    sizes: [u64; N],
+) -> [Option<(u64, u64)>; N] {
+    let mut out: [Option<(u64, u64)>; N] = [None; N];
+    for (i, size) in sizes.iter().map(|s| s.next_multiple_of(BLOCK)).enumerate() {
+        let free = |start: u64, chosen: &[Option<(u64, u64)>]| {
+            let end = start + size;
+            !avoid.iter().any(|&(b, e)| b < end && start < e)
+                && !chosen.iter().flatten().any(|&(b, s)| b < end && start < b + s)
+        };
+        'search: for &(base, ram_size) in ram.iter().flatten() {
+            let Some(mut start) = (base + ram_size).checked_sub(size).map(|s| s & !(BLOCK - 1)) else { continue };
+            while start >= base {
+                if free(start, &out[..i]) {
+                    out[i] = Some((start, size));
+                    break 'search;
+                }
+                let Some(lower) = start.checked_sub(BLOCK) else { break };
+                start = lower;
             }
-            top = start;
         }
     }
     out
@@ -36,7 +52,7 @@ pub fn choose_regions<const N: usize>(ram: &[Option<(u64, u64)>], avoid: &[(u64,
 
 /// Which pages of its region a VM was given (its image, and each page it faulted on).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Given([u64; (REGION_PAGES / 64) as usize]);
+pub struct Given([u64; (MAX_PAGES / 64) as usize]);
 
 impl Default for Given {
     fn default() -> Self {
@@ -46,12 +62,27 @@ impl Default for Given {
 
 impl Given {
     pub const fn new() -> Given {
-        Given([0; (REGION_PAGES / 64) as usize])
+        Given([0; (MAX_PAGES / 64) as usize])
     }
 
     pub fn set(&mut self, page: u64) {
-        if page < REGION_PAGES {
+        if page < MAX_PAGES {
             self.0[(page / 64) as usize] |= 1 << (page % 64);
+        }
+    }
+
+    /// Whether no page of the 2 MiB block holding page `page` was given (the block's 512 bits
+    /// are 8 whole words).
+    pub fn block_free(&self, page: u64) -> bool {
+        let first = (page & !511) / 64;
+        first + 8 <= MAX_PAGES / 64 && self.0[first as usize..first as usize + 8].iter().all(|&w| w == 0)
+    }
+
+    /// Marks the whole 2 MiB block holding page `page` given.
+    pub fn set_block(&mut self, page: u64) {
+        let first = (page & !511) / 64;
+        if first + 8 <= MAX_PAGES / 64 {
+            self.0[first as usize..first as usize + 8].fill(u64::MAX);
         }
     }
 
@@ -61,7 +92,7 @@ impl Given {
 
     /// The page indices given, in order.
     pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..REGION_PAGES).filter(|&p| self.0[(p / 64) as usize] >> (p % 64) & 1 == 1)
+        (0..MAX_PAGES).filter(|&p| self.0[(p / 64) as usize] >> (p % 64) & 1 == 1)
     }
 }
 
@@ -173,10 +204,14 @@ mod tests {
     #[test]
     fn regions_come_from_the_top_of_ram_and_avoid_what_is_in_use() {
         let ram = [Some((0x4000_0000, 0x4000_0000)), None];
-        let regions: [Option<u64>; 3] = choose_regions(&ram, &[(0x7f00_0000, 0x7f00_1000)]);
-        assert_eq!(regions, [Some(0x7e00_0000), Some(0x7d00_0000), Some(0x7c00_0000)]);
+        let regions = choose_regions(&ram, &[(0x7f00_0000, 0x7f00_1000)], [REGION_SIZE; 3]);
+        let sized = |b| Some((b, REGION_SIZE));
+        assert_eq!(regions, [sized(0x7e00_0000), sized(0x7d00_0000), sized(0x7c00_0000)]);
         let tiny = [Some((0, 0x0180_0000))];
-        assert_eq!(choose_regions::<2>(&tiny, &[]), [Some(0), None]);
+        assert_eq!(choose_regions(&tiny, &[], [REGION_SIZE; 2]), [sized(0x0080_0000), None]);
+        // A 128 MiB region first, 2 MiB-aligned, then the small ones below it.
+        let big = choose_regions(&ram, &[(0x7f00_0000, 0x7f00_1000)], [128 << 20, REGION_SIZE]);
+        assert_eq!(big, [Some((0x7700_0000, 128 << 20)), sized(0x7600_0000)]);
     }
 
     #[test]
@@ -185,8 +220,12 @@ mod tests {
         for p in [0, 1, 1, 63, 64, 4095, 4096] {
             given.set(p);
         }
-        assert_eq!(given.count(), 5);
-        assert_eq!(given.pages().collect::<Vec<_>>(), vec![0, 1, 63, 64, 4095]);
+        assert_eq!(given.count(), 6);
+        assert_eq!(given.pages().collect::<Vec<_>>(), vec![0, 1, 63, 64, 4095, 4096]);
+        assert!(!given.block_free(511) && given.block_free(512) && !given.block_free(4096));
+        given.set_block(1030);
+        assert_eq!(given.count(), 6 + 512);
+        assert!(!given.block_free(1024));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use crate::arch::{exceptions, hvc};
 use crate::kprintln;
-use crate::vm_plan::{pl011, region_page, Given, LineBuffer};
+use crate::vm_plan::{pl011, region_page, Given, LineBuffer, BLOCK};
 use core::sync::atomic::{AtomicBool, Ordering};
 use corevisor_abi::bundle::{Bundle, VmEntry, MAX_IMAGES};
 use corevisor_abi::{exit, guest_dev, host_call, psci, Status};
@@ -36,8 +36,12 @@ pub struct Vm {
     pub vcpus: [VcpuRun; MAX_VCPUS],
     /// The answer each vCPU's next VCPU_RUN carries.
     answers: [u64; MAX_VCPUS],
-    /// A page offered for a vCPU's stage-2 fault: KCore takes it on that vCPU's next run.
-    offered: [Option<u64>; MAX_VCPUS],
+    /// A page (or, `true`, the 2 MiB block holding it) offered for a vCPU's stage-2 fault: KCore
+    /// takes it on that vCPU's next run.
+    offered: [Option<(u64, bool)>; MAX_VCPUS],
+    /// Stage-2 faults KServ answered with a page, and with a 2 MiB block.
+    pub faults: u64,
+    pub block_faults: u64,
     /// One line buffer per vCPU: the UART is shared, but lines from different vCPUs are printed
     /// whole.
     console: [LineBuffer; MAX_VCPUS],
@@ -156,7 +160,8 @@ static mut VM_SLOTS: [Option<Vm>; MAX_VMS] = [const { None }; MAX_VMS];
 static SLOTS_TAKEN: AtomicBool = AtomicBool::new(false);
 
 pub struct Manager {
-    regions: [Option<u64>; MAX_VMS],
+    /// Host RAM regions for VMs: `(base, size)`, 2 MiB-aligned.
+    regions: [Option<(u64, u64)>; MAX_VMS],
     pub vms: &'static mut [Option<Vm>; MAX_VMS],
     /// VMs torn down after powering themselves off, and after being stopped.
     pub powered_off: u32,
@@ -166,8 +171,8 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// `regions` are the host RAM regions (16 MiB each) KServ may give to VMs.
-    pub fn new(regions: [Option<u64>; MAX_VMS]) -> Manager {
+    /// `regions` are the host RAM regions (`(base, size)`, 2 MiB-aligned) KServ may give to VMs.
+    pub fn new(regions: [Option<(u64, u64)>; MAX_VMS]) -> Manager {
         assert!(!SLOTS_TAKEN.swap(true, Ordering::SeqCst), "KServ runs one VM manager per boot");
         let slots = &raw mut VM_SLOTS;
         // SAFETY: the flag above hands the static out once, and the VM manager runs on one core.
@@ -198,7 +203,8 @@ impl Manager {
         let slot = self.vms.iter().position(Option::is_none).ok_or((None, no_room))?;
         // A region is free while no VM record holds it.
         let in_use = |region: u64| self.vms.iter().flatten().any(|vm| vm.region == region);
-        let region = self.regions.iter().flatten().copied().find(|&r| !in_use(r)).ok_or((None, no_room))?;
+        let region = self.regions.iter().flatten().find(|&&(r, size)| !in_use(r) && size >= entry.ram_size);
+        let region = region.map(|&(r, _)| r).ok_or((None, no_room))?;
         let backed = |load: &Load| {
             region_page(region, entry.ram_base, entry.ram_size, load.gpa).is_some()
                 && region_page(
@@ -209,7 +215,7 @@ impl Manager {
                 )
                 .is_some()
         };
-        if entry.ram_size > crate::vm_plan::REGION_SIZE
+        if entry.ram_size > crate::vm_plan::MAX_GUEST_RAM
             || entry.vcpus as usize > MAX_VCPUS
             || layout.loads().is_empty()
             || !layout.loads().iter().all(backed)
@@ -234,6 +240,8 @@ impl Manager {
             vcpus: [VcpuRun::Off; MAX_VCPUS],
             answers: [0; MAX_VCPUS],
             offered: [None; MAX_VCPUS],
+            faults: 0,
+            block_faults: 0,
             console: [const { LineBuffer::new() }; MAX_VCPUS],
             given: Given::new(),
             alive: false,
@@ -359,21 +367,43 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
     let [status, reason, a, b, c, d] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
     vm.runs += 1;
     let offered = vm.offered[vcpu].take();
+    if status != Status::Success.as_reg() && matches!(offered, Some((_, true))) {
+        // KCore refused the block (all or nothing): offer the faulting page alone instead.
+        if let Some((page, _)) = offered {
+            vm.offered[vcpu] = Some((page, false));
+            vm.answers[vcpu] = (vm.region >> 12) + page;
+        }
+        return;
+    }
     if status != Status::Success.as_reg() {
         kprintln!("vm {}: VCPU_RUN of vcpu {vcpu} refused ({:?})", vm.name(), Status::from_reg(status));
         stop(vm, "VCPU_RUN refused");
         return;
     }
-    // The run started, so KCore took the page offered for the last fault.
-    if let Some(page) = offered {
-        vm.given.set(page);
+    // The run started, so KCore took the page (or block) offered for the last fault.
+    match offered {
+        Some((page, true)) => vm.given.set_block(page),
+        Some((page, false)) => vm.given.set(page),
+        None => {}
     }
     match reason {
         exit::MMIO => mmio(vm, vcpu, a, b, c, hooks),
         exit::PAGE_FAULT => match vm.host_page(a) {
             Some(pa) => {
-                vm.offered[vcpu] = Some((pa - vm.region) / PAGE);
-                vm.answers[vcpu] = pa >> 12;
+                let page = (pa - vm.region) / PAGE;
+                // The whole 2 MiB block around the fault, if none of it was given and all of it
+                // is the guest's RAM (the region is 2 MiB-aligned, so the host run is too).
+                let block = a & !(BLOCK - 1);
+                let in_ram = block >= vm.entry.ram_base && block + BLOCK <= vm.entry.ram_base + vm.entry.ram_size;
+                if in_ram && vm.given.block_free(page) {
+                    vm.block_faults += 1;
+                    vm.offered[vcpu] = Some((page, true));
+                    vm.answers[vcpu] = (pa & !(BLOCK - 1)) >> 12 | exit::PAGE_ANSWER_BLOCK;
+                } else {
+                    vm.faults += 1;
+                    vm.offered[vcpu] = Some((page, false));
+                    vm.answers[vcpu] = pa >> 12;
+                }
             }
             None => stop(vm, "page fault outside its RAM"),
         },

@@ -248,7 +248,8 @@ impl HostMemory {
     }
 
     /// Takes page `pfn` back from VM `vmid`, scrubs it, and returns it to the host (SeKVM
-    /// `clear_vm_page`). The VM loses its mapping first (SeKVM relies on the VM being powered off
+    /// `clear_vm_page`). The VM loses its mapping first (of the whole 2 MiB block, for a page of
+    /// one) (SeKVM relies on the VM being powered off
     /// instead), so no VM ever maps a page it does not own. The scrub is cleaned to the point of
     /// coherency before the page is the host's, so that DRAM holds zeros too, not the VM's data
     /// behind zeroed cache lines. The host maps it again on its next fault.
@@ -264,8 +265,19 @@ impl HostMemory {
         if page.owner != Owner::Vm(vmid) {
             return Err(MemError::NotOwned(page.owner));
         }
-        if vm_s2.walk(m, page.gfn << 12).is_some_and(|leaf| leaf.translate(page.gfn << 12) == pa) {
-            vm_s2.clear_page(m, page.gfn << 12)?;
+        match vm_s2.walk(m, page.gfn << 12) {
+            Some(leaf) if leaf.translate(page.gfn << 12) != pa => {}
+            Some(leaf) if leaf.level == LAST_LEVEL => {
+                vm_s2.clear_page(m, page.gfn << 12)?;
+            }
+            // A page of a 2 MiB block: the whole block leaves the VM's stage-2 rather than being
+            // split (a table page per block would exhaust the VM's pool at teardown). The VM is
+            // off wherever this meets a block (teardown); its other pages of the block stay its
+            // own, unmapped, until they come back too.
+            Some(_) => {
+                vm_s2.unmap(m, page.gfn << 12)?;
+            }
+            None => {}
         }
         if page.count > 0 {
             // Shared pages are mapped in the host: unmap before the page is scrubbed and handed

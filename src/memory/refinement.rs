@@ -225,3 +225,32 @@ fn a_last_unshare_the_host_never_mapped_leaves_the_vm_lines_alone() {
     assert!(sys.m.take_cleaned().is_empty(), "an unshare the host never mapped cleaned the page");
     assert!(!coherent(&sys.m, pfn), "the VM's own dirty line was written back");
 }
+
+/// Companions of the 2 MiB block offer (issue 13): sequences that start on the edge of a
+/// refused block, then go on at random. Without the bug the edge refines.
+fn catches_on_block_edge(bug: Mutation, edge: Vec<Op>) {
+    assert!(refines(false, &edge).is_ok() && refines(true, &edge).is_ok());
+    let inputs = sequences().prop_map(move |(pages_only, ops)| (pages_only, [edge.clone(), ops].concat()));
+    crate::mutation::catches(bug, 16, inputs, |(pages_only, ops)| refines(pages_only, &ops));
+}
+
+#[test]
+fn refinement_catches_a_block_accepted_over_a_page_the_host_does_not_own() {
+    // VM 2 owns the run's second page; VM 1 is offered the run as a block.
+    let edge = vec![
+        Op::Assign { vmid: 2, gfn: 0, pfn: 0x40401 },
+        Op::ProtAndMap { vmid: 1, gfn: 0x200, pfn: 0x40400, level: 2 },
+    ];
+    catches_on_block_edge(Mutation::BlockOwnershipFirstPageOnly, edge);
+}
+
+#[test]
+fn refinement_catches_a_block_over_an_already_mapped_gfn() {
+    // VM 1 maps one page of the gfn block, then is offered a block over it.
+    let edge = vec![
+        Op::Assign { vmid: 1, gfn: 0x201, pfn: 0x40201 },
+        Op::MapPfnVm { vmid: 1, gfn: 0x201, pfn: 0x40201 },
+        Op::ProtAndMap { vmid: 1, gfn: 0x200, pfn: 0x40400, level: 2 },
+    ];
+    catches_on_block_edge(Mutation::BlockOverMappedGfn, edge);
+}

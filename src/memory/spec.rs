@@ -7,7 +7,7 @@ use super::pages::{Owner, PageInfo};
 use super::{MemError, MAX_SHARE_COUNT};
 use crate::machine::PAGE_SIZE;
 use crate::page_table::descriptor::{level_size, Attrs, MemType, LAST_LEVEL};
-use crate::page_table::spec::{clear_page_spec, map_spec, walk_spec, AbsNpt};
+use crate::page_table::spec::{clear_page_spec, map_spec, unmap_spec, walk_spec, AbsNpt};
 use crate::page_table::{Leaf, PtError};
 use corevisor_boards::PhysRange;
 use std::collections::BTreeMap;
@@ -221,12 +221,21 @@ pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     };
     let mut next = r.clone();
     let gpa = page.gfn << 12;
-    if walk_spec(&r.npts[&vmid], gpa).is_some_and(|leaf| leaf.translate(gpa) == pa) {
-        let (npt, cleared) = clear_page_spec(&r.npts[&vmid], gpa)?;
-        next = next.with_npt(vmid, npt);
-        if let Err(e) = cleared {
-            return Some((next, Err(e.into())));
+    match walk_spec(&r.npts[&vmid], gpa) {
+        Some(leaf) if leaf.translate(gpa) == pa && leaf.level == LAST_LEVEL => {
+            let (npt, cleared) = clear_page_spec(&r.npts[&vmid], gpa)?;
+            next = next.with_npt(vmid, npt);
+            if let Err(e) = cleared {
+                return Some((next, Err(e.into())));
+            }
         }
+        // Issue 13: a page of a 2 MiB block takes the whole block out of the VM's stage-2 (no
+        // split: teardown must not need a table page per block).
+        Some(leaf) if leaf.translate(gpa) == pa => {
+            let (npt, _) = unmap_spec(&r.npts[&vmid], gpa)?;
+            next = next.with_npt(vmid, npt);
+        }
+        _ => {}
     }
     if page.count > 0 {
         let (npt, cleared) = clear_page_spec(next.host(), pa)?;
@@ -409,17 +418,7 @@ pub fn prot_and_map_vm_s2pt_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64, level
             (next, Ok(())) => map_pfn_vm_spec(&next, vmid, gfn, pfn),
             failed => Some(failed),
         },
-        2 if gfn.is_multiple_of(512) && pfn.is_multiple_of(512) => {
-            let mut state = r.clone();
-            for i in 0..512 {
-                match assign_pfn_to_vm_spec(&state, vmid, gfn + i, pfn + i)? {
-                    (next, Ok(())) => state = next,
-                    failed => return Some(failed),
-                }
-            }
-            let (npt, result) = map_spec(&state.npts[&vmid], gfn << 12, pfn << 12, 2, Attrs::RAM)?;
-            Some((state.with_npt(vmid, npt), result.map_err(MemError::from)))
-        }
+        2 if gfn.is_multiple_of(512) && pfn.is_multiple_of(512) => give_vm_block_spec(r, vmid, gfn, pfn),
         _ => Some((r.clone(), Err(MemError::PageTable(PtError::BadRange)))),
     }
 }
@@ -459,4 +458,47 @@ pub fn share_range_spec(r: &RData, vmid: u16, gpa: u64, size: u64, revoke: bool)
         state = next;
     }
     Some((state, Ok(())))
+}
+
+/// A 2 MiB block for VM `vmid` (issue 13, the PAGE_ANSWER_BLOCK answer): the 512 host pages from
+/// the aligned `pfn` become the VM's at the aligned `gfn` onwards, each scrubbed, and the VM's
+/// stage-2 maps them as one level-2 block. All or nothing: if a page of the run is outside the
+/// physical address space, not RAM or not the host's (the first such page in order names the
+/// reason), if the run is not wholly inside one RAM region, or if the block could not be
+/// mapped there (a page of the gfn block mapped, a table in the slot, no table page left), the
+/// state is as before.
+pub fn give_vm_block_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
+    let refuse = |e| Some((r.clone(), Err(e)));
+    let pa = match frame(pfn).and_then(|pa| frame(pfn + 511).map(|_| pa)) {
+        Ok(pa) => pa,
+        Err(e) => return refuse(e),
+    };
+    let size = 512 * PAGE_SIZE;
+    for at in (pa..pa + size).step_by(PAGE_SIZE as usize) {
+        match r.page(at) {
+            None => return refuse(MemError::NotRam),
+            Some(p) if p.owner != Owner::Host => return refuse(MemError::NotOwned(p.owner)),
+            Some(_) => {}
+        }
+    }
+    if !r.ram.iter().any(|reg| pa >= reg.base && pa + size <= reg.end()) {
+        return refuse(MemError::NotRam);
+    }
+    let (npt, mapped) = map_spec(&r.npts[&vmid], gfn << 12, pa, 2, Attrs::RAM)?;
+    if let Err(e) = mapped {
+        return refuse(e.into());
+    }
+    // Each page leaves the host's stage-2 as any page taken from the host does.
+    let mut next = r.clone();
+    for i in 0..512 {
+        match take_from_host_spec(&next, pa + i * PAGE_SIZE, Owner::Vm(vmid), gfn + i)? {
+            (taken, Ok(())) => next = taken,
+            failed => return Some(failed),
+        }
+    }
+    let words: Vec<u64> = next.flatmem.range(pa..pa + size).map(|(&a, _)| a).collect();
+    words.into_iter().for_each(|a| {
+        next.flatmem.remove(&a);
+    });
+    Some((next.with_npt(vmid, npt), Ok(())))
 }

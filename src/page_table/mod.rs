@@ -177,28 +177,7 @@ impl PageTable {
         level: u8,
         attrs: Attrs,
     ) -> Result<Leaf, PtError> {
-        if !(FIRST_LEVEL..=LAST_LEVEL).contains(&level) {
-            return Err(PtError::BadRange);
-        }
-        let size = level_size(level);
-        if !addr.is_multiple_of(size)
-            || !pa.is_multiple_of(size)
-            || addr >= INPUT_LIMIT
-            || pa >= descriptor::OUTPUT_LIMIT
-        {
-            return Err(PtError::BadRange);
-        }
-        // Check before allocating anything: a refused map must not consume pool pages.
-        let slot = self.descend(machine, addr, level);
-        match slot.entry {
-            Entry::Leaf(..) => return Err(PtError::Occupied),
-            Entry::Table(_) if slot.level == level => return Err(PtError::Occupied),
-            _ => {}
-        }
-        let needed = (level - slot.level) as u64;
-        if self.pool.free() < needed {
-            return Err(PtError::PoolExhausted);
-        }
+        let slot = self.map_slot(machine, addr, pa, level)?;
         let mut at = slot.at;
         for table_level in slot.level..level {
             let next = self.pool.alloc(machine)?;
@@ -210,6 +189,40 @@ impl PageTable {
         machine.write_u64(at, leaf(self.regime, level, pa, attrs));
         machine.publish();
         Ok(Leaf { input: addr, output: pa, level, attrs })
+    }
+
+    /// Whether [`map`](Self::map) of the same arguments would succeed, without changing anything:
+    /// for callers that must know before they commit to anything else (a 2 MiB block given to a
+    /// VM).
+    pub fn can_map(&self, machine: &impl Machine, addr: u64, pa: u64, level: u8) -> Result<(), PtError> {
+        self.map_slot(machine, addr, pa, level).map(drop)
+    }
+
+    /// [`map`](Self::map)'s checks, before it allocates anything (a refused map must not consume
+    /// pool pages): the slot where the walk stops, if the mapping may go there.
+    #[inline(always)]
+    fn map_slot(&self, machine: &impl Machine, addr: u64, pa: u64, level: u8) -> Result<Slot, PtError> {
+        if !(FIRST_LEVEL..=LAST_LEVEL).contains(&level) {
+            return Err(PtError::BadRange);
+        }
+        let size = level_size(level);
+        if !addr.is_multiple_of(size)
+            || !pa.is_multiple_of(size)
+            || addr >= INPUT_LIMIT
+            || pa >= descriptor::OUTPUT_LIMIT
+        {
+            return Err(PtError::BadRange);
+        }
+        let slot = self.descend(machine, addr, level);
+        match slot.entry {
+            Entry::Leaf(..) => return Err(PtError::Occupied),
+            Entry::Table(_) if slot.level == level => return Err(PtError::Occupied),
+            _ => {}
+        }
+        if self.pool.free() < (level - slot.level) as u64 {
+            return Err(PtError::PoolExhausted);
+        }
+        Ok(slot)
     }
 
     /// Removes the leaf that translates `addr` (the whole block), with break-before-make, and

@@ -32,12 +32,18 @@ use crate::page_table::PageTable;
 use crate::vcpu::{Pending, VcpuContext};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use corevisor_abi::Status;
+use corevisor_abi::{exit, Status};
 use ed25519_dalek::VerifyingKey;
 pub use power_down::Scrubbed;
 
-/// Page-table pages each VM's stage-2 may use.
-pub const VM_POOL_PAGES: u64 = 64;
+/// Page-table pages each VM's stage-2 may use: the root, two level-2 tables (a 1 GiB window
+/// that is not 1 GiB-aligned spans two), and 125 level-3 tables. A 1 GiB guest mapped with
+/// 2 MiB blocks needs the first three plus one level-3 table per 2 MiB block that also holds
+/// 4 KiB pages (its images, pages faulted in beside them): up to 125 such blocks, 250 MiB of
+/// 4 KiB-mapped RAM. A 1 GiB guest mapped with 4 KiB pages only (514 tables) does not fit.
+pub const VM_POOL_PAGES: u64 = 128;
+/// Pages in a 2 MiB block.
+const BLOCK_PAGES: u64 = 512;
 /// The largest guest RAM window: 4 GiB.
 pub const MAX_GUEST_RAM: u64 = 4 << 30;
 
@@ -237,7 +243,7 @@ impl Kcore {
             }
         }
         if let Pending::PageFault { gfn } = ctx.pending {
-            give_page(m, &mut self.mem, &mut rec.s2, vm, gfn, answer)?;
+            give_page(m, &mut self.mem, &mut rec.s2, rec.ram, vm, gfn, answer)?;
             ctx.pending = Pending::Nothing;
         }
         ctx.complete(answer);
@@ -375,15 +381,26 @@ impl Kcore {
 /// Serves a guest's stage-2 fault on RAM page `gfn` with the host's page `pfn`: KCore takes it
 /// from the host (unmapping it there), scrubs it (zeros cleaned to DRAM), and maps it for the
 /// guest. The host's number is VCPU_RUN's raw answer: one beyond the physical address size is
-/// refused, never truncated.
+/// refused, never truncated. With `exit::PAGE_ANSWER_BLOCK` set, `pfn` starts a 2 MiB run for
+/// the whole gfn block around the fault, all or nothing (`HostMemory::prot_and_map_vm_s2pt`).
 fn give_page(
     m: &impl Machine,
     mem: &mut HostMemory,
     s2: &mut PageTable,
+    ram: IpaRange,
     vm: VmId,
     gfn: u64,
     pfn: u64,
 ) -> Result<(), VmError> {
+    if pfn & exit::PAGE_ANSWER_BLOCK != 0 {
+        // The 2 MiB-aligned gfn block around the fault, wholly inside the VM's RAM window.
+        let block = gfn & !(BLOCK_PAGES - 1);
+        if !ram.contains_range(block << PAGE_SHIFT, BLOCK_PAGES << PAGE_SHIFT) {
+            return Err(VmError::BadArgument);
+        }
+        mem.prot_and_map_vm_s2pt(m, s2, vm.vmid(), block, pfn & !exit::PAGE_ANSWER_BLOCK, 2)?;
+        return Ok(());
+    }
     // Not left to `assign_pfn_to_vm`: it also accepts a page the VM already has at `gfn`, which
     // the scrub below would then wipe. An offer must be a page of the host's.
     let pa = crate::memory::checked_pa(pfn)?;

@@ -27,7 +27,11 @@ const IMAGE_LEN: u64 = 3000;
 /// Pages the host offers for guest faults: free ones, the image page, KCore's, not RAM; and
 /// numbers with high bits that `pfn << 12` would alias to free pages or to the image page, the
 /// first number past the physical address space, and the largest.
-const OFFERS: [u64; 12] = [
+const OFFERS: [u64; 15] = [
+    // 2 MiB runs (issue 13): the host's; one holding the image page; one not aligned.
+    0x48200 | BLOCK,
+    IMAGE_PFN | BLOCK,
+    0x48201 | BLOCK,
     0x48100,
     0x48101,
     0x48102,
@@ -42,10 +46,11 @@ const OFFERS: [u64; 12] = [
     u64::MAX,
 ];
 /// The guest's RAM window in the sequences.
-const GUEST_RAM_SIZE: u64 = 1 << 20;
+const GUEST_RAM_SIZE: u64 = 4 << 20;
 /// The first of the guest pages the sequences fault in.
 const FAULTED_GFN: u64 = (GUEST_RAM >> 12) + 8;
-pub(super) const PROBES: [u64; 7] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080];
+pub(super) const PROBES: [u64; 9] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080, 0x48200, 0x483ff];
+const BLOCK: u64 = corevisor_abi::exit::PAGE_ANSWER_BLOCK;
 
 pub(super) fn key() -> SigningKey {
     SigningKey::from_bytes(&[9; 32])
@@ -130,12 +135,14 @@ fn any_vop() -> impl Strategy<Value = VOp> {
     let exit = prop_oneof![
         3 => (0u64..4).prop_map(|i| Pending::PageFault { gfn: FAULTED_GFN + i }),
         1 => Just(Pending::PageFault { gfn: GUEST_RAM >> 12 }),
+        // In the second 2 MiB block, where no image page is: a block offer can be taken there.
+        2 => Just(Pending::PageFault { gfn: (GUEST_RAM >> 12) + 512 + 3 }),
         1 => Just(Pending::Nothing),
         1 => Just(Pending::CallResult),
         1 => Just(Pending::MmioWrite),
     ];
     prop_oneof![
-        3 => prop_oneof![4 => Just((GUEST_RAM, 1u64 << 20)), 1 => Just((GUEST_RAM + 1, 4096u64)), 1 => Just((0, 0u64))]
+        3 => prop_oneof![4 => Just((GUEST_RAM, GUEST_RAM_SIZE)), 1 => Just((GUEST_RAM + 1, 4096u64)), 1 => Just((0, 0u64))]
             .prop_map(|(b, s)| VOp::RegisterVm(b, s)),
         2 => (vmid.clone(), 0u64..3).prop_map(|(v, c)| VOp::RegisterVcpu(v, c)),
         2 => (vmid.clone(), gpa.clone(), prop_oneof![8 => Just(IMAGE_LEN), 2 => Just(1u64 << 20), 2 => Just(0u64), 1 => Just(u64::MAX), 1 => Just(u64::MAX - 63), 1 => any::<u64>()])
@@ -163,7 +170,7 @@ fn any_vop() -> impl Strategy<Value = VOp> {
 /// Writes the signed image into its host page, in both worlds.
 pub(super) fn lay_out(m: &ModelMachine, r: &mut RData) {
     let image: Vec<u8> = (0..IMAGE_LEN).map(|i| (i * 5 + 2) as u8).collect();
-    let bytes = sign_layout(&key(), GUEST_RAM, 1 << 20, &[(GUEST_RAM, &image)]).remove(0);
+    let bytes = sign_layout(&key(), GUEST_RAM, GUEST_RAM_SIZE, &[(GUEST_RAM, &image)]).remove(0);
     for (i, chunk) in bytes.chunks(8).enumerate() {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);
@@ -457,4 +464,37 @@ fn refinement_catches_a_partial_share() {
 #[test]
 fn refinement_catches_an_aliased_page_offer() {
     catches(Mutation::UncheckedPfn, 512, any_sequence(), |ops| vm_layer_refines(&ops));
+}
+
+#[test]
+fn refinement_catches_a_block_over_an_already_mapped_gfn_in_vcpu_run() {
+    // The guest faults in the first 2 MiB block, where its image page is mapped, and the host
+    // answers with a block: refused unless the check is skipped.
+    let mut edge: Vec<VOp> = any_sequence_boot();
+    edge.push(VOp::Run(1, 0, 0, Pending::PageFault { gfn: FAULTED_GFN }));
+    edge.push(VOp::Run(1, 0, 0x48200 | BLOCK, Pending::Nothing));
+    assert!(vm_layer_refines(&edge).is_ok());
+    let inputs = proptest::collection::vec(any_vop(), 0..10).prop_map(move |ops| [edge.clone(), ops].concat());
+    catches(Mutation::BlockOverMappedGfn, 16, inputs, |ops| vm_layer_refines(&ops));
+}
+
+fn any_sequence_boot() -> Vec<VOp> {
+    vec![
+        VOp::RegisterVm(GUEST_RAM, GUEST_RAM_SIZE),
+        VOp::RegisterVcpu(1, 0),
+        VOp::SetBootInfo(1, GUEST_RAM, IMAGE_LEN),
+        VOp::Remap(1, 0, IMAGE_PFN),
+        VOp::Verify(1),
+    ]
+}
+
+#[test]
+fn the_sequences_take_2_mib_blocks() {
+    let mut ops = any_sequence_boot();
+    ops.push(VOp::Run(1, 0, 0, Pending::PageFault { gfn: (GUEST_RAM >> 12) + 512 + 3 }));
+    ops.push(VOp::Run(1, 0, 0x48200 | BLOCK, Pending::Nothing));
+    let (m, k, _) = refined_run(&ops).unwrap();
+    let vm = VmId::new(1).unwrap();
+    let leaf = k.vm(vm).unwrap().s2.walk(&m, GUEST_RAM + (2 << 20) + 0x5000).unwrap();
+    assert_eq!((leaf.level, leaf.translate(GUEST_RAM + (2 << 20) + 0x5000)), (2, 0x4820_5000));
 }

@@ -13,7 +13,7 @@ use crate::machine::PAGE_SIZE;
 use crate::memory::pages::Owner;
 use crate::memory::spec::{
     assign_pfn_to_vm_spec, clear_vm_page_spec, clear_vm_pages_spec, frame, map_pfn_vm_spec, map_vm_io_spec,
-    share_range_spec, RData,
+    prot_and_map_vm_s2pt_spec, share_range_spec, RData,
 };
 use crate::memory::MemError;
 use crate::page_table::descriptor::INPUT_LIMIT;
@@ -155,7 +155,21 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vm: VmId, vcpu: VcpuId, answer: u64) 
     }
     let pending = v.pending;
     let id = vm.vmid();
-    if let Pending::PageFault { gfn } = pending {
+    if let (Pending::PageFault { gfn }, true) = (pending, answer & corevisor_abi::exit::PAGE_ANSWER_BLOCK != 0) {
+        // Issue 13: a 2 MiB run for the aligned gfn block around the fault. The block must lie
+        // wholly inside the VM's RAM window; the memory layer's block is all or nothing.
+        let block = gfn - gfn % 512;
+        let window = ram(s, vm)?;
+        if !window.contains_range(block * PAGE_SIZE, 512 * PAGE_SIZE) {
+            return refuse(s, VmError::BadArgument);
+        }
+        let pfn = answer & !corevisor_abi::exit::PAGE_ANSWER_BLOCK;
+        let (r, result) = prot_and_map_vm_s2pt_spec(&next.r, id, block, pfn, 2)?;
+        if let Err(e) = result {
+            return refuse(s, e.into());
+        }
+        next.r = r;
+    } else if let Pending::PageFault { gfn } = pending {
         // The host's page: taken, scrubbed, mapped. The answer must name a page of the
         // physical address space (it is never truncated into one).
         let pa = match frame(answer) {

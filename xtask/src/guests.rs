@@ -135,13 +135,14 @@ fn bundle_bytes(vms: &[GuestVm], image: &[u8], seed: &[u8; 32]) -> Result<Vec<u8
         let data = data_image(vm);
         let mut placed = vec![Placed { gpa: guest_dev::RAM_BASE, bytes: image }];
         placed.extend(data.as_deref().map(|bytes| Placed { gpa: guest_dev::DATA_IMAGE, bytes }));
-        let signed = sign_layout(guest_dev::RAM_BASE, guest_dev::RAM_SIZE, &placed, seed)?;
+        let ram_size = corevisor_abi::guest_role::ram_size(vm.role);
+        let signed = sign_layout(guest_dev::RAM_BASE, ram_size, &placed, seed)?;
         let mut entry = VmEntry {
             name: VmEntry::name_field(vm.name),
             vcpus: vm.vcpus,
             role: vm.role,
             ram_base: guest_dev::RAM_BASE,
-            ram_size: guest_dev::RAM_SIZE,
+            ram_size,
             image_count: placed.len() as u32,
             images: [ImageEntry::default(); bundle::MAX_IMAGES],
             kind: bundle::kind::TEST_GUEST,

@@ -343,6 +343,19 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("sysregs", role::SYSREGS, 1)],
         bootargs: "",
     },
+    Scenario {
+        name: "vm-large",
+        lines: &[
+            "kserv: [large] large: touched 30720 pages, 0 wrong",
+            "kserv: [large] bye",
+            "kserv: vm-large: 60 stage-2 faults answered with a 2 MiB block",
+            "kserv: vm large: torn down, ",
+            "kserv: scenario vm-large: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("large", role::LARGE, 1)],
+        bootargs: "",
+    },
 ];
 
 /// Lines required only on the GICv3 machine, by scenario (kept apart from [`Scenario`] so that

@@ -257,6 +257,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::BINDING) => binding(),
         r if r == u64::from(guest_role::SHARE_ATOMIC) => share_atomic(),
         r if r == u64::from(guest_role::SYSREGS) => sysregs(),
+        r if r == u64::from(guest_role::LARGE) => large(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -775,6 +776,34 @@ fn pattern_role() {
     line(" words with the pattern");
     // The host resets the machine here; if it answers instead, the guest is done.
     answer();
+    line("bye");
+}
+
+// ---- LARGE ----
+
+/// Writes one word into every page of its RAM above the image (from RAM + 8 MiB, clear of
+/// the image, .bss and stacks), then reads every one back: KServ answers the faults with 2 MiB
+/// blocks, so the host counts a few dozen faults, not one per page.
+fn large() {
+    let base = guest_dev::RAM_BASE + (8 << 20);
+    let end = guest_dev::RAM_BASE + guest_role::LARGE_RAM_SIZE;
+    let pages = (end - base) / 4096;
+    for page in 0..pages {
+        let at = (base + page * 4096) as *mut u64;
+        // SAFETY: every page of `[base, end)` lies in this guest's RAM window above everything
+        // else it uses; writing faults it in.
+        unsafe { at.write_volatile(guest_role::PATTERN_MAGIC ^ at as u64) }
+    }
+    // SAFETY: as above, reading back what was written.
+    let bad = (0..pages)
+        .map(|page| (base + page * 4096) as *const u64)
+        .filter(|&at| unsafe { at.read_volatile() } != guest_role::PATTERN_MAGIC ^ at as u64)
+        .count();
+    put("large: touched ");
+    put_dec(pages);
+    put(" pages, ");
+    put_dec(bad as u64);
+    line(" wrong");
     line("bye");
 }
 
