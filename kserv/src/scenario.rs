@@ -30,7 +30,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 22] = [
+    pub const ALL: [Scenario; 23] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,

@@ -3,3 +3,4 @@
 
 pub mod dt;
 pub mod fdt;
+pub mod gic_model;
