@@ -3,4 +3,6 @@
 
 pub mod dt;
 pub mod fdt;
+mod gic_irqs;
 pub mod gic_model;
+pub mod gic_v3;
