@@ -119,18 +119,11 @@ impl Irqs {
         (1 << self.vcpus) - 1
     }
 
-    /// Makes SGI `intid` pending on each vCPU in `targets` (one bit each) and delivers.
-    pub fn send_sgi(
-        &mut self,
-        targets: u32,
-        intid: u32,
-        sink: &mut dyn IrqSink,
-        spi_target: impl Fn(u64) -> Option<usize>,
-    ) {
+    /// Makes SGI `intid` pending on each vCPU in `targets` (one bit each).
+    pub fn pend_sgi(&mut self, targets: u32, intid: u32) {
         for vcpu in (0..self.vcpus).filter(|vcpu| targets & 1 << vcpu != 0) {
             self.set_pending(vcpu, intid);
         }
-        self.deliver(sink, spi_target);
     }
 
     /// Ends a guest access that a model's frame took: counts it if no register `served` it (it

@@ -5,7 +5,7 @@
 //! affinity 0.0.0.n. The CPU interface is KCore's (the list registers); ICC_SGI1R_EL1 writes
 //! arrive here through [`GicModel::sgi1r`].
 
-use super::gic_irqs::{per_byte, read_only, Irqs, GROUP_ENABLES, IIDR, MAX_VCPUS};
+use super::gic_irqs::{read_only, Irqs, GROUP_ENABLES, IIDR, MAX_VCPUS};
 use super::gic_model::{GicModel, IrqSink};
 use corevisor_abi::guest_dev::{GICD, GICR, GICR_STRIDE};
 
@@ -153,7 +153,8 @@ impl GicModel for GicV3 {
         } else {
             0
         };
-        self.irqs.send_sgi(targets, intid, sink, routed_vcpu);
+        self.irqs.pend_sgi(targets, intid);
+        self.irqs.deliver(sink, routed_vcpu);
     }
 
     fn device_irq(&mut self, vcpu: usize, intid: u32, sink: &mut dyn IrqSink) {
