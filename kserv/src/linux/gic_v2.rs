@@ -297,10 +297,10 @@ mod tests {
     fn priorities_agree_by_byte_and_by_word() {
         let mut guest = gic(2);
         for intid in 0..96u64 {
-            guest.write(1, GICD_IPRIORITYR + intid, 1, intid * 5 & 0xff);
+            guest.write(1, GICD_IPRIORITYR + intid, 1, (intid * 5) & 0xff);
         }
         for intid in (0..96u64).step_by(4) {
-            let word: u64 = (0..4).map(|b| ((intid + b) * 5 & 0xff) << (8 * b)).sum();
+            let word: u64 = (0..4).map(|b| (((intid + b) * 5) & 0xff) << (8 * b)).sum();
             assert_eq!(guest.read(1, GICD_IPRIORITYR + intid, 4), word);
             assert_eq!(guest.read(1, GICD_IPRIORITYR + intid + 2, 2), word >> 16);
         }

@@ -417,7 +417,7 @@ mod tests {
                 guest.write(1, base + i as u64, 1, (i as u64 * 7) & 0xff);
             }
             for (i, _) in served.clone().enumerate().step_by(4) {
-                let word: u64 = (0..4).map(|b| ((i as u64 + b) * 7 & 0xff) << (8 * b)).sum();
+                let word: u64 = (0..4).map(|b| (((i as u64 + b) * 7) & 0xff) << (8 * b)).sum();
                 assert_eq!(guest.read(1, base + i as u64, 4), word);
                 guest.write(1, base + i as u64, 4, !word & 0xffff_ffff);
                 assert_eq!(guest.read(1, base + i as u64 + 3, 1), (!word >> 24) & 0xff);
