@@ -4,7 +4,7 @@
 
 pub mod dt;
 pub mod fdt;
-mod gic_irqs;
+pub mod gic_irqs;
 pub mod gic_model;
 pub mod gic_v2;
 pub mod gic_v3;
