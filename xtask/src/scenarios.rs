@@ -302,7 +302,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: [pattern] filled 131072 words with the pattern",
             "kserv: reset-scrub: the guest holds 131072 pattern words; resetting the machine",
             "host SYSTEM_RESET",
-            "VM pages, 1024 pages of VM page tables and KCore's heap (12288 KiB) before reset",
+            "VM pages, 2048 pages of VM page tables and KCore's heap (12288 KiB) before reset",
             // Second boot: none of the pattern is left in the host's RAM.
             "kserv: reset-scrub: after the reset, 0 of 131072 guest pattern words found in",
             "kserv: scenario reset-scrub: PASS",
