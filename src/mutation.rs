@@ -74,6 +74,10 @@ pub enum Mutation {
     /// The world switch's fast path is offered a guest's MRS into one of x19..x29, which it
     /// does not save or restore (the read value would be lost).
     InPlaceTakesCalleeSavedRegister,
+    /// The vGIC's reclaim frees a list register that still holds a pending INTID (it is lost).
+    VgicReclaimFreesPending,
+    /// INJECT_IRQ makes the interrupt pending for the vCPU after the one the host named.
+    VgicInjectsWrongVcpu,
 }
 
 #[cfg(test)]
