@@ -68,8 +68,17 @@ pub mod host_call {
     /// Destroys VM x1, which must be off: every page it still owns is scrubbed and given back to
     /// the host, and its stage-2 table is freed. Returns the pages returned in x1.
     pub const DESTROY_VM: u32 = hyp_call(14);
+    /// Makes virtual interrupt x3 pending for vCPU x2 of VERIFIED VM x1, at priority x4 (0 is
+    /// the highest, up to 255: what the guest's distributor gives the INTID). x3 is a virtual
+    /// INTID: an SGI (0-15), a PPI (16-31) or an SPI (32-1019); KCore builds the list register
+    /// itself, so it never names a physical interrupt. A second injection of a pending INTID
+    /// changes nothing. The vCPU must be registered and not running (DENIED while it runs: the
+    /// host injects between its runs). ON_PENDING: the vCPU already has
+    /// `kcore::vcpu::vgic::QUEUE_LEN` (16) INTIDs waiting for a list register; run it, then
+    /// inject again.
+    pub const INJECT_IRQ: u32 = hyp_call(15);
     /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
-    pub const COUNT: u16 = 15;
+    pub const COUNT: u16 = 16;
     /// The most image pages one VERIFY_VM_IMAGE call takes and hashes: KCore holds its lock
     /// while it hashes, so a call's length is bounded (1 MiB of hashing), whatever the images'.
     pub const VERIFY_CHUNK_PAGES: u64 = 256;

@@ -13,6 +13,7 @@ use crate::ids::{VcpuId, VmId};
 use crate::machine::features::IdReg;
 use crate::machine::{GuestExit, TrapFrame, TrapKind, CALL_REGS};
 use crate::mutation::{planted, Mutation};
+use crate::vcpu::vgic::{Intid, Virq};
 use crate::vcpu::DataAccess;
 use corevisor_abi::{guest_call, host_call, psci, Status};
 
@@ -51,6 +52,7 @@ pub enum VmCall {
     TimerSetCntvoff { vm: VmId, offset: u64 },
     VmPowerOff { vm: VmId },
     DestroyVm { vm: VmId },
+    InjectIrq { vm: VmId, vcpu: VcpuId, virq: Virq },
 }
 
 /// A host hypercall refused at the edge: an unknown id, or an argument that does not fit.
@@ -80,6 +82,7 @@ pub fn call_name(function: u32) -> &'static str {
         "TIMER_SET_CNTVOFF",
         "VM_POWER_OFF",
         "DESTROY_VM",
+        "INJECT_IRQ",
     ];
     NAMES.get(function.wrapping_sub(corevisor_abi::HYP_CALL_BASE) as usize).copied().unwrap_or("unknown host call")
 }
@@ -127,6 +130,14 @@ impl HostCall {
             host_call::TIMER_SET_CNTVOFF => HostCall::Vm(VmCall::TimerSetCntvoff { vm: vm(a1)?, offset: a2 }),
             host_call::VM_POWER_OFF => HostCall::Vm(VmCall::VmPowerOff { vm: vm(a1)? }),
             host_call::DESTROY_VM => HostCall::Vm(VmCall::DestroyVm { vm: vm(a1)? }),
+            host_call::INJECT_IRQ => HostCall::Vm(VmCall::InjectIrq {
+                vm: vm(a1)?,
+                vcpu: vcpu(a2)?,
+                virq: Virq {
+                    intid: Intid::new(a3).ok_or(bad("INTID", Status::InvalidParameters))?,
+                    priority: u8::try_from(a4).map_err(|_| bad("priority", Status::InvalidParameters))?,
+                },
+            }),
             _ => return Err(BadCall { function, status: Status::NotSupported, argument: None }),
         })
     }
@@ -444,6 +455,10 @@ mod tests {
         assert_eq!(status(call(host_call::CLEAR_VM_S2_RANGE, [1, 1 << 40, 4096, 0])), Some(Status::InvalidAddress));
         assert_eq!(status(call(host_call::REGISTER_VM, [u64::MAX, 2, 0, 0])), Some(Status::InvalidParameters));
         assert_eq!(status(call(host_call::SYSTEM_OFF, [256, 0, 0, 0])), Some(Status::InvalidParameters));
+        assert_eq!(status(call(host_call::INJECT_IRQ, [1, 0, 1020, 0])), Some(Status::InvalidParameters));
+        assert_eq!(status(call(host_call::INJECT_IRQ, [1, 0, 1019, 256])), Some(Status::InvalidParameters));
+        assert_eq!(status(call(host_call::INJECT_IRQ, [1, 8, 27, 0])), Some(Status::InvalidParameters));
+        assert!(call(host_call::INJECT_IRQ, [1, 7, 1019, 255]).is_ok());
         assert_eq!(
             status(call(host_call::COUNT as u32 + corevisor_abi::HYP_CALL_BASE, [0; 4])),
             Some(Status::NotSupported)

@@ -22,6 +22,7 @@ pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, call: VmCall) -
         VmCall::TimerSetCntvoff { vm, offset } => kcore.set_cntvoff(vm, offset).map(|()| 0),
         VmCall::VmPowerOff { vm } => kcore.power_off(vm).map(|()| 0),
         VmCall::DestroyVm { vm } => kcore.destroy(m, vm),
+        VmCall::InjectIrq { vm, vcpu, virq } => kcore.inject_irq(vm, vcpu, virq).map(|()| 0),
     };
     match result {
         Ok(value) => {
