@@ -169,6 +169,14 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
     };
     let kcore = Kcore::new(memory, vm_pools(layout::page_table_pool().end), key);
     let gic_v3 = matches!(platform.gic, Gic::V3 { .. });
+    if let Gic::V2 { gich, .. } = platform.gic {
+        if gich != 0 && !gic_v3 {
+            // SAFETY: the DT's (or the board's) GICH frame: device registers in KCore's EL2 map
+            // (Device memory outside RAM), which `mmio_map` keeps out of the host's stage-2 (and
+            // so of every VM's: PHYS_ADDR_IOREMAP maps only what the host may map).
+            unsafe { crate::machine::vgic::use_gich(gich) };
+        }
+    }
     trap_handler::install(HostSetup { may_run_at: host_may_run_at, vttbr, gic_v3, emulated_mmio, power }, kcore);
     report_cpu();
     Aarch64.flush_stage2_vmid(HOST_VMID);

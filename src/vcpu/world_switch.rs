@@ -4,8 +4,10 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
+use super::vgic::{ListReg, VgicState, MAX_LRS};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
+use crate::machine::vgic::{self as gic, Interface, VgicRegs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
 /// Loads one world's EL2 controls (the guest's about to run, or the host's again).
@@ -43,6 +45,8 @@ pub fn run_vcpu<R>(
     cpu::restore_el1(&vcpu.el1);
     cpu::restore_fp(&vcpu.fp);
     load_controls(guest);
+    let interface = gic::interface();
+    let lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
         // Nothing passes through DISR_EL1 from one vCPU to the next.
         cpu::clear_vdisr();
@@ -55,6 +59,7 @@ pub fn run_vcpu<R>(
             break answer;
         }
     };
+    save_vgic(&mut vcpu.vgic, interface, lr_count);
     cpu::save_el1(&mut vcpu.el1);
     cpu::save_fp(&mut vcpu.fp);
     cpu::restore_el1(&host_el1);
@@ -64,6 +69,39 @@ pub fn run_vcpu<R>(
         cpu::restart_pmu_counters(running);
     }
     answer
+}
+
+/// Loads the vCPU's virtual CPU interface (after its EL2 controls): its queue first fills the
+/// free list registers. A vCPU that never had an interrupt (HCR.En off) gets only its VMCR: its
+/// LRs and active priorities are empty. Returns the LR count used (0 then).
+fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
+    let enabled = vgic.enabled();
+    let mut regs = VgicRegs { vmcr: vgic.vmcr, ap0r: vgic.ap0r, ap1r: vgic.ap1r, lrs: [0; MAX_LRS] };
+    let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
+    if enabled {
+        vgic.fill(lr_count);
+        for (raw, lr) in regs.lrs.iter_mut().zip(vgic.lrs) {
+            *raw = if interface == Interface::V3 { lr.v3() } else { lr.v2().into() };
+        }
+    }
+    gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
+    lr_count
+}
+
+/// Saves what [`load_vgic`] loaded, as the guest left it, and frees the LRs it emptied.
+fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
+    let enabled = lr_count != 0;
+    let mut regs = VgicRegs::default();
+    let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
+    vgic.vmcr = regs.vmcr;
+    if enabled {
+        for (lr, raw) in vgic.lrs.iter_mut().zip(regs.lrs).take(lr_count) {
+            *lr = if interface == Interface::V3 { ListReg::from_v3(raw) } else { ListReg::from_v2(raw as u32) };
+        }
+        vgic.ap0r = regs.ap0r;
+        vgic.ap1r = regs.ap1r;
+        vgic.reclaim(elrsr);
+    }
 }
 
 /// A vCPU in the guest's world, as the machine's world switch runs it.
