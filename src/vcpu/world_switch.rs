@@ -4,11 +4,11 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
-use super::vgic::{ListReg, VgicState, MAX_LRS};
+use super::vgic::{vtimer_firing, Intid, ListReg, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
-use crate::machine::{features, regs, world_switch as cpu, GuestExit};
+use crate::machine::{features, regs, world_switch as cpu, GuestExit, TrapKind};
 
 /// Loads one world's EL2 controls (the guest's about to run, or the host's again).
 #[inline]
@@ -46,7 +46,7 @@ pub fn run_vcpu<R>(
     cpu::restore_fp(&vcpu.fp);
     load_controls(guest);
     let interface = gic::interface();
-    let lr_count = load_vgic(&mut vcpu.vgic, interface);
+    let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
         // Nothing passes through DISR_EL1 from one vCPU to the next.
         cpu::clear_vdisr();
@@ -55,6 +55,9 @@ pub fn run_vcpu<R>(
         cpu::set_virtual_serror(vcpu.virtual_serror, ras);
         let exit = cpu::run_guest(&mut Running { vcpu, in_place: &mut in_place });
         vcpu.virtual_serror = cpu::virtual_serror_pending();
+        if exit.kind == TrapKind::Irq && !exit.serror && serve_irq_in_place(vcpu, interface, &mut lr_count) {
+            continue;
+        }
         if let Some(answer) = serve(vcpu, exit) {
             break answer;
         }
@@ -102,6 +105,33 @@ fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
         vgic.ap1r = regs.ap1r;
         vgic.reclaim(elrsr);
     }
+}
+
+/// A physical IRQ that the guest's own interrupt state explains, served without a host round
+/// trip: its virtual timer fired (KCore masks it and queues INTID 27, as Xen's vtimer_interrupt
+/// does: the guest sees IMASK set and clears it when it programs its next deadline) or its list registers ran low (the underflow maintenance interrupt: refill them). The
+/// rule: in place exactly when one of these holds; any other physical interrupt pending for the
+/// host stays pending (KCore acknowledges none) and brings the guest straight back out, to the
+/// host this time, since the masked timer and the refilled LRs no longer explain it. Returns
+/// whether it served the exit (the guest runs on).
+fn serve_irq_in_place(vcpu: &mut VcpuContext, interface: Interface, lr_count: &mut usize) -> bool {
+    if interface == Interface::None {
+        return false;
+    }
+    let underflow = *lr_count != 0 && gic::underflow(interface);
+    let timer_firing = vtimer_firing(regs::virtual_timer().0);
+    if !timer_firing && !underflow {
+        return false;
+    }
+    save_vgic(&mut vcpu.vgic, interface, *lr_count);
+    const VTIMER: Virq = Virq { intid: Intid::VTIMER, priority: VTIMER_PRIORITY };
+    // A full queue leaves the timer as it is: the exit goes to the host.
+    let timer = timer_firing && vcpu.vgic.inject(VTIMER).is_ok();
+    if timer {
+        regs::mask_virtual_timer();
+    }
+    *lr_count = load_vgic(&mut vcpu.vgic, interface);
+    timer || underflow
 }
 
 /// A vCPU in the guest's world, as the machine's world switch runs it.

@@ -15,6 +15,7 @@ mod gich {
     pub const HCR: u64 = 0x000;
     pub const VTR: u64 = 0x004;
     pub const VMCR: u64 = 0x008;
+    pub const MISR: u64 = 0x010;
     pub const ELRSR0: u64 = 0x030;
     pub const APR: u64 = 0x0f0;
     pub const LR0: u64 = 0x100;
@@ -183,4 +184,16 @@ pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) 
         }
         Interface::None => u64::MAX,
     }
+}
+
+/// Whether the underflow maintenance interrupt is raised (ICH_MISR_EL2.U / GICH_MISR.U: HCR.UIE
+/// is set and at most one LR holds an interrupt), while the guest's interface is loaded.
+pub fn underflow(interface: Interface) -> bool {
+    const U: u64 = 1 << 1;
+    let misr = match interface {
+        Interface::V3 => ich_read!("S3_4_C12_C11_2"),
+        Interface::V2 => gich_read(gich::MISR).into(),
+        Interface::None => 0,
+    };
+    misr & U != 0
 }

@@ -38,6 +38,15 @@ pub const VTIMER_INTID: u16 = 27;
 /// The priority KCore gives the virtual timer's interrupt: Linux's default (GICD_INT_DEF_PRI).
 pub const VTIMER_PRIORITY: u8 = 0xa0;
 
+/// Whether a virtual timer with control CNTV_CTL_EL0 = `ctl` is asserting its interrupt:
+/// ENABLE and ISTATUS set, IMASK clear.
+pub const fn vtimer_firing(ctl: u64) -> bool {
+    const ENABLE: u64 = 1;
+    const IMASK: u64 = 1 << 1;
+    const ISTATUS: u64 = 1 << 2;
+    ctl & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS
+}
+
 /// ICH_HCR_EL2 / GICH_HCR bits this layer drives (the same in both).
 pub mod hcr {
     /// The virtual CPU interface is on.
@@ -62,6 +71,8 @@ impl Intid {
     pub const fn raw(self) -> u16 {
         self.0
     }
+    /// The virtual timer's interrupt (PPI 11).
+    pub const VTIMER: Intid = Intid(VTIMER_INTID);
 }
 
 /// A virtual interrupt to deliver: its INTID and priority (0 highest).

@@ -162,3 +162,11 @@ fn list_registers_round_trip_and_never_carry_the_hw_bit() {
     assert_eq!(Intid::new(1019).map(Intid::raw), Some(1019));
     assert_eq!(Intid::new(1020), None);
 }
+
+#[test]
+fn the_virtual_timer_fires_only_enabled_unmasked_and_met() {
+    assert!(vtimer_firing(0b101));
+    assert!(!vtimer_firing(0b111), "masked");
+    assert!(!vtimer_firing(0b100), "disabled");
+    assert!(!vtimer_firing(0b001), "not met");
+}
