@@ -139,6 +139,8 @@ pub mod guest_dev {
     /// Where `vm-hello` maps the board's real UART into the guest with PHYS_ADDR_IOREMAP: the
     /// guest writes it directly, without exits.
     pub const PASSTHROUGH_UART: u64 = 0x0b00_0000;
+    /// Where KServ maps the GICV frame for a GICv2 guest (PHYS_ADDR_IOREMAP): its GICC.
+    pub const GUEST_GICC: u64 = 0x0c00_0000;
     /// Where guest RAM starts in every test guest, and where their image is linked.
     pub const RAM_BASE: u64 = 0x8000_0000;
     /// Guest RAM size for test guests.
@@ -258,6 +260,13 @@ pub mod guest_role {
     /// page at its share limit, an unshare of a partly shared range) and has the host check
     /// that none of them changed any page.
     pub const SHARE_ATOMIC: u32 = 10;
+    /// Enables its virtual CPU interface (GICv3: the ICC system registers; GICv2: the GICV frame
+    /// KServ maps at `guest_dev::GUEST_GICC`; ANSWER says which: 1 for GICv2), tells the host
+    /// (NOTIFY `VGIC_READY`), acknowledges and ends the interrupts the host injects, then counts
+    /// its own virtual timer's interrupts, which KCore delivers (`vm-vgic`).
+    pub const VGIC: u32 = 11;
+    /// What the VGIC role writes to NOTIFY once its interface is on.
+    pub const VGIC_READY: u64 = 0x5617;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

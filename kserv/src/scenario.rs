@@ -25,10 +25,11 @@ pub enum Scenario {
     ResetScrub,
     HostDma,
     SignedBinding,
+    VmVgic,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 21] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -50,6 +51,7 @@ impl Scenario {
         Scenario::ResetScrub,
         Scenario::HostDma,
         Scenario::SignedBinding,
+        Scenario::VmVgic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +77,7 @@ impl Scenario {
             Scenario::ResetScrub => "reset-scrub",
             Scenario::HostDma => "host-dma",
             Scenario::SignedBinding => "signed-binding",
+            Scenario::VmVgic => "vm-vgic",
         }
     }
 

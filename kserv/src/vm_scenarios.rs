@@ -489,7 +489,7 @@ pub fn vm_irq(env: &VmEnv, gic: &crate::dtb::GicInfo) -> Outcome {
     }
     let mut mgr = Manager::new(env.regions);
     create_all(&mut mgr, env, 1)?;
-    gic::enable_timer_ppi(gic);
+    gic::enable_ppi(gic, gic::TIMER_PPI);
     // 5 ms from now: well inside the guest's 50 ms of spinning.
     gic::arm_physical_timer(hvc::counter_frequency() / 200);
     let mut hooks = Irq(0, false);
@@ -869,5 +869,112 @@ fn gicr_waker_still_works(rd: u64) -> Outcome {
         return Err("GICR_WAKER did not take the host's write");
     }
     kprintln!("host-dma: GICR_WAKER still answers the host (redistributor awake)");
+    Ok(())
+}
+
+/// `vm-vgic`: KCore's virtual interrupts. The host's injections are refused for a bad INTID, a
+/// vCPU the VM lacks and a VM not yet verified; a guest that turned its virtual CPU interface on
+/// (GICv2: the GICV frame mapped at its GICC) acknowledges and ends an SGI and an SPI the host
+/// injects, the higher priority first; then its own virtual timer's interrupts, which KCore
+/// delivers without a host round trip (the host sees no IRQ exit for them).
+pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::arch::gic;
+    use corevisor_abi::guest_role::VGIC_READY;
+    const SGI: u64 = 3;
+    const SPI: u64 = 40;
+    let inject =
+        |vmid, vcpu, intid, priority| hvc::hyp_call(host_call::INJECT_IRQ, [vmid, vcpu, intid, priority, 0, 0]);
+    // A VM that is registered but not verified takes no interrupt.
+    let unverified = hvc::hyp_call(host_call::REGISTER_VM, [corevisor_abi::guest_dev::RAM_BASE, 1 << 20, 0, 0, 0, 0]);
+    if unverified.status != Status::Success.as_reg() {
+        return Err("REGISTER_VM failed");
+    }
+    let vmid = unverified.values[0];
+    hvc::hyp_call(host_call::REGISTER_VCPU, [vmid, 0, 0, 0, 0, 0]);
+    let refused_unverified = inject(vmid, 0, SPI, 0xa0).status == Status::Denied.as_reg();
+    hvc::hyp_call(host_call::DESTROY_VM, [vmid, 0, 0, 0, 0, 0]);
+    if !refused_unverified {
+        return Err("INJECT_IRQ into an unverified VM was not refused");
+    }
+    kprintln!("vm-vgic: injection into an unverified VM: DENIED");
+
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let vmid = mgr.vms.iter().flatten().next().map(|vm| vm.vmid).ok_or("no VM")?;
+    for (what, vcpu, intid, priority) in [
+        ("INTID 1020", 0, 1020, 0xa0),
+        ("vCPU 1 (not registered)", 1, SPI, 0xa0),
+        ("vCPU 8", 8, SPI, 0xa0),
+        ("priority 256", 0, SPI, 256),
+    ] {
+        if inject(vmid, vcpu, intid, priority).status != Status::InvalidParameters.as_reg() {
+            return Err("a malformed INJECT_IRQ was not refused");
+        }
+        kprintln!("vm-vgic: injection with {what}: INVALID_PARAMETERS");
+    }
+    if !gic.v3 {
+        let gicv = gic.gicv.filter(|&g| g != 0).ok_or("no GICV frame in the DT")?;
+        let at = corevisor_abi::guest_dev::GUEST_GICC;
+        if hvc::hyp_call(host_call::PHYS_ADDR_IOREMAP, [vmid, at, gicv, 0x2000, 0, 0]).status
+            != Status::Success.as_reg()
+        {
+            return Err("PHYS_ADDR_IOREMAP of the GICV frame failed");
+        }
+        kprintln!("vm-vgic: GICV {gicv:#x} mapped at the guest's GICC {at:#x}");
+    }
+    gic::enable_ppi(gic, gic::VIRTUAL_TIMER_PPI);
+
+    struct Injector {
+        expect: Expect,
+        v2: bool,
+        injected: Result<(), &'static str>,
+        irq_exits: u64,
+    }
+    impl Hooks for Injector {
+        fn answer(&mut self, _vm: &Vm) -> u64 {
+            self.v2 as u64
+        }
+        fn notify(&mut self, vm: &Vm, value: u64) {
+            if value != VGIC_READY {
+                return;
+            }
+            let inject = |intid, priority| hvc::hyp_call(host_call::INJECT_IRQ, [vm.vmid, 0, intid, priority, 0, 0]);
+            // The SPI first, at the lower priority; the SGI twice: it stays pending once.
+            for (intid, priority) in [(SPI, 0xa0), (SGI, 0x80), (SGI, 0x80)] {
+                if inject(intid, priority).status != Status::Success.as_reg() {
+                    self.injected = Err("INJECT_IRQ of a valid interrupt was refused");
+                }
+            }
+            kprintln!("vm {}: injected SPI {SPI} (priority 0xa0) and SGI {SGI} (0x80, twice)", vm.name());
+        }
+        fn interrupt(&mut self, _vm: &Vm) {
+            self.irq_exits += 1;
+        }
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            self.expect.line(line);
+        }
+    }
+    let mut hooks = Injector {
+        expect: Expect::new(&[
+            "vgic: interface on",
+            "vgic: INTID 3 then INTID 40, each once",
+            "vgic: 5 virtual timer interrupts",
+            "bye",
+        ]),
+        v2: !gic.v3,
+        injected: Ok(()),
+        irq_exits: 0,
+    };
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    hooks.injected?;
+    if !hooks.expect.all_seen() || mgr.powered_off != 1 {
+        return Err("the guest did not take its interrupts and power off");
+    }
+    // Every timer interrupt was KCore's to deliver: none went through the host.
+    kprintln!("vm-vgic: {} IRQ exits reached the host", hooks.irq_exits);
+    if hooks.irq_exits != 0 {
+        return Err("the guest's timer interrupts made host round trips");
+    }
     Ok(())
 }

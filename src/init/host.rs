@@ -106,7 +106,11 @@ fn host_mmio(platform: &Platform) -> MmioMap {
         plan.dma_refused.len(),
         plan.dma_given.len()
     );
-    MmioMap { allowed: plan.allowed, emulated, protected }
+    let guest_only = match platform.gic {
+        Gic::V2 { gicv, .. } if gicv != 0 => alloc::vec![PhysRange::new(gicv, 0x2000)],
+        _ => alloc::vec![],
+    };
+    MmioMap { allowed: plan.allowed, emulated, protected, guest_only }
 }
 
 /// Where the VMs' page-table pools start: the end of KCore's pool.

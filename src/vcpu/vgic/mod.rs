@@ -16,7 +16,7 @@
 //! exit [`VgicState::reclaim`] frees the LRs the ELRSR marks empty, and only those.
 //!
 //! Every LR KCore writes is built here ([`ListReg::v3`], [`ListReg::v2`]): a virtual INTID,
-//! group 1, never the HW bit, so a guest's EOI never reaches a physical interrupt.
+//! never the HW bit, so a guest's EOI never reaches a physical interrupt.
 
 #[cfg(test)]
 pub mod spec;
@@ -110,7 +110,8 @@ impl LrState {
     }
 }
 
-/// One list register as KCore sees it: always group 1 and never HW.
+/// One list register as KCore sees it: never HW; group 1 on GICv3 (the guest's ICC_IAR1_EL1),
+/// group 0 on GICv2 (its GICC_IAR).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListReg {
     pub intid: u16,
@@ -126,10 +127,11 @@ impl ListReg {
     pub const fn from_v3(lr: u64) -> ListReg {
         ListReg { intid: (lr & 0x3ff) as u16, priority: (lr >> 48) as u8, state: LrState::from_bits(lr >> 62) }
     }
-    /// GICH_LRn: VirtualID [9:0], priority [27:23] (its top 5 bits), Grp1 [30], HW [31] (0),
-    /// state [29:28].
+    /// GICH_LRn: VirtualID [9:0], priority [27:23] (its top 5 bits), state [29:28], Grp1 [30]
+    /// (0), HW [31] (0). Group 0: a GICv2 guest acknowledges through GICC_IAR, which (AckCtl
+    /// clear) answers 1022 for a group 1 interrupt.
     pub const fn v2(self) -> u32 {
-        (self.intid as u32 & 0x3ff) | (self.priority as u32 >> 3) << 23 | (self.state as u32) << 28 | 1 << 30
+        (self.intid as u32 & 0x3ff) | (self.priority as u32 >> 3) << 23 | (self.state as u32) << 28
     }
     pub const fn from_v2(lr: u32) -> ListReg {
         ListReg {
