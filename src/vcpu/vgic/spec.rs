@@ -99,9 +99,7 @@ pub fn ack(s: &Vgic, n: usize) -> Option<Vgic> {
 pub fn eoi(s: &Vgic, n: usize) -> Option<Vgic> {
     let mut s = s.clone();
     let intid = s.lrs[n]?;
-    if s.active.remove(&intid).is_none() {
-        return None;
-    }
+    s.active.remove(&intid)?;
     if !s.pending.contains_key(&intid) {
         s.lrs[n] = None;
     }
