@@ -874,9 +874,10 @@ fn gicr_waker_still_works(rd: u64) -> Outcome {
 
 /// `vm-vgic`: KCore's virtual interrupts. The host's injections are refused for a bad INTID, a
 /// vCPU the VM lacks and a VM not yet verified; a guest that turned its virtual CPU interface on
-/// (GICv2: the GICV frame mapped at its GICC) acknowledges and ends an SGI and an SPI the host
-/// injects, the higher priority first; then its own virtual timer's interrupts, which KCore
-/// delivers without a host round trip (the host sees no IRQ exit for them).
+/// (GICv2: the GICV frame mapped at its GICC) acknowledges and ends an SGI and five SPIs the host
+/// injects, the higher priority first, the last two after KCore refilled the list registers on
+/// the underflow maintenance interrupt; then its own virtual timer's interrupts. KCore serves both
+/// interrupts in place: the host sees no IRQ exit.
 pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
     use crate::arch::gic;
     use corevisor_abi::guest_role::VGIC_READY;
@@ -923,6 +924,7 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
         kprintln!("vm-vgic: GICV {gicv:#x} mapped at the guest's GICC {at:#x}");
     }
     gic::enable_ppi(gic, gic::VIRTUAL_TIMER_PPI);
+    gic::enable_ppi(gic, gic::MAINTENANCE_PPI);
 
     struct Injector {
         expect: Expect,
@@ -939,13 +941,16 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
                 return;
             }
             let inject = |intid, priority| hvc::hyp_call(host_call::INJECT_IRQ, [vm.vmid, 0, intid, priority, 0, 0]);
-            // The SPI first, at the lower priority; the SGI twice: it stays pending once.
-            for (intid, priority) in [(SPI, 0xa0), (SGI, 0x80), (SGI, 0x80)] {
+            // The SPIs first, at the lower priority; the SGI twice: it stays pending once. Six
+            // INTIDs for 4 list registers: two wait for the underflow refill.
+            for (intid, priority) in
+                [(SPI, 0xa0), (SGI, 0x80), (SGI, 0x80), (41, 0xa0), (42, 0xa0), (43, 0xa0), (44, 0xa0)]
+            {
                 if inject(intid, priority).status != Status::Success.as_reg() {
                     self.injected = Err("INJECT_IRQ of a valid interrupt was refused");
                 }
             }
-            kprintln!("vm {}: injected SPI {SPI} (priority 0xa0) and SGI {SGI} (0x80, twice)", vm.name());
+            kprintln!("vm {}: injected SPIs {SPI}-44 (priority 0xa0) and SGI {SGI} (0x80, twice)", vm.name());
         }
         fn interrupt(&mut self, _vm: &Vm) {
             self.irq_exits += 1;
@@ -957,7 +962,7 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
     let mut hooks = Injector {
         expect: Expect::new(&[
             "vgic: interface on",
-            "vgic: INTID 3 then INTID 40, each once",
+            "vgic: INTID 3 first (the highest priority), then 40-44, each once",
             "vgic: 5 virtual timer interrupts",
             "bye",
         ]),

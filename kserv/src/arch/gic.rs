@@ -10,6 +10,8 @@ use core::arch::asm;
 pub const TIMER_PPI: u64 = 30;
 /// The virtual timer's PPI.
 pub const VIRTUAL_TIMER_PPI: u64 = 27;
+/// The GIC's virtual interface maintenance interrupt.
+pub const MAINTENANCE_PPI: u64 = 25;
 
 // The GIC's registers go through the single-instruction accessors: KCore emulates the first
 // page of each redistributor frame and needs the instruction syndrome.
