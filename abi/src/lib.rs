@@ -230,6 +230,9 @@ pub mod guest_role {
     pub const STEADY: u32 = 3;
     /// Obeys KServ's commands, for `cargo xtask bench`.
     pub const BENCH: u32 = 4;
+    /// The BENCH role's command that takes one virtual timer interrupt (GICv3: the timer fires at
+    /// once, the guest polls ICC_IAR1_EL1 for INTID 27 and ends it) before it answers again.
+    pub const BENCH_VTIMER: u64 = 1 << 32;
     /// Counts and sleeps on its timer, for the two-guest demo.
     pub const DEMO: u32 = 5;
     /// Throws random hypercalls, SMCs, trapped system registers, share calls and WFIs at KCore.

@@ -419,7 +419,7 @@ fn bench(env: &Env) -> Outcome {
     let policy = bootargs::value(env.bootargs, "corevisor.host_s2").unwrap_or("blocks");
     kprintln!("bench host-ram-faults faults={faults} pages={pages} policy={policy}");
     match env.vm.bundle {
-        Some(_) => vm_scenarios::bench_vm(&env.vm),
+        Some(_) => vm_scenarios::bench_vm(&env.vm, &env.gic),
         None => Err("no boot bundle: the VM figures need the bench guest"),
     }
 }

@@ -586,7 +586,7 @@ pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
 /// The VM figures of `cargo xtask bench`, from the bundle's BENCH guest: a VCPU_RUN that ends in
 /// the guest's next MMIO read (world switch both ways), the share calls KCore serves without
 /// leaving the guest's world, and an MMIO exit handled by KServ over all ELs.
-pub fn bench_vm(env: &VmEnv) -> Outcome {
+pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
     use crate::arch::pmu;
     use crate::scenario::stats;
     use corevisor_abi::{exit, guest_dev};
@@ -651,6 +651,19 @@ pub fn bench_vm(env: &VmEnv) -> Outcome {
     let el2 = stats(&mut run_el2).ok_or("no samples")?.median;
     let all = stats(&mut run_all).ok_or("no samples")?.median;
     kprintln!("bench mmio-exit total_instructions={all} el2_instructions={el2} samples={SAMPLES}");
+    // The virtual timer delivered in KCore: a run with one timer interrupt against one without,
+    // both once the vCPU's virtual interface is on (its LRs move on every run from then on).
+    crate::arch::gic::enable_ppi(gic, crate::arch::gic::VIRTUAL_TIMER_PPI);
+    let bench_vtimer = corevisor_abi::guest_role::BENCH_VTIMER;
+    measure(bench_vtimer)?;
+    let (mut vtimer, mut run_vgic_on) = ([0u64; SAMPLES], [0u64; SAMPLES]);
+    for i in 0..SAMPLES {
+        let (_, with_timer) = measure(bench_vtimer)?;
+        (_, run_vgic_on[i]) = measure(1)?;
+        vtimer[i] = with_timer.saturating_sub(run_vgic_on[i]);
+    }
+    print("vtimer-delivery", "el2_instructions", &mut vtimer)?;
+    print("vcpu-run-vgic", "el2_instructions", &mut run_vgic_on)?;
     // Command 0: the guest powers off.
     let [status, reason, a, ..] = run(0);
     if status != Status::Success.as_reg() || reason != exit::HVC || a as u32 != corevisor_abi::psci::SYSTEM_OFF {

@@ -575,6 +575,16 @@ fn bench() -> ! {
         if cmd == 0 {
             system_off();
         }
+        if cmd == guest_role::BENCH_VTIMER {
+            let gic = CpuInterface { v2: false };
+            gic.enable();
+            write_sysreg!("cntv_cval_el0", read_sysreg!("cntvct_el0"));
+            write_sysreg!("cntv_ctl_el0", 1);
+            let intid = gic.wait();
+            gic.eoi(intid);
+            write_sysreg!("cntv_ctl_el0", 0);
+            continue;
+        }
         for _ in 1..cmd {
             share(a_gpa, PAGE as u64);
             unshare(a_gpa, PAGE as u64);
