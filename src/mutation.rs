@@ -90,6 +90,10 @@ pub enum Mutation {
     /// A 2 MiB block offered for a guest fault is taken without checking that the VM's stage-2
     /// can map it there (a page of the gfn block already mapped).
     BlockOverMappedGfn,
+    /// The vGIC's reclaim frees a list register that still holds a pending INTID (it is lost).
+    VgicReclaimFreesPending,
+    /// INJECT_IRQ makes the interrupt pending for the vCPU after the one the host named.
+    VgicInjectsWrongVcpu,
 }
 
 #[cfg(test)]

@@ -69,7 +69,15 @@ pub mod host_call {
     /// Destroys VM x1, which must be off: every page it still owns is scrubbed and given back to
     /// the host, and its stage-2 table is freed. Returns the pages returned in x1.
     pub const DESTROY_VM: u32 = hyp_call(14);
-    // hyp_call(15) is INJECT_IRQ (issue 13, the vGIC's branch).
+    /// Makes virtual interrupt x3 pending for vCPU x2 of VERIFIED VM x1, at priority x4 (0 is
+    /// the highest, up to 255: what the guest's distributor gives the INTID). x3 is a virtual
+    /// INTID: an SGI (0-15), a PPI (16-31) or an SPI (32-1019); KCore builds the list register
+    /// itself, so it never names a physical interrupt. A second injection of a pending INTID
+    /// changes nothing. The vCPU must be registered and not running (DENIED while it runs: the
+    /// host injects between its runs). ON_PENDING: the vCPU already has
+    /// `kcore::vcpu::vgic::QUEUE_LEN` (16) INTIDs waiting for a list register; run it, then
+    /// inject again.
+    pub const INJECT_IRQ: u32 = hyp_call(15);
     /// Gives READY-then-VERIFIED VM x1, before any of its vCPUs has run, host page x3 (a page
     /// frame number, as for REMAP_VM_IMAGE) as unsigned boot data at guest address x2: KCore
     /// takes the page from the host with its contents (not scrubbed), and maps it for the VM.
@@ -151,6 +159,8 @@ pub mod guest_dev {
     /// Where `vm-hello` maps the board's real UART into the guest with PHYS_ADDR_IOREMAP: the
     /// guest writes it directly, without exits.
     pub const PASSTHROUGH_UART: u64 = 0x0b00_0000;
+    /// Where KServ maps the GICV frame for a GICv2 guest (PHYS_ADDR_IOREMAP): its GICC.
+    pub const GUEST_GICC: u64 = 0x0c00_0000;
     /// Where guest RAM starts in every test guest, and where their image is linked.
     pub const RAM_BASE: u64 = 0x8000_0000;
     /// A Linux VM's GIC, where KServ's device tree puts it (QEMU virt's addresses): the
@@ -249,6 +259,9 @@ pub mod guest_role {
     pub const BENCH: u32 = 4;
     /// The BENCH role's command to write [`SYSREGS_SGI1R`] to ICC_SGI1R_EL1 once (GICv3).
     pub const BENCH_SGI: u64 = u64::MAX;
+    /// The BENCH role's command that takes one virtual timer interrupt (GICv3: the timer fires at
+    /// once, the guest polls ICC_IAR1_EL1 for INTID 27 and ends it) before it answers again.
+    pub const BENCH_VTIMER: u64 = 1 << 32;
     /// Counts and sleeps on its timer, for the two-guest demo.
     pub const DEMO: u32 = 5;
     /// Throws random hypercalls, SMCs, trapped system registers, share calls and WFIs at KCore.
@@ -299,6 +312,13 @@ pub mod guest_role {
             super::guest_dev::RAM_SIZE
         }
     }
+    /// Enables its virtual CPU interface (GICv3: the ICC system registers; GICv2: the GICV frame
+    /// KServ maps at `guest_dev::GUEST_GICC`; ANSWER says which: 1 for GICv2), tells the host
+    /// (NOTIFY `VGIC_READY`), acknowledges and ends the interrupts the host injects, then counts
+    /// its own virtual timer's interrupts, which KCore delivers (`vm-vgic`).
+    pub const VGIC: u32 = 13;
+    /// What the VGIC role writes to NOTIFY once its interface is on.
+    pub const VGIC_READY: u64 = 0x5617;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

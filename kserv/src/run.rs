@@ -61,8 +61,10 @@ impl<'a> Env<'a> {
             }
         }
         let gic = info.and_then(|i| i.gic).unwrap_or(match BOARD.gic {
-            Gic::V2 { gicd, gicc, gich, .. } => GicInfo { v3: false, gicd, second: gicc, gich: Some(gich) },
-            Gic::V3 { gicd, gicr } => GicInfo { v3: true, gicd, second: gicr, gich: None },
+            Gic::V2 { gicd, gicc, gich, gicv } => {
+                GicInfo { v3: false, gicd, second: gicc, gich: Some(gich), gicv: Some(gicv) }
+            }
+            Gic::V3 { gicd, gicr } => GicInfo { v3: true, gicd, second: gicr, gich: None, gicv: None },
         });
         let initrd = info.and_then(|i| i.initrd);
         let bundle = initrd.and_then(|(start, end)| {
@@ -164,6 +166,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::GuestFuzz => vm_scenarios::guest_fuzz(&env.vm),
         Scenario::VmIrq => vm_scenarios::vm_irq(&env.vm, &env.gic),
         Scenario::GuestSysregs => vm_scenarios::guest_sysregs(&env.vm, env.gic.v3),
+        Scenario::VmVgic => vm_scenarios::vm_vgic(&env.vm, &env.gic),
         Scenario::ResetScrub => {
             let marker = BOARD.kserv_base + BOARD.kserv_size - 4096;
             // Past KServ's own image, and clear of what QEMU loads again on a reset (DTB, bundle).
@@ -422,7 +425,7 @@ fn bench(env: &Env) -> Outcome {
     let policy = bootargs::value(env.bootargs, "corevisor.host_s2").unwrap_or("blocks");
     kprintln!("bench host-ram-faults faults={faults} pages={pages} policy={policy}");
     match env.vm.bundle {
-        Some(_) => vm_scenarios::bench_vm(&env.vm, env.gic.v3),
+        Some(_) => vm_scenarios::bench_vm(&env.vm, &env.gic),
         None => Err("no boot bundle: the VM figures need the bench guest"),
     }
 }

@@ -27,10 +27,11 @@ pub enum Scenario {
     SignedBinding,
     GuestSysregs,
     VmLarge,
+    VmVgic,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 23] = [
+    pub const ALL: [Scenario; 24] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -54,6 +55,7 @@ impl Scenario {
         Scenario::SignedBinding,
         Scenario::GuestSysregs,
         Scenario::VmLarge,
+        Scenario::VmVgic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Scenario {
             Scenario::SignedBinding => "signed-binding",
             Scenario::GuestSysregs => "guest-sysregs",
             Scenario::VmLarge => "vm-large",
+            Scenario::VmVgic => "vm-vgic",
         }
     }
 

@@ -490,7 +490,7 @@ pub fn vm_irq(env: &VmEnv, gic: &crate::dtb::GicInfo) -> Outcome {
     }
     let mut mgr = Manager::new(env.regions);
     create_all(&mut mgr, env, 1)?;
-    gic::enable_timer_ppi(gic);
+    gic::enable_ppi(gic, gic::TIMER_PPI);
     // 5 ms from now: well inside the guest's 50 ms of spinning.
     gic::arm_physical_timer(hvc::counter_frequency() / 200);
     let mut hooks = Irq(0, false);
@@ -587,7 +587,7 @@ pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
 /// The VM figures of `cargo xtask bench`, from the bundle's BENCH guest: a VCPU_RUN that ends in
 /// the guest's next MMIO read (world switch both ways), the share calls KCore serves without
 /// leaving the guest's world, and an MMIO exit handled by KServ over all ELs.
-pub fn bench_vm(env: &VmEnv, gic_v3: bool) -> Outcome {
+pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
     use crate::arch::pmu;
     use crate::scenario::stats;
     use corevisor_abi::{exit, guest_dev};
@@ -652,7 +652,7 @@ pub fn bench_vm(env: &VmEnv, gic_v3: bool) -> Outcome {
     let el2 = stats(&mut run_el2).ok_or("no samples")?.median;
     let all = stats(&mut run_all).ok_or("no samples")?.median;
     kprintln!("bench mmio-exit total_instructions={all} el2_instructions={el2} samples={SAMPLES}");
-    if gic_v3 {
+    if gic.v3 {
         // A VCPU_RUN that ends in the guest's ICC_SGI1R_EL1 write (issue 13), then one back to
         // the guest's read of ANSWER.
         use corevisor_abi::guest_role::{BENCH_SGI, SYSREGS_SGI1R};
@@ -670,6 +670,19 @@ pub fn bench_vm(env: &VmEnv, gic_v3: bool) -> Outcome {
         let all = stats(&mut sgi_all).ok_or("no samples")?.median;
         kprintln!("bench sgi-exit total_instructions={all} el2_instructions={el2} samples={SAMPLES}");
     }
+    // The virtual timer delivered in KCore: a run with one timer interrupt against one without,
+    // both once the vCPU's virtual interface is on (its LRs move on every run from then on).
+    crate::arch::gic::enable_ppi(gic, crate::arch::gic::VIRTUAL_TIMER_PPI);
+    let bench_vtimer = corevisor_abi::guest_role::BENCH_VTIMER;
+    measure(bench_vtimer)?;
+    let (mut vtimer, mut run_vgic_on) = ([0u64; SAMPLES], [0u64; SAMPLES]);
+    for i in 0..SAMPLES {
+        let (_, with_timer) = measure(bench_vtimer)?;
+        (_, run_vgic_on[i]) = measure(1)?;
+        vtimer[i] = with_timer.saturating_sub(run_vgic_on[i]);
+    }
+    print("vtimer-delivery", "el2_instructions", &mut vtimer)?;
+    print("vcpu-run-vgic", "el2_instructions", &mut run_vgic_on)?;
     // Command 0: the guest powers off.
     let [status, reason, a, ..] = run(0);
     if status != Status::Success.as_reg() || reason != exit::HVC || a as u32 != corevisor_abi::psci::SYSTEM_OFF {
@@ -975,6 +988,118 @@ pub fn vm_large(env: &VmEnv) -> Outcome {
     kprintln!("vm-large: {pages} with a 4 KiB page (beside the image)");
     if pages >= 512 {
         return Err("too many faults answered page by page");
+    }
+    Ok(())
+}
+
+/// `vm-vgic`: KCore's virtual interrupts. The host's injections are refused for a bad INTID, a
+/// vCPU the VM lacks and a VM not yet verified; a guest that turned its virtual CPU interface on
+/// (GICv2: the GICV frame mapped at its GICC) acknowledges and ends an SGI and five SPIs the host
+/// injects, the higher priority first, the last two after KCore refilled the list registers on
+/// the underflow maintenance interrupt; then its own virtual timer's interrupts. KCore serves both
+/// interrupts in place: the host sees no IRQ exit.
+pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::arch::gic;
+    use corevisor_abi::guest_role::VGIC_READY;
+    const SGI: u64 = 3;
+    const SPI: u64 = 40;
+    let inject =
+        |vmid, vcpu, intid, priority| hvc::hyp_call(host_call::INJECT_IRQ, [vmid, vcpu, intid, priority, 0, 0]);
+    // A VM that is registered but not verified takes no interrupt.
+    let unverified = hvc::hyp_call(host_call::REGISTER_VM, [corevisor_abi::guest_dev::RAM_BASE, 1 << 20, 0, 0, 0, 0]);
+    if unverified.status != Status::Success.as_reg() {
+        return Err("REGISTER_VM failed");
+    }
+    let vmid = unverified.values[0];
+    hvc::hyp_call(host_call::REGISTER_VCPU, [vmid, 0, 0, 0, 0, 0]);
+    let refused_unverified = inject(vmid, 0, SPI, 0xa0).status == Status::Denied.as_reg();
+    hvc::hyp_call(host_call::DESTROY_VM, [vmid, 0, 0, 0, 0, 0]);
+    if !refused_unverified {
+        return Err("INJECT_IRQ into an unverified VM was not refused");
+    }
+    kprintln!("vm-vgic: injection into an unverified VM: DENIED");
+
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, 1)?;
+    let vmid = mgr.vms.iter().flatten().next().map(|vm| vm.vmid).ok_or("no VM")?;
+    for (what, vcpu, intid, priority) in [
+        ("INTID 1020", 0, 1020, 0xa0),
+        ("vCPU 1 (not registered)", 1, SPI, 0xa0),
+        ("vCPU 8", 8, SPI, 0xa0),
+        ("priority 256", 0, SPI, 256),
+    ] {
+        if inject(vmid, vcpu, intid, priority).status != Status::InvalidParameters.as_reg() {
+            return Err("a malformed INJECT_IRQ was not refused");
+        }
+        kprintln!("vm-vgic: injection with {what}: INVALID_PARAMETERS");
+    }
+    if !gic.v3 {
+        let gicv = gic.gicv.filter(|&g| g != 0).ok_or("no GICV frame in the DT")?;
+        let at = corevisor_abi::guest_dev::GUEST_GICC;
+        if hvc::hyp_call(host_call::PHYS_ADDR_IOREMAP, [vmid, at, gicv, 0x2000, 0, 0]).status
+            != Status::Success.as_reg()
+        {
+            return Err("PHYS_ADDR_IOREMAP of the GICV frame failed");
+        }
+        kprintln!("vm-vgic: GICV {gicv:#x} mapped at the guest's GICC {at:#x}");
+    }
+    gic::enable_ppi(gic, gic::VIRTUAL_TIMER_PPI);
+    gic::enable_ppi(gic, gic::MAINTENANCE_PPI);
+
+    struct Injector {
+        expect: Expect,
+        v2: bool,
+        injected: Result<(), &'static str>,
+        irq_exits: u64,
+    }
+    impl Hooks for Injector {
+        fn answer(&mut self, _vm: &Vm) -> u64 {
+            self.v2 as u64
+        }
+        fn notify(&mut self, vm: &Vm, value: u64) {
+            if value != VGIC_READY {
+                return;
+            }
+            let inject = |intid, priority| hvc::hyp_call(host_call::INJECT_IRQ, [vm.vmid, 0, intid, priority, 0, 0]);
+            // The SPIs first, at the lower priority; the SGI twice: it stays pending once. Six
+            // INTIDs for 4 list registers: two wait for the underflow refill.
+            for (intid, priority) in
+                [(SPI, 0xa0), (SGI, 0x80), (SGI, 0x80), (41, 0xa0), (42, 0xa0), (43, 0xa0), (44, 0xa0)]
+            {
+                if inject(intid, priority).status != Status::Success.as_reg() {
+                    self.injected = Err("INJECT_IRQ of a valid interrupt was refused");
+                }
+            }
+            kprintln!("vm {}: injected SPIs {SPI}-44 (priority 0xa0) and SGI {SGI} (0x80, twice)", vm.name());
+        }
+        fn interrupt(&mut self, _vm: &Vm) {
+            self.irq_exits += 1;
+        }
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            self.expect.line(line);
+        }
+    }
+    let mut hooks = Injector {
+        expect: Expect::new(&[
+            "vgic: interface on",
+            "vgic: INTID 3 first (the highest priority), then 40-44, each once",
+            "vgic: 5 virtual timer interrupts",
+            "bye",
+        ]),
+        v2: !gic.v3,
+        injected: Ok(()),
+        irq_exits: 0,
+    };
+    mgr.run_all(&mut hooks);
+    mgr.result()?;
+    hooks.injected?;
+    if !hooks.expect.all_seen() || mgr.powered_off != 1 {
+        return Err("the guest did not take its interrupts and power off");
+    }
+    // Every timer interrupt was KCore's to deliver: none went through the host.
+    kprintln!("vm-vgic: {} IRQ exits reached the host", hooks.irq_exits);
+    if hooks.irq_exits != 0 {
+        return Err("the guest's timer interrupts made host round trips");
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::ids::{VcpuId, VmId};
 use crate::machine::features::IdReg;
 use crate::machine::{GuestExit, TrapFrame, TrapKind, CALL_REGS};
 use crate::mutation::{planted, Mutation};
+use crate::vcpu::vgic::{Intid, Virq};
 use crate::vcpu::DataAccess;
 use corevisor_abi::{guest_call, host_call, psci, Status};
 
@@ -52,6 +53,7 @@ pub enum VmCall {
     VmPowerOff { vm: VmId },
     DestroyVm { vm: VmId },
     BootData { vm: VmId, gpa: Ipa, pfn: Pfn },
+    InjectIrq { vm: VmId, vcpu: VcpuId, virq: Virq },
 }
 
 /// A host hypercall refused at the edge: an unknown id, or an argument that does not fit.
@@ -130,6 +132,14 @@ impl HostCall {
             host_call::TIMER_SET_CNTVOFF => HostCall::Vm(VmCall::TimerSetCntvoff { vm: vm(a1)?, offset: a2 }),
             host_call::VM_POWER_OFF => HostCall::Vm(VmCall::VmPowerOff { vm: vm(a1)? }),
             host_call::DESTROY_VM => HostCall::Vm(VmCall::DestroyVm { vm: vm(a1)? }),
+            host_call::INJECT_IRQ => HostCall::Vm(VmCall::InjectIrq {
+                vm: vm(a1)?,
+                vcpu: vcpu(a2)?,
+                virq: Virq {
+                    intid: Intid::new(a3).ok_or(bad("INTID", Status::InvalidParameters))?,
+                    priority: u8::try_from(a4).map_err(|_| bad("priority", Status::InvalidParameters))?,
+                },
+            }),
             host_call::BOOT_DATA => HostCall::Vm(VmCall::BootData {
                 vm: vm(a1)?,
                 gpa: Ipa(a2),
@@ -465,6 +475,10 @@ mod tests {
         assert_eq!(status(call(host_call::CLEAR_VM_S2_RANGE, [1, 1 << 40, 4096, 0])), Some(Status::InvalidAddress));
         assert_eq!(status(call(host_call::REGISTER_VM, [u64::MAX, 2, 0, 0])), Some(Status::InvalidParameters));
         assert_eq!(status(call(host_call::SYSTEM_OFF, [256, 0, 0, 0])), Some(Status::InvalidParameters));
+        assert_eq!(status(call(host_call::INJECT_IRQ, [1, 0, 1020, 0])), Some(Status::InvalidParameters));
+        assert_eq!(status(call(host_call::INJECT_IRQ, [1, 0, 1019, 256])), Some(Status::InvalidParameters));
+        assert_eq!(status(call(host_call::INJECT_IRQ, [1, 8, 27, 0])), Some(Status::InvalidParameters));
+        assert!(call(host_call::INJECT_IRQ, [1, 7, 1019, 255]).is_ok());
         assert_eq!(
             status(call(host_call::COUNT as u32 + corevisor_abi::HYP_CALL_BASE, [0; 4])),
             Some(Status::NotSupported)

@@ -23,6 +23,7 @@ pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, call: VmCall) -
         VmCall::VmPowerOff { vm } => kcore.power_off(vm).map(|()| 0),
         VmCall::DestroyVm { vm } => kcore.destroy(m, vm),
         VmCall::BootData { vm, gpa, pfn } => kcore.load_boot_data(m, vm, gpa, pfn).map(|()| 0),
+        VmCall::InjectIrq { vm, vcpu, virq } => kcore.inject_irq(vm, vcpu, virq).map(|()| 0),
     };
     match result {
         Ok(value) => {

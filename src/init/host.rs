@@ -106,7 +106,11 @@ fn host_mmio(platform: &Platform) -> MmioMap {
         plan.dma_refused.len(),
         plan.dma_given.len()
     );
-    MmioMap { allowed: plan.allowed, emulated, protected }
+    let guest_only = match platform.gic {
+        Gic::V2 { gicv, .. } if gicv != 0 => alloc::vec![PhysRange::new(gicv, 0x2000)],
+        _ => alloc::vec![],
+    };
+    MmioMap { allowed: plan.allowed, emulated, protected, guest_only }
 }
 
 /// Where the VMs' page-table pools start: the end of KCore's pool.
@@ -169,6 +173,14 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
     };
     let kcore = Kcore::new(memory, vm_pools(layout::page_table_pool().end), key);
     let gic_v3 = matches!(platform.gic, Gic::V3 { .. });
+    if let Gic::V2 { gich, .. } = platform.gic {
+        if gich != 0 && !gic_v3 {
+            // SAFETY: the DT's (or the board's) GICH frame: device registers in KCore's EL2 map
+            // (Device memory outside RAM), which `mmio_map` keeps out of the host's stage-2 (and
+            // so of every VM's: PHYS_ADDR_IOREMAP maps only what the host may map).
+            unsafe { crate::machine::vgic::use_gich(gich) };
+        }
+    }
     trap_handler::install(HostSetup { may_run_at: host_may_run_at, vttbr, gic_v3, emulated_mmio, power }, kcore);
     report_cpu();
     Aarch64.flush_stage2_vmid(HOST_VMID);

@@ -1,7 +1,7 @@
 //! The SeKVM invariants, checkable at run time (debug builds check them after every hypercall)
 //! and in property tests:
 //! - `host_iso`: the host maps only RAM it owns, pages a VM shares with it, and MMIO it is allowed
-//!   (each Device leaf inside one allowed range, with no emulated or KCore page in it);
+//!   (each Device leaf inside one allowed range, with no emulated, KCore or guest-only page in it);
 //! - `host_flatmap`: the host's stage-2 is the identity;
 //! - `vm_iso`: a VM maps only RAM it owns, at the gfn the ownership table records (so no page is
 //!   mapped by two VMs);
@@ -68,7 +68,7 @@ pub fn check(m: &impl Machine, mem: &HostMemory, vms: &[(u16, &PageTable)]) -> R
             let touches = |r: &PhysRange| base < r.end() && r.base < end;
             leaf.attrs.mem == MemType::Device
                 && mem.mmio.allowed.iter().any(|r| r.base <= base && end <= r.end())
-                && !mem.mmio.emulated.iter().chain(&mem.mmio.protected).any(touches)
+                && !mem.mmio.emulated.iter().chain(&mem.mmio.protected).chain(&mem.mmio.guest_only).any(touches)
         } else if leaf.size() == PAGE_SIZE {
             mem.db.get(leaf.output).is_some_and(|p| p.owner == Owner::Host || p.count > 0)
         } else {

@@ -95,6 +95,9 @@ pub struct MmioMap {
     pub emulated: Vec<PhysRange>,
     /// MMIO that is KCore's (the GICv2 virtual interface control): never mapped for anyone.
     pub protected: Vec<PhysRange>,
+    /// MMIO a VM may be given (PHYS_ADDR_IOREMAP) but the host never maps: the GICv2 virtual
+    /// CPU interface (GICV), which a guest gets at its GICC address.
+    pub guest_only: Vec<PhysRange>,
 }
 
 fn overlaps(ranges: &[PhysRange], base: u64, size: u64) -> bool {
@@ -107,7 +110,10 @@ impl MmioMap {
     pub fn may_map(&self, base: u64, size: u64) -> bool {
         let inside = self.allowed.iter().any(|r| base >= r.base && base + size <= r.end())
             || planted(Mutation::HostMmioIgnoresAllowList);
-        inside && !overlaps(&self.emulated, base, size) && !overlaps(&self.protected, base, size)
+        inside
+            && !overlaps(&self.emulated, base, size)
+            && !overlaps(&self.protected, base, size)
+            && !overlaps(&self.guest_only, base, size)
     }
 
     /// Why the host (or a VM) may not have the MMIO page at `pa`, if it may not.
@@ -374,7 +380,8 @@ impl HostMemory {
         if self.db.get(pa).is_some() {
             return Err(MemError::IsRam);
         }
-        if let Some(refused) = self.mmio.refusal(pa) {
+        let guest_only = overlaps(&self.mmio.guest_only, pa & !(PAGE_SIZE - 1), PAGE_SIZE);
+        if let Some(refused) = self.mmio.refusal(pa).filter(|_| !guest_only) {
             return Err(refused);
         }
         vm_s2.map(m, gpa & !(PAGE_SIZE - 1), pa & !(PAGE_SIZE - 1), LAST_LEVEL, Attrs::DEVICE)?;

@@ -83,6 +83,7 @@ impl RData {
             && self.mmio.allowed.iter().any(|r| r.base <= base && base + size <= r.end())
             && !self.mmio.emulated.iter().any(touches)
             && !self.mmio.protected.iter().any(touches)
+            && !self.mmio.guest_only.iter().any(touches)
     }
 
     /// Why an MMIO fault at `pa` (not RAM) is refused: KCore's, emulated, or not allowed.
@@ -318,12 +319,14 @@ pub fn map_pfn_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
     }
 }
 
-/// `map_vm_io`.
+/// `map_vm_io`: the MMIO the host may map, or a page of the guest-only MMIO (the GICv2 virtual
+/// CPU interface), which only VMs get.
 pub fn map_vm_io_spec(r: &RData, vmid: u16, gpa: u64, pa: u64) -> Step<()> {
     if r.page(pa).is_some() {
         return Some((r.clone(), Err(MemError::IsRam)));
     }
-    if let Some(refused) = r.mmio_refusal(pa) {
+    let guest_only = r.mmio.guest_only.iter().any(|g| g.base <= pa && pa < g.end());
+    if let Some(refused) = r.mmio_refusal(pa).filter(|_| !guest_only) {
         return Some((r.clone(), Err(refused)));
     }
     map_vm_leaf_spec(r, vmid, gpa & !(PAGE_SIZE - 1), pa & !(PAGE_SIZE - 1), Attrs::DEVICE)

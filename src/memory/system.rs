@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const RAM: PhysRange = PhysRange::new(0x4000_0000, 0x4000_0000);
 pub const KCORE: PhysRange = PhysRange::new(0x4008_0000, 0x10_0000);
 pub const GICH: PhysRange = PhysRange::new(0x0803_0000, 0x1_0000);
+/// The GICv2 virtual CPU interface: a VM's, never the host's.
+pub const GICV: PhysRange = PhysRange::new(0x0804_0000, 0x2000);
 /// The MMIO the test host may have: a GIC-like 16 MiB (GICH inside it is KCore's, and four
 /// redistributor control pages are emulated) and one UART page.
 pub fn test_mmio() -> MmioMap {
@@ -26,6 +28,7 @@ pub fn test_mmio() -> MmioMap {
         allowed: vec![PhysRange::new(0x0800_0000, 0x0100_0000), PhysRange::new(0x0900_0000, 0x1000)],
         emulated: (0..4).map(|i| PhysRange::new(0x080A_0000 + i * 0x1_0000, 0x1000)).collect(),
         protected: vec![GICH],
+        guest_only: vec![GICV],
     }
 }
 /// Table pools live above RAM: the host's, then one per VM.

@@ -79,7 +79,12 @@ fn apply(m: &ModelMachine, mem: &mut HostMemory, op: &Op) -> Result<(), TestCase
                 None => {
                     let mmio = test_mmio();
                     mmio.allowed.iter().any(|r| r.contains(ipa))
-                        && !mmio.emulated.iter().chain(&mmio.protected).any(|r| r.contains(ipa & !0xfff))
+                        && !mmio
+                            .emulated
+                            .iter()
+                            .chain(&mmio.protected)
+                            .chain(&mmio.guest_only)
+                            .any(|r| r.contains(ipa & !0xfff))
                 }
             };
             prop_assert_eq!(result.is_ok(), may, "fault at {:#x} on {:?}: {:?}", ipa, page, result);
@@ -256,10 +261,16 @@ fn host_mmio_stays_inside_the_allow_list(pages_only: bool, faults: &[u64]) -> Re
     let mmio = test_mmio();
     let good = |page: u64| {
         mmio.allowed.iter().any(|r| r.contains(page))
-            && !mmio.emulated.iter().chain(&mmio.protected).any(|r| r.contains(page))
+            && !mmio.emulated.iter().chain(&mmio.protected).chain(&mmio.guest_only).any(|r| r.contains(page))
     };
-    let edges: Vec<u64> =
-        mmio.allowed.iter().chain(&mmio.emulated).chain(&mmio.protected).flat_map(|r| [r.base, r.end()]).collect();
+    let edges: Vec<u64> = mmio
+        .allowed
+        .iter()
+        .chain(&mmio.emulated)
+        .chain(&mmio.protected)
+        .chain(&mmio.guest_only)
+        .flat_map(|r| [r.base, r.end()])
+        .collect();
     for &ipa in faults {
         let result = mem.map_page_host(&m, ipa);
         if mem.db.get(ipa).is_none() {
@@ -324,6 +335,9 @@ fn allowed_mmio_gets_the_largest_block_without_emulated_or_kcore_pages() {
     assert_eq!(mem.map_vm_io(&m, &mut vm, 0x1000, 0x0902_0000), Err(MemError::NotAllowed));
     assert_eq!(mem.map_vm_io(&m, &mut vm, 0x1000, 0x080B_0000), Err(MemError::Emulated));
     assert_eq!(mem.map_vm_io(&m, &mut vm, 0x1000, 0x0900_0000), Ok(()));
+    // The GICv2 virtual CPU interface is a VM's (at its GICC), never the host's.
+    assert_eq!(mem.map_vm_io(&m, &mut vm, 0x2000, 0x0804_1000), Ok(()));
+    assert_eq!(mem.map_page_host(&m, 0x0804_0000), Err(MemError::NotAllowed));
     assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
 }
 

@@ -95,17 +95,6 @@ pub mod cnthctl {
     pub const EL1PCEN: u64 = 1 << 1;
 }
 
-/// ICH_HCR_EL2 bits (GICv3 virtual CPU interface).
-pub mod ich_hcr {
-    /// Traps EL1's accesses to the registers common to both groups (ICV_PMR, ICV_RPR, ICV_DIR,
-    /// ICV_CTLR).
-    pub const TC: u64 = 1 << 10;
-    /// Traps EL1's Group 0 registers.
-    pub const TALL0: u64 = 1 << 11;
-    /// Traps EL1's Group 1 registers.
-    pub const TALL1: u64 = 1 << 12;
-}
-
 /// What the host's PMU may count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostPmu {
@@ -259,10 +248,9 @@ pub fn guest_controls(cpu: &CpuFeatures, pmu: HostPmu, vttbr: u64, vmpidr: u64, 
     if cpu.amu() {
         cptr |= cptr::TAM;
     }
-    // The GIC system registers reach the virtual CPU interface (IMO/FMO), whose state no world
-    // switch moves (there is no virtual GIC): they trap.
-    let ich_hcr = if cpu.gic_sysregs() { ich_hcr::TC | ich_hcr::TALL0 | ich_hcr::TALL1 } else { 0 };
-    El2Controls { hcr, vttbr, vmpidr, cntvoff, mdcr, cnthctl: cnthctl::EL1PCTEN, cptr, ich_hcr }
+    // The GIC system registers reach the virtual CPU interface (IMO/FMO), whose state the world
+    // switch moves (`vcpu::vgic`): ICH_HCR_EL2 is the vCPU's, loaded after these controls.
+    El2Controls { hcr, vttbr, vmpidr, cntvoff, mdcr, cnthctl: cnthctl::EL1PCTEN, cptr, ich_hcr: 0 }
 }
 
 /// Whether KCore stops the host's PMU counters while a guest runs (PMCNTENSET_EL0 saved and
@@ -356,8 +344,8 @@ pub enum Feature {
     Profiling,
     MemoryTagging,
     /// GICv3 CPU interface system registers: with IMO/FMO they reach the virtual CPU interface,
-    /// whose state (ICH_VMCR_EL2, ICH_AP*R) the world switch does not move. ICC_SRE_EL1 is not
-    /// trapped (README, known limitations).
+    /// whose state (ICH_LR<n>, ICH_VMCR_EL2, ICH_AP0R0/AP1R0, ICH_HCR) the world switch moves
+    /// (`vcpu::vgic`). ICC_SRE_EL1 is not trapped (README, known limitations).
     GicSysregs,
     Mpam,
     BranchRecords,
@@ -376,7 +364,7 @@ pub enum GuestAccess {
     Unhandled,
 }
 
-use El2Reg::{Cnthctl, Cptr, Hcr, IchHcr, Mdcr};
+use El2Reg::{Cnthctl, Cptr, Hcr, Mdcr};
 
 /// The table of the rule above: every feature a guest could reach, and how corevisor keeps it
 /// the guest's or keeps the guest from it.
@@ -409,7 +397,7 @@ pub const GUEST_FEATURES: &[(Feature, GuestAccess)] = &[
         GuestAccess::Trapped(&[Control::set(Mdcr, mdcr::TPMS), Control::clear(Mdcr, mdcr::E2PB_MASK)]),
     ),
     (Feature::MemoryTagging, GuestAccess::Trapped(&[Control::clear(Hcr, hcr::ATA)])),
-    (Feature::GicSysregs, GuestAccess::Trapped(&[Control::set(IchHcr, ich_hcr::TC | ich_hcr::TALL0 | ich_hcr::TALL1)])),
+    (Feature::GicSysregs, GuestAccess::Switched),
     (Feature::Mpam, GuestAccess::Unhandled),
     (Feature::BranchRecords, GuestAccess::Unhandled),
 ];

@@ -7,12 +7,14 @@
 pub mod controls;
 #[cfg(test)]
 mod tests;
+pub mod vgic;
 #[cfg(target_os = "none")]
 pub mod world_switch;
 
 use crate::machine::guest_regs::{El1Regs, FpRegs, GuestGprs};
 use crate::machine::TrapFrame;
 use alloc::boxed::Box;
+use vgic::VgicState;
 
 /// SPSR of a vCPU's first instruction: EL1h, D, A, I and F masked (what a reset gives).
 pub const SPSR_EL1H_MASKED: u64 = 0x3C5;
@@ -58,6 +60,9 @@ pub struct VcpuContext {
     /// 11 finding 8): the world switch sets HCR_EL2.VSE on every entry while this is set, and
     /// clears it once the guest has taken it.
     pub virtual_serror: bool,
+    /// Its virtual CPU interface and the virtual interrupts waiting for it (kept across
+    /// `start`: the host may inject before the vCPU first runs).
+    pub vgic: VgicState,
 }
 
 impl VcpuContext {
@@ -71,6 +76,7 @@ impl VcpuContext {
             power_on: None,
             index,
             virtual_serror: false,
+            vgic: VgicState::default(),
         })
     }
 

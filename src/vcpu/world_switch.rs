@@ -4,9 +4,11 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
+use super::vgic::{vtimer_firing, Intid, ListReg, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
-use crate::machine::{features, regs, world_switch as cpu, GuestExit};
+use crate::machine::vgic::{self as gic, Interface, VgicRegs};
+use crate::machine::{features, regs, world_switch as cpu, GuestExit, TrapKind};
 
 /// Loads one world's EL2 controls (the guest's about to run, or the host's again).
 #[inline]
@@ -43,6 +45,8 @@ pub fn run_vcpu<R>(
     cpu::restore_el1(&vcpu.el1);
     cpu::restore_fp(&vcpu.fp);
     load_controls(guest);
+    let interface = gic::interface();
+    let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
         // Nothing passes through DISR_EL1 from one vCPU to the next.
         cpu::clear_vdisr();
@@ -51,10 +55,14 @@ pub fn run_vcpu<R>(
         cpu::set_virtual_serror(vcpu.virtual_serror, ras);
         let exit = cpu::run_guest(&mut Running { vcpu, in_place: &mut in_place });
         vcpu.virtual_serror = cpu::virtual_serror_pending();
+        if exit.kind == TrapKind::Irq && !exit.serror && serve_irq_in_place(vcpu, interface, &mut lr_count) {
+            continue;
+        }
         if let Some(answer) = serve(vcpu, exit) {
             break answer;
         }
     };
+    save_vgic(&mut vcpu.vgic, interface, lr_count);
     cpu::save_el1(&mut vcpu.el1);
     cpu::save_fp(&mut vcpu.fp);
     cpu::restore_el1(&host_el1);
@@ -64,6 +72,66 @@ pub fn run_vcpu<R>(
         cpu::restart_pmu_counters(running);
     }
     answer
+}
+
+/// Loads the vCPU's virtual CPU interface (after its EL2 controls): its queue first fills the
+/// free list registers. A vCPU that never had an interrupt (HCR.En off) gets only its VMCR: its
+/// LRs and active priorities are empty. Returns the LR count used (0 then).
+fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
+    let enabled = vgic.enabled();
+    let mut regs = VgicRegs { vmcr: vgic.vmcr, ap0r: vgic.ap0r, ap1r: vgic.ap1r, lrs: [0; MAX_LRS] };
+    let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
+    if enabled {
+        vgic.fill(lr_count);
+        for (raw, lr) in regs.lrs.iter_mut().zip(vgic.lrs) {
+            *raw = if interface == Interface::V3 { lr.v3() } else { lr.v2().into() };
+        }
+    }
+    gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
+    lr_count
+}
+
+/// Saves what [`load_vgic`] loaded, as the guest left it, and frees the LRs it emptied.
+fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
+    let enabled = lr_count != 0;
+    let mut regs = VgicRegs::default();
+    let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
+    vgic.vmcr = regs.vmcr;
+    if enabled {
+        for (lr, raw) in vgic.lrs.iter_mut().zip(regs.lrs).take(lr_count) {
+            *lr = if interface == Interface::V3 { ListReg::from_v3(raw) } else { ListReg::from_v2(raw as u32) };
+        }
+        vgic.ap0r = regs.ap0r;
+        vgic.ap1r = regs.ap1r;
+        vgic.reclaim(elrsr);
+    }
+}
+
+/// A physical IRQ that the guest's own interrupt state explains, served without a host round
+/// trip: its virtual timer fired (KCore masks it and queues INTID 27, as Xen's vtimer_interrupt
+/// does: the guest sees IMASK set and clears it when it programs its next deadline) or its list registers ran low (the underflow maintenance interrupt: refill them). The
+/// rule: in place exactly when one of these holds; any other physical interrupt pending for the
+/// host stays pending (KCore acknowledges none) and brings the guest straight back out, to the
+/// host this time, since the masked timer and the refilled LRs no longer explain it. Returns
+/// whether it served the exit (the guest runs on).
+fn serve_irq_in_place(vcpu: &mut VcpuContext, interface: Interface, lr_count: &mut usize) -> bool {
+    if interface == Interface::None {
+        return false;
+    }
+    let underflow = *lr_count != 0 && gic::underflow(interface);
+    let timer_firing = vtimer_firing(regs::virtual_timer().0);
+    if !timer_firing && !underflow {
+        return false;
+    }
+    save_vgic(&mut vcpu.vgic, interface, *lr_count);
+    const VTIMER: Virq = Virq { intid: Intid::VTIMER, priority: VTIMER_PRIORITY };
+    // A full queue leaves the timer as it is: the exit goes to the host.
+    let timer = timer_firing && vcpu.vgic.inject(VTIMER).is_ok();
+    if timer {
+        regs::mask_virtual_timer();
+    }
+    *lr_count = load_vgic(&mut vcpu.vgic, interface);
+    timer || underflow
 }
 
 /// A vCPU in the guest's world, as the machine's world switch runs it.

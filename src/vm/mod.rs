@@ -26,9 +26,11 @@ use crate::ids::{VcpuId, VmId};
 use crate::machine::Machine;
 use crate::memory::pages::Owner;
 use crate::memory::{HostMemory, MemError};
+use crate::mutation::{planted, Mutation};
 use crate::page_table::descriptor::{Regime, INPUT_LIMIT};
 use crate::page_table::pool::PagePool;
 use crate::page_table::PageTable;
+use crate::vcpu::vgic::{QueueFull, Virq};
 use crate::vcpu::{Pending, VcpuContext};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -57,6 +59,8 @@ pub enum VmError {
     State,
     /// A vCPU of the VM is running.
     Busy,
+    /// The vCPU's queue of virtual interrupts waiting for a list register is full.
+    QueueFull,
     Boot(BootError),
     Mem(MemError),
 }
@@ -68,6 +72,7 @@ impl VmError {
             VmError::BadArgument => Status::InvalidParameters,
             VmError::NoVm => Status::InvalidParameters,
             VmError::State | VmError::Busy => Status::Denied,
+            VmError::QueueFull => Status::OnPending,
             VmError::Boot(BootError::NoVmid | BootError::NoRoom) => Status::NotPresent,
             VmError::Boot(BootError::Rejected) => Status::Denied,
             VmError::Boot(BootError::State(_) | BootError::Vcpu | BootError::Started) => Status::Denied,
@@ -285,6 +290,21 @@ impl Kcore {
             if !ctx.started {
                 ctx.power_on = Some((entry.raw(), arg));
             }
+        }
+    }
+
+    /// INJECT_IRQ: makes `virq` pending for `vcpu` of VERIFIED VM `vm`. The vCPU must be
+    /// registered (INVALID_PARAMETERS otherwise) and idle: its list registers are the saved ones.
+    pub fn inject_irq(&mut self, vm: VmId, vcpu: VcpuId, virq: Virq) -> Result<(), VmError> {
+        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        if rec.state != VmState::Verified {
+            return Err(VmError::State);
+        }
+        let index = if planted(Mutation::VgicInjectsWrongVcpu) { (vcpu.index() + 1) % 2 } else { vcpu.index() };
+        match &mut rec.vcpus[index] {
+            Vcpu::Idle(ctx) => ctx.vgic.inject(virq).map_err(|QueueFull| VmError::QueueFull),
+            Vcpu::Running => Err(VmError::Busy),
+            Vcpu::Unused => Err(VmError::BadArgument),
         }
     }
 

@@ -299,3 +299,82 @@ fn a_torn_down_page_is_zero_in_dram() {
     k.destroy(&m, vmid).unwrap();
     assert!(m.dram_words(IMAGE_PFN << 12..(IMAGE_PFN + 1) << 12).is_empty());
 }
+
+/// A VERIFIED VM with vCPUs 0 and 1, for INJECT_IRQ.
+fn two_vcpu_vm(m: &ModelMachine, k: &mut Kcore) -> VmId {
+    lay_out_image(m, None);
+    let vmid = k.register_vm(m, ram(GUEST_RAM, 16 << 20)).unwrap();
+    k.register_vcpu(vmid, vcpu(0)).unwrap();
+    k.register_vcpu(vmid, vcpu(1)).unwrap();
+    let index = k.set_boot_info(vmid, Ipa(GUEST_RAM), IMAGE_LEN).unwrap();
+    k.remap_vm_image(vmid, index as u64, pfn(IMAGE_PFN)).unwrap();
+    k.verify_vm_image(m, vmid).unwrap();
+    vmid
+}
+
+fn virq(intid: u64) -> Virq {
+    Virq { intid: crate::vcpu::vgic::Intid::new(intid).unwrap(), priority: 0xa0 }
+}
+
+#[test]
+fn injections_are_refused_unless_the_vm_is_verified_and_the_vcpu_idle() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = k.register_vm(&m, ram(GUEST_RAM, 16 << 20)).unwrap();
+    k.register_vcpu(vmid, vcpu(0)).unwrap();
+    assert_eq!(k.inject_irq(vmid, vcpu(0), virq(33)), Err(VmError::State), "not verified yet");
+    assert_eq!(k.inject_irq(vm(2), vcpu(0), virq(33)), Err(VmError::NoVm));
+    let index = k.set_boot_info(vmid, Ipa(GUEST_RAM), IMAGE_LEN).unwrap();
+    k.remap_vm_image(vmid, index as u64, pfn(IMAGE_PFN)).unwrap();
+    k.verify_vm_image(&m, vmid).unwrap();
+    assert_eq!(k.inject_irq(vmid, vcpu(1), virq(33)).map_err(VmError::status), Err(Status::InvalidParameters));
+    k.inject_irq(vmid, vcpu(0), virq(33)).unwrap();
+    let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
+    assert_eq!(ticket.ctx.vgic.queued().count(), 1, "the context that runs carries the interrupt");
+    assert_eq!(k.inject_irq(vmid, vcpu(0), virq(34)).map_err(VmError::status), Err(Status::Denied), "running");
+    k.vcpu_run_finish(ticket);
+    for intid in 34..34 + crate::vcpu::vgic::QUEUE_LEN as u64 - 1 {
+        k.inject_irq(vmid, vcpu(0), virq(intid)).unwrap();
+    }
+    assert_eq!(k.inject_irq(vmid, vcpu(0), virq(99)).map_err(VmError::status), Err(Status::OnPending));
+    k.power_off(vmid).unwrap();
+    assert_eq!(k.inject_irq(vmid, vcpu(0), virq(33)), Err(VmError::State));
+}
+
+/// Each vCPU's interrupts are what the vGIC spec makes of the injections the host named for
+/// that vCPU, and no other vCPU's.
+fn injections_reach_their_vcpu(shots: Vec<(u64, u64)>) -> Result<(), proptest::test_runner::TestCaseError> {
+    use crate::vcpu::vgic::spec;
+    let (m, mut k) = kcore();
+    let vmid = two_vcpu_vm(&m, &mut k);
+    let mut want = [spec::Vgic::default(), spec::Vgic::default()];
+    for (target, intid) in shots {
+        k.inject_irq(vmid, vcpu(target), virq(intid)).unwrap();
+        let w = &mut want[target as usize];
+        *w = spec::inject(w, virq(intid)).unwrap();
+    }
+    for (index, want) in want.iter().enumerate() {
+        let Vcpu::Idle(ctx) = &k.vm(vmid).unwrap().vcpus[index] else { unreachable!() };
+        let mut pending: Vec<u16> = ctx.vgic.queued().map(|q| q.intid.raw()).collect();
+        pending.sort();
+        proptest::prop_assert_eq!(pending, want.pending.keys().copied().collect::<Vec<_>>(), "vCPU {}", index);
+    }
+    Ok(())
+}
+
+fn shots() -> impl proptest::strategy::Strategy<Value = Vec<(u64, u64)>> {
+    proptest::collection::vec((0u64..2, 0u64..8), 1..12)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(32))]
+    #[test]
+    fn an_injection_reaches_the_vcpu_it_names(shots in shots()) {
+        injections_reach_their_vcpu(shots)?;
+    }
+}
+
+#[test]
+fn the_injection_property_catches_delivery_to_the_wrong_vcpu() {
+    crate::mutation::catches(Mutation::VgicInjectsWrongVcpu, 32, shots(), injections_reach_their_vcpu);
+}

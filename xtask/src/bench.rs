@@ -12,6 +12,7 @@ const TARGETS: &[(&str, &str, u64)] = &[
     ("host-s2-fault", "host stage-2 fault (2 MiB block)", 400),
     ("guest-share-call", "guest share call, served in KCore", 150),
     ("vcpu-run", "VCPU_RUN entry + exit (world switch x2)", 1500),
+    ("vtimer-delivery", "virtual timer interrupt delivered in KCore", 300),
 ];
 
 /// A parsed `kserv: bench NAME key=value ...` line.
@@ -81,6 +82,10 @@ pub fn run(qemu: &Qemu) -> Result<(), String> {
     };
     let (with_blocks, pages_touched) = faults(&blocks).ok_or("no `bench host-ram-faults` figure")?;
     let (with_pages, _) = faults(&pages).ok_or("no `bench host-ram-faults` figure (4 KiB-only)")?;
+    if let Some(line) = blocks.iter().find(|l| l.name == "vcpu-run-vgic") {
+        let median = line.get("el2_instructions").unwrap_or(0);
+        println!("{:<44} {median:>8}", "VCPU_RUN, virtual interface on (LRs moved)");
+    }
     let mmio = blocks.iter().find(|l| l.name == "mmio-exit").ok_or("no `bench mmio-exit` figure")?;
     let (total, el2) = (mmio.get("total_instructions").unwrap_or(0), mmio.get("el2_instructions").unwrap_or(0));
     println!(

@@ -356,6 +356,26 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("large", role::LARGE, 1)],
         bootargs: "",
     },
+    Scenario {
+        name: "vm-vgic",
+        lines: &[
+            "kserv: vm-vgic: injection into an unverified VM: DENIED",
+            "kserv: vm-vgic: injection with INTID 1020: INVALID_PARAMETERS",
+            "kserv: vm-vgic: injection with vCPU 1 (not registered): INVALID_PARAMETERS",
+            "kserv: vm-vgic: injection with vCPU 8: INVALID_PARAMETERS",
+            "kserv: vm-vgic: injection with priority 256: INVALID_PARAMETERS",
+            "kserv: [vgic] vgic: interface on",
+            "kserv: vm vgic: injected SPIs 40-44 (priority 0xa0) and SGI 3 (0x80, twice)",
+            "kserv: [vgic] vgic: INTID 3 first (the highest priority), then 40-44, each once",
+            "kserv: [vgic] vgic: 5 virtual timer interrupts",
+            "kserv: vm vgic: powered off",
+            "kserv: vm-vgic: 0 IRQ exits reached the host",
+            "kserv: scenario vm-vgic: PASS",
+        ],
+        gic_v2_lines: &["kserv: vm-vgic: GICV 0x", "mapped at the guest's GICC 0xc000000"],
+        bundle: &[("vgic", role::VGIC, 1)],
+        bootargs: "",
+    },
 ];
 
 /// Lines required only on the GICv3 machine, by scenario (kept apart from [`Scenario`] so that

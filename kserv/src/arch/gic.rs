@@ -1,21 +1,26 @@
-//! Just enough of the GIC for the host to route its physical timer's interrupt (PPI 30) to this
-//! core, and the physical timer to raise it: `vm-irq` uses them to interrupt a running guest.
+//! Just enough of the GIC for the host to route a PPI to this core (its physical timer's, PPI 30,
+//! or a guest's virtual timer's, 27), and the physical timer to raise it: `vm-irq` uses them to
+//! interrupt a running guest, `vm-vgic` to let a guest's timer exit to KCore.
 //! Interrupts stay masked in KServ (PSTATE.I): the interrupt only ever ends a guest's run.
 
 use crate::dtb::GicInfo;
 use core::arch::asm;
 
 /// The non-secure EL1 physical timer's PPI.
-const TIMER_PPI: u64 = 30;
+pub const TIMER_PPI: u64 = 30;
+/// The virtual timer's PPI.
+pub const VIRTUAL_TIMER_PPI: u64 = 27;
+/// The GIC's virtual interface maintenance interrupt.
+pub const MAINTENANCE_PPI: u64 = 25;
 
 // The GIC's registers go through the single-instruction accessors: KCore emulates the first
 // page of each redistributor frame and needs the instruction syndrome.
 use super::hvc::{read_mmio_u32 as read32, write_mmio_u32 as write32, write_mmio_u8 as write8};
 
-/// Enables the physical timer's PPI at the distributor (or this core's redistributor) and the
-/// CPU interface, group 1, priority 0x80, for core 0.
-pub fn enable_timer_ppi(gic: &GicInfo) {
-    let bit = 1u32 << TIMER_PPI;
+/// Enables PPI `ppi` at the distributor (or this core's redistributor) and the CPU interface,
+/// group 1, priority 0x80, for core 0.
+pub fn enable_ppi(gic: &GicInfo, ppi: u64) {
+    let bit = 1u32 << ppi;
     if gic.v3 {
         const GICD_CTLR_ARE: u32 = 1 << 4;
         const GICD_CTLR_GRP1: u32 = 1 << 1;
@@ -28,7 +33,7 @@ pub fn enable_timer_ppi(gic: &GicInfo) {
         }
         let sgi = rd + 0x1_0000;
         write32(sgi + 0x080, read32(sgi + 0x080) | bit); // IGROUPR0: group 1
-        write8(sgi + 0x400 + TIMER_PPI, 0x80); // IPRIORITYR
+        write8(sgi + 0x400 + ppi, 0x80); // IPRIORITYR
         write32(sgi + 0x100, bit); // ISENABLER0
                                    // SAFETY: the GICv3 CPU interface registers only change interrupt routing state.
         unsafe {
@@ -43,7 +48,7 @@ pub fn enable_timer_ppi(gic: &GicInfo) {
         };
     } else {
         write32(gic.gicd, 1); // GICD_CTLR
-        write8(gic.gicd + 0x400 + TIMER_PPI, 0x80); // IPRIORITYR (banked per core)
+        write8(gic.gicd + 0x400 + ppi, 0x80); // IPRIORITYR (banked per core)
         write32(gic.gicd + 0x100, bit); // ISENABLER0 (banked per core)
         write32(gic.second + 0x004, 0xff); // GICC_PMR
         write32(gic.second, 1); // GICC_CTLR

@@ -121,12 +121,10 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
             let keep = [s.x[1], s.x[2], s.x[3]];
             ret(s, 0, keep)
         }
-        f if (host_call::REGISTER_VM..=host_call::DESTROY_VM).contains(&f) || f == host_call::BOOT_DATA => {
-            match vm_call_spec(f, &s.x) {
-                Ok(args) => AbsState { next: Next::VmCall(f, args), ..s },
-                Err(status) => ret_status(s, status),
-            }
-        }
+        f if (host_call::REGISTER_VM..=host_call::BOOT_DATA).contains(&f) => match vm_call_spec(f, &s.x) {
+            Ok(args) => AbsState { next: Next::VmCall(f, args), ..s },
+            Err(status) => ret_status(s, status),
+        },
         _ => ret_status(s, Status::NotSupported),
     }
 }
@@ -135,7 +133,8 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
 /// does not use read as 0; or the status of the first argument, in register order, that cannot
 /// name what the ABI says it names: a vmid outside 1..=16 or a vcpu outside 0..8 is
 /// INVALID_PARAMETERS, as is a RAM window that wraps around; a page number at or above 2^28 or a
-/// physical address at or above 2^40 (40-bit physical addresses) is INVALID_ADDRESS. Whether
+/// physical address at or above 2^40 (40-bit physical addresses) is INVALID_ADDRESS; so is, for
+/// INJECT_IRQ, an INTID past 1019 (1020-1023 are special) or a priority past 255. Whether
 /// the VM exists, and every other check, is the VM layer's.
 fn vm_call_spec(function: u32, x: &[u64; 31]) -> Result<[u64; 4], Status> {
     let [a1, a2, a3, a4] = [x[1], x[2], x[3], x[4]];
@@ -155,6 +154,8 @@ fn vm_call_spec(function: u32, x: &[u64; 31]) -> Result<[u64; 4], Status> {
         host_call::CLEAR_VM_S2_RANGE => vm(a1).and(pa(a2)).map(|()| [a1, a2, a3, 0]),
         host_call::PHYS_ADDR_IOREMAP => vm(a1).and(pa(a3)).map(|()| [a1, a2, a3, a4]),
         host_call::TIMER_SET_CNTVOFF => vm(a1).map(|()| [a1, a2, 0, 0]),
+        host_call::INJECT_IRQ if a3 > 1019 || a4 > 255 => vm(a1).and(vcpu(a2)).and(Err(Status::InvalidParameters)),
+        host_call::INJECT_IRQ => vm(a1).and(vcpu(a2)).map(|()| [a1, a2, a3, a4]),
         // VERIFY_VM_IMAGE, VM_POWER_OFF, DESTROY_VM.
         _ => vm(a1).map(|()| [a1, 0, 0, 0]),
     }

@@ -72,6 +72,7 @@ fn function(call: &VmCall) -> u32 {
         VmCall::VmPowerOff { .. } => host_call::VM_POWER_OFF,
         VmCall::DestroyVm { .. } => host_call::DESTROY_VM,
         VmCall::BootData { .. } => host_call::BOOT_DATA,
+        VmCall::InjectIrq { .. } => host_call::INJECT_IRQ,
     }
 }
 
@@ -86,6 +87,7 @@ fn raw_args(call: VmCall) -> [u64; 4] {
         VmCall::ClearVmS2Range { vm, base, size } => [vm.raw(), base.raw(), size, 0],
         VmCall::PhysAddrIoremap { vm, gpa, pa, size } => [vm.raw(), gpa.raw(), pa.raw(), size],
         VmCall::TimerSetCntvoff { vm, offset } => [vm.raw(), offset, 0, 0],
+        VmCall::InjectIrq { vm, vcpu, virq } => [vm.raw(), vcpu.raw(), virq.intid.raw().into(), virq.priority.into()],
         VmCall::VerifyVmImage { vm } | VmCall::VmPowerOff { vm } | VmCall::DestroyVm { vm } => [vm.raw(), 0, 0, 0],
     }
 }
@@ -177,6 +179,8 @@ fn any_arg() -> impl Strategy<Value = u64> {
         1 => HOST_RAM.start..HOST_RAM.start + 64,
         // Around the limits the edge checks: 2^28 page numbers, 2^40 physical addresses.
         1 => proptest::sample::select(vec![(1u64 << 28) - 1, 1 << 28, (1 << 40) - 4096, 1 << 40, u64::MAX - 4095]),
+        // INJECT_IRQ's: the last INTID and priority, and one past each.
+        1 => proptest::sample::select(vec![255u64, 256, 1019, 1020]),
         1 => any::<u64>(),
     ]
 }

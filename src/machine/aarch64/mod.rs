@@ -17,6 +17,7 @@ pub mod power;
 pub mod regs;
 pub mod semihosting;
 pub mod tlb;
+pub mod vgic;
 pub mod world_switch;
 
 /// The real machine.

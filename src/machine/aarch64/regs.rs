@@ -65,6 +65,15 @@ pub fn virtual_timer() -> (u64, u64) {
     (CNTV_CTL_EL0.get(), CNTV_CVAL_EL0.get())
 }
 
+/// Masks the guest's live virtual timer (CNTV_CTL_EL0.IMASK). Masking lowers the timer's
+/// output, and its PPI is level-sensitive: the GIC's pending state follows the level, so the
+/// physical interrupt stops being pending without anyone acknowledging it (the host owns the
+/// physical CPU interface).
+pub fn mask_virtual_timer() {
+    const IMASK: u64 = 1 << 1;
+    CNTV_CTL_EL0.set(CNTV_CTL_EL0.get() | IMASK);
+}
+
 /// MIDR_EL1 of this core, which the host sees unchanged (VPIDR_EL2).
 pub fn midr_el1() -> u64 {
     MIDR_EL1.get()
