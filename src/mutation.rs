@@ -90,6 +90,8 @@ pub enum Mutation {
     /// A 2 MiB block offered for a guest fault is taken without checking that the VM's stage-2
     /// can map it there (a page of the gfn block already mapped).
     BlockOverMappedGfn,
+    /// The SHA-256 padding ends with the message length in bytes instead of bits.
+    Sha256LengthInBytes,
 }
 
 #[cfg(test)]
