@@ -104,8 +104,15 @@ pub fn test_key_seed() -> Result<[u8; 32], String> {
 
 /// Builds the guest, signs it with the test key and writes a bundle of `vms` to `out`.
 pub fn write_bundle(vms: &[GuestVm], out: &Path) -> Result<(), String> {
+    write_bundle_padded(vms, out, 0)
+}
+
+/// [`write_bundle`], with the guest image padded with zeros to at least `image_len` bytes (the
+/// bench's image-verification figure hashes a few MiB).
+pub fn write_bundle_padded(vms: &[GuestVm], out: &Path, image_len: usize) -> Result<(), String> {
     let bin = build_guest()?;
-    let image = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut image = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    image.resize(image.len().max(image_len), 0);
     let bytes = bundle_bytes(vms, &image, &test_key_seed()?)?;
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
