@@ -94,6 +94,8 @@ pub enum Mutation {
     VgicReclaimFreesPending,
     /// INJECT_IRQ makes the interrupt pending for the vCPU after the one the host named.
     VgicInjectsWrongVcpu,
+    /// The SHA-256 padding ends with the message length in bytes instead of bits.
+    Sha256LengthInBytes,
 }
 
 #[cfg(test)]

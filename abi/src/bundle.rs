@@ -85,25 +85,26 @@ pub mod kind {
 pub const NAME_LEN: usize = 16;
 pub const SIGNATURE_LEN: usize = 64;
 /// Domain separation: the first bytes of every message an image signature covers (see
-/// [`image_message`]). `-v2` since the message names the VM's whole layout; a `-v1` signature
-/// (over one image's hash alone) never verifies.
-pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v2";
+/// [`image_message`]). `-v2` named the VM's whole layout; `-v3` since each image's hash is
+/// SHA-256 (KCore computes it with the ARMv8 SHA-256 instructions where the CPU has them); a
+/// `-v2` signature (SHA-512 hashes) or a `-v1` one (over one image's hash alone) never verifies.
+pub const IMAGE_DOMAIN: &[u8] = b"corevisor-image-v3";
 /// Images start on page boundaries, so their pages can be handed to KCore as they are.
 pub const IMAGE_ALIGN: u64 = 4096;
 /// The most VMs one bundle describes.
 pub const MAX_VMS: usize = 8;
 
 /// What a signature says about one image of the VM: where it is loaded, how long it is (the
-/// signature not counted), and its SHA-512.
+/// signature not counted), and its SHA-256.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageRecord {
     pub gpa: u64,
     pub size: u64,
-    pub sha512: [u8; 64],
+    pub sha256: [u8; 32],
 }
 
 /// The longest message: the domain, the RAM window, the count and index, and every image.
-pub const MESSAGE_MAX: usize = IMAGE_DOMAIN.len() + 8 + 8 + 4 + 4 + MAX_IMAGES * (8 + 8 + 64);
+pub const MESSAGE_MAX: usize = IMAGE_DOMAIN.len() + 8 + 8 + 4 + 4 + MAX_IMAGES * (8 + 8 + 32);
 
 /// The bytes an image's Ed25519 signature covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +121,7 @@ impl ImageMessage {
 
 /// The message image `index` of a VM is signed over, the one format KCore checks and xtask signs:
 ///
-/// `IMAGE_DOMAIN ‖ ram_base ‖ ram_size ‖ count ‖ index ‖ (gpa ‖ size ‖ SHA-512) for each image`
+/// `IMAGE_DOMAIN ‖ ram_base ‖ ram_size ‖ count ‖ index ‖ (gpa ‖ size ‖ SHA-256) for each image`
 ///
 /// (u64 and u32 little-endian; `count` and `index` u32; the images in index order). Every
 /// image's signature covers the whole layout: the VM's guest-physical RAM window, how many images
@@ -151,7 +152,7 @@ pub fn image_message(ram_base: u64, ram_size: u64, images: &[ImageRecord], index
     for image in images {
         put(&image.gpa.to_le_bytes());
         put(&image.size.to_le_bytes());
-        put(&image.sha512);
+        put(&image.sha256);
     }
     Some(message)
 }
@@ -553,7 +554,7 @@ mod tests {
     }
 
     fn record(gpa: u64, byte: u8) -> ImageRecord {
-        ImageRecord { gpa, size: 100, sha512: [byte; 64] }
+        ImageRecord { gpa, size: 100, sha256: [byte; 32] }
     }
 
     #[test]
@@ -561,12 +562,12 @@ mod tests {
         let images = [record(0x8000_0000, 1), record(0x8080_0000, 2)];
         let message = image_message(0x8000_0000, 16 << 20, &images, 1).unwrap();
         let bytes = message.as_bytes();
-        assert_eq!(bytes.len(), IMAGE_DOMAIN.len() + 24 + 2 * 80);
-        assert!(bytes.starts_with(b"corevisor-image-v2"));
+        assert_eq!(bytes.len(), IMAGE_DOMAIN.len() + 24 + 2 * 48);
+        assert!(bytes.starts_with(b"corevisor-image-v3"));
         let at = IMAGE_DOMAIN.len();
         assert_eq!(&bytes[at..at + 8], &0x8000_0000u64.to_le_bytes());
         assert_eq!(&bytes[at + 16..at + 24], &[2, 0, 0, 0, 1, 0, 0, 0]);
-        assert_eq!(&bytes[at + 24 + 80..at + 24 + 88], &0x8080_0000u64.to_le_bytes());
+        assert_eq!(&bytes[at + 24 + 48..at + 24 + 56], &0x8080_0000u64.to_le_bytes());
         // Each part of the layout changes the message.
         let base = |ram_base, ram_size, images: &[ImageRecord], index| image_message(ram_base, ram_size, images, index);
         let variants = [

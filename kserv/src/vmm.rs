@@ -168,6 +168,21 @@ pub struct Manager {
     pub stopped: u32,
     /// Teardowns that failed (pages not returned, or not scrubbed).
     pub teardown_failed: u32,
+    /// `cargo xtask bench`: a counter of EL2 instructions; with it, [`Manager::create`] records
+    /// what its VERIFY_VM_IMAGE calls cost in [`Manager::verify_cost`].
+    pub verify_counter: Option<fn() -> u64>,
+    pub verify_cost: VerifyCost,
+}
+
+/// The EL2 instructions of the last created VM's VERIFY_VM_IMAGE calls (from
+/// [`Manager::verify_counter`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyCost {
+    /// All the calls together.
+    pub total: u64,
+    /// The first call: a whole chunk of pages taken and hashed, when the images fill one.
+    pub first_call: u64,
+    pub calls: u64,
 }
 
 impl Manager {
@@ -177,7 +192,15 @@ impl Manager {
         let slots = &raw mut VM_SLOTS;
         // SAFETY: the flag above hands the static out once, and the VM manager runs on one core.
         let vms = unsafe { &mut *slots };
-        Manager { regions, vms, powered_off: 0, stopped: 0, teardown_failed: 0 }
+        Manager {
+            regions,
+            vms,
+            powered_off: 0,
+            stopped: 0,
+            teardown_failed: 0,
+            verify_counter: None,
+            verify_cost: VerifyCost::default(),
+        }
     }
 
     /// Fails if any teardown failed.
@@ -249,7 +272,7 @@ impl Manager {
             stopped_because: None,
         };
         vm.vcpus[0] = VcpuRun::Runnable;
-        let result = boot(&mut vm, layout);
+        let result = boot(&mut vm, layout, self.verify_counter).map(|cost| self.verify_cost = cost);
         vm.alive = result.is_ok();
         if result.is_err() {
             vm.stopped_because = Some("not created");
@@ -337,7 +360,7 @@ impl Manager {
 
 /// REGISTER_VCPU, TIMER_SET_CNTVOFF, then SET_BOOT_INFO and REMAP_VM_IMAGE for each page of
 /// each image, then VERIFY_VM_IMAGE until KCore says no page is left to check.
-fn boot(vm: &mut Vm, layout: &Layout) -> Result<(), CallFailed> {
+fn boot(vm: &mut Vm, layout: &Layout, counter: Option<fn() -> u64>) -> Result<VerifyCost, CallFailed> {
     for vcpu in 0..vm.entry.vcpus as u64 {
         call("REGISTER_VCPU", host_call::REGISTER_VCPU, [vm.vmid, vcpu, 0, 0])?;
     }
@@ -352,8 +375,20 @@ fn boot(vm: &mut Vm, layout: &Layout) -> Result<(), CallFailed> {
         }
     }
     // Each call checks a bounded number of pages and answers how many are left.
-    while call("VERIFY_VM_IMAGE", host_call::VERIFY_VM_IMAGE, [vm.vmid, 0, 0, 0])? != 0 {}
-    Ok(())
+    let count = counter.unwrap_or(|| 0);
+    let mut cost = VerifyCost::default();
+    loop {
+        let before = count();
+        let left = call("VERIFY_VM_IMAGE", host_call::VERIFY_VM_IMAGE, [vm.vmid, 0, 0, 0])?;
+        let spent = count() - before;
+        if cost.calls == 0 {
+            cost.first_call = spent;
+        }
+        (cost.total, cost.calls) = (cost.total + spent, cost.calls + 1);
+        if left == 0 {
+            return Ok(cost);
+        }
+    }
 }
 
 fn page_is_zero(pa: u64) -> bool {

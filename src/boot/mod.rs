@@ -13,7 +13,7 @@
 //!
 //! Each image's signature is Ed25519 over `corevisor_abi::bundle::image_message`: the VM's RAM
 //! window, its number of images, the image's index (0 is the entry) and every image's load
-//! address, size and SHA-512. So the host can neither move a signed image, nor make another image
+//! address, size and SHA-256. So the host can neither move a signed image, nor make another image
 //! the entry, nor mix images signed for different layouts. Hashing page by page lets KCore check
 //! images larger than its heap. A whole older layout, correctly signed, still verifies: refusing
 //! rollback needs a counter in storage the host cannot reset, which corevisor does not have.
@@ -28,14 +28,14 @@ mod tests;
 pub mod testing {
     use corevisor_abi::bundle::{image_message, ImageRecord};
     use ed25519_dalek::{Signer, SigningKey};
-    use sha2::{Digest, Sha512};
+    use sha2::{Digest, Sha256};
 
     /// Each image of a VM with RAM `[ram_base, ram_base + ram_size)` and `images` (load address,
     /// bytes), followed by its signature over the whole layout: the bytes the host lays out.
     pub fn sign_layout(key: &SigningKey, ram_base: u64, ram_size: u64, images: &[(u64, &[u8])]) -> Vec<Vec<u8>> {
         let records: Vec<ImageRecord> = images
             .iter()
-            .map(|&(gpa, bytes)| ImageRecord { gpa, size: bytes.len() as u64, sha512: Sha512::digest(bytes).into() })
+            .map(|&(gpa, bytes)| ImageRecord { gpa, size: bytes.len() as u64, sha256: Sha256::digest(bytes).into() })
             .collect();
         images
             .iter()
@@ -50,6 +50,7 @@ pub mod testing {
 
 use crate::addr::{Ipa, IpaRange, Pfn, PAGE_SIZE};
 use crate::ids::{VcpuId, VmId};
+use crate::machine::sha256::Sha256;
 use crate::machine::Machine;
 use crate::memory::pages::Owner;
 use crate::memory::{HostMemory, MemError};
@@ -59,7 +60,6 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use corevisor_abi::bundle::{image_message, ImageRecord};
 use ed25519_dalek::{Signature, VerifyingKey};
-use sha2::{Digest, Sha512};
 
 pub use crate::ids::{MAX_VCPUS, MAX_VMS};
 /// Images per VM (SeKVM: 5; the bundle and the signed message agree).
@@ -203,12 +203,12 @@ impl<C> Vm<C> {
     }
 }
 
-/// A verification in progress: the running SHA-512 of the image being hashed and the digests of
+/// A verification in progress: the running SHA-256 of the image being hashed and the digests of
 /// those done.
 #[derive(Clone, Debug)]
 struct Hashing {
-    current: Sha512,
-    digests: [[u8; 64]; MAX_LOAD_INFO],
+    current: Sha256,
+    digests: [[u8; 32]; MAX_LOAD_INFO],
 }
 
 /// What a VM's images are checked against (with the VM's RAM window, from its record).
@@ -459,7 +459,7 @@ impl<C> Vms<C> {
                 }
                 rec.state = VmState::Verifying;
                 rec.checked = 0;
-                rec.hashing = Some(Box::new(Hashing { current: Sha512::new(), digests: [[0; 64]; MAX_LOAD_INFO] }));
+                rec.hashing = Some(Box::new(Hashing { current: Sha256::default(), digests: [[0; 32]; MAX_LOAD_INFO] }));
             }
             VmState::Verifying => {}
             other => return Err(BootError::State(other)),
@@ -484,9 +484,9 @@ impl<C> Vms<C> {
             {
                 hashed -= 1;
             }
-            read_image(m, load, start, hashed, &mut |bytes| hashing.current.update(bytes));
+            hashing.current.update_memory(m, pfn.pa().raw(), hashed);
             if page + 1 == load.pages() {
-                hashing.digests[image] = core::mem::take(&mut hashing.current).finalize().into();
+                hashing.digests[image] = core::mem::take(&mut hashing.current).finalize(m);
             }
         }
         if rec.checked < total {
@@ -497,7 +497,7 @@ impl<C> Vms<C> {
             .load
             .iter()
             .zip(hashing.digests)
-            .map(|(l, sha512)| ImageRecord { gpa: l.gpa.raw(), size: l.size, sha512 })
+            .map(|(l, sha256)| ImageRecord { gpa: l.gpa.raw(), size: l.size, sha256 })
             .collect();
         let good =
             rec.load.iter().enumerate().all(|(i, image)| signature_matches(m, image, &records, i, rec.ram, verifier));

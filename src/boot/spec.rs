@@ -15,7 +15,7 @@ use crate::memory::spec::{prot_and_map_vm_s2pt_spec, RData};
 use crate::page_table::descriptor::INPUT_LIMIT;
 use corevisor_abi::bundle::{image_message, ImageRecord};
 use ed25519_dalek::Signature;
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256};
 
 /// A VM's record as the boot specs see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,7 +182,7 @@ fn image_bytes(r: &RData, load: &LoadInfo, offset: u64, len: u64) -> Vec<u8> {
 /// order) from the host into the VM at their guest addresses, and answers how many are left.
 /// The call that takes the last page checks each image's signature over the VM's whole layout
 /// (`image_message`: the RAM window, the images' count, the image's index, and every image's
-/// load address, size and SHA-512 of the bytes now in its pages): all good makes the VM
+/// load address, size and SHA-256 (FIPS 180-4) of the bytes now in its pages): all good makes the VM
 /// VERIFIED, any bad REJECTED. A page that cannot be taken makes it REJECTED at once. The spec
 /// hashes in one step at the end: the pages hashed by earlier calls are the VM's by then, so
 /// their bytes are those the code hashed as it went.
@@ -227,7 +227,7 @@ pub fn verify_vm_image_spec(vms: &AbsVms, r: &RData, vm: VmId, v: &Verifier) -> 
         .map(|l| ImageRecord {
             gpa: l.gpa.raw(),
             size: l.size,
-            sha512: Sha512::digest(image_bytes(&memory, l, 0, l.size)).into(),
+            sha256: Sha256::digest(image_bytes(&memory, l, 0, l.size)).into(),
         })
         .collect();
     let signed = |(index, l): (usize, &LoadInfo)| {

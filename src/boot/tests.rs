@@ -13,7 +13,7 @@ use crate::page_table::pool::PagePool;
 use crate::page_table::spec::AbsNpt;
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 use std::collections::BTreeSet;
 
 const IMAGE_LEN: u64 = 5000;
@@ -270,6 +270,24 @@ fn correctly_signed_images_in_another_layout_are_rejected() {
         IMAGE_PFNS[0] << 12,
         &[image.clone(), signing_key().sign(&old).to_bytes().to_vec()].concat(),
     );
+    let vmid = register(&mut sys, &mut vms).unwrap();
+    vms.set_boot_info(vmid, Ipa(IMAGE_GPA), IMAGE_LEN).unwrap();
+    IMAGE_PFNS.iter().for_each(|&p| vms.remap_vm_image(&sys.mem, vmid, pfn(p), 0).unwrap());
+    assert_eq!(vms.verify_vm_image(&sys.m, &mut sys.mem, vm(1), &verifier(&key, 256)), Err(BootError::Rejected));
+    // A version-2 signature: the same layout, with the image's SHA-512 (before issue 13).
+    let (mut sys, mut vms) = (System::new(false), TestVms::new());
+    let mut r = initial_rdata(false);
+    let message = |domain: &[u8], hash: &[u8]| {
+        let counts = [1u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
+        let image = [IMAGE_GPA.to_le_bytes(), IMAGE_LEN.to_le_bytes()].concat();
+        [domain, &WINDOW.0.to_le_bytes(), &WINDOW.1.to_le_bytes(), &counts, &image, hash].concat()
+    };
+    // (Built as the ABI builds today's message: only the domain and the hash differ.)
+    let record = ImageRecord { gpa: IMAGE_GPA, size: IMAGE_LEN, sha256: Sha256::digest(&image).into() };
+    let today = image_message(WINDOW.0, WINDOW.1, &[record], 0).unwrap();
+    assert_eq!(today.as_bytes(), message(b"corevisor-image-v3", &record.sha256));
+    let v2 = message(b"corevisor-image-v2", &Sha512::digest(&image));
+    write_bytes(&mut sys, &mut r, IMAGE_PFNS[0] << 12, &[image, signing_key().sign(&v2).to_bytes().to_vec()].concat());
     let vmid = register(&mut sys, &mut vms).unwrap();
     vms.set_boot_info(vmid, Ipa(IMAGE_GPA), IMAGE_LEN).unwrap();
     IMAGE_PFNS.iter().for_each(|&p| vms.remap_vm_image(&sys.mem, vmid, pfn(p), 0).unwrap());

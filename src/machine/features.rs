@@ -108,6 +108,9 @@ pub mod fields {
         pub const MTPMU: u32 = 48;
         pub const BRBE: u32 = 52;
     }
+    pub mod isar0 {
+        pub const SHA2: u32 = 12;
+    }
     pub mod isar1 {
         pub const DPB: u32 = 0;
         pub const APA: u32 = 4;
@@ -270,6 +273,12 @@ impl CpuFeatures {
     /// FEAT_BRBE: the branch record buffer.
     pub fn brbe(&self) -> bool {
         field(self.ids.dfr0, fields::dfr0::BRBE) != 0
+    }
+
+    /// FEAT_SHA256: the SHA256H, SHA256H2, SHA256SU0 and SHA256SU1 instructions
+    /// (ID_AA64ISAR0_EL1.SHA2, bits 15:12: 1, or 2 with SHA-512 too).
+    pub fn sha256(&self) -> bool {
+        field(self.ids.isar0, fields::isar0::SHA2) != 0
     }
 
     /// The MIDR_EL1 implementer and part number, e.g. `(0x41, 0xd08)` for a Cortex-A72.

@@ -10,6 +10,7 @@ pub mod features;
 pub mod guest_regs;
 #[cfg(test)]
 pub mod model;
+pub mod sha256;
 pub mod spectre;
 pub mod sync;
 mod trap_frame;
@@ -54,4 +55,18 @@ pub trait Machine {
     fn flush_el2_all(&self);
     /// Makes table writes visible to the table walkers before they are relied on.
     fn publish(&self);
+    /// SHA-256's compression function over `blocks`, chained into `state` (FIPS 180-4, 6.2.2):
+    /// the CPU's SHA-256 instructions where it has them, [`sha256::compress_portable`] otherwise.
+    fn sha256_blocks(&self, state: &mut [u32; 8], blocks: &[[u8; 64]]);
+    /// [`Machine::sha256_blocks`] over the `count` 64-byte blocks of memory at `pa` (8-byte
+    /// aligned), which the caller owns.
+    fn sha256_memory(&self, state: &mut [u32; 8], pa: u64, count: u64) {
+        for block_pa in (0..count).map(|i| pa + i * sha256::BLOCK) {
+            let mut block = [0u8; 64];
+            for (i, word) in block.chunks_exact_mut(8).enumerate() {
+                word.copy_from_slice(&self.read_u64(block_pa + 8 * i as u64).to_le_bytes());
+            }
+            self.sha256_blocks(state, &[block]);
+        }
+    }
 }

@@ -189,6 +189,11 @@ impl Machine for ModelMachine {
     }
 
     fn publish(&self) {}
+
+    /// The portable code: the CPU's instructions are checked on the target (`aarch64::sha256_instructions`).
+    fn sha256_blocks(&self, state: &mut [u32; 8], blocks: &[[u8; 64]]) {
+        super::sha256::compress_portable(state, blocks)
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use crate::artifacts::{self, TARGET};
 use corevisor_abi::bundle::{self, ImageEntry, ImageRecord, VmEntry};
 use corevisor_abi::{guest_dev, guest_role};
 use ed25519_dalek::{Signer, SigningKey};
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The guest runs with the MMU off, where every data access is to Device memory: no unaligned
@@ -56,7 +56,7 @@ pub struct Placed<'a> {
 pub fn sign_layout(ram_base: u64, ram_size: u64, images: &[Placed], seed: &[u8; 32]) -> Result<Vec<Vec<u8>>, String> {
     let records: Vec<ImageRecord> = images
         .iter()
-        .map(|i| ImageRecord { gpa: i.gpa, size: i.bytes.len() as u64, sha512: Sha512::digest(i.bytes).into() })
+        .map(|i| ImageRecord { gpa: i.gpa, size: i.bytes.len() as u64, sha256: Sha256::digest(i.bytes).into() })
         .collect();
     let key = SigningKey::from_bytes(seed);
     images
@@ -104,8 +104,15 @@ pub fn test_key_seed() -> Result<[u8; 32], String> {
 
 /// Builds the guest, signs it with the test key and writes a bundle of `vms` to `out`.
 pub fn write_bundle(vms: &[GuestVm], out: &Path) -> Result<(), String> {
+    write_bundle_padded(vms, out, 0)
+}
+
+/// [`write_bundle`], with the guest image padded with zeros to at least `image_len` bytes (the
+/// bench's image-verification figure hashes a few MiB).
+pub fn write_bundle_padded(vms: &[GuestVm], out: &Path, image_len: usize) -> Result<(), String> {
     let bin = build_guest()?;
-    let image = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut image = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    image.resize(image.len().max(image_len), 0);
     let bytes = bundle_bytes(vms, &image, &test_key_seed()?)?;
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -257,7 +264,7 @@ mod tests {
     fn verifies(signed: &[u8], ram: (u64, u64), layout: &[(u64, &[u8])], index: usize) -> bool {
         let records: Vec<ImageRecord> = layout
             .iter()
-            .map(|&(gpa, bytes)| ImageRecord { gpa, size: bytes.len() as u64, sha512: Sha512::digest(bytes).into() })
+            .map(|&(gpa, bytes)| ImageRecord { gpa, size: bytes.len() as u64, sha256: Sha256::digest(bytes).into() })
             .collect();
         let (image, signature) = signed.split_at(signed.len() - 64);
         let message = bundle::image_message(ram.0, ram.1, &records, index).unwrap();

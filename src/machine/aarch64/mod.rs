@@ -3,6 +3,8 @@
 core::arch::global_asm!(include_str!("boot.S"));
 // One block: the world switch reuses the vectors' macros.
 core::arch::global_asm!(include_str!("vectors.S"), include_str!("world_switch.S"));
+// Raw: the vector register lists in braces are not format arguments.
+core::arch::global_asm!(include_str!("sha256.S"), options(raw));
 
 pub mod bcm2835_pm;
 pub mod cpu;
@@ -16,6 +18,7 @@ pub mod pl011;
 pub mod power;
 pub mod regs;
 pub mod semihosting;
+pub mod sha256_instructions;
 pub mod tlb;
 pub mod vgic;
 pub mod world_switch;
@@ -51,5 +54,14 @@ impl super::Machine for Aarch64 {
     }
     fn publish(&self) {
         tlb::publish()
+    }
+    fn sha256_blocks(&self, state: &mut [u32; 8], blocks: &[[u8; 64]]) {
+        sha256_instructions::sha256_blocks(state, blocks)
+    }
+    fn sha256_memory(&self, state: &mut [u32; 8], pa: u64, count: u64) {
+        // SAFETY: the `Machine` contract: the layers hash only memory they own, which KCore's
+        // identity map maps at its physical address; `[u8; 64]` has alignment 1.
+        let blocks = unsafe { core::slice::from_raw_parts(pa as *const [u8; 64], count as usize) };
+        sha256_instructions::sha256_blocks(state, blocks)
     }
 }
