@@ -179,7 +179,7 @@ pub mod guest_dev {
 /// The ABI version that [`host_call::VERSION`] reports.
 pub const ABI_VERSION_MAJOR: u16 = 0;
 /// See [`ABI_VERSION_MAJOR`].
-pub const ABI_VERSION_MINOR: u16 = 3;
+pub const ABI_VERSION_MINOR: u16 = 4;
 /// `major << 16 | minor`, as returned in x1 by VERSION.
 pub const ABI_VERSION: u64 = ((ABI_VERSION_MAJOR as u64) << 16) | ABI_VERSION_MINOR as u64;
 

@@ -73,7 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "hvc-version",
-        lines: &["kserv: VERSION returned 0.3", "kserv: scenario hvc-version: PASS"],
+        lines: &["kserv: VERSION returned 0.4", "kserv: scenario hvc-version: PASS"],
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
@@ -544,7 +544,7 @@ mod tests {
         SCENARIOS.iter().find(|s| s.name == "hvc-version").unwrap()
     }
 
-    const GOOD: &str = "kserv: VERSION returned 0.3\nkserv: scenario hvc-version: PASS\n";
+    const GOOD: &str = "kserv: VERSION returned 0.4\nkserv: scenario hvc-version: PASS\n";
 
     #[test]
     fn a_run_passes_only_with_status_zero_and_every_line() {
@@ -552,7 +552,7 @@ mod tests {
         assert_eq!(check(version(), Variant::VirtGicV3, Some(1), GOOD).len(), 1);
         assert_eq!(check(version(), Variant::VirtGicV3, None, GOOD), vec!["timed out (killed by the hang guard)"]);
         let missing = check(version(), Variant::VirtGicV3, Some(0), "kserv: scenario hvc-version: PASS\n");
-        assert_eq!(missing, vec!["missing line: kserv: VERSION returned 0.3"]);
+        assert_eq!(missing, vec!["missing line: kserv: VERSION returned 0.4"]);
     }
 
     #[test]
