@@ -30,6 +30,8 @@ pub struct GicInfo {
     pub second: u64,
     /// GICv2 only: the virtual interface control frame, which is KCore's.
     pub gich: Option<u64>,
+    /// GICv2 only: the virtual CPU interface, which a VM sees as its GICC.
+    pub gicv: Option<u64>,
 }
 
 /// The total size a DTB header announces, if `header` starts with the DTB magic.
@@ -66,7 +68,11 @@ fn find_gic(fdt: &Fdt) -> Option<GicInfo> {
     let node = v3.or_else(|| fdt.find_compatible(&["arm,gic-400", "arm,cortex-a15-gic"]))?;
     let mut reg = node.reg()?.map(|r| r.starting_address as u64);
     let (gicd, second) = (reg.next()?, reg.next()?);
-    Some(GicInfo { v3: v3.is_some(), gicd, second, gich: if v3.is_some() { None } else { reg.next() } })
+    let (gich, gicv) = match v3 {
+        Some(_) => (None, None),
+        None => (reg.next(), reg.next()),
+    };
+    Some(GicInfo { v3: v3.is_some(), gicd, second, gich, gicv })
 }
 
 /// The PL011 at the root or one bus below it, translated through that bus's `ranges`.
@@ -131,7 +137,11 @@ mod tests {
         w.end_node(memory).unwrap();
         let gic = w.begin_node("interrupt-controller@ff841000").unwrap();
         w.property_string("compatible", "arm,gic-400").unwrap();
-        w.property_array_u32("reg", &[0, 0xff84_1000, 0x1000, 0, 0xff84_2000, 0x2000, 0, 0xff84_4000, 0x2000]).unwrap();
+        w.property_array_u32(
+            "reg",
+            &[0, 0xff84_1000, 0x1000, 0, 0xff84_2000, 0x2000, 0, 0xff84_4000, 0x2000, 0, 0xff84_6000, 0x2000],
+        )
+        .unwrap();
         w.end_node(gic).unwrap();
         if uart_under_soc {
             let soc = w.begin_node("soc").unwrap();
@@ -165,7 +175,13 @@ mod tests {
         assert_eq!(info.ram, [Some((0x4000_0000, 0x4000_0000)), None, None, None]);
         assert_eq!(
             info.gic,
-            Some(GicInfo { v3: false, gicd: 0xff84_1000, second: 0xff84_2000, gich: Some(0xff84_4000) })
+            Some(GicInfo {
+                v3: false,
+                gicd: 0xff84_1000,
+                second: 0xff84_2000,
+                gich: Some(0xff84_4000),
+                gicv: Some(0xff84_6000)
+            })
         );
         assert_eq!(total_size(blob[..8].try_into().unwrap()), Some(blob.len()));
     }

@@ -27,10 +27,12 @@ pub enum Scenario {
     SignedBinding,
     GuestSysregs,
     VmLarge,
+    /// The bundle's Linux VM (`cargo xtask run --guest-kernel`): passes when it powers off.
+    Linux,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 23] = [
+    pub const ALL: [Scenario; 24] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -54,6 +56,7 @@ impl Scenario {
         Scenario::SignedBinding,
         Scenario::GuestSysregs,
         Scenario::VmLarge,
+        Scenario::Linux,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Scenario {
             Scenario::SignedBinding => "signed-binding",
             Scenario::GuestSysregs => "guest-sysregs",
             Scenario::VmLarge => "vm-large",
+            Scenario::Linux => "linux",
         }
     }
 
