@@ -402,8 +402,14 @@ fn linux_boot_data(vm: &mut Vm, bundle: &Bundle, gic: &GicInfo) -> Result<(), Ca
         call("BOOT_DATA", host_call::BOOT_DATA, [vm.vmid, gpa, (vm.region >> 12) + index, 0])?;
         vm.given.set(index);
     }
+    // KCore decides whether a VM may have the GICV frame (it is KCore's while the vGIC is not
+    // there): refused, the guest's GICC accesses exit to KServ and read as zero.
     if let Some(gicv) = gic.gicv.filter(|_| !gic.v3) {
-        call("PHYS_ADDR_IOREMAP", host_call::PHYS_ADDR_IOREMAP, [vm.vmid, guest_dev::GICC, gicv, GICC_SIZE])?;
+        let mapped =
+            call("PHYS_ADDR_IOREMAP", host_call::PHYS_ADDR_IOREMAP, [vm.vmid, guest_dev::GICC, gicv, GICC_SIZE]);
+        if let Err(e) = mapped {
+            kprintln!("vm {}: GICV not mapped at the guest's GICC ({:?})", vm.name(), e.status());
+        }
     }
     vm.linux = Some(LinuxDevices::new(gic.v3, entry.vcpus));
     kprintln!("vm {}: device tree ({} bytes) at {:#x} given as boot data", vm.name(), blob.len(), layout.dt);
@@ -581,6 +587,7 @@ fn guest_psci(vm: &mut Vm, vcpu: usize, x: [u64; 4]) {
         },
         psci::CPU_ON_64 | psci::CPU_ON_32 => match target {
             Some(t) if vm.vcpus[t] == VcpuRun::Off => {
+                kprintln!("vm {}: vcpu {vcpu} powers on vcpu {t} (PSCI CPU_ON)", vm.name());
                 vm.vcpus[t] = VcpuRun::Runnable;
                 SUCCESS
             }
