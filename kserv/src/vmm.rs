@@ -11,10 +11,10 @@ use crate::arch::{exceptions, hvc};
 use crate::dtb::GicInfo;
 use crate::kprintln;
 use crate::linux::devices::LinuxDevices;
-use crate::linux::{dt, pl011};
+use crate::linux::{self, dt, pl011};
 use crate::vm_plan::{region_page, Given, LineBuffer, BLOCK};
 use core::sync::atomic::{AtomicBool, Ordering};
-use corevisor_abi::bundle::{self, Bundle, VmEntry, MAX_IMAGES};
+use corevisor_abi::bundle::{Bundle, VmEntry, MAX_IMAGES};
 use corevisor_abi::{exit, guest_dev, host_call, psci, Status};
 
 pub const MAX_VMS: usize = 8;
@@ -373,26 +373,12 @@ const LINUX_REFUSED: CallFailed = CallFailed { step: "Linux VM entry", status: S
 /// GICv2 the board's GICV frame mapped at the guest's GICC; then its devices.
 fn linux_boot_data(vm: &mut Vm, bundle: &Bundle, gic: &GicInfo) -> Result<(), CallFailed> {
     let entry = vm.entry;
-    let (kernel, initrd) = (entry.images[0], entry.images().get(1).copied());
-    let header = bundle.bytes.get(kernel.offset as usize + bundle::IMAGE_SIZE_AT..).and_then(|b| b.get(..8));
-    let image_size = u64::from_le_bytes(header.and_then(|b| b.try_into().ok()).ok_or(LINUX_REFUSED)?);
-    let layout =
-        bundle::linux_layout(entry.ram_base, entry.ram_size, kernel.size, image_size, initrd.map_or(0, |i| i.size))
-            .filter(|l| l.kernel == kernel.gpa && initrd.is_none_or(|i| i.gpa == l.initrd))
-            .ok_or(LINUX_REFUSED)?;
-    let spec = dt::LinuxVmDt {
-        ram_base: entry.ram_base,
-        ram_size: entry.ram_size,
-        cpus: entry.vcpus,
-        gic_v3: gic.v3,
-        bootargs: bundle.cmdline(&entry),
-        initrd: initrd.map(|i| (i.gpa, i.gpa + i.size)),
-    };
+    let (dt_gpa, spec) = linux::boot_plan(bundle, &entry, gic.v3).ok_or(LINUX_REFUSED)?;
     let blob = dt::write(&spec).map_err(|e| {
         kprintln!("vm {}: no device tree: {e:?}", vm.name());
         LINUX_REFUSED
     })?;
-    let first = (layout.dt - entry.ram_base) / PAGE;
+    let first = (dt_gpa - entry.ram_base) / PAGE;
     for (i, chunk) in blob.chunks(PAGE as usize).enumerate() {
         let mut page = [0u8; PAGE as usize];
         page[..chunk.len()].copy_from_slice(chunk);
@@ -412,7 +398,7 @@ fn linux_boot_data(vm: &mut Vm, bundle: &Bundle, gic: &GicInfo) -> Result<(), Ca
         }
     }
     vm.linux = Some(LinuxDevices::new(gic.v3, entry.vcpus));
-    kprintln!("vm {}: device tree ({} bytes) at {:#x} given as boot data", vm.name(), blob.len(), layout.dt);
+    kprintln!("vm {}: device tree ({} bytes) at {:#x} given as boot data", vm.name(), blob.len(), dt_gpa);
     Ok(())
 }
 
