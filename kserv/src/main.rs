@@ -5,12 +5,12 @@
 //! (`vmm`), and ends the run with SYSTEM_OFF carrying a pass or fail status.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
+extern crate alloc;
+
 // On the host these only build for their unit tests.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod dtb;
-// The Linux VM's device tree: host-tested only until the VM manager runs Linux VMs (issue 13).
-#[cfg(not(target_os = "none"))]
-#[allow(dead_code)]
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod linux;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod scenario;

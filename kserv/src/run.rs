@@ -1,7 +1,7 @@
 //! KServ's life on hardware: boot, run the scenario named in the boot arguments, report, and
 //! power off with the result.
 
-use crate::arch::{console, cpu, exceptions, hvc, mmu, pmu};
+use crate::arch::{console, cpu, exceptions, heap, hvc, mmu, pmu};
 use crate::dtb::{BootInfo, GicInfo, MAX_RAM_REGIONS};
 use crate::kprintln;
 use crate::scenario::{dma_routes, kcore_probes, stats, Scenario};
@@ -25,6 +25,7 @@ extern "C" fn kserv_main(dtb_pa: u64) -> ! {
     cpu::set_stack_canary();
     mmu::build(BOARD);
     mmu::enable();
+    heap::init();
     let info = read_dtb(dtb_pa);
     console::init(info.as_ref().and_then(|i| i.uart).unwrap_or(BOARD.uart_base));
     let args = info.as_ref().map_or("", |i| i.bootargs);
@@ -159,6 +160,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::VmShare => vm_scenarios::vm_share(&env.vm),
         Scenario::ShareAtomic => vm_scenarios::share_atomic(&env.vm),
         Scenario::VmLarge => vm_scenarios::vm_large(&env.vm),
+        Scenario::Linux => vm_scenarios::linux(&env.vm, &env.gic),
         Scenario::HostAttacksVm => vm_scenarios::host_attacks_vm(&env.vm),
         Scenario::VmBadImage => vm_scenarios::vm_bad_image(&env.vm),
         Scenario::SignedBinding => vm_scenarios::signed_binding(&env.vm),

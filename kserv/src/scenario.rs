@@ -28,10 +28,12 @@ pub enum Scenario {
     GuestSysregs,
     VmLarge,
     VmVgic,
+    /// The bundle's Linux VM (`cargo xtask run --guest-kernel`): passes when it powers off.
+    Linux,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 24] = [
+    pub const ALL: [Scenario; 25] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -56,6 +58,7 @@ impl Scenario {
         Scenario::GuestSysregs,
         Scenario::VmLarge,
         Scenario::VmVgic,
+        Scenario::Linux,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +87,7 @@ impl Scenario {
             Scenario::GuestSysregs => "guest-sysregs",
             Scenario::VmLarge => "vm-large",
             Scenario::VmVgic => "vm-vgic",
+            Scenario::Linux => "linux",
         }
     }
 

@@ -1,5 +1,5 @@
 //! The VM manager's arithmetic, kept apart from the hardware so that it is tested on the host:
-//! where guest memory comes from, which pages a VM was given, the emulated PL011, and the
+//! where guest memory comes from, which pages a VM was given, a guest console's lines, and the
 //! hypercall fuzzer's random numbers.
 
 /// Host RAM behind one VM by default: 16 MiB, the test guests' RAM size.
@@ -135,40 +135,6 @@ impl LineBuffer {
     }
 }
 
-/// The PL011 that each VM sees: transmit only, always ready.
-pub mod pl011 {
-    use super::LineBuffer;
-
-    const DR: u64 = 0x00;
-    const FR: u64 = 0x18;
-    /// FR: transmit FIFO empty, receive FIFO empty.
-    const FR_IDLE: u64 = 1 << 7 | 1 << 4;
-    /// The PrimeCell and peripheral id registers, so that a driver recognises a PL011.
-    const IDS: [(u64, u64); 8] = [
-        (0xfe0, 0x11),
-        (0xfe4, 0x10),
-        (0xfe8, 0x14),
-        (0xfec, 0x00),
-        (0xff0, 0x0d),
-        (0xff4, 0xf0),
-        (0xff8, 0x05),
-        (0xffc, 0xb1),
-    ];
-
-    /// A guest store at `offset`: a byte to DR may finish a line.
-    pub fn write(line: &mut LineBuffer, offset: u64, value: u64) -> Option<&str> {
-        (offset == DR).then(|| line.push(value as u8)).flatten()
-    }
-
-    /// A guest load at `offset`.
-    pub fn read(offset: u64) -> u64 {
-        match offset {
-            FR => FR_IDLE,
-            _ => IDS.iter().find(|&&(o, _)| o == offset).map_or(0, |&(_, v)| v),
-        }
-    }
-}
-
 /// xorshift64*: the fuzzer's reproducible random numbers.
 pub struct Rng(u64);
 
@@ -226,19 +192,6 @@ mod tests {
         given.set_block(1030);
         assert_eq!(given.count(), 6 + 512);
         assert!(!given.block_free(1024));
-    }
-
-    #[test]
-    fn the_uart_assembles_lines() {
-        let mut line = LineBuffer::new();
-        for b in b"hi\r" {
-            assert_eq!(pl011::write(&mut line, 0, *b as u64), None);
-        }
-        assert_eq!(pl011::write(&mut line, 0x18, b'\n' as u64), None);
-        assert_eq!(pl011::write(&mut line, 0, b'\n' as u64), Some("hi"));
-        assert_eq!(pl011::read(0x18), 0x90);
-        assert_eq!(pl011::read(0xfe0), 0x11);
-        assert_eq!(pl011::read(0x24), 0);
     }
 
     #[test]

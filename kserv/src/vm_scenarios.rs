@@ -1115,3 +1115,34 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
     }
     Ok(())
 }
+
+/// `linux`: the bundle's Linux VM (`cargo xtask run --guest-kernel`) runs until it powers itself
+/// off. A reset (Linux's panic with `panic=-1`), a stop or a failed teardown fails the run.
+pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    let bundle = env.bundle()?;
+    let entry = env.entry(0)?;
+    if !entry.is_linux() {
+        return Err("the bundle's first VM is not a Linux VM");
+    }
+    // KCore delivers a running vCPU's virtual timer and refills its list registers itself, on
+    // the physical IRQ exits these two PPIs cause: the host lets them through its GIC.
+    crate::arch::gic::enable_ppi(gic, crate::arch::gic::VIRTUAL_TIMER_PPI);
+    crate::arch::gic::enable_ppi(gic, crate::arch::gic::MAINTENANCE_PPI);
+    let mut mgr = Manager::new(env.regions);
+    if let Err((_, e)) = mgr.create_linux(&bundle, &entry, gic) {
+        kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
+        return Err("the Linux VM could not be created");
+    }
+    kprintln!(
+        "vm {}: created, {} vCPUs, {} MiB, kernel and initrd verified by KCore",
+        entry.name(),
+        entry.vcpus,
+        entry.ram_size >> 20
+    );
+    mgr.run_all(&mut crate::vmm::Plain);
+    mgr.result()?;
+    match (mgr.powered_off, mgr.stopped) {
+        (1, 0) => Ok(()),
+        _ => Err("the Linux VM did not power itself off"),
+    }
+}

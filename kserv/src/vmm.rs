@@ -8,8 +8,11 @@
 //! `region + (gpa - ram_base)`, so KServ keeps no page lists, and teardown returns the region.
 
 use crate::arch::{exceptions, hvc};
+use crate::dtb::GicInfo;
 use crate::kprintln;
-use crate::vm_plan::{pl011, region_page, Given, LineBuffer, BLOCK};
+use crate::linux::devices::LinuxDevices;
+use crate::linux::{self, dt, pl011};
+use crate::vm_plan::{region_page, Given, LineBuffer, BLOCK};
 use core::sync::atomic::{AtomicBool, Ordering};
 use corevisor_abi::bundle::{Bundle, VmEntry, MAX_IMAGES};
 use corevisor_abi::{exit, guest_dev, host_call, psci, Status};
@@ -51,11 +54,18 @@ pub struct Vm {
     pub runs: u64,
     /// Why the VM stopped, if it did not power itself off.
     pub stopped_because: Option<&'static str>,
+    /// A Linux VM's devices (its GIC's distributor side); `None` for a test guest.
+    pub linux: Option<LinuxDevices>,
 }
 
 impl Vm {
     pub fn name(&self) -> &str {
         self.entry.name()
+    }
+
+    /// Whether an interrupt waits to be injected into `vcpu` (it runs even if it idles in WFI).
+    fn interrupt_waits(&self, vcpu: usize) -> bool {
+        self.linux.as_ref().is_some_and(|devices| devices.sink.any_for(vcpu))
     }
 
     /// The host page behind guest page `gpa`, if `gpa` is guest RAM.
@@ -270,6 +280,7 @@ impl Manager {
             alive: false,
             runs: 0,
             stopped_because: None,
+            linux: None,
         };
         vm.vcpus[0] = VcpuRun::Runnable;
         let result = boot(&mut vm, layout, self.verify_counter).map(|cost| self.verify_cost = cost);
@@ -279,6 +290,28 @@ impl Manager {
         }
         self.vms[slot] = Some(vm);
         result.map(|()| slot).map_err(|e| (Some(slot), e))
+    }
+
+    /// Creates Linux VM `entry` of `bundle` ([`Manager::create`] with the images where the
+    /// bundle's signatures place them), then gives it its device tree as BOOT_DATA, maps the
+    /// GICv2 virtual CPU interface at its GICC address, and attaches its devices. vCPU 0 starts
+    /// at the kernel with x0 = the device tree; the others wait for the guest's PSCI CPU_ON.
+    pub fn create_linux(
+        &mut self,
+        bundle: &Bundle,
+        entry: &VmEntry,
+        gic: &GicInfo,
+    ) -> Result<usize, (Option<usize>, CallFailed)> {
+        let slot = self.create(entry, &Layout::of(bundle, entry), Tamper::None)?;
+        let Some(vm) = self.vms[slot].as_mut() else { return Err((None, LINUX_REFUSED)) };
+        match linux_boot_data(vm, bundle, gic) {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                vm.alive = false;
+                vm.stopped_because = Some("not created");
+                Err((Some(slot), e))
+            }
+        }
     }
 
     /// Runs every live VM until none is left: round-robin over runnable vCPUs, idling when all
@@ -292,7 +325,7 @@ impl Manager {
                     let Some(vm) = self.vms[slot].as_mut().filter(|vm| vm.alive) else { break };
                     match vm.vcpus[vcpu] {
                         VcpuRun::Off => continue,
-                        VcpuRun::WaitingUntil(t) if hvc::counter() < t => {
+                        VcpuRun::WaitingUntil(t) if hvc::counter() < t && !vm.interrupt_waits(vcpu) => {
                             earliest = earliest.min(t);
                             continue;
                         }
@@ -343,6 +376,13 @@ impl Manager {
             kprintln!("vm {}: teardown refused ({cleared:?}, {destroyed:?})", vm.name());
             return Err("KCore refused the teardown");
         };
+        if let Some(devices) = &vm.linux {
+            let (raised, unknown) = (devices.sink.raised, devices.gic.unknown_accesses());
+            kprintln!(
+                "vm {}: its GIC model raised {raised} interrupts; {unknown} accesses to registers it does not emulate",
+                vm.name()
+            );
+        }
         let dirty = vm.given.pages().filter(|&i| !page_is_zero(vm.region + i * PAGE)).count();
         let scrubbed = if dirty == 0 { "all scrubbed" } else { "NOT SCRUBBED" };
         kprintln!(
@@ -357,6 +397,45 @@ impl Manager {
         Ok(cleared + left)
     }
 }
+
+const LINUX_REFUSED: CallFailed = CallFailed { step: "Linux VM entry", status: Status::InvalidParameters.as_reg() };
+
+/// A verified Linux VM's device tree, written into the pages of its region behind the guest
+/// address `bundle::linux_layout` gives it and handed to KCore page by page with BOOT_DATA; on
+/// GICv2 the board's GICV frame mapped at the guest's GICC; then its devices.
+fn linux_boot_data(vm: &mut Vm, bundle: &Bundle, gic: &GicInfo) -> Result<(), CallFailed> {
+    let entry = vm.entry;
+    let (dt_gpa, spec) = linux::boot_plan(bundle, &entry, gic.v3).ok_or(LINUX_REFUSED)?;
+    let blob = dt::write(&spec).map_err(|e| {
+        kprintln!("vm {}: no device tree: {e:?}", vm.name());
+        LINUX_REFUSED
+    })?;
+    let first = (dt_gpa - entry.ram_base) / PAGE;
+    for (i, chunk) in blob.chunks(PAGE as usize).enumerate() {
+        let mut page = [0u8; PAGE as usize];
+        page[..chunk.len()].copy_from_slice(chunk);
+        let index = first + i as u64;
+        hvc::copy_phys(vm.region + index * PAGE, page.as_ptr() as u64, page.len());
+        let gpa = entry.ram_base + index * PAGE;
+        call("BOOT_DATA", host_call::BOOT_DATA, [vm.vmid, gpa, (vm.region >> 12) + index, 0])?;
+        vm.given.set(index);
+    }
+    // KCore decides whether a VM may have the GICV frame (it is KCore's while the vGIC is not
+    // there): refused, the guest's GICC accesses exit to KServ and read as zero.
+    if let Some(gicv) = gic.gicv.filter(|_| !gic.v3) {
+        let mapped =
+            call("PHYS_ADDR_IOREMAP", host_call::PHYS_ADDR_IOREMAP, [vm.vmid, guest_dev::GICC, gicv, GICC_SIZE]);
+        if let Err(e) = mapped {
+            kprintln!("vm {}: GICV not mapped at the guest's GICC ({:?})", vm.name(), e.status());
+        }
+    }
+    vm.linux = Some(LinuxDevices::new(gic.v3, entry.vcpus).ok_or(LINUX_REFUSED)?);
+    kprintln!("vm {}: device tree ({} bytes) at {:#x} given as boot data", vm.name(), blob.len(), dt_gpa);
+    Ok(())
+}
+
+/// The GICv2 CPU interface's size: its registers span two 4 KiB pages (GICC_DIR is at 0x1000).
+const GICC_SIZE: u64 = 0x2000;
 
 /// REGISTER_VCPU, TIMER_SET_CNTVOFF, then SET_BOOT_INFO and REMAP_VM_IMAGE for each page of
 /// each image, then VERIFY_VM_IMAGE until KCore says no page is left to check.
@@ -397,6 +476,7 @@ fn page_is_zero(pa: u64) -> bool {
 
 /// One VCPU_RUN of `vcpu`, and the handling of its exit.
 fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
+    inject_waiting(vm, vcpu);
     let answer = core::mem::take(&mut vm.answers[vcpu]);
     vm.vcpus[vcpu] = VcpuRun::Runnable;
     let [status, reason, a, b, c, d] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
@@ -450,7 +530,10 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
         // A WFE waits for an event from another vCPU (a lock's release), not for the timer:
         // the vCPU stays runnable, and the round robin runs the others before it again.
         exit::WFE => hooks.wfe(vm, vcpu),
-        exit::SGI => hooks.sgi(vm, vcpu, a),
+        exit::SGI => match vm.linux.as_mut() {
+            Some(devices) => devices.sgi1r(vcpu, a),
+            None => hooks.sgi(vm, vcpu, a),
+        },
         exit::HVC => guest_psci(vm, vcpu, [a, b, c, d]),
         exit::IRQ => hooks.interrupt(vm),
         exit::BAD_ACCESS => {
@@ -462,6 +545,21 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
             stop(vm, "unknown exit");
         }
     }
+}
+
+/// The priority KServ injects with: the GIC's reset default that Linux keeps for every
+/// interrupt it uses.
+const INJECT_PRIORITY: u64 = 0xa0;
+
+/// Hands the interrupts a Linux VM's GIC model made pending for `vcpu` to KCore (INJECT_IRQ),
+/// before the vCPU runs; what KCore's queue cannot take yet waits for the next run.
+fn inject_waiting(vm: &mut Vm, vcpu: usize) {
+    let Some(devices) = vm.linux.as_mut() else { return };
+    let vmid = vm.vmid;
+    devices.sink.drain(vcpu, |intid| {
+        let args = [vmid, vcpu as u64, u64::from(intid), INJECT_PRIORITY, 0, 0];
+        hvc::hyp_call(host_call::INJECT_IRQ, args).status == Status::Success.as_reg()
+    });
 }
 
 fn stop(vm: &mut Vm, why: &'static str) {
@@ -485,18 +583,33 @@ fn mmio(vm: &mut Vm, vcpu: usize, addr: u64, flags: u64, value: u64, hooks: &mut
         }
         return;
     }
+    if let Some(devices) = vm.linux.as_mut() {
+        let size = 1 << (flags >> exit::mmio_flags::SIZE_SHIFT & exit::mmio_flags::SIZE_MASK);
+        // Outside every device: reads as zero and ignores writes, logged once per address.
+        vm.answers[vcpu] = devices.mmio(vcpu, addr, size, write.then_some(value)).unwrap_or_else(|| {
+            if devices.first_stray_access(addr) {
+                kprintln!("vm {}: {} at {addr:#x}, no device there: ignored", vm.entry.name(), rw(write));
+            }
+            0
+        });
+        return;
+    }
     match (addr, write) {
         (guest_dev::TEST_DEV_CONFIG, false) => vm.answers[vcpu] = vm.entry.role as u64,
         (guest_dev::TEST_DEV_NOTIFY, true) => hooks.notify(vm, value),
         (guest_dev::TEST_DEV_ANSWER, false) => vm.answers[vcpu] = hooks.answer(vm),
         _ => {
-            kprintln!(
-                "vm {}: {} at {addr:#x}, outside its RAM and devices: stopping it",
-                vm.name(),
-                if write { "write" } else { "read" }
-            );
+            kprintln!("vm {}: {} at {addr:#x}, outside its RAM and devices: stopping it", vm.name(), rw(write));
             stop(vm, "access outside its memory");
         }
+    }
+}
+
+fn rw(write: bool) -> &'static str {
+    if write {
+        "write"
+    } else {
+        "read"
     }
 }
 
@@ -520,6 +633,7 @@ fn guest_psci(vm: &mut Vm, vcpu: usize, x: [u64; 4]) {
         },
         psci::CPU_ON_64 | psci::CPU_ON_32 => match target {
             Some(t) if vm.vcpus[t] == VcpuRun::Off => {
+                kprintln!("vm {}: vcpu {vcpu} powers on vcpu {t} (PSCI CPU_ON)", vm.name());
                 vm.vcpus[t] = VcpuRun::Runnable;
                 SUCCESS
             }
@@ -543,9 +657,10 @@ fn guest_psci(vm: &mut Vm, vcpu: usize, x: [u64; 4]) {
             vm.alive = false;
             return;
         }
+        // Linux resets on a panic (`panic=-1`): the VM did not finish well.
         psci::SYSTEM_RESET => {
             kprintln!("vm {}: asked for a reset; corevisor does not restart VMs, so it is off", vm.name());
-            vm.alive = false;
+            stop(vm, "it asked for a reset");
             return;
         }
         _ => not_supported,

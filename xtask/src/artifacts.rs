@@ -17,6 +17,9 @@ pub enum Flavor {
     Bench,
     /// Real hardware: no semihosting (its `hlt` would be an UNDEF there).
     Hardware,
+    /// `run --guest-kernel`: semihosting (the run's status is the guest's), no invariant checks
+    /// after every host trap (a Linux boot makes tens of thousands; checked, it takes minutes).
+    Run,
 }
 
 impl Flavor {
@@ -25,6 +28,7 @@ impl Flavor {
             Flavor::Test => ",semihosting,check-invariants",
             Flavor::Bench => ",semihosting,pmu-bench",
             Flavor::Hardware => "",
+            Flavor::Run => ",semihosting",
         }
     }
     /// The suffix of the flavor's target directory: each (board, flavor) pair builds in its own
@@ -34,6 +38,7 @@ impl Flavor {
             Flavor::Test => "",
             Flavor::Bench => "-bench",
             Flavor::Hardware => "-hw",
+            Flavor::Run => "-run",
         }
     }
 }
@@ -124,7 +129,7 @@ mod tests {
     #[test]
     fn only_the_bench_flavor_lets_the_host_pmu_count_el2() {
         assert!(Flavor::Bench.features().contains("pmu-bench"));
-        for flavor in [Flavor::Test, Flavor::Hardware] {
+        for flavor in [Flavor::Test, Flavor::Hardware, Flavor::Run] {
             assert!(!flavor.features().contains("pmu-bench"), "{flavor:?}");
         }
     }

@@ -174,9 +174,8 @@ fn bundle_bytes(vms: &[GuestVm], image: &[u8], seed: &[u8; 32]) -> Result<Vec<u8
     Ok(out)
 }
 
-/// A Linux VM for the bundle: its kernel `Image`, initrd, vCPUs, RAM and command line. (Not yet
-/// used by a command: `run --guest-kernel` is the next step of issue 13.)
-#[allow(dead_code)]
+/// A Linux VM for the bundle (`run --guest-kernel`): its kernel `Image`, initrd, vCPUs, RAM and
+/// command line.
 pub struct LinuxVm<'a> {
     pub kernel: &'a [u8],
     pub initrd: &'a [u8],
@@ -189,7 +188,6 @@ pub struct LinuxVm<'a> {
 /// A one-VM bundle holding Linux VM `vm`, named `linux`: the kernel and initrd signed with
 /// `seed` for the layout of `bundle::linux_layout` (kernel at the start of RAM, initrd past the
 /// kernel's `image_size`), then the command line.
-#[allow(dead_code)]
 pub fn linux_bundle_bytes(vm: &LinuxVm, seed: &[u8; 32]) -> Result<Vec<u8>, String> {
     let header = vm.kernel.get(..64).ok_or("the kernel is shorter than an arm64 Image header")?;
     if &header[56..60] != b"ARM\x64" {

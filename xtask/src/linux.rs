@@ -13,6 +13,12 @@ use std::time::Duration;
 /// The guest's kernel arguments, bare and under corevisor alike. `panic=-1` turns a panic into an
 /// immediate reset, which ends a `-no-reboot` run instead of hanging it.
 pub const CMDLINE: &str = "console=ttyAMA0 nokaslr panic=-1 rdinit=/init";
+/// The kernel arguments of a Linux VM under corevisor (`run --guest-kernel`'s default):
+/// [`CMDLINE`] with an early console on the PL011 KServ emulates.
+pub fn corevisor_cmdline() -> String {
+    let rest = CMDLINE.strip_prefix("console=ttyAMA0 ").unwrap_or(CMDLINE);
+    format!("console=ttyAMA0 earlycon=pl011,{:#x} {rest}", corevisor_abi::guest_dev::UART)
+}
 /// vCPUs and RAM of the reference guest (the issue's `linux` scenario: 2 vCPUs, 128 MiB).
 pub const GUEST_CPUS: u32 = 2;
 pub const GUEST_MEM_MIB: u32 = 128;

@@ -24,7 +24,19 @@ struct Args {
 /// Options that take no value.
 const FLAGS: &[&str] = &["gdb", "hw", "bare"];
 /// Options that take one (`--name value` or `--name=value`).
-const VALUED: &[&str] = &["board", "gic", "scenario", "variant", "out", "kernel-version"];
+const VALUED: &[&str] = &[
+    "board",
+    "gic",
+    "scenario",
+    "variant",
+    "out",
+    "kernel-version",
+    "guest-kernel",
+    "guest-initrd",
+    "guest-cpus",
+    "guest-mem",
+    "guest-cmdline",
+];
 
 impl Args {
     /// Splits the command's arguments; an unknown option is an error rather than silently ignored,
@@ -73,6 +85,8 @@ impl Args {
 const USAGE: &str = "usage: cargo xtask <command>
   build [--board qemu-virt|rpi4] [--hw]        build KServ and KCore, write raw images
   run [--board B] [--gic 2|3] [--scenario S] [--gdb]   boot under QEMU (default: the demo)
+  run --guest-kernel PATH --guest-initrd PATH [--guest-cpus N] [--guest-mem MIB] [--guest-cmdline S]
+      [--gic 2|3] [--board rpi4]               boot a Linux Image as a VM (signed with the test key)
   image --board rpi4 [--out DIR]               kernel8.img + config.txt for the SD card
   qemu-test [SCENARIO...] [--variant V]        every scenario on virt-gicv3, virt-gicv2, raspi4b
   test                                         host cargo test, then qemu-test
@@ -160,8 +174,92 @@ fn run_variant(args: &Args) -> Result<(&'static corevisor_boards::Board, scenari
     Ok((board, variant))
 }
 
+/// A Linux VM that `run --guest-kernel` boots.
+#[derive(Debug, PartialEq)]
+struct GuestRun {
+    kernel: std::path::PathBuf,
+    initrd: std::path::PathBuf,
+    cpus: u32,
+    mem_mib: u64,
+    cmdline: String,
+}
+
+/// The options that only make sense with `--guest-kernel`.
+const GUEST_OPTIONS: [&str; 4] = ["guest-initrd", "guest-cpus", "guest-mem", "guest-cmdline"];
+/// vCPUs a Linux VM may have: KServ schedules up to 4 per VM.
+const GUEST_CPUS_MAX: u32 = 4;
+/// Guest RAM in MiB: the cloud kernel needs 64; KServ backs at most 1 GiB.
+const GUEST_MEM_MIB: std::ops::RangeInclusive<u64> = 64..=1024;
+
+/// `run`'s Linux options, checked before anything is built: `None` without `--guest-kernel`.
+fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
+    let Some(kernel) = args.value("guest-kernel") else {
+        return match GUEST_OPTIONS.iter().find(|o| args.value(o).is_some()) {
+            Some(option) => Err(format!("--{option} goes with --guest-kernel")),
+            None => Ok(None),
+        };
+    };
+    if args.value("scenario").is_some() {
+        return Err("--guest-kernel runs the Linux VM; it takes no --scenario".into());
+    }
+    let initrd = args.value("guest-initrd").ok_or("--guest-kernel needs --guest-initrd PATH")?;
+    let number = |name: &str, default: u64| match args.value(name) {
+        None => Ok(default),
+        Some(text) => text.parse::<u64>().map_err(|_| format!("--{name} {text}: not a number")),
+    };
+    let cpus = number("guest-cpus", linux::GUEST_CPUS.into())?;
+    if !(1..=u64::from(GUEST_CPUS_MAX)).contains(&cpus) {
+        return Err(format!("--guest-cpus {cpus}: 1 to {GUEST_CPUS_MAX}"));
+    }
+    let mem_mib = number("guest-mem", linux::GUEST_MEM_MIB.into())?;
+    if !GUEST_MEM_MIB.contains(&mem_mib) {
+        return Err(format!("--guest-mem {mem_mib}: {} to {} MiB", GUEST_MEM_MIB.start(), GUEST_MEM_MIB.end()));
+    }
+    Ok(Some(GuestRun {
+        kernel: kernel.into(),
+        initrd: initrd.into(),
+        cpus: cpus as u32,
+        mem_mib,
+        cmdline: args.value("guest-cmdline").map_or_else(linux::corevisor_cmdline, str::to_string),
+    }))
+}
+
+/// Boots a Linux VM under corevisor: its Image and initrd signed with the test key into a
+/// one-VM bundle, KServ running the `linux` scenario. QEMU's status is KServ's verdict: 0 when
+/// the guest powered itself off.
+fn run_linux(args: &Args, guest: &GuestRun) -> Result<u8, String> {
+    let (board, variant) = run_variant(args)?;
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let (kernel, initrd) = (read(&guest.kernel)?, read(&guest.initrd)?);
+    let vm = guests::LinuxVm {
+        kernel: &kernel,
+        initrd: &initrd,
+        vcpus: guest.cpus,
+        ram_base: corevisor_abi::guest_dev::RAM_BASE,
+        ram_size: guest.mem_mib << 20,
+        cmdline: &guest.cmdline,
+    };
+    let bundle = guests::linux_bundle_bytes(&vm, &guests::test_key_seed()?)?;
+    let path = artifacts::root().join("target/xtask/bundles/linux.img");
+    std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| e.to_string())?;
+    std::fs::write(&path, bundle).map_err(|e| format!("{}: {e}", path.display()))?;
+    toolchain::ensure()?;
+    let qemu = qemu::ensure()?;
+    let artifacts = artifacts::build(board, Flavor::Run)?;
+    let mut command = qemu::command(&qemu, variant, &artifacts, "scenario=linux", Some(&path))?;
+    if args.flag("gdb") {
+        println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");
+        command.args(["-s", "-S"]);
+    }
+    let status = command.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
+}
+
 /// Boots one scenario with the console on this terminal; returns QEMU's exit status.
 fn run(args: &Args) -> Result<u8, String> {
+    if let Some(guest) = guest_run(args)? {
+        return run_linux(args, &guest);
+    }
     let (board, variant) = run_variant(args)?;
     let scenario = run_scenario(args)?;
     toolchain::ensure()?;
@@ -377,6 +475,57 @@ mod tests {
         assert!(options(&["--gic", "2"]).is_err());
         assert!(options(&["--bare", "--gic", "4"]).is_err());
         assert!(options(&["--kernel-version", "latest"]).is_err());
+    }
+
+    #[test]
+    fn parses_the_linux_run_options() {
+        let guest = |words: &[&str]| guest_run(&parse(words).unwrap());
+        assert_eq!(guest(&[]), Ok(None));
+        assert_eq!(guest(&["--scenario", "vm-hello"]), Ok(None));
+        let run = guest(&["--guest-kernel", "Image", "--guest-initrd", "initrd.cpio"]).unwrap().unwrap();
+        assert_eq!(
+            run,
+            GuestRun {
+                kernel: "Image".into(),
+                initrd: "initrd.cpio".into(),
+                cpus: 2,
+                mem_mib: 128,
+                cmdline: "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1 rdinit=/init".into(),
+            }
+        );
+        let custom = guest(&[
+            "--guest-kernel=k",
+            "--guest-initrd=i",
+            "--guest-cpus",
+            "4",
+            "--guest-mem",
+            "512",
+            "--guest-cmdline",
+            "console=ttyAMA0 quiet",
+            "--gic",
+            "2",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((custom.cpus, custom.mem_mib, custom.cmdline.as_str()), (4, 512, "console=ttyAMA0 quiet"));
+    }
+
+    #[test]
+    fn refuses_bad_linux_run_options() {
+        let guest = |words: &[&str]| guest_run(&parse(words).unwrap());
+        let base = ["--guest-kernel", "k", "--guest-initrd", "i"];
+        let with = |extra: &[&str]| guest(&[&base[..], extra].concat());
+        assert!(guest(&["--guest-kernel", "k"]).unwrap_err().contains("--guest-initrd"));
+        assert!(guest(&["--guest-initrd", "i"]).unwrap_err().contains("--guest-kernel"));
+        assert!(guest(&["--guest-cpus", "2"]).is_err());
+        assert!(with(&["--guest-cpus", "0"]).is_err());
+        assert!(with(&["--guest-cpus", "5"]).is_err());
+        assert!(with(&["--guest-cpus", "two"]).is_err());
+        assert!(with(&["--guest-mem", "32"]).is_err());
+        assert!(with(&["--guest-mem", "2048"]).is_err());
+        assert!(with(&["--scenario", "vm-hello"]).is_err());
+        assert!(parse(&["--guest-kernel"]).is_err());
+        assert!(parse(&["--guest-kernal", "k"]).is_err());
     }
 
     /// `run` checks `--scenario` before it installs or builds anything (the check runs first in

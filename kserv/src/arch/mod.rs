@@ -6,6 +6,7 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod gic;
+pub mod heap;
 pub mod hvc;
 pub mod mmu;
 pub mod pmu;

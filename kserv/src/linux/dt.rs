@@ -3,8 +3,12 @@
 //! version, one PL011 with its `apb_pclk`, and `/chosen`), at the guest addresses of
 //! `corevisor_abi::guest_dev`.
 
-use super::fdt::{FdtWriter, Full};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use corevisor_abi::bundle::LINUX_DT_MAX;
 use corevisor_abi::guest_dev;
+use vm_fdt::FdtWriter;
 
 /// What the device tree describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +23,21 @@ pub struct LinuxVmDt<'a> {
     pub initrd: Option<(u64, u64)>,
 }
 
+/// Why no device tree was written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DtError {
+    /// The writer refused it (a name or string it cannot hold).
+    Fdt(vm_fdt::Error),
+    /// It is longer than the room the VM's layout leaves it ([`LINUX_DT_MAX`]).
+    TooLarge(usize),
+}
+
+impl From<vm_fdt::Error> for DtError {
+    fn from(e: vm_fdt::Error) -> DtError {
+        DtError::Fdt(e)
+    }
+}
+
 const GIC_PHANDLE: u32 = 1;
 const CLOCK_PHANDLE: u32 = 2;
 /// Interrupt specifier types (GIC binding): shared and private peripheral interrupts.
@@ -31,134 +50,98 @@ const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
 /// The PL011's SPI (a number in the guest's distributor; KServ raises none: polled console).
 const UART_SPI: u32 = 1;
 
-/// Writes the VM's device tree into `out`; returns its length.
-pub fn write(dt: &LinuxVmDt, out: &mut [u8]) -> Result<usize, Full> {
-    let mut w = FdtWriter::<4096, 512>::new();
-    w.begin_node("");
-    w.property_u32("#address-cells", 2);
-    w.property_u32("#size-cells", 2);
-    w.property_string("compatible", "corevisor,linux-vm");
-    w.property_u32("interrupt-parent", GIC_PHANDLE);
+/// The VM's device tree blob, at most [`LINUX_DT_MAX`] bytes.
+pub fn write(dt: &LinuxVmDt) -> Result<Vec<u8>, DtError> {
+    let mut w = FdtWriter::new()?;
+    let root = w.begin_node("")?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_string("compatible", "corevisor,linux-vm")?;
+    w.property_u32("interrupt-parent", GIC_PHANDLE)?;
 
-    w.begin_node("chosen");
-    w.property_string("bootargs", dt.bootargs);
-    w.property_string("stdout-path", "/pl011@9000000");
+    let uart = format!("pl011@{:x}", guest_dev::UART);
+    let chosen = w.begin_node("chosen")?;
+    w.property_string("bootargs", dt.bootargs)?;
+    w.property_string("stdout-path", &format!("/{uart}"))?;
     if let Some((start, end)) = dt.initrd {
-        w.property_u64("linux,initrd-start", start);
-        w.property_u64("linux,initrd-end", end);
+        w.property_u64("linux,initrd-start", start)?;
+        w.property_u64("linux,initrd-end", end)?;
     }
-    w.end_node();
+    w.end_node(chosen)?;
 
-    let mut name = NodeName::new();
-    w.begin_node(name.at("memory", dt.ram_base));
-    w.property_string("device_type", "memory");
-    w.property_cells("reg", &reg(dt.ram_base, dt.ram_size));
-    w.end_node();
+    let memory = w.begin_node(&format!("memory@{:x}", dt.ram_base))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &[dt.ram_base, dt.ram_size])?;
+    w.end_node(memory)?;
 
-    w.begin_node("cpus");
-    w.property_u32("#address-cells", 1);
-    w.property_u32("#size-cells", 0);
+    let cpus = w.begin_node("cpus")?;
+    w.property_u32("#address-cells", 1)?;
+    w.property_u32("#size-cells", 0)?;
     for cpu in 0..dt.cpus {
-        w.begin_node(name.at("cpu", cpu.into()));
-        w.property_string("device_type", "cpu");
-        w.property_string("compatible", "arm,armv8");
-        w.property_u32("reg", cpu);
-        w.property_string("enable-method", "psci");
-        w.end_node();
+        let node = w.begin_node(&format!("cpu@{cpu:x}"))?;
+        w.property_string("device_type", "cpu")?;
+        w.property_string("compatible", "arm,armv8")?;
+        w.property_u32("reg", cpu)?;
+        w.property_string("enable-method", "psci")?;
+        w.end_node(node)?;
     }
-    w.end_node();
+    w.end_node(cpus)?;
 
-    w.begin_node("psci");
-    w.property_strings("compatible", &["arm,psci-1.0", "arm,psci-0.2"]);
-    w.property_string("method", "hvc");
-    w.end_node();
+    let psci = w.begin_node("psci")?;
+    w.property_string_list("compatible", strings(&["arm,psci-1.0", "arm,psci-0.2"]))?;
+    w.property_string("method", "hvc")?;
+    w.end_node(psci)?;
 
-    w.begin_node("timer");
-    w.property_string("compatible", "arm,armv8-timer");
+    let timer = w.begin_node("timer")?;
+    w.property_string("compatible", "arm,armv8-timer")?;
     // GICv2 PPI specifiers carry a CPU mask in bits 8..15; GICv3's do not.
     let flags = if dt.gic_v3 { LEVEL_HIGH } else { ((1 << dt.cpus.min(8)) - 1) << 8 | LEVEL_HIGH };
     let ppis = TIMER_PPIS.map(|ppi| [PPI, ppi, flags]);
-    w.property_cells("interrupts", ppis.as_flattened());
-    w.property_null("always-on");
-    w.end_node();
+    w.property_array_u32("interrupts", ppis.as_flattened())?;
+    w.property_null("always-on")?;
+    w.end_node(timer)?;
 
-    w.begin_node(name.at("intc", guest_dev::GICD));
-    w.property_string("compatible", if dt.gic_v3 { "arm,gic-v3" } else { "arm,cortex-a15-gic" });
-    w.property_u32("#interrupt-cells", 3);
-    w.property_u32("#address-cells", 0);
-    w.property_null("interrupt-controller");
-    w.property_u32("phandle", GIC_PHANDLE);
+    let intc = w.begin_node(&format!("intc@{:x}", guest_dev::GICD))?;
+    w.property_string("compatible", if dt.gic_v3 { "arm,gic-v3" } else { "arm,cortex-a15-gic" })?;
+    w.property_u32("#interrupt-cells", 3)?;
+    w.property_u32("#address-cells", 0)?;
+    w.property_null("interrupt-controller")?;
+    w.property_phandle(GIC_PHANDLE)?;
     if dt.gic_v3 {
         let redists = u64::from(dt.cpus) * guest_dev::GICR_STRIDE;
-        let [a, b] = [reg(guest_dev::GICD, 0x1_0000), reg(guest_dev::GICR, redists)];
-        w.property_cells("reg", &[a, b].concat_cells());
-        w.property_u32("#redistributor-regions", 1);
+        w.property_array_u64("reg", &[guest_dev::GICD, 0x1_0000, guest_dev::GICR, redists])?;
+        w.property_u32("#redistributor-regions", 1)?;
     } else {
-        let [a, b] = [reg(guest_dev::GICD, 0x1000), reg(guest_dev::GICC, 0x2000)];
-        w.property_cells("reg", &[a, b].concat_cells());
+        w.property_array_u64("reg", &[guest_dev::GICD, 0x1000, guest_dev::GICC, 0x2000])?;
     }
-    w.end_node();
+    w.end_node(intc)?;
 
-    w.begin_node("apb-pclk");
-    w.property_string("compatible", "fixed-clock");
-    w.property_u32("#clock-cells", 0);
-    w.property_u32("clock-frequency", 24_000_000);
-    w.property_string("clock-output-names", "clk24mhz");
-    w.property_u32("phandle", CLOCK_PHANDLE);
-    w.end_node();
+    let clock = w.begin_node("apb-pclk")?;
+    w.property_string("compatible", "fixed-clock")?;
+    w.property_u32("#clock-cells", 0)?;
+    w.property_u32("clock-frequency", 24_000_000)?;
+    w.property_string("clock-output-names", "clk24mhz")?;
+    w.property_phandle(CLOCK_PHANDLE)?;
+    w.end_node(clock)?;
 
-    w.begin_node(name.at("pl011", guest_dev::UART));
-    w.property_strings("compatible", &["arm,pl011", "arm,primecell"]);
-    w.property_cells("reg", &reg(guest_dev::UART, 0x1000));
-    w.property_cells("interrupts", &[SPI, UART_SPI, LEVEL_HIGH]);
-    w.property_cells("clocks", &[CLOCK_PHANDLE, CLOCK_PHANDLE]);
-    w.property_strings("clock-names", &["uartclk", "apb_pclk"]);
-    w.end_node();
+    let pl011 = w.begin_node(&uart)?;
+    w.property_string_list("compatible", strings(&["arm,pl011", "arm,primecell"]))?;
+    w.property_array_u64("reg", &[guest_dev::UART, 0x1000])?;
+    w.property_array_u32("interrupts", &[SPI, UART_SPI, LEVEL_HIGH])?;
+    w.property_array_u32("clocks", &[CLOCK_PHANDLE, CLOCK_PHANDLE])?;
+    w.property_string_list("clock-names", strings(&["uartclk", "apb_pclk"]))?;
+    w.end_node(pl011)?;
 
-    w.end_node();
-    w.finish(out)
-}
-
-/// A `reg` entry of two address and two size cells.
-fn reg(base: u64, size: u64) -> [u32; 4] {
-    [(base >> 32) as u32, base as u32, (size >> 32) as u32, size as u32]
-}
-
-trait ConcatCells {
-    fn concat_cells(&self) -> [u32; 8];
-}
-
-impl ConcatCells for [[u32; 4]; 2] {
-    fn concat_cells(&self) -> [u32; 8] {
-        let mut out = [0; 8];
-        out[..4].copy_from_slice(&self[0]);
-        out[4..].copy_from_slice(&self[1]);
-        out
+    w.end_node(root)?;
+    let blob = w.finish()?;
+    match blob.len() {
+        len if len as u64 > LINUX_DT_MAX => Err(DtError::TooLarge(len)),
+        _ => Ok(blob),
     }
 }
 
-/// `name@hex-address` node names, formatted without a heap.
-struct NodeName {
-    bytes: [u8; 32],
-}
-
-impl NodeName {
-    fn new() -> NodeName {
-        NodeName { bytes: [0; 32] }
-    }
-
-    fn at(&mut self, prefix: &str, address: u64) -> &str {
-        let mut len = prefix.len();
-        self.bytes[..len].copy_from_slice(prefix.as_bytes());
-        self.bytes[len] = b'@';
-        len += 1;
-        let digits = (64 - address.leading_zeros()).div_ceil(4).max(1) as usize;
-        for i in (0..digits).rev() {
-            self.bytes[len] = b"0123456789abcdef"[(address >> (4 * i) & 0xf) as usize];
-            len += 1;
-        }
-        core::str::from_utf8(&self.bytes[..len]).unwrap_or("?")
-    }
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|&s| s.into()).collect()
 }
 
 #[cfg(test)]
@@ -174,10 +157,7 @@ mod tests {
             bootargs: "console=ttyAMA0 earlycon nokaslr",
             initrd: Some((0x4300_0000, 0x4320_0000)),
         };
-        let mut out = vec![0u8; 8192];
-        let len = write(&spec, &mut out).unwrap();
-        out.truncate(len);
-        out
+        write(&spec).unwrap()
     }
 
     #[test]
@@ -234,10 +214,12 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_too_small_is_an_error_not_a_panic() {
+    fn a_tree_too_large_for_its_room_is_an_error_not_a_panic() {
         let spec = LinuxVmDt { ram_base: 0, ram_size: 1 << 20, cpus: 8, gic_v3: true, bootargs: "x", initrd: None };
-        assert_eq!(write(&spec, &mut [0u8; 256]), Err(Full));
-        let long = "a".repeat(5000);
-        assert_eq!(write(&LinuxVmDt { bootargs: &long, ..spec }, &mut [0u8; 16384]), Err(Full));
+        assert!(write(&spec).unwrap().len() < 4096);
+        let long = "a".repeat(LINUX_DT_MAX as usize);
+        assert!(matches!(write(&LinuxVmDt { bootargs: &long, ..spec }), Err(DtError::TooLarge(_))));
+        let nul = LinuxVmDt { bootargs: "a\0b", ..spec };
+        assert_eq!(write(&nul), Err(DtError::Fdt(vm_fdt::Error::InvalidString)));
     }
 }

@@ -31,11 +31,6 @@ impl GicV2 {
         Some(GicV2 { irqs: Irqs::new(vcpus, spis)? })
     }
 
-    /// Guest accesses to the distributor that hit no register it emulates.
-    pub fn unknown_accesses(&self) -> u64 {
-        self.irqs.unknown_accesses
-    }
-
     /// A `vcpu`'s access (the caller has checked it is one of the VM's).
     fn distributor(&mut self, vcpu: usize, offset: u64, size: u8, write: Option<u64>) -> Option<u64> {
         let all = self.irqs.all_vcpus();
@@ -86,6 +81,10 @@ fn lowest_target(route: u64) -> Option<usize> {
 }
 
 impl GicModel for GicV2 {
+    fn unknown_accesses(&self) -> u64 {
+        self.irqs.unknown_accesses
+    }
+
     fn mmio(&mut self, vcpu: usize, gpa: u64, size: u8, write: Option<u64>, sink: &mut dyn IrqSink) -> Option<u64> {
         if !(GICD..GICD + FRAME_SIZE).contains(&gpa) {
             return None;
@@ -195,6 +194,9 @@ mod tests {
     fn linux_boot_catches_a_target_register_naming_every_vcpu() {
         struct EveryVcpuTargeted(GicV2);
         impl GicModel for EveryVcpuTargeted {
+            fn unknown_accesses(&self) -> u64 {
+                self.0.unknown_accesses()
+            }
             fn mmio(
                 &mut self,
                 vcpu: usize,
