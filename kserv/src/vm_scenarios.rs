@@ -1128,6 +1128,8 @@ pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
     // the physical IRQ exits these two PPIs cause: the host lets them through its GIC.
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::VIRTUAL_TIMER_PPI);
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::MAINTENANCE_PPI);
+    // The host's physical timer ends a vCPU's time slice.
+    crate::arch::gic::enable_ppi(gic, crate::arch::gic::TIMER_PPI);
     let mut mgr = Manager::new(env.regions);
     if let Err((_, e)) = mgr.create_linux(&bundle, &entry, gic) {
         kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());

@@ -479,7 +479,16 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
     inject_waiting(vm, vcpu);
     let answer = core::mem::take(&mut vm.answers[vcpu]);
     vm.vcpus[vcpu] = VcpuRun::Runnable;
+    // A Linux vCPU runs for a time slice at most (the host's physical timer ends its run), so
+    // one that spins waiting for a sibling cannot starve it: KServ runs every vCPU on this core.
+    let sliced = vm.linux.is_some();
+    if sliced {
+        crate::arch::gic::arm_physical_timer(hvc::counter_frequency() / SLICES_PER_SECOND);
+    }
     let [status, reason, a, b, c, d] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
+    if sliced {
+        crate::arch::gic::disarm_physical_timer();
+    }
     vm.runs += 1;
     let offered = vm.offered[vcpu].take();
     if status != Status::Success.as_reg() && matches!(offered, Some((_, true))) {
@@ -546,6 +555,9 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
         }
     }
 }
+
+/// A Linux vCPU's time slice: 1 ms.
+const SLICES_PER_SECOND: u64 = 1000;
 
 /// The priority KServ injects with: the GIC's reset default that Linux keeps for every
 /// interrupt it uses.
