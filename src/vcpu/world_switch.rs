@@ -8,7 +8,7 @@ use super::vgic::{vtimer_firing, Intid, ListReg, VgicState, Virq, MAX_LRS, VTIME
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
-use crate::machine::{features, regs, world_switch as cpu, GuestExit, TrapKind};
+use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
 /// Loads one world's EL2 controls (the guest's about to run, or the host's again).
 #[inline]
@@ -53,11 +53,8 @@ pub fn run_vcpu<R>(
     }
     let answer = loop {
         cpu::set_virtual_serror(vcpu.virtual_serror, ras);
-        let exit = cpu::run_guest(&mut Running { vcpu, in_place: &mut in_place });
+        let exit = cpu::run_guest(&mut Running { vcpu, in_place: &mut in_place, interface, lr_count: &mut lr_count });
         vcpu.virtual_serror = cpu::virtual_serror_pending();
-        if exit.kind == TrapKind::Irq && !exit.serror && serve_irq_in_place(vcpu, interface, &mut lr_count) {
-            continue;
-        }
         if let Some(answer) = serve(vcpu, exit) {
             break answer;
         }
@@ -138,6 +135,9 @@ fn serve_irq_in_place(vcpu: &mut VcpuContext, interface: Interface, lr_count: &m
 struct Running<'a, F> {
     vcpu: &'a mut VcpuContext,
     in_place: &'a mut F,
+    interface: Interface,
+    /// The LRs loaded (`load_vgic`), which an IRQ served in place reloads.
+    lr_count: &'a mut usize,
 }
 
 impl<F: FnMut(&mut VcpuContext, u64) -> bool> cpu::GuestWorld for Running<'_, F> {
@@ -149,5 +149,10 @@ impl<F: FnMut(&mut VcpuContext, u64) -> bool> cpu::GuestWorld for Running<'_, F>
     #[inline]
     fn serve_in_place(&mut self, esr: u64) -> bool {
         (self.in_place)(self.vcpu, esr)
+    }
+
+    #[inline]
+    fn serve_irq_in_place(&mut self) -> bool {
+        serve_irq_in_place(self.vcpu, self.interface, self.lr_count)
     }
 }
