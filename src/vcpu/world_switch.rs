@@ -4,7 +4,7 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
-use super::vgic::{vtimer_firing, Intid, ListReg, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
+use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
@@ -105,23 +105,33 @@ fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
 }
 
 /// A physical IRQ that the guest's own interrupt state explains, served without a host round
-/// trip: its virtual timer fired (KCore masks it and queues INTID 27, as Xen's vtimer_interrupt
-/// does: the guest sees IMASK set and clears it when it programs its next deadline) or its list registers ran low (the underflow maintenance interrupt: refill them). The
-/// rule: in place exactly when one of these holds; any other physical interrupt pending for the
-/// host stays pending (KCore acknowledges none) and brings the guest straight back out, to the
-/// host this time, since the masked timer and the refilled LRs no longer explain it. Returns
-/// whether it served the exit (the guest runs on).
+/// trip (the world switch's IRQ fast path, `GuestWorld::serve_irq_in_place`): its virtual timer
+/// fired (KCore masks it and makes INTID 27 pending, as Xen's vtimer_interrupt does: the guest
+/// sees IMASK set and clears it when it programs its next deadline) or its list registers ran
+/// low (the underflow maintenance interrupt: refill them). The rule: in place exactly when one
+/// of these holds; any other physical interrupt pending for the host stays pending (KCore
+/// acknowledges none) and brings the guest straight back out, to the host this time, since the
+/// masked timer and the refilled LRs no longer explain it. Returns whether it served the exit
+/// (the guest runs on); declined, it changed nothing.
+///
+/// The timer with an empty queue (the usual case) touches only the LRs it needs
+/// (`VgicState::inject_loaded`); anything else saves the whole interface, injects, refills and
+/// loads it again, with the same effect (`vcpu::vgic`'s tests show both agree).
 fn serve_irq_in_place(vcpu: &mut VcpuContext, interface: Interface, lr_count: &mut usize) -> bool {
+    const VTIMER: Virq = Virq { intid: Intid::VTIMER, priority: VTIMER_PRIORITY };
     if interface == Interface::None {
         return false;
     }
-    let underflow = *lr_count != 0 && gic::underflow(interface);
     let timer_firing = vtimer_firing(regs::virtual_timer().0);
+    if timer_firing && vcpu.vgic.inject_loaded(VTIMER, *lr_count, &mut Loaded(interface)) {
+        regs::mask_virtual_timer();
+        return true;
+    }
+    let underflow = *lr_count != 0 && gic::underflow(interface);
     if !timer_firing && !underflow {
         return false;
     }
     save_vgic(&mut vcpu.vgic, interface, *lr_count);
-    const VTIMER: Virq = Virq { intid: Intid::VTIMER, priority: VTIMER_PRIORITY };
     // A full queue leaves the timer as it is: the exit goes to the host.
     let timer = timer_firing && vcpu.vgic.inject(VTIMER).is_ok();
     if timer {
@@ -129,6 +139,31 @@ fn serve_irq_in_place(vcpu: &mut VcpuContext, interface: Interface, lr_count: &m
     }
     *lr_count = load_vgic(&mut vcpu.vgic, interface);
     timer || underflow
+}
+
+/// The list registers of the interface loaded on this core.
+struct Loaded(Interface);
+
+impl LoadedLrs for Loaded {
+    #[inline]
+    fn elrsr(&self) -> u64 {
+        gic::elrsr(self.0)
+    }
+
+    #[inline]
+    fn read(&self, n: usize) -> ListReg {
+        let raw = gic::read_lr(self.0, n);
+        if self.0 == Interface::V3 {
+            ListReg::from_v3(raw)
+        } else {
+            ListReg::from_v2(raw as u32)
+        }
+    }
+
+    #[inline]
+    fn write(&mut self, n: usize, lr: ListReg) {
+        gic::write_lr(self.0, n, if self.0 == Interface::V3 { lr.v3() } else { lr.v2().into() });
+    }
 }
 
 /// A vCPU in the guest's world, as the machine's world switch runs it.
