@@ -223,6 +223,8 @@ impl VgicState {
             };
             self.queue_len -= 1;
             self.queue[i] = self.queue[self.queue_len];
+            // The slot past the queue stays default, so that equal queues compare equal.
+            self.queue[self.queue_len] = Virq::default();
             self.lrs[n] = ListReg { intid: intid.raw(), state: LrState::Pending, priority };
         }
         if self.queue_len != 0 {
@@ -255,7 +257,8 @@ impl VgicState {
                 (n, lr)
             }
             None if empty != 0 => {
-                (empty.trailing_zeros() as usize, ListReg { intid, state: LrState::Pending, priority: virq.priority })
+                let n = if planted(Mutation::VgicInjectLoadedOverwritesLr0) { 0 } else { empty.trailing_zeros() };
+                (n as usize, ListReg { intid, state: LrState::Pending, priority: virq.priority })
             }
             None => return false,
         };
