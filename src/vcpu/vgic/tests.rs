@@ -146,7 +146,11 @@ fn inject_saved(s: &mut VgicState, hw: &mut ModelLrs, lr_count: usize, virq: Vir
 
 /// A vCPU running with its interface loaded: host injections, a fill of `lr_count` LRs on
 /// entry, then the guest acknowledging and ending some (the hardware's LR state changes).
-fn running_vcpu() -> impl Strategy<Value = (Vec<(u16, u8)>, usize, Vec<(bool, usize)>)> {
+/// Host injections (INTID, priority), the LRs loaded, the guest's changes (acknowledge or end,
+/// LR).
+type RunningVcpu = (Vec<(u16, u8)>, usize, Vec<(bool, usize)>);
+
+fn running_vcpu() -> impl Strategy<Value = RunningVcpu> {
     let intid = prop::sample::select(vec![27u16, 27, 3, 30, 40, 41, 42, 43, 44]);
     let injections = prop::collection::vec((intid, prop::sample::select(vec![0x80u8, 0xa0, 0xf0])), 0..7);
     let guest = prop::collection::vec((any::<bool>(), 0..MAX_LRS), 0..6);
@@ -156,9 +160,7 @@ fn running_vcpu() -> impl Strategy<Value = (Vec<(u16, u8)>, usize, Vec<(bool, us
 /// The IRQ fast path's timer delivery (`inject_loaded`) has exactly the effect of the full
 /// path's (save, reclaim, inject, fill, load) whenever it serves, on the loaded LRs and on what
 /// KCore keeps once the vCPU exits; when it declines it has changed nothing.
-fn fast_timer_delivery_agrees(
-    (injections, lr_count, guest): (Vec<(u16, u8)>, usize, Vec<(bool, usize)>),
-) -> Result<(), TestCaseError> {
+fn fast_timer_delivery_agrees((injections, lr_count, guest): RunningVcpu) -> Result<(), TestCaseError> {
     let mut s = VgicState::default();
     for (intid, priority) in injections {
         let _ = s.inject(Virq { intid: Intid::new(intid.into()).unwrap(), priority });
