@@ -4,7 +4,7 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
-use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
+use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, LrState, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
@@ -80,8 +80,8 @@ fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
     let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
     if enabled {
         vgic.fill(lr_count);
-        for (raw, lr) in regs.lrs.iter_mut().zip(vgic.lrs) {
-            *raw = if interface == Interface::V3 { lr.v3() } else { lr.v2().into() };
+        for n in 0..lr_count {
+            regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
         }
     }
     gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
@@ -95,12 +95,32 @@ fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
     let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
     vgic.vmcr = regs.vmcr;
     if enabled {
-        for (lr, raw) in vgic.lrs.iter_mut().zip(regs.lrs).take(lr_count) {
-            *lr = if interface == Interface::V3 { ListReg::from_v3(raw) } else { ListReg::from_v2(raw as u32) };
+        for n in 0..lr_count {
+            vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
         }
         vgic.ap0r = regs.ap0r;
         vgic.ap1r = regs.ap1r;
         vgic.reclaim(elrsr);
+    }
+}
+
+/// `lr` in the interface's LR format; an empty LR is 0.
+#[inline]
+fn raw_lr(interface: Interface, lr: ListReg) -> u64 {
+    match (lr.state, interface) {
+        (LrState::Invalid, _) => 0,
+        (_, Interface::V3) => lr.v3(),
+        _ => lr.v2().into(),
+    }
+}
+
+/// The LR `raw` in the interface's format.
+#[inline]
+fn list_reg(interface: Interface, raw: u64) -> ListReg {
+    if interface == Interface::V3 {
+        ListReg::from_v3(raw)
+    } else {
+        ListReg::from_v2(raw as u32)
     }
 }
 
@@ -152,17 +172,12 @@ impl LoadedLrs for Loaded {
 
     #[inline]
     fn read(&self, n: usize) -> ListReg {
-        let raw = gic::read_lr(self.0, n);
-        if self.0 == Interface::V3 {
-            ListReg::from_v3(raw)
-        } else {
-            ListReg::from_v2(raw as u32)
-        }
+        list_reg(self.0, gic::read_lr(self.0, n))
     }
 
     #[inline]
     fn write(&mut self, n: usize, lr: ListReg) {
-        gic::write_lr(self.0, n, if self.0 == Interface::V3 { lr.v3() } else { lr.v2().into() });
+        gic::write_lr(self.0, n, raw_lr(self.0, lr));
     }
 }
 

@@ -209,6 +209,20 @@ impl VgicState {
     /// On entry: each free LR among the first `lr_count` takes the highest-priority queued INTID
     /// (lowest priority value, then lowest INTID); HCR.UIE is set if the queue still holds any.
     pub fn fill(&mut self, lr_count: usize) {
+        if self.queue_len != 0 {
+            self.fill_from_queue(lr_count);
+        }
+        if self.queue_len != 0 {
+            self.hcr |= hcr::UIE;
+        } else {
+            self.hcr &= !hcr::UIE;
+        }
+    }
+
+    /// [`Self::fill`]'s LR moves, out of line: an empty queue (every VCPU_RUN but those after an
+    /// injection) skips them.
+    #[inline(never)]
+    fn fill_from_queue(&mut self, lr_count: usize) {
         for n in 0..lr_count.min(MAX_LRS) {
             if self.queue_len == 0 {
                 break;
@@ -226,11 +240,6 @@ impl VgicState {
             // The slot past the queue stays default, so that equal queues compare equal.
             self.queue[self.queue_len] = Virq::default();
             self.lrs[n] = ListReg { intid: intid.raw(), state: LrState::Pending, priority };
-        }
-        if self.queue_len != 0 {
-            self.hcr |= hcr::UIE;
-        } else {
-            self.hcr &= !hcr::UIE;
         }
     }
 
