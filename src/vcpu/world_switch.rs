@@ -27,7 +27,9 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
 /// and returns `None` for those it served in place (the guest runs on). `in_place` sees the
 /// synchronous exits the machine's fast path offers it (`GuestWorld::serve_in_place`, with the
 /// syndrome) before any of that: it serves them without leaving the guest's world, or declines
-/// having changed nothing, and then `serve` gets the exit. `stop_host_pmu`: the host's PMU
+/// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
+/// interrupt state explains (`serve_irq_in_place`) is served by the IRQ fast path and never
+/// reaches `serve`; every other one does. `stop_host_pmu`: the host's PMU
 /// counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
 #[inline]
 pub fn run_vcpu<R>(
