@@ -96,6 +96,9 @@ pub enum Mutation {
     VgicInjectsWrongVcpu,
     /// The SHA-256 padding ends with the message length in bytes instead of bits.
     Sha256LengthInBytes,
+    /// The IRQ fast path's timer delivery writes LR 0 even when it holds a live interrupt
+    /// (which is lost), instead of the first empty LR.
+    VgicInjectLoadedOverwritesLr0,
 }
 
 #[cfg(test)]

@@ -14,13 +14,14 @@ use super::TrapFrame;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestGprs {
     pub frame: TrapFrame,
-    /// x19..x30 and sp of the KCore code that entered the guest, and the hook (function, data)
-    /// for the exits it serves in place.
-    kcore_callee: [u64; 15],
+    /// x19..x30 and sp of the KCore code that entered the guest, the hook (function, data) for
+    /// the synchronous exits it serves in place, and the IRQ hook's function.
+    kcore_callee: [u64; 16],
 }
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 264);
-const _: () = assert!(core::mem::size_of::<GuestGprs>() == 264 + 15 * 8);
+// 264 + 16 * 8 = 392, padded to the 16-byte alignment.
+const _: () = assert!(core::mem::size_of::<GuestGprs>() == 400);
 
 /// EL1 system registers and the virtual timer, in the order `world_switch.S` saves them.
 #[repr(C)]

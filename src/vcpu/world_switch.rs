@@ -4,11 +4,11 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
-use super::vgic::{vtimer_firing, Intid, ListReg, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
+use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, LrState, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
-use crate::machine::{features, regs, world_switch as cpu, GuestExit, TrapKind};
+use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
 /// Loads one world's EL2 controls (the guest's about to run, or the host's again).
 #[inline]
@@ -27,7 +27,9 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
 /// and returns `None` for those it served in place (the guest runs on). `in_place` sees the
 /// synchronous exits the machine's fast path offers it (`GuestWorld::serve_in_place`, with the
 /// syndrome) before any of that: it serves them without leaving the guest's world, or declines
-/// having changed nothing, and then `serve` gets the exit. `stop_host_pmu`: the host's PMU
+/// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
+/// interrupt state explains (`serve_irq_in_place`) is served by the IRQ fast path and never
+/// reaches `serve`; every other one does. `stop_host_pmu`: the host's PMU
 /// counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
 #[inline]
 pub fn run_vcpu<R>(
@@ -53,11 +55,8 @@ pub fn run_vcpu<R>(
     }
     let answer = loop {
         cpu::set_virtual_serror(vcpu.virtual_serror, ras);
-        let exit = cpu::run_guest(&mut Running { vcpu, in_place: &mut in_place });
+        let exit = cpu::run_guest(&mut Running { vcpu, in_place: &mut in_place, interface, lr_count: &mut lr_count });
         vcpu.virtual_serror = cpu::virtual_serror_pending();
-        if exit.kind == TrapKind::Irq && !exit.serror && serve_irq_in_place(vcpu, interface, &mut lr_count) {
-            continue;
-        }
         if let Some(answer) = serve(vcpu, exit) {
             break answer;
         }
@@ -83,8 +82,8 @@ fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
     let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
     if enabled {
         vgic.fill(lr_count);
-        for (raw, lr) in regs.lrs.iter_mut().zip(vgic.lrs) {
-            *raw = if interface == Interface::V3 { lr.v3() } else { lr.v2().into() };
+        for n in 0..lr_count {
+            regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
         }
     }
     gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
@@ -98,8 +97,8 @@ fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
     let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
     vgic.vmcr = regs.vmcr;
     if enabled {
-        for (lr, raw) in vgic.lrs.iter_mut().zip(regs.lrs).take(lr_count) {
-            *lr = if interface == Interface::V3 { ListReg::from_v3(raw) } else { ListReg::from_v2(raw as u32) };
+        for n in 0..lr_count {
+            vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
         }
         vgic.ap0r = regs.ap0r;
         vgic.ap1r = regs.ap1r;
@@ -107,24 +106,54 @@ fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
     }
 }
 
+/// `lr` in the interface's LR format; an empty LR is 0.
+#[inline]
+fn raw_lr(interface: Interface, lr: ListReg) -> u64 {
+    match (lr.state, interface) {
+        (LrState::Invalid, _) => 0,
+        (_, Interface::V3) => lr.v3(),
+        _ => lr.v2().into(),
+    }
+}
+
+/// The LR `raw` in the interface's format.
+#[inline]
+fn list_reg(interface: Interface, raw: u64) -> ListReg {
+    if interface == Interface::V3 {
+        ListReg::from_v3(raw)
+    } else {
+        ListReg::from_v2(raw as u32)
+    }
+}
+
 /// A physical IRQ that the guest's own interrupt state explains, served without a host round
-/// trip: its virtual timer fired (KCore masks it and queues INTID 27, as Xen's vtimer_interrupt
-/// does: the guest sees IMASK set and clears it when it programs its next deadline) or its list registers ran low (the underflow maintenance interrupt: refill them). The
-/// rule: in place exactly when one of these holds; any other physical interrupt pending for the
-/// host stays pending (KCore acknowledges none) and brings the guest straight back out, to the
-/// host this time, since the masked timer and the refilled LRs no longer explain it. Returns
-/// whether it served the exit (the guest runs on).
+/// trip (the world switch's IRQ fast path, `GuestWorld::serve_irq_in_place`): its virtual timer
+/// fired (KCore masks it and makes INTID 27 pending, as Xen's vtimer_interrupt does: the guest
+/// sees IMASK set and clears it when it programs its next deadline) or its list registers ran
+/// low (the underflow maintenance interrupt: refill them). The rule: in place exactly when one
+/// of these holds; any other physical interrupt pending for the host stays pending (KCore
+/// acknowledges none) and brings the guest straight back out, to the host this time, since the
+/// masked timer and the refilled LRs no longer explain it. Returns whether it served the exit
+/// (the guest runs on); declined, it changed nothing.
+///
+/// The timer with an empty queue (the usual case) touches only the LRs it needs
+/// (`VgicState::inject_loaded`); anything else saves the whole interface, injects, refills and
+/// loads it again, with the same effect (`vcpu::vgic`'s tests show both agree).
 fn serve_irq_in_place(vcpu: &mut VcpuContext, interface: Interface, lr_count: &mut usize) -> bool {
+    const VTIMER: Virq = Virq { intid: Intid::VTIMER, priority: VTIMER_PRIORITY };
     if interface == Interface::None {
         return false;
     }
-    let underflow = *lr_count != 0 && gic::underflow(interface);
     let timer_firing = vtimer_firing(regs::virtual_timer().0);
+    if timer_firing && vcpu.vgic.inject_loaded(VTIMER, *lr_count, &mut Loaded(interface)) {
+        regs::mask_virtual_timer();
+        return true;
+    }
+    let underflow = *lr_count != 0 && gic::underflow(interface);
     if !timer_firing && !underflow {
         return false;
     }
     save_vgic(&mut vcpu.vgic, interface, *lr_count);
-    const VTIMER: Virq = Virq { intid: Intid::VTIMER, priority: VTIMER_PRIORITY };
     // A full queue leaves the timer as it is: the exit goes to the host.
     let timer = timer_firing && vcpu.vgic.inject(VTIMER).is_ok();
     if timer {
@@ -134,10 +163,33 @@ fn serve_irq_in_place(vcpu: &mut VcpuContext, interface: Interface, lr_count: &m
     timer || underflow
 }
 
+/// The list registers of the interface loaded on this core.
+struct Loaded(Interface);
+
+impl LoadedLrs for Loaded {
+    #[inline]
+    fn elrsr(&self) -> u64 {
+        gic::elrsr(self.0)
+    }
+
+    #[inline]
+    fn read(&self, n: usize) -> ListReg {
+        list_reg(self.0, gic::read_lr(self.0, n))
+    }
+
+    #[inline]
+    fn write(&mut self, n: usize, lr: ListReg) {
+        gic::write_lr(self.0, n, raw_lr(self.0, lr));
+    }
+}
+
 /// A vCPU in the guest's world, as the machine's world switch runs it.
 struct Running<'a, F> {
     vcpu: &'a mut VcpuContext,
     in_place: &'a mut F,
+    interface: Interface,
+    /// The LRs loaded (`load_vgic`), which an IRQ served in place reloads.
+    lr_count: &'a mut usize,
 }
 
 impl<F: FnMut(&mut VcpuContext, u64) -> bool> cpu::GuestWorld for Running<'_, F> {
@@ -149,5 +201,10 @@ impl<F: FnMut(&mut VcpuContext, u64) -> bool> cpu::GuestWorld for Running<'_, F>
     #[inline]
     fn serve_in_place(&mut self, esr: u64) -> bool {
         (self.in_place)(self.vcpu, esr)
+    }
+
+    #[inline]
+    fn serve_irq_in_place(&mut self) -> bool {
+        serve_irq_in_place(self.vcpu, self.interface, self.lr_count)
     }
 }

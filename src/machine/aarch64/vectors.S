@@ -153,8 +153,8 @@
 // An entry of the guest's table from a lower EL (the running guest). While a guest runs, SP_EL2
 // points at its GuestGprs (`__guest_enter`), so x0..x3 go straight to their places there; then
 // the mitigation, then the world switch's exit path (world_switch.S): a synchronous exit first
-// sees whether KCore serves it in place (`__guest_exit_sync`), every other one leaves with its
-// kind in x1.
+// sees whether KCore serves it in place (`__guest_exit_sync`), an IRQ too (`__guest_exit_irq`),
+// every other one leaves with its kind in x1.
 .macro guest_entry kind, fw, bhb
     .balign 0x80
 .Lentry\@:
@@ -163,6 +163,8 @@
     entry_mitigation \fw, \bhb
 .if \kind == KIND_SYNC
     b       __guest_exit_sync
+.elseif \kind == KIND_IRQ
+    b       __guest_exit_irq
 .else
     mov     x1, #\kind
     b       __guest_exit

@@ -186,6 +186,43 @@ pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) 
     }
 }
 
+/// The loaded interface's empty LR status (ICH_ELRSR_EL2 / GICH_ELRSR0), while a guest's is
+/// loaded.
+#[inline]
+pub fn elrsr(interface: Interface) -> u64 {
+    match interface {
+        Interface::V3 => ich_read!("S3_4_C12_C11_5"),
+        Interface::V2 => gich_read(gich::ELRSR0).into(),
+        Interface::None => u64::MAX,
+    }
+}
+
+/// List register `n` (< 4) of the loaded interface, in the hardware's format.
+#[inline]
+pub fn read_lr(interface: Interface, n: usize) -> u64 {
+    match (interface, n) {
+        (Interface::V3, 0) => ich_read!("S3_4_C12_C12_0"),
+        (Interface::V3, 1) => ich_read!("S3_4_C12_C12_1"),
+        (Interface::V3, 2) => ich_read!("S3_4_C12_C12_2"),
+        (Interface::V3, _) => ich_read!("S3_4_C12_C12_3"),
+        (Interface::V2, _) => gich_read(gich::LR0 + 4 * (n as u64 & 3)).into(),
+        (Interface::None, _) => 0,
+    }
+}
+
+/// Writes list register `n` (< 4) of the loaded interface, in the hardware's format.
+#[inline]
+pub fn write_lr(interface: Interface, n: usize, lr: u64) {
+    match (interface, n) {
+        (Interface::V3, 0) => ich_write!("S3_4_C12_C12_0", lr),
+        (Interface::V3, 1) => ich_write!("S3_4_C12_C12_1", lr),
+        (Interface::V3, 2) => ich_write!("S3_4_C12_C12_2", lr),
+        (Interface::V3, _) => ich_write!("S3_4_C12_C12_3", lr),
+        (Interface::V2, _) => gich_write(gich::LR0 + 4 * (n as u64 & 3), lr),
+        (Interface::None, _) => {}
+    }
+}
+
 /// Whether the underflow maintenance interrupt is raised (ICH_MISR_EL2.U / GICH_MISR.U: HCR.UIE
 /// is set and at most one LR holds an interrupt), while the guest's interface is loaded.
 pub fn underflow(interface: Interface) -> bool {

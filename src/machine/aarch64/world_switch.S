@@ -16,20 +16,62 @@
 // The full exit, `__guest_exit`, saves every guest register, takes any SError the guest left
 // pending, restores KCore's table and registers, and returns from `__guest_enter` with the
 // trap kind.
+//
+// A guest IRQ exit takes the same pattern, `__guest_exit_irq`: the same partial save, and the IRQ
+// hook (`world_switch.rs`, `fast_irq`) serves in place what the guest's own interrupt state
+// explains (its virtual timer firing, the underflow maintenance interrupt), or declines having
+// changed nothing and the full exit runs with KIND_IRQ.
+//
 // Layout: kcore::machine::GuestGprs: x0..x30 (0..248), elr (248), spsr (256), x19..x30 (264..360),
-// sp (360), the hook's function (368) and data (376).
+// sp (360), the hook's function (368) and data (376), the IRQ hook's function (384).
 
 .equ GPRS_ELR, 248
 .equ GPRS_CALLEE, 264
 .equ GPRS_SP, 360
 .equ GPRS_HOOK, 368
+.equ GPRS_IRQ_HOOK, 384
 // ESR_EL2.EC of the classes the fast path asks about.
 .equ EC_HVC64, 0x16
 .equ EC_SYS64, 0x18
 
+// The fast exits' partial save: x4..x18, x30, ELR and SPSR into the GuestGprs at sp (x0..x3
+// are there already), then x0 = gprs. Clobbers x3, x4.
+.macro fast_exit_save
+    mov     x0, sp
+    store_x4_x17 x0
+    str     x18, [x0, #8 * 18]
+    str     x30, [x0, #8 * 30]
+    mrs     x3, elr_el2
+    mrs     x4, spsr_el2
+    stp     x3, x4, [x0, #GPRS_ELR]
+.endm
+
+// hook(data, x1) on KCore's stack (x3 = KCore's sp, x4 = the hook's function, x0 = gprs); then
+// x2 = gprs and w0 = served.
+.macro fast_exit_call
+    ldr     x0, [x0, #GPRS_HOOK + 8]
+    mov     sp, x3
+    blr     x4
+    mrs     x2, tpidr_el2
+.endm
+
+// Served: the saved registers back (x2 = gprs), and into the guest.
+.macro fast_exit_resume
+    ldp     x0, x1, [x2, #GPRS_ELR]
+    msr     elr_el2, x0
+    msr     spsr_el2, x1
+    mov     sp, x2
+    load_x4_x17 sp
+    ldr     x18, [sp, #8 * 18]
+    ldr     x30, [sp, #8 * 30]
+    ldp     x2, x3, [sp, #16 * 1]
+    ldp     x0, x1, [sp, #16 * 0]
+    eret
+.endm
+
 .section .text.world_switch, "ax"
 
-// u64 __guest_enter(GuestGprs *gprs, hook function, hook data)
+// u64 __guest_enter(GuestGprs *gprs, hook function, hook data, IRQ hook function)
 .global __guest_enter
 __guest_enter:
     stp     x19, x20, [x0, #GPRS_CALLEE + 16 * 0]
@@ -38,9 +80,9 @@ __guest_enter:
     stp     x25, x26, [x0, #GPRS_CALLEE + 16 * 3]
     stp     x27, x28, [x0, #GPRS_CALLEE + 16 * 4]
     stp     x29, x30, [x0, #GPRS_CALLEE + 16 * 5]
-    mov     x3, sp
-    str     x3, [x0, #GPRS_SP]
-    stp     x1, x2, [x0, #GPRS_HOOK]
+    mov     x4, sp
+    stp     x4, x1, [x0, #GPRS_SP]
+    stp     x2, x3, [x0, #GPRS_HOOK + 8]
     msr     tpidr_el2, x0
     // KCore's table of this core's set is loaded; the guest's is 0x800 after it.
     mrs     x1, vbar_el2
@@ -57,6 +99,35 @@ __guest_enter:
     ldr     x30, [x0, #16 * 15]
     ldp     x0, x1, [x0, #16 * 0]
     eret
+
+// An IRQ exit (x0..x3 saved, sp = gprs, the mitigation done): the IRQ hook serves it in place or
+// declines. The SError window is skipped when served for the reason given above for the
+// synchronous fast path (the guest never leaves its world; AMO takes a pending SError to the
+// full exit at the `eret`). IRQs stay masked here (exception entry set PSTATE.I); the hook
+// acknowledges no physical interrupt, so one it does not explain stays pending and brings the
+// guest straight back out after the `eret`, to the full exit this time. The halt flag: a halted
+// machine's core parks at its next full exit, as when the full exit served these in place.
+.global __guest_exit_irq
+__guest_exit_irq:
+    fast_exit_save
+    ldr     x3, [x0, #GPRS_SP]
+    ldr     x4, [x0, #GPRS_IRQ_HOOK]
+    fast_exit_call
+    cbz     w0, 3f
+    fast_exit_resume
+3:  mov     x1, #KIND_IRQ
+
+// A declined fast exit (x1 = kind, x2 = gprs, sp KCore's): the guest's x19..x29 are still live;
+// save them and take the full exit.
+guest_exit_declined:
+    mov     x0, x2
+    stp     x19, x20, [x0, #8 * 19]
+    stp     x21, x22, [x0, #8 * 21]
+    stp     x23, x24, [x0, #8 * 23]
+    stp     x25, x26, [x0, #8 * 25]
+    stp     x27, x28, [x0, #8 * 27]
+    str     x29, [x0, #8 * 29]
+    b       4f
 
 // A synchronous exit (x0..x3 saved, sp = gprs, the mitigation done): the fast path for the
 // classes it serves, the full exit for every other. Direct branches only until the hook's call.
@@ -77,43 +148,14 @@ __guest_exit_sync:
     // in the guest, through the guest table's SError entry, which takes the full exit and its
     // window. Declined exits take the window too. The halt flag stops the core as before: the
     // hook declines when it is raised, and the full exit's Rust parks.
-    mov     x0, sp
-    store_x4_x17 x0
-    str     x18, [x0, #8 * 18]
-    str     x30, [x0, #8 * 30]
-    mrs     x3, elr_el2
-    mrs     x4, spsr_el2
-    stp     x3, x4, [x0, #GPRS_ELR]
-    // KCore's stack, then hook(data, esr).
+    fast_exit_save
     ldp     x3, x4, [x0, #GPRS_SP]
-    ldr     x0, [x0, #GPRS_HOOK + 8]
-    mov     sp, x3
     mov     x1, x2
-    blr     x4
-    mrs     x2, tpidr_el2
+    fast_exit_call
     cbz     w0, 3f
-    // Served: back into the guest.
-    ldp     x0, x1, [x2, #GPRS_ELR]
-    msr     elr_el2, x0
-    msr     spsr_el2, x1
-    mov     sp, x2
-    load_x4_x17 sp
-    ldr     x18, [sp, #8 * 18]
-    ldr     x30, [sp, #8 * 30]
-    ldp     x2, x3, [sp, #16 * 1]
-    ldp     x0, x1, [sp, #16 * 0]
-    eret
-3:  // Declined: the guest's x19..x29 are still live; save them and take the full exit (sp is
-    // KCore's already).
-    mov     x0, x2
-    stp     x19, x20, [x0, #8 * 19]
-    stp     x21, x22, [x0, #8 * 21]
-    stp     x23, x24, [x0, #8 * 23]
-    stp     x25, x26, [x0, #8 * 25]
-    stp     x27, x28, [x0, #8 * 27]
-    str     x29, [x0, #8 * 29]
-    mov     x1, #KIND_SYNC
-    b       4f
+    fast_exit_resume
+3:  mov     x1, #KIND_SYNC
+    b       guest_exit_declined
 9:  mov     x1, #KIND_SYNC
 
 // Entered from a guest entry (vectors.S) with the guest's x0..x3 in the GuestGprs at sp, and

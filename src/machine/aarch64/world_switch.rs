@@ -8,7 +8,7 @@ use core::ffi::c_void;
 use tock_registers::interfaces::{Readable, Writeable};
 
 extern "C" {
-    fn __guest_enter(gprs: *mut GuestGprs, hook: FastExit, data: *mut c_void) -> u64;
+    fn __guest_enter(gprs: *mut GuestGprs, hook: FastExit, data: *mut c_void, irq_hook: FastIrq) -> u64;
     fn __save_el1(out: *mut El1Regs);
     fn __restore_el1(regs: *const El1Regs);
     fn __save_fp(out: *mut FpRegs);
@@ -17,6 +17,8 @@ extern "C" {
 
 /// The fast path's call into Rust (world_switch.S, `__guest_exit_sync`): `(data, esr) -> served`.
 type FastExit = extern "C" fn(*mut c_void, u64) -> bool;
+/// The IRQ fast path's call into Rust (world_switch.S, `__guest_exit_irq`): `(data) -> served`.
+type FastIrq = extern "C" fn(*mut c_void) -> bool;
 
 /// A vCPU as the world switch runs it: its registers, and the exits KCore serves for it without
 /// leaving the guest's world.
@@ -29,10 +31,15 @@ pub trait GuestWorld {
     /// guest resumes with those registers), or return false having changed nothing (the full
     /// exit follows, and `run_guest` returns it). It must decline anything that needs x19..x29.
     fn serve_in_place(&mut self, esr: u64) -> bool;
+    /// A physical IRQ taken from the guest, with the same registers saved as for
+    /// [`Self::serve_in_place`]: serve it in place and return true, or return false having
+    /// changed nothing (the full exit follows with `TrapKind::Irq`). It acknowledges no physical
+    /// interrupt.
+    fn serve_irq_in_place(&mut self) -> bool;
 }
 
-/// Runs the guest whose world is `world` until it traps with an exit that `serve_in_place`
-/// declines (or any asynchronous one), and returns how it left. The guest's EL1 state, stage-2
+/// Runs the guest whose world is `world` until it traps with an exit that `serve_in_place` or
+/// `serve_irq_in_place` declines (or an FIQ or SError), and returns how it left. The guest's EL1 state, stage-2
 /// and EL2 controls must be loaded; they stay loaded on return.
 #[inline]
 pub fn run_guest<W: GuestWorld>(world: &mut W) -> GuestExit {
@@ -42,7 +49,7 @@ pub fn run_guest<W: GuestWorld>(world: &mut W) -> GuestExit {
     // The guest's traps come back through the guest table of this core's vector set, which
     // writes only `gprs` (SP_EL2 and TPIDR_EL2 point at it), the stack below KCore's sp, and (in
     // the abort window) ESR/FAR/HPFAR_EL2, which it restores; on a fast exit it calls
-    // `fast_exit::<W>` with `data`.
+    // `fast_exit::<W>` (synchronous) or `fast_irq::<W>` (IRQ) with `data`.
     // `data` points at `world`, live for the whole call; the assembly touches `gprs` only while
     // no Rust code runs, so the hook's own access to the registers through `world` never
     // overlaps it.
@@ -50,7 +57,7 @@ pub fn run_guest<W: GuestWorld>(world: &mut W) -> GuestExit {
     // the call (it is `world`'s), and restores them before returning; the guest runs at EL1
     // behind its own stage-2, so it cannot touch KCore's memory; its traps write only what is
     // said above, and the hook runs as said above.
-    let value = unsafe { __guest_enter(gprs, fast_exit::<W>, data.cast()) };
+    let value = unsafe { __guest_enter(gprs, fast_exit::<W>, data.cast(), fast_irq::<W>) };
     GuestExit::from_world_switch(value)
 }
 
@@ -59,6 +66,12 @@ extern "C" fn fast_exit<W: GuestWorld>(data: *mut c_void, esr: u64) -> bool {
     // SAFETY: `data` is what `run_guest` passed to `__guest_enter`, which has not returned: it
     // points at `run_guest`'s live `W`, and nothing else uses it meanwhile.
     unsafe { (*data.cast::<W>()).serve_in_place(esr) }
+}
+
+/// The IRQ fast path's call: the vCPU's hook decides.
+extern "C" fn fast_irq<W: GuestWorld>(data: *mut c_void) -> bool {
+    // SAFETY: as for `fast_exit`.
+    unsafe { (*data.cast::<W>()).serve_irq_in_place() }
 }
 
 /// HCR_EL2.VSE: a virtual SError is pending for EL1 (taken once the guest unmasks PSTATE.A;

@@ -56,7 +56,7 @@ pub mod hcr {
 }
 
 /// A virtual INTID the host may inject: an SGI (0-15), PPI (16-31) or SPI (32..=[`MAX_INTID`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Intid(u16);
 
 impl Intid {
@@ -76,7 +76,7 @@ impl Intid {
 }
 
 /// A virtual interrupt to deliver: its INTID and priority (0 highest).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Virq {
     pub intid: Intid,
     pub priority: u8,
@@ -158,7 +158,19 @@ pub struct VgicState {
     pub ap1r: u64,
     /// ICH_HCR_EL2 / GICH_HCR as KCore loads it for the guest ([`hcr`]).
     pub hcr: u64,
-    queue: [Option<Virq>; QUEUE_LEN],
+    /// The INTIDs waiting for an LR: the first `queue_len`, in no particular order (each INTID
+    /// at most once, so [`Self::fill`]'s choice does not depend on the order).
+    queue: [Virq; QUEUE_LEN],
+    queue_len: usize,
+}
+
+/// The list registers of the interface loaded for a running vCPU: the hardware's
+/// (`vcpu::world_switch`), or a model in tests.
+pub trait LoadedLrs {
+    /// The empty LR status (ICH_ELRSR_EL2 / GICH_ELRSR0): a bit per empty LR.
+    fn elrsr(&self) -> u64;
+    fn read(&self, n: usize) -> ListReg;
+    fn write(&mut self, n: usize, lr: ListReg);
 }
 
 impl VgicState {
@@ -170,7 +182,7 @@ impl VgicState {
 
     /// The INTIDs waiting for a list register.
     pub fn queued(&self) -> impl Iterator<Item = Virq> + '_ {
-        self.queue.iter().flatten().copied()
+        self.queue[..self.queue_len].iter().copied()
     }
 
     /// Makes `virq` pending for this vCPU (between runs: the LRs are the saved ones). An INTID
@@ -188,28 +200,80 @@ impl VgicState {
         if self.queued().any(|q| q.intid == virq.intid) {
             return Ok(());
         }
-        let slot = self.queue.iter_mut().find(|q| q.is_none()).ok_or(QueueFull)?;
-        *slot = Some(virq);
+        let slot = self.queue.get_mut(self.queue_len).ok_or(QueueFull)?;
+        *slot = virq;
+        self.queue_len += 1;
         Ok(())
     }
 
     /// On entry: each free LR among the first `lr_count` takes the highest-priority queued INTID
     /// (lowest priority value, then lowest INTID); HCR.UIE is set if the queue still holds any.
     pub fn fill(&mut self, lr_count: usize) {
-        for n in 0..lr_count.min(MAX_LRS) {
-            if self.lrs[n].state != LrState::Invalid {
-                continue;
-            }
-            let best = (0..QUEUE_LEN).filter_map(|i| self.queue[i].map(|q| (q.priority, q.intid, i))).min();
-            let Some((priority, intid, i)) = best else { break };
-            self.queue[i] = None;
-            self.lrs[n] = ListReg { intid: intid.raw(), state: LrState::Pending, priority };
+        if self.queue_len != 0 {
+            self.fill_from_queue(lr_count);
         }
-        if self.queued().next().is_some() {
+        if self.queue_len != 0 {
             self.hcr |= hcr::UIE;
         } else {
             self.hcr &= !hcr::UIE;
         }
+    }
+
+    /// [`Self::fill`]'s LR moves, out of line: an empty queue (every VCPU_RUN but those after an
+    /// injection) skips them.
+    #[inline(never)]
+    fn fill_from_queue(&mut self, lr_count: usize) {
+        for n in 0..lr_count.min(MAX_LRS) {
+            if self.queue_len == 0 {
+                break;
+            }
+            if self.lrs[n].state != LrState::Invalid {
+                continue;
+            }
+            let queued = &self.queue[..self.queue_len];
+            let Some((priority, intid, i)) = queued.iter().enumerate().map(|(i, q)| (q.priority, q.intid, i)).min()
+            else {
+                break;
+            };
+            self.queue_len -= 1;
+            self.queue[i] = self.queue[self.queue_len];
+            // The slot past the queue stays default, so that equal queues compare equal.
+            self.queue[self.queue_len] = Virq::default();
+            self.lrs[n] = ListReg { intid: intid.raw(), state: LrState::Pending, priority };
+        }
+    }
+
+    /// While the vCPU runs with its first `lr_count` LRs loaded (after [`Self::fill`]), makes
+    /// `virq` pending straight in the loaded LRs `hw`, with the effect that saving them,
+    /// [`Self::reclaim`], [`Self::inject`], [`Self::fill`] and loading them again would have
+    /// (the world switch's IRQ fast path: a few LR accesses instead of all). Only when that
+    /// needs no queue: the queue is empty (so HCR.UIE is clear: [`Self::fill`]), and an LR holds
+    /// the INTID or one is empty. Otherwise returns false having changed nothing.
+    pub fn inject_loaded(&mut self, virq: Virq, lr_count: usize, hw: &mut impl LoadedLrs) -> bool {
+        if self.queue_len != 0 || lr_count == 0 {
+            return false;
+        }
+        let loaded = (1u64 << lr_count.min(MAX_LRS)) - 1;
+        let empty = hw.elrsr() & loaded;
+        let intid = virq.intid.raw();
+        let held = (0..lr_count.min(MAX_LRS)).find(|&n| empty >> n & 1 == 0 && self.lrs[n].intid == intid);
+        let (n, lr) = match held {
+            Some(n) => {
+                let mut lr = hw.read(n);
+                if lr.state == LrState::Active {
+                    lr.state = LrState::PendingActive;
+                }
+                (n, lr)
+            }
+            None if empty != 0 => {
+                let n = if planted(Mutation::VgicInjectLoadedOverwritesLr0) { 0 } else { empty.trailing_zeros() };
+                (n as usize, ListReg { intid, state: LrState::Pending, priority: virq.priority })
+            }
+            None => return false,
+        };
+        hw.write(n, lr);
+        self.lrs[n] = lr;
+        true
     }
 
     /// On exit, with the LRs as the hardware left them: those whose bit is set in `elrsr`

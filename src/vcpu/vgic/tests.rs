@@ -116,6 +116,103 @@ fn the_vgic_property_catches_a_reclaim_that_loses_a_pending_interrupt() {
     mutation::catches(Mutation::VgicReclaimFreesPending, 256, ops(), refines);
 }
 
+/// A loaded virtual interface, as the hardware keeps it while the guest runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ModelLrs([ListReg; MAX_LRS]);
+
+impl LoadedLrs for ModelLrs {
+    fn elrsr(&self) -> u64 {
+        self.0.iter().enumerate().filter(|(_, lr)| lr.state == LrState::Invalid).map(|(n, _)| 1 << n).sum()
+    }
+    fn read(&self, n: usize) -> ListReg {
+        self.0[n]
+    }
+    fn write(&mut self, n: usize, lr: ListReg) {
+        self.0[n] = lr;
+    }
+}
+
+/// The full path's way to make `virq` pending while the vCPU runs (`vcpu::world_switch`'s
+/// `save_vgic`, `inject`, `load_vgic`): save the loaded LRs, reclaim, inject, fill, load.
+fn inject_saved(s: &mut VgicState, hw: &mut ModelLrs, lr_count: usize, virq: Virq) -> Result<(), QueueFull> {
+    let elrsr = hw.elrsr();
+    s.lrs[..lr_count].copy_from_slice(&hw.0[..lr_count]);
+    s.reclaim(elrsr);
+    let injected = s.inject(virq);
+    s.fill(lr_count);
+    hw.0[..lr_count].copy_from_slice(&s.lrs[..lr_count]);
+    injected
+}
+
+/// A vCPU running with its interface loaded: host injections, a fill of `lr_count` LRs on
+/// entry, then the guest acknowledging and ending some (the hardware's LR state changes).
+/// Host injections (INTID, priority), the LRs loaded, the guest's changes (acknowledge or end,
+/// LR).
+type RunningVcpu = (Vec<(u16, u8)>, usize, Vec<(bool, usize)>);
+
+fn running_vcpu() -> impl Strategy<Value = RunningVcpu> {
+    let intid = prop::sample::select(vec![27u16, 27, 3, 30, 40, 41, 42, 43, 44]);
+    let injections = prop::collection::vec((intid, prop::sample::select(vec![0x80u8, 0xa0, 0xf0])), 0..7);
+    let guest = prop::collection::vec((any::<bool>(), 0..MAX_LRS), 0..6);
+    (injections, 1..=MAX_LRS, guest)
+}
+
+/// The IRQ fast path's timer delivery (`inject_loaded`) has exactly the effect of the full
+/// path's (save, reclaim, inject, fill, load) whenever it serves, on the loaded LRs and on what
+/// KCore keeps once the vCPU exits; when it declines it has changed nothing.
+fn fast_timer_delivery_agrees((injections, lr_count, guest): RunningVcpu) -> Result<(), TestCaseError> {
+    let mut s = VgicState::default();
+    for (intid, priority) in injections {
+        let _ = s.inject(Virq { intid: Intid::new(intid.into()).unwrap(), priority });
+    }
+    s.hcr |= hcr::EN;
+    s.fill(lr_count);
+    let mut hw = ModelLrs(s.lrs);
+    for (ack, n) in guest {
+        let lr = &mut hw.0[n];
+        lr.state = match (ack, lr.state) {
+            (true, LrState::Pending) => LrState::Active,
+            (false, LrState::Active) => LrState::Invalid,
+            (false, LrState::PendingActive) => LrState::Pending,
+            (_, state) => state,
+        };
+    }
+    let timer = Virq { intid: Intid::VTIMER, priority: VTIMER_PRIORITY };
+    let (mut fast, mut fast_hw) = (s.clone(), hw.clone());
+    if !fast.inject_loaded(timer, lr_count, &mut fast_hw) {
+        prop_assert_eq!(&fast, &s, "declined but changed KCore's state");
+        prop_assert_eq!(&fast_hw, &hw, "declined but changed the LRs");
+        let room = hw.elrsr() & ((1 << lr_count) - 1) != 0
+            || hw.0.iter().any(|lr| lr.intid == 27 && lr.state != LrState::Invalid);
+        prop_assert!(s.queued().next().is_some() || !room, "declined with an empty queue and room");
+        return Ok(());
+    }
+    let (mut full, mut full_hw) = (s, hw);
+    prop_assert!(inject_saved(&mut full, &mut full_hw, lr_count, timer).is_ok());
+    // An empty LR holds nothing, whatever its other fields say.
+    let held = |hw: &ModelLrs| hw.0.map(|lr| if lr.state == LrState::Invalid { ListReg::default() } else { lr });
+    prop_assert_eq!(held(&fast_hw), held(&full_hw), "the loaded LRs differ");
+    // The exit saves and reclaims the loaded LRs: KCore keeps the same state either way.
+    for (s, hw) in [(&mut fast, &fast_hw), (&mut full, &full_hw)] {
+        s.lrs[..lr_count].copy_from_slice(&hw.0[..lr_count]);
+        s.reclaim(hw.elrsr());
+    }
+    prop_assert_eq!(fast, full);
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn the_fast_timer_delivery_agrees_with_the_full_path(case in running_vcpu()) {
+        fast_timer_delivery_agrees(case)?;
+    }
+}
+
+#[test]
+fn the_fast_delivery_property_catches_an_overwritten_list_register() {
+    mutation::catches(Mutation::VgicInjectLoadedOverwritesLr0, 256, running_vcpu(), fast_timer_delivery_agrees);
+}
+
 #[test]
 fn a_second_injection_does_not_duplicate_and_the_queue_is_bounded() {
     let mut s = VgicState::default();
