@@ -101,7 +101,15 @@ pub fn demo(env: &VmEnv) -> Outcome {
 /// pages come back scrubbed.
 pub fn vm_hello(env: &VmEnv) -> Outcome {
     let mut mgr = Manager::new(env.regions);
+    // KCore hashes the images with the SHA-256 instructions where the CPU has them, in the
+    // host's FP/SIMD registers: it must give every one of them back.
+    let pattern = crate::arch::cpu::fp_pattern(0x5eed_f00d_c0de_cafe);
+    crate::arch::cpu::fill_fp_registers(&pattern);
     create_all(&mut mgr, env, 1)?;
+    if crate::arch::cpu::read_fp_registers() != pattern {
+        return Err("VERIFY_VM_IMAGE changed the host's FP/SIMD registers");
+    }
+    kprintln!("vm-hello: the host's q0-q31 are intact across VERIFY_VM_IMAGE");
     // The guest gets the board's UART page itself at PASSTHROUGH_UART; RAM is refused.
     let vmid = mgr.vms.iter().flatten().next().map(|vm| vm.vmid).ok_or("no VM")?;
     let ioremap = |pa| {

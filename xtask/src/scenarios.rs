@@ -135,6 +135,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "vm-hello",
         lines: &[
             "kserv: vm hello: created, image verified by KCore",
+            "kserv: vm-hello: the host's q0-q31 are intact across VERIFY_VM_IMAGE",
             "kserv: [hello] hello from a corevisor guest",
             "kserv: [hello] touched 64 pages: ok",
             "kserv: [hello] ID_AA64PFR0_EL1 = 0x",

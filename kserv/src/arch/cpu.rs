@@ -82,3 +82,48 @@ pub fn set_way_maintenance() {
     // data, and KCore turns every one of them into a clean and invalidate anyway.
     unsafe { core::arch::asm!("dc isw, {op}", "dc csw, {op}", "dc cisw, {op}", op = in(reg) 0u64, options(nostack)) };
 }
+
+/// q0..q31 as 64-bit halves: what [`fill_fp_registers`] writes and [`read_fp_registers`] reads.
+pub type FpImage = [u64; 64];
+
+/// The FP/SIMD pattern of `seed`: every half different, none zero.
+pub fn fp_pattern(seed: u64) -> FpImage {
+    core::array::from_fn(|i| seed.rotate_left(i as u32) ^ (0x0101_0101_0101_0101 * (i as u64 + 1)))
+}
+
+/// Turns FP/SIMD on at EL1 (CPACR_EL1.FPEN) and loads q0..q31 from `image`. KServ is built
+/// soft-float: no code of its own touches these registers until [`read_fp_registers`].
+pub fn fill_fp_registers(image: &FpImage) {
+    // SAFETY: CPACR_EL1.FPEN = 0b11 only stops FP/SIMD instructions from trapping at EL1; the
+    // loads read the 512 bytes of `image`, and only the FP/SIMD registers change.
+    unsafe {
+        asm!(
+            ".arch_extension fp", ".arch_extension simd",
+            "mrs {t}, cpacr_el1", "orr {t}, {t}, #(3 << 20)", "msr cpacr_el1, {t}", "isb",
+            "ldp q0, q1, [{p}]", "ldp q2, q3, [{p}, #32]", "ldp q4, q5, [{p}, #64]", "ldp q6, q7, [{p}, #96]",
+            "ldp q8, q9, [{p}, #128]", "ldp q10, q11, [{p}, #160]", "ldp q12, q13, [{p}, #192]",
+            "ldp q14, q15, [{p}, #224]", "ldp q16, q17, [{p}, #256]", "ldp q18, q19, [{p}, #288]",
+            "ldp q20, q21, [{p}, #320]", "ldp q22, q23, [{p}, #352]", "ldp q24, q25, [{p}, #384]",
+            "ldp q26, q27, [{p}, #416]", "ldp q28, q29, [{p}, #448]", "ldp q30, q31, [{p}, #480]",
+            p = in(reg) image.as_ptr(), t = out(reg) _, options(nostack, readonly)
+        )
+    };
+}
+
+/// q0..q31 as they are now (FP/SIMD must be on: [`fill_fp_registers`] first).
+pub fn read_fp_registers() -> FpImage {
+    let mut image = [0u64; 64];
+    // SAFETY: the stores write the 512 bytes of `image`; FP/SIMD is on at EL1.
+    unsafe {
+        asm!(
+            ".arch_extension fp", ".arch_extension simd",
+            "stp q0, q1, [{p}]", "stp q2, q3, [{p}, #32]", "stp q4, q5, [{p}, #64]", "stp q6, q7, [{p}, #96]",
+            "stp q8, q9, [{p}, #128]", "stp q10, q11, [{p}, #160]", "stp q12, q13, [{p}, #192]",
+            "stp q14, q15, [{p}, #224]", "stp q16, q17, [{p}, #256]", "stp q18, q19, [{p}, #288]",
+            "stp q20, q21, [{p}, #320]", "stp q22, q23, [{p}, #352]", "stp q24, q25, [{p}, #384]",
+            "stp q26, q27, [{p}, #416]", "stp q28, q29, [{p}, #448]", "stp q30, q31, [{p}, #480]",
+            p = in(reg) image.as_mut_ptr(), options(nostack)
+        )
+    };
+    image
+}
