@@ -9,6 +9,26 @@
 .arch_extension fp
 .arch_extension simd
 .arch_extension sha2
+// Four rounds with the message words in \w (K from x4, which moves on): abcd in v0, efgh in v1.
+.macro rounds4 w
+    ld1     {v16.4s}, [x4], #16
+    add     v16.4s, v16.4s, \w\().4s
+    mov     v17.16b, v0.16b
+    sha256h q0, q1, v16.4s
+    sha256h2 q1, q17, v16.4s
+.endm
+
+// rounds4, and \w becomes the words 16 rounds on, from \w, \x, \y and \z (the next three).
+.macro rounds4_schedule w, x, y, z
+    ld1     {v16.4s}, [x4], #16
+    add     v16.4s, v16.4s, \w\().4s
+    sha256su0 \w\().4s, \x\().4s
+    mov     v17.16b, v0.16b
+    sha256h q0, q1, v16.4s
+    sha256h2 q1, q17, v16.4s
+    sha256su1 \w\().4s, \y\().4s, \z\().4s
+.endm
+
 .global __sha256_blocks
 __sha256_blocks:
     mrs     x5, cptr_el2
@@ -29,110 +49,16 @@ __sha256_blocks:
     mov     v2.16b, v0.16b
     mov     v3.16b, v1.16b
     adr     x4, 2f
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v4.4s
-    sha256su0 v4.4s, v5.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v4.4s, v6.4s, v7.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v5.4s
-    sha256su0 v5.4s, v6.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v5.4s, v7.4s, v4.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v6.4s
-    sha256su0 v6.4s, v7.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v6.4s, v4.4s, v5.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v7.4s
-    sha256su0 v7.4s, v4.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v7.4s, v5.4s, v6.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v4.4s
-    sha256su0 v4.4s, v5.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v4.4s, v6.4s, v7.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v5.4s
-    sha256su0 v5.4s, v6.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v5.4s, v7.4s, v4.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v6.4s
-    sha256su0 v6.4s, v7.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v6.4s, v4.4s, v5.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v7.4s
-    sha256su0 v7.4s, v4.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v7.4s, v5.4s, v6.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v4.4s
-    sha256su0 v4.4s, v5.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v4.4s, v6.4s, v7.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v5.4s
-    sha256su0 v5.4s, v6.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v5.4s, v7.4s, v4.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v6.4s
-    sha256su0 v6.4s, v7.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v6.4s, v4.4s, v5.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v7.4s
-    sha256su0 v7.4s, v4.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    sha256su1 v7.4s, v5.4s, v6.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v4.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v5.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v6.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
-    ld1     {v16.4s}, [x4], #16
-    add     v16.4s, v16.4s, v7.4s
-    mov     v17.16b, v0.16b
-    sha256h q0, q1, v16.4s
-    sha256h2 q1, q17, v16.4s
+    .rept 3                             // rounds 0-47, scheduling the words of 16-63
+    rounds4_schedule v4, v5, v6, v7
+    rounds4_schedule v5, v6, v7, v4
+    rounds4_schedule v6, v7, v4, v5
+    rounds4_schedule v7, v4, v5, v6
+    .endr
+    rounds4 v4                          // rounds 48-63
+    rounds4 v5
+    rounds4 v6
+    rounds4 v7
     add     v0.4s, v0.4s, v2.4s
     add     v1.4s, v1.4s, v3.4s
     subs    x2, x2, #1
