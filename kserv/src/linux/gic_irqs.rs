@@ -279,6 +279,29 @@ pub mod testing {
         }
     }
 
+    /// A model with a planted mistake for the companions: every read goes through `bad`
+    /// (`(gpa, size, value) -> value`), everything else to the model unchanged.
+    pub struct BadReads<G> {
+        pub gic: G,
+        pub bad: fn(u64, u8, u64) -> u64,
+    }
+
+    impl<G: GicModel> GicModel for BadReads<G> {
+        fn unknown_accesses(&self) -> u64 {
+            self.gic.unknown_accesses()
+        }
+        fn mmio(&mut self, vcpu: usize, gpa: u64, size: u8, write: Option<u64>, sink: &mut dyn IrqSink) -> Option<u64> {
+            let value = self.gic.mmio(vcpu, gpa, size, write, sink)?;
+            Some(if write.is_none() { (self.bad)(gpa, size, value) } else { value })
+        }
+        fn sgi1r(&mut self, vcpu: usize, value: u64, sink: &mut dyn IrqSink) {
+            self.gic.sgi1r(vcpu, value, sink)
+        }
+        fn device_irq(&mut self, vcpu: usize, intid: u32, sink: &mut dyn IrqSink) {
+            self.gic.device_irq(vcpu, intid, sink)
+        }
+    }
+
     pub struct Guest<G> {
         pub gic: G,
         /// (vCPU, INTID) of every interrupt raised, in order.

@@ -104,7 +104,10 @@ impl GicModel for GicV2 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gic_irqs::{testing::Guest, LINUX_SPIS, MAX_VCPUS};
+    use super::super::gic_irqs::{
+        testing::{BadReads, Guest},
+        LINUX_SPIS, MAX_VCPUS,
+    };
     use super::*;
 
     const GICD_CTLR: u64 = GICD;
@@ -192,34 +195,15 @@ mod tests {
     /// gives Linux a CPU mask that is not its own, and the replay says so.
     #[test]
     fn linux_boot_catches_a_target_register_naming_every_vcpu() {
-        struct EveryVcpuTargeted(GicV2);
-        impl GicModel for EveryVcpuTargeted {
-            fn unknown_accesses(&self) -> u64 {
-                self.0.unknown_accesses()
-            }
-            fn mmio(
-                &mut self,
-                vcpu: usize,
-                gpa: u64,
-                size: u8,
-                write: Option<u64>,
-                sink: &mut dyn IrqSink,
-            ) -> Option<u64> {
-                let private_targets = (GICD_ITARGETSR..GICD_ITARGETSR + 32).contains(&gpa) && write.is_none();
-                let value = self.0.mmio(vcpu, gpa, size, write, sink);
-                if private_targets {
-                    return Some(0x0303_0303 & (u64::MAX >> (64 - 8 * u32::from(size))));
-                }
+        let every_vcpu = |gpa, size: u8, value| {
+            let private_targets = (GICD_ITARGETSR..GICD_ITARGETSR + 32).contains(&gpa);
+            if private_targets {
+                0x0303_0303 & (u64::MAX >> (64 - 8 * u32::from(size)))
+            } else {
                 value
             }
-            fn sgi1r(&mut self, vcpu: usize, value: u64, sink: &mut dyn IrqSink) {
-                self.0.sgi1r(vcpu, value, sink)
-            }
-            fn device_irq(&mut self, vcpu: usize, intid: u32, sink: &mut dyn IrqSink) {
-                self.0.device_irq(vcpu, intid, sink)
-            }
-        }
-        let mut guest = Guest::new(EveryVcpuTargeted(GicV2::new(2, LINUX_SPIS).unwrap()));
+        };
+        let mut guest = Guest::new(BadReads { gic: GicV2::new(2, LINUX_SPIS).unwrap(), bad: every_vcpu });
         assert_eq!(linux_boot(&mut guest, 2), Err("vCPU 0 finds CPU mask 0x3".to_string()));
     }
 

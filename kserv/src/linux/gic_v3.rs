@@ -164,7 +164,10 @@ impl GicModel for GicV3 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gic_irqs::{testing::Guest, LINUX_SPIS};
+    use super::super::gic_irqs::{
+        testing::{BadReads, Guest},
+        LINUX_SPIS,
+    };
     use super::*;
 
     const GICD_CTLR: u64 = GICD;
@@ -276,30 +279,15 @@ mod tests {
     /// vCPUs but the first from Linux, and the replay says so.
     #[test]
     fn linux_boot_catches_last_on_every_redistributor() {
-        struct LastEverywhere(GicV3);
-        impl GicModel for LastEverywhere {
-            fn unknown_accesses(&self) -> u64 {
-                self.0.unknown_accesses()
+        let last_everywhere = |gpa, _, value| {
+            let typer = gpa >= GICR && (gpa - GICR) % GICR_STRIDE == RD_TYPER;
+            if typer {
+                value | RD_TYPER_LAST
+            } else {
+                value
             }
-            fn mmio(
-                &mut self,
-                vcpu: usize,
-                gpa: u64,
-                size: u8,
-                write: Option<u64>,
-                sink: &mut dyn IrqSink,
-            ) -> Option<u64> {
-                let typer = gpa >= GICR && (gpa - GICR) % GICR_STRIDE == RD_TYPER && write.is_none();
-                self.0.mmio(vcpu, gpa, size, write, sink).map(|v| if typer { v | RD_TYPER_LAST } else { v })
-            }
-            fn sgi1r(&mut self, vcpu: usize, value: u64, sink: &mut dyn IrqSink) {
-                self.0.sgi1r(vcpu, value, sink)
-            }
-            fn device_irq(&mut self, vcpu: usize, intid: u32, sink: &mut dyn IrqSink) {
-                self.0.device_irq(vcpu, intid, sink)
-            }
-        }
-        let mut guest = Guest::new(LastEverywhere(GicV3::new(2, LINUX_SPIS).unwrap()));
+        };
+        let mut guest = Guest::new(BadReads { gic: GicV3::new(2, LINUX_SPIS).unwrap(), bad: last_everywhere });
         assert_eq!(linux_boot(&mut guest, 2), Err("no redistributor has this vCPU's affinity".to_string()));
     }
 
