@@ -189,11 +189,7 @@ pub struct LinuxVm<'a> {
 /// `seed` for the layout of `bundle::linux_layout` (kernel at the start of RAM, initrd past the
 /// kernel's `image_size`), then the command line.
 pub fn linux_bundle_bytes(vm: &LinuxVm, seed: &[u8; 32]) -> Result<Vec<u8>, String> {
-    let header = vm.kernel.get(..64).ok_or("the kernel is shorter than an arm64 Image header")?;
-    if &header[56..60] != b"ARM\x64" {
-        return Err("the kernel is not an arm64 Image (no ARM\\x64 magic at 0x38)".into());
-    }
-    let image_size = u64::from_le_bytes(header[bundle::IMAGE_SIZE_AT..bundle::IMAGE_SIZE_AT + 8].try_into().unwrap());
+    let image_size = crate::linux::image_header(vm.kernel).map_err(|e| format!("the kernel is {e}"))?.image_size;
     let layout =
         bundle::linux_layout(vm.ram_base, vm.ram_size, vm.kernel.len() as u64, image_size, vm.initrd.len() as u64)
             .ok_or(format!(

@@ -107,7 +107,7 @@ pub fn image_header(bytes: &[u8]) -> Result<ImageHeader, String> {
         return Err("not an arm64 Image (no \"ARM\\x64\" magic at offset 0x38)".into());
     }
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
-    Ok(ImageHeader { text_offset: word(8), image_size: word(16), flags: word(24) })
+    Ok(ImageHeader { text_offset: word(8), image_size: word(corevisor_abi::bundle::IMAGE_SIZE_AT), flags: word(24) })
 }
 
 /// A newc ("070701") cpio archive, the format the kernel unpacks an initramfs from. Entries get
