@@ -59,6 +59,10 @@ pub struct PageDb {
     /// Pages not owned by the host, per 2 MiB and per 1 GiB of physical address space.
     foreign_2m: Vec<u16>,
     foreign_1g: Vec<u32>,
+    /// How many times [`set`](Self::set) rewrote a record: lets a caller tell that no page changed
+    /// owner (sampled invariant checks). Share counts are not counted: every share call is
+    /// checked anyway.
+    changes: u64,
 }
 
 impl PageDb {
@@ -78,7 +82,13 @@ impl PageDb {
             foreign_1g: vec![0; (end >> SHIFT_1G) as usize + 1],
             regions,
             pages,
+            changes: 0,
         }
+    }
+
+    /// How many times [`set`](Self::set) has rewritten a record.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     pub fn regions(&self) -> &MemRegions {
@@ -95,6 +105,7 @@ impl PageDb {
     /// `set_pfn_count`, `set_pfn_map` in one step).
     pub fn set(&mut self, pa: u64, info: PageInfo) {
         let index = self.regions.page_index(pa).expect("set() on a page of RAM");
+        self.changes += 1;
         let was_host = self.pages[index].owner == 0;
         let is_host = info.owner == Owner::Host;
         self.pages[index] = S2Page { owner: info.owner.encode(), count: info.count, gfn: info.gfn as u32 };

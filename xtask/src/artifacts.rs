@@ -20,6 +20,9 @@ pub enum Flavor {
     /// `run --guest-kernel`: semihosting (the run's status is the guest's), no invariant checks
     /// after every host trap (a Linux boot makes tens of thousands; checked, it takes minutes).
     Run,
+    /// The Linux qemu-test scenarios: as [`Flavor::Test`], but the checks after VCPU_RUNs and
+    /// interrupt injections that moved no page are sampled (`sampled-invariants`).
+    LinuxTest,
 }
 
 impl Flavor {
@@ -29,6 +32,7 @@ impl Flavor {
             Flavor::Bench => ",semihosting,pmu-bench",
             Flavor::Hardware => "",
             Flavor::Run => ",semihosting",
+            Flavor::LinuxTest => ",semihosting,sampled-invariants",
         }
     }
     /// The suffix of the flavor's target directory: each (board, flavor) pair builds in its own
@@ -39,6 +43,7 @@ impl Flavor {
             Flavor::Bench => "-bench",
             Flavor::Hardware => "-hw",
             Flavor::Run => "-run",
+            Flavor::LinuxTest => "-linux",
         }
     }
 }
@@ -129,7 +134,7 @@ mod tests {
     #[test]
     fn only_the_bench_flavor_lets_the_host_pmu_count_el2() {
         assert!(Flavor::Bench.features().contains("pmu-bench"));
-        for flavor in [Flavor::Test, Flavor::Hardware, Flavor::Run] {
+        for flavor in [Flavor::Test, Flavor::Hardware, Flavor::Run, Flavor::LinuxTest] {
             assert!(!flavor.features().contains("pmu-bench"), "{flavor:?}");
         }
     }

@@ -185,6 +185,13 @@ pub struct LinuxVm<'a> {
     pub cmdline: &'a str,
 }
 
+/// Writes the one-VM bundle of Linux VM `vm` ([`linux_bundle_bytes`], the test key) to `out`.
+pub fn write_linux_bundle(vm: &LinuxVm, out: &Path) -> Result<(), String> {
+    let bundle = linux_bundle_bytes(vm, &test_key_seed()?)?;
+    std::fs::create_dir_all(out.parent().unwrap()).map_err(|e| e.to_string())?;
+    std::fs::write(out, bundle).map_err(|e| format!("{}: {e}", out.display()))
+}
+
 /// A one-VM bundle holding Linux VM `vm`, named `linux`: the kernel and initrd signed with
 /// `seed` for the layout of `bundle::linux_layout` (kernel at the start of RAM, initrd past the
 /// kernel's `image_size`), then the command line.

@@ -75,6 +75,13 @@ pub fn check(status: Option<i32>, console: &str, cpus: u32) -> Vec<String> {
         Some(0) => {}
         Some(code) => problems.push(format!("QEMU exited with status {code}")),
     }
+    problems.extend(console_problems(console, cpus));
+    problems
+}
+
+/// The console half of [`check`]: proof lines missing or out of order, forbidden lines.
+pub fn console_problems(console: &str, cpus: u32) -> Vec<String> {
+    let mut problems = Vec::new();
     let mut from = 0;
     for line in proof_lines(cpus) {
         match console[from..].find(&line) {

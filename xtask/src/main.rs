@@ -239,10 +239,8 @@ fn run_linux(args: &Args, guest: &GuestRun) -> Result<u8, String> {
         ram_size: guest.mem_mib << 20,
         cmdline: &guest.cmdline,
     };
-    let bundle = guests::linux_bundle_bytes(&vm, &guests::test_key_seed()?)?;
     let path = artifacts::root().join("target/xtask/bundles/linux.img");
-    std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| e.to_string())?;
-    std::fs::write(&path, bundle).map_err(|e| format!("{}: {e}", path.display()))?;
+    guests::write_linux_bundle(&vm, &path)?;
     toolchain::ensure()?;
     let qemu = qemu::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Run)?;

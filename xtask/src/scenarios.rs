@@ -381,6 +381,34 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// Scenarios that boot Debian's arm64 cloud kernel ([`LINUX_KERNEL`], fetched by
+/// `linux::prepare`) as a VM of 2 vCPUs and 128 MiB, to the test initramfs. Beyond their lines,
+/// the console must hold `/init`'s proof lines in order and none of Linux's panic lines
+/// (`linux::console_problems`). They run on a build whose checks after VCPU_RUNs that moved no
+/// page are sampled ([`Flavor::LinuxTest`]).
+pub const LINUX_SCENARIOS: &[Scenario] = &[Scenario {
+    name: "linux",
+    lines: &[
+        "kserv: [linux] linux-guest: init started",
+        "kserv: vm linux: powered off",
+        "kserv: vm linux: torn down, ",
+        "all scrubbed",
+        "kserv: scenario linux: PASS",
+        "host SYSTEM_OFF, status 0",
+    ],
+    gic_v2_lines: &[],
+    bundle: &[],
+    bootargs: "",
+}];
+
+/// The kernel series the Linux scenarios boot.
+pub const LINUX_KERNEL: &str = "6.1";
+
+/// Whether `s` is one of the [`LINUX_SCENARIOS`].
+fn boots_linux(s: &Scenario) -> bool {
+    LINUX_SCENARIOS.iter().any(|l| l.name == s.name)
+}
+
 /// Lines required only on the GICv3 machine, by scenario (kept apart from [`Scenario`] so that
 /// its rows need no new field): a GICv3 guest's ICC_SGI1R_EL1 write, printed back by KServ.
 const GIC_V3_LINES: &[(&str, &[&str])] =
@@ -412,6 +440,11 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
             problems.push(format!("missing line: {line}"));
         }
     }
+    for line in console.lines().filter(|l| l.contains("pages back (")) {
+        if !gave_every_page_back(line) {
+            problems.push(format!("teardown lost pages: {}", line.trim_end()));
+        }
+    }
     for line in console.lines() {
         let failed_scenario = line.contains("kserv: scenario") && line.contains("FAIL");
         if failed_scenario || FORBIDDEN.iter().any(|f| line.contains(f)) {
@@ -419,6 +452,16 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
         }
     }
     problems
+}
+
+/// Whether KServ's teardown line `vm NAME: torn down, A pages back (B given), all scrubbed` has
+/// A = B and ends in `all scrubbed`.
+fn gave_every_page_back(line: &str) -> bool {
+    let number = |text: &str| text.trim().parse::<u64>().ok();
+    let Some((_, rest)) = line.split_once("torn down, ") else { return false };
+    let Some((back, rest)) = rest.split_once(" pages back (") else { return false };
+    let Some((given, rest)) = rest.split_once(" given), ") else { return false };
+    number(back).is_some() && number(back) == number(given) && rest.trim_end() == "all scrubbed"
 }
 
 /// Only stops a hung QEMU; reaching it is a failure, never a pass. Runs use
@@ -432,6 +475,10 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
 /// interrupt that never comes): 10 minutes is five times the CPU budget, so even a host whose 2
 /// cores are shared by ten busy processes gives a correct run its 120 s of CPU before it.
 const HANG_GUARD: qemu::Guard = qemu::Guard { cpu: Duration::from_secs(120), wall: Duration::from_secs(600) };
+
+/// [`HANG_GUARD`] for the Linux scenarios: a boot under corevisor takes about 60 s of CPU on the
+/// project's 2-core machine; ten times that.
+const LINUX_HANG_GUARD: qemu::Guard = qemu::Guard { cpu: Duration::from_secs(600), wall: Duration::from_secs(1800) };
 
 /// Writes the scenario's boot bundle (signed test guests), if it has one.
 pub fn scenario_bundle(s: &Scenario) -> Result<Option<std::path::PathBuf>, String> {
@@ -460,7 +507,8 @@ pub enum NameUse {
 /// The names `use_` accepts.
 pub fn names(use_: NameUse) -> Vec<&'static str> {
     let demo = (use_ == NameUse::Run).then_some(DEMO);
-    demo.into_iter().chain(SCENARIOS.iter().map(|s| s.name)).collect()
+    let linux = LINUX_SCENARIOS.iter().filter(|_| use_ == NameUse::Test).map(|s| s.name);
+    demo.into_iter().chain(SCENARIOS.iter().map(|s| s.name)).chain(linux).collect()
 }
 
 /// Checks scenario names before anything is built or installed; the error lists the valid ones.
@@ -468,6 +516,10 @@ pub fn check_names<'a>(given: impl IntoIterator<Item = &'a str>, use_: NameUse) 
     let valid = names(use_);
     match given.into_iter().find(|n| !valid.contains(n)) {
         None => Ok(()),
+        Some(linux) if LINUX_SCENARIOS.iter().any(|s| s.name == linux) => Err(format!(
+            "scenario {linux:?} boots a Linux kernel: `cargo xtask run --guest-kernel PATH --guest-initrd PATH` \
+             (`cargo xtask linux-guest` fetches both)"
+        )),
         Some(unknown) => Err(format!("unknown scenario {unknown:?}; the scenarios are: {}", valid.join(", "))),
     }
 }
@@ -481,7 +533,8 @@ pub struct Selection {
 /// The named scenarios (all when `names` is empty) on the variant (all when `None`).
 pub fn select(names: &[String], variant: Option<&str>) -> Result<Selection, String> {
     check_names(names.iter().map(String::as_str), NameUse::Test)?;
-    let scenarios = SCENARIOS.iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)).collect();
+    let every = SCENARIOS.iter().chain(LINUX_SCENARIOS);
+    let scenarios = every.filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)).collect();
     let variants: Vec<Variant> = match variant {
         None => Variant::ALL.to_vec(),
         Some(v) => vec![*Variant::ALL.iter().find(|x| x.name() == v).ok_or_else(|| {
@@ -495,23 +548,36 @@ pub fn select(names: &[String], variant: Option<&str>) -> Result<Selection, Stri
 /// Runs the selected scenarios on the selected variants.
 pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
     let Selection { scenarios, variants } = selection;
-    let mut images: Vec<(&str, Artifacts)> = Vec::new();
+    // The Linux guest first: fetching it is what most often fails (apt), so fail before building.
+    let linux_bundle = match scenarios.iter().any(|s| boots_linux(s)) {
+        true => Some(linux_test_bundle()?),
+        false => None,
+    };
+    let mut images: Vec<(&str, Flavor, Artifacts)> = Vec::new();
     for v in variants {
-        if !images.iter().any(|(b, _)| *b == v.board().name) {
-            images.push((v.board().name, artifacts::build(v.board(), Flavor::Test)?));
+        for s in scenarios {
+            let flavor = if boots_linux(s) { Flavor::LinuxTest } else { Flavor::Test };
+            if !images.iter().any(|(b, f, _)| *b == v.board().name && *f == flavor) {
+                images.push((v.board().name, flavor, artifacts::build(v.board(), flavor)?));
+            }
         }
     }
     let (mut passed, mut failed) = (0, 0);
     for v in variants {
-        let image = &images.iter().find(|(b, _)| *b == v.board().name).unwrap().1;
         for s in scenarios {
-            let bundle = scenario_bundle(s)?;
+            let linux = boots_linux(s);
+            let flavor = if linux { Flavor::LinuxTest } else { Flavor::Test };
+            let image = &images.iter().find(|(b, f, _)| *b == v.board().name && *f == flavor).unwrap().2;
+            let bundle = if linux { linux_bundle.clone() } else { scenario_bundle(s)? };
             let append = format!("scenario={} {}", s.name, s.bootargs);
             let mut command =
                 qemu::command_with_reboot(qemu, *v, image, append.trim_end(), bundle.as_deref(), reboots(s.name))?;
             command.args(qemu::DETERMINISTIC_TIME);
-            let run = qemu::run_captured(command, HANG_GUARD)?;
-            let problems = check(s, *v, run.status, &run.console);
+            let run = qemu::run_captured(command, if linux { LINUX_HANG_GUARD } else { HANG_GUARD })?;
+            let mut problems = check(s, *v, run.status, &run.console);
+            if linux {
+                problems.extend(crate::linux::console_problems(&run.console, crate::linux::GUEST_CPUS));
+            }
             let cost = match run.cpu {
                 Some(cpu) => format!("{:.1} s, {:.1} s CPU", run.wall.as_secs_f64(), cpu.as_secs_f64()),
                 None => format!("{:.1} s", run.wall.as_secs_f64()),
@@ -535,6 +601,27 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
     } else {
         Err(format!("{failed} QEMU scenario run(s) failed"))
     }
+}
+
+/// The Linux scenarios' bundle: Debian's [`LINUX_KERNEL`] cloud kernel and the test initramfs
+/// (fetched and built on first use), 2 vCPUs, 128 MiB, the default corevisor command line.
+fn linux_test_bundle() -> Result<std::path::PathBuf, String> {
+    use crate::linux;
+    let guest = linux::prepare(&linux::Wanted::parse(Some(LINUX_KERNEL))?, None)?;
+    println!("Linux scenarios: kernel {} ({})", guest.version, guest.image.display());
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let (kernel, initrd) = (read(&guest.image)?, read(&guest.initramfs)?);
+    let vm = crate::guests::LinuxVm {
+        kernel: &kernel,
+        initrd: &initrd,
+        vcpus: linux::GUEST_CPUS,
+        ram_base: corevisor_abi::guest_dev::RAM_BASE,
+        ram_size: u64::from(linux::GUEST_MEM_MIB) << 20,
+        cmdline: &linux::corevisor_cmdline(),
+    };
+    let path = artifacts::root().join("target/xtask/bundles/linux-test.img");
+    crate::guests::write_linux_bundle(&vm, &path)?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -580,7 +667,10 @@ mod tests {
         assert!(select(&[], Some("virt-gicv4")).err().unwrap().contains("virt-gicv3, virt-gicv2, raspi4b"));
         let one = select(&["boot".into()], Some("raspi4b")).unwrap();
         assert_eq!((one.scenarios.len(), one.variants.as_slice()), (1, &[Variant::Raspi4b][..]));
-        assert_eq!(select(&[], None).unwrap().scenarios.len(), SCENARIOS.len());
+        assert_eq!(select(&[], None).unwrap().scenarios.len(), SCENARIOS.len() + LINUX_SCENARIOS.len());
+        // The Linux scenarios need a kernel: `run` points at --guest-kernel instead.
+        assert!(check_names(["linux"], NameUse::Run).unwrap_err().contains("--guest-kernel PATH"));
+        assert_eq!(check_names(["linux"], NameUse::Test), Ok(()));
     }
 
     /// Every name xtask accepts is one KServ knows (kserv/src/scenario.rs), and names are unique,
@@ -589,9 +679,24 @@ mod tests {
     fn every_accepted_name_is_a_kserv_scenario() {
         let kserv = include_str!("../../kserv/src/scenario.rs");
         let run = names(NameUse::Run);
-        for name in &run {
+        let test = names(NameUse::Test);
+        for (name, list) in run.iter().map(|n| (n, &run)).chain(test.iter().map(|n| (n, &test))) {
             assert!(kserv.contains(&format!("=> \"{name}\",")), "KServ has no scenario {name}");
-            assert_eq!(run.iter().filter(|n| *n == name).count(), 1, "{name} twice");
+            assert_eq!(list.iter().filter(|n| *n == name).count(), 1, "{name} twice");
+        }
+    }
+
+    #[test]
+    fn a_teardown_that_lost_or_left_a_page_fails_the_run() {
+        let vm = |line: &str| format!("{GOOD}kserv: vm linux: {line}\n");
+        let good = vm("torn down, 14440 pages back (14440 given), all scrubbed");
+        assert!(check(version(), Variant::VirtGicV3, Some(0), &good).is_empty());
+        for bad in [
+            "torn down, 14439 pages back (14440 given), all scrubbed",
+            "torn down, 14440 pages back (14440 given), NOT SCRUBBED",
+            "torn down, x pages back (14440 given), all scrubbed",
+        ] {
+            assert_eq!(check(version(), Variant::VirtGicV3, Some(0), &vm(bad)).len(), 1, "{bad}");
         }
     }
 

@@ -1,12 +1,32 @@
 //! Debug builds (and `check-invariants` builds) check SeKVM's invariants after every host trap
 //! and every share call; a violation is a KCore bug and halts.
+//!
+//! `sampled-invariants` builds (the Linux scenarios) sample one kind of trap: a VCPU_RUN or an
+//! INJECT_IRQ after which no ownership record changed. A Linux boot makes tens of thousands of
+//! them, a full check walks every stage-2 table, and they change no page's owner and no table
+//! (a page answer does, and moves a record): every [`SAMPLE`]th of them is checked. Every other
+//! trap, every share call and every call that moved a record is checked as in a test build, and
+//! KCore's canary after every trap.
 
+use super::super::decode::{BadCall, HostCall, VmCall};
 use super::state::STATE;
 use crate::machine::{layout, Aarch64};
 use crate::vm::Kcore;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Whether this build checks invariants.
 const ON: bool = cfg!(any(debug_assertions, feature = "check-invariants"));
+/// Whether this build samples the checks after record-preserving VCPU_RUNs and injections.
+const SAMPLED: bool = cfg!(feature = "sampled-invariants");
+/// One in this many sampled traps gets the full check.
+const SAMPLE: u64 = 64;
+
+/// The ownership table's change count at the last full check.
+static CHECKED_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Sampled traps seen.
+static SAMPLED_TRAPS: AtomicU64 = AtomicU64::new(0);
+/// Full checks made.
+static FULL_CHECKS: AtomicU64 = AtomicU64::new(0);
 
 /// Checks the invariants, taking the state lock.
 pub fn check() {
@@ -17,14 +37,47 @@ pub fn check() {
     }
 }
 
+/// [`check`] after host call `call`: sampled in `sampled-invariants` builds (see the module).
+pub fn check_after(call: &Result<HostCall, BadCall>) {
+    if !ON {
+        return;
+    }
+    let frequent = matches!(call, Ok(HostCall::VcpuRun { .. } | HostCall::Vm(VmCall::InjectIrq { .. })));
+    if let Some(kcore) = STATE.lock().as_ref() {
+        let unchanged = CHECKED_AT.load(Relaxed) == kcore.mem.db.changes();
+        if SAMPLED && frequent && unchanged && !SAMPLED_TRAPS.fetch_add(1, Relaxed).is_multiple_of(SAMPLE) {
+            return canary();
+        }
+        check_of(kcore);
+    }
+}
+
 /// [`check`] for a caller that holds the state lock.
 pub fn check_of(kcore: &Kcore) {
     if ON {
         if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
             panic!("invariant broken after a trap: {violation:?}");
         }
-        if let Err(violation) = crate::memory::invariants::check_canary(&Aarch64, layout::canary()) {
-            panic!("invariant broken after a trap: KCore's canary changed: {violation:x?}");
+        CHECKED_AT.store(kcore.mem.db.changes(), Relaxed);
+        FULL_CHECKS.fetch_add(1, Relaxed);
+        canary();
+    }
+}
+
+/// The canary half of [`check_of`]: one page, cheap enough for every trap.
+fn canary() {
+    if let Err(violation) = crate::memory::invariants::check_canary(&Aarch64, layout::canary()) {
+        panic!("invariant broken after a trap: KCore's canary changed: {violation:x?}");
+    }
+}
+
+/// Logs how many full checks ran, so a run's log shows what its checks covered.
+pub fn report() {
+    if ON {
+        let (full, sampled) = (FULL_CHECKS.load(Relaxed), SAMPLED_TRAPS.load(Relaxed));
+        match SAMPLED {
+            true => log::info!("invariants: {full} full checks; {sampled} traps sampled one in {SAMPLE}"),
+            false => log::info!("invariants: {full} full checks, one after every host trap"),
         }
     }
 }

@@ -23,6 +23,7 @@ pub fn power_down(core: usize, what: &str) {
     // A guest still running elsewhere loses its memory now: its next access exits, and it parks.
     kcore.revoke_vm_stage2s(&Aarch64);
     principal::holds_context(core, false);
+    super::invariants::report();
     let released = (0..CONTEXT_RELEASE_POLLS).any(|_| {
         core::hint::spin_loop();
         principal::no_context_held()
