@@ -89,6 +89,7 @@ const USAGE: &str = "usage: cargo xtask <command>
       [--gic 2|3] [--board rpi4]               boot a Linux Image as a VM (signed with the test key)
   image --board rpi4 [--out DIR]               kernel8.img + config.txt for the SD card
   qemu-test [SCENARIO...] [--variant V]        every scenario on virt-gicv3, virt-gicv2, raspi4b
+      [--guest-kernel PATH --guest-initrd PATH]  the linux scenarios' guest (default: Debian 6.1, fetched)
   test                                         host cargo test, then qemu-test
   bench                                        exact EL2 instruction counts (PMU under icount)
   lint                                         rustfmt and clippy -D warnings, host and both boards
@@ -148,7 +149,12 @@ fn build(args: &Args) -> Result<(), String> {
 }
 
 fn qemu_test(args: &Args) -> Result<(), String> {
-    let selection = scenarios::select(&args.words, args.value("variant"))?;
+    let mut selection = scenarios::select(&args.words, args.value("variant"))?;
+    selection.linux_guest = match (args.value("guest-kernel"), args.value("guest-initrd")) {
+        (Some(kernel), Some(initrd)) => Some((kernel.into(), initrd.into())),
+        (None, None) => None,
+        _ => return Err("--guest-kernel and --guest-initrd go together (the linux scenarios' guest)".into()),
+    };
     toolchain::ensure()?;
     let qemu = qemu::ensure()?;
     scenarios::qemu_test(&qemu, &selection)

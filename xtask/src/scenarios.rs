@@ -528,6 +528,8 @@ pub fn check_names<'a>(given: impl IntoIterator<Item = &'a str>, use_: NameUse) 
 pub struct Selection {
     scenarios: Vec<&'static Scenario>,
     variants: Vec<Variant>,
+    /// The Linux scenarios' kernel `Image` and initramfs, if not the fetched [`LINUX_KERNEL`].
+    pub linux_guest: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The named scenarios (all when `names` is empty) on the variant (all when `None`).
@@ -542,15 +544,15 @@ pub fn select(names: &[String], variant: Option<&str>) -> Result<Selection, Stri
             format!("unknown variant {v:?}; the variants are: {}", all.join(", "))
         })?],
     };
-    Ok(Selection { scenarios, variants })
+    Ok(Selection { scenarios, variants, linux_guest: None })
 }
 
 /// Runs the selected scenarios on the selected variants.
 pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
-    let Selection { scenarios, variants } = selection;
+    let Selection { scenarios, variants, linux_guest } = selection;
     // The Linux guest first: fetching it is what most often fails (apt), so fail before building.
     let linux_bundle = match scenarios.iter().any(|s| boots_linux(s)) {
-        true => Some(linux_test_bundle()?),
+        true => Some(linux_test_bundle(linux_guest.as_ref())?),
         false => None,
     };
     let mut images: Vec<(&str, Flavor, Artifacts)> = Vec::new();
@@ -603,14 +605,21 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
     }
 }
 
-/// The Linux scenarios' bundle: Debian's [`LINUX_KERNEL`] cloud kernel and the test initramfs
-/// (fetched and built on first use), 2 vCPUs, 128 MiB, the default corevisor command line.
-fn linux_test_bundle() -> Result<std::path::PathBuf, String> {
+/// The Linux scenarios' bundle: `given` (kernel `Image`, initramfs), or else Debian's
+/// [`LINUX_KERNEL`] cloud kernel and the test initramfs (fetched and built on first use); 2 vCPUs,
+/// 128 MiB, the default corevisor command line.
+fn linux_test_bundle(given: Option<&(std::path::PathBuf, std::path::PathBuf)>) -> Result<std::path::PathBuf, String> {
     use crate::linux;
-    let guest = linux::prepare(&linux::Wanted::parse(Some(LINUX_KERNEL))?, None)?;
-    println!("Linux scenarios: kernel {} ({})", guest.version, guest.image.display());
+    let (image, initramfs) = match given {
+        Some(paths) => paths.clone(),
+        None => {
+            let guest = linux::prepare(&linux::Wanted::parse(Some(LINUX_KERNEL))?, None)?;
+            (guest.image, guest.initramfs)
+        }
+    };
+    println!("Linux scenarios: kernel {}, initramfs {}", image.display(), initramfs.display());
     let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-    let (kernel, initrd) = (read(&guest.image)?, read(&guest.initramfs)?);
+    let (kernel, initrd) = (read(&image)?, read(&initramfs)?);
     let vm = crate::guests::LinuxVm {
         kernel: &kernel,
         initrd: &initrd,
