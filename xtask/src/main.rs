@@ -176,12 +176,12 @@ fn run_variant(args: &Args) -> Result<(&'static corevisor_boards::Board, scenari
 
 /// A Linux VM that `run --guest-kernel` boots.
 #[derive(Debug, PartialEq)]
-struct GuestRun {
-    kernel: std::path::PathBuf,
-    initrd: std::path::PathBuf,
-    cpus: u32,
-    mem_mib: u64,
-    cmdline: String,
+pub struct GuestRun {
+    pub kernel: std::path::PathBuf,
+    pub initrd: std::path::PathBuf,
+    pub cpus: u32,
+    pub mem_mib: u64,
+    pub cmdline: String,
 }
 
 /// The options that only make sense with `--guest-kernel`.
@@ -229,6 +229,21 @@ fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
 /// the guest powered itself off.
 fn run_linux(args: &Args, guest: &GuestRun) -> Result<u8, String> {
     let (board, variant) = run_variant(args)?;
+    let path = write_linux_bundle(guest, "linux.img")?;
+    toolchain::ensure()?;
+    let qemu = qemu::ensure()?;
+    let artifacts = artifacts::build(board, Flavor::Run)?;
+    let mut command = qemu::command(&qemu, variant, &artifacts, "scenario=linux", Some(&path))?;
+    if args.flag("gdb") {
+        println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");
+        command.args(["-s", "-S"]);
+    }
+    let status = command.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
+}
+
+/// Writes the signed one-VM bundle for `guest` as `target/xtask/bundles/NAME`; returns its path.
+pub fn write_linux_bundle(guest: &GuestRun, name: &str) -> Result<std::path::PathBuf, String> {
     let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
     let (kernel, initrd) = (read(&guest.kernel)?, read(&guest.initrd)?);
     let vm = guests::LinuxVm {
@@ -240,19 +255,10 @@ fn run_linux(args: &Args, guest: &GuestRun) -> Result<u8, String> {
         cmdline: &guest.cmdline,
     };
     let bundle = guests::linux_bundle_bytes(&vm, &guests::test_key_seed()?)?;
-    let path = artifacts::root().join("target/xtask/bundles/linux.img");
+    let path = artifacts::root().join("target/xtask/bundles").join(name);
     std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| e.to_string())?;
     std::fs::write(&path, bundle).map_err(|e| format!("{}: {e}", path.display()))?;
-    toolchain::ensure()?;
-    let qemu = qemu::ensure()?;
-    let artifacts = artifacts::build(board, Flavor::Run)?;
-    let mut command = qemu::command(&qemu, variant, &artifacts, "scenario=linux", Some(&path))?;
-    if args.flag("gdb") {
-        println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");
-        command.args(["-s", "-S"]);
-    }
-    let status = command.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
-    Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
+    Ok(path)
 }
 
 /// Boots one scenario with the console on this terminal; returns QEMU's exit status.
