@@ -1142,7 +1142,6 @@ pub fn linux(env: &VmEnv, gic: &GicInfo, meter: Option<ExitMeter>) -> Result<Opt
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::TIMER_PPI);
     let mut mgr = Manager::new(env.regions);
     mgr.meter = meter;
-    mgr.timer_wakes = true;
     if let Err((_, e)) = mgr.create_linux(&bundle, &entry, gic) {
         kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
         return Err("the Linux VM could not be created");

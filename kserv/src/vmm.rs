@@ -185,9 +185,6 @@ pub struct Manager {
     pub verify_cost: VerifyCost,
     /// `cargo xtask bench`'s Linux run: the PMU read around every VCPU_RUN.
     pub meter: Option<ExitMeter>,
-    /// The host's physical timer interrupt is enabled at the GIC, so an idle wait for vCPU
-    /// timers can be a WFI rather than a spin (whose instructions would count as KServ's work).
-    pub timer_wakes: bool,
 }
 
 /// The EL2 instructions of the last created VM's VERIFY_VM_IMAGE calls (from
@@ -217,7 +214,6 @@ impl Manager {
             verify_counter: None,
             verify_cost: VerifyCost::default(),
             meter: None,
-            timer_wakes: false,
         }
     }
 
@@ -358,9 +354,6 @@ impl Manager {
             if !ran {
                 if earliest == u64::MAX {
                     return;
-                }
-                if self.timer_wakes {
-                    crate::arch::gic::idle_until(earliest);
                 }
                 while hvc::counter() < earliest {
                     core::hint::spin_loop();
