@@ -11,6 +11,8 @@ extern crate alloc;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod dtb;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod exit_meter;
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod linux;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod scenario;

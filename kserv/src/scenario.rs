@@ -30,10 +30,12 @@ pub enum Scenario {
     VmVgic,
     /// The bundle's Linux VM (`cargo xtask run --guest-kernel`): passes when it powers off.
     Linux,
+    /// `cargo xtask bench`: [`Scenario::Linux`] with the PMU read around every VCPU_RUN.
+    LinuxBench,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 25] = [
+    pub const ALL: [Scenario; 26] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -59,6 +61,7 @@ impl Scenario {
         Scenario::VmLarge,
         Scenario::VmVgic,
         Scenario::Linux,
+        Scenario::LinuxBench,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +91,7 @@ impl Scenario {
             Scenario::VmLarge => "vm-large",
             Scenario::VmVgic => "vm-vgic",
             Scenario::Linux => "linux",
+            Scenario::LinuxBench => "linux-bench",
         }
     }
 

@@ -4,6 +4,7 @@
 
 use crate::arch::{exceptions, hvc};
 use crate::dtb::GicInfo;
+use crate::exit_meter::{ExitClass, ExitMeter};
 use crate::kprintln;
 use crate::scenario::{Attempt, DmaRoute, Target};
 use crate::vm_plan::Rng;
@@ -1126,7 +1127,8 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
 
 /// `linux`: the bundle's Linux VM (`cargo xtask run --guest-kernel`) runs until it powers itself
 /// off. A reset (Linux's panic with `panic=-1`), a stop or a failed teardown fails the run.
-pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
+/// With a `meter`, the PMU is read around every VCPU_RUN; returns the meter.
+pub fn linux(env: &VmEnv, gic: &GicInfo, meter: Option<ExitMeter>) -> Result<Option<ExitMeter>, &'static str> {
     let bundle = env.bundle()?;
     let entry = env.entry(0)?;
     if !entry.is_linux() {
@@ -1139,6 +1141,7 @@ pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
     // The host's physical timer ends a vCPU's time slice.
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::TIMER_PPI);
     let mut mgr = Manager::new(env.regions);
+    mgr.meter = meter;
     if let Err((_, e)) = mgr.create_linux(&bundle, &entry, gic) {
         kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
         return Err("the Linux VM could not be created");
@@ -1152,7 +1155,37 @@ pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
     mgr.run_all(&mut crate::vmm::Plain);
     mgr.result()?;
     match (mgr.powered_off, mgr.stopped) {
-        (1, 0) => Ok(()),
+        (1, 0) => Ok(mgr.meter.take()),
         _ => Err("the Linux VM did not power itself off"),
     }
+}
+
+/// `linux-bench` (`cargo xtask bench`): [`linux`] with the PMU's three instruction counters
+/// (EL2; EL1 and EL2; every EL) read around every VCPU_RUN. Prints the guest's run phase
+/// (`bench linux-run`) and each exit class's count and instructions (`bench linux-exit-NAME`).
+pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::arch::pmu;
+    if !pmu::inst_retired_supported() {
+        return Err("the PMU does not count INST_RETIRED (run QEMU with -icount shift=0,sleep=off)");
+    }
+    pmu::start_el2_instruction_counter();
+    pmu::start_all_el_instruction_counter();
+    pmu::start_every_el_instruction_counter();
+    let meter = linux(env, gic, Some(ExitMeter::new()))?.ok_or("no meter")?;
+    if !meter.done {
+        return Err("the meter never saw the guest's SYSTEM_OFF");
+    }
+    let run = meter.run;
+    kprintln!(
+        "bench linux-run every_el={} el2={} host_el1={} exits={}",
+        run.every_el,
+        run.el2,
+        run.host_el1,
+        run.exits
+    );
+    for class in ExitClass::ALL {
+        let cost = meter.classes[class as usize];
+        kprintln!("bench linux-exit-{} exits={} el2={} host_el1={}", class.name(), cost.exits, cost.el2, cost.host_el1);
+    }
+    Ok(())
 }

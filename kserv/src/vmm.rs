@@ -9,6 +9,7 @@
 
 use crate::arch::{exceptions, hvc};
 use crate::dtb::GicInfo;
+use crate::exit_meter::{Counts, ExitMeter};
 use crate::kprintln;
 use crate::linux::devices::LinuxDevices;
 use crate::linux::{self, dt, pl011};
@@ -182,6 +183,8 @@ pub struct Manager {
     /// what its VERIFY_VM_IMAGE calls cost in [`Manager::verify_cost`].
     pub verify_counter: Option<fn() -> u64>,
     pub verify_cost: VerifyCost,
+    /// `cargo xtask bench`'s Linux run: the PMU read around every VCPU_RUN.
+    pub meter: Option<ExitMeter>,
 }
 
 /// The EL2 instructions of the last created VM's VERIFY_VM_IMAGE calls (from
@@ -210,6 +213,7 @@ impl Manager {
             teardown_failed: 0,
             verify_counter: None,
             verify_cost: VerifyCost::default(),
+            meter: None,
         }
     }
 
@@ -332,7 +336,7 @@ impl Manager {
                         _ => {}
                     }
                     ran = true;
-                    run_once(vm, vcpu, hooks);
+                    run_once(vm, vcpu, hooks, self.meter.as_mut());
                     if vm.alive {
                         hooks.after_exit(vm);
                     }
@@ -475,7 +479,7 @@ fn page_is_zero(pa: u64) -> bool {
 }
 
 /// One VCPU_RUN of `vcpu`, and the handling of its exit.
-fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
+fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks, mut meter: Option<&mut ExitMeter>) {
     inject_waiting(vm, vcpu);
     let answer = core::mem::take(&mut vm.answers[vcpu]);
     vm.vcpus[vcpu] = VcpuRun::Runnable;
@@ -485,7 +489,13 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
     if sliced {
         crate::arch::gic::arm_physical_timer(hvc::counter_frequency() / SLICES_PER_SECOND);
     }
+    if let Some(meter) = meter.as_deref_mut() {
+        meter.before_run(pmu_counts());
+    }
     let [status, reason, a, b, c, d] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
+    if let Some(meter) = meter {
+        meter.after_run(pmu_counts(), reason, a);
+    }
     if sliced {
         crate::arch::gic::disarm_physical_timer();
     }
@@ -554,6 +564,12 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks) {
             stop(vm, "unknown exit");
         }
     }
+}
+
+/// The bench's three PMU counters (see [`crate::arch::pmu`]).
+fn pmu_counts() -> Counts {
+    use crate::arch::pmu;
+    Counts { el2: pmu::read_counter(), el1_el2: pmu::read_all_el_counter(), every_el: pmu::read_every_el_counter() }
 }
 
 /// A Linux vCPU's time slice: 1 ms.

@@ -182,12 +182,12 @@ fn run_variant(args: &Args) -> Result<(&'static corevisor_boards::Board, scenari
 
 /// A Linux VM that `run --guest-kernel` boots.
 #[derive(Debug, PartialEq)]
-struct GuestRun {
-    kernel: std::path::PathBuf,
-    initrd: std::path::PathBuf,
-    cpus: u32,
-    mem_mib: u64,
-    cmdline: String,
+pub struct GuestRun {
+    pub kernel: std::path::PathBuf,
+    pub initrd: std::path::PathBuf,
+    pub cpus: u32,
+    pub mem_mib: u64,
+    pub cmdline: String,
 }
 
 /// The options that only make sense with `--guest-kernel`.
@@ -235,18 +235,7 @@ fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
 /// the guest powered itself off.
 fn run_linux(args: &Args, guest: &GuestRun) -> Result<u8, String> {
     let (board, variant) = run_variant(args)?;
-    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-    let (kernel, initrd) = (read(&guest.kernel)?, read(&guest.initrd)?);
-    let vm = guests::LinuxVm {
-        kernel: &kernel,
-        initrd: &initrd,
-        vcpus: guest.cpus,
-        ram_base: corevisor_abi::guest_dev::RAM_BASE,
-        ram_size: guest.mem_mib << 20,
-        cmdline: &guest.cmdline,
-    };
-    let path = artifacts::root().join("target/xtask/bundles/linux.img");
-    guests::write_linux_bundle(&vm, &path)?;
+    let path = write_linux_bundle(guest, "linux.img")?;
     toolchain::ensure()?;
     let qemu = qemu::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Run)?;
@@ -257,6 +246,23 @@ fn run_linux(args: &Args, guest: &GuestRun) -> Result<u8, String> {
     }
     let status = command.status().map_err(|e| format!("cannot start QEMU: {e}"))?;
     Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
+}
+
+/// Writes the signed one-VM bundle for `guest` as `target/xtask/bundles/NAME`; returns its path.
+pub fn write_linux_bundle(guest: &GuestRun, name: &str) -> Result<std::path::PathBuf, String> {
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let (kernel, initrd) = (read(&guest.kernel)?, read(&guest.initrd)?);
+    let vm = guests::LinuxVm {
+        kernel: &kernel,
+        initrd: &initrd,
+        vcpus: guest.cpus,
+        ram_base: corevisor_abi::guest_dev::RAM_BASE,
+        ram_size: guest.mem_mib << 20,
+        cmdline: &guest.cmdline,
+    };
+    let path = artifacts::root().join("target/xtask/bundles").join(name);
+    guests::write_linux_bundle(&vm, &path)?;
+    Ok(path)
 }
 
 /// Boots one scenario with the console on this terminal; returns QEMU's exit status.

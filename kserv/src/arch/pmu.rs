@@ -64,3 +64,28 @@ pub fn read_counter() -> u64 {
     unsafe { asm!("isb", "mrs {}, pmevcntr0_el0", out(reg) value, options(nomem, nostack)) };
     value
 }
+
+/// PMEVTYPER filter bits for counter 2: NSH (count EL2) and nothing excluded: every EL.
+const FILTER_ALL_ELS: u64 = 1 << 27;
+
+/// Starts counter 2 on instructions retired at every EL (EL0 included: a Linux guest's user space).
+pub fn start_every_el_instruction_counter() {
+    // SAFETY: programming counter 2 changes only PMU state.
+    unsafe {
+        asm!(
+            "msr pmevtyper2_el0, {ty}",
+            "msr pmcntenset_el0, {four}",
+            "isb",
+            ty = in(reg) INST_RETIRED | FILTER_ALL_ELS, four = in(reg) 4u64,
+            options(nostack)
+        );
+    }
+}
+
+/// Counter 2's value.
+pub fn read_every_el_counter() -> u64 {
+    let value: u64;
+    // SAFETY: as for `read_counter`.
+    unsafe { asm!("isb", "mrs {}, pmevcntr2_el0", out(reg) value, options(nomem, nostack)) };
+    value
+}

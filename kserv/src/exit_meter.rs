@@ -1,0 +1,209 @@
+//! `cargo xtask bench`'s Linux figures (issue 13): the guest's run phase, from the first
+//! VCPU_RUN to the return of the one that carried its PSCI SYSTEM_OFF, over every EL, and each
+//! exit's cost by class: the EL2 instructions of the VCPU_RUN that ended in it plus those of the
+//! host calls KServ made before the next VCPU_RUN, and KServ's own EL1 instructions in between.
+//!
+//! The PMU's event counters are 32 bits wide (PMUv3 without FEAT_PMUv3p5), so the meter adds up
+//! deltas taken at every VCPU_RUN, each far below 2^32.
+
+use corevisor_abi::{exit, guest_dev, psci};
+
+/// What ended a VCPU_RUN, as the bench groups exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitClass {
+    Pl011,
+    GicDistributor,
+    GicRedistributor,
+    OtherMmio,
+    Sgi,
+    Irq,
+    Wfi,
+    Wfe,
+    Psci,
+    PageFault,
+    Other,
+}
+
+impl ExitClass {
+    pub const ALL: [ExitClass; 11] = [
+        ExitClass::Pl011,
+        ExitClass::GicDistributor,
+        ExitClass::GicRedistributor,
+        ExitClass::OtherMmio,
+        ExitClass::Sgi,
+        ExitClass::Irq,
+        ExitClass::Wfi,
+        ExitClass::Wfe,
+        ExitClass::Psci,
+        ExitClass::PageFault,
+        ExitClass::Other,
+    ];
+
+    /// The name in `bench linux-exit-NAME` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitClass::Pl011 => "pl011",
+            ExitClass::GicDistributor => "gicd",
+            ExitClass::GicRedistributor => "gicr",
+            ExitClass::OtherMmio => "other-mmio",
+            ExitClass::Sgi => "sgi",
+            ExitClass::Irq => "irq",
+            ExitClass::Wfi => "wfi",
+            ExitClass::Wfe => "wfe",
+            ExitClass::Psci => "psci",
+            ExitClass::PageFault => "page-fault",
+            ExitClass::Other => "other",
+        }
+    }
+
+    /// The class of an exit with `reason` and first detail `a` (the address of an MMIO access).
+    pub fn of(reason: u64, a: u64) -> ExitClass {
+        let within = |base: u64, len: u64| a.checked_sub(base).is_some_and(|offset| offset < len);
+        match reason {
+            exit::MMIO if within(guest_dev::UART, 0x1000) => ExitClass::Pl011,
+            exit::MMIO if within(guest_dev::GICD, 0x1_0000) => ExitClass::GicDistributor,
+            exit::MMIO if within(guest_dev::GICR, 8 * guest_dev::GICR_STRIDE) => ExitClass::GicRedistributor,
+            exit::MMIO => ExitClass::OtherMmio,
+            exit::SGI => ExitClass::Sgi,
+            exit::IRQ => ExitClass::Irq,
+            exit::WFI => ExitClass::Wfi,
+            exit::WFE => ExitClass::Wfe,
+            exit::HVC => ExitClass::Psci,
+            exit::PAGE_FAULT => ExitClass::PageFault,
+            _ => ExitClass::Other,
+        }
+    }
+}
+
+/// The three PMU counters KServ reads: EL2 only, EL1 and EL2, every EL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub el2: u64,
+    pub el1_el2: u64,
+    pub every_el: u64,
+}
+
+impl Counts {
+    /// `self - earlier` for 32-bit counters.
+    fn since(self, earlier: Counts) -> Counts {
+        let d = |now: u64, then: u64| now.wrapping_sub(then) & 0xffff_ffff;
+        Counts {
+            el2: d(self.el2, earlier.el2),
+            el1_el2: d(self.el1_el2, earlier.el1_el2),
+            every_el: d(self.every_el, earlier.every_el),
+        }
+    }
+}
+
+/// One class's exits and what they cost in all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCost {
+    pub exits: u64,
+    pub el2: u64,
+    pub host_el1: u64,
+}
+
+/// The guest's run phase: instructions at every EL, at EL2, and KServ's at EL1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunPhase {
+    pub every_el: u64,
+    pub el2: u64,
+    pub host_el1: u64,
+    pub exits: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ExitMeter {
+    pub classes: [ClassCost; ExitClass::ALL.len()],
+    pub run: RunPhase,
+    last: Option<Counts>,
+    /// The class of the last exit, until the next VCPU_RUN closes its host-side interval.
+    pending: Option<ExitClass>,
+    /// Set once the SYSTEM_OFF exit came back: nothing more is added.
+    pub done: bool,
+}
+
+impl ExitMeter {
+    pub fn new() -> ExitMeter {
+        ExitMeter::default()
+    }
+
+    /// KServ is about to enter VCPU_RUN; `now` are the counters.
+    pub fn before_run(&mut self, now: Counts) {
+        if self.done {
+            return;
+        }
+        if let Some(last) = self.last {
+            let d = now.since(last);
+            let host_el1 = d.el1_el2 - d.el2;
+            (self.run.every_el, self.run.el2, self.run.host_el1) =
+                (self.run.every_el + d.every_el, self.run.el2 + d.el2, self.run.host_el1 + host_el1);
+            if let Some(class) = self.pending.take() {
+                let cost = &mut self.classes[class as usize];
+                (cost.el2, cost.host_el1) = (cost.el2 + d.el2, cost.host_el1 + host_el1);
+            }
+        }
+        self.last = Some(now);
+    }
+
+    /// VCPU_RUN came back with `reason` and detail `a` (for an HVC exit, the guest's x0).
+    pub fn after_run(&mut self, now: Counts, reason: u64, a: u64) {
+        let Some(last) = self.last.filter(|_| !self.done) else { return };
+        let d = now.since(last);
+        let class = ExitClass::of(reason, a);
+        let cost = &mut self.classes[class as usize];
+        (cost.exits, cost.el2) = (cost.exits + 1, cost.el2 + d.el2);
+        (self.run.every_el, self.run.el2, self.run.exits) =
+            (self.run.every_el + d.every_el, self.run.el2 + d.el2, self.run.exits + 1);
+        self.pending = Some(class);
+        self.last = Some(now);
+        self.done = reason == exit::HVC && a as u32 == psci::SYSTEM_OFF;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(el2: u64, el1_el2: u64, every_el: u64) -> Counts {
+        Counts { el2, el1_el2, every_el }
+    }
+
+    #[test]
+    fn classes_exits_by_reason_and_address() {
+        assert_eq!(ExitClass::of(exit::MMIO, guest_dev::UART + 0x18), ExitClass::Pl011);
+        assert_eq!(ExitClass::of(exit::MMIO, guest_dev::GICD + 0x6100), ExitClass::GicDistributor);
+        assert_eq!(
+            ExitClass::of(exit::MMIO, guest_dev::GICR + guest_dev::GICR_STRIDE + 0x80),
+            ExitClass::GicRedistributor
+        );
+        assert_eq!(ExitClass::of(exit::MMIO, 0x0a00_0000), ExitClass::OtherMmio);
+        assert_eq!(ExitClass::of(exit::WFI, 5), ExitClass::Wfi);
+        assert_eq!(ExitClass::of(exit::HVC, u64::from(psci::SYSTEM_OFF)), ExitClass::Psci);
+    }
+
+    #[test]
+    fn adds_each_exit_to_its_class_and_stops_at_system_off() {
+        let mut meter = ExitMeter::new();
+        meter.before_run(at(0, 0, 0));
+        // A run: 100 EL2, 1000 guest; a PL011 exit; KServ spends 50 at EL1 and 10 at EL2.
+        meter.after_run(at(100, 1100, 1100), exit::MMIO, guest_dev::UART);
+        meter.before_run(at(110, 1160, 1160));
+        meter.after_run(at(200, 2000, 2500), exit::HVC, u64::from(psci::SYSTEM_OFF));
+        assert!(meter.done);
+        meter.before_run(at(300, 9000, 9000));
+        let pl011 = meter.classes[ExitClass::Pl011 as usize];
+        assert_eq!(pl011, ClassCost { exits: 1, el2: 110, host_el1: 50 });
+        assert_eq!(meter.classes[ExitClass::Psci as usize], ClassCost { exits: 1, el2: 90, host_el1: 0 });
+        assert_eq!(meter.run, RunPhase { every_el: 2500, el2: 200, host_el1: 50, exits: 2 });
+    }
+
+    #[test]
+    fn counters_wrap_at_32_bits() {
+        let mut meter = ExitMeter::new();
+        meter.before_run(at(0xffff_fff0, 0xffff_fff0, 0xffff_fff0));
+        meter.after_run(at(0x10, 0x10, 0x10), exit::WFI, 0);
+        assert_eq!(meter.run.every_el, 0x20);
+        assert_eq!(meter.classes[ExitClass::Wfi as usize].el2, 0x20);
+    }
+}
