@@ -161,6 +161,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::ShareAtomic => vm_scenarios::share_atomic(&env.vm),
         Scenario::VmLarge => vm_scenarios::vm_large(&env.vm),
         Scenario::Linux => vm_scenarios::linux(&env.vm, &env.gic),
+        Scenario::HostAttacksLinux => vm_scenarios::host_attacks_linux(&env.vm, &env.gic),
         Scenario::HostAttacksVm => vm_scenarios::host_attacks_vm(&env.vm),
         Scenario::VmBadImage => vm_scenarios::vm_bad_image(&env.vm),
         Scenario::SignedBinding => vm_scenarios::signed_binding(&env.vm),

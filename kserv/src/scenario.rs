@@ -30,10 +30,12 @@ pub enum Scenario {
     VmVgic,
     /// The bundle's Linux VM (`cargo xtask run --guest-kernel`): passes when it powers off.
     Linux,
+    /// The `linux` scenario's VM, its pages attacked by the host while it boots.
+    HostAttacksLinux,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 25] = [
+    pub const ALL: [Scenario; 26] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -59,6 +61,7 @@ impl Scenario {
         Scenario::VmLarge,
         Scenario::VmVgic,
         Scenario::Linux,
+        Scenario::HostAttacksLinux,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +91,7 @@ impl Scenario {
             Scenario::VmLarge => "vm-large",
             Scenario::VmVgic => "vm-vgic",
             Scenario::Linux => "linux",
+            Scenario::HostAttacksLinux => "host-attacks-linux",
         }
     }
 

@@ -1127,6 +1127,11 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
 /// `linux`: the bundle's Linux VM (`cargo xtask run --guest-kernel`) runs until it powers itself
 /// off. A reset (Linux's panic with `panic=-1`), a stop or a failed teardown fails the run.
 pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    run_linux(env, gic, &mut crate::vmm::Plain)
+}
+
+/// Runs the bundle's Linux VM with `hooks` until it powers itself off (see [`linux`]).
+fn run_linux(env: &VmEnv, gic: &GicInfo, hooks: &mut dyn Hooks) -> Outcome {
     let bundle = env.bundle()?;
     let entry = env.entry(0)?;
     if !entry.is_linux() {
@@ -1149,10 +1154,112 @@ pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
         entry.vcpus,
         entry.ram_size >> 20
     );
-    mgr.run_all(&mut crate::vmm::Plain);
+    mgr.run_all(hooks);
     mgr.result()?;
     match (mgr.powered_off, mgr.stopped) {
         (1, 0) => Ok(()),
         _ => Err("the Linux VM did not power itself off"),
     }
+}
+
+/// The Linux console lines after which `host-attacks-linux` attacks, besides the VM's first
+/// exit (early in its boot, its kernel image just verified): its MMU is on; both vCPUs are up;
+/// its init memory is freed; init runs; it powers off. Console lines, like exit counts under
+/// `-icount`, come at the same point of every boot.
+const LINUX_ATTACK_LINES: [&str; 5] = [
+    "Booting Linux on physical CPU",
+    "smp: Brought up",
+    "Freeing unused kernel memory",
+    LINUX_ATTACK_EVERY_PAGE_AFTER,
+    "linux-guest: powering off",
+];
+
+/// The round that attacks every given page of the kernel's image, its page tables among them,
+/// comes after this line; the others take every [`LINUX_ATTACK_STRIDE`]th page.
+const LINUX_ATTACK_EVERY_PAGE_AFTER: &str = "linux-guest: init started";
+const LINUX_ATTACK_STRIDE: u64 = 32;
+
+/// `host-attacks-linux`: the `linux` scenario's VM, and at six points of its boot the host reads,
+/// writes and reads back pages it gave it ([`crate::vm_plan::attack_targets`]): its kernel's
+/// image, text and data and its page tables (`swapper_pg_dir`, `init_pg_dir` and the idmap's lie
+/// inside `image_size`; the tables Linux allocates later lie in the faulted-in RAM, sampled), in
+/// one round every page of it; the RAM it faulted in, 2 MiB blocks and 4 KiB pages (those past the
+/// image's signed bytes lie in it); its initrd and device tree. Every access must abort with
+/// nothing read, and Linux must boot to its end as in `linux`.
+pub fn host_attacks_linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::vm_plan::{attack_targets, Attacked};
+    const PAGE: u64 = 4096;
+    #[derive(Default)]
+    struct Attack {
+        /// The kernel image's pages, as indices into the VM's region.
+        kernel: core::ops::Range<u64>,
+        /// The console line that asked for the next round.
+        after_line: Option<&'static str>,
+        rounds: u64,
+        /// Rounds that attacked no page of the kernel, or had an access that did not abort.
+        failed_rounds: u64,
+        tried: u64,
+        aborted: u64,
+    }
+    impl Hooks for Attack {
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            if let Some(&after) = LINUX_ATTACK_LINES.iter().find(|&&l| line.contains(l)) {
+                self.after_line = Some(after);
+            }
+        }
+        fn after_exit(&mut self, vm: &Vm) {
+            let after_line = self.after_line.take();
+            if after_line.is_none() && vm.runs != 1 {
+                return;
+            }
+            let stride = if after_line == Some(LINUX_ATTACK_EVERY_PAGE_AFTER) { 1 } else { LINUX_ATTACK_STRIDE };
+            let (mut tried, mut aborted, mut pages) = (0, 0, [0u64; 3]);
+            for (page, kind) in attack_targets(&vm.given, self.kernel.clone(), stride) {
+                let (t, a) = crate::vmm::attack_page_and_read_back(vm.region + page * PAGE);
+                (tried, aborted) = (tried + t, aborted + a);
+                pages[match kind {
+                    Attacked::Kernel => 0,
+                    Attacked::Block => 1,
+                    Attacked::Page => 2,
+                }] += 1;
+            }
+            self.rounds += 1;
+            let [kernel, block, page] = pages;
+            kprintln!(
+                "host-attacks-linux: round {} (exit {}, after {:?}): {aborted} of {tried} accesses aborted: {kernel} \
+                 of the kernel image's {} pages (1 in {stride}), {block} pages of {} whole 2 MiB blocks, {page} \
+                 other pages",
+                self.rounds,
+                vm.runs,
+                after_line.unwrap_or("its first exit"),
+                self.kernel.end - self.kernel.start,
+                block / 3,
+            );
+            if kernel == 0 || aborted != tried {
+                self.failed_rounds += 1;
+            }
+            (self.tried, self.aborted) = (self.tried + tried, self.aborted + aborted);
+        }
+    }
+    let bundle = env.bundle()?;
+    let entry = env.entry(0)?;
+    let kernel = entry.images().first().ok_or("the Linux VM has no kernel")?;
+    let image_size = crate::linux::image_size(&bundle, &entry).ok_or("the Linux VM's kernel has no header")?;
+    let first = kernel.gpa.checked_sub(entry.ram_base).ok_or("the kernel lies below the VM's RAM")? / PAGE;
+    let mut hooks = Attack { kernel: first..first + image_size.div_ceil(PAGE), ..Attack::default() };
+    let ran = run_linux(env, gic, &mut hooks);
+    kprintln!(
+        "host-attacks-linux: {} of {} accesses to the running Linux VM's pages aborted (kernel text, page tables, \
+         faulted-in RAM)",
+        hooks.aborted,
+        hooks.tried
+    );
+    ran?;
+    if hooks.rounds != 1 + LINUX_ATTACK_LINES.len() as u64 {
+        return Err("the host did not attack at every point of the boot");
+    }
+    if hooks.failed_rounds != 0 || hooks.aborted != hooks.tried {
+        return Err("the host reached a running Linux VM's memory");
+    }
+    Ok(())
 }
