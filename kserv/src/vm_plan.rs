@@ -117,7 +117,8 @@ pub enum Attacked {
 /// The pages (indices into the VM's region) the host attacks in one round of
 /// `host-attacks-linux`: of the given pages of `kernel` (the kernel image's page indices) and of
 /// the blocks given in part, those whose index is a multiple of `stride` (1: all of them); of
-/// each block given whole, its first, middle and last page. Each access costs an abort and a
+/// each block given whole, its first, middle and last page (unless they are the kernel's: a block
+/// answer to a fault past the image's signed bytes may hold its end). Each access costs an abort and a
 /// line of KCore's log: a round of every page of a 128 MiB VM would take minutes.
 pub fn attack_targets(
     given: &Given,

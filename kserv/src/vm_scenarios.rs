@@ -1231,13 +1231,12 @@ pub fn host_attacks_linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
             let [kernel, block, page] = pages;
             kprintln!(
                 "host-attacks-linux: round {} (exit {}, after {:?}): {aborted} of {tried} accesses aborted: {kernel} \
-                 of the kernel image's {} pages (1 in {stride}; {faulted} past its signed bytes), {block} pages of {} \
-                 whole 2 MiB blocks, {page} other pages",
+                 of the kernel image's {} pages (1 in {stride}; {faulted} past its signed bytes), {block} sampled \
+                 from whole 2 MiB blocks, {page} other pages",
                 self.rounds,
                 vm.runs,
                 after_line.unwrap_or("its first exit"),
                 self.kernel.end - self.kernel.start,
-                block / 3,
             );
             if aborted != tried {
                 self.failure.get_or_insert("the host reached a running Linux VM's memory");
