@@ -32,10 +32,12 @@ pub enum Scenario {
     Linux,
     /// `cargo xtask bench`: [`Scenario::Linux`] with the PMU read around every VCPU_RUN.
     LinuxBench,
+    /// The `linux` scenario's VM, its pages attacked by the host while it boots.
+    HostAttacksLinux,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 26] = [
+    pub const ALL: [Scenario; 27] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -62,6 +64,7 @@ impl Scenario {
         Scenario::VmVgic,
         Scenario::Linux,
         Scenario::LinuxBench,
+        Scenario::HostAttacksLinux,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl Scenario {
             Scenario::VmVgic => "vm-vgic",
             Scenario::Linux => "linux",
             Scenario::LinuxBench => "linux-bench",
+            Scenario::HostAttacksLinux => "host-attacks-linux",
         }
     }
 

@@ -86,6 +86,12 @@ impl Given {
         }
     }
 
+    /// Whether every page of the 2 MiB block holding page `page` was given.
+    pub fn block_full(&self, page: u64) -> bool {
+        let first = (page & !511) / 64;
+        first + 8 <= MAX_PAGES / 64 && self.0[first as usize..first as usize + 8].iter().all(|&w| w == u64::MAX)
+    }
+
     pub fn count(&self) -> u64 {
         self.0.iter().map(|w| w.count_ones() as u64).sum()
     }
@@ -94,6 +100,41 @@ impl Given {
     pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
         (0..MAX_PAGES).filter(|&p| self.0[(p / 64) as usize] >> (p % 64) & 1 == 1)
     }
+}
+
+/// What a page the host attacks in a running Linux VM is (`host-attacks-linux`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attacked {
+    /// A page of the kernel's image: its text, data, BSS and initial page tables.
+    Kernel,
+    /// A sampled page of a 2 MiB block given whole (a block answer to a stage-2 fault).
+    Block,
+    /// A page of a block given in part: a 4 KiB answer to a stage-2 fault, the initrd, the
+    /// device tree.
+    Page,
+}
+
+/// The pages (indices into the VM's region) the host attacks in one round of
+/// `host-attacks-linux`: of the given pages of `kernel` (the kernel image's page indices) and of
+/// the blocks given in part, those whose index is a multiple of `stride` (1: all of them); of
+/// each block given whole, its first, middle and last page (unless they are the kernel's: a block
+/// answer to a fault past the image's signed bytes may hold its end). Each access costs an abort and a
+/// line of KCore's log: a round of every page of a 128 MiB VM would take minutes.
+pub fn attack_targets(
+    given: &Given,
+    kernel: core::ops::Range<u64>,
+    stride: u64,
+) -> impl Iterator<Item = (u64, Attacked)> + '_ {
+    given.pages().filter_map(move |page| {
+        let sampled = page.is_multiple_of(stride);
+        if kernel.contains(&page) {
+            sampled.then_some((page, Attacked::Kernel))
+        } else if given.block_full(page) {
+            matches!(page % 512, 0 | 256 | 511).then_some((page, Attacked::Block))
+        } else {
+            sampled.then_some((page, Attacked::Page))
+        }
+    })
 }
 
 /// A console line being assembled from a guest's UART writes.
@@ -192,6 +233,29 @@ mod tests {
         given.set_block(1030);
         assert_eq!(given.count(), 6 + 512);
         assert!(!given.block_free(1024));
+    }
+
+    #[test]
+    fn attacks_cover_the_kernel_whole_and_sample_whole_blocks() {
+        let mut given = Given::new();
+        // Kernel image pages 0..700 (its first block and part of the next), a 4 KiB fault answer
+        // at 900, a whole block at 1024..1536.
+        (0..700).chain([900]).for_each(|p| given.set(p));
+        given.set_block(1100);
+        let of = |stride, kind| {
+            attack_targets(&given, 0..700, stride).filter(|&(_, k)| k == kind).map(|(p, _)| p).collect::<Vec<_>>()
+        };
+        assert_eq!(of(1, Attacked::Kernel), (0..700).collect::<Vec<_>>());
+        assert_eq!(of(1, Attacked::Page), vec![900]);
+        assert_eq!(of(1, Attacked::Block), vec![1024, 1280, 1535]);
+        // Sampled: every 100th page of the kernel and of the blocks given in part; whole blocks
+        // as before.
+        assert_eq!(of(100, Attacked::Kernel), vec![0, 100, 200, 300, 400, 500, 600]);
+        assert_eq!(of(100, Attacked::Page), vec![900]);
+        assert_eq!(of(100, Attacked::Block), vec![1024, 1280, 1535]);
+        // A whole block inside the kernel's image is attacked page by page.
+        assert_eq!(attack_targets(&given, 0..2048, 1).count(), 700 + 1 + 512);
+        assert!(given.block_full(0) && !given.block_full(512) && given.block_full(1535));
     }
 
     #[test]

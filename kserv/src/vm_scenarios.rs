@@ -1127,8 +1127,18 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
 
 /// `linux`: the bundle's Linux VM (`cargo xtask run --guest-kernel`) runs until it powers itself
 /// off. A reset (Linux's panic with `panic=-1`), a stop or a failed teardown fails the run.
-/// With a `meter`, the PMU is read around every VCPU_RUN; returns the meter.
-pub fn linux(env: &VmEnv, gic: &GicInfo, meter: Option<ExitMeter>) -> Result<Option<ExitMeter>, &'static str> {
+pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    run_linux(env, gic, &mut crate::vmm::Plain, None).map(drop)
+}
+
+/// Runs the bundle's Linux VM with `hooks` until it powers itself off (see [`linux`]). With a
+/// `meter`, the PMU is read around every VCPU_RUN; returns the meter.
+fn run_linux(
+    env: &VmEnv,
+    gic: &GicInfo,
+    hooks: &mut dyn Hooks,
+    meter: Option<ExitMeter>,
+) -> Result<Option<ExitMeter>, &'static str> {
     let bundle = env.bundle()?;
     let entry = env.entry(0)?;
     if !entry.is_linux() {
@@ -1152,7 +1162,7 @@ pub fn linux(env: &VmEnv, gic: &GicInfo, meter: Option<ExitMeter>) -> Result<Opt
         entry.vcpus,
         entry.ram_size >> 20
     );
-    mgr.run_all(&mut crate::vmm::Plain);
+    mgr.run_all(hooks);
     mgr.result()?;
     match (mgr.powered_off, mgr.stopped) {
         (1, 0) => Ok(mgr.meter.take()),
@@ -1171,7 +1181,7 @@ pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
     pmu::start_el2_instruction_counter();
     pmu::start_all_el_instruction_counter();
     pmu::start_every_el_instruction_counter();
-    let meter = linux(env, gic, Some(ExitMeter::new()))?.ok_or("no meter")?;
+    let meter = run_linux(env, gic, &mut crate::vmm::Plain, Some(ExitMeter::new()))?.ok_or("no meter")?;
     if !meter.done {
         return Err("the meter never saw the guest's SYSTEM_OFF");
     }
@@ -1188,4 +1198,116 @@ pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
         kprintln!("bench linux-exit-{} exits={} el2={} host_el1={}", class.name(), cost.exits, cost.el2, cost.host_el1);
     }
     Ok(())
+}
+
+/// The Linux console lines after which `host-attacks-linux` attacks, besides the VM's first
+/// exit (early in its boot, its kernel image just verified): its MMU is on; both vCPUs are up;
+/// its init memory is freed; init runs; it powers off. Console lines, like exit counts under
+/// `-icount`, come at the same point of every boot.
+const LINUX_ATTACK_LINES: [&str; 5] = [
+    "Booting Linux on physical CPU",
+    "smp: Brought up",
+    "Freeing unused kernel memory",
+    LINUX_ATTACK_EVERY_PAGE_AFTER,
+    "linux-guest: powering off",
+];
+
+/// The round that attacks every given page of the kernel's image, its page tables among them,
+/// comes after this line; the others take every [`LINUX_ATTACK_STRIDE`]th page.
+const LINUX_ATTACK_EVERY_PAGE_AFTER: &str = "linux-guest: init started";
+const LINUX_ATTACK_STRIDE: u64 = 32;
+
+/// `host-attacks-linux`: the `linux` scenario's VM, and at six points of its boot the host reads,
+/// writes and reads back pages it gave it ([`crate::vm_plan::attack_targets`]): its kernel's
+/// image, text and data and its page tables (`swapper_pg_dir`, `init_pg_dir` and the idmap's lie
+/// inside `image_size`; the tables Linux allocates later lie in the faulted-in RAM, sampled), in
+/// one round every page of it; the RAM it faulted in, 2 MiB blocks and 4 KiB pages (those past the
+/// image's signed bytes lie in it); its initrd and device tree. Every access must abort with
+/// nothing read, and Linux must boot to its end as in `linux`.
+pub fn host_attacks_linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::vm_plan::{attack_targets, Attacked};
+    const PAGE: u64 = 4096;
+    #[derive(Default)]
+    struct Attack {
+        /// The kernel image's pages, as indices into the VM's region.
+        kernel: core::ops::Range<u64>,
+        /// The first of them past its signed bytes (BSS, initial page tables): KServ gives those
+        /// in answer to the guest's stage-2 faults.
+        faulted_from: u64,
+        /// The console line that asked for the next round.
+        after_line: Option<&'static str>,
+        rounds: u64,
+        /// Why a round failed: an access did not abort, or it missed a kind of page.
+        failure: Option<&'static str>,
+        tried: u64,
+        aborted: u64,
+    }
+    impl Hooks for Attack {
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            if let Some(&after) = LINUX_ATTACK_LINES.iter().find(|&&l| line.contains(l)) {
+                self.after_line = Some(after);
+            }
+        }
+        fn after_exit(&mut self, vm: &Vm) {
+            let after_line = self.after_line.take();
+            if after_line.is_none() && vm.runs != 1 {
+                return;
+            }
+            let stride = if after_line == Some(LINUX_ATTACK_EVERY_PAGE_AFTER) { 1 } else { LINUX_ATTACK_STRIDE };
+            let (mut tried, mut aborted, mut pages, mut faulted) = (0, 0, [0u64; 3], 0);
+            for (page, kind) in attack_targets(&vm.given, self.kernel.clone(), stride) {
+                let (t, a) = crate::vmm::attack_page_and_read_back(vm.region + page * PAGE);
+                (tried, aborted) = (tried + t, aborted + a);
+                faulted += u64::from(kind == Attacked::Kernel && page >= self.faulted_from);
+                pages[match kind {
+                    Attacked::Kernel => 0,
+                    Attacked::Block => 1,
+                    Attacked::Page => 2,
+                }] += 1;
+            }
+            self.rounds += 1;
+            let [kernel, block, page] = pages;
+            kprintln!(
+                "host-attacks-linux: round {} (exit {}, after {:?}): {aborted} of {tried} accesses aborted: {kernel} \
+                 of the kernel image's {} pages (1 in {stride}; {faulted} past its signed bytes), {block} sampled \
+                 from whole 2 MiB blocks, {page} other pages",
+                self.rounds,
+                vm.runs,
+                after_line.unwrap_or("its first exit"),
+                self.kernel.end - self.kernel.start,
+            );
+            if aborted != tried {
+                self.failure.get_or_insert("the host reached a running Linux VM's memory");
+            }
+            // The round of every page reaches each kind: the image, its 4 KiB fault answers, the
+            // blocks (by then Linux has faulted in RAM beyond its image).
+            if kernel == 0 || (stride == 1 && (faulted == 0 || block == 0)) {
+                self.failure.get_or_insert("a round missed the kernel image, its faulted-in pages or the blocks");
+            }
+            (self.tried, self.aborted) = (self.tried + tried, self.aborted + aborted);
+        }
+    }
+    let bundle = env.bundle()?;
+    let entry = env.entry(0)?;
+    let kernel = entry.images().first().ok_or("the Linux VM has no kernel")?;
+    let image_size = crate::linux::image_size(&bundle, &entry).ok_or("the Linux VM's kernel has no header")?;
+    let first = kernel.gpa.checked_sub(entry.ram_base).ok_or("the kernel lies below the VM's RAM")? / PAGE;
+    let signed_pages = (bundle.signed_image(kernel).len() as u64).div_ceil(PAGE);
+    let mut hooks = Attack {
+        kernel: first..first + image_size.div_ceil(PAGE),
+        faulted_from: first + signed_pages,
+        ..Attack::default()
+    };
+    let ran = run_linux(env, gic, &mut hooks, None);
+    kprintln!(
+        "host-attacks-linux: {} of {} accesses to the running Linux VM's pages aborted (kernel text, page tables, \
+         faulted-in RAM)",
+        hooks.aborted,
+        hooks.tried
+    );
+    ran?;
+    if hooks.rounds != 1 + LINUX_ATTACK_LINES.len() as u64 {
+        return Err("the host did not attack at every point of the boot");
+    }
+    hooks.failure.map_or(Ok(()), Err)
 }

@@ -702,11 +702,43 @@ fn guest_psci(vm: &mut Vm, vcpu: usize, x: [u64; 4]) {
 /// The host reads and writes a VM's page at `pa`: each access must abort. Returns how many
 /// accesses were tried and how many aborted.
 pub fn attack_page(pa: u64) -> (u64, u64) {
-    let (before, _, _) = exceptions::aborts();
+    attack(pa, &[Access::Read, Access::Write])
+}
+
+/// [`attack_page`], then a second read: a write that reached the page would show there.
+pub fn attack_page_and_read_back(pa: u64) -> (u64, u64) {
+    attack(pa, &[Access::Read, Access::Write, Access::Read])
+}
+
+/// One access of the host to a VM's page.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// What the host writes into a VM's page: it must never reach it.
+const ATTACK_PATTERN: u64 = 0x6a6a_6a6a_6a6a_6a6a;
+
+/// Makes `accesses` to the VM page at `pa`. Returns how many were tried, and how many aborted
+/// as KCore must make them: one external abort each, at `pa`, a read returning nothing.
+fn attack(pa: u64, accesses: &[Access]) -> (u64, u64) {
     exceptions::expect_abort(true);
-    hvc::probe_read(pa);
-    hvc::probe_write(pa, 0x6a6a_6a6a_6a6a_6a6a);
+    let aborted = accesses
+        .iter()
+        .filter(|access| {
+            let (before, _, _) = exceptions::aborts();
+            let read = match access {
+                Access::Read => hvc::probe_read(pa).0,
+                Access::Write => {
+                    hvc::probe_write(pa, ATTACK_PATTERN);
+                    0
+                }
+            };
+            let (after, _, far) = exceptions::aborts();
+            after == before + 1 && far == pa && read == 0
+        })
+        .count();
     exceptions::expect_abort(false);
-    let (after, _, _) = exceptions::aborts();
-    (2, after - before)
+    (accesses.len() as u64, aborted as u64)
 }

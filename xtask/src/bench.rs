@@ -210,6 +210,7 @@ fn corevisor_linux_run(qemu: &Qemu, guest: &crate::linux::LinuxGuest) -> Result<
         cpus: GUEST_CPUS,
         mem_mib: u64::from(GUEST_MEM_MIB),
         cmdline: CMDLINE.to_string(),
+        scenario: "linux-bench",
     };
     let bundle = crate::write_linux_bundle(&run, "linux-bench.img")?;
     let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;

@@ -86,7 +86,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   build [--board qemu-virt|rpi4] [--hw]        build KServ and KCore, write raw images
   run [--board B] [--gic 2|3] [--scenario S] [--gdb]   boot under QEMU (default: the demo)
   run --guest-kernel PATH --guest-initrd PATH [--guest-cpus N] [--guest-mem MIB] [--guest-cmdline S]
-      [--gic 2|3] [--board rpi4]               boot a Linux Image as a VM (signed with the test key)
+      [--gic 2|3] [--board rpi4] [--scenario linux|host-attacks-linux]
+                                               boot a Linux Image as a VM (signed with the test key)
   image --board rpi4 [--out DIR]               kernel8.img + config.txt for the SD card
   qemu-test [SCENARIO...] [--variant V]        every scenario on virt-gicv3, virt-gicv2, raspi4b
       [--guest-kernel PATH --guest-initrd PATH]  the linux scenarios' guest (default: Debian 6.1, fetched)
@@ -188,6 +189,8 @@ pub struct GuestRun {
     pub cpus: u32,
     pub mem_mib: u64,
     pub cmdline: String,
+    /// The KServ scenario that runs it: one of [`scenarios::LINUX_SCENARIOS`].
+    pub scenario: &'static str,
 }
 
 /// The options that only make sense with `--guest-kernel`.
@@ -205,9 +208,17 @@ fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
             None => Ok(None),
         };
     };
-    if args.value("scenario").is_some() {
-        return Err("--guest-kernel runs the Linux VM; it takes no --scenario".into());
-    }
+    // The Linux scenarios run the bundle's Linux VM; the first is the default.
+    let linux = scenarios::LINUX_SCENARIOS.iter().map(|s| s.name);
+    let scenario = match args.value("scenario") {
+        None => scenarios::LINUX_SCENARIOS[0].name,
+        Some(name) => linux.clone().find(|&s| s == name).ok_or_else(|| {
+            format!(
+                "--guest-kernel runs the Linux VM: --scenario {name}? it takes {}",
+                linux.collect::<Vec<_>>().join(" or ")
+            )
+        })?,
+    };
     let initrd = args.value("guest-initrd").ok_or("--guest-kernel needs --guest-initrd PATH")?;
     let number = |name: &str, default: u64| match args.value(name) {
         None => Ok(default),
@@ -227,19 +238,22 @@ fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
         cpus: cpus as u32,
         mem_mib,
         cmdline: args.value("guest-cmdline").map_or_else(linux::corevisor_cmdline, str::to_string),
+        scenario,
     }))
 }
 
 /// Boots a Linux VM under corevisor: its Image and initrd signed with the test key into a
-/// one-VM bundle, KServ running the `linux` scenario. QEMU's status is KServ's verdict: 0 when
-/// the guest powered itself off.
+/// one-VM bundle, KServ running its `--scenario` (`linux` by default). QEMU's status is KServ's
+/// verdict: 0 when the guest powered itself off (and, with `host-attacks-linux`, every host
+/// access to its pages aborted).
 fn run_linux(args: &Args, guest: &GuestRun) -> Result<u8, String> {
     let (board, variant) = run_variant(args)?;
     let path = write_linux_bundle(guest, "linux.img")?;
     toolchain::ensure()?;
     let qemu = qemu::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Run)?;
-    let mut command = qemu::command(&qemu, variant, &artifacts, "scenario=linux", Some(&path))?;
+    let append = format!("scenario={}", guest.scenario);
+    let mut command = qemu::command(&qemu, variant, &artifacts, &append, Some(&path))?;
     if args.flag("gdb") {
         println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");
         command.args(["-s", "-S"]);
@@ -501,8 +515,13 @@ mod tests {
                 cpus: 2,
                 mem_mib: 128,
                 cmdline: "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1 rdinit=/init".into(),
+                scenario: "linux",
             }
         );
+        let attacked = guest(&["--guest-kernel=k", "--guest-initrd=i", "--scenario", "host-attacks-linux"]);
+        assert_eq!(attacked.unwrap().unwrap().scenario, "host-attacks-linux");
+        let linux = guest(&["--guest-kernel=k", "--guest-initrd=i", "--scenario=linux"]);
+        assert_eq!(linux.unwrap().unwrap().scenario, "linux");
         let custom = guest(&[
             "--guest-kernel=k",
             "--guest-initrd=i",
@@ -533,7 +552,8 @@ mod tests {
         assert!(with(&["--guest-cpus", "two"]).is_err());
         assert!(with(&["--guest-mem", "32"]).is_err());
         assert!(with(&["--guest-mem", "2048"]).is_err());
-        assert!(with(&["--scenario", "vm-hello"]).is_err());
+        let err = with(&["--scenario", "vm-hello"]).unwrap_err();
+        assert!(err.contains("vm-hello") && err.contains("linux or host-attacks-linux"), "{err}");
         assert!(parse(&["--guest-kernel"]).is_err());
         assert!(parse(&["--guest-kernal", "k"]).is_err());
     }

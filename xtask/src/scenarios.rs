@@ -386,20 +386,42 @@ pub const SCENARIOS: &[Scenario] = &[
 /// the console must hold `/init`'s proof lines in order and none of Linux's panic lines
 /// (`linux::console_problems`). They run on a build whose checks after VCPU_RUNs that moved no
 /// page are sampled ([`Flavor::LinuxTest`]).
-pub const LINUX_SCENARIOS: &[Scenario] = &[Scenario {
-    name: "linux",
-    lines: &[
-        "kserv: [linux] linux-guest: init started",
-        "kserv: vm linux: powered off",
-        "kserv: vm linux: torn down, ",
-        "all scrubbed",
-        "kserv: scenario linux: PASS",
-        "host SYSTEM_OFF, status 0",
-    ],
-    gic_v2_lines: &[],
-    bundle: &[],
-    bootargs: "",
-}];
+pub const LINUX_SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "linux",
+        lines: &[
+            "kserv: [linux] linux-guest: init started",
+            "kserv: vm linux: powered off",
+            "kserv: vm linux: torn down, ",
+            "all scrubbed",
+            "kserv: scenario linux: PASS",
+            "host SYSTEM_OFF, status 0",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
+    },
+    Scenario {
+        name: "host-attacks-linux",
+        lines: &[
+            "kserv: host-attacks-linux: round 1 (exit 1, after \"its first exit\"): ",
+            "after \"Booting Linux on physical CPU\"): ",
+            "kserv: [linux] linux-guest: init started",
+            "after \"linux-guest: init started\"): ",
+            "(1 in 1; ",
+            "kserv: host-attacks-linux: round 6 (",
+            "kserv: vm linux: powered off",
+            "kserv: vm linux: torn down, ",
+            "all scrubbed",
+            " accesses to the running Linux VM's pages aborted (kernel text, page tables, faulted-in RAM)",
+            "kserv: scenario host-attacks-linux: PASS",
+            "host SYSTEM_OFF, status 0",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
+    },
+];
 
 /// The kernel series the Linux scenarios boot.
 pub const LINUX_KERNEL: &str = "6.1";

@@ -19,8 +19,7 @@ use corevisor_abi::bundle::{self, Bundle, VmEntry};
 /// entry is no Linux VM.
 pub fn boot_plan<'a>(bundle: &Bundle<'a>, entry: &VmEntry, gic_v3: bool) -> Option<(u64, dt::LinuxVmDt<'a>)> {
     let (kernel, initrd) = (entry.images().first()?, entry.images().get(1));
-    let at = usize::try_from(kernel.offset).ok()?.checked_add(bundle::IMAGE_SIZE_AT)?;
-    let image_size = u64::from_le_bytes(bundle.bytes.get(at..at.checked_add(8)?)?.try_into().ok()?);
+    let image_size = image_size(bundle, entry)?;
     let initrd_len = initrd.map_or(0, |i| i.size);
     let layout = bundle::linux_layout(entry.ram_base, entry.ram_size, kernel.size, image_size, initrd_len)?;
     if !entry.is_linux() || layout.kernel != kernel.gpa || initrd.is_some_and(|i| i.gpa != layout.initrd) {
@@ -35,6 +34,13 @@ pub fn boot_plan<'a>(bundle: &Bundle<'a>, entry: &VmEntry, gic_v3: bool) -> Opti
         initrd: initrd.map(|i| (i.gpa, i.gpa + i.size)),
     };
     Some((layout.dt, spec))
+}
+
+/// The `image_size` header field of Linux VM `entry`'s kernel (image 0): the bytes from its
+/// first one that the kernel uses (text, data, BSS and its initial page tables).
+pub fn image_size(bundle: &Bundle, entry: &VmEntry) -> Option<u64> {
+    let at = usize::try_from(entry.images().first()?.offset).ok()?.checked_add(bundle::IMAGE_SIZE_AT)?;
+    Some(u64::from_le_bytes(bundle.bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 #[cfg(test)]
