@@ -103,13 +103,15 @@ pub struct ClassCost {
     pub host_el1: u64,
 }
 
-/// The guest's run phase: instructions at every EL, at EL2, and KServ's at EL1.
+/// The guest's run phase: instructions at every EL, at EL2, and KServ's at EL1; and the time
+/// KServ idled in WFI, which the counters count but no instruction took (below).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunPhase {
     pub every_el: u64,
     pub el2: u64,
     pub host_el1: u64,
     pub exits: u64,
+    pub idle: u64,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +146,24 @@ impl ExitMeter {
             }
         }
         self.last = Some(now);
+    }
+
+    /// KServ idled in WFI from `before` to `now` (every vCPU waiting for its timer). Under
+    /// `-icount shift=0,sleep=off` QEMU skips idle time, but its PMU counts the skipped time as
+    /// instructions (one per nanosecond), unlike its own instruction count (the bare figure): the
+    /// interval leaves every counter's total, kept apart as idle time. The WFI and the few
+    /// instructions around it (under 20 per idle) go with it.
+    pub fn idle(&mut self, before: Counts, now: Counts) {
+        if self.done || self.last.is_none() {
+            return;
+        }
+        let d = now.since(before);
+        self.run.idle += d.every_el;
+        self.last = self.last.map(|last| Counts {
+            el2: last.el2.wrapping_add(d.el2),
+            el1_el2: last.el1_el2.wrapping_add(d.el1_el2),
+            every_el: last.every_el.wrapping_add(d.every_el),
+        });
     }
 
     /// VCPU_RUN came back with `reason` and detail `a` (for an HVC exit, the guest's x0).
@@ -195,7 +215,19 @@ mod tests {
         let pl011 = meter.classes[ExitClass::Pl011 as usize];
         assert_eq!(pl011, ClassCost { exits: 1, el2: 110, host_el1: 50 });
         assert_eq!(meter.classes[ExitClass::Psci as usize], ClassCost { exits: 1, el2: 90, host_el1: 0 });
-        assert_eq!(meter.run, RunPhase { every_el: 2500, el2: 200, host_el1: 50, exits: 2 });
+        assert_eq!(meter.run, RunPhase { every_el: 2500, el2: 200, host_el1: 50, exits: 2, idle: 0 });
+    }
+
+    #[test]
+    fn idle_time_leaves_the_totals() {
+        let mut meter = ExitMeter::new();
+        meter.before_run(at(0, 0, 0));
+        meter.after_run(at(100, 1100, 1100), exit::WFI, 5);
+        // KServ: 40 instructions, an idle the PMU counts as 5000, then 10 more.
+        meter.idle(at(100, 1140, 1140), at(100, 6140, 6140));
+        meter.before_run(at(100, 6150, 6150));
+        assert_eq!(meter.run, RunPhase { every_el: 1150, el2: 100, host_el1: 50, exits: 1, idle: 5000 });
+        assert_eq!(meter.classes[ExitClass::Wfi as usize].host_el1, 50);
     }
 
     #[test]

@@ -1152,6 +1152,7 @@ fn run_linux(
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::TIMER_PPI);
     let mut mgr = Manager::new(env.regions);
     mgr.meter = meter;
+    mgr.timer_wakes = true;
     if let Err((_, e)) = mgr.create_linux(&bundle, &entry, gic) {
         kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
         return Err("the Linux VM could not be created");
@@ -1187,11 +1188,12 @@ pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
     }
     let run = meter.run;
     kprintln!(
-        "bench linux-run every_el={} el2={} host_el1={} exits={}",
+        "bench linux-run every_el={} el2={} host_el1={} exits={} idle={}",
         run.every_el,
         run.el2,
         run.host_el1,
-        run.exits
+        run.exits,
+        run.idle
     );
     for class in ExitClass::ALL {
         let cost = meter.classes[class as usize];

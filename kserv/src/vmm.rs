@@ -185,6 +185,9 @@ pub struct Manager {
     pub verify_cost: VerifyCost,
     /// `cargo xtask bench`'s Linux run: the PMU read around every VCPU_RUN.
     pub meter: Option<ExitMeter>,
+    /// The host's physical timer interrupt is enabled at the GIC, so waiting for the vCPUs'
+    /// timers can be a WFI instead of a spin.
+    pub timer_wakes: bool,
 }
 
 /// The EL2 instructions of the last created VM's VERIFY_VM_IMAGE calls (from
@@ -214,6 +217,7 @@ impl Manager {
             verify_counter: None,
             verify_cost: VerifyCost::default(),
             meter: None,
+            timer_wakes: false,
         }
     }
 
@@ -354,6 +358,13 @@ impl Manager {
             if !ran {
                 if earliest == u64::MAX {
                     return;
+                }
+                if self.timer_wakes {
+                    let before = self.meter.as_ref().map(|_| pmu_counts());
+                    crate::arch::gic::idle_until(earliest);
+                    if let (Some(meter), Some(before)) = (self.meter.as_mut(), before) {
+                        meter.idle(before, pmu_counts());
+                    }
                 }
                 while hvc::counter() < earliest {
                     core::hint::spin_loop();

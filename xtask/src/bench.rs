@@ -255,6 +255,9 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
         pct(host, total),
         total - el2 - host
     );
+    if let Some(idle) = run.get("idle") {
+        println!("    idle (KServ in WFI, every vCPU waiting; QEMU's PMU counts skipped time, left out): {idle}");
+    }
     println!("  ratio {ratio:.4}x  (target <= {LINUX_RATIO_TARGET}x, Xen 4.17: {XEN_RATIO}x)  {status}");
     println!("  per exit class: count, mean EL2 instructions (KCore), mean EL1 instructions (KServ), Xen's mean EL2 (target):");
     println!("  {:<40} {:>8} {:>9} {:>9} {:>9}  status", "class", "exits", "EL2/exit", "KServ/exit", "Xen EL2");

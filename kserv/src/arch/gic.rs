@@ -55,6 +55,26 @@ pub fn enable_ppi(gic: &GicInfo, ppi: u64) {
     }
 }
 
+/// Idles this core until the physical counter reaches `deadline`: the physical timer armed for
+/// it, then WFI, which wakes on its interrupt even with IRQs masked. Needs [`TIMER_PPI`] enabled
+/// (else nothing wakes the core). Unlike a spin, it retires no instructions while it waits.
+pub fn idle_until(deadline: u64) {
+    // SAFETY: as for `arm_physical_timer`.
+    unsafe {
+        asm!(
+            "msr cntp_cval_el0, {deadline}",
+            "msr cntp_ctl_el0, {one}",
+            "isb",
+            deadline = in(reg) deadline, one = in(reg) 1u64, options(nostack)
+        )
+    };
+    while crate::arch::hvc::counter() < deadline {
+        // SAFETY: WFI only waits; the armed timer ends the wait.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
+    }
+    disarm_physical_timer();
+}
+
 /// Arms the physical timer to fire `ticks` from now.
 pub fn arm_physical_timer(ticks: u64) {
     // SAFETY: KCore lets the host use its physical timer (CNTHCTL_EL2.EL1PCEN); only the timer
