@@ -431,7 +431,9 @@ pub fn prepare(wanted: &Wanted, out: Option<&Path>) -> Result<LinuxGuest, String
 /// [`CMDLINE`] as a VM.
 pub fn bare_command(qemu: &Qemu, gic: u32, guest: &LinuxGuest) -> Command {
     let mut c = Command::new(&qemu.path);
-    c.args(["-M", &format!("virt,gic-version={gic}"), "-cpu", "cortex-a72"]);
+    // No random seed in the DTB (`dtb-randomness=off`): runs repeat, and the guest's boot does
+    // what it does under corevisor, whose guest DT has none.
+    c.args(["-M", &format!("virt,gic-version={gic},dtb-randomness=off"), "-cpu", "cortex-a72"]);
     c.args(["-smp", &GUEST_CPUS.to_string(), "-m", &format!("{GUEST_MEM_MIB}M")]);
     c.args(["-nographic", "-no-reboot"]);
     c.arg("-kernel").arg(&guest.image).arg("-initrd").arg(&guest.initramfs);

@@ -62,12 +62,12 @@ extern "C" fn host_call_trap_handler(frame: &mut CallFrame) {
     principal::park_if_halted();
     // As in `lower_el_trap_handler`, the principal already names the host.
     let regs = frame.call_regs();
-    let call = HostCall::decode(regs);
-    let exit = host_hvc_dispatcher(call, regs);
+    let function = regs[0];
+    let exit = host_hvc_dispatcher(HostCall::decode(regs), regs);
     if exit != CallExit::Resume {
         finish_call(cpu::index(), exit, regs);
     }
-    invariants::check_after(&call);
+    invariants::check_after_call(function);
 }
 
 /// Carries out a host call's answer; x0..x5 get its result.
