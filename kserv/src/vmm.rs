@@ -585,9 +585,8 @@ fn pmu_counts() -> Counts {
 
 /// A Linux vCPU's time slice: 100 µs. A vCPU that spins on its sibling (a lock the sibling holds,
 /// `stop_machine`, an IPI's answer; QEMU never traps WFE) burns the rest of its slice, since both
-/// share this core: with 1 ms slices a Linux boot ran 1.35 G guest instructions against 0.86 G
-/// bare, with 100 µs 0.92 G, the extra IRQ exits included (`cargo xtask bench`; 50 µs gains
-/// nothing more).
+/// share this core: with 1 ms slices a Linux boot ran 1.35 G guest instructions against 0.89 G
+/// bare, with 100 µs 0.92 G (`cargo xtask bench`; 50 µs gains nothing more).
 const SLICES_PER_SECOND: u64 = 10000;
 
 /// The priority KServ injects with: the GIC's reset default that Linux keeps for every
