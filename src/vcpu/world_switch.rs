@@ -17,8 +17,12 @@ pub fn load_controls(controls: &El2Controls) {
 }
 
 /// Sets this core up to run the host: the EL2 state of both worlds, then the host's controls.
+/// Every list register of the core's virtual interface is emptied: KCore loads at most
+/// `MAX_LRS` of them per vCPU, and the others' reset values are UNKNOWN (GICv3 ICH_LR<n>_EL2,
+/// GICv2 GICH_LRn): one left holding an interrupt would reach whichever guest runs here.
 pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
     regs::set_core_controls(core);
+    gic::clear_list_registers(gic::interface());
     load_controls(host);
 }
 
@@ -29,8 +33,8 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
 /// syndrome) before any of that: it serves them without leaving the guest's world, or declines
 /// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
 /// interrupt state explains (`serve_irq_in_place`) is served by the IRQ fast path and never
-/// reaches `serve`; every other one does. `stop_host_pmu`: the host's PMU
-/// counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
+/// reaches `serve`, while `irq_in_place` allows it; every other one does. `stop_host_pmu`: the
+/// host's PMU counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
 #[inline]
 pub fn run_vcpu<R>(
     vcpu: &mut VcpuContext,
@@ -38,6 +42,7 @@ pub fn run_vcpu<R>(
     guest: &El2Controls,
     stop_host_pmu: bool,
     mut in_place: impl FnMut(&mut VcpuContext, u64) -> bool,
+    irq_in_place: impl Fn() -> bool,
     mut serve: impl FnMut(&mut VcpuContext, GuestExit) -> Option<R>,
 ) -> R {
     let ras = features::boot().ras();
@@ -55,7 +60,13 @@ pub fn run_vcpu<R>(
     }
     let answer = loop {
         cpu::set_virtual_serror(vcpu.virtual_serror, ras);
-        let exit = cpu::run_guest(&mut Running { vcpu, in_place: &mut in_place, interface, lr_count: &mut lr_count });
+        let exit = cpu::run_guest(&mut Running {
+            vcpu,
+            in_place: &mut in_place,
+            irq_in_place: &irq_in_place,
+            interface,
+            lr_count: &mut lr_count,
+        });
         vcpu.virtual_serror = cpu::virtual_serror_pending();
         if let Some(answer) = serve(vcpu, exit) {
             break answer;
@@ -184,15 +195,17 @@ impl LoadedLrs for Loaded {
 }
 
 /// A vCPU in the guest's world, as the machine's world switch runs it.
-struct Running<'a, F> {
+struct Running<'a, F, I> {
     vcpu: &'a mut VcpuContext,
     in_place: &'a mut F,
+    /// Whether the IRQ fast path may serve at all (not once KCore halts: the guest must exit).
+    irq_in_place: &'a I,
     interface: Interface,
     /// The LRs loaded (`load_vgic`), which an IRQ served in place reloads.
     lr_count: &'a mut usize,
 }
 
-impl<F: FnMut(&mut VcpuContext, u64) -> bool> cpu::GuestWorld for Running<'_, F> {
+impl<F: FnMut(&mut VcpuContext, u64) -> bool, I: Fn() -> bool> cpu::GuestWorld for Running<'_, F, I> {
     #[inline]
     fn gprs(&mut self) -> &mut GuestGprs {
         &mut self.vcpu.gprs
@@ -205,6 +218,6 @@ impl<F: FnMut(&mut VcpuContext, u64) -> bool> cpu::GuestWorld for Running<'_, F>
 
     #[inline]
     fn serve_irq_in_place(&mut self) -> bool {
-        serve_irq_in_place(self.vcpu, self.interface, self.lr_count)
+        (self.irq_in_place)() && serve_irq_in_place(self.vcpu, self.interface, self.lr_count)
     }
 }

@@ -48,6 +48,8 @@ pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId
         &guest,
         stop_host_pmu,
         |ctx, esr| serve_fast(core, vm, &env, ctx, esr),
+        // Once KCore halts, a guest's interrupts end its run: the full exit parks the core.
+        || !principal::halted(),
         |ctx, exit| serve_exit(core, vm, &env, ctx, exit),
     );
     principal::set(core, Principal::Host);

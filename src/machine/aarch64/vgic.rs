@@ -101,6 +101,26 @@ pub fn lr_count(interface: Interface) -> usize {
     }
 }
 
+/// Empties every list register the interface has (up to 16 on GICv3, 64 on GICv2).
+pub fn clear_list_registers(interface: Interface) {
+    let count = lr_count(interface);
+    match interface {
+        Interface::V3 => {
+            macro_rules! clear {
+                ($($n:literal => $reg:literal),*) => {
+                    $(if count > $n { ich_write!($reg, 0u64) })*
+                };
+            }
+            clear!(0 => "S3_4_C12_C12_0", 1 => "S3_4_C12_C12_1", 2 => "S3_4_C12_C12_2", 3 => "S3_4_C12_C12_3",
+                   4 => "S3_4_C12_C12_4", 5 => "S3_4_C12_C12_5", 6 => "S3_4_C12_C12_6", 7 => "S3_4_C12_C12_7",
+                   8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
+                   12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7");
+        }
+        Interface::V2 => (0..count as u64).for_each(|n| gich_write(gich::LR0 + 4 * n, 0)),
+        Interface::None => {}
+    }
+}
+
 /// Loads a vCPU's virtual interface: its first `count` LRs (at most 4), VMCR, active
 /// priorities, and HCR (`hcr`: En turns the interface on). `lrs` false: the LRs and active
 /// priorities are left as they are (empty: the vCPU never had an interrupt).
