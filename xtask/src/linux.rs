@@ -705,7 +705,7 @@ linux-image-6.1.0-47-cloud-arm64-unsigned - Linux 6.1 for arm64 cloud
         let args = args.join(" ");
         assert_eq!(
             args,
-            "-M virt,gic-version=2 -cpu cortex-a72 -smp 2 -m 128M -nographic -no-reboot -kernel /k/vmlinuz \
+            "-M virt,gic-version=2,dtb-randomness=off -cpu cortex-a72 -smp 2 -m 128M -nographic -no-reboot -kernel /k/vmlinuz \
              -initrd /k/initramfs.cpio -append console=ttyAMA0 nokaslr panic=-1 rdinit=/init -icount shift=0,sleep=off"
         );
     }
