@@ -222,7 +222,7 @@ fn take_vcpus(core: usize) {
             // Every core's timer interrupt is enabled: WFI until the earliest vCPU deadline.
             Next::Wait(deadline) if deadline != u64::MAX => gic::idle_until(deadline),
             // Every vCPU that could run is running on another core: look again soon.
-            Next::Wait(_) => (0..64).for_each(|_| core::hint::spin_loop()),
+            Next::Wait(_) => cpu::relax(),
             Next::Done => return,
         }
     }
@@ -231,7 +231,7 @@ fn take_vcpus(core: usize) {
 /// Polls `done` a bounded number of times; `None` if it never held.
 fn wait_for(done: impl Fn() -> bool) -> Option<()> {
     (0..POLLS).find(|_| {
-        core::hint::spin_loop();
+        cpu::relax();
         done()
     })?;
     Some(())

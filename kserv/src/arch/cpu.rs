@@ -35,6 +35,15 @@ pub fn affinity() -> u32 {
     (mpidr & 0xff_ffff | (mpidr >> 32 & 0xff) << 24) as u32
 }
 
+/// The body of a wait loop: `yield`, the hint that this core is busy-waiting. QEMU's
+/// round-robin TCG (every `-icount` run) switches to the next core on it, so a waiting core does
+/// not spend its whole turn spinning while the core it waits for is descheduled (`isb`, which
+/// `core::hint::spin_loop` issues, does not). On hardware it costs nothing.
+pub fn relax() {
+    // SAFETY: yield is a hint; it changes no state.
+    unsafe { asm!("yield", options(nomem, nostack)) };
+}
+
 /// Wakes every core waiting in [`wait_for_event`].
 pub fn send_event() {
     // SAFETY: dsb then sev: the stores before it are visible to the cores it wakes.

@@ -24,7 +24,7 @@ impl<T> SpinLock<T> {
     /// Waits for the value, and holds it until the guard is dropped.
     pub fn lock(&self) -> SpinGuard<'_, T> {
         while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            core::hint::spin_loop();
+            super::cpu::relax();
         }
         SpinGuard { lock: self }
     }
