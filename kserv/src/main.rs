@@ -24,6 +24,8 @@ mod arch;
 #[cfg(target_os = "none")]
 mod run;
 #[cfg(target_os = "none")]
+mod smp;
+#[cfg(target_os = "none")]
 mod vm_scenarios;
 #[cfg(target_os = "none")]
 mod vmm;

@@ -179,6 +179,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
             }
             vm_scenarios::reset_scrub(&env.vm, marker, env.host_pages())
         }
+        Scenario::SmpVms => vm_scenarios::smp_vms(&env.vm, &env.gic),
         Scenario::HostDma => vm_scenarios::host_dma(&env.vm, &env.gic, dma_routes(BOARD, env.gic.v3)),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {
@@ -349,6 +350,9 @@ const CPU_ON_POLLS: u64 = 200_000_000;
 /// A core started by PSCI CPU_ON enters here (boot.S), with its context value.
 #[no_mangle]
 extern "C" fn kserv_secondary_main(context: u64) -> ! {
+    if crate::smp::is_worker(context) {
+        crate::smp::worker_main();
+    }
     mmu::enable();
     kprintln!("cpu1 up at EL1 (context {context:#x})");
     CPU1_CONTEXT.store(context, Ordering::Relaxed);

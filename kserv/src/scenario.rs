@@ -34,10 +34,12 @@ pub enum Scenario {
     LinuxBench,
     /// The `linux` scenario's VM, its pages attacked by the host while it boots.
     HostAttacksLinux,
+    /// Four test-guest VMs run on four cores at once (KServ on every core).
+    SmpVms,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 27] = [
+    pub const ALL: [Scenario; 28] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -65,6 +67,7 @@ impl Scenario {
         Scenario::Linux,
         Scenario::LinuxBench,
         Scenario::HostAttacksLinux,
+        Scenario::SmpVms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +99,7 @@ impl Scenario {
             Scenario::Linux => "linux",
             Scenario::LinuxBench => "linux-bench",
             Scenario::HostAttacksLinux => "host-attacks-linux",
+            Scenario::SmpVms => "smp-vms",
         }
     }
 

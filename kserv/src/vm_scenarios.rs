@@ -196,75 +196,112 @@ pub fn vm_two_guests(env: &VmEnv) -> Outcome {
     Ok(())
 }
 
+/// The host's side of a guest in the SHARE role: it shares page A and keeps page B (NOTIFY A, B),
+/// asks for the host's verdict (the host reads its message in A, B aborts), unshares A (NOTIFY A),
+/// and asks again (A aborts).
+struct ShareChecks {
+    /// The scenario its lines start with; `named`: the VM's name follows (several share).
+    scenario: &'static str,
+    named: bool,
+    notified: [u64; 3],
+    count: usize,
+    verdicts: [u64; 2],
+    answers: usize,
+}
+
+impl ShareChecks {
+    const MESSAGE: &[u8] = b"corevisor shared page: hello host";
+
+    fn new(scenario: &'static str, named: bool) -> ShareChecks {
+        ShareChecks { scenario, named, notified: [0; 3], count: 0, verdicts: [0; 2], answers: 0 }
+    }
+
+    /// `scenario: ` or `scenario: vm NAME: `, where the host's findings are printed.
+    fn label<'a>(&self, vm: &'a Vm) -> impl core::fmt::Display + 'a {
+        struct Label<'a>(&'static str, Option<&'a str>);
+        impl core::fmt::Display for Label<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                match self.1 {
+                    Some(name) => write!(f, "{}: vm {name}: ", self.0),
+                    None => write!(f, "{}: ", self.0),
+                }
+            }
+        }
+        Label(self.scenario, self.named.then(|| vm.name()))
+    }
+
+    /// Whether the guest went through share, check, unshare, check, and the host saw what it
+    /// should.
+    fn passed(&self) -> Outcome {
+        if self.count != 3 || self.answers != 2 || self.notified[2] != self.notified[0] {
+            return Err("the guest did not go through share, check, unshare, check");
+        }
+        if self.verdicts != [1, 1] {
+            return Err("the host saw what it should not, or missed the shared message");
+        }
+        Ok(())
+    }
+}
+
+impl Hooks for ShareChecks {
+    fn notify(&mut self, _vm: &Vm, value: u64) {
+        if self.count < 3 {
+            self.notified[self.count] = value;
+        }
+        self.count += 1;
+    }
+    fn answer(&mut self, vm: &Vm) -> u64 {
+        let verdict = match self.answers {
+            // Before the unshare: A holds the message, B aborts.
+            0 => {
+                let a = vm.host_page(self.notified[0]).unwrap_or(0);
+                let b = vm.host_page(self.notified[1]).unwrap_or(0);
+                exceptions::expect_abort(true);
+                let (aborts_before, _, _) = exceptions::aborts();
+                let message_ok = Self::MESSAGE.iter().enumerate().all(|(i, &c)| hvc::read_u8(a + i as u64) == c);
+                let a_aborted = exceptions::aborts().0 != aborts_before;
+                let (b_tried, b_aborted) = attack_page(b);
+                exceptions::expect_abort(false);
+                kprintln!(
+                    "{}shared page {:#x}: message {}; private page {:#x}: {} of {} accesses aborted",
+                    self.label(vm),
+                    self.notified[0],
+                    if message_ok && !a_aborted { "read" } else { "NOT read" },
+                    self.notified[1],
+                    b_aborted,
+                    b_tried
+                );
+                u64::from(message_ok && !a_aborted && b_aborted == b_tried)
+            }
+            // After the unshare: A aborts.
+            _ => {
+                let a = vm.host_page(self.notified[2]).unwrap_or(0);
+                let (tried, aborted) = attack_page(a);
+                kprintln!(
+                    "{}after unshare, page {:#x}: {aborted} of {tried} accesses aborted",
+                    self.label(vm),
+                    self.notified[2]
+                );
+                u64::from(tried == aborted)
+            }
+        };
+        if self.answers < 2 {
+            self.verdicts[self.answers] = verdict;
+        }
+        self.answers += 1;
+        verdict
+    }
+}
+
 /// `vm-share`: the guest shares page A and keeps page B; the host reads its message in A, B
 /// aborts; after the unshare A aborts too.
 pub fn vm_share(env: &VmEnv) -> Outcome {
-    #[derive(Default)]
-    struct Share {
-        notified: [u64; 3],
-        count: usize,
-        verdicts: [u64; 2],
-        answers: usize,
-    }
-    const MESSAGE: &[u8] = b"corevisor shared page: hello host";
-    impl Hooks for Share {
-        fn notify(&mut self, _vm: &Vm, value: u64) {
-            if self.count < 3 {
-                self.notified[self.count] = value;
-            }
-            self.count += 1;
-        }
-        fn answer(&mut self, vm: &Vm) -> u64 {
-            let verdict = match self.answers {
-                // Before the unshare: A holds the message, B aborts.
-                0 => {
-                    let a = vm.host_page(self.notified[0]).unwrap_or(0);
-                    let b = vm.host_page(self.notified[1]).unwrap_or(0);
-                    exceptions::expect_abort(true);
-                    let (aborts_before, _, _) = exceptions::aborts();
-                    let message_ok = MESSAGE.iter().enumerate().all(|(i, &c)| hvc::read_u8(a + i as u64) == c);
-                    let a_aborted = exceptions::aborts().0 != aborts_before;
-                    let (b_tried, b_aborted) = attack_page(b);
-                    exceptions::expect_abort(false);
-                    kprintln!(
-                        "vm-share: shared page {:#x}: message {}; private page {:#x}: {} of {} accesses aborted",
-                        self.notified[0],
-                        if message_ok && !a_aborted { "read" } else { "NOT read" },
-                        self.notified[1],
-                        b_aborted,
-                        b_tried
-                    );
-                    u64::from(message_ok && !a_aborted && b_aborted == b_tried)
-                }
-                // After the unshare: A aborts.
-                _ => {
-                    let a = vm.host_page(self.notified[2]).unwrap_or(0);
-                    let (tried, aborted) = attack_page(a);
-                    kprintln!(
-                        "vm-share: after unshare, page {:#x}: {aborted} of {tried} accesses aborted",
-                        self.notified[2]
-                    );
-                    u64::from(tried == aborted)
-                }
-            };
-            if self.answers < 2 {
-                self.verdicts[self.answers] = verdict;
-            }
-            self.answers += 1;
-            verdict
-        }
-    }
     let mut mgr = Manager::new(env.regions);
     create_all(&mut mgr, env, 1)?;
-    let mut hooks = Share::default();
+    let mut hooks = ShareChecks::new("vm-share", false);
     mgr.run_all(&mut hooks);
     mgr.result()?;
-    if hooks.count != 3 || hooks.answers != 2 || hooks.notified[2] != hooks.notified[0] {
-        return Err("the guest did not go through share, check, unshare, check");
-    }
-    if hooks.verdicts != [1, 1] {
-        return Err("the host saw what it should not, or missed the shared message");
-    }
+    hooks.passed()?;
     kprintln!("vm-share: PASS checks done");
     Ok(())
 }
@@ -1312,4 +1349,103 @@ pub fn host_attacks_linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
         return Err("the host did not attack at every point of the boot");
     }
     hooks.failure.map_or(Ok(()), Err)
+}
+
+/// `smp-vms`: KServ on all four cores. Four 1-vCPU test guests (two STEADY: fault in 16 pages,
+/// tick 20 times on their timers, check their memory and FP/SIMD registers; two SHARE: share a
+/// page, have the host check it, unshare it) run from one queue that every core takes vCPUs
+/// from. Each core counts its runs and those during which another core was inside VCPU_RUN.
+/// Passes if every core ran a vCPU, runs overlapped, every guest finished intact and every
+/// teardown gave back every page scrubbed.
+pub fn smp_vms(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::smp::{self, CORES};
+    use corevisor_abi::guest_role::{SHARE, STEADY};
+    struct Smp {
+        /// Each SHARE guest's checks, by vmid.
+        shares: [Option<(u64, ShareChecks)>; MAX_VMS],
+        intact: u32,
+        fp_intact: u32,
+    }
+    impl Smp {
+        fn share(&mut self, vm: &Vm) -> &mut ShareChecks {
+            let at = match self.shares.iter().position(|s| s.as_ref().is_some_and(|(id, _)| *id == vm.vmid)) {
+                Some(at) => at,
+                None => {
+                    let free = self.shares.iter().position(Option::is_none).expect("a slot per VM");
+                    self.shares[free] = Some((vm.vmid, ShareChecks::new("smp-vms", true)));
+                    free
+                }
+            };
+            &mut self.shares[at].as_mut().expect("just found").1
+        }
+    }
+    impl Hooks for Smp {
+        fn notify(&mut self, vm: &Vm, value: u64) {
+            self.share(vm).notify(vm, value);
+        }
+        fn answer(&mut self, vm: &Vm) -> u64 {
+            match vm.entry.role {
+                // A STEADY guest asks for the seed of its FP/SIMD pattern: one per VM, so that
+                // another guest's registers showing through a world switch would be seen.
+                STEADY => 0x5e_ed00 | vm.vmid,
+                _ => self.share(vm).answer(vm),
+            }
+        }
+        fn console_line(&mut self, _vm: &Vm, line: &str) {
+            self.intact += u32::from(line == "memory intact");
+            self.fp_intact += u32::from(line == "fp registers intact");
+        }
+    }
+    const VMS: usize = 4;
+    smp::start_cores(gic)?;
+    let mut mgr = Manager::new(env.regions);
+    create_all(&mut mgr, env, VMS)?;
+    let (steady, sharing) = mgr.vms.iter().flatten().fold((0, 0), |(st, sh), vm| match vm.entry.role {
+        STEADY => (st + 1, sh),
+        SHARE => (st, sh + 1),
+        _ => (st, sh),
+    });
+    if steady + sharing != VMS {
+        return Err("smp-vms needs STEADY and SHARE guests only");
+    }
+    let hooks = Smp { shares: [const { None }; MAX_VMS], intact: 0, fp_intact: 0 };
+    let (mgr, hooks, report) = smp::run_all(mgr, hooks)?;
+    for (slot, entry) in report.vms.iter().enumerate() {
+        let Some(entry) = entry else { continue };
+        for (vcpu, by_core) in report.runs[slot].iter().enumerate() {
+            for (core, &runs) in by_core.iter().enumerate().filter(|(_, &runs)| runs != 0) {
+                kprintln!("smp-vms: vm {} vcpu {vcpu} ran on core {core} ({runs} runs)", entry.name());
+            }
+        }
+    }
+    for core in 0..CORES {
+        kprintln!(
+            "smp-vms: core {core}: {} runs, {} of them while another core was inside VCPU_RUN",
+            report.core_runs[core],
+            report.overlapped[core]
+        );
+    }
+    mgr.result()?;
+    if report.core_runs.contains(&0) {
+        return Err("a core ran no vCPU");
+    }
+    kprintln!("smp-vms: every core ran a vCPU");
+    if report.overlapped.iter().sum::<u64>() == 0 {
+        return Err("no two vCPUs ran at the same time");
+    }
+    kprintln!("smp-vms: vCPUs ran at the same time on different cores");
+    for (_, checks) in hooks.shares.iter().flatten() {
+        checks.passed()?;
+    }
+    if hooks.shares.iter().flatten().count() != sharing {
+        return Err("a SHARE guest never shared its page");
+    }
+    if hooks.intact != steady as u32 || hooks.fp_intact != steady as u32 {
+        return Err("a ticking guest did not finish with its memory and FP/SIMD registers intact");
+    }
+    if mgr.powered_off != VMS as u32 || mgr.stopped != 0 {
+        return Err("not every guest powered itself off");
+    }
+    kprintln!("smp-vms: {VMS} guests finished intact, every page back scrubbed");
+    Ok(())
 }

@@ -69,6 +69,16 @@ impl Vm {
         self.linux.as_ref().is_some_and(|devices| devices.sink.any_for(vcpu))
     }
 
+    /// Whether `vcpu` may run now: `Err(None)` while it is off, `Err(Some(t))` while it idles in
+    /// WFI until the counter reaches `t` with no interrupt waiting for it.
+    pub fn ready(&self, vcpu: usize) -> Result<(), Option<u64>> {
+        match self.vcpus[vcpu] {
+            VcpuRun::Off => Err(None),
+            VcpuRun::WaitingUntil(t) if hvc::counter() < t && !self.interrupt_waits(vcpu) => Err(Some(t)),
+            _ => Ok(()),
+        }
+    }
+
     /// The host page behind guest page `gpa`, if `gpa` is guest RAM.
     pub fn host_page(&self, gpa: u64) -> Option<u64> {
         region_page(self.region, self.entry.ram_base, self.entry.ram_size, gpa)
@@ -331,13 +341,13 @@ impl Manager {
             for slot in 0..MAX_VMS {
                 for vcpu in 0..MAX_VCPUS {
                     let Some(vm) = self.vms[slot].as_mut().filter(|vm| vm.alive) else { break };
-                    match vm.vcpus[vcpu] {
-                        VcpuRun::Off => continue,
-                        VcpuRun::WaitingUntil(t) if hvc::counter() < t && !vm.interrupt_waits(vcpu) => {
+                    match vm.ready(vcpu) {
+                        Ok(()) => {}
+                        Err(Some(t)) => {
                             earliest = earliest.min(t);
                             continue;
                         }
-                        _ => {}
+                        Err(None) => continue,
                     }
                     ran = true;
                     run_once(vm, vcpu, hooks, self.meter.as_mut());
@@ -345,12 +355,7 @@ impl Manager {
                         hooks.after_exit(vm);
                     }
                     if !vm.alive {
-                        if let Some(why) = vm.stopped_because {
-                            kprintln!("vm {}: stopped: {why}", vm.name());
-                        }
-                        if self.teardown(slot).is_err() {
-                            self.teardown_failed += 1;
-                        }
+                        self.retire(slot);
                         break;
                     }
                 }
@@ -370,6 +375,17 @@ impl Manager {
                     core::hint::spin_loop();
                 }
             }
+        }
+    }
+
+    /// Tears down the VM in `slot`, which stopped or powered off, saying why it stopped; a
+    /// failed teardown is counted in [`Manager::teardown_failed`].
+    pub fn retire(&mut self, slot: usize) {
+        if let Some(why) = self.vms[slot].as_ref().and_then(|vm| vm.stopped_because.map(|why| (vm.name(), why))) {
+            kprintln!("vm {}: stopped: {}", why.0, why.1);
+        }
+        if self.teardown(slot).is_err() {
+            self.teardown_failed += 1;
         }
     }
 
@@ -491,23 +507,36 @@ fn page_is_zero(pa: u64) -> bool {
 
 /// One VCPU_RUN of `vcpu`, and the handling of its exit.
 fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks, mut meter: Option<&mut ExitMeter>) {
+    let answer = begin_run(vm, vcpu);
+    if let Some(meter) = meter.as_deref_mut() {
+        meter.before_run(pmu_counts());
+    }
+    let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
+    if let Some(meter) = meter {
+        meter.after_run(pmu_counts(), record[1], record[2]);
+    }
+    end_run(vm, vcpu, record, hooks);
+}
+
+/// What comes before `vcpu`'s VCPU_RUN, on the core that makes it: interrupts waiting for it
+/// handed to KCore, a Linux vCPU's time slice armed. Returns the answer the run carries.
+pub fn begin_run(vm: &mut Vm, vcpu: usize) -> u64 {
     inject_waiting(vm, vcpu);
     let answer = core::mem::take(&mut vm.answers[vcpu]);
     vm.vcpus[vcpu] = VcpuRun::Runnable;
     // A Linux vCPU runs for a time slice at most (the host's physical timer ends its run), so
     // one that spins waiting for a sibling cannot starve it: KServ runs every vCPU on this core.
-    let sliced = vm.linux.is_some();
-    if sliced {
+    if vm.linux.is_some() {
         crate::arch::gic::arm_physical_timer(hvc::counter_frequency() / SLICES_PER_SECOND);
     }
-    if let Some(meter) = meter.as_deref_mut() {
-        meter.before_run(pmu_counts());
-    }
-    let [status, reason, a, b, c, d] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
-    if let Some(meter) = meter {
-        meter.after_run(pmu_counts(), reason, a);
-    }
-    if sliced {
+    answer
+}
+
+/// What comes after `vcpu`'s VCPU_RUN, on the core that made it: `record` is KCore's answer
+/// (x0..x5); the exit is handled.
+pub fn end_run(vm: &mut Vm, vcpu: usize, record: [u64; 6], hooks: &mut dyn Hooks) {
+    let [status, reason, a, b, c, d] = record;
+    if vm.linux.is_some() {
         crate::arch::gic::disarm_physical_timer();
     }
     vm.runs += 1;

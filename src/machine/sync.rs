@@ -6,6 +6,12 @@ use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, Ordering};
 
+/// A waiting core's pause: `yield` on the machine (see `cpu::relax`), the portable hint in tests.
+#[cfg(target_os = "none")]
+use super::cpu::relax;
+#[cfg(not(target_os = "none"))]
+use core::hint::spin_loop as relax;
+
 /// A fair spinlock that owns the data it protects.
 pub struct TicketLock<T> {
     next_ticket: AtomicU32,
@@ -29,7 +35,7 @@ impl<T> TicketLock<T> {
     pub fn lock(&self) -> TicketGuard<'_, T> {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         while self.now_serving.load(Ordering::Acquire) != ticket {
-            core::hint::spin_loop();
+            relax();
         }
         TicketGuard { lock: self }
     }

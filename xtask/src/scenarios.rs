@@ -379,6 +379,30 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("vgic", role::VGIC, 1)],
         bootargs: "",
     },
+    Scenario {
+        name: "smp-vms",
+        lines: &[
+            "kserv: smp: cores 1-3 up in KServ, each with its timer interrupt enabled",
+            "kserv: [a] tick 19",
+            "kserv: [c] tick 19",
+            "kserv: smp-vms: vm b: shared page 0x",
+            "kserv: smp-vms: vm d: shared page 0x",
+            "kserv: smp-vms: vm b: after unshare, page",
+            "kserv: smp-vms: vm d: after unshare, page",
+            "kserv: smp-vms: vm a vcpu 0 ran on core",
+            "kserv: smp-vms: core 0: ",
+            "kserv: smp-vms: core 1: ",
+            "kserv: smp-vms: core 2: ",
+            "kserv: smp-vms: core 3: ",
+            "kserv: smp-vms: every core ran a vCPU",
+            "kserv: smp-vms: vCPUs ran at the same time on different cores",
+            "kserv: smp-vms: 4 guests finished intact, every page back scrubbed",
+            "kserv: scenario smp-vms: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("a", role::STEADY, 1), ("b", role::SHARE, 1), ("c", role::STEADY, 1), ("d", role::SHARE, 1)],
+        bootargs: "",
+    },
 ];
 
 /// Scenarios that boot Debian's arm64 cloud kernel ([`LINUX_KERNEL`], fetched by

@@ -18,6 +18,44 @@ pub fn park() -> ! {
     }
 }
 
+/// This core's number: MPIDR_EL1's Aff0 (the boards' cores are 0..3 in Aff0, as boot.S's stacks
+/// assume).
+pub fn core_index() -> usize {
+    let mpidr: u64;
+    // SAFETY: reading MPIDR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    (mpidr & 0xff) as usize
+}
+
+/// This core's affinity (MPIDR_EL1 Aff3..Aff0 packed as in GICR_TYPER's bits 63:32).
+pub fn affinity() -> u32 {
+    let mpidr: u64;
+    // SAFETY: as for `core_index`.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    (mpidr & 0xff_ffff | (mpidr >> 32 & 0xff) << 24) as u32
+}
+
+/// The body of a wait loop: `yield`, the hint that this core is busy-waiting. QEMU's
+/// round-robin TCG (every `-icount` run) switches to the next core on it, so a waiting core does
+/// not spend its whole turn spinning while the core it waits for is descheduled (`isb`, which
+/// `core::hint::spin_loop` issues, does not). On hardware it costs nothing.
+pub fn relax() {
+    // SAFETY: yield is a hint; it changes no state.
+    unsafe { asm!("yield", options(nomem, nostack)) };
+}
+
+/// Wakes every core waiting in [`wait_for_event`].
+pub fn send_event() {
+    // SAFETY: dsb then sev: the stores before it are visible to the cores it wakes.
+    unsafe { asm!("dsb ish", "sev", options(nostack)) };
+}
+
+/// Waits for an event (another core's [`send_event`]), or returns at once on a pending one.
+pub fn wait_for_event() {
+    // SAFETY: wfe only waits.
+    unsafe { asm!("wfe", options(nomem, nostack)) };
+}
+
 /// The physical address of the secondary entry point in boot.S.
 pub fn secondary_entry() -> u64 {
     extern "C" {

@@ -1,6 +1,7 @@
 //! Just enough of the GIC for the host to route a PPI to this core (its physical timer's, PPI 30,
 //! or a guest's virtual timer's, 27), and the physical timer to raise it: `vm-irq` uses them to
-//! interrupt a running guest, `vm-vgic` to let a guest's timer exit to KCore.
+//! interrupt a running guest, `vm-vgic` to let a guest's timer exit to KCore, `smp-vms` to let
+//! every core idle in WFI.
 //! Interrupts stay masked in KServ (PSTATE.I): the interrupt only ever ends a guest's run.
 
 use crate::dtb::GicInfo;
@@ -17,16 +18,39 @@ pub const MAINTENANCE_PPI: u64 = 25;
 // page of each redistributor frame and needs the instruction syndrome.
 use super::hvc::{read_mmio_u32 as read32, write_mmio_u32 as write32, write_mmio_u8 as write8};
 
-/// Enables PPI `ppi` at the distributor (or this core's redistributor) and the CPU interface,
-/// group 1, priority 0x80, for core 0.
+/// This core's GICv3 redistributor: the frame whose GICR_TYPER names this core's affinity
+/// (frames are 128 KiB, 256 KiB with virtual LPIs; the last has GICR_TYPER.Last). Falls back to
+/// the first frame, as before SMP, if none matches.
+fn this_cores_redistributor(gic: &GicInfo) -> u64 {
+    const TYPER: u64 = 0x8;
+    const VLPIS: u64 = 1 << 1;
+    const LAST: u64 = 1 << 4;
+    const MAX_FRAMES: usize = 64;
+    let affinity = u64::from(super::cpu::affinity());
+    let mut rd = gic.second;
+    for _ in 0..MAX_FRAMES {
+        let typer = super::hvc::read_mmio_u64(rd + TYPER);
+        if typer >> 32 == affinity {
+            return rd;
+        }
+        if typer & LAST != 0 {
+            break;
+        }
+        rd += if typer & VLPIS != 0 { 0x4_0000 } else { 0x2_0000 };
+    }
+    gic.second
+}
+
+/// Enables PPI `ppi` at the distributor (or this core's redistributor) and this core's CPU
+/// interface, group 1, priority 0x80. Each core that waits on its timer calls it for itself.
 pub fn enable_ppi(gic: &GicInfo, ppi: u64) {
     let bit = 1u32 << ppi;
     if gic.v3 {
         const GICD_CTLR_ARE: u32 = 1 << 4;
         const GICD_CTLR_GRP1: u32 = 1 << 1;
         write32(gic.gicd, GICD_CTLR_ARE | GICD_CTLR_GRP1);
-        // Wake core 0's redistributor (the first frame).
-        let rd = gic.second;
+        // Wake this core's redistributor.
+        let rd = this_cores_redistributor(gic);
         write32(rd + 0x14, read32(rd + 0x14) & !(1 << 1));
         while read32(rd + 0x14) & (1 << 2) != 0 {
             core::hint::spin_loop();

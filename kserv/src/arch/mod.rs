@@ -10,3 +10,4 @@ pub mod heap;
 pub mod hvc;
 pub mod mmu;
 pub mod pmu;
+pub mod sync;

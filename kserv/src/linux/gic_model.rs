@@ -12,7 +12,7 @@ pub trait IrqSink {
 
 /// A guest's emulated GIC: the distributor (and on GICv3 the redistributors). The CPU interface
 /// is not here: it is the list registers KCore loads (v3) or the GICV frame (v2).
-pub trait GicModel {
+pub trait GicModel: Send {
     /// A guest access by `vcpu` to guest-physical `gpa`, `size` bytes (1, 2, 4 or 8), `write`
     /// holding the value stored. `Some(value read)` (0 for a write) when `gpa` is one of the
     /// model's frames, `None` when it is not (the runner tries its other devices).

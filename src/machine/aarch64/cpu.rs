@@ -25,6 +25,16 @@ pub fn wait_for_event() {
     asm::wfe();
 }
 
+/// The body of a wait loop: `yield`, the hint that this core is busy-waiting. QEMU's round-robin
+/// TCG (every `-icount` run) switches to the next core on it, so a core waiting for a lock does
+/// not spend its whole turn spinning while the holder is descheduled (`isb`, which
+/// `core::hint::spin_loop` issues, does not). On hardware it costs nothing.
+#[inline(always)]
+pub fn relax() {
+    // SAFETY: yield is a hint; it changes no state.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 /// Wakes every core waiting in [`wait_for_event`]; the stores before it are made visible first.
 pub fn send_event() {
     asm::barrier::dsb(asm::barrier::ISH);
