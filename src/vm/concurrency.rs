@@ -2,8 +2,9 @@
 //! and the model machine behind a `TicketLock` of rank `State`, as the trap handler shares
 //! KCore's state, and each makes a random sequence of the calls the specs cover: VCPU_RUN
 //! (prepare and finish, two atomic steps with the guest running in between, no lock held) with
-//! page answers, guest shares and unshares, host stage-2 faults, power-off and destroy. Every
-//! atomic step is recorded with its invocation and response on a shared clock.
+//! page answers, guest shares and unshares, host stage-2 faults, power-off, CLEAR_VM_S2_RANGE
+//! and destroy. Every atomic step is recorded with its invocation and response on a shared
+//! clock.
 //!
 //! At the quiescent point after the threads join: SeKVM's invariants hold, and the history is
 //! linearizable: some serial order of the steps that respects real time (a step that returned
@@ -36,6 +37,8 @@ const VM: u16 = 1;
 /// Free host pages that the calls offer to the guest and fault on; and a page the VM has.
 const PAGES: [u64; 3] = [0x48102, 0x48103, 0x48104];
 const VM_PAGE: u64 = 0x48100;
+/// The 2 MiB of RAM that CLEAR_VM_S2_RANGE returns: every page above.
+const CLEARED: (u64, u64) = (0x4800_0000, 0x20_0000);
 
 /// One call a thread makes.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +60,8 @@ enum Call {
         pfn: u64,
     },
     PowerOff,
+    /// CLEAR_VM_S2_RANGE over the 2 MiB of RAM that holds the pages above.
+    Clear,
     Destroy,
 }
 
@@ -68,6 +73,7 @@ enum Step {
     Share { grant: bool, gfn: u64 },
     HostFault { pfn: u64 },
     PowerOff,
+    Clear,
     Destroy,
 }
 
@@ -192,6 +198,10 @@ impl Shared {
                 Call::PowerOff => {
                     let _ = self.atomically(thread, Step::PowerOff, |w| w.k.power_off(vm()), unit);
                 }
+                Call::Clear => {
+                    let clear = |w: &mut World| w.k.clear_vm_range(&w.m, vm(), Pa::new(CLEARED.0).unwrap(), CLEARED.1);
+                    let _ = self.atomically(thread, Step::Clear, clear, |r| format!("{r:?}"));
+                }
                 Call::Destroy => {
                     let _ = self.atomically(thread, Step::Destroy, |w| w.k.destroy(&w.m, vm()), |r| format!("{r:?}"));
                 }
@@ -218,6 +228,9 @@ fn spec_step(s: &AbsKcore, step: Step) -> Option<(AbsKcore, String)> {
             Some((AbsKcore { r, ..s.clone() }, format!("{result:?}")))
         }
         Step::PowerOff => power_off_spec(s, vm).map(|(s, r)| (s, format!("{r:?}"))),
+        Step::Clear => {
+            clear_vm_range_spec(s, vm, Pa::new(CLEARED.0).unwrap(), CLEARED.1).map(|(s, r)| (s, format!("{r:?}")))
+        }
         Step::Destroy => destroy_spec(s, vm).map(|(s, r)| (s, format!("{r:?}"))),
     }
 }
@@ -297,6 +310,7 @@ fn any_call() -> impl Strategy<Value = Call> {
         3 => (any::<bool>(), FAULTED_GFN..FAULTED_GFN + 2).prop_map(|(grant, gfn)| Call::Share { grant, gfn }),
         5 => prop_oneof![4 => page, 1 => Just(VM_PAGE)].prop_map(|pfn| Call::HostFault { pfn }),
         1 => Just(Call::PowerOff),
+        1 => Just(Call::Clear),
         1 => Just(Call::Destroy),
     ]
 }
