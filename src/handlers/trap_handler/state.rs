@@ -23,7 +23,8 @@ static HOST: spin::Once<HostSetup> = spin::Once::new();
 
 /// KCore's state: the ownership table with the host's stage-2 (SeKVM's `s2page`) and the VMs.
 ///
-/// One lock guards it all. Lock order (a core holding one lock only takes locks below it):
+/// One lock guards it all. Lock order (a core holding one lock only takes locks below it;
+/// `LockRank`, checked in debug and `check-invariants` builds; docs/locks.md):
 /// 1. this lock;
 /// 2. the console lock (logging is allowed under any lock).
 ///
