@@ -1,10 +1,14 @@
 //! The console: KCore's `log` backend on the PL011. Lines read `[LEVEL][cpuN] message`.
 
-use crate::machine::{cpu, pl011::Pl011, sync::TicketLock};
+use crate::machine::{
+    cpu,
+    pl011::Pl011,
+    sync::{LockRank, TicketLock},
+};
 use core::fmt::Write;
 use log::{LevelFilter, Log, Metadata, Record};
 
-static UART: TicketLock<Option<Pl011>> = TicketLock::new(None);
+static UART: TicketLock<Option<Pl011>> = TicketLock::new(LockRank::Console, None);
 /// The console's UART again, for writing without the lock on the way to a halt.
 static UART_FALLBACK: spin::Once<Pl011> = spin::Once::new();
 static LOGGER: Logger = Logger;

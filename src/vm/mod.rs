@@ -11,6 +11,8 @@
 //! `Vcpu::Running`; that is why teardown waits until no vCPU runs.
 
 #[cfg(test)]
+mod concurrency;
+#[cfg(test)]
 mod noninterference;
 mod power_down;
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 pub(super) const GUEST_RAM: u64 = 0x4000_0000;
 pub(super) const IMAGE_PFN: u64 = 0x48000;
-const IMAGE_LEN: u64 = 3000;
+pub(super) const IMAGE_LEN: u64 = 3000;
 /// Pages the host offers for guest faults: free ones, the image page, KCore's, not RAM; and
 /// numbers with high bits that `pfn << 12` would alias to free pages or to the image page, the
 /// first number past the physical address space, and the largest.
@@ -46,9 +46,9 @@ const OFFERS: [u64; 15] = [
     u64::MAX,
 ];
 /// The guest's RAM window in the sequences.
-const GUEST_RAM_SIZE: u64 = 4 << 20;
+pub(super) const GUEST_RAM_SIZE: u64 = 4 << 20;
 /// The first of the guest pages the sequences fault in.
-const FAULTED_GFN: u64 = (GUEST_RAM >> 12) + 8;
+pub(super) const FAULTED_GFN: u64 = (GUEST_RAM >> 12) + 8;
 pub(super) const PROBES: [u64; 9] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080, 0x48200, 0x483ff];
 const BLOCK: u64 = corevisor_abi::exit::PAGE_ANSWER_BLOCK;
 

@@ -2,7 +2,7 @@
 
 use crate::machine::phys::DeviceWindow;
 use crate::machine::power::Power;
-use crate::machine::sync::{TicketGuard, TicketLock};
+use crate::machine::sync::{LockRank, TicketGuard, TicketLock};
 use crate::vm::Kcore;
 
 /// What the trap handler needs to know about the host, from the boot sequence.
@@ -23,13 +23,14 @@ static HOST: spin::Once<HostSetup> = spin::Once::new();
 
 /// KCore's state: the ownership table with the host's stage-2 (SeKVM's `s2page`) and the VMs.
 ///
-/// One lock guards it all. Lock order (a core holding one lock only takes locks below it):
+/// One lock guards it all. Lock order (a core holding one lock only takes locks below it;
+/// `LockRank`, checked in debug and `check-invariants` builds; docs/locks.md):
 /// 1. this lock;
 /// 2. the console lock (logging is allowed under any lock).
 ///
 /// It is never held while a guest runs: VCPU_RUN takes the vCPU's context out under the lock,
 /// runs the guest without it, and puts the context back under it.
-pub(super) static STATE: TicketLock<Option<Kcore>> = TicketLock::new(None);
+pub(super) static STATE: TicketLock<Option<Kcore>> = TicketLock::new(LockRank::State, None);
 
 /// Hands the trap handler the host's setup and KCore's state. Called once before the host runs.
 pub fn install(host: HostSetup, kcore: Kcore) {

@@ -1,0 +1,443 @@
+//! Host concurrency tests (issue 14, part 4): threads stand for cores. They share one `Kcore`
+//! and the model machine behind a `TicketLock` of rank `State`, as the trap handler shares
+//! KCore's state, and each makes a random sequence of the calls the specs cover: VCPU_RUN
+//! (prepare and finish, two atomic steps with the guest running in between, no lock held) with
+//! page answers, guest shares and unshares, host stage-2 faults, power-off, CLEAR_VM_S2_RANGE
+//! and destroy. Every atomic step is recorded with its invocation and response on a shared
+//! clock.
+//!
+//! At the quiescent point after the threads join: SeKVM's invariants hold, and the history is
+//! linearizable: some serial order of the steps that respects real time (a step that returned
+//! before another was invoked comes first) reproduces every result on the specs and ends in the
+//! spec state that the concrete state abstracts to. Planted bugs: a check-then-act split in the
+//! host fault handler, and a lock-order inversion.
+
+use super::refinement::{refined_run, relate, VOp, FAULTED_GFN, GUEST_RAM, GUEST_RAM_SIZE, IMAGE_LEN, IMAGE_PFN};
+use super::spec::*;
+use super::*;
+use crate::machine::model::ModelMachine;
+use crate::machine::sync::{LockRank, TicketLock};
+use crate::memory::invariants;
+use crate::memory::spec::map_page_host_spec;
+use crate::memory::HostMapPolicy;
+use crate::mutation::{catches, planted, with, Mutation};
+use crate::page_table::descriptor::Attrs;
+use crate::page_table::PtError;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Barrier};
+
+/// Threads (cores) per history.
+const THREADS: usize = 3;
+/// The VM the histories run: booted with two vCPUs, each waiting for a page.
+const VM: u16 = 1;
+/// Free host pages that the calls offer to the guest and fault on; and a page the VM has.
+const PAGES: [u64; 3] = [0x48102, 0x48103, 0x48104];
+const VM_PAGE: u64 = 0x48100;
+/// The 2 MiB of RAM that CLEAR_VM_S2_RANGE returns: every page above.
+const CLEARED: (u64, u64) = (0x4800_0000, 0x20_0000);
+
+/// One call a thread makes.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    /// VCPU_RUN of VM 1's vCPU `vcpu` answering `answer`; if it runs, the guest exits waiting
+    /// for `exit`.
+    Run {
+        vcpu: u64,
+        answer: u64,
+        exit: Pending,
+    },
+    /// The guest's share (or unshare) of its page `gfn`.
+    Share {
+        grant: bool,
+        gfn: u64,
+    },
+    /// A host stage-2 fault on page `pfn`.
+    HostFault {
+        pfn: u64,
+    },
+    PowerOff,
+    /// CLEAR_VM_S2_RANGE over the 2 MiB of RAM that holds the pages above.
+    Clear,
+    Destroy,
+}
+
+/// One atomic step of KCore, as a history records it.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Prepare { vcpu: u64, answer: u64 },
+    Finish { vcpu: u64, exit: Pending },
+    Share { grant: bool, gfn: u64 },
+    HostFault { pfn: u64 },
+    PowerOff,
+    Clear,
+    Destroy,
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    thread: usize,
+    step: Step,
+    /// The result, as `Debug` prints it (the specs' results print the same).
+    result: String,
+    invoked: u64,
+    returned: u64,
+}
+
+/// What the threads share: KCore's state with the machine it runs on.
+struct World {
+    m: ModelMachine,
+    k: Kcore,
+}
+
+/// The bugs a history may plant (read on the test's thread: `planted` is per thread).
+#[derive(Clone, Copy)]
+struct Bugs {
+    check_then_act: bool,
+    inverted: bool,
+}
+
+/// What the threads hold in common.
+struct Shared {
+    world: TicketLock<World>,
+    /// The history, logged as the console is: under any lock, so ranked last.
+    history: TicketLock<Vec<Event>>,
+    clock: AtomicU64,
+    bugs: Bugs,
+}
+
+fn vm() -> VmId {
+    VmId::new(VM.into()).unwrap()
+}
+
+impl Shared {
+    /// Runs `f` as one atomic step under the state lock, and logs it.
+    fn atomically<R>(
+        &self,
+        thread: usize,
+        step: Step,
+        f: impl FnOnce(&mut World) -> R,
+        show: impl Fn(&R) -> String,
+    ) -> R {
+        let invoked = self.clock.fetch_add(1, SeqCst);
+        let log = |r: &R| {
+            let returned = self.clock.fetch_add(1, SeqCst);
+            Event { thread, step, result: show(r), invoked, returned }
+        };
+        if self.bugs.inverted {
+            let mut history = self.history.lock();
+            let mut world = self.world.lock();
+            let r = f(&mut world);
+            history.push(log(&r));
+            r
+        } else {
+            let mut world = self.world.lock();
+            let r = f(&mut world);
+            // Logging under the state lock: State < Console.
+            self.history.lock().push(log(&r));
+            r
+        }
+    }
+
+    /// A host stage-2 fault. With the check-then-act bug, the check that the host owns the
+    /// page and the mapping are two steps under the lock, other cores running in between.
+    fn host_fault(&self, thread: usize, pfn: u64) {
+        let ipa = pfn << 12;
+        let show = |r: &Result<crate::page_table::Leaf, crate::memory::MemError>| format!("{r:?}");
+        if !self.bugs.check_then_act {
+            let _ = self.atomically(thread, Step::HostFault { pfn }, |w| w.k.mem.map_page_host(&w.m, ipa), show);
+            return;
+        }
+        let invoked = self.clock.fetch_add(1, SeqCst);
+        let host_owns = self.world.lock().k.mem.db.get(ipa).is_some_and(|p| p.owner == Owner::Host);
+        std::thread::yield_now();
+        let mut world = self.world.lock();
+        let w = &mut *world;
+        let r = if host_owns {
+            // What `map_page_host` does for a host page under `HostMapPolicy::PagesOnly`.
+            match w.k.mem.host_s2.map_leaf(&w.m, ipa, ipa, 3, Attrs::RAM) {
+                Err(PtError::Occupied) => w.k.mem.host_s2.walk(&w.m, ipa).ok_or(PtError::Occupied.into()),
+                r => r.map_err(Into::into),
+            }
+        } else {
+            w.k.mem.map_page_host(&w.m, ipa)
+        };
+        let returned = self.clock.fetch_add(1, SeqCst);
+        self.history.lock().push(Event { thread, step: Step::HostFault { pfn }, result: show(&r), invoked, returned });
+    }
+
+    fn run(&self, thread: usize, calls: &[(Call, u16)]) {
+        let unit = |r: &Result<(), VmError>| format!("{r:?}");
+        for &(call, spins) in calls {
+            (0..spins).for_each(|_| std::hint::spin_loop());
+            match call {
+                Call::Run { vcpu, answer, exit } => {
+                    let id = VcpuId::new(vcpu).unwrap();
+                    let prepared = self.atomically(
+                        thread,
+                        Step::Prepare { vcpu, answer },
+                        |w| w.k.vcpu_run_prepare(&w.m, vm(), id, answer),
+                        |r| unit(&r.as_ref().map(|_| ()).map_err(|e| *e)),
+                    );
+                    if let Ok(mut ticket) = prepared {
+                        // The guest runs, with no lock held, and exits.
+                        std::thread::yield_now();
+                        ticket.ctx.pending = exit;
+                        let finish = |w: &mut World| w.k.vcpu_run_finish(ticket);
+                        self.atomically(thread, Step::Finish { vcpu, exit }, finish, |_| "()".into());
+                    }
+                }
+                Call::Share { grant, gfn } => {
+                    let share = |w: &mut World| w.k.guest_share(&w.m, vm(), grant, Ipa(gfn << 12), PAGE_SIZE);
+                    let _ = self.atomically(thread, Step::Share { grant, gfn }, share, unit);
+                }
+                Call::HostFault { pfn } => self.host_fault(thread, pfn),
+                Call::PowerOff => {
+                    let _ = self.atomically(thread, Step::PowerOff, |w| w.k.power_off(vm()), unit);
+                }
+                Call::Clear => {
+                    let clear = |w: &mut World| w.k.clear_vm_range(&w.m, vm(), Pa::new(CLEARED.0).unwrap(), CLEARED.1);
+                    let _ = self.atomically(thread, Step::Clear, clear, |r| format!("{r:?}"));
+                }
+                Call::Destroy => {
+                    let _ = self.atomically(thread, Step::Destroy, |w| w.k.destroy(&w.m, vm()), |r| format!("{r:?}"));
+                }
+            }
+        }
+    }
+}
+
+/// The step on the spec: the next state and the result as `Debug` prints it; `None` if the
+/// step cannot come next (a precondition of the spec's is broken).
+fn spec_step(s: &AbsKcore, step: Step) -> Option<(AbsKcore, String)> {
+    let vm = vm();
+    let id = |vcpu: u64| VcpuId::new(vcpu).unwrap();
+    match step {
+        Step::Prepare { vcpu, answer } => {
+            vcpu_run_prepare_spec(s, vm, id(vcpu), answer).map(|(s, r)| (s, format!("{r:?}")))
+        }
+        Step::Finish { vcpu, exit } => vcpu_run_finish_spec(s, vm, id(vcpu), exit).map(|s| (s, "()".into())),
+        Step::Share { grant, gfn } => {
+            guest_share_spec(s, vm, grant, Ipa(gfn << 12), PAGE_SIZE).map(|(s, r)| (s, format!("{r:?}")))
+        }
+        Step::HostFault { pfn } => {
+            let (r, result) = map_page_host_spec(&s.r, pfn << 12)?;
+            Some((AbsKcore { r, ..s.clone() }, format!("{result:?}")))
+        }
+        Step::PowerOff => power_off_spec(s, vm).map(|(s, r)| (s, format!("{r:?}"))),
+        Step::Clear => {
+            clear_vm_range_spec(s, vm, Pa::new(CLEARED.0).unwrap(), CLEARED.1).map(|(s, r)| (s, format!("{r:?}")))
+        }
+        Step::Destroy => destroy_spec(s, vm).map(|(s, r)| (s, format!("{r:?}"))),
+    }
+}
+
+fn fingerprint(next: &[usize], s: &AbsKcore) -> (Vec<usize>, u64) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{s:?}").hash(&mut h);
+    (next.to_vec(), h.finish())
+}
+
+/// Searches for a serial order of `threads`' events (each thread's in its order) that respects
+/// real time, reproduces every result on the spec from `s`, and ends in a state `end` accepts.
+fn linearizable(
+    s: &AbsKcore,
+    threads: &[Vec<Event>],
+    next: &mut Vec<usize>,
+    seen: &mut HashSet<(Vec<usize>, u64)>,
+    end: &dyn Fn(&AbsKcore) -> bool,
+) -> bool {
+    let heads: Vec<&Event> = threads.iter().zip(next.iter()).filter_map(|(t, &i)| t.get(i)).collect();
+    if heads.is_empty() {
+        return end(s);
+    }
+    if !seen.insert(fingerprint(next, s)) {
+        return false;
+    }
+    // A step may come next only if no step still to come returned before it was invoked (each
+    // thread's head returned first among its own).
+    let first_return = heads.iter().map(|e| e.returned).min().unwrap();
+    for t in 0..threads.len() {
+        let Some(e) = threads[t].get(next[t]) else { continue };
+        if e.invoked > first_return {
+            continue;
+        }
+        let Some((after, result)) = spec_step(s, e.step) else { continue };
+        if result != e.result {
+            continue;
+        }
+        next[t] += 1;
+        let found = linearizable(&after, threads, next, seen, end);
+        next[t] -= 1;
+        if found {
+            return true;
+        }
+    }
+    false
+}
+
+/// VM 1 booted with two vCPUs, pages +8 and +9 faulted in, vCPU 0 waiting for page +10 and
+/// vCPU 1 (powered on by vCPU 0) for page +11.
+fn booted() -> Vec<VOp> {
+    let fault = |i| Pending::PageFault { gfn: FAULTED_GFN + i };
+    vec![
+        VOp::RegisterVm(GUEST_RAM, GUEST_RAM_SIZE),
+        VOp::RegisterVcpu(1, 0),
+        VOp::RegisterVcpu(1, 1),
+        VOp::SetBootInfo(1, GUEST_RAM, IMAGE_LEN),
+        VOp::Remap(1, 0, IMAGE_PFN),
+        VOp::Verify(1),
+        VOp::Run(1, 0, 0, fault(0)),
+        VOp::Run(1, 0, VM_PAGE, fault(1)),
+        VOp::Run(1, 0, VM_PAGE + 1, fault(2)),
+        VOp::CpuOn(1, 1, GUEST_RAM + 0x100),
+        VOp::Run(1, 1, 0, fault(3)),
+    ]
+}
+
+fn any_call() -> impl Strategy<Value = Call> {
+    let page = proptest::sample::select(PAGES.to_vec());
+    let exit = prop_oneof![
+        3 => (2u64..6).prop_map(|i| Pending::PageFault { gfn: FAULTED_GFN + i }),
+        1 => Just(Pending::Nothing),
+    ];
+    prop_oneof![
+        6 => (0u64..2, prop_oneof![4 => page.clone(), 1 => Just(0u64), 1 => Just(VM_PAGE)], exit)
+            .prop_map(|(vcpu, answer, exit)| Call::Run { vcpu, answer, exit }),
+        3 => (any::<bool>(), FAULTED_GFN..FAULTED_GFN + 2).prop_map(|(grant, gfn)| Call::Share { grant, gfn }),
+        5 => prop_oneof![4 => page, 1 => Just(VM_PAGE)].prop_map(|pfn| Call::HostFault { pfn }),
+        1 => Just(Call::PowerOff),
+        1 => Just(Call::Clear),
+        1 => Just(Call::Destroy),
+    ]
+}
+
+/// Each thread's calls, each with a spin before it (so the threads meet in varied orders).
+fn any_history() -> impl Strategy<Value = Vec<Vec<(Call, u16)>>> {
+    proptest::collection::vec(proptest::collection::vec((any_call(), 0u16..2000), 3..=4), THREADS)
+}
+
+std::thread_local! {
+    /// Histories whose steps overlapped in real time across threads, and page answers taken.
+    static REACHED: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// One history: the threads run their calls at once; then the invariants and linearizability.
+fn concurrent_run(calls: Vec<Vec<(Call, u16)>>) -> Result<(), TestCaseError> {
+    let (m, mut k, mut s) = refined_run(&booted())?;
+    // Pages only, in both worlds: the check-then-act bug maps a page as the real handler would.
+    k.mem.policy = HostMapPolicy::PagesOnly;
+    s.r.pages_only = true;
+    let bugs = Bugs {
+        check_then_act: planted(Mutation::HostFaultCheckThenAct),
+        inverted: planted(Mutation::LockOrderInverted),
+    };
+    let shared = Arc::new(Shared {
+        world: TicketLock::new(LockRank::State, World { m, k }),
+        history: TicketLock::new(LockRank::Console, Vec::new()),
+        clock: AtomicU64::new(0),
+        bugs,
+    });
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(thread, calls)| {
+            let (shared, start) = (Arc::clone(&shared), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                shared.run(thread, &calls);
+            })
+        })
+        .collect();
+    for thread in threads {
+        if let Err(panic) = thread.join() {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            return Err(TestCaseError::fail(format!("a thread halted: {message}")));
+        }
+    }
+    let world = shared.world.lock();
+    let history = shared.history.lock().clone();
+    invariants::check(&world.m, &world.k.mem, &world.k.vm_tables())
+        .map_err(|v| TestCaseError::fail(format!("invariant broken: {v:?}\nhistory: {history:#?}")))?;
+
+    let overlapped = history
+        .iter()
+        .any(|a| history.iter().any(|b| a.thread != b.thread && a.invoked < b.returned && b.invoked < a.returned));
+    let answers = history
+        .iter()
+        .filter(|e| matches!(e.step, Step::Prepare { answer, .. } if answer != 0) && e.result == "Ok(())")
+        .count();
+    REACHED.with(|r| r.set((r.get().0 + u32::from(overlapped), r.get().1 + answers as u32)));
+
+    let mut by_thread = vec![Vec::new(); THREADS];
+    history.iter().for_each(|e| by_thread[e.thread].push(e.clone()));
+    let end = |spec: &AbsKcore| relate(&world.m, &world.k, &BTreeMap::new(), spec).is_ok();
+    let mut seen = HashSet::new();
+    if !linearizable(&s, &by_thread, &mut vec![0; THREADS], &mut seen, &end) {
+        return Err(TestCaseError::fail(format!("no serial order explains the history: {history:#?}")));
+    }
+    Ok(())
+}
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config { cases, failure_persistence: None, max_shrink_iters: 0, ..Config::default() })
+}
+
+/// Threads sharing one `Kcore` behind the state lock: the invariants hold at the end, and every
+/// history is linearizable against the specs.
+#[test]
+fn concurrent_calls_keep_the_invariants_and_are_linearizable() {
+    REACHED.with(|r| r.set((0, 0)));
+    runner(200).run(&any_history(), concurrent_run).unwrap();
+    // Not vacuous: threads met, and guests got pages.
+    let (overlapped, answers) = REACHED.with(|r| r.get());
+    assert!(overlapped >= 50 && answers >= 50, "{overlapped} histories overlapped, {answers} page answers taken");
+}
+
+/// A host fault handler that checks ownership and maps under two takes of the lock: some
+/// history maps a page the host no longer owns (a guest got it in between).
+#[test]
+fn concurrency_catches_a_check_then_act_split() {
+    catches(Mutation::HostFaultCheckThenAct, 400, any_history(), concurrent_run);
+}
+
+/// A thread that takes the state lock while holding the history's console-ranked lock halts,
+/// naming both locks, instead of risking a deadlock with a thread that takes them in order.
+#[test]
+fn a_lock_order_inversion_between_threads_halts() {
+    let mut runner = runner(1);
+    let result = with(Mutation::LockOrderInverted, || runner.run(&any_history(), concurrent_run));
+    let message = format!("{result:?}");
+    assert!(message.contains("lock order violated: taking the State lock while holding the Console lock"), "{message}");
+}
+
+/// The checker can fail: two VCPU_RUNs of one vCPU that both won, with no finish between them,
+/// fit no serial order (the second must find the vCPU running), overlapping or not.
+#[test]
+fn the_checker_refuses_two_winning_runs_of_one_vcpu() {
+    let (_, _, s) = refined_run(&booted()).unwrap();
+    let prepare = |thread, invoked, returned, result: &str| Event {
+        thread,
+        step: Step::Prepare { vcpu: 0, answer: PAGES[0] },
+        result: result.into(),
+        invoked,
+        returned,
+    };
+    // Only the results are in question here.
+    let end = |_: &AbsKcore| true;
+    let check = |a: Event, b: Event| linearizable(&s, &[vec![a], vec![b]], &mut vec![0; 2], &mut HashSet::new(), &end);
+    let denied = format!("{:?}", Err::<(), _>(VmError::State));
+    assert!(check(prepare(0, 0, 3, "Ok(())"), prepare(1, 1, 2, &denied)), "one wins, the other is denied");
+    assert!(!check(prepare(0, 0, 3, "Ok(())"), prepare(1, 1, 2, "Ok(())")), "both won, overlapping");
+    assert!(!check(prepare(0, 0, 1, "Ok(())"), prepare(1, 2, 3, "Ok(())")), "both won, one after the other");
+    // Real time: the denied run returned before the winner was invoked, so it cannot come second.
+    assert!(!check(prepare(0, 2, 3, "Ok(())"), prepare(1, 0, 1, &denied)), "denied before anyone ran");
+}
