@@ -12,7 +12,7 @@
 //! spec state that the concrete state abstracts to. Planted bugs: a check-then-act split in the
 //! host fault handler, and a lock-order inversion.
 
-use super::refinement::{refined_run, relate, VOp, FAULTED_GFN, GUEST_RAM, GUEST_RAM_SIZE, IMAGE_LEN, IMAGE_PFN};
+use super::refinement::{boot_vm1, refined_run, relate, VOp, FAULTED_GFN, GUEST_RAM};
 use super::spec::*;
 use super::*;
 use crate::machine::model::ModelMachine;
@@ -283,19 +283,15 @@ fn linearizable(
 /// vCPU 1 (powered on by vCPU 0) for page +11.
 fn booted() -> Vec<VOp> {
     let fault = |i| Pending::PageFault { gfn: FAULTED_GFN + i };
-    vec![
-        VOp::RegisterVm(GUEST_RAM, GUEST_RAM_SIZE),
-        VOp::RegisterVcpu(1, 0),
-        VOp::RegisterVcpu(1, 1),
-        VOp::SetBootInfo(1, GUEST_RAM, IMAGE_LEN),
-        VOp::Remap(1, 0, IMAGE_PFN),
-        VOp::Verify(1),
+    let mut ops = boot_vm1();
+    ops.extend([
         VOp::Run(1, 0, 0, fault(0)),
         VOp::Run(1, 0, VM_PAGE, fault(1)),
         VOp::Run(1, 0, VM_PAGE + 1, fault(2)),
         VOp::CpuOn(1, 1, GUEST_RAM + 0x100),
         VOp::Run(1, 1, 0, fault(3)),
-    ]
+    ]);
+    ops
 }
 
 fn any_call() -> impl Strategy<Value = Call> {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 pub(super) const GUEST_RAM: u64 = 0x4000_0000;
 pub(super) const IMAGE_PFN: u64 = 0x48000;
-pub(super) const IMAGE_LEN: u64 = 3000;
+const IMAGE_LEN: u64 = 3000;
 /// Pages the host offers for guest faults: free ones, the image page, KCore's, not RAM; and
 /// numbers with high bits that `pfn << 12` would alias to free pages or to the image page, the
 /// first number past the physical address space, and the largest.
@@ -46,7 +46,7 @@ const OFFERS: [u64; 15] = [
     u64::MAX,
 ];
 /// The guest's RAM window in the sequences.
-pub(super) const GUEST_RAM_SIZE: u64 = 4 << 20;
+const GUEST_RAM_SIZE: u64 = 4 << 20;
 /// The first of the guest pages the sequences fault in.
 pub(super) const FAULTED_GFN: u64 = (GUEST_RAM >> 12) + 8;
 pub(super) const PROBES: [u64; 9] = [0x48100, 0x48101, 0x48102, 0x48103, 0x48104, IMAGE_PFN, 0x40080, 0x48200, 0x483ff];
@@ -76,17 +76,22 @@ pub(super) enum VOp {
     HostStore(u64, u64),
 }
 
-/// Sequences that mostly start by booting VM 1 the way KServ does, so that the random
-/// operations after it meet a running guest.
-pub(super) fn any_sequence() -> impl Strategy<Value = Vec<VOp>> {
-    let boot = vec![
+/// VM 1 registered with two vCPUs, its image given and verified, the way KServ boots a VM.
+pub(super) fn boot_vm1() -> Vec<VOp> {
+    vec![
         VOp::RegisterVm(GUEST_RAM, GUEST_RAM_SIZE),
         VOp::RegisterVcpu(1, 0),
         VOp::RegisterVcpu(1, 1),
         VOp::SetBootInfo(1, GUEST_RAM, IMAGE_LEN),
         VOp::Remap(1, 0, IMAGE_PFN),
         VOp::Verify(1),
-    ];
+    ]
+}
+
+/// Sequences that mostly start by booting VM 1 the way KServ does, so that the random
+/// operations after it meet a running guest.
+pub(super) fn any_sequence() -> impl Strategy<Value = Vec<VOp>> {
+    let boot = boot_vm1();
     // Booted, and with RAM pages +8 and +9 faulted in (so that share ranges meet mapped pages).
     let faulted = [
         boot.clone(),
