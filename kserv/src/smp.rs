@@ -98,13 +98,8 @@ impl Work {
                 continue;
             }
             let Some(vm) = self.mgr.vms[slot].as_mut().filter(|vm| vm.alive) else { continue };
-            match vm.ready(vcpu) {
-                Ok(()) => {}
-                Err(Some(t)) => {
-                    earliest = earliest.min(t);
-                    continue;
-                }
-                Err(None) => continue,
+            if !vm.ready(vcpu, &mut earliest) {
+                continue;
             }
             self.running[slot][vcpu] = Some(core);
             self.report.vms[slot] = Some(vm.entry);

@@ -69,13 +69,16 @@ impl Vm {
         self.linux.as_ref().is_some_and(|devices| devices.sink.any_for(vcpu))
     }
 
-    /// Whether `vcpu` may run now: `Err(None)` while it is off, `Err(Some(t))` while it idles in
-    /// WFI until the counter reaches `t` with no interrupt waiting for it.
-    pub fn ready(&self, vcpu: usize) -> Result<(), Option<u64>> {
+    /// Whether `vcpu` may run now: not while it is off, nor while it idles in WFI until the
+    /// counter reaches `t` with no interrupt waiting for it (then `earliest` takes `t`).
+    pub fn ready(&self, vcpu: usize, earliest: &mut u64) -> bool {
         match self.vcpus[vcpu] {
-            VcpuRun::Off => Err(None),
-            VcpuRun::WaitingUntil(t) if hvc::counter() < t && !self.interrupt_waits(vcpu) => Err(Some(t)),
-            _ => Ok(()),
+            VcpuRun::Off => false,
+            VcpuRun::WaitingUntil(t) if hvc::counter() < t && !self.interrupt_waits(vcpu) => {
+                *earliest = (*earliest).min(t);
+                false
+            }
+            _ => true,
         }
     }
 
@@ -341,13 +344,8 @@ impl Manager {
             for slot in 0..MAX_VMS {
                 for vcpu in 0..MAX_VCPUS {
                     let Some(vm) = self.vms[slot].as_mut().filter(|vm| vm.alive) else { break };
-                    match vm.ready(vcpu) {
-                        Ok(()) => {}
-                        Err(Some(t)) => {
-                            earliest = earliest.min(t);
-                            continue;
-                        }
-                        Err(None) => continue,
+                    if !vm.ready(vcpu, &mut earliest) {
+                        continue;
                     }
                     ran = true;
                     run_once(vm, vcpu, hooks, self.meter.as_mut());
