@@ -127,24 +127,6 @@ const XEN_MEANS: &[(&str, &str, Option<u64>)] = &[
 const LINUX_RATIO_TARGET: f64 = 1.02;
 const XEN_RATIO: f64 = 1.005;
 
-/// The Linux guest of the bench: the newest 6.1 kernel already fetched under `target/linux`, or
-/// the newest 6.1 that apt offers (fetched as `linux-guest` does).
-fn bench_linux_guest() -> Result<crate::linux::LinuxGuest, String> {
-    use crate::linux::{prepare, Wanted};
-    let dir = artifacts::root().join("target/linux");
-    let mut cached: Vec<String> = std::fs::read_dir(&dir)
-        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-        .unwrap_or_default();
-    cached.retain(|v| v.starts_with("6.1.") && dir.join(v).join("kernel/boot").exists());
-    cached.sort_by_key(|v| {
-        v.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok()).collect::<Vec<_>>()
-    });
-    match cached.pop() {
-        Some(version) => prepare(&Wanted::Exact(version), None),
-        None => prepare(&Wanted::Series(6, 1), None),
-    }
-}
-
 /// The bare boot's instructions over both CPUs, from reset to the VM's stop after its
 /// SYSTEM_OFF: QEMU's own instruction count (QMP `query-replay`, icount), read once the
 /// power-off has stopped the VM (`-no-shutdown`). QEMU 10.0.2 aborts under `-icount` with any TCG
@@ -232,7 +214,7 @@ fn corevisor_linux_run(qemu: &Qemu, guest: &crate::linux::LinuxGuest) -> Result<
 /// Issue 13: the Linux boot under corevisor against the same boot bare, and each exit class's
 /// EL2 and KServ instructions beside Xen's means.
 fn linux_bench(qemu: &Qemu) -> Result<(), String> {
-    let guest = bench_linux_guest()?;
+    let guest = crate::linux::reference_guest()?;
     let bare = bare_linux_instructions(qemu, &guest)?;
     let console = corevisor_linux_run(qemu, &guest)?;
     let lines = parse(&console);

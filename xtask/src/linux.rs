@@ -426,6 +426,24 @@ pub fn prepare(wanted: &Wanted, out: Option<&Path>) -> Result<LinuxGuest, String
     Ok(LinuxGuest { version, image, header, initramfs })
 }
 
+/// The kernel series of the reference guest: the `linux` qemu-test scenarios and the bench.
+pub const REFERENCE_SERIES: (u32, u32) = (6, 1);
+
+/// The reference guest: the newest kernel of [`REFERENCE_SERIES`] already fetched under
+/// `target/linux` (no apt needed), or else the newest of that series apt offers, fetched.
+pub fn reference_guest() -> Result<LinuxGuest, String> {
+    let (major, minor) = REFERENCE_SERIES;
+    let dir = root().join("target/linux");
+    let mut cached: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    cached.retain(|v| version_key(v).starts_with(&[major, minor]) && vmlinuz(&dir.join(v).join("kernel")).is_some());
+    match cached.into_iter().max_by_key(|v| version_key(v)) {
+        Some(version) => prepare(&Wanted::Exact(version), None),
+        None => prepare(&Wanted::Series(major, minor), None),
+    }
+}
+
 /// The bare reference run: the guest straight on QEMU's `virt` (EL1, QEMU's own PSCI and GIC),
 /// with deterministic time. The corevisor `linux` scenario boots the same Image, initramfs and
 /// [`CMDLINE`] as a VM.

@@ -405,9 +405,9 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// Scenarios that boot Debian's arm64 cloud kernel ([`LINUX_KERNEL`], fetched by
-/// `linux::prepare`) as a VM of 2 vCPUs and 128 MiB, to the test initramfs. Beyond their lines,
-/// the console must hold `/init`'s proof lines in order and none of Linux's panic lines
+/// Scenarios that boot Debian's arm64 cloud kernel (`linux::reference_guest`: the newest 6.1)
+/// as a VM of 2 vCPUs and 128 MiB, to the test initramfs. Beyond their lines, the console must
+/// hold `/init`'s proof lines in order and none of Linux's panic lines
 /// (`linux::console_problems`). They run on a build whose checks after VCPU_RUNs that moved no
 /// page are sampled ([`Flavor::LinuxTest`]).
 pub const LINUX_SCENARIOS: &[Scenario] = &[
@@ -446,9 +446,6 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         bootargs: "",
     },
 ];
-
-/// The kernel series the Linux scenarios boot.
-pub const LINUX_KERNEL: &str = "6.1";
 
 /// Whether `s` is one of the [`LINUX_SCENARIOS`].
 fn boots_linux(s: &Scenario) -> bool {
@@ -574,7 +571,7 @@ pub fn check_names<'a>(given: impl IntoIterator<Item = &'a str>, use_: NameUse) 
 pub struct Selection {
     scenarios: Vec<&'static Scenario>,
     variants: Vec<Variant>,
-    /// The Linux scenarios' kernel `Image` and initramfs, if not the fetched [`LINUX_KERNEL`].
+    /// The Linux scenarios' kernel `Image` and initramfs, if not `linux::reference_guest`'s.
     pub linux_guest: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
@@ -651,32 +648,28 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
     }
 }
 
-/// The Linux scenarios' bundle: `given` (kernel `Image`, initramfs), or else Debian's
-/// [`LINUX_KERNEL`] cloud kernel and the test initramfs (fetched and built on first use); 2 vCPUs,
+/// The Linux scenarios' bundle: `given` (kernel `Image`, initramfs), or else the cloud kernel of
+/// `linux::reference_guest` and the test initramfs (fetched and built on first use); 2 vCPUs,
 /// 128 MiB, the default corevisor command line.
 fn linux_test_bundle(given: Option<&(std::path::PathBuf, std::path::PathBuf)>) -> Result<std::path::PathBuf, String> {
     use crate::linux;
-    let (image, initramfs) = match given {
+    let (kernel, initrd) = match given {
         Some(paths) => paths.clone(),
         None => {
-            let guest = linux::prepare(&linux::Wanted::parse(Some(LINUX_KERNEL))?, None)?;
+            let guest = linux::reference_guest()?;
             (guest.image, guest.initramfs)
         }
     };
-    println!("Linux scenarios: kernel {}, initramfs {}", image.display(), initramfs.display());
-    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-    let (kernel, initrd) = (read(&image)?, read(&initramfs)?);
-    let vm = crate::guests::LinuxVm {
-        kernel: &kernel,
-        initrd: &initrd,
-        vcpus: linux::GUEST_CPUS,
-        ram_base: corevisor_abi::guest_dev::RAM_BASE,
-        ram_size: u64::from(linux::GUEST_MEM_MIB) << 20,
-        cmdline: &linux::corevisor_cmdline(),
+    println!("Linux scenarios: kernel {}, initramfs {}", kernel.display(), initrd.display());
+    let run = crate::GuestRun {
+        kernel,
+        initrd,
+        cpus: linux::GUEST_CPUS,
+        mem_mib: linux::GUEST_MEM_MIB.into(),
+        cmdline: linux::corevisor_cmdline(),
+        scenario: LINUX_SCENARIOS[0].name,
     };
-    let path = artifacts::root().join("target/xtask/bundles/linux-test.img");
-    crate::guests::write_linux_bundle(&vm, &path)?;
-    Ok(path)
+    crate::write_linux_bundle(&run, "linux-test.img")
 }
 
 #[cfg(test)]
