@@ -11,6 +11,13 @@
 //! before another was invoked comes first) reproduces every result on the specs and ends in the
 //! spec state that the concrete state abstracts to. Planted bugs: a check-then-act split in the
 //! host fault handler, and a lock-order inversion.
+//!
+//! The threads take turns ([`Turns`]): one runs at a time, and at every point where a core could
+//! be overtaken (between a call's invocation and its step, after the step, while the guest runs,
+//! between the buggy handler's check and its act) the next thread is the one a drawn schedule
+//! names. The interleaving is then part of the test's input: it does not depend on how many
+//! CPUs the test machine has or how its OS schedules (on one CPU, free-running threads hardly
+//! ever met), and a failing case replays.
 
 use super::refinement::{boot_vm1, refined_run, relate, VOp, FAULTED_GFN, GUEST_RAM};
 use super::spec::*;
@@ -28,7 +35,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Threads (cores) per history.
 const THREADS: usize = 3;
@@ -107,6 +114,70 @@ struct Shared {
     history: TicketLock<Vec<Event>>,
     clock: AtomicU64,
     bugs: Bugs,
+    turns: Turns,
+}
+
+/// Turn-taking for the threads of one history: exactly one runs between hand-overs, and each
+/// hand-over goes to the runnable thread that the schedule's next entry names.
+struct Turns {
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+struct TurnState {
+    current: usize,
+    finished: [bool; THREADS],
+    schedule: Vec<u8>,
+    next: usize,
+}
+
+impl Turns {
+    fn new(schedule: Vec<u8>) -> Self {
+        let state = TurnState { current: 0, finished: [false; THREADS], schedule, next: 0 };
+        Turns { state: Mutex::new(state), changed: Condvar::new() }
+    }
+
+    /// Blocks until it is `me`'s turn.
+    fn wait(&self, me: usize) {
+        let mut state = self.state.lock().unwrap();
+        while state.current != me {
+            state = self.changed.wait(state).unwrap();
+        }
+    }
+
+    /// A point where another core could overtake `me`: hands the turn over as the schedule says
+    /// (possibly back to `me`) and waits for it to come back.
+    fn point(&self, me: usize) {
+        self.hand_over(me, false);
+        self.wait(me);
+    }
+
+    /// `me` has finished: the others take their turns without it.
+    fn finish(&self, me: usize) {
+        self.hand_over(me, true);
+    }
+
+    fn hand_over(&self, me: usize, finished: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.finished[me] |= finished;
+        let runnable: Vec<usize> = (0..THREADS).filter(|&t| !state.finished[t]).collect();
+        if runnable.is_empty() {
+            return;
+        }
+        let pick = state.schedule.get(state.next).map_or(0, |&c| usize::from(c) % runnable.len());
+        state.next += 1;
+        state.current = runnable[pick];
+        self.changed.notify_all();
+    }
+}
+
+/// Hands the turn on when its thread ends, also when it ends by halting, so the others run on.
+struct Finished<'a>(&'a Turns, usize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1);
+    }
 }
 
 fn vm() -> VmId {
@@ -123,6 +194,7 @@ impl Shared {
         show: impl Fn(&R) -> String,
     ) -> R {
         let invoked = self.clock.fetch_add(1, SeqCst);
+        self.turns.point(thread);
         let log = |r: &R| {
             let returned = self.clock.fetch_add(1, SeqCst);
             Event { thread, step, result: show(r), invoked, returned }
@@ -132,12 +204,16 @@ impl Shared {
             let mut world = self.world.lock();
             let r = f(&mut world);
             history.push(log(&r));
+            drop((world, history));
+            self.turns.point(thread);
             r
         } else {
             let mut world = self.world.lock();
             let r = f(&mut world);
             // Logging under the state lock: State < Console.
             self.history.lock().push(log(&r));
+            drop(world);
+            self.turns.point(thread);
             r
         }
     }
@@ -152,8 +228,9 @@ impl Shared {
             return;
         }
         let invoked = self.clock.fetch_add(1, SeqCst);
+        self.turns.point(thread);
         let host_owns = self.world.lock().k.mem.db.get(ipa).is_some_and(|p| p.owner == Owner::Host);
-        std::thread::yield_now();
+        self.turns.point(thread);
         let mut world = self.world.lock();
         let w = &mut *world;
         let r = if host_owns {
@@ -167,12 +244,13 @@ impl Shared {
         };
         let returned = self.clock.fetch_add(1, SeqCst);
         self.history.lock().push(Event { thread, step: Step::HostFault { pfn }, result: show(&r), invoked, returned });
+        drop(world);
+        self.turns.point(thread);
     }
 
-    fn run(&self, thread: usize, calls: &[(Call, u16)]) {
+    fn run(&self, thread: usize, calls: &[Call]) {
         let unit = |r: &Result<(), VmError>| format!("{r:?}");
-        for &(call, spins) in calls {
-            (0..spins).for_each(|_| std::hint::spin_loop());
+        for &call in calls {
             match call {
                 Call::Run { vcpu, answer, exit } => {
                     let id = VcpuId::new(vcpu).unwrap();
@@ -184,7 +262,7 @@ impl Shared {
                     );
                     if let Ok(mut ticket) = prepared {
                         // The guest runs, with no lock held, and exits.
-                        std::thread::yield_now();
+                        self.turns.point(thread);
                         ticket.ctx.pending = exit;
                         let finish = |w: &mut World| w.k.vcpu_run_finish(ticket);
                         self.atomically(thread, Step::Finish { vcpu, exit }, finish, |_| "()".into());
@@ -311,9 +389,14 @@ fn any_call() -> impl Strategy<Value = Call> {
     ]
 }
 
-/// Each thread's calls, each with a spin before it (so the threads meet in varied orders).
-fn any_history() -> impl Strategy<Value = Vec<Vec<(Call, u16)>>> {
-    proptest::collection::vec(proptest::collection::vec((any_call(), 0u16..2000), 3..=4), THREADS)
+/// A history: each thread's calls, and the schedule of turns they run by.
+type History = (Vec<Vec<Call>>, Vec<u8>);
+
+fn any_history() -> impl Strategy<Value = History> {
+    let calls = proptest::collection::vec(proptest::collection::vec(any_call(), 3..=4), THREADS);
+    // Enough entries for every hand-over of the longest history; past its end, turns go to the
+    // first runnable thread.
+    (calls, proptest::collection::vec(any::<u8>(), 80))
 }
 
 std::thread_local! {
@@ -322,7 +405,7 @@ std::thread_local! {
 }
 
 /// One history: the threads run their calls at once; then the invariants and linearizability.
-fn concurrent_run(calls: Vec<Vec<(Call, u16)>>) -> Result<(), TestCaseError> {
+fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
     let (m, mut k, mut s) = refined_run(&booted())?;
     // Pages only, in both worlds: the check-then-act bug maps a page as the real handler would.
     k.mem.policy = HostMapPolicy::PagesOnly;
@@ -336,15 +419,16 @@ fn concurrent_run(calls: Vec<Vec<(Call, u16)>>) -> Result<(), TestCaseError> {
         history: TicketLock::new(LockRank::Console, Vec::new()),
         clock: AtomicU64::new(0),
         bugs,
+        turns: Turns::new(schedule),
     });
-    let start = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = calls
         .into_iter()
         .enumerate()
         .map(|(thread, calls)| {
-            let (shared, start) = (Arc::clone(&shared), Arc::clone(&start));
+            let shared = Arc::clone(&shared);
             std::thread::spawn(move || {
-                start.wait();
+                let _finished = Finished(&shared.turns, thread);
+                shared.turns.wait(thread);
                 shared.run(thread, &calls);
             })
         })
