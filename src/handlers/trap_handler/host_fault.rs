@@ -10,7 +10,16 @@ use crate::memory::MemError;
 use core::sync::atomic::Ordering::Relaxed;
 use log::warn;
 
-pub fn host_stage2_fault(frame: &mut TrapFrame, abort: Stage2Abort) {
+/// What became of a host stage-2 fault.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Mapped, or performed for the host.
+    Served,
+    /// Refused: an external abort was injected and nothing of KCore's changed.
+    Refused,
+}
+
+pub fn host_stage2_fault(frame: &mut TrapFrame, abort: Stage2Abort) -> Outcome {
     let ipa = abort.ipa.raw();
     let result = state::with_kcore(|kcore| handle_host_stage2_fault(&Aarch64, &mut kcore.mem, ipa));
     let result = match result {
@@ -22,16 +31,16 @@ pub fn host_stage2_fault(frame: &mut TrapFrame, abort: Stage2Abort) {
             let read = |pa, size| gicr.read(pa, size).expect(outside);
             let write = |pa, size, value| assert!(gicr.write(pa, size, value), "{outside}");
             match emulate_gicr_access(frame, abort.esr, ipa, read, write) {
-                Ok(GicrDecision::Pass) => return,
+                Ok(GicrDecision::Pass) => return Outcome::Served,
                 Ok(GicrDecision::Mask(value)) => {
                     warn!("host write {value:#x} to GICR_CTLR at {ipa:#x}: EnableLPIs kept off (the LPI tables would be written by the GIC)");
-                    return;
+                    return Outcome::Served;
                 }
                 Ok(GicrDecision::Ignore) => {
                     warn!(
                         "host write to GICR_PROPBASER/PENDBASER at {ipa:#x} ignored: it would point the GIC at memory"
                     );
-                    return;
+                    return Outcome::Served;
                 }
                 Err(why) => Err(HostRefusal::from(why)),
             }
@@ -42,6 +51,7 @@ pub fn host_stage2_fault(frame: &mut TrapFrame, abort: Stage2Abort) {
         Ok(leaf) => {
             log::trace!("host stage-2 fault at {ipa:#x}: mapped {:#x} at level {}", leaf.input, leaf.level);
             HOST_STATS.mapped.fetch_add(1, Relaxed);
+            Outcome::Served
         }
         Err(e) => {
             HOST_STATS.refused.fetch_add(1, Relaxed);
@@ -50,6 +60,7 @@ pub fn host_stage2_fault(frame: &mut TrapFrame, abort: Stage2Abort) {
                 frame.elr
             );
             inject_el1::external_abort(frame, abort.instruction, abort.esr, abort.far);
+            Outcome::Refused
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Debug builds (and `check-invariants` builds) check SeKVM's invariants after every host trap
 //! and every share call; a violation is a KCore bug and halts.
 //!
-//! `sampled-invariants` builds (the Linux scenarios) sample one kind of trap: a VCPU_RUN or an
-//! INJECT_IRQ after which no ownership record changed. A Linux boot makes tens of thousands of
-//! them, a full check walks every stage-2 table, and they change no page's owner and no table
-//! (a page answer does, and moves a record): every [`SAMPLE`]th of them is checked. Every other
-//! trap, every share call and every call that moved a record is checked as in a test build, and
-//! KCore's canary after every trap.
+//! `sampled-invariants` builds (the Linux scenarios) sample two kinds of trap after which no
+//! ownership record changed: a VCPU_RUN or an INJECT_IRQ, and a host access that KCore refused.
+//! A Linux boot makes tens of thousands of the first, `host-attacks-linux` tens of thousands of
+//! the second; a full check walks every stage-2 table, and neither changes a page's owner or a
+//! table (a page answer does, and moves a record; a refusal only injects an abort into the host,
+//! and that nothing was read is what the attacking scenario itself checks): every [`SAMPLE`]th
+//! of them is checked. Every other trap, every share call and every call that moved a record is
+//! checked as in a test build, and KCore's canary after every trap.
 
 use super::state::STATE;
 use crate::machine::{layout, Aarch64};
@@ -28,33 +30,37 @@ static SAMPLED_TRAPS: AtomicU64 = AtomicU64::new(0);
 /// Full checks made.
 static FULL_CHECKS: AtomicU64 = AtomicU64::new(0);
 
-/// Checks the invariants, taking the state lock.
-pub fn check() {
-    if ON {
-        if let Some(kcore) = STATE.lock().as_ref() {
-            check_of(kcore);
-        }
-    }
-}
-
-/// [`check`] after a host call whose x0 was `function`: sampled in `sampled-invariants` builds
+/// The invariant check after a host call whose x0 was `function`: sampled in `sampled-invariants` builds
 /// for VCPU_RUN and INJECT_IRQ (see the module). A call refused at the edge changed nothing.
 #[inline(always)]
 pub fn check_after_call(function: u64) {
-    if !ON {
-        return;
+    if ON {
+        check_sampled_if(SAMPLED && [host_call::VCPU_RUN, host_call::INJECT_IRQ].contains(&(function as u32)));
     }
-    let frequent = SAMPLED && [host_call::VCPU_RUN, host_call::INJECT_IRQ].contains(&(function as u32));
+}
+
+/// The invariant check after a synchronous host trap: sampled in `sampled-invariants` builds if it was an
+/// access KCore refused (see the module).
+#[inline(always)]
+pub fn check_after_host_trap(refused_access: bool) {
+    if ON {
+        check_sampled_if(SAMPLED && refused_access);
+    }
+}
+
+/// The full check, or for a trap of a `sampleable` kind after which no record changed, the
+/// canary alone on all but every [`SAMPLE`]th.
+fn check_sampled_if(sampleable: bool) {
     if let Some(kcore) = STATE.lock().as_ref() {
         let unchanged = CHECKED_AT.load(Relaxed) == kcore.mem.db.changes();
-        if frequent && unchanged && !SAMPLED_TRAPS.fetch_add(1, Relaxed).is_multiple_of(SAMPLE) {
+        if sampleable && unchanged && !SAMPLED_TRAPS.fetch_add(1, Relaxed).is_multiple_of(SAMPLE) {
             return canary();
         }
         check_of(kcore);
     }
 }
 
-/// [`check`] for a caller that holds the state lock.
+/// The full check, for a caller that holds the state lock.
 pub fn check_of(kcore: &Kcore) {
     if ON {
         if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
