@@ -106,6 +106,10 @@ pub enum Mutation {
     /// The concurrency tests' threads take KCore's state lock while holding the console-ranked
     /// history lock: the lock order inverted (issue 14).
     LockOrderInverted,
+    /// A page answer naming the page the VM's stage-2 already maps at the faulting gfn (a
+    /// sibling vCPU's answer mapped it first) is taken and scrubbed again, wiping the guest's
+    /// data, instead of serving the fault as it is (issue 14).
+    ServedFaultPageScrubbed,
 }
 
 #[cfg(test)]

@@ -4,18 +4,28 @@
 //! other core runs it) and to handle the vCPU's exit, never during the VCPU_RUN itself. A VM
 //! whose vCPU stopped it is torn down once none of its vCPUs is running on any core.
 //!
+//! With [`Placement::VcpuPerCore`] (a Linux VM) vCPU i runs on core i only, for as long as it
+//! does not exit by itself. What another core does for it (an interrupt its GIC model makes
+//! pending for it, a PSCI CPU_ON of it, its VM stopping) then reaches it by a cross-core kick:
+//! that core sends [`gic::KICK_SGI`] to core i, whose guest exits to KCore (the SGI is a physical
+//! IRQ that no guest state explains) and so back to KServ on core i, which injects what waits
+//! before the next VCPU_RUN; a core idling in WFI wakes the same way. The SGI stays pending until
+//! its core takes it ([`gic::take_kicks`]), after which that core looks at its vCPU again under
+//! the lock: a kick sent after the look finds the SGI pending at the next WFI or VCPU_RUN, so
+//! none is lost.
+//!
 //! [`Manager::run_all`] stays the single-core path of every other scenario.
 
 use crate::arch::sync::SpinLock;
 use crate::arch::{cpu, gic, hvc, mmu};
 use crate::dtb::GicInfo;
 use crate::kprintln;
-use crate::vmm::{self, Hooks, Manager, MAX_VCPUS, MAX_VMS};
+use crate::vmm::{self, Hooks, Manager, VcpuRun, MAX_VCPUS, MAX_VMS};
 use alloc::boxed::Box;
 use core::any::Any;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use corevisor_abi::bundle::VmEntry;
-use corevisor_abi::{host_call, psci, Status};
+use corevisor_abi::{exit, host_call, psci, Status};
 
 /// The cores KServ runs on (QEMU's `-smp 4`, the Pi 4's four).
 pub const CORES: usize = 4;
@@ -32,7 +42,8 @@ static UP: AtomicUsize = AtomicUsize::new(0);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Workers that found the current run finished.
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
-static GIC: SpinLock<Option<GicInfo>> = SpinLock::new(None);
+/// The GIC, and the private interrupts every core enables for itself (besides the kick).
+static GIC: SpinLock<Option<(GicInfo, &'static [u64])>> = SpinLock::new(None);
 static WORK: SpinLock<Option<Work>> = SpinLock::new(None);
 
 /// VCPU_RUN calls started so far, and how many are in progress on all cores: what tells a core
@@ -60,10 +71,27 @@ pub struct Report {
     /// Per core: its runs, and those during which another core was inside VCPU_RUN too.
     pub core_runs: [u64; CORES],
     pub overlapped: [u64; CORES],
+    /// Cross-core kicks sent to a core while its vCPU ran there, and to a core idling for its
+    /// vCPU (in WFI, or between runs); kicks each core took (acknowledged).
+    pub kicks_to_running: u64,
+    pub kicks_to_idle: u64,
+    pub kicks_taken: [u64; CORES],
+}
+
+/// Which core runs which vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Any core takes any runnable vCPU from the queue (`smp-vms`).
+    Shared,
+    /// vCPU i runs on core i only, until it exits by itself (no time slice: it has the core to
+    /// itself); other cores kick it (a Linux VM of up to [`CORES`] vCPUs, `linux-smp`).
+    VcpuPerCore,
 }
 
 struct Work {
     mgr: Manager,
+    placement: Placement,
+    gic: GicInfo,
     hooks: Box<dyn SharedHooks>,
     /// The core running each vCPU, if one is.
     running: [[Option<usize>; MAX_VCPUS]; MAX_VMS],
@@ -88,6 +116,9 @@ enum Next {
 
 impl Work {
     fn next(&mut self, core: usize) -> Next {
+        if self.placement == Placement::VcpuPerCore {
+            return self.next_of_own_core(core);
+        }
         let (mut earliest, mut busy) = (u64::MAX, false);
         self.turn = (self.turn + 1) % (MAX_VMS * MAX_VCPUS);
         for i in 0..MAX_VMS * MAX_VCPUS {
@@ -101,15 +132,39 @@ impl Work {
             if !vm.ready(vcpu, &mut earliest) {
                 continue;
             }
-            self.running[slot][vcpu] = Some(core);
-            self.report.vms[slot] = Some(vm.entry);
-            let answer = vmm::begin_run(vm, vcpu);
-            return Next::Run { slot, vcpu, vmid: vm.vmid, answer };
+            return self.start(core, slot, vcpu);
         }
         match (earliest, busy) {
             (u64::MAX, false) => Next::Done,
             (t, _) => Next::Wait(t),
         }
+    }
+
+    /// [`Placement::VcpuPerCore`]: vCPU `core` of a live VM if it may run; else done once no VM
+    /// is alive and no vCPU runs (a VM whose vCPU is off may still power it on), else wait.
+    fn next_of_own_core(&mut self, core: usize) -> Next {
+        let mut earliest = u64::MAX;
+        for slot in 0..MAX_VMS {
+            let Some(vm) = self.mgr.vms[slot].as_mut().filter(|vm| vm.alive) else { continue };
+            if core < MAX_VCPUS && self.running[slot][core].is_none() && vm.ready(core, &mut earliest) {
+                return self.start(core, slot, core);
+            }
+        }
+        let alive = self.mgr.vms.iter().flatten().any(|vm| vm.alive);
+        let busy = self.running.iter().flatten().any(Option::is_some);
+        match (alive, busy) {
+            (false, false) => Next::Done,
+            _ => Next::Wait(earliest),
+        }
+    }
+
+    /// Marks `vcpu` of `slot` as running on `core` and prepares its run.
+    fn start(&mut self, core: usize, slot: usize, vcpu: usize) -> Next {
+        let Some(vm) = self.mgr.vms[slot].as_mut() else { return Next::Wait(u64::MAX) };
+        self.running[slot][vcpu] = Some(core);
+        self.report.vms[slot] = Some(vm.entry);
+        let answer = vmm::begin_run(vm, vcpu, self.placement == Placement::Shared);
+        Next::Run { slot, vcpu, vmid: vm.vmid, answer }
     }
 
     fn finish(&mut self, core: usize, slot: usize, vcpu: usize, record: [u64; 6], overlapped: bool) {
@@ -121,23 +176,54 @@ impl Work {
             // A VM is torn down only when none of its vCPUs runs: this one did.
             panic!("vm slot {slot} emptied while its vcpu {vcpu} ran on core {core}");
         };
+        let off_before = vm.vcpus.map(|v| v == VcpuRun::Off);
         vmm::end_run(vm, vcpu, record, &mut *self.hooks);
+        // The vCPUs this exit gave something to do: an interrupt made pending for them, a
+        // power-on; all of them when the VM stopped (they must exit so that it can go).
+        let raised = vm.linux.as_mut().map_or(0, |devices| devices.sink.take_raised());
+        let mut woken = 0u32;
+        for (v, was_off) in off_before.iter().enumerate() {
+            let powered_on = *was_off && vm.vcpus[v] != VcpuRun::Off;
+            if raised & 1 << v != 0 || powered_on || !vm.alive {
+                woken |= 1 << v;
+            }
+        }
         if vm.alive {
             self.hooks.after_exit(vm);
         } else if self.running[slot].iter().all(Option::is_none) {
             self.mgr.retire(slot);
         }
+        if self.placement == Placement::VcpuPerCore {
+            let done = self.mgr.vms[slot].is_none();
+            for v in (0..MAX_VCPUS).filter(|&v| done || woken & 1 << v != 0) {
+                self.kick(core, slot, v);
+            }
+        }
+    }
+
+    /// Kicks the core of vCPU `vcpu` of `slot` ([`Placement::VcpuPerCore`]: core `vcpu`) unless
+    /// it is this core, which looks at its vCPU again anyway.
+    fn kick(&mut self, core: usize, slot: usize, vcpu: usize) {
+        if vcpu == core || vcpu >= CORES {
+            return;
+        }
+        match self.running[slot][vcpu] {
+            Some(_) => self.report.kicks_to_running += 1,
+            None => self.report.kicks_to_idle += 1,
+        }
+        gic::kick(&self.gic, vcpu);
     }
 }
 
 /// Starts cores 1..[`CORES`] in KServ (PSCI CPU_ON through KCore) and has each, and this core,
-/// enable its physical timer's interrupt so that it can idle in WFI. Once per boot.
-pub fn start_cores(gic: &GicInfo) -> Result<(), &'static str> {
+/// enable the private interrupts `ppis` (the physical timer's at least, so that it can idle in
+/// WFI) and the kick. Once per boot.
+pub fn start_cores(gic: &GicInfo, ppis: &'static [u64]) -> Result<(), &'static str> {
     if STARTED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
-    *GIC.lock() = Some(*gic);
-    gic::enable_ppi(gic, gic::TIMER_PPI);
+    *GIC.lock() = Some((*gic, ppis));
+    enable_interrupts(gic, ppis);
     for core in 1..CORES as u64 {
         let on = hvc::psci(psci::CPU_ON_64, [core, cpu::secondary_entry(), WORKER_CONTEXT | core]);
         if on != Status::Success.as_reg() {
@@ -150,6 +236,14 @@ pub fn start_cores(gic: &GicInfo) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// This core's share of [`start_cores`]: `ppis` and the kick enabled at its GIC interface.
+fn enable_interrupts(gic: &GicInfo, ppis: &[u64]) {
+    for &ppi in ppis {
+        gic::enable_ppi(gic, ppi);
+    }
+    gic::enable_kick(gic);
+}
+
 /// Whether `context` is one [`start_cores`] gives.
 pub fn is_worker(context: u64) -> bool {
     context & !0xff == WORKER_CONTEXT
@@ -160,8 +254,8 @@ pub fn worker_main() -> ! {
     mmu::enable();
     let core = cpu::core_index();
     let gic = *GIC.lock();
-    if let Some(gic) = gic {
-        gic::enable_ppi(&gic, gic::TIMER_PPI);
+    if let Some((gic, ppis)) = gic {
+        enable_interrupts(&gic, ppis);
     }
     UP.fetch_add(1, Ordering::Release);
     let mut seen = 0;
@@ -175,19 +269,28 @@ pub fn worker_main() -> ! {
     }
 }
 
-/// Runs every live VM of `mgr` on all cores until none is left ([`start_cores`] first). Returns
-/// the manager, the hooks and who ran what.
-pub fn run_all<H: Hooks + Send + 'static>(mgr: Manager, hooks: H) -> Result<(Manager, H, Report), &'static str> {
-    if UP.load(Ordering::Acquire) != CORES - 1 {
-        return Err("smp::run_all before start_cores");
-    }
+/// Runs every live VM of `mgr` on all cores, placed as `placement` says, until none is left
+/// ([`start_cores`] first). Returns the manager, the hooks and who ran what.
+pub fn run_all<H: Hooks + Send + 'static>(
+    mgr: Manager,
+    hooks: H,
+    placement: Placement,
+) -> Result<(Manager, H, Report), &'static str> {
+    let gic = match *GIC.lock() {
+        Some((gic, _)) if UP.load(Ordering::Acquire) == CORES - 1 => gic,
+        _ => return Err("smp::run_all before start_cores"),
+    };
     let report = Report {
         vms: [None; MAX_VMS],
         runs: [[[0; CORES]; MAX_VCPUS]; MAX_VMS],
         core_runs: [0; CORES],
         overlapped: [0; CORES],
+        kicks_to_running: 0,
+        kicks_to_idle: 0,
+        kicks_taken: [0; CORES],
     };
-    let work = Work { mgr, hooks: Box::new(hooks), running: [[None; MAX_VCPUS]; MAX_VMS], turn: 0, report };
+    let running = [[None; MAX_VCPUS]; MAX_VMS];
+    let work = Work { mgr, placement, gic, hooks: Box::new(hooks), running, turn: 0, report };
     FINISHED.store(0, Ordering::SeqCst);
     *WORK.lock() = Some(work);
     GENERATION.fetch_add(1, Ordering::Release);
@@ -201,6 +304,8 @@ pub fn run_all<H: Hooks + Send + 'static>(mgr: Manager, hooks: H) -> Result<(Man
 
 /// Takes vCPUs from the run until it is done.
 fn take_vcpus(core: usize) {
+    // The GIC, when this run's cores kick each other.
+    let kickable = WORK.lock().as_ref().and_then(|work| (work.placement == Placement::VcpuPerCore).then_some(work.gic));
     loop {
         let next = WORK.lock().as_mut().map_or(Next::Done, |work| work.next(core));
         match next {
@@ -210,8 +315,23 @@ fn take_vcpus(core: usize) {
                 let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, vcpu as u64, answer, 0]);
                 INSIDE.fetch_sub(1, Ordering::SeqCst);
                 let others_started = RUNS_STARTED.load(Ordering::SeqCst) != started + 1;
+                // A kick ends the run as a physical IRQ: taken here, before the exit is handled.
+                let kicks = match kickable {
+                    Some(gic) if record[1] == exit::IRQ => gic::take_kicks(&gic),
+                    _ => 0,
+                };
                 if let Some(work) = WORK.lock().as_mut() {
+                    work.report.kicks_taken[core] += kicks;
                     work.finish(core, slot, vcpu, record, others_inside || others_started);
+                }
+            }
+            // Sleep until this core's vCPU's deadline or a kick, then look again.
+            Next::Wait(deadline) if kickable.is_some() => {
+                let Some(gic) = kickable else { continue };
+                gic::wait_for_kick(deadline);
+                let kicks = gic::take_kicks(&gic);
+                if let Some(work) = WORK.lock().as_mut() {
+                    work.report.kicks_taken[core] += kicks;
                 }
             }
             // Every core's timer interrupt is enabled: WFI until the earliest vCPU deadline.

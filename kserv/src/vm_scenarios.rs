@@ -1176,20 +1176,37 @@ fn run_linux(
     hooks: &mut dyn Hooks,
     meter: Option<ExitMeter>,
 ) -> Result<Option<ExitMeter>, &'static str> {
-    let bundle = env.bundle()?;
-    let entry = env.entry(0)?;
-    if !entry.is_linux() {
-        return Err("the bundle's first VM is not a Linux VM");
-    }
     // KCore delivers a running vCPU's virtual timer and refills its list registers itself, on
     // the physical IRQ exits these two PPIs cause: the host lets them through its GIC.
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::VIRTUAL_TIMER_PPI);
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::MAINTENANCE_PPI);
     // The host's physical timer ends a vCPU's time slice.
     crate::arch::gic::enable_ppi(gic, crate::arch::gic::TIMER_PPI);
-    let mut mgr = Manager::new(env.regions);
+    let mut mgr = create_linux_vm(env, gic)?;
     mgr.meter = meter;
     mgr.timer_wakes = true;
+    mgr.run_all(hooks);
+    mgr.result()?;
+    match (mgr.powered_off, mgr.stopped) {
+        (1, 0) => Ok(mgr.meter.take()),
+        _ => Err("the Linux VM did not power itself off"),
+    }
+}
+
+/// The PPIs a core that runs Linux vCPUs enables: the two KCore serves in place (a running
+/// vCPU's virtual timer, the list registers' maintenance) and the host's physical timer (a
+/// time slice's end, or an idle core's wake-up).
+const LINUX_PPIS: [u64; 3] =
+    [crate::arch::gic::VIRTUAL_TIMER_PPI, crate::arch::gic::MAINTENANCE_PPI, crate::arch::gic::TIMER_PPI];
+
+/// A VM manager holding the bundle's Linux VM, created and verified.
+fn create_linux_vm(env: &VmEnv, gic: &GicInfo) -> Result<Manager, &'static str> {
+    let bundle = env.bundle()?;
+    let entry = env.entry(0)?;
+    if !entry.is_linux() {
+        return Err("the bundle's first VM is not a Linux VM");
+    }
+    let mut mgr = Manager::new(env.regions);
     if let Err((_, e)) = mgr.create_linux(&bundle, &entry, gic) {
         kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
         return Err("the Linux VM could not be created");
@@ -1200,10 +1217,53 @@ fn run_linux(
         entry.vcpus,
         entry.ram_size >> 20
     );
-    mgr.run_all(hooks);
+    Ok(mgr)
+}
+
+/// `linux-smp`: the bundle's Linux VM with vCPU i on core i (KServ on all four cores,
+/// [`crate::smp::Placement::VcpuPerCore`]), until it powers itself off. What one core's exit
+/// makes pending for a vCPU on another core (an IPI through the GIC model, a PSCI CPU_ON) reaches
+/// it by a cross-core kick. Prints the runs each core made of each vCPU and the kicks; passes if
+/// every vCPU ran, each only on its own core, kicks were sent (with more than one vCPU), and the
+/// VM powered off and came back scrubbed.
+pub fn linux_smp(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::smp::{self, Placement, CORES};
+    let vcpus = env.entry(0)?.vcpus as usize;
+    if vcpus > CORES {
+        return Err("linux-smp gives each vCPU a core: at most 4 vCPUs");
+    }
+    smp::start_cores(gic, &LINUX_PPIS)?;
+    let mgr = create_linux_vm(env, gic)?;
+    let (mgr, _, report) = smp::run_all(mgr, crate::vmm::Plain, Placement::VcpuPerCore)?;
+    let mut elsewhere = false;
+    for (slot, entry) in report.vms.iter().enumerate() {
+        let Some(entry) = entry else { continue };
+        for (vcpu, by_core) in report.runs[slot].iter().enumerate() {
+            for (core, &runs) in by_core.iter().enumerate().filter(|(_, &runs)| runs != 0) {
+                kprintln!("linux-smp: vm {} vcpu {vcpu} ran on core {core} ({runs} runs)", entry.name());
+                elsewhere |= core != vcpu;
+            }
+        }
+    }
+    let kicks_taken: u64 = report.kicks_taken.iter().sum();
+    kprintln!(
+        "linux-smp: cross-core kicks sent: {} ({} to a running vCPU, {} to an idle core); {kicks_taken} taken",
+        report.kicks_to_running + report.kicks_to_idle,
+        report.kicks_to_running,
+        report.kicks_to_idle
+    );
     mgr.result()?;
+    let slot = report.vms.iter().position(Option::is_some).ok_or("the Linux VM never ran")?;
+    let ran = (0..vcpus).filter(|&v| report.runs[slot][v][v] != 0).count();
+    if elsewhere || ran != vcpus {
+        return Err("a vCPU did not run, or ran on another vCPU's core");
+    }
+    kprintln!("linux-smp: each of the {vcpus} vCPUs ran on its own core");
+    if vcpus > 1 && report.kicks_to_running + report.kicks_to_idle == 0 {
+        return Err("no cross-core kick was sent");
+    }
     match (mgr.powered_off, mgr.stopped) {
-        (1, 0) => Ok(mgr.meter.take()),
+        (1, 0) => Ok(()),
         _ => Err("the Linux VM did not power itself off"),
     }
 }
@@ -1397,7 +1457,7 @@ pub fn smp_vms(env: &VmEnv, gic: &GicInfo) -> Outcome {
         }
     }
     const VMS: usize = 4;
-    smp::start_cores(gic)?;
+    smp::start_cores(gic, &[crate::arch::gic::TIMER_PPI])?;
     let mut mgr = Manager::new(env.regions);
     create_all(&mut mgr, env, VMS)?;
     let (steady, sharing) = mgr.vms.iter().flatten().fold((0, 0), |(st, sh), vm| match vm.entry.role {
@@ -1409,7 +1469,7 @@ pub fn smp_vms(env: &VmEnv, gic: &GicInfo) -> Outcome {
         return Err("smp-vms needs STEADY and SHARE guests only");
     }
     let hooks = Smp { shares: [const { None }; MAX_VMS], intact: 0, fp_intact: 0 };
-    let (mgr, hooks, report) = smp::run_all(mgr, hooks)?;
+    let (mgr, hooks, report) = smp::run_all(mgr, hooks, smp::Placement::Shared)?;
     for (slot, entry) in report.vms.iter().enumerate() {
         let Some(entry) = entry else { continue };
         for (vcpu, by_core) in report.runs[slot].iter().enumerate() {

@@ -505,7 +505,7 @@ fn page_is_zero(pa: u64) -> bool {
 
 /// One VCPU_RUN of `vcpu`, and the handling of its exit.
 fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks, mut meter: Option<&mut ExitMeter>) {
-    let answer = begin_run(vm, vcpu);
+    let answer = begin_run(vm, vcpu, true);
     if let Some(meter) = meter.as_deref_mut() {
         meter.before_run(pmu_counts());
     }
@@ -517,14 +517,16 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks, mut meter: Option<&
 }
 
 /// What comes before `vcpu`'s VCPU_RUN, on the core that makes it: interrupts waiting for it
-/// handed to KCore, a Linux vCPU's time slice armed. Returns the answer the run carries.
-pub fn begin_run(vm: &mut Vm, vcpu: usize) -> u64 {
+/// handed to KCore, a Linux vCPU's time slice armed if it `shares_core` with its siblings.
+/// Returns the answer the run carries.
+pub fn begin_run(vm: &mut Vm, vcpu: usize, shares_core: bool) -> u64 {
     inject_waiting(vm, vcpu);
     let answer = core::mem::take(&mut vm.answers[vcpu]);
     vm.vcpus[vcpu] = VcpuRun::Runnable;
-    // A Linux vCPU runs for a time slice at most (the host's physical timer ends its run), so
-    // one that spins waiting for a sibling cannot starve it: KServ runs every vCPU on this core.
-    if vm.linux.is_some() {
+    // A Linux vCPU that shares a core runs for a time slice at most (the host's physical timer
+    // ends its run), so one that spins waiting for a sibling cannot starve it. One with a core
+    // of its own runs until it exits, or another core kicks it (`smp`).
+    if vm.linux.is_some() && shares_core {
         crate::arch::gic::arm_physical_timer(hvc::counter_frequency() / SLICES_PER_SECOND);
     }
     answer

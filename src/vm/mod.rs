@@ -424,8 +424,18 @@ fn give_page(
         return Ok(());
     }
     // Not left to `assign_pfn_to_vm`: it also accepts a page the VM already has at `gfn`, which
-    // the scrub below would then wipe. An offer must be a page of the host's.
+    // the scrub below would then wipe. An offer must be a page of the host's, unless it is the
+    // very page the VM's stage-2 already maps at `gfn`: a sibling vCPU faulted on the same page
+    // (or its 2 MiB block) and the answer to its fault mapped it after this vCPU's fault (issue
+    // 14, vCPUs on several cores). The fault is served; nothing changes, the page keeps its data.
     let pa = crate::memory::checked_pa(pfn)?;
+    let served = s2.walk(m, gfn << PAGE_SHIFT).is_some_and(|leaf| leaf.translate(gfn << PAGE_SHIFT) == pa);
+    if served {
+        if planted(Mutation::ServedFaultPageScrubbed) {
+            crate::memory::scrub(m, pa);
+        }
+        return Ok(());
+    }
     match mem.db.get(pa) {
         None => return Err(VmError::Mem(MemError::NotRam)),
         Some(page) if page.owner != Owner::Host => return Err(VmError::Mem(MemError::NotOwned(page.owner))),

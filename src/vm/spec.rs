@@ -17,7 +17,7 @@ use crate::memory::spec::{
 };
 use crate::memory::MemError;
 use crate::page_table::descriptor::INPUT_LIMIT;
-use crate::page_table::spec::AbsNpt;
+use crate::page_table::spec::{walk_spec, AbsNpt};
 use crate::vcpu::Pending;
 use ed25519_dalek::VerifyingKey;
 use std::collections::BTreeMap;
@@ -176,29 +176,39 @@ pub fn vcpu_run_prepare_spec(s: &AbsKcore, vm: VmId, vcpu: VcpuId, answer: u64) 
             Ok(pa) => pa,
             Err(e) => return refuse(s, e.into()),
         };
-        match next.r.page(pa) {
-            None => return refuse(s, VmError::Mem(MemError::NotRam)),
-            Some(p) if p.owner != Owner::Host => return refuse(s, VmError::Mem(MemError::NotOwned(p.owner))),
-            Some(_) => {}
+        // Unless the VM's stage-2 already maps this very page at `gfn` (a sibling vCPU's answer
+        // served the same fault first): then the fault is served and nothing changes.
+        let served = next
+            .r
+            .npts
+            .get(&id)
+            .and_then(|npt| walk_spec(npt, gfn << 12))
+            .is_some_and(|leaf| leaf.translate(gfn << 12) == pa);
+        if !served {
+            match next.r.page(pa) {
+                None => return refuse(s, VmError::Mem(MemError::NotRam)),
+                Some(p) if p.owner != Owner::Host => return refuse(s, VmError::Mem(MemError::NotOwned(p.owner))),
+                Some(_) => {}
+            }
+            let (r, result) = assign_pfn_to_vm_spec(&next.r, id, gfn, answer)?;
+            if let Err(e) = result {
+                return refuse(s, e.into());
+            }
+            let mut r = r;
+            let words: Vec<u64> = r.flatmem.range(pa..pa + PAGE_SIZE).map(|(&a, _)| a).collect();
+            words.into_iter().for_each(|a| {
+                r.flatmem.remove(&a);
+            });
+            let (r, result) = map_pfn_vm_spec(&r, id, gfn, answer)?;
+            if let Err(e) = result {
+                // Not mapped: the page goes back to the host (scrubbed), the fault stays pending.
+                let (r, cleared) = clear_vm_page_spec(&r, id, answer)?;
+                let mut failed = next.clone();
+                failed.r = r;
+                return Some((failed, cleared.map_err(VmError::from).and(Err(e.into()))));
+            }
+            next.r = r;
         }
-        let (r, result) = assign_pfn_to_vm_spec(&next.r, id, gfn, answer)?;
-        if let Err(e) = result {
-            return refuse(s, e.into());
-        }
-        let mut r = r;
-        let words: Vec<u64> = r.flatmem.range(pa..pa + PAGE_SIZE).map(|(&a, _)| a).collect();
-        words.into_iter().for_each(|a| {
-            r.flatmem.remove(&a);
-        });
-        let (r, result) = map_pfn_vm_spec(&r, id, gfn, answer)?;
-        if let Err(e) = result {
-            // Not mapped: the page goes back to the host (scrubbed), the fault stays pending.
-            let (r, cleared) = clear_vm_page_spec(&r, id, answer)?;
-            let mut failed = next.clone();
-            failed.r = r;
-            return Some((failed, cleared.map_err(VmError::from).and(Err(e.into()))));
-        }
-        next.r = r;
     }
     next.slots.get_mut(&vm)?.vcpus[vcpu.index()].as_mut()?.pending = Pending::Nothing;
     let (vms, r, result) = boot::set_vcpu_active_spec(&next.vms, &next.r, vm, vcpu)?;

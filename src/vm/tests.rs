@@ -206,6 +206,48 @@ fn an_offer_the_vm_cannot_map_goes_back_to_the_host() {
     assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
 }
 
+/// Issue 14: two vCPUs on two cores fault on the same page; the host answers both with the
+/// page, and the first answer maps it. The second answer names the page the VM already maps at
+/// that gfn: the fault is served, and the page keeps what the guest wrote into it since (it is
+/// neither taken again nor scrubbed). Returns the first failed check.
+fn a_fault_a_sibling_served_keeps_its_page(written: u64) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert_eq;
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap();
+    let (gfn, page) = (0x40100, 0x48100u64);
+    let mut ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
+    ticket.ctx.pending = Pending::PageFault { gfn };
+    k.vcpu_run_finish(ticket);
+    let mut ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), page).unwrap();
+    m.write_u64(page << 12, written);
+    // The sibling's fault on the same gfn, reported before the first answer mapped it.
+    ticket.ctx.pending = Pending::PageFault { gfn };
+    k.vcpu_run_finish(ticket);
+    let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), page);
+    prop_assert_eq!(ticket.as_ref().err(), None);
+    k.vcpu_run_finish(ticket.unwrap());
+    prop_assert_eq!(k.mem.db.get(page << 12).unwrap().owner, Owner::Vm(vmid.vmid()));
+    prop_assert_eq!(m.read_u64(page << 12), written, "the guest's data survives the second answer");
+    prop_assert_eq!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()), Ok(()));
+    Ok(())
+}
+
+#[test]
+fn a_fault_a_sibling_vcpu_served_first_takes_nothing() {
+    a_fault_a_sibling_served_keeps_its_page(0x5eed_da7a).unwrap();
+}
+
+#[test]
+fn a_fault_served_twice_that_scrubs_again_is_caught() {
+    crate::mutation::catches(
+        crate::mutation::Mutation::ServedFaultPageScrubbed,
+        8,
+        1u64..,
+        a_fault_a_sibling_served_keeps_its_page,
+    );
+}
+
 /// REMAP_VM_IMAGE with a page number past the physical address size (an alias of a real page
 /// once shifted) answers INVALID_ADDRESS and lists nothing: the number never becomes a `Pfn`.
 #[test]

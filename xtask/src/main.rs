@@ -197,6 +197,8 @@ pub struct GuestRun {
 const GUEST_OPTIONS: [&str; 4] = ["guest-initrd", "guest-cpus", "guest-mem", "guest-cmdline"];
 /// vCPUs a Linux VM may have: KServ schedules up to 4 per VM.
 const GUEST_CPUS_MAX: u32 = 4;
+/// The Linux scenario that gives each vCPU a core: `run`'s default above 2 vCPUs.
+const SMP_LINUX_SCENARIO: &str = "linux-smp";
 /// Guest RAM in MiB: the cloud kernel needs 64; KServ backs at most 1 GiB.
 const GUEST_MEM_MIB: std::ops::RangeInclusive<u64> = 64..=1024;
 
@@ -208,18 +210,6 @@ fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
             None => Ok(None),
         };
     };
-    // The Linux scenarios run the bundle's Linux VM; the first is the default.
-    let linux = scenarios::LINUX_SCENARIOS.iter().map(|s| s.name);
-    let scenario = match args.value("scenario") {
-        None => scenarios::LINUX_SCENARIOS[0].name,
-        Some(name) => linux.clone().find(|&s| s == name).ok_or_else(|| {
-            format!(
-                "--guest-kernel runs the Linux VM: --scenario {name}? it takes {}",
-                linux.collect::<Vec<_>>().join(" or ")
-            )
-        })?,
-    };
-    let initrd = args.value("guest-initrd").ok_or("--guest-kernel needs --guest-initrd PATH")?;
     let number = |name: &str, default: u64| match args.value(name) {
         None => Ok(default),
         Some(text) => text.parse::<u64>().map_err(|_| format!("--{name} {text}: not a number")),
@@ -228,6 +218,21 @@ fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
     if !(1..=u64::from(GUEST_CPUS_MAX)).contains(&cpus) {
         return Err(format!("--guest-cpus {cpus}: 1 to {GUEST_CPUS_MAX}"));
     }
+    // The Linux scenarios run the bundle's Linux VM. The default: `linux` (one core) for up to
+    // the reference guest's vCPUs, `linux-smp` (a core per vCPU) for more.
+    let linux = scenarios::LINUX_SCENARIOS.iter().map(|s| s.name);
+    let default =
+        if cpus > u64::from(linux::GUEST_CPUS) { SMP_LINUX_SCENARIO } else { scenarios::LINUX_SCENARIOS[0].name };
+    let scenario = match args.value("scenario") {
+        None => default,
+        Some(name) => linux.clone().find(|&s| s == name).ok_or_else(|| {
+            format!(
+                "--guest-kernel runs the Linux VM: --scenario {name}? it takes {}",
+                linux.collect::<Vec<_>>().join(" or ")
+            )
+        })?,
+    };
+    let initrd = args.value("guest-initrd").ok_or("--guest-kernel needs --guest-initrd PATH")?;
     let mem_mib = number("guest-mem", linux::GUEST_MEM_MIB.into())?;
     if !GUEST_MEM_MIB.contains(&mem_mib) {
         return Err(format!("--guest-mem {mem_mib}: {} to {} MiB", GUEST_MEM_MIB.start(), GUEST_MEM_MIB.end()));
@@ -537,6 +542,12 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((custom.cpus, custom.mem_mib, custom.cmdline.as_str()), (4, 512, "console=ttyAMA0 quiet"));
+        // More vCPUs than the reference guest's run on the SMP path by default, a core each.
+        assert_eq!(custom.scenario, "linux-smp");
+        let three = guest(&["--guest-kernel=k", "--guest-initrd=i", "--guest-cpus=3"]);
+        assert_eq!(three.unwrap().unwrap().scenario, "linux-smp");
+        let one_core = guest(&["--guest-kernel=k", "--guest-initrd=i", "--guest-cpus=4", "--scenario=linux"]);
+        assert_eq!(one_core.unwrap().unwrap().scenario, "linux");
     }
 
     #[test]

@@ -406,7 +406,7 @@ pub const SCENARIOS: &[Scenario] = &[
 ];
 
 /// Scenarios that boot Debian's arm64 cloud kernel (`linux::reference_guest`: the newest 6.1)
-/// as a VM of 2 vCPUs and 128 MiB, to the test initramfs. Beyond their lines, the console must
+/// as a VM of 2 vCPUs (`linux-smp`: 4, [`linux_guest_cpus`]) and 128 MiB, to the test initramfs. Beyond their lines, the console must
 /// hold `/init`'s proof lines in order and none of Linux's panic lines
 /// (`linux::console_problems`). They run on a build whose checks after VCPU_RUNs that moved no
 /// page are sampled ([`Flavor::LinuxTest`]).
@@ -445,7 +445,37 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         bundle: &[],
         bootargs: "",
     },
+    Scenario {
+        name: "linux-smp",
+        lines: &[
+            "kserv: smp: cores 1-3 up in KServ",
+            "kserv: [linux] linux-guest: init started",
+            "kserv: vm linux: powered off",
+            "kserv: vm linux: torn down, ",
+            "all scrubbed",
+            "kserv: linux-smp: vm linux vcpu 0 ran on core 0 (",
+            "kserv: linux-smp: vm linux vcpu 1 ran on core 1 (",
+            "kserv: linux-smp: vm linux vcpu 2 ran on core 2 (",
+            "kserv: linux-smp: vm linux vcpu 3 ran on core 3 (",
+            "kserv: linux-smp: cross-core kicks sent: ",
+            "kserv: linux-smp: each of the 4 vCPUs ran on its own core",
+            "kserv: scenario linux-smp: PASS",
+            "host SYSTEM_OFF, status 0",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
+    },
 ];
+
+/// The Linux scenarios whose VM has other than `linux::GUEST_CPUS` vCPUs (kept apart from
+/// [`Scenario`], as [`GIC_V3_LINES`] is): `linux-smp` gives each of four cores a vCPU.
+const LINUX_GUEST_CPUS: &[(&str, u32)] = &[("linux-smp", 4)];
+
+/// The vCPUs of Linux scenario `name`'s VM.
+pub fn linux_guest_cpus(name: &str) -> u32 {
+    LINUX_GUEST_CPUS.iter().find(|(n, _)| *n == name).map_or(crate::linux::GUEST_CPUS, |&(_, cpus)| cpus)
+}
 
 /// Whether `s` is one of the [`LINUX_SCENARIOS`].
 fn boots_linux(s: &Scenario) -> bool {
@@ -594,10 +624,13 @@ pub fn select(names: &[String], variant: Option<&str>) -> Result<Selection, Stri
 pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
     let Selection { scenarios, variants, linux_guest } = selection;
     // The Linux guest first: fetching it is what most often fails (apt), so fail before building.
-    let linux_bundle = match scenarios.iter().any(|s| boots_linux(s)) {
-        true => Some(linux_test_bundle(linux_guest.as_ref())?),
-        false => None,
-    };
+    // One bundle per vCPU count the selected Linux scenarios need.
+    let mut linux_bundles: Vec<(u32, std::path::PathBuf)> = Vec::new();
+    for cpus in scenarios.iter().filter(|s| boots_linux(s)).map(|s| linux_guest_cpus(s.name)) {
+        if !linux_bundles.iter().any(|(c, _)| *c == cpus) {
+            linux_bundles.push((cpus, linux_test_bundle(linux_guest.as_ref(), cpus)?));
+        }
+    }
     let mut images: Vec<(&str, Flavor, Artifacts)> = Vec::new();
     for v in variants {
         for s in scenarios {
@@ -613,7 +646,11 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
             let linux = boots_linux(s);
             let flavor = if linux { Flavor::LinuxTest } else { Flavor::Test };
             let image = &images.iter().find(|(b, f, _)| *b == v.board().name && *f == flavor).unwrap().2;
-            let bundle = if linux { linux_bundle.clone() } else { scenario_bundle(s)? };
+            let cpus = linux_guest_cpus(s.name);
+            let bundle = match linux {
+                true => linux_bundles.iter().find(|(c, _)| *c == cpus).map(|(_, path)| path.clone()),
+                false => scenario_bundle(s)?,
+            };
             let append = format!("scenario={} {}", s.name, s.bootargs);
             let mut command =
                 qemu::command_with_reboot(qemu, *v, image, append.trim_end(), bundle.as_deref(), reboots(s.name))?;
@@ -621,7 +658,7 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
             let run = qemu::run_captured(command, if linux { LINUX_HANG_GUARD } else { HANG_GUARD })?;
             let mut problems = check(s, *v, run.status, &run.console);
             if linux {
-                problems.extend(crate::linux::console_problems(&run.console, crate::linux::GUEST_CPUS));
+                problems.extend(crate::linux::console_problems(&run.console, cpus));
             }
             let cost = match run.cpu {
                 Some(cpu) => format!("{:.1} s, {:.1} s CPU", run.wall.as_secs_f64(), cpu.as_secs_f64()),
@@ -649,9 +686,12 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
 }
 
 /// The Linux scenarios' bundle: `given` (kernel `Image`, initramfs), or else the cloud kernel of
-/// `linux::reference_guest` and the test initramfs (fetched and built on first use); 2 vCPUs,
-/// 128 MiB, the default corevisor command line.
-fn linux_test_bundle(given: Option<&(std::path::PathBuf, std::path::PathBuf)>) -> Result<std::path::PathBuf, String> {
+/// `linux::reference_guest` and the test initramfs (fetched and built on first use); `cpus`
+/// vCPUs, 128 MiB, the default corevisor command line.
+fn linux_test_bundle(
+    given: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    cpus: u32,
+) -> Result<std::path::PathBuf, String> {
     use crate::linux;
     let (kernel, initrd) = match given {
         Some(paths) => paths.clone(),
@@ -664,12 +704,16 @@ fn linux_test_bundle(given: Option<&(std::path::PathBuf, std::path::PathBuf)>) -
     let run = crate::GuestRun {
         kernel,
         initrd,
-        cpus: linux::GUEST_CPUS,
+        cpus,
         mem_mib: linux::GUEST_MEM_MIB.into(),
         cmdline: linux::corevisor_cmdline(),
         scenario: LINUX_SCENARIOS[0].name,
     };
-    crate::write_linux_bundle(&run, "linux-test.img")
+    let name = match cpus {
+        linux::GUEST_CPUS => "linux-test.img".to_string(),
+        _ => format!("linux-test-{cpus}cpus.img"),
+    };
+    crate::write_linux_bundle(&run, &name)
 }
 
 #[cfg(test)]
@@ -745,6 +789,19 @@ mod tests {
             "torn down, x pages back (14440 given), all scrubbed",
         ] {
             assert_eq!(check(version(), Variant::VirtGicV3, Some(0), &vm(bad)).len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_linux_vcpu_count_belongs_to_a_linux_scenario_that_checks_every_core() {
+        assert_eq!(linux_guest_cpus("linux"), crate::linux::GUEST_CPUS);
+        assert_eq!(linux_guest_cpus("linux-smp"), 4);
+        for &(name, cpus) in LINUX_GUEST_CPUS {
+            let s = LINUX_SCENARIOS.iter().find(|s| s.name == name).expect("a Linux scenario");
+            for vcpu in 0..cpus {
+                let line = format!("kserv: linux-smp: vm linux vcpu {vcpu} ran on core {vcpu} (");
+                assert!(s.lines.contains(&line.as_str()), "{name} does not require {line:?}");
+            }
         }
     }
 

@@ -16,6 +16,8 @@ pub struct PendingSink {
     pending: [u128; MAX_VCPUS],
     /// Interrupts raised so far.
     pub raised: u64,
+    /// Bit `v`: an interrupt was raised for vCPU `v` since [`PendingSink::take_raised`].
+    fresh: u8,
 }
 
 impl IrqSink for PendingSink {
@@ -23,6 +25,7 @@ impl IrqSink for PendingSink {
         if let (Some(bits), Some(bit)) = (self.pending.get_mut(vcpu), 1u128.checked_shl(intid)) {
             *bits |= bit;
             self.raised += 1;
+            self.fresh |= 1 << vcpu;
         }
     }
 }
@@ -31,6 +34,12 @@ impl PendingSink {
     /// Whether an interrupt waits for `vcpu` (a vCPU idling in WFI runs again at once).
     pub fn any_for(&self, vcpu: usize) -> bool {
         self.pending.get(vcpu).is_some_and(|&bits| bits != 0)
+    }
+
+    /// The vCPUs an interrupt was raised for since the last call (bit `v`: vCPU `v`), so that
+    /// KServ can kick those that run, or idle, on other cores.
+    pub fn take_raised(&mut self) -> u8 {
+        core::mem::take(&mut self.fresh)
     }
 
     /// Hands `vcpu`'s waiting interrupts to `inject` (INTID in, accepted out), lowest INTID
@@ -126,6 +135,8 @@ mod tests {
         sink.raise(9, 1);
         sink.raise(0, 200);
         assert_eq!(sink.raised, 4);
+        assert_eq!(sink.take_raised(), 0b11);
+        assert_eq!(sink.take_raised(), 0);
         let mut got = Vec::new();
         sink.drain(1, |intid| {
             got.push(intid);
