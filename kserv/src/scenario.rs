@@ -36,10 +36,13 @@ pub enum Scenario {
     HostAttacksLinux,
     /// Four test-guest VMs run on four cores at once (KServ on every core).
     SmpVms,
+    /// `cargo xtask bench`'s contention figure: host stage-2 faults and guest share calls on
+    /// one core alone, then on four cores at once.
+    BenchContention,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 28] = [
+    pub const ALL: [Scenario; 29] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -68,6 +71,7 @@ impl Scenario {
         Scenario::LinuxBench,
         Scenario::HostAttacksLinux,
         Scenario::SmpVms,
+        Scenario::BenchContention,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +104,7 @@ impl Scenario {
             Scenario::LinuxBench => "linux-bench",
             Scenario::HostAttacksLinux => "host-attacks-linux",
             Scenario::SmpVms => "smp-vms",
+            Scenario::BenchContention => "bench-contention",
         }
     }
 
