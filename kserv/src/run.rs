@@ -477,11 +477,11 @@ fn fault_job(core: usize) {
 
 /// Runs [`fault_job`] on `cores` cores from block `first` on; the median, minimum and maximum
 /// over every core's samples, and how many samples overlapped another core's.
-fn fault_round(cores: usize, first: u64) -> Result<(crate::scenario::Stats, u64), &'static str> {
+fn fault_round(cores: usize, first: u64, force_turns: bool) -> Result<(crate::scenario::Stats, u64), &'static str> {
     FAULT_FIRST_BLOCK.store(first, Ordering::Release);
     FAULTS_OVERLAPPED.store(0, Ordering::Release);
     let (mapped_before, _) = host_stats()?;
-    smp::run_on_cores(fault_job, cores)?;
+    smp::run_on_cores(fault_job, cores, force_turns)?;
     let (mapped_after, _) = host_stats()?;
     if JOB_FAILED.load(Ordering::Acquire) {
         return Err("a core never started the fault round");
@@ -494,6 +494,13 @@ fn fault_round(cores: usize, first: u64) -> Result<(crate::scenario::Stats, u64)
     Ok((stats(&mut samples).ok_or("no samples")?, FAULTS_OVERLAPPED.load(Ordering::Acquire)))
 }
 
+/// `bench-contention`'s rounds: (cores, whether turns are forced inside the samples). One core
+/// alone; four at once, each core making its samples in its own turns (exact counts, but no
+/// core ever waits for another); four with turns ended inside the samples, so that a core may
+/// wait for another's lock (QEMU's counter then counts the other cores' instructions too:
+/// README, Performance).
+pub const CONTENTION_ROUNDS: [(usize, bool); 3] = [(1, false), (smp::CORES, false), (smp::CORES, true)];
+
 /// `bench-contention`: EL2 instructions per host stage-2 fault and per guest share call, on one
 /// core alone and then on four cores at once, each core on its own blocks and its own VM.
 fn bench_contention(env: &Env) -> Outcome {
@@ -503,11 +510,13 @@ fn bench_contention(env: &Env) -> Outcome {
     smp::start_cores(&env.gic)?;
     let (top_base, top_size) = env.ram.iter().flatten().copied().max_by_key(|r| r.0).ok_or("no RAM")?;
     FAULT_TOP.store(top_base + top_size, Ordering::Release);
-    let alone = fault_round(1, 0)?;
-    let four = fault_round(smp::CORES, BENCH_SAMPLES as u64)?;
-    for (cores, (s, overlapped)) in [(1, alone), (smp::CORES, four)] {
+    let per_round = (smp::CORES * BENCH_SAMPLES) as u64;
+    for (at, (cores, forced)) in CONTENTION_ROUNDS.into_iter().enumerate() {
+        let (s, overlapped) = fault_round(cores, at as u64 * per_round, forced)?;
         kprintln!(
-            "bench contention-host-s2-fault cores={cores} el2_instructions={} min={} max={} samples={} overlapped={overlapped}",
+            "bench contention-host-s2-fault cores={cores} forced={} el2_instructions={} min={} max={} samples={} \
+             overlapped={overlapped}",
+            u8::from(forced),
             s.median,
             s.min,
             s.max,

@@ -40,6 +40,8 @@ static JOB: SpinLock<Option<Job>> = SpinLock::new(None);
 static JOB_ARRIVED: AtomicUsize = AtomicUsize::new(0);
 /// Samples finished so far by every core of the current job ([`job_sample`]).
 static JOB_SAMPLES: AtomicU64 = AtomicU64::new(0);
+/// Whether the current job's samples end their core's turn inside them ([`job_sample`]).
+static FORCE_TURNS: AtomicBool = AtomicBool::new(false);
 
 /// A job [`run_on_cores`] runs: given the core's number; the first `cores` cores run it.
 #[derive(Clone, Copy)]
@@ -218,8 +220,9 @@ pub fn run_all<H: Hooks + Send + 'static>(mgr: Manager, hooks: H) -> Result<(Man
 }
 
 /// Runs `job` on cores 0..`cores` ([`start_cores`] first), this core (0) included, and returns
-/// once every core has finished it. The job calls [`job_start`] to begin with the others.
-pub fn run_on_cores(job: fn(usize), cores: usize) -> Result<(), &'static str> {
+/// once every core has finished it. The job calls [`job_start`] to begin with the others, and
+/// [`job_sample`] for each sample, which with `force_turns` ends the core's turn inside it.
+pub fn run_on_cores(job: fn(usize), cores: usize, force_turns: bool) -> Result<(), &'static str> {
     if UP.load(Ordering::Acquire) != CORES - 1 {
         return Err("smp::run_on_cores before start_cores");
     }
@@ -229,6 +232,7 @@ pub fn run_on_cores(job: fn(usize), cores: usize) -> Result<(), &'static str> {
     FINISHED.store(0, Ordering::SeqCst);
     JOB_ARRIVED.store(0, Ordering::SeqCst);
     JOB_SAMPLES.store(0, Ordering::SeqCst);
+    FORCE_TURNS.store(force_turns, Ordering::SeqCst);
     *JOB.lock() = Some(Job { run: job, cores });
     GENERATION.fetch_add(1, Ordering::Release);
     cpu::send_event();
@@ -250,14 +254,19 @@ pub fn job_start() -> bool {
 /// this one ran: that its work overlapped another core's (events, never time).
 ///
 /// Under QEMU's icount a core runs until its turn ends; a turn is long enough for a core to make
-/// every sample before the next core starts. So each sample first arms this core's timer,
-/// masked, to go off `ticks` into it: its turn ends there and the next core's begins, in the
-/// middle of this core's work.
+/// every sample before the next core starts. So in a job run with `force_turns`, each sample
+/// first arms this core's timer, masked, to go off `ticks` into it: its turn ends there and the
+/// next core's begins, in the middle of this core's work.
 pub fn job_sample<T>(ticks: u64, sample: impl FnOnce() -> T) -> (T, bool) {
+    let force = FORCE_TURNS.load(Ordering::SeqCst);
     let before = JOB_SAMPLES.load(Ordering::SeqCst);
-    gic::arm_masked_timer(ticks);
+    if force {
+        gic::arm_masked_timer(ticks);
+    }
     let result = sample();
-    gic::disarm_physical_timer();
+    if force {
+        gic::disarm_physical_timer();
+    }
     let overlapped = JOB_SAMPLES.fetch_add(1, Ordering::SeqCst) != before;
     (result, overlapped)
 }

@@ -804,7 +804,8 @@ fn share_job(core: usize) {
 }
 
 /// `bench-contention`'s guest share calls: the bundle's four BENCH guests started, then the
-/// first one's share calls on core 0 alone, then each core's guest's at once.
+/// first one's share calls on core 0 alone, then each core's guest's at once
+/// ([`crate::run::CONTENTION_ROUNDS`]).
 pub fn bench_contention_vms(env: &VmEnv) -> Outcome {
     use crate::smp::{self, CORES};
     let bundle = env.bundle()?;
@@ -820,9 +821,9 @@ pub fn bench_contention_vms(env: &VmEnv) -> Outcome {
             .map_err(|_| "a bench VM could not be created")?;
         SHARE_VMIDS[core].store(start_bench_guest(&mut mgr, *slot)?, Ordering::Release);
     }
-    for cores in [1, CORES] {
+    for (cores, forced) in crate::run::CONTENTION_ROUNDS {
         SHARES_OVERLAPPED.store(0, Ordering::Release);
-        smp::run_on_cores(share_job, cores)?;
+        smp::run_on_cores(share_job, cores, forced)?;
         if SHARE_JOB_FAILED.load(Ordering::Acquire) {
             return Err("a core's bench guest failed in the share round");
         }
@@ -830,7 +831,9 @@ pub fn bench_contention_vms(env: &VmEnv) -> Outcome {
             SHARE_CALL_SAMPLES[..cores].iter().flatten().map(|s| s.load(Ordering::Relaxed)).collect();
         let s = crate::scenario::stats(&mut samples).ok_or("no samples")?;
         kprintln!(
-            "bench contention-guest-share-call cores={cores} el2_instructions={} min={} max={} samples={} overlapped={}",
+            "bench contention-guest-share-call cores={cores} forced={} el2_instructions={} min={} max={} samples={} \
+             overlapped={}",
+            u8::from(forced),
             s.median,
             s.min,
             s.max,
