@@ -106,6 +106,9 @@ pub enum Mutation {
     /// The concurrency tests' threads take KCore's state lock while holding the console-ranked
     /// history lock: the lock order inverted (issue 14).
     LockOrderInverted,
+    /// A stage-2 break (unmap, split) leaves out its TLB invalidation: a page KCore takes from
+    /// the host stays reachable through any core's TLB that cached its translation (issue 14).
+    MissingTlbInvalidation,
 }
 
 #[cfg(test)]
