@@ -637,7 +637,7 @@ pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
 pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
     use crate::arch::pmu;
     use crate::scenario::stats;
-    use corevisor_abi::{exit, guest_dev};
+    use corevisor_abi::exit;
     const SAMPLES: usize = 16;
     const PAIRS: u64 = 16;
     let bundle = env.bundle()?;
