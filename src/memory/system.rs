@@ -227,9 +227,34 @@ impl System {
         found
     }
 
+    /// Every translation a core's TLB holds for a VM that reaches a page of RAM the VM does not
+    /// own: `vm_iso` through the TLBs.
+    pub fn vm_reach_violations(&self) -> Vec<(u16, usize, TlbEntry, u64)> {
+        let mut found = Vec::new();
+        for &vmid in self.vms.keys() {
+            for (core, entry) in self.m.tlb_entries(vmid) {
+                for pa in (entry.output..entry.output + entry.size).step_by(PAGE_SIZE as usize) {
+                    if self.mem.db.get(pa).is_some_and(|p| p.owner != super::pages::Owner::Vm(vmid)) {
+                        found.push((vmid, core, entry, pa));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// A VM's load or store, on the VM's core ([`vm_core`]): through that core's TLB, else a
+    /// walk of the VM's stage-2 (an exit if it maps nothing there) whose leaf the TLB keeps.
     fn vm_access(&mut self, vmid: u16, gpa: u64, store: Option<u64>) -> Access {
-        let Some(leaf) = self.vms[&vmid].walk(&self.m, gpa) else { return Access::Exit };
-        let pa = leaf.translate(gpa);
+        let core = vm_core(vmid);
+        let pa = match self.m.tlb_translate(core, vmid, gpa) {
+            Some(pa) => pa,
+            None => {
+                let Some(leaf) = self.vms[&vmid].walk(&self.m, gpa) else { return Access::Exit };
+                self.m.tlb_fill(core, vmid, TlbEntry { input: leaf.input, size: leaf.size(), output: leaf.output });
+                leaf.translate(gpa)
+            }
+        };
         match store {
             Some(v) => {
                 self.m.write_u64(pa, v);
@@ -298,6 +323,12 @@ impl System {
     pub fn vm_tables(&self) -> Vec<(u16, &PageTable)> {
         self.vms.iter().map(|(&v, t)| (v, t)).collect()
     }
+}
+
+/// The core VM `vmid` runs on in these tests: VMs 1-3 on cores 1-3, each apart from the others
+/// and, until [`Op::HostOnCore`] moves it, from the host.
+pub fn vm_core(vmid: u16) -> usize {
+    usize::from(vmid) % model::CORES
 }
 
 /// The spec's initial state, matching [`System::new`].
