@@ -110,6 +110,9 @@ pub enum Mutation {
     /// sibling vCPU's answer mapped it first) is taken and scrubbed again, wiping the guest's
     /// data, instead of serving the fault as it is (issue 14).
     ServedFaultPageScrubbed,
+    /// A stage-2 break (unmap, split) leaves out its TLB invalidation: a page KCore takes from
+    /// the host stays reachable through any core's TLB that cached its translation (issue 14).
+    MissingTlbInvalidation,
 }
 
 #[cfg(test)]

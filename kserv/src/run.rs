@@ -5,6 +5,7 @@ use crate::arch::{console, cpu, exceptions, heap, hvc, mmu, pmu};
 use crate::dtb::{BootInfo, GicInfo, MAX_RAM_REGIONS};
 use crate::kprintln;
 use crate::scenario::{dma_routes, kcore_probes, stats, Scenario};
+use crate::smp;
 use crate::vm_plan::{choose_regions, MAX_GUEST_RAM, REGION_SIZE};
 use crate::vm_scenarios::{self, VmEnv};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,6 +198,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         }
         Scenario::HostDeviceAccess => host_device_access(env),
         Scenario::Bench => bench(env),
+        Scenario::BenchContention => bench_contention(env),
     }
 }
 
@@ -436,6 +438,95 @@ fn bench(env: &Env) -> Outcome {
     match env.vm.bundle {
         Some(_) => vm_scenarios::bench_vm(&env.vm, &env.gic),
         None => Err("no boot bundle: the VM figures need the bench guest"),
+    }
+}
+
+/// `bench-contention`'s host stage-2 faults: the top of host RAM, the first 2 MiB block (counted
+/// down from the top) of the current round, and each core's samples.
+static FAULT_TOP: AtomicU64 = AtomicU64::new(0);
+static FAULT_FIRST_BLOCK: AtomicU64 = AtomicU64::new(0);
+static FAULT_SAMPLES: [[AtomicU64; BENCH_SAMPLES]; smp::CORES] =
+    [const { [const { AtomicU64::new(0) }; BENCH_SAMPLES] }; smp::CORES];
+static JOB_FAILED: AtomicBool = AtomicBool::new(false);
+/// Samples of a round during which another core finished one ([`smp::job_sample`]).
+static FAULTS_OVERLAPPED: AtomicU64 = AtomicU64::new(0);
+/// Where a fault sample's turn may end: within its first 24 timer ticks (some 400 instructions at
+/// QEMU virt's 62.5 MHz under `shift=0`), about one fault.
+const FAULT_TURN_TICKS: u64 = 24;
+
+/// One core's part of a round: the first access to [`BENCH_SAMPLES`] fresh 2 MiB blocks of its
+/// own, each one host stage-2 fault, EL2 instructions counted by this core's PMU.
+fn fault_job(core: usize) {
+    pmu::start_el2_instruction_counter();
+    let top = FAULT_TOP.load(Ordering::Acquire);
+    let first = FAULT_FIRST_BLOCK.load(Ordering::Acquire) + (core * BENCH_SAMPLES) as u64;
+    if !smp::job_start() {
+        JOB_FAILED.store(true, Ordering::Release);
+        return;
+    }
+    for (i, sample) in FAULT_SAMPLES[core].iter().enumerate() {
+        let pa = top - (first + i as u64 + 1) * (2 << 20);
+        let (el2, overlapped) = smp::job_sample(smp::turn_ticks(core, i, FAULT_TURN_TICKS), || {
+            let before = pmu::read_counter();
+            hvc::probe_read(pa);
+            pmu::read_counter() - before
+        });
+        sample.store(el2, Ordering::Relaxed);
+        FAULTS_OVERLAPPED.fetch_add(u64::from(overlapped), Ordering::Relaxed);
+    }
+}
+
+/// Runs [`fault_job`] on `cores` cores from block `first` on; the median, minimum and maximum
+/// over every core's samples, and how many samples overlapped another core's.
+fn fault_round(cores: usize, first: u64, force_turns: bool) -> Result<(crate::scenario::Stats, u64), &'static str> {
+    FAULT_FIRST_BLOCK.store(first, Ordering::Release);
+    FAULTS_OVERLAPPED.store(0, Ordering::Release);
+    let (mapped_before, _) = host_stats()?;
+    smp::run_on_cores(fault_job, cores, force_turns)?;
+    let (mapped_after, _) = host_stats()?;
+    if JOB_FAILED.load(Ordering::Acquire) {
+        return Err("a core never started the fault round");
+    }
+    if mapped_after != mapped_before + (cores * BENCH_SAMPLES) as u64 {
+        return Err("a contention bench access to fresh host RAM did not take exactly one stage-2 fault");
+    }
+    let mut samples: alloc::vec::Vec<u64> =
+        FAULT_SAMPLES[..cores].iter().flatten().map(|s| s.load(Ordering::Relaxed)).collect();
+    Ok((stats(&mut samples).ok_or("no samples")?, FAULTS_OVERLAPPED.load(Ordering::Acquire)))
+}
+
+/// `bench-contention`'s rounds: (cores, whether turns are forced inside the samples). One core
+/// alone; four at once, each core making its samples in its own turns (exact counts, but no
+/// core ever waits for another); four with turns ended inside the samples, so that a core may
+/// wait for another's lock (QEMU's counter then counts the other cores' instructions too:
+/// README, Performance).
+pub const CONTENTION_ROUNDS: [(usize, bool); 3] = [(1, false), (smp::CORES, false), (smp::CORES, true)];
+
+/// `bench-contention`: EL2 instructions per host stage-2 fault and per guest share call, on one
+/// core alone and then on four cores at once, each core on its own blocks and its own VM.
+fn bench_contention(env: &Env) -> Outcome {
+    if !pmu::inst_retired_supported() {
+        return Err("the PMU does not count INST_RETIRED (run QEMU with -icount shift=0,sleep=off)");
+    }
+    smp::start_cores(&env.gic)?;
+    let (top_base, top_size) = env.ram.iter().flatten().copied().max_by_key(|r| r.0).ok_or("no RAM")?;
+    FAULT_TOP.store(top_base + top_size, Ordering::Release);
+    let per_round = (smp::CORES * BENCH_SAMPLES) as u64;
+    for (at, (cores, forced)) in CONTENTION_ROUNDS.into_iter().enumerate() {
+        let (s, overlapped) = fault_round(cores, at as u64 * per_round, forced)?;
+        kprintln!(
+            "bench contention-host-s2-fault cores={cores} forced={} el2_instructions={} min={} max={} samples={} \
+             overlapped={overlapped}",
+            u8::from(forced),
+            s.median,
+            s.min,
+            s.max,
+            cores * BENCH_SAMPLES
+        );
+    }
+    match env.vm.bundle {
+        Some(_) => vm_scenarios::bench_contention_vms(&env.vm),
+        None => Err("no boot bundle: the share figures need four bench guests"),
     }
 }
 

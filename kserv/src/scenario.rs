@@ -38,10 +38,13 @@ pub enum Scenario {
     SmpVms,
     /// The bundle's Linux VM with vCPU i on core i, kicked across cores.
     LinuxSmp,
+    /// `cargo xtask bench`'s contention figure: host stage-2 faults and guest share calls on
+    /// one core alone, then on four cores at once.
+    BenchContention,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 29] = [
+    pub const ALL: [Scenario; 30] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -71,6 +74,7 @@ impl Scenario {
         Scenario::HostAttacksLinux,
         Scenario::SmpVms,
         Scenario::LinuxSmp,
+        Scenario::BenchContention,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +108,7 @@ impl Scenario {
             Scenario::HostAttacksLinux => "host-attacks-linux",
             Scenario::SmpVms => "smp-vms",
             Scenario::LinuxSmp => "linux-smp",
+            Scenario::BenchContention => "bench-contention",
         }
     }
 

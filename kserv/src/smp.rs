@@ -45,6 +45,21 @@ static FINISHED: AtomicUsize = AtomicUsize::new(0);
 /// The GIC, and the private interrupts every core enables for itself (besides the kick).
 static GIC: SpinLock<Option<(GicInfo, &'static [u64])>> = SpinLock::new(None);
 static WORK: SpinLock<Option<Work>> = SpinLock::new(None);
+/// A job published by [`run_on_cores`]: the workers run it instead of taking vCPUs.
+static JOB: SpinLock<Option<Job>> = SpinLock::new(None);
+/// Cores that reached the current job's start ([`job_start`]).
+static JOB_ARRIVED: AtomicUsize = AtomicUsize::new(0);
+/// Samples finished so far by every core of the current job ([`job_sample`]).
+static JOB_SAMPLES: AtomicU64 = AtomicU64::new(0);
+/// Whether the current job's samples end their core's turn inside them ([`job_sample`]).
+static FORCE_TURNS: AtomicBool = AtomicBool::new(false);
+
+/// A job [`run_on_cores`] runs: given the core's number; the first `cores` cores run it.
+#[derive(Clone, Copy)]
+struct Job {
+    run: fn(usize),
+    cores: usize,
+}
 
 /// VCPU_RUN calls started so far, and how many are in progress on all cores: what tells a core
 /// that another core was inside VCPU_RUN during its own run (events, never time).
@@ -264,7 +279,12 @@ pub fn worker_main() -> ! {
             cpu::wait_for_event();
         }
         seen = GENERATION.load(Ordering::Acquire);
-        take_vcpus(core);
+        let job = *JOB.lock();
+        match job {
+            Some(job) if core < job.cores => (job.run)(core),
+            Some(_) => {}
+            None => take_vcpus(core),
+        }
         FINISHED.fetch_add(1, Ordering::Release);
     }
 }
@@ -300,6 +320,64 @@ pub fn run_all<H: Hooks + Send + 'static>(
     let work = WORK.lock().take().ok_or("the run's state is gone")?;
     let hooks = work.hooks.into_any().downcast::<H>().map_err(|_| "the run's hooks changed type")?;
     Ok((work.mgr, *hooks, work.report))
+}
+
+/// Runs `job` on cores 0..`cores` ([`start_cores`] first), this core (0) included, and returns
+/// once every core has finished it. The job calls [`job_start`] to begin with the others, and
+/// [`job_sample`] for each sample, which with `force_turns` ends the core's turn inside it.
+pub fn run_on_cores(job: fn(usize), cores: usize, force_turns: bool) -> Result<(), &'static str> {
+    if UP.load(Ordering::Acquire) != CORES - 1 {
+        return Err("smp::run_on_cores before start_cores");
+    }
+    if !(1..=CORES).contains(&cores) || cpu::core_index() != 0 {
+        return Err("smp::run_on_cores: 1 to 4 cores, from core 0");
+    }
+    FINISHED.store(0, Ordering::SeqCst);
+    JOB_ARRIVED.store(0, Ordering::SeqCst);
+    JOB_SAMPLES.store(0, Ordering::SeqCst);
+    FORCE_TURNS.store(force_turns, Ordering::SeqCst);
+    *JOB.lock() = Some(Job { run: job, cores });
+    GENERATION.fetch_add(1, Ordering::Release);
+    cpu::send_event();
+    job(0);
+    let finished = wait_for(|| FINISHED.load(Ordering::Acquire) == CORES - 1);
+    *JOB.lock() = None;
+    finished.ok_or("a core never finished the job")
+}
+
+/// Waits until every core of the current job has called this: the cores start their measured
+/// part together. Bounded; `false` if some core never came.
+pub fn job_start() -> bool {
+    let cores = JOB.lock().map_or(1, |job| job.cores);
+    JOB_ARRIVED.fetch_add(1, Ordering::AcqRel);
+    wait_for(|| JOB_ARRIVED.load(Ordering::Acquire) >= cores).is_some()
+}
+
+/// Runs one measured sample of a job; also says whether another core finished a sample while
+/// this one ran: that its work overlapped another core's (events, never time).
+///
+/// Under QEMU's icount a core runs until its turn ends; a turn is long enough for a core to make
+/// every sample before the next core starts. So in a job run with `force_turns`, each sample
+/// first arms this core's timer, masked, to go off `ticks` into it: its turn ends there and the
+/// next core's begins, in the middle of this core's work.
+pub fn job_sample<T>(ticks: u64, sample: impl FnOnce() -> T) -> (T, bool) {
+    let force = FORCE_TURNS.load(Ordering::SeqCst);
+    let before = JOB_SAMPLES.load(Ordering::SeqCst);
+    if force {
+        gic::arm_masked_timer(ticks);
+    }
+    let result = sample();
+    if force {
+        gic::disarm_physical_timer();
+    }
+    let overlapped = JOB_SAMPLES.fetch_add(1, Ordering::SeqCst) != before;
+    (result, overlapped)
+}
+
+/// The timer ticks [`job_sample`] arms for sample `sample` of core `core`: spread over
+/// `1..=span`, differently for each core, so that turns end all over the measured work.
+pub fn turn_ticks(core: usize, sample: usize, span: u64) -> u64 {
+    1 + (sample as u64 * 7 + core as u64 * 13) % span.max(1)
 }
 
 /// Takes vCPUs from the run until it is done.

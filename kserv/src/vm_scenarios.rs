@@ -9,6 +9,7 @@ use crate::kprintln;
 use crate::scenario::{Attempt, DmaRoute, Target};
 use crate::vm_plan::Rng;
 use crate::vmm::{attack_page, Hooks, Layout, Manager, Tamper, Vm, MAX_VMS};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use corevisor_abi::bundle::{Bundle, VmEntry};
 use corevisor_abi::{guest_call, host_call, Status, HYP_CALL_BASE};
 
@@ -636,7 +637,7 @@ pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
 pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
     use crate::arch::pmu;
     use crate::scenario::stats;
-    use corevisor_abi::{exit, guest_dev};
+    use corevisor_abi::exit;
     const SAMPLES: usize = 16;
     const PAIRS: u64 = 16;
     let bundle = env.bundle()?;
@@ -657,43 +658,11 @@ pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
         cost.calls,
         cost.first_call
     );
-    let (vmid, region, ram_base) =
-        mgr.vms[slot].as_ref().map(|vm| (vm.vmid, vm.region, vm.entry.ram_base)).ok_or("no VM")?;
+    let vmid = start_bench_guest(&mut mgr, slot)?;
     let run = |answer: u64| hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, answer, 0]);
-    // Run until the guest waits on ANSWER: serve CONFIG and its page faults on the way.
-    let mut answer = 0;
-    loop {
-        let [status, reason, a, _, _, _] = run(answer);
-        if status != Status::Success.as_reg() {
-            return Err("VCPU_RUN failed while the bench guest started");
-        }
-        answer = match (reason, a) {
-            (exit::MMIO, guest_dev::TEST_DEV_CONFIG) => u64::from(entry.role),
-            (exit::MMIO, guest_dev::TEST_DEV_ANSWER) => break,
-            (exit::PAGE_FAULT, gpa) if gpa >= ram_base => {
-                // KCore takes the page on the next run; teardown checks it comes back scrubbed.
-                let page = (gpa - ram_base) >> 12;
-                if let Some(vm) = mgr.vms[slot].as_mut() {
-                    vm.given.set(page);
-                }
-                (region >> 12) + page
-            }
-            (exit::MMIO, guest_dev::UART) | (exit::WFI, _) => 0,
-            _ => return Err("unexpected exit while the bench guest started"),
-        };
-    }
     pmu::start_el2_instruction_counter();
     pmu::start_all_el_instruction_counter();
-    let measure = |command: u64| -> Result<(u64, u64), &'static str> {
-        let (all_before, el2_before) = (pmu::read_all_el_counter(), pmu::read_counter());
-        let [status, reason, a, _, _, _] = run(command);
-        let ok = status == Status::Success.as_reg() && reason == exit::MMIO && a == guest_dev::TEST_DEV_ANSWER;
-        let (all_after, el2_after) = (pmu::read_all_el_counter(), pmu::read_counter());
-        if !ok {
-            return Err("the bench guest did not come back to ANSWER");
-        }
-        Ok((all_after - all_before, el2_after - el2_before))
-    };
+    let measure = |command: u64| measure_bench_run(vmid, command);
     let (mut run_el2, mut run_all, mut share) = ([0u64; SAMPLES], [0u64; SAMPLES], [0u64; SAMPLES]);
     for i in 0..SAMPLES {
         (run_all[i], run_el2[i]) = measure(1)?;
@@ -747,6 +716,144 @@ pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
         return Err("the bench guest did not power off");
     }
     mgr.teardown(slot).map(|_| ())
+}
+
+/// Runs the freshly created BENCH guest in `slot` until it waits on ANSWER, serving CONFIG and
+/// its page faults on the way. Returns its vmid.
+fn start_bench_guest(mgr: &mut Manager, slot: usize) -> Result<u64, &'static str> {
+    use corevisor_abi::{exit, guest_dev};
+    let (vmid, region, ram_base, role) =
+        mgr.vms[slot].as_ref().map(|vm| (vm.vmid, vm.region, vm.entry.ram_base, vm.entry.role)).ok_or("no VM")?;
+    let mut answer = 0;
+    loop {
+        let [status, reason, a, _, _, _] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, answer, 0]);
+        if status != Status::Success.as_reg() {
+            return Err("VCPU_RUN failed while the bench guest started");
+        }
+        answer = match (reason, a) {
+            (exit::MMIO, guest_dev::TEST_DEV_CONFIG) => u64::from(role),
+            (exit::MMIO, guest_dev::TEST_DEV_ANSWER) => return Ok(vmid),
+            (exit::PAGE_FAULT, gpa) if gpa >= ram_base => {
+                // KCore takes the page on the next run; teardown checks it comes back scrubbed.
+                let page = (gpa - ram_base) >> 12;
+                if let Some(vm) = mgr.vms[slot].as_mut() {
+                    vm.given.set(page);
+                }
+                (region >> 12) + page
+            }
+            (exit::MMIO, guest_dev::UART) | (exit::WFI, _) => 0,
+            _ => return Err("unexpected exit while the bench guest started"),
+        };
+    }
+}
+
+/// One VCPU_RUN of a BENCH guest waiting on ANSWER with `command`, back to its next ANSWER:
+/// the instructions at every EL and at EL2, counted by this core's PMU (both counters started).
+fn measure_bench_run(vmid: u64, command: u64) -> Result<(u64, u64), &'static str> {
+    use crate::arch::pmu;
+    use corevisor_abi::{exit, guest_dev};
+    let (all_before, el2_before) = (pmu::read_all_el_counter(), pmu::read_counter());
+    let [status, reason, a, _, _, _] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, command, 0]);
+    let ok = status == Status::Success.as_reg() && reason == exit::MMIO && a == guest_dev::TEST_DEV_ANSWER;
+    let (all_after, el2_after) = (pmu::read_all_el_counter(), pmu::read_counter());
+    if !ok {
+        return Err("the bench guest did not come back to ANSWER");
+    }
+    Ok((all_after - all_before, el2_after - el2_before))
+}
+
+/// Share/unshare pairs per measured run and samples per core of `bench-contention`, as in
+/// [`bench_vm`].
+const SHARE_PAIRS: u64 = 16;
+const SHARE_SAMPLES: usize = 16;
+/// Each core's bench guest (its vmid) and its share-call samples.
+static SHARE_VMIDS: [AtomicU64; crate::smp::CORES] = [const { AtomicU64::new(0) }; crate::smp::CORES];
+static SHARE_CALL_SAMPLES: [[AtomicU64; SHARE_SAMPLES]; crate::smp::CORES] =
+    [const { [const { AtomicU64::new(0) }; SHARE_SAMPLES] }; crate::smp::CORES];
+static SHARE_JOB_FAILED: AtomicBool = AtomicBool::new(false);
+/// Samples of a share round during which another core finished one.
+static SHARES_OVERLAPPED: AtomicU64 = AtomicU64::new(0);
+/// Where a share sample's turn may end: within its first 640 timer ticks (some 10,000
+/// instructions), about the two runs of a sample.
+const SHARE_TURN_TICKS: u64 = 640;
+
+/// One core's part of a share round: its own bench guest's share calls, measured as
+/// [`bench_vm`] measures them (a run with the pairs less a run without, per call).
+fn share_job(core: usize) {
+    use crate::arch::pmu;
+    pmu::start_el2_instruction_counter();
+    pmu::start_all_el_instruction_counter();
+    let vmid = SHARE_VMIDS[core].load(Ordering::Acquire);
+    if !crate::smp::job_start() {
+        SHARE_JOB_FAILED.store(true, Ordering::Release);
+        return;
+    }
+    for (i, sample) in SHARE_CALL_SAMPLES[core].iter().enumerate() {
+        let ticks = crate::smp::turn_ticks(core, i, SHARE_TURN_TICKS);
+        let (pair, overlapped) = crate::smp::job_sample(ticks, || {
+            measure_bench_run(vmid, 1).and_then(|(_, plain)| {
+                measure_bench_run(vmid, 1 + SHARE_PAIRS).map(|(_, with_shares)| with_shares.saturating_sub(plain))
+            })
+        });
+        SHARES_OVERLAPPED.fetch_add(u64::from(overlapped), Ordering::Relaxed);
+        match pair {
+            Ok(el2) => sample.store(el2 / (2 * SHARE_PAIRS), Ordering::Relaxed),
+            Err(_) => SHARE_JOB_FAILED.store(true, Ordering::Release),
+        }
+    }
+}
+
+/// `bench-contention`'s guest share calls: the bundle's four BENCH guests started, then the
+/// first one's share calls on core 0 alone, then each core's guest's at once
+/// ([`crate::run::CONTENTION_ROUNDS`]).
+pub fn bench_contention_vms(env: &VmEnv) -> Outcome {
+    use crate::smp::{self, CORES};
+    let bundle = env.bundle()?;
+    let mut mgr = Manager::new(env.regions);
+    let mut slots = [0usize; CORES];
+    for (core, slot) in slots.iter_mut().enumerate() {
+        let entry = env.entry(core)?;
+        if entry.role != corevisor_abi::guest_role::BENCH {
+            return Err("bench-contention needs four BENCH guests");
+        }
+        *slot = mgr
+            .create(&entry, &Layout::of(&bundle, &entry), Tamper::None)
+            .map_err(|_| "a bench VM could not be created")?;
+        SHARE_VMIDS[core].store(start_bench_guest(&mut mgr, *slot)?, Ordering::Release);
+    }
+    for (cores, forced) in crate::run::CONTENTION_ROUNDS {
+        SHARES_OVERLAPPED.store(0, Ordering::Release);
+        smp::run_on_cores(share_job, cores, forced)?;
+        if SHARE_JOB_FAILED.load(Ordering::Acquire) {
+            return Err("a core's bench guest failed in the share round");
+        }
+        let mut samples: alloc::vec::Vec<u64> =
+            SHARE_CALL_SAMPLES[..cores].iter().flatten().map(|s| s.load(Ordering::Relaxed)).collect();
+        let s = crate::scenario::stats(&mut samples).ok_or("no samples")?;
+        kprintln!(
+            "bench contention-guest-share-call cores={cores} forced={} el2_instructions={} min={} max={} samples={} \
+             overlapped={}",
+            u8::from(forced),
+            s.median,
+            s.min,
+            s.max,
+            samples.len(),
+            SHARES_OVERLAPPED.load(Ordering::Acquire)
+        );
+    }
+    for (core, &slot) in slots.iter().enumerate() {
+        let vmid = SHARE_VMIDS[core].load(Ordering::Acquire);
+        // Command 0: the guest powers off.
+        let [status, reason, a, ..] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, 0, 0]);
+        if status != Status::Success.as_reg()
+            || reason != corevisor_abi::exit::HVC
+            || a as u32 != corevisor_abi::psci::SYSTEM_OFF
+        {
+            return Err("a bench guest did not power off");
+        }
+        mgr.teardown(slot)?;
+    }
+    Ok(())
 }
 
 /// `reset-scrub`'s marker: the machine was reset by the scenario, and this many pattern words were

@@ -391,40 +391,43 @@ impl Manager {
     /// destroys it, and checks that each page it had reads back as zeros. Returns the pages
     /// KCore returned, or why teardown failed.
     pub fn teardown(&mut self, slot: usize) -> Result<u64, &'static str> {
-        let Some(vm) = self.vms[slot].take() else { return Err("no such VM") };
+        // Taken apart in its slot and dropped there: a `Vm` is some 34 KiB, and a copy of it on
+        // the stack (or two, as the compiler may make) would not fit KServ's 64 KiB.
+        let Some(vm) = self.vms[slot].as_ref() else { return Err("no such VM") };
         match vm.stopped_because {
             Some(_) => self.stopped += 1,
             None => self.powered_off += 1,
         }
-        // A VM that never verified, or already off, cannot be powered off: that is fine.
-        let _ = call("VM_POWER_OFF", host_call::VM_POWER_OFF, [vm.vmid, 0, 0, 0]);
-        let cleared =
-            call("CLEAR_VM_S2_RANGE", host_call::CLEAR_VM_S2_RANGE, [vm.vmid, vm.region, vm.entry.ram_size, 0]);
-        let destroyed = call("DESTROY_VM", host_call::DESTROY_VM, [vm.vmid, 0, 0, 0]);
-        let (Ok(cleared), Ok(left)) = (cleared, destroyed) else {
-            kprintln!("vm {}: teardown refused ({cleared:?}, {destroyed:?})", vm.name());
-            return Err("KCore refused the teardown");
-        };
-        if let Some(devices) = &vm.linux {
-            let (raised, unknown) = (devices.sink.raised, devices.gic.unknown_accesses());
-            kprintln!(
-                "vm {}: its GIC model raised {raised} interrupts; {unknown} accesses to registers it does not emulate",
-                vm.name()
-            );
-        }
-        let dirty = vm.given.pages().filter(|&i| !page_is_zero(vm.region + i * PAGE)).count();
-        let scrubbed = if dirty == 0 { "all scrubbed" } else { "NOT SCRUBBED" };
-        kprintln!(
-            "vm {}: torn down, {} pages back ({} given), {scrubbed}",
-            vm.name(),
-            cleared + left,
-            vm.given.count()
-        );
-        if dirty != 0 || cleared + left != vm.given.count() {
-            return Err("a VM's pages did not come back scrubbed");
-        }
-        Ok(cleared + left)
+        let result = take_apart(vm);
+        self.vms[slot] = None;
+        result
     }
+}
+
+/// [`Manager::teardown`]'s calls and checks.
+fn take_apart(vm: &Vm) -> Result<u64, &'static str> {
+    // A VM that never verified, or already off, cannot be powered off: that is fine.
+    let _ = call("VM_POWER_OFF", host_call::VM_POWER_OFF, [vm.vmid, 0, 0, 0]);
+    let cleared = call("CLEAR_VM_S2_RANGE", host_call::CLEAR_VM_S2_RANGE, [vm.vmid, vm.region, vm.entry.ram_size, 0]);
+    let destroyed = call("DESTROY_VM", host_call::DESTROY_VM, [vm.vmid, 0, 0, 0]);
+    let (Ok(cleared), Ok(left)) = (cleared, destroyed) else {
+        kprintln!("vm {}: teardown refused ({cleared:?}, {destroyed:?})", vm.name());
+        return Err("KCore refused the teardown");
+    };
+    if let Some(devices) = &vm.linux {
+        let (raised, unknown) = (devices.sink.raised, devices.gic.unknown_accesses());
+        kprintln!(
+            "vm {}: its GIC model raised {raised} interrupts; {unknown} accesses to registers it does not emulate",
+            vm.name()
+        );
+    }
+    let dirty = vm.given.pages().filter(|&i| !page_is_zero(vm.region + i * PAGE)).count();
+    let scrubbed = if dirty == 0 { "all scrubbed" } else { "NOT SCRUBBED" };
+    kprintln!("vm {}: torn down, {} pages back ({} given), {scrubbed}", vm.name(), cleared + left, vm.given.count());
+    if dirty != 0 || cleared + left != vm.given.count() {
+        return Err("a VM's pages did not come back scrubbed");
+    }
+    Ok(cleared + left)
 }
 
 const LINUX_REFUSED: CallFailed = CallFailed { step: "Linux VM entry", status: Status::InvalidParameters.as_reg() };

@@ -9,6 +9,12 @@
 //! - the *DRAM view* ([`ModelMachine::dram_words`]): what a non-cacheable alias reads, such as a
 //!   guest with its MMU off, the host through a non-cacheable stage-1 mapping, or a DMA device.
 //!
+//! Each core has a TLB of stage-2 translations by VMID ([`ModelMachine::tlb_translate`]),
+//! filled on a walk by whoever models an access and dropped only by the TLB maintenance calls,
+//! which are broadcast to every core (inner shareable, as `src/machine/aarch64/tlb.rs` issues
+//! them): so an access on one core after another core's unmap sees a stale entry exactly when
+//! KCore left out the invalidation.
+//!
 //! The cache holds dirty lines only (a clean line equals memory). It never evicts on its own:
 //! [`ModelMachine::write_back_all`] is the hardware evicting lines whenever it likes, which tests
 //! call to take the worst case, and `clean_invalidate_to_poc` is `DC CIVAC` over a range.
@@ -23,6 +29,23 @@ pub enum Flush {
     Stage2Ipa { vmid: u16, ipa: u64 },
     Stage2Vmid { vmid: u16 },
     El2All,
+}
+
+/// The cores the model machine has TLBs for.
+pub const CORES: usize = 4;
+
+/// A stage-2 translation cached in a TLB: a leaf's input range and the output it starts at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlbEntry {
+    pub input: u64,
+    pub size: u64,
+    pub output: u64,
+}
+
+impl TlbEntry {
+    fn covers(&self, ipa: u64) -> bool {
+        ipa.wrapping_sub(self.input) < self.size
+    }
 }
 
 /// A range cleaned to the point of coherency, with the non-zero words it held then.
@@ -49,6 +72,8 @@ pub struct ModelMachine {
     /// (docs/cache-coherency.md, rule 2), so [`ModelMachine::host_access`] is called only for an
     /// access the host's stage-2 allows.
     host_lines: RefCell<std::collections::BTreeSet<u64>>,
+    /// Each core's TLB: cached stage-2 translations by (core, VMID).
+    tlbs: RefCell<BTreeMap<(usize, u16), Vec<TlbEntry>>>,
 }
 
 fn line_of(pa: u64) -> (u64, usize) {
@@ -131,6 +156,29 @@ impl ModelMachine {
         self.host_lines.borrow().range(range.start & !(LINE - 1)..range.end).next().is_some()
     }
 
+    /// The output address `core`'s TLB holds for `ipa` under `vmid`, if it holds an entry.
+    pub fn tlb_translate(&self, core: usize, vmid: u16, ipa: u64) -> Option<u64> {
+        assert!(core < CORES, "the model has no core {core}");
+        let tlbs = self.tlbs.borrow();
+        let entry = tlbs.get(&(core, vmid))?.iter().find(|e| e.covers(ipa))?;
+        Some(entry.output + (ipa - entry.input))
+    }
+
+    /// `core`'s walk under `vmid` found `entry`: its TLB may keep it until an invalidation.
+    pub fn tlb_fill(&self, core: usize, vmid: u16, entry: TlbEntry) {
+        assert!(core < CORES, "the model has no core {core}");
+        self.tlbs.borrow_mut().entry((core, vmid)).or_default().push(entry);
+    }
+
+    /// Every entry any core's TLB holds under `vmid`, with its core.
+    pub fn tlb_entries(&self, vmid: u16) -> Vec<(usize, TlbEntry)> {
+        let tlbs = self.tlbs.borrow();
+        tlbs.iter()
+            .filter(|((_, v), _)| *v == vmid)
+            .flat_map(|(&(core, _), es)| es.iter().map(move |&e| (core, e)))
+            .collect()
+    }
+
     /// The TLB maintenance done so far, oldest first; clears the log.
     pub fn take_flushes(&self) -> Vec<Flush> {
         std::mem::take(&mut self.flushes.borrow_mut())
@@ -176,12 +224,20 @@ impl Machine for ModelMachine {
         }
     }
 
+    /// Broadcast: every core drops its entries of `vmid` that translate `ipa` (a block's too).
     fn flush_stage2_ipa(&self, vmid: u16, ipa: u64) {
         self.flushes.borrow_mut().push(Flush::Stage2Ipa { vmid, ipa });
+        for ((_, v), entries) in self.tlbs.borrow_mut().iter_mut() {
+            if *v == vmid {
+                entries.retain(|e| !e.covers(ipa));
+            }
+        }
     }
 
+    /// Broadcast: every core drops every entry of `vmid`.
     fn flush_stage2_vmid(&self, vmid: u16) {
         self.flushes.borrow_mut().push(Flush::Stage2Vmid { vmid });
+        self.tlbs.borrow_mut().retain(|(_, v), _| *v != vmid);
     }
 
     fn flush_el2_all(&self) {
@@ -217,5 +273,24 @@ mod tests {
         assert_eq!(m.dram_words(0x1000..0x2000).len(), 2);
         m.clean_invalidate_page(0x1000);
         assert_eq!(m.dram_words(0x1000..0x2000), BTreeMap::new());
+    }
+
+    #[test]
+    fn an_invalidation_on_one_core_drops_every_core_s_entry() {
+        let m = ModelMachine::new();
+        let block = TlbEntry { input: 0x4000_0000, size: 2 << 20, output: 0x4000_0000 };
+        let page = TlbEntry { input: 0x4020_0000, size: 4096, output: 0x4020_0000 };
+        m.tlb_fill(1, 0, block);
+        m.tlb_fill(3, 0, page);
+        m.tlb_fill(2, 5, page);
+        assert_eq!(m.tlb_translate(1, 0, 0x4012_3008), Some(0x4012_3008));
+        assert_eq!(m.tlb_translate(0, 0, 0x4012_3008), None, "core 0 never walked");
+        // By an address inside the block: the block goes, on core 1 as on any other.
+        m.flush_stage2_ipa(0, 0x4010_0000);
+        assert_eq!(m.tlb_translate(1, 0, 0x4012_3008), None);
+        assert_eq!(m.tlb_translate(3, 0, 0x4020_0000), Some(0x4020_0000), "another page stays");
+        m.flush_stage2_vmid(0);
+        assert_eq!(m.tlb_entries(0), vec![]);
+        assert_eq!(m.tlb_entries(5), vec![(2, page)], "another VMID stays");
     }
 }

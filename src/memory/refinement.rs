@@ -2,7 +2,9 @@
 //! - refinement: every operation's result and the abstract state agree with the spec, step by
 //!   step (PageManager, MemManager, FaultHandler, and the page tables under them);
 //! - invariants: `host_iso`, `vm_iso`, `host_flatmap`, no page mapped by two VMs, and
-//!   scrubbed-before-reuse, after every step of random sequences by every principal;
+//!   scrubbed-before-reuse, after every step of random sequences by every principal; and
+//!   `host_iso` and `vm_iso` through every core's TLB (issue 14): no translation any core cached
+//!   for the host or a VM reaches a page that principal may not access;
 //! - coherent hand-over: every page that changes owner (per the spec) reads the same through
 //!   DRAM as through the caches afterwards (issue 11, finding 3), and a page whose last share
 //!   the host loses keeps no line the host allocated (issue 12: cleaned only when the host's
@@ -84,6 +86,16 @@ fn invariants_hold(pages_only: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         if let Err(v) = check(&sys.m, &sys.mem, &sys.vm_tables()) {
             return Err(TestCaseError::fail(format!("after {op:?}: {v:?}")));
         }
+        if let Some((core, entry, pa)) = sys.host_reach_violations().first() {
+            return Err(TestCaseError::fail(format!(
+                "after {op:?}: core {core}'s TLB still gives the host {entry:?}, which reaches page {pa:#x} it does not own"
+            )));
+        }
+        if let Some((vmid, core, entry, pa)) = sys.vm_reach_violations().first() {
+            return Err(TestCaseError::fail(format!(
+                "after {op:?}: core {core}'s TLB still gives VM {vmid} {entry:?}, which reaches page {pa:#x} it does not own"
+            )));
+        }
         let mut mapped_by: BTreeMap<u64, u16> = BTreeMap::new();
         for (vmid, table) in sys.vm_tables() {
             for leaf in table.leaves(&sys.m) {
@@ -131,6 +143,77 @@ fn refinement_catches_a_skipped_scrub() {
 #[test]
 fn host_iso_catches_a_forgotten_clear_pfn_host() {
     catches(Mutation::SkipClearPfnHost, invariants_hold);
+}
+
+#[test]
+fn host_iso_through_the_tlbs_catches_a_missing_invalidation() {
+    catches(Mutation::MissingTlbInvalidation, invariants_hold);
+}
+
+/// The host reads page `pfn` on core 1, so core 1's TLB caches it; on core 0 it gives the page
+/// to VM 1; back on core 1 it reads the page again.
+fn cross_core_hand_over(pfn: u64) -> Vec<Op> {
+    vec![
+        Op::HostOnCore(1),
+        Op::HostLoad(pfn << 12),
+        Op::HostOnCore(0),
+        Op::Assign { vmid: 1, gfn: 0, pfn },
+        Op::HostOnCore(1),
+        Op::HostLoad(pfn << 12),
+    ]
+}
+
+#[test]
+fn a_page_given_away_on_one_core_is_gone_from_every_core_s_tlb() {
+    let pfn = 0x40201;
+    for pages_only in [false, true] {
+        let ops = cross_core_hand_over(pfn);
+        refines(pages_only, &ops).unwrap();
+        invariants_hold(pages_only, &ops).unwrap();
+        let mut sys = System::new(pages_only);
+        let outcomes: Vec<Outcome> = ops.iter().map(|op| sys.apply(op)).collect();
+        assert_eq!(outcomes[5], Outcome::Access(super::spec::Access::Abort), "core 1 still reached the VM's page");
+        // Without the invalidation, core 1's cached translation reaches the VM's page: the
+        // property fails on this very sequence.
+        let planted = crate::mutation::with(Mutation::MissingTlbInvalidation, || {
+            let mut sys = System::new(pages_only);
+            let last = ops.iter().map(|op| sys.apply(op)).last();
+            (last, invariants_hold(pages_only, &ops).is_err(), refines(pages_only, &ops).is_err())
+        });
+        assert!(matches!(planted.0, Some(Outcome::Access(super::spec::Access::Done(_)))));
+        assert!(planted.1 && planted.2, "the missing invalidation went unnoticed: {planted:?}");
+    }
+}
+
+#[test]
+fn a_page_taken_back_from_a_vm_is_gone_from_its_core_s_tlb() {
+    // VM 1 (on core 1) reads its page; the host, on core 0, takes the page back and writes it;
+    // VM 1 reads again: an exit, not the host's data.
+    let (vmid, pfn) = (1, 0x40201u64);
+    assert_eq!(super::system::vm_core(vmid), 1);
+    let ops = [
+        Op::Assign { vmid, gfn: 0, pfn },
+        Op::MapPfnVm { vmid, gfn: 0, pfn },
+        Op::VmLoad { vmid, gpa: 8 },
+        Op::Clear { vmid, pfn },
+        Op::HostStore(pfn << 12 | 8, 7),
+        Op::VmLoad { vmid, gpa: 8 },
+    ];
+    for pages_only in [false, true] {
+        refines(pages_only, &ops).unwrap();
+        invariants_hold(pages_only, &ops).unwrap();
+        let planted = crate::mutation::with(Mutation::MissingTlbInvalidation, || {
+            let mut sys = System::new(pages_only);
+            let last = ops.iter().map(|op| sys.apply(op)).last();
+            (last, invariants_hold(pages_only, &ops).is_err(), refines(pages_only, &ops).is_err())
+        });
+        assert_eq!(
+            planted.0,
+            Some(Outcome::Access(super::spec::Access::Done(7))),
+            "the VM did not read the host's data"
+        );
+        assert!(planted.1 && planted.2, "the missing invalidation went unnoticed: {planted:?}");
+    }
 }
 
 #[test]

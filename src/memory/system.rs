@@ -7,7 +7,8 @@ use super::pages::{PageDb, PageInfo};
 use super::regions::MemRegions;
 use super::spec::{self, Access, RData, HOST};
 use super::{HostMapPolicy, HostMemory, MemError, MmioMap};
-use crate::machine::{model::ModelMachine, Machine};
+use crate::machine::model::{self, ModelMachine, TlbEntry};
+use crate::machine::{Machine, PAGE_SIZE};
 use crate::page_table::descriptor::Regime;
 use crate::page_table::pool::PagePool;
 use crate::page_table::spec::AbsNpt;
@@ -98,6 +99,10 @@ pub enum Op {
     /// The hardware writes every dirty cache line back to DRAM, as it may at any moment. No
     /// principal's doing, and nothing any cacheable view can see.
     WriteBack,
+    /// The host goes on on core `0`: its loads and stores from now on go through that core's
+    /// TLB (issue 14). KCore's maintenance is broadcast, so which core serves a call does not
+    /// matter; which core the host accesses memory from does.
+    HostOnCore(usize),
 }
 
 impl Op {
@@ -109,6 +114,7 @@ impl Op {
             Op::HostFault(_)
                 | Op::HostLoad(_)
                 | Op::HostStore(..)
+                | Op::HostOnCore(_)
                 | Op::Assign { .. }
                 | Op::Clear { .. }
                 | Op::MapVmIo { .. }
@@ -132,7 +138,9 @@ impl Op {
             Op::Assign { pfn, .. } | Op::Clear { pfn, .. } | Op::MapPfnVm { pfn, .. } => vec![pfn],
             Op::Grant { pfn, .. } | Op::Revoke { pfn, .. } => vec![pfn],
             Op::MapVmIo { pa, .. } => vec![pa >> 12],
-            Op::VmLoad { .. } | Op::VmStore { .. } | Op::ShareRange { .. } | Op::WriteBack => vec![],
+            Op::VmLoad { .. } | Op::VmStore { .. } | Op::ShareRange { .. } | Op::WriteBack | Op::HostOnCore(_) => {
+                vec![]
+            }
             Op::ClearRange { pfn, pages, .. } => (pfn..pfn.saturating_add(pages.min(8))).collect(),
             Op::ProtAndMap { pfn, level, .. } => (pfn..pfn.saturating_add(if level == 2 { 512 } else { 1 })).collect(),
         }
@@ -156,6 +164,8 @@ pub struct System {
     pub m: ModelMachine,
     pub mem: HostMemory,
     pub vms: BTreeMap<u16, PageTable>,
+    /// The core the host's accesses run on ([`Op::HostOnCore`]).
+    pub host_core: usize,
 }
 
 impl System {
@@ -175,14 +185,23 @@ impl System {
                 (v, PageTable::new(&m, Regime::Stage2 { vmid: v }, pool).unwrap())
             })
             .collect();
-        System { m, mem, vms }
+        System { m, mem, vms, host_core: 0 }
     }
 
-    fn host_access(&mut self, pa: u64, store: Option<u64>) -> Access {
-        let mapped = self.mem.host_s2.walk(&self.m, pa).is_some() || self.mem.map_page_host(&self.m, pa).is_ok();
-        if !mapped {
-            return Access::Abort;
-        }
+    /// A host load or store as the hardware does it: through the host core's TLB, else a walk
+    /// of the host's stage-2 (the FaultHandler mapping the page on a miss) whose leaf the TLB
+    /// then keeps.
+    fn host_access(&mut self, ipa: u64, store: Option<u64>) -> Access {
+        let core = self.host_core;
+        let pa = match self.m.tlb_translate(core, HOST, ipa) {
+            Some(pa) => pa,
+            None => {
+                let walked = self.mem.host_s2.walk(&self.m, ipa).ok_or(());
+                let Ok(leaf) = walked.or_else(|()| self.mem.map_page_host(&self.m, ipa)) else { return Access::Abort };
+                self.m.tlb_fill(core, HOST, TlbEntry { input: leaf.input, size: leaf.size(), output: leaf.output });
+                leaf.translate(ipa)
+            }
+        };
         self.m.host_access(pa);
         match store {
             Some(v) => {
@@ -193,9 +212,49 @@ impl System {
         }
     }
 
+    /// Every translation a core's TLB holds for the host that reaches a page of RAM the host
+    /// may not access (neither its own nor shared with it): `host_iso` through the TLBs. KCore
+    /// must invalidate every core's copy of a translation before the page changes hands.
+    pub fn host_reach_violations(&self) -> Vec<(usize, TlbEntry, u64)> {
+        let mut found = Vec::new();
+        for (core, entry) in self.m.tlb_entries(HOST) {
+            for pa in (entry.output..entry.output + entry.size).step_by(PAGE_SIZE as usize) {
+                if self.mem.db.get(pa).is_some_and(|p| p.owner != super::pages::Owner::Host && p.count == 0) {
+                    found.push((core, entry, pa));
+                }
+            }
+        }
+        found
+    }
+
+    /// Every translation a core's TLB holds for a VM that reaches a page of RAM the VM does not
+    /// own: `vm_iso` through the TLBs.
+    pub fn vm_reach_violations(&self) -> Vec<(u16, usize, TlbEntry, u64)> {
+        let mut found = Vec::new();
+        for &vmid in self.vms.keys() {
+            for (core, entry) in self.m.tlb_entries(vmid) {
+                for pa in (entry.output..entry.output + entry.size).step_by(PAGE_SIZE as usize) {
+                    if self.mem.db.get(pa).is_some_and(|p| p.owner != super::pages::Owner::Vm(vmid)) {
+                        found.push((vmid, core, entry, pa));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// A VM's load or store, on the VM's core ([`vm_core`]): through that core's TLB, else a
+    /// walk of the VM's stage-2 (an exit if it maps nothing there) whose leaf the TLB keeps.
     fn vm_access(&mut self, vmid: u16, gpa: u64, store: Option<u64>) -> Access {
-        let Some(leaf) = self.vms[&vmid].walk(&self.m, gpa) else { return Access::Exit };
-        let pa = leaf.translate(gpa);
+        let core = vm_core(vmid);
+        let pa = match self.m.tlb_translate(core, vmid, gpa) {
+            Some(pa) => pa,
+            None => {
+                let Some(leaf) = self.vms[&vmid].walk(&self.m, gpa) else { return Access::Exit };
+                self.m.tlb_fill(core, vmid, TlbEntry { input: leaf.input, size: leaf.size(), output: leaf.output });
+                leaf.translate(gpa)
+            }
+        };
         match store {
             Some(v) => {
                 self.m.write_u64(pa, v);
@@ -241,6 +300,10 @@ impl System {
                 m.write_back_all();
                 Outcome::Done(Ok(()))
             }
+            Op::HostOnCore(core) => {
+                self.host_core = core;
+                Outcome::Done(Ok(()))
+            }
         }
     }
 
@@ -260,6 +323,12 @@ impl System {
     pub fn vm_tables(&self) -> Vec<(u16, &PageTable)> {
         self.vms.iter().map(|(&v, t)| (v, t)).collect()
     }
+}
+
+/// The core VM `vmid` runs on in these tests: VMs 1-3 on cores 1-3, each apart from the others
+/// and, until [`Op::HostOnCore`] moves it, from the host.
+pub fn vm_core(vmid: u16) -> usize {
+    usize::from(vmid) % model::CORES
 }
 
 /// The spec's initial state, matching [`System::new`].
@@ -319,8 +388,9 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
         }
         Op::ProtAndMap { vmid, gfn, pfn, level } => done(spec::prot_and_map_vm_s2pt_spec(r, vmid, gfn, pfn, level)?),
         Op::ShareRange { vmid, gpa, size, revoke } => done(spec::share_range_spec(r, vmid, gpa, size, revoke)?),
-        // The spec's memory is the coherent view, which a write-back does not change.
-        Op::WriteBack => (r.clone(), Outcome::Done(Ok(()))),
+        // The spec's memory is the coherent view, which a write-back does not change; and the
+        // spec has no cores: the host's accesses mean the same on every one.
+        Op::WriteBack | Op::HostOnCore(_) => (r.clone(), Outcome::Done(Ok(()))),
     })
 }
 
@@ -393,6 +463,7 @@ pub fn host_op() -> impl Strategy<Value = Op> {
         2 => any_host_addr().prop_map(Op::HostFault),
         3 => any_host_addr().prop_map(Op::HostLoad),
         3 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::HostStore(a, v)),
+        2 => (0..model::CORES).prop_map(Op::HostOnCore),
         3 => (any_vmid(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
         1 => (any_vmid(), any_pfn()).prop_map(|(vmid, pfn)| Op::Clear { vmid, pfn }),
         1 => (any_vmid(), any_pfn(), prop_oneof![8 => 1u64..6, 1 => Just(u64::MAX), 1 => Just(1u64 << 28)])

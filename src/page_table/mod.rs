@@ -276,6 +276,7 @@ impl PageTable {
     fn break_entry(&self, machine: &impl Machine, at: u64, input: u64) {
         machine.write_u64(at, 0);
         match self.regime {
+            Regime::Stage2 { .. } if planted(Mutation::MissingTlbInvalidation) => {}
             Regime::Stage2 { vmid } => machine.flush_stage2_ipa(vmid, input),
             Regime::El2 => machine.flush_el2_all(),
         }

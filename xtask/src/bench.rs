@@ -48,22 +48,131 @@ pub fn parse(console: &str) -> Vec<BenchLine<'_>> {
 }
 
 fn bench_run(qemu: &Qemu, extra_args: &str) -> Result<String, String> {
-    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
     let vms = [crate::guests::GuestVm { name: "bench", role: corevisor_abi::guest_role::BENCH, vcpus: 1 }];
     let bundle = artifacts::root().join("target/xtask/bundles/bench.img");
     crate::guests::write_bundle_padded(&vms, &bundle, VERIFIED_IMAGE_BYTES)?;
-    let append = format!("scenario=bench {extra_args}");
-    let mut command = qemu::command(qemu, Variant::VirtGicV3, &artifacts, append.trim_end(), Some(&bundle))?;
+    run_scenario(qemu, "bench", extra_args, &bundle)
+}
+
+/// Boots the Bench flavor with `scenario=NAME` and `bundle` under `-icount shift=0,sleep=off`;
+/// the console of a passing run.
+fn run_scenario(qemu: &Qemu, name: &str, extra_args: &str, bundle: &std::path::Path) -> Result<String, String> {
+    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
+    let append = format!("scenario={name} {extra_args}");
+    let mut command = qemu::command(qemu, Variant::VirtGicV3, &artifacts, append.trim_end(), Some(bundle))?;
     command.args(["-icount", "shift=0,sleep=off"]);
     let guard = qemu::Guard { cpu: Duration::from_secs(600), wall: Duration::from_secs(600) };
     let run = qemu::run_captured(command, guard)?;
-    if run.status != Some(0) || !run.console.contains("kserv: scenario bench: PASS") {
-        return Err(format!("the bench run failed (status {:?}):\n{}", run.status, run.console));
+    if run.status != Some(0) || !run.console.contains(&format!("kserv: scenario {name}: PASS")) {
+        return Err(format!("the {name} run failed (status {:?}):\n{}", run.status, run.console));
     }
     Ok(run.console)
 }
 
-pub fn run(qemu: &Qemu) -> Result<(), String> {
+/// The contention figure's target: EL2 instructions per call with four cores at once, at most
+/// this many times one core's alone.
+const CONTENTION_TARGET: f64 = 1.25;
+/// The contention figures: `bench NAME` lines, each with `cores=1` and `cores=4`.
+const CONTENTION: &[(&str, &str)] = &[
+    ("contention-host-s2-fault", "host stage-2 fault (2 MiB block)"),
+    ("contention-guest-share-call", "guest share call, served in KCore"),
+];
+
+/// `scenario=bench-contention`: four BENCH guests (unpadded), one per core.
+fn contention_run(qemu: &Qemu) -> Result<String, String> {
+    let vms: Vec<crate::guests::GuestVm> = ["bench0", "bench1", "bench2", "bench3"]
+        .into_iter()
+        .map(|name| crate::guests::GuestVm { name, role: corevisor_abi::guest_role::BENCH, vcpus: 1 })
+        .collect();
+    let bundle = artifacts::root().join("target/xtask/bundles/bench-contention.img");
+    crate::guests::write_bundle(&vms, &bundle)?;
+    let console = run_scenario(qemu, "bench-contention", "", &bundle)?;
+    // Every sample's spread is in the console: kept for a look beyond the medians.
+    let log = artifacts::root().join("target/xtask/bench-contention.log");
+    std::fs::write(&log, &console).map_err(|e| format!("{}: {e}", log.display()))?;
+    Ok(console)
+}
+
+/// One contention row, from the three lines of `name`: `cores=1`, and `cores=4` with `forced=0`
+/// (each core in its own QEMU turns) and `forced=1` (turns ended inside the samples).
+#[derive(Debug, PartialEq)]
+pub struct ContentionRow {
+    pub alone: u64,
+    pub own_turns: u64,
+    pub forced: u64,
+    /// Samples of the forced round during which another core finished one of its own.
+    pub overlapped: u64,
+    pub samples: u64,
+}
+
+impl ContentionRow {
+    /// The figure the target is for: four cores whose work interleaves, against one alone.
+    pub fn ratio(&self) -> f64 {
+        self.forced as f64 / self.alone as f64
+    }
+}
+
+pub fn contention(lines: &[BenchLine], name: &str) -> Result<ContentionRow, String> {
+    let line = |cores: u64, forced: u64| {
+        lines
+            .iter()
+            .find(|l| l.name == name && l.get("cores") == Some(cores) && l.get("forced").unwrap_or(0) == forced)
+            .ok_or(format!("no `bench {name} cores={cores} forced={forced}` figure"))
+    };
+    let get = |line: &BenchLine, key: &str| line.get(key).ok_or(format!("`bench {name}` has no {key}"));
+    let (one, own, forced) = (line(1, 0)?, line(4, 0)?, line(4, 1)?);
+    let row = ContentionRow {
+        alone: get(one, "el2_instructions")?,
+        own_turns: get(own, "el2_instructions")?,
+        forced: get(forced, "el2_instructions")?,
+        overlapped: get(forced, "overlapped")?,
+        samples: get(forced, "samples")?,
+    };
+    if row.alone == 0 {
+        return Err(format!("`bench {name} cores=1` counted no EL2 instruction"));
+    }
+    if row.overlapped == 0 {
+        return Err(format!("`bench {name}`: no sample of the forced round overlapped another core's"));
+    }
+    Ok(row)
+}
+
+fn print_contention(console: &str) -> Result<(), String> {
+    let lines = parse(console);
+    println!(
+        "contention: median EL2 instructions per call, one core alone against four cores at once, each on its own \
+         pages and its own VM:"
+    );
+    println!("  four cores in their own QEMU turns (exact; no core waits), and with turns ended inside the calls");
+    println!("  (an upper bound: the counter of a core parked at EL2 counts the other cores' instructions; README)");
+    println!(
+        "  {:<36} {:>7} {:>9} {:>7} {:>7}  {:>8}  status  overlapped",
+        "figure", "1 core", "4, own", "4, mid", "ratio", "target"
+    );
+    for (name, label) in CONTENTION {
+        let row = contention(&lines, name)?;
+        let status = if row.ratio() <= CONTENTION_TARGET { "met" } else { "MISSED" };
+        println!(
+            "  {label:<36} {:>7} {:>9} {:>7} {:>6.3}x  {:>8}  {status:<6}  {} of {} samples",
+            row.alone,
+            row.own_turns,
+            row.forced,
+            row.ratio(),
+            format!("<= {CONTENTION_TARGET}x"),
+            row.overlapped,
+            row.samples
+        );
+    }
+    Ok(())
+}
+
+/// Every figure; with `contention`, only the contention figure.
+pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
+    match words {
+        [] => {}
+        [part] if part == "contention" => return print_contention(&contention_run(qemu)?),
+        _ => return Err(format!("bench: unknown part {words:?} (contention)")),
+    }
     let blocks = bench_run(qemu, "")?;
     let pages = bench_run(qemu, "corevisor.host_s2=pages")?;
     let (blocks, pages) = (parse(&blocks), parse(&pages));
@@ -98,6 +207,8 @@ pub fn run(qemu: &Qemu) -> Result<(), String> {
     );
     print_sgi_exit(&blocks)?;
     print_image_verification(&blocks)?;
+    println!();
+    print_contention(&contention_run(qemu)?)?;
     println!();
     println!("host stage-2 faults to touch all {pages_touched} host pages:");
     println!("  largest-block mapping: {with_blocks:>8}");
@@ -314,5 +425,24 @@ mod tests {
         assert_eq!(lines[1].get("faults"), Some(989));
         assert_eq!(lines[1].get("policy"), None);
         assert!(lines[2].fields.is_empty());
+    }
+
+    #[test]
+    fn a_contention_row_needs_all_three_figures_and_an_overlap() {
+        let console = "kserv: bench contention-x cores=1 forced=0 el2_instructions=400 min=390 max=410 samples=16 overlapped=0\n\
+                       kserv: bench contention-x cores=4 forced=0 el2_instructions=400 min=400 max=400 samples=64 overlapped=0\n\
+                       kserv: bench contention-x cores=4 forced=1 el2_instructions=500 min=400 max=900 samples=64 overlapped=9\n";
+        let row = contention(&parse(console), "contention-x").unwrap();
+        assert_eq!(row, ContentionRow { alone: 400, own_turns: 400, forced: 500, overlapped: 9, samples: 64 });
+        assert!((row.ratio() - 1.25).abs() < 1e-9);
+        let without_forced: String = console.lines().take(2).map(|l| format!("{l}\n")).collect();
+        assert!(contention(&parse(&without_forced), "contention-x").is_err());
+        let no_overlap = console.replace("overlapped=9", "overlapped=0");
+        assert!(
+            contention(&parse(&no_overlap), "contention-x").is_err(),
+            "a round that never overlapped measures no contention"
+        );
+        let zero = console.replace("el2_instructions=400 min=390", "el2_instructions=0 min=390");
+        assert!(contention(&parse(&zero), "contention-x").is_err());
     }
 }

@@ -92,7 +92,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   qemu-test [SCENARIO...] [--variant V]        every scenario on virt-gicv3, virt-gicv2, raspi4b
       [--guest-kernel PATH --guest-initrd PATH]  the linux scenarios' guest (default: Debian 6.1, fetched)
   test                                         host cargo test, then qemu-test
-  bench                                        exact EL2 instruction counts (PMU under icount)
+  bench [contention]                           exact EL2 instruction counts (PMU under icount); only the contention figure
   lint                                         rustfmt and clippy -D warnings, host and both boards
   guest-bundle [OUT]                           signed two-guest demo bundle (default target/xtask/bundle-demo.img)
   linux-guest [--kernel-version V] [--out DIR] [--bare [--gic 2|3]]
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
         "image" => image(&args),
         "qemu-test" => qemu_test(&args),
         "test" => test(),
-        "bench" => toolchain::ensure().and_then(|()| qemu::ensure()).and_then(|q| bench::run(&q)),
+        "bench" => toolchain::ensure().and_then(|()| qemu::ensure()).and_then(|q| bench::run(&q, &args.words)),
         "lint" => toolchain::ensure().and_then(|()| lint()),
         "guest-bundle" => guest_bundle(&args),
         "linux-guest" => linux_guest(&args),
