@@ -508,7 +508,7 @@ fn bench_contention(env: &Env) -> Outcome {
     if !pmu::inst_retired_supported() {
         return Err("the PMU does not count INST_RETIRED (run QEMU with -icount shift=0,sleep=off)");
     }
-    smp::start_cores(&env.gic)?;
+    smp::start_cores(&env.gic, &[crate::arch::gic::TIMER_PPI])?;
     let (top_base, top_size) = env.ram.iter().flatten().copied().max_by_key(|r| r.0).ok_or("no RAM")?;
     FAULT_TOP.store(top_base + top_size, Ordering::Release);
     let per_round = (smp::CORES * BENCH_SAMPLES) as u64;
