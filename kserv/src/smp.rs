@@ -4,7 +4,8 @@
 //! other core runs it) and to handle the vCPU's exit, never during the VCPU_RUN itself. A VM
 //! whose vCPU stopped it is torn down once none of its vCPUs is running on any core.
 //!
-//! [`Manager::run_all`] stays the single-core path of every other scenario.
+//! [`Manager::run_all`] stays the single-core path of every other scenario. [`on_every_core`]
+//! has the four cores run one scenario's own script instead (`hvc-fuzz`, `smp-race`).
 
 use crate::arch::sync::SpinLock;
 use crate::arch::{cpu, gic, hvc, mmu};
@@ -12,6 +13,7 @@ use crate::dtb::GicInfo;
 use crate::kprintln;
 use crate::vmm::{self, Hooks, Manager, MAX_VCPUS, MAX_VMS};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use core::any::Any;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use corevisor_abi::bundle::VmEntry;
@@ -34,6 +36,10 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
 static GIC: SpinLock<Option<GicInfo>> = SpinLock::new(None);
 static WORK: SpinLock<Option<Work>> = SpinLock::new(None);
+/// A script every core runs, given its core number ([`on_every_core`]); when none is published,
+/// workers take vCPUs from [`WORK`].
+type Job = Arc<dyn Fn(usize) + Send + Sync>;
+static JOB: SpinLock<Option<Job>> = SpinLock::new(None);
 
 /// VCPU_RUN calls started so far, and how many are in progress on all cores: what tells a core
 /// that another core was inside VCPU_RUN during its own run (events, never time).
@@ -170,7 +176,11 @@ pub fn worker_main() -> ! {
             cpu::wait_for_event();
         }
         seen = GENERATION.load(Ordering::Acquire);
-        take_vcpus(core);
+        let job = JOB.lock().clone();
+        match job {
+            Some(job) => job(core),
+            None => take_vcpus(core),
+        }
         FINISHED.fetch_add(1, Ordering::Release);
     }
 }
@@ -197,6 +207,23 @@ pub fn run_all<H: Hooks + Send + 'static>(mgr: Manager, hooks: H) -> Result<(Man
     let work = WORK.lock().take().ok_or("the run's state is gone")?;
     let hooks = work.hooks.into_any().downcast::<H>().map_err(|_| "the run's hooks changed type")?;
     Ok((work.mgr, *hooks, work.report))
+}
+
+/// Runs `job(core)` on all [`CORES`] cores at once ([`start_cores`] first), this one included,
+/// and returns once every core has finished it.
+pub fn on_every_core(job: impl Fn(usize) + Send + Sync + 'static) -> Result<(), &'static str> {
+    if UP.load(Ordering::Acquire) != CORES - 1 {
+        return Err("smp::on_every_core before start_cores");
+    }
+    let job: Job = Arc::new(job);
+    FINISHED.store(0, Ordering::SeqCst);
+    *JOB.lock() = Some(job.clone());
+    GENERATION.fetch_add(1, Ordering::Release);
+    cpu::send_event();
+    job(cpu::core_index());
+    let finished = wait_for(|| FINISHED.load(Ordering::Acquire) == CORES - 1);
+    *JOB.lock() = None;
+    finished.ok_or("a core never finished its script")
 }
 
 /// Takes vCPUs from the run until it is done.

@@ -265,7 +265,19 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "hvc-fuzz",
-        lines: &["kserv: hvc-fuzz: seed 0x", "kserv: hvc-fuzz: 10000 calls,", "kserv: scenario hvc-fuzz: PASS"],
+        lines: &[
+            "kserv: hvc-fuzz: base seed 0x",
+            "kserv: smp: cores 1-3 up in KServ, each with its timer interrupt enabled",
+            "kserv: hvc-fuzz: core 0: seed 0x",
+            "kserv: hvc-fuzz: core 1: seed 0x",
+            "kserv: hvc-fuzz: core 2: seed 0x",
+            "kserv: hvc-fuzz: core 3: seed 0x",
+            "kserv: hvc-fuzz: core 0: 10000 calls,",
+            "kserv: hvc-fuzz: core 1: 10000 calls,",
+            "kserv: hvc-fuzz: core 2: 10000 calls,",
+            "kserv: hvc-fuzz: core 3: 10000 calls,",
+            "kserv: scenario hvc-fuzz: PASS",
+        ],
         gic_v2_lines: &[],
         bundle: &[],
         // Thousands of refused calls: only errors are worth printing.
