@@ -319,6 +319,13 @@ pub mod guest_role {
     pub const VGIC: u32 = 13;
     /// What the VGIC role writes to NOTIFY once its interface is on.
     pub const VGIC_READY: u64 = 0x5617;
+    /// Shares one page with the host (it tells the host its address with NOTIFY), then obeys:
+    /// each ANSWER is a run number `n`; it writes `n` to the page's first word and spins (with
+    /// `yield`) until the host writes `n` to the second, or for [`RACE_SPINS`] rounds, then asks
+    /// again; 0 powers it off (`smp-race`: its vCPU stays Running as long as the host wants).
+    pub const RACE: u32 = 14;
+    /// The most rounds a RACE guest spins for one run number: bounds a run the host never ends.
+    pub const RACE_SPINS: u64 = 1_000_000;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -180,6 +180,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
             vm_scenarios::reset_scrub(&env.vm, marker, env.host_pages())
         }
         Scenario::SmpVms => vm_scenarios::smp_vms(&env.vm, &env.gic),
+        Scenario::SmpRace => crate::race::smp_race(&env.vm, &env.gic),
         Scenario::HostDma => vm_scenarios::host_dma(&env.vm, &env.gic, dma_routes(BOARD, env.gic.v3)),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {

@@ -36,10 +36,12 @@ pub enum Scenario {
     HostAttacksLinux,
     /// Four test-guest VMs run on four cores at once (KServ on every core).
     SmpVms,
+    /// The host races against itself through KCore on four cores (VCPU_RUN, teardown).
+    SmpRace,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 28] = [
+    pub const ALL: [Scenario; 29] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -68,6 +70,7 @@ impl Scenario {
         Scenario::LinuxBench,
         Scenario::HostAttacksLinux,
         Scenario::SmpVms,
+        Scenario::SmpRace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +103,7 @@ impl Scenario {
             Scenario::LinuxBench => "linux-bench",
             Scenario::HostAttacksLinux => "host-attacks-linux",
             Scenario::SmpVms => "smp-vms",
+            Scenario::SmpRace => "smp-race",
         }
     }
 

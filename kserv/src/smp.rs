@@ -226,6 +226,29 @@ pub fn on_every_core(job: impl Fn(usize) + Send + Sync + 'static) -> Result<(), 
     finished.ok_or("a core never finished its script")
 }
 
+/// Where the cores of an [`on_every_core`] script meet: a core's n-th [`Rendezvous::meet`]
+/// returns once every core has made its n-th (arrivals counted, no clock). Every core must meet
+/// as often as the others, failures included.
+pub struct Rendezvous(AtomicUsize);
+
+impl Rendezvous {
+    pub const fn new() -> Rendezvous {
+        Rendezvous(AtomicUsize::new(0))
+    }
+
+    pub fn meet(&self) -> Result<(), &'static str> {
+        let arrived = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let everyone = arrived.div_ceil(CORES) * CORES;
+        wait_for(|| self.0.load(Ordering::SeqCst) >= everyone).ok_or("a core never reached a rendezvous")
+    }
+}
+
+impl Default for Rendezvous {
+    fn default() -> Rendezvous {
+        Rendezvous::new()
+    }
+}
+
 /// Takes vCPUs from the run until it is done.
 fn take_vcpus(core: usize) {
     loop {

@@ -415,6 +415,38 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[("a", role::STEADY, 1), ("b", role::SHARE, 1), ("c", role::STEADY, 1), ("d", role::SHARE, 1)],
         bootargs: "",
     },
+    Scenario {
+        name: "smp-race",
+        lines: &[
+            "kserv: smp: cores 1-3 up in KServ, each with its timer interrupt enabled",
+            "kserv: smp-race: 6 RACE guests created, each sharing a page and waiting for a run",
+            "kserv: smp-race: vcpu-run while running: 8 rounds, 8 second VCPU_RUNs DENIED while the vCPU ran, 8 runs \
+             completed",
+            "kserv: smp-race: vcpu-run at once: 16 rounds, exactly one winner in 16, the other DENIED; the first core won ",
+            "kserv: smp-race: destroy while running: VM_POWER_OFF SUCCESS, DESTROY_VM DENIED, CLEAR_VM_S2_RANGE DENIED; \
+             after the run CLEAR_VM_S2_RANGE returned ",
+            "kserv: smp-race: destroy at once: 4 rounds, exactly one of VCPU_RUN and DESTROY_VM first in 4: the run ",
+            "kserv: [r] bye",
+            "kserv: vm r: torn down, ",
+            "kserv: vm s: torn down, ",
+            "kserv: vm t: torn down, ",
+            "kserv: vm u: torn down, ",
+            "kserv: vm v: torn down, ",
+            "kserv: vm w: torn down, ",
+            "kserv: smp-race: 6 VMs torn down, every page back scrubbed",
+            "kserv: scenario smp-race: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[
+            ("r", role::RACE, 1),
+            ("s", role::RACE, 1),
+            ("t", role::RACE, 1),
+            ("u", role::RACE, 1),
+            ("v", role::RACE, 1),
+            ("w", role::RACE, 1),
+        ],
+        bootargs: "",
+    },
 ];
 
 /// Scenarios that boot Debian's arm64 cloud kernel (`linux::reference_guest`: the newest 6.1)

@@ -259,6 +259,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::SYSREGS) => sysregs(),
         r if r == u64::from(guest_role::LARGE) => large(),
         r if r == u64::from(guest_role::VGIC) => vgic(),
+        r if r == u64::from(guest_role::RACE) => race(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -1100,4 +1101,37 @@ fn vgic() {
     put_dec(ticked);
     put(" virtual timer interrupts\n");
     line("bye");
+}
+
+// ---- RACE ----
+
+/// Holds its vCPU in the Running state for as long as the host says (see `guest_role::RACE`).
+fn race() {
+    let words = (&raw mut PAGE_A).cast::<u64>();
+    // SAFETY: PAGE_A is this guest's page; touch it so that it is mapped before it is shared.
+    unsafe { words.write_volatile(0) };
+    let status = share(words as u64, PAGE as u64);
+    if status != 0 {
+        put("share failed: ");
+        put_hex(status);
+        putc(b'\n');
+        return;
+    }
+    notify(words as u64);
+    loop {
+        let run = answer();
+        if run == 0 {
+            line("bye");
+            return;
+        }
+        // SAFETY: the first two words of PAGE_A, shared with the host, through raw pointers.
+        unsafe { words.write_volatile(run) };
+        let mut spins = 0;
+        // SAFETY: as above.
+        while unsafe { words.add(1).read_volatile() } != run && spins < guest_role::RACE_SPINS {
+            // SAFETY: yield is a hint; under QEMU's round-robin TCG it lets the host's cores run.
+            unsafe { asm!("yield", options(nomem, nostack)) };
+            spins += 1;
+        }
+    }
 }

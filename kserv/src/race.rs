@@ -1,0 +1,396 @@
+//! `smp-race`: the host races against itself through KCore on all four cores. Every core runs
+//! the same script ([`script`]); the cores meet at rendezvous points (arrivals counted, no clock)
+//! so that the calls of a round really coincide, and the cores change roles from round to round,
+//! so that each order of a race happens. The guests are RACE test guests, which stay in a run
+//! (their vCPU Running) until the host writes the run's number into the page they share.
+//! Every outcome is counted and printed; the scenario passes only if the counts are what
+//! KCore's rules say.
+
+use crate::arch::{cpu, hvc};
+use crate::dtb::GicInfo;
+use crate::kprintln;
+use crate::smp::{self, Rendezvous, CORES};
+use crate::vm_scenarios::VmEnv;
+use crate::vmm::{self, Hooks, Layout, Manager, Tamper, Vm};
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use corevisor_abi::{exit, guest_dev, guest_role, host_call, Status};
+
+type Outcome = Result<(), &'static str>;
+
+/// Rounds of a second VCPU_RUN while the vCPU is seen running, and of two at once.
+const WHILE_RUNNING: usize = 8;
+const AT_ONCE: usize = 16;
+/// Rounds of a VCPU_RUN against a VM_POWER_OFF and DESTROY_VM at once: a VM each.
+const DESTROY_AT_ONCE: usize = 4;
+/// The bundle's VMs: `r` for the VCPU_RUN races, `s` for the staggered teardown, then one per
+/// [`DESTROY_AT_ONCE`] round.
+const VMS: usize = 2 + DESTROY_AT_ONCE;
+
+/// What the cores know of a RACE guest, set up on core 0 before the races.
+#[derive(Clone, Copy)]
+struct Target {
+    vmid: u64,
+    slot: usize,
+    /// The host page behind the page the guest shares: word 0 is the run it is in, word 1 the
+    /// run the host ends.
+    shared: u64,
+    region: u64,
+    ram_size: u64,
+}
+
+impl Target {
+    /// One VCPU_RUN of vCPU 0 whose answer is run number `run`.
+    fn run(&self, run: u64) -> [u64; 6] {
+        hvc::hyp_call_wide(host_call::VCPU_RUN, [self.vmid, 0, run, 0])
+    }
+
+    /// Whether the guest is in run `run`, polled a bounded number of times.
+    fn wait_running(&self, run: u64) -> bool {
+        (0..WAIT_POLLS).any(|_| {
+            cpu::relax();
+            cpu::read_phys_u64(self.shared) == run
+        })
+    }
+
+    /// Ends the guest's run `run`.
+    fn release(&self, run: u64) {
+        cpu::write_phys_u64(self.shared + 8, run);
+    }
+
+    fn call(&self, function: u32, args: [u64; 2]) -> corevisor_abi::HypResult {
+        hvc::hyp_call(function, [self.vmid, args[0], args[1], 0, 0, 0])
+    }
+}
+
+/// Polls for a guest to show that it runs: far more than a run takes to start.
+const WAIT_POLLS: u64 = 10_000_000;
+
+/// Whether VCPU_RUN's `record` is a run that ended as a RACE guest's runs end: asking for the
+/// next run number (a read of the test device's ANSWER register).
+fn asked_again(record: &[u64; 6]) -> bool {
+    record[0] == Status::Success.as_reg()
+        && record[1] == exit::MMIO
+        && record[2] == guest_dev::TEST_DEV_ANSWER
+        && record[3] & exit::mmio_flags::WRITE == 0
+}
+
+fn denied(status: u64) -> bool {
+    status == Status::Denied.as_reg()
+}
+
+/// A recorded status: `NONE` until a core stores one.
+const NONE: u64 = u64::MAX;
+
+/// What the cores share: the guests and every outcome, stored by the core that saw it.
+struct Race {
+    meet: Rendezvous,
+    r: Target,
+    s: Target,
+    d: [Target; DESTROY_AT_ONCE],
+    /// Per round: whether the run completed, and the second VCPU_RUN's status (`NONE`: it
+    /// never saw the guest running).
+    while_running: [[AtomicU64; 2]; WHILE_RUNNING],
+    /// Per round, the two cores' VCPU_RUN outcomes: 0 denied, 1 a completed run, else the
+    /// status (`NONE` for a run that ended otherwise).
+    at_once: [[AtomicU64; 2]; AT_ONCE],
+    /// POWER_OFF, DESTROY_VM and CLEAR_VM_S2_RANGE during `s`'s run, whether the run completed,
+    /// then CLEAR_VM_S2_RANGE's and DESTROY_VM's page counts after it (`NONE` if refused).
+    destroy_while_running: [AtomicU64; 6],
+    /// Per round: the run's outcome (1 a completed run, 0 refused), the first DESTROY_VM's
+    /// page count (`NONE` if refused), then the retry's (`NONE` if refused or not needed).
+    destroy_at_once: [[AtomicU64; 3]; DESTROY_AT_ONCE],
+}
+
+/// A fresh table of `NONE`s.
+fn nones<const N: usize>() -> [AtomicU64; N] {
+    core::array::from_fn(|_| AtomicU64::new(NONE))
+}
+
+/// Run numbers: never 0 (which powers a RACE guest off), never the same twice for a guest.
+fn run_number(round: u64, rep: usize) -> u64 {
+    round << 16 | (rep as u64 + 1)
+}
+
+/// A core's share of the races. Every core meets at every rendezvous, whatever happened.
+fn script(race: &Race, core: usize) -> Outcome {
+    // 1. A second VCPU_RUN of a vCPU that a core is running: DENIED, every time.
+    for rep in 0..WHILE_RUNNING {
+        let (runner, challenger) = (rep % CORES, (rep + 1) % CORES);
+        let run = run_number(1, rep);
+        race.meet.meet()?;
+        if core == runner {
+            let done = asked_again(&race.r.run(run));
+            race.while_running[rep][0].store(u64::from(done), SeqCst);
+        }
+        if core == challenger && race.r.wait_running(run) {
+            race.while_running[rep][1].store(race.r.run(run)[0], SeqCst);
+            race.r.release(run);
+        }
+        race.meet.meet()?;
+    }
+    // 2. Two VCPU_RUNs of the same vCPU at once: one runs, the other is DENIED (and ends the
+    //    winner's run). Cores pair differently and wait a different number of `yield`s first.
+    for rep in 0..AT_ONCE {
+        let first = rep % CORES;
+        let second = (first + 1 + (rep / CORES) % (CORES - 1)) % CORES;
+        let run = run_number(2, rep);
+        race.meet.meet()?;
+        for (role, (me, delay)) in [(first, rep % 3), (second, (rep / 3) % 3)].into_iter().enumerate() {
+            if core != me {
+                continue;
+            }
+            (0..delay).for_each(|_| cpu::relax());
+            let record = race.r.run(run);
+            let outcome = match record[0] {
+                s if denied(s) => {
+                    race.r.release(run);
+                    0
+                }
+                s if s == Status::Success.as_reg() => match asked_again(&record) {
+                    true => 1,
+                    false => NONE,
+                },
+                s => s,
+            };
+            race.at_once[rep][role].store(outcome, SeqCst);
+        }
+        race.meet.meet()?;
+    }
+    // 3. Teardown calls while a vCPU of the VM runs: VM_POWER_OFF is taken (the run goes on),
+    //    DESTROY_VM and CLEAR_VM_S2_RANGE are DENIED; once the run ended both succeed.
+    let (runner, destroyer) = (1, 2);
+    let run = run_number(3, 0);
+    let s = &race.s;
+    let outcomes = &race.destroy_while_running;
+    race.meet.meet()?;
+    if core == runner {
+        outcomes[3].store(u64::from(asked_again(&s.run(run))), SeqCst);
+    }
+    if core == destroyer && s.wait_running(run) {
+        outcomes[0].store(s.call(host_call::VM_POWER_OFF, [0, 0]).status, SeqCst);
+        outcomes[1].store(s.call(host_call::DESTROY_VM, [0, 0]).status, SeqCst);
+        outcomes[2].store(s.call(host_call::CLEAR_VM_S2_RANGE, [s.region, s.ram_size]).status, SeqCst);
+        s.release(run);
+    }
+    race.meet.meet()?;
+    if core == destroyer {
+        outcomes[4].store(pages(s.call(host_call::CLEAR_VM_S2_RANGE, [s.region, s.ram_size])), SeqCst);
+        outcomes[5].store(pages(s.call(host_call::DESTROY_VM, [0, 0])), SeqCst);
+    }
+    // 4. A VCPU_RUN against VM_POWER_OFF + DESTROY_VM at once, a fresh VM each round: either the
+    //    run comes first (DESTROY_VM is DENIED until it ends) or the power-off (the run is
+    //    refused, DESTROY_VM succeeds at once).
+    for (rep, d) in race.d.iter().enumerate() {
+        let (runner, destroyer) = (rep % CORES, (rep + 2) % CORES);
+        let run = run_number(4, rep);
+        let outcomes = &race.destroy_at_once[rep];
+        race.meet.meet()?;
+        if core == runner {
+            (0..rep % 2).for_each(|_| cpu::relax());
+            outcomes[0].store(u64::from(asked_again(&d.run(run))), SeqCst);
+        }
+        if core == destroyer {
+            (0..(rep + 1) % 2).for_each(|_| cpu::relax());
+            d.call(host_call::VM_POWER_OFF, [0, 0]);
+            let destroyed = pages(d.call(host_call::DESTROY_VM, [0, 0]));
+            outcomes[1].store(destroyed, SeqCst);
+            if destroyed == NONE {
+                d.release(run);
+            }
+        }
+        race.meet.meet()?;
+        if core == destroyer && outcomes[1].load(SeqCst) == NONE {
+            outcomes[2].store(pages(d.call(host_call::DESTROY_VM, [0, 0])), SeqCst);
+        }
+    }
+    race.meet.meet()
+}
+
+/// The page count a CLEAR_VM_S2_RANGE or DESTROY_VM returned, `NONE` if refused.
+fn pages(r: corevisor_abi::HypResult) -> u64 {
+    if r.status == Status::Success.as_reg() {
+        r.values[0]
+    } else {
+        NONE
+    }
+}
+
+/// Setup and the final run: learns the guest's shared page, and notices when it asks for its
+/// next run number.
+#[derive(Default)]
+struct Guide {
+    shared: Option<u64>,
+    asked: bool,
+}
+
+impl Hooks for Guide {
+    fn notify(&mut self, _vm: &Vm, value: u64) {
+        self.shared = Some(value);
+    }
+    fn answer(&mut self, _vm: &Vm) -> u64 {
+        self.asked = true;
+        0
+    }
+}
+
+/// Runs vCPU 0 of `vm` on this core until the guest asks for a run number or stops; the first
+/// run answers with `first`, if given.
+fn drive(vm: &mut Vm, mut first: Option<u64>, guide: &mut Guide) {
+    guide.asked = false;
+    while vm.alive && !guide.asked {
+        let stored = vmm::begin_run(vm, 0);
+        let answer = first.take().unwrap_or(stored);
+        let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, 0, answer, 0]);
+        vmm::end_run(vm, 0, record, guide);
+    }
+}
+
+/// Creates the bundle's VMs (all RACE guests) and runs each to its first question.
+fn set_up(mgr: &mut Manager, env: &VmEnv) -> Result<[Target; VMS], &'static str> {
+    let bundle = env.bundle.ok_or("no boot bundle (pass one with -initrd)")?;
+    let mut targets = [None; VMS];
+    for (i, entry) in bundle.vms().enumerate().take(VMS) {
+        if entry.role != guest_role::RACE || entry.vcpus != 1 {
+            return Err("smp-race needs 1-vCPU RACE guests only");
+        }
+        let slot = mgr.create(&entry, &Layout::of(&bundle, &entry), Tamper::None).map_err(|(_, e)| {
+            kprintln!("vm {}: {} failed: {:?}", entry.name(), e.step, e.status());
+            "a VM from the bundle could not be created"
+        })?;
+        let vm = mgr.vms[slot].as_mut().ok_or("a created VM is missing")?;
+        let mut guide = Guide::default();
+        drive(vm, None, &mut guide);
+        let shared = guide.shared.and_then(|gpa| vm.host_page(gpa)).filter(|_| guide.asked);
+        let shared = shared.ok_or("a RACE guest did not share its page and ask for a run")?;
+        targets[i] = Some(Target { vmid: vm.vmid, slot, shared, region: vm.region, ram_size: vm.entry.ram_size });
+    }
+    let mut out = [targets[0].ok_or("the bundle has too few VMs")?; VMS];
+    for (target, found) in out.iter_mut().zip(targets) {
+        *target = found.ok_or("the bundle has too few VMs")?;
+    }
+    Ok(out)
+}
+
+/// `smp-race`: see the module's documentation.
+pub fn smp_race(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    smp::start_cores(gic)?;
+    let mut mgr = Manager::new(env.regions);
+    let targets = set_up(&mut mgr, env)?;
+    kprintln!("smp-race: {VMS} RACE guests created, each sharing a page and waiting for a run");
+    let race = Arc::new(Race {
+        meet: Rendezvous::new(),
+        r: targets[0],
+        s: targets[1],
+        d: core::array::from_fn(|i| targets[2 + i]),
+        while_running: core::array::from_fn(|_| nones()),
+        at_once: core::array::from_fn(|_| nones()),
+        destroy_while_running: nones(),
+        destroy_at_once: core::array::from_fn(|_| nones()),
+    });
+    let failures = Arc::new(AtomicU64::new(0));
+    let (shared, failed) = (race.clone(), failures.clone());
+    smp::on_every_core(move |core| {
+        if let Err(why) = script(&shared, core) {
+            kprintln!("smp-race: core {core}: {why}");
+            failed.fetch_add(1, SeqCst);
+        }
+    })?;
+    if failures.load(SeqCst) != 0 {
+        return Err("a core's script failed");
+    }
+    let mut verdict = Ok(());
+    let mut expect = |holds: bool, why: &'static str| {
+        if !holds && verdict.is_ok() {
+            verdict = Err(why);
+        }
+    };
+
+    let load = |a: &AtomicU64| a.load(SeqCst);
+    let completed = race.while_running.iter().filter(|o| load(&o[0]) == 1).count();
+    let refused = race.while_running.iter().filter(|o| denied(load(&o[1]))).count();
+    kprintln!(
+        "smp-race: vcpu-run while running: {WHILE_RUNNING} rounds, {refused} second VCPU_RUNs DENIED while the \
+         vCPU ran, {completed} runs completed"
+    );
+    expect(completed == WHILE_RUNNING && refused == WHILE_RUNNING, "a VCPU_RUN of a running vCPU was not DENIED");
+
+    let one_winner = race.at_once.iter().filter(|o| matches!((load(&o[0]), load(&o[1])), (1, 0) | (0, 1))).count();
+    let first_won = race.at_once.iter().filter(|o| load(&o[0]) == 1).count();
+    let second_won = race.at_once.iter().filter(|o| load(&o[1]) == 1).count();
+    kprintln!(
+        "smp-race: vcpu-run at once: {AT_ONCE} rounds, exactly one winner in {one_winner}, the other DENIED; \
+         the first core won {first_won}, the second {second_won}"
+    );
+    expect(one_winner == AT_ONCE, "two VCPU_RUNs at once did not give exactly one winner");
+    expect(first_won != 0 && second_won != 0, "two VCPU_RUNs at once always came in the same order");
+
+    let o = &race.destroy_while_running;
+    let ok = |a: &AtomicU64| load(a) == Status::Success.as_reg();
+    let during = ok(&o[0]) && denied(load(&o[1])) && denied(load(&o[2])) && load(&o[3]) == 1;
+    let (cleared, left) = (load(&o[4]), load(&o[5]));
+    kprintln!(
+        "smp-race: destroy while running: VM_POWER_OFF {}, DESTROY_VM {}, CLEAR_VM_S2_RANGE {}; after the run \
+         CLEAR_VM_S2_RANGE returned {cleared} pages, DESTROY_VM {left}",
+        status_name(load(&o[0])),
+        status_name(load(&o[1])),
+        status_name(load(&o[2])),
+    );
+    expect(during, "a teardown call during a run was not refused (or the run did not complete)");
+    expect(cleared != NONE && left != NONE, "the teardown after the run was refused");
+    let s_returned = cleared.wrapping_add(left);
+
+    let (mut run_first, mut destroy_first) = (0, 0);
+    for o in &race.destroy_at_once {
+        match (load(&o[0]), load(&o[1]), load(&o[2])) {
+            (1, NONE, retry) if retry != NONE => run_first += 1,
+            (0, first, NONE) if first != NONE => destroy_first += 1,
+            _ => {}
+        }
+    }
+    kprintln!(
+        "smp-race: destroy at once: {DESTROY_AT_ONCE} rounds, exactly one of VCPU_RUN and DESTROY_VM first in {}: \
+         the run {run_first} (DESTROY_VM DENIED until it ended), the destroy {destroy_first} (VCPU_RUN refused)",
+        run_first + destroy_first
+    );
+    expect(run_first + destroy_first == DESTROY_AT_ONCE, "a VCPU_RUN against a DESTROY_VM broke the rules");
+
+    // Teardown: `s` and the `d`s were destroyed by the races; `r` powers itself off.
+    let mut guide = Guide::default();
+    if let Some(vm) = mgr.vms[race.r.slot].as_mut() {
+        drive(vm, Some(0), &mut guide);
+    }
+    if mgr.vms[race.r.slot].as_ref().is_some_and(|vm| vm.alive) {
+        expect(false, "the RACE guest did not power off");
+    } else {
+        mgr.retire(race.r.slot);
+    }
+    let mut destroyed = [(race.s.slot, s_returned); 1 + DESTROY_AT_ONCE];
+    for (i, o) in race.destroy_at_once.iter().enumerate() {
+        let returned = if load(&o[1]) != NONE { load(&o[1]) } else { load(&o[2]) };
+        destroyed[1 + i] = (race.d[i].slot, returned);
+    }
+    for (slot, returned) in destroyed {
+        // A refused teardown was reported above; its VM's pages stay the VM's.
+        if returned < NONE / 2 {
+            let _ = mgr.forget_destroyed(slot, returned);
+        }
+    }
+    verdict?;
+    mgr.result()?;
+    if mgr.powered_off != VMS as u32 || mgr.vms.iter().any(Option::is_some) {
+        return Err("not every VM was torn down");
+    }
+    kprintln!("smp-race: {VMS} VMs torn down, every page back scrubbed");
+    Ok(())
+}
+
+fn status_name(status: u64) -> &'static str {
+    match Status::from_reg(status) {
+        Some(Status::Success) => "SUCCESS",
+        Some(Status::Denied) => "DENIED",
+        Some(_) => "refused otherwise",
+        None if status == NONE => "never made",
+        None => "not a status",
+    }
+}
