@@ -323,9 +323,14 @@ pub mod guest_role {
     /// each ANSWER is a run number `n`; it writes `n` to the page's first word and spins (with
     /// `yield`) until the host writes `n` to the second, or for [`RACE_SPINS`] rounds, then asks
     /// again; 0 powers it off (`smp-race`: its vCPU stays Running as long as the host wants).
+    /// [`RACE_TOUCH`] asks for a stage-2 fault instead.
     pub const RACE: u32 = 14;
     /// The most rounds a RACE guest spins for one run number: bounds a run the host never ends.
     pub const RACE_SPINS: u64 = 1_000_000;
+    /// An ANSWER with this bit set has a RACE guest write to the guest-physical address in the
+    /// other bits (a page it has not touched: a stage-2 fault for the host to answer), then ask
+    /// again.
+    pub const RACE_TOUCH: u64 = 1 << 63;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -23,9 +23,15 @@ const WHILE_RUNNING: usize = 8;
 const AT_ONCE: usize = 16;
 /// Rounds of a VCPU_RUN against a VM_POWER_OFF and DESTROY_VM at once: a VM each.
 const DESTROY_AT_ONCE: usize = 4;
-/// The bundle's VMs: `r` for the VCPU_RUN races, `s` for the staggered teardown, then one per
-/// [`DESTROY_AT_ONCE`] round.
-const VMS: usize = 2 + DESTROY_AT_ONCE;
+/// Rounds of one host page offered to two VMs' faults at once.
+const PAGE_ROUNDS: usize = 8;
+/// The bundle's VMs: `r` for the VCPU_RUN races, `s` for the staggered teardown, one per
+/// [`DESTROY_AT_ONCE`] round, then `x` and `y`, which are offered the same pages.
+const VMS: usize = 2 + DESTROY_AT_ONCE + 2;
+/// Where in guest RAM the page-offer rounds fault (a RACE guest never touches it otherwise),
+/// and in the region of `r` the pages offered to both (`r` never has them).
+const OFFER_OFFSET: u64 = 10 << 20;
+const PAGE: u64 = 4096;
 
 /// What the cores know of a RACE guest, set up on core 0 before the races.
 #[derive(Clone, Copy)]
@@ -100,6 +106,21 @@ struct Race {
     /// Per round: the run's outcome (1 a completed run, 0 refused), the first DESTROY_VM's
     /// page count (`NONE` if refused), then the retry's (`NONE` if refused or not needed).
     destroy_at_once: [[AtomicU64; 3]; DESTROY_AT_ONCE],
+    x: Target,
+    y: Target,
+    /// Per round: the faults on the page both are offered (0..=2 as expected), then `x`'s and
+    /// `y`'s VCPU_RUN with it (1 took it and ran on, else the status), then whether the loser
+    /// ran on with a page of its own.
+    page_offer: [[AtomicU64; 4]; PAGE_ROUNDS],
+}
+
+impl Race {
+    /// The guest page round `rep` of the page offers faults on, and the host page both VMs are
+    /// offered for it.
+    fn offer(&self, rep: usize) -> (u64, u64) {
+        let offset = OFFER_OFFSET + rep as u64 * PAGE;
+        (guest_dev::RAM_BASE + offset, self.r.region + offset)
+    }
 }
 
 /// A fresh table of `NONE`s.
@@ -204,6 +225,47 @@ fn script(race: &Race, core: usize) -> Outcome {
             outcomes[2].store(pages(d.call(host_call::DESTROY_VM, [0, 0])), SeqCst);
         }
     }
+    // 5. One host page as the answer to a fault of `x` and of `y`, from two cores at once: one
+    //    VM takes it, the other's VCPU_RUN is refused (the page is no longer the host's), and
+    //    that VM then runs on with a page of its own.
+    for rep in 0..PAGE_ROUNDS {
+        let (gpa, offered) = race.offer(rep);
+        let first = rep % CORES;
+        let second = (first + 1 + (rep / CORES) % (CORES - 1)) % CORES;
+        let outcomes = &race.page_offer[rep];
+        let pair = [(first, &race.x, rep % 3), (second, &race.y, (rep / 3) % 3)];
+        race.meet.meet()?;
+        for &(me, vm, _) in &pair {
+            if core == me {
+                let record = vm.run(guest_role::RACE_TOUCH | gpa);
+                let faulted =
+                    record[0] == Status::Success.as_reg() && record[1] == exit::PAGE_FAULT && record[2] == gpa;
+                if faulted {
+                    outcomes[0].fetch_add(1, SeqCst);
+                }
+            }
+        }
+        race.meet.meet()?;
+        for (role, &(me, vm, delay)) in pair.iter().enumerate() {
+            if core == me {
+                (0..delay).for_each(|_| cpu::relax());
+                let record = vm.run(offered >> 12);
+                let outcome = match asked_again(&record) {
+                    true => 1,
+                    false if record[0] == Status::Success.as_reg() => NONE,
+                    false => record[0],
+                };
+                outcomes[1 + role].store(outcome, SeqCst);
+            }
+        }
+        race.meet.meet()?;
+        for (role, &(me, vm, _)) in pair.iter().enumerate() {
+            if core == me && outcomes[1 + role].load(SeqCst) != 1 {
+                let own = vm.region + (gpa - guest_dev::RAM_BASE);
+                outcomes[3].store(u64::from(asked_again(&vm.run(own >> 12))), SeqCst);
+            }
+        }
+    }
     race.meet.meet()
 }
 
@@ -287,6 +349,13 @@ pub fn smp_race(env: &VmEnv, gic: &GicInfo) -> Outcome {
         at_once: core::array::from_fn(|_| nones()),
         destroy_while_running: nones(),
         destroy_at_once: core::array::from_fn(|_| nones()),
+        x: targets[2 + DESTROY_AT_ONCE],
+        y: targets[3 + DESTROY_AT_ONCE],
+        page_offer: core::array::from_fn(|_| {
+            let [faults, x, y, loser] = nones::<4>();
+            faults.store(0, SeqCst);
+            [faults, x, y, loser]
+        }),
     });
     let failures = Arc::new(AtomicU64::new(0));
     let (shared, failed) = (race.clone(), failures.clone());
@@ -355,7 +424,49 @@ pub fn smp_race(env: &VmEnv, gic: &GicInfo) -> Outcome {
     );
     expect(run_first + destroy_first == DESTROY_AT_ONCE, "a VCPU_RUN against a DESTROY_VM broke the rules");
 
-    // Teardown: `s` and the `d`s were destroyed by the races; `r` powers itself off.
+    let (mut one_took, mut took) = (0, [0; 2]);
+    let (mut loser_status, mut mixed) = (NONE, false);
+    for o in &race.page_offer {
+        let (faults, x, y, loser_ran_on) = (load(&o[0]), load(&o[1]), load(&o[2]), load(&o[3]));
+        let refused = |s: u64| s != 1 && s != NONE && s != Status::Success.as_reg();
+        if faults == 2 && loser_ran_on == 1 && ((x == 1 && refused(y)) || (y == 1 && refused(x))) {
+            one_took += 1;
+            took[usize::from(y == 1)] += 1;
+            let status = if x == 1 { y } else { x };
+            mixed |= loser_status != NONE && status != loser_status;
+            loser_status = status;
+        }
+    }
+    kprintln!(
+        "smp-race: page offered twice: {PAGE_ROUNDS} rounds, exactly one VM took the page in {one_took}, the \
+         other's VCPU_RUN refused ({}) and it ran on with a page of its own; vm x took it {}, vm y {}",
+        status_name(loser_status),
+        took[0],
+        took[1]
+    );
+    expect(one_took == PAGE_ROUNDS, "a host page offered to two VMs at once did not go to exactly one");
+    expect(took[0] != 0 && took[1] != 0, "the page offers always came in the same order");
+    expect(!mixed, "the refused page offers were refused with different statuses");
+    // The page each round's loser ran on with is its own region's: counted in its teardown.
+    // The page the winner took is `r`'s: given back by CLEAR_VM_S2_RANGE once the VM is off.
+    let mut borrowed_back = 0;
+    for (rep, o) in race.page_offer.iter().enumerate() {
+        let (gpa, offered) = race.offer(rep);
+        let (winner, loser) = if load(&o[1]) == 1 { (race.x, race.y) } else { (race.y, race.x) };
+        if let Some(vm) = mgr.vms[loser.slot].as_mut() {
+            vm.given.set((gpa - guest_dev::RAM_BASE) / PAGE);
+        }
+        winner.call(host_call::VM_POWER_OFF, [0, 0]);
+        let back = pages(winner.call(host_call::CLEAR_VM_S2_RANGE, [offered, PAGE]));
+        let zero = (0..PAGE).step_by(8).all(|at| cpu::read_phys_u64(offered + at) == 0);
+        borrowed_back += u64::from(back == 1 && zero);
+    }
+    kprintln!(
+        "smp-race: page offered twice: {borrowed_back} of {PAGE_ROUNDS} taken pages back from the winner, scrubbed"
+    );
+    expect(borrowed_back == PAGE_ROUNDS as u64, "a page a VM took from a double offer did not come back scrubbed");
+
+    // Teardown: `s` and the `d`s were destroyed by the races; `r`, `x` and `y` are torn down.
     let mut guide = Guide::default();
     if let Some(vm) = mgr.vms[race.r.slot].as_mut() {
         drive(vm, Some(0), &mut guide);
@@ -365,6 +476,8 @@ pub fn smp_race(env: &VmEnv, gic: &GicInfo) -> Outcome {
     } else {
         mgr.retire(race.r.slot);
     }
+    mgr.retire(race.x.slot);
+    mgr.retire(race.y.slot);
     let mut destroyed = [(race.s.slot, s_returned); 1 + DESTROY_AT_ONCE];
     for (i, o) in race.destroy_at_once.iter().enumerate() {
         let returned = if load(&o[1]) != NONE { load(&o[1]) } else { load(&o[2]) };
@@ -388,8 +501,15 @@ pub fn smp_race(env: &VmEnv, gic: &GicInfo) -> Outcome {
 fn status_name(status: u64) -> &'static str {
     match Status::from_reg(status) {
         Some(Status::Success) => "SUCCESS",
+        Some(Status::NotSupported) => "NOT_SUPPORTED",
+        Some(Status::InvalidParameters) => "INVALID_PARAMETERS",
         Some(Status::Denied) => "DENIED",
-        Some(_) => "refused otherwise",
+        Some(Status::AlreadyOn) => "ALREADY_ON",
+        Some(Status::OnPending) => "ON_PENDING",
+        Some(Status::InternalFailure) => "INTERNAL_FAILURE",
+        Some(Status::NotPresent) => "NOT_PRESENT",
+        Some(Status::Disabled) => "DISABLED",
+        Some(Status::InvalidAddress) => "INVALID_ADDRESS",
         None if status == NONE => "never made",
         None => "not a status",
     }

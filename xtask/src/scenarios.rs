@@ -419,13 +419,16 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "smp-race",
         lines: &[
             "kserv: smp: cores 1-3 up in KServ, each with its timer interrupt enabled",
-            "kserv: smp-race: 6 RACE guests created, each sharing a page and waiting for a run",
+            "kserv: smp-race: 8 RACE guests created, each sharing a page and waiting for a run",
             "kserv: smp-race: vcpu-run while running: 8 rounds, 8 second VCPU_RUNs DENIED while the vCPU ran, 8 runs \
              completed",
             "kserv: smp-race: vcpu-run at once: 16 rounds, exactly one winner in 16, the other DENIED; the first core won ",
             "kserv: smp-race: destroy while running: VM_POWER_OFF SUCCESS, DESTROY_VM DENIED, CLEAR_VM_S2_RANGE DENIED; \
              after the run CLEAR_VM_S2_RANGE returned ",
             "kserv: smp-race: destroy at once: 4 rounds, exactly one of VCPU_RUN and DESTROY_VM first in 4: the run ",
+            "kserv: smp-race: page offered twice: 8 rounds, exactly one VM took the page in 8, the other's VCPU_RUN \
+             refused (INVALID_ADDRESS) and it ran on with a page of its own; vm x took it ",
+            "kserv: smp-race: page offered twice: 8 of 8 taken pages back from the winner, scrubbed",
             "kserv: [r] bye",
             "kserv: vm r: torn down, ",
             "kserv: vm s: torn down, ",
@@ -433,7 +436,9 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: vm u: torn down, ",
             "kserv: vm v: torn down, ",
             "kserv: vm w: torn down, ",
-            "kserv: smp-race: 6 VMs torn down, every page back scrubbed",
+            "kserv: vm x: torn down, ",
+            "kserv: vm y: torn down, ",
+            "kserv: smp-race: 8 VMs torn down, every page back scrubbed",
             "kserv: scenario smp-race: PASS",
         ],
         gic_v2_lines: &[],
@@ -444,6 +449,8 @@ pub const SCENARIOS: &[Scenario] = &[
             ("u", role::RACE, 1),
             ("v", role::RACE, 1),
             ("w", role::RACE, 1),
+            ("x", role::RACE, 1),
+            ("y", role::RACE, 1),
         ],
         bootargs: "",
     },

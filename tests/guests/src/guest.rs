@@ -1124,6 +1124,13 @@ fn race() {
             line("bye");
             return;
         }
+        if run & guest_role::RACE_TOUCH != 0 {
+            let gpa = run & !guest_role::RACE_TOUCH;
+            // SAFETY: the host names a page of this guest's RAM that nothing else uses; writing
+            // it faults it in.
+            unsafe { (gpa as *mut u64).write_volatile(run) };
+            continue;
+        }
         // SAFETY: the first two words of PAGE_A, shared with the host, through raw pointers.
         unsafe { words.write_volatile(run) };
         let mut spins = 0;
