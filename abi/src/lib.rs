@@ -331,6 +331,15 @@ pub mod guest_role {
     /// other bits (a page it has not touched: a stage-2 fault for the host to answer), then ask
     /// again.
     pub const RACE_TOUCH: u64 = 1 << 63;
+    /// An ANSWER with this bit set starts a run in which a RACE guest, until the host releases
+    /// it (or for [`RACE_FLIPS`] rounds), fills its second page with [`RACE_PUBLIC`], shares it,
+    /// unshares it and fills it with [`RACE_SECRET`], which the host must never see. It then
+    /// writes the rounds it made and the share calls refused to the first page's words 2 and 3.
+    /// At setup, after the first page's address, it tells the host the second page's.
+    pub const RACE_FLIP: u64 = 1 << 62;
+    pub const RACE_FLIPS: u64 = 10_000;
+    pub const RACE_PUBLIC: u64 = 0x0b11_c0b1_1c0b_11c0;
+    pub const RACE_SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -6,7 +6,7 @@
 //! Every outcome is counted and printed; the scenario passes only if the counts are what
 //! KCore's rules say.
 
-use crate::arch::{cpu, hvc};
+use crate::arch::{cpu, exceptions, hvc};
 use crate::dtb::GicInfo;
 use crate::kprintln;
 use crate::smp::{self, Rendezvous, CORES};
@@ -41,6 +41,8 @@ struct Target {
     /// The host page behind the page the guest shares: word 0 is the run it is in, word 1 the
     /// run the host ends.
     shared: u64,
+    /// The host page behind the page the guest shares and unshares in a RACE_FLIP run.
+    flipped: u64,
     region: u64,
     ram_size: u64,
 }
@@ -112,6 +114,59 @@ struct Race {
     /// `y`'s VCPU_RUN with it (1 took it and ran on, else the status), then whether the loser
     /// ran on with a page of its own.
     page_offer: [[AtomicU64; 4]; PAGE_ROUNDS],
+    /// Whether `r`'s RACE_FLIP run completed; per core, its accesses to the flipped page
+    /// ([`Probes`]); how many cores finished theirs.
+    flip_run: AtomicU64,
+    probes: [[AtomicU64; Probes::KINDS]; CORES],
+    probers_done: AtomicU64,
+}
+
+/// What a core's accesses to a page the guest shares and unshares found, by kind.
+struct Probes;
+
+impl Probes {
+    const READ: usize = 0;
+    const READ_ABORTED: usize = 1;
+    const WRITTEN: usize = 2;
+    const WRITE_ABORTED: usize = 3;
+    /// Reads that returned the guest's secret, and accesses whose abort was not the one KCore
+    /// must inject (one external abort, at the address).
+    const SECRET: usize = 4;
+    const WRONG: usize = 5;
+    const KINDS: usize = 6;
+    /// Accesses per core, reads and writes taking turns, over the page's words.
+    const PER_CORE: u64 = 200;
+    /// What the host writes when it can.
+    const HOST_WORD: u64 = 0x4057_4057_4057_4057;
+
+    /// Accesses `page` [`Probes::PER_CORE`] times and counts what happened into `tally`.
+    fn run(page: u64, tally: &[AtomicU64; Probes::KINDS]) {
+        exceptions::expect_abort(true);
+        for i in 0..Probes::PER_CORE {
+            let pa = page + (i / 2 % (PAGE / 8)) * 8;
+            let (before, _, _) = exceptions::aborts();
+            let (read, value) = match i % 2 {
+                0 => (true, hvc::probe_read(pa).0),
+                _ => {
+                    hvc::probe_write(pa, Probes::HOST_WORD);
+                    (false, 0)
+                }
+            };
+            let (after, _, far) = exceptions::aborts();
+            let kind = match (after - before, read) {
+                (1, _) if far != pa => Probes::WRONG,
+                (1, true) => Probes::READ_ABORTED,
+                (1, false) => Probes::WRITE_ABORTED,
+                (0, true) if value == guest_role::RACE_SECRET => Probes::SECRET,
+                (0, true) => Probes::READ,
+                (0, false) => Probes::WRITTEN,
+                _ => Probes::WRONG,
+            };
+            tally[kind].fetch_add(1, SeqCst);
+            cpu::relax();
+        }
+        exceptions::expect_abort(false);
+    }
 }
 
 impl Race {
@@ -266,6 +321,20 @@ fn script(race: &Race, core: usize) -> Outcome {
             }
         }
     }
+    // 6. The guest shares and unshares a page over and over while cores 1-3 read and write it:
+    //    every access either reaches the page while it is shared or aborts at its address, and
+    //    none ever reads what the guest writes into it once it is unshared.
+    let r = &race.r;
+    let run = guest_role::RACE_FLIP | run_number(6, 0);
+    race.meet.meet()?;
+    if core == 0 {
+        race.flip_run.store(u64::from(asked_again(&r.run(run))), SeqCst);
+    } else if r.wait_running(run) {
+        Probes::run(r.flipped, &race.probes[core]);
+        if race.probers_done.fetch_add(1, SeqCst) + 1 == CORES as u64 - 1 {
+            r.release(run);
+        }
+    }
     race.meet.meet()
 }
 
@@ -278,17 +347,19 @@ fn pages(r: corevisor_abi::HypResult) -> u64 {
     }
 }
 
-/// Setup and the final run: learns the guest's shared page, and notices when it asks for its
-/// next run number.
+/// Setup and the final run: learns the guest's two pages (the one it shares, the one it flips),
+/// and notices when it asks for its next run number.
 #[derive(Default)]
 struct Guide {
-    shared: Option<u64>,
+    pages: [Option<u64>; 2],
     asked: bool,
 }
 
 impl Hooks for Guide {
     fn notify(&mut self, _vm: &Vm, value: u64) {
-        self.shared = Some(value);
+        if let Some(free) = self.pages.iter_mut().find(|p| p.is_none()) {
+            *free = Some(value);
+        }
     }
     fn answer(&mut self, _vm: &Vm) -> u64 {
         self.asked = true;
@@ -323,9 +394,12 @@ fn set_up(mgr: &mut Manager, env: &VmEnv) -> Result<[Target; VMS], &'static str>
         let vm = mgr.vms[slot].as_mut().ok_or("a created VM is missing")?;
         let mut guide = Guide::default();
         drive(vm, None, &mut guide);
-        let shared = guide.shared.and_then(|gpa| vm.host_page(gpa)).filter(|_| guide.asked);
-        let shared = shared.ok_or("a RACE guest did not share its page and ask for a run")?;
-        targets[i] = Some(Target { vmid: vm.vmid, slot, shared, region: vm.region, ram_size: vm.entry.ram_size });
+        let [shared, flipped] = guide.pages.map(|gpa| gpa.and_then(|gpa| vm.host_page(gpa)).filter(|_| guide.asked));
+        let (Some(shared), Some(flipped)) = (shared, flipped) else {
+            return Err("a RACE guest did not share its page and ask for a run");
+        };
+        let (vmid, region, ram_size) = (vm.vmid, vm.region, vm.entry.ram_size);
+        targets[i] = Some(Target { vmid, slot, shared, flipped, region, ram_size });
     }
     let mut out = [targets[0].ok_or("the bundle has too few VMs")?; VMS];
     for (target, found) in out.iter_mut().zip(targets) {
@@ -356,6 +430,9 @@ pub fn smp_race(env: &VmEnv, gic: &GicInfo) -> Outcome {
             faults.store(0, SeqCst);
             [faults, x, y, loser]
         }),
+        flip_run: AtomicU64::new(0),
+        probes: core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0))),
+        probers_done: AtomicU64::new(0),
     });
     let failures = Arc::new(AtomicU64::new(0));
     let (shared, failed) = (race.clone(), failures.clone());
@@ -465,6 +542,27 @@ pub fn smp_race(env: &VmEnv, gic: &GicInfo) -> Outcome {
         "smp-race: page offered twice: {borrowed_back} of {PAGE_ROUNDS} taken pages back from the winner, scrubbed"
     );
     expect(borrowed_back == PAGE_ROUNDS as u64, "a page a VM took from a double offer did not come back scrubbed");
+
+    let kind = |k: usize| race.probes.iter().map(|p| load(&p[k])).sum::<u64>();
+    let (flips, refused) = (cpu::read_phys_u64(race.r.shared + 16), cpu::read_phys_u64(race.r.shared + 24));
+    let accesses = (CORES as u64 - 1) * Probes::PER_CORE;
+    kprintln!(
+        "smp-race: share against host access: the guest shared and unshared its page {flips} times ({refused} \
+         calls refused) while cores 1-3 made {accesses} accesses: {} reads and {} writes reached it while shared, \
+         {} reads and {} writes aborted at its address, {} other outcomes; the secret was read {} times",
+        kind(Probes::READ),
+        kind(Probes::WRITTEN),
+        kind(Probes::READ_ABORTED),
+        kind(Probes::WRITE_ABORTED),
+        kind(Probes::WRONG),
+        kind(Probes::SECRET),
+    );
+    let reached = kind(Probes::READ) + kind(Probes::WRITTEN);
+    let aborted = kind(Probes::READ_ABORTED) + kind(Probes::WRITE_ABORTED);
+    expect(load(&race.flip_run) == 1 && refused == 0, "the sharing guest's run failed");
+    expect(kind(Probes::SECRET) == 0, "the host read what the guest wrote after unsharing");
+    expect(kind(Probes::WRONG) == 0 && reached + aborted == accesses, "a host access aborted wrongly");
+    expect(reached != 0 && aborted != 0, "the host's accesses never met the page both shared and unshared");
 
     // Teardown: `s` and the `d`s were destroyed by the races; `r`, `x` and `y` are torn down.
     let mut guide = Guide::default();
