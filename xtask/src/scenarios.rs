@@ -565,9 +565,10 @@ fn gave_every_page_back(line: &str) -> bool {
 /// [`qemu::DETERMINISTIC_TIME`], so a correct run executes the same instructions however loaded
 /// the host is, and what it costs is QEMU's CPU time, not wall-clock time (which a busy host
 /// stretches without bound: a wall-clock guard alone can fire on a correct run). Derived from measurements on the project's 2-core machine (`cargo xtask
-/// qemu-test` prints each run's CPU time): the costliest correct runs, `reset-scrub` (two boots
-/// and a read of all host RAM) and `hvc-fuzz`, take about 2 s of CPU; most take under 1 s. The
-/// CPU budget is 60 times that, far beyond what cache or frequency effects of a busy host add.
+/// qemu-test` prints each run's CPU time): the costliest correct runs, `host-maps-all-ram`
+/// (every page of host RAM faulted in) and `hvc-fuzz` (10,000 calls on each of four cores), take
+/// about 10 s and 5 s of CPU; most take under 2 s. The CPU budget is 12 times the costliest, far
+/// beyond what cache or frequency effects of a busy host add.
 /// Wall-clock time only catches a QEMU that hangs without using CPU (every core waiting for an
 /// interrupt that never comes): 10 minutes is five times the CPU budget, so even a host whose 2
 /// cores are shared by ten busy processes gives a correct run its 120 s of CPU before it.
