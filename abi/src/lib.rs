@@ -319,6 +319,27 @@ pub mod guest_role {
     pub const VGIC: u32 = 13;
     /// What the VGIC role writes to NOTIFY once its interface is on.
     pub const VGIC_READY: u64 = 0x5617;
+    /// Shares one page with the host (it tells the host its address with NOTIFY), then obeys:
+    /// each ANSWER is a run number `n`; it writes `n` to the page's first word and spins (with
+    /// `yield`) until the host writes `n` to the second, or for [`RACE_SPINS`] rounds, then asks
+    /// again; 0 powers it off (`smp-race`: its vCPU stays Running as long as the host wants).
+    /// [`RACE_TOUCH`] asks for a stage-2 fault instead.
+    pub const RACE: u32 = 14;
+    /// The most rounds a RACE guest spins for one run number: bounds a run the host never ends.
+    pub const RACE_SPINS: u64 = 1_000_000;
+    /// An ANSWER with this bit set has a RACE guest write to the guest-physical address in the
+    /// other bits (a page it has not touched: a stage-2 fault for the host to answer), then ask
+    /// again.
+    pub const RACE_TOUCH: u64 = 1 << 63;
+    /// An ANSWER with this bit set starts a run in which a RACE guest, until the host releases
+    /// it (or for [`RACE_FLIPS`] rounds), fills its second page with [`RACE_PUBLIC`], shares it,
+    /// unshares it and fills it with [`RACE_SECRET`], which the host must never see. It then
+    /// writes the rounds it made and the share calls refused to the first page's words 2 and 3.
+    /// At setup, after the first page's address, it tells the host the second page's.
+    pub const RACE_FLIP: u64 = 1 << 62;
+    pub const RACE_FLIPS: u64 = 10_000;
+    pub const RACE_PUBLIC: u64 = 0x0b11_c0b1_1c0b_11c0;
+    pub const RACE_SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

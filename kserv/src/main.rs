@@ -22,6 +22,8 @@ mod vm_plan;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
+mod race;
+#[cfg(target_os = "none")]
 mod run;
 #[cfg(target_os = "none")]
 mod smp;

@@ -167,7 +167,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::HostAttacksVm => vm_scenarios::host_attacks_vm(&env.vm),
         Scenario::VmBadImage => vm_scenarios::vm_bad_image(&env.vm),
         Scenario::SignedBinding => vm_scenarios::signed_binding(&env.vm),
-        Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm),
+        Scenario::HvcFuzz => vm_scenarios::hvc_fuzz(&env.vm, &env.gic),
         Scenario::GuestFuzz => vm_scenarios::guest_fuzz(&env.vm),
         Scenario::VmIrq => vm_scenarios::vm_irq(&env.vm, &env.gic),
         Scenario::GuestSysregs => vm_scenarios::guest_sysregs(&env.vm, env.gic.v3),
@@ -182,6 +182,7 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         }
         Scenario::SmpVms => vm_scenarios::smp_vms(&env.vm, &env.gic),
         Scenario::LinuxSmp => vm_scenarios::linux_smp(&env.vm, &env.gic),
+        Scenario::SmpRace => crate::race::smp_race(&env.vm, &env.gic),
         Scenario::HostDma => vm_scenarios::host_dma(&env.vm, &env.gic, dma_routes(BOARD, env.gic.v3)),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {

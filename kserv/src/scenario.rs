@@ -41,10 +41,12 @@ pub enum Scenario {
     /// `cargo xtask bench`'s contention figure: host stage-2 faults and guest share calls on
     /// one core alone, then on four cores at once.
     BenchContention,
+    /// The host races against itself through KCore on four cores (VCPU_RUN, teardown).
+    SmpRace,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 30] = [
+    pub const ALL: [Scenario; 31] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -75,6 +77,7 @@ impl Scenario {
         Scenario::SmpVms,
         Scenario::LinuxSmp,
         Scenario::BenchContention,
+        Scenario::SmpRace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +112,7 @@ impl Scenario {
             Scenario::SmpVms => "smp-vms",
             Scenario::LinuxSmp => "linux-smp",
             Scenario::BenchContention => "bench-contention",
+            Scenario::SmpRace => "smp-race",
         }
     }
 

@@ -14,7 +14,9 @@
 //! the lock: a kick sent after the look finds the SGI pending at the next WFI or VCPU_RUN, so
 //! none is lost.
 //!
-//! [`Manager::run_all`] stays the single-core path of every other scenario.
+//! [`Manager::run_all`] stays the single-core path of every other scenario. [`on_every_core`]
+//! has the four cores run one scenario's own script instead (`hvc-fuzz`, `smp-race`), and
+//! [`run_on_cores`] a bench's job on some of them (`bench-contention`).
 
 use crate::arch::sync::SpinLock;
 use crate::arch::{cpu, gic, hvc, mmu};
@@ -22,6 +24,7 @@ use crate::dtb::GicInfo;
 use crate::kprintln;
 use crate::vmm::{self, Hooks, Manager, VcpuRun, MAX_VCPUS, MAX_VMS};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use core::any::Any;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use corevisor_abi::bundle::VmEntry;
@@ -45,21 +48,18 @@ static FINISHED: AtomicUsize = AtomicUsize::new(0);
 /// The GIC, and the private interrupts every core enables for itself (besides the kick).
 static GIC: SpinLock<Option<(GicInfo, &'static [u64])>> = SpinLock::new(None);
 static WORK: SpinLock<Option<Work>> = SpinLock::new(None);
-/// A job published by [`run_on_cores`]: the workers run it instead of taking vCPUs.
+/// A script every core runs, given its core number ([`on_every_core`]); when none is published,
+/// workers take vCPUs from [`WORK`].
+type Job = Arc<dyn Fn(usize) + Send + Sync>;
 static JOB: SpinLock<Option<Job>> = SpinLock::new(None);
+/// Cores that run the current [`run_on_cores`] job.
+static JOB_CORES: AtomicUsize = AtomicUsize::new(0);
 /// Cores that reached the current job's start ([`job_start`]).
 static JOB_ARRIVED: AtomicUsize = AtomicUsize::new(0);
 /// Samples finished so far by every core of the current job ([`job_sample`]).
 static JOB_SAMPLES: AtomicU64 = AtomicU64::new(0);
 /// Whether the current job's samples end their core's turn inside them ([`job_sample`]).
 static FORCE_TURNS: AtomicBool = AtomicBool::new(false);
-
-/// A job [`run_on_cores`] runs: given the core's number; the first `cores` cores run it.
-#[derive(Clone, Copy)]
-struct Job {
-    run: fn(usize),
-    cores: usize,
-}
 
 /// VCPU_RUN calls started so far, and how many are in progress on all cores: what tells a core
 /// that another core was inside VCPU_RUN during its own run (events, never time).
@@ -279,10 +279,9 @@ pub fn worker_main() -> ! {
             cpu::wait_for_event();
         }
         seen = GENERATION.load(Ordering::Acquire);
-        let job = *JOB.lock();
+        let job = JOB.lock().clone();
         match job {
-            Some(job) if core < job.cores => (job.run)(core),
-            Some(_) => {}
+            Some(job) => job(core),
             None => take_vcpus(core),
         }
         FINISHED.fetch_add(1, Ordering::Release);
@@ -336,19 +335,18 @@ pub fn run_on_cores(job: fn(usize), cores: usize, force_turns: bool) -> Result<(
     JOB_ARRIVED.store(0, Ordering::SeqCst);
     JOB_SAMPLES.store(0, Ordering::SeqCst);
     FORCE_TURNS.store(force_turns, Ordering::SeqCst);
-    *JOB.lock() = Some(Job { run: job, cores });
-    GENERATION.fetch_add(1, Ordering::Release);
-    cpu::send_event();
-    job(0);
-    let finished = wait_for(|| FINISHED.load(Ordering::Acquire) == CORES - 1);
-    *JOB.lock() = None;
-    finished.ok_or("a core never finished the job")
+    JOB_CORES.store(cores, Ordering::SeqCst);
+    on_every_core(move |core| {
+        if core < cores {
+            job(core)
+        }
+    })
 }
 
 /// Waits until every core of the current job has called this: the cores start their measured
 /// part together. Bounded; `false` if some core never came.
 pub fn job_start() -> bool {
-    let cores = JOB.lock().map_or(1, |job| job.cores);
+    let cores = JOB_CORES.load(Ordering::SeqCst);
     JOB_ARRIVED.fetch_add(1, Ordering::AcqRel);
     wait_for(|| JOB_ARRIVED.load(Ordering::Acquire) >= cores).is_some()
 }
@@ -378,6 +376,46 @@ pub fn job_sample<T>(ticks: u64, sample: impl FnOnce() -> T) -> (T, bool) {
 /// `1..=span`, differently for each core, so that turns end all over the measured work.
 pub fn turn_ticks(core: usize, sample: usize, span: u64) -> u64 {
     1 + (sample as u64 * 7 + core as u64 * 13) % span.max(1)
+}
+
+/// Runs `job(core)` on all [`CORES`] cores at once ([`start_cores`] first), this one included,
+/// and returns once every core has finished it.
+pub fn on_every_core(job: impl Fn(usize) + Send + Sync + 'static) -> Result<(), &'static str> {
+    if UP.load(Ordering::Acquire) != CORES - 1 {
+        return Err("smp::on_every_core before start_cores");
+    }
+    let job: Job = Arc::new(job);
+    FINISHED.store(0, Ordering::SeqCst);
+    *JOB.lock() = Some(job.clone());
+    GENERATION.fetch_add(1, Ordering::Release);
+    cpu::send_event();
+    job(cpu::core_index());
+    let finished = wait_for(|| FINISHED.load(Ordering::Acquire) == CORES - 1);
+    *JOB.lock() = None;
+    finished.ok_or("a core never finished its script")
+}
+
+/// Where the cores of an [`on_every_core`] script meet: a core's n-th [`Rendezvous::meet`]
+/// returns once every core has made its n-th (arrivals counted, no clock). Every core must meet
+/// as often as the others, failures included.
+pub struct Rendezvous(AtomicUsize);
+
+impl Rendezvous {
+    pub const fn new() -> Rendezvous {
+        Rendezvous(AtomicUsize::new(0))
+    }
+
+    pub fn meet(&self) -> Result<(), &'static str> {
+        let arrived = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let everyone = arrived.div_ceil(CORES) * CORES;
+        wait_for(|| self.0.load(Ordering::SeqCst) >= everyone).ok_or("a core never reached a rendezvous")
+    }
+}
+
+impl Default for Rendezvous {
+    fn default() -> Rendezvous {
+        Rendezvous::new()
+    }
 }
 
 /// Takes vCPUs from the run until it is done.

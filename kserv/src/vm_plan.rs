@@ -176,6 +176,12 @@ impl LineBuffer {
     }
 }
 
+/// The seed of core `core`'s fuzzer, from the run's base seed: core 0 keeps the base, the others
+/// differ from it (and from each other) in more than the low bit, which [`Rng::new`] forces.
+pub fn core_seed(base: u64, core: usize) -> u64 {
+    base ^ (core as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// xorshift64*: the fuzzer's reproducible random numbers.
 pub struct Rng(u64);
 
@@ -198,6 +204,17 @@ impl Rng {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_core_fuzzes_its_own_sequence() {
+        for base in [0, 1, 0x1234_5678, u64::MAX] {
+            assert_eq!(super::core_seed(base, 0), base);
+            let firsts: Vec<u64> = (0..4).map(|core| super::Rng::new(super::core_seed(base, core)).next()).collect();
+            for (i, a) in firsts.iter().enumerate() {
+                assert!(firsts[i + 1..].iter().all(|b| b != a), "base {base:#x}: {firsts:x?}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

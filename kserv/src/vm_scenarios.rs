@@ -587,26 +587,53 @@ fn fuzz_seed(env: &VmEnv) -> u64 {
         .unwrap_or_else(hvc::counter)
 }
 
-/// `hvc-fuzz`: 10,000 hypercalls with random ids and arguments, seeded. KCore checks its
-/// invariants after each (the test build); KServ checks that it still answers afterwards.
-pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
+/// `hvc-fuzz`: on each of the four cores at once, 10,000 hypercalls with random ids and
+/// arguments, each core seeded from the base seed ([`core_seed`]). KCore checks its invariants
+/// after each (the test build); every call must come back with an SMCCC status, and each core
+/// checks that KCore still answers afterwards.
+pub fn hvc_fuzz(env: &VmEnv, gic: &GicInfo) -> Outcome {
+    use crate::arch::sync::SpinLock;
+    use crate::smp::{self, CORES};
+    use crate::vm_plan::core_seed;
+    use alloc::sync::Arc;
     const CALLS: u64 = 10_000;
-    let seed = fuzz_seed(env);
-    kprintln!("hvc-fuzz: seed {seed:#x} (rerun with fuzz.seed={seed:x}), {CALLS} calls");
+    let base = fuzz_seed(env);
+    kprintln!("hvc-fuzz: base seed {base:#x} (rerun with fuzz.seed={base:x}), {CALLS} calls on each of {CORES} cores");
     let scratch = env.regions[0].map(|(base, _)| base).ok_or("no scratch region")?;
-    let mut rng = Rng::new(seed);
+    let kcore_base = env.kcore_base;
+    smp::start_cores(gic, &[crate::arch::gic::TIMER_PPI])?;
+    let outcomes: Arc<SpinLock<[Option<Outcome>; CORES]>> = Arc::new(SpinLock::new([None; CORES]));
+    let results = outcomes.clone();
+    smp::on_every_core(move |core| {
+        let seed = core_seed(base, core);
+        kprintln!("hvc-fuzz: core {core}: seed {seed:#x}");
+        let outcome = fuzz_calls(Rng::new(seed), CALLS, scratch, kcore_base).map(|(ok, refused)| {
+            kprintln!("hvc-fuzz: core {core}: {CALLS} calls, {ok} succeeded, {refused} refused; KCore still answers");
+        });
+        results.lock()[core] = Some(outcome);
+    })?;
+    let outcomes = *outcomes.lock();
+    for outcome in outcomes {
+        outcome.ok_or("a core did not finish its calls")??;
+    }
+    Ok(())
+}
+
+/// `calls` random hypercalls from `rng`, then VERSION; returns how many succeeded and how many
+/// were refused, or why the run failed.
+fn fuzz_calls(mut rng: Rng, calls: u64, scratch: u64, kcore_base: u64) -> Result<(u64, u64), &'static str> {
     let arg = |rng: &mut Rng| match rng.below(8) {
         0 => rng.below(20),
         1 => scratch + rng.below(4096) * 4096,
         2 => (scratch >> 12) + rng.below(4096),
-        3 => env.kcore_base + rng.below(64) * 4096,
-        4 => env.kcore_base >> 12,
+        3 => kcore_base + rng.below(64) * 4096,
+        4 => kcore_base >> 12,
         5 => corevisor_abi::guest_dev::RAM_BASE + rng.below(4096) * 4096,
         6 => rng.below(1 << 20) * 4096,
         _ => rng.next(),
     };
     let (mut ok, mut refused) = (0u64, 0u64);
-    for _ in 0..CALLS {
+    for _ in 0..calls {
         let function = match rng.below(10) {
             0 => rng.next() as u32,
             1 => guest_call::SET_DESC_PFN + rng.below(2) as u32,
@@ -627,8 +654,7 @@ pub fn hvc_fuzz(env: &VmEnv) -> Outcome {
     if version.status != Status::Success.as_reg() {
         return Err("KCore no longer answers VERSION");
     }
-    kprintln!("hvc-fuzz: {CALLS} calls, {ok} succeeded, {refused} refused; KCore still answers");
-    Ok(())
+    Ok((ok, refused))
 }
 
 /// The VM figures of `cargo xtask bench`, from the bundle's BENCH guest: a VCPU_RUN that ends in

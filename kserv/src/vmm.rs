@@ -287,7 +287,9 @@ impl Manager {
         }
         let vmid = call("REGISTER_VM", host_call::REGISTER_VM, [entry.ram_base, entry.ram_size, 0, 0])
             .map_err(|e| (None, e))?;
-        let mut vm = Vm {
+        // A VM record is some 35 KiB (its page bitmap): built in its slot, never on the stack
+        // (64 KiB per core) beside a copy of it.
+        let vm = self.vms[slot].insert(Vm {
             vmid,
             entry: *entry,
             region,
@@ -302,14 +304,13 @@ impl Manager {
             runs: 0,
             stopped_because: None,
             linux: None,
-        };
+        });
         vm.vcpus[0] = VcpuRun::Runnable;
-        let result = boot(&mut vm, layout, self.verify_counter).map(|cost| self.verify_cost = cost);
+        let result = boot(vm, layout, self.verify_counter).map(|cost| self.verify_cost = cost);
         vm.alive = result.is_ok();
         if result.is_err() {
             vm.stopped_because = Some("not created");
         }
-        self.vms[slot] = Some(vm);
         result.map(|()| slot).map_err(|e| (Some(slot), e))
     }
 
@@ -391,8 +392,8 @@ impl Manager {
     /// destroys it, and checks that each page it had reads back as zeros. Returns the pages
     /// KCore returned, or why teardown failed.
     pub fn teardown(&mut self, slot: usize) -> Result<u64, &'static str> {
-        // Taken apart in its slot and dropped there: a `Vm` is some 34 KiB, and a copy of it on
-        // the stack (or two, as the compiler may make) would not fit KServ's 64 KiB.
+        // A VM record is some 35 KiB (its page bitmap): looked at in its slot, never moved onto
+        // the stack (64 KiB per core).
         let Some(vm) = self.vms[slot].as_ref() else { return Err("no such VM") };
         match vm.stopped_because {
             Some(_) => self.stopped += 1,
@@ -402,9 +403,23 @@ impl Manager {
         self.vms[slot] = None;
         result
     }
+
+    /// Forgets the VM in `slot`, which a DESTROY_VM of the host's own already took apart,
+    /// returning `returned` pages: checks them as [`Manager::teardown`] does.
+    pub fn forget_destroyed(&mut self, slot: usize, returned: u64) -> Result<u64, &'static str> {
+        let vm = self.vms[slot].as_ref().ok_or("no such VM")?;
+        self.powered_off += 1;
+        let checked = check_returned(vm, returned);
+        self.vms[slot] = None;
+        if checked.is_err() {
+            self.teardown_failed += 1;
+        }
+        checked
+    }
 }
 
-/// [`Manager::teardown`]'s calls and checks.
+/// Powers `vm` off, has KCore scrub and return every page of its region, destroys it, and checks
+/// that each page it had reads back as zeros.
 fn take_apart(vm: &Vm) -> Result<u64, &'static str> {
     // A VM that never verified, or already off, cannot be powered off: that is fine.
     let _ = call("VM_POWER_OFF", host_call::VM_POWER_OFF, [vm.vmid, 0, 0, 0]);
@@ -414,6 +429,12 @@ fn take_apart(vm: &Vm) -> Result<u64, &'static str> {
         kprintln!("vm {}: teardown refused ({cleared:?}, {destroyed:?})", vm.name());
         return Err("KCore refused the teardown");
     };
+    check_returned(vm, cleared + left)
+}
+
+/// After a VM's teardown, which returned `returned` pages: every page it was given is back, and
+/// reads as zeros. Prints the teardown line.
+fn check_returned(vm: &Vm, returned: u64) -> Result<u64, &'static str> {
     if let Some(devices) = &vm.linux {
         let (raised, unknown) = (devices.sink.raised, devices.gic.unknown_accesses());
         kprintln!(
@@ -423,11 +444,11 @@ fn take_apart(vm: &Vm) -> Result<u64, &'static str> {
     }
     let dirty = vm.given.pages().filter(|&i| !page_is_zero(vm.region + i * PAGE)).count();
     let scrubbed = if dirty == 0 { "all scrubbed" } else { "NOT SCRUBBED" };
-    kprintln!("vm {}: torn down, {} pages back ({} given), {scrubbed}", vm.name(), cleared + left, vm.given.count());
-    if dirty != 0 || cleared + left != vm.given.count() {
+    kprintln!("vm {}: torn down, {returned} pages back ({} given), {scrubbed}", vm.name(), vm.given.count());
+    if dirty != 0 || returned != vm.given.count() {
         return Err("a VM's pages did not come back scrubbed");
     }
-    Ok(cleared + left)
+    Ok(returned)
 }
 
 const LINUX_REFUSED: CallFailed = CallFailed { step: "Linux VM entry", status: Status::InvalidParameters.as_reg() };

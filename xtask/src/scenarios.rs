@@ -265,7 +265,19 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "hvc-fuzz",
-        lines: &["kserv: hvc-fuzz: seed 0x", "kserv: hvc-fuzz: 10000 calls,", "kserv: scenario hvc-fuzz: PASS"],
+        lines: &[
+            "kserv: hvc-fuzz: base seed 0x",
+            "kserv: smp: cores 1-3 up in KServ, each with its timer interrupt enabled",
+            "kserv: hvc-fuzz: core 0: seed 0x",
+            "kserv: hvc-fuzz: core 1: seed 0x",
+            "kserv: hvc-fuzz: core 2: seed 0x",
+            "kserv: hvc-fuzz: core 3: seed 0x",
+            "kserv: hvc-fuzz: core 0: 10000 calls,",
+            "kserv: hvc-fuzz: core 1: 10000 calls,",
+            "kserv: hvc-fuzz: core 2: 10000 calls,",
+            "kserv: hvc-fuzz: core 3: 10000 calls,",
+            "kserv: scenario hvc-fuzz: PASS",
+        ],
         gic_v2_lines: &[],
         bundle: &[],
         // Thousands of refused calls: only errors are worth printing.
@@ -401,6 +413,48 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         gic_v2_lines: &[],
         bundle: &[("a", role::STEADY, 1), ("b", role::SHARE, 1), ("c", role::STEADY, 1), ("d", role::SHARE, 1)],
+        bootargs: "",
+    },
+    Scenario {
+        name: "smp-race",
+        lines: &[
+            "kserv: smp: cores 1-3 up in KServ, each with its timer interrupt enabled",
+            "kserv: smp-race: 8 RACE guests created, each sharing a page and waiting for a run",
+            "kserv: smp-race: vcpu-run while running: 8 rounds, 8 second VCPU_RUNs DENIED while the vCPU ran, 8 runs \
+             completed",
+            "kserv: smp-race: vcpu-run at once: 16 rounds, exactly one winner in 16, the other DENIED; the first core won ",
+            "kserv: smp-race: destroy while running: VM_POWER_OFF SUCCESS, DESTROY_VM DENIED, CLEAR_VM_S2_RANGE DENIED; \
+             after the run CLEAR_VM_S2_RANGE returned ",
+            "kserv: smp-race: destroy at once: 4 rounds, exactly one of VCPU_RUN and DESTROY_VM first in 4: the run ",
+            "kserv: smp-race: page offered twice: 8 rounds, exactly one VM took the page in 8, the other's VCPU_RUN \
+             refused (INVALID_ADDRESS) and it ran on with a page of its own; vm x took it ",
+            "kserv: smp-race: page offered twice: 8 of 8 taken pages back from the winner, scrubbed",
+            "kserv: smp-race: share against host access: the guest shared and unshared its page ",
+            " times (0 calls refused) while cores 1-3 made 600 accesses: ",
+            " aborted at its address, 0 other outcomes; the secret was read 0 times",
+            "kserv: [r] bye",
+            "kserv: vm r: torn down, ",
+            "kserv: vm s: torn down, ",
+            "kserv: vm t: torn down, ",
+            "kserv: vm u: torn down, ",
+            "kserv: vm v: torn down, ",
+            "kserv: vm w: torn down, ",
+            "kserv: vm x: torn down, ",
+            "kserv: vm y: torn down, ",
+            "kserv: smp-race: 8 VMs torn down, every page back scrubbed",
+            "kserv: scenario smp-race: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[
+            ("r", role::RACE, 1),
+            ("s", role::RACE, 1),
+            ("t", role::RACE, 1),
+            ("u", role::RACE, 1),
+            ("v", role::RACE, 1),
+            ("w", role::RACE, 1),
+            ("x", role::RACE, 1),
+            ("y", role::RACE, 1),
+        ],
         bootargs: "",
     },
 ];
@@ -541,9 +595,10 @@ fn gave_every_page_back(line: &str) -> bool {
 /// [`qemu::DETERMINISTIC_TIME`], so a correct run executes the same instructions however loaded
 /// the host is, and what it costs is QEMU's CPU time, not wall-clock time (which a busy host
 /// stretches without bound: a wall-clock guard alone can fire on a correct run). Derived from measurements on the project's 2-core machine (`cargo xtask
-/// qemu-test` prints each run's CPU time): the costliest correct runs, `reset-scrub` (two boots
-/// and a read of all host RAM) and `hvc-fuzz`, take about 2 s of CPU; most take under 1 s. The
-/// CPU budget is 60 times that, far beyond what cache or frequency effects of a busy host add.
+/// qemu-test` prints each run's CPU time): the costliest correct runs, `host-maps-all-ram`
+/// (every page of host RAM faulted in) and `hvc-fuzz` (10,000 calls on each of four cores), take
+/// about 10 s and 5 s of CPU; most take under 2 s. The CPU budget is 12 times the costliest, far
+/// beyond what cache or frequency effects of a busy host add.
 /// Wall-clock time only catches a QEMU that hangs without using CPU (every core waiting for an
 /// interrupt that never comes): 10 minutes is five times the CPU budget, so even a host whose 2
 /// cores are shared by ten busy processes gives a correct run its 120 s of CPU before it.

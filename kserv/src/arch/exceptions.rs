@@ -16,22 +16,31 @@ pub struct Frame {
 static EXPECT_UNDEF: AtomicBool = AtomicBool::new(false);
 static UNDEF_COUNT: AtomicU64 = AtomicU64::new(0);
 static LAST_UNDEF_AT: AtomicU64 = AtomicU64::new(0);
-static EXPECT_ABORT: AtomicBool = AtomicBool::new(false);
-static ABORT_COUNT: AtomicU64 = AtomicU64::new(0);
-static LAST_ABORT: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// External aborts, per core (`smp-race` probes a page from three cores at once): whether the
+/// core expects them, how many it took, and the (ELR, FAR) of its last.
+static EXPECT_ABORT: [AtomicBool; CORES] = [const { AtomicBool::new(false) }; CORES];
+static ABORT_COUNT: [AtomicU64; CORES] = [const { AtomicU64::new(0) }; CORES];
+static LAST_ABORT: [[AtomicU64; 2]; CORES] = [const { [AtomicU64::new(0), AtomicU64::new(0)] }; CORES];
+const CORES: usize = crate::smp::CORES;
+
+/// This core's slot in the abort tables.
+fn core() -> usize {
+    super::cpu::core_index() % CORES
+}
 
 /// ESR class of a data abort taken at the current EL, and the external-abort status code.
 const EC_DABT_SAME: u64 = 0x25;
 const DFSC_EXTERNAL_ABORT: u64 = 0x10;
 
-/// Lets the next external data aborts through (a scenario touches memory it may not).
+/// Lets this core's next external data aborts through (a scenario touches memory it may not).
 pub fn expect_abort(expected: bool) {
-    EXPECT_ABORT.store(expected, Ordering::SeqCst);
+    EXPECT_ABORT[core()].store(expected, Ordering::SeqCst);
 }
 
-/// How many external aborts were taken, and the (ELR, FAR) of the last one.
+/// How many external aborts this core took, and the (ELR, FAR) of its last one.
 pub fn aborts() -> (u64, u64, u64) {
-    (ABORT_COUNT.load(Ordering::SeqCst), LAST_ABORT[0].load(Ordering::SeqCst), LAST_ABORT[1].load(Ordering::SeqCst))
+    let (count, last) = (&ABORT_COUNT[core()], &LAST_ABORT[core()]);
+    (count.load(Ordering::SeqCst), last[0].load(Ordering::SeqCst), last[1].load(Ordering::SeqCst))
 }
 
 /// Lets the next UNDEFs through (a scenario is provoking them).
@@ -68,11 +77,11 @@ extern "C" fn kserv_exception(frame: &mut Frame, vector: u64) {
     if vector == SYNC_CURRENT_EL_SPX
         && class == EC_DABT_SAME
         && esr & 0x3f == DFSC_EXTERNAL_ABORT
-        && EXPECT_ABORT.load(Ordering::SeqCst)
+        && EXPECT_ABORT[core()].load(Ordering::SeqCst)
     {
-        LAST_ABORT[0].store(frame.elr, Ordering::SeqCst);
-        LAST_ABORT[1].store(far, Ordering::SeqCst);
-        ABORT_COUNT.fetch_add(1, Ordering::SeqCst);
+        LAST_ABORT[core()][0].store(frame.elr, Ordering::SeqCst);
+        LAST_ABORT[core()][1].store(far, Ordering::SeqCst);
+        ABORT_COUNT[core()].fetch_add(1, Ordering::SeqCst);
         frame.elr += 4;
         return;
     }

@@ -259,6 +259,7 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::SYSREGS) => sysregs(),
         r if r == u64::from(guest_role::LARGE) => large(),
         r if r == u64::from(guest_role::VGIC) => vgic(),
+        r if r == u64::from(guest_role::RACE) => race(),
         other => {
             put("unknown role ");
             put_dec(other);
@@ -1100,4 +1101,87 @@ fn vgic() {
     put_dec(ticked);
     put(" virtual timer interrupts\n");
     line("bye");
+}
+
+// ---- RACE ----
+
+/// Holds its vCPU in the Running state for as long as the host says (see `guest_role::RACE`).
+fn race() {
+    let words = (&raw mut PAGE_A).cast::<u64>();
+    let flipped = (&raw mut PAGE_B).cast::<u64>();
+    // SAFETY: PAGE_A and PAGE_B are this guest's pages; touch them so that they are mapped
+    // before they are shared. PAGE_B holds the secret while it is not shared.
+    unsafe {
+        words.write_volatile(0);
+        fill(flipped, guest_role::RACE_SECRET);
+    }
+    let status = share(words as u64, PAGE as u64);
+    if status != 0 {
+        put("share failed: ");
+        put_hex(status);
+        putc(b'\n');
+        return;
+    }
+    notify(words as u64);
+    notify(flipped as u64);
+    loop {
+        let run = answer();
+        if run == 0 {
+            line("bye");
+            return;
+        }
+        if run & guest_role::RACE_TOUCH != 0 {
+            let gpa = run & !guest_role::RACE_TOUCH;
+            // SAFETY: the host names a page of this guest's RAM that nothing else uses; writing
+            // it faults it in.
+            unsafe { (gpa as *mut u64).write_volatile(run) };
+            continue;
+        }
+        // SAFETY: the first words of PAGE_A, shared with the host, through raw pointers.
+        unsafe { words.write_volatile(run) };
+        // SAFETY: as above.
+        let released = || unsafe { words.add(1).read_volatile() } == run;
+        if run & guest_role::RACE_FLIP != 0 {
+            let (mut flips, mut refused) = (0, 0);
+            while !released() && flips < guest_role::RACE_FLIPS {
+                // SAFETY: PAGE_B is this guest's; the host may read it only while it is shared.
+                unsafe { fill(flipped, guest_role::RACE_PUBLIC) };
+                refused += u64::from(share(flipped as u64, PAGE as u64) != 0);
+                relax();
+                refused += u64::from(unshare(flipped as u64, PAGE as u64) != 0);
+                // SAFETY: as above, and no longer shared.
+                unsafe { fill(flipped, guest_role::RACE_SECRET) };
+                relax();
+                flips += 1;
+            }
+            // SAFETY: as above.
+            unsafe {
+                words.add(2).write_volatile(flips);
+                words.add(3).write_volatile(refused);
+            }
+            continue;
+        }
+        let mut spins = 0;
+        while !released() && spins < guest_role::RACE_SPINS {
+            relax();
+            spins += 1;
+        }
+    }
+}
+
+/// Writes `value` to every word of the page at `page`.
+///
+/// # Safety
+/// `page` is a page of this guest's RAM that nothing else uses as Rust memory.
+unsafe fn fill(page: *mut u64, value: u64) {
+    for i in 0..PAGE_WORDS {
+        // SAFETY: inside the page, as the caller promises.
+        unsafe { page.add(i).write_volatile(value) };
+    }
+}
+
+/// `yield`: under QEMU's round-robin TCG it lets the host's cores run.
+fn relax() {
+    // SAFETY: yield is a hint; it changes no state.
+    unsafe { asm!("yield", options(nomem, nostack)) };
 }
