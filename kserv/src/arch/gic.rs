@@ -96,10 +96,9 @@ fn enable_private(gic: &GicInfo, ppi: u64, priority: u8) {
     }
 }
 
-/// Idles this core until the physical counter reaches `deadline`: the physical timer armed for
-/// it, then WFI, which wakes on its interrupt even with IRQs masked. Needs [`TIMER_PPI`] enabled
-/// (else nothing wakes the core). Unlike a spin, it retires no instructions while it waits.
-pub fn idle_until(deadline: u64) {
+/// Arms this core's physical timer to fire, unmasked, when the physical counter reaches
+/// `deadline`.
+fn arm_physical_timer_at(deadline: u64) {
     // SAFETY: as for `arm_physical_timer`.
     unsafe {
         asm!(
@@ -109,6 +108,13 @@ pub fn idle_until(deadline: u64) {
             deadline = in(reg) deadline, one = in(reg) 1u64, options(nostack)
         )
     };
+}
+
+/// Idles this core until the physical counter reaches `deadline`: the physical timer armed for
+/// it, then WFI, which wakes on its interrupt even with IRQs masked. Needs [`TIMER_PPI`] enabled
+/// (else nothing wakes the core). Unlike a spin, it retires no instructions while it waits.
+pub fn idle_until(deadline: u64) {
+    arm_physical_timer_at(deadline);
     while crate::arch::hvc::counter() < deadline {
         // SAFETY: WFI only waits; the armed timer ends the wait.
         unsafe { asm!("wfi", options(nomem, nostack)) };
@@ -185,15 +191,7 @@ fn end_of_interrupt(gic: &GicInfo, iar: u64) {
 /// early for no reason, so callers look again. Needs [`TIMER_PPI`] and the kick enabled.
 pub fn wait_for_kick(deadline: u64) {
     if deadline != u64::MAX {
-        // SAFETY: as for `arm_physical_timer`.
-        unsafe {
-            asm!(
-                "msr cntp_cval_el0, {deadline}",
-                "msr cntp_ctl_el0, {one}",
-                "isb",
-                deadline = in(reg) deadline, one = in(reg) 1u64, options(nostack)
-            )
-        };
+        arm_physical_timer_at(deadline);
     }
     // SAFETY: WFI only waits; a pending kick or the armed timer ends the wait.
     unsafe { asm!("wfi", options(nomem, nostack)) };
