@@ -10,10 +10,10 @@ use crate::memory::MemError;
 use core::sync::atomic::Ordering::Relaxed;
 use log::warn;
 
-/// What became of a host stage-2 fault.
+/// What became of a host trap (a stage-2 fault is the only one KCore refuses this way).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Mapped, or performed for the host.
+    /// Served: mapped, performed for the host, or whatever else the trap asked.
     Served,
     /// Refused: an external abort was injected and nothing of KCore's changed.
     Refused,

@@ -30,8 +30,9 @@ static SAMPLED_TRAPS: AtomicU64 = AtomicU64::new(0);
 /// Full checks made.
 static FULL_CHECKS: AtomicU64 = AtomicU64::new(0);
 
-/// The invariant check after a host call whose x0 was `function`: sampled in `sampled-invariants` builds
-/// for VCPU_RUN and INJECT_IRQ (see the module). A call refused at the edge changed nothing.
+/// The invariant check after a host call whose x0 was `function`: sampled in
+/// `sampled-invariants` builds for VCPU_RUN and INJECT_IRQ (see the module). A call refused at
+/// the edge changed nothing.
 #[inline(always)]
 pub fn check_after_call(function: u64) {
     if ON {
@@ -39,8 +40,8 @@ pub fn check_after_call(function: u64) {
     }
 }
 
-/// The invariant check after a synchronous host trap: sampled in `sampled-invariants` builds if it was an
-/// access KCore refused (see the module).
+/// The invariant check after a synchronous host trap: sampled in `sampled-invariants` builds if
+/// it was an access KCore refused (see the module).
 #[inline(always)]
 pub fn check_after_host_trap(refused_access: bool) {
     if ON {

@@ -22,6 +22,7 @@ use super::trap_dispatcher::{host_hvc_dispatcher, host_trap_dispatcher, CallExit
 use super::vm_calls;
 use crate::cpus::CORES;
 use crate::machine::{cpu, regs, Aarch64, CallFrame, TrapFrame, TrapKind, CALL_REGS};
+use host_fault::Outcome;
 use log::{info, warn};
 use principal::Principal;
 
@@ -31,8 +32,8 @@ use principal::Principal;
 extern "C" fn host_sync_trap_handler(frame: &mut TrapFrame, esr: u64) {
     principal::park_if_halted();
     // As in `lower_el_trap_handler`, the principal already names the host.
-    let refused = host_sync(cpu::index(), frame, esr);
-    invariants::check_after_host_trap(refused == Refused::Access);
+    let outcome = host_sync(cpu::index(), frame, esr);
+    invariants::check_after_host_trap(outcome == Outcome::Refused);
 }
 
 /// Entry for every other exception from a lower EL (vectors.S): interrupts and SErrors taken
@@ -46,8 +47,8 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
     let core = cpu::index();
     match TrapKind::from_vector(kind) {
         TrapKind::Sync => {
-            let refused = host_sync(core, frame, regs::esr_el2());
-            invariants::check_after_host_trap(refused == Refused::Access);
+            let outcome = host_sync(core, frame, regs::esr_el2());
+            invariants::check_after_host_trap(outcome == Outcome::Refused);
         }
         other => warn!("unexpected {other:?} exception from EL1 (ESR {:#x}); ignored", regs::esr_el2()),
     }
@@ -97,15 +98,8 @@ fn serve_vm_call(call: VmCall, regs: &mut [u64; CALL_REGS]) {
     regs[1..4].copy_from_slice(&result.values);
 }
 
-/// Whether a host trap was an access KCore refused (which changed none of its state).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Refused {
-    Access,
-    Nothing,
-}
-
 /// A synchronous trap from the host: decoded once, dispatched, and the answer carried out.
-fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) -> Refused {
+fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) -> Outcome {
     // Only a PSCI CPU_ON asks where the host may run: the setup is looked up then, not on
     // every trap (nothing stands between the decode and the dispatcher's match on it).
     let host_may_run_at = |pa| (state::host().may_run_at)(pa);
@@ -124,11 +118,7 @@ fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) -> Refused {
             power_down::power_down(core, "reset");
             state::host().power.system_reset()
         }
-        HostExit::Stage2Fault(abort) => {
-            if host_fault::host_stage2_fault(frame, abort) == host_fault::Outcome::Refused {
-                return Refused::Access;
-            }
-        }
+        HostExit::Stage2Fault(abort) => return host_fault::host_stage2_fault(frame, abort),
         HostExit::CleanInvalidateSetWay { operand } => {
             let pc = frame.elr.wrapping_sub(4);
             info!("host set/way maintenance at {pc:#x} (operand {operand:#x}): done as clean and invalidate");
@@ -142,5 +132,5 @@ fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) -> Refused {
             wait_for_work(core)
         }
     }
-    Refused::Nothing
+    Outcome::Served
 }
