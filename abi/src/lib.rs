@@ -85,6 +85,16 @@ pub mod host_call {
     /// further one must follow the last, at most 16 pages (64 KiB). vCPU 0 starts with x0 = the
     /// first page's address (a Linux VM's device tree). Refused once a vCPU of the VM has run.
     pub const BOOT_DATA: u32 = hyp_call(16);
+    /// Attaches device stream x1 (an SMMU stream id; for a PCI device its requester id,
+    /// `bus << 8 | device << 3 | function`, through the PCI host's `iommu-map`) to principal x2:
+    /// 0 is the host, whose devices then reach exactly the host's own pages, at their physical
+    /// addresses; a vmid gives the device to that VM, which it reaches at guest addresses, only
+    /// its own pages. NOT_SUPPORTED: the machine has no SMMU that KCore owns (raspi4b, `virt`
+    /// without `iommu=smmuv3`). INVALID_PARAMETERS: a stream the SMMU does not cover, or no such
+    /// VM. DENIED: the stream is attached already (detach it first).
+    pub const SMMU_ATTACH_STREAM: u32 = hyp_call(17);
+    /// Detaches device stream x1: every DMA of it aborts again, as at boot.
+    pub const SMMU_DETACH_STREAM: u32 = hyp_call(18);
     /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
     pub const COUNT: u16 = 17;
     /// The most image pages one VERIFY_VM_IMAGE call takes and hashes: KCore holds its lock

@@ -244,6 +244,14 @@ impl Machine for ModelMachine {
         self.flushes.borrow_mut().push(Flush::El2All);
     }
 
+    fn smmu_flush_ipa(&self, _vmid: u16, _ipa: u64) {
+        // The model SMMU (issue 15) fills this in.
+    }
+
+    fn smmu_flush_vmid(&self, _vmid: u16) {
+        // The model SMMU (issue 15) fills this in.
+    }
+
     fn publish(&self) {}
 
     /// The portable code: the CPU's instructions are checked on the target (`aarch64::sha256_instructions`).

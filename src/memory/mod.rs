@@ -21,7 +21,8 @@ mod tests;
 
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::mutation::{planted, Mutation};
-use crate::page_table::descriptor::{level_size, Attrs, LAST_LEVEL, OUTPUT_LIMIT};
+use crate::page_table::descriptor::{level_size, Attrs, Regime, LAST_LEVEL, OUTPUT_LIMIT};
+use crate::page_table::pool::PagePool;
 use crate::page_table::{Leaf, PageTable, PtError};
 use alloc::vec::Vec;
 use corevisor_boards::PhysRange;
@@ -138,11 +139,46 @@ pub struct HostMemory {
     /// The MMIO the host may map.
     pub mmio: MmioMap,
     pub policy: HostMapPolicy,
+    /// The host's SMMU stage-2 table (SeKVM's SMMU page tables, layers 9-12), when KCore owns an
+    /// SMMU: what the host's devices reach by DMA. Unlike the CPU's table it is filled up front
+    /// (a device cannot take a fault and retry), with exactly the pages the host owns, and it
+    /// changes with ownership: a page leaves it (and the SMMU's TLB) before it leaves the host.
+    pub host_smmu: Option<PageTable>,
 }
+
+/// The SMMU VMID of the host's SMMU table (SMMU VMIDs are the SMMU's own tags, apart from the
+/// CPU's; a VM's SMMU table uses the VM's vmid).
+pub const HOST_SMMU_VMID: u16 = 0;
 
 impl HostMemory {
     pub fn new(db: PageDb, host_s2: PageTable, mmio: MmioMap) -> HostMemory {
-        HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock }
+        HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock, host_smmu: None }
+    }
+
+    /// Builds the host's SMMU table from `pool` and returns its root (a stream table entry's
+    /// S2TTB): every page the host owns now, identity-mapped, in 2 MiB blocks where the host owns
+    /// the whole block. From here on every ownership change keeps it exact.
+    pub fn enable_host_smmu(&mut self, m: &impl Machine, pool: PagePool) -> Result<u64, MemError> {
+        let mut table = PageTable::new(m, Regime::Smmu { vmid: HOST_SMMU_VMID }, pool)?;
+        let block = level_size(2);
+        let regions: Vec<PhysRange> = self.db.regions().iter().collect();
+        for region in regions {
+            let mut pa = region.base;
+            while pa < region.end() {
+                if pa % block == 0 && self.db.host_owns_block_in(region, pa, block) {
+                    table.map(m, pa, pa, 2, Attrs { exec: false, ..Attrs::RAM })?;
+                    pa += block;
+                    continue;
+                }
+                if self.db.get(pa).is_some_and(|p| p.owner == Owner::Host) {
+                    table.map(m, pa, pa, LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM })?;
+                }
+                pa += PAGE_SIZE;
+            }
+        }
+        let root = table.root();
+        self.host_smmu = Some(table);
+        Ok(root)
     }
 
     /// Serves a host stage-2 fault at `ipa` (SeKVM `map_page_host`, with blocks): maps the

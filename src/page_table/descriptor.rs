@@ -52,6 +52,10 @@ impl Attrs {
 pub enum Regime {
     /// A stage-2 table, tagged with its VMID for TLB maintenance.
     Stage2 { vmid: u16 },
+    /// An SMMU stage-2 table (a stream table entry's S2TTB): the CPU's stage-2 descriptor
+    /// format, tagged with its SMMU VMID; its entries are invalidated in the SMMU's TLB, through
+    /// the command queue, not the CPU's.
+    Smmu { vmid: u16 },
     /// KCore's own EL2 stage-1 (MAIR_EL2: index 0 Device-nGnRE, index 1 Normal write-back).
     El2,
 }
@@ -82,7 +86,7 @@ pub fn leaf(regime: Regime, level: u8, pa: u64, attrs: Attrs) -> u64 {
     let shareable = if attrs.mem == MemType::Normal { INNER_SHAREABLE } else { 0 };
     let exec = if attrs.exec { 0 } else { XN };
     let bits = match regime {
-        Regime::Stage2 { .. } => {
+        Regime::Stage2 { .. } | Regime::Smmu { .. } => {
             let mem = if attrs.mem == MemType::Normal { S2_NORMAL_WB } else { S2_DEVICE_NGNRE };
             mem | S2AP_READ | if attrs.write { S2AP_WRITE } else { 0 }
         }
@@ -109,7 +113,7 @@ pub fn decode(regime: Regime, level: u8, raw: u64) -> Entry {
         return Entry::Table(pa);
     }
     let (mem, write) = match regime {
-        Regime::Stage2 { .. } => {
+        Regime::Stage2 { .. } | Regime::Smmu { .. } => {
             let mem = if raw & (0b1111 << 2) == S2_NORMAL_WB { MemType::Normal } else { MemType::Device };
             (mem, raw & S2AP_WRITE != 0)
         }
@@ -128,7 +132,7 @@ mod tests {
     #[test]
     fn leaves_round_trip_in_both_regimes_at_every_level() {
         let attrs = [Attrs::RAM, Attrs::DEVICE, Attrs { mem: MemType::Normal, write: false, exec: false }];
-        for regime in [Regime::Stage2 { vmid: 3 }, Regime::El2] {
+        for regime in [Regime::Stage2 { vmid: 3 }, Regime::Smmu { vmid: 3 }, Regime::El2] {
             for level in FIRST_LEVEL..=LAST_LEVEL {
                 for a in attrs {
                     let pa = 0x40_0000_0000 + level_size(level);

@@ -52,6 +52,12 @@ impl super::Machine for Aarch64 {
     fn flush_el2_all(&self) {
         tlb::el2_all()
     }
+    fn smmu_flush_ipa(&self, _vmid: u16, _ipa: u64) {
+        // The SMMUv3 driver (issue 15) fills this in.
+    }
+    fn smmu_flush_vmid(&self, _vmid: u16) {
+        // The SMMUv3 driver (issue 15) fills this in.
+    }
     fn publish(&self) {
         tlb::publish()
     }
