@@ -5,14 +5,15 @@
 
 use super::esr::{self, ec};
 use crate::machine::{Machine, TrapFrame};
-use crate::memory::{HostMemory, MemError};
+use crate::memory::MemError;
 use crate::mutation::{planted, Mutation};
 use crate::page_table::Leaf;
 use crate::vcpu::DataAccess;
+use crate::vm::Kcore;
 
 /// Serves the host's stage-2 fault at `ipa` (SeKVM `handle_host_stage2_fault`).
-pub fn handle_host_stage2_fault(m: &impl Machine, mem: &mut HostMemory, ipa: u64) -> Result<Leaf, MemError> {
-    mem.map_page_host(m, ipa)
+pub fn handle_host_stage2_fault(m: &impl Machine, kcore: &Kcore, ipa: u64) -> Result<Leaf, MemError> {
+    kcore.host_stage2_fault(m, ipa)
 }
 
 /// Offsets in a GICv3 redistributor frame (Arm IHI 0069, 12.11): GICR_CTLR, whose EnableLPIs

@@ -9,7 +9,7 @@ use corevisor_abi::HypResult;
 
 /// Serves VM hypercall `call` (function id `function`, for the log), and logs what was refused
 /// and why.
-pub fn serve(m: &impl Machine, kcore: &mut Kcore, function: u32, call: VmCall) -> HypResult {
+pub fn serve(m: &impl Machine, kcore: &Kcore, function: u32, call: VmCall) -> HypResult {
     let name = super::decode::call_name(function);
     let result: Result<u64, VmError> = match call {
         VmCall::RegisterVm { ram } => kcore.register_vm(m, ram).map(|vm| vm.raw()),

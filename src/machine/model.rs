@@ -20,7 +20,6 @@
 //! call to take the worst case, and `clean_invalidate_to_poc` is `DC CIVAC` over a range.
 
 use super::{Machine, PAGE_SIZE};
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 /// One TLB maintenance request.
@@ -56,24 +55,40 @@ const LINE: u64 = 64;
 const LINE_WORDS: usize = (LINE / 8) as usize;
 
 /// Memory is zero wherever it was never written.
+/// A `RefCell` that threads may share (`vm::concurrency` runs several against one machine):
+/// a read-write lock with `RefCell`'s names. Those tests run one thread at a time, by turns, so
+/// it never waits; a borrow that `RefCell` would refuse deadlocks instead.
+#[derive(Default)]
+struct Shared<T>(std::sync::RwLock<T>);
+
+impl<T> Shared<T> {
+    fn borrow(&self) -> std::sync::RwLockReadGuard<'_, T> {
+        self.0.read().unwrap()
+    }
+
+    fn borrow_mut(&self) -> std::sync::RwLockWriteGuard<'_, T> {
+        self.0.write().unwrap()
+    }
+}
+
 #[derive(Default)]
 pub struct ModelMachine {
     /// DRAM, by word address; absent words are zero.
-    dram: RefCell<BTreeMap<u64, u64>>,
+    dram: Shared<BTreeMap<u64, u64>>,
     /// Dirty cache lines, by line address.
-    dirty: RefCell<BTreeMap<u64, [u64; LINE_WORDS]>>,
-    flushes: RefCell<Vec<Flush>>,
+    dirty: Shared<BTreeMap<u64, [u64; LINE_WORDS]>>,
+    flushes: Shared<Vec<Flush>>,
     /// Ranges cleaned to the point of coherency, oldest first, each with the words it held at
     /// that moment (what DRAM then holds).
-    cleaned: RefCell<Vec<Cleaned>>,
+    cleaned: Shared<Vec<Cleaned>>,
     /// Lines the host has allocated (read or written through its stage-2) since they were last
     /// cleaned and invalidated, clean or dirty: the lines a late write-back or a stale read of
     /// the host's could come from. The hardware allocates lines only through a mapping
     /// (docs/cache-coherency.md, rule 2), so [`ModelMachine::host_access`] is called only for an
     /// access the host's stage-2 allows.
-    host_lines: RefCell<std::collections::BTreeSet<u64>>,
+    host_lines: Shared<std::collections::BTreeSet<u64>>,
     /// Each core's TLB: cached stage-2 translations by (core, VMID).
-    tlbs: RefCell<BTreeMap<(usize, u16), Vec<TlbEntry>>>,
+    tlbs: Shared<BTreeMap<(usize, u16), Vec<TlbEntry>>>,
 }
 
 fn line_of(pa: u64) -> (u64, usize) {

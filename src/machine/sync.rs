@@ -23,18 +23,21 @@ use core::hint::spin_loop as relax;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum LockRank {
-    /// KCore's whole state (`trap_handler::state::STATE`): for now SeKVM's `vm` (per-VM info),
-    /// `core` (vmid and remap allocation), `s2page` (ownership) and `pt` (per-principal stage-2)
-    /// locks in one.
-    State = 0,
+    /// Every VM's record with its stage-2 table, and vmid allocation (`vm::Kcore::vms`): SeKVM's
+    /// `vm(vmid)` and `pt(vmid)` for every VM, and `core`, in one (the per-VM split is next,
+    /// docs/locks.md). Taken first: a VM call holds it across the ownership lock.
+    Vms = 0,
+    /// The ownership records with the host's stage-2 table (`vm::Kcore::mem`, the whole
+    /// `memory::HostMemory`): SeKVM's `s2page` with `pt(0)` under it.
+    S2Page = 1,
     /// The console's UART: no SeKVM counterpart (its prints are unverified); logging is allowed
     /// under any lock, so it is last.
-    Console = 1,
+    Console = 2,
 }
 
 impl LockRank {
     /// Every rank, lowest first.
-    const ALL: [LockRank; 2] = [LockRank::State, LockRank::Console];
+    const ALL: [LockRank; 3] = [LockRank::Vms, LockRank::S2Page, LockRank::Console];
 }
 
 /// Whether this build records the ranks each core holds and checks the order.
@@ -66,8 +69,12 @@ impl<T> TicketLock<T> {
         if ORDER_CHECKED {
             held::check_order(self.rank);
         }
+        #[cfg(test)]
+        turns::point();
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         while self.now_serving.load(Ordering::Acquire) != ticket {
+            #[cfg(test)]
+            turns::waiting();
             relax();
         }
         if ORDER_CHECKED {
@@ -93,6 +100,53 @@ impl<T> TicketLock<T> {
     }
 }
 
+impl<T> TicketLock<T> {
+    /// The data, without locking: the caller owns the lock outright (no other core can see it).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+}
+
+/// Host tests only: the hooks by which a test that runs its threads by turns (a drawn schedule,
+/// `vm::concurrency`) gets control at every lock. Taking a lock is a point where another core
+/// could overtake this one; a thread spinning on a lock that a descheduled thread holds must give
+/// its turn away, or the one-at-a-time schedule would spin for ever.
+#[cfg(test)]
+pub mod turns {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    std::thread_local! {
+        static HOOKS: RefCell<Option<Rc<Hooks>>> = const { RefCell::new(None) };
+    }
+
+    /// What this thread does at a lock: at `point` before taking a ticket, at `waiting` on every
+    /// spin.
+    pub struct Hooks {
+        pub point: Box<dyn Fn()>,
+        pub waiting: Box<dyn Fn()>,
+    }
+
+    /// Sets (or with `None` clears) this thread's hooks.
+    pub fn set(hooks: Option<Hooks>) {
+        HOOKS.with(|h| *h.borrow_mut() = hooks.map(Rc::new));
+    }
+
+    fn call(f: impl Fn(&Hooks)) {
+        if let Some(hooks) = HOOKS.with(|h| h.borrow().clone()) {
+            f(&hooks);
+        }
+    }
+
+    pub(super) fn point() {
+        call(|h| (h.point)());
+    }
+
+    pub(super) fn waiting() {
+        call(|h| (h.waiting)());
+    }
+}
+
 /// The ranks each core holds, one bit per rank. Guards never move between cores: a lock is
 /// taken and released within one trap.
 mod held {
@@ -102,14 +156,14 @@ mod held {
     pub(super) fn check_order(rank: LockRank) {
         let above = get() >> rank as u32;
         if above != 0 {
-            let highest = u32::BITS - 1 - (above << rank as u32).leading_zeros();
+            let highest = u64::BITS - 1 - (above << rank as u32).leading_zeros();
             panic!("lock order violated: taking the {rank:?} lock while holding the {:?} lock", of_bit(highest));
         }
     }
 
     /// Notes that this core took (`true`) or released rank `rank`.
     pub(super) fn record(rank: LockRank, taken: bool) {
-        let bit = 1 << rank as u32;
+        let bit = 1u64 << rank as u32;
         set(if taken { get() | bit } else { get() & !bit });
     }
 
@@ -120,31 +174,31 @@ mod held {
     #[cfg(test)]
     std::thread_local! {
         /// On the host a thread stands for a core.
-        static HELD: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+        static HELD: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
     }
 
     #[cfg(test)]
-    fn get() -> u32 {
+    fn get() -> u64 {
         HELD.with(|h| h.get())
     }
 
     #[cfg(test)]
-    fn set(ranks: u32) {
+    fn set(ranks: u64) {
         HELD.with(|h| h.set(ranks));
     }
 
     /// Only a core writes its own entry: plain loads and stores, no exclusives.
     #[cfg(target_os = "none")]
-    static HELD: [core::sync::atomic::AtomicU32; crate::machine::MAX_CPUS] =
-        [const { core::sync::atomic::AtomicU32::new(0) }; crate::machine::MAX_CPUS];
+    static HELD: [core::sync::atomic::AtomicU64; crate::machine::MAX_CPUS] =
+        [const { core::sync::atomic::AtomicU64::new(0) }; crate::machine::MAX_CPUS];
 
     #[cfg(target_os = "none")]
-    fn get() -> u32 {
+    fn get() -> u64 {
         HELD.get(crate::machine::cpu::index()).map_or(0, |h| h.load(core::sync::atomic::Ordering::Relaxed))
     }
 
     #[cfg(target_os = "none")]
-    fn set(ranks: u32) {
+    fn set(ranks: u64) {
         if let Some(h) = HELD.get(crate::machine::cpu::index()) {
             h.store(ranks, core::sync::atomic::Ordering::Relaxed);
         }
@@ -152,12 +206,12 @@ mod held {
 
     /// A host build outside tests (clippy) has no cores to record.
     #[cfg(not(any(test, target_os = "none")))]
-    fn get() -> u32 {
+    fn get() -> u64 {
         0
     }
 
     #[cfg(not(any(test, target_os = "none")))]
-    fn set(_ranks: u32) {}
+    fn set(_ranks: u64) {}
 }
 
 /// Exclusive access to the data of a [`TicketLock`]; dropping it serves the next ticket
@@ -201,7 +255,7 @@ mod tests {
 
     #[test]
     fn lock_excludes_and_serves_in_ticket_order() {
-        let lock = Arc::new(TicketLock::new(LockRank::State, 0u64));
+        let lock = Arc::new(TicketLock::new(LockRank::S2Page, 0u64));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let lock = Arc::clone(&lock);
@@ -220,40 +274,43 @@ mod tests {
 
     #[test]
     fn try_lock_fails_while_held() {
-        let lock = TicketLock::new(LockRank::State, ());
+        let lock = TicketLock::new(LockRank::S2Page, ());
         let guard = lock.lock();
         assert!(lock.try_lock().is_none());
         drop(guard);
         assert!(lock.try_lock().is_some());
     }
 
-    /// The console under the state lock is the documented order.
+    /// The VMs' lock, then the ownership lock, then the console is the documented order.
     #[test]
     fn locks_taken_in_rank_order_pass() {
-        let (state, console) = (TicketLock::new(LockRank::State, ()), TicketLock::new(LockRank::Console, ()));
-        let outer = state.lock();
+        let vms = TicketLock::new(LockRank::Vms, ());
+        let (s2page, console) = (TicketLock::new(LockRank::S2Page, ()), TicketLock::new(LockRank::Console, ()));
+        let outer = vms.lock();
+        let inner = s2page.lock();
         drop(console.lock());
-        drop(outer);
-        // Released: either may be taken alone again.
+        drop((inner, outer));
+        // Released: any may be taken alone again.
         drop(console.lock());
-        drop(state.lock());
+        drop(s2page.lock());
+        drop(vms.lock());
     }
 
-    /// The state lock taken under the console lock inverts the order: the core halts, naming
-    /// both locks.
+    /// The VMs' lock taken under the ownership lock inverts the order: the core halts, naming
+    /// both locks (the highest one held).
     #[test]
-    #[should_panic(expected = "taking the State lock while holding the Console lock")]
+    #[should_panic(expected = "taking the Vms lock while holding the S2Page lock")]
     fn an_inverted_lock_order_halts() {
-        let (state, console) = (TicketLock::new(LockRank::State, ()), TicketLock::new(LockRank::Console, ()));
-        let _console = console.lock();
-        let _state = state.lock();
+        let (vms, s2page) = (TicketLock::new(LockRank::Vms, ()), TicketLock::new(LockRank::S2Page, ()));
+        let _s2page = s2page.lock();
+        let _vms = vms.lock();
     }
 
     /// Taking a lock twice on one core (it would spin for ever) is an order violation too.
     #[test]
-    #[should_panic(expected = "taking the State lock while holding the State lock")]
+    #[should_panic(expected = "taking the S2Page lock while holding the S2Page lock")]
     fn a_lock_taken_twice_on_one_core_halts() {
-        let lock = TicketLock::new(LockRank::State, ());
+        let lock = TicketLock::new(LockRank::S2Page, ());
         let _first = lock.lock();
         let _second = lock.lock();
     }

@@ -1,35 +1,35 @@
 //! Host concurrency tests (issue 14, part 4): threads stand for cores. They share one `Kcore`
-//! and the model machine behind a `TicketLock` of rank `State`, as the trap handler shares
-//! KCore's state, and each makes a random sequence of the calls the specs cover: VCPU_RUN
-//! (prepare and finish, two atomic steps with the guest running in between, no lock held) with
-//! page answers, guest shares and unshares, host stage-2 faults, power-off, CLEAR_VM_S2_RANGE
-//! and destroy. Every atomic step is recorded with its invocation and response on a shared
-//! clock.
+//! and the model machine as the trap handler's cores share KCore's state: through its own locks
+//! (`Kcore::vms`, then `Kcore::mem`), each call taking those it needs. Each thread makes a random
+//! sequence of the calls the specs cover: VCPU_RUN (prepare and finish, two calls with the guest
+//! running in between, no lock held) with page answers, guest shares and unshares, host stage-2
+//! faults, power-off, CLEAR_VM_S2_RANGE and destroy. Every call is recorded with its invocation
+//! and response on a shared clock.
 //!
 //! At the quiescent point after the threads join: SeKVM's invariants hold, and the history is
-//! linearizable: some serial order of the steps that respects real time (a step that returned
+//! linearizable: some serial order of the calls that respects real time (a call that returned
 //! before another was invoked comes first) reproduces every result on the specs and ends in the
-//! spec state that the concrete state abstracts to. Planted bugs: a check-then-act split in the
-//! host fault handler, and a lock-order inversion.
+//! spec state that the concrete state abstracts to. Planted bugs: a host fault handler whose
+//! ownership check and mapping are two critical sections (`Kcore::host_stage2_fault`), and a
+//! lock-order inversion.
 //!
 //! The threads take turns ([`Turns`]): one runs at a time, and at every point where a core could
-//! be overtaken (between a call's invocation and its step, after the step, while the guest runs,
-//! between the buggy handler's check and its act) the next thread is the one a drawn schedule
-//! names. The interleaving is then part of the test's input: it does not depend on how many
-//! CPUs the test machine has or how its OS schedules (on one CPU, free-running threads hardly
-//! ever met), and a failing case replays.
+//! be overtaken the next thread is the one a drawn schedule names. Those points are a call's
+//! invocation and return, the guest's run, and every lock KCore takes (`machine::sync::turns`,
+//! so a call's critical sections interleave with other threads' calls); a thread spinning on a
+//! lock that a descheduled thread holds gives its turn to another thread. The interleaving is
+//! then part of the test's input: it does not depend on how many CPUs the test machine has or
+//! how its OS schedules (on one CPU, free-running threads hardly ever met), and a failing case
+//! replays.
 
 use super::refinement::{boot_vm1, refined_run, relate, VOp, FAULTED_GFN, GUEST_RAM};
 use super::spec::*;
 use super::*;
 use crate::machine::model::ModelMachine;
-use crate::machine::sync::{LockRank, TicketLock};
-use crate::memory::invariants;
+use crate::machine::sync::{turns, LockRank, TicketLock};
 use crate::memory::spec::map_page_host_spec;
 use crate::memory::HostMapPolicy;
 use crate::mutation::{catches, planted, with, Mutation};
-use crate::page_table::descriptor::Attrs;
-use crate::page_table::PtError;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, HashSet};
@@ -94,12 +94,6 @@ struct Event {
     returned: u64,
 }
 
-/// What the threads share: KCore's state with the machine it runs on.
-struct World {
-    m: ModelMachine,
-    k: Kcore,
-}
-
 /// The bugs a history may plant (read on the test's thread: `planted` is per thread).
 #[derive(Clone, Copy)]
 struct Bugs {
@@ -107,9 +101,10 @@ struct Bugs {
     inverted: bool,
 }
 
-/// What the threads hold in common.
+/// What the threads hold in common: KCore's state (with its locks) and the machine it runs on.
 struct Shared {
-    world: TicketLock<World>,
+    m: ModelMachine,
+    k: Kcore,
     /// The history, logged as the console is: under any lock, so ranked last.
     history: TicketLock<Vec<Event>>,
     clock: AtomicU64,
@@ -152,19 +147,34 @@ impl Turns {
         self.wait(me);
     }
 
-    /// `me` has finished: the others take their turns without it.
-    fn finish(&self, me: usize) {
+    /// `me` spins on a lock that another thread holds: the turn goes to another thread (the
+    /// holder is among them, descheduled), as the schedule says, and comes back later.
+    fn spin(&self, me: usize) {
         self.hand_over(me, true);
+        self.wait(me);
     }
 
-    fn hand_over(&self, me: usize, finished: bool) {
+    /// `me` has finished: the others take their turns without it.
+    fn finish(&self, me: usize) {
+        self.hand_over_from(me, true, true);
+    }
+
+    fn hand_over(&self, me: usize, skip_me: bool) {
+        self.hand_over_from(me, false, skip_me);
+    }
+
+    /// Hands the turn to a runnable thread (other than `me` if `skip_me`): the schedule's next
+    /// entry picks it; past the schedule's end, the next runnable thread after `me` does, so a
+    /// spinning thread always lets the holder run eventually.
+    fn hand_over_from(&self, me: usize, finished: bool, skip_me: bool) {
         let mut state = self.state.lock().unwrap();
         state.finished[me] |= finished;
-        let runnable: Vec<usize> = (0..THREADS).filter(|&t| !state.finished[t]).collect();
+        let runnable: Vec<usize> = (0..THREADS).filter(|&t| !state.finished[t] && !(skip_me && t == me)).collect();
         if runnable.is_empty() {
             return;
         }
-        let pick = state.schedule.get(state.next).map_or(0, |&c| usize::from(c) % runnable.len());
+        let after_me = runnable.iter().position(|&t| t > me).unwrap_or(0);
+        let pick = state.schedule.get(state.next).map_or(after_me, |&c| usize::from(c) % runnable.len());
         state.next += 1;
         state.current = runnable[pick];
         self.changed.notify_all();
@@ -185,67 +195,38 @@ fn vm() -> VmId {
 }
 
 impl Shared {
-    /// Runs `f` as one atomic step under the state lock, and logs it.
-    fn atomically<R>(
-        &self,
-        thread: usize,
-        step: Step,
-        f: impl FnOnce(&mut World) -> R,
-        show: impl Fn(&R) -> String,
-    ) -> R {
+    /// Makes every lock this thread takes a point of `me`'s ([`Turns::point`] before the ticket,
+    /// [`Turns::spin`] while waiting for it).
+    fn hook_locks(self: &Arc<Self>, me: usize) {
+        let (at_point, at_spin) = (Arc::clone(self), Arc::clone(self));
+        turns::set(Some(turns::Hooks {
+            point: Box::new(move || at_point.turns.point(me)),
+            waiting: Box::new(move || at_spin.turns.spin(me)),
+        }));
+    }
+
+    /// Runs call `f` (which takes KCore's locks as the trap handler's does) and logs it.
+    fn call<R>(&self, thread: usize, step: Step, f: impl FnOnce(&Shared) -> R, show: impl Fn(&R) -> String) -> R {
         let invoked = self.clock.fetch_add(1, SeqCst);
         self.turns.point(thread);
         let log = |r: &R| {
             let returned = self.clock.fetch_add(1, SeqCst);
             Event { thread, step, result: show(r), invoked, returned }
         };
-        if self.bugs.inverted {
+        let r = if self.bugs.inverted {
+            // The history's console-ranked lock held across the call's KCore locks.
             let mut history = self.history.lock();
-            let mut world = self.world.lock();
-            let r = f(&mut world);
+            let r = f(self);
             history.push(log(&r));
-            drop((world, history));
-            self.turns.point(thread);
             r
         } else {
-            let mut world = self.world.lock();
-            let r = f(&mut world);
-            // Logging under the state lock: State < Console.
-            self.history.lock().push(log(&r));
-            drop(world);
-            self.turns.point(thread);
+            let r = f(self);
+            let event = log(&r);
+            self.history.lock().push(event);
             r
-        }
-    }
-
-    /// A host stage-2 fault. With the check-then-act bug, the check that the host owns the
-    /// page and the mapping are two steps under the lock, other cores running in between.
-    fn host_fault(&self, thread: usize, pfn: u64) {
-        let ipa = pfn << 12;
-        let show = |r: &Result<crate::page_table::Leaf, crate::memory::MemError>| format!("{r:?}");
-        if !self.bugs.check_then_act {
-            let _ = self.atomically(thread, Step::HostFault { pfn }, |w| w.k.mem.map_page_host(&w.m, ipa), show);
-            return;
-        }
-        let invoked = self.clock.fetch_add(1, SeqCst);
-        self.turns.point(thread);
-        let host_owns = self.world.lock().k.mem.db.get(ipa).is_some_and(|p| p.owner == Owner::Host);
-        self.turns.point(thread);
-        let mut world = self.world.lock();
-        let w = &mut *world;
-        let r = if host_owns {
-            // What `map_page_host` does for a host page under `HostMapPolicy::PagesOnly`.
-            match w.k.mem.host_s2.map_leaf(&w.m, ipa, ipa, 3, Attrs::RAM) {
-                Err(PtError::Occupied) => w.k.mem.host_s2.walk(&w.m, ipa).ok_or(PtError::Occupied.into()),
-                r => r.map_err(Into::into),
-            }
-        } else {
-            w.k.mem.map_page_host(&w.m, ipa)
         };
-        let returned = self.clock.fetch_add(1, SeqCst);
-        self.history.lock().push(Event { thread, step: Step::HostFault { pfn }, result: show(&r), invoked, returned });
-        drop(world);
         self.turns.point(thread);
+        r
     }
 
     fn run(&self, thread: usize, calls: &[Call]) {
@@ -254,7 +235,7 @@ impl Shared {
             match call {
                 Call::Run { vcpu, answer, exit } => {
                     let id = VcpuId::new(vcpu).unwrap();
-                    let prepared = self.atomically(
+                    let prepared = self.call(
                         thread,
                         Step::Prepare { vcpu, answer },
                         |w| w.k.vcpu_run_prepare(&w.m, vm(), id, answer),
@@ -264,24 +245,27 @@ impl Shared {
                         // The guest runs, with no lock held, and exits.
                         self.turns.point(thread);
                         ticket.ctx.pending = exit;
-                        let finish = |w: &mut World| w.k.vcpu_run_finish(ticket);
-                        self.atomically(thread, Step::Finish { vcpu, exit }, finish, |_| "()".into());
+                        let finish = |w: &Shared| w.k.vcpu_run_finish(ticket);
+                        self.call(thread, Step::Finish { vcpu, exit }, finish, |_| "()".into());
                     }
                 }
                 Call::Share { grant, gfn } => {
-                    let share = |w: &mut World| w.k.guest_share(&w.m, vm(), grant, Ipa(gfn << 12), PAGE_SIZE);
-                    let _ = self.atomically(thread, Step::Share { grant, gfn }, share, unit);
+                    let share = |w: &Shared| w.k.guest_share(&w.m, vm(), grant, Ipa(gfn << 12), PAGE_SIZE);
+                    let _ = self.call(thread, Step::Share { grant, gfn }, share, unit);
                 }
-                Call::HostFault { pfn } => self.host_fault(thread, pfn),
+                Call::HostFault { pfn } => {
+                    let fault = |w: &Shared| w.k.host_stage2_fault(&w.m, pfn << 12);
+                    let _ = self.call(thread, Step::HostFault { pfn }, fault, |r| format!("{r:?}"));
+                }
                 Call::PowerOff => {
-                    let _ = self.atomically(thread, Step::PowerOff, |w| w.k.power_off(vm()), unit);
+                    let _ = self.call(thread, Step::PowerOff, |w| w.k.power_off(vm()), unit);
                 }
                 Call::Clear => {
-                    let clear = |w: &mut World| w.k.clear_vm_range(&w.m, vm(), Pa::new(CLEARED.0).unwrap(), CLEARED.1);
-                    let _ = self.atomically(thread, Step::Clear, clear, |r| format!("{r:?}"));
+                    let clear = |w: &Shared| w.k.clear_vm_range(&w.m, vm(), Pa::new(CLEARED.0).unwrap(), CLEARED.1);
+                    let _ = self.call(thread, Step::Clear, clear, |r| format!("{r:?}"));
                 }
                 Call::Destroy => {
-                    let _ = self.atomically(thread, Step::Destroy, |w| w.k.destroy(&w.m, vm()), |r| format!("{r:?}"));
+                    let _ = self.call(thread, Step::Destroy, |w| w.k.destroy(&w.m, vm()), |r| format!("{r:?}"));
                 }
             }
         }
@@ -396,7 +380,7 @@ fn any_history() -> impl Strategy<Value = History> {
     let calls = proptest::collection::vec(proptest::collection::vec(any_call(), 3..=4), THREADS);
     // Enough entries for every hand-over of the longest history; past its end, turns go to the
     // first runnable thread.
-    (calls, proptest::collection::vec(any::<u8>(), 80))
+    (calls, proptest::collection::vec(any::<u8>(), 240))
 }
 
 std::thread_local! {
@@ -408,14 +392,15 @@ std::thread_local! {
 fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
     let (m, mut k, mut s) = refined_run(&booted())?;
     // Pages only, in both worlds: the check-then-act bug maps a page as the real handler would.
-    k.mem.policy = HostMapPolicy::PagesOnly;
+    k.mem.get_mut().policy = HostMapPolicy::PagesOnly;
     s.r.pages_only = true;
     let bugs = Bugs {
         check_then_act: planted(Mutation::HostFaultCheckThenAct),
         inverted: planted(Mutation::LockOrderInverted),
     };
     let shared = Arc::new(Shared {
-        world: TicketLock::new(LockRank::State, World { m, k }),
+        m,
+        k,
         history: TicketLock::new(LockRank::Console, Vec::new()),
         clock: AtomicU64::new(0),
         bugs,
@@ -429,7 +414,13 @@ fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
             std::thread::spawn(move || {
                 let _finished = Finished(&shared.turns, thread);
                 shared.turns.wait(thread);
-                shared.run(thread, &calls);
+                shared.hook_locks(thread);
+                // `planted` is per thread: the test's bug, planted on this one too.
+                match bugs.check_then_act {
+                    true => with(Mutation::HostFaultCheckThenAct, || shared.run(thread, &calls)),
+                    false => shared.run(thread, &calls),
+                }
+                turns::set(None);
             })
         })
         .collect();
@@ -443,9 +434,11 @@ fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
             return Err(TestCaseError::fail(format!("a thread halted: {message}")));
         }
     }
-    let world = shared.world.lock();
+    let world = &*shared;
     let history = shared.history.lock().clone();
-    invariants::check(&world.m, &world.k.mem, &world.k.vm_tables())
+    world
+        .k
+        .check_invariants(&world.m)
         .map_err(|v| TestCaseError::fail(format!("invariant broken: {v:?}\nhistory: {history:#?}")))?;
 
     let overlapped = history
@@ -471,7 +464,7 @@ fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config { cases, failure_persistence: None, max_shrink_iters: 0, ..Config::default() })
 }
 
-/// Threads sharing one `Kcore` behind the state lock: the invariants hold at the end, and every
+/// Threads sharing one `Kcore` through its locks: the invariants hold at the end, and every
 /// history is linearizable against the specs.
 #[test]
 fn concurrent_calls_keep_the_invariants_and_are_linearizable() {
@@ -482,21 +475,25 @@ fn concurrent_calls_keep_the_invariants_and_are_linearizable() {
     assert!(overlapped >= 50 && answers >= 50, "{overlapped} histories overlapped, {answers} page answers taken");
 }
 
-/// A host fault handler that checks ownership and maps under two takes of the lock: some
-/// history maps a page the host no longer owns (a guest got it in between).
+/// A host fault handler that checks ownership and maps under two takes of the ownership lock
+/// (`Kcore::host_stage2_fault`): some history maps a page the host no longer owns (a guest got it
+/// in between).
 #[test]
 fn concurrency_catches_a_check_then_act_split() {
     catches(Mutation::HostFaultCheckThenAct, 400, any_history(), concurrent_run);
 }
 
-/// A thread that takes the state lock while holding the history's console-ranked lock halts,
-/// naming both locks, instead of risking a deadlock with a thread that takes them in order.
+/// A thread that takes one of KCore's locks while holding the history's console-ranked lock
+/// halts, naming both locks, instead of risking a deadlock with a thread that takes them in order.
 #[test]
 fn a_lock_order_inversion_between_threads_halts() {
     let mut runner = runner(1);
     let result = with(Mutation::LockOrderInverted, || runner.run(&any_history(), concurrent_run));
     let message = format!("{result:?}");
-    assert!(message.contains("lock order violated: taking the State lock while holding the Console lock"), "{message}");
+    let named = ["Vms", "S2Page"].iter().any(|lock| {
+        message.contains(&format!("lock order violated: taking the {lock} lock while holding the Console lock"))
+    });
+    assert!(named, "{message}");
 }
 
 /// The checker can fail: two VCPU_RUNs of one vCPU that both won, with no finish between them,

@@ -1,5 +1,5 @@
-//! VMs (SeKVM BootOps, VCPUOps and MemoryOps as the hypercalls reach them): KCore's whole state
-//! behind one lock, and the operation behind each VM hypercall. Every operation checks its
+//! VMs (SeKVM BootOps, VCPUOps and MemoryOps as the hypercalls reach them): KCore's state behind
+//! its locks ([`Kcore`]), and the operation behind each VM hypercall. Every operation checks its
 //! arguments against that state and either changes it as the hypercall promises or changes
 //! nothing and says why. Ids and addresses arrive typed (`VmId`, `VcpuId`, `Pfn`, `Pa`, `Ipa`),
 //! checked once where the host's numbers enter (`handlers::decode`); everything else is
@@ -25,13 +25,14 @@ mod tests;
 use crate::addr::{Ipa, IpaRange, Pa, Pfn, PAGE_SHIFT, PAGE_SIZE};
 use crate::boot::{BootError, Vcpu, Verifier, Vm, VmState, Vms, MAX_VMS, VERIFY_CHUNK_PAGES};
 use crate::ids::{VcpuId, VmId};
+use crate::machine::sync::{LockRank, TicketGuard, TicketLock};
 use crate::machine::Machine;
 use crate::memory::pages::Owner;
 use crate::memory::{HostMemory, MemError};
 use crate::mutation::{planted, Mutation};
 use crate::page_table::descriptor::{Regime, INPUT_LIMIT};
 use crate::page_table::pool::PagePool;
-use crate::page_table::PageTable;
+use crate::page_table::{Leaf, PageTable};
 use crate::vcpu::vgic::{QueueFull, Virq};
 use crate::vcpu::{Pending, VcpuContext};
 use alloc::boxed::Box;
@@ -137,20 +138,73 @@ pub struct RunTicket {
     pub ram: IpaRange,
 }
 
-/// KCore's state: memory ownership with the host's stage-2, and the VMs.
+/// Every VM's record, and vmid allocation: what the [`Kcore::vms`] lock guards.
+pub type VmRecords = Vms<Box<VcpuContext>>;
+
+/// KCore's state, split by lock as SeKVM splits it (docs/locks.md): memory ownership with the
+/// host's stage-2 under one lock, the VMs under another. A call takes `vms` before `mem`
+/// (`LockRank` order, checked in debug and `check-invariants` builds), and neither while a guest
+/// runs: a host stage-2 fault takes `mem` alone, so it never waits for a VM call that does not
+/// change ownership.
 pub struct Kcore {
-    pub mem: HostMemory,
-    pub vms: Vms<Box<VcpuContext>>,
+    /// The ownership records with the host's stage-2 table (SeKVM `s2page` with `pt(0)` under
+    /// it): rank `S2Page`.
+    pub mem: TicketLock<HostMemory>,
+    /// Every VM's record with its stage-2 table, and vmid allocation (SeKVM `vm(vmid)` and
+    /// `pt(vmid)` for every VM, and `core`): rank `Vms`.
+    pub vms: TicketLock<VmRecords>,
     /// The page-table pool slice of VM 1; VM n's is `VM_POOL_PAGES` pages further per vmid.
     vm_pools: u64,
     key: VerifyingKey,
+}
+
+/// VM `vm`'s record, if it is registered.
+pub fn record(vms: &VmRecords, vm: VmId) -> Result<&VmRecord, VmError> {
+    vms.get(vm).ok_or(VmError::NoVm)
+}
+
+/// Every VM's stage-2 table, for the invariant checker.
+pub fn vm_tables(vms: &VmRecords) -> Vec<(u16, &PageTable)> {
+    vms.iter().map(|(vm, rec)| (vm.vmid(), &rec.s2)).collect()
+}
+
+/// The VM is off (powered off, rejected, or never verified) and none of its vCPUs runs. A VM
+/// being verified is off too; teardown makes it REJECTED (`Vms::abandon_verification`).
+fn quiescent(vms: &VmRecords, vm: VmId) -> Result<(), VmError> {
+    let rec = record(vms, vm)?;
+    if rec.state == VmState::Verified {
+        return Err(VmError::State);
+    }
+    if rec.any_running() {
+        return Err(VmError::Busy);
+    }
+    Ok(())
 }
 
 impl Kcore {
     /// `vm_pools` is the first of `MAX_VMS * VM_POOL_PAGES` KCore pages for VM tables; `key`
     /// checks the VMs' images.
     pub fn new(mem: HostMemory, vm_pools: u64, key: VerifyingKey) -> Kcore {
-        Kcore { mem, vms: Vms::new(), vm_pools, key }
+        Kcore {
+            mem: TicketLock::new(LockRank::S2Page, mem),
+            vms: TicketLock::new(LockRank::Vms, Vms::new()),
+            vm_pools,
+            key,
+        }
+    }
+
+    /// Every lock of the state, in their order: for the invariant checker and the power-down,
+    /// which must see no call half done.
+    pub fn lock_all(&self) -> (TicketGuard<'_, VmRecords>, TicketGuard<'_, HostMemory>) {
+        let vms = self.vms.lock();
+        (vms, self.mem.lock())
+    }
+
+    /// SeKVM's invariants (`memory::invariants::check`) under every lock, for the tests.
+    #[cfg(test)]
+    pub fn check_invariants(&self, m: &impl Machine) -> Result<(), crate::memory::invariants::Violation> {
+        let (vms, mem) = self.lock_all();
+        crate::memory::invariants::check(m, &mem, &vm_tables(&vms))
     }
 
     /// The pages KCore sets aside for VM tables.
@@ -158,18 +212,8 @@ impl Kcore {
         MAX_VMS as u64 * VM_POOL_PAGES * PAGE_SIZE
     }
 
-    /// VM `vm`'s record, if it is registered.
-    pub fn vm(&self, vm: VmId) -> Result<&VmRecord, VmError> {
-        self.vms.get(vm).ok_or(VmError::NoVm)
-    }
-
-    /// Every VM's stage-2 table, for the invariant checker.
-    pub fn vm_tables(&self) -> Vec<(u16, &PageTable)> {
-        self.vms.iter().map(|(vm, rec)| (vm.vmid(), &rec.s2)).collect()
-    }
-
     /// REGISTER_VM: a new VM with RAM at guest-physical `ram`.
-    pub fn register_vm(&mut self, m: &impl Machine, ram: IpaRange) -> Result<VmId, VmError> {
+    pub fn register_vm(&self, m: &impl Machine, ram: IpaRange) -> Result<VmId, VmError> {
         if ram.size() == 0
             || ram.size() > MAX_GUEST_RAM
             || !ram.base().is_multiple_of(PAGE_SIZE)
@@ -179,7 +223,7 @@ impl Kcore {
             return Err(VmError::BadArgument);
         }
         let vm_pools = self.vm_pools;
-        let vm = self.vms.register_vm(ram, |vm| {
+        let vm = self.vms.lock().register_vm(ram, |vm| {
             let pool = PagePool::new(vm_pools + vm.index() as u64 * VM_POOL_PAGES * PAGE_SIZE, VM_POOL_PAGES);
             Ok(PageTable::new(m, Regime::Stage2 { vmid: vm.vmid() }, pool)?)
         })?;
@@ -188,54 +232,89 @@ impl Kcore {
     }
 
     /// REGISTER_VCPU.
-    pub fn register_vcpu(&mut self, vm: VmId, vcpu: VcpuId) -> Result<(), VmError> {
-        self.vm(vm)?;
-        Ok(self.vms.register_vcpu(vm, vcpu, || VcpuContext::new(vcpu.index() as u8))?)
+    pub fn register_vcpu(&self, vm: VmId, vcpu: VcpuId) -> Result<(), VmError> {
+        let mut vms = self.vms.lock();
+        record(&vms, vm)?;
+        Ok(vms.register_vcpu(vm, vcpu, || VcpuContext::new(vcpu.index() as u8))?)
     }
 
     /// SET_BOOT_INFO: the image (and its signature) must lie inside the VM's RAM.
-    pub fn set_boot_info(&mut self, vm: VmId, gpa: Ipa, size: u64) -> Result<usize, VmError> {
-        let ram = self.vm(vm)?.ram;
+    pub fn set_boot_info(&self, vm: VmId, gpa: Ipa, size: u64) -> Result<usize, VmError> {
+        let mut vms = self.vms.lock();
+        let ram = record(&vms, vm)?.ram;
         let pages = (size.checked_add(crate::boot::SIGNATURE_LEN).ok_or(VmError::BadArgument)?).div_ceil(PAGE_SIZE);
         if !pages.checked_mul(PAGE_SIZE).is_some_and(|bytes| ram.contains_range(gpa.raw(), bytes)) {
             return Err(VmError::BadArgument);
         }
-        Ok(self.vms.set_boot_info(vm, gpa, size)?)
+        Ok(vms.set_boot_info(vm, gpa, size)?)
     }
 
     /// REMAP_VM_IMAGE.
-    pub fn remap_vm_image(&mut self, vm: VmId, index: u64, pfn: Pfn) -> Result<(), VmError> {
-        self.vm(vm)?;
+    pub fn remap_vm_image(&self, vm: VmId, index: u64, pfn: Pfn) -> Result<(), VmError> {
+        let mut vms = self.vms.lock();
+        record(&vms, vm)?;
         let index = usize::try_from(index).map_err(|_| VmError::BadArgument)?;
-        Ok(self.vms.remap_vm_image(&self.mem, vm, pfn, index)?)
+        Ok(vms.remap_vm_image(&self.mem.lock(), vm, pfn, index)?)
     }
 
     /// VERIFY_VM_IMAGE: one chunk of the verification; returns the pages still to check. The
     /// signatures cover the VM's RAM window as REGISTER_VM set it.
-    pub fn verify_vm_image(&mut self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
-        self.vm(vm)?;
+    pub fn verify_vm_image(&self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
+        let mut vms = self.vms.lock();
+        record(&vms, vm)?;
         let verifier = Verifier { key: &self.key, chunk_pages: VERIFY_CHUNK_PAGES };
-        Ok(self.vms.verify_vm_image(m, &mut self.mem, vm, &verifier)?)
+        Ok(vms.verify_vm_image(m, &mut self.mem.lock(), vm, &verifier)?)
     }
 
     /// BOOT_DATA: the host's page `pfn`, as it is, becomes the VM's boot data at `gpa` (before
     /// any vCPU of the VM runs; the boot layer checks the range).
-    pub fn load_boot_data(&mut self, m: &impl Machine, vm: VmId, gpa: Ipa, pfn: Pfn) -> Result<(), VmError> {
-        self.vm(vm)?;
-        Ok(self.vms.load_boot_data(m, &mut self.mem, vm, gpa, pfn)?)
+    pub fn load_boot_data(&self, m: &impl Machine, vm: VmId, gpa: Ipa, pfn: Pfn) -> Result<(), VmError> {
+        let mut vms = self.vms.lock();
+        record(&vms, vm)?;
+        Ok(vms.load_boot_data(m, &mut self.mem.lock(), vm, gpa, pfn)?)
     }
 
     /// The first half of VCPU_RUN: applies the host's `answer` to the vCPU's last exit, starts
     /// the vCPU if it has never run, and takes its context out to run it. Refused unless the VM
-    /// is VERIFIED and the vCPU is registered, idle, and (for a secondary) powered on.
+    /// is VERIFIED and the vCPU is registered, idle, and (for a secondary) powered on. The
+    /// ownership lock is taken only for a page answer.
     pub fn vcpu_run_prepare(
-        &mut self,
+        &self,
         m: &impl Machine,
         vm: VmId,
         vcpu: VcpuId,
         answer: u64,
     ) -> Result<RunTicket, VmError> {
-        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        self.vcpu_run_prepare_then(m, vm, vcpu, answer, |_| ())
+    }
+
+    /// [`Kcore::vcpu_run_prepare`], calling `taken` with whether the context was taken out while
+    /// still under the lock (the trap handler's power-down bookkeeping must not miss a context
+    /// that is out).
+    #[inline]
+    pub fn vcpu_run_prepare_then(
+        &self,
+        m: &impl Machine,
+        vm: VmId,
+        vcpu: VcpuId,
+        answer: u64,
+        taken: impl FnOnce(bool),
+    ) -> Result<RunTicket, VmError> {
+        let mut vms = self.vms.lock();
+        let prepared = Kcore::prepare(&self.mem, &mut vms, m, vm, vcpu, answer);
+        taken(prepared.is_ok());
+        prepared
+    }
+
+    fn prepare(
+        mem: &TicketLock<HostMemory>,
+        vms: &mut VmRecords,
+        m: &impl Machine,
+        vm: VmId,
+        vcpu: VcpuId,
+        answer: u64,
+    ) -> Result<RunTicket, VmError> {
+        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
         if rec.state != VmState::Verified {
             return Err(VmError::State);
         }
@@ -250,44 +329,74 @@ impl Kcore {
             }
         }
         if let Pending::PageFault { gfn } = ctx.pending {
-            give_page(m, &mut self.mem, &mut rec.s2, rec.ram, vm, gfn, answer)?;
+            give_page(m, &mut mem.lock(), &mut rec.s2, rec.ram, vm, gfn, answer)?;
             ctx.pending = Pending::Nothing;
         }
         ctx.complete(answer);
         let (vttbr, cntvoff, ram) = (rec.s2.root() | u64::from(vm.vmid()) << 48, rec.cntvoff, rec.ram);
-        let ctx = self.vms.set_vcpu_active(vm, vcpu)?;
+        let ctx = vms.set_vcpu_active(vm, vcpu)?;
         Ok(RunTicket { vm, vcpu, ctx, vttbr, cntvoff, ram })
     }
 
     /// The second half of VCPU_RUN: the context goes back into the VM's record. (The VM may have
     /// been powered off while the vCPU ran; it never runs again then.)
-    pub fn vcpu_run_finish(&mut self, ticket: RunTicket) {
-        self.vms.set_vcpu_inactive(ticket.vm, ticket.vcpu, ticket.ctx);
+    pub fn vcpu_run_finish(&self, ticket: RunTicket) {
+        self.vms.lock().set_vcpu_inactive(ticket.vm, ticket.vcpu, ticket.ctx);
     }
 
     /// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over guest-physical `[gpa, gpa + size)`,
     /// which must lie inside the VM's RAM window. All or nothing: a refused call changes no page.
     #[inline]
-    pub fn guest_share(&mut self, m: &impl Machine, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Result<(), VmError> {
-        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+    pub fn guest_share(&self, m: &impl Machine, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Result<(), VmError> {
+        let vms = self.vms.lock();
+        let rec = record(&vms, vm)?;
         let end = gpa.raw().checked_add(size).filter(|_| size != 0).ok_or(VmError::BadArgument)?;
         let skips_end = crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck);
         let in_window = rec.ram.contains(gpa.raw()) && (rec.ram.contains(end - 1) || skips_end);
         if !gpa.is_page_aligned() || !size.is_multiple_of(PAGE_SIZE) || !in_window {
             return Err(VmError::BadArgument);
         }
+        let mut mem = self.mem.lock();
         if grant {
-            self.mem.grant_stage2_sg_gpa(m, &rec.s2, vm.vmid(), gpa.raw(), size)?;
+            mem.grant_stage2_sg_gpa(m, &rec.s2, vm.vmid(), gpa.raw(), size)?;
         } else {
-            self.mem.revoke_stage2_sg_gpa(m, &rec.s2, vm.vmid(), gpa.raw(), size)?;
+            mem.revoke_stage2_sg_gpa(m, &rec.s2, vm.vmid(), gpa.raw(), size)?;
         }
         Ok(())
     }
 
+    /// A host stage-2 fault at `ipa` (SeKVM `handle_host_stage2_fault`): under the ownership
+    /// lock alone, the check that the host owns the page and its mapping in one critical section.
+    pub fn host_stage2_fault(&self, m: &impl Machine, ipa: u64) -> Result<Leaf, MemError> {
+        if planted(Mutation::HostFaultCheckThenAct) {
+            return self.host_stage2_fault_split(m, ipa);
+        }
+        self.mem.lock().map_page_host(m, ipa)
+    }
+
+    /// The planted bug: the ownership check and the mapping under two takes of the lock, so
+    /// another core may give the page away in between.
+    #[cold]
+    fn host_stage2_fault_split(&self, m: &impl Machine, ipa: u64) -> Result<Leaf, MemError> {
+        let host_owns = self.mem.lock().db.get(ipa).is_some_and(|p| p.owner == Owner::Host);
+        let mut mem = self.mem.lock();
+        if !host_owns || mem.policy != crate::memory::HostMapPolicy::PagesOnly {
+            return mem.map_page_host(m, ipa);
+        }
+        // What `map_page_host` does for a host page under `HostMapPolicy::PagesOnly`.
+        match mem.host_s2.map_leaf(m, ipa, ipa, 3, crate::page_table::descriptor::Attrs::RAM) {
+            Err(crate::page_table::PtError::Occupied) => {
+                mem.host_s2.walk(m, ipa).ok_or(crate::page_table::PtError::Occupied.into())
+            }
+            r => r.map_err(Into::into),
+        }
+    }
+
     /// A guest's PSCI CPU_ON for a sibling: remembered, so that the sibling's first VCPU_RUN
     /// starts it there. The entry must be in the VM's RAM; a vCPU that has run is left alone.
-    pub fn guest_cpu_on(&mut self, vm: VmId, target: VcpuId, entry: Ipa, arg: u64) {
-        let Some(rec) = self.vms.get_mut(vm).filter(|rec| rec.ram.contains(entry.raw())) else { return };
+    pub fn guest_cpu_on(&self, vm: VmId, target: VcpuId, entry: Ipa, arg: u64) {
+        let mut vms = self.vms.lock();
+        let Some(rec) = vms.get_mut(vm).filter(|rec| rec.ram.contains(entry.raw())) else { return };
         if let Vcpu::Idle(ctx) = &mut rec.vcpus[target.index()] {
             if !ctx.started {
                 ctx.power_on = Some((entry.raw(), arg));
@@ -297,8 +406,9 @@ impl Kcore {
 
     /// INJECT_IRQ: makes `virq` pending for `vcpu` of VERIFIED VM `vm`. The vCPU must be
     /// registered (INVALID_PARAMETERS otherwise) and idle: its list registers are the saved ones.
-    pub fn inject_irq(&mut self, vm: VmId, vcpu: VcpuId, virq: Virq) -> Result<(), VmError> {
-        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+    pub fn inject_irq(&self, vm: VmId, vcpu: VcpuId, virq: Virq) -> Result<(), VmError> {
+        let mut vms = self.vms.lock();
+        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
         if rec.state != VmState::Verified {
             return Err(VmError::State);
         }
@@ -310,38 +420,28 @@ impl Kcore {
         }
     }
 
-    /// The VM is off (powered off, rejected, or never verified) and none of its vCPUs runs. A VM
-    /// being verified is off too; teardown makes it REJECTED (`Vms::abandon_verification`).
-    fn quiescent(&self, vm: VmId) -> Result<(), VmError> {
-        let rec = self.vm(vm)?;
-        if rec.state == VmState::Verified {
-            return Err(VmError::State);
-        }
-        if rec.any_running() {
-            return Err(VmError::Busy);
-        }
-        Ok(())
-    }
-
     /// CLEAR_VM_S2_RANGE: returns the VM's pages in physical `[base, base + size)` to the host,
     /// scrubbed. Returns how many there were.
-    pub fn clear_vm_range(&mut self, m: &impl Machine, vm: VmId, base: Pa, size: u64) -> Result<u64, VmError> {
+    pub fn clear_vm_range(&self, m: &impl Machine, vm: VmId, base: Pa, size: u64) -> Result<u64, VmError> {
         if size == 0 || !base.is_page_aligned() || !size.is_multiple_of(PAGE_SIZE) {
             return Err(VmError::BadArgument);
         }
         base.raw().checked_add(size).ok_or(VmError::BadArgument)?;
-        if !self.mem.db.regions().all_ram(base.raw(), size) {
+        let mut vms = self.vms.lock();
+        let mut mem = self.mem.lock();
+        if !mem.db.regions().all_ram(base.raw(), size) {
             return Err(VmError::Mem(MemError::NotRam));
         }
-        self.quiescent(vm)?;
-        self.vms.abandon_verification(vm);
-        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
-        Ok(self.mem.clear_vm_range(m, &mut rec.s2, vm.vmid(), base.pfn().raw(), size >> PAGE_SHIFT)?)
+        quiescent(&vms, vm)?;
+        vms.abandon_verification(vm);
+        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        Ok(mem.clear_vm_range(m, &mut rec.s2, vm.vmid(), base.pfn().raw(), size >> PAGE_SHIFT)?)
     }
 
     /// PHYS_ADDR_IOREMAP: device pages `[pa, pa + size)` at `gpa`, outside the VM's RAM.
-    pub fn ioremap(&mut self, m: &impl Machine, vm: VmId, gpa: Ipa, pa: Pa, size: u64) -> Result<(), VmError> {
-        let rec = self.vm(vm)?;
+    pub fn ioremap(&self, m: &impl Machine, vm: VmId, gpa: Ipa, pa: Pa, size: u64) -> Result<(), VmError> {
+        let mut vms = self.vms.lock();
+        let rec = record(&vms, vm)?;
         let ends = (gpa.raw().checked_add(size), pa.raw().checked_add(size));
         let (Some(gpa_end), Some(_)) = ends else { return Err(VmError::BadArgument) };
         if size == 0
@@ -352,49 +452,48 @@ impl Kcore {
         {
             return Err(VmError::BadArgument);
         }
-        if !self.mem.db.regions().no_ram(pa.raw(), size) {
+        let mem = self.mem.lock();
+        if !mem.db.regions().no_ram(pa.raw(), size) {
             return Err(VmError::Mem(MemError::IsRam));
         }
         if !matches!(rec.state, VmState::Ready | VmState::Verified) {
             return Err(VmError::State);
         }
-        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
         for offset in (0..size).step_by(PAGE_SIZE as usize) {
-            self.mem.map_vm_io(m, &mut rec.s2, gpa.raw() + offset, pa.raw() + offset)?;
+            mem.map_vm_io(m, &mut rec.s2, gpa.raw() + offset, pa.raw() + offset)?;
         }
         Ok(())
     }
 
     /// TIMER_SET_CNTVOFF.
-    pub fn set_cntvoff(&mut self, vm: VmId, offset: u64) -> Result<(), VmError> {
-        self.vms.get_mut(vm).ok_or(VmError::NoVm)?.cntvoff = offset;
+    pub fn set_cntvoff(&self, vm: VmId, offset: u64) -> Result<(), VmError> {
+        self.vms.lock().get_mut(vm).ok_or(VmError::NoVm)?.cntvoff = offset;
         Ok(())
     }
 
     /// VM_POWER_OFF: the VM's vCPUs never run again (a running one finishes its current run).
-    pub fn power_off(&mut self, vm: VmId) -> Result<(), VmError> {
-        self.vm(vm)?;
-        Ok(self.vms.power_off(vm)?)
+    pub fn power_off(&self, vm: VmId) -> Result<(), VmError> {
+        let mut vms = self.vms.lock();
+        record(&vms, vm)?;
+        Ok(vms.power_off(vm)?)
     }
 
     /// DESTROY_VM: every page the VM still owns goes back to the host scrubbed; the VM is gone.
-    pub fn destroy(&mut self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
-        self.quiescent(vm)?;
-        self.vms.abandon_verification(vm);
-        let regions: Vec<_> = self.mem.db.regions().iter().collect();
-        let rec = self.vms.get_mut(vm).ok_or(VmError::NoVm)?;
+    pub fn destroy(&self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
+        let mut vms = self.vms.lock();
+        quiescent(&vms, vm)?;
+        vms.abandon_verification(vm);
+        let mut mem = self.mem.lock();
+        let regions: Vec<_> = mem.db.regions().iter().collect();
+        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
         let mut returned = 0;
         for region in regions {
             // On a failure the VM stays, with the pages returned so far returned.
-            returned += self.mem.clear_vm_range(
-                m,
-                &mut rec.s2,
-                vm.vmid(),
-                region.base >> PAGE_SHIFT,
-                region.size >> PAGE_SHIFT,
-            )?;
+            returned +=
+                mem.clear_vm_range(m, &mut rec.s2, vm.vmid(), region.base >> PAGE_SHIFT, region.size >> PAGE_SHIFT)?;
         }
-        self.vms.remove(&self.mem, vm);
+        vms.remove(&mem, vm);
         m.flush_stage2_vmid(vm.vmid());
         Ok(returned)
     }

@@ -76,7 +76,7 @@ impl World {
             VOp::Destroy(v) => format!("{:?}", host_vm(v).and_then(|vm| k.destroy(m, vm))),
             VOp::HostStore(pa, value) => {
                 // A real access: through the host's stage-2, faulting the page in first.
-                let mapped = k.mem.host_s2.walk(m, pa).is_some() || k.mem.map_page_host(m, pa).is_ok();
+                let mapped = k.mem.lock().host_s2.walk(m, pa).is_some() || k.mem.lock().map_page_host(m, pa).is_ok();
                 if mapped {
                     m.write_u64(pa, value);
                 }
@@ -88,7 +88,7 @@ impl World {
     /// VM 1 writes its secret into the first word of each private page it owns.
     fn guest_writes_secret(&mut self, secret: u64) {
         for pfn in PROBES {
-            if self.k.mem.db.get(pfn << 12).is_some_and(|p| p.owner == Owner::Vm(1) && p.count == 0) {
+            if self.k.mem.lock().db.get(pfn << 12).is_some_and(|p| p.owner == Owner::Vm(1) && p.count == 0) {
                 self.m.write_u64(pfn << 12, secret ^ pfn);
             }
         }
@@ -101,9 +101,9 @@ impl World {
         PROBES
             .iter()
             .map(|&pfn| {
-                let page = self.k.mem.db.get(pfn << 12);
+                let page = self.k.mem.lock().db.get(pfn << 12);
                 let pa = pfn << 12;
-                let readable = self.k.mem.host_s2.walk(&self.m, pa).is_some()
+                let readable = self.k.mem.lock().host_s2.walk(&self.m, pa).is_some()
                     || page.is_some_and(|p| p.owner == Owner::Host || p.count > 0);
                 let range = pfn << 12..(pfn + 1) << 12;
                 let words = readable.then(|| {
@@ -163,12 +163,20 @@ fn reset_cannot_tell(ops: &[VOp]) -> Result<(), TestCaseError> {
         a.guest_writes_secret(0x5ec2_e7aa);
         b.guest_writes_secret(0x5ec2_e7bb);
     }
-    if a.k.vm(VmId::new(1).unwrap()).is_ok() {
+    if crate::vm::record(&a.k.vms.lock(), VmId::new(1).unwrap()).is_ok() {
         plant_contexts(&a.m, 1, 0x5ec2_e7aa);
         plant_contexts(&b.m, 1, 0x5ec2_e7bb);
     }
-    let (scrubbed_a, scrubbed_b) =
-        (a.k.scrub_for_power_down(&a.m, MODEL_HEAP), b.k.scrub_for_power_down(&b.m, MODEL_HEAP));
+    let (scrubbed_a, scrubbed_b) = (
+        {
+            let (vms, mem) = a.k.lock_all();
+            a.k.scrub_for_power_down(&a.m, &vms, &mem, MODEL_HEAP)
+        },
+        {
+            let (vms, mem) = b.k.lock_all();
+            b.k.scrub_for_power_down(&b.m, &vms, &mem, MODEL_HEAP)
+        },
+    );
     prop_assert_eq!(scrubbed_a, scrubbed_b);
     // KCore's image: its (model) slot up to the heap. Nothing in the model writes there.
     let image = crate::memory::system::KCORE.base..MODEL_HEAP.base;

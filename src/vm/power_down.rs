@@ -15,9 +15,10 @@
 //! starts by revoking every VM's stage-2, so a guest still running on another core faults into
 //! KCore, which parks it, before its pages are scrubbed.
 
-use super::Kcore;
+use super::{vm_tables, Kcore, VmRecords};
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::memory::pages::Owner;
+use crate::memory::HostMemory;
 use crate::mutation::{planted, Mutation};
 use corevisor_boards::PhysRange;
 
@@ -46,19 +47,26 @@ impl Kcore {
     /// 4. KCore's `heap`, the same way. Last, because KCore's own state lives there: after this
     ///    call `self` must never be used again (the machine is about to go down).
     ///
-    /// Ownership records are left as they are: nothing runs after this but the reset.
-    pub fn scrub_for_power_down(&mut self, m: &impl Machine, heap: PhysRange) -> Scrubbed {
-        self.revoke_vm_stage2s(m);
+    /// Ownership records are left as they are: nothing runs after this but the reset. The
+    /// caller holds both locks (`vms`, then `mem`) and never lets go of them.
+    pub fn scrub_for_power_down(
+        &self,
+        m: &impl Machine,
+        vms: &VmRecords,
+        mem: &HostMemory,
+        heap: PhysRange,
+    ) -> Scrubbed {
+        Kcore::revoke_vm_stage2s(m, vms);
         let mut vm_pages = 0;
-        for region in self.mem.db.regions().iter() {
+        for region in mem.db.regions().iter() {
             let mut pa = region.base;
             while pa < region.end() {
                 let whole_block = pa.is_multiple_of(BLOCK) && pa + BLOCK <= region.end();
-                if whole_block && self.mem.db.host_owns_block(pa, BLOCK) {
+                if whole_block && mem.db.host_owns_block(pa, BLOCK) {
                     pa += BLOCK;
                     continue;
                 }
-                if self.mem.db.get(pa).is_some_and(|page| matches!(page.owner, Owner::Vm(_))) {
+                if mem.db.get(pa).is_some_and(|page| matches!(page.owner, Owner::Vm(_))) {
                     if !planted(Mutation::SkipPowerDownVmScrub) {
                         scrub(m, pa, PAGE_SIZE);
                     }
@@ -81,8 +89,8 @@ impl Kcore {
     /// for guests running on other cores to leave before the heap goes: every VM's stage-2 root
     /// is emptied and the VMID's TLB entries are invalidated on every core (the invalidation
     /// completes only once no core uses the old translations any more).
-    pub fn revoke_vm_stage2s(&mut self, m: &impl Machine) {
-        for (vmid, table) in self.vm_tables() {
+    pub fn revoke_vm_stage2s(m: &impl Machine, vms: &VmRecords) {
+        for (vmid, table) in vm_tables(vms) {
             m.zero_page(table.root());
             m.clean_invalidate_to_poc(table.root(), PAGE_SIZE);
             m.publish();
@@ -125,7 +133,7 @@ pub(super) mod tests {
     /// table pools and the heap are zero, every scrubbed range was cleaned to the point of
     /// coherency when it held zeros, and every VM's TLB entries were invalidated.
     fn power_down_refines(ops: Vec<super::super::refinement::VOp>) -> Result<(), TestCaseError> {
-        let (m, mut k, mut s) = refined_run(&ops)?;
+        let (m, k, mut s) = refined_run(&ops)?;
         // Each VM has written into every page it owns, and its vCPUs' registers are saved.
         for (&pfn, page) in &s.r.s2page {
             if let Owner::Vm(vmid) = page.owner {
@@ -134,11 +142,14 @@ pub(super) mod tests {
             }
         }
         plant_contexts(&m, 1, 0x5ec2_e7aa);
-        let vms: Vec<u16> = k.vm_tables().iter().map(|&(vmid, _)| vmid).collect();
+        let vms: Vec<u16> = vm_tables(&k.vms.lock()).iter().map(|&(vmid, _)| vmid).collect();
         m.take_flushes();
         m.take_cleaned();
         let (after, expected) = scrub_for_power_down_spec(&s).unwrap();
-        let scrubbed = k.scrub_for_power_down(&m, MODEL_HEAP);
+        let scrubbed = {
+            let (vms, mem) = k.lock_all();
+            k.scrub_for_power_down(&m, &vms, &mem, MODEL_HEAP)
+        };
         prop_assert_eq!(scrubbed.vm_pages, expected, "VM pages scrubbed");
         relate(&m, &k, &BTreeMap::new(), &after).map_err(TestCaseError::fail)?;
         let pools = MODEL_VM_POOLS..MODEL_VM_POOLS + Kcore::vm_pool_bytes();
@@ -187,13 +198,16 @@ pub(super) mod tests {
     fn pages_inside_host_blocks_are_found() {
         use crate::memory::pages::PageInfo;
         let crate::memory::system::System { m, mem, .. } = crate::memory::system::System::new(false);
-        let mut k = Kcore::new(mem, MODEL_VM_POOLS, super::super::refinement::key().verifying_key());
+        let k = Kcore::new(mem, MODEL_VM_POOLS, super::super::refinement::key().verifying_key());
         for (pfn, vmid) in [(0x48123, 2), (0x7ffff, 3)] {
-            k.mem.db.set(pfn << 12, PageInfo { owner: Owner::Vm(vmid), count: 0, gfn: 5 });
+            k.mem.lock().db.set(pfn << 12, PageInfo { owner: Owner::Vm(vmid), count: 0, gfn: 5 });
             m.write_u64(pfn << 12, 0xfeed);
         }
         m.write_u64(0x4820_0000, 0xbeef);
-        let scrubbed = k.scrub_for_power_down(&m, MODEL_HEAP);
+        let scrubbed = {
+            let (vms, mem) = k.lock_all();
+            k.scrub_for_power_down(&m, &vms, &mem, MODEL_HEAP)
+        };
         assert_eq!(scrubbed.vm_pages, 2);
         assert_eq!(m.read_u64(0x48123 << 12), 0);
         assert_eq!(m.read_u64(0x7ffff << 12), 0);

@@ -11,7 +11,6 @@ use crate::boot::spec::AbsVms;
 use crate::boot::testing::sign_layout;
 use crate::boot::{Vcpu, MAX_VCPUS};
 use crate::machine::model::ModelMachine;
-use crate::memory::invariants;
 use crate::memory::spec::{RData, HOST};
 use crate::memory::system::{initial_rdata, System, POOLS};
 use crate::mutation::{catches, Mutation};
@@ -199,21 +198,21 @@ pub(super) fn relate(
     running: &BTreeMap<(VmId, VcpuId), RunTicket>,
     s: &AbsKcore,
 ) -> Result<(), String> {
-    if AbsVms::of(&k.vms) != s.vms {
+    if AbsVms::of(&k.vms.lock()) != s.vms {
         return Err("boot records differ".into());
     }
     for pfn in PROBES {
-        if k.mem.db.get(pfn << 12) != s.r.page(pfn << 12) {
+        if k.mem.lock().db.get(pfn << 12) != s.r.page(pfn << 12) {
             return Err(format!(
                 "page {pfn:#x}: {:?} but the spec has {:?}",
-                k.mem.db.get(pfn << 12),
+                k.mem.lock().db.get(pfn << 12),
                 s.r.page(pfn << 12)
             ));
         }
     }
     let mut npts: BTreeMap<u16, AbsNpt> = BTreeMap::new();
-    npts.insert(HOST, AbsNpt::of(&k.mem.host_s2, m));
-    for (vmid, table) in k.vm_tables() {
+    npts.insert(HOST, AbsNpt::of(&k.mem.lock().host_s2, m));
+    for (vmid, table) in vm_tables(&k.vms.lock()) {
         npts.insert(vmid, AbsNpt::of(table, m));
     }
     if npts != s.r.npts {
@@ -222,11 +221,11 @@ pub(super) fn relate(
     if m.words(0..POOLS) != s.r.flatmem {
         return Err("memory differs from the spec".into());
     }
-    let vms: Vec<VmId> = k.vms.iter().map(|(vm, _)| vm).collect();
+    let vms: Vec<VmId> = k.vms.lock().iter().map(|(vm, _)| vm).collect();
     if vms != s.slots.keys().copied().collect::<Vec<_>>() {
         return Err(format!("VMs {vms:?} but the spec has {:?}", s.slots.keys()));
     }
-    for (vm, rec) in k.vms.iter() {
+    for (vm, rec) in k.vms.lock().iter() {
         let a = &s.slots[&vm];
         if rec.cntvoff != a.cntvoff {
             return Err(format!("vm {vm}: counter offset differs"));
@@ -280,8 +279,8 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
     let mut r = initial_rdata(false);
     r.npts.retain(|&p, _| p == HOST);
     lay_out(&m, &mut r);
-    let mut k = Kcore::new(mem, POOLS + (1 << 32), key().verifying_key());
-    let mut s = AbsKcore { vms: AbsVms::of(&k.vms), r, slots: BTreeMap::new() };
+    let k = Kcore::new(mem, POOLS + (1 << 32), key().verifying_key());
+    let mut s = AbsKcore { vms: AbsVms::of(&k.vms.lock()), r, slots: BTreeMap::new() };
     let vk = key().verifying_key();
     let running: BTreeMap<(VmId, VcpuId), RunTicket> = BTreeMap::new();
     for &op in ops {
@@ -316,7 +315,7 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
                 let Ok((vm, vcpu)) = host_vm(v).and_then(|vm| Ok((vm, host_vcpu(c)?))) else {
                     continue;
                 };
-                let fault_pending = k.vms.get(vm).is_some_and(|rec| {
+                let fault_pending = k.vms.lock().get(vm).is_some_and(|rec| {
                     matches!(&rec.vcpus[vcpu.index()], Vcpu::Idle(ctx) if matches!(ctx.pending, Pending::PageFault { .. }))
                 });
                 let (next, expected) = vcpu_run_prepare_spec(s, vm, vcpu, answer).unwrap();
@@ -378,7 +377,7 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
             VOp::Destroy(v) => step(s, host_vm(v), destroy_spec, |vm| k.destroy(&m, vm)),
             VOp::HostStore(pa, value) => {
                 // The host may write only while it owns the page.
-                if k.mem.db.get(pa).is_some_and(|p| p.owner == Owner::Host) {
+                if k.mem.lock().db.get(pa).is_some_and(|p| p.owner == Owner::Host) {
                     m.write_u64(pa, value);
                     s.r.flatmem.insert(pa, value);
                 }
@@ -389,7 +388,7 @@ pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore)
         if let Err(e) = relate(&m, &k, &running, s) {
             return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
         }
-        if let Err(v) = invariants::check(&m, &k.mem, &k.vm_tables()) {
+        if let Err(v) = k.check_invariants(&m) {
             return Err(TestCaseError::fail(format!("after {op:?}: invariant broken: {v:?}")));
         }
     }
@@ -500,6 +499,6 @@ fn the_sequences_take_2_mib_blocks() {
     ops.push(VOp::Run(1, 0, 0x48200 | BLOCK, Pending::Nothing));
     let (m, k, _) = refined_run(&ops).unwrap();
     let vm = VmId::new(1).unwrap();
-    let leaf = k.vm(vm).unwrap().s2.walk(&m, GUEST_RAM + (2 << 20) + 0x5000).unwrap();
+    let leaf = crate::vm::record(&k.vms.lock(), vm).unwrap().s2.walk(&m, GUEST_RAM + (2 << 20) + 0x5000).unwrap();
     assert_eq!((leaf.level, leaf.translate(GUEST_RAM + (2 << 20) + 0x5000)), (2, 0x4820_5000));
 }

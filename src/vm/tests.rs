@@ -74,7 +74,7 @@ fn a_verified_vm_runs_from_its_image_and_gets_pages_on_demand() {
     lay_out_image(&m, None);
     let vmid = boot(&m, &mut k).unwrap();
     // The host lost the image page.
-    assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_err());
+    assert!(k.mem.lock().map_page_host(&m, IMAGE_PFN << 12).is_err());
     let mut ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
     assert_eq!(ticket.ctx.gprs.frame.elr, GUEST_RAM);
     assert_eq!(ticket.vttbr >> 48, vmid.raw());
@@ -85,7 +85,7 @@ fn a_verified_vm_runs_from_its_image_and_gets_pages_on_demand() {
     k.vcpu_run_finish(ticket);
     let offered = 0x48100;
     m.write_u64(offered << 12, 0xdead);
-    k.mem.map_page_host(&m, offered << 12).unwrap();
+    k.mem.lock().map_page_host(&m, offered << 12).unwrap();
     assert_eq!(
         k.vcpu_run_prepare(&m, vmid, vcpu(0), IMAGE_PFN).err(),
         Some(VmError::Mem(MemError::NotOwned(Owner::Vm(1))))
@@ -93,11 +93,11 @@ fn a_verified_vm_runs_from_its_image_and_gets_pages_on_demand() {
     let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), offered).unwrap();
     assert_eq!(ticket.ctx.pending, Pending::Nothing);
     assert_eq!(m.read_u64(offered << 12), 0, "the offered page is scrubbed before the guest sees it");
-    assert!(k.mem.host_s2.walk(&m, offered << 12).is_none(), "and the host lost it");
-    let leaf = k.vm(vmid).unwrap().s2.walk(&m, 0x4010_0000).unwrap();
+    assert!(k.mem.lock().host_s2.walk(&m, offered << 12).is_none(), "and the host lost it");
+    let leaf = crate::vm::record(&k.vms.lock(), vmid).unwrap().s2.walk(&m, 0x4010_0000).unwrap();
     assert_eq!(leaf.translate(0x4010_0000), offered << 12);
     k.vcpu_run_finish(ticket);
-    assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
+    assert!(k.check_invariants(&m).is_ok());
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn a_flipped_byte_leaves_the_vm_unrunnable() {
         // Teardown returns the image page to the host, scrubbed.
         assert_eq!(k.destroy(&m, vm(1)), Ok(1));
         assert_eq!(m.read_u64(IMAGE_PFN << 12), 0);
-        assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok());
+        assert!(k.mem.lock().map_page_host(&m, IMAGE_PFN << 12).is_ok());
         assert_eq!(k.vcpu_run_prepare(&m, vm(1), vcpu(0), 0).err(), Some(VmError::NoVm));
         // Its image page may carry another VM's image now.
         let vmid = k.register_vm(&m, ram(GUEST_RAM, 1 << 20)).unwrap();
@@ -144,7 +144,7 @@ fn malformed_arguments_are_refused_without_effect() {
         let refused = IpaRange::new(base, size).ok_or(VmError::BadArgument).and_then(|ram| k.register_vm(&m, ram));
         assert_eq!(refused, Err(VmError::BadArgument), "{base:#x}+{size:#x}");
     }
-    assert_eq!(k.vms.next_vmid, 1);
+    assert_eq!(k.vms.lock().next_vmid, 1);
     let vmid = k.register_vm(&m, ram(GUEST_RAM, 1 << 20)).unwrap();
     // Ids that name no VM or vCPU are refused where they enter (the trap edge).
     assert_eq!(host_vcpu(8), Err(VmError::BadArgument));
@@ -178,13 +178,13 @@ fn guests_share_only_their_own_mapped_ram() {
     lay_out_image(&m, None);
     let vmid = boot(&m, &mut k).unwrap();
     assert_eq!(k.guest_share(&m, vmid, true, Ipa(GUEST_RAM), 4096), Ok(()));
-    assert_eq!(k.mem.db.get(IMAGE_PFN << 12).unwrap().count, 1);
-    assert!(k.mem.map_page_host(&m, IMAGE_PFN << 12).is_ok(), "a shared page is the host's to map");
+    assert_eq!(k.mem.lock().db.get(IMAGE_PFN << 12).unwrap().count, 1);
+    assert!(k.mem.lock().map_page_host(&m, IMAGE_PFN << 12).is_ok(), "a shared page is the host's to map");
     for (gpa, size) in [(GUEST_RAM + 1, 4096), (GUEST_RAM, 0), (GUEST_RAM - 4096, 8192), (GUEST_RAM, !0xfffu64)] {
         assert_eq!(k.guest_share(&m, vmid, true, Ipa(gpa), size), Err(VmError::BadArgument));
     }
     assert_eq!(k.guest_share(&m, vmid, false, Ipa(GUEST_RAM), 4096), Ok(()));
-    assert!(k.mem.host_s2.walk(&m, IMAGE_PFN << 12).is_none(), "unsharing unmaps it from the host");
+    assert!(k.mem.lock().host_s2.walk(&m, IMAGE_PFN << 12).is_none(), "unsharing unmaps it from the host");
     assert_eq!(k.guest_share(&m, vmid, false, Ipa(GUEST_RAM), 4096), Err(VmError::Mem(MemError::NotShared)));
 }
 
@@ -200,10 +200,10 @@ fn an_offer_the_vm_cannot_map_goes_back_to_the_host() {
     let offered = 0x48100;
     m.write_u64(offered << 12, 0xfeed);
     assert!(matches!(k.vcpu_run_prepare(&m, vmid, vcpu(0), offered), Err(VmError::Mem(MemError::PageTable(_)))));
-    let page = k.mem.db.get(offered << 12).unwrap();
+    let page = k.mem.lock().db.get(offered << 12).unwrap();
     assert_eq!(page.owner, Owner::Host, "the offer is undone");
     assert_eq!(m.read_u64(offered << 12), 0, "and scrubbed: it was the VM's for a moment");
-    assert!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()).is_ok());
+    assert!(k.check_invariants(&m).is_ok());
 }
 
 /// Issue 14: two vCPUs on two cores fault on the same page; the host answers both with the
@@ -227,9 +227,9 @@ fn a_fault_a_sibling_served_keeps_its_page(written: u64) -> Result<(), proptest:
     let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), page);
     prop_assert_eq!(ticket.as_ref().err(), None);
     k.vcpu_run_finish(ticket.unwrap());
-    prop_assert_eq!(k.mem.db.get(page << 12).unwrap().owner, Owner::Vm(vmid.vmid()));
+    prop_assert_eq!(k.mem.lock().db.get(page << 12).unwrap().owner, Owner::Vm(vmid.vmid()));
     prop_assert_eq!(m.read_u64(page << 12), written, "the guest's data survives the second answer");
-    prop_assert_eq!(crate::memory::invariants::check(&m, &k.mem, &k.vm_tables()), Ok(()));
+    prop_assert_eq!(k.check_invariants(&m), Ok(()));
     Ok(())
 }
 
@@ -252,13 +252,13 @@ fn a_fault_served_twice_that_scrubs_again_is_caught() {
 /// once shifted) answers INVALID_ADDRESS and lists nothing: the number never becomes a `Pfn`.
 #[test]
 fn remap_refuses_a_page_number_past_the_physical_address_size() {
-    let (m, mut k) = kcore();
+    let (m, k) = kcore();
     let vmid = k.register_vm(&m, ram(GUEST_RAM, 16 << 20)).unwrap();
     k.set_boot_info(vmid, Ipa(GUEST_RAM), IMAGE_LEN).unwrap();
     let refused = host_pfn(IMAGE_PFN | 1 << 52).and_then(|p| k.remap_vm_image(vmid, 0, p)).unwrap_err();
     assert_eq!(refused, VmError::Boot(BootError::Mem(MemError::BadPfn)));
     assert_eq!(refused.status(), Status::InvalidAddress);
-    assert!(k.vms.get(vmid).unwrap().load[0].pfns.is_empty());
+    assert!(k.vms.lock().get(vmid).unwrap().load[0].pfns.is_empty());
     assert_eq!(k.remap_vm_image(vmid, 0, pfn(IMAGE_PFN)), Ok(()));
 }
 
@@ -287,20 +287,23 @@ fn a_page_offer_beyond_the_physical_address_space_is_refused() {
         );
         assert_eq!(VmError::Mem(MemError::BadPfn).status(), Status::InvalidAddress);
     }
-    assert_eq!(k.mem.db.get(free << 12).unwrap().owner, Owner::Host, "the aliased page stays the host's");
+    assert_eq!(k.mem.lock().db.get(free << 12).unwrap().owner, Owner::Host, "the aliased page stays the host's");
     assert_eq!(m.read_u64(free << 12), 0xdead, "and unscrubbed");
     // The memory layer refuses such numbers in every transition.
-    let mem = &mut k.mem;
+    let mut mem = k.mem.lock();
     let alias = free | 1 << 40;
     assert_eq!(mem.assign_pfn_to_vm(&m, 1, 0x40101, alias), Err(MemError::BadPfn));
     assert_eq!(mem.grant_vm_page(1, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
     assert_eq!(mem.revoke_vm_page(&m, 1, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
-    let s2 = &mut k.vms.get_mut(vmid).unwrap().s2;
-    assert_eq!(k.mem.clear_vm_page(&m, s2, 1, IMAGE_PFN | 1 << 63), Err(MemError::BadPfn));
-    assert_eq!(k.mem.clear_vm_range(&m, s2, 1, IMAGE_PFN, u64::MAX), Err(MemError::BadPfn));
-    assert_eq!(k.mem.clear_vm_range(&m, s2, 1, (1 << 28) - 1, 2), Err(MemError::BadPfn));
-    assert_eq!(k.mem.map_pfn_vm(&m, s2, 1, 0x40000, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
+    drop(mem);
+    let (mut vms, mut mem) = k.lock_all();
+    let s2 = &mut vms.get_mut(vmid).unwrap().s2;
+    assert_eq!(mem.clear_vm_page(&m, s2, 1, IMAGE_PFN | 1 << 63), Err(MemError::BadPfn));
+    assert_eq!(mem.clear_vm_range(&m, s2, 1, IMAGE_PFN, u64::MAX), Err(MemError::BadPfn));
+    assert_eq!(mem.clear_vm_range(&m, s2, 1, (1 << 28) - 1, 2), Err(MemError::BadPfn));
+    assert_eq!(mem.map_pfn_vm(&m, s2, 1, 0x40000, IMAGE_PFN | 1 << 40), Err(MemError::BadPfn));
     assert_eq!(crate::memory::checked_pa((1 << 28) - 1), Ok(((1 << 28) - 1) << 12));
+    drop((vms, mem));
     // Now the real page: taken, scrubbed, mapped.
     k.vcpu_run_prepare(&m, vmid, vcpu(0), free).unwrap();
     assert_eq!(m.read_u64(free << 12), 0);
@@ -360,7 +363,7 @@ fn virq(intid: u64) -> Virq {
 
 #[test]
 fn injections_are_refused_unless_the_vm_is_verified_and_the_vcpu_idle() {
-    let (m, mut k) = kcore();
+    let (m, k) = kcore();
     lay_out_image(&m, None);
     let vmid = k.register_vm(&m, ram(GUEST_RAM, 16 << 20)).unwrap();
     k.register_vcpu(vmid, vcpu(0)).unwrap();
@@ -396,7 +399,8 @@ fn injections_reach_their_vcpu(shots: Vec<(u64, u64)>) -> Result<(), proptest::t
         *w = spec::inject(w, virq(intid)).unwrap();
     }
     for (index, want) in want.iter().enumerate() {
-        let Vcpu::Idle(ctx) = &k.vm(vmid).unwrap().vcpus[index] else { unreachable!() };
+        let vms = k.vms.lock();
+        let Vcpu::Idle(ctx) = &crate::vm::record(&vms, vmid).unwrap().vcpus[index] else { unreachable!() };
         let mut pending: Vec<u16> = ctx.vgic.queued().map(|q| q.intid.raw()).collect();
         pending.sort();
         proptest::prop_assert_eq!(pending, want.pending.keys().copied().collect::<Vec<_>>(), "vCPU {}", index);

@@ -21,7 +21,7 @@ pub enum Outcome {
 
 pub fn host_stage2_fault(frame: &mut TrapFrame, abort: Stage2Abort) -> Outcome {
     let ipa = abort.ipa.raw();
-    let result = state::with_kcore(|kcore| handle_host_stage2_fault(&Aarch64, &mut kcore.mem, ipa));
+    let result = handle_host_stage2_fault(&Aarch64, state::kcore(), ipa);
     let result = match result {
         Err(MemError::Emulated) => {
             let gicr = &state::host().emulated_mmio;

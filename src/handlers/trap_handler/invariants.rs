@@ -10,9 +10,10 @@
 //! of them is checked. Every other trap, every share call and every call that moved a record is
 //! checked as in a test build, and KCore's canary after every trap.
 
-use super::state::STATE;
+use super::state;
 use crate::machine::{layout, Aarch64};
-use crate::vm::Kcore;
+use crate::memory::HostMemory;
+use crate::vm::{vm_tables, VmRecords};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use corevisor_abi::host_call;
 
@@ -52,22 +53,23 @@ pub fn check_after_host_trap(refused_access: bool) {
 /// The full check, or for a trap of a `sampleable` kind after which no record changed, the
 /// canary alone on all but every [`SAMPLE`]th.
 fn check_sampled_if(sampleable: bool) {
-    if let Some(kcore) = STATE.lock().as_ref() {
-        let unchanged = CHECKED_AT.load(Relaxed) == kcore.mem.db.changes();
-        if sampleable && unchanged && !SAMPLED_TRAPS.fetch_add(1, Relaxed).is_multiple_of(SAMPLE) {
-            return canary();
-        }
-        check_of(kcore);
+    let kcore = state::kcore();
+    let unchanged = CHECKED_AT.load(Relaxed) == kcore.mem.lock().db.changes();
+    if sampleable && unchanged && !SAMPLED_TRAPS.fetch_add(1, Relaxed).is_multiple_of(SAMPLE) {
+        return canary();
     }
+    let (vms, mem) = kcore.lock_all();
+    check_of(&vms, &mem);
 }
 
-/// The full check, for a caller that holds the state lock.
-pub fn check_of(kcore: &Kcore) {
+/// The full check, for a caller that holds every lock of KCore's state (`Kcore::lock_all`), so
+/// that it sees no call half done.
+pub fn check_of(vms: &VmRecords, mem: &HostMemory) {
     if ON {
-        if let Err(violation) = crate::memory::invariants::check(&Aarch64, &kcore.mem, &kcore.vm_tables()) {
+        if let Err(violation) = crate::memory::invariants::check(&Aarch64, mem, &vm_tables(vms)) {
             panic!("invariant broken after a trap: {violation:?}");
         }
-        CHECKED_AT.store(kcore.mem.db.changes(), Relaxed);
+        CHECKED_AT.store(mem.db.changes(), Relaxed);
         FULL_CHECKS.fetch_add(1, Relaxed);
         canary();
     }

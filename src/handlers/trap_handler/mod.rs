@@ -90,10 +90,10 @@ fn system_off(core: usize, status: u8) -> ! {
     state::host().power.system_off(status.into())
 }
 
-/// A VM call, served by the VM layer under KCore's state lock; x0..x3 get its result.
+/// A VM call, served by the VM layer under the locks it takes; x0..x3 get its result.
 #[inline(never)]
 fn serve_vm_call(call: VmCall, regs: &mut [u64; CALL_REGS]) {
-    let result = state::with_kcore(|kcore| vm_calls::serve(&Aarch64, kcore, regs[0] as u32, call));
+    let result = vm_calls::serve(&Aarch64, state::kcore(), regs[0] as u32, call);
     regs[0] = result.status;
     regs[1..4].copy_from_slice(&result.values);
 }

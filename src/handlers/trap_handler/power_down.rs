@@ -2,8 +2,9 @@
 //! the host's is scrubbed, since the next boot hands all of RAM to the host.
 
 use super::principal;
-use super::state::STATE;
+use super::state;
 use crate::machine::{layout, Aarch64};
+use crate::vm::Kcore;
 use corevisor_boards::PhysRange;
 use log::{info, warn};
 
@@ -13,15 +14,16 @@ use log::{info, warn};
 /// about to take the state lock; either takes a few thousand instructions.
 const CONTEXT_RELEASE_POLLS: u64 = 100_000_000;
 
-/// Stops every other core and scrubs (`Kcore::scrub_for_power_down`). Keeps KCore's state lock
+/// Stops every other core and scrubs (`Kcore::scrub_for_power_down`). Keeps KCore's locks
 /// for good: nothing of KCore runs after this but the power call.
 pub fn power_down(core: usize, what: &str) {
     // Every other core parks at its next entry to KCore, a running guest at its next exit.
     principal::halt_all_cores();
-    let mut state = STATE.lock();
-    let Some(kcore) = state.as_mut() else { return };
+    let kcore = state::kcore();
+    // Every lock of KCore's state, in order, for good: no call runs on another core any more.
+    let (vms, mem) = kcore.lock_all();
     // A guest still running elsewhere loses its memory now: its next access exits, and it parks.
-    kcore.revoke_vm_stage2s(&Aarch64);
+    Kcore::revoke_vm_stage2s(&Aarch64, &vms);
     principal::holds_context(core, false);
     super::invariants::report();
     let released = (0..CONTEXT_RELEASE_POLLS).any(|_| {
@@ -32,9 +34,9 @@ pub fn power_down(core: usize, what: &str) {
         warn!("a core still holds a vCPU context; scrubbing anyway");
     }
     let heap = layout::heap();
-    let scrubbed = kcore.scrub_for_power_down(&Aarch64, PhysRange::new(heap.start, heap.end - heap.start));
-    // KCore's heap is gone: `kcore` must not be touched again (the guard is never dropped).
-    core::mem::forget(state);
+    let scrubbed = kcore.scrub_for_power_down(&Aarch64, &vms, &mem, PhysRange::new(heap.start, heap.end - heap.start));
+    // KCore's heap is gone: `kcore` must not be touched again (the guards are never dropped).
+    core::mem::forget((vms, mem));
     info!(
         "scrubbed {} VM pages, {} pages of VM page tables and KCore's heap ({} KiB) before {what}",
         scrubbed.vm_pages,

@@ -2,7 +2,6 @@
 
 use crate::machine::phys::DeviceWindow;
 use crate::machine::power::Power;
-use crate::machine::sync::{LockRank, TicketGuard, TicketLock};
 use crate::vm::Kcore;
 
 /// What the trap handler needs to know about the host, from the boot sequence.
@@ -21,21 +20,17 @@ pub struct HostSetup {
 
 static HOST: spin::Once<HostSetup> = spin::Once::new();
 
-/// KCore's state: the ownership table with the host's stage-2 (SeKVM's `s2page`) and the VMs.
-///
-/// One lock guards it all. Lock order (a core holding one lock only takes locks below it;
-/// `LockRank`, checked in debug and `check-invariants` builds; docs/locks.md):
-/// 1. this lock;
-/// 2. the console lock (logging is allowed under any lock).
-///
-/// It is never held while a guest runs: VCPU_RUN takes the vCPU's context out under the lock,
-/// runs the guest without it, and puts the context back under it.
-pub(super) static STATE: TicketLock<Option<Kcore>> = TicketLock::new(LockRank::State, None);
+/// KCore's state, set once before the host runs. It holds its own locks (`vm::Kcore`: the VMs'
+/// lock, then the ownership lock; `LockRank`, checked in debug and `check-invariants` builds;
+/// docs/locks.md), and each trap takes only those its work needs. None is held while a guest
+/// runs: VCPU_RUN takes the vCPU's context out under the VMs' lock, runs the guest without it,
+/// and puts the context back under it.
+static KCORE: spin::Once<Kcore> = spin::Once::new();
 
 /// Hands the trap handler the host's setup and KCore's state. Called once before the host runs.
 pub fn install(host: HostSetup, kcore: Kcore) {
     HOST.call_once(|| host);
-    *STATE.lock() = Some(kcore);
+    KCORE.call_once(|| kcore);
 }
 
 /// The host's setup (after [`install`]).
@@ -44,18 +39,11 @@ pub(super) fn host() -> &'static HostSetup {
     HOST.get().expect("the host's setup is installed before the host runs")
 }
 
-/// KCore's state, locked until the guard drops: for a caller that wants the work inline (the
-/// share call).
-#[inline(always)]
-pub(super) fn locked() -> TicketGuard<'static, Option<Kcore>> {
-    STATE.lock()
-}
-
-/// Runs `f` on KCore's state, under its lock.
+/// KCore's state (after [`install`]); the caller takes the locks its work needs.
 #[inline]
-pub(super) fn with_kcore<R>(f: impl FnOnce(&mut Kcore) -> R) -> R {
-    match STATE.lock().as_mut() {
-        Some(kcore) => f(kcore),
+pub(super) fn kcore() -> &'static Kcore {
+    match KCORE.get() {
+        Some(kcore) => kcore,
         None => panic!("a trap needs KCore's state before the host's memory was set up"),
     }
 }

@@ -18,11 +18,9 @@ use log::info;
 /// record goes into x1..x5 of the host's call registers `call`.
 #[inline(never)]
 pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId, answer: u64) {
-    let prepared = state::with_kcore(|kcore| {
-        let prepared = kcore.vcpu_run_prepare(&Aarch64, vm, vcpu, answer);
-        principal::holds_context(core, prepared.is_ok());
-        prepared
-    });
+    let kcore = state::kcore();
+    let prepared =
+        kcore.vcpu_run_prepare_then(&Aarch64, vm, vcpu, answer, |taken| principal::holds_context(core, taken));
     let mut ticket = match prepared {
         Ok(ticket) => ticket,
         Err(e) => {
@@ -54,17 +52,14 @@ pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId
     );
     principal::set(core, Principal::Host);
     principal::holds_context(core, false);
-    let record = state::with_kcore(|kcore| {
-        let record = match exit {
-            HostBound::Record(record) => record,
-            HostBound::CpuOn { record, target, entry, arg } => {
-                kcore.guest_cpu_on(vm, target, entry, arg);
-                record
-            }
-        };
-        kcore.vcpu_run_finish(ticket);
-        record
-    });
+    let record = match exit {
+        HostBound::Record(record) => record,
+        HostBound::CpuOn { record, target, entry, arg } => {
+            kcore.guest_cpu_on(vm, target, entry, arg);
+            record
+        }
+    };
+    kcore.vcpu_run_finish(ticket);
     call[0] = Status::Success.as_reg();
     call[1] = record.reason;
     call[2..6].copy_from_slice(&record.details);
@@ -126,20 +121,20 @@ fn serve(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, trap: Gue
     }
 }
 
-/// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over `[gpa, gpa + size)`, under the state
-/// lock, its status in `x0`.
+/// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over `[gpa, gpa + size)`, under the VMs'
+/// and the ownership locks, its status in `x0`.
 #[inline(always)]
 fn share(core: usize, vm: VmId, x0: &mut u64, grant: bool, gpa: Ipa, size: u64) {
     principal::holds_context(core, false);
-    let result = {
-        let mut state = state::locked();
-        let Some(kcore) = state.as_mut() else { unreachable!("a guest runs only after KCore's state is installed") };
+    let kcore = state::kcore();
+    let result = kcore.guest_share(&Aarch64, vm, grant, gpa, size);
+    {
+        // The context is this core's again only under the locks, which a power-down keeps.
+        let (vms, mem) = kcore.lock_all();
         principal::holds_context(core, true);
-        let result = kcore.guest_share(&Aarch64, vm, grant, gpa, size);
         // A share call changes ownership records without leaving the guest's world.
-        invariants::check_of(kcore);
-        result
-    };
+        invariants::check_of(&vms, &mem);
+    }
     if let Err(e) = result {
         let call = if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" };
         info!("vm {vm}: {call} {gpa:#x}+{size:#x} refused: {e:?}");
