@@ -169,7 +169,7 @@ impl Turns {
     fn hand_over_from(&self, me: usize, finished: bool, skip_me: bool) {
         let mut state = self.state.lock().unwrap();
         state.finished[me] |= finished;
-        let runnable: Vec<usize> = (0..THREADS).filter(|&t| !state.finished[t] && !(skip_me && t == me)).collect();
+        let runnable: Vec<usize> = (0..THREADS).filter(|&t| !(state.finished[t] || skip_me && t == me)).collect();
         if runnable.is_empty() {
             return;
         }
