@@ -99,11 +99,11 @@ pub enum Mutation {
     /// The IRQ fast path's timer delivery writes LR 0 even when it holds a live interrupt
     /// (which is lost), instead of the first empty LR.
     VgicInjectLoadedOverwritesLr0,
-    /// The concurrency tests' host stage-2 fault handler checks that the host owns the page
-    /// under the state lock, lets go of it, and maps the page under the lock again, trusting
-    /// the check (issue 14: a check-then-act split).
+    /// The host stage-2 fault handler (`vm::Kcore::host_stage2_fault`) checks that the host owns
+    /// the page under the ownership lock, lets go of it, and maps the page under the lock again,
+    /// trusting the check (issue 14: a check-then-act split).
     HostFaultCheckThenAct,
-    /// The concurrency tests' threads take KCore's state lock while holding the console-ranked
+    /// The concurrency tests' threads take KCore's locks while holding the console-ranked
     /// history lock: the lock order inverted (issue 14).
     LockOrderInverted,
     /// A page answer naming the page the VM's stage-2 already maps at the faulting gfn (a

@@ -80,7 +80,7 @@ pub const MAX_BOOT_DATA_PAGES: u64 = 16;
 /// [`MAX_IMAGE_BYTES`] in pages.
 pub const MAX_IMAGE_PAGES: u64 = MAX_IMAGE_BYTES / PAGE_SIZE;
 pub const SIGNATURE_LEN: u64 = corevisor_abi::bundle::SIGNATURE_LEN as u64;
-/// Pages one VERIFY_VM_IMAGE call takes and hashes at most (KCore's lock is held meanwhile).
+/// Pages one VERIFY_VM_IMAGE call takes and hashes at most (KCore's VMs and ownership locks are held meanwhile).
 pub const VERIFY_CHUNK_PAGES: u64 = corevisor_abi::host_call::VERIFY_CHUNK_PAGES;
 
 /// A registered VM's state (an unregistered or destroyed one has no record).

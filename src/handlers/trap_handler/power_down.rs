@@ -11,7 +11,7 @@ use log::{info, warn};
 /// How long a power-down waits for the other cores to let go of the vCPU contexts, in polls (a
 /// count, not a clock: load on the machine cannot make it run out early). A core holding one is
 /// either running a guest, whose stage-2 was just revoked so that its next access exits, or
-/// about to take the state lock; either takes a few thousand instructions.
+/// about to take KCore's locks; either takes a few thousand instructions.
 const CONTEXT_RELEASE_POLLS: u64 = 100_000_000;
 
 /// Stops every other core and scrubs (`Kcore::scrub_for_power_down`). Keeps KCore's locks

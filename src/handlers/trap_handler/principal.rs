@@ -20,7 +20,7 @@ static HANDLING: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(Principal::Kcore 
 /// Set by a panic or a power-down: every core stops at its next trap.
 static HALTED: AtomicBool = AtomicBool::new(false);
 /// Per core: it holds a vCPU's context out of KCore's state (a VCPU_RUN in progress) and may
-/// still write it. Set only under the state lock; cleared before the core waits for that lock
+/// still write it. Set only under KCore's VMs lock; cleared before the core waits for KCore's locks
 /// again, and when it parks. A power-down waits for every flag to clear before it scrubs the heap
 /// the contexts live in.
 static HOLDS_CONTEXT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
