@@ -348,15 +348,44 @@ impl Kcore {
     /// which must lie inside the VM's RAM window. All or nothing: a refused call changes no page.
     #[inline]
     pub fn guest_share(&self, m: &impl Machine, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Result<(), VmError> {
-        let vms = self.vms.lock();
-        let rec = record(&vms, vm)?;
+        self.guest_share_then(m, vm, grant, gpa, size, |_, _| ())
+    }
+
+    /// [`Kcore::guest_share`], calling `after` with the state before the locks go (the trap
+    /// handler's invariant check and power-down bookkeeping, without taking the locks again).
+    #[inline(always)]
+    pub fn guest_share_then(
+        &self,
+        m: &impl Machine,
+        vm: VmId,
+        grant: bool,
+        gpa: Ipa,
+        size: u64,
+        after: impl FnOnce(&VmRecords, &HostMemory),
+    ) -> Result<(), VmError> {
+        let (vms, mut mem) = self.lock_all();
+        let result = Kcore::share(&mut mem, &vms, m, vm, grant, gpa, size);
+        after(&vms, &mem);
+        result
+    }
+
+    #[inline(always)]
+    fn share(
+        mem: &mut HostMemory,
+        vms: &VmRecords,
+        m: &impl Machine,
+        vm: VmId,
+        grant: bool,
+        gpa: Ipa,
+        size: u64,
+    ) -> Result<(), VmError> {
+        let rec = record(vms, vm)?;
         let end = gpa.raw().checked_add(size).filter(|_| size != 0).ok_or(VmError::BadArgument)?;
         let skips_end = crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck);
         let in_window = rec.ram.contains(gpa.raw()) && (rec.ram.contains(end - 1) || skips_end);
         if !gpa.is_page_aligned() || !size.is_multiple_of(PAGE_SIZE) || !in_window {
             return Err(VmError::BadArgument);
         }
-        let mut mem = self.mem.lock();
         if grant {
             mem.grant_stage2_sg_gpa(m, &rec.s2, vm.vmid(), gpa.raw(), size)?;
         } else {

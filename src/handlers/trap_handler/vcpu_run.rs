@@ -127,14 +127,12 @@ fn serve(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, trap: Gue
 fn share(core: usize, vm: VmId, x0: &mut u64, grant: bool, gpa: Ipa, size: u64) {
     principal::holds_context(core, false);
     let kcore = state::kcore();
-    let result = kcore.guest_share(&Aarch64, vm, grant, gpa, size);
-    {
+    let result = kcore.guest_share_then(&Aarch64, vm, grant, gpa, size, |vms, mem| {
         // The context is this core's again only under the locks, which a power-down keeps.
-        let (vms, mem) = kcore.lock_all();
         principal::holds_context(core, true);
         // A share call changes ownership records without leaving the guest's world.
-        invariants::check_of(&vms, &mem);
-    }
+        invariants::check_of(vms, mem);
+    });
     if let Err(e) = result {
         let call = if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" };
         info!("vm {vm}: {call} {gpa:#x}+{size:#x} refused: {e:?}");
