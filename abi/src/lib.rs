@@ -350,6 +350,9 @@ pub mod guest_role {
     pub const RACE_FLIPS: u64 = 10_000;
     pub const RACE_PUBLIC: u64 = 0x0b11_c0b1_1c0b_11c0;
     pub const RACE_SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
+    /// STEADY, after telling the host (NOTIFY) the guest-physical address of the 64 KiB whose
+    /// contents it checks: `dma-attacks` aims the host's DMA at a page the guest checks.
+    pub const STEADY_AT: u32 = 15;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

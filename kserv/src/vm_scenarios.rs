@@ -39,7 +39,7 @@ impl VmEnv<'_> {
 }
 
 /// Creates the bundle's first `count` VMs (all must verify).
-fn create_all(mgr: &mut Manager, env: &VmEnv, count: usize) -> Outcome {
+pub(crate) fn create_all(mgr: &mut Manager, env: &VmEnv, count: usize) -> Outcome {
     let bundle = env.bundle()?;
     for i in 0..count {
         let entry = env.entry(i)?;

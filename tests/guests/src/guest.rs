@@ -260,6 +260,10 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::LARGE) => large(),
         r if r == u64::from(guest_role::VGIC) => vgic(),
         r if r == u64::from(guest_role::RACE) => race(),
+        r if r == u64::from(guest_role::STEADY_AT) => {
+            notify((&raw mut STEADY_BUF) as u64);
+            steady()
+        }
         other => {
             put("unknown role ");
             put_dec(other);
