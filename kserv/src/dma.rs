@@ -220,19 +220,13 @@ fn let_kcore_drain() {
     hvc::hyp_call(host_call::VERSION, [0; 6]);
 }
 
-/// One blocked-DMA attempt of `dma-attacks`: a read of `target` into edu over the filler, or a
-/// write of the filler out to `target`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Attempt {
-    Read,
-    Write,
-}
-
-/// Tries to read and write `target` through edu. A read must bring nothing of the target into
-/// edu's buffer, which is checked by writing the buffer out to the result page: it holds the
-/// filler, or zeros (QEMU completes a DMA read the SMMU refuses with zeros). A write changes
-/// nothing (the guest's and KCore's own checks tell). Returns whether the read brought nothing;
-/// `attempts` counts the two attempts, each named in a line with its number.
+/// Tries to write and then read `target` through edu, with edu's buffer holding the filler.
+/// The write must change nothing (the guest's and KCore's own checks tell). The read must bring
+/// nothing: QEMU completes a DMA read the SMMU refuses with zeros, so edu's buffer, written out
+/// to the result page, must hold zeros. The filler there would mean the write reached the
+/// target and the read brought it back; anything else, the target's own contents. Returns
+/// whether the read brought nothing; `attempts` counts the two attempts, each named in a line
+/// with its number.
 fn attack(
     edu: &mut Edu,
     pages: &HostPages,
@@ -241,34 +235,23 @@ fn attack(
     attempts: &mut u64,
     scenario: &str,
 ) -> Result<bool, &'static str> {
-    let mut nothing_read = true;
-    for attempt in [Attempt::Read, Attempt::Write] {
-        edu.transfer(Direction::IntoEdu, pages.filler, PAGE)?;
-        *attempts += 1;
-        match attempt {
-            Attempt::Read => {
-                edu.transfer(Direction::IntoEdu, target, PAGE)?;
-                let_kcore_drain();
-                edu.transfer(Direction::OutOfEdu, pages.result, PAGE)?;
-                let verdict = if HostPages::differing(pages.result, filler_word) == 0 {
-                    "still the host's filler"
-                } else if HostPages::differing(pages.result, |_| 0) == 0 {
-                    "zeros, the refused read's"
-                } else {
-                    nothing_read = false;
-                    "SOMETHING ELSE: the target's contents"
-                };
-                kprintln!(
-                    "{scenario}: attempt {attempts}: DMA read of {what} at {target:#x}: edu's buffer holds {verdict}"
-                );
-            }
-            Attempt::Write => {
-                edu.transfer(Direction::OutOfEdu, target, PAGE)?;
-                let_kcore_drain();
-                kprintln!("{scenario}: attempt {attempts}: DMA write of the filler to {what} at {target:#x}");
-            }
-        }
-    }
+    edu.transfer(Direction::IntoEdu, pages.filler, PAGE)?;
+    edu.transfer(Direction::OutOfEdu, target, PAGE)?;
+    let_kcore_drain();
+    *attempts += 1;
+    kprintln!("{scenario}: attempt {attempts}: DMA write of the filler to {what} at {target:#x}");
+    edu.transfer(Direction::IntoEdu, target, PAGE)?;
+    let_kcore_drain();
+    edu.transfer(Direction::OutOfEdu, pages.result, PAGE)?;
+    *attempts += 1;
+    let (verdict, nothing_read) = if HostPages::differing(pages.result, |_| 0) == 0 {
+        ("zeros, a refused read's", true)
+    } else if HostPages::differing(pages.result, filler_word) == 0 {
+        ("THE FILLER: the write reached it and the read brought it back", false)
+    } else {
+        ("SOMETHING ELSE: the target's contents", false)
+    };
+    kprintln!("{scenario}: attempt {attempts}: DMA read of {what} at {target:#x}: edu's buffer holds {verdict}");
     Ok(nothing_read)
 }
 

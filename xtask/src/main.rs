@@ -312,7 +312,7 @@ fn run(args: &Args) -> Result<u8, String> {
     let reboot = scenarios::reboots(scenario);
     let mut command = qemu::command_with_reboot(&qemu, variant, &artifacts, &append, bundle.as_deref(), reboot)?;
     if tested.is_some_and(|s| s.smmu) {
-        command.args(qemu::SMMU_ARGS);
+        command.args(qemu::SMMU_ARGS).args(qemu::ONE_CORE);
     }
     if args.flag("gdb") {
         println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");

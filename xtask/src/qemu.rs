@@ -89,6 +89,13 @@ pub const DETERMINISTIC_TIME: [&str; 2] = ["-icount", "shift=0,sleep=off"];
 pub const SMMU_ARGS: [&str; 6] =
     ["-M", "iommu=smmuv3", "-global", "arm-smmuv3.stage=2", "-device", "edu,dma_mask=0xffffffffffffffff"];
 
+/// The SMMU scenarios run on one core: each edu DMA starts 100 ms of virtual time after it is
+/// told to, and while KServ waits in WFI, QEMU skips that time only if every core idles. KCore's
+/// spare cores wait for CPU_ON in WFE, which QEMU executes as a yield, not a halt: with four
+/// cores, each DMA costs some 5 s of QEMU's CPU instead of a few milliseconds. A later `-smp`
+/// overrides the first.
+pub const ONE_CORE: [&str; 2] = ["-smp", "1"];
+
 /// The QEMU command line that boots `artifacts` on `variant` with `append` as kernel arguments.
 /// `initrd` is the boot bundle, if any. A reset ends the run (`-no-reboot`).
 pub fn command(
