@@ -684,7 +684,13 @@ pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
         cost.calls,
         cost.first_call
     );
-    let vmid = start_bench_guest(&mut mgr, slot)?;
+    let mut page_answers = alloc::vec::Vec::new();
+    let vmid = start_bench_guest(&mut mgr, slot, &mut page_answers)?;
+    // Issue 15: a page moved from the host to the VM, with its stage-2 fault's exit: the runs
+    // that carried a page answer (`cargo xtask bench` runs this with and without the SMMU).
+    let samples = page_answers.len();
+    let s = stats(&mut page_answers).ok_or("the bench guest took no page fault")?;
+    kprintln!("bench page-answer el2_instructions={} min={} max={} samples={samples}", s.median, s.min, s.max);
     let run = |answer: u64| hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, answer, 0]);
     pmu::start_el2_instruction_counter();
     pmu::start_all_el_instruction_counter();
@@ -745,14 +751,24 @@ pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
 }
 
 /// Runs the freshly created BENCH guest in `slot` until it waits on ANSWER, serving CONFIG and
-/// its page faults on the way. Returns its vmid.
-fn start_bench_guest(mgr: &mut Manager, slot: usize) -> Result<u64, &'static str> {
+/// its page faults on the way. Returns its vmid; pushes onto `page_answers` the EL2
+/// instructions of each run that carried a page answer (the PMU's EL2 counter, if started).
+fn start_bench_guest(
+    mgr: &mut Manager,
+    slot: usize,
+    page_answers: &mut alloc::vec::Vec<u64>,
+) -> Result<u64, &'static str> {
     use corevisor_abi::{exit, guest_dev};
     let (vmid, region, ram_base, role) =
         mgr.vms[slot].as_ref().map(|vm| (vm.vmid, vm.region, vm.entry.ram_base, vm.entry.role)).ok_or("no VM")?;
     let mut answer = 0;
+    let mut page_answered = false;
     loop {
+        let before = crate::arch::pmu::read_counter();
         let [status, reason, a, _, _, _] = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, 0, answer, 0]);
+        if core::mem::take(&mut page_answered) {
+            page_answers.push(crate::arch::pmu::read_counter() - before);
+        }
         if status != Status::Success.as_reg() {
             return Err("VCPU_RUN failed while the bench guest started");
         }
@@ -765,6 +781,7 @@ fn start_bench_guest(mgr: &mut Manager, slot: usize) -> Result<u64, &'static str
                 if let Some(vm) = mgr.vms[slot].as_mut() {
                     vm.given.set(page);
                 }
+                page_answered = true;
                 (region >> 12) + page
             }
             (exit::MMIO, guest_dev::UART) | (exit::WFI, _) => 0,
@@ -845,7 +862,7 @@ pub fn bench_contention_vms(env: &VmEnv) -> Outcome {
         *slot = mgr
             .create(&entry, &Layout::of(&bundle, &entry), Tamper::None)
             .map_err(|_| "a bench VM could not be created")?;
-        SHARE_VMIDS[core].store(start_bench_guest(&mut mgr, *slot)?, Ordering::Release);
+        SHARE_VMIDS[core].store(start_bench_guest(&mut mgr, *slot, &mut alloc::vec::Vec::new())?, Ordering::Release);
     }
     for (cores, forced) in crate::run::CONTENTION_ROUNDS {
         SHARES_OVERLAPPED.store(0, Ordering::Release);
