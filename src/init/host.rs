@@ -69,7 +69,7 @@ fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
 fn host_mmio(platform: &Platform) -> MmioMap {
     // SAFETY: `host_mmio` reads only GICR_TYPER of the redistributor regions the DT (or the
     // board) lists, Device memory in KCore's EL2 map; reading it has no side effect.
-    let plan = platform.host_mmio(|pa| unsafe { phys::mmio_read(pa, 3) });
+    let plan = platform.host_mmio(|pa| unsafe { phys::mmio_read(pa, 3) }, false);
     for device in &plan.dma_given {
         warn!(
             "DMA IS NOT ISOLATED: {} at {:#x}..{:#x} is given to the host ({}); it can write any memory, KCore's and every VM's",
