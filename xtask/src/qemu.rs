@@ -82,6 +82,13 @@ pub fn ensure() -> Result<Qemu, String> {
 /// so no time limit inside it (a guest's sleep, a timer that must fire first) depends on load.
 pub const DETERMINISTIC_TIME: [&str; 2] = ["-icount", "shift=0,sleep=off"];
 
+/// What a scenario with an SMMU adds to the `virt` command line: QEMU's SMMUv3 in front of the
+/// PCIe root complex (`-M` options merge with the first `-M`), with stage 2 (without
+/// `stage=2` it has stage 1 only), and the `edu` device, whose DMA engine may then reach all of
+/// memory (`dma_mask`: edu clamps addresses to 28 bits otherwise, and RAM starts at 1 GiB).
+pub const SMMU_OPTIONS: [&str; 6] =
+    ["-M", "iommu=smmuv3", "-global", "arm-smmuv3.stage=2", "-device", "edu,dma_mask=0xffffffffffffffff"];
+
 /// The QEMU command line that boots `artifacts` on `variant` with `append` as kernel arguments.
 /// `initrd` is the boot bundle, if any. A reset ends the run (`-no-reboot`).
 pub fn command(

@@ -47,6 +47,9 @@ pub struct Scenario {
     pub bundle: &'static [(&'static str, u32, u32)],
     /// Boot arguments beyond `scenario=NAME`.
     pub bootargs: &'static str,
+    /// The machine has an SMMUv3 in front of PCIe (stage 2) and an `edu` PCI device
+    /// ([`qemu::SMMU_OPTIONS`]; `virt` only).
+    pub smmu: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -70,6 +73,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "hvc-version",
@@ -77,6 +81,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "hvc-unknown",
@@ -89,6 +94,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-undef",
@@ -105,6 +111,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-reads-kcore",
@@ -116,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-maps-all-ram",
@@ -123,6 +131,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-device-access",
@@ -130,6 +139,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &["is KCore's: access aborted"],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-hello",
@@ -158,6 +168,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("hello", role::HELLO, 2)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-two-guests",
@@ -182,6 +193,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ("delta", role::STEADY, 1),
         ],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-share",
@@ -198,6 +210,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("sharer", role::SHARE, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "share-atomic",
@@ -216,6 +229,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("atomic", role::SHARE_ATOMIC, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-attacks-vm",
@@ -229,6 +243,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("victim", role::STEADY, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-bad-image",
@@ -242,6 +257,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("hello", role::HELLO, 2)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "signed-binding",
@@ -262,6 +278,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("bound", role::BINDING, 1), ("other", role::BINDING, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "hvc-fuzz",
@@ -282,6 +299,7 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[],
         // Thousands of refused calls: only errors are worth printing.
         bootargs: "loglevel=error",
+        smmu: false,
     },
     Scenario {
         name: "vm-irq",
@@ -294,6 +312,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("spinner", role::SPIN, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "guest-fuzz",
@@ -309,6 +328,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("fuzzer", role::FUZZ, 1)],
         bootargs: "loglevel=error",
+        smmu: false,
     },
     Scenario {
         name: "reset-scrub",
@@ -325,6 +345,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("pattern", role::PATTERN, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-dma",
@@ -342,6 +363,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("victim", role::STEADY, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "guest-sysregs",
@@ -357,6 +379,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &["kserv: [sysregs] ICC_SGI1R_EL1: skipped, no GICv3 system registers"],
         bundle: &[("sysregs", role::SYSREGS, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-large",
@@ -370,6 +393,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("large", role::LARGE, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-vgic",
@@ -390,6 +414,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &["kserv: vm-vgic: GICV 0x", "mapped at the guest's GICC 0xc000000"],
         bundle: &[("vgic", role::VGIC, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "smp-vms",
@@ -414,6 +439,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("a", role::STEADY, 1), ("b", role::SHARE, 1), ("c", role::STEADY, 1), ("d", role::SHARE, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "smp-race",
@@ -456,6 +482,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ("y", role::RACE, 1),
         ],
         bootargs: "",
+        smmu: false,
     },
 ];
 
@@ -478,6 +505,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-attacks-linux",
@@ -498,6 +526,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "linux-smp",
@@ -519,6 +548,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
 ];
 
@@ -710,6 +740,9 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
             let mut command =
                 qemu::command_with_reboot(qemu, *v, image, append.trim_end(), bundle.as_deref(), reboots(s.name))?;
             command.args(qemu::DETERMINISTIC_TIME);
+            if s.smmu {
+                command.args(qemu::SMMU_OPTIONS);
+            }
             let run = qemu::run_captured(command, if linux { LINUX_HANG_GUARD } else { HANG_GUARD })?;
             let mut problems = check(s, *v, run.status, &run.console);
             if linux {
