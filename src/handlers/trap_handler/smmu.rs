@@ -40,7 +40,13 @@ pub fn serve_call(call: SmmuCall, regs: &mut [u64; CALL_REGS]) {
         match (decision, smmu) {
             (Ok(write), Some(smmu)) => match smmu.set_ste(write.sid, &write.ste, write.flush_vmid) {
                 Ok(()) => {
-                    log::info!("smmu: stream {:#06x} {:?}", write.sid, smmu_format::ste_use(&write.ste));
+                    match smmu_format::ste_use(&write.ste) {
+                        smmu_format::SteUse::Stage2 { vmid, s2ttb } => log::info!(
+                            "smmu: stream {:#06x} attached to the host (SMMU VMID {vmid}, table {s2ttb:#x})",
+                            write.sid
+                        ),
+                        _ => log::info!("smmu: stream {:#06x} detached: its DMA aborts", write.sid),
+                    }
                     Status::Success
                 }
                 Err(e) => {
