@@ -93,10 +93,11 @@ pub mod host_call {
     /// without `iommu=smmuv3`). INVALID_PARAMETERS: a stream the SMMU does not cover, or no such
     /// VM. DENIED: the stream is attached already (detach it first).
     pub const SMMU_ATTACH_STREAM: u32 = hyp_call(17);
-    /// Detaches device stream x1: every DMA of it aborts again, as at boot.
+    /// Detaches device stream x1: every DMA of it aborts again, as at boot. NOT_SUPPORTED and
+    /// INVALID_PARAMETERS as for attach; DENIED: the stream is not attached.
     pub const SMMU_DETACH_STREAM: u32 = hyp_call(18);
     /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
-    pub const COUNT: u16 = 17;
+    pub const COUNT: u16 = 19;
     /// The most image pages one VERIFY_VM_IMAGE call takes and hashes: KCore holds its lock
     /// while it hashes, so a call's length is bounded (1 MiB of hashing), whatever the images'.
     pub const VERIFY_CHUNK_PAGES: u64 = 256;

@@ -27,14 +27,19 @@ pub enum LockRank {
     /// `core` (vmid and remap allocation), `s2page` (ownership) and `pt` (per-principal stage-2)
     /// locks in one.
     State = 0,
+    /// The SMMU's command queue, and its event queue (two locks of this rank, never nested):
+    /// SeKVM's `smmu` lock. Taken under the state lock (a page leaving a device's table is
+    /// invalidated in the SMMU while the ownership change is under way) or alone (the event
+    /// drain when the host enters KCore).
+    Smmu = 1,
     /// The console's UART: no SeKVM counterpart (its prints are unverified); logging is allowed
     /// under any lock, so it is last.
-    Console = 1,
+    Console = 2,
 }
 
 impl LockRank {
     /// Every rank, lowest first.
-    const ALL: [LockRank; 2] = [LockRank::State, LockRank::Console];
+    const ALL: [LockRank; 3] = [LockRank::State, LockRank::Smmu, LockRank::Console];
 }
 
 /// Whether this build records the ranks each core holds and checks the order.

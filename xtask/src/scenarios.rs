@@ -520,7 +520,7 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         gic_v2_lines: &[],
         bundle: &[],
-        bootargs: "corevisor.host_dma=on",
+        bootargs: "",
         smmu: true,
     },
     Scenario {
