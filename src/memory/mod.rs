@@ -5,6 +5,13 @@
 //! [`HostMemory`] holds the ownership table together with the host's stage-2 table, because every
 //! transition that takes a page from the host must also unmap it there (`clear_pfn_host`). The
 //! two are guarded by one lock, `s2page` (see `handlers::trap_handler` for the lock order).
+//!
+//! When KCore owns an SMMU, [`HostMemory`] also holds the host's SMMU table (SeKVM layers 9-12),
+//! under the same lock: what the host's devices reach by DMA. At every point where the lock is
+//! free it maps exactly the pages the host owns, identity-mapped (`invariants::check`, `smmu_iso`):
+//! a page leaves it, and the SMMU's TLB, before the page leaves the host ([`HostMemory::
+//! take_from_host`]), and comes back only after it was scrubbed ([`HostMemory::clear_vm_page`]).
+//! Those are the only two places where a page's owner changes to or from the host.
 
 pub mod invariants;
 pub mod ops;
@@ -27,6 +34,7 @@ use crate::page_table::{Leaf, PageTable, PtError};
 use alloc::vec::Vec;
 use corevisor_boards::PhysRange;
 use pages::{Owner, PageDb, PageInfo};
+use regions::MemRegions;
 
 /// How many times a VM may share one page with the host at once.
 pub const MAX_SHARE_COUNT: u16 = 100;
@@ -150,6 +158,23 @@ pub struct HostMemory {
 /// CPU's; a VM's SMMU table uses the VM's vmid).
 pub const HOST_SMMU_VMID: u16 = 0;
 
+/// Every leaf of an SMMU table: RAM, readable and writable, never executable (a device has no
+/// business fetching instructions through it).
+pub const SMMU_RAM: Attrs = Attrs { exec: false, ..Attrs::RAM };
+
+/// The most table pages the host's SMMU table can ever take over RAM `regions`: its root, one
+/// level-2 table per GiB and one level-3 table per 2 MiB of physical address space that RAM
+/// touches. [`HostMemory::enable_host_smmu`] refuses a smaller pool, and then no transition
+/// can run out: the table maps only RAM, identity-mapped, never at level 1; and a slot gets a
+/// table at most once in its life, because no table is ever freed or replaced (an unmap
+/// removes a leaf, a split turns a block leaf into a table, a map fills only an empty slot, and
+/// the pool is a bump allocator). So a 2 MiB block split when its first page leaves the host,
+/// or a page mapped again into an empty 2 MiB slot, always finds its table page.
+pub fn host_smmu_table_pages(regions: &MemRegions) -> u64 {
+    let slots = |size: u64| regions.iter().map(|r| r.end().div_ceil(size) - r.base / size).sum::<u64>();
+    1 + slots(level_size(1)) + slots(level_size(2))
+}
+
 impl HostMemory {
     pub fn new(db: PageDb, host_s2: PageTable, mmio: MmioMap) -> HostMemory {
         HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock, host_smmu: None }
@@ -157,8 +182,17 @@ impl HostMemory {
 
     /// Builds the host's SMMU table from `pool` and returns its root (a stream table entry's
     /// S2TTB): every page the host owns now, identity-mapped, in 2 MiB blocks where the host owns
-    /// the whole block. From here on every ownership change keeps it exact.
+    /// the whole block. From here on every ownership change keeps it exact. Refused (nothing
+    /// changes) if the host has one already, or if `pool` is smaller than the worst case
+    /// ([`host_smmu_table_pages`]), so that no later transition can run out of table pages.
+    /// The caller invalidates the SMMU's TLB for [`HOST_SMMU_VMID`] before a stream uses it.
     pub fn enable_host_smmu(&mut self, m: &impl Machine, pool: PagePool) -> Result<u64, MemError> {
+        if self.host_smmu.is_some() {
+            return Err(MemError::PageTable(PtError::Occupied));
+        }
+        if pool.free() < host_smmu_table_pages(self.db.regions()) {
+            return Err(MemError::PageTable(PtError::PoolExhausted));
+        }
         let mut table = PageTable::new(m, Regime::Smmu { vmid: HOST_SMMU_VMID }, pool)?;
         let block = level_size(2);
         let regions: Vec<PhysRange> = self.db.regions().iter().collect();
@@ -166,12 +200,12 @@ impl HostMemory {
             let mut pa = region.base;
             while pa < region.end() {
                 if pa % block == 0 && self.db.host_owns_block_in(region, pa, block) {
-                    table.map(m, pa, pa, 2, Attrs { exec: false, ..Attrs::RAM })?;
+                    table.map(m, pa, pa, 2, SMMU_RAM)?;
                     pa += block;
                     continue;
                 }
                 if self.db.get(pa).is_some_and(|p| p.owner == Owner::Host) {
-                    table.map(m, pa, pa, LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM })?;
+                    table.map(m, pa, pa, LAST_LEVEL, SMMU_RAM)?;
                 }
                 pa += PAGE_SIZE;
             }
@@ -253,10 +287,15 @@ impl HostMemory {
     }
 
     /// The shared step of every transition away from the host: the page must be the host's and
-    /// unshared; it is unmapped from the host's stage-2 (and the TLB flushed) before it changes
-    /// owner, and then cleaned and invalidated to the point of coherency, so that no line the
-    /// host left in the caches can later be written back over the new owner's data, and what
-    /// KCore reads of it (an image it hashes) is what DRAM holds.
+    /// unshared; it is unmapped from the host's stage-2 (and the TLB flushed) and from the
+    /// host's SMMU table (and the SMMU's TLB, CMD_SYNC waited for) before it changes owner, and
+    /// then cleaned and invalidated to the point of coherency, so that no line the host left in
+    /// the caches can later be written back over the new owner's data, and what KCore reads of
+    /// it (an image it hashes) is what DRAM holds: neither the host's cores nor its devices can
+    /// write it any more by then.
+    ///
+    /// A refusal leaves the page the host's: the stage-2 may have lost its entry (the host
+    /// faults it back in), the SMMU table is unchanged. Without an SMMU the cost is one branch.
     fn take_from_host(&mut self, m: &impl Machine, pa: u64, owner: Owner, gfn: u64) -> Result<(), MemError> {
         let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Host {
@@ -267,6 +306,12 @@ impl HostMemory {
         }
         if !planted(Mutation::SkipClearPfnHost) {
             self.host_s2.clear_page(m, pa)?;
+        }
+        if let Some(smmu) = &mut self.host_smmu {
+            // Cannot run out of table pages for a split (`host_smmu_table_pages`).
+            if !planted(Mutation::SmmuPageLeftMapped) {
+                smmu.clear_page(m, pa)?;
+            }
         }
         if !planted(Mutation::SkipCleanOnTake) {
             m.clean_invalidate_page(pa);
@@ -294,7 +339,8 @@ impl HostMemory {
     /// one) (SeKVM relies on the VM being powered off
     /// instead), so no VM ever maps a page it does not own. The scrub is cleaned to the point of
     /// coherency before the page is the host's, so that DRAM holds zeros too, not the VM's data
-    /// behind zeroed cache lines. The host maps it again on its next fault.
+    /// behind zeroed cache lines. The host maps it again on its next fault; its devices get it
+    /// back (the host's SMMU table) only now, after the scrub.
     pub fn clear_vm_page(
         &mut self,
         m: &impl Machine,
@@ -329,7 +375,26 @@ impl HostMemory {
         if !planted(Mutation::SkipScrub) {
             scrub(m, pa);
         }
+        if let Some(smmu) = &mut self.host_smmu {
+            // Cannot run out of table pages (`host_smmu_table_pages`); `Occupied` would mean the
+            // host's devices reached a VM's page, and the page stays the VM's.
+            smmu.map(m, pa, pa, LAST_LEVEL, SMMU_RAM)?;
+        }
         self.db.set(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
+        Ok(())
+    }
+
+    /// Takes the whole 2 MiB block at `pa` out of the host's SMMU table in one break and one
+    /// SMMU TLB invalidation, if it is mapped there as one block; the caller is taking every
+    /// page of it from the host ([`Self::take_from_host`] then finds each page gone, where it
+    /// would otherwise split the block and invalidate 512 times).
+    pub(crate) fn unmap_host_smmu_block(&mut self, m: &impl Machine, pa: u64) -> Result<(), MemError> {
+        if let Some(smmu) = &mut self.host_smmu {
+            let block = smmu.walk(m, pa).is_some_and(|leaf| leaf.level == 2 && leaf.input == pa);
+            if block && !planted(Mutation::SmmuPageLeftMapped) {
+                smmu.unmap(m, pa)?;
+            }
+        }
         Ok(())
     }
 

@@ -94,6 +94,16 @@ impl HostMemory {
         if !planted(Mutation::BlockOverMappedGfn) {
             vm_s2.can_map(m, gfn << 12, pa, 2)?;
         }
+        // Every page leaves the host's tables in `take_from_host`. With an SMMU, first for the
+        // whole run: the host's stage-2 split (the one step that can fail, before anything
+        // changed), then the SMMU's 2 MiB block in one break rather than a split and 512
+        // invalidations.
+        if self.host_smmu.is_some() {
+            if !planted(Mutation::SkipClearPfnHost) {
+                self.host_s2.clear_page(m, pa)?;
+            }
+            self.unmap_host_smmu_block(m, pa)?;
+        }
         for i in 0..BLOCK_PAGES {
             self.take_from_host(m, pa + i * PAGE_SIZE, Owner::Vm(vmid), gfn + i)?;
             if !planted(Mutation::SkipFaultPageScrub) {

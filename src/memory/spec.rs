@@ -2,9 +2,15 @@
 //! FaultHandler's `handle_host_stage2_fault`, over [`RData`], the part of SeKVM's abstract state
 //! these layers touch. Ownership is checked page by page here, where the implementation uses its
 //! per-block counters: the refinement tests compare the two.
+//!
+//! Issue 15 adds the host's SMMU table (SeKVM's SMMU page tables, layers 9-12) to the state:
+//! built from ownership once ([`enable_host_smmu_spec`]), it loses a page in the common step of
+//! every transition away from the host ([`take_from_host_spec`]) and gets it back only in
+//! [`clear_vm_page_spec`], after the scrub; no other transition touches it. The host's devices
+//! reach memory through it ([`device_access_spec`]).
 
 use super::pages::{Owner, PageInfo};
-use super::{MemError, MAX_SHARE_COUNT};
+use super::{MemError, MAX_SHARE_COUNT, SMMU_RAM};
 use crate::machine::PAGE_SIZE;
 use crate::page_table::descriptor::{level_size, Attrs, MemType, LAST_LEVEL};
 use crate::page_table::spec::{clear_page_spec, map_spec, unmap_spec, walk_spec, AbsNpt};
@@ -49,6 +55,9 @@ pub struct RData {
     pub npts: BTreeMap<u16, AbsNpt>,
     /// `flatmem`: word address ↦ value (zero where absent).
     pub flatmem: BTreeMap<u64, u64>,
+    /// The host's SMMU table, abstractly, once KCore owns an SMMU (`spts` of SeKVM's state,
+    /// the host's part): what the host's devices reach.
+    pub host_smmu: Option<AbsNpt>,
 }
 
 type Step<T> = Option<(RData, Result<T, MemError>)>;
@@ -166,7 +175,55 @@ pub fn map_page_host_spec(r: &RData, ipa: u64) -> Step<Leaf> {
     Some((r.clone(), Err(MemError::PageTable(PtError::Occupied))))
 }
 
+/// The table pages the host's SMMU table may need at most over RAM `ram` (its root, a level-2
+/// table per GiB and a level-3 table per 2 MiB that RAM touches).
+pub fn host_smmu_table_pages_spec(ram: &[PhysRange]) -> u64 {
+    let slots = |size: u64| ram.iter().map(|r| r.end().div_ceil(size) - r.base / size).sum::<u64>();
+    1 + slots(level_size(1)) + slots(level_size(2))
+}
+
+/// `enable_host_smmu` (SeKVM `init_spt` and `map_spt` for the host), with a pool of
+/// `pool_pages`: the host's SMMU table maps every page the host owns at its own address, as one
+/// 2 MiB block where the host owns a whole aligned 2 MiB of one region, page by page elsewhere;
+/// its tables are those these leaves need. Refused, unchanged, if the host has one, or if the
+/// pool is smaller than [`host_smmu_table_pages_spec`].
+pub fn enable_host_smmu_spec(r: &RData, pool_pages: u64) -> Step<()> {
+    if r.host_smmu.is_some() {
+        return Some((r.clone(), Err(MemError::PageTable(PtError::Occupied))));
+    }
+    if pool_pages < host_smmu_table_pages_spec(&r.ram) {
+        return Some((r.clone(), Err(MemError::PageTable(PtError::PoolExhausted))));
+    }
+    let mut npt = AbsNpt::default();
+    let block = level_size(2);
+    for region in &r.ram {
+        let mut pa = region.base;
+        while pa < region.end() {
+            let level = if pa.is_multiple_of(block) && host_owns_block_spec(r, pa, block) {
+                2
+            } else if r.page(pa).is_some_and(|p| p.owner == Owner::Host) {
+                LAST_LEVEL
+            } else {
+                pa += PAGE_SIZE;
+                continue;
+            };
+            npt.leaves.insert(pa, (pa, level, SMMU_RAM));
+            npt.tables.insert((2, pa & !(level_size(1) - 1)));
+            if level == LAST_LEVEL {
+                npt.tables.insert((3, pa & !(block - 1)));
+            }
+            pa += level_size(level);
+        }
+    }
+    npt.free = pool_pages - 1 - npt.tables.len() as u64;
+    let mut next = r.clone();
+    next.host_smmu = Some(npt);
+    Some((next, Ok(())))
+}
+
 /// The common step of every transition away from the host (`clear_pfn_host`, then the owner).
+/// The host's devices lose the page too: it leaves the host's SMMU table (split out of its
+/// block) before the owner changes.
 fn take_from_host_spec(r: &RData, pa: u64, owner: Owner, gfn: u64) -> Step<()> {
     let page = match r.page(pa) {
         None => return Some((r.clone(), Err(MemError::NotRam))),
@@ -179,6 +236,13 @@ fn take_from_host_spec(r: &RData, pa: u64, owner: Owner, gfn: u64) -> Step<()> {
     let mut next = r.clone().with_npt(HOST, npt);
     if let Err(e) = cleared {
         return Some((next, Err(e.into())));
+    }
+    if let Some(smmu) = &r.host_smmu {
+        let (smmu, cleared) = clear_page_spec(smmu, pa)?;
+        next.host_smmu = Some(smmu);
+        if let Err(e) = cleared {
+            return Some((next, Err(e.into())));
+        }
     }
     next.set_page(pa, PageInfo { owner, count: 0, gfn });
     Some((next, Ok(())))
@@ -209,7 +273,8 @@ pub fn assign_pfn_to_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<(
 }
 
 /// `clear_vm_page`: the VM's mapping of the page goes, the page is scrubbed and returned to the
-/// host (unmapped from the host first if it was shared).
+/// host (unmapped from the host first if it was shared); the host's SMMU table maps it again,
+/// after the scrub (a refusal there leaves the page the VM's, scrubbed).
 pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     let pa = match frame(pfn) {
         Ok(pa) => pa,
@@ -249,6 +314,13 @@ pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     words.into_iter().for_each(|a| {
         next.flatmem.remove(&a);
     });
+    if let Some(smmu) = &next.host_smmu {
+        let (smmu, mapped) = map_spec(smmu, pa, pa, LAST_LEVEL, SMMU_RAM)?;
+        next.host_smmu = Some(smmu);
+        if let Err(e) = mapped {
+            return Some((next, Err(e.into())));
+        }
+    }
     next.set_page(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
     Some((next, Ok(())))
 }
@@ -381,6 +453,17 @@ fn access_flatmem(mut r: RData, pa: u64, store: Option<u64>) -> (RData, Access) 
     }
 }
 
+/// SeKVM's `dev_load`/`dev_store` by a device of the host's: through the host's SMMU table,
+/// at the page's own address. A miss aborts (the SMMU records a fault event; a device does not
+/// retry), and without an SMMU that KCore owns the host has no device that masters DMA (the
+/// board refuses them to the host, issue 11): nothing is accessed either way.
+pub fn device_access_spec(r: &RData, pa: u64, store: Option<u64>) -> Option<(RData, Access)> {
+    match r.host_smmu.as_ref().and_then(|smmu| walk_spec(smmu, pa)) {
+        Some(leaf) => Some(access_flatmem(r.clone(), leaf.translate(pa), store)),
+        None => Some((r.clone(), Access::Abort)),
+    }
+}
+
 /// A VM's load or store through its own stage-2; a miss exits to the host.
 pub fn vm_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Option<(RData, Access)> {
     let Some(leaf) = walk_spec(&r.npts[&vmid], gpa) else { return Some((r.clone(), Access::Exit)) };
@@ -491,8 +574,20 @@ pub fn give_vm_block_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> 
     if let Err(e) = mapped {
         return refuse(e.into());
     }
-    // Each page leaves the host's stage-2 as any page taken from the host does.
+    // Each page leaves the host's stage-2 and SMMU table as any page taken from the host does;
+    // with an SMMU, the host's stage-2 first splits for the run (the first page's step), and
+    // the SMMU's block, if it is one, goes whole.
     let mut next = r.clone();
+    if let Some(smmu) = &r.host_smmu {
+        let (host, cleared) = clear_page_spec(r.host(), pa)?;
+        next = next.with_npt(HOST, host);
+        if let Err(e) = cleared {
+            return Some((next, Err(e.into())));
+        }
+        if walk_spec(smmu, pa).is_some_and(|leaf| leaf.level == 2 && leaf.input == pa) {
+            next.host_smmu = Some(unmap_spec(smmu, pa)?.0);
+        }
+    }
     for i in 0..512 {
         match take_from_host_spec(&next, pa + i * PAGE_SIZE, Owner::Vm(vmid), gfn + i)? {
             (taken, Ok(())) => next = taken,

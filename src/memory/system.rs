@@ -1,12 +1,15 @@
 //! The concrete system the issue-6 property tests drive: the model machine, the host's memory
 //! state and each VM's stage-2, with the operations principals perform on it, and the same
 //! operations on the spec ([`super::spec::RData`]). Loads and stores model the hardware: through
-//! the principal's stage-2, with the host's misses served by the FaultHandler.
+//! the principal's stage-2, with the host's misses served by the FaultHandler; the host's
+//! devices' DMA goes through the host's SMMU table and the SMMU's TLB ([`dma`]), once KCore owns
+//! the SMMU ([`Op::EnableHostSmmu`], which random sequences meet at any point, so that both
+//! machines, with an SMMU and without, are covered).
 
 use super::pages::{PageDb, PageInfo};
 use super::regions::MemRegions;
 use super::spec::{self, Access, RData, HOST};
-use super::{HostMapPolicy, HostMemory, MemError, MmioMap};
+use super::{host_smmu_table_pages, HostMapPolicy, HostMemory, MemError, MmioMap, HOST_SMMU_VMID};
 use crate::machine::model::{self, ModelMachine, TlbEntry};
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::page_table::descriptor::Regime;
@@ -35,6 +38,8 @@ pub fn test_mmio() -> MmioMap {
 /// Table pools live above RAM: the host's, then one per VM.
 pub const POOLS: u64 = 0x1_0000_0000;
 pub const VMS: [u16; 3] = [1, 2, 3];
+/// The host's SMMU table pool, above the VMs' pools.
+pub const SMMU_POOL: u64 = POOLS + (8 << 30);
 
 /// One operation by a principal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +108,14 @@ pub enum Op {
     /// TLB (issue 14). KCore's maintenance is broadcast, so which core serves a call does not
     /// matter; which core the host accesses memory from does.
     HostOnCore(usize),
+    /// KCore takes the SMMU and gives the host's devices the host's SMMU table, built from the
+    /// ownership of the moment (at boot on the target; at any point here), from a pool of the
+    /// worst-case size (issue 15). Refused once done.
+    EnableHostSmmu,
+    /// A device of the host's reads (DMA) the word at the address, through the SMMU.
+    DeviceLoad(u64),
+    /// A device of the host's writes the word at the address, through the SMMU.
+    DeviceStore(u64, u64),
 }
 
 impl Op {
@@ -115,6 +128,9 @@ impl Op {
                 | Op::HostLoad(_)
                 | Op::HostStore(..)
                 | Op::HostOnCore(_)
+                | Op::EnableHostSmmu
+                | Op::DeviceLoad(_)
+                | Op::DeviceStore(..)
                 | Op::Assign { .. }
                 | Op::Clear { .. }
                 | Op::MapVmIo { .. }
@@ -135,12 +151,16 @@ impl Op {
     pub fn pfns(&self) -> Vec<u64> {
         match *self {
             Op::HostFault(a) | Op::HostLoad(a) | Op::HostStore(a, _) => vec![a >> 12],
+            Op::DeviceLoad(a) | Op::DeviceStore(a, _) => vec![a >> 12],
             Op::Assign { pfn, .. } | Op::Clear { pfn, .. } | Op::MapPfnVm { pfn, .. } => vec![pfn],
             Op::Grant { pfn, .. } | Op::Revoke { pfn, .. } => vec![pfn],
             Op::MapVmIo { pa, .. } => vec![pa >> 12],
-            Op::VmLoad { .. } | Op::VmStore { .. } | Op::ShareRange { .. } | Op::WriteBack | Op::HostOnCore(_) => {
-                vec![]
-            }
+            Op::VmLoad { .. }
+            | Op::VmStore { .. }
+            | Op::ShareRange { .. }
+            | Op::WriteBack
+            | Op::HostOnCore(_)
+            | Op::EnableHostSmmu => vec![],
             Op::ClearRange { pfn, pages, .. } => (pfn..pfn.saturating_add(pages.min(8))).collect(),
             Op::ProtAndMap { pfn, level, .. } => (pfn..pfn.saturating_add(if level == 2 { 512 } else { 1 })).collect(),
         }
@@ -227,6 +247,24 @@ impl System {
         found
     }
 
+    /// Every translation the SMMU's TLB holds that reaches anything but a page its principal owns
+    /// (SMMU VMID [`HOST_SMMU_VMID`]: the host, never a page a VM merely shares with it; any
+    /// other: that VM): `smmu_iso` through the SMMU's TLB. KCore must invalidate the SMMU's copy
+    /// of a translation before the page changes hands.
+    pub fn smmu_reach_violations(&self) -> Vec<(u16, TlbEntry, u64)> {
+        let mut found = Vec::new();
+        for (vmid, entry) in self.m.smmu_tlb_entries() {
+            let principal =
+                if vmid == HOST_SMMU_VMID { super::pages::Owner::Host } else { super::pages::Owner::Vm(vmid) };
+            for pa in (entry.output..entry.output + entry.size).step_by(PAGE_SIZE as usize) {
+                if self.mem.db.get(pa).is_none_or(|p| p.owner != principal) {
+                    found.push((vmid, entry, pa));
+                }
+            }
+        }
+        found
+    }
+
     /// Every translation a core's TLB holds for a VM that reaches a page of RAM the VM does not
     /// own: `vm_iso` through the TLBs.
     pub fn vm_reach_violations(&self) -> Vec<(u16, usize, TlbEntry, u64)> {
@@ -304,7 +342,27 @@ impl System {
                 self.host_core = core;
                 Outcome::Done(Ok(()))
             }
+            Op::EnableHostSmmu => {
+                let pool = PagePool::new(SMMU_POOL, host_smmu_table_pages(self.mem.db.regions()));
+                Outcome::Done(self.mem.enable_host_smmu(m, pool).map(drop))
+            }
+            Op::DeviceLoad(pa) => Outcome::Access(self.device_access(pa, None)),
+            Op::DeviceStore(pa, v) => Outcome::Access(self.device_access(pa, Some(v))),
         }
+    }
+
+    /// A DMA access by a device of the host's: through the host's SMMU table ([`dma`]); with no
+    /// SMMU that KCore owns, the host has no DMA-capable device (refused by the board's policy).
+    fn device_access(&self, pa: u64, store: Option<u64>) -> Access {
+        match &self.mem.host_smmu {
+            Some(table) => dma(&self.m, table, HOST_SMMU_VMID, pa, store),
+            None => Access::Abort,
+        }
+    }
+
+    /// The host's SMMU table, abstractly.
+    pub fn host_smmu(&self) -> Option<AbsNpt> {
+        self.mem.host_smmu.as_ref().map(|t| AbsNpt::of(t, &self.m))
     }
 
     /// Every page-table abstraction, by principal.
@@ -322,6 +380,29 @@ impl System {
     /// The VMs' tables, for the invariant checker.
     pub fn vm_tables(&self) -> Vec<(u16, &PageTable)> {
         self.vms.iter().map(|(&v, t)| (v, t)).collect()
+    }
+}
+
+/// A device's DMA load (`store` None) or store of the word at `iova`, as the SMMU does it:
+/// through the SMMU's TLB, else a walk of the stream's table `table` (SMMU VMID `vmid`) whose
+/// leaf the TLB then keeps; a miss aborts (the SMMU records a fault event; the device does not
+/// retry). The `virt` PCIe root complex and its SMMU are `dma-coherent`: a device reads and
+/// writes the coherent view, as a core does.
+pub fn dma(m: &ModelMachine, table: &PageTable, vmid: u16, iova: u64, store: Option<u64>) -> Access {
+    let pa = match m.smmu_tlb_translate(vmid, iova) {
+        Some(pa) => pa,
+        None => {
+            let Some(leaf) = table.walk(m, iova) else { return Access::Abort };
+            m.smmu_tlb_fill(vmid, TlbEntry { input: leaf.input, size: leaf.size(), output: leaf.output });
+            leaf.translate(iova)
+        }
+    };
+    match store {
+        Some(v) => {
+            m.write_u64(pa, v);
+            Access::Done(0)
+        }
+        None => Access::Done(m.read_u64(pa)),
     }
 }
 
@@ -346,6 +427,7 @@ pub fn initial_rdata(pages_only: bool) -> RData {
         s2page: BTreeMap::new(),
         npts,
         flatmem: BTreeMap::new(),
+        host_smmu: None,
     };
     let (r, result) = spec::give_to_kcore_spec(&r, KCORE).unwrap();
     result.unwrap();
@@ -391,6 +473,15 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
         // The spec's memory is the coherent view, which a write-back does not change; and the
         // spec has no cores: the host's accesses mean the same on every one.
         Op::WriteBack | Op::HostOnCore(_) => (r.clone(), Outcome::Done(Ok(()))),
+        Op::EnableHostSmmu => done(spec::enable_host_smmu_spec(r, spec::host_smmu_table_pages_spec(&r.ram))?),
+        Op::DeviceLoad(pa) => {
+            let (r, access) = spec::device_access_spec(r, pa, None)?;
+            (r, Outcome::Access(access))
+        }
+        Op::DeviceStore(pa, v) => {
+            let (r, access) = spec::device_access_spec(r, pa, Some(v))?;
+            (r, Outcome::Access(access))
+        }
     })
 }
 
@@ -405,6 +496,9 @@ pub fn relate(sys: &System, r: &RData, probes: &BTreeSet<u64>) -> Result<(), Str
     }
     if sys.npts() != r.npts {
         return Err("page tables differ from the spec".into());
+    }
+    if sys.host_smmu() != r.host_smmu {
+        return Err("the host's SMMU table differs from the spec".into());
     }
     if sys.flatmem() != r.flatmem {
         return Err("memory contents differ from the spec".into());
@@ -464,6 +558,9 @@ pub fn host_op() -> impl Strategy<Value = Op> {
         3 => any_host_addr().prop_map(Op::HostLoad),
         3 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::HostStore(a, v)),
         2 => (0..model::CORES).prop_map(Op::HostOnCore),
+        1 => Just(Op::EnableHostSmmu),
+        1 => any_host_addr().prop_map(Op::DeviceLoad),
+        1 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::DeviceStore(a, v)),
         3 => (any_vmid(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
         1 => (any_vmid(), any_pfn()).prop_map(|(vmid, pfn)| Op::Clear { vmid, pfn }),
         1 => (any_vmid(), any_pfn(), prop_oneof![8 => 1u64..6, 1 => Just(u64::MAX), 1 => Just(1u64 << 28)])

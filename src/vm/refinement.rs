@@ -219,6 +219,9 @@ pub(super) fn relate(
     if npts != s.r.npts {
         return Err("stage-2 tables differ from the spec".into());
     }
+    if k.mem.host_smmu.as_ref().map(|t| AbsNpt::of(t, m)) != s.r.host_smmu {
+        return Err("the host's SMMU table differs from the spec".into());
+    }
     if m.words(0..POOLS) != s.r.flatmem {
         return Err("memory differs from the spec".into());
     }
