@@ -531,8 +531,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "kserv: dma-attacks: attempt 1: DMA write of the filler to the page just given to the VM at 0x",
             "kserv: dma-attacks: attempt 2: DMA read of the page just given to the VM at 0x",
             "kserv: dma-attacks: attempt 3: DMA write of the filler to KCore's canary at 0x4207f000",
-            "kserv: dma-attacks: attempt 4: DMA read of KCore's canary at 0x4207f000: edu's buffer holds zeros, a refused \
-             read's",
+            "kserv: dma-attacks: attempt 4: DMA read of KCore's canary at 0x4207f000: edu's first word holds zero, a \
+             refused read's",
             "kserv: dma-attacks: attempt 5: DMA write of the filler to the running VM's private page at 0x",
             "kserv: dma-attacks: attempt 6: DMA read of the running VM's private page at 0x",
             "smmu: blocked DMA #1: stream 0x0010 write at 0x",
@@ -687,6 +687,7 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
             problems.push(format!("missing line: {line}"));
         }
     }
+    problems.extend(unblocked_attempts(console));
     for line in console.lines().filter(|l| l.contains("pages back (")) {
         if !gave_every_page_back(line) {
             problems.push(format!("teardown lost pages: {}", line.trim_end()));
@@ -696,6 +697,28 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
         let failed_scenario = line.contains("kserv: scenario") && line.contains("FAIL");
         if failed_scenario || FORBIDDEN.iter().any(|f| line.contains(f)) {
             problems.push(format!("forbidden line: {}", line.trim_end()));
+        }
+    }
+    problems
+}
+
+/// The DMA attacks (KServ's `attempt N: DMA write|read of WHAT at 0xADDR` lines) without KCore's
+/// `smmu: blocked DMA #N: stream 0xSSSS write|read at 0x<ADDR, 16 digits>` line: every attempt
+/// is one fault event, and the only ones since boot, so attempt N must be KCore's event N.
+pub fn unblocked_attempts(console: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for line in console.lines() {
+        let Some((_, rest)) = line.split_once(": attempt ") else { continue };
+        let Some((n, rest)) = rest.split_once(": DMA ") else { continue };
+        let Some((direction, rest)) = rest.split_once(' ') else { continue };
+        let address = rest
+            .split_once(" at 0x")
+            .and_then(|(_, a)| u64::from_str_radix(a.split(|c: char| !c.is_ascii_hexdigit()).next()?, 16).ok());
+        let (Ok(n), Some(address)) = (n.parse::<u64>(), address) else { continue };
+        let event = format!("smmu: blocked DMA #{n}: stream 0x");
+        let target = format!(" {direction} at {address:#018x} (");
+        if !console.lines().any(|l| l.contains(&event) && l.contains(&target)) {
+            problems.push(format!("attempt {n} ({direction} at {address:#x}) has no `{event}....{target}` line"));
         }
     }
     problems
@@ -985,6 +1008,27 @@ mod tests {
                 let line = format!("kserv: linux-smp: vm linux vcpu {vcpu} ran on core {vcpu} (");
                 assert!(s.lines.contains(&line.as_str()), "{name} does not require {line:?}");
             }
+        }
+    }
+
+    #[test]
+    fn every_dma_attempt_needs_kcore_blocked_line_with_its_number_direction_and_address() {
+        let good = "kserv: dma-attacks: attempt 1: DMA write of the filler to KCore's canary at 0x4207f000\n\
+                    [WARN][cpu0] smmu: blocked DMA #1: stream 0x0010 write at 0x000000004207f000 (F_TRANSLATION)\n\
+                    kserv: dma-attacks: attempt 2: DMA read of KCore's canary at 0x4207f000: edu's first word holds \
+                    zero\n\
+                    [WARN][cpu0] smmu: blocked DMA #2: stream 0x0010 read at 0x000000004207f000 (F_TRANSLATION)\n";
+        assert!(unblocked_attempts(good).is_empty());
+        // An attack at a host page: edu's DMA goes through, KCore logs nothing.
+        let unlogged: String = good.lines().filter(|l| !l.contains("#2:")).map(|l| format!("{l}\n")).collect();
+        assert_eq!(unblocked_attempts(&unlogged).len(), 1);
+        // The event of another attempt, another direction or another address does not count.
+        for (from, to) in [
+            ("#2:", "#3:"),
+            ("0x0010 read", "0x0010 write"),
+            ("read at 0x000000004207f000", "read at 0x000000004207f008"),
+        ] {
+            assert_eq!(unblocked_attempts(&good.replace(from, to)).len(), 1, "{from} -> {to}");
         }
     }
 
