@@ -57,7 +57,11 @@ pub fn decide(call: SmmuCall, smmu: Option<&SmmuView>, current: impl Fn(u32) -> 
         SmmuCall::Attach { principal, .. } => {
             if principal != 0 {
                 // Assigning a device to a VM (its own SMMU table) is left for a later round.
-                return Err(if VmId::new(principal).is_some() { Status::NotSupported } else { Status::InvalidParameters });
+                return Err(if VmId::new(principal).is_some() {
+                    Status::NotSupported
+                } else {
+                    Status::InvalidParameters
+                });
             }
             if now != SteUse::Abort {
                 return Err(Status::Denied);
@@ -117,7 +121,11 @@ mod tests {
     #[test]
     fn a_stream_outside_the_map_or_the_table_is_invalid() {
         for stream in [0x800, 0xffff, 0x1_0000, u64::MAX, 1 << 32] {
-            assert_eq!(decide(attach(stream, 0), Some(&view()), ABORTING), Err(Status::InvalidParameters), "{stream:#x}");
+            assert_eq!(
+                decide(attach(stream, 0), Some(&view()), ABORTING),
+                Err(Status::InvalidParameters),
+                "{stream:#x}"
+            );
             assert_eq!(decide(SmmuCall::Detach { stream }, Some(&view()), ABORTING), Err(Status::InvalidParameters));
         }
         let shifted = SmmuView { streams: 0x100..0x200, ..view() };

@@ -3,16 +3,16 @@
 
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
-use crate::handlers::trap_handler::{self, HostSetup};
 use crate::handlers::smmu_calls;
+use crate::handlers::trap_handler::{self, HostSetup};
 use crate::machine::smmu::{self, Smmu, SmmuError};
 use crate::machine::{cpu, features, layout, phys, Aarch64, Machine, PAGE_SIZE};
-use core::ops::Range;
 use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory, MmioMap};
 use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vm::Kcore;
+use core::ops::Range;
 use corevisor_boards::{Gic, PhysRange};
 use log::{error, info, warn};
 

@@ -125,12 +125,7 @@ pub struct Event {
 /// Decodes an event record (word 0: EventType 7:0, StreamID 63:32; word 1: RnW bit 35; word 2:
 /// InputAddr).
 pub fn decode_event(record: &EventRecord) -> Event {
-    Event {
-        id: record[0] as u8,
-        stream: (record[0] >> 32) as u32,
-        read: record[1] & 1 << 35 != 0,
-        address: record[2],
-    }
+    Event { id: record[0] as u8, stream: (record[0] >> 32) as u32, read: record[1] & 1 << 35 != 0, address: record[2] }
 }
 
 /// The SMMUv3 name of event `id`, if it has one.

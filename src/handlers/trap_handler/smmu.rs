@@ -7,8 +7,8 @@ use crate::machine::smmu::{self as driver, Smmu};
 use crate::machine::smmu_format::{self, blocked_dma_line};
 use crate::machine::CALL_REGS;
 use crate::vcpu::controls::VTCR;
-use corevisor_abi::{HypResult, Status};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use corevisor_abi::{HypResult, Status};
 
 /// The stream ids the host may name (the PCI host's `iommu-map`, cut to the stream table), set
 /// at boot with the SMMU.
@@ -26,38 +26,37 @@ pub fn install(streams: core::ops::Range<u64>) {
 /// status.
 #[inline(never)]
 pub fn serve_call(call: SmmuCall, regs: &mut [u64; CALL_REGS]) {
-    let status = state::with_kcore(|kcore| {
-        let smmu = driver::get();
-        let view = smmu.zip(STREAMS.get()).zip(kcore.mem.host_smmu.as_ref()).map(|((_, streams), table)| SmmuView {
-            streams: streams.clone(),
-            host_root: table.root(),
-            vtcr: VTCR,
-        });
-        let decision = smmu_calls::decide(call, view.as_ref(), |sid| match smmu {
-            Some(smmu) => smmu_format::ste_use(&smmu.ste(sid)),
-            None => smmu_format::SteUse::Other,
-        });
-        match (decision, smmu) {
-            (Ok(write), Some(smmu)) => match smmu.set_ste(write.sid, &write.ste, write.flush_vmid) {
-                Ok(()) => {
-                    match smmu_format::ste_use(&write.ste) {
-                        smmu_format::SteUse::Stage2 { vmid, s2ttb } => log::info!(
-                            "smmu: stream {:#06x} attached to the host (SMMU VMID {vmid}, table {s2ttb:#x})",
-                            write.sid
-                        ),
-                        _ => log::info!("smmu: stream {:#06x} detached: its DMA aborts", write.sid),
+    let status =
+        state::with_kcore(|kcore| {
+            let smmu = driver::get();
+            let view = smmu.zip(STREAMS.get()).zip(kcore.mem.host_smmu.as_ref()).map(|((_, streams), table)| {
+                SmmuView { streams: streams.clone(), host_root: table.root(), vtcr: VTCR }
+            });
+            let decision = smmu_calls::decide(call, view.as_ref(), |sid| match smmu {
+                Some(smmu) => smmu_format::ste_use(&smmu.ste(sid)),
+                None => smmu_format::SteUse::Other,
+            });
+            match (decision, smmu) {
+                (Ok(write), Some(smmu)) => match smmu.set_ste(write.sid, &write.ste, write.flush_vmid) {
+                    Ok(()) => {
+                        match smmu_format::ste_use(&write.ste) {
+                            smmu_format::SteUse::Stage2 { vmid, s2ttb } => log::info!(
+                                "smmu: stream {:#06x} attached to the host (SMMU VMID {vmid}, table {s2ttb:#x})",
+                                write.sid
+                            ),
+                            _ => log::info!("smmu: stream {:#06x} detached: its DMA aborts", write.sid),
+                        }
+                        Status::Success
                     }
-                    Status::Success
-                }
-                Err(e) => {
-                    log::error!("smmu: writing stream {:#06x}'s entry failed: {e:?}", write.sid);
-                    Status::Denied
-                }
-            },
-            (Ok(_), None) => Status::NotSupported,
-            (Err(status), _) => status,
-        }
-    });
+                    Err(e) => {
+                        log::error!("smmu: writing stream {:#06x}'s entry failed: {e:?}", write.sid);
+                        Status::Denied
+                    }
+                },
+                (Ok(_), None) => Status::NotSupported,
+                (Err(status), _) => status,
+            }
+        });
     if status != Status::Success {
         log::info!("{call:?} refused: {status:?}");
     }

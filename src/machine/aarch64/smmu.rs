@@ -97,7 +97,9 @@ pub enum SmmuError {
     /// A CR0 or GBPA update was never acknowledged.
     NoAck(&'static str),
     /// The command queue reported error `code` (CMDQ_CONS.ERR) at a command.
-    Command { code: u32 },
+    Command {
+        code: u32,
+    },
     /// The SMMU did not consume the command queue.
     Stuck,
 }
