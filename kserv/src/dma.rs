@@ -175,11 +175,6 @@ impl HostPages {
         }
         Ok(pages)
     }
-
-    /// Words of page `pa` that differ from `word(i)`.
-    fn differing(pa: u64, word: fn(u64) -> u64) -> u64 {
-        (0..PAGE / 8).filter(|&i| crate::arch::cpu::read_phys_u64(pa + 8 * i) != word(i)).count() as u64
-    }
 }
 
 /// The pattern page into edu and back out to `destination`; how many of its bytes arrived.
