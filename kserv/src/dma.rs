@@ -152,9 +152,11 @@ pub struct HostPages {
     pub fresh: u64,
 }
 
-/// What the filler page holds: recognisably the host's, and unlike any target's contents.
+/// What the filler page holds: recognisably the host's, unlike any target's contents, and never
+/// zero in any 32-bit half (an attack moves the first word's low half, which must not look like
+/// a refused read's zero).
 fn filler_word(i: u64) -> u64 {
-    0xf111_e200_0000_0000 | i
+    0xf111_e200_f111_0000 | i
 }
 
 fn pattern_word(i: u64) -> u64 {
