@@ -354,6 +354,12 @@ pub mod guest_role {
     /// STEADY, after telling the host (NOTIFY) the guest-physical address of the 64 KiB whose
     /// contents it checks: `dma-attacks` aims the host's DMA at a page the guest checks.
     pub const STEADY_AT: u32 = 15;
+    /// A BENCH command with this bit set: store to the guest-physical address in the other bits
+    /// (a page the guest never touched: one stage-2 fault for the host to answer), then answer
+    /// again (`cargo xtask bench`'s page move).
+    pub const BENCH_TOUCH: u64 = 1 << 33;
+    /// Where the BENCH role's untouched pages start: 12 MiB into its RAM, past its padded image.
+    pub const BENCH_TOUCH_BASE: u64 = super::guest_dev::RAM_BASE + (12 << 20);
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.
