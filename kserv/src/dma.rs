@@ -193,7 +193,9 @@ pub fn dma_host(env: &VmEnv, gic_info: &GicInfo, host: Option<PciHost>) -> Outco
     let mut edu = Edu::bring_up(gic_info, host, "dma-host")?;
     let attached = edu.attach_to_host("dma-host");
     let pages = HostPages::new(env)?;
-    for (destination, what) in [(pages.fresh, "a page the CPU never touched"), (pages.result, "a page the CPU wrote")] {
+    let targets =
+        [(pages.fresh, "in a 2 MiB block the CPU never touched"), (pages.result, "beside the pages the CPU wrote")];
+    for (destination, what) in targets {
         let arrived = round_trip(&mut edu, &pages, destination)?;
         kprintln!(
             "dma-host: {PAGE} bytes from {:#x} into edu and out to {destination:#x} ({what}): {arrived} of {PAGE} \
@@ -204,7 +206,7 @@ pub fn dma_host(env: &VmEnv, gic_info: &GicInfo, host: Option<PciHost>) -> Outco
             return Err("the host's DMA did not bring its data");
         }
     }
-    kprintln!("dma-host: {} DMAs done, {} busy-bit polls", 4, edu.polls);
+    kprintln!("dma-host: {} DMAs waited for with {} busy-bit polls", 2 * targets.len(), edu.polls);
     match attached {
         Status::Success => Ok(()),
         _ => Err("SMMU_ATTACH_STREAM did not attach edu to the host"),
