@@ -342,10 +342,7 @@ impl System {
                 self.host_core = core;
                 Outcome::Done(Ok(()))
             }
-            Op::EnableHostSmmu => {
-                let pool = PagePool::new(SMMU_POOL, host_smmu_table_pages(self.mem.db.regions()));
-                Outcome::Done(self.mem.enable_host_smmu(m, pool).map(drop))
-            }
+            Op::EnableHostSmmu => Outcome::Done(enable_host_smmu(m, &mut self.mem).map(drop)),
             Op::DeviceLoad(pa) => Outcome::Access(self.device_access(pa, None)),
             Op::DeviceStore(pa, v) => Outcome::Access(self.device_access(pa, Some(v))),
         }
@@ -381,6 +378,12 @@ impl System {
     pub fn vm_tables(&self) -> Vec<(u16, &PageTable)> {
         self.vms.iter().map(|(&v, t)| (v, t)).collect()
     }
+}
+
+/// KCore takes the SMMU: the host's SMMU table in `mem`, from the pool at [`SMMU_POOL`] of the
+/// worst-case size.
+pub fn enable_host_smmu(m: &ModelMachine, mem: &mut HostMemory) -> Result<u64, MemError> {
+    mem.enable_host_smmu(m, PagePool::new(SMMU_POOL, host_smmu_table_pages(mem.db.regions())))
 }
 
 /// A device's DMA load (`store` None) or store of the word at `iova`, as the SMMU does it:
