@@ -223,13 +223,7 @@ impl System {
             }
         };
         self.m.host_access(pa);
-        match store {
-            Some(v) => {
-                self.m.write_u64(pa, v);
-                Access::Done(0)
-            }
-            None => Access::Done(self.m.read_u64(pa)),
-        }
+        load_or_store(&self.m, pa, store)
     }
 
     /// Every translation a core's TLB holds for the host that reaches a page of RAM the host
@@ -293,13 +287,7 @@ impl System {
                 leaf.translate(gpa)
             }
         };
-        match store {
-            Some(v) => {
-                self.m.write_u64(pa, v);
-                Access::Done(0)
-            }
-            None => Access::Done(self.m.read_u64(pa)),
-        }
+        load_or_store(&self.m, pa, store)
     }
 
     pub fn apply(&mut self, op: &Op) -> Outcome {
@@ -342,10 +330,7 @@ impl System {
                 self.host_core = core;
                 Outcome::Done(Ok(()))
             }
-            Op::EnableHostSmmu => {
-                let pool = PagePool::new(SMMU_POOL, host_smmu_table_pages(self.mem.db.regions()));
-                Outcome::Done(self.mem.enable_host_smmu(m, pool).map(drop))
-            }
+            Op::EnableHostSmmu => Outcome::Done(enable_host_smmu(m, &mut self.mem).map(drop)),
             Op::DeviceLoad(pa) => Outcome::Access(self.device_access(pa, None)),
             Op::DeviceStore(pa, v) => Outcome::Access(self.device_access(pa, Some(v))),
         }
@@ -383,6 +368,12 @@ impl System {
     }
 }
 
+/// KCore takes the SMMU: the host's SMMU table in `mem`, from the pool at [`SMMU_POOL`] of the
+/// worst-case size.
+pub fn enable_host_smmu(m: &ModelMachine, mem: &mut HostMemory) -> Result<u64, MemError> {
+    mem.enable_host_smmu(m, PagePool::new(SMMU_POOL, host_smmu_table_pages(mem.db.regions())))
+}
+
 /// A device's DMA load (`store` None) or store of the word at `iova`, as the SMMU does it:
 /// through the SMMU's TLB, else a walk of the stream's table `table` (SMMU VMID `vmid`) whose
 /// leaf the TLB then keeps; a miss aborts (the SMMU records a fault event; the device does not
@@ -397,6 +388,11 @@ pub fn dma(m: &ModelMachine, table: &PageTable, vmid: u16, iova: u64, store: Opt
             leaf.translate(iova)
         }
     };
+    load_or_store(m, pa, store)
+}
+
+/// The word at `pa` read (`store` None), or written, through the coherent view.
+fn load_or_store(m: &ModelMachine, pa: u64, store: Option<u64>) -> Access {
     match store {
         Some(v) => {
             m.write_u64(pa, v);
@@ -437,33 +433,22 @@ pub fn initial_rdata(pages_only: bool) -> RData {
 /// The operation on the spec.
 pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
     let done = |(r, result): (RData, Result<(), MemError>)| (r, Outcome::Done(result));
+    let access = |(r, access): (RData, Access)| (r, Outcome::Access(access));
     Some(match *op {
         Op::HostFault(ipa) => {
             let (r, result) = spec::map_page_host_spec(r, ipa)?;
             (r, Outcome::Mapped(result))
         }
-        Op::HostLoad(pa) => {
-            let (r, access) = spec::host_access_spec(r, pa, None)?;
-            (r, Outcome::Access(access))
-        }
-        Op::HostStore(pa, v) => {
-            let (r, access) = spec::host_access_spec(r, pa, Some(v))?;
-            (r, Outcome::Access(access))
-        }
+        Op::HostLoad(pa) => access(spec::host_access_spec(r, pa, None)?),
+        Op::HostStore(pa, v) => access(spec::host_access_spec(r, pa, Some(v))?),
         Op::Assign { vmid, gfn, pfn } => done(spec::assign_pfn_to_vm_spec(r, vmid, gfn, pfn)?),
         Op::Clear { vmid, pfn } => done(spec::clear_vm_page_spec(r, vmid, pfn)?),
         Op::MapVmIo { vmid, gpa, pa } => done(spec::map_vm_io_spec(r, vmid, gpa, pa)?),
         Op::MapPfnVm { vmid, gfn, pfn } => done(spec::map_pfn_vm_spec(r, vmid, gfn, pfn)?),
         Op::Grant { vmid, pfn } => done(spec::grant_vm_page_spec(r, vmid, pfn)?),
         Op::Revoke { vmid, pfn } => done(spec::revoke_vm_page_spec(r, vmid, pfn)?),
-        Op::VmLoad { vmid, gpa } => {
-            let (r, access) = spec::vm_access_spec(r, vmid, gpa, None)?;
-            (r, Outcome::Access(access))
-        }
-        Op::VmStore { vmid, gpa, value } => {
-            let (r, access) = spec::vm_access_spec(r, vmid, gpa, Some(value))?;
-            (r, Outcome::Access(access))
-        }
+        Op::VmLoad { vmid, gpa } => access(spec::vm_access_spec(r, vmid, gpa, None)?),
+        Op::VmStore { vmid, gpa, value } => access(spec::vm_access_spec(r, vmid, gpa, Some(value))?),
         Op::ClearRange { vmid, pfn, pages } => {
             let (r, result) = spec::clear_vm_range_spec(r, vmid, pfn, pages)?;
             done((r, result.map(|_| ())))
@@ -474,14 +459,8 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
         // spec has no cores: the host's accesses mean the same on every one.
         Op::WriteBack | Op::HostOnCore(_) => (r.clone(), Outcome::Done(Ok(()))),
         Op::EnableHostSmmu => done(spec::enable_host_smmu_spec(r, spec::host_smmu_table_pages_spec(&r.ram))?),
-        Op::DeviceLoad(pa) => {
-            let (r, access) = spec::device_access_spec(r, pa, None)?;
-            (r, Outcome::Access(access))
-        }
-        Op::DeviceStore(pa, v) => {
-            let (r, access) = spec::device_access_spec(r, pa, Some(v))?;
-            (r, Outcome::Access(access))
-        }
+        Op::DeviceLoad(pa) => access(spec::device_access_spec(r, pa, None)?),
+        Op::DeviceStore(pa, v) => access(spec::device_access_spec(r, pa, Some(v))?),
     })
 }
 
