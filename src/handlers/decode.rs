@@ -8,7 +8,6 @@
 //! 40-bit limit: INVALID_ADDRESS). Guest exits are decoded the same way ([`GuestTrap`]).
 
 use super::esr::{self, ec};
-use super::smmu_calls::SmmuCall;
 use crate::addr::{Ipa, IpaRange, Pa, Pfn};
 use crate::ids::{VcpuId, VmId};
 use crate::machine::features::IdReg;
@@ -38,8 +37,15 @@ pub enum HostCall {
     },
     /// A call the VM layer serves inside the host's trap.
     Vm(VmCall),
-    /// SMMU_ATTACH_STREAM / SMMU_DETACH_STREAM: the trap handler serves them on the SMMU.
-    Smmu(SmmuCall),
+    /// SMMU_ATTACH_STREAM: the trap handler serves it on the SMMU.
+    SmmuAttach {
+        stream: u64,
+        principal: u64,
+    },
+    /// SMMU_DETACH_STREAM: the same.
+    SmmuDetach {
+        stream: u64,
+    },
 }
 
 /// The VM hypercalls the VM layer serves (`vm_calls::serve`), as the VM layer's API takes them.
@@ -150,8 +156,8 @@ impl HostCall {
                 gpa: Ipa(a2),
                 pfn: Pfn::new(a3).ok_or(bad("page number", Status::InvalidAddress))?,
             }),
-            host_call::SMMU_ATTACH_STREAM => HostCall::Smmu(SmmuCall::Attach { stream: a1, principal: a2 }),
-            host_call::SMMU_DETACH_STREAM => HostCall::Smmu(SmmuCall::Detach { stream: a1 }),
+            host_call::SMMU_ATTACH_STREAM => HostCall::SmmuAttach { stream: a1, principal: a2 },
+            host_call::SMMU_DETACH_STREAM => HostCall::SmmuDetach { stream: a1 },
             _ => return Err(BadCall { function, status: Status::NotSupported, argument: None }),
         })
     }
@@ -499,11 +505,11 @@ mod tests {
         // The SMMU calls carry their arguments raw: what fits depends on the SMMU.
         assert_eq!(
             call(host_call::SMMU_ATTACH_STREAM, [0x10, 0, 0, 0]),
-            Ok(HostCall::Smmu(SmmuCall::Attach { stream: 0x10, principal: 0 }))
+            Ok(HostCall::SmmuAttach { stream: 0x10, principal: 0 })
         );
         assert_eq!(
             call(host_call::SMMU_DETACH_STREAM, [u64::MAX, 5, 0, 0]),
-            Ok(HostCall::Smmu(SmmuCall::Detach { stream: u64::MAX }))
+            Ok(HostCall::SmmuDetach { stream: u64::MAX })
         );
         // SMCCC: only w0 names the call.
         assert_eq!(call(host_call::NULL, [0; 4]), call(host_call::NULL, [0; 4]));

@@ -134,7 +134,8 @@ pub fn host_hvc_dispatcher(call: Result<HostCall, BadCall>, regs: &mut [u64; CAL
         }
         HostCall::VcpuRun { vm, vcpu, answer } => CallExit::VcpuRun { vm, vcpu, answer },
         HostCall::Vm(call) => CallExit::VmCall(call),
-        HostCall::Smmu(call) => CallExit::SmmuCall(call),
+        HostCall::SmmuAttach { stream, principal } => CallExit::SmmuCall(SmmuCall::Attach { stream, principal }),
+        HostCall::SmmuDetach { stream } => CallExit::SmmuCall(SmmuCall::Detach { stream }),
     }
 }
 

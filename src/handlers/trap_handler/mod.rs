@@ -32,17 +32,36 @@ use principal::Principal;
 /// with the syndrome the vector read.
 #[no_mangle]
 extern "C" fn host_sync_trap_handler(frame: &mut TrapFrame, esr: u64) {
-    principal::attend_on_entry();
+    if principal::needs_attention() {
+        return attended(move || host_sync_trap(frame, esr));
+    }
+    host_sync_trap(frame, esr)
+}
+
+#[inline(always)]
+fn host_sync_trap(frame: &mut TrapFrame, esr: u64) {
     // As in `lower_el_trap_handler`, the principal already names the host.
     let outcome = host_sync(cpu::index(), frame, esr);
     invariants::check_after_host_trap(outcome == Outcome::Refused);
+}
+
+/// The rare entry from the host when something needs attention first (`principal::attend`:
+/// the halt flag, the SMMU's events), then the trap as usual: a separate copy of the handler, so
+/// that the common entry stays one load and a branch, and keeps its arguments in their registers.
+#[cold]
+#[inline(never)]
+fn attended(trap: impl FnOnce()) {
+    principal::attend();
+    trap()
 }
 
 /// Entry for every other exception from a lower EL (vectors.S): interrupts and SErrors taken
 /// while the host runs, and AArch32 traps.
 #[no_mangle]
 extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
-    principal::attend_on_entry();
+    if principal::needs_attention() {
+        principal::attend();
+    }
     // Only the host traps through KCore's vectors: a guest's traps go through the guest half of the
     // core's vector set (`__guest_exit`) back into `vcpu_run`. The principal already names the
     // host: every way into the host's world sets it (`enter_host`, and `vcpu_run` on its way back).
@@ -62,7 +81,14 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
 /// registers a call uses saved ([`CallFrame`]): decoded once, dispatched, the answer carried out.
 #[no_mangle]
 extern "C" fn host_call_trap_handler(frame: &mut CallFrame) {
-    principal::attend_on_entry();
+    if principal::needs_attention() {
+        return attended(move || host_call(frame));
+    }
+    host_call(frame)
+}
+
+#[inline(always)]
+fn host_call(frame: &mut CallFrame) {
     // As in `lower_el_trap_handler`, the principal already names the host.
     let regs = frame.call_regs();
     let function = regs[0];

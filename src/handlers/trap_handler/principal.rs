@@ -56,24 +56,25 @@ pub fn halted() -> bool {
 #[inline]
 pub fn park_if_halted() {
     if halted() {
-        attend(HALTED)
+        attend_to(HALTED)
     }
 }
 
-/// On every entry from the host: parks this core for good if the halt flag was raised, letting
-/// go of any vCPU context; drains the SMMU's event queue if KCore owns one (so a DMA the SMMU
-/// refused is in the log before the host's call returns). One load and a branch otherwise.
-#[inline]
-pub fn attend_on_entry() {
-    let attention = ATTENTION.load(Ordering::Relaxed);
-    if attention != 0 {
-        attend(attention)
-    }
+/// Whether an entry from the host must [`attend`] first: one load (`cargo xtask bench`: the
+/// null call costs what it did before there was an SMMU).
+#[inline(always)]
+pub fn needs_attention() -> bool {
+    ATTENTION.load(Ordering::Relaxed) != 0
 }
 
-#[cold]
-#[inline(never)]
-fn attend(attention: u8) {
+/// On an entry from the host that [`needs_attention`]: parks this core for good if the halt
+/// flag was raised, letting go of any vCPU context; drains the SMMU's event queue if KCore owns
+/// one (so a DMA the SMMU refused is in the log before the host's call returns).
+pub fn attend() {
+    attend_to(ATTENTION.load(Ordering::Relaxed))
+}
+
+fn attend_to(attention: u8) {
     if attention & HALTED != 0 {
         HOLDS_CONTEXT[cpu::index()].store(false, Ordering::Release);
         cpu::park()
