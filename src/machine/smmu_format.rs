@@ -168,6 +168,58 @@ pub fn blocked_dma_line(n: u64, event: &Event) -> alloc::string::String {
     )
 }
 
+/// A queue's producer or consumer index as the SMMU's PROD and CONS registers hold it: the slot
+/// in the low `bits` bits, the wrap bit above them (it flips at every lap, so that equal slots
+/// tell an empty queue, equal wrap bits, from a full one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueIndex {
+    value: u32,
+    bits: u32,
+}
+
+impl QueueIndex {
+    /// Slot 0, wrap bit 0, of a queue of 2^`bits` entries.
+    pub const fn new(bits: u32) -> QueueIndex {
+        QueueIndex { value: 0, bits }
+    }
+
+    /// The register value (slot and wrap bit).
+    pub fn value(&self) -> u32 {
+        self.value
+    }
+
+    /// The slot this index names.
+    pub fn slot(&self) -> u64 {
+        self.slot_of(self.value)
+    }
+
+    /// The slot register value `register` names.
+    pub fn slot_of(&self, register: u32) -> u64 {
+        u64::from(register & ((1 << self.bits) - 1))
+    }
+
+    /// The index after this one.
+    pub fn next(self) -> QueueIndex {
+        QueueIndex { value: (self.value + 1) & self.mask(), ..self }
+    }
+
+    /// Whether the other side's register (CONS for a producer, PROD for a consumer) has the
+    /// same slot and wrap bit: a consumer has taken everything, or a producer added nothing.
+    pub fn reached_by(&self, register: u32) -> bool {
+        register & self.mask() == self.value
+    }
+
+    /// Whether a producer at this index has a full queue: the consumer's register names the
+    /// same slot a lap behind (the other wrap bit).
+    pub fn is_full(&self, cons: u32) -> bool {
+        cons & self.mask() == self.value ^ (1 << self.bits)
+    }
+
+    fn mask(&self) -> u32 {
+        (2 << self.bits) - 1
+    }
+}
+
 /// The ID registers KCore reads before it takes an SMMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SmmuIds {
@@ -328,6 +380,28 @@ mod tests {
         assert_eq!(with(|i| i.idr5 &= !(1 << 4)), Err(Unusable::No4KGranule));
         assert_eq!(with(|i| i.idr0 &= !(1 << 4)), Err(Unusable::NotCoherent));
         assert_eq!(with(|i| i.idr1 |= 1 << 30), Err(Unusable::Preset));
+    }
+
+    #[test]
+    fn queue_indexes_wrap_with_a_flipped_bit_and_tell_full_from_empty() {
+        let start = QueueIndex::new(2);
+        assert!(start.reached_by(0) && !start.is_full(0), "empty");
+        let mut prod = start;
+        for _ in 0..4 {
+            prod = prod.next();
+        }
+        assert_eq!((prod.value(), prod.slot()), (0b100, 0), "a lap flips the wrap bit");
+        assert!(prod.is_full(0), "four entries the consumer has not taken: full");
+        assert!(!prod.reached_by(0));
+        // One lap ahead of a consumer at slot 1 is full; level with it is empty.
+        assert!(prod.next().is_full(0b001) && !prod.next().is_full(0b101) && prod.next().reached_by(0b101));
+        for _ in 0..4 {
+            prod = prod.next();
+        }
+        assert_eq!(prod, start, "two laps: back where it started");
+        // Bits above the index (CMDQ_CONS.ERR, EVENTQ_PROD.OVFLG) do not count.
+        assert!(start.reached_by(0x8000_0000 | 0x7f << 24));
+        assert_eq!(start.slot_of(0x7f << 24 | 0b111), 0b11);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! formats are `machine::smmu_format`'s; docs/smmu.md says why each setting is what it is.
 
 use super::layout;
-use crate::machine::smmu_format::{self, Command, Event, EventRecord, SmmuIds, Ste, Unusable};
+use crate::machine::smmu_format::{self, Command, Event, EventRecord, QueueIndex, SmmuIds, Ste, Unusable};
 use crate::machine::sync::{LockRank, TicketLock};
 use crate::machine::PAGE_SIZE;
 use core::arch::asm;
@@ -102,28 +102,6 @@ pub enum SmmuError {
     },
     /// The SMMU did not consume the command queue.
     Stuck,
-}
-
-/// A queue's producer/consumer index with its wrap bit, `bits` wide.
-#[derive(Clone, Copy)]
-struct QueueIndex {
-    value: u32,
-    bits: u32,
-}
-
-impl QueueIndex {
-    fn slot(&self) -> u64 {
-        u64::from(self.value & ((1 << self.bits) - 1))
-    }
-
-    fn next(self) -> QueueIndex {
-        QueueIndex { value: (self.value + 1) & ((2 << self.bits) - 1), ..self }
-    }
-
-    /// The index and wrap bit of a register value.
-    fn of(&self, register: u32) -> u32 {
-        register & ((2 << self.bits) - 1)
-    }
 }
 
 /// The command queue: KCore's producer index (the SMMU's consumer index is its register).
@@ -251,13 +229,10 @@ impl Smmu {
             page1,
             stream_table,
             stream_bits,
-            commands: TicketLock::new(
-                LockRank::Smmu,
-                CommandQueue { base: cmdq, prod: QueueIndex { value: 0, bits: CMDQ_BITS } },
-            ),
+            commands: TicketLock::new(LockRank::Smmu, CommandQueue { base: cmdq, prod: QueueIndex::new(CMDQ_BITS) }),
             events: TicketLock::new(
                 LockRank::Smmu,
-                EventQueue { base: evtq, cons: QueueIndex { value: 0, bits: EVTQ_BITS }, logged: 0 },
+                EventQueue { base: evtq, cons: QueueIndex::new(EVTQ_BITS), logged: 0 },
             ),
         };
         set_cr0(page0, CR0_CMDQEN)?;
@@ -316,9 +291,7 @@ impl Smmu {
 
     fn submit_locked(&self, queue: &mut CommandQueue, commands: &[Command]) -> Result<(), SmmuError> {
         for command in commands {
-            // Full: the SMMU's index is KCore's with the other wrap bit.
-            let full = |cons: u32| queue.prod.of(cons) == queue.prod.value ^ (1 << CMDQ_BITS);
-            if !poll(|| !full(self.page0.cmdq_cons.get())) {
+            if !poll(|| !queue.prod.is_full(self.page0.cmdq_cons.get())) {
                 return Err(SmmuError::Stuck);
             }
             let slot = queue.base + 16 * queue.prod.slot();
@@ -329,7 +302,7 @@ impl Smmu {
             queue.prod = queue.prod.next();
         }
         barrier();
-        self.page0.cmdq_prod.set(queue.prod.value);
+        self.page0.cmdq_prod.set(queue.prod.value());
         let mut error = None;
         let consumed = poll(|| {
             let cons = self.page0.cmdq_cons.get();
@@ -337,12 +310,12 @@ impl Smmu {
                 error = Some(cons);
                 return true;
             }
-            queue.prod.of(cons) == queue.prod.value
+            queue.prod.reached_by(cons)
         });
         if let Some(cons) = error {
             // Skip the bad command (it becomes a CMD_SYNC) and acknowledge the error, so that the
             // queue runs again; the caller says what failed.
-            let slot = queue.base + 16 * u64::from(cons & ((1 << CMDQ_BITS) - 1));
+            let slot = queue.base + 16 * queue.prod.slot_of(cons);
             for (i, word) in smmu_format::cmd_sync().iter().enumerate() {
                 // SAFETY: as above.
                 unsafe { super::phys::write_u64(slot + 8 * i as u64, *word) };
@@ -365,11 +338,11 @@ impl Smmu {
         let mut queue = self.events.lock();
         let prod = self.page1.eventq_prod.get();
         let overflowed = prod & EVENTQ_OVERFLOW != self.page1.eventq_cons.get() & EVENTQ_OVERFLOW;
-        if queue.cons.of(prod) == queue.cons.value && !overflowed {
+        if queue.cons.reached_by(prod) && !overflowed {
             return;
         }
         barrier();
-        while queue.cons.value != queue.cons.of(prod) {
+        while !queue.cons.reached_by(prod) {
             let slot = queue.base + 32 * queue.cons.slot();
             // SAFETY: the record lies in KCore's event queue page, which the SMMU wrote before it
             // moved EVENTQ_PROD past it.
@@ -379,7 +352,7 @@ impl Smmu {
             fault(queue.logged, &smmu_format::decode_event(&record));
         }
         // Hand the slots back and acknowledge an overflow.
-        self.page1.eventq_cons.set(queue.cons.value | (prod & EVENTQ_OVERFLOW));
+        self.page1.eventq_cons.set(queue.cons.value() | (prod & EVENTQ_OVERFLOW));
         if overflowed {
             overflow();
         }
