@@ -284,14 +284,12 @@ impl HostMemory {
         pa: u64,
         level: u8,
     ) -> Result<(), MemError> {
-        if let Some(smmu) = self.vm_smmu_of(vmid) {
-            smmu.can_map(m, gpa, pa, level)?;
-        }
+        let Some(smmu) = self.vm_smmu_of(vmid) else {
+            return Ok(vm_s2.map(m, gpa, pa, level, Attrs::RAM)?);
+        };
+        smmu.can_map(m, gpa, pa, level)?;
         vm_s2.map(m, gpa, pa, level, Attrs::RAM)?;
-        if let Some(smmu) = self.vm_smmu_of(vmid) {
-            smmu.map(m, gpa, pa, level, SMMU_RAM)?;
-        }
-        Ok(())
+        Ok(smmu.map(m, gpa, pa, level, SMMU_RAM)?)
     }
 
     /// Serves a host stage-2 fault at `ipa` (SeKVM `map_page_host`, with blocks): maps the
