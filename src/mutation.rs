@@ -119,6 +119,9 @@ pub enum Mutation {
     /// An SMMU stage-2 break (unmap, split) leaves out its SMMU TLB invalidation: a device keeps
     /// reaching a page taken from the host through a translation the SMMU cached (issue 15).
     MissingSmmuTlbInvalidation,
+    /// A page a VM gives back stays in the VM's SMMU table: the devices assigned to the VM still
+    /// reach it after it was scrubbed and went to the host (issue 15).
+    VmSmmuPageLeftOnClear,
 }
 
 #[cfg(test)]

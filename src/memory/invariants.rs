@@ -8,6 +8,8 @@
 //! - `smmu_iso` (issue 15), when KCore owns an SMMU: the host's SMMU table is an identity map of
 //!   pages the host owns (never a page a VM shares with it, nor one of KCore's), and, the half
 //!   the host's own DMA relies on, of all of them;
+//! - `smmu_iso` for a VM's SMMU table: exactly the RAM leaves of the VM's stage-2 (none once
+//!   the VM is gone), so `vm_iso` covers the devices assigned to it too;
 //! - well-formedness: leaves never overlap, and every table page lies in its owner's pool.
 //!
 //! The cost of `smmu_iso` is that of `host_iso`: one visit of the table, an O(1) ownership
@@ -47,9 +49,16 @@ pub enum Violation {
         mapped: u64,
         owned: u64,
     },
-    /// A table page of the host's SMMU table lies outside its own pool.
+    /// A table page of an SMMU table (SMMU VMID `vmid`: 0 for the host's) lies outside its own
+    /// pool.
     SmmuTablePage {
+        vmid: u16,
         pa: u64,
+    },
+    /// VM `vmid`'s SMMU table and the RAM leaves of its stage-2 differ at `leaf` (of one of them).
+    VmSmmuIso {
+        vmid: u16,
+        leaf: Leaf,
     },
     /// A word of KCore's canary page changed: something wrote KCore's memory behind every
     /// stage-2 (a device's DMA).
@@ -118,14 +127,43 @@ pub fn check(m: &impl Machine, mem: &HostMemory, vms: &[(u16, &PageTable)]) -> R
             }
         }
     }
+    for (&vmid, smmu) in &mem.vm_smmu {
+        let stage2 = vms.iter().find(|&&(v, _)| v == vmid).map(|&(_, table)| table);
+        vm_smmu_iso(m, mem, vmid, smmu, stage2)?;
+    }
     Ok(())
+}
+
+/// `smmu_iso` for VM `vmid`'s SMMU table `smmu`: its leaves are the RAM leaves of the VM's
+/// stage-2 (`None`: the VM is gone, and so are they), with the SMMU's attributes.
+fn vm_smmu_iso(
+    m: &impl Machine,
+    mem: &HostMemory,
+    vmid: u16,
+    smmu: &PageTable,
+    stage2: Option<&PageTable>,
+) -> Result<(), Violation> {
+    if let Some(pa) = foreign_table_page(m, smmu) {
+        return Err(Violation::SmmuTablePage { vmid, pa });
+    }
+    let found = smmu.leaves(m);
+    let ram = stage2.map(|t| t.leaves(m)).unwrap_or_default().into_iter().filter(|l| mem.db.get(l.output).is_some());
+    let expected: alloc::vec::Vec<Leaf> = ram.map(|l| Leaf { attrs: SMMU_RAM, ..l }).collect();
+    if found == expected {
+        return Ok(());
+    }
+    let extra = found.iter().find(|l| !expected.contains(l));
+    match extra.or_else(|| expected.iter().find(|l| !found.contains(l))) {
+        Some(&leaf) => Err(Violation::VmSmmuIso { vmid, leaf }),
+        None => Ok(()),
+    }
 }
 
 /// `smmu_iso` for the host's SMMU table `smmu`: every leaf an identity map of pages the host
 /// owns, and together all of them.
 fn smmu_iso(m: &impl Machine, mem: &HostMemory, smmu: &PageTable) -> Result<(), Violation> {
     if let Some(pa) = foreign_table_page(m, smmu) {
-        return Err(Violation::SmmuTablePage { pa });
+        return Err(Violation::SmmuTablePage { vmid: super::HOST_SMMU_VMID, pa });
     }
     let leaves = smmu.leaves(m);
     well_formed(&leaves)?;

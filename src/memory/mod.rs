@@ -12,6 +12,10 @@
 //! a page leaves it, and the SMMU's TLB, before the page leaves the host ([`HostMemory::
 //! take_from_host`]), and comes back only after it was scrubbed ([`HostMemory::clear_vm_page`]).
 //! Those are the only two places where a page's owner changes to or from the host.
+//!
+//! A VM with devices assigned to it has an SMMU table too ([`HostMemory::attach_vm_smmu`]): a
+//! copy of the RAM leaves of its stage-2, changed with them, and losing a page (and the SMMU's
+//! TLB entry) before the page is scrubbed.
 
 pub mod invariants;
 pub mod ops;
@@ -31,6 +35,7 @@ use crate::mutation::{planted, Mutation};
 use crate::page_table::descriptor::{level_size, Attrs, Regime, LAST_LEVEL, OUTPUT_LIMIT};
 use crate::page_table::pool::PagePool;
 use crate::page_table::{Leaf, PageTable, PtError};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use corevisor_boards::PhysRange;
 use pages::{Owner, PageDb, PageInfo};
@@ -152,6 +157,10 @@ pub struct HostMemory {
     /// (a device cannot take a fault and retry), with exactly the pages the host owns, and it
     /// changes with ownership: a page leaves it (and the SMMU's TLB) before it leaves the host.
     pub host_smmu: Option<PageTable>,
+    /// Each VM's SMMU table, for the devices assigned to it ([`HostMemory::attach_vm_smmu`]):
+    /// the RAM leaves of the VM's stage-2, at the same guest addresses (SMMU VMID = the vmid).
+    /// Empty on a machine that assigns no device.
+    pub vm_smmu: BTreeMap<u16, PageTable>,
 }
 
 /// The SMMU VMID of the host's SMMU table (SMMU VMIDs are the SMMU's own tags, apart from the
@@ -177,7 +186,7 @@ pub fn host_smmu_table_pages(regions: &MemRegions) -> u64 {
 
 impl HostMemory {
     pub fn new(db: PageDb, host_s2: PageTable, mmio: MmioMap) -> HostMemory {
-        HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock, host_smmu: None }
+        HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock, host_smmu: None, vm_smmu: BTreeMap::new() }
     }
 
     /// Builds the host's SMMU table from `pool` and returns its root (a stream table entry's
@@ -213,6 +222,74 @@ impl HostMemory {
         let root = table.root();
         self.host_smmu = Some(table);
         Ok(root)
+    }
+
+    /// Gives VM `vmid` an SMMU table for the devices assigned to it (SeKVM `alloc_smmu`,
+    /// `init_spt`, `map_spt` for a VM's context bank) and returns its root, the S2TTB of the VM's
+    /// streams (SMMU VMID `vmid`, whose old SMMU TLB entries are dropped here). It maps every page
+    /// of RAM the VM's stage-2 `vm_s2` maps, at the same guest address and level, and from here
+    /// on changes with it: a page enters with the stage-2 ([`Self::map_pfn_vm`], a 2 MiB block
+    /// answer) and leaves it, with the SMMU's TLB entry, before the page is scrubbed
+    /// ([`Self::clear_vm_page`]); so the VM's devices reach exactly what its CPUs reach of RAM,
+    /// never MMIO. Refused if the VM has one already, or if `pool` is smaller than `vm_s2`'s
+    /// pool: the copy needs a table only where `vm_s2` has one, and neither frees a table, so
+    /// the copy can never run out where the stage-2 did not.
+    pub fn attach_vm_smmu(
+        &mut self,
+        m: &impl Machine,
+        vmid: u16,
+        vm_s2: &PageTable,
+        pool: PagePool,
+    ) -> Result<u64, MemError> {
+        if self.vm_smmu.contains_key(&vmid) {
+            return Err(MemError::PageTable(PtError::Occupied));
+        }
+        if pool.capacity() < vm_s2.pool().capacity() {
+            return Err(MemError::PageTable(PtError::PoolExhausted));
+        }
+        let mut table = PageTable::new(m, Regime::Smmu { vmid }, pool)?;
+        for leaf in vm_s2.leaves(m).into_iter().filter(|leaf| self.db.get(leaf.output).is_some()) {
+            table.map(m, leaf.input, leaf.output, leaf.level, SMMU_RAM)?;
+        }
+        m.smmu_flush_vmid(vmid);
+        let root = table.root();
+        self.vm_smmu.insert(vmid, table);
+        Ok(root)
+    }
+
+    /// Takes VM `vmid`'s SMMU table away, once no stream uses it (the caller detached them), and
+    /// drops what the SMMU cached of it.
+    pub fn detach_vm_smmu(&mut self, m: &impl Machine, vmid: u16) -> Option<PageTable> {
+        let table = self.vm_smmu.remove(&vmid)?;
+        m.smmu_flush_vmid(vmid);
+        Some(table)
+    }
+
+    /// VM `vmid`'s SMMU table, if it has one: one branch on a machine that assigns no device.
+    fn vm_smmu_of(&mut self, vmid: u16) -> Option<&mut PageTable> {
+        if self.vm_smmu.is_empty() {
+            return None;
+        }
+        self.vm_smmu.get_mut(&vmid)
+    }
+
+    /// Maps `[gpa, gpa + level_size(level))` to RAM at `pa` in VM `vmid`'s stage-2 and, if it has
+    /// one, its SMMU table: in both or, refused, in neither (the SMMU table is checked first).
+    pub(crate) fn map_vm_ram(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &mut PageTable,
+        vmid: u16,
+        gpa: u64,
+        pa: u64,
+        level: u8,
+    ) -> Result<(), MemError> {
+        let Some(smmu) = self.vm_smmu_of(vmid) else {
+            return Ok(vm_s2.map(m, gpa, pa, level, Attrs::RAM)?);
+        };
+        smmu.can_map(m, gpa, pa, level)?;
+        vm_s2.map(m, gpa, pa, level, Attrs::RAM)?;
+        Ok(smmu.map(m, gpa, pa, level, SMMU_RAM)?)
     }
 
     /// Serves a host stage-2 fault at `ipa` (SeKVM `map_page_host`, with blocks): maps the
@@ -367,6 +444,14 @@ impl HostMemory {
             }
             None => {}
         }
+        // The VM's devices lose the page as its CPUs do, before the scrub.
+        if let Some(smmu) = self.vm_smmu_of(vmid) {
+            let gpa = page.gfn << 12;
+            let mapped = smmu.walk(m, gpa).is_some_and(|leaf| leaf.translate(gpa) == pa);
+            if mapped && !planted(Mutation::VmSmmuPageLeftOnClear) {
+                smmu.unmap(m, gpa)?;
+            }
+        }
         if page.count > 0 {
             // Shared pages are mapped in the host: unmap before the page is scrubbed and handed
             // back, so the host's next access faults and gets a fresh mapping.
@@ -458,7 +543,7 @@ impl HostMemory {
 
     /// Maps page `pfn`, which VM `vmid` owns at `gfn`, into the VM's stage-2 (SeKVM `map_pfn_vm`).
     pub fn map_pfn_vm(
-        &self,
+        &mut self,
         m: &impl Machine,
         vm_s2: &mut PageTable,
         vmid: u16,
@@ -470,8 +555,7 @@ impl HostMemory {
         if page.owner != Owner::Vm(vmid) || page.gfn != gfn {
             return Err(MemError::NotOwned(page.owner));
         }
-        vm_s2.map(m, gfn << 12, pa, LAST_LEVEL, Attrs::RAM)?;
-        Ok(())
+        self.map_vm_ram(m, vm_s2, vmid, gfn << 12, pa, LAST_LEVEL)
     }
 
     /// Maps MMIO page `pa` at `gpa` in a VM's stage-2 (SeKVM `map_vm_io`): never RAM, and only

@@ -450,3 +450,66 @@ fn without_an_smmu_the_host_has_no_device_and_the_checks_hold() {
     let twice = sys.apply(&Op::EnableHostSmmu);
     assert_eq!(twice, Outcome::Done(Err(super::MemError::PageTable(crate::page_table::PtError::Occupied))));
 }
+
+/// A device assigned to VM 1 reads the VM's page; the host takes the page back and writes it;
+/// the device reads again.
+fn vm_dma_then_take_back(pfn: u64) -> [Op; 7] {
+    let vmid = 1;
+    [
+        Op::Assign { vmid, gfn: 0, pfn },
+        Op::MapPfnVm { vmid, gfn: 0, pfn },
+        Op::AttachVmSmmu { vmid },
+        Op::VmDeviceLoad { vmid, gpa: 8 },
+        Op::Clear { vmid, pfn },
+        Op::HostStore(pfn << 12 | 8, 7),
+        Op::VmDeviceLoad { vmid, gpa: 8 },
+    ]
+}
+
+#[test]
+fn a_vm_s_devices_reach_its_pages_and_lose_them_before_the_scrub() {
+    let (vmid, pfn) = (1, 0x40201u64);
+    let mut ops = vm_dma_then_take_back(pfn).to_vec();
+    // A page mapped after the attach reaches the device too, at its guest address.
+    ops.splice(
+        4..4,
+        [
+            Op::ProtAndMap { vmid, gfn: 1, pfn: 0x40202, level: 3 },
+            Op::VmDeviceStore { vmid, gpa: 0x1010, value: 5 },
+            Op::VmLoad { vmid, gpa: 0x1010 },
+        ],
+    );
+    for pages_only in [false, true] {
+        refines(pages_only, &ops).unwrap();
+        invariants_hold(pages_only, &ops).unwrap();
+        let mut sys = System::new(pages_only);
+        let outcomes: Vec<Outcome> = ops.iter().map(|op| sys.apply(op)).collect();
+        use super::spec::Access::{Abort, Done};
+        let accesses: Vec<Outcome> = [3, 5, 6, 9].iter().map(|&i| outcomes[i]).collect();
+        assert_eq!(accesses, [Done(0), Done(0), Done(5), Abort].map(Outcome::Access));
+        // Left in the VM's SMMU table, or in its TLB, the page reaches the device with the
+        // host's data.
+        for bug in [Mutation::VmSmmuPageLeftOnClear, Mutation::MissingSmmuTlbInvalidation] {
+            let last = crate::mutation::with(bug, || {
+                let mut sys = System::new(pages_only);
+                ops.iter().map(|op| sys.apply(op)).last()
+            });
+            assert_eq!(last, Some(Outcome::Access(Done(7))), "{bug:?}");
+        }
+    }
+}
+
+#[test]
+fn vm_smmu_iso_catches_a_page_left_in_a_vm_s_smmu_table() {
+    let edge = vm_dma_then_take_back(0x40201).to_vec();
+    assert!(invariants_hold(false, &edge).is_ok() && invariants_hold(true, &edge).is_ok());
+    let inputs = sequences().prop_map(move |(pages_only, ops)| (pages_only, [edge.clone(), ops].concat()));
+    crate::mutation::catches(Mutation::VmSmmuPageLeftOnClear, 16, inputs, |(pages_only, ops)| {
+        invariants_hold(pages_only, &ops)
+    });
+}
+
+#[test]
+fn refinement_catches_a_page_left_in_a_vm_s_smmu_table() {
+    catches(Mutation::VmSmmuPageLeftOnClear, refines);
+}

@@ -7,7 +7,9 @@
 //! built from ownership once ([`enable_host_smmu_spec`]), it loses a page in the common step of
 //! every transition away from the host ([`take_from_host_spec`]) and gets it back only in
 //! [`clear_vm_page_spec`], after the scrub; no other transition touches it. The host's devices
-//! reach memory through it ([`device_access_spec`]).
+//! reach memory through it ([`device_access_spec`]). A VM with devices assigned to it has an SMMU
+//! table ([`attach_vm_smmu_spec`]) that is its stage-2's RAM leaves: `map_pfn_vm` and a 2 MiB
+//! block answer add to both, `clear_vm_page` takes from both before the scrub.
 
 use super::pages::{Owner, PageInfo};
 use super::{MemError, MAX_SHARE_COUNT, SMMU_RAM};
@@ -58,6 +60,9 @@ pub struct RData {
     /// The host's SMMU table, abstractly, once KCore owns an SMMU (`spts` of SeKVM's state,
     /// the host's part): what the host's devices reach.
     pub host_smmu: Option<AbsNpt>,
+    /// Each VM's SMMU table, abstractly (`spts`, the VMs' part): what the devices assigned to
+    /// it reach.
+    pub vm_smmu: BTreeMap<u16, AbsNpt>,
 }
 
 type Step<T> = Option<(RData, Result<T, MemError>)>;
@@ -221,6 +226,57 @@ pub fn enable_host_smmu_spec(r: &RData, pool_pages: u64) -> Step<()> {
     Some((next, Ok(())))
 }
 
+/// `attach_vm_smmu`: VM `vmid`'s SMMU table, from a pool of `pool_pages`, holds the RAM leaves
+/// of its stage-2 at the same guest addresses and levels, and the tables they need. Refused,
+/// unchanged, if the VM has one, or if the pool is smaller than its stage-2's pool.
+pub fn attach_vm_smmu_spec(r: &RData, vmid: u16, pool_pages: u64) -> Step<()> {
+    let refuse = |e| Some((r.clone(), Err(MemError::PageTable(e))));
+    let stage2 = &r.npts[&vmid];
+    if r.vm_smmu.contains_key(&vmid) {
+        return refuse(PtError::Occupied);
+    }
+    if pool_pages < stage2.free + 1 + stage2.tables.len() as u64 {
+        return refuse(PtError::PoolExhausted);
+    }
+    let mut npt = AbsNpt::default();
+    for (&gpa, &(pa, level, _)) in stage2.leaves.iter().filter(|(_, (pa, _, _))| r.page(*pa).is_some()) {
+        npt.leaves.insert(gpa, (pa, level, SMMU_RAM));
+        for table_level in 2..=level {
+            npt.tables.insert((table_level, gpa & !(level_size(table_level - 1) - 1)));
+        }
+    }
+    npt.free = pool_pages - 1 - npt.tables.len() as u64;
+    let mut next = r.clone();
+    next.vm_smmu.insert(vmid, npt);
+    Some((next, Ok(())))
+}
+
+/// Maps RAM `[gpa, gpa + level_size(level))` at `pa` for VM `vmid`: in its stage-2 and, if it
+/// has one, its SMMU table, or (refused) in neither; the SMMU table is tried first.
+fn map_vm_ram_spec(r: &RData, vmid: u16, gpa: u64, pa: u64, level: u8) -> Step<()> {
+    let smmu = match vm_smmu_mapped(r, vmid, gpa, pa, level)? {
+        Ok(smmu) => smmu,
+        Err(e) => return Some((r.clone(), Err(e))),
+    };
+    let (npt, mapped) = map_spec(&r.npts[&vmid], gpa, pa, level, Attrs::RAM)?;
+    let mut next = r.clone().with_npt(vmid, npt);
+    if let Err(e) = mapped {
+        return Some((next, Err(e.into())));
+    }
+    if let Some(smmu) = smmu {
+        next.vm_smmu.insert(vmid, smmu);
+    }
+    Some((next, Ok(())))
+}
+
+/// VM `vmid`'s SMMU table with RAM `[gpa, gpa + level_size(level))` mapped at `pa`; `Ok(None)`
+/// if the VM has no SMMU table, an error if the mapping cannot go there.
+fn vm_smmu_mapped(r: &RData, vmid: u16, gpa: u64, pa: u64, level: u8) -> Option<Result<Option<AbsNpt>, MemError>> {
+    let Some(smmu) = r.vm_smmu.get(&vmid) else { return Some(Ok(None)) };
+    let (smmu, mapped) = map_spec(smmu, gpa, pa, level, SMMU_RAM)?;
+    Some(mapped.map(|()| Some(smmu)).map_err(MemError::from))
+}
+
 /// The common step of every transition away from the host (`clear_pfn_host`, then the owner).
 /// The host's devices lose the page too: it leaves the host's SMMU table (split out of its
 /// block) before the owner changes.
@@ -302,6 +358,12 @@ pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
             next = next.with_npt(vmid, npt);
         }
         _ => {}
+    }
+    // The VM's devices lose the page with its CPUs, before the scrub.
+    if let Some(smmu) = r.vm_smmu.get(&vmid) {
+        if walk_spec(smmu, gpa).is_some_and(|leaf| leaf.translate(gpa) == pa) {
+            next.vm_smmu.insert(vmid, unmap_spec(smmu, gpa)?.0);
+        }
     }
     if page.count > 0 {
         let (npt, cleared) = clear_page_spec(next.host(), pa)?;
@@ -387,7 +449,7 @@ pub fn map_pfn_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
     match r.page(pa) {
         None => Some((r.clone(), Err(MemError::NotRam))),
         Some(p) if p.owner != Owner::Vm(vmid) || p.gfn != gfn => Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
-        Some(_) => map_vm_leaf_spec(r, vmid, gfn << 12, pa, Attrs::RAM),
+        Some(_) => map_vm_ram_spec(r, vmid, gfn << 12, pa, LAST_LEVEL),
     }
 }
 
@@ -460,6 +522,15 @@ fn access_flatmem(mut r: RData, pa: u64, store: Option<u64>) -> (RData, Access) 
 pub fn device_access_spec(r: &RData, pa: u64, store: Option<u64>) -> Option<(RData, Access)> {
     match r.host_smmu.as_ref().and_then(|smmu| walk_spec(smmu, pa)) {
         Some(leaf) => Some(access_flatmem(r.clone(), leaf.translate(pa), store)),
+        None => Some((r.clone(), Access::Abort)),
+    }
+}
+
+/// A DMA load or store by a device assigned to VM `vmid`, at guest address `gpa`: through the
+/// VM's SMMU table; a miss aborts, and so does every access while the VM has none.
+pub fn vm_device_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Option<(RData, Access)> {
+    match r.vm_smmu.get(&vmid).and_then(|smmu| walk_spec(smmu, gpa)) {
+        Some(leaf) => Some(access_flatmem(r.clone(), leaf.translate(gpa), store)),
         None => Some((r.clone(), Access::Abort)),
     }
 }
@@ -574,6 +645,10 @@ pub fn give_vm_block_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> 
     if let Err(e) = mapped {
         return refuse(e.into());
     }
+    let smmu = match vm_smmu_mapped(r, vmid, gfn << 12, pa, 2)? {
+        Ok(smmu) => smmu,
+        Err(e) => return refuse(e),
+    };
     // Each page leaves the host's stage-2 and SMMU table as any page taken from the host does;
     // with an SMMU, the host's stage-2 first splits for the run (the first page's step), and
     // the SMMU's block, if it is one, goes whole.
@@ -598,5 +673,8 @@ pub fn give_vm_block_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> 
     words.into_iter().for_each(|a| {
         next.flatmem.remove(&a);
     });
+    if let Some(smmu) = smmu {
+        next.vm_smmu.insert(vmid, smmu);
+    }
     Some((next.with_npt(vmid, npt), Ok(())))
 }

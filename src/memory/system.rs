@@ -38,7 +38,9 @@ pub fn test_mmio() -> MmioMap {
 /// Table pools live above RAM: the host's, then one per VM.
 pub const POOLS: u64 = 0x1_0000_0000;
 pub const VMS: [u16; 3] = [1, 2, 3];
-/// The host's SMMU table pool, above the VMs' pools.
+/// Table pages of each VM's stage-2.
+pub const VM_POOL_PAGES: u64 = 64;
+/// The host's SMMU table pool, above the VMs' pools; VM v's SMMU table pool v GiB above it.
 pub const SMMU_POOL: u64 = POOLS + (8 << 30);
 
 /// One operation by a principal.
@@ -116,6 +118,22 @@ pub enum Op {
     DeviceLoad(u64),
     /// A device of the host's writes the word at the address, through the SMMU.
     DeviceStore(u64, u64),
+    /// The host asks for an SMMU table for VM `vmid`'s devices (the SMMU_ATTACH_STREAM call of
+    /// a stream to a VM), from a pool as large as the VM's stage-2 pool. Refused once done.
+    AttachVmSmmu {
+        vmid: u16,
+    },
+    /// A device assigned to VM `vmid` reads (DMA) the word at guest address `gpa`.
+    VmDeviceLoad {
+        vmid: u16,
+        gpa: u64,
+    },
+    /// A device assigned to VM `vmid` writes the word at guest address `gpa`.
+    VmDeviceStore {
+        vmid: u16,
+        gpa: u64,
+        value: u64,
+    },
 }
 
 impl Op {
@@ -131,6 +149,7 @@ impl Op {
                 | Op::EnableHostSmmu
                 | Op::DeviceLoad(_)
                 | Op::DeviceStore(..)
+                | Op::AttachVmSmmu { .. }
                 | Op::Assign { .. }
                 | Op::Clear { .. }
                 | Op::MapVmIo { .. }
@@ -142,6 +161,7 @@ impl Op {
         match *self {
             Op::MapPfnVm { vmid, .. } | Op::Grant { vmid, .. } | Op::Revoke { vmid, .. } => Some(vmid),
             Op::VmLoad { vmid, .. } | Op::VmStore { vmid, .. } => Some(vmid),
+            Op::VmDeviceLoad { vmid, .. } | Op::VmDeviceStore { vmid, .. } => Some(vmid),
             Op::ProtAndMap { vmid, .. } | Op::ShareRange { vmid, .. } => Some(vmid),
             _ => None,
         }
@@ -160,7 +180,10 @@ impl Op {
             | Op::ShareRange { .. }
             | Op::WriteBack
             | Op::HostOnCore(_)
-            | Op::EnableHostSmmu => vec![],
+            | Op::EnableHostSmmu
+            | Op::AttachVmSmmu { .. }
+            | Op::VmDeviceLoad { .. }
+            | Op::VmDeviceStore { .. } => vec![],
             Op::ClearRange { pfn, pages, .. } => (pfn..pfn.saturating_add(pages.min(8))).collect(),
             Op::ProtAndMap { pfn, level, .. } => (pfn..pfn.saturating_add(if level == 2 { 512 } else { 1 })).collect(),
         }
@@ -201,7 +224,7 @@ impl System {
         let vms = VMS
             .iter()
             .map(|&v| {
-                let pool = PagePool::new(POOLS + (v as u64) * (1 << 30), 64);
+                let pool = PagePool::new(POOLS + (v as u64) * (1 << 30), VM_POOL_PAGES);
                 (v, PageTable::new(&m, Regime::Stage2 { vmid: v }, pool).unwrap())
             })
             .collect();
@@ -333,6 +356,21 @@ impl System {
             Op::EnableHostSmmu => Outcome::Done(enable_host_smmu(m, &mut self.mem).map(drop)),
             Op::DeviceLoad(pa) => Outcome::Access(self.device_access(pa, None)),
             Op::DeviceStore(pa, v) => Outcome::Access(self.device_access(pa, Some(v))),
+            Op::AttachVmSmmu { vmid } => {
+                let pool = PagePool::new(SMMU_POOL + u64::from(vmid) * (1 << 30), VM_POOL_PAGES);
+                Outcome::Done(self.mem.attach_vm_smmu(m, vmid, &self.vms[&vmid], pool).map(drop))
+            }
+            Op::VmDeviceLoad { vmid, gpa } => Outcome::Access(self.vm_device_access(vmid, gpa, None)),
+            Op::VmDeviceStore { vmid, gpa, value } => Outcome::Access(self.vm_device_access(vmid, gpa, Some(value))),
+        }
+    }
+
+    /// A DMA access by a device assigned to VM `vmid`: through the VM's SMMU table ([`dma`]),
+    /// an abort while it has none.
+    fn vm_device_access(&self, vmid: u16, gpa: u64, store: Option<u64>) -> Access {
+        match self.mem.vm_smmu.get(&vmid) {
+            Some(table) => dma(&self.m, table, vmid, gpa, store),
+            None => Access::Abort,
         }
     }
 
@@ -348,6 +386,11 @@ impl System {
     /// The host's SMMU table, abstractly.
     pub fn host_smmu(&self) -> Option<AbsNpt> {
         self.mem.host_smmu.as_ref().map(|t| AbsNpt::of(t, &self.m))
+    }
+
+    /// Each VM's SMMU table, abstractly.
+    pub fn vm_smmu(&self) -> BTreeMap<u16, AbsNpt> {
+        self.mem.vm_smmu.iter().map(|(&v, t)| (v, AbsNpt::of(t, &self.m))).collect()
     }
 
     /// Every page-table abstraction, by principal.
@@ -413,7 +456,7 @@ pub fn initial_rdata(pages_only: bool) -> RData {
     let mut npts = BTreeMap::new();
     npts.insert(HOST, AbsNpt { free: 599, ..AbsNpt::default() });
     for v in VMS {
-        npts.insert(v, AbsNpt { free: 63, ..AbsNpt::default() });
+        npts.insert(v, AbsNpt { free: VM_POOL_PAGES - 1, ..AbsNpt::default() });
     }
     let r = RData {
         halt: false,
@@ -424,6 +467,7 @@ pub fn initial_rdata(pages_only: bool) -> RData {
         npts,
         flatmem: BTreeMap::new(),
         host_smmu: None,
+        vm_smmu: BTreeMap::new(),
     };
     let (r, result) = spec::give_to_kcore_spec(&r, KCORE).unwrap();
     result.unwrap();
@@ -461,6 +505,9 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
         Op::EnableHostSmmu => done(spec::enable_host_smmu_spec(r, spec::host_smmu_table_pages_spec(&r.ram))?),
         Op::DeviceLoad(pa) => access(spec::device_access_spec(r, pa, None)?),
         Op::DeviceStore(pa, v) => access(spec::device_access_spec(r, pa, Some(v))?),
+        Op::AttachVmSmmu { vmid } => done(spec::attach_vm_smmu_spec(r, vmid, VM_POOL_PAGES)?),
+        Op::VmDeviceLoad { vmid, gpa } => access(spec::vm_device_access_spec(r, vmid, gpa, None)?),
+        Op::VmDeviceStore { vmid, gpa, value } => access(spec::vm_device_access_spec(r, vmid, gpa, Some(value))?),
     })
 }
 
@@ -478,6 +525,9 @@ pub fn relate(sys: &System, r: &RData, probes: &BTreeSet<u64>) -> Result<(), Str
     }
     if sys.host_smmu() != r.host_smmu {
         return Err("the host's SMMU table differs from the spec".into());
+    }
+    if sys.vm_smmu() != r.vm_smmu {
+        return Err("a VM's SMMU table differs from the spec".into());
     }
     if sys.flatmem() != r.flatmem {
         return Err("memory contents differ from the spec".into());
@@ -538,6 +588,7 @@ pub fn host_op() -> impl Strategy<Value = Op> {
         3 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::HostStore(a, v)),
         2 => (0..model::CORES).prop_map(Op::HostOnCore),
         1 => Just(Op::EnableHostSmmu),
+        1 => any_vmid().prop_map(|vmid| Op::AttachVmSmmu { vmid }),
         1 => any_host_addr().prop_map(Op::DeviceLoad),
         1 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::DeviceStore(a, v)),
         3 => (any_vmid(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
@@ -561,7 +612,9 @@ pub fn vm_op(vmid: impl Strategy<Value = u16> + Clone) -> impl Strategy<Value = 
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Grant { vmid, pfn }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Revoke { vmid, pfn }),
         2 => (vmid.clone(), 0u64..4, 0u64..4).prop_map(|(vmid, g, w)| Op::VmLoad { vmid, gpa: g << 12 | w << 3 }),
-        2 => (vmid, 0u64..4, 0u64..4, 1u64..1000).prop_map(|(vmid, g, w, value)| Op::VmStore { vmid, gpa: g << 12 | w << 3, value }),
+        2 => (vmid.clone(), 0u64..4, 0u64..4, 1u64..1000).prop_map(|(vmid, g, w, value)| Op::VmStore { vmid, gpa: g << 12 | w << 3, value }),
+        1 => (vmid.clone(), 0u64..4, 0u64..4).prop_map(|(vmid, g, w)| Op::VmDeviceLoad { vmid, gpa: g << 12 | w << 3 }),
+        1 => (vmid, 0u64..4, 0u64..4, 1u64..1000).prop_map(|(vmid, g, w, value)| Op::VmDeviceStore { vmid, gpa: g << 12 | w << 3, value }),
     ]
 }
 

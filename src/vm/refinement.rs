@@ -223,6 +223,9 @@ pub(super) fn relate(
     if k.mem.host_smmu.as_ref().map(|t| AbsNpt::of(t, m)) != s.r.host_smmu {
         return Err("the host's SMMU table differs from the spec".into());
     }
+    if k.mem.vm_smmu.iter().map(|(&v, t)| (v, AbsNpt::of(t, m))).ne(s.r.vm_smmu.clone()) {
+        return Err("a VM's SMMU table differs from the spec".into());
+    }
     if m.words(0..POOLS) != s.r.flatmem {
         return Err("memory differs from the spec".into());
     }
