@@ -261,11 +261,11 @@ fn attack(
     Ok(nothing_read)
 }
 
-/// `dma-attacks`: with a STEADY_AT guest running, the host programs edu to read and write
-/// KCore's canary page, a page the guest checks, and the page the host gave the guest for its
-/// last stage-2 fault (read by edu just before it was given, so that the SMMU's TLB holds it
-/// unless KCore invalidated it). Every attempt must be blocked (KCore logs each), no read may
-/// bring anything, the guest's memory and KCore's canary stay intact, and the host's own DMA
+/// `dma-attacks`: with a STEADY_AT guest running, the host programs edu to write and then read
+/// a word of the page it gave the guest for its first stage-2 fault (read by edu just before it
+/// was given, so that the SMMU's TLB holds it unless KCore invalidated it), of KCore's canary
+/// page and of a page the guest checks. Every attempt must be blocked (KCore logs each), no read
+/// may bring anything, the guest's memory and KCore's canary stay intact, and the host's own DMA
 /// works afterwards.
 pub fn dma_attacks(env: &VmEnv, gic_info: &GicInfo, host: Option<PciHost>) -> Outcome {
     struct Attacks {
