@@ -345,11 +345,10 @@ fn refinement_catches_a_block_over_an_already_mapped_gfn() {
     catches_on_block_edge(Mutation::BlockOverMappedGfn, edge);
 }
 
-/// Companions of the SMMU properties (issue 15): sequences that start with the SMMU on and a
-/// device of the host's reading a page, which the host then gives away; then go on at random.
-/// Without the bug the edge refines and keeps every invariant.
-fn catches_after_dma(bug: Mutation, property: fn(bool, &[Op]) -> Result<(), TestCaseError>) {
-    let edge = dma_then_give_away(0x40201).to_vec();
+/// Companions of the SMMU properties (issue 15): sequences that start on `edge` (a device
+/// reaches a page, which then changes hands), then go on at random. Without the bug the edge
+/// has the property.
+fn catches_after(edge: Vec<Op>, bug: Mutation, property: fn(bool, &[Op]) -> Result<(), TestCaseError>) {
     assert!(property(false, &edge).is_ok() && property(true, &edge).is_ok());
     let inputs = sequences().prop_map(move |(pages_only, ops)| (pages_only, [edge.clone(), ops].concat()));
     crate::mutation::catches(bug, 16, inputs, |(pages_only, ops)| property(pages_only, &ops));
@@ -373,12 +372,12 @@ fn refinement_catches_a_page_left_in_the_host_s_smmu_table() {
 
 #[test]
 fn smmu_iso_through_the_smmu_tlb_catches_a_missing_invalidation() {
-    catches_after_dma(Mutation::MissingSmmuTlbInvalidation, invariants_hold);
+    catches_after(dma_then_give_away(0x40201).to_vec(), Mutation::MissingSmmuTlbInvalidation, invariants_hold);
 }
 
 #[test]
 fn refinement_catches_a_missing_smmu_tlb_invalidation() {
-    catches_after_dma(Mutation::MissingSmmuTlbInvalidation, refines);
+    catches_after(dma_then_give_away(0x40201).to_vec(), Mutation::MissingSmmuTlbInvalidation, refines);
 }
 
 #[test]
@@ -501,12 +500,7 @@ fn a_vm_s_devices_reach_its_pages_and_lose_them_before_the_scrub() {
 
 #[test]
 fn vm_smmu_iso_catches_a_page_left_in_a_vm_s_smmu_table() {
-    let edge = vm_dma_then_take_back(0x40201).to_vec();
-    assert!(invariants_hold(false, &edge).is_ok() && invariants_hold(true, &edge).is_ok());
-    let inputs = sequences().prop_map(move |(pages_only, ops)| (pages_only, [edge.clone(), ops].concat()));
-    crate::mutation::catches(Mutation::VmSmmuPageLeftOnClear, 16, inputs, |(pages_only, ops)| {
-        invariants_hold(pages_only, &ops)
-    });
+    catches_after(vm_dma_then_take_back(0x40201).to_vec(), Mutation::VmSmmuPageLeftOnClear, invariants_hold);
 }
 
 #[test]
