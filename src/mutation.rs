@@ -113,6 +113,15 @@ pub enum Mutation {
     /// A stage-2 break (unmap, split) leaves out its TLB invalidation: a page KCore takes from
     /// the host stays reachable through any core's TLB that cached its translation (issue 14).
     MissingTlbInvalidation,
+    /// A page taken from the host stays in the host's SMMU table: the host's devices still reach
+    /// it by DMA after it went to a VM or to KCore (issue 15).
+    SmmuPageLeftMapped,
+    /// An SMMU stage-2 break (unmap, split) leaves out its SMMU TLB invalidation: a device keeps
+    /// reaching a page taken from the host through a translation the SMMU cached (issue 15).
+    MissingSmmuTlbInvalidation,
+    /// A page a VM gives back stays in the VM's SMMU table: the devices assigned to the VM still
+    /// reach it after it was scrubbed and went to the host (issue 15).
+    VmSmmuPageLeftOnClear,
 }
 
 #[cfg(test)]

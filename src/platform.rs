@@ -40,7 +40,44 @@ pub struct Platform {
     /// The register windows of the devices the board lists for the host (DMA-capable ones
     /// included: whether the host gets those is decided by [`Platform::host_mmio`]).
     pub devices: Vec<DeviceWindow>,
+    /// The SMMUv3 in front of the PCI host, if the DT has one (never the host's: no board lists
+    /// it, and KCore protects its frame from every VM).
+    pub smmu: Option<SmmuDescription>,
 }
+
+/// An SMMUv3 (`arm,smmu-v3`) as the DT describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmmuDescription {
+    /// Its register frame (128 KiB: page 0 and page 1).
+    pub frame: PhysRange,
+    /// The stream ids the PCI host's `iommu-map` sends through it, if the PCI host names it.
+    pub pci_streams: Option<StreamMap>,
+}
+
+/// One `iommu-map` entry: PCI requester ids `rid_base .. rid_base + count` reach the SMMU as
+/// stream ids `sid_base ..`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamMap {
+    pub rid_base: u32,
+    pub sid_base: u32,
+    pub count: u32,
+}
+
+impl StreamMap {
+    /// Whether stream id `sid` is one the map gives a PCI requester.
+    pub fn covers(&self, sid: u64) -> bool {
+        sid >= u64::from(self.sid_base) && sid - u64::from(self.sid_base) < u64::from(self.count)
+    }
+
+    /// One past the highest stream id of the map.
+    pub fn end(&self) -> u64 {
+        u64::from(self.sid_base) + u64::from(self.count)
+    }
+}
+
+/// The DT compatible of an SMMUv3, and of the PCI host whose `iommu-map` it serves.
+pub const SMMU_V3: &str = "arm,smmu-v3";
+pub const PCI_HOST: &str = "pci-host-ecam-generic";
 
 /// One register window of a device the board lists for the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +105,9 @@ pub struct HostMmioPlan {
     pub dma_given: Vec<DeviceWindow>,
     /// DMA-capable devices refused to the host.
     pub dma_refused: Vec<DeviceWindow>,
+    /// DMA-capable devices given to the host because the SMMU KCore owns contains their DMA
+    /// (the PCI host, when its `iommu-map` goes through that SMMU).
+    pub dma_contained: Vec<DeviceWindow>,
 }
 
 /// The DT compatibles of the BCM2835/BCM2711 power-management watchdog.
@@ -111,6 +151,7 @@ impl Platform {
             dtb: None,
             pm_watchdog: board.pm_watchdog,
             devices: board_fallback_devices(board),
+            smmu: None,
         }
     }
 
@@ -156,6 +197,7 @@ impl Platform {
             dtb: Some(PhysRange::new(dtb_pa, fdt.total_size() as u64)),
             pm_watchdog: find_device_reg(&fdt, PM_WATCHDOG, 0).or(board.pm_watchdog),
             devices: dtb_devices(&fdt, board),
+            smmu: find_smmu(&fdt),
         })
     }
 
@@ -169,8 +211,11 @@ impl Platform {
     /// and then every page a refused device touches is taken out again, so a device sharing a
     /// page with a refused one never opens that page. Redistributor regions are cut to the
     /// redistributors that are there ([`redistributor_extent`], reading GICR_TYPER with
-    /// `gicr_typer`).
-    pub fn host_mmio(&self, gicr_typer: impl Fn(u64) -> u64) -> HostMmioPlan {
+    /// `gicr_typer`). `smmu_owned`: KCore owns a working SMMU (the one in [`Platform::smmu`]);
+    /// then the PCI host whose `iommu-map` goes through it is given as DMA the SMMU contains.
+    pub fn host_mmio(&self, gicr_typer: impl Fn(u64) -> u64, smmu_owned: bool) -> HostMmioPlan {
+        let contained =
+            |name: &str| smmu_owned && name == PCI_HOST && self.smmu.is_some_and(|smmu| smmu.pci_streams.is_some());
         let opted_in = corevisor_abi::bootargs::value(&self.bootargs, HOST_DMA_ARG).unwrap_or("off");
         let dma_on = |name: &str| opted_in == "on" || opted_in.split('+').any(|c| c == name);
         let mut plan = HostMmioPlan::default();
@@ -180,9 +225,11 @@ impl Platform {
             match device.access {
                 // Redistributors of a GICv3 the platform does not have: nothing to emulate.
                 HostAccess::GicRedistributors if !gic_v3 => {}
-                HostAccess::Dma if !dma_on(device.name) => plan.dma_refused.push(device),
+                HostAccess::Dma if !dma_on(device.name) && !contained(device.name) => plan.dma_refused.push(device),
                 access => {
-                    if access == HostAccess::Dma {
+                    if access == HostAccess::Dma && contained(device.name) {
+                        plan.dma_contained.push(device);
+                    } else if access == HostAccess::Dma {
                         plan.dma_given.push(device);
                     }
                     let mut range = page_span(device.range);
@@ -308,6 +355,30 @@ fn root_child<'b, 'a>(fdt: &'b Fdt<'a>, name: &str) -> Option<FdtNode<'b, 'a>> {
     fdt.find_node("/")?
         .children()
         .find(|n| n.name == name || n.name.split_once('@').is_some_and(|(base, _)| base == name))
+}
+
+/// The first SMMUv3 at the root, with the stream ids of the PCI host's `iommu-map` entry that
+/// names it (its first entry that does: QEMU's `virt` has one).
+fn find_smmu(fdt: &Fdt) -> Option<SmmuDescription> {
+    let root = fdt.find_node("/")?;
+    let smmu = root.children().find(|n| is_compatible(n, &[SMMU_V3]))?;
+    let reg = smmu.reg()?.next()?;
+    let frame = PhysRange::new(reg.starting_address as u64, reg.size? as u64);
+    let phandle = smmu.property("phandle").and_then(|p| p.as_usize());
+    let pci_streams = root
+        .children()
+        .filter(|n| is_compatible(n, &[PCI_HOST]))
+        .filter_map(|pci| pci.property("iommu-map"))
+        .flat_map(|map| {
+            let cells: Vec<u32> =
+                map.value.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+            // <rid-base iommu-phandle iommu-base length>, with one cell each (no iommu specifier
+            // beyond the stream id: the SMMUv3 binding's #iommu-cells is 1).
+            cells.chunks_exact(4).map(|e| (e[0], e[1], e[2], e[3])).collect::<Vec<_>>()
+        })
+        .find(|&(_, target, _, count)| Some(target as usize) == phandle && count > 0)
+        .map(|(rid_base, _, sid_base, count)| StreamMap { rid_base, sid_base, count });
+    Some(SmmuDescription { frame, pci_streams })
 }
 
 fn find_gic(fdt: &Fdt) -> Option<Gic> {

@@ -93,10 +93,11 @@ pub mod host_call {
     /// without `iommu=smmuv3`). INVALID_PARAMETERS: a stream the SMMU does not cover, or no such
     /// VM. DENIED: the stream is attached already (detach it first).
     pub const SMMU_ATTACH_STREAM: u32 = hyp_call(17);
-    /// Detaches device stream x1: every DMA of it aborts again, as at boot.
+    /// Detaches device stream x1: every DMA of it aborts again, as at boot. NOT_SUPPORTED and
+    /// INVALID_PARAMETERS as for attach; DENIED: the stream is not attached.
     pub const SMMU_DETACH_STREAM: u32 = hyp_call(18);
     /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
-    pub const COUNT: u16 = 17;
+    pub const COUNT: u16 = 19;
     /// The most image pages one VERIFY_VM_IMAGE call takes and hashes: KCore holds its lock
     /// while it hashes, so a call's length is bounded (1 MiB of hashing), whatever the images'.
     pub const VERIFY_CHUNK_PAGES: u64 = 256;
@@ -350,6 +351,15 @@ pub mod guest_role {
     pub const RACE_FLIPS: u64 = 10_000;
     pub const RACE_PUBLIC: u64 = 0x0b11_c0b1_1c0b_11c0;
     pub const RACE_SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
+    /// STEADY, after telling the host (NOTIFY) the guest-physical address of the 64 KiB whose
+    /// contents it checks: `dma-attacks` aims the host's DMA at a page the guest checks.
+    pub const STEADY_AT: u32 = 15;
+    /// A BENCH command with this bit set: store to the guest-physical address in the other bits
+    /// (a page the guest never touched: one stage-2 fault for the host to answer), then answer
+    /// again (`cargo xtask bench`'s page move).
+    pub const BENCH_TOUCH: u64 = 1 << 33;
+    /// Where the BENCH role's untouched pages start: 12 MiB into its RAM, past its padded image.
+    pub const BENCH_TOUCH_BASE: u64 = super::guest_dev::RAM_BASE + (12 << 20);
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

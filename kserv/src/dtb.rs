@@ -20,6 +20,30 @@ pub struct BootInfo<'a> {
     pub gic: Option<GicInfo>,
     /// `(start, end)` of the initrd (the boot bundle), from `/chosen`.
     pub initrd: Option<(u64, u64)>,
+    /// The generic ECAM PCIe host (`pci-host-ecam-generic`), if there is one.
+    pub pci: Option<PciHost>,
+    /// The SMMUv3's register frame (`arm,smmu-v3`), if there is one.
+    pub smmu: Option<u64>,
+}
+
+/// What KServ needs of a generic ECAM PCIe host to find a device and give it a BAR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciHost {
+    /// `(base, size)` of the configuration space (ECAM: bus << 20 | device << 15 | fn << 12).
+    pub ecam: (u64, u64),
+    /// The 32-bit memory window: `(PCI address, CPU address, size)`.
+    pub mmio32: (u64, u64, u64),
+    /// The first `iommu-map` entry: `(requester id base, stream id base, length)`; `None` when
+    /// no IOMMU stands in front of the host.
+    pub iommu_map: Option<(u64, u64, u64)>,
+}
+
+impl PciHost {
+    /// The SMMU stream id of requester id `rid`, through the `iommu-map`.
+    pub fn stream_id(&self, rid: u64) -> Option<u64> {
+        let (rid_base, sid_base, len) = self.iommu_map?;
+        (rid >= rid_base && rid - rid_base < len).then(|| sid_base + (rid - rid_base))
+    }
 }
 
 /// The GIC's first two register frames: distributor and CPU interface (v2) or redistributors (v3).
@@ -52,7 +76,32 @@ pub fn read(blob: &[u8]) -> Option<BootInfo<'_>> {
     }
     let chosen_u64 = |name| Some(cells_value(root_child(&fdt, "chosen")?.property(name)?.value));
     let initrd = chosen_u64("linux,initrd-start").zip(chosen_u64("linux,initrd-end")).filter(|(s, e)| s < e);
-    Some(BootInfo { bootargs, uart: find_pl011(&fdt), ram, gic: find_gic(&fdt), initrd })
+    let smmu = fdt.find_compatible(&["arm,smmu-v3"]).and_then(|n| n.reg()?.next()).map(|r| r.starting_address as u64);
+    Some(BootInfo { bootargs, uart: find_pl011(&fdt), ram, gic: find_gic(&fdt), initrd, pci: find_pci(&fdt), smmu })
+}
+
+/// The generic ECAM PCIe host: its ECAM `reg`, the 32-bit memory entry of its `ranges` (PCI
+/// address space code 0b10 in bits 24-25 of the first cell) and its `iommu-map`.
+fn find_pci(fdt: &Fdt) -> Option<PciHost> {
+    const SPACE_MEM32: u64 = 0b10;
+    let node = fdt.find_compatible(&["pci-host-ecam-generic"])?;
+    let reg = node.reg()?.next()?;
+    let ecam = (reg.starting_address as u64, reg.size? as u64);
+    let parent_cells = fdt.root().cell_sizes().address_cells;
+    // A PCI address is three cells (space code, then the 64-bit address), a size two.
+    let entry_bytes = 4 * (3 + parent_cells + 2);
+    let mmio32 = node.property("ranges")?.value.chunks_exact(entry_bytes).find_map(|entry| {
+        let (pci, rest) = entry.split_at(12);
+        let (cpu, size) = rest.split_at(4 * parent_cells);
+        (cells_value(&pci[..4]) >> 24 & 0b11 == SPACE_MEM32)
+            .then(|| (cells_value(&pci[4..]), cells_value(cpu), cells_value(size)))
+    })?;
+    // <rid-base &iommu sid-base length>, one cell each.
+    let iommu_map = node.property("iommu-map").and_then(|p| {
+        let cell = |i: usize| p.value.get(4 * i..4 * i + 4).map(cells_value);
+        Some((cell(0)?, cell(2)?, cell(3)?))
+    });
+    Some(PciHost { ecam, mmio32, iommu_map })
 }
 
 /// The root's child called `name` (or `name@unit`); fdt 0.1.5's path lookup misses nodes in
@@ -190,6 +239,52 @@ mod tests {
         assert_eq!(read(&dtb(true)).unwrap().initrd, Some((0x4800_0000, 0x4800_4000)));
         assert_eq!(read(&dtb(false)).unwrap().initrd, None);
         assert_eq!(cells_value(&[0, 0, 0, 1, 0, 0, 0, 2]), 1 << 32 | 2);
+    }
+
+    /// QEMU virt's PCIe host and SMMUv3 with `iommu=smmuv3`, as its DTB has them.
+    fn virt_pci_dtb(iommu: bool) -> Vec<u8> {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        let smmu = w.begin_node("smmuv3@9050000").unwrap();
+        w.property_string("compatible", "arm,smmu-v3").unwrap();
+        w.property_array_u32("reg", &[0, 0x0905_0000, 0, 0x2_0000]).unwrap();
+        w.property_u32("phandle", 0x8003).unwrap();
+        w.end_node(smmu).unwrap();
+        let pcie = w.begin_node("pcie@10000000").unwrap();
+        w.property_string("compatible", "pci-host-ecam-generic").unwrap();
+        w.property_u32("#address-cells", 3).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_array_u32("reg", &[0x40, 0x1000_0000, 0, 0x1000_0000]).unwrap();
+        #[rustfmt::skip]
+        let ranges = [
+            0x0100_0000, 0, 0, 0, 0x3eff_0000, 0, 0x1_0000,
+            0x0200_0000, 0, 0x1000_0000, 0, 0x1000_0000, 0, 0x2eff_0000,
+            0x0300_0000, 0x80, 0, 0x80, 0, 0x80, 0,
+        ];
+        w.property_array_u32("ranges", &ranges).unwrap();
+        if iommu {
+            w.property_array_u32("iommu-map", &[0, 0x8003, 0, 0x1_0000]).unwrap();
+        }
+        w.end_node(pcie).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn reads_the_pci_host_its_32_bit_window_and_its_iommu_map() {
+        let blob = virt_pci_dtb(true);
+        let info = read(&blob).unwrap();
+        let pci = info.pci.unwrap();
+        assert_eq!(pci.ecam, (0x40_1000_0000, 0x1000_0000));
+        assert_eq!(pci.mmio32, (0x1000_0000, 0x1000_0000, 0x2eff_0000), "the 32-bit window, not I/O or 64-bit");
+        assert_eq!(pci.stream_id(0x10), Some(0x10));
+        assert_eq!(pci.stream_id(0x1_0000), None, "past the map's length");
+        assert_eq!(info.smmu, Some(0x0905_0000));
+        let plain = virt_pci_dtb(false);
+        assert_eq!(read(&plain).unwrap().pci.unwrap().stream_id(0x10), None, "no IOMMU, no stream");
+        assert_eq!(read(&dtb(false)).unwrap().pci, None);
     }
 
     #[test]

@@ -15,12 +15,16 @@ mod exit_meter;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod linux;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod pci;
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod scenario;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 mod vm_plan;
 
 #[cfg(target_os = "none")]
 mod arch;
+#[cfg(target_os = "none")]
+mod dma;
 #[cfg(target_os = "none")]
 mod race;
 #[cfg(target_os = "none")]

@@ -52,6 +52,9 @@ struct Env<'a> {
     gic: GicInfo,
     bootargs: &'a str,
     vm: VmEnv<'a>,
+    /// The PCIe host and the SMMUv3, from the DTB (issue 15's DMA scenarios).
+    pci: Option<crate::dtb::PciHost>,
+    smmu: Option<u64>,
 }
 
 impl<'a> Env<'a> {
@@ -97,7 +100,8 @@ impl<'a> Env<'a> {
         let uart_base = info.and_then(|i| i.uart).unwrap_or(BOARD.uart_base);
         let pm_watchdog = BOARD.pm_watchdog;
         let vm = VmEnv { bundle, regions, kcore_base: BOARD.kcore_base, uart_base, bootargs, pm_watchdog };
-        Env { ram, avoid, gic, bootargs, vm }
+        let (pci, smmu) = (info.and_then(|i| i.pci), info.and_then(|i| i.smmu));
+        Env { ram, avoid, gic, bootargs, vm, pci, smmu }
     }
 
     /// Every page of RAM that is the host's: all of RAM but KCore's slot.
@@ -183,6 +187,9 @@ fn run(scenario: Scenario, env: &Env) -> Outcome {
         Scenario::SmpVms => vm_scenarios::smp_vms(&env.vm, &env.gic),
         Scenario::LinuxSmp => vm_scenarios::linux_smp(&env.vm, &env.gic),
         Scenario::SmpRace => crate::race::smp_race(&env.vm, &env.gic),
+        Scenario::DmaHost => crate::dma::dma_host(&env.vm, &env.gic, env.pci),
+        Scenario::DmaAttacks => crate::dma::dma_attacks(&env.vm, &env.gic, env.pci),
+        Scenario::SmmuTamper => crate::dma::smmu_tamper(&env.vm, &env.gic, env.pci, env.smmu),
         Scenario::HostDma => vm_scenarios::host_dma(&env.vm, &env.gic, dma_routes(BOARD, env.gic.v3)),
         Scenario::Boot => boot(),
         Scenario::HvcVersion => {

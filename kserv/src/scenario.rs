@@ -43,10 +43,16 @@ pub enum Scenario {
     BenchContention,
     /// The host races against itself through KCore on four cores (VCPU_RUN, teardown).
     SmpRace,
+    /// The host's own DMA through edu, behind the SMMU KCore owns (issue 15).
+    DmaHost,
+    /// The host's DMA aimed at KCore's and a running VM's memory: blocked by the SMMU.
+    DmaAttacks,
+    /// The host at the SMMU's registers, KCore's tables and the attach hypercall.
+    SmmuTamper,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 31] = [
+    pub const ALL: [Scenario; 34] = [
         Scenario::Demo,
         Scenario::Boot,
         Scenario::HvcVersion,
@@ -78,6 +84,9 @@ impl Scenario {
         Scenario::LinuxSmp,
         Scenario::BenchContention,
         Scenario::SmpRace,
+        Scenario::DmaHost,
+        Scenario::DmaAttacks,
+        Scenario::SmmuTamper,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,6 +122,9 @@ impl Scenario {
             Scenario::LinuxSmp => "linux-smp",
             Scenario::BenchContention => "bench-contention",
             Scenario::SmpRace => "smp-race",
+            Scenario::DmaHost => "dma-host",
+            Scenario::DmaAttacks => "dma-attacks",
+            Scenario::SmmuTamper => "smmu-tamper",
         }
     }
 

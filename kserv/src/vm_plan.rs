@@ -92,13 +92,18 @@ impl Given {
         first + 8 <= MAX_PAGES / 64 && self.0[first as usize..first as usize + 8].iter().all(|&w| w == u64::MAX)
     }
 
+    /// Whether page `page` was given.
+    pub fn contains(&self, page: u64) -> bool {
+        page < MAX_PAGES && self.0[(page / 64) as usize] >> (page % 64) & 1 == 1
+    }
+
     pub fn count(&self) -> u64 {
         self.0.iter().map(|w| w.count_ones() as u64).sum()
     }
 
     /// The page indices given, in order.
     pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..MAX_PAGES).filter(|&p| self.0[(p / 64) as usize] >> (p % 64) & 1 == 1)
+        (0..MAX_PAGES).filter(|&p| self.contains(p))
     }
 }
 

@@ -82,6 +82,12 @@ impl Vm {
         }
     }
 
+    /// The host page KServ offered for `vcpu`'s last stage-2 fault, which KCore takes on its next
+    /// run (the faulting page itself, when a whole block is offered).
+    pub fn offered_page(&self, vcpu: usize) -> Option<u64> {
+        self.offered[vcpu].map(|(page, _)| self.region + page * PAGE)
+    }
+
     /// The host page behind guest page `gpa`, if `gpa` is guest RAM.
     pub fn host_page(&self, gpa: u64) -> Option<u64> {
         region_page(self.region, self.entry.ram_base, self.entry.ram_size, gpa)

@@ -37,6 +37,15 @@ pub enum HostCall {
     },
     /// A call the VM layer serves inside the host's trap.
     Vm(VmCall),
+    /// SMMU_ATTACH_STREAM: the trap handler serves it on the SMMU.
+    SmmuAttach {
+        stream: u64,
+        principal: u64,
+    },
+    /// SMMU_DETACH_STREAM: the same.
+    SmmuDetach {
+        stream: u64,
+    },
 }
 
 /// The VM hypercalls the VM layer serves (`vm_calls::serve`), as the VM layer's API takes them.
@@ -85,6 +94,8 @@ pub fn call_name(function: u32) -> &'static str {
         "DESTROY_VM",
         "INJECT_IRQ",
         "BOOT_DATA",
+        "SMMU_ATTACH_STREAM",
+        "SMMU_DETACH_STREAM",
     ];
     NAMES.get(function.wrapping_sub(corevisor_abi::HYP_CALL_BASE) as usize).copied().unwrap_or("unknown host call")
 }
@@ -145,6 +156,8 @@ impl HostCall {
                 gpa: Ipa(a2),
                 pfn: Pfn::new(a3).ok_or(bad("page number", Status::InvalidAddress))?,
             }),
+            host_call::SMMU_ATTACH_STREAM => HostCall::SmmuAttach { stream: a1, principal: a2 },
+            host_call::SMMU_DETACH_STREAM => HostCall::SmmuDetach { stream: a1 },
             _ => return Err(BadCall { function, status: Status::NotSupported, argument: None }),
         })
     }
@@ -445,6 +458,8 @@ mod tests {
         let base = corevisor_abi::HYP_CALL_BASE;
         assert!((0..u32::from(host_call::COUNT)).all(|n| call_name(base + n) != "unknown host call"));
         assert_eq!(call_name(host_call::DESTROY_VM), "DESTROY_VM");
+        assert_eq!(call_name(host_call::SMMU_ATTACH_STREAM), "SMMU_ATTACH_STREAM");
+        assert_eq!(call_name(host_call::SMMU_DETACH_STREAM), "SMMU_DETACH_STREAM");
         assert_eq!(call_name(base + u32::from(host_call::COUNT)), "unknown host call");
         assert_eq!(call_name(0), "unknown host call");
     }
@@ -486,6 +501,15 @@ mod tests {
         assert_eq!(
             call(host_call::VCPU_RUN, [16, 7, 9, 0]),
             Ok(HostCall::VcpuRun { vm: VmId::new(16).unwrap(), vcpu: VcpuId::new(7).unwrap(), answer: 9 })
+        );
+        // The SMMU calls carry their arguments raw: what fits depends on the SMMU.
+        assert_eq!(
+            call(host_call::SMMU_ATTACH_STREAM, [0x10, 0, 0, 0]),
+            Ok(HostCall::SmmuAttach { stream: 0x10, principal: 0 })
+        );
+        assert_eq!(
+            call(host_call::SMMU_DETACH_STREAM, [u64::MAX, 5, 0, 0]),
+            Ok(HostCall::SmmuDetach { stream: u64::MAX })
         );
         // SMCCC: only w0 names the call.
         assert_eq!(call(host_call::NULL, [0; 4]), call(host_call::NULL, [0; 4]));

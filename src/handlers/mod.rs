@@ -10,6 +10,7 @@ pub mod esr;
 pub mod fault_handler;
 pub mod inject;
 pub mod psci;
+pub mod smmu_calls;
 pub mod trap_dispatcher;
 #[cfg(target_os = "none")]
 pub mod trap_handler;

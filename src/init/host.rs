@@ -3,13 +3,16 @@
 
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
+use crate::handlers::smmu_calls;
 use crate::handlers::trap_handler::{self, HostSetup};
+use crate::machine::smmu::{self, Smmu, SmmuError};
 use crate::machine::{cpu, features, layout, phys, Aarch64, Machine, PAGE_SIZE};
 use crate::memory::{pages::PageDb, regions::MemRegions, HostMapPolicy, HostMemory, MmioMap};
 use crate::page_table::{descriptor::Regime, pool::PagePool, PageTable};
 use crate::platform::Platform;
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vm::Kcore;
+use core::ops::Range;
 use corevisor_boards::{Gic, PhysRange};
 use log::{error, info, warn};
 
@@ -45,31 +48,92 @@ fn report_cpu() {
 /// RAM starts as the host's, the board's KCore slot becomes KCore's, and the host's stage-2 starts
 /// empty (it is filled on demand). Its tables come from KCore's page-table pool, after the pages
 /// of KCore's own boot map.
-fn host_memory(platform: &Platform) -> Result<HostMemory, &'static str> {
+fn host_memory(platform: &Platform, smmu_owned: bool) -> Result<HostMemory, &'static str> {
     let regions = MemRegions::new(&platform.ram)?;
     let pool = layout::page_table_pool();
     let first = pool.start + super::el2_map::PAGES_USED * PAGE_SIZE;
     let host_pool = PagePool::new(first, (vm_pools(pool.end) - first) / PAGE_SIZE);
     let host_s2 = PageTable::new(&Aarch64, Regime::Stage2 { vmid: HOST_VMID }, host_pool)
         .map_err(|_| "no page for the host's stage-2 root")?;
-    let mut memory = HostMemory::new(PageDb::new(regions), host_s2, host_mmio(platform));
+    let mut memory = HostMemory::new(PageDb::new(regions), host_s2, host_mmio(platform, smmu_owned));
     if corevisor_abi::bootargs::value(&platform.bootargs, "corevisor.host_s2") == Some("pages") {
         memory.policy = HostMapPolicy::PagesOnly;
     }
     memory
         .give_to_kcore(&Aarch64, PhysRange::new(BOARD.kcore_base, BOARD.kcore_size))
         .map_err(|_| "KCore's slot is not host RAM")?;
+    if smmu_owned {
+        // The host's devices reach exactly the host's pages from the start (`smmu::table_pool`
+        // is sized for every 2 MiB block of RAM split: `take_smmu` checked it).
+        let (first, pages) = smmu::table_pool();
+        memory
+            .enable_host_smmu(&Aarch64, PagePool::new(first, pages))
+            .map_err(|_| "the host's SMMU table does not fit its pool")?;
+    }
     Ok(memory)
+}
+
+/// Takes the SMMUv3 the DT describes, if there is one: every stream aborts until the host
+/// attaches it. Returns the stream ids the host may attach (the PCI host's `iommu-map` cut to
+/// the stream table), or `None` if KCore owns no SMMU (then nothing DMA-capable is contained,
+/// and the PCI host stays refused unless the user gives it uncontained). An SMMU that fails
+/// while KCore brings it up halts the boot.
+fn take_smmu(platform: &Platform) -> Option<Range<u64>> {
+    let description = platform.smmu?;
+    let frame = description.frame.base;
+    let needed = smmu_calls::host_table_pages(&platform.ram);
+    let (_, pool_pages) = smmu::table_pool();
+    if needed > pool_pages {
+        warn!("smmu: the SMMUv3 at {frame:#x} is not used: the host's SMMU table may need {needed} pages for this much RAM, KCore has {pool_pages}");
+        return None;
+    }
+    let map = description.pci_streams;
+    let map_streams = map.map_or(0..0, |m| u64::from(m.sid_base)..m.end());
+    // SAFETY: the DT's SMMUv3 frame: Device memory in KCore's EL2 map (outside RAM), in no
+    // board's host device list and protected from every VM (`host_mmio`); the host does not run
+    // yet and this is the only place that takes it.
+    match unsafe { Smmu::take(frame, map_streams.end) } {
+        Ok(smmu) => {
+            let streams = map_streams.start.min(smmu.streams())..map_streams.end.min(smmu.streams());
+            info!(
+                "smmu: KCore owns the SMMUv3 at {frame:#x}: stream table of {} entries, every stream aborts until the host attaches it; the host may attach streams {:#x}..{:#x}{}",
+                smmu.streams(),
+                streams.start,
+                streams.end,
+                match map {
+                    Some(m) => alloc::format!(" (PCI requester ids {:#x}.. by the PCI host's iommu-map)", m.rid_base),
+                    None => alloc::string::String::from(" (no PCI host's iommu-map names it)"),
+                }
+            );
+            Some(streams)
+        }
+        Err(SmmuError::Unusable(why)) => {
+            warn!("smmu: the SMMUv3 at {frame:#x} is not usable ({why:?}): left aborting every transaction, the devices behind it stay refused");
+            None
+        }
+        Err(e) => {
+            error!("smmu: bringing up the SMMUv3 at {frame:#x} failed: {e:?}");
+            panic!("the SMMU failed at boot: {e:?}");
+        }
+    }
 }
 
 /// The MMIO the host may map (deny by default): the devices the board lists, as the DT places
 /// them, less the DMA-capable ones the user did not turn on; the first page of every 64 KiB
 /// redistributor frame emulated; the GICv2 virtual interface control KCore's. Says loudly at
 /// boot which DMA-capable devices the host was given anyway.
-fn host_mmio(platform: &Platform) -> MmioMap {
+fn host_mmio(platform: &Platform, smmu_owned: bool) -> MmioMap {
     // SAFETY: `host_mmio` reads only GICR_TYPER of the redistributor regions the DT (or the
     // board) lists, Device memory in KCore's EL2 map; reading it has no side effect.
-    let plan = platform.host_mmio(|pa| unsafe { phys::mmio_read(pa, 3) });
+    let plan = platform.host_mmio(|pa| unsafe { phys::mmio_read(pa, 3) }, smmu_owned);
+    for device in &plan.dma_contained {
+        info!(
+            "host MMIO: {} at {:#x}..{:#x} given to the host: its DMA is contained by the SMMU (streams abort until attached, then reach only the host's pages)",
+            device.name,
+            device.range.base,
+            device.range.end()
+        );
+    }
     for device in &plan.dma_given {
         warn!(
             "DMA IS NOT ISOLATED: {} at {:#x}..{:#x} is given to the host ({}); it can write any memory, KCore's and every VM's",
@@ -99,12 +163,18 @@ fn host_mmio(platform: &Platform) -> MmioMap {
     if let Some(pm) = platform.pm_watchdog {
         protected.push(PhysRange::new(pm & !(PAGE_SIZE - 1), PAGE_SIZE));
     }
+    // The SMMU's frame is KCore's, owned or not: a VM that programmed it could undo every
+    // stream table entry (no board lists it for the host either).
+    if let Some(smmu) = platform.smmu {
+        protected.push(smmu.frame);
+    }
     info!(
-        "host MMIO: {} ranges allowed, {} redistributor control pages emulated, {} DMA-capable devices refused, {} given",
+        "host MMIO: {} ranges allowed, {} redistributor control pages emulated, {} DMA-capable devices refused, {} given, {} contained by the SMMU",
         plan.allowed.len(),
         emulated.len(),
         plan.dma_refused.len(),
-        plan.dma_given.len()
+        plan.dma_given.len(),
+        plan.dma_contained.len()
     );
     let guest_only = match platform.gic {
         Gic::V2 { gicv, .. } if gicv != 0 => alloc::vec![PhysRange::new(gicv, 0x2000)],
@@ -145,7 +215,8 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
     // KServ starts with its caches off: its image must be in memory, not only in KCore's cache.
     phys::clean_invalidate_dcache(image.base, image.size);
     phys::sync_icache();
-    let memory = match host_memory(platform) {
+    let smmu_streams = take_smmu(platform);
+    let memory = match host_memory(platform, smmu_streams.is_some()) {
         Ok(memory) => memory,
         Err(problem) => {
             error!("cannot set up the host's stage-2: {problem}");
@@ -182,6 +253,9 @@ pub fn enter_kserv(platform: &Platform, cores: &CoreTable) -> ! {
         }
     }
     trap_handler::install(HostSetup { may_run_at: host_may_run_at, vttbr, gic_v3, emulated_mmio, power }, kcore);
+    if let Some(streams) = smmu_streams {
+        trap_handler::install_smmu(streams);
+    }
     report_cpu();
     Aarch64.flush_stage2_vmid(HOST_VMID);
     let core = cpu::index();

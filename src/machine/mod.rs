@@ -11,6 +11,7 @@ pub mod guest_regs;
 #[cfg(test)]
 pub mod model;
 pub mod sha256;
+pub mod smmu_format;
 pub mod spectre;
 pub mod sync;
 mod trap_frame;

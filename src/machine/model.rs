@@ -15,6 +15,12 @@
 //! them): so an access on one core after another core's unmap sees a stale entry exactly when
 //! KCore left out the invalidation.
 //!
+//! The SMMU has a TLB of its own, of stage-2 translations by SMMU VMID
+//! ([`ModelMachine::smmu_tlb_translate`]), filled by whoever models a device's access (a walk of
+//! the stream's SMMU table, `memory::system`) and dropped only by `smmu_flush_ipa` and
+//! `smmu_flush_vmid` (CMD_TLBI_* then CMD_SYNC on the hardware): a device's access after an
+//! unmap reaches the page through a stale entry exactly when KCore left out the invalidation.
+//!
 //! The cache holds dirty lines only (a clean line equals memory). It never evicts on its own:
 //! [`ModelMachine::write_back_all`] is the hardware evicting lines whenever it likes, which tests
 //! call to take the worst case, and `clean_invalidate_to_poc` is `DC CIVAC` over a range.
@@ -28,6 +34,8 @@ pub enum Flush {
     Stage2Ipa { vmid: u16, ipa: u64 },
     Stage2Vmid { vmid: u16 },
     El2All,
+    SmmuIpa { vmid: u16, ipa: u64 },
+    SmmuVmid { vmid: u16 },
 }
 
 /// The cores the model machine has TLBs for.
@@ -89,6 +97,8 @@ pub struct ModelMachine {
     host_lines: Shared<std::collections::BTreeSet<u64>>,
     /// Each core's TLB: cached stage-2 translations by (core, VMID).
     tlbs: Shared<BTreeMap<(usize, u16), Vec<TlbEntry>>>,
+    /// The SMMU's TLB: cached stage-2 translations by SMMU VMID.
+    smmu_tlb: Shared<BTreeMap<u16, Vec<TlbEntry>>>,
 }
 
 fn line_of(pa: u64) -> (u64, usize) {
@@ -194,6 +204,26 @@ impl ModelMachine {
             .collect()
     }
 
+    /// The output address the SMMU's TLB holds for `iova` under SMMU VMID `vmid`, if it holds
+    /// an entry.
+    pub fn smmu_tlb_translate(&self, vmid: u16, iova: u64) -> Option<u64> {
+        let tlb = self.smmu_tlb.borrow();
+        let entry = tlb.get(&vmid)?.iter().find(|e| e.covers(iova))?;
+        Some(entry.output + (iova - entry.input))
+    }
+
+    /// The SMMU's walk of SMMU VMID `vmid`'s table found `entry`: its TLB may keep it until an
+    /// invalidation.
+    pub fn smmu_tlb_fill(&self, vmid: u16, entry: TlbEntry) {
+        self.smmu_tlb.borrow_mut().entry(vmid).or_default().push(entry);
+    }
+
+    /// Every entry the SMMU's TLB holds, with its SMMU VMID.
+    pub fn smmu_tlb_entries(&self) -> Vec<(u16, TlbEntry)> {
+        let tlb = self.smmu_tlb.borrow();
+        tlb.iter().flat_map(|(&vmid, es)| es.iter().map(move |&e| (vmid, e))).collect()
+    }
+
     /// The TLB maintenance done so far, oldest first; clears the log.
     pub fn take_flushes(&self) -> Vec<Flush> {
         std::mem::take(&mut self.flushes.borrow_mut())
@@ -259,12 +289,19 @@ impl Machine for ModelMachine {
         self.flushes.borrow_mut().push(Flush::El2All);
     }
 
-    fn smmu_flush_ipa(&self, _vmid: u16, _ipa: u64) {
-        // The model SMMU (issue 15) fills this in.
+    /// The SMMU drops its entries of `vmid` that translate `ipa` (a block's too), and the
+    /// CMD_SYNC has completed when this returns.
+    fn smmu_flush_ipa(&self, vmid: u16, ipa: u64) {
+        self.flushes.borrow_mut().push(Flush::SmmuIpa { vmid, ipa });
+        if let Some(entries) = self.smmu_tlb.borrow_mut().get_mut(&vmid) {
+            entries.retain(|e| !e.covers(ipa));
+        }
     }
 
-    fn smmu_flush_vmid(&self, _vmid: u16) {
-        // The model SMMU (issue 15) fills this in.
+    /// The SMMU drops every entry of `vmid`.
+    fn smmu_flush_vmid(&self, vmid: u16) {
+        self.flushes.borrow_mut().push(Flush::SmmuVmid { vmid });
+        self.smmu_tlb.borrow_mut().remove(&vmid);
     }
 
     fn publish(&self) {}
@@ -315,5 +352,28 @@ mod tests {
         m.flush_stage2_vmid(0);
         assert_eq!(m.tlb_entries(0), vec![]);
         assert_eq!(m.tlb_entries(5), vec![(2, page)], "another VMID stays");
+    }
+
+    #[test]
+    fn the_smmu_tlb_is_apart_from_the_cores_and_dropped_only_by_smmu_invalidations() {
+        let m = ModelMachine::new();
+        let block = TlbEntry { input: 0x4000_0000, size: 2 << 20, output: 0x4000_0000 };
+        let page = TlbEntry { input: 0x4020_0000, size: 4096, output: 0x4020_0000 };
+        m.smmu_tlb_fill(0, block);
+        m.smmu_tlb_fill(0, page);
+        m.smmu_tlb_fill(4, page);
+        // The CPU's maintenance leaves the SMMU's entries alone, even under the same number.
+        m.flush_stage2_ipa(0, 0x4010_0000);
+        m.flush_stage2_vmid(0);
+        assert_eq!(m.smmu_tlb_translate(0, 0x4012_3008), Some(0x4012_3008));
+        m.smmu_flush_ipa(0, 0x4010_0000);
+        assert_eq!(m.smmu_tlb_translate(0, 0x4012_3008), None, "the block went");
+        assert_eq!(m.smmu_tlb_translate(0, 0x4020_0010), Some(0x4020_0010), "another page stays");
+        m.smmu_flush_vmid(0);
+        assert_eq!(m.smmu_tlb_entries(), vec![(4, page)], "another SMMU VMID stays");
+        assert_eq!(
+            m.take_flushes().split_off(2),
+            vec![Flush::SmmuIpa { vmid: 0, ipa: 0x4010_0000 }, Flush::SmmuVmid { vmid: 0 }]
+        );
     }
 }

@@ -30,14 +30,19 @@ pub enum LockRank {
     /// The ownership records with the host's stage-2 table (`vm::Kcore::mem`, the whole
     /// `memory::HostMemory`): SeKVM's `s2page` with `pt(0)` under it.
     S2Page = 1,
+    /// The SMMU's command queue, and its event queue (two locks of this rank, never nested):
+    /// SeKVM's `smmu` lock. Taken under the ownership lock (a page leaving a device's table is
+    /// invalidated in the SMMU while the ownership change is under way) or alone (the event
+    /// drain when the host enters KCore).
+    Smmu = 2,
     /// The console's UART: no SeKVM counterpart (its prints are unverified); logging is allowed
     /// under any lock, so it is last.
-    Console = 2,
+    Console = 3,
 }
 
 impl LockRank {
     /// Every rank, lowest first.
-    const ALL: [LockRank; 3] = [LockRank::Vms, LockRank::S2Page, LockRank::Console];
+    const ALL: [LockRank; 4] = [LockRank::Vms, LockRank::S2Page, LockRank::Smmu, LockRank::Console];
 }
 
 /// Whether this build records the ranks each core holds and checks the order.

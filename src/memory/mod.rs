@@ -5,6 +5,17 @@
 //! [`HostMemory`] holds the ownership table together with the host's stage-2 table, because every
 //! transition that takes a page from the host must also unmap it there (`clear_pfn_host`). The
 //! two are guarded by one lock, `s2page` (see `handlers::trap_handler` for the lock order).
+//!
+//! When KCore owns an SMMU, [`HostMemory`] also holds the host's SMMU table (SeKVM layers 9-12),
+//! under the same lock: what the host's devices reach by DMA. At every point where the lock is
+//! free it maps exactly the pages the host owns, identity-mapped (`invariants::check`, `smmu_iso`):
+//! a page leaves it, and the SMMU's TLB, before the page leaves the host ([`HostMemory::
+//! take_from_host`]), and comes back only after it was scrubbed ([`HostMemory::clear_vm_page`]).
+//! Those are the only two places where a page's owner changes to or from the host.
+//!
+//! A VM with devices assigned to it has an SMMU table too ([`HostMemory::attach_vm_smmu`]): a
+//! copy of the RAM leaves of its stage-2, changed with them, and losing a page (and the SMMU's
+//! TLB entry) before the page is scrubbed.
 
 pub mod invariants;
 pub mod ops;
@@ -24,9 +35,11 @@ use crate::mutation::{planted, Mutation};
 use crate::page_table::descriptor::{level_size, Attrs, Regime, LAST_LEVEL, OUTPUT_LIMIT};
 use crate::page_table::pool::PagePool;
 use crate::page_table::{Leaf, PageTable, PtError};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use corevisor_boards::PhysRange;
 use pages::{Owner, PageDb, PageInfo};
+use regions::MemRegions;
 
 /// How many times a VM may share one page with the host at once.
 pub const MAX_SHARE_COUNT: u16 = 100;
@@ -144,21 +157,51 @@ pub struct HostMemory {
     /// (a device cannot take a fault and retry), with exactly the pages the host owns, and it
     /// changes with ownership: a page leaves it (and the SMMU's TLB) before it leaves the host.
     pub host_smmu: Option<PageTable>,
+    /// Each VM's SMMU table, for the devices assigned to it ([`HostMemory::attach_vm_smmu`]):
+    /// the RAM leaves of the VM's stage-2, at the same guest addresses (SMMU VMID = the vmid).
+    /// Empty on a machine that assigns no device.
+    pub vm_smmu: BTreeMap<u16, PageTable>,
 }
 
 /// The SMMU VMID of the host's SMMU table (SMMU VMIDs are the SMMU's own tags, apart from the
 /// CPU's; a VM's SMMU table uses the VM's vmid).
 pub const HOST_SMMU_VMID: u16 = 0;
 
+/// Every leaf of an SMMU table: RAM, readable and writable, never executable (a device has no
+/// business fetching instructions through it).
+pub const SMMU_RAM: Attrs = Attrs { exec: false, ..Attrs::RAM };
+
+/// The most table pages the host's SMMU table can ever take over RAM `regions`: its root, one
+/// level-2 table per GiB and one level-3 table per 2 MiB of physical address space that RAM
+/// touches. [`HostMemory::enable_host_smmu`] refuses a smaller pool, and then no transition
+/// can run out: the table maps only RAM, identity-mapped, never at level 1; and a slot gets a
+/// table at most once in its life, because no table is ever freed or replaced (an unmap
+/// removes a leaf, a split turns a block leaf into a table, a map fills only an empty slot, and
+/// the pool is a bump allocator). So a 2 MiB block split when its first page leaves the host,
+/// or a page mapped again into an empty 2 MiB slot, always finds its table page.
+pub fn host_smmu_table_pages(regions: &MemRegions) -> u64 {
+    let slots = |size: u64| regions.iter().map(|r| r.end().div_ceil(size) - r.base / size).sum::<u64>();
+    1 + slots(level_size(1)) + slots(level_size(2))
+}
+
 impl HostMemory {
     pub fn new(db: PageDb, host_s2: PageTable, mmio: MmioMap) -> HostMemory {
-        HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock, host_smmu: None }
+        HostMemory { db, host_s2, mmio, policy: HostMapPolicy::LargestBlock, host_smmu: None, vm_smmu: BTreeMap::new() }
     }
 
     /// Builds the host's SMMU table from `pool` and returns its root (a stream table entry's
     /// S2TTB): every page the host owns now, identity-mapped, in 2 MiB blocks where the host owns
-    /// the whole block. From here on every ownership change keeps it exact.
+    /// the whole block. From here on every ownership change keeps it exact. Refused (nothing
+    /// changes) if the host has one already, or if `pool` is smaller than the worst case
+    /// ([`host_smmu_table_pages`]), so that no later transition can run out of table pages.
+    /// The caller invalidates the SMMU's TLB for [`HOST_SMMU_VMID`] before a stream uses it.
     pub fn enable_host_smmu(&mut self, m: &impl Machine, pool: PagePool) -> Result<u64, MemError> {
+        if self.host_smmu.is_some() {
+            return Err(MemError::PageTable(PtError::Occupied));
+        }
+        if pool.free() < host_smmu_table_pages(self.db.regions()) {
+            return Err(MemError::PageTable(PtError::PoolExhausted));
+        }
         let mut table = PageTable::new(m, Regime::Smmu { vmid: HOST_SMMU_VMID }, pool)?;
         let block = level_size(2);
         let regions: Vec<PhysRange> = self.db.regions().iter().collect();
@@ -166,12 +209,12 @@ impl HostMemory {
             let mut pa = region.base;
             while pa < region.end() {
                 if pa % block == 0 && self.db.host_owns_block_in(region, pa, block) {
-                    table.map(m, pa, pa, 2, Attrs { exec: false, ..Attrs::RAM })?;
+                    table.map(m, pa, pa, 2, SMMU_RAM)?;
                     pa += block;
                     continue;
                 }
                 if self.db.get(pa).is_some_and(|p| p.owner == Owner::Host) {
-                    table.map(m, pa, pa, LAST_LEVEL, Attrs { exec: false, ..Attrs::RAM })?;
+                    table.map(m, pa, pa, LAST_LEVEL, SMMU_RAM)?;
                 }
                 pa += PAGE_SIZE;
             }
@@ -179,6 +222,74 @@ impl HostMemory {
         let root = table.root();
         self.host_smmu = Some(table);
         Ok(root)
+    }
+
+    /// Gives VM `vmid` an SMMU table for the devices assigned to it (SeKVM `alloc_smmu`,
+    /// `init_spt`, `map_spt` for a VM's context bank) and returns its root, the S2TTB of the VM's
+    /// streams (SMMU VMID `vmid`, whose old SMMU TLB entries are dropped here). It maps every page
+    /// of RAM the VM's stage-2 `vm_s2` maps, at the same guest address and level, and from here
+    /// on changes with it: a page enters with the stage-2 ([`Self::map_pfn_vm`], a 2 MiB block
+    /// answer) and leaves it, with the SMMU's TLB entry, before the page is scrubbed
+    /// ([`Self::clear_vm_page`]); so the VM's devices reach exactly what its CPUs reach of RAM,
+    /// never MMIO. Refused if the VM has one already, or if `pool` is smaller than `vm_s2`'s
+    /// pool: the copy needs a table only where `vm_s2` has one, and neither frees a table, so
+    /// the copy can never run out where the stage-2 did not.
+    pub fn attach_vm_smmu(
+        &mut self,
+        m: &impl Machine,
+        vmid: u16,
+        vm_s2: &PageTable,
+        pool: PagePool,
+    ) -> Result<u64, MemError> {
+        if self.vm_smmu.contains_key(&vmid) {
+            return Err(MemError::PageTable(PtError::Occupied));
+        }
+        if pool.capacity() < vm_s2.pool().capacity() {
+            return Err(MemError::PageTable(PtError::PoolExhausted));
+        }
+        let mut table = PageTable::new(m, Regime::Smmu { vmid }, pool)?;
+        for leaf in vm_s2.leaves(m).into_iter().filter(|leaf| self.db.get(leaf.output).is_some()) {
+            table.map(m, leaf.input, leaf.output, leaf.level, SMMU_RAM)?;
+        }
+        m.smmu_flush_vmid(vmid);
+        let root = table.root();
+        self.vm_smmu.insert(vmid, table);
+        Ok(root)
+    }
+
+    /// Takes VM `vmid`'s SMMU table away, once no stream uses it (the caller detached them), and
+    /// drops what the SMMU cached of it.
+    pub fn detach_vm_smmu(&mut self, m: &impl Machine, vmid: u16) -> Option<PageTable> {
+        let table = self.vm_smmu.remove(&vmid)?;
+        m.smmu_flush_vmid(vmid);
+        Some(table)
+    }
+
+    /// VM `vmid`'s SMMU table, if it has one: one branch on a machine that assigns no device.
+    fn vm_smmu_of(&mut self, vmid: u16) -> Option<&mut PageTable> {
+        if self.vm_smmu.is_empty() {
+            return None;
+        }
+        self.vm_smmu.get_mut(&vmid)
+    }
+
+    /// Maps `[gpa, gpa + level_size(level))` to RAM at `pa` in VM `vmid`'s stage-2 and, if it has
+    /// one, its SMMU table: in both or, refused, in neither (the SMMU table is checked first).
+    pub(crate) fn map_vm_ram(
+        &mut self,
+        m: &impl Machine,
+        vm_s2: &mut PageTable,
+        vmid: u16,
+        gpa: u64,
+        pa: u64,
+        level: u8,
+    ) -> Result<(), MemError> {
+        let Some(smmu) = self.vm_smmu_of(vmid) else {
+            return Ok(vm_s2.map(m, gpa, pa, level, Attrs::RAM)?);
+        };
+        smmu.can_map(m, gpa, pa, level)?;
+        vm_s2.map(m, gpa, pa, level, Attrs::RAM)?;
+        Ok(smmu.map(m, gpa, pa, level, SMMU_RAM)?)
     }
 
     /// Serves a host stage-2 fault at `ipa` (SeKVM `map_page_host`, with blocks): maps the
@@ -253,10 +364,15 @@ impl HostMemory {
     }
 
     /// The shared step of every transition away from the host: the page must be the host's and
-    /// unshared; it is unmapped from the host's stage-2 (and the TLB flushed) before it changes
-    /// owner, and then cleaned and invalidated to the point of coherency, so that no line the
-    /// host left in the caches can later be written back over the new owner's data, and what
-    /// KCore reads of it (an image it hashes) is what DRAM holds.
+    /// unshared; it is unmapped from the host's stage-2 (and the TLB flushed) and from the
+    /// host's SMMU table (and the SMMU's TLB, CMD_SYNC waited for) before it changes owner, and
+    /// then cleaned and invalidated to the point of coherency, so that no line the host left in
+    /// the caches can later be written back over the new owner's data, and what KCore reads of
+    /// it (an image it hashes) is what DRAM holds: neither the host's cores nor its devices can
+    /// write it any more by then.
+    ///
+    /// A refusal leaves the page the host's: the stage-2 may have lost its entry (the host
+    /// faults it back in), the SMMU table is unchanged. Without an SMMU the cost is one branch.
     fn take_from_host(&mut self, m: &impl Machine, pa: u64, owner: Owner, gfn: u64) -> Result<(), MemError> {
         let page = self.db.get(pa).ok_or(MemError::NotRam)?;
         if page.owner != Owner::Host {
@@ -267,6 +383,12 @@ impl HostMemory {
         }
         if !planted(Mutation::SkipClearPfnHost) {
             self.host_s2.clear_page(m, pa)?;
+        }
+        if let Some(smmu) = &mut self.host_smmu {
+            // Cannot run out of table pages for a split (`host_smmu_table_pages`).
+            if !planted(Mutation::SmmuPageLeftMapped) {
+                smmu.clear_page(m, pa)?;
+            }
         }
         if !planted(Mutation::SkipCleanOnTake) {
             m.clean_invalidate_page(pa);
@@ -294,7 +416,8 @@ impl HostMemory {
     /// one) (SeKVM relies on the VM being powered off
     /// instead), so no VM ever maps a page it does not own. The scrub is cleaned to the point of
     /// coherency before the page is the host's, so that DRAM holds zeros too, not the VM's data
-    /// behind zeroed cache lines. The host maps it again on its next fault.
+    /// behind zeroed cache lines. The host maps it again on its next fault; its devices get it
+    /// back (the host's SMMU table) only now, after the scrub.
     pub fn clear_vm_page(
         &mut self,
         m: &impl Machine,
@@ -321,6 +444,14 @@ impl HostMemory {
             }
             None => {}
         }
+        // The VM's devices lose the page as its CPUs do, before the scrub.
+        if let Some(smmu) = self.vm_smmu_of(vmid) {
+            let gpa = page.gfn << 12;
+            let mapped = smmu.walk(m, gpa).is_some_and(|leaf| leaf.translate(gpa) == pa);
+            if mapped && !planted(Mutation::VmSmmuPageLeftOnClear) {
+                smmu.unmap(m, gpa)?;
+            }
+        }
         if page.count > 0 {
             // Shared pages are mapped in the host: unmap before the page is scrubbed and handed
             // back, so the host's next access faults and gets a fresh mapping.
@@ -329,7 +460,26 @@ impl HostMemory {
         if !planted(Mutation::SkipScrub) {
             scrub(m, pa);
         }
+        if let Some(smmu) = &mut self.host_smmu {
+            // Cannot run out of table pages (`host_smmu_table_pages`); `Occupied` would mean the
+            // host's devices reached a VM's page, and the page stays the VM's.
+            smmu.map(m, pa, pa, LAST_LEVEL, SMMU_RAM)?;
+        }
         self.db.set(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
+        Ok(())
+    }
+
+    /// Takes the whole 2 MiB block at `pa` out of the host's SMMU table in one break and one
+    /// SMMU TLB invalidation, if it is mapped there as one block; the caller is taking every
+    /// page of it from the host ([`Self::take_from_host`] then finds each page gone, where it
+    /// would otherwise split the block and invalidate 512 times).
+    pub(crate) fn unmap_host_smmu_block(&mut self, m: &impl Machine, pa: u64) -> Result<(), MemError> {
+        if let Some(smmu) = &mut self.host_smmu {
+            let block = smmu.walk(m, pa).is_some_and(|leaf| leaf.level == 2 && leaf.input == pa);
+            if block && !planted(Mutation::SmmuPageLeftMapped) {
+                smmu.unmap(m, pa)?;
+            }
+        }
         Ok(())
     }
 
@@ -393,7 +543,7 @@ impl HostMemory {
 
     /// Maps page `pfn`, which VM `vmid` owns at `gfn`, into the VM's stage-2 (SeKVM `map_pfn_vm`).
     pub fn map_pfn_vm(
-        &self,
+        &mut self,
         m: &impl Machine,
         vm_s2: &mut PageTable,
         vmid: u16,
@@ -405,8 +555,7 @@ impl HostMemory {
         if page.owner != Owner::Vm(vmid) || page.gfn != gfn {
             return Err(MemError::NotOwned(page.owner));
         }
-        vm_s2.map(m, gfn << 12, pa, LAST_LEVEL, Attrs::RAM)?;
-        Ok(())
+        self.map_vm_ram(m, vm_s2, vmid, gfn << 12, pa, LAST_LEVEL)
     }
 
     /// Maps MMIO page `pa` at `gpa` in a VM's stage-2 (SeKVM `map_vm_io`): never RAM, and only

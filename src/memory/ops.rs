@@ -6,7 +6,7 @@ use super::pages::Owner;
 use super::{checked_pa, HostMemory, MemError};
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::mutation::{planted, Mutation};
-use crate::page_table::descriptor::{Attrs, INPUT_LIMIT};
+use crate::page_table::descriptor::INPUT_LIMIT;
 use crate::page_table::PageTable;
 
 /// Pages in a 2 MiB block.
@@ -94,14 +94,26 @@ impl HostMemory {
         if !planted(Mutation::BlockOverMappedGfn) {
             vm_s2.can_map(m, gfn << 12, pa, 2)?;
         }
+        if let Some(smmu) = self.vm_smmu.get(&vmid) {
+            smmu.can_map(m, gfn << 12, pa, 2)?;
+        }
+        // Every page leaves the host's tables in `take_from_host`. With an SMMU, first for the
+        // whole run: the host's stage-2 split (the one step that can fail, before anything
+        // changed), then the SMMU's 2 MiB block in one break rather than a split and 512
+        // invalidations.
+        if self.host_smmu.is_some() {
+            if !planted(Mutation::SkipClearPfnHost) {
+                self.host_s2.clear_page(m, pa)?;
+            }
+            self.unmap_host_smmu_block(m, pa)?;
+        }
         for i in 0..BLOCK_PAGES {
             self.take_from_host(m, pa + i * PAGE_SIZE, Owner::Vm(vmid), gfn + i)?;
             if !planted(Mutation::SkipFaultPageScrub) {
                 super::scrub(m, pa + i * PAGE_SIZE);
             }
         }
-        vm_s2.map(m, gfn << 12, pa, 2, Attrs::RAM)?;
-        Ok(())
+        self.map_vm_ram(m, vm_s2, vmid, gfn << 12, pa, 2)
     }
 
     /// VM `vmid` shares every mapped page of `[gpa, gpa + size)` with the host (SeKVM

@@ -91,6 +91,11 @@ impl PageDb {
         self.changes
     }
 
+    /// How many pages of RAM the host owns.
+    pub fn host_pages(&self) -> u64 {
+        self.pages.len() as u64 - self.foreign_1g.iter().map(|&n| u64::from(n)).sum::<u64>()
+    }
+
     pub fn regions(&self) -> &MemRegions {
         &self.regions
     }
@@ -167,6 +172,9 @@ mod tests {
         assert!(!db.host_owns_block(0x4020_1000, 4096) && db.host_owns_block(0x4020_2000, 4096));
         db.set(0x4020_1000, PageInfo { owner: Owner::Host, count: 0, gfn: 0x40201 });
         assert!(db.host_owns_block(0x4000_0000, 1 << 30));
+        assert_eq!(db.host_pages(), 1 << 18);
+        db.set(0x4020_1000, PageInfo { owner: Owner::KCore, count: 0, gfn: 0x40201 });
+        assert_eq!(db.host_pages(), (1 << 18) - 1);
         assert_eq!(db.get(0x0900_0000), None);
         assert!(!db.host_owns_block(0, 1 << 30));
     }

@@ -4,7 +4,9 @@
 //! - invariants: `host_iso`, `vm_iso`, `host_flatmap`, no page mapped by two VMs, and
 //!   scrubbed-before-reuse, after every step of random sequences by every principal; and
 //!   `host_iso` and `vm_iso` through every core's TLB (issue 14): no translation any core cached
-//!   for the host or a VM reaches a page that principal may not access;
+//!   for the host or a VM reaches a page that principal may not access; and `smmu_iso` (issue
+//!   15) in the host's SMMU table and through the SMMU's TLB: no translation a device of the
+//!   host's can use reaches a page the host does not own;
 //! - coherent hand-over: every page that changes owner (per the spec) reads the same through
 //!   DRAM as through the caches afterwards (issue 11, finding 3), and a page whose last share
 //!   the host loses keeps no line the host allocated (issue 12: cleaned only when the host's
@@ -89,6 +91,11 @@ fn invariants_hold(pages_only: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         if let Some((core, entry, pa)) = sys.host_reach_violations().first() {
             return Err(TestCaseError::fail(format!(
                 "after {op:?}: core {core}'s TLB still gives the host {entry:?}, which reaches page {pa:#x} it does not own"
+            )));
+        }
+        if let Some((vmid, entry, pa)) = sys.smmu_reach_violations().first() {
+            return Err(TestCaseError::fail(format!(
+                "after {op:?}: the SMMU's TLB still gives SMMU VMID {vmid} {entry:?}, which reaches page {pa:#x} it does not own"
             )));
         }
         if let Some((vmid, core, entry, pa)) = sys.vm_reach_violations().first() {
@@ -336,4 +343,167 @@ fn refinement_catches_a_block_over_an_already_mapped_gfn() {
         Op::ProtAndMap { vmid: 1, gfn: 0x200, pfn: 0x40400, level: 2 },
     ];
     catches_on_block_edge(Mutation::BlockOverMappedGfn, edge);
+}
+
+/// Companions of the SMMU properties (issue 15): sequences that start on `edge` (a device
+/// reaches a page, which then changes hands), then go on at random. Without the bug the edge
+/// has the property.
+fn catches_after(edge: Vec<Op>, bug: Mutation, property: fn(bool, &[Op]) -> Result<(), TestCaseError>) {
+    assert!(property(false, &edge).is_ok() && property(true, &edge).is_ok());
+    let inputs = sequences().prop_map(move |(pages_only, ops)| (pages_only, [edge.clone(), ops].concat()));
+    crate::mutation::catches(bug, 16, inputs, |(pages_only, ops)| property(pages_only, &ops));
+}
+
+/// KCore takes the SMMU; a device of the host's reads page `pfn` (the SMMU's TLB caches the
+/// translation), the host gives the page to VM 1, and the device reads it again.
+fn dma_then_give_away(pfn: u64) -> [Op; 4] {
+    [Op::EnableHostSmmu, Op::DeviceLoad(pfn << 12), Op::Assign { vmid: 1, gfn: 0, pfn }, Op::DeviceLoad(pfn << 12)]
+}
+
+#[test]
+fn smmu_iso_catches_a_page_left_in_the_host_s_smmu_table() {
+    catches(Mutation::SmmuPageLeftMapped, invariants_hold);
+}
+
+#[test]
+fn refinement_catches_a_page_left_in_the_host_s_smmu_table() {
+    catches(Mutation::SmmuPageLeftMapped, refines);
+}
+
+#[test]
+fn smmu_iso_through_the_smmu_tlb_catches_a_missing_invalidation() {
+    catches_after(dma_then_give_away(0x40201).to_vec(), Mutation::MissingSmmuTlbInvalidation, invariants_hold);
+}
+
+#[test]
+fn refinement_catches_a_missing_smmu_tlb_invalidation() {
+    catches_after(dma_then_give_away(0x40201).to_vec(), Mutation::MissingSmmuTlbInvalidation, refines);
+}
+
+#[test]
+fn a_page_given_away_is_gone_from_the_smmu_tlb() {
+    let pfn = 0x40201;
+    let ops = dma_then_give_away(pfn);
+    for pages_only in [false, true] {
+        let mut sys = System::new(pages_only);
+        let outcomes: Vec<Outcome> = ops.iter().map(|op| sys.apply(op)).collect();
+        assert_eq!(outcomes[1], Outcome::Access(super::spec::Access::Done(0)), "the host's device reaches its page");
+        assert_eq!(outcomes[3], Outcome::Access(super::spec::Access::Abort), "the device still reached the VM's page");
+        // Both bugs let the device read the VM's page: through the table, or through the
+        // SMMU's TLB.
+        for bug in [Mutation::SmmuPageLeftMapped, Mutation::MissingSmmuTlbInvalidation] {
+            let last = crate::mutation::with(bug, || {
+                let mut sys = System::new(pages_only);
+                ops.iter().map(|op| sys.apply(op)).last()
+            });
+            assert_eq!(last, Some(Outcome::Access(super::spec::Access::Done(0))), "{bug:?}");
+        }
+    }
+}
+
+#[test]
+fn a_vm_page_comes_back_to_the_host_s_devices_only_scrubbed() {
+    // VM 1 writes its page; a device of the host's cannot reach it, nor while the VM shares it
+    // with the host; once the host takes the page back the device reads the scrub's zeros and
+    // can write it.
+    let (vmid, pfn) = (1, 0x40201u64);
+    let ops = [
+        Op::EnableHostSmmu,
+        Op::Assign { vmid, gfn: 0, pfn },
+        Op::MapPfnVm { vmid, gfn: 0, pfn },
+        Op::VmStore { vmid, gpa: 8, value: 7 },
+        Op::DeviceLoad(pfn << 12 | 8),
+        Op::ShareRange { vmid, gpa: 0, size: 1 << 12, revoke: false },
+        Op::HostLoad(pfn << 12 | 8),
+        Op::DeviceLoad(pfn << 12 | 8),
+        Op::ShareRange { vmid, gpa: 0, size: 1 << 12, revoke: true },
+        Op::Clear { vmid, pfn },
+        Op::DeviceLoad(pfn << 12 | 8),
+        Op::DeviceStore(pfn << 12 | 8, 9),
+        Op::HostLoad(pfn << 12 | 8),
+    ];
+    for pages_only in [false, true] {
+        refines(pages_only, &ops).unwrap();
+        invariants_hold(pages_only, &ops).unwrap();
+        let mut sys = System::new(pages_only);
+        let outcomes: Vec<Outcome> = ops.iter().map(|op| sys.apply(op)).collect();
+        let access = |i: usize| match outcomes[i] {
+            Outcome::Access(a) => a,
+            other => panic!("{other:?}"),
+        };
+        use super::spec::Access::{Abort, Done};
+        assert_eq!([access(4), access(6), access(7)], [Abort, Done(7), Abort], "a shared page is the CPU's only");
+        assert_eq!([access(10), access(12)], [Done(0), Done(9)]);
+    }
+}
+
+#[test]
+fn without_an_smmu_the_host_has_no_device_and_the_checks_hold() {
+    let ops = [Op::DeviceStore(0x4020_1008, 5), Op::HostLoad(0x4020_1008)];
+    refines(false, &ops).unwrap();
+    let mut sys = System::new(false);
+    let outcomes: Vec<Outcome> = ops.iter().map(|op| sys.apply(op)).collect();
+    use super::spec::Access::{Abort, Done};
+    assert_eq!(outcomes, [Outcome::Access(Abort), Outcome::Access(Done(0))]);
+    assert_eq!(sys.apply(&Op::EnableHostSmmu), Outcome::Done(Ok(())));
+    let twice = sys.apply(&Op::EnableHostSmmu);
+    assert_eq!(twice, Outcome::Done(Err(super::MemError::PageTable(crate::page_table::PtError::Occupied))));
+}
+
+/// A device assigned to VM 1 reads the VM's page; the host takes the page back and writes it;
+/// the device reads again.
+fn vm_dma_then_take_back(pfn: u64) -> [Op; 7] {
+    let vmid = 1;
+    [
+        Op::Assign { vmid, gfn: 0, pfn },
+        Op::MapPfnVm { vmid, gfn: 0, pfn },
+        Op::AttachVmSmmu { vmid },
+        Op::VmDeviceLoad { vmid, gpa: 8 },
+        Op::Clear { vmid, pfn },
+        Op::HostStore(pfn << 12 | 8, 7),
+        Op::VmDeviceLoad { vmid, gpa: 8 },
+    ]
+}
+
+#[test]
+fn a_vm_s_devices_reach_its_pages_and_lose_them_before_the_scrub() {
+    let (vmid, pfn) = (1, 0x40201u64);
+    let mut ops = vm_dma_then_take_back(pfn).to_vec();
+    // A page mapped after the attach reaches the device too, at its guest address.
+    ops.splice(
+        4..4,
+        [
+            Op::ProtAndMap { vmid, gfn: 1, pfn: 0x40202, level: 3 },
+            Op::VmDeviceStore { vmid, gpa: 0x1010, value: 5 },
+            Op::VmLoad { vmid, gpa: 0x1010 },
+        ],
+    );
+    for pages_only in [false, true] {
+        refines(pages_only, &ops).unwrap();
+        invariants_hold(pages_only, &ops).unwrap();
+        let mut sys = System::new(pages_only);
+        let outcomes: Vec<Outcome> = ops.iter().map(|op| sys.apply(op)).collect();
+        use super::spec::Access::{Abort, Done};
+        let accesses: Vec<Outcome> = [3, 5, 6, 9].iter().map(|&i| outcomes[i]).collect();
+        assert_eq!(accesses, [Done(0), Done(0), Done(5), Abort].map(Outcome::Access));
+        // Left in the VM's SMMU table, or in its TLB, the page reaches the device with the
+        // host's data.
+        for bug in [Mutation::VmSmmuPageLeftOnClear, Mutation::MissingSmmuTlbInvalidation] {
+            let last = crate::mutation::with(bug, || {
+                let mut sys = System::new(pages_only);
+                ops.iter().map(|op| sys.apply(op)).last()
+            });
+            assert_eq!(last, Some(Outcome::Access(Done(7))), "{bug:?}");
+        }
+    }
+}
+
+#[test]
+fn vm_smmu_iso_catches_a_page_left_in_a_vm_s_smmu_table() {
+    catches_after(vm_dma_then_take_back(0x40201).to_vec(), Mutation::VmSmmuPageLeftOnClear, invariants_hold);
+}
+
+#[test]
+fn refinement_catches_a_page_left_in_a_vm_s_smmu_table() {
+    catches(Mutation::VmSmmuPageLeftOnClear, refines);
 }

@@ -2,9 +2,17 @@
 //! FaultHandler's `handle_host_stage2_fault`, over [`RData`], the part of SeKVM's abstract state
 //! these layers touch. Ownership is checked page by page here, where the implementation uses its
 //! per-block counters: the refinement tests compare the two.
+//!
+//! Issue 15 adds the host's SMMU table (SeKVM's SMMU page tables, layers 9-12) to the state:
+//! built from ownership once ([`enable_host_smmu_spec`]), it loses a page in the common step of
+//! every transition away from the host ([`take_from_host_spec`]) and gets it back only in
+//! [`clear_vm_page_spec`], after the scrub; no other transition touches it. The host's devices
+//! reach memory through it ([`device_access_spec`]). A VM with devices assigned to it has an SMMU
+//! table ([`attach_vm_smmu_spec`]) that is its stage-2's RAM leaves: `map_pfn_vm` and a 2 MiB
+//! block answer add to both, `clear_vm_page` takes from both before the scrub.
 
 use super::pages::{Owner, PageInfo};
-use super::{MemError, MAX_SHARE_COUNT};
+use super::{MemError, MAX_SHARE_COUNT, SMMU_RAM};
 use crate::machine::PAGE_SIZE;
 use crate::page_table::descriptor::{level_size, Attrs, MemType, LAST_LEVEL};
 use crate::page_table::spec::{clear_page_spec, map_spec, unmap_spec, walk_spec, AbsNpt};
@@ -49,6 +57,12 @@ pub struct RData {
     pub npts: BTreeMap<u16, AbsNpt>,
     /// `flatmem`: word address ↦ value (zero where absent).
     pub flatmem: BTreeMap<u64, u64>,
+    /// The host's SMMU table, abstractly, once KCore owns an SMMU (`spts` of SeKVM's state,
+    /// the host's part): what the host's devices reach.
+    pub host_smmu: Option<AbsNpt>,
+    /// Each VM's SMMU table, abstractly (`spts`, the VMs' part): what the devices assigned to
+    /// it reach.
+    pub vm_smmu: BTreeMap<u16, AbsNpt>,
 }
 
 type Step<T> = Option<(RData, Result<T, MemError>)>;
@@ -166,7 +180,106 @@ pub fn map_page_host_spec(r: &RData, ipa: u64) -> Step<Leaf> {
     Some((r.clone(), Err(MemError::PageTable(PtError::Occupied))))
 }
 
+/// The table pages the host's SMMU table may need at most over RAM `ram` (its root, a level-2
+/// table per GiB and a level-3 table per 2 MiB that RAM touches).
+pub fn host_smmu_table_pages_spec(ram: &[PhysRange]) -> u64 {
+    let slots = |size: u64| ram.iter().map(|r| r.end().div_ceil(size) - r.base / size).sum::<u64>();
+    1 + slots(level_size(1)) + slots(level_size(2))
+}
+
+/// `enable_host_smmu` (SeKVM `init_spt` and `map_spt` for the host), with a pool of
+/// `pool_pages`: the host's SMMU table maps every page the host owns at its own address, as one
+/// 2 MiB block where the host owns a whole aligned 2 MiB of one region, page by page elsewhere;
+/// its tables are those these leaves need. Refused, unchanged, if the host has one, or if the
+/// pool is smaller than [`host_smmu_table_pages_spec`].
+pub fn enable_host_smmu_spec(r: &RData, pool_pages: u64) -> Step<()> {
+    if r.host_smmu.is_some() {
+        return Some((r.clone(), Err(MemError::PageTable(PtError::Occupied))));
+    }
+    if pool_pages < host_smmu_table_pages_spec(&r.ram) {
+        return Some((r.clone(), Err(MemError::PageTable(PtError::PoolExhausted))));
+    }
+    let mut npt = AbsNpt::default();
+    let block = level_size(2);
+    for region in &r.ram {
+        let mut pa = region.base;
+        while pa < region.end() {
+            let level = if pa.is_multiple_of(block) && host_owns_block_spec(r, pa, block) {
+                2
+            } else if r.page(pa).is_some_and(|p| p.owner == Owner::Host) {
+                LAST_LEVEL
+            } else {
+                pa += PAGE_SIZE;
+                continue;
+            };
+            npt.leaves.insert(pa, (pa, level, SMMU_RAM));
+            npt.tables.insert((2, pa & !(level_size(1) - 1)));
+            if level == LAST_LEVEL {
+                npt.tables.insert((3, pa & !(block - 1)));
+            }
+            pa += level_size(level);
+        }
+    }
+    npt.free = pool_pages - 1 - npt.tables.len() as u64;
+    let mut next = r.clone();
+    next.host_smmu = Some(npt);
+    Some((next, Ok(())))
+}
+
+/// `attach_vm_smmu`: VM `vmid`'s SMMU table, from a pool of `pool_pages`, holds the RAM leaves
+/// of its stage-2 at the same guest addresses and levels, and the tables they need. Refused,
+/// unchanged, if the VM has one, or if the pool is smaller than its stage-2's pool.
+pub fn attach_vm_smmu_spec(r: &RData, vmid: u16, pool_pages: u64) -> Step<()> {
+    let refuse = |e| Some((r.clone(), Err(MemError::PageTable(e))));
+    let stage2 = &r.npts[&vmid];
+    if r.vm_smmu.contains_key(&vmid) {
+        return refuse(PtError::Occupied);
+    }
+    if pool_pages < stage2.free + 1 + stage2.tables.len() as u64 {
+        return refuse(PtError::PoolExhausted);
+    }
+    let mut npt = AbsNpt::default();
+    for (&gpa, &(pa, level, _)) in stage2.leaves.iter().filter(|(_, (pa, _, _))| r.page(*pa).is_some()) {
+        npt.leaves.insert(gpa, (pa, level, SMMU_RAM));
+        for table_level in 2..=level {
+            npt.tables.insert((table_level, gpa & !(level_size(table_level - 1) - 1)));
+        }
+    }
+    npt.free = pool_pages - 1 - npt.tables.len() as u64;
+    let mut next = r.clone();
+    next.vm_smmu.insert(vmid, npt);
+    Some((next, Ok(())))
+}
+
+/// Maps RAM `[gpa, gpa + level_size(level))` at `pa` for VM `vmid`: in its stage-2 and, if it
+/// has one, its SMMU table, or (refused) in neither; the SMMU table is tried first.
+fn map_vm_ram_spec(r: &RData, vmid: u16, gpa: u64, pa: u64, level: u8) -> Step<()> {
+    let smmu = match vm_smmu_mapped(r, vmid, gpa, pa, level)? {
+        Ok(smmu) => smmu,
+        Err(e) => return Some((r.clone(), Err(e))),
+    };
+    let (npt, mapped) = map_spec(&r.npts[&vmid], gpa, pa, level, Attrs::RAM)?;
+    let mut next = r.clone().with_npt(vmid, npt);
+    if let Err(e) = mapped {
+        return Some((next, Err(e.into())));
+    }
+    if let Some(smmu) = smmu {
+        next.vm_smmu.insert(vmid, smmu);
+    }
+    Some((next, Ok(())))
+}
+
+/// VM `vmid`'s SMMU table with RAM `[gpa, gpa + level_size(level))` mapped at `pa`; `Ok(None)`
+/// if the VM has no SMMU table, an error if the mapping cannot go there.
+fn vm_smmu_mapped(r: &RData, vmid: u16, gpa: u64, pa: u64, level: u8) -> Option<Result<Option<AbsNpt>, MemError>> {
+    let Some(smmu) = r.vm_smmu.get(&vmid) else { return Some(Ok(None)) };
+    let (smmu, mapped) = map_spec(smmu, gpa, pa, level, SMMU_RAM)?;
+    Some(mapped.map(|()| Some(smmu)).map_err(MemError::from))
+}
+
 /// The common step of every transition away from the host (`clear_pfn_host`, then the owner).
+/// The host's devices lose the page too: it leaves the host's SMMU table (split out of its
+/// block) before the owner changes.
 fn take_from_host_spec(r: &RData, pa: u64, owner: Owner, gfn: u64) -> Step<()> {
     let page = match r.page(pa) {
         None => return Some((r.clone(), Err(MemError::NotRam))),
@@ -179,6 +292,13 @@ fn take_from_host_spec(r: &RData, pa: u64, owner: Owner, gfn: u64) -> Step<()> {
     let mut next = r.clone().with_npt(HOST, npt);
     if let Err(e) = cleared {
         return Some((next, Err(e.into())));
+    }
+    if let Some(smmu) = &r.host_smmu {
+        let (smmu, cleared) = clear_page_spec(smmu, pa)?;
+        next.host_smmu = Some(smmu);
+        if let Err(e) = cleared {
+            return Some((next, Err(e.into())));
+        }
     }
     next.set_page(pa, PageInfo { owner, count: 0, gfn });
     Some((next, Ok(())))
@@ -209,7 +329,8 @@ pub fn assign_pfn_to_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<(
 }
 
 /// `clear_vm_page`: the VM's mapping of the page goes, the page is scrubbed and returned to the
-/// host (unmapped from the host first if it was shared).
+/// host (unmapped from the host first if it was shared); the host's SMMU table maps it again,
+/// after the scrub (a refusal there leaves the page the VM's, scrubbed).
 pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     let pa = match frame(pfn) {
         Ok(pa) => pa,
@@ -238,6 +359,12 @@ pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
         }
         _ => {}
     }
+    // The VM's devices lose the page with its CPUs, before the scrub.
+    if let Some(smmu) = r.vm_smmu.get(&vmid) {
+        if walk_spec(smmu, gpa).is_some_and(|leaf| leaf.translate(gpa) == pa) {
+            next.vm_smmu.insert(vmid, unmap_spec(smmu, gpa)?.0);
+        }
+    }
     if page.count > 0 {
         let (npt, cleared) = clear_page_spec(next.host(), pa)?;
         next = next.with_npt(HOST, npt);
@@ -249,6 +376,13 @@ pub fn clear_vm_page_spec(r: &RData, vmid: u16, pfn: u64) -> Step<()> {
     words.into_iter().for_each(|a| {
         next.flatmem.remove(&a);
     });
+    if let Some(smmu) = &next.host_smmu {
+        let (smmu, mapped) = map_spec(smmu, pa, pa, LAST_LEVEL, SMMU_RAM)?;
+        next.host_smmu = Some(smmu);
+        if let Err(e) = mapped {
+            return Some((next, Err(e.into())));
+        }
+    }
     next.set_page(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
     Some((next, Ok(())))
 }
@@ -315,7 +449,7 @@ pub fn map_pfn_vm_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> {
     match r.page(pa) {
         None => Some((r.clone(), Err(MemError::NotRam))),
         Some(p) if p.owner != Owner::Vm(vmid) || p.gfn != gfn => Some((r.clone(), Err(MemError::NotOwned(p.owner)))),
-        Some(_) => map_vm_leaf_spec(r, vmid, gfn << 12, pa, Attrs::RAM),
+        Some(_) => map_vm_ram_spec(r, vmid, gfn << 12, pa, LAST_LEVEL),
     }
 }
 
@@ -378,6 +512,26 @@ fn access_flatmem(mut r: RData, pa: u64, store: Option<u64>) -> (RData, Access) 
             let v = r.flatmem.get(&pa).copied().unwrap_or(0);
             (r, Access::Done(v))
         }
+    }
+}
+
+/// SeKVM's `dev_load`/`dev_store` by a device of the host's: through the host's SMMU table,
+/// at the page's own address. A miss aborts (the SMMU records a fault event; a device does not
+/// retry), and without an SMMU that KCore owns the host has no device that masters DMA (the
+/// board refuses them to the host, issue 11): nothing is accessed either way.
+pub fn device_access_spec(r: &RData, pa: u64, store: Option<u64>) -> Option<(RData, Access)> {
+    match r.host_smmu.as_ref().and_then(|smmu| walk_spec(smmu, pa)) {
+        Some(leaf) => Some(access_flatmem(r.clone(), leaf.translate(pa), store)),
+        None => Some((r.clone(), Access::Abort)),
+    }
+}
+
+/// A DMA load or store by a device assigned to VM `vmid`, at guest address `gpa`: through the
+/// VM's SMMU table; a miss aborts, and so does every access while the VM has none.
+pub fn vm_device_access_spec(r: &RData, vmid: u16, gpa: u64, store: Option<u64>) -> Option<(RData, Access)> {
+    match r.vm_smmu.get(&vmid).and_then(|smmu| walk_spec(smmu, gpa)) {
+        Some(leaf) => Some(access_flatmem(r.clone(), leaf.translate(gpa), store)),
+        None => Some((r.clone(), Access::Abort)),
     }
 }
 
@@ -491,8 +645,24 @@ pub fn give_vm_block_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> 
     if let Err(e) = mapped {
         return refuse(e.into());
     }
-    // Each page leaves the host's stage-2 as any page taken from the host does.
+    let smmu = match vm_smmu_mapped(r, vmid, gfn << 12, pa, 2)? {
+        Ok(smmu) => smmu,
+        Err(e) => return refuse(e),
+    };
+    // Each page leaves the host's stage-2 and SMMU table as any page taken from the host does;
+    // with an SMMU, the host's stage-2 first splits for the run (the first page's step), and
+    // the SMMU's block, if it is one, goes whole.
     let mut next = r.clone();
+    if let Some(smmu) = &r.host_smmu {
+        let (host, cleared) = clear_page_spec(r.host(), pa)?;
+        next = next.with_npt(HOST, host);
+        if let Err(e) = cleared {
+            return Some((next, Err(e.into())));
+        }
+        if walk_spec(smmu, pa).is_some_and(|leaf| leaf.level == 2 && leaf.input == pa) {
+            next.host_smmu = Some(unmap_spec(smmu, pa)?.0);
+        }
+    }
     for i in 0..512 {
         match take_from_host_spec(&next, pa + i * PAGE_SIZE, Owner::Vm(vmid), gfn + i)? {
             (taken, Ok(())) => next = taken,
@@ -503,5 +673,8 @@ pub fn give_vm_block_spec(r: &RData, vmid: u16, gfn: u64, pfn: u64) -> Step<()> 
     words.into_iter().for_each(|a| {
         next.flatmem.remove(&a);
     });
+    if let Some(smmu) = smmu {
+        next.vm_smmu.insert(vmid, smmu);
+    }
     Some((next.with_npt(vmid, npt), Ok(())))
 }

@@ -1,12 +1,15 @@
 //! The concrete system the issue-6 property tests drive: the model machine, the host's memory
 //! state and each VM's stage-2, with the operations principals perform on it, and the same
 //! operations on the spec ([`super::spec::RData`]). Loads and stores model the hardware: through
-//! the principal's stage-2, with the host's misses served by the FaultHandler.
+//! the principal's stage-2, with the host's misses served by the FaultHandler; the host's
+//! devices' DMA goes through the host's SMMU table and the SMMU's TLB ([`dma`]), once KCore owns
+//! the SMMU ([`Op::EnableHostSmmu`], which random sequences meet at any point, so that both
+//! machines, with an SMMU and without, are covered).
 
 use super::pages::{PageDb, PageInfo};
 use super::regions::MemRegions;
 use super::spec::{self, Access, RData, HOST};
-use super::{HostMapPolicy, HostMemory, MemError, MmioMap};
+use super::{host_smmu_table_pages, HostMapPolicy, HostMemory, MemError, MmioMap, HOST_SMMU_VMID};
 use crate::machine::model::{self, ModelMachine, TlbEntry};
 use crate::machine::{Machine, PAGE_SIZE};
 use crate::page_table::descriptor::Regime;
@@ -35,6 +38,10 @@ pub fn test_mmio() -> MmioMap {
 /// Table pools live above RAM: the host's, then one per VM.
 pub const POOLS: u64 = 0x1_0000_0000;
 pub const VMS: [u16; 3] = [1, 2, 3];
+/// Table pages of each VM's stage-2.
+pub const VM_POOL_PAGES: u64 = 64;
+/// The host's SMMU table pool, above the VMs' pools; VM v's SMMU table pool v GiB above it.
+pub const SMMU_POOL: u64 = POOLS + (8 << 30);
 
 /// One operation by a principal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +110,30 @@ pub enum Op {
     /// TLB (issue 14). KCore's maintenance is broadcast, so which core serves a call does not
     /// matter; which core the host accesses memory from does.
     HostOnCore(usize),
+    /// KCore takes the SMMU and gives the host's devices the host's SMMU table, built from the
+    /// ownership of the moment (at boot on the target; at any point here), from a pool of the
+    /// worst-case size (issue 15). Refused once done.
+    EnableHostSmmu,
+    /// A device of the host's reads (DMA) the word at the address, through the SMMU.
+    DeviceLoad(u64),
+    /// A device of the host's writes the word at the address, through the SMMU.
+    DeviceStore(u64, u64),
+    /// The host asks for an SMMU table for VM `vmid`'s devices (the SMMU_ATTACH_STREAM call of
+    /// a stream to a VM), from a pool as large as the VM's stage-2 pool. Refused once done.
+    AttachVmSmmu {
+        vmid: u16,
+    },
+    /// A device assigned to VM `vmid` reads (DMA) the word at guest address `gpa`.
+    VmDeviceLoad {
+        vmid: u16,
+        gpa: u64,
+    },
+    /// A device assigned to VM `vmid` writes the word at guest address `gpa`.
+    VmDeviceStore {
+        vmid: u16,
+        gpa: u64,
+        value: u64,
+    },
 }
 
 impl Op {
@@ -115,6 +146,10 @@ impl Op {
                 | Op::HostLoad(_)
                 | Op::HostStore(..)
                 | Op::HostOnCore(_)
+                | Op::EnableHostSmmu
+                | Op::DeviceLoad(_)
+                | Op::DeviceStore(..)
+                | Op::AttachVmSmmu { .. }
                 | Op::Assign { .. }
                 | Op::Clear { .. }
                 | Op::MapVmIo { .. }
@@ -126,6 +161,7 @@ impl Op {
         match *self {
             Op::MapPfnVm { vmid, .. } | Op::Grant { vmid, .. } | Op::Revoke { vmid, .. } => Some(vmid),
             Op::VmLoad { vmid, .. } | Op::VmStore { vmid, .. } => Some(vmid),
+            Op::VmDeviceLoad { vmid, .. } | Op::VmDeviceStore { vmid, .. } => Some(vmid),
             Op::ProtAndMap { vmid, .. } | Op::ShareRange { vmid, .. } => Some(vmid),
             _ => None,
         }
@@ -135,12 +171,19 @@ impl Op {
     pub fn pfns(&self) -> Vec<u64> {
         match *self {
             Op::HostFault(a) | Op::HostLoad(a) | Op::HostStore(a, _) => vec![a >> 12],
+            Op::DeviceLoad(a) | Op::DeviceStore(a, _) => vec![a >> 12],
             Op::Assign { pfn, .. } | Op::Clear { pfn, .. } | Op::MapPfnVm { pfn, .. } => vec![pfn],
             Op::Grant { pfn, .. } | Op::Revoke { pfn, .. } => vec![pfn],
             Op::MapVmIo { pa, .. } => vec![pa >> 12],
-            Op::VmLoad { .. } | Op::VmStore { .. } | Op::ShareRange { .. } | Op::WriteBack | Op::HostOnCore(_) => {
-                vec![]
-            }
+            Op::VmLoad { .. }
+            | Op::VmStore { .. }
+            | Op::ShareRange { .. }
+            | Op::WriteBack
+            | Op::HostOnCore(_)
+            | Op::EnableHostSmmu
+            | Op::AttachVmSmmu { .. }
+            | Op::VmDeviceLoad { .. }
+            | Op::VmDeviceStore { .. } => vec![],
             Op::ClearRange { pfn, pages, .. } => (pfn..pfn.saturating_add(pages.min(8))).collect(),
             Op::ProtAndMap { pfn, level, .. } => (pfn..pfn.saturating_add(if level == 2 { 512 } else { 1 })).collect(),
         }
@@ -181,7 +224,7 @@ impl System {
         let vms = VMS
             .iter()
             .map(|&v| {
-                let pool = PagePool::new(POOLS + (v as u64) * (1 << 30), 64);
+                let pool = PagePool::new(POOLS + (v as u64) * (1 << 30), VM_POOL_PAGES);
                 (v, PageTable::new(&m, Regime::Stage2 { vmid: v }, pool).unwrap())
             })
             .collect();
@@ -203,13 +246,7 @@ impl System {
             }
         };
         self.m.host_access(pa);
-        match store {
-            Some(v) => {
-                self.m.write_u64(pa, v);
-                Access::Done(0)
-            }
-            None => Access::Done(self.m.read_u64(pa)),
-        }
+        load_or_store(&self.m, pa, store)
     }
 
     /// Every translation a core's TLB holds for the host that reaches a page of RAM the host
@@ -221,6 +258,24 @@ impl System {
             for pa in (entry.output..entry.output + entry.size).step_by(PAGE_SIZE as usize) {
                 if self.mem.db.get(pa).is_some_and(|p| p.owner != super::pages::Owner::Host && p.count == 0) {
                     found.push((core, entry, pa));
+                }
+            }
+        }
+        found
+    }
+
+    /// Every translation the SMMU's TLB holds that reaches anything but a page its principal owns
+    /// (SMMU VMID [`HOST_SMMU_VMID`]: the host, never a page a VM merely shares with it; any
+    /// other: that VM): `smmu_iso` through the SMMU's TLB. KCore must invalidate the SMMU's copy
+    /// of a translation before the page changes hands.
+    pub fn smmu_reach_violations(&self) -> Vec<(u16, TlbEntry, u64)> {
+        let mut found = Vec::new();
+        for (vmid, entry) in self.m.smmu_tlb_entries() {
+            let principal =
+                if vmid == HOST_SMMU_VMID { super::pages::Owner::Host } else { super::pages::Owner::Vm(vmid) };
+            for pa in (entry.output..entry.output + entry.size).step_by(PAGE_SIZE as usize) {
+                if self.mem.db.get(pa).is_none_or(|p| p.owner != principal) {
+                    found.push((vmid, entry, pa));
                 }
             }
         }
@@ -255,13 +310,7 @@ impl System {
                 leaf.translate(gpa)
             }
         };
-        match store {
-            Some(v) => {
-                self.m.write_u64(pa, v);
-                Access::Done(0)
-            }
-            None => Access::Done(self.m.read_u64(pa)),
-        }
+        load_or_store(&self.m, pa, store)
     }
 
     pub fn apply(&mut self, op: &Op) -> Outcome {
@@ -304,7 +353,44 @@ impl System {
                 self.host_core = core;
                 Outcome::Done(Ok(()))
             }
+            Op::EnableHostSmmu => Outcome::Done(enable_host_smmu(m, &mut self.mem).map(drop)),
+            Op::DeviceLoad(pa) => Outcome::Access(self.device_access(pa, None)),
+            Op::DeviceStore(pa, v) => Outcome::Access(self.device_access(pa, Some(v))),
+            Op::AttachVmSmmu { vmid } => {
+                let pool = PagePool::new(SMMU_POOL + u64::from(vmid) * (1 << 30), VM_POOL_PAGES);
+                Outcome::Done(self.mem.attach_vm_smmu(m, vmid, &self.vms[&vmid], pool).map(drop))
+            }
+            Op::VmDeviceLoad { vmid, gpa } => Outcome::Access(self.vm_device_access(vmid, gpa, None)),
+            Op::VmDeviceStore { vmid, gpa, value } => Outcome::Access(self.vm_device_access(vmid, gpa, Some(value))),
         }
+    }
+
+    /// A DMA access by a device assigned to VM `vmid`: through the VM's SMMU table ([`dma`]),
+    /// an abort while it has none.
+    fn vm_device_access(&self, vmid: u16, gpa: u64, store: Option<u64>) -> Access {
+        match self.mem.vm_smmu.get(&vmid) {
+            Some(table) => dma(&self.m, table, vmid, gpa, store),
+            None => Access::Abort,
+        }
+    }
+
+    /// A DMA access by a device of the host's: through the host's SMMU table ([`dma`]); with no
+    /// SMMU that KCore owns, the host has no DMA-capable device (refused by the board's policy).
+    fn device_access(&self, pa: u64, store: Option<u64>) -> Access {
+        match &self.mem.host_smmu {
+            Some(table) => dma(&self.m, table, HOST_SMMU_VMID, pa, store),
+            None => Access::Abort,
+        }
+    }
+
+    /// The host's SMMU table, abstractly.
+    pub fn host_smmu(&self) -> Option<AbsNpt> {
+        self.mem.host_smmu.as_ref().map(|t| AbsNpt::of(t, &self.m))
+    }
+
+    /// Each VM's SMMU table, abstractly.
+    pub fn vm_smmu(&self) -> BTreeMap<u16, AbsNpt> {
+        self.mem.vm_smmu.iter().map(|(&v, t)| (v, AbsNpt::of(t, &self.m))).collect()
     }
 
     /// Every page-table abstraction, by principal.
@@ -325,6 +411,40 @@ impl System {
     }
 }
 
+/// KCore takes the SMMU: the host's SMMU table in `mem`, from the pool at [`SMMU_POOL`] of the
+/// worst-case size.
+pub fn enable_host_smmu(m: &ModelMachine, mem: &mut HostMemory) -> Result<u64, MemError> {
+    mem.enable_host_smmu(m, PagePool::new(SMMU_POOL, host_smmu_table_pages(mem.db.regions())))
+}
+
+/// A device's DMA load (`store` None) or store of the word at `iova`, as the SMMU does it:
+/// through the SMMU's TLB, else a walk of the stream's table `table` (SMMU VMID `vmid`) whose
+/// leaf the TLB then keeps; a miss aborts (the SMMU records a fault event; the device does not
+/// retry). The `virt` PCIe root complex and its SMMU are `dma-coherent`: a device reads and
+/// writes the coherent view, as a core does.
+pub fn dma(m: &ModelMachine, table: &PageTable, vmid: u16, iova: u64, store: Option<u64>) -> Access {
+    let pa = match m.smmu_tlb_translate(vmid, iova) {
+        Some(pa) => pa,
+        None => {
+            let Some(leaf) = table.walk(m, iova) else { return Access::Abort };
+            m.smmu_tlb_fill(vmid, TlbEntry { input: leaf.input, size: leaf.size(), output: leaf.output });
+            leaf.translate(iova)
+        }
+    };
+    load_or_store(m, pa, store)
+}
+
+/// The word at `pa` read (`store` None), or written, through the coherent view.
+fn load_or_store(m: &ModelMachine, pa: u64, store: Option<u64>) -> Access {
+    match store {
+        Some(v) => {
+            m.write_u64(pa, v);
+            Access::Done(0)
+        }
+        None => Access::Done(m.read_u64(pa)),
+    }
+}
+
 /// The core VM `vmid` runs on in these tests: VMs 1-3 on cores 1-3, each apart from the others
 /// and, until [`Op::HostOnCore`] moves it, from the host.
 pub fn vm_core(vmid: u16) -> usize {
@@ -336,7 +456,7 @@ pub fn initial_rdata(pages_only: bool) -> RData {
     let mut npts = BTreeMap::new();
     npts.insert(HOST, AbsNpt { free: 599, ..AbsNpt::default() });
     for v in VMS {
-        npts.insert(v, AbsNpt { free: 63, ..AbsNpt::default() });
+        npts.insert(v, AbsNpt { free: VM_POOL_PAGES - 1, ..AbsNpt::default() });
     }
     let r = RData {
         halt: false,
@@ -346,6 +466,8 @@ pub fn initial_rdata(pages_only: bool) -> RData {
         s2page: BTreeMap::new(),
         npts,
         flatmem: BTreeMap::new(),
+        host_smmu: None,
+        vm_smmu: BTreeMap::new(),
     };
     let (r, result) = spec::give_to_kcore_spec(&r, KCORE).unwrap();
     result.unwrap();
@@ -355,33 +477,22 @@ pub fn initial_rdata(pages_only: bool) -> RData {
 /// The operation on the spec.
 pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
     let done = |(r, result): (RData, Result<(), MemError>)| (r, Outcome::Done(result));
+    let access = |(r, access): (RData, Access)| (r, Outcome::Access(access));
     Some(match *op {
         Op::HostFault(ipa) => {
             let (r, result) = spec::map_page_host_spec(r, ipa)?;
             (r, Outcome::Mapped(result))
         }
-        Op::HostLoad(pa) => {
-            let (r, access) = spec::host_access_spec(r, pa, None)?;
-            (r, Outcome::Access(access))
-        }
-        Op::HostStore(pa, v) => {
-            let (r, access) = spec::host_access_spec(r, pa, Some(v))?;
-            (r, Outcome::Access(access))
-        }
+        Op::HostLoad(pa) => access(spec::host_access_spec(r, pa, None)?),
+        Op::HostStore(pa, v) => access(spec::host_access_spec(r, pa, Some(v))?),
         Op::Assign { vmid, gfn, pfn } => done(spec::assign_pfn_to_vm_spec(r, vmid, gfn, pfn)?),
         Op::Clear { vmid, pfn } => done(spec::clear_vm_page_spec(r, vmid, pfn)?),
         Op::MapVmIo { vmid, gpa, pa } => done(spec::map_vm_io_spec(r, vmid, gpa, pa)?),
         Op::MapPfnVm { vmid, gfn, pfn } => done(spec::map_pfn_vm_spec(r, vmid, gfn, pfn)?),
         Op::Grant { vmid, pfn } => done(spec::grant_vm_page_spec(r, vmid, pfn)?),
         Op::Revoke { vmid, pfn } => done(spec::revoke_vm_page_spec(r, vmid, pfn)?),
-        Op::VmLoad { vmid, gpa } => {
-            let (r, access) = spec::vm_access_spec(r, vmid, gpa, None)?;
-            (r, Outcome::Access(access))
-        }
-        Op::VmStore { vmid, gpa, value } => {
-            let (r, access) = spec::vm_access_spec(r, vmid, gpa, Some(value))?;
-            (r, Outcome::Access(access))
-        }
+        Op::VmLoad { vmid, gpa } => access(spec::vm_access_spec(r, vmid, gpa, None)?),
+        Op::VmStore { vmid, gpa, value } => access(spec::vm_access_spec(r, vmid, gpa, Some(value))?),
         Op::ClearRange { vmid, pfn, pages } => {
             let (r, result) = spec::clear_vm_range_spec(r, vmid, pfn, pages)?;
             done((r, result.map(|_| ())))
@@ -391,6 +502,12 @@ pub fn spec_apply(r: &RData, op: &Op) -> Option<(RData, Outcome)> {
         // The spec's memory is the coherent view, which a write-back does not change; and the
         // spec has no cores: the host's accesses mean the same on every one.
         Op::WriteBack | Op::HostOnCore(_) => (r.clone(), Outcome::Done(Ok(()))),
+        Op::EnableHostSmmu => done(spec::enable_host_smmu_spec(r, spec::host_smmu_table_pages_spec(&r.ram))?),
+        Op::DeviceLoad(pa) => access(spec::device_access_spec(r, pa, None)?),
+        Op::DeviceStore(pa, v) => access(spec::device_access_spec(r, pa, Some(v))?),
+        Op::AttachVmSmmu { vmid } => done(spec::attach_vm_smmu_spec(r, vmid, VM_POOL_PAGES)?),
+        Op::VmDeviceLoad { vmid, gpa } => access(spec::vm_device_access_spec(r, vmid, gpa, None)?),
+        Op::VmDeviceStore { vmid, gpa, value } => access(spec::vm_device_access_spec(r, vmid, gpa, Some(value))?),
     })
 }
 
@@ -405,6 +522,12 @@ pub fn relate(sys: &System, r: &RData, probes: &BTreeSet<u64>) -> Result<(), Str
     }
     if sys.npts() != r.npts {
         return Err("page tables differ from the spec".into());
+    }
+    if sys.host_smmu() != r.host_smmu {
+        return Err("the host's SMMU table differs from the spec".into());
+    }
+    if sys.vm_smmu() != r.vm_smmu {
+        return Err("a VM's SMMU table differs from the spec".into());
     }
     if sys.flatmem() != r.flatmem {
         return Err("memory contents differ from the spec".into());
@@ -464,6 +587,10 @@ pub fn host_op() -> impl Strategy<Value = Op> {
         3 => any_host_addr().prop_map(Op::HostLoad),
         3 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::HostStore(a, v)),
         2 => (0..model::CORES).prop_map(Op::HostOnCore),
+        1 => Just(Op::EnableHostSmmu),
+        1 => any_vmid().prop_map(|vmid| Op::AttachVmSmmu { vmid }),
+        1 => any_host_addr().prop_map(Op::DeviceLoad),
+        1 => (any_host_addr(), 1u64..1000).prop_map(|(a, v)| Op::DeviceStore(a, v)),
         3 => (any_vmid(), 0u64..4, any_pfn()).prop_map(|(vmid, gfn, pfn)| Op::Assign { vmid, gfn, pfn }),
         1 => (any_vmid(), any_pfn()).prop_map(|(vmid, pfn)| Op::Clear { vmid, pfn }),
         1 => (any_vmid(), any_pfn(), prop_oneof![8 => 1u64..6, 1 => Just(u64::MAX), 1 => Just(1u64 << 28)])
@@ -485,7 +612,9 @@ pub fn vm_op(vmid: impl Strategy<Value = u16> + Clone) -> impl Strategy<Value = 
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Grant { vmid, pfn }),
         1 => (vmid.clone(), any_pfn()).prop_map(|(vmid, pfn)| Op::Revoke { vmid, pfn }),
         2 => (vmid.clone(), 0u64..4, 0u64..4).prop_map(|(vmid, g, w)| Op::VmLoad { vmid, gpa: g << 12 | w << 3 }),
-        2 => (vmid, 0u64..4, 0u64..4, 1u64..1000).prop_map(|(vmid, g, w, value)| Op::VmStore { vmid, gpa: g << 12 | w << 3, value }),
+        2 => (vmid.clone(), 0u64..4, 0u64..4, 1u64..1000).prop_map(|(vmid, g, w, value)| Op::VmStore { vmid, gpa: g << 12 | w << 3, value }),
+        1 => (vmid.clone(), 0u64..4, 0u64..4).prop_map(|(vmid, g, w)| Op::VmDeviceLoad { vmid, gpa: g << 12 | w << 3 }),
+        1 => (vmid, 0u64..4, 0u64..4, 1u64..1000).prop_map(|(vmid, g, w, value)| Op::VmDeviceStore { vmid, gpa: g << 12 | w << 3, value }),
     ]
 }
 

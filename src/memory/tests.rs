@@ -6,7 +6,7 @@ use super::invariants::{check, check_canary, fill_canary, Violation};
 use super::pages::{Owner, PageDb, PageInfo};
 use super::regions::MemRegions;
 use super::*;
-use crate::machine::model::ModelMachine;
+use crate::machine::model::{Flush, ModelMachine};
 use crate::memory::spec;
 use crate::page_table::descriptor::Regime;
 use crate::page_table::pool::PagePool;
@@ -26,6 +26,17 @@ fn host_memory(m: &ModelMachine, policy: HostMapPolicy) -> HostMemory {
     mem.give_to_kcore(m, PhysRange::new(0x4008_0000, 0x0100_0000)).unwrap();
     mem
 }
+
+/// [`host_memory`] with KCore owning an SMMU: the host's SMMU table built after boot's
+/// transitions, from a pool of exactly the worst-case size.
+fn host_memory_with_smmu(m: &ModelMachine, policy: HostMapPolicy) -> HostMemory {
+    let mut mem = host_memory(m, policy);
+    let pages = host_smmu_table_pages(mem.db.regions());
+    mem.enable_host_smmu(m, PagePool::new(SMMU_POOL, pages)).unwrap();
+    mem
+}
+
+const SMMU_POOL: u64 = POOL + (8 << 30);
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -102,6 +113,8 @@ fn apply(m: &ModelMachine, mem: &mut HostMemory, op: &Op) -> Result<(), TestCase
             prop_assert_eq!(result.is_ok(), allowed, "{:?} on {:?}: {:?}", op, before, result);
             if allowed {
                 prop_assert!(mem.host_s2.walk(m, pfn << 12).is_none(), "the host still maps an assigned page");
+                let devices_reach = mem.host_smmu.as_ref().is_some_and(|t| t.walk(m, pfn << 12).is_some());
+                prop_assert!(!devices_reach, "the host's devices still reach an assigned page");
             }
         }
         Op::Clear { vmid, pfn } => {
@@ -117,6 +130,8 @@ fn apply(m: &ModelMachine, mem: &mut HostMemory, op: &Op) -> Result<(), TestCase
                 prop_assert_eq!(m.read_u64(pfn << 12), 0, "a reclaimed page was not scrubbed");
                 prop_assert!(m.dram_words(pfn << 12..(pfn + 1) << 12).is_empty(), "a scrub stayed in the cache");
                 prop_assert_eq!(mem.db.get(pfn << 12).unwrap(), PageInfo { owner: Owner::Host, count: 0, gfn: pfn });
+                let devices_reach = mem.host_smmu.as_ref().is_none_or(|t| t.walk(m, pfn << 12).is_some());
+                prop_assert!(devices_reach, "the host's devices do not reach a page it got back");
             }
         }
         Op::Grant { vmid, pfn } => {
@@ -141,10 +156,14 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn transitions_keep_every_invariant(block in any::<bool>(), ops in proptest::collection::vec(any_op(), 50..80)) {
+    fn transitions_keep_every_invariant(
+        block in any::<bool>(),
+        smmu in any::<bool>(),
+        ops in proptest::collection::vec(any_op(), 50..80),
+    ) {
         let m = ModelMachine::new();
         let policy = if block { HostMapPolicy::LargestBlock } else { HostMapPolicy::PagesOnly };
-        let mut mem = host_memory(&m, policy);
+        let mut mem = if smmu { host_memory_with_smmu(&m, policy) } else { host_memory(&m, policy) };
         for op in &ops {
             apply(&m, &mut mem, op)?;
             prop_assert_eq!(check(&m, &mem, &[]), Ok(()), "after {:?}", op);
@@ -379,4 +398,76 @@ fn a_refused_share_or_unshare_changes_no_page_of_the_range() {
     assert_eq!(mem.grant_stage2_sg_gpa(&m, &vm, 1, 0x10 << 12, 0x2000), Err(MemError::ShareLimit));
     assert_eq!(mem.db.get(a << 12).unwrap().count, 1, "a refused share shared A");
     assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+}
+
+#[test]
+fn the_host_s_smmu_table_is_its_pages_and_its_pool_never_runs_out() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
+    // 1 GiB of RAM: the root, one level-2 table, 512 level-3 tables at most.
+    let pages = host_smmu_table_pages(mem.db.regions());
+    assert_eq!(pages, 1 + 1 + 512);
+    let small = mem.enable_host_smmu(&m, PagePool::new(SMMU_POOL, pages - 1));
+    assert_eq!(small, Err(MemError::PageTable(PtError::PoolExhausted)));
+    assert!(mem.host_smmu.is_none());
+    let root = mem.enable_host_smmu(&m, PagePool::new(SMMU_POOL, pages)).unwrap();
+    let smmu = mem.host_smmu.as_ref().unwrap();
+    assert_eq!(smmu.root(), root);
+    // KCore's 16 MiB from 0x4008_0000: pages around it, 2 MiB blocks elsewhere, nothing of it.
+    assert_eq!(smmu.walk(&m, 0x4000_0000).map(|l| l.level), Some(3));
+    assert_eq!(smmu.walk(&m, 0x4008_0000), None);
+    assert_eq!(smmu.walk(&m, 0x4200_0000).map(|l| (l.level, l.attrs)), Some((2, SMMU_RAM)));
+    assert_eq!(check(&m, &mem, &[]), Ok(()));
+
+    // A 2 MiB block given to a VM leaves the SMMU table in one break and one invalidation.
+    let mut vm = PageTable::new(&m, Regime::Stage2 { vmid: 1 }, PagePool::new(POOL + (1 << 30), 8)).unwrap();
+    m.take_flushes();
+    mem.prot_and_map_vm_s2pt(&m, &mut vm, 1, 0x200, 0x44000, 2).unwrap();
+    let smmu_flushes: Vec<Flush> =
+        m.take_flushes().into_iter().filter(|f| matches!(f, Flush::SmmuIpa { .. })).collect();
+    assert_eq!(smmu_flushes, [Flush::SmmuIpa { vmid: HOST_SMMU_VMID, ipa: 0x4400_0000 }]);
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+    // Back page by page: the empty 2 MiB slot gets its table.
+    assert_eq!(mem.clear_vm_range(&m, &mut vm, 1, 0x44000, 512), Ok(512));
+    assert_eq!(check(&m, &mem, &[(1, &vm)]), Ok(()));
+
+    // The worst case: one page of every 2 MiB block leaves the host, so every block splits;
+    // then they all come back.
+    let taken: Vec<u64> = (0x40000..0x80000u64)
+        .step_by(512)
+        .map(|block| block + 1)
+        .filter(|&pfn| mem.db.get(pfn << 12).is_some_and(|p| p.owner == Owner::Host))
+        .collect();
+    // Not KCore's seven whole blocks, nor its last one, whose second page is KCore's.
+    assert_eq!(taken.len(), 512 - 7 - 1);
+    for (gfn, &pfn) in taken.iter().enumerate() {
+        mem.assign_pfn_to_vm(&m, 2, gfn as u64, pfn).unwrap();
+    }
+    assert_eq!(check(&m, &mem, &[]), Ok(()));
+    let mut vm2 = PageTable::new(&m, Regime::Stage2 { vmid: 2 }, PagePool::new(POOL + (2 << 30), 1)).unwrap();
+    for &pfn in &taken {
+        mem.clear_vm_page(&m, &mut vm2, 2, pfn).unwrap();
+    }
+    assert_eq!(check(&m, &mem, &[]), Ok(()));
+    // What is left is what KCore's seven whole blocks would need, which never come back.
+    assert_eq!(mem.host_smmu.as_ref().unwrap().pool().free(), 7);
+}
+
+#[test]
+fn smmu_iso_catches_a_foreign_page_and_a_missing_one() {
+    let m = ModelMachine::new();
+    let mut mem = host_memory_with_smmu(&m, HostMapPolicy::LargestBlock);
+    // Planted bug: a page leaves the host without leaving its SMMU table.
+    let pa = 0x4200_3000;
+    mem.db.set(pa, PageInfo { owner: Owner::Vm(2), count: 0, gfn: 0 });
+    assert!(matches!(check(&m, &mem, &[]), Err(Violation::SmmuIso(leaf)) if leaf.input == 0x4200_0000));
+    mem.db.set(pa, PageInfo { owner: Owner::Host, count: 0, gfn: pa >> 12 });
+    assert_eq!(check(&m, &mem, &[]), Ok(()));
+    // Planted bug: a host page missing from its SMMU table (its devices cannot reach it).
+    mem.host_smmu.as_mut().unwrap().clear_page(&m, pa).unwrap();
+    let owned = mem.db.host_pages();
+    assert_eq!(check(&m, &mem, &[]), Err(Violation::SmmuIncomplete { mapped: owned - 1, owned }));
+    // Planted bug: the page back, at another address.
+    mem.host_smmu.as_mut().unwrap().map(&m, pa, pa + 0x1000, 3, SMMU_RAM).unwrap();
+    assert!(matches!(check(&m, &mem, &[]), Err(Violation::SmmuIso(leaf)) if leaf.input == pa));
 }

@@ -278,6 +278,7 @@ impl PageTable {
         match self.regime {
             Regime::Stage2 { .. } if planted(Mutation::MissingTlbInvalidation) => {}
             Regime::Stage2 { vmid } => machine.flush_stage2_ipa(vmid, input),
+            Regime::Smmu { .. } if planted(Mutation::MissingSmmuTlbInvalidation) => {}
             Regime::Smmu { vmid } => machine.smmu_flush_ipa(vmid, input),
             Regime::El2 => machine.flush_el2_all(),
         }

@@ -39,6 +39,11 @@ impl PagePool {
         (self.pages + overrun).saturating_sub(self.used)
     }
 
+    /// Pages in the pool, used or not.
+    pub fn capacity(&self) -> u64 {
+        self.pages
+    }
+
     /// Whether `pa` is one of this pool's pages.
     pub fn contains(&self, pa: u64) -> bool {
         pa >= self.base && pa < self.base + self.pages * PAGE_SIZE

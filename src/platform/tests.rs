@@ -4,6 +4,13 @@ use vm_fdt::FdtWriter;
 
 /// A DTB shaped like QEMU virt's: 2/2 cells, devices at the root, PSCI CPUs, GICv3.
 fn virt_like_dtb(with_memory: bool) -> Vec<u8> {
+    virt_dtb(with_memory, false)
+}
+
+/// QEMU virt's shape, with `-M virt,iommu=smmuv3` if `with_smmu`: the SMMUv3 node, and the PCI
+/// host's `iommu-map` sending every requester id through it.
+fn virt_dtb(with_memory: bool, with_smmu: bool) -> Vec<u8> {
+    const SMMU_PHANDLE: u32 = 0x8005;
     let mut w = FdtWriter::new().unwrap();
     let root = w.begin_node("").unwrap();
     w.property_u32("#address-cells", 2).unwrap();
@@ -55,7 +62,19 @@ fn virt_like_dtb(with_memory: bool) -> Vec<u8> {
         w.property_array_u64("reg", &[0x0a00_0000 + i * 0x200, 0x200]).unwrap();
         w.end_node(virtio).unwrap();
     }
+    if with_smmu {
+        let smmu = w.begin_node("smmuv3@9050000").unwrap();
+        w.property_string("compatible", "arm,smmu-v3").unwrap();
+        w.property_array_u64("reg", &[0x0905_0000, 0x2_0000]).unwrap();
+        w.property_null("dma-coherent").unwrap();
+        w.property_u32("#iommu-cells", 1).unwrap();
+        w.property_u32("phandle", SMMU_PHANDLE).unwrap();
+        w.end_node(smmu).unwrap();
+    }
     let pcie = w.begin_node("pcie@10000000").unwrap();
+    if with_smmu {
+        w.property_array_u32("iommu-map", &[0, SMMU_PHANDLE, 0, 0x1_0000]).unwrap();
+    }
     w.property_string("compatible", "pci-host-ecam-generic").unwrap();
     w.property_u32("#address-cells", 3).unwrap();
     w.property_u32("#size-cells", 2).unwrap();
@@ -235,7 +254,7 @@ fn pages(list: &[(u64, u64)]) -> Vec<PhysRange> {
 #[test]
 fn the_host_gets_the_listed_devices_and_no_dma_by_default() {
     let p = Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap();
-    let plan = p.host_mmio(four_redistributors);
+    let plan = p.host_mmio(four_redistributors, false);
     // GICD, the four redistributors (not the 123 the region has room for), the UART page.
     assert_eq!(plan.allowed, pages(&[(0x0800_0000, 0x1_0000), (0x080A_0000, 0x8_0000), (0x0900_0000, 0x1000)]));
     assert_eq!(plan.redistributors, pages(&[(0x080A_0000, 0x8_0000)]));
@@ -260,20 +279,20 @@ fn the_host_gets_the_listed_devices_and_no_dma_by_default() {
 fn dma_capable_devices_are_given_only_by_name_or_with_on() {
     let mut p = Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap();
     p.bootargs = "scenario=boot corevisor.host_dma=virtio,mmio".into();
-    let plan = p.host_mmio(four_redistributors);
+    let plan = p.host_mmio(four_redistributors, false);
     assert_eq!(plan.dma_given.iter().map(|d| d.range.base).collect::<Vec<_>>(), [0x0a00_0000, 0x0a00_0200]);
     assert!(plan.allowed.contains(&PhysRange::new(0x0a00_0000, 0x1000)));
     assert!(!plan.allowed.iter().any(|r| r.contains(0x0902_0000)), "fw_cfg was not named");
     // `on` gives every one, a PCIe bridge with its memory and I/O windows.
     p.bootargs = "corevisor.host_dma=on".into();
-    let plan = p.host_mmio(four_redistributors);
+    let plan = p.host_mmio(four_redistributors, false);
     assert!(plan.dma_refused.is_empty());
     for pa in [0x0902_0000, 0x40_1000_0000, 0x3eff_0000, 0x1000_0000, 0x3efe_f000] {
         assert!(plan.allowed.iter().any(|r| r.contains(pa)), "{pa:#x}");
     }
     // Anything else is no opt-in.
     p.bootargs = "corevisor.host_dma=yes".into();
-    assert!(p.host_mmio(four_redistributors).dma_given.is_empty());
+    assert!(p.host_mmio(four_redistributors, false).dma_given.is_empty());
 }
 
 #[test]
@@ -285,7 +304,7 @@ fn a_page_shared_with_a_refused_device_is_refused() {
         access: HostAccess::Direct,
         name: "test",
     });
-    let plan = p.host_mmio(|_| 0);
+    let plan = p.host_mmio(|_| 0, false);
     assert!(!plan.allowed.iter().any(|r| r.contains(0xFE00_B200)));
     // The Pi's own devices are there, its bus masters are not.
     for pa in [0xFE20_1000, 0xFE20_0000, 0xFE00_3000, 0xFF84_1000, 0xFF84_2000, 0xFF84_3000] {
@@ -310,7 +329,7 @@ fn a_page_shared_with_a_refused_device_is_refused() {
 #[test]
 fn without_a_dtb_the_board_fallbacks_are_used() {
     let p = Platform::from_board(&qemu_virt::BOARD);
-    let plan = p.host_mmio(four_redistributors);
+    let plan = p.host_mmio(four_redistributors, false);
     assert_eq!(
         plan.allowed,
         pages(&[
@@ -336,4 +355,42 @@ fn the_redistributor_walk_stops_at_last_and_at_the_region() {
         redistributor_extent(PhysRange::new(0x080A_0000, 0x5_0000), |_| 0),
         PhysRange::new(0x080A_0000, 0x4_0000)
     );
+}
+
+#[test]
+fn the_smmu_and_the_pci_hosts_stream_ids_are_read_from_the_dt() {
+    let p = Platform::from_dtb(&virt_dtb(true, true), 0x4000_0000, &qemu_virt::BOARD).unwrap();
+    let smmu = p.smmu.expect("the DT has an SMMUv3");
+    assert_eq!(smmu.frame, PhysRange::new(0x0905_0000, 0x2_0000));
+    let streams = smmu.pci_streams.expect("the PCI host's iommu-map names it");
+    assert_eq!(streams, StreamMap { rid_base: 0, sid_base: 0, count: 0x1_0000 });
+    assert!(streams.covers(0x10) && streams.covers(0xffff) && !streams.covers(0x1_0000));
+    // Without one (QEMU virt without `iommu=smmuv3`, every board fallback): none.
+    assert_eq!(Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap().smmu, None);
+    assert_eq!(Platform::from_board(&qemu_virt::BOARD).smmu, None);
+}
+
+#[test]
+fn the_pci_host_is_given_as_contained_dma_only_when_kcore_owns_the_smmu() {
+    let p = Platform::from_dtb(&virt_dtb(true, true), 0x4000_0000, &qemu_virt::BOARD).unwrap();
+    let contained = p.host_mmio(four_redistributors, true);
+    let names: Vec<&str> = contained.dma_contained.iter().map(|d| d.name).collect();
+    assert_eq!(names, [PCI_HOST; 3], "ECAM and both memory windows");
+    for pa in [0x40_1000_0000, 0x3eff_0000, 0x1000_0000, 0x3efe_f000] {
+        assert!(contained.allowed.iter().any(|r| r.contains(pa)), "{pa:#x}");
+    }
+    assert!(contained.dma_given.is_empty(), "contained is not the uncontained opt-in");
+    let refused: Vec<&str> = contained.dma_refused.iter().map(|d| d.name).collect();
+    assert_eq!(refused, ["qemu,fw-cfg-mmio", "virtio,mmio", "virtio,mmio"], "no iommu-map: still refused");
+    // The SMMU's own frame is never the host's.
+    assert!(!contained.allowed.iter().any(|r| r.contains(0x0905_0000) || r.contains(0x0906_0000)));
+    // An SMMU KCore does not own (it failed its checks) contains nothing: as without one.
+    assert_eq!(p.host_mmio(four_redistributors, false), {
+        let without = Platform::from_dtb(&virt_like_dtb(true), 0x4000_0000, &qemu_virt::BOARD).unwrap();
+        without.host_mmio(four_redistributors, false)
+    });
+    // A PCI host whose iommu-map names no SMMU is not contained.
+    let mut unmapped = p.clone();
+    unmapped.smmu = Some(SmmuDescription { pci_streams: None, ..p.smmu.unwrap() });
+    assert!(unmapped.host_mmio(four_redistributors, true).dma_contained.is_empty());
 }

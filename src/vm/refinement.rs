@@ -11,8 +11,9 @@ use crate::boot::spec::AbsVms;
 use crate::boot::testing::sign_layout;
 use crate::boot::{Vcpu, MAX_VCPUS};
 use crate::machine::model::ModelMachine;
+use crate::memory::spec::{enable_host_smmu_spec, host_smmu_table_pages_spec};
 use crate::memory::spec::{RData, HOST};
-use crate::memory::system::{initial_rdata, System, POOLS};
+use crate::memory::system::{enable_host_smmu, initial_rdata, System, POOLS};
 use crate::mutation::{catches, Mutation};
 use crate::page_table::spec::AbsNpt;
 use ed25519_dalek::SigningKey;
@@ -218,6 +219,12 @@ pub(super) fn relate(
     if npts != s.r.npts {
         return Err("stage-2 tables differ from the spec".into());
     }
+    if k.mem.lock().host_smmu.as_ref().map(|t| AbsNpt::of(t, m)) != s.r.host_smmu {
+        return Err("the host's SMMU table differs from the spec".into());
+    }
+    if k.mem.lock().vm_smmu.iter().map(|(&v, t)| (v, AbsNpt::of(t, m))).ne(s.r.vm_smmu.clone()) {
+        return Err("a VM's SMMU table differs from the spec".into());
+    }
     if m.words(0..POOLS) != s.r.flatmem {
         return Err("memory differs from the spec".into());
     }
@@ -275,8 +282,16 @@ fn vm_layer_refines(ops: &[VOp]) -> Result<(), TestCaseError> {
 /// Runs `ops` on `Kcore` and on the spec side by side, checking each step; returns the machine,
 /// KCore's state and the spec's state at the end.
 pub(super) fn refined_run(ops: &[VOp]) -> Result<(ModelMachine, Kcore, AbsKcore), TestCaseError> {
-    let System { m, mem, .. } = System::new(false);
+    let System { m, mut mem, .. } = System::new(false);
     let mut r = initial_rdata(false);
+    // Half the sequences (those of even length) run on a machine whose SMMU KCore owns (issue
+    // 15): every page the VM layer moves then moves in the host's SMMU table too.
+    if ops.len().is_multiple_of(2) {
+        enable_host_smmu(&m, &mut mem).unwrap();
+        let (after, enabled) = enable_host_smmu_spec(&r, host_smmu_table_pages_spec(&r.ram)).unwrap();
+        enabled.unwrap();
+        r = after;
+    }
     r.npts.retain(|&p, _| p == HOST);
     lay_out(&m, &mut r);
     let k = Kcore::new(mem, POOLS + (1 << 32), key().verifying_key());
@@ -501,4 +516,11 @@ fn the_sequences_take_2_mib_blocks() {
     let vm = VmId::new(1).unwrap();
     let leaf = crate::vm::record(&k.vms.lock(), vm).unwrap().s2.walk(&m, GUEST_RAM + (2 << 20) + 0x5000).unwrap();
     assert_eq!((leaf.level, leaf.translate(GUEST_RAM + (2 << 20) + 0x5000)), (2, 0x4820_5000));
+}
+
+/// Issue 15: with the SMMU on, a page the VM layer takes from the host (an image page, a fault
+/// answer) and left in the host's SMMU table is caught.
+#[test]
+fn refinement_catches_a_page_left_in_the_host_s_smmu_table() {
+    catches(Mutation::SmmuPageLeftMapped, 512, any_sequence(), |ops| vm_layer_refines(&ops));
 }

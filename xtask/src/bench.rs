@@ -47,20 +47,27 @@ pub fn parse(console: &str) -> Vec<BenchLine<'_>> {
         .collect()
 }
 
-fn bench_run(qemu: &Qemu, extra_args: &str) -> Result<String, String> {
+/// The bench scenario with `extra_args` on KCore's command line and `machine` added to QEMU's.
+fn bench_run(qemu: &Qemu, extra_args: &str, machine: &[&str]) -> Result<String, String> {
     let vms = [crate::guests::GuestVm { name: "bench", role: corevisor_abi::guest_role::BENCH, vcpus: 1 }];
     let bundle = artifacts::root().join("target/xtask/bundles/bench.img");
     crate::guests::write_bundle_padded(&vms, &bundle, VERIFIED_IMAGE_BYTES)?;
-    run_scenario(qemu, "bench", extra_args, &bundle)
+    run_scenario(qemu, "bench", extra_args, &bundle, machine)
 }
 
-/// Boots the Bench flavor with `scenario=NAME` and `bundle` under `-icount shift=0,sleep=off`;
-/// the console of a passing run.
-fn run_scenario(qemu: &Qemu, name: &str, extra_args: &str, bundle: &std::path::Path) -> Result<String, String> {
+/// Boots the Bench flavor with `scenario=NAME` and `bundle` under `-icount shift=0,sleep=off`,
+/// `machine` added to QEMU's options; the console of a passing run.
+fn run_scenario(
+    qemu: &Qemu,
+    name: &str,
+    extra_args: &str,
+    bundle: &std::path::Path,
+    machine: &[&str],
+) -> Result<String, String> {
     let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
     let append = format!("scenario={name} {extra_args}");
     let mut command = qemu::command(qemu, Variant::VirtGicV3, &artifacts, append.trim_end(), Some(bundle))?;
-    command.args(["-icount", "shift=0,sleep=off"]);
+    command.args(["-icount", "shift=0,sleep=off"]).args(machine);
     let guard = qemu::Guard { cpu: Duration::from_secs(600), wall: Duration::from_secs(600) };
     let run = qemu::run_captured(command, guard)?;
     if run.status != Some(0) || !run.console.contains(&format!("kserv: scenario {name}: PASS")) {
@@ -86,7 +93,7 @@ fn contention_run(qemu: &Qemu) -> Result<String, String> {
         .collect();
     let bundle = artifacts::root().join("target/xtask/bundles/bench-contention.img");
     crate::guests::write_bundle(&vms, &bundle)?;
-    let console = run_scenario(qemu, "bench-contention", "", &bundle)?;
+    let console = run_scenario(qemu, "bench-contention", "", &bundle, &[])?;
     // Every sample's spread is in the console: kept for a look beyond the medians.
     let log = artifacts::root().join("target/xtask/bench-contention.log");
     std::fs::write(&log, &console).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -173,9 +180,10 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
         [part] if part == "contention" => return print_contention(&contention_run(qemu)?),
         _ => return Err(format!("bench: unknown part {words:?} (contention)")),
     }
-    let blocks = bench_run(qemu, "")?;
-    let pages = bench_run(qemu, "corevisor.host_s2=pages")?;
-    let (blocks, pages) = (parse(&blocks), parse(&pages));
+    let blocks = bench_run(qemu, "", &[])?;
+    let pages = bench_run(qemu, "corevisor.host_s2=pages", &[])?;
+    let smmu = bench_run(qemu, "", &qemu::SMMU_ARGS)?;
+    let (blocks, pages, smmu) = (parse(&blocks), parse(&pages), parse(&smmu));
     println!("EL2 instructions (PMU INST_RETIRED, EL2 only, -icount shift=0,sleep=off; QEMU virt, GICv3):");
     println!("{:<44} {:>8} {:>8} {:>8} {:>8}  status", "figure", "EL2 instr", "min", "max", "target");
     for (name, label, target) in TARGETS {
@@ -207,6 +215,12 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
     );
     print_sgi_exit(&blocks)?;
     print_image_verification(&blocks)?;
+    let (off, on) = page_move(&blocks, &smmu)?;
+    println!(
+        "{:<44} {off:>8}  (SMMU on: {on}, {:+}: the page leaves the host's SMMU table, its SMMU TLB entry invalidated)",
+        "page moved from the host to a VM (page answer)",
+        on as i64 - off as i64
+    );
     println!();
     print_contention(&contention_run(qemu)?)?;
     println!();
@@ -374,6 +388,19 @@ fn pct(part: u64, whole: u64) -> f64 {
     100.0 * part as f64 / whole.max(1) as f64
 }
 
+/// Issue 15: the median EL2 instructions of a VCPU_RUN that carries a page answer (the page moved
+/// from the host to the VM, and the run to the guest's next exit), without the SMMU and with it.
+pub fn page_move(without: &[BenchLine], with: &[BenchLine]) -> Result<(u64, u64), String> {
+    let median = |lines: &[BenchLine], which: &str| {
+        lines
+            .iter()
+            .find(|l| l.name == "page-answer")
+            .and_then(|l| l.get("el2_instructions"))
+            .ok_or(format!("no `bench page-answer` figure {which} the SMMU"))
+    };
+    Ok((median(without, "without")?, median(with, "with")?))
+}
+
 /// Issue 13: a GICv3 guest's ICC_SGI1R_EL1 write, from VCPU_RUN to its return with the SGI
 /// exit (KServ delivers nothing yet), beside Xen's mean for the same trap (delivery included).
 fn print_sgi_exit(lines: &[BenchLine]) -> Result<(), String> {
@@ -425,6 +452,15 @@ mod tests {
         assert_eq!(lines[1].get("faults"), Some(989));
         assert_eq!(lines[1].get("policy"), None);
         assert!(lines[2].fields.is_empty());
+    }
+
+    #[test]
+    fn the_page_move_figure_needs_both_runs() {
+        let off = "kserv: bench page-answer el2_instructions=900 min=880 max=990 samples=90\n";
+        let on = "kserv: bench page-answer el2_instructions=1300 min=1200 max=1400 samples=90\n";
+        assert_eq!(page_move(&parse(off), &parse(on)), Ok((900, 1300)));
+        assert!(page_move(&parse(off), &parse("")).unwrap_err().contains("with the SMMU"));
+        assert!(page_move(&parse(""), &parse(on)).unwrap_err().contains("without the SMMU"));
     }
 
     #[test]

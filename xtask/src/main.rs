@@ -291,11 +291,16 @@ fn run(args: &Args) -> Result<u8, String> {
     }
     let (board, variant) = run_variant(args)?;
     let scenario = run_scenario(args)?;
+    let tested = scenarios::SCENARIOS.iter().find(|s| s.name == scenario);
+    // Nothing is built for a run that cannot happen.
+    if let Some(reason) = tested.and_then(|s| scenarios::skip_reason(s, variant)) {
+        return Err(reason);
+    }
     toolchain::ensure()?;
     let qemu = qemu::ensure()?;
     let artifacts = artifacts::build(board, Flavor::Test)?;
     // The demo boots two guests; a test scenario gets the bundle it is tested with.
-    let bundle = match scenarios::SCENARIOS.iter().find(|s| s.name == scenario) {
+    let bundle = match tested {
         Some(s) => scenarios::scenario_bundle(s)?,
         None => {
             let path = artifacts::root().join("target/xtask/bundles/demo.img");
@@ -306,6 +311,9 @@ fn run(args: &Args) -> Result<u8, String> {
     let append = format!("scenario={scenario}");
     let reboot = scenarios::reboots(scenario);
     let mut command = qemu::command_with_reboot(&qemu, variant, &artifacts, &append, bundle.as_deref(), reboot)?;
+    if tested.is_some_and(|s| s.smmu) {
+        command.args(qemu::SMMU_ARGS).args(qemu::ONE_CORE);
+    }
     if args.flag("gdb") {
         println!("QEMU waits for gdb on localhost:1234 (target remote :1234)");
         command.args(["-s", "-S"]);

@@ -82,6 +82,20 @@ pub fn ensure() -> Result<Qemu, String> {
 /// so no time limit inside it (a guest's sleep, a timer that must fire first) depends on load.
 pub const DETERMINISTIC_TIME: [&str; 2] = ["-icount", "shift=0,sleep=off"];
 
+/// QEMU options that put an SMMUv3 in front of `virt`'s PCIe root complex and plug in the edu
+/// device, whose DMA engine the host can program. A second `-M` merges into the first. Without
+/// `stage=2` QEMU's SMMU translates stage 1 only; without `dma_mask` edu clamps its DMA
+/// addresses to 28 bits (RAM starts at 1 GiB).
+pub const SMMU_ARGS: [&str; 6] =
+    ["-M", "iommu=smmuv3", "-global", "arm-smmuv3.stage=2", "-device", "edu,dma_mask=0xffffffffffffffff"];
+
+/// The SMMU scenarios run on one core: each edu DMA starts 100 ms of virtual time after it is
+/// told to, and while KServ waits in WFI, QEMU skips that time only if every core idles. KCore's
+/// spare cores wait for CPU_ON in WFE, which QEMU executes as a yield, not a halt: with four
+/// cores, each DMA costs some 5 s of QEMU's CPU instead of a few milliseconds. A later `-smp`
+/// overrides the first.
+pub const ONE_CORE: [&str; 2] = ["-smp", "1"];
+
 /// The QEMU command line that boots `artifacts` on `variant` with `append` as kernel arguments.
 /// `initrd` is the boot bundle, if any. A reset ends the run (`-no-reboot`).
 pub fn command(

@@ -35,6 +35,29 @@ impl Variant {
     fn gic_v2(self) -> bool {
         self != Variant::VirtGicV3
     }
+
+    /// Whether the machine has an SMMU in front of its DMA masters (QEMU `virt` with
+    /// [`qemu::SMMU_ARGS`]; the Pi 4's BCM2711 has none).
+    pub fn has_smmu(self) -> bool {
+        self != Variant::Raspi4b
+    }
+}
+
+/// Why `s` does not run on `variant`, if it does not: the line `qemu-test` prints instead of a
+/// verdict. A skipped run is counted apart, never as a pass.
+pub fn skip_reason(s: &Scenario, variant: Variant) -> Option<String> {
+    (s.smmu && !variant.has_smmu()).then(|| {
+        format!(
+            "SKIP {} on {}: the BCM2711 has no SMMU, DMA cannot be isolated (README, threat model)",
+            s.name,
+            variant.name()
+        )
+    })
+}
+
+/// `qemu-test`'s last line: skipped runs are neither passes nor failures.
+pub fn summary(passed: usize, failed: usize, skipped: usize) -> String {
+    format!("{passed} passed, {failed} failed, {skipped} skipped")
 }
 
 /// A scenario and the console lines (substrings) it must print.
@@ -47,6 +70,9 @@ pub struct Scenario {
     pub bundle: &'static [(&'static str, u32, u32)],
     /// Boot arguments beyond `scenario=NAME`.
     pub bootargs: &'static str,
+    /// Whether the run needs the SMMUv3 and the edu device ([`qemu::SMMU_ARGS`]): skipped on a
+    /// machine that has no SMMU ([`Variant::has_smmu`]).
+    pub smmu: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -70,6 +96,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "hvc-version",
@@ -77,6 +104,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "hvc-unknown",
@@ -89,6 +117,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-undef",
@@ -105,6 +134,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-reads-kcore",
@@ -116,6 +146,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-maps-all-ram",
@@ -123,6 +154,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-device-access",
@@ -130,6 +162,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &["is KCore's: access aborted"],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-hello",
@@ -158,6 +191,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("hello", role::HELLO, 2)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-two-guests",
@@ -182,6 +216,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ("delta", role::STEADY, 1),
         ],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-share",
@@ -198,6 +233,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("sharer", role::SHARE, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "share-atomic",
@@ -216,6 +252,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("atomic", role::SHARE_ATOMIC, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-attacks-vm",
@@ -229,6 +266,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("victim", role::STEADY, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-bad-image",
@@ -242,6 +280,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("hello", role::HELLO, 2)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "signed-binding",
@@ -262,6 +301,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("bound", role::BINDING, 1), ("other", role::BINDING, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "hvc-fuzz",
@@ -282,6 +322,7 @@ pub const SCENARIOS: &[Scenario] = &[
         bundle: &[],
         // Thousands of refused calls: only errors are worth printing.
         bootargs: "loglevel=error",
+        smmu: false,
     },
     Scenario {
         name: "vm-irq",
@@ -294,6 +335,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("spinner", role::SPIN, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "guest-fuzz",
@@ -309,6 +351,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("fuzzer", role::FUZZ, 1)],
         bootargs: "loglevel=error",
+        smmu: false,
     },
     Scenario {
         name: "reset-scrub",
@@ -325,6 +368,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("pattern", role::PATTERN, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-dma",
@@ -342,6 +386,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("victim", role::STEADY, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "guest-sysregs",
@@ -357,6 +402,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &["kserv: [sysregs] ICC_SGI1R_EL1: skipped, no GICv3 system registers"],
         bundle: &[("sysregs", role::SYSREGS, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-large",
@@ -370,6 +416,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("large", role::LARGE, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "vm-vgic",
@@ -390,6 +437,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &["kserv: vm-vgic: GICV 0x", "mapped at the guest's GICC 0xc000000"],
         bundle: &[("vgic", role::VGIC, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "smp-vms",
@@ -414,6 +462,7 @@ pub const SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[("a", role::STEADY, 1), ("b", role::SHARE, 1), ("c", role::STEADY, 1), ("d", role::SHARE, 1)],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "smp-race",
@@ -456,6 +505,74 @@ pub const SCENARIOS: &[Scenario] = &[
             ("y", role::RACE, 1),
         ],
         bootargs: "",
+        smmu: false,
+    },
+    Scenario {
+        name: "dma-host",
+        lines: &[
+            "kserv: dma-host: edu 1234:11e8 at 00:",
+            "kserv: dma-host: edu id 0x10000ed; liveness: wrote 0x12345678, read back 0xedcba987",
+            "kserv: dma-host: SMMU_ATTACH_STREAM 0x",
+            " to the host: Success",
+            "(in a 2 MiB block the CPU never touched): 4096 of 4096 arrived",
+            "(beside the pages the CPU wrote): 4096 of 4096 arrived",
+            "kserv: scenario dma-host: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
+        smmu: true,
+    },
+    Scenario {
+        name: "dma-attacks",
+        lines: &[
+            " to the host: Success",
+            "kserv: dma-attacks: edu read the host's page 0x",
+            "kserv: dma-attacks: attempt 1: DMA write of the filler to the page just given to the VM at 0x",
+            "kserv: dma-attacks: attempt 2: DMA read of the page just given to the VM at 0x",
+            "kserv: dma-attacks: attempt 3: DMA write of the filler to KCore's canary at 0x4207f000",
+            "kserv: dma-attacks: attempt 4: DMA read of KCore's canary at 0x4207f000: edu's first word holds zero, a \
+             refused read's",
+            "kserv: dma-attacks: attempt 5: DMA write of the filler to the running VM's private page at 0x",
+            "kserv: dma-attacks: attempt 6: DMA read of the running VM's private page at 0x",
+            "smmu: blocked DMA #1: stream 0x0010 write at 0x",
+            "smmu: blocked DMA #2: stream 0x0010 read at 0x",
+            "smmu: blocked DMA #3: stream 0x0010 write at 0x000000004207f000",
+            "smmu: blocked DMA #4: stream 0x0010 read at 0x000000004207f000",
+            "smmu: blocked DMA #5: stream 0x0010 write at 0x",
+            "smmu: blocked DMA #6: stream 0x0010 read at 0x",
+            "kserv: [victim] tick 19",
+            "kserv: [victim] memory intact",
+            "kserv: dma-attacks: 6 DMA attempts, 3 of 3 reads brought nothing",
+            "kserv: dma-attacks: afterwards, the host's own DMA brought 4096 of 4096 bytes",
+            "kserv: scenario dma-attacks: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[("victim", role::STEADY_AT, 1)],
+        bootargs: "",
+        smmu: true,
+    },
+    Scenario {
+        name: "smmu-tamper",
+        lines: &[
+            "kserv: smmu-tamper: SMMU CR0 at 0x9050020: 2 of 2 accesses aborted",
+            "kserv: smmu-tamper: SMMU EVENTQ_CONS (page 1) at 0x90600ac: 2 of 2 accesses aborted",
+            "kserv: smmu-tamper: 18 of 18 accesses to the SMMU's registers aborted; 94 of 94 to KCore's memory (its \
+             stream table and queues among it) aborted",
+            "kserv: smmu-tamper: SMMU_ATTACH_STREAM of a stream outside the SMMU: Some(InvalidParameters)",
+            "kserv: smmu-tamper: SMMU_ATTACH_STREAM of a VM that does not exist: Some(InvalidParameters)",
+            "kserv: smmu-tamper: SMMU_ATTACH_STREAM of edu's stream to the host: Some(Success)",
+            "kserv: smmu-tamper: SMMU_ATTACH_STREAM of edu's stream again: Some(Denied)",
+            "smmu: blocked DMA #1: stream 0x0010 write at 0x000000004207f000",
+            "smmu: blocked DMA #2: stream 0x0010 read at 0x000000004207f000",
+            "kserv: smmu-tamper: afterwards, DMA at KCore's canary brought nothing, the host's own DMA brought 4096 of \
+             4096 bytes",
+            "kserv: scenario smmu-tamper: PASS",
+        ],
+        gic_v2_lines: &[],
+        bundle: &[],
+        bootargs: "",
+        smmu: true,
     },
 ];
 
@@ -478,6 +595,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "host-attacks-linux",
@@ -498,6 +616,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
     Scenario {
         name: "linux-smp",
@@ -519,6 +638,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         gic_v2_lines: &[],
         bundle: &[],
         bootargs: "",
+        smmu: false,
     },
 ];
 
@@ -567,6 +687,7 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
             problems.push(format!("missing line: {line}"));
         }
     }
+    problems.extend(unblocked_attempts(console));
     for line in console.lines().filter(|l| l.contains("pages back (")) {
         if !gave_every_page_back(line) {
             problems.push(format!("teardown lost pages: {}", line.trim_end()));
@@ -576,6 +697,28 @@ pub fn check(scenario: &Scenario, variant: Variant, status: Option<i32>, console
         let failed_scenario = line.contains("kserv: scenario") && line.contains("FAIL");
         if failed_scenario || FORBIDDEN.iter().any(|f| line.contains(f)) {
             problems.push(format!("forbidden line: {}", line.trim_end()));
+        }
+    }
+    problems
+}
+
+/// The DMA attacks (KServ's `attempt N: DMA write|read of WHAT at 0xADDR` lines) without KCore's
+/// `smmu: blocked DMA #N: stream 0xSSSS write|read at 0x<ADDR, 16 digits>` line: every attempt
+/// is one fault event, and the only ones since boot, so attempt N must be KCore's event N.
+pub fn unblocked_attempts(console: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for line in console.lines() {
+        let Some((_, rest)) = line.split_once(": attempt ") else { continue };
+        let Some((n, rest)) = rest.split_once(": DMA ") else { continue };
+        let Some((direction, rest)) = rest.split_once(' ') else { continue };
+        let address = rest
+            .split_once(" at 0x")
+            .and_then(|(_, a)| u64::from_str_radix(a.split(|c: char| !c.is_ascii_hexdigit()).next()?, 16).ok());
+        let (Ok(n), Some(address)) = (n.parse::<u64>(), address) else { continue };
+        let event = format!("smmu: blocked DMA #{n}: stream 0x");
+        let target = format!(" {direction} at {address:#018x} (");
+        if !console.lines().any(|l| l.contains(&event) && l.contains(&target)) {
+            problems.push(format!("attempt {n} ({direction} at {address:#x}) has no `{event}....{target}` line"));
         }
     }
     problems
@@ -688,16 +831,21 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
     }
     let mut images: Vec<(&str, Flavor, Artifacts)> = Vec::new();
     for v in variants {
-        for s in scenarios {
+        for s in scenarios.iter().filter(|s| skip_reason(s, *v).is_none()) {
             let flavor = if boots_linux(s) { Flavor::LinuxTest } else { Flavor::Test };
             if !images.iter().any(|(b, f, _)| *b == v.board().name && *f == flavor) {
                 images.push((v.board().name, flavor, artifacts::build(v.board(), flavor)?));
             }
         }
     }
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for v in variants {
         for s in scenarios {
+            if let Some(reason) = skip_reason(s, *v) {
+                skipped += 1;
+                println!("{reason}");
+                continue;
+            }
             let linux = boots_linux(s);
             let flavor = if linux { Flavor::LinuxTest } else { Flavor::Test };
             let image = &images.iter().find(|(b, f, _)| *b == v.board().name && *f == flavor).unwrap().2;
@@ -710,6 +858,9 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
             let mut command =
                 qemu::command_with_reboot(qemu, *v, image, append.trim_end(), bundle.as_deref(), reboots(s.name))?;
             command.args(qemu::DETERMINISTIC_TIME);
+            if s.smmu {
+                command.args(qemu::SMMU_ARGS).args(qemu::ONE_CORE);
+            }
             let run = qemu::run_captured(command, if linux { LINUX_HANG_GUARD } else { HANG_GUARD })?;
             let mut problems = check(s, *v, run.status, &run.console);
             if linux {
@@ -732,7 +883,7 @@ pub fn qemu_test(qemu: &Qemu, selection: &Selection) -> Result<(), String> {
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    println!("{}", summary(passed, failed, skipped));
     if failed == 0 {
         Ok(())
     } else {
@@ -858,6 +1009,52 @@ mod tests {
                 assert!(s.lines.contains(&line.as_str()), "{name} does not require {line:?}");
             }
         }
+    }
+
+    #[test]
+    fn every_dma_attempt_needs_kcore_blocked_line_with_its_number_direction_and_address() {
+        let good = "kserv: dma-attacks: attempt 1: DMA write of the filler to KCore's canary at 0x4207f000\n\
+                    [WARN][cpu0] smmu: blocked DMA #1: stream 0x0010 write at 0x000000004207f000 (F_TRANSLATION)\n\
+                    kserv: dma-attacks: attempt 2: DMA read of KCore's canary at 0x4207f000: edu's first word holds \
+                    zero\n\
+                    [WARN][cpu0] smmu: blocked DMA #2: stream 0x0010 read at 0x000000004207f000 (F_TRANSLATION)\n";
+        assert!(unblocked_attempts(good).is_empty());
+        // An attack at a host page: edu's DMA goes through, KCore logs nothing.
+        let unlogged: String = good.lines().filter(|l| !l.contains("#2:")).map(|l| format!("{l}\n")).collect();
+        assert_eq!(unblocked_attempts(&unlogged).len(), 1);
+        // The event of another attempt, another direction or another address does not count.
+        for (from, to) in [
+            ("#2:", "#3:"),
+            ("0x0010 read", "0x0010 write"),
+            ("read at 0x000000004207f000", "read at 0x000000004207f008"),
+        ] {
+            assert_eq!(unblocked_attempts(&good.replace(from, to)).len(), 1, "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn smmu_scenarios_are_skipped_on_raspi4b_and_never_count_as_passes() {
+        let smmu: Vec<&Scenario> = SCENARIOS.iter().filter(|s| s.smmu).collect();
+        let names: Vec<&str> = smmu.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["dma-host", "dma-attacks", "smmu-tamper"]);
+        for s in smmu {
+            let reason = skip_reason(s, Variant::Raspi4b).expect("skipped on raspi4b");
+            assert_eq!(
+                reason,
+                format!(
+                    "SKIP {} on raspi4b: the BCM2711 has no SMMU, DMA cannot be isolated (README, threat model)",
+                    s.name
+                )
+            );
+            assert_eq!(skip_reason(s, Variant::VirtGicV3), None);
+            assert_eq!(skip_reason(s, Variant::VirtGicV2), None);
+        }
+        assert!(SCENARIOS
+            .iter()
+            .chain(LINUX_SCENARIOS)
+            .filter(|s| !s.smmu)
+            .all(|s| Variant::ALL.iter().all(|&v| skip_reason(s, v).is_none())));
+        assert_eq!(summary(3, 0, 2), "3 passed, 0 failed, 2 skipped");
     }
 
     #[test]

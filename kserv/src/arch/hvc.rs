@@ -182,3 +182,10 @@ pub fn read_mmio_u64(pa: u64) -> u64 {
     unsafe { asm!("ldr {v}, [{a}]", v = out(reg) value, a = in(reg) pa, options(nostack)) };
     value
 }
+
+/// Writes a 64-bit device register (see [`read_mmio_u32`]).
+pub fn write_mmio_u64(pa: u64, value: u64) {
+    // SAFETY: `pa` is a register of a device the host owns (edu's DMA registers), written with
+    // one store.
+    unsafe { asm!("str {v}, [{a}]", v = in(reg) value, a = in(reg) pa, options(nostack)) };
+}

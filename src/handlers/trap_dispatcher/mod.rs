@@ -15,6 +15,7 @@ use super::decode::{
     BadCall, Forbidden, GuestCall, GuestCause, GuestTrap, HostCall, HostTrap, Stage2Abort, SysInstruction, VmCall,
 };
 use super::psci::{self, PsciOutcome};
+use super::smmu_calls::SmmuCall;
 use crate::addr::{Ipa, IpaRange};
 use crate::cpus::CoreTable;
 use crate::ids::{VcpuId, VmId};
@@ -63,6 +64,8 @@ pub enum CallExit {
     VmCall(VmCall),
     /// VCPU_RUN: the trap handler switches to the guest's world.
     VcpuRun { vm: VmId, vcpu: VcpuId, answer: u64 },
+    /// An SMMU call: the trap handler serves it on the SMMU; x0 gets its status.
+    SmmuCall(SmmuCall),
 }
 
 /// What the host dispatcher needs to know about the rest of KCore.
@@ -131,6 +134,8 @@ pub fn host_hvc_dispatcher(call: Result<HostCall, BadCall>, regs: &mut [u64; CAL
         }
         HostCall::VcpuRun { vm, vcpu, answer } => CallExit::VcpuRun { vm, vcpu, answer },
         HostCall::Vm(call) => CallExit::VmCall(call),
+        HostCall::SmmuAttach { stream, principal } => CallExit::SmmuCall(SmmuCall::Attach { stream, principal }),
+        HostCall::SmmuDetach { stream } => CallExit::SmmuCall(SmmuCall::Detach { stream }),
     }
 }
 

@@ -31,6 +31,9 @@ pub enum Next {
     CleanInvalidateSetWay(u64),
     /// A VM hypercall, with x1..x4, for the VM layer.
     VmCall(u32, [u64; 4]),
+    /// An SMMU call with x1 and x2 (detach: x2 reads as 0), for the trap handler: its
+    /// arguments are checked against the SMMU there (`handlers::smmu_calls`).
+    SmmuCall(u32, [u64; 2]),
 }
 
 /// One core as the spec sees it.
@@ -125,6 +128,8 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
             Ok(args) => AbsState { next: Next::VmCall(f, args), ..s },
             Err(status) => ret_status(s, status),
         },
+        host_call::SMMU_ATTACH_STREAM => AbsState { next: Next::SmmuCall(function, [s.x[1], s.x[2]]), ..s },
+        host_call::SMMU_DETACH_STREAM => AbsState { next: Next::SmmuCall(function, [s.x[1], 0]), ..s },
         _ => ret_status(s, Status::NotSupported),
     }
 }

@@ -52,6 +52,12 @@ fn abstraction(frame: &TrapFrame, cores: &CoreTable, exit: HostExit) -> AbsState
             Next::VmCall(host_call::VCPU_RUN, [vm.raw(), vcpu.raw(), answer, 0])
         }
         HostExit::Call(CallExit::SystemOff { status }) => Next::PowerOff(status.into()),
+        HostExit::Call(CallExit::SmmuCall(SmmuCall::Attach { stream, principal })) => {
+            Next::SmmuCall(host_call::SMMU_ATTACH_STREAM, [stream, principal])
+        }
+        HostExit::Call(CallExit::SmmuCall(SmmuCall::Detach { stream })) => {
+            Next::SmmuCall(host_call::SMMU_DETACH_STREAM, [stream, 0])
+        }
         HostExit::SystemOff => Next::PowerOff(0),
     };
     let cores = core::array::from_fn(|c| AbsCore { state: cores.state(c), posted: cores.pending_entry(c) });

@@ -10,11 +10,13 @@ mod inject_el1;
 mod invariants;
 mod power_down;
 mod principal;
+mod smmu;
 mod state;
 mod vcpu_run;
 
 pub use host_cores::{enter_host, wait_for_work};
 pub use principal::{halt_all_cores, principal_name};
+pub use smmu::install as install_smmu;
 pub use state::{install, HostSetup};
 
 use super::decode::{HostCall, HostTrap, VmCall};
@@ -30,17 +32,36 @@ use principal::Principal;
 /// with the syndrome the vector read.
 #[no_mangle]
 extern "C" fn host_sync_trap_handler(frame: &mut TrapFrame, esr: u64) {
-    principal::park_if_halted();
+    if principal::needs_attention() {
+        return attended(move || host_sync_trap(frame, esr));
+    }
+    host_sync_trap(frame, esr)
+}
+
+#[inline(always)]
+fn host_sync_trap(frame: &mut TrapFrame, esr: u64) {
     // As in `lower_el_trap_handler`, the principal already names the host.
     let outcome = host_sync(cpu::index(), frame, esr);
     invariants::check_after_host_trap(outcome == Outcome::Refused);
+}
+
+/// The rare entry from the host when something needs attention first (`principal::attend`:
+/// the halt flag, the SMMU's events), then the trap as usual: a separate copy of the handler, so
+/// that the common entry stays one load and a branch, and keeps its arguments in their registers.
+#[cold]
+#[inline(never)]
+fn attended(trap: impl FnOnce()) {
+    principal::attend();
+    trap()
 }
 
 /// Entry for every other exception from a lower EL (vectors.S): interrupts and SErrors taken
 /// while the host runs, and AArch32 traps.
 #[no_mangle]
 extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
-    principal::park_if_halted();
+    if principal::needs_attention() {
+        principal::attend();
+    }
     // Only the host traps through KCore's vectors: a guest's traps go through the guest half of the
     // core's vector set (`__guest_exit`) back into `vcpu_run`. The principal already names the
     // host: every way into the host's world sets it (`enter_host`, and `vcpu_run` on its way back).
@@ -60,7 +81,14 @@ extern "C" fn lower_el_trap_handler(frame: &mut TrapFrame, kind: u64) {
 /// registers a call uses saved ([`CallFrame`]): decoded once, dispatched, the answer carried out.
 #[no_mangle]
 extern "C" fn host_call_trap_handler(frame: &mut CallFrame) {
-    principal::park_if_halted();
+    if principal::needs_attention() {
+        return attended(move || host_call(frame));
+    }
+    host_call(frame)
+}
+
+#[inline(always)]
+fn host_call(frame: &mut CallFrame) {
     // As in `lower_el_trap_handler`, the principal already names the host.
     let regs = frame.call_regs();
     let function = regs[0];
@@ -79,6 +107,7 @@ fn finish_call(core: usize, exit: CallExit, regs: &mut [u64; CALL_REGS]) {
         CallExit::SystemOff { status } => system_off(core, status),
         CallExit::VmCall(call) => serve_vm_call(call, regs),
         CallExit::VcpuRun { vm, vcpu, answer } => vcpu_run::vcpu_run(core, regs, vm, vcpu, answer),
+        CallExit::SmmuCall(call) => smmu::serve_call(call, regs),
     }
 }
 

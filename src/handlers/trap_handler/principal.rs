@@ -17,8 +17,12 @@ pub enum Principal {
 
 /// Whose trap each core is handling, for panic reports.
 static HANDLING: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(Principal::Kcore as u8) }; MAX_CPUS];
-/// Set by a panic or a power-down: every core stops at its next trap.
-static HALTED: AtomicBool = AtomicBool::new(false);
+/// What every core looks at when it enters KCore from the host, in one byte, so that the common
+/// case (nothing) costs one load and one branch: [`HALTED`] (a panic or a power-down: every core
+/// stops at its next trap) and [`SMMU_EVENTS`] (KCore owns an SMMU: drain its event queue).
+static ATTENTION: AtomicU8 = AtomicU8::new(0);
+const HALTED: u8 = 1 << 0;
+const SMMU_EVENTS: u8 = 1 << 1;
 /// Per core: it holds a vCPU's context out of KCore's state (a VCPU_RUN in progress) and may
 /// still write it. Set only under KCore's VMs lock; cleared before the core waits for KCore's locks
 /// again, and when it parks. A power-down waits for every flag to clear before it scrubs the heap
@@ -32,21 +36,51 @@ pub fn set(core: usize, principal: Principal) {
 
 /// Stops every core at its next entry to KCore.
 pub fn halt_all_cores() {
-    HALTED.store(true, Ordering::SeqCst);
+    ATTENTION.fetch_or(HALTED, Ordering::SeqCst);
+}
+
+/// From now on every entry from the host drains the SMMU's event queue (set once at boot, when
+/// KCore took an SMMU).
+pub fn drain_smmu_events_on_entry() {
+    ATTENTION.fetch_or(SMMU_EVENTS, Ordering::SeqCst);
 }
 
 /// Whether the halt flag is up (every core stops at its next entry to KCore).
 #[inline]
 pub fn halted() -> bool {
-    HALTED.load(Ordering::Relaxed)
+    ATTENTION.load(Ordering::Relaxed) & HALTED != 0
 }
 
-/// Parks this core for good if the halt flag was raised, letting go of any vCPU context.
+/// Parks this core for good if the halt flag was raised, letting go of any vCPU context (a
+/// guest's exit: the SMMU's events wait for the host's next entry).
 #[inline]
 pub fn park_if_halted() {
-    if HALTED.load(Ordering::Relaxed) {
+    if halted() {
+        attend_to(HALTED)
+    }
+}
+
+/// Whether an entry from the host must [`attend`] first: one load (`cargo xtask bench`: the
+/// null call costs what it did before there was an SMMU).
+#[inline(always)]
+pub fn needs_attention() -> bool {
+    ATTENTION.load(Ordering::Relaxed) != 0
+}
+
+/// On an entry from the host that [`needs_attention`]: parks this core for good if the halt
+/// flag was raised, letting go of any vCPU context; drains the SMMU's event queue if KCore owns
+/// one (so a DMA the SMMU refused is in the log before the host's call returns).
+pub fn attend() {
+    attend_to(ATTENTION.load(Ordering::Relaxed))
+}
+
+fn attend_to(attention: u8) {
+    if attention & HALTED != 0 {
         HOLDS_CONTEXT[cpu::index()].store(false, Ordering::Release);
         cpu::park()
+    }
+    if let Some(smmu) = crate::machine::smmu::get() {
+        super::smmu::drain_events(smmu);
     }
 }
 

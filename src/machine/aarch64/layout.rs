@@ -12,6 +12,8 @@ extern "C" {
     static _secondary_start: u8;
     static __stacks_start: u8;
     static __canary_start: u8;
+    static __smmu_start: u8;
+    static __smmu_end: u8;
 }
 
 /// Size of each core's EL2 stack; must match linker.ld and boot.S.
@@ -42,6 +44,12 @@ pub fn heap() -> Region {
 /// The pages reserved for KCore's own stage-1 tables.
 pub fn page_table_pool() -> Region {
     Region { start: addr_of!(__pt_pool_start) as u64, end: addr_of!(__pt_pool_end) as u64 }
+}
+
+/// KCore's memory for the SMMU: its stream table and queues, then the host's SMMU table pool
+/// (`smmu::Memory`). Inside KCore's slot, so never the host's.
+pub fn smmu() -> Region {
+    Region { start: addr_of!(__smmu_start) as u64, end: addr_of!(__smmu_end) as u64 }
 }
 
 /// The physical address where secondary cores enter KCore.

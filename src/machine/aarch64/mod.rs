@@ -19,6 +19,7 @@ pub mod power;
 pub mod regs;
 pub mod semihosting;
 pub mod sha256_instructions;
+pub mod smmu;
 pub mod tlb;
 pub mod vgic;
 pub mod world_switch;
@@ -52,11 +53,19 @@ impl super::Machine for Aarch64 {
     fn flush_el2_all(&self) {
         tlb::el2_all()
     }
-    fn smmu_flush_ipa(&self, _vmid: u16, _ipa: u64) {
-        // The SMMUv3 driver (issue 15) fills this in.
+    fn smmu_flush_ipa(&self, vmid: u16, ipa: u64) {
+        if let Some(smmu) = smmu::get() {
+            if let Err(e) = smmu.submit(&[super::smmu_format::cmd_tlbi_s2_ipa(vmid, ipa)]) {
+                log::error!("smmu: TLBI_S2_IPA {ipa:#x} of SMMU VMID {vmid} failed: {e:?}");
+            }
+        }
     }
-    fn smmu_flush_vmid(&self, _vmid: u16) {
-        // The SMMUv3 driver (issue 15) fills this in.
+    fn smmu_flush_vmid(&self, vmid: u16) {
+        if let Some(smmu) = smmu::get() {
+            if let Err(e) = smmu.submit(&[super::smmu_format::cmd_tlbi_s12_vmall(vmid)]) {
+                log::error!("smmu: TLBI_S12_VMALL of SMMU VMID {vmid} failed: {e:?}");
+            }
+        }
     }
     fn publish(&self) {
         tlb::publish()

@@ -260,6 +260,10 @@ extern "C" fn guest_main() -> ! {
         r if r == u64::from(guest_role::LARGE) => large(),
         r if r == u64::from(guest_role::VGIC) => vgic(),
         r if r == u64::from(guest_role::RACE) => race(),
+        r if r == u64::from(guest_role::STEADY_AT) => {
+            notify((&raw mut STEADY_BUF) as u64);
+            steady()
+        }
         other => {
             put("unknown role ");
             put_dec(other);
@@ -581,6 +585,12 @@ fn bench() -> ! {
         if cmd == guest_role::BENCH_SGI {
             // SAFETY: as in `sysregs`: the write traps (GICv3, HCR_EL2.IMO) and goes to the host.
             unsafe { asm!("msr icc_sgi1r_el1, {}", in(reg) guest_role::SYSREGS_SGI1R, options(nostack)) };
+            continue;
+        }
+        if cmd & guest_role::BENCH_TOUCH != 0 {
+            // SAFETY: the address is a page of this guest's RAM that nothing of it uses (KServ
+            // names one past the image); the store faults it in.
+            unsafe { ((cmd & !guest_role::BENCH_TOUCH) as *mut u64).write_volatile(1) };
             continue;
         }
         if cmd == guest_role::BENCH_VTIMER {
