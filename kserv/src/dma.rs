@@ -454,6 +454,13 @@ pub fn smmu_tamper(env: &VmEnv, gic_info: &GicInfo, host: Option<PciHost>, smmu:
     let mut attempts = 0;
     let canary = env.kcore_base + corevisor_abi::KCORE_CANARY_OFFSET;
     let nothing_read = attack(&mut edu, &pages, canary, "KCore's canary", &mut attempts, "smmu-tamper")?;
+    // A page-wide write at the canary: a fault record per word, eight times what KCore's event
+    // queue holds. KCore must say records were lost and run on; the canary is checked after
+    // every trap, and the round trip below shows the SMMU still translates.
+    edu.transfer(Direction::IntoEdu, pages.filler, PAGE)?;
+    edu.transfer(Direction::OutOfEdu, canary, PAGE)?;
+    let_kcore_drain();
+    kprintln!("smmu-tamper: a page-wide DMA write at KCore's canary ({} words, each a fault) went by", PAGE / 4);
     let arrived = round_trip(&mut edu, &pages, pages.fresh)?;
     kprintln!(
         "smmu-tamper: afterwards, DMA at KCore's canary {}, the host's own DMA brought {arrived} of {PAGE} bytes",

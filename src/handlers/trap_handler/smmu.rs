@@ -69,14 +69,21 @@ pub fn serve_call(call: SmmuCall, regs: &mut [u64; CALL_REGS]) {
     regs[1..4].copy_from_slice(&result.values);
 }
 
+/// What KCore logs when fault records were lost: the devices kept faulting, and stayed blocked,
+/// faster than the host entered KCore to have the queue drained.
+const QUEUE_OVERFLOWED: &str = "smmu: the event queue overflowed: the SMMU dropped fault records";
+
 /// Takes every record out of the SMMU's event queue and logs it; when the SMMU reports a
 /// global error, logs that too (at run time an SMMU error is logged, not fatal).
 #[cold]
 pub fn drain_events(smmu: &Smmu) {
     smmu.drain_events(
         |n, event| log::warn!("{}", blocked_dma_line(n, event)),
-        || log::warn!("smmu: the event queue overflowed: the SMMU dropped fault records"),
+        || log::warn!("{QUEUE_OVERFLOWED} (EVENTQ_PROD.OVFLG)"),
     );
+    if smmu.take_event_queue_abort() {
+        log::warn!("{QUEUE_OVERFLOWED} (GERROR.EVENTQ_ABT_ERR)");
+    }
     let errors = smmu.global_errors();
     static REPORTED: AtomicU64 = AtomicU64::new(0);
     if errors != 0 && REPORTED.swap(u64::from(errors), Relaxed) != u64::from(errors) {

@@ -72,6 +72,9 @@ const GBPA_UPDATE: u32 = 1 << 31;
 const GBPA_ABORT: u32 = 1 << 20;
 /// GERROR's CMDQ_ERR bit; CMDQ_CONS.ERR (30:24).
 const GERROR_CMDQ_ERR: u32 = 1;
+/// GERROR's EVENTQ_ABT_ERR bit: an event record could not be written. QEMU reports a full event
+/// queue this way rather than with EVENTQ_PROD.OVFLG, and goes on recording once there is room.
+const GERROR_EVENTQ_ABT_ERR: u32 = 1 << 2;
 const CMDQ_CONS_ERR_SHIFT: u32 = 24;
 /// Base register bits: RA/WA (62) read- or write-allocate.
 const BASE_ALLOCATE: u64 = 1 << 62;
@@ -356,6 +359,18 @@ impl Smmu {
         if overflowed {
             overflow();
         }
+    }
+
+    /// Acknowledges GERROR.EVENTQ_ABT_ERR, if it is active, and says whether it was: records
+    /// were lost because the event queue was full (a burst of faults from the host's devices
+    /// between two host entries), which is not an SMMU failure.
+    pub fn take_event_queue_abort(&self) -> bool {
+        let _queue = self.events.lock();
+        let active = self.global_errors() & GERROR_EVENTQ_ABT_ERR != 0;
+        if active {
+            self.page0.gerrorn.set(self.page0.gerrorn.get() ^ GERROR_EVENTQ_ABT_ERR);
+        }
+        active
     }
 
     /// GERROR bits that are active (differ from GERRORN): 0 when the SMMU is healthy.
