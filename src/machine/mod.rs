@@ -52,13 +52,13 @@ pub trait Machine {
     fn flush_stage2_ipa(&self, vmid: u16, ipa: u64);
     /// Removes every stage-2 TLB entry of `vmid`, on every core.
     fn flush_stage2_vmid(&self, vmid: u16);
-    /// Removes every EL2 stage-1 TLB entry, on every core.
     /// Invalidates what the SMMU caches of stage-2 translations for `ipa` under SMMU VMID `vmid`,
     /// and waits until the SMMU has done so (CMD_TLBI_S2_IPA, then CMD_SYNC): after this no
     /// device reaches the page through an old entry. Nothing to do on a machine without an SMMU.
     fn smmu_flush_ipa(&self, vmid: u16, ipa: u64);
     /// The same for every translation under SMMU VMID `vmid` (CMD_TLBI_S12_VMALL, CMD_SYNC).
     fn smmu_flush_vmid(&self, vmid: u16);
+    /// Removes every EL2 stage-1 TLB entry, on every core.
     fn flush_el2_all(&self);
     /// Makes table writes visible to the table walkers before they are relied on.
     fn publish(&self);
