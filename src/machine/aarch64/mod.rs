@@ -55,15 +55,19 @@ impl super::Machine for Aarch64 {
     }
     fn smmu_flush_ipa(&self, vmid: u16, ipa: u64) {
         if let Some(smmu) = smmu::get() {
+            // A page is changing hands: if the SMMU cannot be shown to have dropped it, a device
+            // may still reach it, and the promise is broken. Halt, loudly.
             if let Err(e) = smmu.submit(&[super::smmu_format::cmd_tlbi_s2_ipa(vmid, ipa)]) {
-                log::error!("smmu: TLBI_S2_IPA {ipa:#x} of SMMU VMID {vmid} failed: {e:?}");
+                panic!(
+                    "smmu: TLBI_S2_IPA {ipa:#x} of SMMU VMID {vmid} failed ({e:?}): a device may still reach the page"
+                );
             }
         }
     }
     fn smmu_flush_vmid(&self, vmid: u16) {
         if let Some(smmu) = smmu::get() {
             if let Err(e) = smmu.submit(&[super::smmu_format::cmd_tlbi_s12_vmall(vmid)]) {
-                log::error!("smmu: TLBI_S12_VMALL of SMMU VMID {vmid} failed: {e:?}");
+                panic!("smmu: TLBI_S12_VMALL of SMMU VMID {vmid} failed ({e:?}): a device may still reach its pages");
             }
         }
     }
