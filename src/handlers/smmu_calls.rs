@@ -77,21 +77,10 @@ pub fn decide(call: SmmuCall, smmu: Option<&SmmuView>, current: impl Fn(u32) -> 
     }
 }
 
-/// Pages the host's SMMU table may need for `ram` (every page of it the host's at worst, every
-/// 2 MiB block split): the root, one level-2 table per GiB touched, one level-3 table per 2 MiB
-/// block touched.
-pub fn host_table_pages(ram: &[corevisor_boards::PhysRange]) -> u64 {
-    const GIB: u64 = 1 << 30;
-    const BLOCK: u64 = 2 << 20;
-    let spans = |r: &corevisor_boards::PhysRange, size: u64| r.end().div_ceil(size) - r.base / size;
-    1 + ram.iter().filter(|r| r.size > 0).map(|r| spans(r, GIB) + spans(r, BLOCK)).sum::<u64>()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vcpu::controls::VTCR;
-    use corevisor_boards::PhysRange;
 
     fn view() -> SmmuView {
         SmmuView { streams: 0..0x800, host_root: 0x4190_0000, vtcr: VTCR }
@@ -147,15 +136,5 @@ mod tests {
         let detach = decide(SmmuCall::Detach { stream: 0x10 }, Some(&view()), attached).unwrap();
         assert_eq!(detach, SteWrite { sid: 0x10, ste: smmu_format::STE_ABORT, flush_vmid: Some(HOST_SMMU_VMID) });
         assert_eq!(decide(SmmuCall::Detach { stream: 0x10 }, Some(&view()), ABORTING), Err(Status::Denied));
-    }
-
-    #[test]
-    fn the_host_table_pool_covers_every_block_split() {
-        // QEMU's `-m 1G`: the root, one level-2 table, 512 level-3 tables.
-        assert_eq!(host_table_pages(&[PhysRange::new(0x4000_0000, 0x4000_0000)]), 514);
-        // 2 GiB from 1 GiB: two GiBs.
-        assert_eq!(host_table_pages(&[PhysRange::new(0x4000_0000, 0x8000_0000)]), 1 + 2 + 1024);
-        // A region that straddles GiB and block boundaries counts every one it touches.
-        assert_eq!(host_table_pages(&[PhysRange::new(0x7fff_f000, 0x2000)]), 1 + 2 + 2);
     }
 }

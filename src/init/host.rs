@@ -3,7 +3,6 @@
 
 use crate::board::BOARD;
 use crate::cpus::CoreTable;
-use crate::handlers::smmu_calls;
 use crate::handlers::trap_handler::{self, HostSetup};
 use crate::machine::smmu::{self, Smmu, SmmuError};
 use crate::machine::{cpu, features, layout, phys, Aarch64, Machine, PAGE_SIZE};
@@ -81,7 +80,7 @@ fn host_memory(platform: &Platform, smmu_owned: bool) -> Result<HostMemory, &'st
 fn take_smmu(platform: &Platform) -> Option<Range<u64>> {
     let description = platform.smmu?;
     let frame = description.frame.base;
-    let needed = smmu_calls::host_table_pages(&platform.ram);
+    let needed = crate::memory::host_smmu_table_pages(&platform.ram);
     let (_, pool_pages) = smmu::table_pool();
     if needed > pool_pages {
         warn!("smmu: the SMMUv3 at {frame:#x} is not used: the host's SMMU table may need {needed} pages for this much RAM, KCore has {pool_pages}");

@@ -39,7 +39,6 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use corevisor_boards::PhysRange;
 use pages::{Owner, PageDb, PageInfo};
-use regions::MemRegions;
 
 /// How many times a VM may share one page with the host at once.
 pub const MAX_SHARE_COUNT: u16 = 100;
@@ -179,8 +178,9 @@ pub const SMMU_RAM: Attrs = Attrs { exec: false, ..Attrs::RAM };
 /// removes a leaf, a split turns a block leaf into a table, a map fills only an empty slot, and
 /// the pool is a bump allocator). So a 2 MiB block split when its first page leaves the host,
 /// or a page mapped again into an empty 2 MiB slot, always finds its table page.
-pub fn host_smmu_table_pages(regions: &MemRegions) -> u64 {
-    let slots = |size: u64| regions.iter().map(|r| r.end().div_ceil(size) - r.base / size).sum::<u64>();
+pub fn host_smmu_table_pages(ram: &[PhysRange]) -> u64 {
+    let slots =
+        |size: u64| ram.iter().filter(|r| r.size > 0).map(|r| r.end().div_ceil(size) - r.base / size).sum::<u64>();
     1 + slots(level_size(1)) + slots(level_size(2))
 }
 
@@ -199,7 +199,7 @@ impl HostMemory {
         if self.host_smmu.is_some() {
             return Err(MemError::PageTable(PtError::Occupied));
         }
-        if pool.free() < host_smmu_table_pages(self.db.regions()) {
+        if pool.free() < host_smmu_table_pages(&self.db.regions().iter().collect::<Vec<_>>()) {
             return Err(MemError::PageTable(PtError::PoolExhausted));
         }
         let mut table = PageTable::new(m, Regime::Smmu { vmid: HOST_SMMU_VMID }, pool)?;

@@ -414,7 +414,10 @@ impl System {
 /// KCore takes the SMMU: the host's SMMU table in `mem`, from the pool at [`SMMU_POOL`] of the
 /// worst-case size.
 pub fn enable_host_smmu(m: &ModelMachine, mem: &mut HostMemory) -> Result<u64, MemError> {
-    mem.enable_host_smmu(m, PagePool::new(SMMU_POOL, host_smmu_table_pages(mem.db.regions())))
+    mem.enable_host_smmu(
+        m,
+        PagePool::new(SMMU_POOL, host_smmu_table_pages(&mem.db.regions().iter().collect::<Vec<_>>())),
+    )
 }
 
 /// A device's DMA load (`store` None) or store of the word at `iova`, as the SMMU does it:

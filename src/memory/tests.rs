@@ -31,7 +31,7 @@ fn host_memory(m: &ModelMachine, policy: HostMapPolicy) -> HostMemory {
 /// transitions, from a pool of exactly the worst-case size.
 fn host_memory_with_smmu(m: &ModelMachine, policy: HostMapPolicy) -> HostMemory {
     let mut mem = host_memory(m, policy);
-    let pages = host_smmu_table_pages(mem.db.regions());
+    let pages = host_smmu_table_pages(&mem.db.regions().iter().collect::<Vec<_>>());
     mem.enable_host_smmu(m, PagePool::new(SMMU_POOL, pages)).unwrap();
     mem
 }
@@ -405,7 +405,7 @@ fn the_host_s_smmu_table_is_its_pages_and_its_pool_never_runs_out() {
     let m = ModelMachine::new();
     let mut mem = host_memory(&m, HostMapPolicy::LargestBlock);
     // 1 GiB of RAM: the root, one level-2 table, 512 level-3 tables at most.
-    let pages = host_smmu_table_pages(mem.db.regions());
+    let pages = host_smmu_table_pages(&mem.db.regions().iter().collect::<Vec<_>>());
     assert_eq!(pages, 1 + 1 + 512);
     let small = mem.enable_host_smmu(&m, PagePool::new(SMMU_POOL, pages - 1));
     assert_eq!(small, Err(MemError::PageTable(PtError::PoolExhausted)));
@@ -470,4 +470,14 @@ fn smmu_iso_catches_a_foreign_page_and_a_missing_one() {
     // Planted bug: the page back, at another address.
     mem.host_smmu.as_mut().unwrap().map(&m, pa, pa + 0x1000, 3, SMMU_RAM).unwrap();
     assert!(matches!(check(&m, &mem, &[]), Err(Violation::SmmuIso(leaf)) if leaf.input == pa));
+}
+
+#[test]
+fn the_host_table_pool_covers_every_block_split() {
+    // QEMU's `-m 1G`: the root, one level-2 table, 512 level-3 tables.
+    assert_eq!(host_smmu_table_pages(&[PhysRange::new(0x4000_0000, 0x4000_0000)]), 514);
+    // 2 GiB from 1 GiB: two GiBs.
+    assert_eq!(host_smmu_table_pages(&[PhysRange::new(0x4000_0000, 0x8000_0000)]), 1 + 2 + 1024);
+    // A region that straddles GiB and block boundaries counts every one it touches.
+    assert_eq!(host_smmu_table_pages(&[PhysRange::new(0x7fff_f000, 0x2000)]), 1 + 2 + 2);
 }
