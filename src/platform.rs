@@ -69,6 +69,12 @@ impl StreamMap {
         sid >= u64::from(self.sid_base) && sid - u64::from(self.sid_base) < u64::from(self.count)
     }
 
+    /// Whether every PCI requester id (0..=0xffff) goes through the SMMU: a requester the map
+    /// leaves out would reach memory untranslated, so only then is the PCI host contained.
+    pub fn covers_every_requester(&self) -> bool {
+        self.rid_base == 0 && self.count >= 0x1_0000
+    }
+
     /// One past the highest stream id of the map.
     pub fn end(&self) -> u64 {
         u64::from(self.sid_base) + u64::from(self.count)
@@ -214,8 +220,11 @@ impl Platform {
     /// `gicr_typer`). `smmu_owned`: KCore owns a working SMMU (the one in [`Platform::smmu`]);
     /// then the PCI host whose `iommu-map` goes through it is given as DMA the SMMU contains.
     pub fn host_mmio(&self, gicr_typer: impl Fn(u64) -> u64, smmu_owned: bool) -> HostMmioPlan {
-        let contained =
-            |name: &str| smmu_owned && name == PCI_HOST && self.smmu.is_some_and(|smmu| smmu.pci_streams.is_some());
+        let contained = |name: &str| {
+            smmu_owned
+                && name == PCI_HOST
+                && self.smmu.is_some_and(|smmu| smmu.pci_streams.is_some_and(|m| m.covers_every_requester()))
+        };
         let opted_in = corevisor_abi::bootargs::value(&self.bootargs, HOST_DMA_ARG).unwrap_or("off");
         let dma_on = |name: &str| opted_in == "on" || opted_in.split('+').any(|c| c == name);
         let mut plan = HostMmioPlan::default();

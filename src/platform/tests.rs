@@ -393,4 +393,11 @@ fn the_pci_host_is_given_as_contained_dma_only_when_kcore_owns_the_smmu() {
     let mut unmapped = p.clone();
     unmapped.smmu = Some(SmmuDescription { pci_streams: None, ..p.smmu.unwrap() });
     assert!(unmapped.host_mmio(four_redistributors, true).dma_contained.is_empty());
+    // Nor is one whose iommu-map leaves some requesters out: they would DMA untranslated.
+    let map = p.smmu.unwrap().pci_streams.unwrap();
+    for partial in [StreamMap { count: 0xff00, ..map }, StreamMap { rid_base: 0x100, ..map }] {
+        let mut p = p.clone();
+        p.smmu = Some(SmmuDescription { pci_streams: Some(partial), ..p.smmu.unwrap() });
+        assert!(p.host_mmio(four_redistributors, true).dma_contained.is_empty(), "{partial:?}");
+    }
 }
