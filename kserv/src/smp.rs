@@ -21,6 +21,7 @@
 use crate::arch::sync::SpinLock;
 use crate::arch::{cpu, gic, hvc, mmu};
 use crate::dtb::GicInfo;
+use crate::exit_meter::ExitMeter;
 use crate::kprintln;
 use crate::vmm::{self, Hooks, Manager, VcpuRun, MAX_VCPUS, MAX_VMS};
 use alloc::boxed::Box;
@@ -91,6 +92,8 @@ pub struct Report {
     pub kicks_to_running: u64,
     pub kicks_to_idle: u64,
     pub kicks_taken: [u64; CORES],
+    /// Each core's PMU readings around its VCPU_RUNs, in a metered run ([`run_all`]).
+    pub meters: [Option<ExitMeter>; CORES],
 }
 
 /// Which core runs which vCPU.
@@ -106,6 +109,7 @@ pub enum Placement {
 struct Work {
     mgr: Manager,
     placement: Placement,
+    metered: bool,
     gic: GicInfo,
     hooks: Box<dyn SharedHooks>,
     /// The core running each vCPU, if one is.
@@ -289,11 +293,14 @@ pub fn worker_main() -> ! {
 }
 
 /// Runs every live VM of `mgr` on all cores, placed as `placement` says, until none is left
-/// ([`start_cores`] first). Returns the manager, the hooks and who ran what.
+/// ([`start_cores`] first). Returns the manager, the hooks and who ran what. When `metered`,
+/// each core starts its PMU counters and reads them around its every VCPU_RUN
+/// ([`Report::meters`]).
 pub fn run_all<H: Hooks + Send + 'static>(
     mgr: Manager,
     hooks: H,
     placement: Placement,
+    metered: bool,
 ) -> Result<(Manager, H, Report), &'static str> {
     let gic = match *GIC.lock() {
         Some((gic, _)) if UP.load(Ordering::Acquire) == CORES - 1 => gic,
@@ -307,9 +314,10 @@ pub fn run_all<H: Hooks + Send + 'static>(
         kicks_to_running: 0,
         kicks_to_idle: 0,
         kicks_taken: [0; CORES],
+        meters: [const { None }; CORES],
     };
     let running = [[None; MAX_VCPUS]; MAX_VMS];
-    let work = Work { mgr, placement, gic, hooks: Box::new(hooks), running, turn: 0, report };
+    let work = Work { mgr, placement, metered, gic, hooks: Box::new(hooks), running, turn: 0, report };
     FINISHED.store(0, Ordering::SeqCst);
     *WORK.lock() = Some(work);
     GENERATION.fetch_add(1, Ordering::Release);
@@ -422,13 +430,25 @@ impl Default for Rendezvous {
 fn take_vcpus(core: usize) {
     // The GIC, when this run's cores kick each other.
     let kickable = WORK.lock().as_ref().and_then(|work| (work.placement == Placement::VcpuPerCore).then_some(work.gic));
+    let mut meter = WORK.lock().as_ref().and_then(|work| work.metered.then(ExitMeter::new));
+    if meter.is_some() {
+        crate::arch::pmu::start_el2_instruction_counter();
+        crate::arch::pmu::start_all_el_instruction_counter();
+        crate::arch::pmu::start_every_el_instruction_counter();
+    }
     loop {
         let next = WORK.lock().as_mut().map_or(Next::Done, |work| work.next(core));
         match next {
             Next::Run { slot, vcpu, vmid, answer } => {
                 let started = RUNS_STARTED.fetch_add(1, Ordering::SeqCst);
                 let others_inside = INSIDE.fetch_add(1, Ordering::SeqCst) != 0;
+                if let Some(meter) = meter.as_mut() {
+                    meter.before_run(vmm::pmu_counts());
+                }
                 let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, vcpu as u64, answer, 0]);
+                if let Some(meter) = meter.as_mut() {
+                    meter.after_run(vmm::pmu_counts(), record[1], record[2]);
+                }
                 INSIDE.fetch_sub(1, Ordering::SeqCst);
                 let others_started = RUNS_STARTED.load(Ordering::SeqCst) != started + 1;
                 // A kick ends the run as a physical IRQ: taken here, before the exit is handled.
@@ -454,7 +474,12 @@ fn take_vcpus(core: usize) {
             Next::Wait(deadline) if deadline != u64::MAX => gic::idle_until(deadline),
             // Every vCPU that could run is running on another core: look again soon.
             Next::Wait(_) => cpu::relax(),
-            Next::Done => return,
+            Next::Done => {
+                if let Some(work) = WORK.lock().as_mut() {
+                    work.report.meters[core] = meter;
+                }
+                return;
+            }
         }
     }
 }

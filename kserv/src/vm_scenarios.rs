@@ -7,6 +7,7 @@ use crate::dtb::GicInfo;
 use crate::exit_meter::{ExitClass, ExitMeter};
 use crate::kprintln;
 use crate::scenario::{Attempt, DmaRoute, Target};
+use crate::smp;
 use crate::vm_plan::Rng;
 use crate::vmm::{attack_page, Hooks, Layout, Manager, Tamper, Vm, MAX_VMS};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1322,34 +1323,81 @@ pub fn vm_vgic(env: &VmEnv, gic: &GicInfo) -> Outcome {
 }
 
 /// `linux`: the bundle's Linux VM (`cargo xtask run --guest-kernel`) runs until it powers itself
-/// off. A reset (Linux's panic with `panic=-1`), a stop or a failed teardown fails the run.
+/// off, each vCPU on its own core ([`run_linux`]). A reset (Linux's panic with `panic=-1`), a
+/// stop or a failed teardown fails the run.
 pub fn linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
-    run_linux(env, gic, &mut crate::vmm::Plain, None).map(drop)
+    run_linux(env, gic, crate::vmm::Plain, "linux", false).map(drop)
 }
 
-/// Runs the bundle's Linux VM with `hooks` until it powers itself off (see [`linux`]). With a
-/// `meter`, the PMU is read around every VCPU_RUN; returns the meter.
-fn run_linux(
+/// Runs the bundle's Linux VM with `hooks` until it powers itself off (see [`linux`]). With a core
+/// per vCPU (KServ runs on [`smp::CORES`]), vCPU i runs on core i with no time slice
+/// ([`smp::Placement::VcpuPerCore`]): a vCPU that spins on a sibling spins while the sibling
+/// runs, and no host timer interrupts it. Only a VM with more vCPUs than cores shares this core,
+/// each run a time slice at most. With a core per vCPU, prints where each vCPU ran as `name`
+/// (failing if one ran elsewhere) and returns the run's report, whose meters are set when
+/// `metered`; returns the hooks either way.
+fn run_linux<H: Hooks + Send + 'static>(
     env: &VmEnv,
     gic: &GicInfo,
-    hooks: &mut dyn Hooks,
-    meter: Option<ExitMeter>,
-) -> Result<Option<ExitMeter>, &'static str> {
+    mut hooks: H,
+    name: &str,
+    metered: bool,
+) -> Result<(H, Option<smp::Report>), &'static str> {
+    let vcpus = env.entry(0)?.vcpus as usize;
+    if vcpus <= smp::CORES {
+        smp::start_cores(gic, &LINUX_PPIS)?;
+        let mgr = create_linux_vm(env, gic)?;
+        let (mgr, hooks, report) = smp::run_all(mgr, hooks, smp::Placement::VcpuPerCore, metered)?;
+        check_placement(name, vcpus, &report)?;
+        mgr.result()?;
+        return match (mgr.powered_off, mgr.stopped) {
+            (1, 0) => Ok((hooks, Some(report))),
+            _ => Err("the Linux VM did not power itself off"),
+        };
+    }
     // KCore delivers a running vCPU's virtual timer and refills its list registers itself, on
-    // the physical IRQ exits these two PPIs cause: the host lets them through its GIC.
-    crate::arch::gic::enable_ppi(gic, crate::arch::gic::VIRTUAL_TIMER_PPI);
-    crate::arch::gic::enable_ppi(gic, crate::arch::gic::MAINTENANCE_PPI);
-    // The host's physical timer ends a vCPU's time slice.
-    crate::arch::gic::enable_ppi(gic, crate::arch::gic::TIMER_PPI);
+    // the physical IRQ exits these two PPIs cause; the host's physical timer ends a time slice.
+    for ppi in LINUX_PPIS {
+        crate::arch::gic::enable_ppi(gic, ppi);
+    }
     let mut mgr = create_linux_vm(env, gic)?;
-    mgr.meter = meter;
+    mgr.meter = metered.then(ExitMeter::new);
     mgr.timer_wakes = true;
-    mgr.run_all(hooks);
+    mgr.run_all(&mut hooks);
     mgr.result()?;
     match (mgr.powered_off, mgr.stopped) {
-        (1, 0) => Ok(mgr.meter.take()),
+        (1, 0) => Ok((hooks, None)),
         _ => Err("the Linux VM did not power itself off"),
     }
+}
+
+/// Prints, as `name`, the runs each core made of each vCPU of the Linux VM and the cross-core
+/// kicks; fails unless every one of its `vcpus` ran, each only on its own core.
+fn check_placement(name: &str, vcpus: usize, report: &smp::Report) -> Outcome {
+    let mut elsewhere = false;
+    for (slot, entry) in report.vms.iter().enumerate() {
+        let Some(entry) = entry else { continue };
+        for (vcpu, by_core) in report.runs[slot].iter().enumerate() {
+            for (core, &runs) in by_core.iter().enumerate().filter(|(_, &runs)| runs != 0) {
+                kprintln!("{name}: vm {} vcpu {vcpu} ran on core {core} ({runs} runs)", entry.name());
+                elsewhere |= core != vcpu;
+            }
+        }
+    }
+    let kicks_taken: u64 = report.kicks_taken.iter().sum();
+    kprintln!(
+        "{name}: cross-core kicks sent: {} ({} to a running vCPU, {} to an idle core); {kicks_taken} taken",
+        report.kicks_to_running + report.kicks_to_idle,
+        report.kicks_to_running,
+        report.kicks_to_idle
+    );
+    let slot = report.vms.iter().position(Option::is_some).ok_or("the Linux VM never ran")?;
+    let ran = (0..vcpus).filter(|&v| report.runs[slot][v][v] != 0).count();
+    if elsewhere || ran != vcpus {
+        return Err("a vCPU did not run, or ran on another vCPU's core");
+    }
+    kprintln!("{name}: each of the {vcpus} vCPUs ran on its own core");
+    Ok(())
 }
 
 /// The PPIs a core that runs Linux vCPUs enables: the two KCore serves in place (a running
@@ -1379,80 +1427,59 @@ fn create_linux_vm(env: &VmEnv, gic: &GicInfo) -> Result<Manager, &'static str> 
     Ok(mgr)
 }
 
-/// `linux-smp`: the bundle's Linux VM with vCPU i on core i (KServ on all four cores,
-/// [`crate::smp::Placement::VcpuPerCore`]), until it powers itself off. What one core's exit
-/// makes pending for a vCPU on another core (an IPI through the GIC model, a PSCI CPU_ON) reaches
-/// it by a cross-core kick. Prints the runs each core made of each vCPU and the kicks; passes if
-/// every vCPU ran, each only on its own core, kicks were sent (with more than one vCPU), and the
-/// VM powered off and came back scrubbed.
+/// `linux-smp`: the bundle's Linux VM (4 vCPUs) with vCPU i on core i, as in [`linux`]. What
+/// one core's exit makes pending for a vCPU on another core (an IPI through the GIC model, a
+/// PSCI CPU_ON) reaches it by a cross-core kick. Passes if every vCPU ran, each only on its own
+/// core, kicks were sent (with more than one vCPU), and the VM powered off and came back
+/// scrubbed.
 pub fn linux_smp(env: &VmEnv, gic: &GicInfo) -> Outcome {
-    use crate::smp::{self, Placement, CORES};
     let vcpus = env.entry(0)?.vcpus as usize;
-    if vcpus > CORES {
+    if vcpus > smp::CORES {
         return Err("linux-smp gives each vCPU a core: at most 4 vCPUs");
     }
-    smp::start_cores(gic, &LINUX_PPIS)?;
-    let mgr = create_linux_vm(env, gic)?;
-    let (mgr, _, report) = smp::run_all(mgr, crate::vmm::Plain, Placement::VcpuPerCore)?;
-    let mut elsewhere = false;
-    for (slot, entry) in report.vms.iter().enumerate() {
-        let Some(entry) = entry else { continue };
-        for (vcpu, by_core) in report.runs[slot].iter().enumerate() {
-            for (core, &runs) in by_core.iter().enumerate().filter(|(_, &runs)| runs != 0) {
-                kprintln!("linux-smp: vm {} vcpu {vcpu} ran on core {core} ({runs} runs)", entry.name());
-                elsewhere |= core != vcpu;
-            }
-        }
-    }
-    let kicks_taken: u64 = report.kicks_taken.iter().sum();
-    kprintln!(
-        "linux-smp: cross-core kicks sent: {} ({} to a running vCPU, {} to an idle core); {kicks_taken} taken",
-        report.kicks_to_running + report.kicks_to_idle,
-        report.kicks_to_running,
-        report.kicks_to_idle
-    );
-    mgr.result()?;
-    let slot = report.vms.iter().position(Option::is_some).ok_or("the Linux VM never ran")?;
-    let ran = (0..vcpus).filter(|&v| report.runs[slot][v][v] != 0).count();
-    if elsewhere || ran != vcpus {
-        return Err("a vCPU did not run, or ran on another vCPU's core");
-    }
-    kprintln!("linux-smp: each of the {vcpus} vCPUs ran on its own core");
+    let (_, report) = run_linux(env, gic, crate::vmm::Plain, "linux-smp", false)?;
+    let report = report.ok_or("the Linux VM did not get a core per vCPU")?;
     if vcpus > 1 && report.kicks_to_running + report.kicks_to_idle == 0 {
         return Err("no cross-core kick was sent");
     }
-    match (mgr.powered_off, mgr.stopped) {
-        (1, 0) => Ok(()),
-        _ => Err("the Linux VM did not power itself off"),
-    }
+    Ok(())
 }
 
-/// `linux-bench` (`cargo xtask bench`): [`linux`] with the PMU's three instruction counters
-/// (EL2; EL1 and EL2; every EL) read around every VCPU_RUN. Prints the guest's run phase
-/// (`bench linux-run`) and each exit class's count and instructions (`bench linux-exit-NAME`).
+/// `linux-bench` (`cargo xtask bench`): [`linux`], each vCPU on its own core, with every core
+/// reading the PMU's three instruction counters (EL2; EL1 and EL2; every EL) around its
+/// VCPU_RUNs. Under `-icount` QEMU's PMU counts QEMU's own instruction count, which is the
+/// whole machine's (every core's instructions, not the time it skips while every core idles):
+/// core 0's every-EL counter from vCPU 0's first VCPU_RUN to the return of the one that carried
+/// the guest's SYSTEM_OFF (Linux powers off from CPU 0) is the run phase over every core, the
+/// same count as the bare boot's `query-replay`. Prints it (`bench linux-run`) and each exit
+/// class's count and instructions over all cores (`bench linux-exit-NAME`).
 pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
     use crate::arch::pmu;
     if !pmu::inst_retired_supported() {
         return Err("the PMU does not count INST_RETIRED (run QEMU with -icount shift=0,sleep=off)");
     }
-    pmu::start_el2_instruction_counter();
-    pmu::start_all_el_instruction_counter();
-    pmu::start_every_el_instruction_counter();
-    let meter = run_linux(env, gic, &mut crate::vmm::Plain, Some(ExitMeter::new()))?.ok_or("no meter")?;
-    if !meter.done {
-        return Err("the meter never saw the guest's SYSTEM_OFF");
+    let (_, report) = run_linux(env, gic, crate::vmm::Plain, "linux-bench", true)?;
+    let meters = report.ok_or("the bench gives each vCPU a core: at most 4 vCPUs")?.meters;
+    let run = match &meters[0] {
+        Some(meter) if meter.done => meter.run,
+        _ => return Err("core 0's meter never saw the guest's SYSTEM_OFF (Linux powers off from vCPU 0)"),
+    };
+    let mut classes = [crate::exit_meter::ClassCost::default(); ExitClass::ALL.len()];
+    let (mut el2, mut host_el1, mut exits) = (0, 0, 0);
+    for meter in meters.iter().flatten() {
+        (el2, host_el1, exits) = (el2 + meter.run.el2, host_el1 + meter.run.host_el1, exits + meter.run.exits);
+        for (sum, cost) in classes.iter_mut().zip(meter.classes) {
+            (sum.exits, sum.el2, sum.host_el1) =
+                (sum.exits + cost.exits, sum.el2 + cost.el2, sum.host_el1 + cost.host_el1);
+        }
     }
-    let run = meter.run;
     kprintln!(
-        "bench linux-run every_el={} el2={} host_el1={} exits={} idle={}",
+        "bench linux-run every_el={} el2={el2} host_el1={host_el1} exits={exits} idle={}",
         run.every_el,
-        run.el2,
-        run.host_el1,
-        run.exits,
         run.idle
     );
     for class in ExitClass::ALL {
-        let cost = meter.classes[class as usize];
+        let cost = classes[class as usize];
         kprintln!("bench linux-exit-{} exits={} el2={} host_el1={}", class.name(), cost.exits, cost.el2, cost.host_el1);
     }
     Ok(())
@@ -1551,19 +1578,18 @@ pub fn host_attacks_linux(env: &VmEnv, gic: &GicInfo) -> Outcome {
     let image_size = crate::linux::image_size(&bundle, &entry).ok_or("the Linux VM's kernel has no header")?;
     let first = kernel.gpa.checked_sub(entry.ram_base).ok_or("the kernel lies below the VM's RAM")? / PAGE;
     let signed_pages = (bundle.signed_image(kernel).len() as u64).div_ceil(PAGE);
-    let mut hooks = Attack {
+    let hooks = Attack {
         kernel: first..first + image_size.div_ceil(PAGE),
         faulted_from: first + signed_pages,
         ..Attack::default()
     };
-    let ran = run_linux(env, gic, &mut hooks, None);
+    let (hooks, _) = run_linux(env, gic, hooks, "host-attacks-linux", false)?;
     kprintln!(
         "host-attacks-linux: {} of {} accesses to the running Linux VM's pages aborted (kernel text, page tables, \
          faulted-in RAM)",
         hooks.aborted,
         hooks.tried
     );
-    ran?;
     if hooks.rounds != 1 + LINUX_ATTACK_LINES.len() as u64 {
         return Err("the host did not attack at every point of the boot");
     }
@@ -1628,7 +1654,7 @@ pub fn smp_vms(env: &VmEnv, gic: &GicInfo) -> Outcome {
         return Err("smp-vms needs STEADY and SHARE guests only");
     }
     let hooks = Smp { shares: [const { None }; MAX_VMS], intact: 0, fp_intact: 0 };
-    let (mgr, hooks, report) = smp::run_all(mgr, hooks, smp::Placement::Shared)?;
+    let (mgr, hooks, report) = smp::run_all(mgr, hooks, smp::Placement::Shared, false)?;
     for (slot, entry) in report.vms.iter().enumerate() {
         let Some(entry) = entry else { continue };
         for (vcpu, by_core) in report.runs[slot].iter().enumerate() {

@@ -637,7 +637,7 @@ pub fn end_run(vm: &mut Vm, vcpu: usize, record: [u64; 6], hooks: &mut dyn Hooks
 }
 
 /// The bench's three PMU counters (see [`crate::arch::pmu`]).
-fn pmu_counts() -> Counts {
+pub fn pmu_counts() -> Counts {
     use crate::arch::pmu;
     Counts { el2: pmu::read_counter(), el1_el2: pmu::read_all_el_counter(), every_el: pmu::read_every_el_counter() }
 }
