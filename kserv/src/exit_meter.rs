@@ -103,8 +103,8 @@ pub struct ClassCost {
     pub host_el1: u64,
 }
 
-/// The guest's run phase: instructions at every EL, at EL2, and KServ's at EL1; and the time
-/// KServ idled in WFI, which the counters count but no instruction took (below).
+/// The guest's run phase: instructions at every EL, at EL2, and KServ's at EL1; and what the
+/// counters counted while KServ waited in WFI on this core ([`ExitMeter::idle`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunPhase {
     pub every_el: u64,
@@ -148,11 +148,11 @@ impl ExitMeter {
         self.last = Some(now);
     }
 
-    /// KServ idled in WFI from `before` to `now` (every vCPU waiting for its timer). Under
-    /// `-icount shift=0,sleep=off` QEMU skips idle time, but its PMU counts the skipped time as
-    /// instructions (one per nanosecond), unlike its own instruction count (the bare figure): the
-    /// interval leaves every counter's total, kept apart as idle time. The WFI and the few
-    /// instructions around it (under 20 per idle) go with it.
+    /// KServ waited in WFI on this core from `before` to `now`. Under `-icount` QEMU's PMU reads
+    /// QEMU's own instruction count, the whole machine's (every core's instructions; none for the
+    /// time it skips while every core idles): what the interval counts ran on other cores, so it
+    /// leaves this core's exit costs and totals and is kept apart as `idle`. The WFI and the few
+    /// instructions around it (under 20 per wait) go with it.
     pub fn idle(&mut self, before: Counts, now: Counts) {
         if self.done || self.last.is_none() {
             return;

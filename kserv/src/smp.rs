@@ -464,7 +464,13 @@ fn take_vcpus(core: usize) {
             // Sleep until this core's vCPU's deadline or a kick, then look again.
             Next::Wait(deadline) if kickable.is_some() => {
                 let Some(gic) = kickable else { continue };
+                // The PMU counts the whole machine: what the other cores run while this one
+                // waits is kept apart from this core's exit costs.
+                let before = meter.as_ref().map(|_| vmm::pmu_counts());
                 gic::wait_for_kick(deadline);
+                if let (Some(meter), Some(before)) = (meter.as_mut(), before) {
+                    meter.idle(before, vmm::pmu_counts());
+                }
                 let kicks = gic::take_kicks(&gic);
                 if let Some(work) = WORK.lock().as_mut() {
                     work.report.kicks_taken[core] += kicks;

@@ -579,7 +579,8 @@ pub const SCENARIOS: &[Scenario] = &[
 ];
 
 /// Scenarios that boot Debian's arm64 cloud kernel (`linux::reference_guest`: the newest 6.1)
-/// as a VM of 2 vCPUs (`linux-smp`: 4, [`linux_guest_cpus`]) and 128 MiB, to the test initramfs. Beyond their lines, the console must
+/// as a VM of 2 vCPUs (`linux-smp`: 4, [`linux_guest_cpus`]) and 128 MiB, to the test initramfs,
+/// each vCPU on its own core. Beyond their lines, the console must
 /// hold `/init`'s proof lines in order and none of Linux's panic lines
 /// (`linux::console_problems`). They run on a build whose checks after VCPU_RUNs that moved no
 /// page are sampled ([`Flavor::LinuxTest`]).
@@ -591,6 +592,8 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
             "kserv: vm linux: powered off",
             "kserv: vm linux: torn down, ",
             "all scrubbed",
+            "kserv: linux: vm linux vcpu 1 ran on core 1 (",
+            "kserv: linux: each of the 2 vCPUs ran on its own core",
             "kserv: scenario linux: PASS",
             "host SYSTEM_OFF, status 0",
         ],
@@ -612,6 +615,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
             "kserv: vm linux: torn down, ",
             "all scrubbed",
             " accesses to the running Linux VM's pages aborted (kernel text, page tables, faulted-in RAM)",
+            "kserv: host-attacks-linux: each of the 2 vCPUs ran on its own core",
             "kserv: scenario host-attacks-linux: PASS",
             "host SYSTEM_OFF, status 0",
         ],
