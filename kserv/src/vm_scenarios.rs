@@ -1452,7 +1452,8 @@ pub fn linux_smp(env: &VmEnv, gic: &GicInfo) -> Outcome {
 /// core 0's every-EL counter from vCPU 0's first VCPU_RUN to the return of the one that carried
 /// the guest's SYSTEM_OFF (Linux powers off from CPU 0) is the run phase over every core, the
 /// same count as the bare boot's `query-replay`. Prints it (`bench linux-run`) and each exit
-/// class's count and instructions over all cores (`bench linux-exit-NAME`).
+/// class's count and instructions over all cores, those of exits that held other cores' work
+/// left out ([`crate::exit_meter::POLLUTED`]; `bench linux-exit-NAME`).
 pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
     use crate::arch::pmu;
     if !pmu::inst_retired_supported() {
@@ -1465,23 +1466,33 @@ pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
         _ => return Err("core 0's meter never saw the guest's SYSTEM_OFF (Linux powers off from vCPU 0)"),
     };
     let mut classes = [crate::exit_meter::ClassCost::default(); ExitClass::ALL.len()];
-    let (mut el2, mut host_el1, mut exits) = (0, 0, 0);
     for meter in meters.iter().flatten() {
-        (el2, host_el1, exits) = (el2 + meter.run.el2, host_el1 + meter.run.host_el1, exits + meter.run.exits);
         for (sum, cost) in classes.iter_mut().zip(meter.classes) {
-            (sum.exits, sum.el2, sum.host_el1) =
-                (sum.exits + cost.exits, sum.el2 + cost.el2, sum.host_el1 + cost.host_el1);
+            (sum.exits, sum.el2, sum.host_el1, sum.polluted) = (
+                sum.exits + cost.exits,
+                sum.el2 + cost.el2,
+                sum.host_el1 + cost.host_el1,
+                sum.polluted + cost.polluted,
+            );
         }
     }
     // Core 0's waits are part of the run phase: the other cores ran meanwhile.
     kprintln!(
-        "bench linux-run every_el={} el2={el2} host_el1={host_el1} exits={exits} core0_waiting={}",
+        "bench linux-run every_el={} core0_waiting={} polluted_above={}",
         run.every_el + run.idle,
-        run.idle
+        run.idle,
+        crate::exit_meter::POLLUTED
     );
     for class in ExitClass::ALL {
         let cost = classes[class as usize];
-        kprintln!("bench linux-exit-{} exits={} el2={} host_el1={}", class.name(), cost.exits, cost.el2, cost.host_el1);
+        kprintln!(
+            "bench linux-exit-{} exits={} el2={} host_el1={} polluted={}",
+            class.name(),
+            cost.exits,
+            cost.el2,
+            cost.host_el1,
+            cost.polluted
+        );
     }
     Ok(())
 }

@@ -615,6 +615,7 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
             "kserv: vm linux: torn down, ",
             "all scrubbed",
             " accesses to the running Linux VM's pages aborted (kernel text, page tables, faulted-in RAM)",
+            "kserv: host-attacks-linux: vm linux vcpu 1 ran on core 1 (",
             "kserv: host-attacks-linux: each of the 2 vCPUs ran on its own core",
             "kserv: scenario host-attacks-linux: PASS",
             "host SYSTEM_OFF, status 0",
@@ -1015,6 +1016,26 @@ mod tests {
                 assert!(s.lines.contains(&line.as_str()), "{name} does not require {line:?}");
             }
         }
+    }
+
+    /// KServ gives each vCPU of a Linux VM its own core (no shared core, no time slice): every
+    /// Linux scenario requires KServ's line that says so, and a run on one core (which prints no
+    /// placement lines) fails.
+    #[test]
+    fn every_linux_scenario_requires_each_vcpu_on_its_own_core() {
+        for s in LINUX_SCENARIOS {
+            let line = format!("kserv: {}: each of the {} vCPUs ran on its own core", s.name, linux_guest_cpus(s.name));
+            assert!(s.lines.contains(&line.as_str()), "{} does not require {line:?}", s.name);
+            let last = linux_guest_cpus(s.name) - 1;
+            let ran = format!("kserv: {}: vm linux vcpu {last} ran on core {last} (", s.name);
+            assert!(s.lines.contains(&ran.as_str()), "{} does not require {ran:?}", s.name);
+        }
+        let linux = &LINUX_SCENARIOS[0];
+        let all: String = linux.lines.iter().map(|l| format!("{l}\n")).collect();
+        assert!(check(linux, Variant::VirtGicV3, Some(0), &all).is_empty());
+        let one_core: String =
+            all.lines().filter(|l| !l.starts_with("kserv: linux: ")).map(|l| format!("{l}\n")).collect();
+        assert_eq!(check(linux, Variant::VirtGicV3, Some(0), &one_core).len(), 2);
     }
 
     #[test]
