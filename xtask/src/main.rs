@@ -197,7 +197,7 @@ pub struct GuestRun {
 const GUEST_OPTIONS: [&str; 4] = ["guest-initrd", "guest-cpus", "guest-mem", "guest-cmdline"];
 /// vCPUs a Linux VM may have: KServ schedules up to 4 per VM.
 const GUEST_CPUS_MAX: u32 = 4;
-/// The Linux scenario that gives each vCPU a core: `run`'s default above 2 vCPUs.
+/// The Linux scenario that requires cross-core kicks: `run`'s default above 2 vCPUs.
 const SMP_LINUX_SCENARIO: &str = "linux-smp";
 /// Guest RAM in MiB: the cloud kernel needs 64; KServ backs at most 1 GiB.
 const GUEST_MEM_MIB: std::ops::RangeInclusive<u64> = 64..=1024;
@@ -218,8 +218,9 @@ fn guest_run(args: &Args) -> Result<Option<GuestRun>, String> {
     if !(1..=u64::from(GUEST_CPUS_MAX)).contains(&cpus) {
         return Err(format!("--guest-cpus {cpus}: 1 to {GUEST_CPUS_MAX}"));
     }
-    // The Linux scenarios run the bundle's Linux VM. The default: `linux` (one core) for up to
-    // the reference guest's vCPUs, `linux-smp` (a core per vCPU) for more.
+    // The Linux scenarios run the bundle's Linux VM, each vCPU on its own core. The default:
+    // `linux` for up to the reference guest's vCPUs, `linux-smp` (which also requires kicks) for
+    // more.
     let linux = scenarios::LINUX_SCENARIOS.iter().map(|s| s.name);
     let default =
         if cpus > u64::from(linux::GUEST_CPUS) { SMP_LINUX_SCENARIO } else { scenarios::LINUX_SCENARIOS[0].name };
