@@ -83,6 +83,8 @@ enum Call {
     Destroy {
         vm: u16,
     },
+    /// REGISTER_VM of a new VM (with the others' RAM window): vmid allocation under `core`.
+    Register,
 }
 
 /// One atomic step of KCore, as a history records it.
@@ -95,6 +97,7 @@ enum Step {
     PowerOff { vm: u16 },
     Clear { vm: u16 },
     Destroy { vm: u16 },
+    Register,
 }
 
 impl Step {
@@ -103,7 +106,7 @@ impl Step {
         match self {
             Step::Prepare { vm, .. } | Step::Finish { vm, .. } | Step::Share { vm, .. } => Some(vm),
             Step::PowerOff { vm } | Step::Clear { vm } | Step::Destroy { vm } => Some(vm),
-            Step::HostFault { .. } => None,
+            Step::HostFault { .. } | Step::Register => None,
         }
     }
 }
@@ -121,7 +124,8 @@ struct Event {
 /// The bugs a history may plant (read on the test's thread: `planted` is per thread).
 #[derive(Clone, Copy)]
 struct Bugs {
-    check_then_act: bool,
+    /// A bug in KCore's calls, planted on every thread.
+    in_kcore: Option<Mutation>,
     inverted: bool,
 }
 
@@ -218,6 +222,11 @@ fn id(vm: u16) -> VmId {
     VmId::new(vm.into()).unwrap()
 }
 
+/// Every VM's RAM window.
+fn ram() -> IpaRange {
+    IpaRange::new(GUEST_RAM, GUEST_RAM_SIZE).unwrap()
+}
+
 impl Shared {
     /// Makes every lock this thread takes a point of `me`'s ([`Turns::point`] before the ticket,
     /// [`Turns::spin`] while waiting for it).
@@ -292,6 +301,10 @@ impl Shared {
                     let destroy = |w: &Shared| w.k.destroy(&w.m, id(vm));
                     let _ = self.call(thread, Step::Destroy { vm }, destroy, |r| format!("{r:?}"));
                 }
+                Call::Register => {
+                    let register = |w: &Shared| w.k.register_vm(&w.m, ram());
+                    let _ = self.call(thread, Step::Register, register, |r| format!("{r:?}"));
+                }
             }
         }
     }
@@ -320,6 +333,7 @@ fn spec_step(s: &AbsKcore, step: Step) -> Option<(AbsKcore, String)> {
             clear_vm_range_spec(s, id(vm), Pa::new(CLEARED.0).unwrap(), CLEARED.1).map(|(s, r)| (s, format!("{r:?}")))
         }
         Step::Destroy { vm } => destroy_spec(s, id(vm)).map(|(s, r)| (s, format!("{r:?}"))),
+        Step::Register => register_vm_spec(s, ram()).map(|(s, r)| (s, format!("{r:?}"))),
     }
 }
 
@@ -406,6 +420,7 @@ fn any_call() -> impl Strategy<Value = Call> {
         1 => vm().prop_map(|vm| Call::PowerOff { vm }),
         1 => vm().prop_map(|vm| Call::Clear { vm }),
         1 => vm().prop_map(|vm| Call::Destroy { vm }),
+        1 => Just(Call::Register),
     ]
 }
 
@@ -441,7 +456,9 @@ fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
     k.mem.get_mut().policy = HostMapPolicy::PagesOnly;
     s.r.pages_only = true;
     let bugs = Bugs {
-        check_then_act: planted(Mutation::HostFaultCheckThenAct),
+        in_kcore: [Mutation::HostFaultCheckThenAct, Mutation::VmidNotRecheckedUnderLock]
+            .into_iter()
+            .find(|&m| planted(m)),
         inverted: planted(Mutation::LockOrderInverted),
     };
     let shared = Arc::new(Shared {
@@ -462,9 +479,9 @@ fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
                 shared.turns.wait(thread);
                 shared.hook_locks(thread);
                 // `planted` is per thread: the test's bug, planted on this one too.
-                match bugs.check_then_act {
-                    true => with(Mutation::HostFaultCheckThenAct, || shared.run(thread, &calls)),
-                    false => shared.run(thread, &calls),
+                match bugs.in_kcore {
+                    Some(bug) => with(bug, || shared.run(thread, &calls)),
+                    None => shared.run(thread, &calls),
                 }
                 turns::set(None);
             })
@@ -539,6 +556,14 @@ fn concurrent_calls_keep_the_invariants_and_are_linearizable() {
 #[test]
 fn concurrency_catches_a_check_then_act_split() {
     catches(Mutation::HostFaultCheckThenAct, 400, any_history(), concurrent_run);
+}
+
+/// REGISTER_VM reading the free vmid under `core`, then taking that VM's lock and `core` again
+/// without reading it again: two threads registering at once both get the same vmid, which no
+/// serial order explains.
+#[test]
+fn concurrency_catches_a_vmid_not_rechecked_under_the_vm_lock() {
+    catches(Mutation::VmidNotRecheckedUnderLock, 400, any_history(), concurrent_run);
 }
 
 /// A thread that takes one of KCore's locks while holding the history's console-ranked lock

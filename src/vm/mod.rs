@@ -274,7 +274,7 @@ impl Kcore {
             let vm = self.core.lock().free_vmid()?;
             let mut slot = self.vm(vm).lock();
             let mut core = self.core.lock();
-            if core.free_vmid()? != vm {
+            if core.free_vmid()? != vm && !planted(Mutation::VmidNotRecheckedUnderLock) {
                 // Another core registered it in between.
                 continue;
             }
