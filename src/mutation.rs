@@ -122,6 +122,10 @@ pub enum Mutation {
     /// A page a VM gives back stays in the VM's SMMU table: the devices assigned to the VM still
     /// reach it after it was scrubbed and went to the host (issue 15).
     VmSmmuPageLeftOnClear,
+    /// REGISTER_VM trusts the free vmid it read under `core` before it took that VM's lock, and
+    /// does not read it again under both: two cores registering at once get the same vmid, the
+    /// second record replacing the first (issue 14, per-VM locks).
+    VmidNotRecheckedUnderLock,
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub const MAX_BOOT_DATA_PAGES: u64 = 16;
 /// [`MAX_IMAGE_BYTES`] in pages.
 pub const MAX_IMAGE_PAGES: u64 = MAX_IMAGE_BYTES / PAGE_SIZE;
 pub const SIGNATURE_LEN: u64 = corevisor_abi::bundle::SIGNATURE_LEN as u64;
-/// Pages one VERIFY_VM_IMAGE call takes and hashes at most (KCore's VMs and ownership locks are held meanwhile).
+/// Pages one VERIFY_VM_IMAGE call takes and hashes at most (the VM's and the ownership lock are held meanwhile).
 pub const VERIFY_CHUNK_PAGES: u64 = corevisor_abi::host_call::VERIFY_CHUNK_PAGES;
 
 /// A registered VM's state (an unregistered or destroyed one has no record).
@@ -136,8 +136,8 @@ pub fn image_pages(size: u64) -> u64 {
 }
 
 /// Which pages of RAM are listed in some VM's image: one bit per page, indexed like the ownership
-/// table. Derived from the VMs' page lists (so that "listed already" costs one lookup instead of
-/// a scan of every list); the boot tests check it against the lists after every step.
+/// table. Derived from the VMs' page lists; the boot tests check it against the lists after every
+/// step.
 #[derive(Clone, Debug, Default)]
 struct ListedIndex(Vec<u64>);
 
@@ -245,80 +245,69 @@ pub enum BootError {
     Started,
 }
 
-/// Every VM (SeKVM `vminfos` and `core_data.next_vmid`): one record per vmid, at
-/// [`VmId::index`]; `None` before REGISTER_VM and after DESTROY_VM.
-pub struct Vms<C> {
+/// What SeKVM keeps under its `core` lock for the boot layers (`core_data`): the next vmid, and
+/// the index of pages listed in any VM's images (derived from the VMs' page lists, so that
+/// "listed already" costs one lookup instead of a scan of every VM's lists).
+pub struct BootCore {
     pub next_vmid: u16,
-    vms: Vec<Option<Vm<C>>>,
-    /// The pages listed in any VM's images (derived from the records).
     listed: ListedIndex,
 }
 
-impl<C> Default for Vms<C> {
+impl Default for BootCore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<C> Vms<C> {
-    pub fn new() -> Vms<C> {
-        Vms { next_vmid: 1, vms: (0..MAX_VMS).map(|_| None).collect(), listed: ListedIndex::default() }
+impl BootCore {
+    pub fn new() -> BootCore {
+        BootCore { next_vmid: 1, listed: ListedIndex::default() }
     }
 
-    /// VM `vm`'s record, if it is registered.
-    pub fn get(&self, vm: VmId) -> Option<&Vm<C>> {
-        self.vms.get(vm.index())?.as_ref()
+    /// BootCore `gen_vmid`, first half: the vmid the next REGISTER_VM gets. Vmids are not reused.
+    pub fn free_vmid(&self) -> Result<VmId, BootError> {
+        VmId::new(self.next_vmid.into()).ok_or(BootError::NoVmid)
     }
 
-    pub fn get_mut(&mut self, vm: VmId) -> Option<&mut Vm<C>> {
-        self.vms.get_mut(vm.index())?.as_mut()
+    /// `gen_vmid`, second half: `vm` (the [`BootCore::free_vmid`]) is taken.
+    pub fn take_vmid(&mut self, vm: VmId) {
+        self.next_vmid = vm.vmid() + 1;
     }
 
-    /// Every registered VM, by id.
-    pub fn iter(&self) -> impl Iterator<Item = (VmId, &Vm<C>)> {
-        VmId::all().zip(&self.vms).filter_map(|(vm, rec)| Some((vm, rec.as_ref()?)))
+    /// Whether host page `pfn` is listed in some VM's image.
+    pub fn listed(&self, mem: &HostMemory, pfn: Pfn) -> bool {
+        mem.db.regions().page_index(pfn.pa().raw()).is_some_and(|i| self.listed.get(i))
     }
 
-    fn live(&mut self, vm: VmId) -> Result<&mut Vm<C>, BootError> {
-        self.get_mut(vm).ok_or(BootError::NoVm)
-    }
-
-    fn ready(&mut self, vm: VmId) -> Result<&mut Vm<C>, BootError> {
-        let rec = self.live(vm)?;
-        match rec.state {
-            VmState::Ready => Ok(rec),
-            other => Err(BootError::State(other)),
-        }
-    }
-
-    /// VMPower `get_vm_poweron`: may the VM's vCPUs run?
-    pub fn may_run(&self, vm: VmId) -> bool {
-        self.get(vm).is_some_and(|rec| rec.state == VmState::Verified)
-    }
-
-    /// VMPower `set_vm_poweroff`. A vCPU running now finishes its run.
-    pub fn power_off(&mut self, vm: VmId) -> Result<(), BootError> {
-        let rec = self.live(vm)?;
-        match rec.state {
-            VmState::Verified => {
-                rec.state = VmState::PoweredOff;
-                Ok(())
+    /// After teardown (every page of the VM is the host's again): VM `rec`'s image pages are no
+    /// longer listed, so they may be listed for another VM.
+    pub fn unlist<C>(&mut self, mem: &HostMemory, rec: &Vm<C>) {
+        for pfn in rec.load.iter().flat_map(|l| &l.pfns) {
+            if let Some(index) = mem.db.regions().page_index(pfn.pa().raw()) {
+                let _ = self.listed.set(index, mem.db.regions().pages(), false);
             }
-            other => Err(BootError::State(other)),
         }
     }
 
-    /// BootCore `gen_vmid` and BootOps `register_kvm`: a fresh vmid, READY, with RAM `ram` and
-    /// the stage-2 table `new_s2` makes for it. Vmids are not reused.
-    pub fn register_vm(
-        &mut self,
-        ram: IpaRange,
-        new_s2: impl FnOnce(VmId) -> Result<PageTable, MemError>,
-    ) -> Result<VmId, BootError> {
-        let vm = VmId::new(self.next_vmid.into()).ok_or(BootError::NoVmid)?;
-        let s2 = new_s2(vm).map_err(BootError::Mem)?;
-        self.next_vmid += 1;
-        self.vms[vm.index()] = Some(Vm {
+    /// Whether the index of listed pages says exactly what `recs`' lists say (for the tests).
+    #[cfg(test)]
+    pub fn index_agrees<'a, C: 'a>(&self, mem: &HostMemory, recs: impl Iterator<Item = &'a Vm<C>>) -> bool {
+        let regions = mem.db.regions();
+        let mut listed = alloc::collections::BTreeSet::new();
+        for pfn in recs.flat_map(|rec| &rec.load).flat_map(|l| &l.pfns) {
+            listed.insert(regions.page_index(pfn.pa().raw()).expect("a listed page is RAM"));
+        }
+        let bits: usize = self.listed.0.iter().map(|w| w.count_ones() as usize).sum();
+        bits == listed.len() && listed.iter().all(|&i| self.listed.get(i))
+    }
+}
+
+/// Each VM's operations (SeKVM's BootOps and VMPower on one `vminfos` entry), on its record
+/// alone: the caller holds the VM's lock, and `core`'s where one takes a [`BootCore`].
+impl<C> Vm<C> {
+    /// BootOps `register_kvm`: VM record READY with RAM `ram` and stage-2 table `s2`.
+    pub fn new(ram: IpaRange, s2: PageTable) -> Vm<C> {
+        Vm {
             state: VmState::Ready,
             ram,
             s2,
@@ -329,14 +318,31 @@ impl<C> Vms<C> {
             boot_data: None,
             entered: false,
             hashing: None,
-        });
-        Ok(vm)
+        }
+    }
+
+    fn ready(&mut self) -> Result<&mut Vm<C>, BootError> {
+        match self.state {
+            VmState::Ready => Ok(self),
+            other => Err(BootError::State(other)),
+        }
+    }
+
+    /// VMPower `set_vm_poweroff`. A vCPU running now finishes its run.
+    pub fn power_off(&mut self) -> Result<(), BootError> {
+        match self.state {
+            VmState::Verified => {
+                self.state = VmState::PoweredOff;
+                Ok(())
+            }
+            other => Err(BootError::State(other)),
+        }
     }
 
     /// `register_vcpu`: the VM must be READY and the vCPU unused (the verified spec's `&&`); it
     /// starts idle with the context `new_ctx` makes.
-    pub fn register_vcpu(&mut self, vm: VmId, vcpu: VcpuId, new_ctx: impl FnOnce() -> C) -> Result<(), BootError> {
-        match &mut self.ready(vm)?.vcpus[vcpu.index()] {
+    pub fn register_vcpu(&mut self, vcpu: VcpuId, new_ctx: impl FnOnce() -> C) -> Result<(), BootError> {
+        match &mut self.ready()?.vcpus[vcpu.index()] {
             v @ Vcpu::Unused => {
                 *v = Vcpu::Idle(new_ctx());
                 Ok(())
@@ -346,16 +352,15 @@ impl<C> Vms<C> {
     }
 
     /// `set_vcpu_active`: an idle vCPU of a VERIFIED VM starts running; its context goes to the
-    /// core that runs it. [`Vms::set_vcpu_inactive`] takes it back.
-    pub fn set_vcpu_active(&mut self, vm: VmId, vcpu: VcpuId) -> Result<C, BootError> {
-        let rec = self.live(vm)?;
-        if rec.state != VmState::Verified {
-            return Err(BootError::State(rec.state));
+    /// core that runs it. [`Vm::set_vcpu_inactive`] takes it back.
+    pub fn set_vcpu_active(&mut self, vcpu: VcpuId) -> Result<C, BootError> {
+        if self.state != VmState::Verified {
+            return Err(BootError::State(self.state));
         }
-        let slot = &mut rec.vcpus[vcpu.index()];
+        let slot = &mut self.vcpus[vcpu.index()];
         match core::mem::replace(slot, Vcpu::Running) {
             Vcpu::Idle(ctx) => {
-                rec.entered = true;
+                self.entered = true;
                 Ok(ctx)
             }
             other => {
@@ -365,41 +370,17 @@ impl<C> Vms<C> {
         }
     }
 
-    pub fn set_vcpu_inactive(&mut self, vm: VmId, vcpu: VcpuId, ctx: C) {
-        if let Some(v @ Vcpu::Running) = self.get_mut(vm).map(|rec| &mut rec.vcpus[vcpu.index()]) {
+    pub fn set_vcpu_inactive(&mut self, vcpu: VcpuId, ctx: C) {
+        if let v @ Vcpu::Running = &mut self.vcpus[vcpu.index()] {
             *v = Vcpu::Idle(ctx);
         }
-    }
-
-    /// After teardown (every page of the VM is the host's again): the VM's record goes, and its
-    /// image pages are no longer listed, so they may be listed for another VM.
-    pub fn remove(&mut self, mem: &HostMemory, vm: VmId) -> Option<Vm<C>> {
-        let rec = self.vms.get_mut(vm.index())?.take()?;
-        for pfn in rec.load.iter().flat_map(|l| &l.pfns) {
-            if let Some(index) = mem.db.regions().page_index(pfn.pa().raw()) {
-                let _ = self.listed.set(index, mem.db.regions().pages(), false);
-            }
-        }
-        Some(rec)
-    }
-
-    /// Whether the index of listed pages says exactly what the lists say (for the tests).
-    #[cfg(test)]
-    pub fn index_agrees(&self, mem: &HostMemory) -> bool {
-        let regions = mem.db.regions();
-        let mut listed = alloc::collections::BTreeSet::new();
-        for pfn in self.iter().flat_map(|(_, rec)| &rec.load).flat_map(|l| &l.pfns) {
-            listed.insert(regions.page_index(pfn.pa().raw()).expect("a listed page is RAM"));
-        }
-        let bits: usize = self.listed.0.iter().map(|w| w.count_ones() as usize).sum();
-        bits == listed.len() && listed.iter().all(|&i| self.listed.get(i))
     }
 
     /// `set_boot_info`: an image of `size` bytes goes at guest address `gpa`. Returns its index.
     /// The VM's images may fill at most [`MAX_IMAGE_BYTES`] together; the image's page list is
     /// allocated here, whole, so that listing its pages never allocates.
-    pub fn set_boot_info(&mut self, vm: VmId, gpa: Ipa, size: u64) -> Result<usize, BootError> {
-        let rec = self.ready(vm)?;
+    pub fn set_boot_info(&mut self, gpa: Ipa, size: u64) -> Result<usize, BootError> {
+        let rec = self.ready()?;
         let pages = image_pages(size);
         let listed_before: u64 = rec.load.iter().map(LoadInfo::pages).sum();
         // Within the cap, the byte count cannot overflow.
@@ -416,25 +397,32 @@ impl<C> Vms<C> {
         Ok(rec.load.len() - 1)
     }
 
-    /// `remap_vm_image`: the next page of image `index` is host page `pfn`. The page stays the
-    /// host's until verification takes it.
-    pub fn remap_vm_image(&mut self, mem: &HostMemory, vm: VmId, pfn: Pfn, index: usize) -> Result<(), BootError> {
-        let rec = self.ready(vm)?;
-        let load = rec.load.get(index).ok_or(BootError::BadImage)?;
+    /// `remap_vm_image`: the next page of image `index` is host page `pfn`, listed in `core`'s
+    /// index (a page listed for any VM is refused). The page stays the host's until
+    /// verification takes it.
+    pub fn remap_vm_image(
+        &mut self,
+        core: &mut BootCore,
+        mem: &HostMemory,
+        pfn: Pfn,
+        index: usize,
+    ) -> Result<(), BootError> {
+        let rec = self.ready()?;
+        let load = rec.load.get_mut(index).ok_or(BootError::BadImage)?;
         if load.pfns.len() as u64 >= load.pages() {
             return Err(BootError::BadImage);
         }
         let pa = pfn.pa().raw();
         let host_page = mem.db.get(pa).is_some_and(|p| p.owner == Owner::Host && p.count == 0);
         let page_index = mem.db.regions().page_index(pa);
-        let listed = page_index.is_some_and(|i| self.listed.get(i));
+        let listed = page_index.is_some_and(|i| core.listed.get(i));
         if listed || !host_page {
             return Err(BootError::BadPage);
         }
         let page_index = page_index.ok_or(BootError::BadPage)?;
-        self.listed.set(page_index, mem.db.regions().pages(), true)?;
+        core.listed.set(page_index, mem.db.regions().pages(), true)?;
         // Within the capacity reserved by SET_BOOT_INFO: no allocation.
-        self.ready(vm)?.load[index].pfns.push(pfn);
+        load.pfns.push(pfn);
         Ok(())
     }
 
@@ -451,7 +439,7 @@ impl<C> Vms<C> {
         vm: VmId,
         verifier: &Verifier,
     ) -> Result<u64, BootError> {
-        let rec = self.live(vm)?;
+        let rec = self;
         match rec.state {
             VmState::Ready => {
                 if rec.load.is_empty() || rec.load.iter().any(|l| l.pfns.len() as u64 != l.pages()) {
@@ -515,18 +503,19 @@ impl<C> Vms<C> {
     /// so the host never maps a page the VM owns. Only a VERIFIED VM none of whose vCPUs has run
     /// takes boot data: whatever it is, the VM finds it there at its first instruction, never
     /// later. The pages follow each other from the first one's address, inside the VM's RAM and
-    /// outside its images, at most [`MAX_BOOT_DATA_PAGES`]; a page listed in an image (any VM's)
-    /// is refused.
+    /// outside its images, at most [`MAX_BOOT_DATA_PAGES`]; a page listed in an image (any VM's,
+    /// `core`'s index) is refused.
     pub fn load_boot_data(
         &mut self,
+        core: &BootCore,
         m: &impl Machine,
         mem: &mut HostMemory,
         vm: VmId,
         gpa: Ipa,
         pfn: Pfn,
     ) -> Result<(), BootError> {
-        let listed = mem.db.regions().page_index(pfn.pa().raw()).is_some_and(|i| self.listed.get(i));
-        let rec = self.live(vm)?;
+        let listed = core.listed(mem, pfn);
+        let rec = self;
         if rec.state != VmState::Verified {
             return Err(BootError::State(rec.state));
         }
@@ -554,10 +543,136 @@ impl<C> Vms<C> {
 
     /// Teardown began while the VM was VERIFYING: pages it had taken go back to the host, so the
     /// verification can never finish honestly. The VM is REJECTED.
+    pub fn abandon_verification(&mut self) {
+        if self.state == VmState::Verifying {
+            self.state = VmState::Rejected;
+            self.hashing = None;
+        }
+    }
+}
+
+/// Every VM in one place, with [`BootCore`] (SeKVM `vminfos` and `core_data`): the boot layers
+/// as one serial object, for their tests and spec. KCore keeps each record under its own lock
+/// instead (`vm::Kcore`); the operations are the records' and `BootCore`'s either way.
+#[cfg(test)]
+pub struct Vms<C> {
+    pub core: BootCore,
+    vms: Vec<Option<Vm<C>>>,
+}
+
+#[cfg(test)]
+impl<C> Default for Vms<C> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+impl<C> Vms<C> {
+    pub fn new() -> Vms<C> {
+        Vms { core: BootCore::new(), vms: (0..MAX_VMS).map(|_| None).collect() }
+    }
+
+    /// VM `vm`'s record, if it is registered.
+    pub fn get(&self, vm: VmId) -> Option<&Vm<C>> {
+        self.vms.get(vm.index())?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, vm: VmId) -> Option<&mut Vm<C>> {
+        self.vms.get_mut(vm.index())?.as_mut()
+    }
+
+    /// Every registered VM, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (VmId, &Vm<C>)> {
+        VmId::all().zip(&self.vms).filter_map(|(vm, rec)| Some((vm, rec.as_ref()?)))
+    }
+
+    fn live(&mut self, vm: VmId) -> Result<&mut Vm<C>, BootError> {
+        self.get_mut(vm).ok_or(BootError::NoVm)
+    }
+
+    /// VMPower `get_vm_poweron`: may the VM's vCPUs run?
+    pub fn may_run(&self, vm: VmId) -> bool {
+        self.get(vm).is_some_and(|rec| rec.state == VmState::Verified)
+    }
+
+    pub fn power_off(&mut self, vm: VmId) -> Result<(), BootError> {
+        self.live(vm)?.power_off()
+    }
+
+    /// BootCore `gen_vmid` and BootOps `register_kvm`, with the stage-2 table `new_s2` makes.
+    pub fn register_vm(
+        &mut self,
+        ram: IpaRange,
+        new_s2: impl FnOnce(VmId) -> Result<PageTable, MemError>,
+    ) -> Result<VmId, BootError> {
+        let vm = self.core.free_vmid()?;
+        let s2 = new_s2(vm).map_err(BootError::Mem)?;
+        self.core.take_vmid(vm);
+        self.vms[vm.index()] = Some(Vm::new(ram, s2));
+        Ok(vm)
+    }
+
+    pub fn register_vcpu(&mut self, vm: VmId, vcpu: VcpuId, new_ctx: impl FnOnce() -> C) -> Result<(), BootError> {
+        self.live(vm)?.register_vcpu(vcpu, new_ctx)
+    }
+
+    pub fn set_vcpu_active(&mut self, vm: VmId, vcpu: VcpuId) -> Result<C, BootError> {
+        self.live(vm)?.set_vcpu_active(vcpu)
+    }
+
+    pub fn set_vcpu_inactive(&mut self, vm: VmId, vcpu: VcpuId, ctx: C) {
+        if let Some(rec) = self.get_mut(vm) {
+            rec.set_vcpu_inactive(vcpu, ctx);
+        }
+    }
+
+    /// After teardown: the VM's record goes, and its image pages are no longer listed.
+    pub fn remove(&mut self, mem: &HostMemory, vm: VmId) -> Option<Vm<C>> {
+        let rec = self.vms.get_mut(vm.index())?.take()?;
+        self.core.unlist(mem, &rec);
+        Some(rec)
+    }
+
+    /// Whether the index of listed pages says exactly what the lists say.
+    pub fn index_agrees(&self, mem: &HostMemory) -> bool {
+        self.core.index_agrees(mem, self.iter().map(|(_, rec)| rec))
+    }
+
+    pub fn set_boot_info(&mut self, vm: VmId, gpa: Ipa, size: u64) -> Result<usize, BootError> {
+        self.live(vm)?.set_boot_info(gpa, size)
+    }
+
+    pub fn remap_vm_image(&mut self, mem: &HostMemory, vm: VmId, pfn: Pfn, index: usize) -> Result<(), BootError> {
+        let rec = self.vms.get_mut(vm.index()).and_then(Option::as_mut).ok_or(BootError::NoVm)?;
+        rec.remap_vm_image(&mut self.core, mem, pfn, index)
+    }
+
+    pub fn verify_vm_image(
+        &mut self,
+        m: &impl Machine,
+        mem: &mut HostMemory,
+        vm: VmId,
+        verifier: &Verifier,
+    ) -> Result<u64, BootError> {
+        self.live(vm)?.verify_vm_image(m, mem, vm, verifier)
+    }
+
+    pub fn load_boot_data(
+        &mut self,
+        m: &impl Machine,
+        mem: &mut HostMemory,
+        vm: VmId,
+        gpa: Ipa,
+        pfn: Pfn,
+    ) -> Result<(), BootError> {
+        let rec = self.vms.get_mut(vm.index()).and_then(Option::as_mut).ok_or(BootError::NoVm)?;
+        rec.load_boot_data(&self.core, m, mem, vm, gpa, pfn)
+    }
+
     pub fn abandon_verification(&mut self, vm: VmId) {
-        if let Some(rec) = self.get_mut(vm).filter(|rec| rec.state == VmState::Verifying) {
-            rec.state = VmState::Rejected;
-            rec.hashing = None;
+        if let Some(rec) = self.get_mut(vm) {
+            rec.abandon_verification();
         }
     }
 }

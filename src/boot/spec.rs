@@ -4,8 +4,8 @@
 //! layer's business.
 
 use super::{
-    BootData, BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_BOOT_DATA_PAGES, MAX_IMAGE_BYTES, MAX_LOAD_INFO,
-    MAX_VCPUS, SIGNATURE_LEN,
+    BootCore, BootData, BootError, LoadInfo, Vcpu, Verifier, VmState, Vms, MAX_BOOT_DATA_PAGES, MAX_IMAGE_BYTES,
+    MAX_LOAD_INFO, MAX_VCPUS, SIGNATURE_LEN,
 };
 use crate::addr::{Ipa, IpaRange, Pfn, PA_LIMIT};
 use crate::ids::{VcpuId, VmId};
@@ -39,6 +39,11 @@ pub struct AbsVms {
 impl AbsVms {
     /// The abstraction of the concrete records.
     pub fn of<C>(vms: &Vms<C>) -> AbsVms {
+        AbsVms::of_records(&vms.core, vms.vms.iter().map(Option::as_ref))
+    }
+
+    /// The abstraction of `core` and every vmid's record in order (KCore's, under its locks).
+    pub fn of_records<'a, C: 'a>(core: &BootCore, recs: impl Iterator<Item = Option<&'a super::Vm<C>>>) -> AbsVms {
         let abs = |rec: &super::Vm<C>| AbsVm {
             state: rec.state,
             ram: rec.ram,
@@ -52,7 +57,7 @@ impl AbsVms {
             boot_data: rec.boot_data,
             entered: rec.entered,
         };
-        AbsVms { next_vmid: vms.next_vmid, vms: vms.vms.iter().map(|rec| rec.as_ref().map(abs)).collect() }
+        AbsVms { next_vmid: core.next_vmid, vms: recs.map(|rec| rec.map(abs)).collect() }
     }
 
     pub fn get(&self, vm: VmId) -> Option<&AbsVm> {

@@ -19,31 +19,58 @@ use core::hint::spin_loop as relax;
 
 /// Where a lock sits in KCore's lock order: a core holding a lock of rank `r` takes only locks of
 /// a higher rank. Each variant names the SeKVM lock (`acquire_lock_*`, sekvm-kcore.md layer 4) it
-/// stands for.
+/// stands for. The order is the derived one: every `Vm` lock by vmid, then the rest as listed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
 pub enum LockRank {
-    /// Every VM's record with its stage-2 table, and vmid allocation (`vm::Kcore::vms`): SeKVM's
-    /// `vm(vmid)` and `pt(vmid)` for every VM, and `core`, in one (the per-VM split is next,
-    /// docs/locks.md). Taken first: a VM call holds it across the ownership lock.
-    Vms = 0,
+    /// VM `vmid`'s record with its stage-2 table (one of `vm::Kcore`'s per-VM locks): SeKVM's
+    /// `vm(vmid)` with `pt(vmid)`. A VM call takes its VM's alone; a core that holds several
+    /// (the invariant checker and the power-down, `Kcore::lock_all`) takes them by ascending vmid.
+    Vm(u16),
+    /// Which vmids are taken and the index of listed image pages (`vm::Kcore::core`): SeKVM's
+    /// `core`. Taken under a VM's lock (REGISTER_VM, REMAP_VM_IMAGE, BOOT_DATA, DESTROY_VM).
+    Core,
     /// The ownership records with the host's stage-2 table (`vm::Kcore::mem`, the whole
     /// `memory::HostMemory`): SeKVM's `s2page` with `pt(0)` under it.
-    S2Page = 1,
+    S2Page,
     /// The SMMU's command queue, and its event queue (two locks of this rank, never nested):
     /// SeKVM's `smmu` lock. Taken under the ownership lock (a page leaving a device's table is
     /// invalidated in the SMMU while the ownership change is under way) or alone (the event
     /// drain when the host enters KCore).
-    Smmu = 2,
+    Smmu,
     /// The console's UART: no SeKVM counterpart (its prints are unverified); logging is allowed
     /// under any lock, so it is last.
-    Console = 3,
+    Console,
 }
 
 impl LockRank {
-    /// Every rank, lowest first.
-    const ALL: [LockRank; 4] = [LockRank::Vms, LockRank::S2Page, LockRank::Smmu, LockRank::Console];
+    /// Its bit in a core's record of held ranks: vmid `v`'s lock is bit `v` (1..=`MAX_VMS`; VM
+    /// ids start at 1), the others follow in order. Bits rise with the order.
+    const fn bit(self) -> u32 {
+        let vms = crate::ids::MAX_VMS as u32;
+        match self {
+            LockRank::Vm(vmid) => vmid as u32,
+            LockRank::Core => vms + 1,
+            LockRank::S2Page => vms + 2,
+            LockRank::Smmu => vms + 3,
+            LockRank::Console => vms + 4,
+        }
+    }
+
+    /// The rank of bit `bit` (the inverse of [`LockRank::bit`]).
+    fn of_bit(bit: u32) -> LockRank {
+        let vms = crate::ids::MAX_VMS as u32;
+        match bit.saturating_sub(vms) {
+            0 => LockRank::Vm(bit as u16),
+            1 => LockRank::Core,
+            2 => LockRank::S2Page,
+            3 => LockRank::Smmu,
+            _ => LockRank::Console,
+        }
+    }
 }
+
+// Every rank has a bit of the 64-bit record.
+const _: () = assert!(LockRank::Console.bit() < u64::BITS);
 
 /// Whether this build records the ranks each core holds and checks the order.
 const ORDER_CHECKED: bool = cfg!(any(debug_assertions, feature = "check-invariants"));
@@ -159,21 +186,20 @@ mod held {
 
     /// Halts if this core holds a lock of rank `rank` or above.
     pub(super) fn check_order(rank: LockRank) {
-        let above = get() >> rank as u32;
+        let above = get() >> rank.bit();
         if above != 0 {
-            let highest = u64::BITS - 1 - (above << rank as u32).leading_zeros();
-            panic!("lock order violated: taking the {rank:?} lock while holding the {:?} lock", of_bit(highest));
+            let highest = u64::BITS - 1 - (above << rank.bit()).leading_zeros();
+            panic!(
+                "lock order violated: taking the {rank:?} lock while holding the {:?} lock",
+                LockRank::of_bit(highest)
+            );
         }
     }
 
     /// Notes that this core took (`true`) or released rank `rank`.
     pub(super) fn record(rank: LockRank, taken: bool) {
-        let bit = 1u64 << rank as u32;
+        let bit = 1u64 << rank.bit();
         set(if taken { get() | bit } else { get() & !bit });
-    }
-
-    fn of_bit(bit: u32) -> LockRank {
-        LockRank::ALL[bit as usize]
     }
 
     #[cfg(test)]
@@ -286,29 +312,51 @@ mod tests {
         assert!(lock.try_lock().is_some());
     }
 
-    /// The VMs' lock, then the ownership lock, then the console is the documented order.
+    /// Two VMs' locks by ascending vmid, then `core`, the ownership lock and the console is the
+    /// documented order (`Kcore::lock_all`'s).
     #[test]
     fn locks_taken_in_rank_order_pass() {
-        let vms = TicketLock::new(LockRank::Vms, ());
-        let (s2page, console) = (TicketLock::new(LockRank::S2Page, ()), TicketLock::new(LockRank::Console, ()));
-        let outer = vms.lock();
-        let inner = s2page.lock();
+        let (vm1, vm16) =
+            (TicketLock::new(LockRank::Vm(1), ()), TicketLock::new(LockRank::Vm(crate::ids::MAX_VMS), ()));
+        let (core, s2page) = (TicketLock::new(LockRank::Core, ()), TicketLock::new(LockRank::S2Page, ()));
+        let console = TicketLock::new(LockRank::Console, ());
+        let held = (vm1.lock(), vm16.lock(), core.lock(), s2page.lock());
         drop(console.lock());
-        drop((inner, outer));
+        drop(held);
         // Released: any may be taken alone again.
         drop(console.lock());
         drop(s2page.lock());
-        drop(vms.lock());
+        drop(vm16.lock());
+        drop(vm1.lock());
     }
 
-    /// The VMs' lock taken under the ownership lock inverts the order: the core halts, naming
+    /// A VM's lock taken under the ownership lock inverts the order: the core halts, naming
     /// both locks (the highest one held).
     #[test]
-    #[should_panic(expected = "taking the Vms lock while holding the S2Page lock")]
+    #[should_panic(expected = "taking the Vm(1) lock while holding the S2Page lock")]
     fn an_inverted_lock_order_halts() {
-        let (vms, s2page) = (TicketLock::new(LockRank::Vms, ()), TicketLock::new(LockRank::S2Page, ()));
+        let (vm1, s2page) = (TicketLock::new(LockRank::Vm(1), ()), TicketLock::new(LockRank::S2Page, ()));
         let _s2page = s2page.lock();
-        let _vms = vms.lock();
+        let _vm1 = vm1.lock();
+    }
+
+    /// Two VMs' locks by descending vmid: a core doing this could wait for a core that takes
+    /// them in order (`lock_all`), so it halts.
+    #[test]
+    #[should_panic(expected = "taking the Vm(2) lock while holding the Vm(3) lock")]
+    fn vm_locks_out_of_vmid_order_halt() {
+        let (vm2, vm3) = (TicketLock::new(LockRank::Vm(2), ()), TicketLock::new(LockRank::Vm(3), ()));
+        let _vm3 = vm3.lock();
+        let _vm2 = vm2.lock();
+    }
+
+    /// `core` under the ownership lock is out of order too.
+    #[test]
+    #[should_panic(expected = "taking the Core lock while holding the S2Page lock")]
+    fn core_under_the_ownership_lock_halts() {
+        let (core, s2page) = (TicketLock::new(LockRank::Core, ()), TicketLock::new(LockRank::S2Page, ()));
+        let _s2page = s2page.lock();
+        let _core = core.lock();
     }
 
     /// Taking a lock twice on one core (it would spin for ever) is an order violation too.

@@ -1,10 +1,11 @@
 //! Host concurrency tests (issue 14, part 4): threads stand for cores. They share one `Kcore`
 //! and the model machine as the trap handler's cores share KCore's state: through its own locks
-//! (`Kcore::vms`, then `Kcore::mem`), each call taking those it needs. Each thread makes a random
-//! sequence of the calls the specs cover: VCPU_RUN (prepare and finish, two calls with the guest
-//! running in between, no lock held) with page answers, guest shares and unshares, host stage-2
-//! faults, power-off, CLEAR_VM_S2_RANGE and destroy. Every call is recorded with its invocation
-//! and response on a shared clock.
+//! (the VM's, then `Kcore::mem`), each call taking those it needs. Each thread makes a random
+//! sequence of the calls the specs cover, each for one of two VMs: VCPU_RUN (prepare and finish,
+//! two calls with the guest running in between, no lock held) with page answers, guest shares
+//! and unshares, host stage-2 faults, power-off, CLEAR_VM_S2_RANGE and destroy. Calls for the two
+//! VMs take different VM locks and meet only at the ownership lock; calls for one VM race on its
+//! lock. Every call is recorded with its invocation and response on a shared clock.
 //!
 //! At the quiescent point after the threads join: SeKVM's invariants hold, and the history is
 //! linearizable: some serial order of the calls that respects real time (a call that returned
@@ -22,7 +23,7 @@
 //! how its OS schedules (on one CPU, free-running threads hardly ever met), and a failing case
 //! replays.
 
-use super::refinement::{boot_vm1, refined_run, relate, VOp, FAULTED_GFN, GUEST_RAM};
+use super::refinement::{boot_vm1, refined_run, relate, run_ops, VOp, FAULTED_GFN, GUEST_RAM, GUEST_RAM_SIZE};
 use super::spec::*;
 use super::*;
 use crate::machine::model::ModelMachine;
@@ -39,26 +40,32 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// Threads (cores) per history.
 const THREADS: usize = 3;
-/// The VM the histories run: booted with two vCPUs, each waiting for a page.
-const VM: u16 = 1;
-/// Free host pages that the calls offer to the guest and fault on; and a page the VM has.
+/// The VMs the histories run: VM 1 booted with two vCPUs, each waiting for a page; VM 2 with one,
+/// waiting for a page.
+const VMS: [u16; 2] = [1, 2];
+/// VM 2's image page, and its image's length: short, so that the spec's memory (which the
+/// linearizability search fingerprints at every state) stays small.
+const VM2_IMAGE: (u64, u64) = (0x48001, 16);
+/// Free host pages that the calls offer to the guests and fault on; and a page VM 1 has.
 const PAGES: [u64; 3] = [0x48102, 0x48103, 0x48104];
 const VM_PAGE: u64 = 0x48100;
 /// The 2 MiB of RAM that CLEAR_VM_S2_RANGE returns: every page above.
 const CLEARED: (u64, u64) = (0x4800_0000, 0x20_0000);
 
-/// One call a thread makes.
+/// One call a thread makes; `vm` is the VM's id.
 #[derive(Clone, Copy, Debug)]
 enum Call {
-    /// VCPU_RUN of VM 1's vCPU `vcpu` answering `answer`; if it runs, the guest exits waiting
+    /// VCPU_RUN of VM `vm`'s vCPU `vcpu` answering `answer`; if it runs, the guest exits waiting
     /// for `exit`.
     Run {
+        vm: u16,
         vcpu: u64,
         answer: u64,
         exit: Pending,
     },
     /// The guest's share (or unshare) of its page `gfn`.
     Share {
+        vm: u16,
         grant: bool,
         gfn: u64,
     },
@@ -66,22 +73,42 @@ enum Call {
     HostFault {
         pfn: u64,
     },
-    PowerOff,
+    PowerOff {
+        vm: u16,
+    },
     /// CLEAR_VM_S2_RANGE over the 2 MiB of RAM that holds the pages above.
-    Clear,
-    Destroy,
+    Clear {
+        vm: u16,
+    },
+    Destroy {
+        vm: u16,
+    },
+    /// REGISTER_VM of a new VM (with the others' RAM window): vmid allocation under `core`.
+    Register,
 }
 
 /// One atomic step of KCore, as a history records it.
 #[derive(Clone, Copy, Debug)]
 enum Step {
-    Prepare { vcpu: u64, answer: u64 },
-    Finish { vcpu: u64, exit: Pending },
-    Share { grant: bool, gfn: u64 },
+    Prepare { vm: u16, vcpu: u64, answer: u64 },
+    Finish { vm: u16, vcpu: u64, exit: Pending },
+    Share { vm: u16, grant: bool, gfn: u64 },
     HostFault { pfn: u64 },
-    PowerOff,
-    Clear,
-    Destroy,
+    PowerOff { vm: u16 },
+    Clear { vm: u16 },
+    Destroy { vm: u16 },
+    Register,
+}
+
+impl Step {
+    /// The VM whose lock the step takes (a host fault takes none).
+    fn vm(self) -> Option<u16> {
+        match self {
+            Step::Prepare { vm, .. } | Step::Finish { vm, .. } | Step::Share { vm, .. } => Some(vm),
+            Step::PowerOff { vm } | Step::Clear { vm } | Step::Destroy { vm } => Some(vm),
+            Step::HostFault { .. } | Step::Register => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -97,7 +124,8 @@ struct Event {
 /// The bugs a history may plant (read on the test's thread: `planted` is per thread).
 #[derive(Clone, Copy)]
 struct Bugs {
-    check_then_act: bool,
+    /// A bug in KCore's calls, planted on every thread.
+    in_kcore: Option<Mutation>,
     inverted: bool,
 }
 
@@ -190,8 +218,13 @@ impl Drop for Finished<'_> {
     }
 }
 
-fn vm() -> VmId {
-    VmId::new(VM.into()).unwrap()
+fn id(vm: u16) -> VmId {
+    VmId::new(vm.into()).unwrap()
+}
+
+/// Every VM's RAM window.
+fn ram() -> IpaRange {
+    IpaRange::new(GUEST_RAM, GUEST_RAM_SIZE).unwrap()
 }
 
 impl Shared {
@@ -233,12 +266,12 @@ impl Shared {
         let unit = |r: &Result<(), VmError>| format!("{r:?}");
         for &call in calls {
             match call {
-                Call::Run { vcpu, answer, exit } => {
-                    let id = VcpuId::new(vcpu).unwrap();
+                Call::Run { vm, vcpu, answer, exit } => {
+                    let vcpu_id = VcpuId::new(vcpu).unwrap();
                     let prepared = self.call(
                         thread,
-                        Step::Prepare { vcpu, answer },
-                        |w| w.k.vcpu_run_prepare(&w.m, vm(), id, answer),
+                        Step::Prepare { vm, vcpu, answer },
+                        |w| w.k.vcpu_run_prepare(&w.m, id(vm), vcpu_id, answer),
                         |r| unit(&r.as_ref().map(|_| ()).map_err(|e| *e)),
                     );
                     if let Ok(mut ticket) = prepared {
@@ -246,26 +279,31 @@ impl Shared {
                         self.turns.point(thread);
                         ticket.ctx.pending = exit;
                         let finish = |w: &Shared| w.k.vcpu_run_finish(ticket);
-                        self.call(thread, Step::Finish { vcpu, exit }, finish, |_| "()".into());
+                        self.call(thread, Step::Finish { vm, vcpu, exit }, finish, |_| "()".into());
                     }
                 }
-                Call::Share { grant, gfn } => {
-                    let share = |w: &Shared| w.k.guest_share(&w.m, vm(), grant, Ipa(gfn << 12), PAGE_SIZE);
-                    let _ = self.call(thread, Step::Share { grant, gfn }, share, unit);
+                Call::Share { vm, grant, gfn } => {
+                    let share = |w: &Shared| w.k.guest_share(&w.m, id(vm), grant, Ipa(gfn << 12), PAGE_SIZE);
+                    let _ = self.call(thread, Step::Share { vm, grant, gfn }, share, unit);
                 }
                 Call::HostFault { pfn } => {
                     let fault = |w: &Shared| w.k.host_stage2_fault(&w.m, pfn << 12);
                     let _ = self.call(thread, Step::HostFault { pfn }, fault, |r| format!("{r:?}"));
                 }
-                Call::PowerOff => {
-                    let _ = self.call(thread, Step::PowerOff, |w| w.k.power_off(vm()), unit);
+                Call::PowerOff { vm } => {
+                    let _ = self.call(thread, Step::PowerOff { vm }, |w| w.k.power_off(id(vm)), unit);
                 }
-                Call::Clear => {
-                    let clear = |w: &Shared| w.k.clear_vm_range(&w.m, vm(), Pa::new(CLEARED.0).unwrap(), CLEARED.1);
-                    let _ = self.call(thread, Step::Clear, clear, |r| format!("{r:?}"));
+                Call::Clear { vm } => {
+                    let clear = |w: &Shared| w.k.clear_vm_range(&w.m, id(vm), Pa::new(CLEARED.0).unwrap(), CLEARED.1);
+                    let _ = self.call(thread, Step::Clear { vm }, clear, |r| format!("{r:?}"));
                 }
-                Call::Destroy => {
-                    let _ = self.call(thread, Step::Destroy, |w| w.k.destroy(&w.m, vm()), |r| format!("{r:?}"));
+                Call::Destroy { vm } => {
+                    let destroy = |w: &Shared| w.k.destroy(&w.m, id(vm));
+                    let _ = self.call(thread, Step::Destroy { vm }, destroy, |r| format!("{r:?}"));
+                }
+                Call::Register => {
+                    let register = |w: &Shared| w.k.register_vm(&w.m, ram());
+                    let _ = self.call(thread, Step::Register, register, |r| format!("{r:?}"));
                 }
             }
         }
@@ -275,25 +313,27 @@ impl Shared {
 /// The step on the spec: the next state and the result as `Debug` prints it; `None` if the
 /// step cannot come next (a precondition of the spec's is broken).
 fn spec_step(s: &AbsKcore, step: Step) -> Option<(AbsKcore, String)> {
-    let vm = vm();
-    let id = |vcpu: u64| VcpuId::new(vcpu).unwrap();
+    let vcpu_id = |vcpu: u64| VcpuId::new(vcpu).unwrap();
     match step {
-        Step::Prepare { vcpu, answer } => {
-            vcpu_run_prepare_spec(s, vm, id(vcpu), answer).map(|(s, r)| (s, format!("{r:?}")))
+        Step::Prepare { vm, vcpu, answer } => {
+            vcpu_run_prepare_spec(s, id(vm), vcpu_id(vcpu), answer).map(|(s, r)| (s, format!("{r:?}")))
         }
-        Step::Finish { vcpu, exit } => vcpu_run_finish_spec(s, vm, id(vcpu), exit).map(|s| (s, "()".into())),
-        Step::Share { grant, gfn } => {
-            guest_share_spec(s, vm, grant, Ipa(gfn << 12), PAGE_SIZE).map(|(s, r)| (s, format!("{r:?}")))
+        Step::Finish { vm, vcpu, exit } => {
+            vcpu_run_finish_spec(s, id(vm), vcpu_id(vcpu), exit).map(|s| (s, "()".into()))
+        }
+        Step::Share { vm, grant, gfn } => {
+            guest_share_spec(s, id(vm), grant, Ipa(gfn << 12), PAGE_SIZE).map(|(s, r)| (s, format!("{r:?}")))
         }
         Step::HostFault { pfn } => {
             let (r, result) = map_page_host_spec(&s.r, pfn << 12)?;
             Some((AbsKcore { r, ..s.clone() }, format!("{result:?}")))
         }
-        Step::PowerOff => power_off_spec(s, vm).map(|(s, r)| (s, format!("{r:?}"))),
-        Step::Clear => {
-            clear_vm_range_spec(s, vm, Pa::new(CLEARED.0).unwrap(), CLEARED.1).map(|(s, r)| (s, format!("{r:?}")))
+        Step::PowerOff { vm } => power_off_spec(s, id(vm)).map(|(s, r)| (s, format!("{r:?}"))),
+        Step::Clear { vm } => {
+            clear_vm_range_spec(s, id(vm), Pa::new(CLEARED.0).unwrap(), CLEARED.1).map(|(s, r)| (s, format!("{r:?}")))
         }
-        Step::Destroy => destroy_spec(s, vm).map(|(s, r)| (s, format!("{r:?}"))),
+        Step::Destroy { vm } => destroy_spec(s, id(vm)).map(|(s, r)| (s, format!("{r:?}"))),
+        Step::Register => register_vm_spec(s, ram()).map(|(s, r)| (s, format!("{r:?}"))),
     }
 }
 
@@ -342,7 +382,7 @@ fn linearizable(
 }
 
 /// VM 1 booted with two vCPUs, pages +8 and +9 faulted in, vCPU 0 waiting for page +10 and
-/// vCPU 1 (powered on by vCPU 0) for page +11.
+/// vCPU 1 (powered on by vCPU 0) for page +11; VM 2 booted with one vCPU, waiting for page +10.
 fn booted() -> Vec<VOp> {
     let fault = |i| Pending::PageFault { gfn: FAULTED_GFN + i };
     let mut ops = boot_vm1();
@@ -352,6 +392,13 @@ fn booted() -> Vec<VOp> {
         VOp::Run(1, 0, VM_PAGE + 1, fault(2)),
         VOp::CpuOn(1, 1, GUEST_RAM + 0x100),
         VOp::Run(1, 1, 0, fault(3)),
+        VOp::LayOut(VM2_IMAGE.0, VM2_IMAGE.1),
+        VOp::RegisterVm(GUEST_RAM, GUEST_RAM_SIZE),
+        VOp::RegisterVcpu(2, 0),
+        VOp::SetBootInfo(2, GUEST_RAM, VM2_IMAGE.1),
+        VOp::Remap(2, 0, VM2_IMAGE.0),
+        VOp::Verify(2),
+        VOp::Run(2, 0, 0, fault(2)),
     ]);
     ops
 }
@@ -362,14 +409,18 @@ fn any_call() -> impl Strategy<Value = Call> {
         3 => (2u64..6).prop_map(|i| Pending::PageFault { gfn: FAULTED_GFN + i }),
         1 => Just(Pending::Nothing),
     ];
+    let vm = || proptest::sample::select(VMS.to_vec());
     prop_oneof![
-        6 => (0u64..2, prop_oneof![4 => page.clone(), 1 => Just(0u64), 1 => Just(VM_PAGE)], exit)
-            .prop_map(|(vcpu, answer, exit)| Call::Run { vcpu, answer, exit }),
-        3 => (any::<bool>(), FAULTED_GFN..FAULTED_GFN + 2).prop_map(|(grant, gfn)| Call::Share { grant, gfn }),
+        6 => (vm(), 0u64..2, prop_oneof![4 => page.clone(), 1 => Just(0u64), 1 => Just(VM_PAGE)], exit)
+            // VM 2 has vCPU 0 only.
+            .prop_map(|(vm, vcpu, answer, exit)| Call::Run { vm, vcpu: if vm == 2 { 0 } else { vcpu }, answer, exit }),
+        3 => (vm(), any::<bool>(), FAULTED_GFN..FAULTED_GFN + 2)
+            .prop_map(|(vm, grant, gfn)| Call::Share { vm, grant, gfn }),
         5 => prop_oneof![4 => page, 1 => Just(VM_PAGE)].prop_map(|pfn| Call::HostFault { pfn }),
-        1 => Just(Call::PowerOff),
-        1 => Just(Call::Clear),
-        1 => Just(Call::Destroy),
+        1 => vm().prop_map(|vm| Call::PowerOff { vm }),
+        1 => vm().prop_map(|vm| Call::Clear { vm }),
+        1 => vm().prop_map(|vm| Call::Destroy { vm }),
+        1 => Just(Call::Register),
     ]
 }
 
@@ -383,19 +434,31 @@ fn any_history() -> impl Strategy<Value = History> {
     (calls, proptest::collection::vec(any::<u8>(), 240))
 }
 
+/// What the histories reached: how many had steps that overlapped in real time across threads,
+/// how many had steps of the two VMs overlap (so that both VMs' locks were held at once or
+/// contended for), and the page answers taken.
+#[derive(Clone, Copy, Default)]
+struct Reached {
+    overlapped: u32,
+    vms_overlapped: u32,
+    answers: u32,
+}
+
 std::thread_local! {
-    /// Histories whose steps overlapped in real time across threads, and page answers taken.
-    static REACHED: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+    static REACHED: std::cell::Cell<Reached> = std::cell::Cell::new(Reached::default());
 }
 
 /// One history: the threads run their calls at once; then the invariants and linearizability.
 fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
-    let (m, mut k, mut s) = refined_run(&booted())?;
+    // The setup, checked step by step once (`the_setup_refines`), is only related at its end here.
+    let (m, mut k, mut s) = run_ops(&booted(), false)?;
     // Pages only, in both worlds: the check-then-act bug maps a page as the real handler would.
     k.mem.get_mut().policy = HostMapPolicy::PagesOnly;
     s.r.pages_only = true;
     let bugs = Bugs {
-        check_then_act: planted(Mutation::HostFaultCheckThenAct),
+        in_kcore: [Mutation::HostFaultCheckThenAct, Mutation::VmidNotRecheckedUnderLock]
+            .into_iter()
+            .find(|&m| planted(m)),
         inverted: planted(Mutation::LockOrderInverted),
     };
     let shared = Arc::new(Shared {
@@ -416,9 +479,9 @@ fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
                 shared.turns.wait(thread);
                 shared.hook_locks(thread);
                 // `planted` is per thread: the test's bug, planted on this one too.
-                match bugs.check_then_act {
-                    true => with(Mutation::HostFaultCheckThenAct, || shared.run(thread, &calls)),
-                    false => shared.run(thread, &calls),
+                match bugs.in_kcore {
+                    Some(bug) => with(bug, || shared.run(thread, &calls)),
+                    None => shared.run(thread, &calls),
                 }
                 turns::set(None);
             })
@@ -441,14 +504,23 @@ fn concurrent_run((calls, schedule): History) -> Result<(), TestCaseError> {
         .check_invariants(&world.m)
         .map_err(|v| TestCaseError::fail(format!("invariant broken: {v:?}\nhistory: {history:#?}")))?;
 
-    let overlapped = history
+    let overlap = |a: &Event, b: &Event| a.thread != b.thread && a.invoked < b.returned && b.invoked < a.returned;
+    let overlapped = history.iter().any(|a| history.iter().any(|b| overlap(a, b)));
+    let vms_overlapped = history
         .iter()
-        .any(|a| history.iter().any(|b| a.thread != b.thread && a.invoked < b.returned && b.invoked < a.returned));
+        .any(|a| history.iter().any(|b| overlap(a, b) && a.step.vm().zip(b.step.vm()).is_some_and(|(x, y)| x != y)));
     let answers = history
         .iter()
         .filter(|e| matches!(e.step, Step::Prepare { answer, .. } if answer != 0) && e.result == "Ok(())")
         .count();
-    REACHED.with(|r| r.set((r.get().0 + u32::from(overlapped), r.get().1 + answers as u32)));
+    REACHED.with(|r| {
+        let was = r.get();
+        r.set(Reached {
+            overlapped: was.overlapped + u32::from(overlapped),
+            vms_overlapped: was.vms_overlapped + u32::from(vms_overlapped),
+            answers: was.answers + answers as u32,
+        })
+    });
 
     let mut by_thread = vec![Vec::new(); THREADS];
     history.iter().for_each(|e| by_thread[e.thread].push(e.clone()));
@@ -468,11 +540,14 @@ fn runner(cases: u32) -> TestRunner {
 /// history is linearizable against the specs.
 #[test]
 fn concurrent_calls_keep_the_invariants_and_are_linearizable() {
-    REACHED.with(|r| r.set((0, 0)));
+    REACHED.with(|r| r.set(Reached::default()));
     runner(200).run(&any_history(), concurrent_run).unwrap();
-    // Not vacuous: threads met, and guests got pages.
-    let (overlapped, answers) = REACHED.with(|r| r.get());
-    assert!(overlapped >= 50 && answers >= 50, "{overlapped} histories overlapped, {answers} page answers taken");
+    // Not vacuous: threads met, calls of the two VMs met, and guests got pages.
+    let Reached { overlapped, vms_overlapped, answers } = REACHED.with(|r| r.get());
+    assert!(
+        overlapped >= 50 && vms_overlapped >= 100 && answers >= 50,
+        "{overlapped} histories overlapped ({vms_overlapped} across VMs), {answers} page answers taken"
+    );
 }
 
 /// A host fault handler that checks ownership and maps under two takes of the ownership lock
@@ -483,6 +558,14 @@ fn concurrency_catches_a_check_then_act_split() {
     catches(Mutation::HostFaultCheckThenAct, 400, any_history(), concurrent_run);
 }
 
+/// REGISTER_VM reading the free vmid under `core`, then taking that VM's lock and `core` again
+/// without reading it again: two threads registering at once both get the same vmid, which no
+/// serial order explains.
+#[test]
+fn concurrency_catches_a_vmid_not_rechecked_under_the_vm_lock() {
+    catches(Mutation::VmidNotRecheckedUnderLock, 400, any_history(), concurrent_run);
+}
+
 /// A thread that takes one of KCore's locks while holding the history's console-ranked lock
 /// halts, naming both locks, instead of risking a deadlock with a thread that takes them in order.
 #[test]
@@ -490,10 +573,17 @@ fn a_lock_order_inversion_between_threads_halts() {
     let mut runner = runner(1);
     let result = with(Mutation::LockOrderInverted, || runner.run(&any_history(), concurrent_run));
     let message = format!("{result:?}");
-    let named = ["Vms", "S2Page"].iter().any(|lock| {
+    let named = ["Vm(1)", "Vm(2)", "S2Page"].iter().any(|lock| {
         message.contains(&format!("lock order violated: taking the {lock} lock while holding the Console lock"))
     });
     assert!(named, "{message}");
+}
+
+/// The histories' setup (both VMs booted, their vCPUs waiting for pages) refines the spec step
+/// by step, so that each history may skip those checks.
+#[test]
+fn the_setup_refines() {
+    refined_run(&booted()).unwrap();
 }
 
 /// The checker can fail: two VCPU_RUNs of one vCPU that both won, with no finish between them,
@@ -503,7 +593,7 @@ fn the_checker_refuses_two_winning_runs_of_one_vcpu() {
     let (_, _, s) = refined_run(&booted()).unwrap();
     let prepare = |thread, invoked, returned, result: &str| Event {
         thread,
-        step: Step::Prepare { vcpu: 0, answer: PAGES[0] },
+        step: Step::Prepare { vm: 1, vcpu: 0, answer: PAGES[0] },
         result: result.into(),
         invoked,
         returned,

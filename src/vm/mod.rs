@@ -23,7 +23,7 @@ pub mod spec;
 mod tests;
 
 use crate::addr::{Ipa, IpaRange, Pa, Pfn, PAGE_SHIFT, PAGE_SIZE};
-use crate::boot::{BootError, Vcpu, Verifier, Vm, VmState, Vms, MAX_VMS, VERIFY_CHUNK_PAGES};
+use crate::boot::{BootCore, BootError, Vcpu, Verifier, Vm, VmState, MAX_VMS, VERIFY_CHUNK_PAGES};
 use crate::ids::{VcpuId, VmId};
 use crate::machine::sync::{LockRank, TicketGuard, TicketLock};
 use crate::machine::Machine;
@@ -138,40 +138,71 @@ pub struct RunTicket {
     pub ram: IpaRange,
 }
 
-/// Every VM's record, and vmid allocation: what the [`Kcore::vms`] lock guards.
-pub type VmRecords = Vms<Box<VcpuContext>>;
+/// VM `vmid`'s lock (rank `Vm(vmid)`) and what it guards: the VM's record, `None` before
+/// REGISTER_VM and after DESTROY_VM.
+pub type VmLock = TicketLock<Option<VmRecord>>;
 
-/// KCore's state, split by lock as SeKVM splits it (docs/locks.md): memory ownership with the
-/// host's stage-2 under one lock, the VMs under another. A call takes `vms` before `mem`
-/// (`LockRank` order, checked in debug and `check-invariants` builds), and neither while a guest
-/// runs: a host stage-2 fault takes `mem` alone, so it never waits for a VM call that does not
-/// change ownership.
+/// KCore's state, split by lock as SeKVM splits it (docs/locks.md): each VM's record with its
+/// stage-2 under the VM's own lock, vmid allocation and the index of listed image pages under
+/// `core`, memory ownership with the host's stage-2 under `mem`. A call takes its VM's lock,
+/// then `core`, then `mem`, each only if it needs it (`LockRank` order, checked in debug and
+/// `check-invariants` builds), and none while a guest runs: calls for two different VMs wait on
+/// each other only at `core` or `mem`, and a host stage-2 fault takes `mem` alone.
 pub struct Kcore {
     /// The ownership records with the host's stage-2 table (SeKVM `s2page` with `pt(0)` under
     /// it): rank `S2Page`.
     pub mem: TicketLock<HostMemory>,
-    /// Every VM's record with its stage-2 table, and vmid allocation (SeKVM `vm(vmid)` and
-    /// `pt(vmid)` for every VM, and `core`): rank `Vms`.
-    pub vms: TicketLock<VmRecords>,
+    /// Vmid allocation and the index of listed image pages (SeKVM `core`): rank `Core`.
+    pub core: TicketLock<BootCore>,
+    /// Each VM's record with its stage-2 table (SeKVM `vm(vmid)` with `pt(vmid)`), at
+    /// [`VmId::index`]: rank `Vm(vmid)`.
+    vms: [VmLock; MAX_VMS as usize],
     /// The page-table pool slice of VM 1; VM n's is `VM_POOL_PAGES` pages further per vmid.
     vm_pools: u64,
     key: VerifyingKey,
 }
 
-/// VM `vm`'s record, if it is registered.
-pub fn record(vms: &VmRecords, vm: VmId) -> Result<&VmRecord, VmError> {
-    vms.get(vm).ok_or(VmError::NoVm)
+/// Every lock of KCore's state but `mem`, held ([`Kcore::lock_all`]): every VM's record, and
+/// `core`.
+pub struct VmRecords<'a> {
+    slots: [TicketGuard<'a, Option<VmRecord>>; MAX_VMS as usize],
+    pub core: TicketGuard<'a, BootCore>,
+}
+
+impl VmRecords<'_> {
+    /// VM `vm`'s record, if it is registered.
+    pub fn get(&self, vm: VmId) -> Option<&VmRecord> {
+        self.slots[vm.index()].as_ref()
+    }
+
+    pub fn get_mut(&mut self, vm: VmId) -> Option<&mut VmRecord> {
+        self.slots[vm.index()].as_mut()
+    }
+
+    /// Every vmid's record (`None` if unregistered), by vmid.
+    pub fn records(&self) -> impl Iterator<Item = Option<&VmRecord>> {
+        self.slots.iter().map(|slot| slot.as_ref())
+    }
+
+    /// Every registered VM, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (VmId, &VmRecord)> {
+        VmId::all().zip(self.records()).filter_map(|(vm, rec)| Some((vm, rec?)))
+    }
 }
 
 /// Every VM's stage-2 table, for the invariant checker.
-pub fn vm_tables(vms: &VmRecords) -> Vec<(u16, &PageTable)> {
+pub fn vm_tables<'a>(vms: &'a VmRecords) -> Vec<(u16, &'a PageTable)> {
     vms.iter().map(|(vm, rec)| (vm.vmid(), &rec.s2)).collect()
 }
 
+/// The record in a VM's slot, if the VM is registered.
+fn live(slot: &mut Option<VmRecord>) -> Result<&mut VmRecord, VmError> {
+    slot.as_mut().ok_or(VmError::NoVm)
+}
+
 /// The VM is off (powered off, rejected, or never verified) and none of its vCPUs runs. A VM
-/// being verified is off too; teardown makes it REJECTED (`Vms::abandon_verification`).
-fn quiescent(vms: &VmRecords, vm: VmId) -> Result<(), VmError> {
-    let rec = record(vms, vm)?;
+/// being verified is off too; teardown makes it REJECTED (`Vm::abandon_verification`).
+fn quiescent(rec: &VmRecord) -> Result<(), VmError> {
     if rec.state == VmState::Verified {
         return Err(VmError::State);
     }
@@ -187,17 +218,32 @@ impl Kcore {
     pub fn new(mem: HostMemory, vm_pools: u64, key: VerifyingKey) -> Kcore {
         Kcore {
             mem: TicketLock::new(LockRank::S2Page, mem),
-            vms: TicketLock::new(LockRank::Vms, Vms::new()),
+            core: TicketLock::new(LockRank::Core, BootCore::new()),
+            // The lock at index `i` is vmid `i + 1`'s (`VmId::index`).
+            vms: core::array::from_fn(|i| TicketLock::new(LockRank::Vm(i as u16 + 1), None)),
             vm_pools,
             key,
         }
     }
 
-    /// Every lock of the state, in their order: for the invariant checker and the power-down,
-    /// which must see no call half done.
-    pub fn lock_all(&self) -> (TicketGuard<'_, VmRecords>, TicketGuard<'_, HostMemory>) {
-        let vms = self.vms.lock();
-        (vms, self.mem.lock())
+    /// VM `vm`'s lock.
+    pub fn vm(&self, vm: VmId) -> &VmLock {
+        &self.vms[vm.index()]
+    }
+
+    /// Every lock of the state, in their order (each VM's by vmid, `core`, `mem`): for the
+    /// invariant checker and the power-down, which must see no call half done.
+    pub fn lock_all(&self) -> (VmRecords<'_>, TicketGuard<'_, HostMemory>) {
+        // `from_fn` fills the array by ascending index, so the VMs' locks are taken by vmid.
+        let slots = core::array::from_fn(|i| self.vms[i].lock());
+        let core = self.core.lock();
+        (VmRecords { slots, core }, self.mem.lock())
+    }
+
+    /// Every VM's record and `core`, locked (the tests' look at the records).
+    #[cfg(test)]
+    pub fn vms(&self) -> VmRecords<'_> {
+        VmRecords { slots: core::array::from_fn(|i| self.vms[i].lock()), core: self.core.lock() }
     }
 
     /// SeKVM's invariants (`memory::invariants::check`) under every lock, for the tests.
@@ -222,56 +268,70 @@ impl Kcore {
         {
             return Err(VmError::BadArgument);
         }
-        let vm_pools = self.vm_pools;
-        let vm = self.vms.lock().register_vm(ram, |vm| {
-            let pool = PagePool::new(vm_pools + vm.index() as u64 * VM_POOL_PAGES * PAGE_SIZE, VM_POOL_PAGES);
-            Ok(PageTable::new(m, Regime::Stage2 { vmid: vm.vmid() }, pool)?)
-        })?;
+        // BootCore `gen_vmid` under `core`, then the record under the new VM's lock; that lock
+        // ranks below `core`, so the vmid is read first and checked again under both.
+        let vm = loop {
+            let vm = self.core.lock().free_vmid()?;
+            let mut slot = self.vm(vm).lock();
+            let mut core = self.core.lock();
+            if core.free_vmid()? != vm && !planted(Mutation::VmidNotRecheckedUnderLock) {
+                // Another core registered it in between.
+                continue;
+            }
+            let pool = PagePool::new(self.vm_pools + vm.index() as u64 * VM_POOL_PAGES * PAGE_SIZE, VM_POOL_PAGES);
+            let s2 = PageTable::new(m, Regime::Stage2 { vmid: vm.vmid() }, pool)
+                .map_err(|e| BootError::Mem(MemError::from(e)))?;
+            core.take_vmid(vm);
+            *slot = Some(Vm::new(ram, s2));
+            break vm;
+        };
         m.flush_stage2_vmid(vm.vmid());
         Ok(vm)
     }
 
     /// REGISTER_VCPU.
     pub fn register_vcpu(&self, vm: VmId, vcpu: VcpuId) -> Result<(), VmError> {
-        let mut vms = self.vms.lock();
-        record(&vms, vm)?;
-        Ok(vms.register_vcpu(vm, vcpu, || VcpuContext::new(vcpu.index() as u8))?)
+        let mut slot = self.vm(vm).lock();
+        Ok(live(&mut slot)?.register_vcpu(vcpu, || VcpuContext::new(vcpu.index() as u8))?)
     }
 
     /// SET_BOOT_INFO: the image (and its signature) must lie inside the VM's RAM.
     pub fn set_boot_info(&self, vm: VmId, gpa: Ipa, size: u64) -> Result<usize, VmError> {
-        let mut vms = self.vms.lock();
-        let ram = record(&vms, vm)?.ram;
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
+        let ram = rec.ram;
         let pages = (size.checked_add(crate::boot::SIGNATURE_LEN).ok_or(VmError::BadArgument)?).div_ceil(PAGE_SIZE);
         if !pages.checked_mul(PAGE_SIZE).is_some_and(|bytes| ram.contains_range(gpa.raw(), bytes)) {
             return Err(VmError::BadArgument);
         }
-        Ok(vms.set_boot_info(vm, gpa, size)?)
+        Ok(rec.set_boot_info(gpa, size)?)
     }
 
-    /// REMAP_VM_IMAGE.
+    /// REMAP_VM_IMAGE: under `core` too, whose index of listed pages it checks and changes.
     pub fn remap_vm_image(&self, vm: VmId, index: u64, pfn: Pfn) -> Result<(), VmError> {
-        let mut vms = self.vms.lock();
-        record(&vms, vm)?;
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
         let index = usize::try_from(index).map_err(|_| VmError::BadArgument)?;
-        Ok(vms.remap_vm_image(&self.mem.lock(), vm, pfn, index)?)
+        Ok(rec.remap_vm_image(&mut self.core.lock(), &self.mem.lock(), pfn, index)?)
     }
 
     /// VERIFY_VM_IMAGE: one chunk of the verification; returns the pages still to check. The
     /// signatures cover the VM's RAM window as REGISTER_VM set it.
     pub fn verify_vm_image(&self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
-        let mut vms = self.vms.lock();
-        record(&vms, vm)?;
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
         let verifier = Verifier { key: &self.key, chunk_pages: VERIFY_CHUNK_PAGES };
-        Ok(vms.verify_vm_image(m, &mut self.mem.lock(), vm, &verifier)?)
+        Ok(rec.verify_vm_image(m, &mut self.mem.lock(), vm, &verifier)?)
     }
 
     /// BOOT_DATA: the host's page `pfn`, as it is, becomes the VM's boot data at `gpa` (before
-    /// any vCPU of the VM runs; the boot layer checks the range).
+    /// any vCPU of the VM runs; the boot layer checks the range). Under `core` too, whose index
+    /// of listed pages says whether `pfn` is some VM's image page.
     pub fn load_boot_data(&self, m: &impl Machine, vm: VmId, gpa: Ipa, pfn: Pfn) -> Result<(), VmError> {
-        let mut vms = self.vms.lock();
-        record(&vms, vm)?;
-        Ok(vms.load_boot_data(m, &mut self.mem.lock(), vm, gpa, pfn)?)
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
+        let core = self.core.lock();
+        Ok(rec.load_boot_data(&core, m, &mut self.mem.lock(), vm, gpa, pfn)?)
     }
 
     /// The first half of VCPU_RUN: applies the host's `answer` to the vCPU's last exit, starts
@@ -300,21 +360,21 @@ impl Kcore {
         answer: u64,
         taken: impl FnOnce(bool),
     ) -> Result<RunTicket, VmError> {
-        let mut vms = self.vms.lock();
-        let prepared = Kcore::prepare(&self.mem, &mut vms, m, vm, vcpu, answer);
+        let mut slot = self.vm(vm).lock();
+        let prepared = Kcore::prepare(&self.mem, &mut slot, m, vm, vcpu, answer);
         taken(prepared.is_ok());
         prepared
     }
 
     fn prepare(
         mem: &TicketLock<HostMemory>,
-        vms: &mut VmRecords,
+        slot: &mut Option<VmRecord>,
         m: &impl Machine,
         vm: VmId,
         vcpu: VcpuId,
         answer: u64,
     ) -> Result<RunTicket, VmError> {
-        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        let rec = live(slot)?;
         if rec.state != VmState::Verified {
             return Err(VmError::State);
         }
@@ -334,25 +394,27 @@ impl Kcore {
         }
         ctx.complete(answer);
         let (vttbr, cntvoff, ram) = (rec.s2.root() | u64::from(vm.vmid()) << 48, rec.cntvoff, rec.ram);
-        let ctx = vms.set_vcpu_active(vm, vcpu)?;
+        let ctx = rec.set_vcpu_active(vcpu)?;
         Ok(RunTicket { vm, vcpu, ctx, vttbr, cntvoff, ram })
     }
 
     /// The second half of VCPU_RUN: the context goes back into the VM's record. (The VM may have
     /// been powered off while the vCPU ran; it never runs again then.)
     pub fn vcpu_run_finish(&self, ticket: RunTicket) {
-        self.vms.lock().set_vcpu_inactive(ticket.vm, ticket.vcpu, ticket.ctx);
+        if let Some(rec) = self.vm(ticket.vm).lock().as_mut() {
+            rec.set_vcpu_inactive(ticket.vcpu, ticket.ctx);
+        }
     }
 
     /// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over guest-physical `[gpa, gpa + size)`,
     /// which must lie inside the VM's RAM window. All or nothing: a refused call changes no page.
     #[inline]
     pub fn guest_share(&self, m: &impl Machine, vm: VmId, grant: bool, gpa: Ipa, size: u64) -> Result<(), VmError> {
-        self.guest_share_then(m, vm, grant, gpa, size, |_, _| ())
+        self.guest_share_then(m, vm, grant, gpa, size, || ())
     }
 
-    /// [`Kcore::guest_share`], calling `after` with the state before the locks go (the trap
-    /// handler's invariant check and power-down bookkeeping, without taking the locks again).
+    /// [`Kcore::guest_share`] under the VM's lock and `mem`, calling `after` before they go (the
+    /// trap handler's power-down bookkeeping).
     #[inline(always)]
     pub fn guest_share_then(
         &self,
@@ -361,25 +423,26 @@ impl Kcore {
         grant: bool,
         gpa: Ipa,
         size: u64,
-        after: impl FnOnce(&VmRecords, &HostMemory),
+        after: impl FnOnce(),
     ) -> Result<(), VmError> {
-        let (vms, mut mem) = self.lock_all();
-        let result = Kcore::share(&mut mem, &vms, m, vm, grant, gpa, size);
-        after(&vms, &mem);
+        let slot = self.vm(vm).lock();
+        let mut mem = self.mem.lock();
+        let result = Kcore::share(&mut mem, slot.as_ref(), m, vm, grant, gpa, size);
+        after();
         result
     }
 
     #[inline(always)]
     fn share(
         mem: &mut HostMemory,
-        vms: &VmRecords,
+        rec: Option<&VmRecord>,
         m: &impl Machine,
         vm: VmId,
         grant: bool,
         gpa: Ipa,
         size: u64,
     ) -> Result<(), VmError> {
-        let rec = record(vms, vm)?;
+        let rec = rec.ok_or(VmError::NoVm)?;
         let end = gpa.raw().checked_add(size).filter(|_| size != 0).ok_or(VmError::BadArgument)?;
         let skips_end = crate::mutation::planted(crate::mutation::Mutation::ShareSkipsWindowEndCheck);
         let in_window = rec.ram.contains(gpa.raw()) && (rec.ram.contains(end - 1) || skips_end);
@@ -424,8 +487,8 @@ impl Kcore {
     /// A guest's PSCI CPU_ON for a sibling: remembered, so that the sibling's first VCPU_RUN
     /// starts it there. The entry must be in the VM's RAM; a vCPU that has run is left alone.
     pub fn guest_cpu_on(&self, vm: VmId, target: VcpuId, entry: Ipa, arg: u64) {
-        let mut vms = self.vms.lock();
-        let Some(rec) = vms.get_mut(vm).filter(|rec| rec.ram.contains(entry.raw())) else { return };
+        let mut slot = self.vm(vm).lock();
+        let Some(rec) = slot.as_mut().filter(|rec| rec.ram.contains(entry.raw())) else { return };
         if let Vcpu::Idle(ctx) = &mut rec.vcpus[target.index()] {
             if !ctx.started {
                 ctx.power_on = Some((entry.raw(), arg));
@@ -436,8 +499,8 @@ impl Kcore {
     /// INJECT_IRQ: makes `virq` pending for `vcpu` of VERIFIED VM `vm`. The vCPU must be
     /// registered (INVALID_PARAMETERS otherwise) and idle: its list registers are the saved ones.
     pub fn inject_irq(&self, vm: VmId, vcpu: VcpuId, virq: Virq) -> Result<(), VmError> {
-        let mut vms = self.vms.lock();
-        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
         if rec.state != VmState::Verified {
             return Err(VmError::State);
         }
@@ -456,21 +519,21 @@ impl Kcore {
             return Err(VmError::BadArgument);
         }
         base.raw().checked_add(size).ok_or(VmError::BadArgument)?;
-        let mut vms = self.vms.lock();
+        let mut slot = self.vm(vm).lock();
         let mut mem = self.mem.lock();
         if !mem.db.regions().all_ram(base.raw(), size) {
             return Err(VmError::Mem(MemError::NotRam));
         }
-        quiescent(&vms, vm)?;
-        vms.abandon_verification(vm);
-        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
+        let rec = live(&mut slot)?;
+        quiescent(rec)?;
+        rec.abandon_verification();
         Ok(mem.clear_vm_range(m, &mut rec.s2, vm.vmid(), base.pfn().raw(), size >> PAGE_SHIFT)?)
     }
 
     /// PHYS_ADDR_IOREMAP: device pages `[pa, pa + size)` at `gpa`, outside the VM's RAM.
     pub fn ioremap(&self, m: &impl Machine, vm: VmId, gpa: Ipa, pa: Pa, size: u64) -> Result<(), VmError> {
-        let mut vms = self.vms.lock();
-        let rec = record(&vms, vm)?;
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
         let ends = (gpa.raw().checked_add(size), pa.raw().checked_add(size));
         let (Some(gpa_end), Some(_)) = ends else { return Err(VmError::BadArgument) };
         if size == 0
@@ -488,7 +551,6 @@ impl Kcore {
         if !matches!(rec.state, VmState::Ready | VmState::Verified) {
             return Err(VmError::State);
         }
-        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
         for offset in (0..size).step_by(PAGE_SIZE as usize) {
             mem.map_vm_io(m, &mut rec.s2, gpa.raw() + offset, pa.raw() + offset)?;
         }
@@ -497,32 +559,33 @@ impl Kcore {
 
     /// TIMER_SET_CNTVOFF.
     pub fn set_cntvoff(&self, vm: VmId, offset: u64) -> Result<(), VmError> {
-        self.vms.lock().get_mut(vm).ok_or(VmError::NoVm)?.cntvoff = offset;
+        live(&mut self.vm(vm).lock())?.cntvoff = offset;
         Ok(())
     }
 
     /// VM_POWER_OFF: the VM's vCPUs never run again (a running one finishes its current run).
     pub fn power_off(&self, vm: VmId) -> Result<(), VmError> {
-        let mut vms = self.vms.lock();
-        record(&vms, vm)?;
-        Ok(vms.power_off(vm)?)
+        Ok(live(&mut self.vm(vm).lock())?.power_off()?)
     }
 
-    /// DESTROY_VM: every page the VM still owns goes back to the host scrubbed; the VM is gone.
+    /// DESTROY_VM: every page the VM still owns goes back to the host scrubbed; the VM is gone,
+    /// and its image pages are no longer listed (under `core`).
     pub fn destroy(&self, m: &impl Machine, vm: VmId) -> Result<u64, VmError> {
-        let mut vms = self.vms.lock();
-        quiescent(&vms, vm)?;
-        vms.abandon_verification(vm);
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
+        quiescent(rec)?;
+        rec.abandon_verification();
+        let mut core = self.core.lock();
         let mut mem = self.mem.lock();
         let regions: Vec<_> = mem.db.regions().iter().collect();
-        let rec = vms.get_mut(vm).ok_or(VmError::NoVm)?;
         let mut returned = 0;
         for region in regions {
             // On a failure the VM stays, with the pages returned so far returned.
             returned +=
                 mem.clear_vm_range(m, &mut rec.s2, vm.vmid(), region.base >> PAGE_SHIFT, region.size >> PAGE_SHIFT)?;
         }
-        vms.remove(&mem, vm);
+        core.unlist(&mem, rec);
+        *slot = None;
         m.flush_stage2_vmid(vm.vmid());
         Ok(returned)
     }

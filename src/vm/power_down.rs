@@ -142,7 +142,7 @@ pub(super) mod tests {
             }
         }
         plant_contexts(&m, 1, 0x5ec2_e7aa);
-        let vms: Vec<u16> = vm_tables(&k.vms.lock()).iter().map(|&(vmid, _)| vmid).collect();
+        let vms: Vec<u16> = vm_tables(&k.vms()).iter().map(|&(vmid, _)| vmid).collect();
         m.take_flushes();
         m.take_cleaned();
         let (after, expected) = scrub_for_power_down_spec(&s).unwrap();

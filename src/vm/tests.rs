@@ -94,7 +94,7 @@ fn a_verified_vm_runs_from_its_image_and_gets_pages_on_demand() {
     assert_eq!(ticket.ctx.pending, Pending::Nothing);
     assert_eq!(m.read_u64(offered << 12), 0, "the offered page is scrubbed before the guest sees it");
     assert!(k.mem.lock().host_s2.walk(&m, offered << 12).is_none(), "and the host lost it");
-    let leaf = crate::vm::record(&k.vms.lock(), vmid).unwrap().s2.walk(&m, 0x4010_0000).unwrap();
+    let leaf = k.vms().get(vmid).unwrap().s2.walk(&m, 0x4010_0000).unwrap();
     assert_eq!(leaf.translate(0x4010_0000), offered << 12);
     k.vcpu_run_finish(ticket);
     assert!(k.check_invariants(&m).is_ok());
@@ -144,7 +144,7 @@ fn malformed_arguments_are_refused_without_effect() {
         let refused = IpaRange::new(base, size).ok_or(VmError::BadArgument).and_then(|ram| k.register_vm(&m, ram));
         assert_eq!(refused, Err(VmError::BadArgument), "{base:#x}+{size:#x}");
     }
-    assert_eq!(k.vms.lock().next_vmid, 1);
+    assert_eq!(k.core.lock().next_vmid, 1);
     let vmid = k.register_vm(&m, ram(GUEST_RAM, 1 << 20)).unwrap();
     // Ids that name no VM or vCPU are refused where they enter (the trap edge).
     assert_eq!(host_vcpu(8), Err(VmError::BadArgument));
@@ -258,7 +258,7 @@ fn remap_refuses_a_page_number_past_the_physical_address_size() {
     let refused = host_pfn(IMAGE_PFN | 1 << 52).and_then(|p| k.remap_vm_image(vmid, 0, p)).unwrap_err();
     assert_eq!(refused, VmError::Boot(BootError::Mem(MemError::BadPfn)));
     assert_eq!(refused.status(), Status::InvalidAddress);
-    assert!(k.vms.lock().get(vmid).unwrap().load[0].pfns.is_empty());
+    assert!(k.vms().get(vmid).unwrap().load[0].pfns.is_empty());
     assert_eq!(k.remap_vm_image(vmid, 0, pfn(IMAGE_PFN)), Ok(()));
 }
 
@@ -399,8 +399,8 @@ fn injections_reach_their_vcpu(shots: Vec<(u64, u64)>) -> Result<(), proptest::t
         *w = spec::inject(w, virq(intid)).unwrap();
     }
     for (index, want) in want.iter().enumerate() {
-        let vms = k.vms.lock();
-        let Vcpu::Idle(ctx) = &crate::vm::record(&vms, vmid).unwrap().vcpus[index] else { unreachable!() };
+        let vms = k.vms();
+        let Vcpu::Idle(ctx) = &vms.get(vmid).unwrap().vcpus[index] else { unreachable!() };
         let mut pending: Vec<u16> = ctx.vgic.queued().map(|q| q.intid.raw()).collect();
         pending.sort();
         proptest::prop_assert_eq!(pending, want.pending.keys().copied().collect::<Vec<_>>(), "vCPU {}", index);

@@ -62,6 +62,20 @@ fn check_sampled_if(sampleable: bool) {
     check_of(&vms, &mem);
 }
 
+/// The full check after a guest's share call, which held only its VM's lock and the ownership
+/// lock (the check needs every lock, and the VMs' below the one it held). The core gives up the
+/// vCPU context while it waits for the locks, and takes it back under them, as the share did: a
+/// power-down that holds them for good must not wait for this core.
+#[inline(always)]
+pub fn check_after_share(core: usize) {
+    if ON {
+        super::principal::holds_context(core, false);
+        let (vms, mem) = state::kcore().lock_all();
+        super::principal::holds_context(core, true);
+        check_of(&vms, &mem);
+    }
+}
+
 /// The full check, for a caller that holds every lock of KCore's state (`Kcore::lock_all`), so
 /// that it sees no call half done.
 pub fn check_of(vms: &VmRecords, mem: &HostMemory) {

@@ -20,11 +20,11 @@ pub struct HostSetup {
 
 static HOST: spin::Once<HostSetup> = spin::Once::new();
 
-/// KCore's state, set once before the host runs. It holds its own locks (`vm::Kcore`: the VMs'
-/// lock, then the ownership lock; `LockRank`, checked in debug and `check-invariants` builds;
-/// docs/locks.md), and each trap takes only those its work needs. None is held while a guest
-/// runs: VCPU_RUN takes the vCPU's context out under the VMs' lock, runs the guest without it,
-/// and puts the context back under it.
+/// KCore's state, set once before the host runs. It holds its own locks (`vm::Kcore`: a VM's
+/// lock, then `core`, then the ownership lock; `LockRank`, checked in debug and
+/// `check-invariants` builds; docs/locks.md), and each trap takes only those its work needs. None
+/// is held while a guest runs: VCPU_RUN takes the vCPU's context out under its VM's lock, runs
+/// the guest without it, and puts the context back under it.
 static KCORE: spin::Once<Kcore> = spin::Once::new();
 
 /// Hands the trap handler the host's setup and KCore's state. Called once before the host runs.

@@ -121,18 +121,16 @@ fn serve(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, trap: Gue
     }
 }
 
-/// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over `[gpa, gpa + size)`, under the VMs'
+/// A guest's SET_DESC_PFN (`grant`) or UNSET_DESC_PFN over `[gpa, gpa + size)`, under the VM's
 /// and the ownership locks, its status in `x0`.
 #[inline(always)]
 fn share(core: usize, vm: VmId, x0: &mut u64, grant: bool, gpa: Ipa, size: u64) {
     principal::holds_context(core, false);
     let kcore = state::kcore();
-    let result = kcore.guest_share_then(&Aarch64, vm, grant, gpa, size, |vms, mem| {
-        // The context is this core's again only under the locks, which a power-down keeps.
-        principal::holds_context(core, true);
-        // A share call changes ownership records without leaving the guest's world.
-        invariants::check_of(vms, mem);
-    });
+    // The context is this core's again only under the locks, which a power-down keeps.
+    let result = kcore.guest_share_then(&Aarch64, vm, grant, gpa, size, || principal::holds_context(core, true));
+    // A share call changes ownership records without leaving the guest's world.
+    invariants::check_after_share(core);
     if let Err(e) = result {
         let call = if grant { "SET_DESC_PFN" } else { "UNSET_DESC_PFN" };
         info!("vm {vm}: {call} {gpa:#x}+{size:#x} refused: {e:?}");

@@ -126,7 +126,7 @@ pub struct Smmu {
     page1: &'static Page1,
     stream_table: u64,
     stream_bits: u32,
-    /// Shared by every core: flushes come under KCore's state lock, attach and detach too.
+    /// Shared by every core: flushes come under KCore's ownership lock, attach and detach too.
     commands: TicketLock<CommandQueue>,
     /// Drained by whichever core enters KCore from the host.
     events: TicketLock<EventQueue>,
