@@ -122,6 +122,12 @@ pub enum Mutation {
     /// A page a VM gives back stays in the VM's SMMU table: the devices assigned to the VM still
     /// reach it after it was scrubbed and went to the host (issue 15).
     VmSmmuPageLeftOnClear,
+    /// The console byte that fills a vCPU's buffer is dropped: the host gets the buffer without
+    /// it (issue 13, the PL011 served in KCore).
+    ConsoleDropsByteWhenFull,
+    /// KCore serves the PL011's DR and FR at their offsets on any page outside RAM, not only on
+    /// the page the host registered (VM_CONSOLE): another device's registers read as a UART's.
+    ConsoleServesAnyPage,
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use alloc::sync::Arc;
 use core::any::Any;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use corevisor_abi::bundle::VmEntry;
-use corevisor_abi::{exit, host_call, psci, Status};
+use corevisor_abi::{exit, psci, Status};
 
 /// The cores KServ runs on (QEMU's `-smp 4`, the Pi 4's four).
 pub const CORES: usize = 4;
@@ -182,7 +182,7 @@ impl Work {
         Next::Run { slot, vcpu, vmid: vm.vmid, answer }
     }
 
-    fn finish(&mut self, core: usize, slot: usize, vcpu: usize, record: [u64; 6], overlapped: bool) {
+    fn finish(&mut self, core: usize, slot: usize, vcpu: usize, record: [u64; 18], overlapped: bool) {
         self.running[slot][vcpu] = None;
         self.report.runs[slot][vcpu][core] += 1;
         self.report.core_runs[core] += 1;
@@ -428,7 +428,7 @@ fn take_vcpus(core: usize) {
             Next::Run { slot, vcpu, vmid, answer } => {
                 let started = RUNS_STARTED.fetch_add(1, Ordering::SeqCst);
                 let others_inside = INSIDE.fetch_add(1, Ordering::SeqCst) != 0;
-                let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, vcpu as u64, answer, 0]);
+                let record = hvc::vcpu_run(vmid, vcpu as u64, answer);
                 INSIDE.fetch_sub(1, Ordering::SeqCst);
                 let others_started = RUNS_STARTED.load(Ordering::SeqCst) != started + 1;
                 // A kick ends the run as a physical IRQ: taken here, before the exit is handled.

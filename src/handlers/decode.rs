@@ -14,7 +14,7 @@ use crate::machine::features::IdReg;
 use crate::machine::{GuestExit, TrapFrame, TrapKind, CALL_REGS};
 use crate::mutation::{planted, Mutation};
 use crate::vcpu::vgic::{Intid, Virq};
-use crate::vcpu::DataAccess;
+use crate::vcpu::{DataAccess, VcpuContext};
 use corevisor_abi::{guest_call, host_call, psci, Status};
 
 /// The largest exit status SYSTEM_OFF carries: a process exit status is one byte.
@@ -63,6 +63,8 @@ pub enum VmCall {
     DestroyVm { vm: VmId },
     BootData { vm: VmId, gpa: Ipa, pfn: Pfn },
     InjectIrq { vm: VmId, vcpu: VcpuId, virq: Virq },
+    /// VM_CONSOLE: `page` is the guest address of the VM's PL011 (0: none).
+    VmConsole { vm: VmId, page: Ipa },
 }
 
 /// A host hypercall refused at the edge: an unknown id, or an argument that does not fit.
@@ -96,6 +98,7 @@ pub fn call_name(function: u32) -> &'static str {
         "BOOT_DATA",
         "SMMU_ATTACH_STREAM",
         "SMMU_DETACH_STREAM",
+        "VM_CONSOLE",
     ];
     NAMES.get(function.wrapping_sub(corevisor_abi::HYP_CALL_BASE) as usize).copied().unwrap_or("unknown host call")
 }
@@ -158,6 +161,7 @@ impl HostCall {
             }),
             host_call::SMMU_ATTACH_STREAM => HostCall::SmmuAttach { stream: a1, principal: a2 },
             host_call::SMMU_DETACH_STREAM => HostCall::SmmuDetach { stream: a1 },
+            host_call::VM_CONSOLE => HostCall::Vm(VmCall::VmConsole { vm: vm(a1)?, page: Ipa(a2) }),
             _ => return Err(BadCall { function, status: Status::NotSupported, argument: None }),
         })
     }
@@ -414,35 +418,91 @@ impl GuestTrap {
     }
 }
 
+/// The PL011 data register (a store transmits its low byte) and flag register, as offsets in
+/// the page, and what KCore answers for FR: transmit FIFO empty (TXFE) and receive FIFO empty
+/// (RXFE), so a driver never waits and never reads.
+pub const PL011_DR: u64 = 0x00;
+pub const PL011_FR: u64 = 0x18;
+pub const PL011_FR_IDLE: u64 = 1 << 7 | 1 << 4;
+
+/// A guest's access to the transmit side of its PL011 (`host_call::VM_CONSOLE`), which KCore
+/// serves itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleAccess {
+    /// A store of 32 bits or fewer to DR: its low byte goes out.
+    Transmit(u8),
+    /// A load of FR, into the access's register.
+    ReadFlags(DataAccess),
+}
+
 impl GuestTrap {
+    /// The console access this exit is, if it is a data abort with a syndrome on `console` (the
+    /// VM's PL011 page, outside its RAM: `vm::Kcore::set_console`) that KCore serves: a store of
+    /// at most 32 bits to DR, or a load of FR. Every other access to the page goes to the host.
+    /// The store's value comes from `frame`: the caller has x[rt].
+    #[inline]
+    pub fn console_access(&self, console: Option<Ipa>, frame: &TrapFrame) -> Option<ConsoleAccess> {
+        let GuestCause::Abort { abort, access: Some(access) } = self.cause else { return None };
+        let page = console?.raw();
+        if abort.ipa.raw() & !0xfff != page && !planted(Mutation::ConsoleServesAnyPage) {
+            return None;
+        }
+        match (access.write, abort.ipa.raw() & 0xfff) {
+            (true, PL011_DR) if access.size_log2 <= 2 => Some(ConsoleAccess::Transmit(access.store_value_in(frame) as u8)),
+            (false, PL011_FR) => Some(ConsoleAccess::ReadFlags(access)),
+            _ => None,
+        }
+    }
+
     /// A synchronous exit with syndrome `esr` (no SError pending), decoded exactly as
-    /// [`Self::decode`] decodes it, if it is one the fast path serves ([`Self::in_place`]);
-    /// `None` otherwise. The hot case, a share call, is told from the syndrome and x0 alone,
-    /// without building the general decode (`cargo xtask bench`).
+    /// [`Self::decode`] decodes it, if it is one the fast path serves for `vcpu` of a VM whose
+    /// console page is `console` ([`Self::in_place`]); `None` otherwise. The hot case, a share
+    /// call, is told from the syndrome and x0 alone, without building the general decode
+    /// (`cargo xtask bench`); `fault_registers` is read only for a data abort.
     #[inline(always)]
-    pub fn decode_in_place(esr: u64, frame: &TrapFrame) -> Option<GuestTrap> {
+    pub fn decode_in_place(
+        esr: u64,
+        vcpu: &VcpuContext,
+        console: Option<Ipa>,
+        fault_registers: impl FnOnce() -> (u64, u64),
+    ) -> Option<GuestTrap> {
+        let frame = &vcpu.gprs.frame;
         let trap = if esr::class(esr) == ec::HVC64 && esr::imm16(esr) == 0 {
             GuestTrap { serror: false, cause: GuestCause::Call { smc: false, call: GuestCall::decode(&frame.x) } }
         } else {
-            // An abort is never served in place, so its fault registers need not be read.
-            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, frame, || (0, 0))
+            // Only a data abort (the console) may be served in place: an instruction abort's
+            // fault registers need not be read.
+            let data = esr::class(esr) == ec::DABT_LOW;
+            let registers = move || if data { fault_registers() } else { (0, 0) };
+            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, frame, registers)
         };
-        trap.in_place().then_some(trap)
+        trap.in_place(console, vcpu).then_some(trap)
     }
 
-    /// Whether KCore serves this exit without the host and without any guest register but
-    /// x0..x18, x30, ELR and SPSR, so that the world switch's fast path may serve it in place,
-    /// where x19..x29 stay in the CPU (`machine::world_switch::GuestWorld`): a share call, an
-    /// `hvc`/`smc` with a non-zero immediate (an UNDEF), and a trapped MSR/MRS/SYS whose
-    /// register is none of x19..x29 (emulated, or an UNDEF). The dispatcher answers each of
-    /// them with `Resume`, `Share` or `Undef`.
+    /// Whether KCore serves this exit of `vcpu` (of a VM whose console page is `console`)
+    /// without the host and without any guest register but x0..x18, x30, ELR and SPSR, so that
+    /// the world switch's fast path may serve it in place, where x19..x29 stay in the CPU
+    /// (`machine::world_switch::GuestWorld`): a share call, an `hvc`/`smc` with a non-zero
+    /// immediate (an UNDEF), a trapped MSR/MRS/SYS whose register is none of x19..x29 (emulated,
+    /// or an UNDEF), and a console access ([`Self::console_access`]) whose register is none of
+    /// x19..x29 and that does not send the vCPU's console buffer to the host (a newline, or
+    /// the byte that fills it: those exit in full). The dispatcher answers each of them with
+    /// `Resume`, `Share` or `Undef`.
     #[inline]
-    pub fn in_place(&self) -> bool {
+    pub fn in_place(&self, console: Option<Ipa>, vcpu: &VcpuContext) -> bool {
         !self.serror
             && match self.cause {
                 GuestCause::Call { call: GuestCall::Share { .. }, .. } | GuestCause::CallImmediate { .. } => true,
                 GuestCause::Sysreg(op) => {
                     !(19..=29).contains(&op.rt) || planted(Mutation::InPlaceTakesCalleeSavedRegister)
+                }
+                // The register first: x19..x29 of the frame are stale in the fast path.
+                GuestCause::Abort { access: Some(access), .. } if !(19..=29).contains(&access.reg) => {
+                    match self.console_access(console, &vcpu.gprs.frame) {
+                        Some(ConsoleAccess::Transmit(byte)) => vcpu.console.takes_in_place(byte),
+                        Some(ConsoleAccess::ReadFlags(_)) => true,
+                        None => false,
+                    }
                 }
                 _ => false,
             }

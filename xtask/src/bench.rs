@@ -246,6 +246,7 @@ const XEN_MEANS: &[(&str, &str, Option<u64>)] = &[
     ("page-fault", "stage-2 fault (page or 2 MiB block)", None),
     ("other-mmio", "other MMIO", None),
     ("other", "other", None),
+    ("console", "console output (KCore's buffer full, or a newline)", None),
 ];
 
 /// The guest run phase's target against bare, and Xen's figure.
