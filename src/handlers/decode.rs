@@ -51,20 +51,62 @@ pub enum HostCall {
 /// The VM hypercalls the VM layer serves (`vm_calls::serve`), as the VM layer's API takes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmCall {
-    RegisterVm { ram: IpaRange },
-    RegisterVcpu { vm: VmId, vcpu: VcpuId },
-    SetBootInfo { vm: VmId, gpa: Ipa, size: u64 },
-    RemapVmImage { vm: VmId, index: u64, pfn: Pfn },
-    VerifyVmImage { vm: VmId },
-    ClearVmS2Range { vm: VmId, base: Pa, size: u64 },
-    PhysAddrIoremap { vm: VmId, gpa: Ipa, pa: Pa, size: u64 },
-    TimerSetCntvoff { vm: VmId, offset: u64 },
-    VmPowerOff { vm: VmId },
-    DestroyVm { vm: VmId },
-    BootData { vm: VmId, gpa: Ipa, pfn: Pfn },
-    InjectIrq { vm: VmId, vcpu: VcpuId, virq: Virq },
+    RegisterVm {
+        ram: IpaRange,
+    },
+    RegisterVcpu {
+        vm: VmId,
+        vcpu: VcpuId,
+    },
+    SetBootInfo {
+        vm: VmId,
+        gpa: Ipa,
+        size: u64,
+    },
+    RemapVmImage {
+        vm: VmId,
+        index: u64,
+        pfn: Pfn,
+    },
+    VerifyVmImage {
+        vm: VmId,
+    },
+    ClearVmS2Range {
+        vm: VmId,
+        base: Pa,
+        size: u64,
+    },
+    PhysAddrIoremap {
+        vm: VmId,
+        gpa: Ipa,
+        pa: Pa,
+        size: u64,
+    },
+    TimerSetCntvoff {
+        vm: VmId,
+        offset: u64,
+    },
+    VmPowerOff {
+        vm: VmId,
+    },
+    DestroyVm {
+        vm: VmId,
+    },
+    BootData {
+        vm: VmId,
+        gpa: Ipa,
+        pfn: Pfn,
+    },
+    InjectIrq {
+        vm: VmId,
+        vcpu: VcpuId,
+        virq: Virq,
+    },
     /// VM_CONSOLE: `page` is the guest address of the VM's PL011 (0: none).
-    VmConsole { vm: VmId, page: Ipa },
+    VmConsole {
+        vm: VmId,
+        page: Ipa,
+    },
 }
 
 /// A host hypercall refused at the edge: an unknown id, or an argument that does not fit.
@@ -448,7 +490,9 @@ impl GuestTrap {
             return None;
         }
         match (access.write, abort.ipa.raw() & 0xfff) {
-            (true, PL011_DR) if access.size_log2 <= 2 => Some(ConsoleAccess::Transmit(access.store_value_in(frame) as u8)),
+            (true, PL011_DR) if access.size_log2 <= 2 => {
+                Some(ConsoleAccess::Transmit(access.store_value_in(frame) as u8))
+            }
             (false, PL011_FR) => Some(ConsoleAccess::ReadFlags(access)),
             _ => None,
         }
