@@ -564,6 +564,7 @@ mod tests {
         assert_eq!(call_name(host_call::DESTROY_VM), "DESTROY_VM");
         assert_eq!(call_name(host_call::SMMU_ATTACH_STREAM), "SMMU_ATTACH_STREAM");
         assert_eq!(call_name(host_call::SMMU_DETACH_STREAM), "SMMU_DETACH_STREAM");
+        assert_eq!(call_name(host_call::VM_CONSOLE), "VM_CONSOLE");
         assert_eq!(call_name(base + u32::from(host_call::COUNT)), "unknown host call");
         assert_eq!(call_name(0), "unknown host call");
     }
