@@ -435,9 +435,7 @@ fn a_console_page_is_checked_and_reaches_the_run() {
     lay_out_image(&m, None);
     let vmid = boot(&m, &mut k).unwrap();
     let uart = corevisor_abi::guest_dev::UART;
-    for bad in
-        [uart + 0x18, GUEST_RAM, GUEST_RAM + (16 << 20) - 4096, INPUT_LIMIT, INPUT_LIMIT - 4096 + 1, u64::MAX & !0xfff]
-    {
+    for bad in [uart + 0x18, GUEST_RAM, GUEST_RAM + (16 << 20) - 4096, INPUT_LIMIT, INPUT_LIMIT - 4096 + 1, !0xfff] {
         assert_eq!(k.set_console(vmid, Ipa(bad)), Err(VmError::BadArgument), "{bad:#x}");
     }
     assert_eq!(k.set_console(vm(2), Ipa(uart)), Err(VmError::NoVm));

@@ -392,7 +392,7 @@ pub fn vm_exit_spec(
             if in_ram(ipa) {
                 v.pending = Pending::PageFault { gfn: ipa / 4096 };
                 host(exit::PAGE_FAULT, [ipa, 0, 0, 0])
-            } else if on_console && write && ipa % 4096 == 0 && sas <= 2 {
+            } else if on_console && write && ipa.is_multiple_of(4096) && sas <= 2 {
                 // Issue 13: a store to the PL011's DR (at most a word): its low byte joins the
                 // vCPU's console buffer, which goes to the host when a newline or the byte that
                 // fills it comes (`corevisor_abi::console`); past the store.
