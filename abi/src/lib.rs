@@ -383,6 +383,10 @@ pub mod guest_role {
     pub const BENCH_TOUCH: u64 = 1 << 33;
     /// Where the BENCH role's untouched pages start: 12 MiB into its RAM, past its padded image.
     pub const BENCH_TOUCH_BASE: u64 = super::guest_dev::RAM_BASE + (12 << 20);
+    /// A BENCH command with this bit set: store the byte `x` to the PL011's DR as many times as
+    /// the low 8 bits say, then answer again (`cargo xtask bench`'s console store, served in
+    /// KCore once the host has registered the UART with VM_CONSOLE).
+    pub const BENCH_CONSOLE: u64 = 1 << 34;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -178,7 +178,8 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
     match words {
         [] => {}
         [part] if part == "contention" => return print_contention(&contention_run(qemu)?),
-        _ => return Err(format!("bench: unknown part {words:?} (contention)")),
+        [part] if part == "linux" => return linux_bench(qemu),
+        _ => return Err(format!("bench: unknown part {words:?} (contention, linux)")),
     }
     let blocks = bench_run(qemu, "", &[])?;
     let pages = bench_run(qemu, "corevisor.host_s2=pages", &[])?;
@@ -203,6 +204,10 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
     };
     let (with_blocks, pages_touched) = faults(&blocks).ok_or("no `bench host-ram-faults` figure")?;
     let (with_pages, _) = faults(&pages).ok_or("no `bench host-ram-faults` figure (4 KiB-only)")?;
+    if let Some(line) = blocks.iter().find(|l| l.name == "guest-console-store") {
+        let median = line.get("el2_instructions").unwrap_or(0);
+        println!("{:<44} {median:>8}", "guest PL011 DR store, served in KCore");
+    }
     if let Some(line) = blocks.iter().find(|l| l.name == "vcpu-run-vgic") {
         let median = line.get("el2_instructions").unwrap_or(0);
         println!("{:<44} {median:>8}", "VCPU_RUN, virtual interface on (LRs moved)");
