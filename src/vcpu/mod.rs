@@ -6,7 +6,7 @@
 
 pub mod controls;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod vgic;
 #[cfg(target_os = "none")]
 pub mod world_switch;

@@ -744,19 +744,8 @@ fn any_fast_path_exit() -> impl Strategy<Value = FastPathCase> {
 /// Data aborts with a syndrome (ISV): loads and stores of every size, sign extension and
 /// register width, into or from any register.
 fn any_console_esr() -> impl Strategy<Value = u64> {
-    (0u64..4, any::<bool>(), 0u64..32, any::<bool>(), any::<bool>(), 0u64..64).prop_map(
-        |(sas, sse, rt, sf, write, dfsc)| {
-            0x24 << 26
-                | 1 << 25
-                | 1 << 24
-                | sas << 22
-                | (sse as u64) << 21
-                | rt << 16
-                | (sf as u64) << 15
-                | (write as u64) << 6
-                | dfsc
-        },
-    )
+    (0u64..4, any::<bool>(), 0u64..32, any::<bool>(), any::<bool>(), 0u64..64)
+        .prop_map(|(sas, sse, rt, sf, write, dfsc)| crate::vcpu::tests::dabt(sas, sse, rt, sf, write) | dfsc)
 }
 
 proptest! {
