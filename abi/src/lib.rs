@@ -168,8 +168,9 @@ pub mod exit {
 
 /// The console output a successful VCPU_RUN returns beside its exit record, for a VM with a
 /// console page (`host_call::VM_CONSOLE`): x6 = how many bytes, x7..x17 the bytes, the first in
-/// x7's lowest byte (little-endian, eight a register), the rest zero. The bytes came before the
-/// exit: the host prints them first, then handles the exit.
+/// x7's lowest byte (little-endian, eight a register), the rest of the registers zero (with a
+/// count of 0 they keep the host's own values). The bytes came before the exit: the host prints
+/// them first, then handles the exit.
 pub mod console {
     /// The register that carries the byte count.
     pub const COUNT_REG: usize = 6;

@@ -499,56 +499,70 @@ impl GuestTrap {
     }
 
     /// A synchronous exit with syndrome `esr` (no SError pending), decoded exactly as
-    /// [`Self::decode`] decodes it, if it is one the fast path serves for `vcpu` of a VM whose
-    /// console page is `console` ([`Self::in_place`]); `None` otherwise. The hot case, a share
-    /// call, is told from the syndrome and x0 alone, without building the general decode
-    /// (`cargo xtask bench`); `fault_registers` is read only for a data abort.
+    /// [`Self::decode`] decodes it, if it is a call or a system-register access the fast path
+    /// serves ([`Self::in_place`]); `None` otherwise. The hot case, a share call, is told from
+    /// the syndrome and x0 alone, without building the general decode (`cargo xtask bench`).
+    /// Data aborts have their own: [`Self::decode_console_in_place`].
     #[inline(always)]
-    pub fn decode_in_place(
+    pub fn decode_in_place(esr: u64, frame: &TrapFrame) -> Option<GuestTrap> {
+        let trap = if esr::class(esr) == ec::HVC64 && esr::imm16(esr) == 0 {
+            GuestTrap { serror: false, cause: GuestCause::Call { smc: false, call: GuestCall::decode(&frame.x) } }
+        } else {
+            // An abort is not served here, so its fault registers need not be read.
+            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, frame, || (0, 0))
+        };
+        trap.in_place().then_some(trap)
+    }
+
+    /// A data abort with syndrome `esr` (no SError pending), decoded exactly as [`Self::decode`]
+    /// decodes it with the fault registers `fault_registers` reads, if it is a console access
+    /// the fast path serves for `vcpu` of a VM whose console page is `console`
+    /// ([`Self::console_in_place`]); `None` otherwise.
+    #[inline(always)]
+    pub fn decode_console_in_place(
         esr: u64,
         vcpu: &VcpuContext,
         console: Option<Ipa>,
         fault_registers: impl FnOnce() -> (u64, u64),
     ) -> Option<GuestTrap> {
-        let frame = &vcpu.gprs.frame;
-        let trap = if esr::class(esr) == ec::HVC64 && esr::imm16(esr) == 0 {
-            GuestTrap { serror: false, cause: GuestCause::Call { smc: false, call: GuestCall::decode(&frame.x) } }
-        } else {
-            // Only a data abort (the console) may be served in place: an instruction abort's
-            // fault registers need not be read.
-            let data = esr::class(esr) == ec::DABT_LOW;
-            let registers = move || if data { fault_registers() } else { (0, 0) };
-            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, frame, registers)
-        };
-        trap.in_place(console, vcpu).then_some(trap)
+        let trap =
+            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, &vcpu.gprs.frame, fault_registers);
+        trap.console_in_place(console, vcpu).then_some(trap)
     }
 
-    /// Whether KCore serves this exit of `vcpu` (of a VM whose console page is `console`)
-    /// without the host and without any guest register but x0..x18, x30, ELR and SPSR, so that
-    /// the world switch's fast path may serve it in place, where x19..x29 stay in the CPU
-    /// (`machine::world_switch::GuestWorld`): a share call, an `hvc`/`smc` with a non-zero
-    /// immediate (an UNDEF), a trapped MSR/MRS/SYS whose register is none of x19..x29 (emulated,
-    /// or an UNDEF), and a console access ([`Self::console_access`]) whose register is none of
-    /// x19..x29 and that does not send the vCPU's console buffer to the host (a newline, or
-    /// the byte that fills it: those exit in full). The dispatcher answers each of them with
-    /// `Resume`, `Share` or `Undef`.
+    /// Whether KCore serves this exit without the host and without any guest register but
+    /// x0..x18, x30, ELR and SPSR, so that the world switch's fast path may serve it in place,
+    /// where x19..x29 stay in the CPU (`machine::world_switch::GuestWorld`): a share call, an
+    /// `hvc`/`smc` with a non-zero immediate (an UNDEF), and a trapped MSR/MRS/SYS whose
+    /// register is none of x19..x29 (emulated, or an UNDEF). The dispatcher answers each of
+    /// them with `Resume`, `Share` or `Undef`. (Console accesses: [`Self::console_in_place`].)
     #[inline]
-    pub fn in_place(&self, console: Option<Ipa>, vcpu: &VcpuContext) -> bool {
+    pub fn in_place(&self) -> bool {
         !self.serror
             && match self.cause {
                 GuestCause::Call { call: GuestCall::Share { .. }, .. } | GuestCause::CallImmediate { .. } => true,
                 GuestCause::Sysreg(op) => {
                     !(19..=29).contains(&op.rt) || planted(Mutation::InPlaceTakesCalleeSavedRegister)
                 }
-                // The register first: x19..x29 of the frame are stale in the fast path.
-                GuestCause::Abort { access: Some(access), .. } if !(19..=29).contains(&access.reg) => {
-                    match self.console_access(console, &vcpu.gprs.frame) {
-                        Some(ConsoleAccess::Transmit(byte)) => vcpu.console.takes_in_place(byte),
-                        Some(ConsoleAccess::ReadFlags(_)) => true,
-                        None => false,
-                    }
-                }
                 _ => false,
+            }
+    }
+
+    /// Whether this exit of `vcpu` (of a VM whose console page is `console`) is a console access
+    /// ([`Self::console_access`]) that the fast path may serve in place, as [`Self::in_place`]
+    /// says for calls: its register is none of x19..x29, and it does not send the vCPU's console
+    /// buffer to the host (a newline, or the byte that fills it: those exit in full). The
+    /// dispatcher answers it with `Resume`.
+    #[inline]
+    pub fn console_in_place(&self, console: Option<Ipa>, vcpu: &VcpuContext) -> bool {
+        let GuestCause::Abort { access: Some(access), .. } = self.cause else { return false };
+        // The register first: x19..x29 of the frame are stale in the fast path.
+        !self.serror
+            && !(19..=29).contains(&access.reg)
+            && match self.console_access(console, &vcpu.gprs.frame) {
+                Some(ConsoleAccess::Transmit(byte)) => vcpu.console.takes_in_place(byte),
+                Some(ConsoleAccess::ReadFlags(_)) => true,
+                None => false,
             }
     }
 }

@@ -110,10 +110,14 @@ impl ConsoleBuffer {
     }
 
     /// Empties the buffer into `regs` (x6..x17 of VCPU_RUN's result): the count, then the bytes
-    /// packed little-endian, the rest zero.
+    /// packed little-endian, the rest of x7..x17 zero. An empty buffer writes the count alone
+    /// (x7..x17 keep the host's own values: the host reads no byte past the count).
     #[inline]
     pub fn drain_into(&mut self, regs: &mut [u64; 1 + corevisor_abi::console::BYTE_REGS]) {
         regs[0] = self.len as u64;
+        if self.len == 0 {
+            return;
+        }
         for (reg, chunk) in regs[1..].iter_mut().zip(self.bytes.chunks_exact(8)) {
             *reg = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
         }
