@@ -643,6 +643,15 @@ mod tests {
         assert!(check(Some(0), &swapped, 2).iter().any(|p| p.starts_with("out of order:")));
     }
 
+    /// The console's long line fails the run if one character of it is lost or two swap places.
+    #[test]
+    fn a_console_line_with_a_character_lost_or_moved_fails_the_run() {
+        let lost = good_console(2).replace("0123456789 abc", "012345679 abc");
+        assert_eq!(check(Some(0), &lost, 2), [format!("missing line: {CONSOLE_PROOF}")]);
+        let swapped = good_console(2).replace("0123456789 abc", "0123457689 abc");
+        assert_eq!(check(Some(0), &swapped, 2), [format!("missing line: {CONSOLE_PROOF}")]);
+    }
+
     /// A panic resets the machine, which ends a `-no-reboot` QEMU with status 0: the console fails it.
     #[test]
     fn a_panic_fails_the_run_although_qemu_exits_zero() {
