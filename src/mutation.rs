@@ -126,6 +126,12 @@ pub enum Mutation {
     /// does not read it again under both: two cores registering at once get the same vmid, the
     /// second record replacing the first (issue 14, per-VM locks).
     VmidNotRecheckedUnderLock,
+    /// The console byte that fills a vCPU's buffer is dropped: the host gets the buffer without
+    /// it (issue 13, the PL011 served in KCore).
+    ConsoleDropsByteWhenFull,
+    /// KCore serves the PL011's DR and FR at their offsets on any page outside RAM, not only on
+    /// the page the host registered (VM_CONSOLE): another device's registers read as a UART's.
+    ConsoleServesAnyPage,
 }
 
 #[cfg(test)]

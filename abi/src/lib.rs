@@ -96,8 +96,15 @@ pub mod host_call {
     /// Detaches device stream x1: every DMA of it aborts again, as at boot. NOT_SUPPORTED and
     /// INVALID_PARAMETERS as for attach; DENIED: the stream is not attached.
     pub const SMMU_DETACH_STREAM: u32 = hyp_call(18);
+    /// Names x2 (page-aligned, outside VM x1's RAM, inside its IPA space; 0: none) as the guest
+    /// address of the VM's PL011, whose transmit side KCore then serves without the host: a
+    /// guest's byte store to its DR (+0) is kept in a per-vCPU buffer, a load of its FR (+0x18)
+    /// reads TXFE|RXFE, and the buffered bytes reach the host with the vCPU's next exit
+    /// ([`crate::console`]). Every other access to the page exits as MMIO, as before. The page is
+    /// one the host leaves unmapped anyway: it already decides what the guest sees there.
+    pub const VM_CONSOLE: u32 = hyp_call(19);
     /// How many host calls there are: ids `hyp_call(0) .. hyp_call(COUNT)`.
-    pub const COUNT: u16 = 19;
+    pub const COUNT: u16 = 20;
     /// The most image pages one VERIFY_VM_IMAGE call takes and hashes: KCore holds its lock
     /// while it hashes, so a call's length is bounded (1 MiB of hashing), whatever the images'.
     pub const VERIFY_CHUNK_PAGES: u64 = 256;
@@ -145,6 +152,9 @@ pub mod exit {
     /// A GICv3 guest wrote ICC_SGI1R_EL1 to send a software-generated interrupt. x2 = the value
     /// written (target list, affinity, INTID, IRM); KCore has stepped past the MSR. No answer.
     pub const SGI: u64 = 8;
+    /// A vCPU's console buffer ([`crate::console`]) filled up or got a newline: the bytes come
+    /// with this exit, in x6..x17, as with any other. No details, no answer.
+    pub const CONSOLE: u64 = 9;
 
     /// x3 of an MMIO exit.
     pub mod mmio_flags {
@@ -154,6 +164,20 @@ pub mod exit {
         pub const SIZE_SHIFT: u64 = 1;
         pub const SIZE_MASK: u64 = 0b11;
     }
+}
+
+/// The console output a successful VCPU_RUN returns beside its exit record, for a VM with a
+/// console page (`host_call::VM_CONSOLE`): x6 = how many bytes, x7..x17 the bytes, the first in
+/// x7's lowest byte (little-endian, eight a register), the rest of the registers zero (with a
+/// count of 0 they keep the host's own values). The bytes came before the exit: the host prints
+/// them first, then handles the exit.
+pub mod console {
+    /// The register that carries the byte count.
+    pub const COUNT_REG: usize = 6;
+    /// The registers that carry the bytes (x7..x17, SMCCC 1.2's result registers).
+    pub const BYTE_REGS: usize = 11;
+    /// The most bytes one VCPU_RUN returns: a vCPU's buffer.
+    pub const BYTES: usize = BYTE_REGS * 8;
 }
 
 /// The devices that KServ emulates for guests, at fixed guest-physical addresses (the same in
@@ -360,6 +384,10 @@ pub mod guest_role {
     pub const BENCH_TOUCH: u64 = 1 << 33;
     /// Where the BENCH role's untouched pages start: 12 MiB into its RAM, past its padded image.
     pub const BENCH_TOUCH_BASE: u64 = super::guest_dev::RAM_BASE + (12 << 20);
+    /// A BENCH command with this bit set: store the byte `x` to the PL011's DR as many times as
+    /// the low 8 bits say, then answer again (`cargo xtask bench`'s console store, served in
+    /// KCore once the host has registered the UART with VM_CONSOLE).
+    pub const BENCH_CONSOLE: u64 = 1 << 34;
 }
 
 /// PSCI function ids (PSCI 1.1, DEN0022) that KCore mediates for the host.

@@ -22,10 +22,12 @@ pub enum ExitClass {
     Psci,
     PageFault,
     Other,
+    /// KCore's console buffer filled up or got a newline (`exit::CONSOLE`).
+    Console,
 }
 
 impl ExitClass {
-    pub const ALL: [ExitClass; 11] = [
+    pub const ALL: [ExitClass; 12] = [
         ExitClass::Pl011,
         ExitClass::GicDistributor,
         ExitClass::GicRedistributor,
@@ -37,6 +39,7 @@ impl ExitClass {
         ExitClass::Psci,
         ExitClass::PageFault,
         ExitClass::Other,
+        ExitClass::Console,
     ];
 
     /// The name in `bench linux-exit-NAME` lines.
@@ -53,6 +56,7 @@ impl ExitClass {
             ExitClass::Psci => "psci",
             ExitClass::PageFault => "page-fault",
             ExitClass::Other => "other",
+            ExitClass::Console => "console",
         }
     }
 
@@ -70,6 +74,7 @@ impl ExitClass {
             exit::WFE => ExitClass::Wfe,
             exit::HVC => ExitClass::Psci,
             exit::PAGE_FAULT => ExitClass::PageFault,
+            exit::CONSOLE => ExitClass::Console,
             _ => ExitClass::Other,
         }
     }
@@ -224,6 +229,7 @@ mod tests {
         assert_eq!(ExitClass::of(exit::MMIO, 0x0a00_0000), ExitClass::OtherMmio);
         assert_eq!(ExitClass::of(exit::WFI, 5), ExitClass::Wfi);
         assert_eq!(ExitClass::of(exit::HVC, u64::from(psci::SYSTEM_OFF)), ExitClass::Psci);
+        assert_eq!(ExitClass::of(exit::CONSOLE, 0), ExitClass::Console);
     }
 
     #[test]

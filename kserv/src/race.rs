@@ -380,7 +380,7 @@ fn drive(vm: &mut Vm, mut first: Option<u64>, guide: &mut Guide) {
     while vm.alive && !guide.asked {
         let stored = vmm::begin_run(vm, 0, false);
         let answer = first.take().unwrap_or(stored);
-        let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, 0, answer, 0]);
+        let record = hvc::vcpu_run(vm.vmid, 0, answer);
         vmm::end_run(vm, 0, record, guide);
     }
 }

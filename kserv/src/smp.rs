@@ -29,7 +29,7 @@ use alloc::sync::Arc;
 use core::any::Any;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use corevisor_abi::bundle::VmEntry;
-use corevisor_abi::{exit, host_call, psci, Status};
+use corevisor_abi::{exit, psci, Status};
 
 /// The cores KServ runs on (QEMU's `-smp 4`, the Pi 4's four).
 pub const CORES: usize = 4;
@@ -186,7 +186,7 @@ impl Work {
         Next::Run { slot, vcpu, vmid: vm.vmid, answer }
     }
 
-    fn finish(&mut self, core: usize, slot: usize, vcpu: usize, record: [u64; 6], overlapped: bool) {
+    fn finish(&mut self, core: usize, slot: usize, vcpu: usize, record: [u64; 18], overlapped: bool) {
         self.running[slot][vcpu] = None;
         self.report.runs[slot][vcpu][core] += 1;
         self.report.core_runs[core] += 1;
@@ -445,7 +445,7 @@ fn take_vcpus(core: usize) {
                 if let Some(meter) = meter.as_mut() {
                     meter.before_run(vmm::pmu_counts());
                 }
-                let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vmid, vcpu as u64, answer, 0]);
+                let record = hvc::vcpu_run(vmid, vcpu as u64, answer);
                 if let Some(meter) = meter.as_mut() {
                     meter.after_run(vmm::pmu_counts(), record[1], record[2]);
                 }

@@ -706,6 +706,24 @@ pub fn bench_vm(env: &VmEnv, gic: &GicInfo) -> Outcome {
     let el2 = stats(&mut run_el2).ok_or("no samples")?.median;
     let all = stats(&mut run_all).ok_or("no samples")?.median;
     kprintln!("bench mmio-exit total_instructions={all} el2_instructions={el2} samples={SAMPLES}");
+    // Issue 13: a PL011 DR store that KCore serves in place once the UART is the VM's console
+    // (VM_CONSOLE): a run with STORES of them less a run without, per store. Fewer than a
+    // buffer's worth, so none of them exits; the bytes come with the run's MMIO exit.
+    const STORES: u64 = 64;
+    let console = |page| hvc::hyp_call(host_call::VM_CONSOLE, [vmid, page, 0, 0, 0, 0]).status;
+    if console(corevisor_abi::guest_dev::UART) != Status::Success.as_reg() {
+        return Err("VM_CONSOLE refused the bench guest's UART");
+    }
+    let mut store = [0u64; SAMPLES];
+    for sample in &mut store {
+        let (_, without) = measure(1)?;
+        let (_, with) = measure(corevisor_abi::guest_role::BENCH_CONSOLE | STORES)?;
+        *sample = with.saturating_sub(without) / STORES;
+    }
+    print("guest-console-store", "el2_instructions", &mut store)?;
+    if console(0) != Status::Success.as_reg() {
+        return Err("VM_CONSOLE refused to turn the console off");
+    }
     if gic.v3 {
         // A VCPU_RUN that ends in the guest's ICC_SGI1R_EL1 write (issue 13), then one back to
         // the guest's read of ANSWER.

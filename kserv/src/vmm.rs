@@ -488,6 +488,9 @@ fn linux_boot_data(vm: &mut Vm, bundle: &Bundle, gic: &GicInfo) -> Result<(), Ca
             kprintln!("vm {}: GICV not mapped at the guest's GICC ({:?})", vm.name(), e.status());
         }
     }
+    // KCore serves the PL011's transmit side (VM_CONSOLE): the guest's console output comes in
+    // batches with its exits, not as two MMIO exits a character.
+    call("VM_CONSOLE", host_call::VM_CONSOLE, [vm.vmid, guest_dev::UART, 0, 0])?;
     vm.linux = Some(LinuxDevices::new(gic.v3, entry.vcpus).ok_or(LINUX_REFUSED)?);
     kprintln!("vm {}: device tree ({} bytes) at {:#x} given as boot data", vm.name(), blob.len(), dt_gpa);
     Ok(())
@@ -539,7 +542,7 @@ fn run_once(vm: &mut Vm, vcpu: usize, hooks: &mut dyn Hooks, mut meter: Option<&
     if let Some(meter) = meter.as_deref_mut() {
         meter.before_run(pmu_counts());
     }
-    let record = hvc::hyp_call_wide(host_call::VCPU_RUN, [vm.vmid, vcpu as u64, answer, 0]);
+    let record = hvc::vcpu_run(vm.vmid, vcpu as u64, answer);
     if let Some(meter) = meter {
         meter.after_run(pmu_counts(), record[1], record[2]);
     }
@@ -563,9 +566,10 @@ pub fn begin_run(vm: &mut Vm, vcpu: usize, shares_core: bool) -> u64 {
 }
 
 /// What comes after `vcpu`'s VCPU_RUN, on the core that made it: `record` is KCore's answer
-/// (x0..x5); the exit is handled.
-pub fn end_run(vm: &mut Vm, vcpu: usize, record: [u64; 6], hooks: &mut dyn Hooks) {
-    let [status, reason, a, b, c, d] = record;
+/// (x0..x17); the console output that came with it is printed, then the exit is handled.
+pub fn end_run(vm: &mut Vm, vcpu: usize, record: [u64; 18], hooks: &mut dyn Hooks) {
+    let (exit_record, console) = record.split_at(6);
+    let [status, reason, a, b, c, d] = exit_record.try_into().unwrap_or([0; 6]);
     if vm.linux.is_some() {
         crate::arch::gic::disarm_physical_timer();
     }
@@ -583,6 +587,12 @@ pub fn end_run(vm: &mut Vm, vcpu: usize, record: [u64; 6], hooks: &mut dyn Hooks
         kprintln!("vm {}: VCPU_RUN of vcpu {vcpu} refused ({:?})", vm.name(), Status::from_reg(status));
         stop(vm, "VCPU_RUN refused");
         return;
+    }
+    // The guest wrote these bytes before the exit: they come out first.
+    if let Ok(console) = console.try_into() {
+        for byte in pl011::console_bytes(console) {
+            uart_write(vm, vcpu, 0, u64::from(byte), hooks);
+        }
     }
     // The run started, so KCore took the page (or block) offered for the last fault.
     match offered {
@@ -625,6 +635,8 @@ pub fn end_run(vm: &mut Vm, vcpu: usize, record: [u64; 6], hooks: &mut dyn Hooks
         },
         exit::HVC => guest_psci(vm, vcpu, [a, b, c, d]),
         exit::IRQ => hooks.interrupt(vm),
+        // The bytes were printed above.
+        exit::CONSOLE => {}
         exit::BAD_ACCESS => {
             kprintln!("vm {}: access KCore could not decode at {a:#x} (ESR {b:#x})", vm.name());
             stop(vm, "undecodable access");
@@ -668,20 +680,26 @@ fn stop(vm: &mut Vm, why: &'static str) {
     vm.stopped_because.get_or_insert(why);
 }
 
+/// The guest's store of `value` at `offset` in its PL011 (an MMIO exit, or a console byte KCore
+/// took for DR).
+fn uart_write(vm: &mut Vm, vcpu: usize, offset: u64, value: u64, hooks: &mut dyn Hooks) {
+    // Linux serialises its console itself and a task may move to another vCPU in the middle of a
+    // line: one buffer for the VM. Test guests print from every vCPU at once.
+    let buffer = if vm.linux.is_some() { 0 } else { vcpu };
+    let mut console = core::mem::take(&mut vm.console[buffer]);
+    if let Some(line) = pl011::write(&mut console, offset, value) {
+        kprintln!("[{}] {}", vm.name(), line);
+        hooks.console_line(vm, line);
+    }
+    vm.console[buffer] = console;
+}
+
 /// Emulates the guest's access to `addr`.
 fn mmio(vm: &mut Vm, vcpu: usize, addr: u64, flags: u64, value: u64, hooks: &mut dyn Hooks) {
     let write = flags & exit::mmio_flags::WRITE != 0;
     if let Some(offset) = addr.checked_sub(guest_dev::UART).filter(|&o| o < PAGE) {
         if write {
-            // Linux serialises its console itself and a task may move to another vCPU in the
-            // middle of a line: one buffer for the VM. Test guests print from every vCPU at once.
-            let buffer = if vm.linux.is_some() { 0 } else { vcpu };
-            let mut console = core::mem::take(&mut vm.console[buffer]);
-            if let Some(line) = pl011::write(&mut console, offset, value) {
-                kprintln!("[{}] {}", vm.name(), line);
-                hooks.console_line(vm, line);
-            }
-            vm.console[buffer] = console;
+            uart_write(vm, vcpu, offset, value, hooks);
         } else {
             vm.answers[vcpu] = pl011::read(offset);
         }

@@ -174,6 +174,8 @@ pub struct Vm<C> {
     pub s2: PageTable,
     /// The virtual counter's offset (TIMER_SET_CNTVOFF).
     pub cntvoff: u64,
+    /// The guest address of the VM's PL011 page, whose transmit side KCore serves (VM_CONSOLE).
+    pub console: Option<Ipa>,
     pub vcpus: [Vcpu<C>; MAX_VCPUS],
     pub load: Vec<LoadInfo>,
     /// Image pages VERIFY_VM_IMAGE has taken and hashed so far, counted over the images in order.
@@ -312,6 +314,7 @@ impl<C> Vm<C> {
             ram,
             s2,
             cntvoff: 0,
+            console: None,
             vcpus: core::array::from_fn(|_| Vcpu::Unused),
             load: Vec::new(),
             checked: 0,

@@ -14,7 +14,7 @@ use crate::machine::features::IdReg;
 use crate::machine::{GuestExit, TrapFrame, TrapKind, CALL_REGS};
 use crate::mutation::{planted, Mutation};
 use crate::vcpu::vgic::{Intid, Virq};
-use crate::vcpu::DataAccess;
+use crate::vcpu::{DataAccess, VcpuContext};
 use corevisor_abi::{guest_call, host_call, psci, Status};
 
 /// The largest exit status SYSTEM_OFF carries: a process exit status is one byte.
@@ -51,18 +51,62 @@ pub enum HostCall {
 /// The VM hypercalls the VM layer serves (`vm_calls::serve`), as the VM layer's API takes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmCall {
-    RegisterVm { ram: IpaRange },
-    RegisterVcpu { vm: VmId, vcpu: VcpuId },
-    SetBootInfo { vm: VmId, gpa: Ipa, size: u64 },
-    RemapVmImage { vm: VmId, index: u64, pfn: Pfn },
-    VerifyVmImage { vm: VmId },
-    ClearVmS2Range { vm: VmId, base: Pa, size: u64 },
-    PhysAddrIoremap { vm: VmId, gpa: Ipa, pa: Pa, size: u64 },
-    TimerSetCntvoff { vm: VmId, offset: u64 },
-    VmPowerOff { vm: VmId },
-    DestroyVm { vm: VmId },
-    BootData { vm: VmId, gpa: Ipa, pfn: Pfn },
-    InjectIrq { vm: VmId, vcpu: VcpuId, virq: Virq },
+    RegisterVm {
+        ram: IpaRange,
+    },
+    RegisterVcpu {
+        vm: VmId,
+        vcpu: VcpuId,
+    },
+    SetBootInfo {
+        vm: VmId,
+        gpa: Ipa,
+        size: u64,
+    },
+    RemapVmImage {
+        vm: VmId,
+        index: u64,
+        pfn: Pfn,
+    },
+    VerifyVmImage {
+        vm: VmId,
+    },
+    ClearVmS2Range {
+        vm: VmId,
+        base: Pa,
+        size: u64,
+    },
+    PhysAddrIoremap {
+        vm: VmId,
+        gpa: Ipa,
+        pa: Pa,
+        size: u64,
+    },
+    TimerSetCntvoff {
+        vm: VmId,
+        offset: u64,
+    },
+    VmPowerOff {
+        vm: VmId,
+    },
+    DestroyVm {
+        vm: VmId,
+    },
+    BootData {
+        vm: VmId,
+        gpa: Ipa,
+        pfn: Pfn,
+    },
+    InjectIrq {
+        vm: VmId,
+        vcpu: VcpuId,
+        virq: Virq,
+    },
+    /// VM_CONSOLE: `page` is the guest address of the VM's PL011 (0: none).
+    VmConsole {
+        vm: VmId,
+        page: Ipa,
+    },
 }
 
 /// A host hypercall refused at the edge: an unknown id, or an argument that does not fit.
@@ -96,6 +140,7 @@ pub fn call_name(function: u32) -> &'static str {
         "BOOT_DATA",
         "SMMU_ATTACH_STREAM",
         "SMMU_DETACH_STREAM",
+        "VM_CONSOLE",
     ];
     NAMES.get(function.wrapping_sub(corevisor_abi::HYP_CALL_BASE) as usize).copied().unwrap_or("unknown host call")
 }
@@ -158,6 +203,7 @@ impl HostCall {
             }),
             host_call::SMMU_ATTACH_STREAM => HostCall::SmmuAttach { stream: a1, principal: a2 },
             host_call::SMMU_DETACH_STREAM => HostCall::SmmuDetach { stream: a1 },
+            host_call::VM_CONSOLE => HostCall::Vm(VmCall::VmConsole { vm: vm(a1)?, page: Ipa(a2) }),
             _ => return Err(BadCall { function, status: Status::NotSupported, argument: None }),
         })
     }
@@ -414,20 +460,74 @@ impl GuestTrap {
     }
 }
 
+/// The PL011 data register (a store transmits its low byte) and flag register, as offsets in
+/// the page, and what KCore answers for FR: transmit FIFO empty (TXFE) and receive FIFO empty
+/// (RXFE), so a driver never waits and never reads.
+pub const PL011_DR: u64 = 0x00;
+pub const PL011_FR: u64 = 0x18;
+pub const PL011_FR_IDLE: u64 = 1 << 7 | 1 << 4;
+
+/// A guest's access to the transmit side of its PL011 (`host_call::VM_CONSOLE`), which KCore
+/// serves itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleAccess {
+    /// A store of 32 bits or fewer to DR: its low byte goes out.
+    Transmit(u8),
+    /// A load of FR, into the access's register.
+    ReadFlags(DataAccess),
+}
+
 impl GuestTrap {
+    /// The console access this exit is, if it is a data abort with a syndrome on `console` (the
+    /// VM's PL011 page, outside its RAM: `vm::Kcore::set_console`) that KCore serves: a store of
+    /// at most 32 bits to DR, or a load of FR. Every other access to the page goes to the host.
+    /// The store's value comes from `frame`: the caller has x[rt].
+    #[inline]
+    pub fn console_access(&self, console: Option<Ipa>, frame: &TrapFrame) -> Option<ConsoleAccess> {
+        let GuestCause::Abort { abort, access: Some(access) } = self.cause else { return None };
+        let page = console?.raw();
+        if abort.ipa.raw() & !0xfff != page && !planted(Mutation::ConsoleServesAnyPage) {
+            return None;
+        }
+        match (access.write, abort.ipa.raw() & 0xfff) {
+            (true, PL011_DR) if access.size_log2 <= 2 => {
+                Some(ConsoleAccess::Transmit(access.store_value_in(frame) as u8))
+            }
+            (false, PL011_FR) => Some(ConsoleAccess::ReadFlags(access)),
+            _ => None,
+        }
+    }
+
     /// A synchronous exit with syndrome `esr` (no SError pending), decoded exactly as
-    /// [`Self::decode`] decodes it, if it is one the fast path serves ([`Self::in_place`]);
-    /// `None` otherwise. The hot case, a share call, is told from the syndrome and x0 alone,
-    /// without building the general decode (`cargo xtask bench`).
+    /// [`Self::decode`] decodes it, if it is a call or a system-register access the fast path
+    /// serves ([`Self::in_place`]); `None` otherwise. The hot case, a share call, is told from
+    /// the syndrome and x0 alone, without building the general decode (`cargo xtask bench`).
+    /// Data aborts have their own: [`Self::decode_console_in_place`].
     #[inline(always)]
     pub fn decode_in_place(esr: u64, frame: &TrapFrame) -> Option<GuestTrap> {
         let trap = if esr::class(esr) == ec::HVC64 && esr::imm16(esr) == 0 {
             GuestTrap { serror: false, cause: GuestCause::Call { smc: false, call: GuestCall::decode(&frame.x) } }
         } else {
-            // An abort is never served in place, so its fault registers need not be read.
+            // An abort is not served here, so its fault registers need not be read.
             Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, frame, || (0, 0))
         };
         trap.in_place().then_some(trap)
+    }
+
+    /// A data abort with syndrome `esr` (no SError pending), decoded exactly as [`Self::decode`]
+    /// decodes it with the fault registers `fault_registers` reads, if it is a console access
+    /// the fast path serves for `vcpu` of a VM whose console page is `console`
+    /// ([`Self::console_in_place`]); `None` otherwise.
+    #[inline(always)]
+    pub fn decode_console_in_place(
+        esr: u64,
+        vcpu: &VcpuContext,
+        console: Option<Ipa>,
+        fault_registers: impl FnOnce() -> (u64, u64),
+    ) -> Option<GuestTrap> {
+        let trap =
+            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, &vcpu.gprs.frame, fault_registers);
+        trap.console_in_place(console, vcpu).then_some(trap)
     }
 
     /// Whether KCore serves this exit without the host and without any guest register but
@@ -435,7 +535,7 @@ impl GuestTrap {
     /// where x19..x29 stay in the CPU (`machine::world_switch::GuestWorld`): a share call, an
     /// `hvc`/`smc` with a non-zero immediate (an UNDEF), and a trapped MSR/MRS/SYS whose
     /// register is none of x19..x29 (emulated, or an UNDEF). The dispatcher answers each of
-    /// them with `Resume`, `Share` or `Undef`.
+    /// them with `Resume`, `Share` or `Undef`. (Console accesses: [`Self::console_in_place`].)
     #[inline]
     pub fn in_place(&self) -> bool {
         !self.serror
@@ -445,6 +545,24 @@ impl GuestTrap {
                     !(19..=29).contains(&op.rt) || planted(Mutation::InPlaceTakesCalleeSavedRegister)
                 }
                 _ => false,
+            }
+    }
+
+    /// Whether this exit of `vcpu` (of a VM whose console page is `console`) is a console access
+    /// ([`Self::console_access`]) that the fast path may serve in place, as [`Self::in_place`]
+    /// says for calls: its register is none of x19..x29, and it does not send the vCPU's console
+    /// buffer to the host (a newline, or the byte that fills it: those exit in full). The
+    /// dispatcher answers it with `Resume`.
+    #[inline]
+    pub fn console_in_place(&self, console: Option<Ipa>, vcpu: &VcpuContext) -> bool {
+        let GuestCause::Abort { access: Some(access), .. } = self.cause else { return false };
+        // The register first: x19..x29 of the frame are stale in the fast path.
+        !self.serror
+            && !(19..=29).contains(&access.reg)
+            && match self.console_access(console, &vcpu.gprs.frame) {
+                Some(ConsoleAccess::Transmit(byte)) => vcpu.console.takes_in_place(byte),
+                Some(ConsoleAccess::ReadFlags(_)) => true,
+                None => false,
             }
     }
 }
@@ -460,6 +578,7 @@ mod tests {
         assert_eq!(call_name(host_call::DESTROY_VM), "DESTROY_VM");
         assert_eq!(call_name(host_call::SMMU_ATTACH_STREAM), "SMMU_ATTACH_STREAM");
         assert_eq!(call_name(host_call::SMMU_DETACH_STREAM), "SMMU_DETACH_STREAM");
+        assert_eq!(call_name(host_call::VM_CONSOLE), "VM_CONSOLE");
         assert_eq!(call_name(base + u32::from(host_call::COUNT)), "unknown host call");
         assert_eq!(call_name(0), "unknown host call");
     }

@@ -24,6 +24,7 @@ pub fn serve(m: &impl Machine, kcore: &Kcore, function: u32, call: VmCall) -> Hy
         VmCall::DestroyVm { vm } => kcore.destroy(m, vm),
         VmCall::BootData { vm, gpa, pfn } => kcore.load_boot_data(m, vm, gpa, pfn).map(|()| 0),
         VmCall::InjectIrq { vm, vcpu, virq } => kcore.inject_irq(vm, vcpu, virq).map(|()| 0),
+        VmCall::VmConsole { vm, page } => kcore.set_console(vm, page).map(|()| 0),
     };
     match result {
         Ok(value) => {

@@ -16,7 +16,7 @@ pub mod spectre;
 pub mod sync;
 mod trap_frame;
 
-pub use trap_frame::{CallFrame, GuestExit, TrapFrame, TrapKind, CALL_REGS, SERROR_AT_EXIT};
+pub use trap_frame::{CallFrame, GuestExit, TrapFrame, TrapKind, CALL_REGS, RESULT_REGS, SERROR_AT_EXIT};
 
 #[cfg(target_os = "none")]
 mod aarch64;

@@ -30,11 +30,22 @@ const _: () = assert!(core::mem::size_of::<CallFrame>() == 22 * 8);
 /// How many registers a host call reads and writes: x0 (function id, then status) .. x5.
 pub const CALL_REGS: usize = 6;
 
+/// How many registers a host call may return results in (SMCCC 1.2): x0..x17. Only VCPU_RUN
+/// writes past x5 (`corevisor_abi::console`).
+pub const RESULT_REGS: usize = 18;
+
 impl CallFrame {
     /// x0..x5: the call's function id and arguments in, its status and results out.
     #[inline]
     pub fn call_regs(&mut self) -> &mut [u64; CALL_REGS] {
         let (regs, _) = self.x.split_first_chunk_mut::<CALL_REGS>().unwrap_or_else(|| unreachable!());
+        regs
+    }
+
+    /// x0..x17: a call's function id and arguments in, everything it returns out.
+    #[inline]
+    pub fn result_regs(&mut self) -> &mut [u64; RESULT_REGS] {
+        let (regs, _) = self.x.split_first_chunk_mut::<RESULT_REGS>().unwrap_or_else(|| unreachable!());
         regs
     }
 }
@@ -83,6 +94,13 @@ impl TrapFrame {
     #[inline]
     pub fn call_regs(&mut self) -> &mut [u64; CALL_REGS] {
         let (regs, _) = self.x.split_first_chunk_mut::<CALL_REGS>().unwrap_or_else(|| unreachable!());
+        regs
+    }
+
+    /// x0..x17, as [`CallFrame::result_regs`].
+    #[inline]
+    pub fn result_regs(&mut self) -> &mut [u64; RESULT_REGS] {
+        let (regs, _) = self.x.split_first_chunk_mut::<RESULT_REGS>().unwrap_or_else(|| unreachable!());
         regs
     }
 

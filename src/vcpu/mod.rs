@@ -6,7 +6,7 @@
 
 pub mod controls;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod vgic;
 #[cfg(target_os = "none")]
 pub mod world_switch;
@@ -63,6 +63,67 @@ pub struct VcpuContext {
     /// Its virtual CPU interface and the virtual interrupts waiting for it (kept across
     /// `start`: the host may inject before the vCPU first runs).
     pub vgic: VgicState,
+    /// The console bytes the guest wrote since its last exit to the host (empty outside a run:
+    /// every exit to the host takes them).
+    pub console: ConsoleBuffer,
+}
+
+/// A vCPU's console output on its way to the host (`corevisor_abi::console`): the PL011 DR
+/// bytes KCore took in place since the vCPU's last exit to the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleBuffer {
+    len: usize,
+    bytes: [u8; ConsoleBuffer::CAPACITY],
+}
+
+impl Default for ConsoleBuffer {
+    fn default() -> ConsoleBuffer {
+        ConsoleBuffer { len: 0, bytes: [0; ConsoleBuffer::CAPACITY] }
+    }
+}
+
+impl ConsoleBuffer {
+    /// As many bytes as one VCPU_RUN returns.
+    pub const CAPACITY: usize = corevisor_abi::console::BYTES;
+
+    /// Appends `byte`; returns whether the buffer must go to the host now (full, or a newline
+    /// ended a line). Never called on a full buffer: the push that filled it sent it.
+    #[inline]
+    pub fn push(&mut self, byte: u8) -> bool {
+        let filling = self.len + 1 == Self::CAPACITY;
+        if !(filling && crate::mutation::planted(crate::mutation::Mutation::ConsoleDropsByteWhenFull)) {
+            self.bytes[self.len] = byte;
+            self.len += 1;
+        }
+        byte == b'\n' || filling
+    }
+
+    /// Whether a push of `byte` keeps the guest running.
+    #[inline]
+    pub fn takes_in_place(&self, byte: u8) -> bool {
+        byte != b'\n' && self.len + 1 < Self::CAPACITY
+    }
+
+    /// The bytes waiting for the host.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Empties the buffer into `regs` (x6..x17 of VCPU_RUN's result): the count, then the bytes
+    /// packed little-endian, the rest of x7..x17 zero. An empty buffer writes the count alone
+    /// (x7..x17 keep the host's own values: the host reads no byte past the count).
+    #[inline]
+    pub fn drain_into(&mut self, regs: &mut [u64; 1 + corevisor_abi::console::BYTE_REGS]) {
+        regs[0] = self.len as u64;
+        if self.len == 0 {
+            return;
+        }
+        for (reg, chunk) in regs[1..].iter_mut().zip(self.bytes.chunks_exact(8)) {
+            *reg = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        }
+        self.bytes = [0; Self::CAPACITY];
+        self.len = 0;
+    }
 }
 
 impl VcpuContext {
@@ -77,6 +138,7 @@ impl VcpuContext {
             index,
             virtual_serror: false,
             vgic: VgicState::default(),
+            console: ConsoleBuffer::default(),
         })
     }
 
@@ -91,6 +153,7 @@ impl VcpuContext {
         self.fp = FpRegs::default();
         self.pending = Pending::Nothing;
         self.virtual_serror = false;
+        self.console = ConsoleBuffer::default();
         self.started = true;
     }
 

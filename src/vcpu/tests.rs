@@ -1,7 +1,7 @@
 use super::*;
 
 /// ESR of a data abort with a valid syndrome.
-fn dabt(size_log2: u64, sse: bool, reg: u64, sf: bool, write: bool) -> u64 {
+pub(crate) fn dabt(size_log2: u64, sse: bool, reg: u64, sf: bool, write: bool) -> u64 {
     0x24 << 26
         | 1 << 25
         | 1 << 24

@@ -136,6 +136,8 @@ pub struct RunTicket {
     pub vttbr: u64,
     pub cntvoff: u64,
     pub ram: IpaRange,
+    /// The VM's PL011 page (VM_CONSOLE), outside `ram`.
+    pub console: Option<Ipa>,
 }
 
 /// VM `vmid`'s lock (rank `Vm(vmid)`) and what it guards: the VM's record, `None` before
@@ -394,8 +396,9 @@ impl Kcore {
         }
         ctx.complete(answer);
         let (vttbr, cntvoff, ram) = (rec.s2.root() | u64::from(vm.vmid()) << 48, rec.cntvoff, rec.ram);
+        let console = rec.console;
         let ctx = rec.set_vcpu_active(vcpu)?;
-        Ok(RunTicket { vm, vcpu, ctx, vttbr, cntvoff, ram })
+        Ok(RunTicket { vm, vcpu, ctx, vttbr, cntvoff, ram, console })
     }
 
     /// The second half of VCPU_RUN: the context goes back into the VM's record. (The VM may have
@@ -560,6 +563,23 @@ impl Kcore {
     /// TIMER_SET_CNTVOFF.
     pub fn set_cntvoff(&self, vm: VmId, offset: u64) -> Result<(), VmError> {
         live(&mut self.vm(vm).lock())?.cntvoff = offset;
+        Ok(())
+    }
+
+    /// VM_CONSOLE: the VM's PL011 is at guest page `page` (0: none), which must be page-aligned,
+    /// inside the stage-2 input range and outside the VM's RAM, so that only accesses that fault
+    /// because nothing is mapped there reach the console; the RAM window is fixed at
+    /// REGISTER_VM, so the page stays outside it. A vCPU's console buffer is empty between its
+    /// runs (every exit to the host takes it), so the page may change at any time: a running
+    /// vCPU sees the new one from its next run.
+    pub fn set_console(&self, vm: VmId, page: Ipa) -> Result<(), VmError> {
+        let mut slot = self.vm(vm).lock();
+        let rec = live(&mut slot)?;
+        let fits = page.is_page_aligned() && page.raw() < INPUT_LIMIT && !rec.ram.overlaps(page.raw(), PAGE_SIZE);
+        if page.raw() != 0 && !fits {
+            return Err(VmError::BadArgument);
+        }
+        rec.console = (page.raw() != 0).then_some(page);
         Ok(())
     }
 

@@ -424,3 +424,29 @@ proptest::proptest! {
 fn the_injection_property_catches_delivery_to_the_wrong_vcpu() {
     crate::mutation::catches(Mutation::VgicInjectsWrongVcpu, 32, shots(), injections_reach_their_vcpu);
 }
+
+/// VM_CONSOLE (issue 13): the PL011 page must be page-aligned, inside the stage-2 input range
+/// and outside the VM's RAM (so that KCore serves only accesses that fault because nothing is
+/// mapped there, never RAM); 0 turns it off; an unknown VM is refused. A run's ticket carries the
+/// page the VM had when the run began, and a fresh vCPU context has an empty console buffer.
+#[test]
+fn a_console_page_is_checked_and_reaches_the_run() {
+    let (m, mut k) = kcore();
+    lay_out_image(&m, None);
+    let vmid = boot(&m, &mut k).unwrap();
+    let uart = corevisor_abi::guest_dev::UART;
+    for bad in [uart + 0x18, GUEST_RAM, GUEST_RAM + (16 << 20) - 4096, INPUT_LIMIT, INPUT_LIMIT - 4096 + 1, !0xfff] {
+        assert_eq!(k.set_console(vmid, Ipa(bad)), Err(VmError::BadArgument), "{bad:#x}");
+    }
+    assert_eq!(k.set_console(vm(2), Ipa(uart)), Err(VmError::NoVm));
+    let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
+    assert_eq!((ticket.console, ticket.ctx.console.bytes()), (None, &[][..]));
+    k.vcpu_run_finish(ticket);
+    assert_eq!(k.set_console(vmid, Ipa(INPUT_LIMIT - 4096)), Ok(()));
+    assert_eq!(k.set_console(vmid, Ipa(uart)), Ok(()));
+    let ticket = k.vcpu_run_prepare(&m, vmid, vcpu(0), 0).unwrap();
+    assert_eq!(ticket.console, Some(Ipa(uart)));
+    k.vcpu_run_finish(ticket);
+    assert_eq!(k.set_console(vmid, Ipa(0)), Ok(()));
+    assert_eq!(k.vm(vmid).lock().as_ref().map(|rec| rec.console), Some(None));
+}

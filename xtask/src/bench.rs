@@ -204,6 +204,10 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
     };
     let (with_blocks, pages_touched) = faults(&blocks).ok_or("no `bench host-ram-faults` figure")?;
     let (with_pages, _) = faults(&pages).ok_or("no `bench host-ram-faults` figure (4 KiB-only)")?;
+    if let Some(line) = blocks.iter().find(|l| l.name == "guest-console-store") {
+        let median = line.get("el2_instructions").unwrap_or(0);
+        println!("{:<44} {median:>8}", "guest PL011 DR store, served in KCore");
+    }
     if let Some(line) = blocks.iter().find(|l| l.name == "vcpu-run-vgic") {
         let median = line.get("el2_instructions").unwrap_or(0);
         println!("{:<44} {median:>8}", "VCPU_RUN, virtual interface on (LRs moved)");
@@ -247,6 +251,7 @@ const XEN_MEANS: &[(&str, &str, Option<u64>)] = &[
     ("page-fault", "stage-2 fault (page or 2 MiB block)", None),
     ("other-mmio", "other MMIO", None),
     ("other", "other", None),
+    ("console", "console output (KCore's buffer full, or a newline)", None),
 ];
 
 /// The guest run phase's target against bare, and Xen's figure.

@@ -30,12 +30,15 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 const APPLETS: &[&str] = &["sh", "mount", "grep", "sleep", "taskset", "cat", "cut", "poweroff"];
 
 /// The initramfs's `/init`. Each `linux-guest:` line proves one thing, in this order: init runs;
+/// a line longer than KCore's console buffer (`corevisor_abi::console::BYTES`) and shorter than
+/// KServ's line buffer arrives whole, every character in order;
 /// the CPUs Linux brought up (counted from /proc/cpuinfo); `sleep 1` returned (timer interrupts);
 /// a task pinned to the last CPU ran there (field 39 of /proc/self/stat is the CPU it last ran on;
 /// moving it there takes an IPI); then a forced power-off (PSCI SYSTEM_OFF).
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin
 echo "linux-guest: init started"
+echo "linux-guest: console 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 9876543210 zyxwvutsrqponmlkjihgfedcba ZYXWVUTSRQPONMLKJIHGFEDCBA end"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -49,11 +52,15 @@ echo "linux-guest: powering off"
 poweroff -f
 "#;
 
+/// `/init`'s long line (see [`INIT`]).
+pub const CONSOLE_PROOF: &str = "linux-guest: console 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 9876543210 zyxwvutsrqponmlkjihgfedcba ZYXWVUTSRQPONMLKJIHGFEDCBA end";
+
 /// The lines a correct run of `/init` on `cpus` CPUs prints, in order; the last is the kernel's
 /// own, printed only on a power-off (a panic's reset prints `reboot: Restarting system`).
 pub fn proof_lines(cpus: u32) -> Vec<String> {
     vec![
         "linux-guest: init started".into(),
+        CONSOLE_PROOF.into(),
         format!("linux-guest: cpus online {cpus}"),
         "linux-guest: sleep 1 ok".into(),
         format!("linux-guest: pinned task ran on cpu {}", cpus - 1),
@@ -634,6 +641,15 @@ mod tests {
         let swapped = good_console(2).replace("sleep 1 ok", "X").replace("cpus online 2", "sleep 1 ok");
         let swapped = swapped.replace("X", "cpus online 2");
         assert!(check(Some(0), &swapped, 2).iter().any(|p| p.starts_with("out of order:")));
+    }
+
+    /// The console's long line fails the run if one character of it is lost or two swap places.
+    #[test]
+    fn a_console_line_with_a_character_lost_or_moved_fails_the_run() {
+        let lost = good_console(2).replace("0123456789 abc", "012345679 abc");
+        assert_eq!(check(Some(0), &lost, 2), [format!("missing line: {CONSOLE_PROOF}")]);
+        let swapped = good_console(2).replace("0123456789 abc", "0123457689 abc");
+        assert_eq!(check(Some(0), &swapped, 2), [format!("missing line: {CONSOLE_PROOF}")]);
     }
 
     /// A panic resets the machine, which ends a `-no-reboot` QEMU with status 0: the console fails it.

@@ -589,6 +589,8 @@ pub const LINUX_SCENARIOS: &[Scenario] = &[
         name: "linux",
         lines: &[
             "kserv: [linux] linux-guest: init started",
+            // Longer than KCore's console buffer: every character, in order.
+            "kserv: [linux] linux-guest: console 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 9876543210 zyxwvutsrqponmlkjihgfedcba ZYXWVUTSRQPONMLKJIHGFEDCBA end",
             "kserv: vm linux: powered off",
             "kserv: vm linux: torn down, ",
             "all scrubbed",

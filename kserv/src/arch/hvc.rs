@@ -38,6 +38,25 @@ pub fn hyp_call_wide(function: u32, args: [u64; 4]) -> [u64; 6] {
     [x0, x1, x2, x3, x4, x5]
 }
 
+/// VCPU_RUN of vCPU `vcpu` of VM `vmid` answering its last exit with `answer`: x0..x5 (the exit
+/// record) and x6..x17 (the console output that came before the exit, `corevisor_abi::console`).
+pub fn vcpu_run(vmid: u64, vcpu: u64, answer: u64) -> [u64; 18] {
+    let mut r = [0u64; 18];
+    // SAFETY: as for `hyp_call`; every register KCore may write is an output.
+    unsafe {
+        asm!(
+            "hvc #0",
+            inout("x0") u64::from(corevisor_abi::host_call::VCPU_RUN) => r[0], inout("x1") vmid => r[1],
+            inout("x2") vcpu => r[2], inout("x3") answer => r[3], inout("x4") 0u64 => r[4], out("x5") r[5],
+            out("x6") r[6], out("x7") r[7], out("x8") r[8], out("x9") r[9], out("x10") r[10], out("x11") r[11],
+            out("x12") r[12], out("x13") r[13], out("x14") r[14], out("x15") r[15], out("x16") r[16],
+            out("x17") r[17],
+            options(nostack)
+        );
+    }
+    r
+}
+
 /// The physical counter, CNTPCT_EL0.
 pub fn counter() -> u64 {
     let value: u64;

@@ -5,6 +5,7 @@
 //! ignores writes.
 
 use crate::vm_plan::LineBuffer;
+use corevisor_abi::console;
 
 const DR: u64 = 0x00;
 const FR: u64 = 0x18;
@@ -25,6 +26,13 @@ const IDS: [(u64, u64); 8] = [
 /// A guest store at `offset`: a byte to DR may finish a line.
 pub fn write(line: &mut LineBuffer, offset: u64, value: u64) -> Option<&str> {
     (offset == DR).then(|| line.push(value as u8)).flatten()
+}
+
+/// The console bytes a VCPU_RUN returned in x6..x17 (`corevisor_abi::console`), in the order the
+/// guest wrote them; a count beyond what the registers hold is cut to them.
+pub fn console_bytes(regs: &[u64; 1 + console::BYTE_REGS]) -> impl Iterator<Item = u8> + '_ {
+    let count = usize::try_from(regs[0]).unwrap_or(usize::MAX).min(console::BYTES);
+    regs[1..].iter().flat_map(|reg| reg.to_le_bytes()).take(count)
 }
 
 /// A guest load at `offset`.
@@ -50,6 +58,25 @@ mod tests {
         assert_eq!(read(0x18), 0x90);
         assert_eq!(read(0xfe0), 0x11);
         assert_eq!(read(0x24), 0);
+    }
+
+    #[test]
+    fn console_output_comes_out_in_the_order_written() {
+        let mut regs = [0u64; 12];
+        regs[0] = 10;
+        regs[1] = u64::from_le_bytes(*b"hello, w");
+        regs[2] = u64::from_le_bytes(*b"o\nXXXXXX");
+        let bytes: Vec<u8> = console_bytes(&regs).collect();
+        assert_eq!(bytes, b"hello, wo\n");
+        regs[0] = 0;
+        assert_eq!(console_bytes(&regs).count(), 0);
+        // A full buffer: every register, in order.
+        regs = core::array::from_fn(|i| if i == 0 { 88 } else { u64::from_le_bytes([i as u8; 8]) });
+        let bytes: Vec<u8> = console_bytes(&regs).collect();
+        assert_eq!(bytes.len(), 88);
+        assert!(bytes.chunks(8).enumerate().all(|(i, c)| c == [i as u8 + 1; 8]));
+        regs[0] = u64::MAX;
+        assert_eq!(console_bytes(&regs).count(), 88);
     }
 
     #[test]

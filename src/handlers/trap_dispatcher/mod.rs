@@ -12,7 +12,8 @@ pub mod spec;
 mod tests;
 
 use super::decode::{
-    BadCall, Forbidden, GuestCall, GuestCause, GuestTrap, HostCall, HostTrap, Stage2Abort, SysInstruction, VmCall,
+    BadCall, ConsoleAccess, Forbidden, GuestCall, GuestCause, GuestTrap, HostCall, HostTrap, Stage2Abort,
+    SysInstruction, VmCall, PL011_FR_IDLE,
 };
 use super::psci::{self, PsciOutcome};
 use super::smmu_calls::SmmuCall;
@@ -199,6 +200,9 @@ pub struct GuestEnv<'a> {
     pub virtual_timer: &'a dyn Fn() -> (u64, u64),
     /// The VM's counter offset (CNTVOFF_EL2).
     pub cntvoff: u64,
+    /// The VM's PL011 page, whose transmit side KCore serves (`host_call::VM_CONSOLE`), outside
+    /// its RAM.
+    pub console: Option<Ipa>,
 }
 
 /// When a virtual timer with control `ctl` and compare value `cval` fires, in physical counter
@@ -278,6 +282,20 @@ pub fn vm_exit_dispatcher(trap: GuestTrap, vcpu: &mut VcpuContext, env: &GuestEn
             if env.ram.contains(ipa.raw()) {
                 vcpu.pending = Pending::PageFault { gfn: ipa.gfn().raw() };
                 return to_host(exit::PAGE_FAULT, [ipa.raw(), 0, 0, 0]);
+            }
+            // The PL011's transmit side: a DR byte joins the vCPU's console buffer, which goes to
+            // the host with this exit when it is full or the byte is a newline (and with any other
+            // exit to the host: `trap_handler::vcpu_run`); FR reads as idle.
+            match trap.console_access(env.console, frame) {
+                Some(ConsoleAccess::Transmit(byte)) => {
+                    frame.elr = frame.elr.wrapping_add(4);
+                    return if vcpu.console.push(byte) { to_host(exit::CONSOLE, [0; 4]) } else { VmExit::Resume };
+                }
+                Some(ConsoleAccess::ReadFlags(access)) => {
+                    access.complete_load(frame, PL011_FR_IDLE);
+                    return VmExit::Resume;
+                }
+                None => {}
             }
             match access {
                 Some(access) => {

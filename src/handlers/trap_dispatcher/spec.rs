@@ -130,6 +130,10 @@ pub fn host_hvc_spec(s: AbsState) -> AbsState {
         },
         host_call::SMMU_ATTACH_STREAM => AbsState { next: Next::SmmuCall(function, [s.x[1], s.x[2]]), ..s },
         host_call::SMMU_DETACH_STREAM => AbsState { next: Next::SmmuCall(function, [s.x[1], 0]), ..s },
+        host_call::VM_CONSOLE => match vm_call_spec(function, &s.x) {
+            Ok(args) => AbsState { next: Next::VmCall(function, args), ..s },
+            Err(status) => ret_status(s, status),
+        },
         _ => ret_status(s, Status::NotSupported),
     }
 }
@@ -158,7 +162,7 @@ fn vm_call_spec(function: u32, x: &[u64; 31]) -> Result<[u64; 4], Status> {
         host_call::VCPU_RUN => vm(a1).and(vcpu(a2)).map(|()| [a1, a2, a3, 0]),
         host_call::CLEAR_VM_S2_RANGE => vm(a1).and(pa(a2)).map(|()| [a1, a2, a3, 0]),
         host_call::PHYS_ADDR_IOREMAP => vm(a1).and(pa(a3)).map(|()| [a1, a2, a3, a4]),
-        host_call::TIMER_SET_CNTVOFF => vm(a1).map(|()| [a1, a2, 0, 0]),
+        host_call::TIMER_SET_CNTVOFF | host_call::VM_CONSOLE => vm(a1).map(|()| [a1, a2, 0, 0]),
         host_call::INJECT_IRQ if a3 > 1019 || a4 > 255 => vm(a1).and(vcpu(a2)).and(Err(Status::InvalidParameters)),
         host_call::INJECT_IRQ => vm(a1).and(vcpu(a2)).map(|()| [a1, a2, a3, a4]),
         // VERIFY_VM_IMAGE, VM_POWER_OFF, DESTROY_VM.
@@ -246,6 +250,8 @@ pub struct AbsVcpu {
     pub pending: Pending,
     /// A virtual SError waits for the guest.
     pub virtual_serror: bool,
+    /// The console bytes the guest wrote since its last exit to the host.
+    pub console: Vec<u8>,
 }
 
 /// What happens after a guest exit.
@@ -280,6 +286,8 @@ pub struct AbsGuestEnv<'a> {
     pub id_register: &'a dyn Fn(IdReg) -> u64,
     /// The live virtual timer: CNTV_CTL_EL0, CNTV_CVAL_EL0, and the VM's CNTVOFF_EL2.
     pub timer: (u64, u64, u64),
+    /// The guest address of the VM's PL011 page (VM_CONSOLE), if it has one.
+    pub console: Option<u64>,
 }
 
 /// `vm_exit_dispatcher_spec`, stated from the architecture's syndrome layout (Arm ARM D19.2.46)
@@ -298,7 +306,7 @@ pub fn vm_exit_spec(
     v: &AbsVcpu,
     env: &AbsGuestEnv,
 ) -> Option<(AbsVcpu, VmNext)> {
-    let AbsGuestEnv { in_ram, id_register, timer: (cntv_ctl, cntv_cval, cntvoff) } = *env;
+    let AbsGuestEnv { in_ram, id_register, timer: (cntv_ctl, cntv_cval, cntvoff), console } = *env;
     let mut v = v.clone();
     if serror_at_exit || kind == TrapKind::SError {
         v.virtual_serror = true;
@@ -379,11 +387,41 @@ pub fn vm_exit_spec(
         }
         (_, c @ (ec::DABT_LOW | ec::IABT_LOW)) => {
             let isv = esr >> 24 & 1 == 1;
+            let (write, sas, rt) = (esr >> 6 & 1 == 1, esr >> 22 & 3, (esr >> 16 & 31) as usize);
+            let on_console = console == Some(ipa - ipa % 4096) && c == ec::DABT_LOW && isv;
             if in_ram(ipa) {
                 v.pending = Pending::PageFault { gfn: ipa / 4096 };
                 host(exit::PAGE_FAULT, [ipa, 0, 0, 0])
+            } else if on_console && write && ipa.is_multiple_of(4096) && sas <= 2 {
+                // Issue 13: a store to the PL011's DR (at most a word): its low byte joins the
+                // vCPU's console buffer, which goes to the host when a newline or the byte that
+                // fills it comes (`corevisor_abi::console`); past the store.
+                let byte = if rt == 31 { 0 } else { v.x[rt] as u8 };
+                v.console.push(byte);
+                v.pc = v.pc.wrapping_add(4);
+                if byte == b'\n' || v.console.len() == corevisor_abi::console::BYTES {
+                    host(exit::CONSOLE, [0; 4])
+                } else {
+                    VmNext::Guest
+                }
+            } else if on_console && !write && ipa % 4096 == 0x18 {
+                // A load of its FR: TXFE | RXFE, as the load's size, sign extension and register
+                // width make it (Arm ARM: ISS.SAS, SSE, SF); past the load.
+                let bits = 8 << sas;
+                let mut value = 0x90u64 % (1u64 << bits.min(63));
+                if esr >> 21 & 1 == 1 && bits < 64 && value >> (bits - 1) & 1 == 1 {
+                    value |= !0u64 << bits;
+                }
+                if esr >> 15 & 1 == 0 {
+                    value &= 0xffff_ffff;
+                }
+                if rt != 31 {
+                    v.x[rt] = value;
+                }
+                v.pc = v.pc.wrapping_add(4);
+                VmNext::Guest
             } else if c == ec::DABT_LOW && isv {
-                let (write, sas, reg) = (esr >> 6 & 1 == 1, esr >> 22 & 3, (esr >> 16 & 31) as u8);
+                let reg = rt as u8;
                 let bytes = 1u64 << sas;
                 let value = match (write, reg) {
                     (false, _) | (true, 31) => 0,

@@ -23,7 +23,7 @@ use super::decode::{HostCall, HostTrap, VmCall};
 use super::trap_dispatcher::{host_hvc_dispatcher, host_trap_dispatcher, CallExit, HostEnv, HostExit};
 use super::vm_calls;
 use crate::cpus::CORES;
-use crate::machine::{cpu, regs, Aarch64, CallFrame, TrapFrame, TrapKind, CALL_REGS};
+use crate::machine::{cpu, regs, Aarch64, CallFrame, TrapFrame, TrapKind, CALL_REGS, RESULT_REGS};
 use host_fault::Outcome;
 use log::{info, warn};
 use principal::Principal;
@@ -94,19 +94,20 @@ fn host_call(frame: &mut CallFrame) {
     let function = regs[0];
     let exit = host_hvc_dispatcher(HostCall::decode(regs), regs);
     if exit != CallExit::Resume {
-        finish_call(cpu::index(), exit, regs);
+        finish_call(cpu::index(), exit, frame.result_regs());
     }
     invariants::check_after_call(function);
 }
 
-/// Carries out a host call's answer; x0..x5 get its result.
+/// Carries out a host call's answer; x0..x5 get its result (VCPU_RUN's: x0..x17).
 #[inline(always)]
-fn finish_call(core: usize, exit: CallExit, regs: &mut [u64; CALL_REGS]) {
+fn finish_call(core: usize, exit: CallExit, results: &mut [u64; RESULT_REGS]) {
+    let (regs, _) = results.split_first_chunk_mut::<CALL_REGS>().unwrap_or_else(|| unreachable!());
     match exit {
         CallExit::Resume => {}
         CallExit::SystemOff { status } => system_off(core, status),
         CallExit::VmCall(call) => serve_vm_call(call, regs),
-        CallExit::VcpuRun { vm, vcpu, answer } => vcpu_run::vcpu_run(core, regs, vm, vcpu, answer),
+        CallExit::VcpuRun { vm, vcpu, answer } => vcpu_run::vcpu_run(core, results, vm, vcpu, answer),
         CallExit::SmmuCall(call) => smmu::serve_call(call, regs),
     }
 }
@@ -153,7 +154,7 @@ fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) -> Outcome {
             info!("host set/way maintenance at {pc:#x} (operand {operand:#x}): done as clean and invalidate");
             regs::clean_invalidate_dcache_set_way(operand)
         }
-        HostExit::Call(exit) => finish_call(core, exit, frame.call_regs()),
+        HostExit::Call(exit) => finish_call(core, exit, frame.result_regs()),
         HostExit::CpuOff => {
             info!("cpu{core} leaves the host (PSCI CPU_OFF)");
             principal::set(core, Principal::Kcore);

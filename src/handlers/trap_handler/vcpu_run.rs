@@ -2,22 +2,24 @@
 //! must see, serving every other exit (share calls, emulated registers, UNDEFs) inside KCore
 //! without leaving the guest's world. The exit record the host gets is the dispatcher's, final.
 
-use super::super::decode::GuestTrap;
+use super::super::decode::{fault_ipa, GuestTrap};
+use super::super::esr::{class as esr_class, ec::DABT_LOW};
 use super::super::trap_dispatcher::{vm_exit_dispatcher, GuestEnv, VmExit};
 use super::principal::{self, Principal};
 use super::{host_cores, inject_el1, invariants, state};
 use crate::addr::Ipa;
 use crate::ids::{VcpuId, VmId};
-use crate::machine::{features, regs, Aarch64, GuestExit, CALL_REGS};
+use crate::machine::{features, regs, Aarch64, GuestExit, RESULT_REGS};
 use crate::vcpu::controls::{self, HostPmu};
 use crate::vcpu::{world_switch, ExitRecord, VcpuContext};
-use corevisor_abi::Status;
+use corevisor_abi::{console, Status};
 use log::info;
 
 /// Serves VCPU_RUN for vCPU `vcpu` of VM `vm`, `answer` answering its last exit; the exit
-/// record goes into x1..x5 of the host's call registers `call`.
+/// record goes into x1..x5 of the host's result registers `call`, and the console bytes the
+/// guest wrote before it into x6..x17 (`corevisor_abi::console`).
 #[inline(never)]
-pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId, answer: u64) {
+pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: VcpuId, answer: u64) {
     let kcore = state::kcore();
     let prepared =
         kcore.vcpu_run_prepare_then(&Aarch64, vm, vcpu, answer, |taken| principal::holds_context(core, taken));
@@ -37,8 +39,8 @@ pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId
     let stop_host_pmu = controls::stops_host_pmu_in_guest(cpu, pmu);
     principal::set(core, Principal::Guest);
     let id_register = |reg| controls::guest_id_register(cpu, reg);
-    let (ram, cntvoff) = (ticket.ram, ticket.cntvoff);
-    let env = GuestEnv { ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff };
+    let (ram, cntvoff, console) = (ticket.ram, ticket.cntvoff, ticket.console);
+    let env = GuestEnv { ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff, console };
     let ctx = &mut ticket.ctx;
     let exit = world_switch::run_vcpu(
         ctx,
@@ -59,11 +61,19 @@ pub fn vcpu_run(core: usize, call: &mut [u64; CALL_REGS], vm: VmId, vcpu: VcpuId
             record
         }
     };
+    // The console bytes came before the exit: the host gets both at once, and the buffer is
+    // empty again before the context goes back (so it is empty whenever the vCPU is not running,
+    // and nothing is left in it when a VM is powered off or destroyed).
+    let (_, console_regs) = call.split_last_chunk_mut::<{ 1 + console::BYTE_REGS }>().unwrap_or_else(|| unreachable!());
+    ticket.ctx.console.drain_into(console_regs);
     kcore.vcpu_run_finish(ticket);
     call[0] = Status::Success.as_reg();
     call[1] = record.reason;
     call[2..6].copy_from_slice(&record.details);
 }
+
+// VCPU_RUN's console registers are the last of its result registers.
+const _: () = assert!(RESULT_REGS - 1 - console::BYTE_REGS == console::COUNT_REG);
 
 /// An exit for the host, as the dispatcher finished it.
 enum HostBound {
@@ -83,16 +93,37 @@ fn serve_exit(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, exit
 
 /// The world switch's fast path (`GuestWorld::serve_in_place`): a synchronous exit with syndrome
 /// `esr` and only x0..x18, x30, ELR and SPSR saved. Served here if the decoded trap is one KCore
-/// serves with those alone ([`GuestTrap::in_place`]), exactly as the full exit would serve it;
-/// declined, having changed nothing, otherwise (and when the halt flag is up: the full exit parks).
+/// serves with those alone ([`GuestTrap::in_place`], [`GuestTrap::console_in_place`]), exactly as
+/// the full exit would serve it; declined, having changed nothing, otherwise (and when the halt
+/// flag is up: the full exit parks).
 #[inline(always)]
 fn serve_fast(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, esr: u64) -> bool {
     if principal::halted() {
         return false;
     }
+    if esr_class(esr) == DABT_LOW {
+        return serve_console_fast(core, vm, env, ctx, esr);
+    }
     let Some(trap) = GuestTrap::decode_in_place(esr, &ctx.gprs.frame) else { return false };
     let bound = serve(core, vm, env, ctx, trap, esr);
     // `in_place` names only exits that the dispatcher serves inside KCore.
+    debug_assert!(bound.is_none());
+    true
+}
+
+/// [`serve_fast`] for a data abort: a console access, or declined at once when the VM has no
+/// console or the fault is not on its page (every other MMIO exit and stage-2 fault). Apart from
+/// the calls' path, so that theirs stays as short as before (`cargo xtask bench`).
+#[inline(never)]
+fn serve_console_fast(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, esr: u64) -> bool {
+    let Some(page) = env.console else { return false };
+    let (far, hpfar) = (regs::far_el2(), regs::hpfar_el2());
+    if fault_ipa(hpfar, far) & !0xfff != page.raw() {
+        return false;
+    }
+    let Some(trap) = GuestTrap::decode_console_in_place(esr, ctx, env.console, || (far, hpfar)) else { return false };
+    let bound = serve(core, vm, env, ctx, trap, esr);
+    // `console_in_place` names only accesses that the dispatcher serves inside KCore.
     debug_assert!(bound.is_none());
     true
 }

@@ -593,6 +593,13 @@ fn bench() -> ! {
             unsafe { ((cmd & !guest_role::BENCH_TOUCH) as *mut u64).write_volatile(1) };
             continue;
         }
+        if cmd & guest_role::BENCH_CONSOLE != 0 {
+            for _ in 0..cmd & 0xff {
+                // SAFETY: a byte store to the PL011's DR, outside this guest's RAM: it traps.
+                unsafe { (guest_dev::UART as *mut u8).write_volatile(b'x') };
+            }
+            continue;
+        }
         if cmd == guest_role::BENCH_VTIMER {
             let gic = CpuInterface { v2: false };
             gic.enable();
