@@ -132,6 +132,9 @@ pub enum Mutation {
     /// KCore serves the PL011's DR and FR at their offsets on any page outside RAM, not only on
     /// the page the host registered (VM_CONSOLE): another device's registers read as a UART's.
     ConsoleServesAnyPage,
+    /// VM_CONSOLE accepts a page inside the VM's RAM: KCore would answer for a page the guest
+    /// may have mapped, or later fault in, as RAM.
+    ConsoleInsideRam,
 }
 
 #[cfg(test)]

@@ -575,7 +575,8 @@ impl Kcore {
     pub fn set_console(&self, vm: VmId, page: Ipa) -> Result<(), VmError> {
         let mut slot = self.vm(vm).lock();
         let rec = live(&mut slot)?;
-        let fits = page.is_page_aligned() && page.raw() < INPUT_LIMIT && !rec.ram.overlaps(page.raw(), PAGE_SIZE);
+        let outside_ram = !rec.ram.overlaps(page.raw(), PAGE_SIZE) || planted(Mutation::ConsoleInsideRam);
+        let fits = page.is_page_aligned() && page.raw() < INPUT_LIMIT && outside_ram;
         if page.raw() != 0 && !fits {
             return Err(VmError::BadArgument);
         }

@@ -71,6 +71,7 @@ impl World {
             VOp::Ioremap(v, g, p, z) => {
                 format!("{:?}", host_vm(v).and_then(|vm| k.ioremap(m, vm, Ipa(g), host_pa(p)?, z)))
             }
+            VOp::SetConsole(v, page) => format!("{:?}", host_vm(v).and_then(|vm| k.set_console(vm, Ipa(page)))),
             VOp::Cntvoff(v, o) => format!("{:?}", host_vm(v).and_then(|vm| k.set_cntvoff(vm, o))),
             VOp::PowerOff(v) => format!("{:?}", host_vm(v).and_then(|vm| k.power_off(vm))),
             VOp::Destroy(v) => format!("{:?}", host_vm(v).and_then(|vm| k.destroy(m, vm))),

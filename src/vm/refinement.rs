@@ -70,6 +70,8 @@ pub(super) enum VOp {
     Clear(u64, u64, u64),
     Ioremap(u64, u64, u64, u64),
     Cntvoff(u64, u64),
+    /// VM_CONSOLE with a guest page (0: off).
+    SetConsole(u64, u64),
     PowerOff(u64),
     Destroy(u64),
     /// The host writes a word of the image page or of a page it will offer (while it owns it).
@@ -168,10 +170,28 @@ fn any_vop() -> impl Strategy<Value = VOp> {
         1 => (vmid.clone(), prop_oneof![Just(0x0900_0000u64), Just(GUEST_RAM)], prop_oneof![Just(0x0900_0000u64), Just(0x0803_0000), Just(0x4800_0000)])
             .prop_map(|(v, g, p)| VOp::Ioremap(v, g, p, 4096)),
         1 => (vmid.clone(), any::<u64>()).prop_map(|(v, o)| VOp::Cntvoff(v, o)),
+        1 => (vmid.clone(), console_page()).prop_map(|(v, p)| VOp::SetConsole(v, p)),
         2 => vmid.clone().prop_map(VOp::PowerOff),
         2 => vmid.prop_map(VOp::Destroy),
         2 => (proptest::sample::select(PROBES[..6].to_vec()), 0u64..512, 1u64..1000)
             .prop_map(|(pfn, w, v)| VOp::HostStore((pfn << 12) + w * 8, v)),
+    ]
+}
+
+/// VM_CONSOLE pages: outside the RAM window (the board's UART, just below and just past the
+/// window, the last page below the input limit) and not (unaligned, at the window's ends,
+/// at or past the input limit), off, any number.
+fn console_page() -> impl Strategy<Value = u64> {
+    let limit = crate::page_table::descriptor::INPUT_LIMIT;
+    let uart = corevisor_abi::guest_dev::UART;
+    let valid = [uart, GUEST_RAM - 4096, GUEST_RAM + GUEST_RAM_SIZE, limit - 4096];
+    let invalid =
+        [uart + 0x18, GUEST_RAM, GUEST_RAM + 0x3000, GUEST_RAM + GUEST_RAM_SIZE - 4096, limit, limit + 4096, !0xfff];
+    prop_oneof![
+        3 => proptest::sample::select(valid.to_vec()),
+        3 => proptest::sample::select(invalid.to_vec()),
+        1 => Just(0u64),
+        1 => any::<u64>(),
     ]
 }
 
@@ -250,6 +270,9 @@ pub(super) fn relate(
         let a = &s.slots[&vm];
         if rec.cntvoff != a.cntvoff {
             return Err(format!("vm {vm}: counter offset differs"));
+        }
+        if rec.console != a.console {
+            return Err(format!("vm {vm}: console page {:?} but the spec has {:?}", rec.console, a.console));
         }
         for vcpu in (0..MAX_VCPUS as u64).filter_map(VcpuId::new) {
             let concrete = match (&rec.vcpus[vcpu.index()], running.get(&(vm, vcpu))) {
@@ -370,6 +393,8 @@ pub(super) fn run_ops(ops: &[VOp], related: bool) -> Result<(ModelMachine, Kcore
                             prop_assert_eq!(ticket.ctx.el1, crate::machine::guest_regs::El1Regs::reset());
                         }
                         prop_assert_eq!((ticket.vm, ticket.vcpu, ticket.ram), (vm, vcpu, s.vms.get(vm).unwrap().ram));
+                        // The run carries the VM's console page to the trap handler's fast path.
+                        prop_assert_eq!(ticket.console, s.slots[&vm].console);
                         // Running: the record says so, and the context is the ticket's.
                         let mut running = BTreeMap::new();
                         running.insert((vm, vcpu), ticket);
@@ -412,6 +437,9 @@ pub(super) fn run_ops(ops: &[VOp], related: bool) -> Result<(ModelMachine, Kcore
                 step(s, args, spec, |(vm, p)| k.ioremap(&m, vm, Ipa(g), p, z))
             }
             VOp::Cntvoff(v, o) => step(s, host_vm(v), |s, vm| set_cntvoff_spec(s, vm, o), |vm| k.set_cntvoff(vm, o)),
+            VOp::SetConsole(v, page) => {
+                step(s, host_vm(v), |s, vm| set_console_spec(s, vm, Ipa(page)), |vm| k.set_console(vm, Ipa(page)))
+            }
             VOp::PowerOff(v) => step(s, host_vm(v), power_off_spec, |vm| k.power_off(vm)),
             VOp::Destroy(v) => step(s, host_vm(v), destroy_spec, |vm| k.destroy(&m, vm)),
             VOp::HostStore(pa, value) => {
@@ -560,4 +588,10 @@ fn the_sequences_take_2_mib_blocks() {
 #[test]
 fn refinement_catches_a_page_left_in_the_host_s_smmu_table() {
     catches(Mutation::SmmuPageLeftMapped, 512, any_sequence(), |ops| vm_layer_refines(&ops));
+}
+
+/// VM_CONSOLE: a console page inside the VM's RAM, accepted, is caught (the spec refuses it).
+#[test]
+fn refinement_catches_a_console_page_inside_ram() {
+    catches(Mutation::ConsoleInsideRam, 512, any_sequence(), |ops| vm_layer_refines(&ops));
 }

@@ -2,7 +2,7 @@
 //! functions from an abstract state to `Option<(state, result)>`, `None` when a precondition of
 //! the layers below is broken. They are written by composing the boot layers' specs
 //! (`boot::spec`) and the memory layers' specs (`memory::spec`), plus what this layer adds: the
-//! VMs' RAM windows, counter offsets, and each vCPU's abstract run state.
+//! VMs' RAM windows, counter offsets, console pages, and each vCPU's abstract run state.
 
 use super::{VmError, MAX_GUEST_RAM, VM_POOL_PAGES};
 use crate::addr::{Ipa, IpaRange, Pa, Pfn};
@@ -37,10 +37,12 @@ impl AbsVcpu {
     const NEW: AbsVcpu = AbsVcpu { started: false, pending: Pending::Nothing, power_on: None, start: None };
 }
 
-/// What the VM layer adds to a VM's boot record: its counter offset and its vCPUs' contexts.
+/// What the VM layer adds to a VM's boot record: its counter offset, its PL011 page
+/// (VM_CONSOLE) and its vCPUs' contexts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AbsSlot {
     pub cntvoff: u64,
+    pub console: Option<Ipa>,
     pub vcpus: [Option<AbsVcpu>; MAX_VCPUS],
 }
 
@@ -82,7 +84,7 @@ pub fn register_vm_spec(s: &AbsKcore, ram: IpaRange) -> Step<VmId> {
     let mut next = AbsKcore { vms, r, slots: s.slots.clone() };
     // The VM's stage-2 root comes from its own pool.
     next.r.npts.insert(vm.vmid(), AbsNpt { free: VM_POOL_PAGES - 1, ..AbsNpt::default() });
-    next.slots.insert(vm, AbsSlot { cntvoff: 0, vcpus: [const { None }; MAX_VCPUS] });
+    next.slots.insert(vm, AbsSlot { cntvoff: 0, console: None, vcpus: [const { None }; MAX_VCPUS] });
     Some((next, Ok(vm)))
 }
 
@@ -325,6 +327,21 @@ pub fn set_cntvoff_spec(s: &AbsKcore, vm: VmId, offset: u64) -> Step<()> {
     }
     let mut next = s.clone();
     next.slots.get_mut(&vm)?.cntvoff = offset;
+    Some((next, Ok(())))
+}
+
+/// VM_CONSOLE: the VM's PL011 page, 0 for none; else page-aligned, below the stage-2 input
+/// limit and outside the VM's RAM window (taken as intervals of integers).
+pub fn set_console_spec(s: &AbsKcore, vm: VmId, page: Ipa) -> Step<()> {
+    let Some(ram) = ram(s, vm) else { return refuse(s, VmError::NoVm) };
+    let page = page.raw();
+    let (start, end) = (u128::from(page), u128::from(page) + u128::from(PAGE_SIZE));
+    let in_ram = start < u128::from(ram.base()) + u128::from(ram.size()) && u128::from(ram.base()) < end;
+    if page != 0 && (!aligned(&[page]) || page >= INPUT_LIMIT || in_ram) {
+        return refuse(s, VmError::BadArgument);
+    }
+    let mut next = s.clone();
+    next.slots.get_mut(&vm)?.console = (page != 0).then_some(Ipa(page));
     Some((next, Ok(())))
 }
 
