@@ -178,6 +178,14 @@ pub mod console {
     pub const BYTE_REGS: usize = 11;
     /// The most bytes one VCPU_RUN returns: a vCPU's buffer.
     pub const BYTES: usize = BYTE_REGS * 8;
+    /// The guest PL011's data register (a store transmits its low byte) and flag register, as
+    /// offsets in its page: KCore (for a VM with a console page) and KServ (for every other
+    /// access) serve the same UART.
+    pub const PL011_DR: u64 = 0x00;
+    pub const PL011_FR: u64 = 0x18;
+    /// What FR reads: transmit FIFO empty (TXFE) and receive FIFO empty (RXFE), so a driver
+    /// never waits and never reads.
+    pub const PL011_FR_IDLE: u64 = 1 << 7 | 1 << 4;
 }
 
 /// The devices that KServ emulates for guests, at fixed guest-physical addresses (the same in

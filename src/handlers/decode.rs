@@ -15,6 +15,7 @@ use crate::machine::{GuestExit, TrapFrame, TrapKind, CALL_REGS};
 use crate::mutation::{planted, Mutation};
 use crate::vcpu::vgic::{Intid, Virq};
 use crate::vcpu::{DataAccess, VcpuContext};
+use corevisor_abi::console::{PL011_DR, PL011_FR};
 use corevisor_abi::{guest_call, host_call, psci, Status};
 
 /// The largest exit status SYSTEM_OFF carries: a process exit status is one byte.
@@ -459,13 +460,6 @@ impl GuestTrap {
         GuestTrap { serror: exit.serror || exit.kind == TrapKind::SError, cause }
     }
 }
-
-/// The PL011 data register (a store transmits its low byte) and flag register, as offsets in
-/// the page, and what KCore answers for FR: transmit FIFO empty (TXFE) and receive FIFO empty
-/// (RXFE), so a driver never waits and never reads.
-pub const PL011_DR: u64 = 0x00;
-pub const PL011_FR: u64 = 0x18;
-pub const PL011_FR_IDLE: u64 = 1 << 7 | 1 << 4;
 
 /// A guest's access to the transmit side of its PL011 (`host_call::VM_CONSOLE`), which KCore
 /// serves itself.

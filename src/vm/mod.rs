@@ -236,16 +236,16 @@ impl Kcore {
     /// Every lock of the state, in their order (each VM's by vmid, `core`, `mem`): for the
     /// invariant checker and the power-down, which must see no call half done.
     pub fn lock_all(&self) -> (VmRecords<'_>, TicketGuard<'_, HostMemory>) {
-        // `from_fn` fills the array by ascending index, so the VMs' locks are taken by vmid.
-        let slots = core::array::from_fn(|i| self.vms[i].lock());
-        let core = self.core.lock();
-        (VmRecords { slots, core }, self.mem.lock())
+        let vms = self.vms();
+        (vms, self.mem.lock())
     }
 
-    /// Every VM's record and `core`, locked (the tests' look at the records).
-    #[cfg(test)]
+    /// Every VM's record and `core`, locked in their order (the first part of
+    /// [`Kcore::lock_all`], and the tests' look at the records).
     pub fn vms(&self) -> VmRecords<'_> {
-        VmRecords { slots: core::array::from_fn(|i| self.vms[i].lock()), core: self.core.lock() }
+        // `from_fn` fills the array by ascending index, so the VMs' locks are taken by vmid.
+        let slots = core::array::from_fn(|i| self.vms[i].lock());
+        VmRecords { slots, core: self.core.lock() }
     }
 
     /// SeKVM's invariants (`memory::invariants::check`) under every lock, for the tests.

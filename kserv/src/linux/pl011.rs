@@ -7,10 +7,6 @@
 use crate::vm_plan::LineBuffer;
 use corevisor_abi::console;
 
-const DR: u64 = 0x00;
-const FR: u64 = 0x18;
-/// FR: transmit FIFO empty, receive FIFO empty.
-const FR_IDLE: u64 = 1 << 7 | 1 << 4;
 /// The PrimeCell and peripheral id registers, so that a driver recognises a PL011.
 const IDS: [(u64, u64); 8] = [
     (0xfe0, 0x11),
@@ -25,7 +21,7 @@ const IDS: [(u64, u64); 8] = [
 
 /// A guest store at `offset`: a byte to DR may finish a line.
 pub fn write(line: &mut LineBuffer, offset: u64, value: u64) -> Option<&str> {
-    (offset == DR).then(|| line.push(value as u8)).flatten()
+    (offset == console::PL011_DR).then(|| line.push(value as u8)).flatten()
 }
 
 /// The console bytes a VCPU_RUN returned in x6..x17 (`corevisor_abi::console`), in the order the
@@ -38,7 +34,7 @@ pub fn console_bytes(regs: &[u64; 1 + console::BYTE_REGS]) -> impl Iterator<Item
 /// A guest load at `offset`.
 pub fn read(offset: u64) -> u64 {
     match offset {
-        FR => FR_IDLE,
+        console::PL011_FR => console::PL011_FR_IDLE,
         _ => IDS.iter().find(|&&(o, _)| o == offset).map_or(0, |&(_, v)| v),
     }
 }
@@ -83,7 +79,7 @@ mod tests {
     fn linux_sees_a_pl011_that_is_never_busy() {
         const TXFF: u64 = 1 << 5;
         const RXFE: u64 = 1 << 4;
-        assert!(read(FR) & TXFF == 0 && read(FR) & RXFE != 0);
+        assert!(read(console::PL011_FR) & TXFF == 0 && read(console::PL011_FR) & RXFE != 0);
         let ids: Vec<u64> = (0..8).map(|i| read(0xfe0 + 4 * i)).collect();
         assert_eq!(ids, [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1]);
         // The control and interrupt registers read as zero and ignore writes.

@@ -13,7 +13,7 @@ mod tests;
 
 use super::decode::{
     BadCall, ConsoleAccess, Forbidden, GuestCall, GuestCause, GuestTrap, HostCall, HostTrap, Stage2Abort,
-    SysInstruction, VmCall, PL011_FR_IDLE,
+    SysInstruction, VmCall,
 };
 use super::psci::{self, PsciOutcome};
 use super::smmu_calls::SmmuCall;
@@ -292,7 +292,7 @@ pub fn vm_exit_dispatcher(trap: GuestTrap, vcpu: &mut VcpuContext, env: &GuestEn
                     return if vcpu.console.push(byte) { to_host(exit::CONSOLE, [0; 4]) } else { VmExit::Resume };
                 }
                 Some(ConsoleAccess::ReadFlags(access)) => {
-                    access.complete_load(frame, PL011_FR_IDLE);
+                    access.complete_load(frame, corevisor_abi::console::PL011_FR_IDLE);
                     return VmExit::Resume;
                 }
                 None => {}
