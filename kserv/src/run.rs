@@ -124,6 +124,13 @@ fn host_stats() -> Result<(u64, u64), &'static str> {
     Ok((r.values[0], r.values[1]))
 }
 
+/// Marks a round's start or end for the traced contention bench: a HOST_STATS call, which the
+/// bench build of KCore marks by PC (xtask `el2_trace`); `bench-contention` makes one before and
+/// after each round and no other.
+pub fn mark_round() -> Result<(), &'static str> {
+    host_stats().map(|_| ())
+}
+
 fn read_dtb(dtb_pa: u64) -> Option<crate::dtb::BootInfo<'static>> {
     if dtb_pa == 0 || !dtb_pa.is_multiple_of(8) {
         return None;

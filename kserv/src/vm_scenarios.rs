@@ -894,7 +894,9 @@ pub fn bench_contention_vms(env: &VmEnv) -> Outcome {
     }
     for (cores, forced) in crate::run::CONTENTION_ROUNDS {
         SHARES_OVERLAPPED.store(0, Ordering::Release);
+        crate::run::mark_round()?;
         smp::run_on_cores(share_job, cores, forced)?;
+        crate::run::mark_round()?;
         if SHARE_JOB_FAILED.load(Ordering::Acquire) {
             return Err("a core's bench guest failed in the share round");
         }

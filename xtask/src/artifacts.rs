@@ -53,6 +53,8 @@ pub struct Artifacts {
     pub kserv: PathBuf,
     /// KCore's raw image with KServ inside: QEMU's `-kernel`, the Pi's `kernel8.img`.
     pub image: PathBuf,
+    /// KCore's ELF (with KServ inside), for its symbols.
+    pub kcore_elf: PathBuf,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -76,8 +78,9 @@ pub fn cargo(args: &[&str], env: &[(&str, &Path)]) -> Result<(), String> {
     }
 }
 
-/// The toolchain's `rust-objcopy` (rustc ships it; llvm-tools too).
-fn objcopy() -> Result<PathBuf, String> {
+/// The toolchain's LLVM tool `name` (`rust-objcopy`, `llvm-nm`, `llvm-objdump`: rustc ships the
+/// first, llvm-tools the others).
+pub(crate) fn llvm_tool(name: &str) -> Result<PathBuf, String> {
     let output = Command::new("rustc").args(["--print", "sysroot"]).current_dir(root()).output();
     let sysroot = output.map_err(|e| format!("cannot run rustc: {e}"))?;
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
@@ -86,7 +89,7 @@ fn objcopy() -> Result<PathBuf, String> {
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
         .ok_or("rustc -vV names no host")?;
-    let path = Path::new(&sysroot).join("lib/rustlib").join(host).join("bin/rust-objcopy");
+    let path = Path::new(&sysroot).join("lib/rustlib").join(host).join("bin").join(name);
     if path.exists() {
         Ok(path)
     } else {
@@ -95,8 +98,12 @@ fn objcopy() -> Result<PathBuf, String> {
 }
 
 pub(crate) fn to_raw(elf: &Path, raw: &Path) -> Result<(), String> {
-    let status =
-        Command::new(objcopy()?).args(["-O", "binary"]).arg(elf).arg(raw).status().map_err(|e| e.to_string())?;
+    let status = Command::new(llvm_tool("rust-objcopy")?)
+        .args(["-O", "binary"])
+        .arg(elf)
+        .arg(raw)
+        .status()
+        .map_err(|e| e.to_string())?;
     if status.success() {
         Ok(())
     } else {
@@ -122,8 +129,9 @@ pub fn build(board: &Board, flavor: Flavor) -> Result<Artifacts, String> {
     kcore_args.extend(common);
     cargo(&kcore_args, &[("COREVISOR_KSERV_BIN", &kserv)])?;
     let image = dir.join("corevisor.bin");
-    to_raw(&release.join("corevisor"), &image)?;
-    Ok(Artifacts { kserv, image })
+    let kcore_elf = release.join("corevisor");
+    to_raw(&kcore_elf, &image)?;
+    Ok(Artifacts { kserv, image, kcore_elf })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! under `-icount shift=0,sleep=off`, where QEMU counts every instruction and repeats exactly.
 
 use crate::artifacts::{self, Flavor};
+use crate::el2_trace;
 use crate::qemu::{self, Qemu};
 use crate::scenarios::Variant;
 use std::time::Duration;
@@ -52,21 +53,22 @@ fn bench_run(qemu: &Qemu, extra_args: &str, machine: &[&str]) -> Result<String, 
     let vms = [crate::guests::GuestVm { name: "bench", role: corevisor_abi::guest_role::BENCH, vcpus: 1 }];
     let bundle = artifacts::root().join("target/xtask/bundles/bench.img");
     crate::guests::write_bundle_padded(&vms, &bundle, VERIFIED_IMAGE_BYTES)?;
-    run_scenario(qemu, "bench", extra_args, &bundle, machine)
+    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
+    run_scenario(qemu, &artifacts, "bench", extra_args, &bundle, machine)
 }
 
-/// Boots the Bench flavor with `scenario=NAME` and `bundle` under `-icount shift=0,sleep=off`,
+/// Boots the Bench flavor's `artifacts` with `scenario=NAME` and `bundle` under `-icount shift=0,sleep=off`,
 /// `machine` added to QEMU's options; the console of a passing run.
 fn run_scenario(
     qemu: &Qemu,
+    artifacts: &artifacts::Artifacts,
     name: &str,
     extra_args: &str,
     bundle: &std::path::Path,
     machine: &[&str],
 ) -> Result<String, String> {
-    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
     let append = format!("scenario={name} {extra_args}");
-    let mut command = qemu::command(qemu, Variant::VirtGicV3, &artifacts, append.trim_end(), Some(bundle))?;
+    let mut command = qemu::command(qemu, Variant::VirtGicV3, artifacts, append.trim_end(), Some(bundle))?;
     command.args(["-icount", "shift=0,sleep=off"]).args(machine);
     let guard = qemu::Guard { cpu: Duration::from_secs(600), wall: Duration::from_secs(600) };
     let run = qemu::run_captured(command, guard)?;
@@ -79,25 +81,37 @@ fn run_scenario(
 /// The contention figure's target: EL2 instructions per call with four cores at once, at most
 /// this many times one core's alone.
 const CONTENTION_TARGET: f64 = 1.25;
-/// The contention figures: `bench NAME` lines, each with `cores=1` and `cores=4`.
-const CONTENTION: &[(&str, &str)] = &[
-    ("contention-host-s2-fault", "host stage-2 fault (2 MiB block)"),
-    ("contention-guest-share-call", "guest share call, served in KCore"),
-];
+/// The KCore function that only HOST_STATS runs in a bench build, and the bench calls before and
+/// after each contention round (kserv `run::mark_round`): it cuts the trace into windows.
+const TRACE_MARK: &str = "kcore::handlers::trap_dispatcher::bench_trace_mark";
+/// Watched PCs: the host's non-hypercall synchronous traps (a stage-2 fault among them), and a
+/// guest exit that leaves for the host (a share call is served in place and never does).
+const HOST_SYNC_HANDLER: &str = "host_sync_trap_handler";
+const GUEST_EXIT: &str = "__guest_exit";
 
-/// `scenario=bench-contention`: four BENCH guests (unpadded), one per core.
-fn contention_run(qemu: &Qemu) -> Result<String, String> {
+/// `scenario=bench-contention`, four BENCH guests (unpadded), one per core, traced: the console
+/// (the PMU's figures) and every visit of every core to KCore.
+fn contention_run(qemu: &Qemu) -> Result<(String, Vec<el2_trace::Visit>), String> {
     let vms: Vec<crate::guests::GuestVm> = ["bench0", "bench1", "bench2", "bench3"]
         .into_iter()
         .map(|name| crate::guests::GuestVm { name, role: corevisor_abi::guest_role::BENCH, vcpus: 1 })
         .collect();
     let bundle = artifacts::root().join("target/xtask/bundles/bench-contention.img");
     crate::guests::write_bundle(&vms, &bundle)?;
-    let console = run_scenario(qemu, "bench-contention", "", &bundle, &[])?;
+    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
+    let kcore = el2_trace::Kcore::of_elf(&artifacts.kcore_elf)?;
+    let watch = [kcore.symbol(HOST_SYNC_HANDLER)?, kcore.symbol(GUEST_EXIT)?];
+    let mut tracer = el2_trace::Tracer::new(&kcore, kcore.symbol(TRACE_MARK)?, &watch);
+    let fifo = artifacts::root().join("target/xtask/bench-contention.trace");
+    let args = kcore.qemu_args(&fifo);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let console = el2_trace::traced(&fifo, &mut tracer, || {
+        run_scenario(qemu, &artifacts, "bench-contention", "", &bundle, &args)
+    })?;
     // Every sample's spread is in the console: kept for a look beyond the medians.
     let log = artifacts::root().join("target/xtask/bench-contention.log");
     std::fs::write(&log, &console).map_err(|e| format!("{}: {e}", log.display()))?;
-    Ok(console)
+    Ok((console, tracer.finish()))
 }
 
 /// One contention row, from the three lines of `name`: `cores=1`, and `cores=4` with `forced=0`
@@ -113,7 +127,7 @@ pub struct ContentionRow {
 }
 
 impl ContentionRow {
-    /// The figure the target is for: four cores whose work interleaves, against one alone.
+    /// The PMU's ratio: an upper bound (a parked core's counter counts the others' work).
     pub fn ratio(&self) -> f64 {
         self.forced as f64 / self.alone as f64
     }
@@ -144,30 +158,164 @@ pub fn contention(lines: &[BenchLine], name: &str) -> Result<ContentionRow, Stri
     Ok(row)
 }
 
-fn print_contention(console: &str) -> Result<(), String> {
+/// Which visits to KCore are a contention figure's calls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Call {
+    /// The host's synchronous trap that is not a hypercall: in a fault round, its stage-2 faults.
+    HostFault,
+    /// The guest's synchronous trap that KCore serves in place: in a share round, its share calls.
+    GuestShare,
+}
+
+impl Call {
+    /// Whether `visit` is such a call, given the watched PCs [`HOST_SYNC_HANDLER`] (0) and
+    /// [`GUEST_EXIT`] (1).
+    fn is(self, visit: &el2_trace::Visit) -> bool {
+        match self {
+            Call::HostFault => visit.entry == el2_trace::HOST_SYNC && visit.ran(0),
+            Call::GuestShare => visit.entry == el2_trace::GUEST_SYNC && !visit.ran(1),
+        }
+    }
+}
+
+/// A contention round as the trace counts it: each core's own EL2 instructions per call.
+#[derive(Debug, PartialEq)]
+pub struct TracedRound {
+    /// The median over every core's samples, and each core's median.
+    pub median: u64,
+    pub per_core: Vec<u64>,
+    pub calls: u64,
+    /// Calls that found a lock taken, the wait loops they entered, and the turns of those loops.
+    pub waited: u64,
+    pub waits: u64,
+    pub spins: u64,
+}
+
+/// The round of `visits` in `window`: `cores` cores (0..cores), `samples` samples in all, each
+/// the mean of as many calls as the core's calls divide into (one fault; a share sample's pairs),
+/// as the PMU figure takes them.
+pub fn traced_round(
+    visits: &[el2_trace::Visit],
+    call: Call,
+    window: usize,
+    cores: usize,
+    samples: u64,
+) -> Result<TracedRound, String> {
+    let calls: Vec<&el2_trace::Visit> = visits.iter().filter(|v| v.window == window && call.is(v)).collect();
+    if let Some(stray) = calls.iter().find(|v| v.cpu >= cores) {
+        return Err(format!("{call:?} in window {window}: core {} made a call in a {cores}-core round", stray.cpu));
+    }
+    let per_core_samples = samples / cores as u64;
+    let (mut all, mut per_core) = (Vec::new(), Vec::new());
+    for core in 0..cores {
+        let mine: Vec<u64> = calls.iter().filter(|v| v.cpu == core).map(|v| v.instructions).collect();
+        if mine.is_empty() || per_core_samples == 0 || mine.len() as u64 % per_core_samples != 0 {
+            return Err(format!(
+                "{call:?} in window {window}: core {core} made {} calls, not a multiple of its {per_core_samples} samples",
+                mine.len()
+            ));
+        }
+        let per_sample = mine.len() / per_core_samples as usize;
+        let mut sampled: Vec<u64> =
+            mine.chunks(per_sample).map(|c| c.iter().sum::<u64>() / per_sample as u64).collect();
+        all.extend_from_slice(&sampled);
+        per_core.push(median(&mut sampled));
+    }
+    Ok(TracedRound {
+        median: median(&mut all),
+        per_core,
+        calls: calls.len() as u64,
+        waited: calls.iter().filter(|v| v.waits > 0).count() as u64,
+        waits: calls.iter().map(|v| v.waits).sum(),
+        spins: calls.iter().map(|v| v.spins).sum(),
+    })
+}
+
+/// The lower median, as KServ's bench takes it.
+fn median(samples: &mut [u64]) -> u64 {
+    samples.sort_unstable();
+    samples.get(samples.len().saturating_sub(1) / 2).copied().unwrap_or(0)
+}
+
+/// The contention rounds, (cores, forced), as kserv `run::CONTENTION_ROUNDS` runs them.
+const CONTENTION_ROUNDS: [(usize, u64); 3] = [(1, 0), (4, 0), (4, 1)];
+
+/// A contention figure: its name in the bench lines, its label, which calls it counts, and its
+/// rounds' windows (the bench marks a window before each round and after it: fault rounds
+/// first, then share rounds, in kserv `run::CONTENTION_ROUNDS` order).
+const CONTENTION: &[(&str, &str, Call, [usize; 3])] = &[
+    ("contention-host-s2-fault", "host stage-2 fault (2 MiB block)", Call::HostFault, [1, 3, 5]),
+    ("contention-guest-share-call", "guest share call, served in KCore", Call::GuestShare, [7, 9, 11]),
+];
+
+/// A contention figure's PMU row and its three rounds from the trace. Fails unless the trace
+/// and the PMU agree where no core waits (one core alone, four in their own turns: there the
+/// PMU's count is this core's own), and unless some call of the forced round waited for a lock:
+/// a round without a wait measured no contention.
+pub fn traced_row(
+    lines: &[BenchLine],
+    visits: &[el2_trace::Visit],
+    name: &str,
+    call: Call,
+    windows: [usize; 3],
+) -> Result<(ContentionRow, [TracedRound; 3]), String> {
+    let pmu = contention(lines, name)?;
+    let round = |(cores, forced): (usize, u64), window| {
+        let samples = lines
+            .iter()
+            .find(|l| l.name == name && l.get("cores") == Some(cores as u64) && l.get("forced") == Some(forced))
+            .and_then(|l| l.get("samples"))
+            .ok_or(format!("`bench {name} cores={cores} forced={forced}` has no samples"))?;
+        traced_round(visits, call, window, cores, samples)
+    };
+    let [r1, r2, r3] = CONTENTION_ROUNDS;
+    let rounds = [round(r1, windows[0])?, round(r2, windows[1])?, round(r3, windows[2])?];
+    let [alone, own, forced] = &rounds;
+    if alone.median != pmu.alone || own.median != pmu.own_turns {
+        return Err(format!(
+            "{name}: the trace counts {} alone and {} in own turns, the PMU {} and {}: they must agree where no \
+             core waits",
+            alone.median, own.median, pmu.alone, pmu.own_turns
+        ));
+    }
+    if forced.waits == 0 {
+        return Err(format!("{name}: no core waited for a lock in the forced round: it measured no contention"));
+    }
+    Ok((pmu, rounds))
+}
+
+fn print_contention((console, visits): &(String, Vec<el2_trace::Visit>)) -> Result<(), String> {
     let lines = parse(console);
+    println!("contention: EL2 instructions per call, each core's own from QEMU's execution trace (its spinning");
+    println!("  included), median over the samples; one core alone, four at once in their own QEMU turns, and four");
+    println!("  with turns ended inside the calls; beside it the PMU's forced figure, an upper bound (README):");
     println!(
-        "contention: median EL2 instructions per call, one core alone against four cores at once, each on its own \
-         pages and its own VM:"
+        "  {:<36} {:>6} {:>6} {:>6} {:>7}  {:>8}  status  {:<23} {:<26} {}",
+        "figure",
+        "1 core",
+        "4, own",
+        "4, mid",
+        "ratio",
+        "target",
+        "per core (4, mid)",
+        "waits: calls, loops, turns",
+        "PMU 4, mid"
     );
-    println!("  four cores in their own QEMU turns (exact; no core waits), and with turns ended inside the calls");
-    println!("  (an upper bound: the counter of a core parked at EL2 counts the other cores' instructions; README)");
-    println!(
-        "  {:<36} {:>7} {:>9} {:>7} {:>7}  {:>8}  status  overlapped",
-        "figure", "1 core", "4, own", "4, mid", "ratio", "target"
-    );
-    for (name, label) in CONTENTION {
-        let row = contention(&lines, name)?;
-        let status = if row.ratio() <= CONTENTION_TARGET { "met" } else { "MISSED" };
+    for &(name, label, call, windows) in CONTENTION {
+        let (pmu, rounds) = traced_row(&lines, visits, name, call, windows)?;
+        let [alone, own, forced] = &rounds;
+        let ratio = forced.median as f64 / alone.median as f64;
+        let status = if ratio <= CONTENTION_TARGET { "met" } else { "MISSED" };
+        let per_core: Vec<String> = forced.per_core.iter().map(u64::to_string).collect();
         println!(
-            "  {label:<36} {:>7} {:>9} {:>7} {:>6.3}x  {:>8}  {status:<6}  {} of {} samples",
-            row.alone,
-            row.own_turns,
-            row.forced,
-            row.ratio(),
+            "  {label:<36} {:>6} {:>6} {:>6} {ratio:>6.3}x  {:>8}  {status:<6}  {:<23} {:<26} {}",
+            alone.median,
+            own.median,
+            forced.median,
             format!("<= {CONTENTION_TARGET}x"),
-            row.overlapped,
-            row.samples
+            per_core.join(" "),
+            format!("{} of {}, {}, {}", forced.waited, forced.calls, forced.waits, forced.spins),
+            format!("{} ({:.2}x)", pmu.forced, pmu.ratio()),
         );
     }
     Ok(())
@@ -504,5 +652,82 @@ mod tests {
         );
         let zero = console.replace("el2_instructions=400 min=390", "el2_instructions=0 min=390");
         assert!(contention(&parse(&zero), "contention-x").is_err());
+    }
+
+    /// KCore's layout when `testdata/contention-trace.txt` was recorded.
+    fn recorded_kcore() -> el2_trace::Kcore {
+        let headers = "  1 .text 000351b0 0000000040080000 TEXT\n";
+        let nm = "0000000040081000 T __entry_vector_sets\n0000000040088000 T __entry_vector_sets_end\n\
+                  00000000400883b4 t __guest_exit\n00000000400a59d0 T host_sync_trap_handler\n";
+        el2_trace::Kcore::parse(headers, nm, "400a5d30:\tyield\n").unwrap()
+    }
+
+    fn recorded_visits(part: usize) -> Vec<el2_trace::Visit> {
+        let sample = include_str!("../testdata/contention-trace.txt");
+        let kcore = recorded_kcore();
+        let watch = [kcore.symbol(HOST_SYNC_HANDLER).unwrap(), kcore.symbol(GUEST_EXIT).unwrap()];
+        // No mark in the sample: every visit is in window 0.
+        let mut tracer = el2_trace::Tracer::new(&kcore, 0, &watch);
+        tracer.read(sample.split("# part: ").nth(part + 1).unwrap().as_bytes()).unwrap();
+        tracer.finish()
+    }
+
+    /// Where no core waits, a visit's instructions in the trace are what the PMU counted for the
+    /// call (416 and 302 in the same run), so the trace's count is the PMU's, per core.
+    #[test]
+    fn the_recorded_trace_counts_what_the_pmu_counted_alone() {
+        let fault = traced_round(&recorded_visits(0), Call::HostFault, 0, 1, 1).unwrap();
+        assert_eq!((fault.median, fault.calls, fault.waits), (416, 1, 0));
+        // SET_DESC_PFN 283, UNSET_DESC_PFN 322: the PMU's 302 is their mean, rounded down.
+        let shares = recorded_visits(1);
+        assert_eq!(shares.iter().map(|v| v.instructions).collect::<Vec<_>>(), [283, 322]);
+        let share = traced_round(&shares, Call::GuestShare, 0, 1, 1).unwrap();
+        assert_eq!((share.median, share.calls), (302, 2));
+        // Four cores at once: core 0's fault turned its wait loop once, inside its own count.
+        let contended = recorded_visits(2);
+        let waited: Vec<_> = contended.iter().filter(|v| v.cpu == 0 && Call::HostFault.is(v)).collect();
+        assert_eq!(waited.len(), 1);
+        assert_eq!((waited[0].instructions, waited[0].waits, waited[0].spins), (429, 1, 1));
+    }
+
+    fn visit(cpu: usize, window: usize, instructions: u64, waits: u64) -> el2_trace::Visit {
+        let (entry, watched) = (el2_trace::HOST_SYNC, 1);
+        el2_trace::Visit { cpu, window, entry, instructions, spins: waits, waits, watched }
+    }
+
+    /// The traced rows fail where the figure would mean nothing: no wait in the forced round,
+    /// the trace and the PMU apart where nobody waits, a core's calls not its samples.
+    #[test]
+    fn a_traced_row_needs_waits_and_the_pmu_figures_alone() {
+        let console = "kserv: bench contention-x cores=1 forced=0 el2_instructions=400 min=400 max=400 samples=2 overlapped=0\n\
+                       kserv: bench contention-x cores=4 forced=0 el2_instructions=400 min=400 max=400 samples=4 overlapped=0\n\
+                       kserv: bench contention-x cores=4 forced=1 el2_instructions=900 min=400 max=900 samples=4 overlapped=3\n";
+        let lines = parse(console);
+        let mut visits = vec![visit(0, 1, 400, 0), visit(0, 1, 400, 0)];
+        visits.extend((0..4).map(|cpu| visit(cpu, 3, 400, 0)));
+        visits.extend((0..4).map(|cpu| visit(cpu, 5, 410 + cpu as u64, u64::from(cpu == 2))));
+        let (pmu, [alone, own, forced]) =
+            traced_row(&lines, &visits, "contention-x", Call::HostFault, [1, 3, 5]).unwrap();
+        assert_eq!((pmu.forced, alone.median, own.median), (900, 400, 400));
+        assert_eq!(
+            (forced.median, forced.per_core.clone(), forced.waited, forced.waits),
+            (411, vec![410, 411, 412, 413], 1, 1)
+        );
+        let row = |visits: &[el2_trace::Visit]| traced_row(&lines, visits, "contention-x", Call::HostFault, [1, 3, 5]);
+        let mut no_wait = visits.clone();
+        no_wait[8].waits = 0;
+        assert!(row(&no_wait).unwrap_err().contains("no core waited"));
+        let mut apart = visits.clone();
+        apart[0].instructions = 401;
+        apart[1].instructions = 401;
+        assert!(row(&apart).unwrap_err().contains("must agree"));
+        let mut stray = visits.clone();
+        stray[0].cpu = 1;
+        assert!(row(&stray).unwrap_err().contains("core 1 made a call in a 1-core round"));
+        let short = &visits[1..];
+        assert!(row(short).unwrap_err().contains("not a multiple"));
+        let mut not_a_call = visits.clone();
+        not_a_call[2].watched = 0;
+        assert!(row(&not_a_call).is_err(), "a host trap that is not a fault is not a call");
     }
 }

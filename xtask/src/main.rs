@@ -5,6 +5,7 @@
 mod artifacts;
 mod bench;
 mod dtb;
+mod el2_trace;
 mod guests;
 mod linux;
 mod qemu;
