@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: exact EL2 instruction counts from the PMU (INST_RETIRED filtered to EL2)
 //! under `-icount shift=0,sleep=off`, where QEMU counts every instruction and repeats exactly.
+//! The contention figure, where cores wait for each other, is counted per core from QEMU's
+//! execution trace instead ([`crate::el2_trace`]): the PMU's count there is the machine's.
 
 use crate::artifacts::{self, Flavor};
 use crate::el2_trace;
