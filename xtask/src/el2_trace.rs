@@ -4,7 +4,8 @@
 //! parked at EL2 while QEMU runs another one counts that core's instructions too. The trace does
 //! not: with `-accel tcg,one-insn-per-tb=on -d exec,nochain` QEMU logs every instruction it
 //! executes as `Trace <cpu index>: <host ptr> [<cs_base>/<pc>/<flags>/<cflags>]`, and `-dfilter`
-//! keeps the log to KCore's text (only KCore runs there: KServ and the guests live elsewhere).
+//! keeps the log to KCore's text; of that, only instructions at EL2 count (the TB flags say the
+//! EL: a guest's code may lie at the same addresses).
 //! Icount stays on, so the cores take the same turns as in a run without the trace.
 //!
 //! The log is cut into *visits*: a core's instructions from one of KCore's exception vectors
@@ -27,6 +28,10 @@ const VECTOR_SET: u64 = 0x1000;
 /// and a running guest's (the guest's table, 0x800 on).
 pub const HOST_SYNC: u64 = 0x400;
 pub const GUEST_SYNC: u64 = 0xc00;
+/// The TB flags' MMU index (bits 4-7 of `<flags>` in QEMU 10) of code running at EL2
+/// (`ARMMMUIdx_E2`; EL1 code under stage 2 has 2, `ARMMMUIdx_E10_1`): a guest's code may sit at
+/// the same addresses as KCore's text (a Linux kernel loaded at IPA 0x4000_0000 does).
+const EL2_MMU_INDEX: u64 = 6;
 /// Two `yield`s of one wait loop are at most this many instructions apart (the loop is a load,
 /// a compare, a branch and the `yield`); farther apart, or at another PC, they are two waits.
 const WAIT_LOOP_SPAN: u64 = 8;
@@ -158,9 +163,11 @@ pub struct Tracer<'a> {
     marks: usize,
     open: Vec<Open>,
     visits: Vec<Visit>,
-    /// Trace lines read, and the instructions among them outside any visit (boot).
+    /// Instructions at EL2 in KCore's text, the ones among them outside any visit (boot), and
+    /// the instructions in the same range at another EL (a guest's), not counted.
     pub instructions: u64,
     pub outside_visits: u64,
+    pub other_el: u64,
 }
 
 impl<'a> Tracer<'a> {
@@ -177,20 +184,25 @@ impl<'a> Tracer<'a> {
             visits: Vec::new(),
             instructions: 0,
             outside_visits: 0,
+            other_el: 0,
         }
     }
 
     /// Takes one line of the log; lines that are not an executed instruction are skipped.
     pub fn line(&mut self, line: &str) {
-        if let Some((cpu, pc)) = parse_line(line) {
+        if let Some((cpu, pc, flags)) = parse_line(line) {
+            if !self.kcore.text.contains(&pc) {
+                return;
+            }
+            if flags >> 4 & 0xf != EL2_MMU_INDEX {
+                self.other_el += 1;
+                return;
+            }
             self.instruction(cpu, pc);
         }
     }
 
     fn instruction(&mut self, cpu: usize, pc: u64) {
-        if !self.kcore.text.contains(&pc) {
-            return;
-        }
         self.instructions += 1;
         if self.open.len() <= cpu {
             self.open.resize_with(cpu + 1, Open::default);
@@ -248,13 +260,14 @@ impl<'a> Tracer<'a> {
     }
 }
 
-/// The cpu index and PC of a `Trace <cpu>: <ptr> [<cs_base>/<pc>/<flags>/<cflags>]` line.
-fn parse_line(line: &str) -> Option<(usize, u64)> {
+/// The cpu index, PC and TB flags of a `Trace <cpu>: <ptr> [<cs_base>/<pc>/<flags>/<cflags>]` line.
+fn parse_line(line: &str) -> Option<(usize, u64, u64)> {
     let rest = line.strip_prefix("Trace ")?;
     let (cpu, rest) = rest.split_once(':')?;
     let (_, tb) = rest.split_once('[')?;
-    let pc = tb.split('/').nth(1)?;
-    Some((cpu.parse().ok()?, u64::from_str_radix(pc, 16).ok()?))
+    let mut fields = tb.split('/');
+    let (pc, flags) = (fields.nth(1)?, fields.next()?);
+    Some((cpu.parse().ok()?, u64::from_str_radix(pc, 16).ok()?, u64::from_str_radix(flags, 16).ok()?))
 }
 
 /// Runs `command` (QEMU, with [`Kcore::qemu_args`] logging into `fifo`) by `run` while a second
@@ -276,7 +289,7 @@ pub fn traced<T>(fifo: &Path, tracer: &mut Tracer, run: impl FnOnce() -> Result<
         // write end without blocking (fails with no reader) lets it through to end-of-file.
         if !reader.is_finished() {
             use std::os::unix::fs::OpenOptionsExt;
-            const O_NONBLOCK: i32 = 0o4000;
+            const O_NONBLOCK: i32 = 0o4000; // Linux's
             let _ = std::fs::OpenOptions::new().write(true).custom_flags(O_NONBLOCK).open(fifo);
         }
         let read = reader.join().unwrap_or_else(|_| Err("the trace reader panicked".into()));
@@ -317,7 +330,7 @@ mod tests {
         assert_eq!(k.vector_entry(0x4008_1000), None);
         assert_eq!(
             parse_line("Trace 3: 0x7fea10000100 [00004000/0000000040200000/00000521/ff022201] "),
-            Some((3, 0x4020_0000))
+            Some((3, 0x4020_0000, 0x521))
         );
         assert_eq!(parse_line("Stopped execution of TB chain before 0x7fea10000100 [0000000040200000]"), None);
     }
@@ -341,13 +354,14 @@ mod tests {
         }
         log += "Stopped execution of TB chain before 0x7fea10000100 [0000000040081200]\n";
         log += &line(2, 0x5000_0000); // outside KCore's text
+        log += "Trace 2: 0x7fea10000100 [00004000/0000000040080400/00000121/ff022201] \n"; // at EL1
         log += &line(0, 0x4008_0c00); // core 0's next trap ends its first
         for i in 0..9 {
             log += &line(1, 0x4008_1300 + 4 * i); // core 1 got the lock and went on
         }
         log += &line(1, 0x4008_1208); // then found a lock taken again
         t.read(log.as_bytes()).unwrap();
-        assert_eq!((t.instructions, t.outside_visits), (25, 1));
+        assert_eq!((t.instructions, t.outside_visits, t.other_el), (25, 1, 1));
         let visits = t.finish();
         let v = |cpu, window, entry, instructions, spins, waits, watched| Visit {
             cpu,
