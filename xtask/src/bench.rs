@@ -110,6 +110,15 @@ fn contention_run(qemu: &Qemu) -> Result<(String, Vec<el2_trace::Visit>), String
     let console = el2_trace::traced(&fifo, &mut tracer, || {
         run_scenario(qemu, &artifacts, "bench-contention", "", &bundle, &args)
     })?;
+    // The trace must not change the cores' turns: the PMU's figures (every sample's spread and
+    // overlap count) of a run without it, under a second, must be the traced run's.
+    let untraced = run_scenario(qemu, &artifacts, "bench-contention", "", &bundle, &[])?;
+    if parse(&console) != parse(&untraced) {
+        return Err(format!(
+            "the traced contention run took other turns than the untraced one (its PMU figures differ):\n{console}\n\
+             untraced:\n{untraced}"
+        ));
+    }
     // Every sample's spread is in the console: kept for a look beyond the medians.
     let log = artifacts::root().join("target/xtask/bench-contention.log");
     std::fs::write(&log, &console).map_err(|e| format!("{}: {e}", log.display()))?;
