@@ -492,7 +492,8 @@ fn fault_job(core: usize) {
 }
 
 /// Runs [`fault_job`] on `cores` cores from block `first` on; the median, minimum and maximum
-/// over every core's samples, and how many samples overlapped another core's.
+/// over every core's samples, and how many samples overlapped another core's. Its HOST_STATS
+/// calls before and after the round are also the round's marks ([`mark_round`]).
 fn fault_round(cores: usize, first: u64, force_turns: bool) -> Result<(crate::scenario::Stats, u64), &'static str> {
     FAULT_FIRST_BLOCK.store(first, Ordering::Release);
     FAULTS_OVERLAPPED.store(0, Ordering::Release);

@@ -5,13 +5,13 @@
 //! not: with `-accel tcg,one-insn-per-tb=on -d exec,nochain` QEMU logs every instruction it
 //! executes as `Trace <cpu index>: <host ptr> [<cs_base>/<pc>/<flags>/<cflags>]`, and `-dfilter`
 //! keeps the log to KCore's text; of that, only instructions at EL2 count (the TB flags say the
-//! EL: a guest's code may lie at the same addresses).
-//! Icount stays on, so the cores take the same turns as in a run without the trace.
+//! EL: a guest's code may lie at the same addresses). Icount stays on, so the cores take the
+//! same turns as in a run without the trace.
 //!
 //! The log is cut into *visits*: a core's instructions from one of KCore's exception vectors
 //! (a slot's first instruction) up to its next. A visit is one trap, entry to `eret`, as the
 //! PMU benches measure it. A PC that only a marked host call runs cuts the run into *windows*
-//! (how many marks every core passed before the visit began), and `yield`, the body of every
+//! (how many times any core had run it when the visit began), and `yield`, the body of every
 //! wait loop in KCore (`machine::cpu::relax`, `TicketLock::lock`), counts the visit's waits.
 
 use crate::artifacts;
@@ -32,8 +32,9 @@ pub const GUEST_SYNC: u64 = 0xc00;
 /// (`ARMMMUIdx_E2`; EL1 code under stage 2 has 2, `ARMMMUIdx_E10_1`): a guest's code may sit at
 /// the same addresses as KCore's text (a Linux kernel loaded at IPA 0x4000_0000 does).
 const EL2_MMU_INDEX: u64 = 6;
-/// Two `yield`s of one wait loop are at most this many instructions apart (the loop is a load,
-/// a compare, a branch and the `yield`); farther apart, or at another PC, they are two waits.
+/// Two `yield`s of one wait loop are at most this many instructions apart (a turn of
+/// `TicketLock::lock`'s loop is five: `ldar`, `cmp`, `b.eq`, `yield`, `b`); farther apart, or at
+/// another PC, they are two waits.
 const WAIT_LOOP_SPAN: u64 = 8;
 
 /// What the trace needs to know of KCore's ELF.
