@@ -101,15 +101,20 @@ fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
     lr_count
 }
 
-/// Saves what [`load_vgic`] loaded, as the guest left it, and frees the LRs it emptied.
+/// Saves what [`load_vgic`] loaded, as the guest left it, and frees the LRs it emptied. With
+/// every loaded LR empty (`gic::save` then reads none), nothing is decoded: `reclaim` frees them
+/// all, as it would after decoding them.
 fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
     let enabled = lr_count != 0;
     let mut regs = VgicRegs::default();
     let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
     vgic.vmcr = regs.vmcr;
     if enabled {
-        for n in 0..lr_count {
-            vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
+        let loaded = (1u64 << lr_count.min(MAX_LRS)) - 1;
+        if elrsr & loaded != loaded {
+            for n in 0..lr_count {
+                vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
+            }
         }
         vgic.ap0r = regs.ap0r;
         vgic.ap1r = regs.ap1r;
