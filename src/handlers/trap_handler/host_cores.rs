@@ -15,6 +15,16 @@ use log::info;
 /// back from a guest.
 static HOST_CONTROLS: [spin::Once<El2Controls>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
 
+/// The guest world's EL2 controls on each core, less each vCPU's own three
+/// (`controls::guest_template`), computed when the core first entered the host.
+static GUEST_TEMPLATES: [spin::Once<El2Controls>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+
+/// The guest controls every vCPU shares on `core` (after it entered the host).
+#[inline]
+pub fn guest_template(core: usize) -> &'static El2Controls {
+    GUEST_TEMPLATES[core].get().expect("a core runs a guest only for the host, after entering it")
+}
+
 /// The host's EL2 controls on `core` (after it entered the host).
 #[inline]
 pub fn host_controls(core: usize) -> &'static El2Controls {
@@ -28,6 +38,7 @@ pub fn enter_host(core: usize, entry: u64, x0: u64) -> ! {
     let cpu = features::boot();
     let core_controls = controls::core_controls(cpu, regs::midr_el1(), host.gic_v3);
     let host_controls = controls::host_controls(cpu, HostPmu::of_build(), host.vttbr, regs::mpidr_el1());
+    GUEST_TEMPLATES[core].call_once(|| controls::guest_template(cpu, HostPmu::of_build()));
     world_switch::enter_host_world(&core_controls, HOST_CONTROLS[core].call_once(|| host_controls));
     principal::set(core, Principal::Host);
     cpu::enter_el1(entry, x0)
