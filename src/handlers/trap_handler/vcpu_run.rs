@@ -45,6 +45,7 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let exit = world_switch::run_vcpu(
         ctx,
         host_cores::host_controls(core),
+        &mut host_cores::host_fp(core),
         &guest,
         stop_host_pmu,
         |ctx, esr| serve_fast(core, vm, &env, ctx, esr),
