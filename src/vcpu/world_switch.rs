@@ -157,10 +157,13 @@ fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
     let enabled = vgic.enabled();
     let mut regs = VgicRegs { vmcr: vgic.vmcr, ap0r: vgic.ap0r, ap1r: vgic.ap1r, lrs: [0; MAX_LRS] };
     let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
+    // With every LR of the record empty (the usual entry), the words stay 0 (an empty LR).
     if enabled {
         vgic.fill(lr_count);
-        for n in 0..lr_count {
-            regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
+        if vgic.lrs.iter().any(|lr| lr.state != LrState::Invalid) {
+            for n in 0..lr_count {
+                regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
+            }
         }
     }
     gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
