@@ -4,9 +4,9 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
+use super::controls::cptr;
 use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, LrState, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
-use super::controls::cptr;
 use crate::machine::guest_regs::{CoreControls, El2Controls, FpRegs, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
@@ -85,10 +85,16 @@ pub fn unpark_host_fp(host: &El2Controls, host_fp: &mut HostFp) -> bool {
     true
 }
 
-/// Runs `vcpu` on this core, whose host world has the EL2 controls `host` and its FP/SIMD
-/// registers parked in `host_fp` or live, with the guest's EL2
-/// controls `guest`, until `serve` returns a value for an exit; `serve` gets every exit first
-/// and returns `None` for those it served in place (the guest runs on). `in_place` sees the
+/// A core's host world as the world switch leaves and resumes it: its EL2 controls and its
+/// FP/SIMD registers, parked or live.
+pub struct HostWorld<'a> {
+    pub controls: &'a El2Controls,
+    pub fp: &'a mut HostFp,
+}
+
+/// Runs `vcpu` on this core, whose host world is `host`, with the guest's EL2 controls `guest`,
+/// until `serve` returns a value for an exit; `serve` gets every exit first and returns `None`
+/// for those it served in place (the guest runs on). `in_place` sees the
 /// synchronous exits the machine's fast path offers it (`GuestWorld::serve_in_place`, with the
 /// syndrome) before any of that: it serves them without leaving the guest's world, or declines
 /// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
@@ -98,8 +104,7 @@ pub fn unpark_host_fp(host: &El2Controls, host_fp: &mut HostFp) -> bool {
 #[inline]
 pub fn run_vcpu<R>(
     vcpu: &mut VcpuContext,
-    host: &El2Controls,
-    host_fp: &mut HostFp,
+    host: HostWorld<'_>,
     guest: &El2Controls,
     stop_host_pmu: bool,
     mut in_place: impl FnMut(&mut VcpuContext, u64) -> bool,
@@ -108,10 +113,10 @@ pub fn run_vcpu<R>(
 ) -> R {
     let ras = features::boot().ras();
     let host_el1 = cpu::saved_el1();
-    if !host_fp.parked {
+    if !host.fp.parked {
         // TFP is clear while the host's registers are live.
-        cpu::save_fp(&mut host_fp.regs);
-        host_fp.parked = true;
+        cpu::save_fp(&mut host.fp.regs);
+        host.fp.parked = true;
     }
     let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
     cpu::restore_el1(&vcpu.el1);
@@ -143,7 +148,7 @@ pub fn run_vcpu<R>(
     cpu::save_fp(&mut vcpu.fp);
     cpu::restore_el1(&host_el1);
     // The guest's FP/SIMD values stay in the registers, behind the host's trap.
-    load_controls(&parked_host_controls(host));
+    load_controls(&parked_host_controls(host.controls));
     if let Some(running) = host_pmu_counters {
         cpu::restart_pmu_counters(running);
     }

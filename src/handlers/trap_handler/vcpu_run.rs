@@ -11,7 +11,8 @@ use crate::addr::Ipa;
 use crate::ids::{VcpuId, VmId};
 use crate::machine::{features, regs, Aarch64, GuestExit, RESULT_REGS};
 use crate::vcpu::controls::{self, HostPmu};
-use crate::vcpu::{world_switch, ExitRecord, VcpuContext};
+use crate::vcpu::world_switch::{self, HostWorld};
+use crate::vcpu::{ExitRecord, VcpuContext};
 use corevisor_abi::{console, Status};
 use log::info;
 
@@ -45,8 +46,7 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let ctx = &mut ticket.ctx;
     let exit = world_switch::run_vcpu(
         ctx,
-        &worlds.host,
-        &mut host_cores::host_fp(core),
+        HostWorld { controls: &worlds.host, fp: &mut host_cores::host_fp(core) },
         &guest,
         stop_host_pmu,
         |ctx, esr| serve_fast(core, vm, &env, ctx, esr),
