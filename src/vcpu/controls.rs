@@ -78,7 +78,8 @@ pub mod cptr {
     /// SVE and SME and trap them with: SVE and SME stay trapped in both worlds.
     pub const BASE: u64 = 0x33FF;
     pub const TZ: u64 = 1 << 8;
-    /// FP/SIMD: 0, not trapped (the world switch moves q0-q31, FPSR and FPCR).
+    /// FP/SIMD: 0 in both worlds' controls (the world switch moves q0-q31, FPSR and FPCR); set
+    /// in the host's while its registers are parked (`world_switch::HostFp`).
     pub const TFP: u64 = 1 << 10;
     pub const TSM: u64 = 1 << 12;
     /// Trace unit system registers (when the CPU has them).

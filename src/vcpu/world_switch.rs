@@ -43,11 +43,6 @@ impl HostFp {
     pub const fn new() -> HostFp {
         HostFp { regs: FpRegs::ZERO, parked: false }
     }
-
-    /// Whether the host's registers are parked here (the host runs with FP/SIMD trapped).
-    pub fn parked(&self) -> bool {
-        self.parked
-    }
 }
 
 impl Default for HostFp {
