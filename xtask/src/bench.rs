@@ -179,13 +179,6 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
         [] => {}
         [part] if part == "contention" => return print_contention(&contention_run(qemu)?),
         [part] if part == "linux" => return linux_bench(qemu),
-        [part] if part == "trace" => {
-            let extra: Vec<String> = std::env::var("XTASK_TRACE_ARGS").unwrap_or_default().split_whitespace().map(String::from).collect();
-            let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
-            let out = bench_run(qemu, "", &extra)?;
-            println!("{out}");
-            return Ok(());
-        }
         _ => return Err(format!("bench: unknown part {words:?} (contention or linux)")),
     }
     let blocks = bench_run(qemu, "", &[])?;
