@@ -186,7 +186,15 @@ pub fn vm_two_guests(env: &VmEnv) -> Outcome {
         kcore: env.kcore_base,
         watch: Expect::new(&["memory intact", "fp registers intact", "bye"]),
     };
+    // KCore parks the host's FP/SIMD registers at the first VCPU_RUN and leaves the last guest's
+    // in them, behind a trap: the host's first access after the guests ran must find its own.
+    let pattern = crate::arch::cpu::fp_pattern(0x4057_f9f9_0bad_cafe);
+    crate::arch::cpu::fill_fp_registers(&pattern);
     mgr.run_all(&mut hooks);
+    if crate::arch::cpu::read_fp_registers() != pattern {
+        return Err("the host's FP/SIMD registers changed across its guests' runs");
+    }
+    kprintln!("vm-two-guests: the host's q0-q31 are its own after its guests ran in theirs");
     mgr.result()?;
     if mgr.stopped != 2 || mgr.powered_off != 2 {
         return Err("expected beta and gamma stopped, alpha and delta powered off");

@@ -4,6 +4,8 @@
 pub mod ec {
     pub const UNKNOWN: u8 = 0x00;
     pub const WFX: u8 = 0x01;
+    /// FP/SIMD access trapped by CPTR_EL2.TFP (the host's, while its registers are parked).
+    pub const FP_ACCESS: u8 = 0x07;
     pub const HVC32: u8 = 0x12;
     pub const SMC32: u8 = 0x13;
     pub const HVC64: u8 = 0x16;

@@ -59,6 +59,10 @@ pub struct FpRegs {
     pub fpcr: u64,
 }
 
+impl FpRegs {
+    pub const ZERO: FpRegs = FpRegs { q: [0; 32], fpsr: 0, fpcr: 0 };
+}
+
 /// The EL2 controls that differ between the host and a guest (computed by `vcpu::controls`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct El2Controls {

@@ -78,7 +78,8 @@ pub mod cptr {
     /// SVE and SME and trap them with: SVE and SME stay trapped in both worlds.
     pub const BASE: u64 = 0x33FF;
     pub const TZ: u64 = 1 << 8;
-    /// FP/SIMD: 0, not trapped (the world switch moves q0-q31, FPSR and FPCR).
+    /// FP/SIMD: 0 in both worlds' controls (the world switch moves q0-q31, FPSR and FPCR); set
+    /// in the host's while its registers are parked (`world_switch::HostFp`).
     pub const TFP: u64 = 1 << 10;
     pub const TSM: u64 = 1 << 12;
     /// Trace unit system registers (when the CPU has them).
@@ -214,6 +215,13 @@ pub fn host_controls(cpu: &CpuFeatures, pmu: HostPmu, vttbr: u64, vmpidr: u64) -
 /// timer, and the GIC's (virtual) CPU interface. TLB and I-cache maintenance is broadcast to the inner-shareable domain, so a VM's
 /// vCPUs on different cores stay coherent.
 pub fn guest_controls(cpu: &CpuFeatures, pmu: HostPmu, vttbr: u64, vmpidr: u64, cntvoff: u64) -> El2Controls {
+    for_vcpu(&guest_template(cpu, pmu), vttbr, vmpidr, cntvoff)
+}
+
+/// What [`guest_controls`] gives every vCPU on `cpu` alike: all but its stage-2, affinity and
+/// counter offset (zero here). A core computes it once (`host_cores`), so that a VCPU_RUN only
+/// fills in those three ([`for_vcpu`]) instead of deriving the rest from the CPU's features.
+pub fn guest_template(cpu: &CpuFeatures, pmu: HostPmu) -> El2Controls {
     let mut hcr = hcr::VM
         | hcr::FMO
         | hcr::IMO
@@ -250,7 +258,14 @@ pub fn guest_controls(cpu: &CpuFeatures, pmu: HostPmu, vttbr: u64, vmpidr: u64, 
     }
     // The GIC system registers reach the virtual CPU interface (IMO/FMO), whose state the world
     // switch moves (`vcpu::vgic`): ICH_HCR_EL2 is the vCPU's, loaded after these controls.
-    El2Controls { hcr, vttbr, vmpidr, cntvoff, mdcr, cnthctl: cnthctl::EL1PCTEN, cptr, ich_hcr: 0 }
+    El2Controls { hcr, vttbr: 0, vmpidr: 0, cntvoff: 0, mdcr, cnthctl: cnthctl::EL1PCTEN, cptr, ich_hcr: 0 }
+}
+
+/// A vCPU's EL2 controls: the CPU's [`guest_template`] with the vCPU's stage-2 (`vttbr`),
+/// affinity (`vmpidr`) and counter offset (`cntvoff`).
+#[inline]
+pub fn for_vcpu(template: &El2Controls, vttbr: u64, vmpidr: u64, cntvoff: u64) -> El2Controls {
+    El2Controls { vttbr, vmpidr, cntvoff, ..*template }
 }
 
 /// Whether KCore stops the host's PMU counters while a guest runs (PMCNTENSET_EL0 saved and

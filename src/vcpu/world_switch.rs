@@ -4,9 +4,10 @@
 //! place; then the same in reverse. The EL2 controls of each world are one [`El2Controls`]
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
+use super::controls::cptr;
 use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, LrState, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
-use crate::machine::guest_regs::{CoreControls, El2Controls, GuestGprs};
+use crate::machine::guest_regs::{CoreControls, El2Controls, FpRegs, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
@@ -26,9 +27,69 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
     load_controls(host);
 }
 
-/// Runs `vcpu` on this core, whose host world has the EL2 controls `host`, with the guest's EL2
-/// controls `guest`, until `serve` returns a value for an exit; `serve` gets every exit first
-/// and returns `None` for those it served in place (the guest runs on). `in_place` sees the
+/// A core's host FP/SIMD registers (q0-q31, FPSR, FPCR) while guests run on it. The first
+/// VCPU_RUN after the host last used them parks them here; from then on the host runs with
+/// CPTR_EL2.TFP set, so that its first FP/SIMD instruction traps to KCore, which puts them back
+/// ([`unpark_host_fp`]) and lifts the trap before the instruction runs again. Until then the
+/// registers hold the last guest's values, which its context has too (saved at its exit), and
+/// which the host cannot read: every access traps first. A VCPU_RUN that follows one without an
+/// FP/SIMD instruction of the host between them neither saves nor restores the host's.
+pub struct HostFp {
+    regs: FpRegs,
+    parked: bool,
+}
+
+impl HostFp {
+    pub const fn new() -> HostFp {
+        HostFp { regs: FpRegs::ZERO, parked: false }
+    }
+}
+
+impl Default for HostFp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A fresh host on this core (boot, reset, PSCI CPU_ON), its EL2 controls loaded (TFP clear):
+/// the FP/SIMD registers are zeroed, so that nothing a guest left in them before (a warm reset
+/// need not clear registers) reaches the host, and none of the host's are parked.
+pub fn fresh_host_fp(host_fp: &mut HostFp) {
+    cpu::restore_fp(&FpRegs::ZERO);
+    *host_fp = HostFp::new();
+}
+
+/// The host's EL2 controls while its FP/SIMD registers are parked: `host` with CPTR_EL2.TFP.
+#[inline]
+fn parked_host_controls(host: &El2Controls) -> El2Controls {
+    El2Controls { cptr: host.cptr | cptr::TFP, ..*host }
+}
+
+/// The host's FP/SIMD access trapped (CPTR_EL2.TFP) on this core, whose host world has the EL2
+/// controls `host`: its registers come back from `host_fp` and the trap is lifted (the host's
+/// controls again), so the instruction runs again on the host's own values. False, having changed
+/// nothing, when nothing was parked: the trap is not the world switch's.
+pub fn unpark_host_fp(host: &El2Controls, host_fp: &mut HostFp) -> bool {
+    if !host_fp.parked {
+        return false;
+    }
+    // TFP clear first: KCore's own FP/SIMD accesses trap with it too.
+    load_controls(host);
+    cpu::restore_fp(&host_fp.regs);
+    host_fp.parked = false;
+    true
+}
+
+/// A core's host world as the world switch leaves and resumes it: its EL2 controls and its
+/// FP/SIMD registers, parked or live.
+pub struct HostWorld<'a> {
+    pub controls: &'a El2Controls,
+    pub fp: &'a mut HostFp,
+}
+
+/// Runs `vcpu` on this core, whose host world is `host`, with the guest's EL2 controls `guest`,
+/// until `serve` returns a value for an exit; `serve` gets every exit first and returns `None`
+/// for those it served in place (the guest runs on). `in_place` sees the
 /// synchronous exits the machine's fast path offers it (`GuestWorld::serve_in_place`, with the
 /// syndrome) before any of that: it serves them without leaving the guest's world, or declines
 /// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
@@ -38,7 +99,7 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
 #[inline]
 pub fn run_vcpu<R>(
     vcpu: &mut VcpuContext,
-    host: &El2Controls,
+    host: HostWorld<'_>,
     guest: &El2Controls,
     stop_host_pmu: bool,
     mut in_place: impl FnMut(&mut VcpuContext, u64) -> bool,
@@ -47,11 +108,16 @@ pub fn run_vcpu<R>(
 ) -> R {
     let ras = features::boot().ras();
     let host_el1 = cpu::saved_el1();
-    let host_fp = cpu::saved_fp();
+    if !host.fp.parked {
+        // TFP is clear while the host's registers are live.
+        cpu::save_fp(&mut host.fp.regs);
+        host.fp.parked = true;
+    }
     let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
     cpu::restore_el1(&vcpu.el1);
-    cpu::restore_fp(&vcpu.fp);
+    // The guest's controls (TFP clear) before its FP/SIMD registers: the host's may trap them.
     load_controls(guest);
+    cpu::restore_fp(&vcpu.fp);
     let interface = gic::interface();
     let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
@@ -76,8 +142,8 @@ pub fn run_vcpu<R>(
     cpu::save_el1(&mut vcpu.el1);
     cpu::save_fp(&mut vcpu.fp);
     cpu::restore_el1(&host_el1);
-    cpu::restore_fp(&host_fp);
-    load_controls(host);
+    // The guest's FP/SIMD values stay in the registers, behind the host's trap.
+    load_controls(&parked_host_controls(host.controls));
     if let Some(running) = host_pmu_counters {
         cpu::restart_pmu_counters(running);
     }
@@ -91,25 +157,33 @@ fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
     let enabled = vgic.enabled();
     let mut regs = VgicRegs { vmcr: vgic.vmcr, ap0r: vgic.ap0r, ap1r: vgic.ap1r, lrs: [0; MAX_LRS] };
     let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
+    // With every LR of the record empty (the usual entry), the words stay 0 (an empty LR).
     if enabled {
         vgic.fill(lr_count);
-        for n in 0..lr_count {
-            regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
+        if vgic.lrs.iter().any(|lr| lr.state != LrState::Invalid) {
+            for n in 0..lr_count {
+                regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
+            }
         }
     }
     gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
     lr_count
 }
 
-/// Saves what [`load_vgic`] loaded, as the guest left it, and frees the LRs it emptied.
+/// Saves what [`load_vgic`] loaded, as the guest left it, and frees the LRs it emptied. With
+/// every loaded LR empty (`gic::save` then reads none), nothing is decoded: `reclaim` frees them
+/// all, as it would after decoding them.
 fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
     let enabled = lr_count != 0;
     let mut regs = VgicRegs::default();
     let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
     vgic.vmcr = regs.vmcr;
     if enabled {
-        for n in 0..lr_count {
-            vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
+        let loaded = (1u64 << lr_count.min(MAX_LRS)) - 1;
+        if elrsr & loaded != loaded {
+            for n in 0..lr_count {
+                vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
+            }
         }
         vgic.ap0r = regs.ap0r;
         vgic.ap1r = regs.ap1r;

@@ -8,17 +8,45 @@ use crate::cpus::CORES;
 use crate::machine::guest_regs::El2Controls;
 use crate::machine::{cpu, features, regs, MAX_CPUS};
 use crate::vcpu::controls::{self, HostPmu};
-use crate::vcpu::world_switch;
+use crate::vcpu::world_switch::{self, HostFp};
 use log::info;
 
-/// The host world's EL2 controls on each core, as `enter_host` loaded them, for the world switch
-/// back from a guest.
-static HOST_CONTROLS: [spin::Once<El2Controls>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+/// A core's EL2 controls for both worlds, computed when it first enters the host.
+pub struct WorldControls {
+    /// The host's, as `enter_host` loaded them, for the world switch back from a guest.
+    pub host: El2Controls,
+    /// What every vCPU's share (`controls::guest_template`), less each vCPU's own three.
+    pub guest_template: El2Controls,
+}
+
+static WORLD_CONTROLS: [spin::Once<WorldControls>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+
+/// Each core's host FP/SIMD registers while guests run on it (`world_switch::HostFp`). Only the
+/// core itself takes its own: during a VCPU_RUN, and when the host's FP/SIMD access traps.
+static HOST_FP: [spin::Mutex<HostFp>; MAX_CPUS] = [const { spin::Mutex::new(HostFp::new()) }; MAX_CPUS];
+
+/// `core`'s parked host FP/SIMD registers.
+#[inline]
+pub fn host_fp(core: usize) -> spin::MutexGuard<'static, HostFp> {
+    HOST_FP[core].lock()
+}
+
+/// The host's FP/SIMD access trapped on `core` (ESR class FP_ACCESS): its parked registers come
+/// back and the instruction runs again. False when none were parked (not the world switch's trap).
+pub fn unpark_host_fp(core: usize) -> bool {
+    world_switch::unpark_host_fp(host_controls(core), &mut host_fp(core))
+}
+
+/// Both worlds' EL2 controls on `core` (after it entered the host).
+#[inline]
+pub fn world_controls(core: usize) -> &'static WorldControls {
+    WORLD_CONTROLS[core].get().expect("a core runs a guest only for the host, after entering it")
+}
 
 /// The host's EL2 controls on `core` (after it entered the host).
 #[inline]
 pub fn host_controls(core: usize) -> &'static El2Controls {
-    HOST_CONTROLS[core].get().expect("a core runs a guest only for the host, after entering it")
+    &world_controls(core).host
 }
 
 /// Sets this core up for the host's world (`vcpu::controls`: the EL2 state of both worlds, then
@@ -27,8 +55,12 @@ pub fn enter_host(core: usize, entry: u64, x0: u64) -> ! {
     let host = state::host();
     let cpu = features::boot();
     let core_controls = controls::core_controls(cpu, regs::midr_el1(), host.gic_v3);
-    let host_controls = controls::host_controls(cpu, HostPmu::of_build(), host.vttbr, regs::mpidr_el1());
-    world_switch::enter_host_world(&core_controls, HOST_CONTROLS[core].call_once(|| host_controls));
+    let worlds = WORLD_CONTROLS[core].call_once(|| WorldControls {
+        host: controls::host_controls(cpu, HostPmu::of_build(), host.vttbr, regs::mpidr_el1()),
+        guest_template: controls::guest_template(cpu, HostPmu::of_build()),
+    });
+    world_switch::enter_host_world(&core_controls, &worlds.host);
+    world_switch::fresh_host_fp(&mut host_fp(core));
     principal::set(core, Principal::Host);
     cpu::enter_el1(entry, x0)
 }

@@ -130,6 +130,10 @@ fn serve_vm_call(call: VmCall, regs: &mut [u64; CALL_REGS]) {
 
 /// A synchronous trap from the host: decoded once, dispatched, and the answer carried out.
 fn host_sync(core: usize, frame: &mut TrapFrame, esr: u64) -> Outcome {
+    // The host's first FP/SIMD instruction since a guest ran here: its registers come back.
+    if super::esr::class(esr) == super::esr::ec::FP_ACCESS && host_cores::unpark_host_fp(core) {
+        return Outcome::Served;
+    }
     // Only a PSCI CPU_ON asks where the host may run: the setup is looked up then, not on
     // every trap (nothing stands between the decode and the dispatcher's match on it).
     let host_may_run_at = |pa| (state::host().may_run_at)(pa);

@@ -11,7 +11,8 @@ use crate::addr::Ipa;
 use crate::ids::{VcpuId, VmId};
 use crate::machine::{features, regs, Aarch64, GuestExit, RESULT_REGS};
 use crate::vcpu::controls::{self, HostPmu};
-use crate::vcpu::{world_switch, ExitRecord, VcpuContext};
+use crate::vcpu::world_switch::{self, HostWorld};
+use crate::vcpu::{ExitRecord, VcpuContext};
 use corevisor_abi::{console, Status};
 use log::info;
 
@@ -35,7 +36,8 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let pmu = HostPmu::of_build();
     // The guest's MPIDR: its vCPU index in Aff0, bit 31 RES1.
     let vmpidr = 1 << 31 | u64::from(ticket.ctx.index);
-    let guest = controls::guest_controls(cpu, pmu, ticket.vttbr, vmpidr, ticket.cntvoff);
+    let worlds = host_cores::world_controls(core);
+    let guest = controls::for_vcpu(&worlds.guest_template, ticket.vttbr, vmpidr, ticket.cntvoff);
     let stop_host_pmu = controls::stops_host_pmu_in_guest(cpu, pmu);
     principal::set(core, Principal::Guest);
     let id_register = |reg| controls::guest_id_register(cpu, reg);
@@ -44,7 +46,7 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let ctx = &mut ticket.ctx;
     let exit = world_switch::run_vcpu(
         ctx,
-        host_cores::host_controls(core),
+        HostWorld { controls: &worlds.host, fp: &mut host_cores::host_fp(core) },
         &guest,
         stop_host_pmu,
         |ctx, esr| serve_fast(core, vm, &env, ctx, esr),

@@ -164,7 +164,9 @@ pub fn load(interface: Interface, regs: &VgicRegs, count: usize, hcr: u64, lrs: 
 /// Saves what [`load`] loaded, as the guest left it, and returns the empty LR status
 /// (ICH_ELRSR_EL2 / GICH_ELRSR0). GICv2: then turns the interface off (GICH_HCR 0: no
 /// maintenance interrupt reaches the host); GICv3's ICH_HCR_EL2 is part of the host's EL2
-/// controls. `lrs` false: only VMCR (ELRSR reads as all empty).
+/// controls. `lrs` false: only VMCR (ELRSR reads as all empty). When ELRSR shows all `count`
+/// LRs empty (the usual exit: the guest has ended what it was given), their words are not read
+/// and stay 0 in `regs` (an empty LR), which is all the caller keeps of an empty LR anyway.
 pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) -> u64 {
     match interface {
         Interface::V3 => {
@@ -172,6 +174,12 @@ pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) 
             regs.vmcr = ich_read!("S3_4_C12_C11_7");
             if !lrs {
                 return u64::MAX;
+            }
+            regs.ap0r = ich_read!("S3_4_C12_C8_0");
+            regs.ap1r = ich_read!("S3_4_C12_C9_0");
+            let elrsr = ich_read!("S3_4_C12_C11_5");
+            if all_empty(elrsr, count) {
+                return elrsr;
             }
             let l = &mut regs.lrs;
             if count > 0 {
@@ -186,9 +194,7 @@ pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) 
             if count > 3 {
                 l[3] = ich_read!("S3_4_C12_C12_3")
             }
-            regs.ap0r = ich_read!("S3_4_C12_C8_0");
-            regs.ap1r = ich_read!("S3_4_C12_C9_0");
-            ich_read!("S3_4_C12_C11_5")
+            elrsr
         }
         Interface::V2 => {
             regs.vmcr = gich_read(gich::VMCR).into();
@@ -196,14 +202,25 @@ pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) 
             if !lrs {
                 return u64::MAX;
             }
+            regs.ap0r = gich_read(gich::APR).into();
+            let elrsr = gich_read(gich::ELRSR0).into();
+            if all_empty(elrsr, count) {
+                return elrsr;
+            }
             for (n, lr) in regs.lrs.iter_mut().take(count).enumerate() {
                 *lr = gich_read(gich::LR0 + 4 * n as u64).into();
             }
-            regs.ap0r = gich_read(gich::APR).into();
-            gich_read(gich::ELRSR0).into()
+            elrsr
         }
         Interface::None => u64::MAX,
     }
+}
+
+/// Whether the empty LR status `elrsr` shows each of the first `count` LRs empty.
+#[inline]
+fn all_empty(elrsr: u64, count: usize) -> bool {
+    let loaded = (1u64 << count.min(4)) - 1;
+    elrsr & loaded == loaded
 }
 
 /// The loaded interface's empty LR status (ICH_ELRSR_EL2 / GICH_ELRSR0), while a guest's is

@@ -130,26 +130,16 @@ pub fn saved_el1() -> El1Regs {
     }
 }
 
-/// q0..q31, FPSR and FPCR, as [`save_fp`] saves them, without zeroing a record first.
-#[inline]
-pub fn saved_fp() -> FpRegs {
-    let mut out = core::mem::MaybeUninit::<FpRegs>::uninit();
-    // SAFETY: as for `save_fp` (CPTR_EL2.TFP is 0; `out` is 16-byte aligned, FpRegs is
-    // `align(16)`); `__save_fp` writes every field of the record (q0..q31, FPSR, FPCR).
-    unsafe {
-        __save_fp(out.as_mut_ptr());
-        out.assume_init()
-    }
-}
-
-/// Saves q0..q31, FPSR and FPCR into `out`.
+/// Saves q0..q31, FPSR and FPCR into `out`. Only under EL2 controls with CPTR_EL2.TFP clear
+/// (every world's but the parked host's, `vcpu::world_switch::HostFp`): with it set the access
+/// traps at EL2, and KCore halts.
 pub fn save_fp(out: &mut FpRegs) {
-    // SAFETY: CPTR_EL2.TFP is 0, so EL2 may access FP/SIMD registers; `out` is valid and 16-byte
-    // aligned (FpRegs is `align(16)`).
+    // SAFETY: the registers' values are only copied into `out`, which is valid and 16-byte
+    // aligned (FpRegs is `align(16)`); nothing else in memory changes.
     unsafe { __save_fp(out) }
 }
 
-/// Loads q0..q31, FPSR and FPCR from `regs`.
+/// Loads q0..q31, FPSR and FPCR from `regs` (CPTR_EL2.TFP clear, as for [`save_fp`]).
 pub fn restore_fp(regs: &FpRegs) {
     // SAFETY: as for `save_fp`; KCore is built soft-float and never relies on these registers.
     unsafe { __restore_fp(regs) }
@@ -164,7 +154,8 @@ pub fn set_el2_controls(c: &El2Controls) {
     CNTVOFF_EL2.set(c.cntvoff);
     MDCR_EL2.set(c.mdcr);
     CNTHCTL_EL2.set(c.cnthctl);
-    // `vcpu::controls` leaves TFP clear in both worlds, which `save_fp` and `restore_fp` need.
+    // `vcpu::controls` leaves TFP clear in both worlds, which `save_fp` and `restore_fp` need;
+    // only the host's controls while its FP/SIMD registers are parked set it (`HostFp`).
     CPTR_EL2.set(c.cptr);
     if super::super::features::boot().gic_sysregs() {
         ICH_HCR_EL2.set(c.ich_hcr);
