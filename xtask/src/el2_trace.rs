@@ -11,8 +11,9 @@
 //! The log is cut into *visits*: a core's instructions from one of KCore's exception vectors
 //! (a slot's first instruction) up to its next. A visit is one trap, entry to `eret`, as the
 //! PMU benches measure it. A PC that only a marked host call runs cuts the run into *windows*
-//! (how many times any core had run it when the visit began), and `yield`, the body of every
-//! wait loop in KCore (`machine::cpu::relax`, `TicketLock::lock`), counts the visit's waits.
+//! (how many times any core had run it when the visit began), and the `wfe` of every wait loop
+//! in KCore (`machine::cpu::wait_until_equals`, where a core waits for its ticket lock's turn;
+//! `yield` too, the pause of the spinning loop it replaced) counts the visit's waits.
 
 use crate::artifacts;
 use std::collections::HashSet;
@@ -32,9 +33,9 @@ pub const GUEST_SYNC: u64 = 0xc00;
 /// (`ARMMMUIdx_E2`; EL1 code under stage 2 has 2, `ARMMMUIdx_E10_1`): a guest's code may sit at
 /// the same addresses as KCore's text (a Linux kernel loaded at IPA 0x4000_0000 does).
 const EL2_MMU_INDEX: u64 = 6;
-/// Two `yield`s of one wait loop are at most this many instructions apart (a turn of
-/// `TicketLock::lock`'s loop is five: `ldar`, `cmp`, `b.eq`, `yield`, `b`); farther apart, or at
-/// another PC, they are two waits.
+/// Two pauses of one wait loop are at most this many instructions apart (a turn of the ticket
+/// lock's loop is four: `wfe`, `ldaxr`, `cmp`, `b.ne`); farther apart, or at another PC, they are
+/// two waits.
 const WAIT_LOOP_SPAN: u64 = 8;
 
 /// What the trace needs to know of KCore's ELF.
@@ -44,14 +45,14 @@ pub struct Kcore {
     pub text: Range<u64>,
     /// `__entry_vector_sets..__entry_vector_sets_end`.
     pub vectors: Range<u64>,
-    /// The PCs of KCore's `yield`s.
-    pub yields: HashSet<u64>,
+    /// The PCs of KCore's pauses in a wait loop: its `wfe`s and `yield`s.
+    pub pauses: HashSet<u64>,
     /// `llvm-nm -C` of the ELF: (address, demangled name).
     symbols: Vec<(u64, String)>,
 }
 
 impl Kcore {
-    /// Reads KCore's text, vectors, `yield`s and symbols from `elf` with the toolchain's LLVM tools.
+    /// Reads KCore's text, vectors, pauses and symbols from `elf` with the toolchain's LLVM tools.
     pub fn of_elf(elf: &Path) -> Result<Kcore, String> {
         let tool = |name: &str, args: &[&str]| -> Result<String, String> {
             let out = Command::new(artifacts::llvm_tool(name)?)
@@ -90,12 +91,12 @@ impl Kcore {
                 Some((u64::from_str_radix(address, 16).ok()?, name.to_string()))
             })
             .collect();
-        let yields = disassembly
+        let pauses = disassembly
             .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == "yield"))
+            .filter(|l| l.split_whitespace().any(|w| w == "wfe" || w == "yield"))
             .filter_map(|l| u64::from_str_radix(l.split(':').next()?.trim(), 16).ok())
             .collect();
-        let mut kcore = Kcore { text, vectors: 0..0, yields, symbols };
+        let mut kcore = Kcore { text, vectors: 0..0, pauses, symbols };
         kcore.vectors = kcore.symbol("__entry_vector_sets")?..kcore.symbol("__entry_vector_sets_end")?;
         Ok(kcore)
     }
@@ -134,7 +135,7 @@ pub struct Visit {
     /// The vector slot it came in by: its offset in the vector set ([`HOST_SYNC`], [`GUEST_SYNC`]).
     pub entry: u64,
     pub instructions: u64,
-    /// `yield`s executed: turns of a wait loop.
+    /// Pauses (`wfe`, `yield`) executed: turns of a wait loop.
     pub spins: u64,
     /// Wait loops entered: how many times the core found a lock taken.
     pub waits: u64,
@@ -152,8 +153,8 @@ impl Visit {
 #[derive(Default)]
 struct Open {
     visit: Option<Visit>,
-    /// The last `yield`'s PC and the visit's instruction count there.
-    last_yield: Option<(u64, u64)>,
+    /// The last pause's PC and the visit's instruction count there.
+    last_pause: Option<(u64, u64)>,
 }
 
 /// Cuts a trace, line by line, into [`Visit`]s.
@@ -211,7 +212,7 @@ impl<'a> Tracer<'a> {
         let open = &mut self.open[cpu];
         if let Some(entry) = self.kcore.vector_entry(pc) {
             self.visits.extend(open.visit.take());
-            open.last_yield = None;
+            open.last_pause = None;
             let window = self.marks;
             open.visit = Some(Visit { cpu, window, entry, instructions: 0, spins: 0, waits: 0, watched: 0 });
         }
@@ -226,14 +227,14 @@ impl<'a> Tracer<'a> {
         if let Some(i) = self.watch.iter().position(|&w| w == pc) {
             visit.watched |= 1 << i;
         }
-        if self.kcore.yields.contains(&pc) {
+        if self.kcore.pauses.contains(&pc) {
             visit.spins += 1;
             let same_wait =
-                open.last_yield.is_some_and(|(at, count)| at == pc && visit.instructions - count <= WAIT_LOOP_SPAN);
+                open.last_pause.is_some_and(|(at, count)| at == pc && visit.instructions - count <= WAIT_LOOP_SPAN);
             if !same_wait {
                 visit.waits += 1;
             }
-            open.last_yield = Some((pc, visit.instructions));
+            open.last_pause = Some((pc, visit.instructions));
         }
     }
 
@@ -309,7 +310,7 @@ mod tests {
         let nm = "0000000040080000 T __entry_vector_sets\n\
                   0000000040081000 T __entry_vector_sets_end\n\
                   0000000040081100 t kcore::handlers::mark::h0123456789abcdef\n";
-        let disassembly = "40081208:      \tyield\n";
+        let disassembly = "40081204: 5f 20 03 d5  \twfe\n40081800: 3f 20 03 d5  \tyield\n40081804:      \tsevl\n";
         Kcore::parse(headers, nm, disassembly).unwrap()
     }
 
@@ -324,7 +325,8 @@ mod tests {
         assert_eq!(k.vectors, 0x4008_0000..0x4008_1000);
         assert_eq!(k.symbol("kcore::handlers::mark"), Ok(0x4008_1100));
         assert!(k.symbol("kcore::handlers").is_err(), "a path's prefix is not the symbol");
-        assert!(k.yields.contains(&0x4008_1208));
+        assert!(k.pauses.contains(&0x4008_1204) && k.pauses.contains(&0x4008_1800), "wfe and yield pause");
+        assert!(!k.pauses.contains(&0x4008_1804), "sevl does not");
         assert_eq!(k.vector_entry(0x4008_0400), Some(HOST_SYNC));
         assert_eq!(k.vector_entry(0x4008_0c00), Some(GUEST_SYNC));
         assert_eq!(k.vector_entry(0x4008_0404), None);
@@ -341,7 +343,7 @@ mod tests {
     #[test]
     fn cuts_visits_per_core_and_counts_waits() {
         let k = kcore();
-        let mut t = Tracer::new(&k, 0x4008_1100, &[0x4008_1200]);
+        let mut t = Tracer::new(&k, 0x4008_1100, &[0x4008_1208]);
         let mut log = String::new();
         log += &line(0, 0x4008_1300); // boot: outside any visit
         for pc in [0x4008_0400, 0x4008_1100, 0x4008_1104] {
@@ -349,8 +351,8 @@ mod tests {
         }
         log += &line(1, 0x4008_0400); // core 1 enters, then finds the lock taken
         for _ in 0..3 {
-            for pc in [0x4008_1200, 0x4008_1204, 0x4008_1208] {
-                log += &line(1, pc); // three turns of one wait loop
+            for pc in [0x4008_1204, 0x4008_1208, 0x4008_120c] {
+                log += &line(1, pc); // three turns of one wait loop: wfe, ldaxr, cmp (b.ne)
             }
         }
         log += "Stopped execution of TB chain before 0x7fea10000100 [0000000040081200]\n";
@@ -360,7 +362,7 @@ mod tests {
         for i in 0..9 {
             log += &line(1, 0x4008_1300 + 4 * i); // core 1 got the lock and went on
         }
-        log += &line(1, 0x4008_1208); // then found a lock taken again
+        log += &line(1, 0x4008_1204); // then found a lock taken again
         t.read(log.as_bytes()).unwrap();
         assert_eq!((t.instructions, t.outside_visits, t.other_el), (25, 1, 1));
         let visits = t.finish();
