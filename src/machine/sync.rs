@@ -11,7 +11,6 @@ use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, Ordering};
 
-
 /// Where a lock sits in KCore's lock order: a core holding a lock of rank `r` takes only locks of
 /// a higher rank. Each variant names the SeKVM lock (`acquire_lock_*`, sekvm-kcore.md layer 4) it
 /// stands for. The order is the derived one: every `Vm` lock by vmid, then the rest as listed.

@@ -14,6 +14,10 @@
 //! (how many times any core had run it when the visit began), and the `wfe` of every wait loop
 //! in KCore (`machine::cpu::wait_until_equals`, where a core waits for its ticket lock's turn;
 //! `yield` too, the pause of the spinning loop it replaced) counts the visit's waits.
+//!
+//! The ticket locks' takes and releases are found in the disassembly ([`lock_pcs`]); a visit
+//! pairs each release with the latest take still open (guards drop in the reverse order of their
+//! takes, as the rank order nests them) and counts how long it held its innermost lock.
 
 use crate::artifacts;
 use std::collections::HashSet;
@@ -47,8 +51,70 @@ pub struct Kcore {
     pub vectors: Range<u64>,
     /// The PCs of KCore's pauses in a wait loop: its `wfe`s and `yield`s.
     pub pauses: HashSet<u64>,
+    /// The PCs of ticket lock takes and of guard releases.
+    pub takes: HashSet<u64>,
+    pub releases: HashSet<u64>,
     /// `llvm-nm -C` of the ELF: (address, demangled name).
     symbols: Vec<(u64, String)>,
+}
+
+/// Mangled-name pieces of the inlined functions that take a ticket: `TicketLock::lock` and
+/// `try_lock`.
+const LOCK_TAKERS: [&str; 2] = ["TicketLock$LT$T$GT$4lock", "TicketLock$LT$T$GT$8try_lock"];
+
+/// The lock takes and releases of an annotated disassembly. A take is a store-exclusive inside
+/// an inlined lock function's range. A release is `TicketGuard::drop`'s `ldr wN, [xA]`,
+/// `add wN, wN, #0x1`, `stlr wN, [xA]` (the holder serving the next ticket): found by that shape,
+/// not by its range, because LLVM merges the release stores of several paths into one
+/// instruction that no longer carries its inlined-function range.
+fn lock_pcs(disassembly: &str) -> (HashSet<u64>, HashSet<u64>) {
+    let (mut takes, mut releases) = (HashSet::new(), HashSet::new());
+    let mut open: Vec<&str> = Vec::new();
+    // The last two instructions' mnemonic and operands, to recognise a release.
+    let mut before: [(String, String); 2] = Default::default();
+    for line in disassembly.lines() {
+        if let Some(range) = line.strip_prefix(';') {
+            let Some((at, _into)) = range.rsplit_once(" inlined into ") else { continue };
+            let Some(function) = at.split_whitespace().last() else { continue };
+            if at.contains(": end of ") {
+                if let Some(i) = open.iter().rposition(|&f| f == function) {
+                    open.remove(i);
+                }
+            } else {
+                open.push(function);
+            }
+            continue;
+        }
+        if let Some(header) = line.strip_suffix(">:") {
+            // `<address> <symbol>:`: a new function, whose name is its only open range.
+            open = header.split_once(" <").map(|(_, name)| vec![name]).unwrap_or_default();
+            continue;
+        }
+        let mut fields = line.split('\t');
+        let (Some(address), Some(mnemonic)) = (fields.next(), fields.next()) else { continue };
+        let Some(pc) = address.split(':').next().and_then(|a| u64::from_str_radix(a.trim(), 16).ok()) else {
+            continue;
+        };
+        let (mnemonic, operands) = (mnemonic.trim().to_string(), fields.next().unwrap_or("").trim().to_string());
+        let within_lock = open.iter().any(|f| LOCK_TAKERS.iter().any(|t| f.contains(t)));
+        if (mnemonic == "stxr" || mnemonic == "stlxr") && within_lock {
+            takes.insert(pc);
+        }
+        if mnemonic == "stlr" && is_release(&before, &operands) {
+            releases.insert(pc);
+        }
+        before = [before[1].clone(), (mnemonic, operands)];
+    }
+    (takes, releases)
+}
+
+/// Whether `stlr <operands>` after `before` serves the next ticket: `ldr wN, [xA]`,
+/// `add wN, wN, #0x1`, `stlr wN, [xA]`.
+fn is_release(before: &[(String, String); 2], operands: &str) -> bool {
+    let Some((value, address)) = operands.split_once(", ") else { return false };
+    let load = ("ldr".to_string(), format!("{value}, {address}"));
+    let increment = ("add".to_string(), format!("{value}, {value}, #0x1"));
+    before[0] == load && before[1] == increment
 }
 
 impl Kcore {
@@ -65,10 +131,21 @@ impl Kcore {
             }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
-        Kcore::parse(&tool("llvm-objdump", &["-h"])?, &tool("llvm-nm", &["-n", "-C"])?, &tool("llvm-objdump", &["-d"])?)
+        let disassembly = tool("llvm-objdump", &["-d", "--debug-inlined-funcs=limits-only"])?;
+        let kcore = Kcore::parse(&tool("llvm-objdump", &["-h"])?, &tool("llvm-nm", &["-n", "-C"])?, &disassembly)?;
+        if kcore.takes.is_empty() || kcore.releases.is_empty() {
+            return Err(format!(
+                "{}: {} ticket lock takes and {} releases found in the disassembly: did the lock's code change?",
+                elf.display(),
+                kcore.takes.len(),
+                kcore.releases.len()
+            ));
+        }
+        Ok(kcore)
     }
 
-    /// [`Kcore::of_elf`] from the tools' outputs: section headers, symbols, disassembly.
+    /// [`Kcore::of_elf`] from the tools' outputs: section headers, symbols, disassembly (with
+    /// its inlined functions' ranges).
     pub fn parse(headers: &str, nm: &str, disassembly: &str) -> Result<Kcore, String> {
         let text = headers
             .lines()
@@ -96,7 +173,8 @@ impl Kcore {
             .filter(|l| l.split_whitespace().any(|w| w == "wfe" || w == "yield"))
             .filter_map(|l| u64::from_str_radix(l.split(':').next()?.trim(), 16).ok())
             .collect();
-        let mut kcore = Kcore { text, vectors: 0..0, pauses, symbols };
+        let (takes, releases) = lock_pcs(disassembly);
+        let mut kcore = Kcore { text, vectors: 0..0, pauses, takes, releases, symbols };
         kcore.vectors = kcore.symbol("__entry_vector_sets")?..kcore.symbol("__entry_vector_sets_end")?;
         Ok(kcore)
     }
@@ -141,6 +219,12 @@ pub struct Visit {
     pub waits: u64,
     /// Bit `i` set if the visit ran the `i`th watched PC.
     pub watched: u64,
+    /// Locks it took and released, how deep they nested (1: never two at once), and its
+    /// instructions holding its innermost lock (summed over the holds at that depth): from the
+    /// take (or, if it waited, its wait loop's last pause) to the release store, inclusive.
+    pub locks: u64,
+    pub depth: u64,
+    pub inner_held: u64,
 }
 
 impl Visit {
@@ -155,6 +239,10 @@ struct Open {
     visit: Option<Visit>,
     /// The last pause's PC and the visit's instruction count there.
     last_pause: Option<(u64, u64)>,
+    /// The visit's instruction counts at the takes of the locks it holds, innermost last, and
+    /// the last take's PC and count (a retried store-exclusive is one take).
+    held: Vec<u64>,
+    last_take: Option<(u64, u64)>,
 }
 
 /// Cuts a trace, line by line, into [`Visit`]s.
@@ -213,8 +301,21 @@ impl<'a> Tracer<'a> {
         if let Some(entry) = self.kcore.vector_entry(pc) {
             self.visits.extend(open.visit.take());
             open.last_pause = None;
+            open.held.clear();
+            open.last_take = None;
             let window = self.marks;
-            open.visit = Some(Visit { cpu, window, entry, instructions: 0, spins: 0, waits: 0, watched: 0 });
+            open.visit = Some(Visit {
+                cpu,
+                window,
+                entry,
+                instructions: 0,
+                spins: 0,
+                waits: 0,
+                watched: 0,
+                locks: 0,
+                depth: 0,
+                inner_held: 0,
+            });
         }
         if pc == self.mark {
             self.marks += 1;
@@ -235,6 +336,30 @@ impl<'a> Tracer<'a> {
                 visit.waits += 1;
             }
             open.last_pause = Some((pc, visit.instructions));
+            // A wait for the innermost lock: it is held from the wait's end.
+            if let Some(taken) = open.held.last_mut() {
+                *taken = visit.instructions;
+            }
+        }
+        if self.kcore.takes.contains(&pc) {
+            let retried =
+                open.last_take.is_some_and(|(at, count)| at == pc && visit.instructions - count <= WAIT_LOOP_SPAN);
+            if !retried {
+                open.held.push(visit.instructions);
+            }
+            open.last_take = Some((pc, visit.instructions));
+        }
+        if self.kcore.releases.contains(&pc) {
+            let depth = open.held.len() as u64;
+            if let Some(taken) = open.held.pop() {
+                let held = visit.instructions - taken + 1;
+                visit.locks += 1;
+                if depth > visit.depth {
+                    (visit.depth, visit.inner_held) = (depth, held);
+                } else if depth == visit.depth {
+                    visit.inner_held += held;
+                }
+            }
         }
     }
 
@@ -374,11 +499,47 @@ mod tests {
             spins,
             waits,
             watched,
+            locks: 0,
+            depth: 0,
+            inner_held: 0,
         };
         assert_eq!(
             visits,
             [v(0, 0, HOST_SYNC, 3, 0, 0, 0), v(0, 1, GUEST_SYNC, 1, 0, 0, 0), v(1, 1, HOST_SYNC, 20, 4, 2, 1)]
         );
         assert!(visits[2].ran(0) && !visits[0].ran(0));
+    }
+
+    /// Takes and releases from a recorded disassembly (look-alikes excluded), and a fault's hold
+    /// counted from its wait's last pause to the release; two nested holds count the inner one.
+    #[test]
+    fn finds_lock_takes_and_releases_and_counts_the_innermost_hold() {
+        let headers = "  1 .text 00030000 0000000040080000 TEXT\n";
+        let nm = "0000000040081000 T __entry_vector_sets\n0000000040082000 T __entry_vector_sets_end\n";
+        let k = Kcore::parse(headers, nm, include_str!("../testdata/lock-disassembly.txt")).unwrap();
+        assert_eq!(k.takes, HashSet::from([0x400a_5e94]), "fetch_add's stxr inside TicketLock::lock only");
+        assert_eq!(k.releases, HashSet::from([0x400a_6848]), "ldr, add #0x1, stlr to one address only");
+        assert!(k.pauses.contains(&0x400a_5eb4));
+        let mut log = line(0, 0x4008_1400);
+        let take = [0x400a_5e8c, 0x400a_5e90, 0x400a_5e94, 0x400a_5e98];
+        let turn = [0x400a_5eb4, 0x400a_5eb8, 0x400a_5ebc, 0x400a_5ec0];
+        // A retried store-exclusive, the ticket not served, two turns of the wfe loop, release.
+        let pcs = take.iter().chain(&take).chain(&[0x400a_5e9c, 0x400a_5ea0, 0x400a_5ea4, 0x400a_5ea8, 0x400a_5eac]);
+        let pcs = pcs.chain(&[0x400a_5eb0]).chain(&turn).chain(&turn).chain(&[0x400a_5ec4, 0x400a_6840, 0x400a_6844]);
+        let look_alikes = [0x400a_6900, 0x400a_6904, 0x400a_6908, 0x400a_690c, 0x400a_6910, 0x400a_6914];
+        for &pc in pcs.chain(&[0x400a_6848]).chain(&look_alikes) {
+            log += &line(0, pc);
+        }
+        // Core 1 nests two locks: 2 instructions held inside, 12 outside.
+        log += &line(1, 0x4008_1400);
+        let filler = |n: u64| (0..n).map(|i| line(1, 0x400a_7000 + 4 * i)).collect::<String>();
+        log += &(line(1, 0x400a_5e94) + &filler(9) + &line(1, 0x400a_5e94) + &filler(1) + &line(1, 0x400a_6848));
+        log += &(filler(1) + &line(1, 0x400a_6848));
+        let mut t = Tracer::new(&k, 0, &[]);
+        t.read(log.as_bytes()).unwrap();
+        let visits = t.finish();
+        let shape = |v: &Visit| (v.locks, v.depth, v.inner_held, v.waits, v.spins);
+        assert_eq!(shape(&visits[0]), (1, 1, 8, 1, 2), "held from the last wfe to the stlr: 8 instructions");
+        assert_eq!(shape(&visits[1]), (2, 2, 3, 0, 0));
     }
 }
