@@ -39,11 +39,10 @@ pub fn wait_for_event() {
 /// turn, as `yield` does, so the holder runs while this core waits.
 #[inline(always)]
 pub fn wait_until_equals(word: &AtomicU32, value: u32) {
-    // SAFETY: `word` is a live `AtomicU32`, so its pointer is valid and aligned for a 32-bit
-    // load-acquire exclusive; the loop only reads it (the exclusive is never paired with a store,
-    // the monitor is merely armed) and changes no other state than the flags and the event
-    // register. Without `nomem`/`readonly`, the compiler keeps every later memory access after it,
-    // as the acquire requires.
+    // SAFETY: `word` is a live `AtomicU32`, valid and aligned for a 32-bit `ldaxr`; the loop only
+    // reads it (the exclusive arms the monitor, no store pairs with it) and changes only the flags
+    // and the event register. Without `nomem`/`readonly` the compiler keeps every later memory
+    // access after it, as the acquire requires.
     unsafe {
         core::arch::asm!(
             "sevl",
