@@ -11,12 +11,6 @@ use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// A waiting core's pause: `yield` on the machine (see `cpu::relax`), the portable hint in tests.
-#[cfg(target_os = "none")]
-use super::cpu::relax;
-#[cfg(not(target_os = "none"))]
-use core::hint::spin_loop as relax;
-
 /// Where a lock sits in KCore's lock order: a core holding a lock of rank `r` takes only locks of
 /// a higher rank. Each variant names the SeKVM lock (`acquire_lock_*`, sekvm-kcore.md layer 4) it
 /// stands for. The order is the derived one: every `Vm` lock by vmid, then the rest as listed.
@@ -94,7 +88,7 @@ impl<T> TicketLock<T> {
         TicketLock { next_ticket: AtomicU32::new(0), now_serving: AtomicU32::new(0), rank, data: UnsafeCell::new(data) }
     }
 
-    /// Takes a ticket and spins until it is served (SeKVM `wait_lock`). Halts, in builds that
+    /// Takes a ticket and waits until it is served (SeKVM `wait_lock`). Halts, in builds that
     /// check the order, if this core holds a lock of this rank or above.
     #[inline]
     pub fn lock(&self) -> TicketGuard<'_, T> {
@@ -104,10 +98,8 @@ impl<T> TicketLock<T> {
         #[cfg(test)]
         turns::point();
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        while self.now_serving.load(Ordering::Acquire) != ticket {
-            #[cfg(test)]
-            turns::waiting();
-            relax();
+        if self.now_serving.load(Ordering::Acquire) != ticket {
+            wait_to_be_served(&self.now_serving, ticket);
         }
         if ORDER_CHECKED {
             held::record(self.rank, true);
@@ -129,6 +121,26 @@ impl<T> TicketLock<T> {
                 }
                 TicketGuard { lock: self }
             })
+    }
+}
+
+/// Waits until `now_serving` reaches `ticket`, out of the uncontended path. On the machine the
+/// core sleeps in `wfe` ([`cpu::wait_until_equals`](super::cpu::wait_until_equals)) and retires a
+/// few instructions per wake-up, however long the holders ahead of it take; the holder's release
+/// store in [`TicketGuard::drop`] wakes it through the exclusive monitor, with no `sev`.
+#[cfg(target_os = "none")]
+fn wait_to_be_served(now_serving: &AtomicU32, ticket: u32) {
+    super::cpu::wait_until_equals(now_serving, ticket);
+}
+
+/// The host's portable wait: spins with the CPU's hint, and in tests gives a drawn schedule its
+/// turn on every spin ([`turns`]).
+#[cfg(not(target_os = "none"))]
+fn wait_to_be_served(now_serving: &AtomicU32, ticket: u32) {
+    while now_serving.load(Ordering::Acquire) != ticket {
+        #[cfg(test)]
+        turns::waiting();
+        core::hint::spin_loop();
     }
 }
 
@@ -273,7 +285,8 @@ impl<T> Drop for TicketGuard<'_, T> {
             held::record(self.lock.rank, false);
         }
         // Only the holder writes `now_serving`: a plain load and a release store serve the next
-        // ticket (no exclusive pair needed).
+        // ticket (no exclusive pair needed). The store clears the exclusive monitor that every
+        // waiter armed on `now_serving`, which wakes them from `wfe`: no `sev` needed.
         let serving = self.lock.now_serving.load(Ordering::Relaxed);
         self.lock.now_serving.store(serving.wrapping_add(1), Ordering::Release);
     }

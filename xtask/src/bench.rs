@@ -179,6 +179,16 @@ pub enum Call {
 }
 
 impl Call {
+    /// The locks such a call takes and how deep they nest: a host fault `S2Page` alone
+    /// (`vm::Kcore::host_stage2_fault`), a share call its VM's lock and `S2Page` inside it
+    /// (`vm::Kcore::share`). Its innermost hold is then `S2Page`'s.
+    fn locks(self) -> (u64, u64) {
+        match self {
+            Call::HostFault => (1, 1),
+            Call::GuestShare => (2, 2),
+        }
+    }
+
     /// Whether `visit` is such a call, given the watched PCs [`HOST_SYNC_HANDLER`] (0) and
     /// [`GUEST_EXIT`] (1).
     fn is(self, visit: &el2_trace::Visit) -> bool {
@@ -200,6 +210,12 @@ pub struct TracedRound {
     pub waited: u64,
     pub waits: u64,
     pub spins: u64,
+    /// The median over the calls of their instructions with `S2Page` held (the holder's work,
+    /// its own wait left out), and the most any call held it.
+    pub s2page_held: u64,
+    pub s2page_held_max: u64,
+    /// Calls whose locks were not [`Call::locks`]: their innermost hold may not be `S2Page`'s.
+    pub other_locks: u64,
 }
 
 /// The round of `visits` in `window`: `cores` cores (0..cores), `samples` samples in all, each
@@ -232,7 +248,11 @@ pub fn traced_round(
         all.extend_from_slice(&sampled);
         per_core.push(median(&mut sampled));
     }
+    let mut held: Vec<u64> = calls.iter().map(|v| v.inner_held).collect();
     Ok(TracedRound {
+        s2page_held_max: held.iter().copied().max().unwrap_or(0),
+        other_locks: calls.iter().filter(|v| (v.locks, v.depth) != call.locks()).count() as u64,
+        s2page_held: median(&mut held),
         median: median(&mut all),
         per_core,
         calls: calls.len() as u64,
@@ -262,7 +282,8 @@ const CONTENTION: &[(&str, &str, Call, [usize; 3])] = &[
 /// A contention figure's PMU row and its three rounds from the trace. Fails unless the trace
 /// and the PMU agree where no core waits (one core alone, four in their own turns: there the
 /// PMU's count is this core's own), and unless some call of the forced round waited for a lock:
-/// a round without a wait measured no contention.
+/// a round without a wait measured no contention; and unless every call took the locks it
+/// should ([`Call::locks`]), so that its innermost hold is `S2Page`'s.
 pub fn traced_row(
     lines: &[BenchLine],
     visits: &[el2_trace::Visit],
@@ -292,6 +313,13 @@ pub fn traced_row(
     if forced.waits == 0 {
         return Err(format!("{name}: no core waited for a lock in the forced round: it measured no contention"));
     }
+    if let Some(other) = rounds.iter().map(|r| r.other_locks).find(|&n| n > 0) {
+        return Err(format!(
+            "{name}: {other} calls did not take the locks {call:?} takes (locks, nesting) {:?}: their innermost \
+             hold is not S2Page's",
+            call.locks()
+        ));
+    }
     Ok((pmu, rounds))
 }
 
@@ -304,6 +332,7 @@ fn print_contention((console, visits): &(String, Vec<el2_trace::Visit>)) -> Resu
         "  {:<36} {:>6} {:>6} {:>6} {:>7}  {:>8}  status  {:<23} {:<26} PMU 4, mid",
         "figure", "1 core", "4, own", "4, mid", "ratio", "target", "per core (4, mid)", "waits: calls, loops, turns"
     );
+    let mut held = Vec::new();
     for &(name, label, call, windows) in CONTENTION {
         let (pmu, rounds) = traced_row(&lines, visits, name, call, windows)?;
         let [alone, own, forced] = &rounds;
@@ -321,7 +350,17 @@ fn print_contention((console, visits): &(String, Vec<el2_trace::Visit>)) -> Resu
             pmu.forced,
             pmu.ratio(),
         );
+        held.push(format!(
+            "  {label:<36} {:>6} {:>6} {:>6}  max {} (4, mid)",
+            alone.s2page_held, own.s2page_held, forced.s2page_held, forced.s2page_held_max
+        ));
     }
+    println!("S2Page held: the holder's EL2 instructions per call from its take (or the end of its wait) to the");
+    println!(
+        "  release store, median (1 core, 4 own, 4 mid): a waiter on hardware waits at most holders ahead x this,"
+    );
+    println!("  asleep in wfe:");
+    held.iter().for_each(|line| println!("{line}"));
     Ok(())
 }
 
@@ -696,7 +735,8 @@ mod tests {
 
     fn visit(cpu: usize, window: usize, instructions: u64, waits: u64) -> el2_trace::Visit {
         let (entry, watched) = (el2_trace::HOST_SYNC, 1);
-        el2_trace::Visit { cpu, window, entry, instructions, spins: waits, waits, watched }
+        let (locks, depth, inner_held) = (1, 1, 100);
+        el2_trace::Visit { cpu, window, entry, instructions, spins: waits, waits, watched, locks, depth, inner_held }
     }
 
     /// The traced rows fail where the figure would mean nothing: no wait in the forced round,
@@ -730,6 +770,12 @@ mod tests {
         assert!(row(&stray).unwrap_err().contains("core 1 made a call in a 1-core round"));
         let short = &visits[1..];
         assert!(row(short).unwrap_err().contains("not a multiple"));
+        let mut unheld = visits.clone();
+        unheld[4].locks = 0;
+        assert!(row(&unheld).unwrap_err().contains("did not take the locks"));
+        let mut nested = visits.clone();
+        (nested[9].locks, nested[9].depth) = (2, 2);
+        assert!(row(&nested).unwrap_err().contains("did not take the locks"), "a fault takes S2Page alone");
         let mut not_a_call = visits.clone();
         not_a_call[2].watched = 0;
         assert!(row(&not_a_call).is_err(), "a host trap that is not a fault is not a call");

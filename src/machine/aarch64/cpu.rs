@@ -3,6 +3,7 @@
 use super::super::features::{field, fields, IdRegisters};
 use super::super::TrapFrame;
 use aarch64_cpu::{asm, registers::*};
+use core::sync::atomic::AtomicU32;
 use tock_registers::interfaces::Readable;
 
 /// This core's index, MPIDR_EL1.Aff0 (boot.S gives each index its own stack).
@@ -25,14 +26,37 @@ pub fn wait_for_event() {
     asm::wfe();
 }
 
-/// The body of a wait loop: `yield`, the hint that this core is busy-waiting. QEMU's round-robin
-/// TCG (every `-icount` run) switches to the next core on it, so a core waiting for a lock does
-/// not spend its whole turn spinning while the holder is descheduled (`isb`, which
-/// `core::hint::spin_loop` issues, does not). On hardware it costs nothing.
+/// Waits, asleep in `wfe`, until `word` holds `value` (the Arm ARM's event-based wait, as
+/// Linux's arm64 ticket spinlock did it): `sevl` sets this core's event register so the first
+/// `wfe` falls through; each turn then reads `word` with a load-acquire exclusive (`ldaxr`),
+/// which arms this core's exclusive monitor on `word`'s granule, and sleeps in `wfe` while the
+/// value is not `value`. Another core's store to the granule clears the monitor, and clearing it
+/// is a wake-up event (Arm ARM D1.16.1, "Wait for Event mechanism and Send event"), so the
+/// writer needs no `sev`; a store that lands between the `ldaxr` and the `wfe` has already set
+/// the event register, and that `wfe` falls through. Any other event (an exception return, an
+/// unrelated `sev`) only costs a turn of the loop. Only on Normal memory (MMU on): exclusives on
+/// Device memory hang on real Cortex-A72 cores. On QEMU's round-robin TCG `wfe` ends the core's
+/// turn, as `yield` does, so the holder runs while this core waits.
 #[inline(always)]
-pub fn relax() {
-    // SAFETY: yield is a hint; it changes no state.
-    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+pub fn wait_until_equals(word: &AtomicU32, value: u32) {
+    // SAFETY: `word` is a live `AtomicU32`, valid and aligned for a 32-bit `ldaxr`; the loop only
+    // reads it (the exclusive arms the monitor, no store pairs with it) and changes only the flags
+    // and the event register. Without `nomem`/`readonly` the compiler keeps every later memory
+    // access after it, as the acquire requires.
+    unsafe {
+        core::arch::asm!(
+            "sevl",
+            "2:",
+            "wfe",
+            "ldaxr {seen:w}, [{word}]",
+            "cmp {seen:w}, {value:w}",
+            "b.ne 2b",
+            word = in(reg) word.as_ptr(),
+            value = in(reg) value,
+            seen = out(reg) _,
+            options(nostack),
+        )
+    };
 }
 
 /// Wakes every core waiting in [`wait_for_event`]; the stores before it are made visible first.
