@@ -2,8 +2,7 @@
 //! must see, serving every other exit (share calls, emulated registers, UNDEFs) inside KCore
 //! without leaving the guest's world. The exit record the host gets is the dispatcher's, final.
 
-use super::super::decode::{fault_ipa, GuestTrap};
-use super::super::esr::{class as esr_class, ec::DABT_LOW};
+use super::super::decode::GuestTrap;
 use super::super::trap_dispatcher::{vm_exit_dispatcher, GuestEnv, VmExit};
 use super::principal::{self, Principal};
 use super::{host_cores, inject_el1, invariants, state};
@@ -95,37 +94,17 @@ fn serve_exit(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, exit
 
 /// The world switch's fast path (`GuestWorld::serve_in_place`): a synchronous exit with syndrome
 /// `esr` and only x0..x18, x30, ELR and SPSR saved. Served here if the decoded trap is one KCore
-/// serves with those alone ([`GuestTrap::in_place`], [`GuestTrap::console_in_place`]), exactly as
-/// the full exit would serve it; declined, having changed nothing, otherwise (and when the halt
-/// flag is up: the full exit parks).
+/// serves with those alone ([`GuestTrap::in_place`]), exactly as the full exit would serve it;
+/// declined, having changed nothing, otherwise (and when the halt flag is up: the full exit
+/// parks). The console's accesses (data aborts) never come here: the full exit's loop serves them.
 #[inline(always)]
 fn serve_fast(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, esr: u64) -> bool {
     if principal::halted() {
         return false;
     }
-    if esr_class(esr) == DABT_LOW {
-        return serve_console_fast(core, vm, env, ctx, esr);
-    }
     let Some(trap) = GuestTrap::decode_in_place(esr, &ctx.gprs.frame) else { return false };
     let bound = serve(core, vm, env, ctx, trap, esr);
     // `in_place` names only exits that the dispatcher serves inside KCore.
-    debug_assert!(bound.is_none());
-    true
-}
-
-/// [`serve_fast`] for a data abort: a console access, or declined at once when the VM has no
-/// console or the fault is not on its page (every other MMIO exit and stage-2 fault). Apart from
-/// the calls' path, so that theirs stays as short as before (`cargo xtask bench`).
-#[inline(never)]
-fn serve_console_fast(core: usize, vm: VmId, env: &GuestEnv, ctx: &mut VcpuContext, esr: u64) -> bool {
-    let Some(page) = env.console else { return false };
-    let (far, hpfar) = (regs::far_el2(), regs::hpfar_el2());
-    if fault_ipa(hpfar, far) & !0xfff != page.raw() {
-        return false;
-    }
-    let Some(trap) = GuestTrap::decode_console_in_place(esr, ctx, env.console, || (far, hpfar)) else { return false };
-    let bound = serve(core, vm, env, ctx, trap, esr);
-    // `console_in_place` names only accesses that the dispatcher serves inside KCore.
     debug_assert!(bound.is_none());
     true
 }
