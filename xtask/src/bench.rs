@@ -486,7 +486,8 @@ fn corevisor_linux_run(
     let bundle = crate::write_linux_bundle(&run, "linux-bench.img")?;
     let mut command = qemu::command(qemu, Variant::VirtGicV3, artifacts, "scenario=linux-bench", Some(&bundle))?;
     command.args(qemu::DETERMINISTIC_TIME).args(extra);
-    let guard = qemu::Guard { cpu: Duration::from_secs(900), wall: Duration::from_secs(900) };
+    // Traced, QEMU runs every instruction as its own block: some minutes on a shared machine.
+    let guard = qemu::Guard { cpu: Duration::from_secs(1800), wall: Duration::from_secs(2400) };
     let run = qemu::run_captured(command, guard)?;
     let problems = crate::linux::check(run.status, &run.console, GUEST_CPUS);
     if !problems.is_empty() || !run.console.contains("kserv: scenario linux-bench: PASS") {
@@ -499,15 +500,17 @@ fn corevisor_linux_run(
     Ok(run.console)
 }
 
-/// The corevisor Linux boot twice, untraced and traced ([`crate::exit_trace`]): the untraced
-/// run's console (the PMU's figures) and each class's exact exits and instructions, by class
-/// code, from the traced one. Fails unless both runs print the same bench lines (run phase,
-/// every class's PMU figures and exits, every core's exit classes in order): the trace must not
-/// change the cores' turns.
+/// The corevisor Linux boot twice: untraced, for the run phase (the PMU's count, as the bare
+/// boot's), and traced ([`crate::exit_trace`]). The consoles of both, and each class's exits and
+/// exact instructions, by class code, in the traced run, whose cores' VCPU_RUNs must line up with
+/// the exit classes its KServ recorded. The two runs need not take the same turns: QEMU's
+/// round-robin also ends a core's turn when its main loop (wall time) kicks it, so the cores'
+/// interleaving, and with it how many SGIs, kicks and WFIs a boot makes, differs from run to run
+/// (README, "The Linux boot"); what one exit costs its core does not depend on it.
 fn traced_linux_run(
     qemu: &Qemu,
     guest: &crate::linux::LinuxGuest,
-) -> Result<(String, Vec<crate::exit_trace::ClassTotal>), String> {
+) -> Result<(String, String, Vec<crate::exit_trace::ClassTotal>), String> {
     use crate::exit_trace::{by_class, class_sequences, ExitTracer, Kserv};
     let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
     let untraced = corevisor_linux_run(qemu, guest, &artifacts, &[])?;
@@ -518,19 +521,11 @@ fn traced_linux_run(
     let args = tracer.qemu_args(&fifo);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let traced = el2_trace::traced(&fifo, &mut tracer, || corevisor_linux_run(qemu, guest, &artifacts, &args))?;
-    let bench_lines = |console: &str| -> Vec<String> {
-        console.lines().filter(|l| l.starts_with("kserv: bench ")).map(|l| l.trim_end().to_string()).collect()
-    };
-    if bench_lines(&traced) != bench_lines(&untraced) {
-        return Err(format!(
-            "the traced Linux run took other turns than the untraced one (its bench lines differ):\n{}\nuntraced:\n{}",
-            bench_lines(&traced).join("\n"),
-            bench_lines(&untraced).join("\n")
-        ));
-    }
-    let codes = parse(&untraced).iter().filter_map(|l| l.get("code")).max().map_or(0, |c| c as usize + 1);
-    let totals = by_class(&class_sequences(&untraced)?, &tracer.finish(), codes)?;
-    Ok((untraced, totals))
+    let log = artifacts::root().join("target/xtask/bench-linux-traced.log");
+    std::fs::write(&log, &traced).map_err(|e| format!("{}: {e}", log.display()))?;
+    let codes = parse(&traced).iter().filter_map(|l| l.get("code")).max().map_or(0, |c| c as usize + 1);
+    let totals = by_class(&class_sequences(&traced)?, &tracer.finish(), codes)?;
+    Ok((untraced, traced, totals))
 }
 
 /// Issue 13: the Linux boot under corevisor against the same boot bare, and each exit class's
@@ -542,12 +537,16 @@ fn traced_linux_run(
 fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     let guest = crate::linux::reference_guest()?;
     let bare = bare_linux_instructions(qemu, &guest)?;
-    let (console, classes) = traced_linux_run(qemu, &guest)?;
-    let lines = parse(&console);
-    let find = |name: &str| lines.iter().find(|l| l.name == name).ok_or(format!("no `bench {name}` figure"));
-    let run = find("linux-run")?;
+    let (untraced, traced, classes) = traced_linux_run(qemu, &guest)?;
+    let (untraced, lines) = (parse(&untraced), parse(&traced));
+    let find_in = |lines: &'_ [BenchLine<'_>], name: &str| {
+        lines.iter().position(|l| l.name == name).ok_or(format!("no `bench {name}` figure"))
+    };
     let get = |line: &BenchLine, key: &str| line.get(key).ok_or(format!("`bench {}` has no {key}", line.name));
-    let total = get(run, "every_el")?;
+    let total = get(&untraced[find_in(&untraced, "linux-run")?], "every_el")?;
+    let find = |name: &str| find_in(&lines, name).map(|at| &lines[at]);
+    let run = find("linux-run")?;
+    let traced_total = get(run, "every_el")?;
     // Each class: the trace's exact figures, and the PMU's mean over the exits that held no
     // other core's work (an upper bound), beside Xen's. KCore's and KServ's shares of the run
     // phase are the trace's, every exit included.
@@ -579,17 +578,19 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     );
     println!("  bare (QEMU's count, every core, reset to the stop after SYSTEM_OFF):  {bare:>13}");
     println!("  corevisor run phase (QEMU's count read by core 0's PMU, every core, first VCPU_RUN to SYSTEM_OFF): {total:>13}");
+    let exits: u64 = classes.iter().map(|c| c.exits).sum();
     println!(
-        "    at EL2 (KCore, every core): {el2} ({:.2}%); KServ at EL1: {host} ({:.2}%); guest: {} (every exit, from the trace)",
-        pct(el2, total),
-        pct(host, total),
-        total.saturating_sub(el2 + host)
+        "  the traced run (another run: its own turns): run phase {traced_total} ({:.4}x bare), {exits} exits; at EL2 \
+         (KCore, every core, each exit from its VCPU_RUN to the next): {el2} ({:.2}%); KServ at EL1: {host} ({:.2}%)",
+        traced_total as f64 / bare as f64,
+        pct(el2, traced_total),
+        pct(host, traced_total),
     );
     println!("  ratio {ratio:.4}x  (target <= {LINUX_RATIO_TARGET}x, Xen 4.17: {XEN_RATIO}x)  {status}");
     println!(
-        "  per exit class, over every core: exits, mean EL2 (KCore) and EL1 (KServ) instructions per exit, each core's own \
-         from QEMU's execution trace (VCPU_RUN to the next); the PMU's means, upper bounds, over the exits without \
-         another core's work (> {} at one EL: left out); Xen's mean EL2 (target):",
+        "  per exit class of the traced run, over every core: exits, mean EL2 (KCore) and EL1 (KServ) instructions per \
+         exit, each core's own from QEMU's execution trace (VCPU_RUN to the next); the same run's PMU means, upper \
+         bounds, over its exits without another core's work (> {} at one EL: left out); Xen's mean EL2 (target):",
         get(run, "polluted_above")?
     );
     println!(
