@@ -500,13 +500,14 @@ fn corevisor_linux_run(
     Ok(run.console)
 }
 
-/// The corevisor Linux boot twice: untraced, for the run phase (the PMU's count, as the bare
-/// boot's), and traced ([`crate::exit_trace`]). The consoles of both, and each class's exits and
-/// exact instructions, by class code, in the traced run, whose cores' VCPU_RUNs must line up with
-/// the exit classes its KServ recorded. The two runs need not take the same turns: QEMU's
-/// round-robin also ends a core's turn when its main loop (wall time) kicks it, so the cores'
-/// interleaving, and with it how many SGIs, kicks and WFIs a boot makes, differs from run to run
-/// (README, "The Linux boot"); what one exit costs its core does not depend on it.
+/// The corevisor Linux boot untraced, for the run phase (the PMU's count, as the bare boot's),
+/// and traced ([`crate::exit_trace`]): the consoles of both, and each class's exits and exact
+/// instructions, by class code, in the traced run, whose cores' VCPU_RUNs must line up with the
+/// exit classes its KServ recorded. The trace's `one-insn-per-tb` changes the cores' turns here
+/// (a core that makes another's interrupt pending ends its turn at the next block, now the next
+/// instruction), so the traced run is checked against a third, untraced run with
+/// `one-insn-per-tb` alone: every bench line (run phase, each class's PMU figures and exits,
+/// each core's exit classes in order) must be the same, or the logging changed what it counts.
 fn traced_linux_run(
     qemu: &Qemu,
     guest: &crate::linux::LinuxGuest,
@@ -520,9 +521,21 @@ fn traced_linux_run(
     let fifo = artifacts::root().join("target/xtask/bench-linux.trace");
     let args = tracer.qemu_args(&fifo);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let blocks = args.iter().position(|&a| a == "-accel").map_or(&[][..], |at| &args[at..at + 2]);
+    let same_blocks = corevisor_linux_run(qemu, guest, &artifacts, blocks)?;
     let traced = el2_trace::traced(&fifo, &mut tracer, || corevisor_linux_run(qemu, guest, &artifacts, &args))?;
     let log = artifacts::root().join("target/xtask/bench-linux-traced.log");
     std::fs::write(&log, &traced).map_err(|e| format!("{}: {e}", log.display()))?;
+    let bench_lines = |console: &str| -> Vec<String> {
+        console.lines().filter(|l| l.starts_with("kserv: bench ")).map(|l| l.trim_end().to_string()).collect()
+    };
+    if bench_lines(&traced) != bench_lines(&same_blocks) {
+        return Err(format!(
+            "the traced Linux run took other turns than the untraced one with {blocks:?} (see {}):\n{}",
+            log.display(),
+            bench_lines(&same_blocks).join("\n")
+        ));
+    }
     let codes = parse(&traced).iter().filter_map(|l| l.get("code")).max().map_or(0, |c| c as usize + 1);
     let totals = by_class(&class_sequences(&traced)?, &tracer.finish(), codes)?;
     Ok((untraced, traced, totals))
