@@ -18,6 +18,9 @@ use std::ops::Range;
 use std::path::Path;
 use std::process::Command;
 
+/// Where the guest's vector table begins in a vector set (KCore's own is below).
+const GUEST_TABLE: u64 = 0x800;
+
 /// One exit's instructions on its core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Share {
@@ -85,10 +88,12 @@ impl Kserv {
     }
 }
 
-/// A visit to KCore in progress: its instructions so far, and whether it entered a guest.
+/// A visit to KCore in progress: its instructions so far, whether it came from the host (by
+/// KCore's own vector table, not the guest's), and whether it entered a guest.
 #[derive(Default)]
 struct Visit {
     instructions: u64,
+    from_host: bool,
     entered_guest: bool,
 }
 
@@ -100,12 +105,13 @@ struct Core {
 }
 
 impl Core {
-    /// Ends the visit in progress: a VCPU_RUN (it entered a guest) begins a share; any other
-    /// visit adds to the share in progress, to its run until the VCPU_RUN came back, to its host
-    /// calls after. Returns the instructions of a visit outside every share.
+    /// Ends the visit in progress: a VCPU_RUN (a host call that entered a guest) begins a share;
+    /// any other visit adds to the share in progress, to its run until the VCPU_RUN came back
+    /// (a guest exit KCore served, in place or by entering the guest again), to its host calls
+    /// after. Returns the instructions of a visit outside every share.
     fn end_visit(&mut self) -> u64 {
         let Some(visit) = self.visit.take() else { return 0 };
-        if visit.entered_guest {
+        if visit.from_host && visit.entered_guest {
             if let Some(last) = self.shares.last_mut() {
                 last.closed = true;
             }
@@ -158,9 +164,9 @@ impl<'a> ExitTracer<'a> {
         let core = &mut self.cores[cpu];
         let at_el2 = flags >> 4 & 0xf == el2_trace::EL2_MMU_INDEX;
         if self.kcore.text.contains(&pc) && at_el2 {
-            if self.kcore.vector_entry(pc).is_some() {
+            if let Some(offset) = self.kcore.vector_entry(pc) {
                 self.outside += core.end_visit();
-                core.visit = Some(Visit::default());
+                core.visit = Some(Visit { from_host: offset < GUEST_TABLE, ..Visit::default() });
             }
             let Some(visit) = core.visit.as_mut() else {
                 self.outside += 1;
@@ -330,7 +336,10 @@ mod tests {
         for pc in [back, back + 4] {
             log += &at_el1(0, pc); // KServ again: 2
         }
-        log += &at_el2(1, guest_sync); // core 1's exit: 1 more
+        for pc in [guest_sync, 0x4008_1100] {
+            log += &at_el2(1, pc); // core 1's exit, served by entering the guest again: 2 more
+        }
+        log += &at_el2(1, guest_sync); // its next exit: 1 more
         log += &at_el1(1, back); // KServ: 1
         log += &at_el2(0, run); // core 0's host call: 2 of its host part
         log += &at_el2(0, run + 4);
@@ -372,7 +381,7 @@ mod tests {
     #[test]
     fn cuts_each_cores_instructions_at_its_vcpu_runs() {
         let (shares, outside, guest) = shares_of(&sample());
-        assert_eq!(shares, [vec![share(9, 2, 5, true), share(3, 0, 2, false)], vec![share(3, 0, 1, false)]]);
+        assert_eq!(shares, [vec![share(9, 2, 5, true), share(3, 0, 2, false)], vec![share(5, 0, 1, false)]]);
         assert_eq!((outside, guest), (2, 1));
         assert_eq!((shares[0][0].el2(), shares[0][0].kserv()), (11, 5));
         assert_eq!((shares[0][1].el2(), shares[0][1].kserv()), (3, 0), "a core's last share is its VCPU_RUN");
@@ -385,7 +394,7 @@ mod tests {
         let log = sample();
         let classes = [vec![1, 0], vec![1]];
         let whole = by_class(&classes, &shares_of(&log).0, 2).unwrap();
-        assert_eq!(whole, [ClassTotal { exits: 1, el2: 3, kserv: 0 }, ClassTotal { exits: 2, el2: 14, kserv: 5 }]);
+        assert_eq!(whole, [ClassTotal { exits: 1, el2: 3, kserv: 0 }, ClassTotal { exits: 2, el2: 16, kserv: 5 }]);
         let lines: Vec<&str> = log.lines().collect();
         let (mut counted, mut unchanged) = (0, Vec::new());
         for dropped in 0..lines.len() {
@@ -404,7 +413,7 @@ mod tests {
             }
         }
         // Only the teardown's instruction after core 0's last VCPU_RUN is in no figure.
-        assert_eq!((counted, unchanged), (16, vec![lines.len() - 1]));
+        assert_eq!((counted, unchanged), (18, vec![lines.len() - 1]));
     }
 
     /// The k-th exit of a core is its k-th VCPU_RUN: a class list longer or shorter than the
