@@ -618,8 +618,9 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
         };
         let (pmu_el2, pmu_host) = pmu.map_or(("-".into(), "-".into()), |(e, h)| (e.to_string(), h.to_string()));
         println!(
-            "  {label:<40} {:>6} {el2_mean:>8} {host_mean:>10}  {pmu_el2:>9} {pmu_host:>10} {polluted:>8}  {xen_text:>7}  {status}",
-            exact.exits
+            "  {label:<40} {:>6} {el2_mean:>8} {host_mean:>10}  {pmu_el2:>9} {pmu_host:>10} {polluted:>8}  {xen_text:>7}  {status:<6}  \
+             dearest {} EL2, {} yields",
+            exact.exits, exact.max_el2, exact.spins
         );
     }
     Ok(())

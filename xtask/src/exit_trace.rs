@@ -30,6 +30,8 @@ pub struct Share {
     pub host_el2: u64,
     /// KServ's, after the return, up to the next VCPU_RUN.
     pub kserv: u64,
+    /// KCore's `yield`s among `run_el2` and `host_el2`: turns of its wait loops.
+    pub spins: u64,
     /// The VCPU_RUN came back to KServ (the instruction after its `hvc` ran).
     pub returned: bool,
     /// The next VCPU_RUN began: KServ's part is the exit's (a core's last share has none).
@@ -93,6 +95,7 @@ impl Kserv {
 #[derive(Default)]
 struct Visit {
     instructions: u64,
+    spins: u64,
     from_host: bool,
     entered_guest: bool,
 }
@@ -115,7 +118,7 @@ impl Core {
             if let Some(last) = self.shares.last_mut() {
                 last.closed = true;
             }
-            self.shares.push(Share { run_el2: visit.instructions, ..Share::default() });
+            self.shares.push(Share { run_el2: visit.instructions, spins: visit.spins, ..Share::default() });
             return 0;
         }
         let Some(share) = self.shares.last_mut() else { return visit.instructions };
@@ -123,6 +126,7 @@ impl Core {
             true => share.host_el2 += visit.instructions,
             false => share.run_el2 += visit.instructions,
         }
+        share.spins += visit.spins;
         0
     }
 }
@@ -173,6 +177,7 @@ impl<'a> ExitTracer<'a> {
                 return;
             };
             visit.instructions += 1;
+            visit.spins += u64::from(self.kcore.yields.contains(&pc));
             if pc == self.guest_enter {
                 (visit.entered_guest, core.in_guest) = (true, true);
             }
@@ -257,6 +262,9 @@ pub struct ClassTotal {
     pub exits: u64,
     pub el2: u64,
     pub kserv: u64,
+    /// The dearest exit's EL2 instructions, and the `yield`s (wait-loop turns) in all.
+    pub max_el2: u64,
+    pub spins: u64,
 }
 
 /// Lines up each core's exit classes with its shares, the k-th exit with the k-th VCPU_RUN, and
@@ -281,6 +289,7 @@ pub fn by_class(classes: &[Vec<usize>], shares: &[Vec<Share>], codes: usize) -> 
             }
             (total.exits, total.el2, total.kserv) =
                 (total.exits + 1, total.el2 + share.el2(), total.kserv + share.kserv());
+            (total.max_el2, total.spins) = (total.max_el2.max(share.el2()), total.spins + share.spins);
         }
     }
     Ok(totals)
@@ -364,7 +373,7 @@ mod tests {
     }
 
     fn share(run_el2: u64, host_el2: u64, kserv: u64, closed: bool) -> Share {
-        Share { run_el2, host_el2, kserv, returned: true, closed }
+        Share { run_el2, host_el2, kserv, spins: 0, returned: true, closed }
     }
 
     #[test]
@@ -394,7 +403,8 @@ mod tests {
         let log = sample();
         let classes = [vec![1, 0], vec![1]];
         let whole = by_class(&classes, &shares_of(&log).0, 2).unwrap();
-        assert_eq!(whole, [ClassTotal { exits: 1, el2: 3, kserv: 0 }, ClassTotal { exits: 2, el2: 16, kserv: 5 }]);
+        let total = |exits, el2, kserv, max_el2| ClassTotal { exits, el2, kserv, max_el2, spins: 0 };
+        assert_eq!(whole, [total(1, 3, 0, 3), total(2, 16, 5, 11)]);
         let lines: Vec<&str> = log.lines().collect();
         let (mut counted, mut unchanged) = (0, Vec::new());
         for dropped in 0..lines.len() {
