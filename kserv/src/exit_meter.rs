@@ -6,6 +6,7 @@
 //! The PMU's event counters are 32 bits wide (PMUv3 without FEAT_PMUv3p5), so the meter adds up
 //! deltas taken at every VCPU_RUN, each far below 2^32.
 
+use alloc::vec::Vec;
 use corevisor_abi::{exit, guest_dev, psci};
 
 /// What ended a VCPU_RUN, as the bench groups exits.
@@ -58,6 +59,12 @@ impl ExitClass {
             ExitClass::Other => "other",
             ExitClass::Console => "console",
         }
+    }
+
+    /// Its letter in `bench linux-classes` sequences: `a` and on, in [`ExitClass::ALL`]'s order
+    /// (its index is the `code` of its `bench linux-exit-NAME` line).
+    pub fn letter(self) -> char {
+        char::from(b'a' + self as u8)
     }
 
     /// The class of an exit with `reason` and first detail `a` (the address of an MMIO access).
@@ -138,11 +145,18 @@ pub struct ExitMeter {
     pending: Option<(ExitClass, Counts)>,
     /// Set once the SYSTEM_OFF exit came back: nothing more is added.
     pub done: bool,
+    /// The class of every exit counted, in order: xtask lines them up with this core's
+    /// VCPU_RUNs in QEMU's execution trace (`bench linux-classes`).
+    pub sequence: Vec<ExitClass>,
 }
+
+/// Exits [`ExitMeter::sequence`] holds without growing (a Linux boot makes about 1,100 per
+/// core): a push during the measured phase never reallocates.
+const SEQUENCE_CAPACITY: usize = 8_192;
 
 impl ExitMeter {
     pub fn new() -> ExitMeter {
-        ExitMeter::default()
+        ExitMeter { sequence: Vec::with_capacity(SEQUENCE_CAPACITY), ..ExitMeter::default() }
     }
 
     /// KServ is about to enter VCPU_RUN; `now` are the counters.
@@ -186,6 +200,7 @@ impl ExitMeter {
         let d = now.since(last);
         let class = ExitClass::of(reason, a);
         self.classes[class as usize].exits += 1;
+        self.sequence.push(class);
         (self.run.every_el, self.run.el2, self.run.exits) =
             (self.run.every_el + d.every_el, self.run.el2 + d.el2, self.run.exits + 1);
         self.last = Some(now);
@@ -230,6 +245,10 @@ mod tests {
         assert_eq!(ExitClass::of(exit::WFI, 5), ExitClass::Wfi);
         assert_eq!(ExitClass::of(exit::HVC, u64::from(psci::SYSTEM_OFF)), ExitClass::Psci);
         assert_eq!(ExitClass::of(exit::CONSOLE, 0), ExitClass::Console);
+        for (index, class) in ExitClass::ALL.into_iter().enumerate() {
+            assert_eq!(class as usize, index, "a class's code is its index in ALL");
+        }
+        assert_eq!((ExitClass::Pl011.letter(), ExitClass::Console.letter()), ('a', 'l'));
     }
 
     #[test]
@@ -242,6 +261,8 @@ mod tests {
         meter.after_run(at(200, 2000, 2500), exit::HVC, u64::from(psci::SYSTEM_OFF));
         assert!(meter.done);
         meter.before_run(at(300, 9000, 9000));
+        meter.after_run(at(400, 9900, 9900), exit::WFI, 0);
+        assert_eq!(meter.sequence, [ExitClass::Pl011, ExitClass::Psci], "exits after SYSTEM_OFF are not counted");
         let pl011 = meter.classes[ExitClass::Pl011 as usize];
         assert_eq!(pl011, ClassCost { exits: 1, el2: 110, host_el1: 50, polluted: 0 });
         assert_eq!(meter.classes[ExitClass::Psci as usize], ClassCost { exits: 1, el2: 90, host_el1: 0, polluted: 0 });

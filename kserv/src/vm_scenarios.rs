@@ -1514,16 +1514,30 @@ pub fn linux_bench(env: &VmEnv, gic: &GicInfo) -> Outcome {
     for class in ExitClass::ALL {
         let cost = classes[class as usize];
         kprintln!(
-            "bench linux-exit-{} exits={} el2={} host_el1={} polluted={}",
+            "bench linux-exit-{} exits={} el2={} host_el1={} polluted={} code={}",
             class.name(),
             cost.exits,
             cost.el2,
             cost.host_el1,
-            cost.polluted
+            cost.polluted,
+            class as usize
         );
+    }
+    // Each core's exits in order, a letter each, now that the measured phase is over: xtask
+    // lines them up with the core's VCPU_RUNs in QEMU's execution trace.
+    for (core, meter) in meters.iter().enumerate() {
+        let Some(meter) = meter else { continue };
+        kprintln!("bench linux-classes core={core} exits={}", meter.sequence.len());
+        for (chunk, classes) in meter.sequence.chunks(CLASSES_PER_LINE).enumerate() {
+            let letters: alloc::string::String = classes.iter().map(|class| class.letter()).collect();
+            kprintln!("bench linux-classes core={core} from={} seq={letters}", chunk * CLASSES_PER_LINE);
+        }
     }
     Ok(())
 }
+
+/// Exit classes per `bench linux-classes` line.
+const CLASSES_PER_LINE: usize = 100;
 
 /// The Linux console lines after which `host-attacks-linux` attacks, besides the VM's first
 /// exit (early in its boot, its kernel image just verified): its MMU is on; both vCPUs are up;

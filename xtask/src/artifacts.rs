@@ -55,6 +55,8 @@ pub struct Artifacts {
     pub image: PathBuf,
     /// KCore's ELF (with KServ inside), for its symbols.
     pub kcore_elf: PathBuf,
+    /// KServ's ELF, for its text's addresses.
+    pub kserv_elf: PathBuf,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -122,7 +124,8 @@ pub fn build(board: &Board, flavor: Flavor) -> Result<Artifacts, String> {
     kserv_args.extend(common);
     cargo(&kserv_args, &[])?;
     let kserv = dir.join("kserv.bin");
-    to_raw(&release.join("kserv"), &kserv)?;
+    let kserv_elf = release.join("kserv");
+    to_raw(&kserv_elf, &kserv)?;
 
     let features = format!("{}{}", board.name, flavor.features());
     let mut kcore_args = vec!["build", "-p", "corevisor", "--features", &features];
@@ -131,7 +134,7 @@ pub fn build(board: &Board, flavor: Flavor) -> Result<Artifacts, String> {
     let image = dir.join("corevisor.bin");
     let kcore_elf = release.join("corevisor");
     to_raw(&kcore_elf, &image)?;
-    Ok(Artifacts { kserv, image, kcore_elf })
+    Ok(Artifacts { kserv, image, kcore_elf, kserv_elf })
 }
 
 #[cfg(test)]

@@ -505,8 +505,14 @@ fn bare_linux_instructions(qemu: &Qemu, guest: &crate::linux::LinuxGuest) -> Res
 }
 
 /// The same guest under corevisor (Bench flavor, `scenario=linux-bench`), 2 vCPUs each on its
-/// own core, 128 MiB, [`crate::linux::CMDLINE`] (no earlycon: the bare run has none).
-fn corevisor_linux_run(qemu: &Qemu, guest: &crate::linux::LinuxGuest) -> Result<String, String> {
+/// own core, 128 MiB, [`crate::linux::CMDLINE`] (no earlycon: the bare run has none), `extra`
+/// added to QEMU's options.
+fn corevisor_linux_run(
+    qemu: &Qemu,
+    guest: &crate::linux::LinuxGuest,
+    artifacts: &artifacts::Artifacts,
+    extra: &[&str],
+) -> Result<String, String> {
     use crate::linux::{CMDLINE, GUEST_CPUS, GUEST_MEM_MIB};
     let run = crate::GuestRun {
         kernel: guest.image.clone(),
@@ -517,10 +523,10 @@ fn corevisor_linux_run(qemu: &Qemu, guest: &crate::linux::LinuxGuest) -> Result<
         scenario: "linux-bench",
     };
     let bundle = crate::write_linux_bundle(&run, "linux-bench.img")?;
-    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
-    let mut command = qemu::command(qemu, Variant::VirtGicV3, &artifacts, "scenario=linux-bench", Some(&bundle))?;
-    command.args(qemu::DETERMINISTIC_TIME);
-    let guard = qemu::Guard { cpu: Duration::from_secs(900), wall: Duration::from_secs(900) };
+    let mut command = qemu::command(qemu, Variant::VirtGicV3, artifacts, "scenario=linux-bench", Some(&bundle))?;
+    command.args(qemu::DETERMINISTIC_TIME).args(extra);
+    // Traced, QEMU runs every instruction as its own block: some minutes on a shared machine.
+    let guard = qemu::Guard { cpu: Duration::from_secs(1800), wall: Duration::from_secs(2400) };
     let run = qemu::run_captured(command, guard)?;
     let problems = crate::linux::check(run.status, &run.console, GUEST_CPUS);
     if !problems.is_empty() || !run.console.contains("kserv: scenario linux-bench: PASS") {
@@ -533,6 +539,47 @@ fn corevisor_linux_run(qemu: &Qemu, guest: &crate::linux::LinuxGuest) -> Result<
     Ok(run.console)
 }
 
+/// The corevisor Linux boot untraced, for the run phase (the PMU's count, as the bare boot's),
+/// and traced ([`crate::exit_trace`]): the consoles of both, and each class's exits and exact
+/// instructions, by class code, in the traced run, whose cores' VCPU_RUNs must line up with the
+/// exit classes its KServ recorded. The trace's `one-insn-per-tb` changes the cores' turns here
+/// (a core that makes another's interrupt pending ends its turn at the next block, now the next
+/// instruction), so the traced run is checked against a third, untraced run with
+/// `one-insn-per-tb` alone: every bench line (run phase, each class's PMU figures and exits,
+/// each core's exit classes in order) must be the same, or the logging changed what it counts.
+fn traced_linux_run(
+    qemu: &Qemu,
+    guest: &crate::linux::LinuxGuest,
+) -> Result<(String, String, Vec<crate::exit_trace::ClassTotal>), String> {
+    use crate::exit_trace::{by_class, class_sequences, ExitTracer, Kserv};
+    let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
+    let untraced = corevisor_linux_run(qemu, guest, &artifacts, &[])?;
+    let kcore = el2_trace::Kcore::of_elf(&artifacts.kcore_elf)?;
+    let kserv = Kserv::of_elf(&artifacts.kserv_elf)?;
+    let mut tracer = ExitTracer::new(&kcore, &kserv)?;
+    let fifo = artifacts::root().join("target/xtask/bench-linux.trace");
+    let args = tracer.qemu_args(&fifo);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let blocks = args.iter().position(|&a| a == "-accel").map_or(&[][..], |at| &args[at..at + 2]);
+    let same_blocks = corevisor_linux_run(qemu, guest, &artifacts, blocks)?;
+    let traced = el2_trace::traced(&fifo, &mut tracer, || corevisor_linux_run(qemu, guest, &artifacts, &args))?;
+    let log = artifacts::root().join("target/xtask/bench-linux-traced.log");
+    std::fs::write(&log, &traced).map_err(|e| format!("{}: {e}", log.display()))?;
+    let bench_lines = |console: &str| -> Vec<String> {
+        console.lines().filter(|l| l.starts_with("kserv: bench ")).map(|l| l.trim_end().to_string()).collect()
+    };
+    if bench_lines(&traced) != bench_lines(&same_blocks) {
+        return Err(format!(
+            "the traced Linux run took other turns than the untraced one with {blocks:?} (see {}):\n{}",
+            log.display(),
+            bench_lines(&same_blocks).join("\n")
+        ));
+    }
+    let codes = parse(&traced).iter().filter_map(|l| l.get("code")).max().map_or(0, |c| c as usize + 1);
+    let totals = by_class(&class_sequences(&traced)?, &tracer.finish(), codes)?;
+    Ok((untraced, traced, totals))
+}
+
 /// Issue 13: the Linux boot under corevisor against the same boot bare, and each exit class's
 /// EL2 and KServ instructions beside Xen's means. Both sides count the same thing, QEMU's own
 /// instruction count: every core's instructions, none for the time QEMU skips while every core
@@ -542,27 +589,37 @@ fn corevisor_linux_run(qemu: &Qemu, guest: &crate::linux::LinuxGuest) -> Result<
 fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     let guest = crate::linux::reference_guest()?;
     let bare = bare_linux_instructions(qemu, &guest)?;
-    let console = corevisor_linux_run(qemu, &guest)?;
-    let lines = parse(&console);
-    let find = |name: &str| lines.iter().find(|l| l.name == name).ok_or(format!("no `bench {name}` figure"));
-    let run = find("linux-run")?;
+    let (untraced, traced, classes) = traced_linux_run(qemu, &guest)?;
+    let (untraced, lines) = (parse(&untraced), parse(&traced));
+    let find_in = |lines: &'_ [BenchLine<'_>], name: &str| {
+        lines.iter().position(|l| l.name == name).ok_or(format!("no `bench {name}` figure"))
+    };
     let get = |line: &BenchLine, key: &str| line.get(key).ok_or(format!("`bench {}` has no {key}", line.name));
-    let total = get(run, "every_el")?;
-    // Each class's mean over its exits that held no other core's work; KCore's and KServ's
-    // shares of the run phase are those means over all its exits.
+    let total = get(&untraced[find_in(&untraced, "linux-run")?], "every_el")?;
+    let find = |name: &str| find_in(&lines, name).map(|at| &lines[at]);
+    let run = find("linux-run")?;
+    let traced_total = get(run, "every_el")?;
+    // Each class: the trace's exact figures, and the PMU's mean over the exits that held no
+    // other core's work (an upper bound), beside Xen's. KCore's and KServ's shares of the run
+    // phase are the trace's, every exit included.
     let mut rows = Vec::new();
-    let (mut el2, mut host) = (0, 0);
     for (name, label, xen) in XEN_MEANS {
         let line = find(&format!("linux-exit-{name}"))?;
         let (exits, polluted) = (get(line, "exits")?, get(line, "polluted")?);
-        let clean = exits - polluted;
-        if exits == 0 || clean == 0 {
+        let exact = classes.get(get(line, "code")? as usize).copied().unwrap_or_default();
+        if exact.exits != exits {
+            return Err(format!("{name}: the trace lined up {} exits, KServ counted {exits}", exact.exits));
+        }
+        if exits == 0 {
             continue;
         }
-        let (el2_mean, host_mean) = (get(line, "el2")? / clean, get(line, "host_el1")? / clean);
-        (el2, host) = (el2 + el2_mean * exits, host + host_mean * exits);
-        rows.push((label, exits, polluted, el2_mean, host_mean, xen));
+        let clean = exits - polluted;
+        let pmu =
+            (clean > 0).then(|| (get(line, "el2").unwrap_or(0) / clean, get(line, "host_el1").unwrap_or(0) / clean));
+        rows.push((label, exact, polluted, pmu, xen));
     }
+    let el2: u64 = classes.iter().map(|c| c.el2).sum();
+    let host: u64 = classes.iter().map(|c| c.kserv).sum();
     let ratio = total as f64 / bare as f64;
     let status = if ratio <= LINUX_RATIO_TARGET { "met" } else { "MISSED" };
     println!(
@@ -573,28 +630,37 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     );
     println!("  bare (QEMU's count, every core, reset to the stop after SYSTEM_OFF):  {bare:>13}");
     println!("  corevisor run phase (QEMU's count read by core 0's PMU, every core, first VCPU_RUN to SYSTEM_OFF): {total:>13}");
+    let exits: u64 = classes.iter().map(|c| c.exits).sum();
     println!(
-        "    at EL2 (KCore, every core): {el2} ({:.2}%); KServ at EL1: {host} ({:.2}%); guest: {} (class means times exits)",
-        pct(el2, total),
-        pct(host, total),
-        total.saturating_sub(el2 + host)
+        "  the traced run (another run: its own turns): run phase {traced_total} ({:.4}x bare), {exits} exits; at EL2 \
+         (KCore, every core, each exit from its VCPU_RUN to the next): {el2} ({:.2}%); KServ at EL1: {host} ({:.2}%)",
+        traced_total as f64 / bare as f64,
+        pct(el2, traced_total),
+        pct(host, traced_total),
     );
     println!("  ratio {ratio:.4}x  (target <= {LINUX_RATIO_TARGET}x, Xen 4.17: {XEN_RATIO}x)  {status}");
     println!(
-        "  per exit class: count, exits left out (another core's work inside: > {} at one EL), mean EL2 (KCore) and EL1 \
-         (KServ) instructions of the others, Xen's mean EL2 (target):",
+        "  per exit class of the traced run, over every core: exits, mean EL2 (KCore) and EL1 (KServ) instructions per \
+         exit, each core's own from QEMU's execution trace (VCPU_RUN to the next); the same run's PMU means, upper \
+         bounds, over its exits without another core's work (> {} at one EL: left out); Xen's mean EL2 (target):",
         get(run, "polluted_above")?
     );
     println!(
-        "  {:<40} {:>8} {:>8} {:>9} {:>9} {:>9}  status",
-        "class", "exits", "left out", "EL2/exit", "KServ/exit", "Xen EL2"
+        "  {:<40} {:>6} {:>8} {:>10}  {:>9} {:>10} {:>8}  {:>7}  status",
+        "class", "exits", "EL2/exit", "KServ/exit", "PMU: EL2", "KServ", "left out", "Xen EL2"
     );
-    for (label, exits, polluted, el2_mean, host_mean, xen) in rows {
+    for (label, exact, polluted, pmu, xen) in rows {
+        let (el2_mean, host_mean) = (exact.el2 / exact.exits, exact.kserv / exact.exits);
         let (xen_text, status) = match xen {
             Some(x) => (x.to_string(), if el2_mean <= *x { "met" } else { "MISSED" }),
             None => ("-".to_string(), ""),
         };
-        println!("  {label:<40} {exits:>8} {polluted:>8} {el2_mean:>9} {host_mean:>9} {xen_text:>9}  {status}");
+        let (pmu_el2, pmu_host) = pmu.map_or(("-".into(), "-".into()), |(e, h)| (e.to_string(), h.to_string()));
+        println!(
+            "  {label:<40} {:>6} {el2_mean:>8} {host_mean:>10}  {pmu_el2:>9} {pmu_host:>10} {polluted:>8}  {xen_text:>7}  {status:<6}  \
+             dearest {} EL2, {} wait-loop pauses",
+            exact.exits, exact.max_el2, exact.spins
+        );
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ pub const GUEST_SYNC: u64 = 0xc00;
 /// The TB flags' MMU index (bits 4-7 of `<flags>` in QEMU 10) of code running at EL2
 /// (`ARMMMUIdx_E2`; EL1 code under stage 2 has 2, `ARMMMUIdx_E10_1`): a guest's code may sit at
 /// the same addresses as KCore's text (a Linux kernel loaded at IPA 0x4000_0000 does).
-const EL2_MMU_INDEX: u64 = 6;
+pub(crate) const EL2_MMU_INDEX: u64 = 6;
 /// Two pauses of one wait loop are at most this many instructions apart (a turn of the ticket
 /// lock's loop is four: `wfe`, `ldaxr`, `cmp`, `b.ne`); farther apart, or at another PC, they are
 /// two waits.
@@ -147,19 +147,7 @@ impl Kcore {
     /// [`Kcore::of_elf`] from the tools' outputs: section headers, symbols, disassembly (with
     /// its inlined functions' ranges).
     pub fn parse(headers: &str, nm: &str, disassembly: &str) -> Result<Kcore, String> {
-        let text = headers
-            .lines()
-            .find_map(|l| {
-                let words: Vec<&str> = l.split_whitespace().collect();
-                match words[..] {
-                    [_, ".text", size, vma, ..] => {
-                        let (size, vma) = (u64::from_str_radix(size, 16).ok()?, u64::from_str_radix(vma, 16).ok()?);
-                        Some(vma..vma + size)
-                    }
-                    _ => None,
-                }
-            })
-            .ok_or("KCore's ELF has no .text")?;
+        let text = text_section(headers).ok_or("KCore's ELF has no .text")?;
         let symbols: Vec<(u64, String)> = nm
             .lines()
             .filter_map(|l| {
@@ -198,10 +186,24 @@ impl Kcore {
     }
 
     /// The offset of `pc` in its vector set if it is the first instruction of a vector slot.
-    fn vector_entry(&self, pc: u64) -> Option<u64> {
+    pub(crate) fn vector_entry(&self, pc: u64) -> Option<u64> {
         let offset = pc.checked_sub(self.vectors.start)?;
         (pc < self.vectors.end && offset % VECTOR_SLOT == 0).then_some(offset % VECTOR_SET)
     }
+}
+
+/// The `.text` section's addresses in `llvm-objdump -h`'s section headers.
+pub(crate) fn text_section(headers: &str) -> Option<Range<u64>> {
+    headers.lines().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        match words[..] {
+            [_, ".text", size, vma, ..] => {
+                let (size, vma) = (u64::from_str_radix(size, 16).ok()?, u64::from_str_radix(vma, 16).ok()?);
+                Some(vma..vma + size)
+            }
+            _ => None,
+        }
+    })
 }
 
 /// One trap on one core: its instructions at EL2 from the vector to the `eret`.
@@ -387,8 +389,19 @@ impl<'a> Tracer<'a> {
     }
 }
 
+/// What [`traced`] feeds a log to: [`Tracer`], or another cut of the same log.
+pub trait ReadsTrace {
+    fn read(&mut self, log: impl BufRead) -> Result<(), String>;
+}
+
+impl ReadsTrace for Tracer<'_> {
+    fn read(&mut self, log: impl BufRead) -> Result<(), String> {
+        Tracer::read(self, log)
+    }
+}
+
 /// The cpu index, PC and TB flags of a `Trace <cpu>: <ptr> [<cs_base>/<pc>/<flags>/<cflags>]` line.
-fn parse_line(line: &str) -> Option<(usize, u64, u64)> {
+pub(crate) fn parse_line(line: &str) -> Option<(usize, u64, u64)> {
     let rest = line.strip_prefix("Trace ")?;
     let (cpu, rest) = rest.split_once(':')?;
     let (_, tb) = rest.split_once('[')?;
@@ -400,7 +413,11 @@ fn parse_line(line: &str) -> Option<(usize, u64, u64)> {
 /// Runs `command` (QEMU, with [`Kcore::qemu_args`] logging into `fifo`) by `run` while a second
 /// thread feeds the log to `tracer` through the named pipe `fifo`: the log of a whole run is
 /// gigabytes, and never reaches the disk. `fifo` is made here and removed after.
-pub fn traced<T>(fifo: &Path, tracer: &mut Tracer, run: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+pub fn traced<T>(
+    fifo: &Path,
+    tracer: &mut (impl ReadsTrace + Send),
+    run: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
     let _ = std::fs::remove_file(fifo);
     let made = Command::new("mkfifo").arg(fifo).status().map_err(|e| format!("cannot run mkfifo: {e}"))?;
     if !made.success() {

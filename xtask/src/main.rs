@@ -6,6 +6,7 @@ mod artifacts;
 mod bench;
 mod dtb;
 mod el2_trace;
+mod exit_trace;
 mod guests;
 mod linux;
 mod qemu;
