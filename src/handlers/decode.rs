@@ -14,7 +14,7 @@ use crate::machine::features::IdReg;
 use crate::machine::{GuestExit, TrapFrame, TrapKind, CALL_REGS};
 use crate::mutation::{planted, Mutation};
 use crate::vcpu::vgic::{Intid, Virq};
-use crate::vcpu::{DataAccess, VcpuContext};
+use crate::vcpu::DataAccess;
 use corevisor_abi::console::{PL011_DR, PL011_FR};
 use corevisor_abi::{guest_call, host_call, psci, Status};
 
@@ -508,30 +508,13 @@ impl GuestTrap {
         trap.in_place().then_some(trap)
     }
 
-    /// A data abort with syndrome `esr` (no SError pending), decoded exactly as [`Self::decode`]
-    /// decodes it with the fault registers `fault_registers` reads, if it is a console access
-    /// a fast path could serve for `vcpu` of a VM whose console page is `console`
-    /// ([`Self::console_in_place`]); `None` otherwise. The world switch offers no data abort to
-    /// its fast path today (README, "The console in KCore"), so only the tests' in-place
-    /// property uses it.
-    #[cfg(test)]
-    pub fn decode_console_in_place(
-        esr: u64,
-        vcpu: &VcpuContext,
-        console: Option<Ipa>,
-        fault_registers: impl FnOnce() -> (u64, u64),
-    ) -> Option<GuestTrap> {
-        let trap =
-            Self::decode(GuestExit { kind: TrapKind::Sync, serror: false }, esr, &vcpu.gprs.frame, fault_registers);
-        trap.console_in_place(console, vcpu).then_some(trap)
-    }
-
     /// Whether KCore serves this exit without the host and without any guest register but
     /// x0..x18, x30, ELR and SPSR, so that the world switch's fast path may serve it in place,
     /// where x19..x29 stay in the CPU (`machine::world_switch::GuestWorld`): a share call, an
     /// `hvc`/`smc` with a non-zero immediate (an UNDEF), and a trapped MSR/MRS/SYS whose
     /// register is none of x19..x29 (emulated, or an UNDEF). The dispatcher answers each of
-    /// them with `Resume`, `Share` or `Undef`. (Console accesses: [`Self::console_in_place`].)
+    /// them with `Resume`, `Share` or `Undef`. Never a data abort: the console's accesses are
+    /// served in place by the full exit's loop (`trap_handler::vcpu_run`).
     #[inline]
     pub fn in_place(&self) -> bool {
         !self.serror
@@ -541,24 +524,6 @@ impl GuestTrap {
                     !(19..=29).contains(&op.rt) || planted(Mutation::InPlaceTakesCalleeSavedRegister)
                 }
                 _ => false,
-            }
-    }
-
-    /// Whether this exit of `vcpu` (of a VM whose console page is `console`) is a console access
-    /// ([`Self::console_access`]) that the fast path may serve in place, as [`Self::in_place`]
-    /// says for calls: its register is none of x19..x29, and it does not send the vCPU's console
-    /// buffer to the host (a newline, or the byte that fills it: those exit in full). The
-    /// dispatcher answers it with `Resume`.
-    #[inline]
-    pub fn console_in_place(&self, console: Option<Ipa>, vcpu: &VcpuContext) -> bool {
-        let GuestCause::Abort { access: Some(access), .. } = self.cause else { return false };
-        // The register first: x19..x29 of the frame are stale in the fast path.
-        !self.serror
-            && !(19..=29).contains(&access.reg)
-            && match self.console_access(console, &vcpu.gprs.frame) {
-                Some(ConsoleAccess::Transmit(byte)) => vcpu.console.takes_in_place(byte),
-                Some(ConsoleAccess::ReadFlags(_)) => true,
-                None => false,
             }
     }
 }

@@ -98,12 +98,6 @@ impl ConsoleBuffer {
         byte == b'\n' || filling
     }
 
-    /// Whether a push of `byte` keeps the guest running.
-    #[inline]
-    pub fn takes_in_place(&self, byte: u8) -> bool {
-        byte != b'\n' && self.len + 1 < Self::CAPACITY
-    }
-
     /// The bytes waiting for the host.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes[..self.len]

@@ -687,8 +687,8 @@ fn any_fast_path_esr() -> impl Strategy<Value = u64> {
 /// serve in place, decoded from random syndromes, registers, addresses and console buffers, is
 /// one the dispatcher serves inside KCore (`Resume`, `Share` or `Undef`), and the dispatcher
 /// changes no register the fast path does not save and restore (x19..x29), nor the vCPU's
-/// pending state; the fast path's own decode (which reads the fault registers only for a data
-/// abort) agrees with the general one. The fast path serves an exit with the same dispatcher as
+/// pending state; the fast path's own decode agrees with the general one, and declines every
+/// data abort (the console's too: the full exit's loop serves those). The fast path serves an exit with the same dispatcher as
 /// the full exit, so each in-place exit has the effect it would have had there.
 fn in_place_exits_touch_only_saved_registers(
     (esr, x, pc, serror, ipa, (console, fill)): FastPathCase,
@@ -700,15 +700,10 @@ fn in_place_exits_touch_only_saved_registers(
     vcpu.gprs.frame.elr = pc;
     let fault_registers = || (ipa, (ipa >> 12) << 4);
     let trap = GuestTrap::decode(GuestExit { kind: TrapKind::Sync, serror }, esr, &vcpu.gprs.frame, fault_registers);
-    let in_place = trap.in_place() || trap.console_in_place(env.console, &vcpu);
+    let in_place = trap.in_place();
     if !serror {
-        // The fast path's own decodes are the general one, cut short (`serve_fast`: data aborts
-        // go to the console's).
-        let fast = if crate::handlers::esr::class(esr) == crate::handlers::esr::ec::DABT_LOW {
-            GuestTrap::decode_console_in_place(esr, &vcpu, env.console, fault_registers)
-        } else {
-            GuestTrap::decode_in_place(esr, &vcpu.gprs.frame)
-        };
+        // The fast path's own decode is the general one, cut short (`serve_fast`).
+        let fast = GuestTrap::decode_in_place(esr, &vcpu.gprs.frame);
         prop_assert_eq!(fast, Some(trap).filter(|_| in_place));
     }
     if !in_place {
@@ -965,7 +960,7 @@ fn refinement_catches_a_console_served_on_another_page() {
 /// (as Linux's pl011 driver writes), reaches the host whole and in order: newline-ended lines
 /// and a line longer than the buffer, in batches that come with CONSOLE exits, the bytes after
 /// the last batch with the next exit of any kind (here a WFI); every access but the
-/// batch-ending stores is one the fast path serves in place.
+/// batch-ending stores is served in place, without the host.
 #[test]
 fn console_output_reaches_the_host_whole_and_in_order() {
     const STRB_W1: u64 = 0x24 << 26 | 1 << 25 | 1 << 24 | 1 << 16 | 1 << 6;
@@ -987,7 +982,6 @@ fn console_output_reaches_the_host_whole_and_in_order() {
         vcpu.gprs.frame.x[2] = 0x1234_5678_9abc_def0;
         let fr = || (CONSOLE_PAGE + 0x18, (CONSOLE_PAGE >> 12) << 4);
         let trap = GuestTrap::decode(sync, LDR_W2_FR, &vcpu.gprs.frame, fr);
-        assert!(trap.console_in_place(env.console, &vcpu));
         assert_eq!(vm_exit_dispatcher(trap, &mut vcpu, &env), VmExit::Resume);
         // A 32-bit load: TXFE | RXFE, the register's upper half cleared.
         assert_eq!(vcpu.gprs.frame.x[2], 0x90);
@@ -995,11 +989,9 @@ fn console_output_reaches_the_host_whole_and_in_order() {
         let pc = vcpu.gprs.frame.elr;
         let dr = || (CONSOLE_PAGE, (CONSOLE_PAGE >> 12) << 4);
         let trap = GuestTrap::decode(sync, STRB_W1, &vcpu.gprs.frame, dr);
-        let fast = trap.console_in_place(env.console, &vcpu);
         match vm_exit_dispatcher(trap, &mut vcpu, &env) {
-            VmExit::Resume => in_place += usize::from(fast),
+            VmExit::Resume => in_place += 1,
             VmExit::ToHost(record) => {
-                assert!(!fast);
                 assert_eq!(record, crate::vcpu::ExitRecord { reason: exit::CONSOLE, details: [0; 4] });
                 exits += 1;
                 drain(&mut vcpu, &mut host);
@@ -1044,7 +1036,7 @@ fn other_pl011_accesses_exit_as_mmio() {
         let ipa = CONSOLE_PAGE + offset;
         let sync = GuestExit { kind: TrapKind::Sync, serror: false };
         let trap = GuestTrap::decode(sync, DABT | iss, &vcpu.gprs.frame, || (ipa, (ipa >> 12) << 4));
-        assert!(!trap.console_in_place(env.console, &vcpu) && !trap.in_place());
+        assert!(!trap.in_place());
         let exit = vm_exit_dispatcher(trap, &mut vcpu, env);
         assert!(matches!(exit, VmExit::ToHost(r) if r.reason == exit::MMIO && r.details[0] == ipa), "{exit:?}");
         assert!(vcpu.console.bytes().is_empty());
