@@ -540,17 +540,19 @@ fn corevisor_linux_run(
 }
 
 /// The corevisor Linux boot untraced, for the run phase (the PMU's count, as the bare boot's),
-/// and traced ([`crate::exit_trace`]): the consoles of both, and each class's exits and exact
-/// instructions, by class code, in the traced run, whose cores' VCPU_RUNs must line up with the
-/// exit classes its KServ recorded. The trace's `one-insn-per-tb` changes the cores' turns here
-/// (a core that makes another's interrupt pending ends its turn at the next block, now the next
-/// instruction), so the traced run is checked against a third, untraced run with
-/// `one-insn-per-tb` alone: every bench line (run phase, each class's PMU figures and exits,
-/// each core's exit classes in order) must be the same, or the logging changed what it counts.
+/// and traced ([`crate::exit_trace`]): the consoles of both, each class's exits and exact
+/// instructions, by class code, in the traced run, whose cores' exit windows must line up with
+/// the exit classes its KServ recorded, and the trace's cut (in-place visits, the rest), which
+/// must reconcile with every instruction the trace counted. The trace's `one-insn-per-tb`
+/// changes the cores' turns here (a core that makes another's interrupt pending ends its turn at
+/// the next block, now the next instruction), so the traced run is checked against a third,
+/// untraced run with `one-insn-per-tb` alone: every bench line (run phase, each class's PMU
+/// figures and exits, each core's exit classes in order) must be the same, or the logging
+/// changed what it counts.
 fn traced_linux_run(
     qemu: &Qemu,
     guest: &crate::linux::LinuxGuest,
-) -> Result<(String, String, Vec<crate::exit_trace::ClassTotal>), String> {
+) -> Result<(String, String, Vec<crate::exit_trace::ClassTotal>, crate::exit_trace::Cut), String> {
     use crate::exit_trace::{by_class, class_sequences, ExitTracer, Kserv};
     let artifacts = artifacts::build(&corevisor_boards::qemu_virt::BOARD, Flavor::Bench)?;
     let untraced = corevisor_linux_run(qemu, guest, &artifacts, &[])?;
@@ -576,8 +578,10 @@ fn traced_linux_run(
         ));
     }
     let codes = parse(&traced).iter().filter_map(|l| l.get("code")).max().map_or(0, |c| c as usize + 1);
-    let totals = by_class(&class_sequences(&traced)?, &tracer.finish(), codes)?;
-    Ok((untraced, traced, totals))
+    let cut = tracer.finish();
+    cut.reconcile()?;
+    let totals = by_class(&class_sequences(&traced)?, &cut.shares, codes)?;
+    Ok((untraced, traced, totals, cut))
 }
 
 /// Issue 13: the Linux boot under corevisor against the same boot bare, and each exit class's
@@ -587,9 +591,10 @@ fn traced_linux_run(
 /// PMU every-EL counter, which under `-icount` reads that same machine-wide count
 /// (`icount_get_raw`), from vCPU 0's first VCPU_RUN to the return of its SYSTEM_OFF exit.
 fn linux_bench(qemu: &Qemu) -> Result<(), String> {
+    use crate::exit_trace::InPlace;
     let guest = crate::linux::reference_guest()?;
     let bare = bare_linux_instructions(qemu, &guest)?;
-    let (untraced, traced, classes) = traced_linux_run(qemu, &guest)?;
+    let (untraced, traced, classes, cut) = traced_linux_run(qemu, &guest)?;
     let (untraced, lines) = (parse(&untraced), parse(&traced));
     let find_in = |lines: &'_ [BenchLine<'_>], name: &str| {
         lines.iter().position(|l| l.name == name).ok_or(format!("no `bench {name}` figure"))
@@ -600,8 +605,7 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     let run = find("linux-run")?;
     let traced_total = get(run, "every_el")?;
     // Each class: the trace's exact figures, and the PMU's mean over the exits that held no
-    // other core's work (an upper bound), beside Xen's. KCore's and KServ's shares of the run
-    // phase are the trace's, every exit included.
+    // other core's work (an upper bound, over the old cut: VCPU_RUN to VCPU_RUN), beside Xen's.
     let mut rows = Vec::new();
     for (name, label, xen) in XEN_MEANS {
         let line = find(&format!("linux-exit-{name}"))?;
@@ -620,6 +624,7 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     }
     let el2: u64 = classes.iter().map(|c| c.el2).sum();
     let host: u64 = classes.iter().map(|c| c.kserv).sum();
+    let in_place: u64 = cut.in_place.iter().map(|kind| kind.el2).sum();
     let ratio = total as f64 / bare as f64;
     let status = if ratio <= LINUX_RATIO_TARGET { "met" } else { "MISSED" };
     println!(
@@ -632,35 +637,71 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     println!("  corevisor run phase (QEMU's count read by core 0's PMU, every core, first VCPU_RUN to SYSTEM_OFF): {total:>13}");
     let exits: u64 = classes.iter().map(|c| c.exits).sum();
     println!(
-        "  the traced run (another run: its own turns): run phase {traced_total} ({:.4}x bare), {exits} exits; at EL2 \
-         (KCore, every core, each exit from its VCPU_RUN to the next): {el2} ({:.2}%); KServ at EL1: {host} ({:.2}%)",
+        "  the traced run (another run: its own turns): run phase {traced_total} ({:.4}x bare), {exits} exits; KCore at \
+         EL2, every core, the whole trace: {} ({:.2}% of the run phase) = the exits' windows {el2} + served in place \
+         {in_place} + outside {} (boot, each core's first VCPU_RUN, the teardown); KServ at EL1: {} = the windows' \
+         {host} ({:.2}%) + outside {}",
         traced_total as f64 / bare as f64,
-        pct(el2, traced_total),
+        cut.el2,
+        pct(cut.el2, traced_total),
+        cut.outside_el2,
+        cut.kserv,
         pct(host, traced_total),
+        cut.outside_kserv,
     );
     println!("  ratio {ratio:.4}x  (target <= {LINUX_RATIO_TARGET}x, Xen 4.17: {XEN_RATIO}x)  {status}");
     println!(
-        "  per exit class of the traced run, over every core: exits, mean EL2 (KCore) and EL1 (KServ) instructions per \
-         exit, each core's own from QEMU's execution trace (VCPU_RUN to the next); the same run's PMU means, upper \
-         bounds, over its exits without another core's work (> {} at one EL: left out); Xen's mean EL2 (target):",
+        "  per exit class of the traced run, over every core: exits, mean EL2 (KCore) instructions per exit from the \
+         guest's trap to its resume (QEMU's execution trace, each core's own: the trap to the return to KServ, the host \
+         calls, the next VCPU_RUN's entry), and EL1 (KServ); the same run's PMU means, another cut (VCPU_RUN to the \
+         next, the in-place traps between included), upper bounds, over its exits without another core's work (> {} at \
+         one EL: left out); Xen's mean EL2 per trap (target):",
         get(run, "polluted_above")?
     );
     println!(
-        "  {:<40} {:>6} {:>8} {:>10}  {:>9} {:>10} {:>8}  {:>7}  status",
-        "class", "exits", "EL2/exit", "KServ/exit", "PMU: EL2", "KServ", "left out", "Xen EL2"
+        "  {:<40} {:>6} {:>8} {:>20} {:>10}  {:>14} {:>10} {:>8}  {:>7}  status",
+        "class",
+        "exits",
+        "EL2/exit",
+        "trap+host+entry",
+        "KServ/exit",
+        "PMU, old: EL2",
+        "KServ",
+        "left out",
+        "Xen EL2"
     );
     for (label, exact, polluted, pmu, xen) in rows {
         let (el2_mean, host_mean) = (exact.el2 / exact.exits, exact.kserv / exact.exits);
+        let parts = format!(
+            "{}+{}+{}",
+            exact.trap_el2 / exact.exits,
+            exact.host_el2 / exact.exits,
+            exact.entry_el2 / exact.exits
+        );
         let (xen_text, status) = match xen {
             Some(x) => (x.to_string(), if el2_mean <= *x { "met" } else { "MISSED" }),
             None => ("-".to_string(), ""),
         };
         let (pmu_el2, pmu_host) = pmu.map_or(("-".into(), "-".into()), |(e, h)| (e.to_string(), h.to_string()));
         println!(
-            "  {label:<40} {:>6} {el2_mean:>8} {host_mean:>10}  {pmu_el2:>9} {pmu_host:>10} {polluted:>8}  {xen_text:>7}  {status:<6}  \
-             dearest {} EL2, {} wait-loop pauses",
+            "  {label:<40} {:>6} {el2_mean:>8} {parts:>20} {host_mean:>10}  {pmu_el2:>14} {pmu_host:>10} {polluted:>8}  \
+             {xen_text:>7}  {status:<6}  dearest {} EL2, {} wait-loop pauses",
             exact.exits, exact.max_el2, exact.spins
         );
+    }
+    println!("  the guest's traps KCore served in place (no exit, in no window), by the path the trace shows:");
+    for kind in InPlace::ALL {
+        let visits = cut.in_place[kind as usize];
+        if visits.visits > 0 {
+            println!(
+                "  {:<52} {:>8} visits, {:>6} EL2/visit, dearest {}, {} wait-loop pauses",
+                kind.label(),
+                visits.visits,
+                visits.el2 / visits.visits,
+                visits.max_el2,
+                visits.spins
+            );
+        }
     }
     Ok(())
 }
