@@ -660,15 +660,7 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     );
     println!(
         "  {:<40} {:>6} {:>8} {:>20} {:>10}  {:>14} {:>10} {:>8}  {:>7}  status",
-        "class",
-        "exits",
-        "EL2/exit",
-        "trap+host+entry",
-        "KServ/exit",
-        "PMU, old: EL2",
-        "KServ",
-        "left out",
-        "Xen EL2"
+        "class", "exits", "EL2/exit", "trap+host+entry", "KServ/exit", "PMU, old: EL2", "KServ", "left out", "Xen EL2"
     );
     for (label, exact, polluted, pmu, xen) in rows {
         let (el2_mean, host_mean) = (exact.el2 / exact.exits, exact.kserv / exact.exits);

@@ -320,9 +320,14 @@ impl<'a> ExitTracer<'a> {
         match (visit.entry, end) {
             (Entry::Host, _) => match core.open_window() {
                 Some(share) if visit.entered_guest => {
-                    (share.entry_el2, share.spins, share.resumed) = (instructions, share.spins + spins, true);
+                    share.entry_el2 = instructions;
+                    share.spins += spins;
+                    share.resumed = true;
                 }
-                Some(share) => (share.host_el2, share.host_spins) = (share.host_el2 + instructions, share.host_spins + spins),
+                Some(share) => {
+                    share.host_el2 += instructions;
+                    share.host_spins += spins;
+                }
                 None => self.cut.outside_el2 += instructions,
             },
             (Entry::Guest(_), End::BackToKserv) => {
@@ -337,7 +342,9 @@ impl<'a> ExitTracer<'a> {
                     _ => InPlace::Other,
                 };
                 let total = &mut self.cut.in_place[in_place as usize];
-                (total.visits, total.el2, total.spins) = (total.visits + 1, total.el2 + instructions, total.spins + spins);
+                total.visits += 1;
+                total.el2 += instructions;
+                total.spins += spins;
                 total.max_el2 = total.max_el2.max(instructions);
             }
             (Entry::Guest(_), End::Other) => self.cut.outside_el2 += instructions,
