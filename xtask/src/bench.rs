@@ -637,17 +637,18 @@ fn linux_bench(qemu: &Qemu) -> Result<(), String> {
     println!("  corevisor run phase (QEMU's count read by core 0's PMU, every core, first VCPU_RUN to SYSTEM_OFF): {total:>13}");
     let exits: u64 = classes.iter().map(|c| c.exits).sum();
     println!(
-        "  the traced run (another run: its own turns): run phase {traced_total} ({:.4}x bare), {exits} exits; KCore at \
-         EL2, every core, the whole trace: {} ({:.2}% of the run phase) = the exits' windows {el2} + served in place \
-         {in_place} + outside {} (boot, each core's first VCPU_RUN, the teardown); KServ at EL1: {} = the windows' \
-         {host} ({:.2}%) + outside {}",
+        "  the traced run (another run: its own turns): run phase {traced_total} ({:.4}x bare), {exits} exits; KCore \
+         at EL2, every core: the exits' windows {el2} ({:.2}% of the run phase) + the traps served in place {in_place} \
+         ({:.2}%) + outside the run's exits {} (boot and image verification, each core's first VCPU_RUN, the teardown) \
+         = {}, every instruction of KCore's in the trace; KServ at EL1: the windows' {host} ({:.2}%) + outside {} = {}",
         traced_total as f64 / bare as f64,
-        cut.el2,
-        pct(cut.el2, traced_total),
+        pct(el2, traced_total),
+        pct(in_place, traced_total),
         cut.outside_el2,
-        cut.kserv,
+        cut.el2,
         pct(host, traced_total),
         cut.outside_kserv,
+        cut.kserv,
     );
     println!("  ratio {ratio:.4}x  (target <= {LINUX_RATIO_TARGET}x, Xen 4.17: {XEN_RATIO}x)  {status}");
     println!(
