@@ -696,6 +696,36 @@ mod tests {
         assert!(kserv.reconcile().unwrap_err().contains("KServ in the trace: 16"));
     }
 
+    /// Every counted instruction shows in the figures: with any one line of the log dropped
+    /// (a vector entry, `__guest_enter`, a return to KServ among them), the cut still
+    /// reconciles, and an instruction's line takes exactly one instruction out of them.
+    #[test]
+    fn a_dropped_instruction_changes_the_figures() {
+        let log = sample();
+        let whole = cut_of(&log);
+        let figures = |cut: &Cut| {
+            let windows: u64 = cut.shares.iter().flatten().map(|share| share.el2() + share.kserv).sum();
+            windows + cut.in_place.iter().map(|kind| kind.el2).sum::<u64>() + cut.outside_el2 + cut.outside_kserv
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        let mut one_fewer = 0;
+        for dropped in 0..lines.len() {
+            let rest: String =
+                lines.iter().enumerate().filter(|&(i, _)| i != dropped).map(|(_, l)| format!("{l}\n")).collect();
+            let cut = cut_of(&rest);
+            assert_eq!(cut.reconcile(), Ok(()), "line {dropped} dropped: {}", lines[dropped]);
+            one_fewer += u64::from(figures(&cut) + 1 == figures(&whole));
+        }
+        // Every line is a counted instruction but the guest's and the one that is not a trace
+        // line. Five change what the lines after them are: without core 0's first VCPU_RUN entry
+        // or its `__guest_enter` the core never enters its guest, and the guest's line counts as
+        // KServ's; without one of core 0's three returns to KServ it stays in its guest, and so
+        // do KServ's lines after it.
+        let (guest, first_entry, returns) = (1, 2, 3);
+        assert_eq!(one_fewer, whole.el2 + whole.kserv - first_entry - returns);
+        assert_eq!(lines.len() as u64, whole.el2 + whole.kserv + guest + 1);
+    }
+
     /// The k-th exit of a core is its k-th trap back to KServ: a class list longer or shorter
     /// than the core's windows fails.
     #[test]
