@@ -135,6 +135,8 @@ pub enum Mutation {
     /// VM_CONSOLE accepts a page inside the VM's RAM: KCore would answer for a page the guest
     /// may have mapped, or later fault in, as RAM.
     ConsoleInsideRam,
+    FpReloadSkippedForAnotherCoresMark,
+    FpMarkKeptOnStart,
 }
 
 #[cfg(test)]

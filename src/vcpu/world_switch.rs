@@ -5,6 +5,7 @@
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
 use super::controls::cptr;
+use super::fp::{self, CoreFp, FpBank};
 use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, LrState, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, FpRegs, GuestGprs};
@@ -33,30 +34,45 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
 /// ([`unpark_host_fp`]) and lifts the trap before the instruction runs again. Until then the
 /// registers hold the last guest's values, which its context has too (saved at its exit), and
 /// which the host cannot read: every access traps first. A VCPU_RUN that follows one without an
-/// FP/SIMD instruction of the host between them neither saves nor restores the host's.
+/// FP/SIMD instruction of the host between them neither saves nor restores the host's. `guest`
+/// says which guest values the registers hold meanwhile (`vcpu::fp`): a vCPU that runs again
+/// here with nothing else on them in between gets no reload.
 pub struct HostFp {
     regs: FpRegs,
     parked: bool,
+    guest: CoreFp,
 }
 
 impl HostFp {
-    pub const fn new() -> HostFp {
-        HostFp { regs: FpRegs::ZERO, parked: false }
-    }
-}
-
-impl Default for HostFp {
-    fn default() -> Self {
-        Self::new()
+    /// Core `core`'s: nothing parked, no guest's values held.
+    pub const fn new(core: usize) -> HostFp {
+        HostFp { regs: FpRegs::ZERO, parked: false, guest: CoreFp::new(core) }
     }
 }
 
 /// A fresh host on this core (boot, reset, PSCI CPU_ON), its EL2 controls loaded (TFP clear):
 /// the FP/SIMD registers are zeroed, so that nothing a guest left in them before (a warm reset
-/// need not clear registers) reaches the host, and none of the host's are parked.
+/// need not clear registers) reaches the host, and none of the host's are parked. The stamp
+/// count stays: a mark is never stamped twice.
 pub fn fresh_host_fp(host_fp: &mut HostFp) {
     cpu::restore_fp(&FpRegs::ZERO);
-    *host_fp = HostFp::new();
+    host_fp.parked = false;
+    host_fp.guest.forget();
+}
+
+/// The CPU's own FP/SIMD registers (CPTR_EL2.TFP clear: the guest's controls).
+struct CpuFp;
+
+impl FpBank for CpuFp {
+    #[inline]
+    fn load(&mut self, regs: &FpRegs) {
+        cpu::restore_fp(regs)
+    }
+
+    #[inline]
+    fn save(&mut self, out: &mut FpRegs) {
+        cpu::save_fp(out)
+    }
 }
 
 /// The host's EL2 controls while its FP/SIMD registers are parked: `host` with CPTR_EL2.TFP.
@@ -77,6 +93,7 @@ pub fn unpark_host_fp(host: &El2Controls, host_fp: &mut HostFp) -> bool {
     load_controls(host);
     cpu::restore_fp(&host_fp.regs);
     host_fp.parked = false;
+    host_fp.guest.forget();
     true
 }
 
@@ -117,7 +134,7 @@ pub fn run_vcpu<R>(
     cpu::restore_el1(&vcpu.el1);
     // The guest's controls (TFP clear) before its FP/SIMD registers: the host's may trap them.
     load_controls(guest);
-    cpu::restore_fp(&vcpu.fp);
+    fp::enter_guest(&host.fp.guest, &vcpu.fp, vcpu.fp_mark, &mut CpuFp);
     let interface = gic::interface();
     let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
@@ -140,7 +157,7 @@ pub fn run_vcpu<R>(
     };
     save_vgic(&mut vcpu.vgic, interface, lr_count);
     cpu::save_el1(&mut vcpu.el1);
-    cpu::save_fp(&mut vcpu.fp);
+    fp::exit_guest(&mut host.fp.guest, &mut vcpu.fp, &mut vcpu.fp_mark, &mut CpuFp);
     cpu::restore_el1(&host_el1);
     // The guest's FP/SIMD values stay in the registers, behind the host's trap.
     load_controls(&parked_host_controls(host.controls));

@@ -72,6 +72,9 @@ fn run_scenario(
     let append = format!("scenario={name} {extra_args}");
     let mut command = qemu::command(qemu, Variant::VirtGicV3, artifacts, append.trim_end(), Some(bundle))?;
     command.args(["-icount", "shift=0,sleep=off"]).args(machine);
+    if let Ok(log) = std::env::var("TMP_TRACE") {
+        command.args(el2_trace::Kcore::of_elf(&artifacts.kcore_elf)?.qemu_args(std::path::Path::new(&log)));
+    }
     let guard = qemu::Guard { cpu: Duration::from_secs(600), wall: Duration::from_secs(600) };
     let run = qemu::run_captured(command, guard)?;
     if run.status != Some(0) || !run.console.contains(&format!("kserv: scenario {name}: PASS")) {
@@ -370,7 +373,8 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
         [] => {}
         [part] if part == "contention" => return print_contention(&contention_run(qemu)?),
         [part] if part == "linux" => return linux_bench(qemu),
-        _ => return Err(format!("bench: unknown part {words:?} (contention or linux)")),
+        [part] if part == "micro" => return print_micro(&bench_run(qemu, "", &[])?),
+        _ => return Err(format!("bench: unknown part {words:?} (contention, linux or micro)")),
     }
     let blocks = bench_run(qemu, "", &[])?;
     let pages = bench_run(qemu, "corevisor.host_s2=pages", &[])?;
@@ -680,6 +684,17 @@ pub fn page_move(without: &[BenchLine], with: &[BenchLine]) -> Result<(u64, u64)
             .ok_or(format!("no `bench page-answer` figure {which} the SMMU"))
     };
     Ok((median(without, "without")?, median(with, "with")?))
+}
+
+/// `cargo xtask bench micro`: the one bench boot's PMU lines as KServ printed them (the rows of
+/// the world switch and the exits, in a minute, without the other runs).
+fn print_micro(console: &str) -> Result<(), String> {
+    let lines: Vec<&str> = console.lines().filter(|l| l.starts_with("kserv: bench ")).collect();
+    if lines.is_empty() {
+        return Err("the bench run printed no `kserv: bench` line".into());
+    }
+    lines.iter().for_each(|l| println!("{}", l.trim_end()));
+    Ok(())
 }
 
 /// Issue 13: a GICv3 guest's ICC_SGI1R_EL1 write, from VCPU_RUN to its return with the SGI

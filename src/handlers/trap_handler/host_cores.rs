@@ -23,7 +23,15 @@ static WORLD_CONTROLS: [spin::Once<WorldControls>; MAX_CPUS] = [const { spin::On
 
 /// Each core's host FP/SIMD registers while guests run on it (`world_switch::HostFp`). Only the
 /// core itself takes its own: during a VCPU_RUN, and when the host's FP/SIMD access traps.
-static HOST_FP: [spin::Mutex<HostFp>; MAX_CPUS] = [const { spin::Mutex::new(HostFp::new()) }; MAX_CPUS];
+static HOST_FP: [spin::Mutex<HostFp>; MAX_CPUS] = {
+    let mut each = [const { spin::Mutex::new(HostFp::new(0)) }; MAX_CPUS];
+    let mut core = 0;
+    while core < MAX_CPUS {
+        each[core] = spin::Mutex::new(HostFp::new(core));
+        core += 1;
+    }
+    each
+};
 
 /// `core`'s parked host FP/SIMD registers.
 #[inline]
