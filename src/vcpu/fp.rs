@@ -33,9 +33,9 @@ impl FpMark {
 /// What one core's FP/SIMD registers hold, as far as a guest's reload goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoreFp {
-    core: u8,
-    /// Marks stamped so far on this core.
-    stamps: u64,
+    /// The next mark this core stamps: a count in the high bits, the core's index in the low
+    /// byte, the count one more at every stamp.
+    next: u64,
     /// The mark of the guest values the registers hold, or NONE (anything else).
     holds: FpMark,
 }
@@ -43,7 +43,7 @@ pub struct CoreFp {
 impl CoreFp {
     /// Core `core`, its registers holding nothing any context has (`core` < 256).
     pub const fn new(core: usize) -> CoreFp {
-        CoreFp { core: core as u8, stamps: 0, holds: FpMark::NONE }
+        CoreFp { next: 1 << 8 | (core as u64 & 0xff), holds: FpMark::NONE }
     }
 
     /// Whether the registers hold exactly the values of a context marked `mark`.
@@ -58,8 +58,8 @@ impl CoreFp {
     /// A guest's values were just saved from the registers: their new mark, for the context.
     #[inline]
     pub fn stamp(&mut self) -> FpMark {
-        self.stamps += 1;
-        self.holds = FpMark(self.stamps << 8 | u64::from(self.core));
+        self.holds = FpMark(self.next);
+        self.next += 1 << 8;
         self.holds
     }
 

@@ -12,10 +12,11 @@ use crate::machine::guest_regs::{CoreControls, El2Controls, FpRegs, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
-/// Loads one world's EL2 controls (the guest's about to run, or the host's again).
+/// Loads one world's EL2 controls (the guest's about to run, or the host's again) on a machine
+/// with the virtual interface `interface` (ICH_HCR_EL2 is one of the controls on GICv3).
 #[inline]
-pub fn load_controls(controls: &El2Controls) {
-    cpu::set_el2_controls(controls)
+pub fn load_controls(controls: &El2Controls, interface: Interface) {
+    cpu::set_el2_controls(controls, interface == Interface::V3)
 }
 
 /// Sets this core up to run the host: the EL2 state of both worlds, then the host's controls.
@@ -24,8 +25,9 @@ pub fn load_controls(controls: &El2Controls) {
 /// GICv2 GICH_LRn): one left holding an interrupt would reach whichever guest runs here.
 pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
     regs::set_core_controls(core);
-    gic::clear_list_registers(gic::interface());
-    load_controls(host);
+    let interface = gic::interface();
+    gic::clear_list_registers(interface);
+    load_controls(host, interface);
 }
 
 /// A core's host FP/SIMD registers (q0-q31, FPSR, FPCR) while guests run on it. The first
@@ -90,7 +92,7 @@ pub fn unpark_host_fp(host: &El2Controls, host_fp: &mut HostFp) -> bool {
         return false;
     }
     // TFP clear first: KCore's own FP/SIMD accesses trap with it too.
-    load_controls(host);
+    load_controls(host, gic::interface());
     cpu::restore_fp(&host_fp.regs);
     host_fp.parked = false;
     host_fp.guest.forget();
@@ -112,9 +114,11 @@ pub struct HostWorld<'a> {
 /// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
 /// interrupt state explains (`serve_irq_in_place`) is served by the IRQ fast path and never
 /// reaches `serve`, while `irq_in_place` allows it; every other one does. `stop_host_pmu`: the
-/// host's PMU counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
+/// host's PMU counters stop while the guest runs (`controls::stops_host_pmu_in_guest`). `cpu_features`:
+/// the CPU's features (`features::boot`).
 #[inline]
 pub fn run_vcpu<R>(
+    cpu_features: &features::CpuFeatures,
     vcpu: &mut VcpuContext,
     host: HostWorld<'_>,
     guest: &El2Controls,
@@ -123,7 +127,8 @@ pub fn run_vcpu<R>(
     irq_in_place: impl Fn() -> bool,
     mut serve: impl FnMut(&mut VcpuContext, GuestExit) -> Option<R>,
 ) -> R {
-    let ras = features::boot().ras();
+    let ras = cpu_features.ras();
+    let interface = gic::interface_of(cpu_features);
     let host_el1 = cpu::saved_el1();
     if !host.fp.parked {
         // TFP is clear while the host's registers are live.
@@ -133,9 +138,8 @@ pub fn run_vcpu<R>(
     let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
     cpu::restore_el1(&vcpu.el1);
     // The guest's controls (TFP clear) before its FP/SIMD registers: the host's may trap them.
-    load_controls(guest);
+    load_controls(guest, interface);
     fp::enter_guest(&host.fp.guest, &vcpu.fp, vcpu.fp_mark, &mut CpuFp);
-    let interface = gic::interface();
     let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
         // Nothing passes through DISR_EL1 from one vCPU to the next.
@@ -160,7 +164,7 @@ pub fn run_vcpu<R>(
     fp::exit_guest(&mut host.fp.guest, &mut vcpu.fp, &mut vcpu.fp_mark, &mut CpuFp);
     cpu::restore_el1(&host_el1);
     // The guest's FP/SIMD values stay in the registers, behind the host's trap.
-    load_controls(&parked_host_controls(host.controls));
+    load_controls(&parked_host_controls(host.controls), interface);
     if let Some(running) = host_pmu_counters {
         cpu::restart_pmu_counters(running);
     }

@@ -44,6 +44,7 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let env = GuestEnv { ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff, console };
     let ctx = &mut ticket.ctx;
     let exit = world_switch::run_vcpu(
+        cpu,
         ctx,
         HostWorld { controls: &worlds.host, fp: &mut host_cores::host_fp(core) },
         &guest,

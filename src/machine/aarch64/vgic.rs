@@ -83,7 +83,13 @@ macro_rules! ich_write {
 /// This machine's virtual CPU interface.
 #[inline]
 pub fn interface() -> Interface {
-    if super::super::features::boot().gic_sysregs() {
+    interface_of(super::super::features::boot())
+}
+
+/// The virtual CPU interface of a machine whose CPU has the features `cpu`.
+#[inline]
+pub fn interface_of(cpu: &super::super::features::CpuFeatures) -> Interface {
+    if cpu.gic_sysregs() {
         Interface::V3
     } else if GICH.load(Ordering::Relaxed) != 0 {
         Interface::V2
