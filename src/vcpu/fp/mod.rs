@@ -122,3 +122,6 @@ pub mod spec {
         Some(s)
     }
 }
+
+#[cfg(test)]
+mod tests;
