@@ -12,11 +12,11 @@ use crate::machine::guest_regs::{CoreControls, El2Controls, FpRegs, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
-/// Loads one world's EL2 controls (the guest's about to run, or the host's again) on a machine
-/// with the virtual interface `interface` (ICH_HCR_EL2 is one of the controls on GICv3).
+/// Loads one world's EL2 controls (the guest's about to run, or the host's again); `ich_hcr`:
+/// ICH_HCR_EL2 too (GICv3; a guest's own comes with its virtual interface, `load_vgic`).
 #[inline]
-pub fn load_controls(controls: &El2Controls, interface: Interface) {
-    cpu::set_el2_controls(controls, interface == Interface::V3)
+pub fn load_controls(controls: &El2Controls, ich_hcr: bool) {
+    cpu::set_el2_controls(controls, ich_hcr)
 }
 
 /// Sets this core up to run the host: the EL2 state of both worlds, then the host's controls.
@@ -27,7 +27,7 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
     regs::set_core_controls(core);
     let interface = gic::interface();
     gic::clear_list_registers(interface);
-    load_controls(host, interface);
+    load_controls(host, interface == Interface::V3);
 }
 
 /// A core's host FP/SIMD registers (q0-q31, FPSR, FPCR) while guests run on it. The first
@@ -78,8 +78,7 @@ impl FpBank for CpuFp {
 }
 
 /// The host's EL2 controls while its FP/SIMD registers are parked: `host` with CPTR_EL2.TFP.
-#[inline]
-fn parked_host_controls(host: &El2Controls) -> El2Controls {
+pub fn parked_host_controls(host: &El2Controls) -> El2Controls {
     El2Controls { cptr: host.cptr | cptr::TFP, ..*host }
 }
 
@@ -92,17 +91,17 @@ pub fn unpark_host_fp(host: &El2Controls, host_fp: &mut HostFp) -> bool {
         return false;
     }
     // TFP clear first: KCore's own FP/SIMD accesses trap with it too.
-    load_controls(host, gic::interface());
+    load_controls(host, gic::interface() == Interface::V3);
     cpu::restore_fp(&host_fp.regs);
     host_fp.parked = false;
     host_fp.guest.forget();
     true
 }
 
-/// A core's host world as the world switch leaves and resumes it: its EL2 controls and its
-/// FP/SIMD registers, parked or live.
+/// A core's host world as the world switch leaves and resumes it: its EL2 controls, the same
+/// with its FP/SIMD registers parked ([`parked_host_controls`]), and those registers.
 pub struct HostWorld<'a> {
-    pub controls: &'a El2Controls,
+    pub parked_controls: &'a El2Controls,
     pub fp: &'a mut HostFp,
 }
 
@@ -138,7 +137,8 @@ pub fn run_vcpu<R>(
     let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
     cpu::restore_el1(&vcpu.el1);
     // The guest's controls (TFP clear) before its FP/SIMD registers: the host's may trap them.
-    load_controls(guest, interface);
+    // ICH_HCR_EL2 is the vCPU's own, which `load_vgic` writes.
+    load_controls(guest, false);
     fp::enter_guest(&host.fp.guest, &vcpu.fp, vcpu.fp_mark, &mut CpuFp);
     let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
@@ -146,7 +146,12 @@ pub fn run_vcpu<R>(
         cpu::clear_vdisr();
     }
     let answer = loop {
-        cpu::set_virtual_serror(vcpu.virtual_serror, ras);
+        // HCR_EL2.VSE is clear in the guest's controls, and stays clear while `virtual_serror`
+        // is false (only this sets it; the guest's taking it clears it): only a pending
+        // virtual SError needs the register.
+        if vcpu.virtual_serror {
+            cpu::set_virtual_serror(true, ras);
+        }
         let exit = cpu::run_guest(&mut Running {
             vcpu,
             in_place: &mut in_place,
@@ -154,7 +159,7 @@ pub fn run_vcpu<R>(
             interface,
             lr_count: &mut lr_count,
         });
-        vcpu.virtual_serror = cpu::virtual_serror_pending();
+        vcpu.virtual_serror = vcpu.virtual_serror && cpu::virtual_serror_pending();
         if let Some(answer) = serve(vcpu, exit) {
             break answer;
         }
@@ -164,7 +169,7 @@ pub fn run_vcpu<R>(
     fp::exit_guest(&mut host.fp.guest, &mut vcpu.fp, &mut vcpu.fp_mark, &mut CpuFp);
     cpu::restore_el1(&host_el1);
     // The guest's FP/SIMD values stay in the registers, behind the host's trap.
-    load_controls(&parked_host_controls(host.controls), interface);
+    load_controls(host.parked_controls, interface == Interface::V3);
     if let Some(running) = host_pmu_counters {
         cpu::restart_pmu_counters(running);
     }
@@ -174,20 +179,27 @@ pub fn run_vcpu<R>(
 /// Loads the vCPU's virtual CPU interface (after its EL2 controls): its queue first fills the
 /// free list registers. A vCPU that never had an interrupt (HCR.En off) gets only its VMCR: its
 /// LRs and active priorities are empty. Returns the LR count used (0 then).
+#[inline]
 fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
-    let enabled = vgic.enabled();
+    if !vgic.enabled() {
+        gic::load_control(interface, vgic.vmcr, vgic.hcr);
+        return 0;
+    }
+    load_enabled_vgic(vgic, interface)
+}
+
+/// [`load_vgic`] of an interface that is on.
+fn load_enabled_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
     let mut regs = VgicRegs { vmcr: vgic.vmcr, ap0r: vgic.ap0r, ap1r: vgic.ap1r, lrs: [0; MAX_LRS] };
-    let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
+    let lr_count = gic::lr_count(interface).min(MAX_LRS);
+    vgic.fill(lr_count);
     // With every LR of the record empty (the usual entry), the words stay 0 (an empty LR).
-    if enabled {
-        vgic.fill(lr_count);
-        if vgic.lrs.iter().any(|lr| lr.state != LrState::Invalid) {
-            for n in 0..lr_count {
-                regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
-            }
+    if vgic.lrs.iter().any(|lr| lr.state != LrState::Invalid) {
+        for n in 0..lr_count {
+            regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
         }
     }
-    gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
+    gic::load(interface, &regs, lr_count, vgic.hcr, true);
     lr_count
 }
 

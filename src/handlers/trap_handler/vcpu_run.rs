@@ -46,7 +46,7 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let exit = world_switch::run_vcpu(
         cpu,
         ctx,
-        HostWorld { controls: &worlds.host, fp: &mut host_cores::host_fp(core) },
+        HostWorld { parked_controls: &worlds.host_parked, fp: &mut host_cores::host_fp(core) },
         &guest,
         stop_host_pmu,
         |ctx, esr| serve_fast(core, vm, &env, ctx, esr),

@@ -150,8 +150,6 @@ pub fn load(interface: Interface, regs: &VgicRegs, count: usize, hcr: u64, lrs: 
                 ich_write!("S3_4_C12_C8_0", regs.ap0r);
                 ich_write!("S3_4_C12_C9_0", regs.ap1r);
             }
-            ich_write!("S3_4_C12_C11_7", regs.vmcr);
-            ich_write!("S3_4_C12_C11_0", hcr);
         }
         Interface::V2 => {
             if lrs {
@@ -160,7 +158,22 @@ pub fn load(interface: Interface, regs: &VgicRegs, count: usize, hcr: u64, lrs: 
                 }
                 gich_write(gich::APR, regs.ap0r);
             }
-            gich_write(gich::VMCR, regs.vmcr);
+        }
+        Interface::None => {}
+    }
+    load_control(interface, regs.vmcr, hcr);
+}
+
+/// Loads a vCPU's VMCR and HCR (the last of [`load`]; all of it for an interface that is off).
+#[inline]
+pub fn load_control(interface: Interface, vmcr: u64, hcr: u64) {
+    match interface {
+        Interface::V3 => {
+            ich_write!("S3_4_C12_C11_7", vmcr);
+            ich_write!("S3_4_C12_C11_0", hcr);
+        }
+        Interface::V2 => {
+            gich_write(gich::VMCR, vmcr);
             gich_write(gich::HCR, hcr);
         }
         Interface::None => {}
