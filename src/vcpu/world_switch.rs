@@ -209,11 +209,10 @@ fn load_enabled_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
 fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
     let enabled = lr_count != 0;
     let mut regs = VgicRegs::default();
-    let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
+    let (elrsr, lrs_read) = gic::save(interface, &mut regs, lr_count, enabled);
     vgic.vmcr = regs.vmcr;
     if enabled {
-        let loaded = (1u64 << lr_count.min(MAX_LRS)) - 1;
-        if elrsr & loaded != loaded {
+        if lrs_read {
             for n in 0..lr_count {
                 vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
             }
