@@ -105,40 +105,44 @@ pub struct HostWorld<'a> {
     pub fp: &'a mut HostFp,
 }
 
-/// Runs `vcpu` on this core, whose host world is `host`, with the guest's EL2 controls `guest`,
-/// until `serve` returns a value for an exit; `serve` gets every exit first and returns `None`
+/// How a guest enters on this core: the CPU's features (`features::boot`), the guest's EL2
+/// controls, and whether the host's PMU counters stop while it runs
+/// (`controls::stops_host_pmu_in_guest`).
+pub struct GuestEntry<'a> {
+    pub cpu: &'a features::CpuFeatures,
+    pub controls: &'a El2Controls,
+    pub stop_host_pmu: bool,
+}
+
+/// Runs `vcpu` on this core, whose host world is `host`, entering it as `guest` says, until `serve` returns a value for an exit; `serve` gets every exit first and returns `None`
 /// for those it served in place (the guest runs on). `in_place` sees the
 /// synchronous exits the machine's fast path offers it (`GuestWorld::serve_in_place`, with the
 /// syndrome) before any of that: it serves them without leaving the guest's world, or declines
 /// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
 /// interrupt state explains (`serve_irq_in_place`) is served by the IRQ fast path and never
-/// reaches `serve`, while `irq_in_place` allows it; every other one does. `stop_host_pmu`: the
-/// host's PMU counters stop while the guest runs (`controls::stops_host_pmu_in_guest`). `cpu_features`:
-/// the CPU's features (`features::boot`).
+/// reaches `serve`, while `irq_in_place` allows it; every other one does.
 #[inline]
 pub fn run_vcpu<R>(
-    cpu_features: &features::CpuFeatures,
     vcpu: &mut VcpuContext,
     host: HostWorld<'_>,
-    guest: &El2Controls,
-    stop_host_pmu: bool,
+    guest: GuestEntry<'_>,
     mut in_place: impl FnMut(&mut VcpuContext, u64) -> bool,
     irq_in_place: impl Fn() -> bool,
     mut serve: impl FnMut(&mut VcpuContext, GuestExit) -> Option<R>,
 ) -> R {
-    let ras = cpu_features.ras();
-    let interface = gic::interface_of(cpu_features);
+    let ras = guest.cpu.ras();
+    let interface = gic::interface_of(guest.cpu);
     let host_el1 = cpu::saved_el1();
     if !host.fp.parked {
         // TFP is clear while the host's registers are live.
         cpu::save_fp(&mut host.fp.regs);
         host.fp.parked = true;
     }
-    let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
+    let host_pmu_counters = guest.stop_host_pmu.then(cpu::stop_pmu_counters);
     cpu::restore_el1(&vcpu.el1);
     // The guest's controls (TFP clear) before its FP/SIMD registers: the host's may trap them.
     // ICH_HCR_EL2 is the vCPU's own, which `load_vgic` writes.
-    load_controls(guest, false);
+    load_controls(guest.controls, false);
     fp::enter_guest(&host.fp.guest, &vcpu.fp, vcpu.fp_mark, &mut CpuFp);
     let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {

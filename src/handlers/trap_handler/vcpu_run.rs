@@ -10,7 +10,7 @@ use crate::addr::Ipa;
 use crate::ids::{VcpuId, VmId};
 use crate::machine::{features, regs, Aarch64, GuestExit, RESULT_REGS};
 use crate::vcpu::controls::{self, HostPmu};
-use crate::vcpu::world_switch::{self, HostWorld};
+use crate::vcpu::world_switch::{self, GuestEntry, HostWorld};
 use crate::vcpu::{ExitRecord, VcpuContext};
 use corevisor_abi::{console, Status};
 use log::info;
@@ -44,11 +44,9 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let env = GuestEnv { ram, id_register: &id_register, virtual_timer: &regs::virtual_timer, cntvoff, console };
     let ctx = &mut ticket.ctx;
     let exit = world_switch::run_vcpu(
-        cpu,
         ctx,
         HostWorld { parked_controls: &worlds.host_parked, fp: &mut host_cores::host_fp(core) },
-        &guest,
-        stop_host_pmu,
+        GuestEntry { cpu, controls: &guest, stop_host_pmu },
         |ctx, esr| serve_fast(core, vm, &env, ctx, esr),
         // Once KCore halts, a guest's interrupts end its run: the full exit parks the core.
         || !principal::halted(),
