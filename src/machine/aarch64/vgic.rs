@@ -181,9 +181,9 @@ pub fn load_control(interface: Interface, vmcr: u64, hcr: u64) {
 }
 
 /// Saves what [`load`] loaded, as the guest left it, and returns the empty LR status
-/// (ICH_ELRSR_EL2 / GICH_ELRSR0) and whether the LRs' words were read into `regs`. GICv2: then turns the interface off (GICH_HCR 0: no
-/// maintenance interrupt reaches the host); GICv3's ICH_HCR_EL2 is part of the host's EL2
-/// controls. `lrs` false: only VMCR (ELRSR reads as all empty). When ELRSR shows all `count`
+/// (ICH_ELRSR_EL2 / GICH_ELRSR0) and whether the LRs' words were read into `regs`. GICv2: then
+/// turns the interface off (GICH_HCR 0: no maintenance interrupt reaches the host); GICv3's
+/// ICH_HCR_EL2 is part of the host's EL2 controls. `lrs` false: only VMCR (ELRSR reads as all empty). When ELRSR shows all `count`
 /// LRs empty (the usual exit: the guest has ended what it was given), their words are not read
 /// and stay 0 in `regs` (an empty LR), which is all the caller keeps of an empty LR anyway.
 pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) -> (u64, bool) {

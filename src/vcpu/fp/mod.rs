@@ -15,7 +15,7 @@
 //!   the host afresh zeroes them and forgets; KCore's SHA-256 routine puts back what it uses.
 //!
 //! [`spec`] is the layer's view (a guest always runs with exactly the values it last left); the
-//! refinement property in `vcpu::tests` runs random schedules of runs, host FP/SIMD use, resets,
+//! refinement property in `vcpu::fp::tests` runs random schedules of runs, host FP/SIMD use, resets,
 //! re-created VMs and fresh cores against it.
 
 use crate::machine::guest_regs::FpRegs;
