@@ -72,9 +72,6 @@ fn run_scenario(
     let append = format!("scenario={name} {extra_args}");
     let mut command = qemu::command(qemu, Variant::VirtGicV3, artifacts, append.trim_end(), Some(bundle))?;
     command.args(["-icount", "shift=0,sleep=off"]).args(machine);
-    if let Ok(log) = std::env::var("TMP_TRACE") {
-        command.args(el2_trace::Kcore::of_elf(&artifacts.kcore_elf)?.qemu_args(std::path::Path::new(&log)));
-    }
     let guard = qemu::Guard { cpu: Duration::from_secs(600), wall: Duration::from_secs(600) };
     let run = qemu::run_captured(command, guard)?;
     if run.status != Some(0) || !run.console.contains(&format!("kserv: scenario {name}: PASS")) {
