@@ -135,6 +135,13 @@ pub enum Mutation {
     /// VM_CONSOLE accepts a page inside the VM's RAM: KCore would answer for a page the guest
     /// may have mapped, or later fault in, as RAM.
     ConsoleInsideRam,
+    /// `vcpu::fp`: the core's mark is compared without its core byte, so a vCPU whose values
+    /// another core stamped with the same count skips its reload and runs with whatever this
+    /// core holds (another vCPU's values).
+    FpReloadSkippedForAnotherCoresMark,
+    /// `vcpu::fp`: a vCPU started afresh keeps its old mark, so on the core that still holds its
+    /// old values it runs with them instead of zeros.
+    FpMarkKeptOnStart,
 }
 
 #[cfg(test)]

@@ -393,7 +393,9 @@ pub fn share_atomic(env: &VmEnv) -> Outcome {
 }
 
 /// `host-attacks-vm`: between the runs of a ticking guest, the host reads and writes the guest's
-/// image page and a page it faulted in; every access aborts and the guest finishes intact.
+/// image page and a page it faulted in; every access aborts and the guest finishes intact. The
+/// host also loads its own FP/SIMD pattern between the runs: the guest, which runs again on the
+/// same core with nothing else in between (so KCore skips its reload), must still find its own.
 pub fn host_attacks_vm(env: &VmEnv) -> Outcome {
     #[derive(Default)]
     struct Attack {
@@ -409,6 +411,7 @@ pub fn host_attacks_vm(env: &VmEnv) -> Outcome {
                 self.tried += tried;
                 self.aborted += aborted;
             }
+            crate::arch::cpu::fill_fp_registers(&crate::arch::cpu::fp_pattern(0x4057_a77a_c4ed_f9f9 ^ self.tried));
         }
         fn console_line(&mut self, _vm: &Vm, line: &str) {
             self.intact |= line == "memory intact";

@@ -5,6 +5,7 @@
 //! guest's PC.
 
 pub mod controls;
+pub mod fp;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod vgic;
@@ -49,6 +50,9 @@ pub struct VcpuContext {
     pub gprs: GuestGprs,
     pub el1: El1Regs,
     pub fp: FpRegs,
+    /// The version of `fp` (`fp::FpMark`): the core whose registers still hold exactly these
+    /// values skips their reload.
+    pub fp_mark: fp::FpMark,
     pub pending: Pending,
     /// Whether the vCPU has run (its registers are its own, not a reset state).
     pub started: bool,
@@ -126,6 +130,7 @@ impl VcpuContext {
             gprs: GuestGprs::default(),
             el1: El1Regs::reset(),
             fp: FpRegs::default(),
+            fp_mark: fp::FpMark::NONE,
             pending: Pending::Nothing,
             started: false,
             power_on: None,
@@ -145,6 +150,9 @@ impl VcpuContext {
         self.gprs.frame.x[0] = arg;
         self.el1 = El1Regs::reset();
         self.fp = FpRegs::default();
+        if !crate::mutation::planted(crate::mutation::Mutation::FpMarkKeptOnStart) {
+            self.fp_mark = fp::FpMark::NONE;
+        }
         self.pending = Pending::Nothing;
         self.virtual_serror = false;
         self.console = ConsoleBuffer::default();

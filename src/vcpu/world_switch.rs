@@ -5,16 +5,18 @@
 //! value from `vcpu::controls`, loaded by [`load_controls`].
 
 use super::controls::cptr;
+use super::fp::{self, CoreFp, FpBank};
 use super::vgic::{vtimer_firing, Intid, ListReg, LoadedLrs, LrState, VgicState, Virq, MAX_LRS, VTIMER_PRIORITY};
 use super::VcpuContext;
 use crate::machine::guest_regs::{CoreControls, El2Controls, FpRegs, GuestGprs};
 use crate::machine::vgic::{self as gic, Interface, VgicRegs};
 use crate::machine::{features, regs, world_switch as cpu, GuestExit};
 
-/// Loads one world's EL2 controls (the guest's about to run, or the host's again).
+/// Loads one world's EL2 controls (the guest's about to run, or the host's again); `ich_hcr`:
+/// ICH_HCR_EL2 too (GICv3; a guest's own comes with its virtual interface, `load_vgic`).
 #[inline]
-pub fn load_controls(controls: &El2Controls) {
-    cpu::set_el2_controls(controls)
+pub fn load_controls(controls: &El2Controls, ich_hcr: bool) {
+    cpu::set_el2_controls(controls, ich_hcr)
 }
 
 /// Sets this core up to run the host: the EL2 state of both worlds, then the host's controls.
@@ -23,8 +25,9 @@ pub fn load_controls(controls: &El2Controls) {
 /// GICv2 GICH_LRn): one left holding an interrupt would reach whichever guest runs here.
 pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
     regs::set_core_controls(core);
-    gic::clear_list_registers(gic::interface());
-    load_controls(host);
+    let interface = gic::interface();
+    gic::clear_list_registers(interface);
+    load_controls(host, interface == Interface::V3);
 }
 
 /// A core's host FP/SIMD registers (q0-q31, FPSR, FPCR) while guests run on it. The first
@@ -33,35 +36,49 @@ pub fn enter_host_world(core: &CoreControls, host: &El2Controls) {
 /// ([`unpark_host_fp`]) and lifts the trap before the instruction runs again. Until then the
 /// registers hold the last guest's values, which its context has too (saved at its exit), and
 /// which the host cannot read: every access traps first. A VCPU_RUN that follows one without an
-/// FP/SIMD instruction of the host between them neither saves nor restores the host's.
+/// FP/SIMD instruction of the host between them neither saves nor restores the host's. `guest`
+/// says which guest values the registers hold meanwhile (`vcpu::fp`): a vCPU that runs again
+/// here with nothing else on them in between gets no reload.
 pub struct HostFp {
     regs: FpRegs,
     parked: bool,
+    guest: CoreFp,
 }
 
 impl HostFp {
-    pub const fn new() -> HostFp {
-        HostFp { regs: FpRegs::ZERO, parked: false }
-    }
-}
-
-impl Default for HostFp {
-    fn default() -> Self {
-        Self::new()
+    /// Core `core`'s: nothing parked, no guest's values held.
+    pub const fn new(core: usize) -> HostFp {
+        HostFp { regs: FpRegs::ZERO, parked: false, guest: CoreFp::new(core) }
     }
 }
 
 /// A fresh host on this core (boot, reset, PSCI CPU_ON), its EL2 controls loaded (TFP clear):
 /// the FP/SIMD registers are zeroed, so that nothing a guest left in them before (a warm reset
-/// need not clear registers) reaches the host, and none of the host's are parked.
+/// need not clear registers) reaches the host, and none of the host's are parked. The stamp
+/// count stays: a mark is never stamped twice.
 pub fn fresh_host_fp(host_fp: &mut HostFp) {
     cpu::restore_fp(&FpRegs::ZERO);
-    *host_fp = HostFp::new();
+    host_fp.parked = false;
+    host_fp.guest.forget();
+}
+
+/// The CPU's own FP/SIMD registers (CPTR_EL2.TFP clear: the guest's controls).
+struct CpuFp;
+
+impl FpBank for CpuFp {
+    #[inline]
+    fn load(&mut self, regs: &FpRegs) {
+        cpu::restore_fp(regs)
+    }
+
+    #[inline]
+    fn save(&mut self, out: &mut FpRegs) {
+        cpu::save_fp(out)
+    }
 }
 
 /// The host's EL2 controls while its FP/SIMD registers are parked: `host` with CPTR_EL2.TFP.
-#[inline]
-fn parked_host_controls(host: &El2Controls) -> El2Controls {
+pub fn parked_host_controls(host: &El2Controls) -> El2Controls {
     El2Controls { cptr: host.cptr | cptr::TFP, ..*host }
 }
 
@@ -74,58 +91,71 @@ pub fn unpark_host_fp(host: &El2Controls, host_fp: &mut HostFp) -> bool {
         return false;
     }
     // TFP clear first: KCore's own FP/SIMD accesses trap with it too.
-    load_controls(host);
+    load_controls(host, gic::interface() == Interface::V3);
     cpu::restore_fp(&host_fp.regs);
     host_fp.parked = false;
+    host_fp.guest.forget();
     true
 }
 
-/// A core's host world as the world switch leaves and resumes it: its EL2 controls and its
-/// FP/SIMD registers, parked or live.
+/// A core's host world as the world switch leaves and resumes it: its EL2 controls, the same
+/// with its FP/SIMD registers parked ([`parked_host_controls`]), and those registers.
 pub struct HostWorld<'a> {
-    pub controls: &'a El2Controls,
+    pub parked_controls: &'a El2Controls,
     pub fp: &'a mut HostFp,
 }
 
-/// Runs `vcpu` on this core, whose host world is `host`, with the guest's EL2 controls `guest`,
-/// until `serve` returns a value for an exit; `serve` gets every exit first and returns `None`
+/// How a guest enters on this core: the CPU's features (`features::boot`), the guest's EL2
+/// controls, and whether the host's PMU counters stop while it runs
+/// (`controls::stops_host_pmu_in_guest`).
+pub struct GuestEntry<'a> {
+    pub cpu: &'a features::CpuFeatures,
+    pub controls: &'a El2Controls,
+    pub stop_host_pmu: bool,
+}
+
+/// Runs `vcpu` on this core, whose host world is `host`, entering it as `guest` says, until `serve` returns a value for an exit; `serve` gets every exit first and returns `None`
 /// for those it served in place (the guest runs on). `in_place` sees the
 /// synchronous exits the machine's fast path offers it (`GuestWorld::serve_in_place`, with the
 /// syndrome) before any of that: it serves them without leaving the guest's world, or declines
 /// having changed nothing, and then `serve` gets the exit. A physical IRQ that the guest's own
 /// interrupt state explains (`serve_irq_in_place`) is served by the IRQ fast path and never
-/// reaches `serve`, while `irq_in_place` allows it; every other one does. `stop_host_pmu`: the
-/// host's PMU counters stop while the guest runs (`controls::stops_host_pmu_in_guest`).
+/// reaches `serve`, while `irq_in_place` allows it; every other one does.
 #[inline]
 pub fn run_vcpu<R>(
     vcpu: &mut VcpuContext,
     host: HostWorld<'_>,
-    guest: &El2Controls,
-    stop_host_pmu: bool,
+    guest: GuestEntry<'_>,
     mut in_place: impl FnMut(&mut VcpuContext, u64) -> bool,
     irq_in_place: impl Fn() -> bool,
     mut serve: impl FnMut(&mut VcpuContext, GuestExit) -> Option<R>,
 ) -> R {
-    let ras = features::boot().ras();
+    let ras = guest.cpu.ras();
+    let interface = gic::interface_of(guest.cpu);
     let host_el1 = cpu::saved_el1();
     if !host.fp.parked {
         // TFP is clear while the host's registers are live.
         cpu::save_fp(&mut host.fp.regs);
         host.fp.parked = true;
     }
-    let host_pmu_counters = stop_host_pmu.then(cpu::stop_pmu_counters);
+    let host_pmu_counters = guest.stop_host_pmu.then(cpu::stop_pmu_counters);
     cpu::restore_el1(&vcpu.el1);
     // The guest's controls (TFP clear) before its FP/SIMD registers: the host's may trap them.
-    load_controls(guest);
-    cpu::restore_fp(&vcpu.fp);
-    let interface = gic::interface();
+    // ICH_HCR_EL2 is the vCPU's own, which `load_vgic` writes.
+    load_controls(guest.controls, false);
+    fp::enter_guest(&host.fp.guest, &vcpu.fp, vcpu.fp_mark, &mut CpuFp);
     let mut lr_count = load_vgic(&mut vcpu.vgic, interface);
     if ras {
         // Nothing passes through DISR_EL1 from one vCPU to the next.
         cpu::clear_vdisr();
     }
     let answer = loop {
-        cpu::set_virtual_serror(vcpu.virtual_serror, ras);
+        // HCR_EL2.VSE is clear in the guest's controls, and stays clear while `virtual_serror`
+        // is false (only this sets it; the guest's taking it clears it): only a pending
+        // virtual SError needs the register.
+        if vcpu.virtual_serror {
+            cpu::set_virtual_serror(true, ras);
+        }
         let exit = cpu::run_guest(&mut Running {
             vcpu,
             in_place: &mut in_place,
@@ -133,17 +163,17 @@ pub fn run_vcpu<R>(
             interface,
             lr_count: &mut lr_count,
         });
-        vcpu.virtual_serror = cpu::virtual_serror_pending();
+        vcpu.virtual_serror = vcpu.virtual_serror && cpu::virtual_serror_pending();
         if let Some(answer) = serve(vcpu, exit) {
             break answer;
         }
     };
     save_vgic(&mut vcpu.vgic, interface, lr_count);
     cpu::save_el1(&mut vcpu.el1);
-    cpu::save_fp(&mut vcpu.fp);
+    fp::exit_guest(&mut host.fp.guest, &mut vcpu.fp, &mut vcpu.fp_mark, &mut CpuFp);
     cpu::restore_el1(&host_el1);
     // The guest's FP/SIMD values stay in the registers, behind the host's trap.
-    load_controls(&parked_host_controls(host.controls));
+    load_controls(host.parked_controls, interface == Interface::V3);
     if let Some(running) = host_pmu_counters {
         cpu::restart_pmu_counters(running);
     }
@@ -153,20 +183,27 @@ pub fn run_vcpu<R>(
 /// Loads the vCPU's virtual CPU interface (after its EL2 controls): its queue first fills the
 /// free list registers. A vCPU that never had an interrupt (HCR.En off) gets only its VMCR: its
 /// LRs and active priorities are empty. Returns the LR count used (0 then).
+#[inline]
 fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
-    let enabled = vgic.enabled();
+    if !vgic.enabled() {
+        gic::load_control(interface, vgic.vmcr, vgic.hcr);
+        return 0;
+    }
+    load_enabled_vgic(vgic, interface)
+}
+
+/// [`load_vgic`] of an interface that is on.
+fn load_enabled_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
     let mut regs = VgicRegs { vmcr: vgic.vmcr, ap0r: vgic.ap0r, ap1r: vgic.ap1r, lrs: [0; MAX_LRS] };
-    let lr_count = if enabled { gic::lr_count(interface).min(MAX_LRS) } else { 0 };
+    let lr_count = gic::lr_count(interface).min(MAX_LRS);
+    vgic.fill(lr_count);
     // With every LR of the record empty (the usual entry), the words stay 0 (an empty LR).
-    if enabled {
-        vgic.fill(lr_count);
-        if vgic.lrs.iter().any(|lr| lr.state != LrState::Invalid) {
-            for n in 0..lr_count {
-                regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
-            }
+    if vgic.lrs.iter().any(|lr| lr.state != LrState::Invalid) {
+        for n in 0..lr_count {
+            regs.lrs[n] = raw_lr(interface, vgic.lrs[n]);
         }
     }
-    gic::load(interface, &regs, lr_count, vgic.hcr, enabled);
+    gic::load(interface, &regs, lr_count, vgic.hcr, true);
     lr_count
 }
 
@@ -176,11 +213,10 @@ fn load_vgic(vgic: &mut VgicState, interface: Interface) -> usize {
 fn save_vgic(vgic: &mut VgicState, interface: Interface, lr_count: usize) {
     let enabled = lr_count != 0;
     let mut regs = VgicRegs::default();
-    let elrsr = gic::save(interface, &mut regs, lr_count, enabled);
+    let (elrsr, lrs_read) = gic::save(interface, &mut regs, lr_count, enabled);
     vgic.vmcr = regs.vmcr;
     if enabled {
-        let loaded = (1u64 << lr_count.min(MAX_LRS)) - 1;
-        if elrsr & loaded != loaded {
+        if lrs_read {
             for n in 0..lr_count {
                 vgic.lrs[n] = list_reg(interface, regs.lrs[n]);
             }

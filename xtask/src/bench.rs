@@ -370,7 +370,8 @@ pub fn run(qemu: &Qemu, words: &[String]) -> Result<(), String> {
         [] => {}
         [part] if part == "contention" => return print_contention(&contention_run(qemu)?),
         [part] if part == "linux" => return linux_bench(qemu),
-        _ => return Err(format!("bench: unknown part {words:?} (contention or linux)")),
+        [part] if part == "micro" => return print_micro(&bench_run(qemu, "", &[])?),
+        _ => return Err(format!("bench: unknown part {words:?} (contention, linux or micro)")),
     }
     let blocks = bench_run(qemu, "", &[])?;
     let pages = bench_run(qemu, "corevisor.host_s2=pages", &[])?;
@@ -714,6 +715,17 @@ pub fn page_move(without: &[BenchLine], with: &[BenchLine]) -> Result<(u64, u64)
             .ok_or(format!("no `bench page-answer` figure {which} the SMMU"))
     };
     Ok((median(without, "without")?, median(with, "with")?))
+}
+
+/// `cargo xtask bench micro`: the one bench boot's PMU lines as KServ printed them (the rows of
+/// the world switch and the exits, in a minute, without the other runs).
+fn print_micro(console: &str) -> Result<(), String> {
+    let lines: Vec<&str> = console.lines().filter(|l| l.starts_with("kserv: bench ")).collect();
+    if lines.is_empty() {
+        return Err("the bench run printed no `kserv: bench` line".into());
+    }
+    lines.iter().for_each(|l| println!("{}", l.trim_end()));
+    Ok(())
 }
 
 /// Issue 13: a GICv3 guest's ICC_SGI1R_EL1 write, from VCPU_RUN to its return with the SGI

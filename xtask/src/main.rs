@@ -94,8 +94,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   qemu-test [SCENARIO...] [--variant V]        every scenario on virt-gicv3, virt-gicv2, raspi4b
       [--guest-kernel PATH --guest-initrd PATH]  the linux scenarios' guest (default: Debian 6.1, fetched)
   test                                         host cargo test, then qemu-test
-  bench [contention|linux]                     exact EL2 instruction counts (PMU under icount; contention per core, from
-                                               QEMU's execution trace); only the contention or the Linux figures
+  bench [contention|linux|micro]               exact EL2 instruction counts (PMU under icount; contention per core, from
+                                               QEMU's execution trace); only the contention or the Linux figures, or
+                                               the one bench boot's lines (micro)
   lint                                         rustfmt and clippy -D warnings, host and both boards
   guest-bundle [OUT]                           signed two-guest demo bundle (default target/xtask/bundle-demo.img)
   linux-guest [--kernel-version V] [--out DIR] [--bare [--gic 2|3]]

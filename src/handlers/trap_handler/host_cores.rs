@@ -13,8 +13,11 @@ use log::info;
 
 /// A core's EL2 controls for both worlds, computed when it first enters the host.
 pub struct WorldControls {
-    /// The host's, as `enter_host` loaded them, for the world switch back from a guest.
+    /// The host's, as `enter_host` loaded them.
     pub host: El2Controls,
+    /// The host's with its FP/SIMD registers parked (`world_switch::parked_host_controls`), for
+    /// the world switch back from a guest.
+    pub host_parked: El2Controls,
     /// What every vCPU's share (`controls::guest_template`), less each vCPU's own three.
     pub guest_template: El2Controls,
 }
@@ -23,7 +26,15 @@ static WORLD_CONTROLS: [spin::Once<WorldControls>; MAX_CPUS] = [const { spin::On
 
 /// Each core's host FP/SIMD registers while guests run on it (`world_switch::HostFp`). Only the
 /// core itself takes its own: during a VCPU_RUN, and when the host's FP/SIMD access traps.
-static HOST_FP: [spin::Mutex<HostFp>; MAX_CPUS] = [const { spin::Mutex::new(HostFp::new()) }; MAX_CPUS];
+static HOST_FP: [spin::Mutex<HostFp>; MAX_CPUS] = {
+    let mut each = [const { spin::Mutex::new(HostFp::new(0)) }; MAX_CPUS];
+    let mut core = 0;
+    while core < MAX_CPUS {
+        each[core] = spin::Mutex::new(HostFp::new(core));
+        core += 1;
+    }
+    each
+};
 
 /// `core`'s parked host FP/SIMD registers.
 #[inline]
@@ -55,9 +66,13 @@ pub fn enter_host(core: usize, entry: u64, x0: u64) -> ! {
     let host = state::host();
     let cpu = features::boot();
     let core_controls = controls::core_controls(cpu, regs::midr_el1(), host.gic_v3);
-    let worlds = WORLD_CONTROLS[core].call_once(|| WorldControls {
-        host: controls::host_controls(cpu, HostPmu::of_build(), host.vttbr, regs::mpidr_el1()),
-        guest_template: controls::guest_template(cpu, HostPmu::of_build()),
+    let worlds = WORLD_CONTROLS[core].call_once(|| {
+        let host_controls = controls::host_controls(cpu, HostPmu::of_build(), host.vttbr, regs::mpidr_el1());
+        WorldControls {
+            host: host_controls,
+            host_parked: world_switch::parked_host_controls(&host_controls),
+            guest_template: controls::guest_template(cpu, HostPmu::of_build()),
+        }
     });
     world_switch::enter_host_world(&core_controls, &worlds.host);
     world_switch::fresh_host_fp(&mut host_fp(core));

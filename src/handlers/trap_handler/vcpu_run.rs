@@ -10,7 +10,7 @@ use crate::addr::Ipa;
 use crate::ids::{VcpuId, VmId};
 use crate::machine::{features, regs, Aarch64, GuestExit, RESULT_REGS};
 use crate::vcpu::controls::{self, HostPmu};
-use crate::vcpu::world_switch::{self, HostWorld};
+use crate::vcpu::world_switch::{self, GuestEntry, HostWorld};
 use crate::vcpu::{ExitRecord, VcpuContext};
 use corevisor_abi::{console, Status};
 use log::info;
@@ -45,9 +45,8 @@ pub fn vcpu_run(core: usize, call: &mut [u64; RESULT_REGS], vm: VmId, vcpu: Vcpu
     let ctx = &mut ticket.ctx;
     let exit = world_switch::run_vcpu(
         ctx,
-        HostWorld { controls: &worlds.host, fp: &mut host_cores::host_fp(core) },
-        &guest,
-        stop_host_pmu,
+        HostWorld { parked_controls: &worlds.host_parked, fp: &mut host_cores::host_fp(core) },
+        GuestEntry { cpu, controls: &guest, stop_host_pmu },
         |ctx, esr| serve_fast(core, vm, &env, ctx, esr),
         // Once KCore halts, a guest's interrupts end its run: the full exit parks the core.
         || !principal::halted(),

@@ -83,7 +83,13 @@ macro_rules! ich_write {
 /// This machine's virtual CPU interface.
 #[inline]
 pub fn interface() -> Interface {
-    if super::super::features::boot().gic_sysregs() {
+    interface_of(super::super::features::boot())
+}
+
+/// The virtual CPU interface of a machine whose CPU has the features `cpu`.
+#[inline]
+pub fn interface_of(cpu: &super::super::features::CpuFeatures) -> Interface {
+    if cpu.gic_sysregs() {
         Interface::V3
     } else if GICH.load(Ordering::Relaxed) != 0 {
         Interface::V2
@@ -144,8 +150,6 @@ pub fn load(interface: Interface, regs: &VgicRegs, count: usize, hcr: u64, lrs: 
                 ich_write!("S3_4_C12_C8_0", regs.ap0r);
                 ich_write!("S3_4_C12_C9_0", regs.ap1r);
             }
-            ich_write!("S3_4_C12_C11_7", regs.vmcr);
-            ich_write!("S3_4_C12_C11_0", hcr);
         }
         Interface::V2 => {
             if lrs {
@@ -154,7 +158,22 @@ pub fn load(interface: Interface, regs: &VgicRegs, count: usize, hcr: u64, lrs: 
                 }
                 gich_write(gich::APR, regs.ap0r);
             }
-            gich_write(gich::VMCR, regs.vmcr);
+        }
+        Interface::None => {}
+    }
+    load_control(interface, regs.vmcr, hcr);
+}
+
+/// Loads a vCPU's VMCR and HCR (the last of [`load`]; all of it for an interface that is off).
+#[inline]
+pub fn load_control(interface: Interface, vmcr: u64, hcr: u64) {
+    match interface {
+        Interface::V3 => {
+            ich_write!("S3_4_C12_C11_7", vmcr);
+            ich_write!("S3_4_C12_C11_0", hcr);
+        }
+        Interface::V2 => {
+            gich_write(gich::VMCR, vmcr);
             gich_write(gich::HCR, hcr);
         }
         Interface::None => {}
@@ -162,24 +181,24 @@ pub fn load(interface: Interface, regs: &VgicRegs, count: usize, hcr: u64, lrs: 
 }
 
 /// Saves what [`load`] loaded, as the guest left it, and returns the empty LR status
-/// (ICH_ELRSR_EL2 / GICH_ELRSR0). GICv2: then turns the interface off (GICH_HCR 0: no
-/// maintenance interrupt reaches the host); GICv3's ICH_HCR_EL2 is part of the host's EL2
-/// controls. `lrs` false: only VMCR (ELRSR reads as all empty). When ELRSR shows all `count`
+/// (ICH_ELRSR_EL2 / GICH_ELRSR0) and whether the LRs' words were read into `regs`. GICv2: then
+/// turns the interface off (GICH_HCR 0: no maintenance interrupt reaches the host); GICv3's
+/// ICH_HCR_EL2 is part of the host's EL2 controls. `lrs` false: only VMCR (ELRSR reads as all empty). When ELRSR shows all `count`
 /// LRs empty (the usual exit: the guest has ended what it was given), their words are not read
 /// and stay 0 in `regs` (an empty LR), which is all the caller keeps of an empty LR anyway.
-pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) -> u64 {
+pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) -> (u64, bool) {
     match interface {
         Interface::V3 => {
             // ICH_HCR_EL2 goes back to the host's with its EL2 controls.
             regs.vmcr = ich_read!("S3_4_C12_C11_7");
             if !lrs {
-                return u64::MAX;
+                return (u64::MAX, false);
             }
             regs.ap0r = ich_read!("S3_4_C12_C8_0");
             regs.ap1r = ich_read!("S3_4_C12_C9_0");
             let elrsr = ich_read!("S3_4_C12_C11_5");
             if all_empty(elrsr, count) {
-                return elrsr;
+                return (elrsr, false);
             }
             let l = &mut regs.lrs;
             if count > 0 {
@@ -194,25 +213,25 @@ pub fn save(interface: Interface, regs: &mut VgicRegs, count: usize, lrs: bool) 
             if count > 3 {
                 l[3] = ich_read!("S3_4_C12_C12_3")
             }
-            elrsr
+            (elrsr, true)
         }
         Interface::V2 => {
             regs.vmcr = gich_read(gich::VMCR).into();
             gich_write(gich::HCR, 0);
             if !lrs {
-                return u64::MAX;
+                return (u64::MAX, false);
             }
             regs.ap0r = gich_read(gich::APR).into();
             let elrsr = gich_read(gich::ELRSR0).into();
             if all_empty(elrsr, count) {
-                return elrsr;
+                return (elrsr, false);
             }
             for (n, lr) in regs.lrs.iter_mut().take(count).enumerate() {
                 *lr = gich_read(gich::LR0 + 4 * n as u64).into();
             }
-            elrsr
+            (elrsr, true)
         }
-        Interface::None => u64::MAX,
+        Interface::None => (u64::MAX, false),
     }
 }
 

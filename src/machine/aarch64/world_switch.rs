@@ -146,8 +146,10 @@ pub fn restore_fp(regs: &FpRegs) {
 }
 
 /// Loads EL2 controls (for the guest about to run, or for the host again): through
-/// `vcpu::world_switch::load_controls`, the one loader of a world's controls.
-pub fn set_el2_controls(c: &El2Controls) {
+/// `vcpu::world_switch::load_controls`, the one loader of a world's controls. `gic_sysregs`:
+/// the CPU has the GICv3 system registers (`features::CpuFeatures::gic_sysregs`), ICH_HCR_EL2
+/// among them.
+pub fn set_el2_controls(c: &El2Controls, gic_sysregs: bool) {
     HCR_EL2.set(c.hcr);
     VTTBR_EL2.set(c.vttbr);
     VMPIDR_EL2.set(c.vmpidr);
@@ -157,7 +159,7 @@ pub fn set_el2_controls(c: &El2Controls) {
     // `vcpu::controls` leaves TFP clear in both worlds, which `save_fp` and `restore_fp` need;
     // only the host's controls while its FP/SIMD registers are parked set it (`HostFp`).
     CPTR_EL2.set(c.cptr);
-    if super::super::features::boot().gic_sysregs() {
+    if gic_sysregs {
         ICH_HCR_EL2.set(c.ich_hcr);
     }
     barrier::isb(barrier::SY);
