@@ -27,12 +27,14 @@ use std::path::Path;
 use std::process::Command;
 
 /// Vector slots are 0x80 bytes apart; a vector set (KCore's table and the guest's) is 0x1000.
-const VECTOR_SLOT: u64 = 0x80;
+pub(crate) const VECTOR_SLOT: u64 = 0x80;
 const VECTOR_SET: u64 = 0x1000;
-/// Offsets within a vector set: the host's synchronous trap (KCore's table, lower EL AArch64)
-/// and a running guest's (the guest's table, 0x800 on).
+/// Where the guest's table begins in a vector set (KCore's own is below it).
+pub(crate) const GUEST_TABLE: u64 = 0x800;
+/// Offsets within a vector set: the host's synchronous trap (KCore's table, lower EL AArch64:
+/// each table's first lower-EL entry) and a running guest's (the guest's table).
 pub const HOST_SYNC: u64 = 0x400;
-pub const GUEST_SYNC: u64 = 0xc00;
+pub const GUEST_SYNC: u64 = GUEST_TABLE + HOST_SYNC;
 /// The TB flags' MMU index (bits 4-7 of `<flags>` in QEMU 10) of code running at EL2
 /// (`ARMMMUIdx_E2`; EL1 code under stage 2 has 2, `ARMMMUIdx_E10_1`): a guest's code may sit at
 /// the same addresses as KCore's text (a Linux kernel loaded at IPA 0x4000_0000 does).

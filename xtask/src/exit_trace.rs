@@ -17,19 +17,14 @@
 //! linux-classes`); the k-th window of a core is its k-th exit.
 
 use crate::artifacts;
-use crate::el2_trace::{self, Kcore};
+// A table's lower-EL entries begin at its synchronous one (below them: a trap taken inside
+// KCore); its slots are synchronous, IRQ, FIQ, SError in each group of four.
+use crate::el2_trace::{self, Kcore, GUEST_TABLE, HOST_SYNC as LOWER_EL, VECTOR_SLOT};
 use std::collections::HashSet;
 use std::io::BufRead;
 use std::ops::Range;
 use std::path::Path;
 use std::process::Command;
-
-/// Where the guest's vector table begins in a vector set (KCore's own is below), and where each
-/// table's lower-EL entries begin (below them: a trap taken inside KCore).
-const GUEST_TABLE: u64 = 0x800;
-const LOWER_EL: u64 = 0x400;
-/// Vector slots are 0x80 apart, synchronous, IRQ, FIQ, SError in each group of four.
-const VECTOR_SLOT: u64 = 0x80;
 
 /// One exit's window on its core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
